@@ -1,0 +1,390 @@
+"""End-to-end ingest benchmark: upload a generated .jsonl file to a running API, time it to done.
+
+Not a test: run it by hand against a running stack (EH_LINE_DELAY_MAX_S must be 0, the default).
+
+    scripts/dev                                   # terminal 1: api + worker + relay
+    .venv/bin/python bench/ingest.py              # terminal 2: 200,000 lines
+    .venv/bin/python bench/ingest.py --lines 1000000
+    .venv/bin/python bench/ingest.py --big-gib 1  # a ~1 GiB file, for the memory figures
+
+What it does:
+ 1. writes N lines (default 200,000; about 1% invalid) to a .jsonl in a temporary directory,
+    or, with --big-gib G, as many lines as fit in G GiB (the API's default limit is 1 GiB,
+    EH_MAX_UPLOAD_BYTES); the directory is deleted at the end;
+ 2. uploads it as multipart/form-data (field `file`, streamed from disk) to
+    POST {--url}/api/v1/files/upload and polls GET /api/v1/jobs/{id} until it is done;
+ 3. prints the upload time, and end-to-end valid lines/s: valid lines / (seconds from the
+    start of the upload to the job's completed_at);
+ 4. prints the worker's peak RSS (VmHWM of /proc/PID/status; the peak is reset through
+    /proc/PID/clear_refs before the upload when permitted) and the API's VmRSS before and
+    after the upload. PIDs come from --worker-pid / --api-pid, else from a scan of /proc for
+    a command line running worker.py / eventhorizon.py (it must find exactly one);
+ 5. for comparison, inserts a sample of the same lines (--pg-sample, default 5,000; 0 skips)
+    into a scratch table in Postgres (--database-url, default DATABASE_URL / core.Settings)
+    with a naive loop of one INSERT and one COMMIT per row, and prints that rate in rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import core  # noqa: E402
+
+GIB = 1024**3
+MIB = 1024**2
+INVALID_RATE = 0.01
+REQUIRED = ("timestamp", "level", "service", "event_type", "message")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--lines", type=int, default=200_000, help="lines to generate")
+    parser.add_argument("--big-gib", type=float, metavar="G",
+                        help="generate a file of about G GiB instead of --lines lines")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the API's base URL")
+    parser.add_argument("--worker-pid", type=int, help="the worker process (default: found)")
+    parser.add_argument("--api-pid", type=int, help="the API process (default: found)")
+    parser.add_argument("--database-url", default=None,
+                        help="Postgres for the naive baseline (default: DATABASE_URL)")
+    parser.add_argument("--pg-sample", type=int, default=5000,
+                        help="rows for the naive INSERT+COMMIT baseline; 0 skips it")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds to wait for the job to finish")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+
+    settings = core.load_settings()
+    database_url = args.database_url or settings.database_url
+    worker_pid = args.worker_pid or find_pid("worker.py")
+    api_pid = args.api_pid or find_pid("eventhorizon.py")
+
+    tmp = Path(tempfile.mkdtemp(prefix="eh-bench-"))
+    try:
+        if args.big_gib:
+            path = tmp / f"bench-{args.big_gib:g}GiB.jsonl"
+            max_bytes = int(args.big_gib * GIB)
+            if max_bytes > settings.max_upload_bytes:
+                print(f"note: the file will be larger than this environment's "
+                      f"EH_MAX_UPLOAD_BYTES ({settings.max_upload_bytes}); the API must allow it")
+            max_lines = None
+        else:
+            path = tmp / f"bench-{args.lines}.jsonl"
+            max_bytes, max_lines = None, args.lines
+        t = time.perf_counter()
+        gen = generate(path, random.Random(args.seed), max_lines=max_lines, max_bytes=max_bytes)
+        print(f"generated  {path.name}: {gen['size'] / MIB:,.1f} MiB, {gen['lines']:,} lines, "
+              f"{gen['valid']:,} valid, {gen['invalid']:,} invalid "
+              f"({time.perf_counter() - t:.1f} s)")
+
+        hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
+        api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
+
+        result = asyncio.run(upload_and_wait(args.url.rstrip("/"), path, args.timeout))
+
+        worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
+        api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
+        api_peak = proc_status_kib(api_pid, "VmHWM") if api_pid else None
+
+        report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
+               api_peak, hwm_reset)
+        if args.pg_sample > 0:
+            naive_postgres(path, database_url, args.pg_sample, gen["valid"])
+        job = result["job"]
+        return 0 if job["status"] == "completed" else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- upload
+
+
+async def upload_and_wait(url: str, path: Path, timeout: float) -> dict:
+    """Upload the file (streamed), then poll its job until completed or failed."""
+    session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    async with aiohttp.ClientSession(timeout=session_timeout) as session:
+        started_wall = time.time()
+        started = time.perf_counter()
+        with path.open("rb") as f:
+            form = aiohttp.FormData()
+            form.add_field("file", f, filename=path.name, content_type="application/x-ndjson")
+            async with session.post(f"{url}/api/v1/files/upload", data=form) as resp:
+                text = await resp.text()
+                if resp.status != 202:
+                    raise SystemExit(f"upload failed: HTTP {resp.status}: {text[:500]}")
+        upload_s = time.perf_counter() - started
+        job = json.loads(text)
+        job_id = job["job_id"]
+        print(f"uploaded   job {job_id} in {upload_s:.2f} s; waiting for it to finish")
+
+        deadline = time.perf_counter() + timeout
+        last_print = 0.0
+        while job["status"] not in core.TERMINAL_STATUSES:
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"job {job_id} not finished after {timeout:.0f} s: {job}")
+            await asyncio.sleep(0.2)
+            async with session.get(f"{url}/api/v1/jobs/{job_id}") as resp:
+                if resp.status != 200:
+                    raise SystemExit(f"GET job failed: HTTP {resp.status}: {await resp.text()}")
+                job = await resp.json()
+            if time.perf_counter() - last_print > 5:
+                last_print = time.perf_counter()
+                print(f"  {job['status']}: {job['lines_processed']:,}/{job['lines_total']:,} lines")
+        observed_s = time.perf_counter() - started
+    return {"job": job, "upload_s": upload_s, "observed_s": observed_s,
+            "started_wall": started_wall}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after, api_peak,
+           hwm_reset) -> None:
+    job = result["job"]
+    upload_s = result["upload_s"]
+    print()
+    print(f"upload          {upload_s:8.2f} s   ({gen['size'] / MIB / upload_s:,.1f} MiB/s, "
+          f"{gen['lines'] / upload_s:,.0f} lines/s)")
+    print(f"job             {job['status']}: {job['lines_valid']:,} valid, "
+          f"{job['lines_invalid']:,} invalid of {job['lines_total']:,} lines"
+          + ("" if (job["lines_valid"], job["lines_invalid"]) == (gen["valid"], gen["invalid"])
+             else f"  (MISMATCH: generated {gen['valid']:,} valid, {gen['invalid']:,} invalid)"))
+    if job["status"] != "completed":
+        print(f"error           {job['error']}")
+        return
+    completed = dt.datetime.fromisoformat(job["completed_at"]).timestamp()
+    e2e_s = completed - result["started_wall"]
+    if e2e_s <= 0:  # a clock oddity: fall back to what the poller saw
+        e2e_s = result["observed_s"]
+    print(f"end to end      {e2e_s:8.2f} s   -> {job['lines_valid'] / e2e_s:,.0f} valid lines/s "
+          f"(upload start -> completed_at)")
+    if job["started_at"]:
+        work_s = completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
+        if work_s > 0:
+            print(f"worker          {work_s:8.2f} s   -> {job['lines_total'] / work_s:,.0f} "
+                  f"lines/s (started_at -> completed_at)")
+    if worker_pid and worker_peak is not None:
+        since = "during this run" if hwm_reset.get(worker_pid) else "since the process started"
+        print(f"worker peak RSS {worker_peak / 1024:8.1f} MiB (VmHWM {since}, pid {worker_pid})")
+    else:
+        print("worker peak RSS n/a (no worker pid: pass --worker-pid)")
+    if api_pid and api_before is not None and api_after is not None:
+        peak = ""
+        if api_peak is not None:
+            since = "during this run" if hwm_reset.get(api_pid) else "since start"
+            peak = f", peak {api_peak / 1024:.1f} MiB {since}"
+        print(f"api RSS         {api_before / 1024:8.1f} MiB before, {api_after / 1024:.1f} MiB "
+              f"after{peak} (pid {api_pid})")
+    else:
+        print("api RSS         n/a (no API pid: pass --api-pid)")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def find_pid(script: str) -> int | None:
+    """The one process whose command line runs `script` (e.g. `python worker.py`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = [os.path.basename(a.decode(errors="replace")) for a in args if a]
+        if script in names[1:] and "migrate" not in names:
+            found.append(int(entry.name))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        print(f"note: several processes run {script} ({', '.join(map(str, sorted(found)))}); "
+              f"pass the pid to measure one")
+    else:
+        print(f"note: no process runs {script}; its memory is not measured")
+    return None
+
+
+def proc_status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])  # "VmHWM:   123456 kB"
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, needs permission to ptrace the process)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- data
+
+
+SERVICES = {
+    "checkout": ["cart.viewed", "order.placed", "order.failed"],
+    "auth": ["login.succeeded", "login.failed", "token.refreshed"],
+    "search": ["query.executed", "query.slow"],
+    "payments": ["charge.created", "charge.declined", "webhook.failed"],
+    "inventory": ["stock.reserved", "stock.low"],
+}
+LEVELS = ["debug", "info", "info", "info", "INFO", "warning", "error", "critical"]
+INVALID = [
+    '{"timestamp": "2026-11-20T09:15:00Z", "level": "info", "service": "checkout", "event_t',
+    '{"timestamp": "2026-11-20T09:15:00Z", "level": "verbose", "service": "auth", '
+    '"event_type": "login.failed", "message": "bad level"}',
+    '{"timestamp": "2026-11-20T09:15:00", "level": "info", "service": "auth", '
+    '"event_type": "login.failed", "message": "no offset"}',
+    '{"timestamp": "2026-13-20T09:15:00Z", "level": "info", "service": "auth", '
+    '"event_type": "login.failed", "message": "month 13"}',
+    '{"level": "info", "service": "search", "event_type": "query.executed", "message": "no ts"}',
+    '{"timestamp": "2026-11-20T09:15:00Z", "level": "info", "service": "", '
+    '"event_type": "x", "message": "empty service"}',
+    '["not", "an", "object"]',
+    "plain text, not JSON",
+]
+
+
+def templates(rng: random.Random, n: int = 2000) -> list[str]:
+    """Line bodies after the timestamp: `, "level": ..., ...}` (valid entries)."""
+    out = []
+    for _ in range(n):
+        service = rng.choice(list(SERVICES))
+        entry = {
+            "level": rng.choice(LEVELS),
+            "service": service,
+            "event_type": rng.choice(SERVICES[service]),
+            "message": f"{service} did something for user {rng.randint(1, 99999)} "
+                       f"in {rng.randint(1, 3000)} ms",
+            "environment": rng.choice(["production", "production", "staging"]),
+            "context": {"http": {"method": rng.choice(["GET", "POST"]),
+                                 "status": rng.choice([200, 201, 400, 404, 500])},
+                        "user": {"id": rng.randint(1, 99999),
+                                 "tier": rng.choice(["free", "pro"])}},
+        }
+        if rng.random() < 0.3:
+            entry["request_id"] = uuid.UUID(int=rng.getrandbits(128)).hex
+        out.append(", " + json.dumps(entry, ensure_ascii=False)[1:])
+    return out
+
+
+def generate(path: Path, rng: random.Random, *, max_lines: int | None,
+             max_bytes: int | None) -> dict[str, int]:
+    """Write lines until `max_lines` lines or `max_bytes` bytes; the first line is valid."""
+    bodies = templates(rng)
+    base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    size = lines = valid = 0
+    buf: list[str] = []
+    buf_bytes = 0
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        while max_lines is None or lines < max_lines:
+            if lines and rng.random() < INVALID_RATE:
+                line = rng.choice(INVALID) + "\n"
+                is_valid = False
+            else:
+                ts = (base + dt.timedelta(milliseconds=lines * 7)).isoformat(
+                    timespec="milliseconds")
+                line = '{"timestamp": "' + ts + '"' + rng.choice(bodies) + "\n"
+                is_valid = True
+            n = len(line.encode()) if not line.isascii() else len(line)
+            if max_bytes is not None and size + n > max_bytes:
+                break
+            buf.append(line)
+            buf_bytes += n
+            size += n
+            lines += 1
+            valid += is_valid
+            if buf_bytes >= 4 * MIB:
+                f.write("".join(buf))
+                buf.clear()
+                buf_bytes = 0
+        f.write("".join(buf))
+    return {"size": size, "lines": lines, "valid": valid, "invalid": lines - valid}
+
+
+# --------------------------------------------------------------------------- naive baseline
+
+
+def naive_postgres(path: Path, database_url: str, sample: int, total_valid: int) -> None:
+    """One INSERT and one COMMIT per row into a scratch table: the rate to beat."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    rows = []
+    with path.open("rb") as f:
+        for raw in f:
+            entry = parse_valid(raw)
+            if entry is not None:
+                rows.append(entry)
+                if len(rows) >= sample:
+                    break
+    table = sql.Identifier(f"bench_naive_{uuid.uuid4().hex[:8]}")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} (line_no bigint PRIMARY KEY, timestamp timestamptz NOT NULL, "
+            "level text NOT NULL, service text NOT NULL, event_type text NOT NULL, "
+            "environment text NOT NULL, message text NOT NULL, context jsonb NOT NULL)"
+        ).format(table))
+        conn.commit()
+        insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(table)
+        try:
+            started = time.perf_counter()
+            for i, e in enumerate(rows):
+                conn.execute(insert, (i, e["timestamp"], e["level"].lower(), e["service"],
+                                      e["event_type"], e.get("environment", "production"),
+                                      e["message"], Jsonb(e.get("context", {}))))
+                conn.commit()
+            elapsed = time.perf_counter() - started
+        finally:
+            conn.rollback()
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+            conn.commit()
+    rate = len(rows) / elapsed
+    print(f"naive Postgres  {len(rows):,} rows in {elapsed:.2f} s -> {rate:,.0f} rows/s "
+          f"(one INSERT + COMMIT per row); all {total_valid:,} valid lines would take "
+          f"{total_valid / rate:,.0f} s")
+
+
+def parse_valid(raw: bytes) -> dict | None:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry[k]
+                                              for k in REQUIRED if k != "message"):
+        return None
+    try:
+        entry["timestamp"] = dt.datetime.fromisoformat(entry["timestamp"])
+    except ValueError:
+        return None
+    if (entry["timestamp"].tzinfo is None or "message" not in entry
+            or entry["level"].lower() not in ("debug", "info", "warning", "error", "critical")):
+        return None
+    return entry
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

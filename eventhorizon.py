@@ -1,0 +1,731 @@
+"""The Event Horizon HTTP API.
+
+    python eventhorizon.py            serve on EH_HTTP_HOST:EH_HTTP_PORT
+    python eventhorizon.py migrate    apply sql/migrations (yoyo) and exit
+
+Uploads stream to S3 in parts (never whole in memory), become a `queued` job in Postgres and a
+RabbitMQ message; `GET /api/v1/jobs/{id}` and the WebSocket `/ws/jobs/{id}` show the job live,
+fed by one Postgres LISTEN connection per process. Every error is application/problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import concurrent.futures
+import json
+import sys
+import uuid
+import weakref
+from typing import Any
+
+import pika
+import psycopg
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from botocore.exceptions import BotoCoreError, ClientError
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+import core
+
+log = structlog.get_logger("api")
+
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (S3's minimum is 5 MiB)
+READ_CHUNK_BYTES = 256 * 1024
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
+FIRST_LINE_MAX_BYTES = 1024 * 1024
+STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
+WS_NOT_FOUND = 4404
+UTF8_BOM = b"\xef\xbb\xbf"
+MULTIPART_ERRORS = (ValueError, HttpProcessingError)  # what aiohttp raises on a malformed body
+
+
+def main(argv: list[str]) -> int:
+    settings = core.load_settings()
+    core.configure_logging(settings)
+    if argv[1:] == ["migrate"]:
+        applied = core.migrate(settings.database_url)
+        log.info("migrations.applied", count=applied)
+        return 0
+    if argv[1:]:
+        sys.exit("usage: python eventhorizon.py [migrate]")
+    web.run_app(init_app(settings), host=settings.http_host, port=settings.http_port,
+                print=None, access_log=None, shutdown_timeout=5)
+    return 0
+
+
+SETTINGS = web.AppKey("settings", core.Settings)
+POOL = web.AppKey("pool", AsyncConnectionPool)
+S3 = web.AppKey("s3", object)
+PUBLISHER = web.AppKey("publisher", "Publisher")
+WATCHERS = web.AppKey("watchers", "JobWatchers")
+
+routes = web.RouteTableDef()
+
+
+def init_app(settings: core.Settings) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware, access_log_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
+    app.add_routes(routes)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", core.ROOT / "static")
+    return app
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Problem(Exception):
+    """An error answered as application/problem+json (RFC 9457)."""
+
+    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank"):
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.type = status, title, detail, type_
+
+
+def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank"):
+    body = {"type": type_, "title": title, "status": status, "detail": detail or title}
+    return web.json_response(body, status=status, content_type="application/problem+json")
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return problem_response(exc.status, exc.title, exc.detail, exc.type)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        log.warning("http.database_unavailable", error=str(exc))
+        return problem_response(503, "Service Unavailable", "the database is unreachable")
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("http.storage_unavailable", error=str(exc))
+        return problem_response(503, "Service Unavailable", "the file storage is unreachable")
+    except Exception:
+        log.exception("http.unhandled_error", path=request.path)
+        return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await handler(request)
+    log.info("http.request", method=request.method, path=request.path,
+             status=response.status, ms=round((loop.time() - started) * 1000, 1))
+    return response
+
+
+# --------------------------------------------------------------------------- resources
+
+
+async def postgres_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=10, open=False, timeout=5,
+        kwargs={"row_factory": dict_row, "autocommit": True},
+    )
+    await pool.open(wait=False)
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def s3_ctx(app: web.Application):
+    app[S3] = core.s3_client(app[SETTINGS])
+    yield
+
+
+async def publisher_ctx(app: web.Application):
+    publisher = Publisher(app[SETTINGS])
+    app[PUBLISHER] = publisher
+    yield
+    await publisher.close()
+
+
+async def watchers_ctx(app: web.Application):
+    watchers = JobWatchers(app[SETTINGS].database_url, app[POOL])
+    app[WATCHERS] = watchers
+    task = asyncio.create_task(watchers.listen(), name="job-listener")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await watchers.close_all()
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(core.ROOT / "static" / "index.html")
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi(request: web.Request) -> web.FileResponse:
+    """The API's contract, kept in static/ and checked against these routes by the tests."""
+    return web.FileResponse(core.ROOT / "static" / "openapi.json",
+                            headers={"Content-Type": "application/json"})
+
+
+@routes.get("/docs")
+async def docs(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(core.ROOT / "static" / "docs.html")
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks = {
+        "postgres": check_postgres(app[POOL]),
+        "rabbitmq": app[PUBLISHER].check(),
+        "s3": asyncio.to_thread(app[S3].head_bucket, Bucket=app[SETTINGS].s3_bucket),
+    }
+    results = await asyncio.gather(
+        *(asyncio.wait_for(c, timeout=3) for c in checks.values()), return_exceptions=True
+    )
+    report = {name: ("ok" if not isinstance(r, BaseException) else f"unavailable: {r!r}"[:300])
+              for name, r in zip(checks, results)}
+    ready = all(v == "ok" for v in report.values())
+    return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
+                             status=200 if ready else 503)
+
+
+async def check_postgres(pool: AsyncConnectionPool) -> None:
+    async with pool.connection(timeout=3) as conn:
+        await conn.execute("SELECT 1")
+
+
+@routes.post("/api/v1/files/upload")
+async def upload(request: web.Request) -> web.Response:
+    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202."""
+    settings = request.app[SETTINGS]
+    if request.content_type != "multipart/form-data":
+        raise Problem(415, "Unsupported Media Type",
+                      "send the file as multipart/form-data in a field named 'file'")
+    if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise too_large(settings.max_upload_bytes)
+    part = await find_file_part(request)
+    file_name = part.filename or ""
+    if not file_name.lower().endswith(".jsonl"):
+        raise Problem(415, "Unsupported Media Type",
+                      f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
+    if not await request.app[PUBLISHER].is_available():
+        raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
+
+    job_id = uuid.uuid4()
+    structlog.contextvars.bind_contextvars(job_id=str(job_id))
+    key = f"uploads/{job_id}.jsonl"
+    writer = ObjectWriter(request.app[S3], settings.s3_bucket, key)
+    inspector = UploadInspector(settings.max_upload_bytes)
+    try:
+        while chunk := await read_chunk(part):
+            inspector.feed(chunk)
+            await writer.write(chunk)
+        inspector.finish()
+        await writer.close()
+        job = await create_job(request.app, job_id, file_name, inspector, key)
+    except BaseException:
+        await asyncio.shield(writer.abort())
+        raise
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id")
+    await publish_job(request.app, job)
+    body = core.job_json(job)
+    log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
+             lines_total=inspector.lines_total)
+    return web.json_response(body, status=202,
+                             headers={"Location": f"/api/v1/jobs/{body['job_id']}"})
+
+
+@routes.get("/api/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    limit = int_param(request, "limit", default=20, low=1, high=100)
+    async with request.app[POOL].connection() as conn:
+        rows = await (await conn.execute(core.QUERIES["list_jobs"], {"limit": limit})).fetchall()
+    return web.json_response({"jobs": [core.job_json(r) for r in rows]})
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    """Jobs by status, and how far the relay is behind: events still in the outbox, the age
+    of the oldest, and events ClickHouse refused (in outbox_dead)."""
+    async with request.app[POOL].connection() as conn:
+        counts = await (await conn.execute(core.QUERIES["job_counts"])).fetchall()
+        outbox = await (await conn.execute(core.QUERIES["outbox_status"])).fetchone()
+    jobs = dict.fromkeys(STATUS_RANK, 0) | {r["status"]: r["n"] for r in counts}
+    return web.json_response({
+        "jobs": jobs,
+        "outbox": {"backlog": outbox["backlog"], "oldest_age_s": round(outbox["oldest_age_s"], 3),
+                   "dead": outbox["dead"]},
+    })
+
+
+@routes.get("/api/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await fetch_job(request.app[POOL], job_id_param(request))
+    return web.json_response(core.job_json(job))
+
+
+@routes.get("/api/v1/jobs/{job_id}/errors")
+async def get_job_errors(request: web.Request) -> web.Response:
+    """Invalid lines in line order, a page at a time: follow `next` until it is null."""
+    job_id = job_id_param(request)
+    limit = int_param(request, "limit", default=100, low=1, high=1000)
+    after = int_param(request, "after_line", default=0, low=0, high=2**62)
+    await fetch_job(request.app[POOL], job_id)
+    async with request.app[POOL].connection() as conn:
+        rows = await (await conn.execute(core.QUERIES["list_line_errors"], {
+            "job_id": job_id, "after_line": after, "limit": limit})).fetchall()
+    next_url = None
+    if len(rows) == limit:
+        next_url = f"/api/v1/jobs/{job_id}/errors?limit={limit}&after_line={rows[-1]['line_no']}"
+    return web.json_response({"job_id": str(job_id), "errors": rows, "next": next_url})
+
+
+@routes.get("/ws/jobs/{job_id}")
+async def watch_job(request: web.Request) -> web.WebSocketResponse:
+    """Send the job now, then at each change, and close after its final state."""
+    check_origin(request)
+    watchers: JobWatchers = request.app[WATCHERS]
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    job_id = parse_job_id(request.match_info["job_id"])
+    job = await fetch_job_or_none(request.app[POOL], job_id) if job_id else None
+    if job is None:
+        await ws.close(code=WS_NOT_FOUND, message=b"job not found")
+        return ws
+    watchers.add(job_id, ws)
+    try:
+        # Re-read after subscribing: a change that landed in between is not lost.
+        await watchers.send(ws, await fetch_job(request.app[POOL], job_id))
+        async for _message in ws:
+            pass  # clients have nothing to say; this just waits for the close
+    finally:
+        watchers.discard(job_id, ws)
+    return ws
+
+
+# --------------------------------------------------------------------------- request helpers
+
+
+def parse_job_id(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+def job_id_param(request: web.Request) -> uuid.UUID:
+    job_id = parse_job_id(request.match_info["job_id"])
+    if job_id is None:
+        raise job_not_found(request.match_info["job_id"])
+    return job_id
+
+
+def int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise Problem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def job_not_found(job_id: Any) -> Problem:
+    return Problem(404, "Not Found", f"no job with id {job_id!s}")
+
+
+def too_large(max_bytes: int) -> Problem:
+    return Problem(413, "Content Too Large", f"the file is larger than the limit of {max_bytes} bytes")
+
+
+def check_origin(request: web.Request) -> None:
+    """Browsers send Origin on WebSocket upgrades; refuse pages from other sites."""
+    origin = request.headers.get("Origin")
+    if origin and origin.split("://", 1)[-1] != request.host:
+        raise Problem(403, "Forbidden", "cross-origin WebSocket connections are not allowed")
+
+
+async def find_file_part(request: web.Request):
+    """The multipart part named `file`; other fields are skipped."""
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if part.name == "file":
+                return part
+            await part.release()
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from None
+    raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
+
+
+async def read_chunk(part) -> bytes:
+    try:
+        return await part.read_chunk(READ_CHUNK_BYTES)
+    except MULTIPART_ERRORS as exc:
+        raise malformed_multipart(exc) from None
+
+
+def malformed_multipart(exc: Exception) -> Problem:
+    return Problem(400, "Bad Request", f"the body is not well-formed multipart/form-data: {exc}"[:300])
+
+
+async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID) -> dict | None:
+    async with pool.connection() as conn:
+        return await (await conn.execute(core.QUERIES["get_job"], {"job_id": job_id})).fetchone()
+
+
+async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> dict:
+    job = await fetch_job_or_none(pool, job_id)
+    if job is None:
+        raise job_not_found(job_id)
+    return job
+
+
+async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
+                     inspector: "UploadInspector", key: str) -> dict:
+    """The queued job row and its job.queued event, in one transaction."""
+    settings = app[SETTINGS]
+    async with app[POOL].connection() as conn, conn.transaction():
+        job = await (await conn.execute(core.QUERIES["insert_job"], {
+            "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
+            "bucket": settings.s3_bucket, "object_key": key,
+            "lines_total": inspector.lines_total,
+        })).fetchone()
+        await core.ainsert_event(conn, core.job_event("job.queued", job,
+                                                      environment=settings.environment))
+    return job
+
+
+async def publish_job(app: web.Application, job: dict) -> None:
+    """Hand the job to the workers. The job is committed already: if this fails, the worker's
+    reconciler re-publishes jobs left queued too long, so the upload is not lost."""
+    try:
+        await app[PUBLISHER].publish(core.job_message(job))
+    except BrokerUnavailable as exc:
+        log.warning("job.publish_failed", job_id=str(job["job_id"]), error=str(exc))
+
+
+# --------------------------------------------------------------------------- upload streaming
+
+
+class UploadInspector:
+    """Checks an upload while it streams: size limit, UTF-8 text, a JSON object first; counts lines."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.newlines = 0
+        self.last_byte = b""
+        self.head = bytearray()  # the start of the file, until its first non-blank line is seen
+        self.first_line_checked = False
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    @property
+    def lines_total(self) -> int:
+        return self.newlines + (1 if self.size and self.last_byte != b"\n" else 0)
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise too_large(self.max_bytes)
+        self._check_text(chunk)
+        self.newlines += chunk.count(b"\n")
+        self.last_byte = chunk[-1:]
+        if not self.first_line_checked:
+            self.head += chunk
+            self._check_first_line(final=False)
+
+    def finish(self) -> None:
+        try:
+            self.decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise not_text("the file ends in the middle of a UTF-8 character") from None
+        if not self.first_line_checked:
+            self._check_first_line(final=True)
+
+    def _check_text(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:
+            raise not_text("the file contains NUL bytes: it looks binary")
+        try:
+            self.decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise not_text(f"the file is not UTF-8 text (bad byte near offset "
+                           f"{self.size - len(chunk) + max(exc.start, 0)})") from None
+
+    def _check_first_line(self, *, final: bool) -> None:
+        text = bytes(self.head).removeprefix(UTF8_BOM).lstrip()
+        newline = text.find(b"\n")
+        if newline < 0 and not final:
+            if len(self.head) > FIRST_LINE_MAX_BYTES:
+                raise Problem(422, "Unprocessable Content", "the first line is longer than 1 MiB")
+            return
+        line = text if newline < 0 else text[:newline]
+        if not line.strip():
+            raise Problem(422, "Unprocessable Content", "the file is empty")
+        try:
+            first = json.loads(line)
+        except ValueError as exc:
+            raise Problem(422, "Unprocessable Content",
+                          f"the first line is not JSON ({exc}); is this a JSON-lines file?") from None
+        if not isinstance(first, dict):
+            raise Problem(422, "Unprocessable Content",
+                          "the first line is not a JSON object; each line must be one log entry")
+        self.first_line_checked = True
+        self.head = bytearray()
+
+
+def not_text(detail: str) -> Problem:
+    return Problem(422, "Unprocessable Content", detail)
+
+
+class ObjectWriter:
+    """Streams bytes into one S3 object in parts, holding at most one part in memory.
+
+    Small files go up in one PUT; larger ones as a multipart upload. `abort` removes whatever
+    was stored, so a refused or interrupted upload leaves no object behind.
+    """
+
+    def __init__(self, s3, bucket: str, key: str):
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+        self.stored = False
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= PART_BYTES:
+            await self._upload_part(bytes(self.buffer[:PART_BYTES]))
+            del self.buffer[:PART_BYTES]
+
+    async def close(self) -> None:
+        if self.upload_id is None:
+            await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=self.key,
+                                    Body=bytes(self.buffer), ContentType="application/x-ndjson")
+        else:
+            if self.buffer:
+                await self._upload_part(bytes(self.buffer))
+            await asyncio.to_thread(
+                self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
+                UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.buffer = bytearray()
+        self.stored = True
+
+    async def abort(self) -> None:
+        try:
+            if self.stored:
+                await asyncio.to_thread(self.s3.delete_object, Bucket=self.bucket, Key=self.key)
+            elif self.upload_id is not None:
+                await asyncio.to_thread(self.s3.abort_multipart_upload, Bucket=self.bucket,
+                                        Key=self.key, UploadId=self.upload_id)
+        except Exception:
+            log.exception("upload.cleanup_failed", key=self.key)
+
+    async def _upload_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            created = await asyncio.to_thread(
+                self.s3.create_multipart_upload, Bucket=self.bucket, Key=self.key,
+                ContentType="application/x-ndjson")
+            self.upload_id = created["UploadId"]
+        number = len(self.parts) + 1
+        result = await asyncio.to_thread(self.s3.upload_part, Bucket=self.bucket, Key=self.key,
+                                         UploadId=self.upload_id, PartNumber=number, Body=data)
+        self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+class BrokerUnavailable(Exception):
+    """RabbitMQ could not be reached, or did not confirm a message."""
+
+
+class Publisher:
+    """Publishes job messages with publisher confirms.
+
+    pika is blocking and not thread-safe, so one dedicated thread owns its connection and
+    every call runs there; the event loop only awaits the result.
+    """
+
+    def __init__(self, settings: core.Settings):
+        self.settings = settings
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amqp")
+        self.connection: pika.BlockingConnection | None = None
+        self.channel = None
+
+    async def publish(self, body: bytes) -> None:
+        await self._run(self._publish, body)
+
+    async def is_available(self) -> bool:
+        try:
+            await self.check()
+            return True
+        except BrokerUnavailable:
+            return False
+
+    async def check(self) -> None:
+        await self._run(self._ensure_channel)
+
+    async def close(self) -> None:
+        await self._run(self._disconnect)
+        self.executor.shutdown(wait=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _publish(self, body: bytes) -> None:
+        for attempt in (1, 2):  # a connection idle too long may be gone: reconnect once
+            channel = self._ensure_channel()
+            try:
+                channel.basic_publish(
+                    exchange="", routing_key=self.settings.queue, body=body, mandatory=True,
+                    properties=pika.BasicProperties(
+                        content_type="application/json",
+                        delivery_mode=pika.DeliveryMode.Persistent),
+                )
+                return
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                raise BrokerUnavailable(f"the broker did not accept the message: {exc!r}") from exc
+            except pika.exceptions.AMQPError as exc:
+                self._disconnect()
+                if attempt == 2:
+                    raise BrokerUnavailable(repr(exc)) from exc
+
+    def _ensure_channel(self):
+        """The open channel, reconnecting if the broker closed the connection meanwhile."""
+        if self._channel_alive():
+            return self.channel
+        self._disconnect()
+        try:
+            params = core.amqp_parameters(self.settings, "api")
+            params.connection_attempts = 1
+            params.socket_timeout = 3
+            params.blocked_connection_timeout = 10
+            self.connection = pika.BlockingConnection(params)
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
+            core.declare_queues(self.channel, self.settings.queue)
+            return self.channel
+        except pika.exceptions.AMQPError as exc:
+            self._disconnect()
+            raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from exc
+
+    def _channel_alive(self) -> bool:
+        if self.channel is None or not self.channel.is_open:
+            return False
+        try:
+            self.connection.process_data_events(time_limit=0)  # notices a closed socket
+        except pika.exceptions.AMQPError:
+            return False
+        return self.channel.is_open
+
+    def _disconnect(self) -> None:
+        connection, self.connection, self.channel = self.connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass
+
+
+# --------------------------------------------------------------------------- live updates
+
+
+class JobWatchers:
+    """One LISTEN connection per API process, fanned out to the WebSockets watching each job.
+
+    Notifications carry ids only; the current row is re-read once per notification and sent
+    to every socket watching that job. After a reconnect every socket gets the current state,
+    since notifications sent while the listener was away are gone.
+    """
+
+    def __init__(self, database_url: str, pool: AsyncConnectionPool):
+        self.database_url = database_url
+        self.pool = pool
+        self.sockets: dict[uuid.UUID, set[web.WebSocketResponse]] = {}
+        self.last_sent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def add(self, job_id: uuid.UUID, ws: web.WebSocketResponse) -> None:
+        self.sockets.setdefault(job_id, set()).add(ws)
+
+    def discard(self, job_id: uuid.UUID, ws: web.WebSocketResponse) -> None:
+        watching = self.sockets.get(job_id)
+        if watching is not None:
+            watching.discard(ws)
+            if not watching:
+                del self.sockets[job_id]
+
+    async def send(self, ws: web.WebSocketResponse, job: dict) -> None:
+        """Send a job state unless the socket already has a newer one; close after the last."""
+        rank = (STATUS_RANK[job["status"]], job["lines_processed"])
+        if ws.closed or self.last_sent.get(ws, (-1, -1)) > rank:
+            return
+        self.last_sent[ws] = rank
+        try:
+            await ws.send_json(core.job_json(job))
+            if job["status"] in core.TERMINAL_STATUSES:
+                await ws.close()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away; its handler cleans up
+
+    async def listen(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.database_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {core.JOB_CHANNEL}")
+                    log.info("listener.connected", channel=core.JOB_CHANNEL)
+                    delay = 0.5
+                    await self.refresh_all()
+                    while True:
+                        async for notify in conn.notifies(timeout=15):
+                            await self.on_notify(notify.payload)
+                        await conn.execute("SELECT 1")  # a quiet connection may be a dead one
+            except psycopg.OperationalError as exc:
+                log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def on_notify(self, payload: str) -> None:
+        try:
+            job_id = uuid.UUID(json.loads(payload)["job_id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("listener.bad_payload", payload=payload[:200])
+            return
+        if job_id in self.sockets:
+            await self.refresh(job_id)
+
+    async def refresh(self, job_id: uuid.UUID) -> None:
+        job = await fetch_job_or_none(self.pool, job_id)
+        if job is not None:
+            await asyncio.gather(*(self.send(ws, job) for ws in list(self.sockets.get(job_id, ()))))
+
+    async def refresh_all(self) -> None:
+        for job_id in list(self.sockets):
+            await self.refresh(job_id)
+
+    async def close_all(self) -> None:
+        sockets = [ws for watching in self.sockets.values() for ws in watching]
+        await asyncio.gather(*(ws.close(code=1001, message=b"server shutting down")
+                               for ws in sockets), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

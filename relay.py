@@ -1,0 +1,594 @@
+"""The relay: moves events from the Postgres outbox into ClickHouse's event_log, exactly once.
+
+    python relay.py
+
+A long-running loop. Each batch goes through three steps, each its own transaction:
+
+1. claim: the oldest outbox rows (`FOR UPDATE SKIP LOCKED`) are recorded in outbox_batch with
+   their ids and a dedup token derived from them, and that record is committed;
+2. send: with its outbox_batch row locked, the batch is inserted into ClickHouse with the token
+   as `insert_deduplication_token`;
+3. once ClickHouse has acknowledged, the outbox rows and the record are deleted, in that same
+   transaction, which then commits.
+
+A relay that dies (or loses a connection) after step 1 leaves the record behind, unlocked; the
+next relay to look re-sends exactly those rows with the same token, and ClickHouse drops the
+insert if it already has it. Because the record fixes the rows, this holds even when new rows
+arrived in the meantime. Several relays side by side take different records (SKIP LOCKED) and
+never claim rows a record covers.
+
+ClickHouse errors keep the rows. A batch ClickHouse refuses as malformed (bad data, not a lost
+connection or a server problem) is retried; on the DEAD_AFTER_ATTEMPTS-th refusal its rows move
+to outbox_dead with the error. Anything else is retried forever with capped exponential backoff.
+
+The loop sleeps on LISTEN eh_outbox (RELAY_POLL_S is the fallback wake-up) and lets a small
+batch fill for up to RELAY_BATCH_MAX_WAIT_S, counted from its oldest row's created_at.
+SIGTERM or SIGINT stops it: the current batch is finished, or abandoned after STOP_GRACE_S or
+a second signal (its transaction rolls back; the recorded batch is re-sent by the next relay).
+
+Fault injection, for tests only: with EH_RELAY_CRASH_AFTER_INSERT=1 the process SIGKILLs itself
+right after ClickHouse acknowledged its first batch and before the Postgres commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import select
+import signal
+import sys
+import time
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+import psycopg
+import structlog
+from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
+from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
+from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
+from psycopg.rows import namedtuple_row, tuple_row
+
+import core
+from core import QUERIES
+
+log = structlog.get_logger("relay")
+
+EVENT_LOG_DDL_PATH = core.SQL_DIR / "clickhouse" / "event_log.sql"
+EVENT_LOG_TABLE = "event_log"
+EVENT_LOG_COLUMNS = (
+    "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version"
+)
+DEAD_AFTER_ATTEMPTS = 3
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+STOP_GRACE_S = 3.0  # a batch still running this long after SIGTERM is abandoned
+RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
+MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
+CRASH_AFTER_INSERT_ENV = "EH_RELAY_CRASH_AFTER_INSERT"
+
+# ClickHouse errors that mean "this data can never be inserted", by symbolic name and code.
+# Anything else (a lost connection, a full disk, a missing table, an unknown code) is retried,
+# never dead-lettered.
+MALFORMED_ERRORS = {
+    "CANNOT_PARSE_TEXT": 6,
+    "CANNOT_PARSE_ESCAPE_SEQUENCE": 25,
+    "CANNOT_PARSE_QUOTED_STRING": 26,
+    "CANNOT_PARSE_INPUT_ASSERTION_FAILED": 27,
+    "CANNOT_PARSE_DATE": 38,
+    "CANNOT_PARSE_DATETIME": 41,
+    "ARGUMENT_OUT_OF_BOUND": 69,
+    "CANNOT_CONVERT_TYPE": 70,
+    "CANNOT_PARSE_NUMBER": 72,
+    "INCORRECT_DATA": 117,
+    "TOO_LARGE_ARRAY_SIZE": 128,
+    "TOO_LARGE_STRING_SIZE": 131,
+    "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE": 321,
+    "CANNOT_PARSE_UUID": 376,
+}
+MALFORMED_CODES = frozenset(MALFORMED_ERRORS.values())
+
+
+def main() -> int:
+    settings = core.load_settings()
+    core.configure_logging(settings)
+    try:
+        check_clickhouse_url(settings.clickhouse_url)
+    except core.ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+    stop = Stopper()
+    stop.install()
+    crash = os.environ.get(CRASH_AFTER_INSERT_ENV, "") == "1"
+    log.info(
+        "relay.started",
+        clickhouse=redact_url(settings.clickhouse_url),
+        batch_max_rows=settings.relay_batch_max_rows,
+        batch_max_wait_s=settings.relay_batch_max_wait_s,
+        poll_s=settings.relay_poll_s,
+        fault_injection=CRASH_AFTER_INSERT_ENV if crash else None,
+    )
+    try:
+        run(settings, stop, after_insert=crash_after_insert if crash else None)
+    except Abandoned as exc:
+        log.warning("relay.batch_abandoned", reason=str(exc))
+    finally:
+        stop.disarm()
+        stop.close()
+    log.info("relay.stopped")
+    return 0
+
+
+def crash_after_insert(_rows) -> None:
+    """Fault injection (EH_RELAY_CRASH_AFTER_INSERT=1, tests only): die the hard way after
+    ClickHouse acknowledged a batch and before the Postgres commit, as a power cut would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Abandoned(BaseException):
+    """Stop now: raised in the main thread by a second signal, or when the current batch has
+    outlasted STOP_GRACE_S after the first. A BaseException so that no handler retries it."""
+
+
+class Stopper:
+    """What SIGTERM and SIGINT set. Its waits return as soon as a stop is requested."""
+
+    def __init__(self):
+        self.requested = False
+        self.reason = ""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def disarm(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def request(self, reason: str = "requested") -> None:
+        self.reason = self.reason or reason
+        self.requested = True
+        try:
+            os.write(self._wake_w, b".")
+        except BlockingIOError:  # the pipe is full of earlier wake-ups: awake enough
+            pass
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.requested:
+            raise Abandoned(f"second {signal.Signals(signum).name}")
+        self.request(signal.Signals(signum).name)
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+
+    def _on_alarm(self, _signum, _frame) -> None:
+        raise Abandoned(f"batch still running {STOP_GRACE_S} s after {self.reason}")
+
+    def wait(self, timeout: float, conn=None) -> bool:
+        """Sleep up to `timeout` s, or until a stop; True if `conn`'s socket became readable."""
+        if self.requested:
+            return False
+        fds = [self._wake_r] if conn is None else [self._wake_r, conn.fileno()]
+        ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        return conn is not None and conn.fileno() in ready
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class Backoff:
+    """Capped exponential delays (0.5 s, 1 s, 2 s … 30 s), with jitter so relays spread out."""
+
+    def __init__(self, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S):
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.first * 2**self.failures, self.cap)
+        self.failures += 1
+        return round(delay * random.uniform(0.8, 1.0), 3)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def run(settings: core.Settings, stop: Stopper, *,
+        after_insert: Callable[[list], None] | None = None) -> None:
+    """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
+    backoff = Backoff()
+    pg = listener = ch = None
+    stopping_logged = False
+    try:
+        while not stop.requested:
+            try:
+                if pg is None:
+                    pg, listener = connect_postgres(settings.database_url)
+                if ch is None:
+                    ch = connect_clickhouse(settings.clickhouse_url)
+                if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
+                    wait_for_work(pg, listener, settings, stop)
+                backoff.reset()
+            except BatchRejected as exc:
+                delay = backoff.next()
+                log.warning("relay.batch_rejected", batch_id=exc.batch_id, attempts=exc.attempts,
+                            error=exc.error[: MAX_ERROR_CHARS // 3], retry_in_s=delay)
+                stop.wait(delay)
+            except ClickHouseUnavailable as exc:
+                delay = backoff.next()
+                log.warning("relay.clickhouse_unavailable", error=str(exc)[: MAX_ERROR_CHARS // 3],
+                            retry_in_s=delay)
+                ch = close_quietly(ch)  # reconnect: also re-creates a dropped event_log
+                stop.wait(delay)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                delay = backoff.next()
+                log.warning("relay.postgres_unavailable", error=str(exc).strip(), retry_in_s=delay)
+                pg, listener = close_quietly(pg), close_quietly(listener)
+                stop.wait(delay)
+            if stop.requested and not stopping_logged:
+                log.info("relay.stopping", reason=stop.reason)
+                stopping_logged = True
+    finally:
+        for resource in (ch, listener, pg):
+            close_quietly(resource)
+
+
+def wait_for_work(pg, listener, settings: core.Settings, stop: Stopper) -> None:
+    """Sleep until a batch may be due: rows arrive (NOTIFY), a small batch's wait is over, or
+    RELAY_POLL_S passes (the fallback that also picks up batches another relay left behind)."""
+    max_rows = settings.relay_batch_max_rows
+    pending, oldest_age_s = outbox_pending(pg, max_rows)
+    if pending == 0:
+        if stop.wait(settings.relay_poll_s, listener):
+            drain_notifies(listener)
+        else:
+            listener.execute("SELECT 1")  # idle: make sure the listening connection is alive
+        return
+    deadline = time.monotonic() + settings.relay_batch_max_wait_s - oldest_age_s
+    if pending >= max_rows or time.monotonic() >= deadline:
+        # Due now, yet nothing was claimed: another relay holds these rows for a moment.
+        stop.wait(RECHECK_EVERY_S / 10)
+        return
+    while not stop.requested and (remaining := deadline - time.monotonic()) > 0:
+        if stop.wait(min(remaining, settings.relay_poll_s), listener):
+            drain_notifies(listener)
+            if outbox_pending(pg, max_rows)[0] >= max_rows:
+                return  # a full batch needs no more waiting
+            stop.wait(min(RECHECK_EVERY_S, max(deadline - time.monotonic(), 0.0)))
+
+
+def drain_notifies(listener) -> None:
+    for _ in listener.notifies(timeout=0):
+        pass
+
+
+def connect_postgres(database_url: str):
+    """The relay's working connection and its LISTEN connection (both autocommit)."""
+    pg = psycopg.connect(database_url, autocommit=True)
+    try:
+        listener = psycopg.connect(database_url, autocommit=True)
+    except BaseException:
+        pg.close()
+        raise
+    listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(core.OUTBOX_CHANNEL)))
+    return pg, listener
+
+
+def close_quietly(resource) -> None:
+    """Close a connection or client whose side may already be gone; returns None."""
+    if resource is not None:
+        try:
+            resource.close()
+        except Exception as exc:  # noqa: BLE001 - closing a broken connection; nothing to keep
+            log.debug("relay.close_failed", error=repr(exc))
+    return None
+
+
+# --------------------------------------------------------------------------- ClickHouse
+
+
+class RelayError(Exception):
+    """Base of the relay's own errors."""
+
+
+class ClickHouseUnavailable(RelayError):
+    """ClickHouse did not take a batch for a reason other than its content (connection, server,
+    schema). The rows stay in the outbox and the batch is retried, forever."""
+
+
+class BatchRejected(RelayError):
+    """ClickHouse refused a batch as malformed. The refusal is counted on its outbox_batch row;
+    the rows stay in the outbox until the DEAD_AFTER_ATTEMPTS-th, which moves them to
+    outbox_dead."""
+
+    def __init__(self, batch_id: int, attempts: int, error: str):
+        super().__init__(f"batch {batch_id} refused ({attempts}/{DEAD_AFTER_ATTEMPTS}): {error}")
+        self.batch_id, self.attempts, self.error = batch_id, attempts, error
+
+
+def check_clickhouse_url(url: str) -> None:
+    """CLICKHOUSE_URL is `chdb:///absolute/dir` or `http(s)://user:password@host:port/database`."""
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise core.ConfigError(f"CLICKHOUSE_URL for chDB must be chdb:///absolute/path, got {url!r}")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        raise core.ConfigError(f"CLICKHOUSE_URL must be chdb:///path or http(s)://host, got "
+                               f"{redact_url(url)!r}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***: fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect_clickhouse(url: str):
+    """A clickhouse-connect client for CLICKHOUSE_URL, with event_log created if missing.
+
+    One call for both backends. chDB: one process at a time may open a directory; within a
+    process, clients on the same directory share the engine.
+    """
+    try:
+        ch = clickhouse_connect.get_client(dsn=url)
+    except Exception as exc:
+        raise ClickHouseUnavailable(f"cannot connect to {redact_url(url)}: {exc}") from exc
+    try:
+        ensure_event_log(ch)
+    except Exception as exc:
+        close_quietly(ch)
+        raise ClickHouseUnavailable(f"cannot create {EVENT_LOG_TABLE}: {exc}") from exc
+    return ch
+
+
+def ensure_event_log(ch) -> None:
+    """CREATE TABLE IF NOT EXISTS event_log, from sql/clickhouse/event_log.sql."""
+    ch.command(EVENT_LOG_DDL_PATH.read_text())
+
+
+def is_malformed(exc: BaseException) -> bool:
+    """Whether ClickHouse (or the client, encoding the batch) refused the data itself."""
+    if isinstance(exc, ClickHouseDataError):  # a value the column type cannot hold
+        return True
+    if isinstance(exc, ClickHouseOperationalError) or not isinstance(exc, ClickHouseDatabaseError):
+        return False
+    return exc.name in MALFORMED_ERRORS or exc.code in MALFORMED_CODES
+
+
+def to_clickhouse_columns(rows: Sequence) -> tuple[list[list[Any]], int]:
+    """event_log's columns (column-oriented) for outbox rows, and their approximate size.
+
+    event_context stays the JSON text Postgres returned: ClickHouse parses it into the JSON
+    column, so nothing is decoded and re-encoded here.
+    """
+    columns = [
+        [r.event_id for r in rows],
+        [r.event_type for r in rows],
+        [r.event_date_time for r in rows],
+        [r.environment for r in rows],
+        [r.event_context for r in rows],
+        [r.metadata_version for r in rows],
+    ]
+    approx_bytes = sum(len(r.event_type) + len(r.environment) + len(r.event_context) for r in rows)
+    return columns, approx_bytes + 28 * len(rows)  # UUID + DateTime + UInt64
+
+
+def insert_batch(ch, rows: Sequence, token: str) -> int:
+    """Insert rows into event_log as one insert that ClickHouse drops if `token` was seen
+    before (non_replicated_deduplication_window). Returns the approximate payload bytes."""
+    columns, approx_bytes = to_clickhouse_columns(rows)
+    ch.insert(EVENT_LOG_TABLE, columns, column_names=EVENT_LOG_COLUMNS, column_oriented=True,
+              settings={"insert_deduplication_token": token})
+    return approx_bytes
+
+
+def describe(exc: BaseException) -> str:
+    return (str(exc).strip() or repr(exc))[:MAX_ERROR_CHARS]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A recorded batch: its outbox ids (ascending) and the dedup token it is always sent with."""
+
+    batch_id: int
+    ids: list[int]
+    token: str
+    attempts: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """What happened to one batch, logged by relay_once once its transaction has committed."""
+
+    batch: Batch
+    rows: int = 0
+    nbytes: int = 0
+    lag_s: float = 0.0
+    resent: bool = False
+    rejection: BatchRejected | None = None
+    dead_error: str | None = None
+
+
+def relay_once(conn, ch, settings: core.Settings, *,
+               after_insert: Callable[[list], None] | None = None) -> int:
+    """Deliver at most one batch; returns how many events ClickHouse took (0: nothing due).
+
+    A batch left unfinished (its relay died, or ClickHouse failed it) goes first, re-sent as
+    recorded. Otherwise the oldest outbox rows are claimed if a batch is due: relay_batch_max_rows
+    of them, or fewer once the oldest has waited relay_batch_max_wait_s.
+
+    `conn` is an autocommit psycopg connection this relay alone uses; `ch` a clickhouse-connect
+    client. `after_insert(rows)` runs after ClickHouse acknowledged, before the Postgres commit
+    (benchmark timing, fault injection). Raises ClickHouseUnavailable, or BatchRejected; the
+    rows stay in the outbox either way, unless the refusal was the last allowed: then they are
+    in outbox_dead and this returns 0.
+    """
+    started = time.monotonic()
+    with conn.transaction():
+        batch = take_unfinished_batch(conn)
+        if batch is not None:
+            delivery = deliver_batch(conn, ch, batch, batch_rows(conn, batch.ids),
+                                     resent=True, after_insert=after_insert)
+    if batch is None:
+        claimed = claim_batch(conn, settings.relay_batch_max_rows, settings.relay_batch_max_wait_s)
+        if claimed is None:
+            return 0
+        batch, rows = claimed
+        with conn.transaction():
+            if lock_batch(conn, batch.batch_id) is None:
+                return 0  # another relay took it over in the moment between; it sends it
+            delivery = deliver_batch(conn, ch, batch, rows, after_insert=after_insert)
+    return report(delivery, time.monotonic() - started)
+
+
+def report(delivery: Delivery, seconds: float) -> int:
+    """Log a committed delivery; raise its rejection, if it was one."""
+    batch = delivery.batch
+    if delivery.rejection is not None:
+        raise delivery.rejection
+    if delivery.dead_error is not None:
+        log.error("relay.batch_dead", batch_id=batch.batch_id, rows=len(batch.ids),
+                  first_id=batch.ids[0] if batch.ids else None,
+                  last_id=batch.ids[-1] if batch.ids else None,
+                  attempts=DEAD_AFTER_ATTEMPTS, error=delivery.dead_error[: MAX_ERROR_CHARS // 3])
+        return 0
+    log.info("relay.batch_sent", batch_id=batch.batch_id, rows=delivery.rows, bytes=delivery.nbytes,
+             seconds=round(seconds, 3), lag_s=round(delivery.lag_s, 3), resent=delivery.resent)
+    return delivery.rows
+
+
+def deliver_batch(conn, ch, batch: Batch, rows: list, *, resent: bool = False,
+                  after_insert: Callable[[list], None] | None = None) -> Delivery:
+    """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
+    transaction). A malformed batch is counted, or dead-lettered on its last attempt."""
+    fetched = time.monotonic()
+    approx_bytes = 0
+    if rows:
+        try:
+            approx_bytes = insert_batch(ch, rows, batch.token)
+        except Exception as exc:
+            if not is_malformed(exc):
+                raise ClickHouseUnavailable(describe(exc)) from exc
+            return reject_batch(conn, batch, describe(exc))
+        if after_insert is not None:
+            after_insert(rows)
+    delete_batch(conn, batch)
+    lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
+    return Delivery(batch, rows=len(rows), nbytes=approx_bytes, lag_s=lag_s, resent=resent)
+
+
+def reject_batch(conn, batch: Batch, error: str) -> Delivery:
+    """Count ClickHouse's refusal of a batch; the last allowed one moves it to outbox_dead."""
+    cur = conn.cursor(row_factory=tuple_row)
+    (attempts,) = cur.execute(QUERIES["reject_outbox_batch"],
+                              {"batch_id": batch.batch_id, "error": error}).fetchone()
+    if attempts < DEAD_AFTER_ATTEMPTS:
+        return Delivery(batch, rejection=BatchRejected(batch.batch_id, attempts, error))
+    dead_letter_batch(conn, batch, error)
+    return Delivery(batch, dead_error=error)
+
+
+def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[Batch, list] | None:
+    """Claim the oldest unclaimed outbox rows and record them as a batch (committed), if due:
+    `max_rows` of them, or fewer once the oldest has waited `max_wait_s`. None otherwise."""
+    with conn.transaction():
+        cur = conn.cursor(row_factory=namedtuple_row)
+        rows = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
+        rows = without_recorded_rows(conn, rows)
+        if not rows or (len(rows) < max_rows and max(r.age_s for r in rows) < max_wait_s):
+            return None  # commits nothing; the row locks go
+        return record_batch(conn, rows), rows
+
+
+def without_recorded_rows(conn, rows: list) -> list:
+    """Drop rows another batch was recorded with after the claim's snapshot was taken (its
+    relay released them by dying between our snapshot and our lock)."""
+    if not rows:
+        return rows
+    cur = conn.cursor(row_factory=tuple_row)
+    taken = {i for (i,) in cur.execute(QUERIES["outbox_batch_overlap"],
+                                       {"first_id": rows[0].id, "last_id": rows[-1].id})}
+    return [r for r in rows if r.id not in taken] if taken else rows
+
+
+def batch_token(rows: Sequence) -> str:
+    """The batch's insert_deduplication_token: a hash of its outbox ids and event ids, so the
+    same rows always get the same token, and another database's batch 1 does not collide."""
+    digest = hashlib.sha256()
+    for r in rows:
+        digest.update(r.id.to_bytes(8, "big"))
+        digest.update(r.event_id.bytes)
+    return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
+
+
+def record_batch(conn, rows: list) -> Batch:
+    ids = [r.id for r in rows]
+    token = batch_token(rows)
+    cur = conn.cursor(row_factory=tuple_row)
+    batch_id = cur.execute(
+        QUERIES["record_outbox_batch"],
+        {"first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": token},
+    ).fetchone()[0]
+    return Batch(batch_id, ids, token)
+
+
+def take_unfinished_batch(conn) -> Batch | None:
+    """Lock the oldest recorded batch no relay is sending (caller's transaction)."""
+    row = conn.cursor(row_factory=tuple_row).execute(QUERIES["take_unfinished_outbox_batch"]).fetchone()
+    return Batch(*row) if row else None
+
+
+def lock_batch(conn, batch_id: int) -> Batch | None:
+    """Lock a recorded batch (caller's transaction); None if gone or another relay has it."""
+    row = conn.cursor(row_factory=tuple_row).execute(
+        QUERIES["lock_outbox_batch"], {"batch_id": batch_id}).fetchone()
+    return Batch(*row) if row else None
+
+
+def batch_rows(conn, ids: list[int]) -> list:
+    cur = conn.cursor(row_factory=namedtuple_row)
+    return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
+
+
+def delete_batch(conn, batch: Batch) -> None:
+    """Delete exactly the batch's outbox rows, and its record (caller's transaction)."""
+    conn.execute(QUERIES["delete_outbox_rows"], {"ids": batch.ids})
+    conn.execute(QUERIES["delete_outbox_batch"], {"batch_id": batch.batch_id})
+
+
+def dead_letter_batch(conn, batch: Batch, error: str) -> None:
+    """Move the batch's rows to outbox_dead with the error (caller's transaction)."""
+    conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": batch.ids, "error": error})
+    delete_batch(conn, batch)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def outbox_pending(conn, max_rows: int) -> tuple[int, float]:
+    """Unclaimed rows (counting at most `max_rows`) and the age of the oldest of them, in s."""
+    rows, oldest_age_s = conn.cursor(row_factory=tuple_row).execute(
+        QUERIES["outbox_pending"], {"max_rows": max_rows}).fetchone()
+    return rows, oldest_age_s
+
+
+def outbox_status(conn) -> dict[str, Any]:
+    """{backlog, oldest_age_s, dead}: events not yet in ClickHouse, how long the oldest has
+    waited (0 when none), and events in outbox_dead. For GET /api/v1/stats."""
+    backlog, oldest_age_s, dead = conn.cursor(row_factory=tuple_row).execute(
+        QUERIES["outbox_status"]).fetchone()
+    return {"backlog": backlog, "oldest_age_s": round(oldest_age_s, 3), "dead": dead}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Helpers for scripts/dev and scripts/test: addresses, the database and the S3 bucket.
+
+usage:
+  python scripts/stack.py shell-env          shell assignments (host/port of each service,
+                                             S3 credentials) for `eval`
+  python scripts/stack.py ensure-db [--tests]
+                                             create DATABASE_URL's database (with --tests:
+                                             EH_TEST_ADMIN_DSN's) if it is missing
+  python scripts/stack.py wait-s3 [--pid P] [--timeout S]
+                                             wait until S3_ENDPOINT_URL answers with our keys
+  python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
+
+Every value comes from core.Settings (the environment, else its defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import core  # noqa: E402
+
+# The conftest's admin database: where the tests create their own databases.
+TEST_ADMIN_DSN = os.environ.get("EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("shell-env")
+    p = sub.add_parser("ensure-db")
+    p.add_argument("--tests", action="store_true", help="the tests' admin database instead")
+    p = sub.add_parser("wait-s3")
+    p.add_argument("--pid", type=int, help="give up early if this process exits")
+    p.add_argument("--timeout", type=float, default=60.0)
+    sub.add_parser("ensure-bucket")
+    args = parser.parse_args(argv)
+
+    settings = core.load_settings()
+    if args.command == "shell-env":
+        print(shell_env(settings))
+        return 0
+    if args.command == "ensure-db":
+        return ensure_database(TEST_ADMIN_DSN if args.tests else settings.database_url)
+    if args.command == "wait-s3":
+        return wait_s3(settings, args.pid, args.timeout)
+    return ensure_bucket(settings)
+
+
+def shell_env(settings: core.Settings) -> str:
+    """`name=value` lines for bash: where each service is, and the S3 keys for weed."""
+    values: dict[str, str | int] = {}
+    for prefix, url, default_port in (
+        ("pg", settings.database_url, 5432),
+        ("test_pg", TEST_ADMIN_DSN, 5432),
+        ("amqp", settings.amqp_url, 5672),
+        ("s3", settings.s3_endpoint_url, 80),
+    ):
+        parts = urlsplit(url)
+        values[f"{prefix}_host"] = parts.hostname or "127.0.0.1"
+        values[f"{prefix}_port"] = parts.port or default_port
+    values["s3_endpoint"] = settings.s3_endpoint_url
+    values["s3_bucket"] = settings.s3_bucket
+    values["s3_key_id"] = settings.aws_access_key_id
+    values["s3_secret"] = settings.aws_secret_access_key
+    return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
+
+
+def ensure_database(url: str) -> int:
+    """Create the database named in `url` (connecting to `postgres` on the same server)."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name:
+        print(f"error: no database name in {url!r}", file=sys.stderr)
+        return 1
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return 0
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    print(f"created database {name}", file=sys.stderr)
+    return 0
+
+
+def wait_s3(settings: core.Settings, pid: int | None, timeout: float) -> int:
+    """Poll ListBuckets until the endpoint accepts our credentials."""
+    client = core.s3_client(settings)
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client.list_buckets()
+            return 0
+        except Exception as exc:  # not listening yet, or listening but its filer still starting
+            last_error = exc
+        if pid is not None and not _alive(pid):
+            print(f"error: the S3 server (pid {pid}) exited: {last_error}", file=sys.stderr)
+            return 1
+        time.sleep(0.3)
+    print(f"error: S3 at {settings.s3_endpoint_url} not ready after {timeout:.0f}s: {last_error}",
+          file=sys.stderr)
+    return 1
+
+
+def ensure_bucket(settings: core.Settings) -> int:
+    """Create S3_BUCKET unless it exists; a refusal (wrong keys) is an error."""
+    from botocore.exceptions import ClientError
+
+    client = core.s3_client(settings)
+    try:
+        client.head_bucket(Bucket=settings.s3_bucket)
+        return 0
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            print(f"error: S3 at {settings.s3_endpoint_url} refused bucket "
+                  f"{settings.s3_bucket!r}: {exc}", file=sys.stderr)
+            return 1
+    client.create_bucket(Bucket=settings.s3_bucket)
+    print(f"created bucket {settings.s3_bucket}", file=sys.stderr)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by the shell) still answers kill(0).
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+DROP TABLE line_errors;
+DROP TABLE log_entries;
+DROP TABLE jobs;

@@ -1,0 +1,187 @@
+-- Every statement the code runs, as named blocks loaded once by core.load_queries().
+-- Parameters are always bound (%(name)s); nothing here is built by string formatting.
+
+-- name: insert_job --
+INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total)
+VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s)
+RETURNING *;
+
+-- name: get_job --
+SELECT * FROM jobs WHERE job_id = %(job_id)s;
+
+-- name: list_jobs --
+SELECT * FROM jobs ORDER BY created_at DESC, job_id LIMIT %(limit)s;
+
+-- name: job_counts --
+SELECT status, count(*) AS n FROM jobs GROUP BY status;
+
+-- name: list_line_errors --
+SELECT line_no, reason FROM line_errors
+WHERE job_id = %(job_id)s AND line_no > %(after_line)s
+ORDER BY line_no
+LIMIT %(limit)s;
+
+-- name: claim_job --
+-- Takes a queued job, or resumes one whose earlier worker died mid-file (the caller holds
+-- the job's advisory lock, so no live worker is on it). Finished jobs are not returned.
+UPDATE jobs
+SET status = 'processing',
+    started_at = coalesce(started_at, now()),
+    attempts = attempts + 1,
+    updated_at = now()
+WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
+RETURNING *, (started_at = now()) AS first_start;
+
+-- name: take_lost_jobs --
+-- Jobs queued for longer than the grace period, whose message must have been lost (the
+-- caller only asks when the job queue is empty). Bumping updated_at marks them re-published,
+-- so each is re-published at most once per grace period, by one worker.
+UPDATE jobs SET updated_at = now()
+WHERE job_id IN (
+    SELECT job_id FROM jobs
+    WHERE status = 'queued' AND updated_at < now() - make_interval(secs => %(after_s)s)
+    ORDER BY created_at
+    LIMIT 100
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: try_lock_job --
+-- Session-level lock: released when the worker's connection ends, whatever way it ends.
+SELECT pg_try_advisory_lock(hashtextextended(%(job_id)s::text, 0)) AS locked;
+
+-- name: unlock_job --
+SELECT pg_advisory_unlock(hashtextextended(%(job_id)s::text, 0));
+
+-- name: record_batch --
+-- Moves the checkpoint forward; guarded on the old checkpoint so a stale worker cannot.
+UPDATE jobs
+SET lines_processed = %(lines_processed)s,
+    bytes_processed = %(bytes_processed)s,
+    lines_valid = lines_valid + %(valid)s,
+    lines_invalid = lines_invalid + %(invalid)s,
+    updated_at = now()
+WHERE job_id = %(job_id)s AND status = 'processing' AND lines_processed = %(previous_lines)s
+RETURNING *;
+
+-- name: complete_job --
+UPDATE jobs
+SET status = 'completed', completed_at = now(), updated_at = now(), error = NULL
+WHERE job_id = %(job_id)s AND status = 'processing'
+RETURNING *;
+
+-- name: fail_job --
+UPDATE jobs
+SET status = 'failed', completed_at = now(), updated_at = now(), error = %(error)s
+WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
+RETURNING *;
+
+-- name: all_errors_are_encoding --
+SELECT coalesce(bool_and(reason LIKE 'not valid UTF-8%%'), false) AS all_encoding
+FROM line_errors WHERE job_id = %(job_id)s;
+
+-- name: record_attempt_error --
+UPDATE jobs SET error = %(error)s, updated_at = now()
+WHERE job_id = %(job_id)s AND status = 'processing';
+
+-- name: notify_job --
+SELECT pg_notify('eh_job', %(payload)s);
+
+-- name: insert_outbox_event --
+INSERT INTO outbox (event_id, event_type, event_date_time, environment, event_context, metadata_version)
+VALUES (%(event_id)s, %(event_type)s, %(event_date_time)s, %(environment)s, %(event_context)s, %(metadata_version)s);
+
+-- name: copy_outbox --
+COPY outbox (event_id, event_type, event_date_time, environment, event_context, metadata_version) FROM STDIN;
+
+-- name: copy_log_entries --
+COPY log_entries (job_id, line_no, timestamp, level, service, event_type, environment, message, context) FROM STDIN;
+
+-- name: copy_line_errors --
+COPY line_errors (job_id, line_no, reason) FROM STDIN;
+
+-- name: notify_outbox --
+SELECT pg_notify('eh_outbox', '');
+
+-- relay --------------------------------------------------------------------------------------
+-- relay.py drains the outbox into ClickHouse in batches. A batch is recorded in outbox_batch
+-- (row ids and dedup token, committed) before it is sent, and sent while its outbox_batch row
+-- is locked; the rows and the record are deleted in the transaction that follows ClickHouse's
+-- acknowledgement. Rows covered by a recorded batch are never claimed into another one.
+
+-- name: claim_outbox_batch --
+-- The oldest rows no other relay holds and no recorded batch covers. The caller re-reads
+-- outbox_batch (outbox_batch_overlap) in a new statement before recording them: a batch
+-- recorded after this statement's snapshot was taken is only visible there.
+SELECT o.id, o.event_id, o.event_type, o.event_date_time, o.environment,
+       o.event_context::text AS event_context, o.metadata_version, o.created_at,
+       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s
+FROM outbox o
+WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
+ORDER BY o.id
+LIMIT %(max_rows)s
+FOR UPDATE OF o SKIP LOCKED;
+
+-- name: outbox_batch_overlap --
+SELECT unnest(ids) AS id FROM outbox_batch
+WHERE first_id <= %(last_id)s AND last_id >= %(first_id)s;
+
+-- name: record_outbox_batch --
+INSERT INTO outbox_batch (first_id, last_id, ids, token)
+VALUES (%(first_id)s, %(last_id)s, %(ids)s, %(token)s)
+RETURNING batch_id, ids, token, attempts;
+
+-- name: lock_outbox_batch --
+SELECT batch_id, ids, token, attempts FROM outbox_batch
+WHERE batch_id = %(batch_id)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: take_unfinished_outbox_batch --
+-- A recorded batch no relay is sending: its relay died, or ClickHouse failed it.
+SELECT batch_id, ids, token, attempts FROM outbox_batch
+ORDER BY batch_id
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_batch_rows --
+SELECT id, event_id, event_type, event_date_time, environment,
+       event_context::text AS event_context, metadata_version, created_at,
+       extract(epoch FROM clock_timestamp() - created_at)::float8 AS age_s
+FROM outbox
+WHERE id = ANY(%(ids)s)
+ORDER BY id;
+
+-- name: delete_outbox_rows --
+DELETE FROM outbox WHERE id = ANY(%(ids)s);
+
+-- name: delete_outbox_batch --
+DELETE FROM outbox_batch WHERE batch_id = %(batch_id)s;
+
+-- name: reject_outbox_batch --
+UPDATE outbox_batch SET attempts = attempts + 1, last_error = %(error)s
+WHERE batch_id = %(batch_id)s
+RETURNING attempts;
+
+-- name: dead_letter_outbox_rows --
+INSERT INTO outbox_dead (id, event_id, event_type, event_date_time, environment, event_context,
+                         metadata_version, created_at, error)
+SELECT id, event_id, event_type, event_date_time, environment, event_context,
+       metadata_version, created_at, %(error)s
+FROM outbox
+WHERE id = ANY(%(ids)s);
+
+-- name: outbox_pending --
+-- What the next claim would find: up to max_rows unclaimed rows and the age of the oldest.
+SELECT count(*) AS rows, coalesce(max(age_s), 0)::float8 AS oldest_age_s
+FROM (SELECT extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
+      FROM outbox o
+      WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
+      ORDER BY o.id
+      LIMIT %(max_rows)s) pending;
+
+-- name: outbox_status --
+-- For GET /api/v1/stats: events not yet in ClickHouse, the oldest one's age, dead-lettered ones.
+SELECT o.backlog,
+       coalesce(extract(epoch FROM clock_timestamp() - o.oldest), 0)::float8 AS oldest_age_s,
+       (SELECT count(*) FROM outbox_dead) AS dead
+FROM (SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox) o;

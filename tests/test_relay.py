@@ -1,0 +1,349 @@
+"""The relay moves every committed outbox event into ClickHouse's event_log exactly once.
+
+Real Postgres (a fresh database per test) and embedded ClickHouse (chDB, a fresh directory per
+test). chDB lets one process at a time open a directory, so a test either runs the relay core
+in-process, or runs relay.py as a subprocess and reads event_log only once that process is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import core
+import relay
+from conftest import settings_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def relay_settings(database_url, tmp_path) -> core.Settings:
+    """Settings for this test's database and ClickHouse directory; batches go out at once."""
+    return dataclasses.replace(
+        core.Settings.from_env({}),
+        database_url=database_url,
+        clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
+        relay_batch_max_rows=100,
+        relay_batch_max_wait_s=0.0,
+        relay_poll_s=0.5,
+        log_format="json",
+    )
+
+
+@pytest.fixture
+def ch(relay_settings):
+    client = relay.connect_clickhouse(relay_settings.clickhouse_url)
+    yield client
+    client.close()
+
+
+def publish(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
+    """n events in one transaction, written with COPY as the worker does."""
+    events = [core.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        core.copy_events(cur, events)
+    return [e.event_id for e in events]
+
+
+def drain(conn, ch, settings) -> int:
+    """relay_once until nothing is due; the rows it moved."""
+    total = 0
+    for _ in range(10_000):
+        sent = relay.relay_once(conn, ch, settings)
+        if sent == 0:
+            return total
+        total += sent
+    raise AssertionError("the outbox never ran dry")
+
+
+def event_log_ids(ch) -> list[uuid.UUID]:
+    return [r[0] for r in ch.query("SELECT event_id FROM event_log").result_rows]
+
+
+def read_event_log_ids(settings) -> list[uuid.UUID]:
+    client = relay.connect_clickhouse(settings.clickhouse_url)
+    try:
+        return event_log_ids(client)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, ch, relay_settings):
+    when = dt.datetime(2026, 3, 1, 12, 30, 45, tzinfo=dt.timezone.utc)
+    context = {"job_id": str(uuid.uuid4()), "n": 3, "nested": {"ok": True, "tags": ["a", "b"]}}
+    with psycopg.connect(relay_settings.database_url) as conn:
+        with conn.transaction() as tx:
+            gone = core.publish_event(conn, "test.rolled_back", {"n": 1}, environment="test")
+            raise psycopg.Rollback(tx)
+    with psycopg.connect(relay_settings.database_url) as conn:
+        kept = core.publish_event(conn, "test.committed", context, environment="staging",
+                                  event_date_time=when)
+    assert relay.outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5),
+                                       "dead": 0}
+
+    assert drain(db, ch, relay_settings) == 1
+
+    rows = ch.query("SELECT event_id, event_type, toUnixTimestamp(event_date_time), environment,"
+                    " event_context, metadata_version FROM event_log").result_rows
+    assert rows == [(kept, "test.committed", int(when.timestamp()), "staging", context, 1)]
+    assert gone not in event_log_ids(ch)
+    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 0}
+    assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
+
+
+def test_n_events_arrive_exactly_once(db, ch, relay_settings):
+    published = publish(relay_settings.database_url, 1000)
+    with psycopg.connect(relay_settings.database_url) as conn:
+        published += [core.publish_event(conn, "test.single", {"i": i}, environment="test")
+                      for i in range(50)]
+
+    assert drain(db, ch, relay_settings) == 1050
+
+    ids = event_log_ids(ch)
+    assert len(ids) == 1050 and set(ids) == set(published)
+    assert relay.outbox_status(db)["backlog"] == 0
+
+
+def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings):
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=100,
+                                   relay_batch_max_wait_s=0.6)
+    publish(settings.database_url, 10)
+    assert relay.relay_once(db, ch, settings) == 0  # too young, too few: wait for company
+    assert relay.outbox_pending(db, 100)[0] == 10
+    publish(settings.database_url, 95)
+    assert relay.relay_once(db, ch, settings) == 100  # a full batch goes at once
+    time.sleep(0.7)
+    assert relay.relay_once(db, ch, settings) == 5  # its oldest row has waited long enough
+    assert len(event_log_ids(ch)) == 105
+
+
+def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_settings):
+    published = publish(relay_settings.database_url, 250)
+    ch.command("DROP TABLE event_log")  # a server-side failure that is not about the data
+
+    for _ in range(relay.DEAD_AFTER_ATTEMPTS + 2):
+        with pytest.raises(relay.ClickHouseUnavailable, match="event_log"):
+            relay.relay_once(db, ch, relay_settings)
+
+    assert relay.outbox_status(db)["backlog"] == 250
+    assert relay.outbox_status(db)["dead"] == 0
+    batches = db.execute("SELECT attempts FROM outbox_batch").fetchall()
+    assert batches == [{"attempts": 0}]  # one batch, recorded once, resent each time
+
+    relay.ensure_event_log(ch)  # ClickHouse is back
+    assert drain(db, ch, relay_settings) == 250
+    ids = event_log_ids(ch)
+    assert len(ids) == 250 and set(ids) == set(published)
+
+
+@pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
+def test_a_malformed_batch_goes_to_outbox_dead_and_the_relay_moves_on(db, ch, relay_settings,
+                                                                       poison):
+    with psycopg.connect(relay_settings.database_url) as conn:
+        for i in range(3):
+            core.publish_event(conn, "test.good", {"i": i}, environment="test")
+        if poison == "dotted_key_clash":
+            # Postgres takes it (two different keys); ClickHouse's JSON type refuses it, both
+            # being the path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
+            core.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
+        else:
+            # A timestamptz before 1970 that DateTime cannot hold; the client refuses to encode it.
+            core.publish_event(conn, "test.poison", {}, environment="test",
+                               event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
+
+    for attempt in range(1, relay.DEAD_AFTER_ATTEMPTS):
+        with pytest.raises(relay.BatchRejected) as rejected:
+            relay.relay_once(db, ch, relay_settings)
+        assert rejected.value.attempts == attempt
+        assert relay.outbox_status(db)["backlog"] == 4  # kept while attempts remain
+    assert relay.relay_once(db, ch, relay_settings) == 0  # the last attempt dead-letters it
+
+    dead = db.execute("SELECT event_type, error FROM outbox_dead ORDER BY id").fetchall()
+    assert [d["event_type"] for d in dead] == ["test.good"] * 3 + ["test.poison"]
+    expected = "INCORRECT_DATA" if poison == "dotted_key_clash" else "event_date_time"
+    assert all(expected in d["error"] for d in dead)
+    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 4}
+    assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
+
+    later = publish(relay_settings.database_url, 5)
+    assert drain(db, ch, relay_settings) == 5
+    assert sorted(event_log_ids(ch)) == sorted(later)
+
+
+def test_two_relays_side_by_side_deliver_each_event_once(relay_settings):
+    """Two relays (threads, each with its own Postgres connection and ClickHouse client on
+    the one chDB directory) drain an outbox a producer keeps filling, in small batches."""
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=37)
+    published: list[uuid.UUID] = []
+    producing = threading.Event()
+    producing.set()
+    errors: list[BaseException] = []
+    sent_by: dict[str, int] = {}
+
+    def producer():
+        try:
+            for _ in range(60):
+                published.extend(publish(settings.database_url, 50))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            producing.clear()
+
+    def relay_thread(name):
+        sent_by[name] = 0
+        try:
+            client = relay.connect_clickhouse(settings.clickhouse_url)
+            try:
+                with psycopg.connect(settings.database_url, autocommit=True) as conn:
+                    while True:
+                        busy = producing.is_set()
+                        sent = relay.relay_once(conn, client, settings)
+                        sent_by[name] += sent
+                        if sent == 0 and not busy:
+                            return
+            finally:
+                client.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer)] + [
+        threading.Thread(target=relay_thread, args=(f"relay-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+    ids = read_event_log_ids(settings)
+    assert len(published) == 3000
+    assert len(ids) == 3000 and set(ids) == set(published)
+    assert sum(sent_by.values()) == 3000
+
+
+# --------------------------------------------------------------------------- relay.py processes
+
+
+def start_relay(settings, log_path: Path, **env) -> subprocess.Popen:
+    with log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "relay.py")],
+            env={**settings_env(settings), **env},
+            cwd=log_path.parent,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_relay(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"relay.py did not stop within 10 s of {sig.name}") from None
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def log_lines(path: Path) -> list[dict]:
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def test_killed_between_insert_and_commit_no_event_is_doubled(db, relay_settings, tmp_path):
+    """SIGKILL after ClickHouse took a batch and before Postgres committed; then more events
+    arrive, and a relay with a larger batch size takes over. The recorded batch is re-sent with
+    the same rows and token (ClickHouse drops it); only the rest is new."""
+    published = publish(relay_settings.database_url, 300)
+    crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
+                           **{relay.CRASH_AFTER_INSERT_ENV: "1"})
+    assert crashing.wait(30) == -signal.SIGKILL
+    assert relay.outbox_status(db)["backlog"] == 300  # ClickHouse has 100 of them; Postgres
+    assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 1  # knows
+
+    published += publish(relay_settings.database_url, 50)
+    proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
+                       RELAY_POLL_S="30")
+    try:
+        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 30, "the outbox to drain")
+        # Idle now, and the fallback poll is 30 s away: only the NOTIFY can wake it this fast.
+        published += publish(relay_settings.database_url, 10)
+        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 5, "a NOTIFY wake-up")
+    finally:
+        assert stop_relay(proc) == 0
+
+    ids = read_event_log_ids(relay_settings)
+    assert len(ids) == 360 and set(ids) == set(published)
+    lines = log_lines(tmp_path / "relay.log")
+    sent = [line for line in lines if line["event"] == "relay.batch_sent"]
+    assert sent[0]["resent"] is True and sent[0]["rows"] == 100
+    assert {"rows", "bytes", "seconds", "lag_s"} <= set(sent[0])
+    assert sum(line["rows"] for line in sent) == 360
+    assert lines[-1]["event"] == "relay.stopped"
+
+
+def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, relay_settings,
+                                                                           tmp_path):
+    published = publish(relay_settings.database_url, 200)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = dataclasses.replace(
+        relay_settings, clickhouse_url=f"http://eh:s3cret-pw@127.0.0.1:{port}/default")
+    proc = start_relay(down, tmp_path / "down.log")
+    try:
+        wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
+                               for line in log_lines(tmp_path / "down.log")) >= 3,
+                   20, "three failed attempts")
+        assert relay.outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(5, abs=20),
+                                           "dead": 0}
+    finally:
+        started = time.monotonic()
+        assert stop_relay(proc, signal.SIGINT) == 0
+        assert time.monotonic() - started < 5
+
+    text = (tmp_path / "down.log").read_text()
+    assert "s3cret-pw" not in text
+    lines = log_lines(tmp_path / "down.log")
+    assert lines[0]["event"] == "relay.started" and "***" in lines[0]["clickhouse"]
+    delays = [line["retry_in_s"] for line in lines if line["event"] == "relay.clickhouse_unavailable"]
+    assert delays[0] <= relay.BACKOFF_FIRST_S and delays[2] > delays[0]  # exponential
+    assert relay.outbox_status(db)["backlog"] == 200
+
+    with relay.connect_clickhouse(relay_settings.clickhouse_url) as client:  # back up
+        assert drain(db, client, relay_settings) == 200
+        ids = event_log_ids(client)
+    assert len(ids) == 200 and set(ids) == set(published)
+
+
+def outbox_backlog(db) -> int:
+    return relay.outbox_status(db)["backlog"]

@@ -1,0 +1,322 @@
+"""The worker: line reading and validation, whole jobs against real S3 and Postgres, and the
+real worker process fed through RabbitMQ, stopped and killed in the middle of a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import signal
+import threading
+import uuid
+
+import pika
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+import core
+import worker
+from conftest import wait_for
+
+VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
+         "event_type": "order.created", "message": "order created"}
+
+
+def jsonl(*objs) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def make_job(settings, db, content: bytes, *, store: bool = True) -> uuid.UUID:
+    """A queued job for `content`, as the API leaves it."""
+    job_id = uuid.uuid4()
+    key = f"uploads/{job_id}.jsonl"
+    if store:
+        core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
+    db.execute(core.QUERIES["insert_job"], {
+        "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
+        "bucket": settings.s3_bucket, "object_key": key,
+        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1)})
+    return job_id
+
+
+def run(settings, job_id, stop=None) -> str:
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+        return worker.process_job(conn, core.s3_client(settings), settings, job_id, stop)
+
+
+def job_row(db, job_id) -> dict:
+    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+
+
+def assert_exactly_once(db, job_id, valid: int, invalid: int) -> None:
+    """Every line's result is stored once: entries, errors and outbox events agree."""
+    entries = db.execute("SELECT count(*) AS n, count(DISTINCT line_no) AS d FROM log_entries "
+                         "WHERE job_id = %s", (job_id,)).fetchone()
+    errors = db.execute("SELECT count(*) AS n FROM line_errors WHERE job_id = %s",
+                        (job_id,)).fetchone()
+    events = db.execute("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM outbox "
+                        "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
+                        (str(job_id),)).fetchone()
+    assert (entries["n"], entries["d"]) == (valid, valid)
+    assert errors["n"] == invalid
+    assert (events["n"], events["d"]) == (valid, valid)
+    job = job_row(db, job_id)
+    assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
+
+
+class StopAfter(threading.Event):
+    """A stop signal that turns on by itself after `checks` looks at it."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.left = checks
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return super().is_set()
+
+
+# --------------------------------------------------------------------------- reading lines
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1024])
+def test_read_lines_keeps_byte_counts_across_chunks(chunk_size):
+    data = b"a\r\n\nbbb\nlast"
+    lines = list(worker.read_lines(io.BytesIO(data), chunk_size=chunk_size))
+    assert lines == [(b"a\r", 3), (b"", 1), (b"bbb", 4), (b"last", 4)]
+    assert sum(size for _, size in lines) == len(data)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 5, 64])
+def test_overlong_lines_are_reported_not_held(chunk_size):
+    data = b"ok\n" + b"x" * 25 + b"\n" + b"y" * 11 + b"\nend"
+    lines = list(worker.read_lines(io.BytesIO(data), max_line_bytes=10, chunk_size=chunk_size))
+    assert lines == [(b"ok", 3), (None, 26), (None, 12), (b"end", 3)]
+
+
+def test_empty_stream_has_no_lines():
+    assert list(worker.read_lines(io.BytesIO(b""))) == []
+
+
+# --------------------------------------------------------------------------- one line
+
+
+def test_parse_line_normalises_a_valid_entry():
+    line = {**VALID, "level": "WARNING", "request_id": "r-1", "context": {"order": 7}}
+    entry = worker.parse_line(json.dumps(line).encode(), worker.log_entry_validator())
+    assert entry["level"] == "warning"
+    assert entry["environment"] == "production"
+    assert entry["timestamp"].isoformat() == "2026-11-23T10:00:00+01:00"
+    assert entry["context"] == {"order": 7, "extra": {"request_id": "r-1"}}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"{oops", "invalid JSON"),
+        (b"[1, 2]", "is not of type 'object'"),
+        (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
+         "'service' is a required property"),
+        (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
+        (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
+        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
+        (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
+         "$.timestamp: not a valid date-time"),
+        (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
+        (b'{"message": "caf\xe9"}', "not valid UTF-8"),
+    ],
+)
+def test_parse_line_explains_invalid_lines(line, reason):
+    with pytest.raises(worker.InvalidLine) as info:
+        worker.parse_line(line, worker.log_entry_validator())
+    assert reason in str(info.value)
+
+
+# --------------------------------------------------------------------------- whole jobs
+
+
+def test_job_writes_entries_errors_and_events(settings, db):
+    lines = [dict(VALID, message=f"m{i}") for i in range(10)]
+    content = (jsonl(*lines[:4]) + b"\n   \n" + b"{bad json\n" + jsonl(*lines[4:])
+               + b'{"a": "' + b"z" * (worker.MAX_LINE_BYTES + 5) + b'"}\n'
+               + jsonl({**VALID, "level": "nope"})[:-1])  # no final newline
+    job_id = make_job(settings, db, content)
+
+    assert run(settings, job_id) == "completed"
+
+    job = job_row(db, job_id)
+    assert job["status"] == "completed" and job["completed_at"] and job["error"] is None
+    assert (job["lines_processed"], job["bytes_processed"]) == (job["lines_total"], len(content))
+    assert_exactly_once(db, job_id, valid=10, invalid=3)
+    errors = db.execute("SELECT line_no, reason FROM line_errors ORDER BY line_no").fetchall()
+    assert [e["line_no"] for e in errors] == [7, 14, 15]
+    assert "too long" in errors[1]["reason"] and "$.level" in errors[2]["reason"]
+    assert [r["line_no"] for r in db.execute(
+        "SELECT line_no FROM log_entries ORDER BY line_no")] == [1, 2, 3, 4, 8, 9, 10, 11, 12, 13]
+    event = db.execute("SELECT * FROM outbox WHERE event_context->>'line_no' = '8'").fetchone()
+    assert event["event_id"] == core.line_event_id(job_id, 8)
+    assert event["event_type"] == "order.created" and event["environment"] == "production"
+    assert event["event_context"]["message"] == "m4"
+    lifecycle = [r["event_type"] for r in db.execute(
+        "SELECT event_type FROM outbox WHERE event_type LIKE 'job.%%' ORDER BY id")]
+    assert lifecycle == ["job.started", "job.completed"]
+
+
+def test_finished_job_is_not_processed_twice(settings, db):
+    job_id = make_job(settings, db, jsonl(VALID, VALID))
+    assert run(settings, job_id) == "completed"
+    assert run(settings, job_id) == "skipped"
+    assert_exactly_once(db, job_id, valid=2, invalid=0)
+
+
+def test_a_job_locked_by_another_worker_is_left_to_it(settings, db):
+    job_id = make_job(settings, db, jsonl(VALID))
+    with psycopg.connect(settings.database_url, autocommit=True) as other:
+        other.execute(core.QUERIES["try_lock_job"], {"job_id": job_id})
+        assert run(settings, job_id) == "busy"
+        body = core.job_message(job_row(db, job_id))
+        never = threading.Event()
+        outcome = worker.handle_message(body, settings, core.s3_client(settings), never)
+        assert outcome is worker.Outcome.REQUEUE  # not acked: the other worker may die
+    assert job_row(db, job_id)["status"] == "queued"
+
+
+def test_missing_object_fails_the_job_readably(settings, db):
+    job_id = make_job(settings, db, jsonl(VALID), store=False)
+    assert run(settings, job_id) == "failed"
+    job = job_row(db, job_id)
+    assert job["status"] == "failed" and "missing from storage" in job["error"]
+    assert db.execute("SELECT event_type FROM outbox ORDER BY id DESC").fetchone()[
+        "event_type"] == "job.failed"
+
+
+def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
+    job_id = make_job(settings, db, b"\xff\xfe\xfa\n\xc3\x28\n")
+    assert run(settings, job_id) == "failed"
+    assert job_row(db, job_id)["error"] == "the file is not UTF-8 text"
+
+
+def test_unknown_job_is_reported(settings):
+    with pytest.raises(worker.UnknownJob):
+        run(settings, uuid.uuid4())
+
+
+def test_too_many_attempts_fail_the_job(settings, db):
+    job_id = make_job(settings, db, jsonl(VALID))
+    db.execute("UPDATE jobs SET attempts = %s, error = 'S3 timed out' WHERE job_id = %s",
+               (settings.max_attempts, job_id))
+    assert run(settings, job_id) == "failed"
+    assert "gave up after 5 attempts: S3 timed out" in job_row(db, job_id)["error"]
+
+
+def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
+    settings = dataclasses.replace(settings, batch_lines=7)
+    content = jsonl(*[dict(VALID, message=f"m{i}") for i in range(100)])
+    job_id = make_job(settings, db, content)
+
+    assert run(settings, job_id, stop=StopAfter(30)) == "abandoned"
+    job = job_row(db, job_id)
+    assert job["status"] == "processing" and 0 < job["lines_processed"] < 30
+    assert job["bytes_processed"] == len(b"".join(content.splitlines(True)[:job["lines_processed"]]))
+
+    assert run(settings, job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=100, invalid=0)
+    assert job_row(db, job_id)["attempts"] == 2
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def publish(settings, body: bytes) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        core.declare_queues(channel, settings.queue)
+        channel.basic_publish("", settings.queue, body)
+    finally:
+        conn.close()
+
+
+def queue_depth(settings, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
+    job_id = make_job(settings, db, content)
+    publish(settings, core.job_message(job_row(db, job_id)))
+    return job_id
+
+
+def test_worker_processes_jobs_and_dead_letters_poison(settings, db, start_process):
+    publish(settings, b"this is not json")
+    publish(settings, json.dumps({"job_id": str(uuid.uuid4())}).encode())
+    job_id = enqueue_job(settings, db, jsonl(VALID, VALID, VALID))
+    start_process("worker.py")
+
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
+    dead = core.dead_letter_queue(settings.queue)
+    wait_for(lambda: queue_depth(settings, dead) == 2, what="two dead-lettered messages")
+    assert queue_depth(settings, settings.queue) == 0
+    assert_exactly_once(db, job_id, valid=3, invalid=0)
+
+
+def test_duplicate_message_processes_the_job_once(settings, db, start_process):
+    job_id = enqueue_job(settings, db, jsonl(*[VALID] * 50))
+    publish(settings, core.job_message(job_row(db, job_id)))
+    start_process("worker.py")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
+    wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="both messages acked")
+    assert_exactly_once(db, job_id, valid=50, invalid=0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db, start_process,
+                                                                    sig):
+    lines = [dict(VALID, message=f"m{i}") for i in range(300)]
+    job_id = enqueue_job(settings, db, jsonl(*lines[:150]) + b"{bad\n" + jsonl(*lines[150:]))
+    slow = start_process("worker.py", EH_LINE_DELAY_MAX_S="0.02", EH_BATCH_LINES="10")
+    wait_for(lambda: job_row(db, job_id)["lines_processed"] >= 30, what="some progress")
+
+    slow.send_signal(sig)
+    assert slow.wait(timeout=10) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    job = job_row(db, job_id)
+    assert job["status"] == "processing" and job["lines_processed"] < 301
+
+    start_process("worker.py")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
+    assert_exactly_once(db, job_id, valid=300, invalid=1)
+    assert job_row(db, job_id)["lines_processed"] == 301
+
+
+def test_line_event_ids_are_uuid5_of_job_and_line():
+    job_id = uuid.uuid4()
+    ids = core.line_event_ids(job_id)
+    for line_no in (1, 42, 10**9):
+        assert uuid.UUID(ids(line_no)) == uuid.uuid5(job_id, str(line_no))
+
+
+def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process):
+    # As if the API committed the job and crashed before publishing: no message at all.
+    job_id = make_job(settings, db, jsonl(VALID, VALID))
+    db.execute("UPDATE jobs SET updated_at = now() - interval '10 seconds' WHERE job_id = %s",
+               (job_id,))
+    fresh_id = make_job(settings, db, jsonl(VALID))  # queued just now: not yet "lost"
+    start_process("worker.py", EH_REQUEUE_AFTER_S="5")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="lost job completed")
+    assert job_row(db, fresh_id)["status"] == "queued"
+    assert_exactly_once(db, job_id, valid=2, invalid=0)
+
+
+def test_pattern_errors_are_explained_in_words():
+    with pytest.raises(worker.InvalidLine) as info:
+        worker.parse_line(json.dumps({**VALID, "level": "verbose"}).encode(),
+                          worker.log_entry_validator())
+    assert str(info.value) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
+                               "critical, in any letter case.")

@@ -1,0 +1,574 @@
+"""The worker: turns each uploaded file into log entries, line errors and outbox events.
+
+    python worker.py
+
+A long-running RabbitMQ consumer (prefetch 1, manual ack). For each message it streams the
+job's object from S3 line by line, validates every line against log_entry.schema.json and
+writes the results to Postgres in batches. Each batch is one transaction that also moves the
+job's checkpoint (lines and bytes done), so a redelivered job resumes where the last commit
+left it and no line is written twice. The message is acked only after the final commit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import enum
+import functools
+import json
+import random
+import signal
+import threading
+import time
+import uuid
+from json.encoder import encode_basestring_ascii as json_str
+from typing import Any, Callable, Iterator
+
+import jsonschema
+import pika
+import psycopg
+import structlog
+from botocore.exceptions import ClientError
+from psycopg.rows import dict_row
+
+import core
+
+log = structlog.get_logger("worker")
+
+MAX_LINE_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
+FLUSH_EVERY_S = 1.0
+MAX_REASON_CHARS = 500
+NOT_UTF8 = "not valid UTF-8"
+KNOWN_FIELDS = frozenset(
+    {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
+)
+
+
+def main() -> int:
+    settings = core.load_settings()
+    core.configure_logging(settings)
+    consumer = Consumer(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: consumer.stop(signal.Signals(signum).name))
+    consumer.run()
+    return 0
+
+
+# --------------------------------------------------------------------------- the consumer
+
+
+class Outcome(enum.Enum):
+    """What to tell RabbitMQ about a message once its work is over."""
+
+    ACK = "ack"  # done (or nothing to do): forget the message
+    REQUEUE = "requeue"  # not done, may succeed later: deliver it again
+    REJECT = "reject"  # can never succeed: dead-letter it
+
+
+class Consumer:
+    """Owns the pika connection on the main thread; each job runs on a thread of its own.
+
+    Work runs off the I/O thread so heartbeats keep flowing during a long file, and the ack is
+    handed back with `add_callback_threadsafe` (pika's threaded consumer example).
+    """
+
+    def __init__(self, settings: core.Settings):
+        self.settings = settings
+        self.s3 = core.s3_client(settings)
+        self.stopping = threading.Event()
+        self.job_thread: threading.Thread | None = None
+        self.failures_in_a_row = 0
+
+    def stop(self, reason: str = "requested") -> None:
+        if not self.stopping.is_set():
+            log.info("worker.stopping", reason=reason)
+        self.stopping.set()
+
+    def run(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                self._consume()
+                delay = 0.5
+            except pika.exceptions.AMQPError as exc:
+                log.warning("worker.broker_unavailable", error=repr(exc), retry_in_s=delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+        log.info("worker.stopped")
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(core.amqp_parameters(self.settings, "worker"))
+        try:
+            channel = connection.channel()
+            core.declare_queues(channel, self.settings.queue)
+            # One job at a time: a file takes long, and a second message would only wait
+            # here while another worker could take it.
+            channel.basic_qos(prefetch_count=1)
+            channel.basic_consume(
+                self.settings.queue, functools.partial(self._on_message, connection)
+            )
+            log.info("worker.consuming", queue=self.settings.queue)
+            next_reconcile = time.monotonic()
+            while not self.stopping.is_set():
+                connection.process_data_events(time_limit=0.5)
+                if time.monotonic() >= next_reconcile:
+                    self._reconcile(channel)
+                    next_reconcile = time.monotonic() + max(1.0, self.settings.requeue_after_s / 2)
+            self._wait_for_job(connection)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, connection, channel, method, _properties, body: bytes) -> None:
+        self.job_thread = threading.Thread(
+            target=self._work, args=(connection, channel, method.delivery_tag, body), name="job"
+        )
+        self.job_thread.start()
+
+    def _work(self, connection, channel, delivery_tag: int, body: bytes) -> None:
+        outcome = handle_message(body, self.settings, self.s3, self.stopping)
+        if outcome is Outcome.REQUEUE and not self.stopping.is_set():
+            self.failures_in_a_row += 1
+            self.stopping.wait(min(2.0**self.failures_in_a_row, 30.0))
+        elif outcome is not Outcome.REQUEUE:
+            self.failures_in_a_row = 0
+        try:
+            connection.add_callback_threadsafe(
+                functools.partial(settle, channel, delivery_tag, outcome)
+            )
+        except pika.exceptions.AMQPError:
+            # The connection is gone: the broker redelivers the message, and the checkpoint
+            # makes the second run pick up where this one committed.
+            log.warning("worker.ack_lost", outcome=outcome.value)
+
+    def _reconcile(self, channel) -> None:
+        """Re-publish jobs whose message was lost (see requeue_lost_jobs)."""
+        if channel.queue_declare(self.settings.queue, passive=True).method.message_count:
+            return  # jobs are still waiting in the queue: none is lost yet
+        try:
+            with psycopg.connect(self.settings.database_url, autocommit=True,
+                                 row_factory=dict_row, connect_timeout=5) as conn:
+                requeue_lost_jobs(conn, channel, self.settings)
+        except psycopg.Error as exc:
+            log.warning("reconciler.database_unavailable", error=str(exc))
+
+    def _wait_for_job(self, connection) -> None:
+        """On shutdown: let the job thread commit or abandon its batch, then send its ack."""
+        if self.job_thread is None:
+            return
+        self.job_thread.join(timeout=8.0)
+        if self.job_thread.is_alive():
+            log.warning("worker.job_still_running_at_exit")
+        connection.process_data_events(time_limit=0)
+
+
+def settle(channel, delivery_tag: int, outcome: Outcome) -> None:
+    if not channel.is_open:
+        return
+    if outcome is Outcome.ACK:
+        channel.basic_ack(delivery_tag)
+    elif outcome is Outcome.REJECT:
+        channel.basic_reject(delivery_tag, requeue=False)
+    else:
+        channel.basic_nack(delivery_tag, requeue=True)
+
+
+def requeue_lost_jobs(conn, channel, settings: core.Settings) -> int:
+    """Publish again the jobs left `queued` longer than EH_REQUEUE_AFTER_S.
+
+    The API commits a job before it publishes the message; if it crashed in between, or the
+    broker lost the message, the job would wait forever. A job published twice is still
+    processed once: the worker claims it under a lock and skips finished jobs.
+    """
+    with conn.transaction():
+        jobs = conn.execute(core.QUERIES["take_lost_jobs"],
+                            {"after_s": settings.requeue_after_s}).fetchall()
+        for job in jobs:
+            channel.basic_publish("", settings.queue, core.job_message(job),
+                                  pika.BasicProperties(content_type="application/json",
+                                                       delivery_mode=pika.DeliveryMode.Persistent))
+    if jobs:
+        log.warning("reconciler.requeued", count=len(jobs),
+                    job_ids=[str(j["job_id"]) for j in jobs])
+    return len(jobs)
+
+
+def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Event) -> Outcome:
+    """Process one job message end to end and say what to do with the message."""
+    structlog.contextvars.clear_contextvars()
+    try:
+        job_id = core.parse_job_message(body)
+    except ValueError as exc:
+        log.error("worker.poison_message", reason=str(exc), body_bytes=len(body))
+        return Outcome.REJECT
+    structlog.contextvars.bind_contextvars(job_id=str(job_id))
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+            result = process_job(conn, s3, settings, job_id, stop)
+    except UnknownJob:
+        log.error("worker.unknown_job")
+        return Outcome.REJECT
+    except Exception as exc:
+        log.exception("job.attempt_failed")
+        record_attempt_error(settings, job_id, exc)
+        return Outcome.REQUEUE
+    return Outcome.REQUEUE if result in ("abandoned", "busy") else Outcome.ACK
+
+
+def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception) -> None:
+    """Best effort: show why the last attempt failed on the job while it waits for a retry."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(core.QUERIES["record_attempt_error"], {
+                "job_id": job_id, "error": f"attempt failed, will retry: {exc}"[:MAX_REASON_CHARS]})
+    except psycopg.Error:
+        pass
+
+
+# --------------------------------------------------------------------------- one job
+
+
+class UnknownJob(Exception):
+    """The message names a job that does not exist: a poison message."""
+
+
+class JobFailed(Exception):
+    """The job can never succeed; it ends `failed` with this message for the user."""
+
+
+@dataclasses.dataclass
+class Batch:
+    """Results of consecutive lines not yet committed, and where the file stands after them."""
+
+    entries: list[tuple] = dataclasses.field(default_factory=list)
+    events: list[tuple] = dataclasses.field(default_factory=list)  # outbox rows
+    errors: list[tuple] = dataclasses.field(default_factory=list)
+    lines: int = 0
+    bytes: int = 0
+
+
+def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
+                stop: threading.Event | None = None) -> str:
+    """Process (or resume) one job.
+
+    Returns "completed", "failed", "skipped" (already finished), "busy" (another worker is on
+    it: its message must not be acked, in case that worker dies) or "abandoned" (stopped).
+
+    `conn` is an autocommit connection: every unit of work below is an explicit transaction.
+    The job's advisory lock, held on `conn` for the whole run, keeps a second worker off it.
+    """
+    stop = stop or threading.Event()
+    if not conn.execute(core.QUERIES["try_lock_job"], {"job_id": job_id}).fetchone()["locked"]:
+        log.info("job.busy", reason="another worker holds it")
+        return "busy"
+    try:
+        job = claim_job(conn, settings, job_id)
+        if job is None:
+            return "skipped"
+        try:
+            if job["attempts"] > settings.max_attempts:
+                raise JobFailed(f"gave up after {settings.max_attempts} attempts: {job['error']}")
+            return run_job(conn, s3, settings, job, stop)
+        except JobFailed as exc:
+            fail_job(conn, settings, job_id, str(exc))
+            return "failed"
+    finally:
+        if not conn.closed:
+            conn.execute(core.QUERIES["unlock_job"], {"job_id": job_id})
+
+
+def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> dict | None:
+    """Mark the job processing; None if it is already finished. UnknownJob if there is none."""
+    with conn.transaction():
+        job = conn.execute(core.QUERIES["claim_job"], {"job_id": job_id}).fetchone()
+        if job is None:
+            existing = conn.execute(core.QUERIES["get_job"], {"job_id": job_id}).fetchone()
+            if existing is None:
+                raise UnknownJob(str(job_id))
+            log.info("job.skipped", reason="already finished", status=existing["status"])
+            return None
+        if job["first_start"]:
+            core.insert_event(conn, core.job_event("job.started", job,
+                                                   environment=settings.environment))
+        notify_job(conn, job)
+    log.info("job.started", attempt=job["attempts"], resume_from_line=job["lines_processed"] + 1,
+             lines_total=job["lines_total"])
+    return job
+
+
+def run_job(conn, s3, settings: core.Settings, job: dict, stop: threading.Event) -> str:
+    """Stream the object from the checkpoint on, committing a batch at a time."""
+    validator = log_entry_validator()
+    event_id = core.line_event_ids(job["job_id"])
+    started = time.monotonic()
+    line_no = job["lines_processed"]
+    marks = progress_marks(job["lines_total"], line_no)
+    batch, last_flush = Batch(), time.monotonic()
+    body = open_object(s3, job)
+    committer = Committer(conn, job)
+    try:
+        for raw, size in read_lines(body):
+            line_no += 1
+            batch.lines += 1
+            batch.bytes += size
+            add_line(batch, job["job_id"], line_no, raw, validator, event_id)
+            if settings.line_delay_max_s:
+                stop.wait(random.uniform(0, settings.line_delay_max_s))
+            if stop.is_set():
+                job = committer.wait()
+                log.info("job.abandoned", uncommitted_lines=batch.lines,
+                         resume_from_line=job["lines_processed"] + 1)
+                return "abandoned"
+            at_mark = bool(marks) and line_no >= marks[0]
+            if (at_mark or batch.lines >= settings.batch_lines
+                    or time.monotonic() - last_flush >= FLUSH_EVERY_S):
+                committer.submit(batch)
+                batch, last_flush = Batch(), time.monotonic()
+                marks = [m for m in marks if m > line_no]
+        if batch.lines:
+            committer.submit(batch)
+        job = committer.wait()
+    finally:
+        committer.close()
+        body.close()
+    if is_not_text(conn, job):
+        raise JobFailed("the file is not UTF-8 text")
+    job = complete_job(conn, settings, job["job_id"])
+    log.info("job.completed", lines=job["lines_processed"], valid=job["lines_valid"],
+             invalid=job["lines_invalid"], seconds=round(time.monotonic() - started, 3))
+    return "completed"
+
+
+class Committer:
+    """Commits batches on a second thread, so the next batch is parsed while Postgres works
+    (psycopg releases the GIL while it waits). At most one batch is in flight and batches
+    commit in order, each moving the checkpoint the previous one left."""
+
+    def __init__(self, conn, job: dict):
+        self.conn, self.job = conn, job
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self.in_flight: concurrent.futures.Future | None = None
+
+    def submit(self, batch: Batch) -> None:
+        self.wait()
+        self.in_flight = self.executor.submit(write_batch, self.conn, self.job, batch)
+
+    def wait(self) -> dict:
+        """The job row as of the last committed batch (raises if that commit failed)."""
+        if self.in_flight is not None:
+            future, self.in_flight = self.in_flight, None
+            self.job = future.result()
+        return self.job
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+def open_object(s3, job: dict):
+    """The job's object as a stream, from the checkpoint's byte offset on."""
+    kwargs = {"Bucket": job["bucket"], "Key": job["object_key"]}
+    if job["bytes_processed"]:
+        kwargs["Range"] = f"bytes={job['bytes_processed']}-"
+    try:
+        return s3.get_object(**kwargs)["Body"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise JobFailed(
+                f"the uploaded file is missing from storage (s3://{job['bucket']}/{job['object_key']})"
+            ) from exc
+        raise
+
+
+def progress_marks(total: int, done: int) -> list[int]:
+    """Line numbers at each 10% of the file still ahead: a batch is committed at each one,
+    so watchers see at least ten progress steps whatever the batch size."""
+    return sorted({m for m in (-(-total * k // 10) for k in range(1, 10)) if m > done})
+
+
+def is_not_text(conn, job: dict) -> bool:
+    """True when no line was valid and every invalid line failed UTF-8 decoding."""
+    if job["lines_valid"] or not job["lines_invalid"]:
+        return False
+    row = conn.execute(core.QUERIES["all_errors_are_encoding"], {"job_id": job["job_id"]}).fetchone()
+    return bool(row["all_encoding"])
+
+
+def write_batch(conn, job: dict, batch: Batch) -> dict:
+    """Commit one batch: entries, outbox events, errors and the moved checkpoint, atomically."""
+    job_id = job["job_id"]
+    with conn.transaction(), conn.cursor() as cur:
+        if batch.entries:
+            with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
+                for row in batch.entries:
+                    copy.write_row(row)
+            core.copy_outbox_rows(cur, batch.events)
+        if batch.errors:
+            with cur.copy(core.QUERIES["copy_line_errors"]) as copy:
+                for row in batch.errors:
+                    copy.write_row(row)
+        updated = cur.execute(core.QUERIES["record_batch"], {
+            "job_id": job_id,
+            "lines_processed": job["lines_processed"] + batch.lines,
+            "bytes_processed": job["bytes_processed"] + batch.bytes,
+            "valid": len(batch.entries),
+            "invalid": len(batch.errors),
+            "previous_lines": job["lines_processed"],
+        }).fetchone()
+        if updated is None:
+            raise RuntimeError("the job's checkpoint moved under this worker; abandoning the batch")
+        notify_job(cur, updated)
+    return updated
+
+
+def complete_job(conn, settings: core.Settings, job_id: uuid.UUID) -> dict:
+    with conn.transaction(), conn.cursor() as cur:
+        job = cur.execute(core.QUERIES["complete_job"], {"job_id": job_id}).fetchone()
+        core.insert_event(cur, core.job_event("job.completed", job, environment=settings.environment))
+        notify_job(cur, job)
+    return job
+
+
+def fail_job(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> None:
+    with conn.transaction(), conn.cursor() as cur:
+        job = cur.execute(core.QUERIES["fail_job"], {"job_id": job_id, "error": error}).fetchone()
+        if job is None:
+            return
+        core.insert_event(cur, core.job_event("job.failed", job, environment=settings.environment))
+        notify_job(cur, job)
+    log.warning("job.failed", error=error)
+
+
+def notify_job(conn_or_cur, job: dict) -> None:
+    conn_or_cur.execute(core.QUERIES["notify_job"], {"payload": core.job_notification(job)})
+
+
+# --------------------------------------------------------------------------- one line
+
+
+def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
+               chunk_size: int = READ_CHUNK_BYTES) -> Iterator[tuple[bytes | None, int]]:
+    """Yield (line, size) for each physical line of a byte stream, in bounded memory.
+
+    `size` counts the line's bytes including its newline, so the caller can keep a byte
+    offset. A line longer than `max_line_bytes` is yielded as None and never held whole.
+    """
+    pending = bytearray()
+    pending_size = 0
+    too_long = False
+    while chunk := stream.read(chunk_size):
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            size = pending_size + nl - start + 1
+            if too_long or size - 1 > max_line_bytes:
+                yield None, size
+            elif pending:
+                yield bytes(pending) + chunk[start:nl], size
+            else:
+                yield chunk[start:nl], size
+            pending.clear()
+            pending_size = 0
+            too_long = False
+            start = nl + 1
+        rest = len(chunk) - start
+        if rest:
+            pending_size += rest
+            if pending_size > max_line_bytes:
+                too_long = True
+                pending.clear()
+            elif not too_long:
+                pending += chunk[start:]
+    if pending_size:
+        yield (None if too_long else bytes(pending)), pending_size
+
+
+def add_line(batch: Batch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
+             validator, event_id: Callable[[int], str]) -> None:
+    """Validate one line and put its result (entry + outbox event, or error) in the batch.
+
+    This runs for every line of every file, so the event is built as a ready COPY row: the
+    context is serialised once and spliced into the event's JSON.
+    """
+    if raw is None:
+        batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
+        return
+    if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
+        return
+    try:
+        entry = parse_line(raw, validator)
+    except InvalidLine as exc:
+        batch.errors.append((job_id, line_no, str(exc)))
+        return
+    context_json = json.dumps(entry["context"])
+    batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
+                          entry["event_type"], entry["environment"], entry["message"],
+                          context_json))
+    event_context = (
+        f'{{"job_id": "{job_id}", "line_no": {line_no}, "level": {json_str(entry["level"])}, '
+        f'"service": {json_str(entry["service"])}, "message": {json_str(entry["message"])}, '
+        f'"context": {context_json}}}'
+    )
+    batch.events.append((event_id(line_no), entry["event_type"], entry["timestamp"],
+                         entry["environment"], event_context, core.METADATA_VERSION))
+
+
+class InvalidLine(Exception):
+    """A line that is not a valid log entry; the message is the reason shown to the user."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason[:MAX_REASON_CHARS])
+
+
+def parse_line(raw: bytes, validator) -> dict[str, Any]:
+    """One log entry from one line of bytes, normalised; InvalidLine says why not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidLine(f"{NOT_UTF8} (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not validator.is_valid(obj):
+        raise InvalidLine(schema_error_reason(validator, obj))
+    try:
+        timestamp = dt.datetime.fromisoformat(obj["timestamp"])
+    except ValueError as exc:
+        raise InvalidLine(f"$.timestamp: not a valid date-time ({exc})") from None
+    context = obj.get("context", {})
+    extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+    if extra:
+        context = {**context, ("extra" if "extra" not in context else "_extra"): extra}
+    return {
+        "timestamp": timestamp,
+        "level": obj["level"].lower(),
+        "service": obj["service"],
+        "event_type": obj["event_type"],
+        "environment": obj.get("environment", "production"),
+        "message": obj["message"],
+        "context": context,
+    }
+
+
+def schema_error_reason(validator, obj) -> str:
+    """The most relevant schema error, put for a person: a pattern is explained by the
+    property's description rather than shown as a regular expression."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.json_path}: {error.instance!r} is not valid: {error.schema['description']}"
+    return f"{error.json_path}: {error.message}"
+
+
+@functools.cache
+def log_entry_validator():
+    """The compiled LogEntry validator (built once per process)."""
+    schema = json.loads(core.LOG_ENTRY_SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
