@@ -44,6 +44,10 @@ NOT_UTF8 = "not valid UTF-8"
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
+# What event_log.event_date_time (ClickHouse DateTime) holds; a line outside it is refused here
+# rather than accepted and then refused by ClickHouse.
+TIMESTAMP_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TIMESTAMP_MAX = dt.datetime(2106, 2, 7, 6, 28, 15, tzinfo=dt.timezone.utc)
 
 
 def main() -> int:
@@ -537,6 +541,9 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         timestamp = dt.datetime.fromisoformat(obj["timestamp"])
     except ValueError as exc:
         raise InvalidLine(f"$.timestamp: not a valid date-time ({exc})") from None
+    if not TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX:
+        raise InvalidLine(f"$.timestamp: {obj['timestamp']!r} is outside the range event_log "
+                          "holds (1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z)")
     context = obj.get("context", {})
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:

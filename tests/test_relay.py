@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog.testing
 
 import core
 import relay
@@ -153,38 +154,103 @@ def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_
     assert len(ids) == 250 and set(ids) == set(published)
 
 
-@pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
-def test_a_malformed_batch_goes_to_outbox_dead_and_the_relay_moves_on(db, ch, relay_settings,
-                                                                       poison):
-    with psycopg.connect(relay_settings.database_url) as conn:
-        for i in range(3):
-            core.publish_event(conn, "test.good", {"i": i}, environment="test")
-        if poison == "dotted_key_clash":
-            # Postgres takes it (two different keys); ClickHouse's JSON type refuses it, both
-            # being the path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
-            core.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
-        else:
-            # A timestamptz before 1970 that DateTime cannot hold; the client refuses to encode it.
-            core.publish_event(conn, "test.poison", {}, environment="test",
-                               event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
+def publish_poison(conn, kind: str) -> uuid.UUID:
+    """An event Postgres takes and ClickHouse refuses, on the caller's transaction."""
+    if kind == "dotted_key_clash":
+        # Two different keys for Postgres; ClickHouse's JSON type refuses them, both being the
+        # path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
+        return core.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
+    # A timestamptz before 1970 that DateTime cannot hold; the client refuses to encode it.
+    return core.publish_event(conn, "test.poison", {}, environment="test",
+                              event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
 
+
+POISON_ERRORS = {"dotted_key_clash": "INCORRECT_DATA", "date_out_of_range": "event_date_time"}
+
+
+def refuse_until_the_last_attempt(db, ch, relay_settings, backlog: int) -> None:
     for attempt in range(1, relay.DEAD_AFTER_ATTEMPTS):
         with pytest.raises(relay.BatchRejected) as rejected:
             relay.relay_once(db, ch, relay_settings)
         assert rejected.value.attempts == attempt
-        assert relay.outbox_status(db)["backlog"] == 4  # kept while attempts remain
-    assert relay.relay_once(db, ch, relay_settings) == 0  # the last attempt dead-letters it
+        assert relay.outbox_status(db)["backlog"] == backlog  # kept while attempts remain
 
-    dead = db.execute("SELECT event_type, error FROM outbox_dead ORDER BY id").fetchall()
-    assert [d["event_type"] for d in dead] == ["test.good"] * 3 + ["test.poison"]
-    expected = "INCORRECT_DATA" if poison == "dotted_key_clash" else "event_date_time"
-    assert all(expected in d["error"] for d in dead)
-    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 4}
+
+@pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
+def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
+        db, ch, relay_settings, poison):
+    with psycopg.connect(relay_settings.database_url) as conn:
+        good = [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+                for i in range(3)]
+        bad = publish_poison(conn, poison)
+
+    refuse_until_the_last_attempt(db, ch, relay_settings, backlog=4)
+    assert relay.relay_once(db, ch, relay_settings) == 3  # the last attempt salvages the batch
+
+    assert sorted(event_log_ids(ch)) == sorted(good)
+    dead = db.execute("SELECT event_id, event_type, error FROM outbox_dead").fetchall()
+    assert [(d["event_id"], d["event_type"]) for d in dead] == [(bad, "test.poison")]
+    assert POISON_ERRORS[poison] in dead[0]["error"]
+    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 1}
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
 
     later = publish(relay_settings.database_url, 5)
     assert drain(db, ch, relay_settings) == 5
-    assert sorted(event_log_ids(ch)) == sorted(later)
+    assert sorted(event_log_ids(ch)) == sorted(good + later)
+
+
+def test_salvage_finds_scattered_bad_events_in_a_few_inserts(db, ch, relay_settings):
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=1_000)
+    good, bad = [], []
+    with psycopg.connect(settings.database_url) as conn:
+        for i in range(1_000):
+            if i in (17, 500, 873):
+                bad.append(publish_poison(conn, "dotted_key_clash"))
+            else:
+                good.append(core.publish_event(conn, "test.good", {"i": i}, environment="test"))
+
+    refuse_until_the_last_attempt(db, ch, settings, backlog=1_000)
+    inserts = []
+    with structlog.testing.capture_logs() as logs:
+        assert relay.relay_once(db, ch, settings, after_insert=inserts.append) == 997
+
+    ids = event_log_ids(ch)
+    assert len(ids) == 997 and set(ids) == set(good)
+    dead = db.execute("SELECT event_id FROM outbox_dead ORDER BY id").fetchall()
+    assert [d["event_id"] for d in dead] == bad
+    assert len(inserts) <= 3 * 10  # about log2(1000) accepted parts per bad event, not 997
+    dead_logged = [entry for entry in logs if entry["event"] == "relay.batch_dead"]
+    assert len(dead_logged) == 1
+    assert dead_logged[0]["rows_sent"] == 997 and dead_logged[0]["rows_dead"] == 3
+
+
+def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_settings):
+    """The relay dies after ClickHouse took some of the parts, before Postgres committed; the
+    next attempt halves the batch the same way, and ClickHouse drops the parts it has."""
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=200)
+    with psycopg.connect(settings.database_url) as conn:
+        good = [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+                for i in range(150)]
+        bad = publish_poison(conn, "date_out_of_range")
+        good += [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+                 for i in range(150, 199)]
+
+    def die_on_the_third_part(rows, parts=[]):
+        parts.append(rows)
+        if len(parts) == 3:
+            raise ConnectionResetError("the relay died")
+
+    refuse_until_the_last_attempt(db, ch, settings, backlog=200)
+    with pytest.raises(ConnectionResetError):
+        relay.relay_once(db, ch, settings, after_insert=die_on_the_third_part)
+    assert relay.outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(0, abs=60),
+                                       "dead": 0}
+    assert 0 < len(event_log_ids(ch)) < 199  # some parts are in ClickHouse already
+
+    assert relay.relay_once(db, ch, settings) == 199
+    ids = event_log_ids(ch)
+    assert len(ids) == 199 and set(ids) == set(good)
+    assert [d["event_id"] for d in db.execute("SELECT event_id FROM outbox_dead")] == [bad]
 
 
 def test_two_relays_side_by_side_deliver_each_event_once(relay_settings):

@@ -125,6 +125,10 @@ def test_parse_line_normalises_a_valid_entry():
         (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
         (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
          "$.timestamp: not a valid date-time"),
+        (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
+         "is outside the range event_log holds"),
+        (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
+         "is outside the range event_log holds"),
         (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
         (b'{"message": "caf\xe9"}', "not valid UTF-8"),
     ],
@@ -133,6 +137,12 @@ def test_parse_line_explains_invalid_lines(line, reason):
     with pytest.raises(worker.InvalidLine) as info:
         worker.parse_line(line, worker.log_entry_validator())
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z"])
+def test_parse_line_takes_timestamps_up_to_the_edges_of_event_log(timestamp):
+    line = json.dumps({**VALID, "timestamp": timestamp}).encode()
+    assert worker.parse_line(line, worker.log_entry_validator())["timestamp"].tzinfo is not None
 
 
 # --------------------------------------------------------------------------- whole jobs
