@@ -149,12 +149,11 @@ class Consumer:
 
     def _reconcile(self, channel) -> None:
         """Re-publish jobs whose message was lost (see requeue_lost_jobs)."""
-        if channel.queue_declare(self.settings.queue, passive=True).method.message_count:
-            return  # jobs are still waiting in the queue: none is lost yet
+        waiting = channel.queue_declare(self.settings.queue, passive=True).method.message_count
         try:
             with psycopg.connect(self.settings.database_url, autocommit=True,
                                  row_factory=dict_row, connect_timeout=5) as conn:
-                requeue_lost_jobs(conn, channel, self.settings)
+                requeue_lost_jobs(conn, channel, self.settings, queue_empty=waiting == 0)
         except psycopg.Error as exc:
             log.warning("reconciler.database_unavailable", error=str(exc))
 
@@ -179,8 +178,10 @@ def settle(channel, delivery_tag: int, outcome: Outcome) -> None:
         channel.basic_nack(delivery_tag, requeue=True)
 
 
-def requeue_lost_jobs(conn, channel, settings: core.Settings) -> int:
-    """Publish again the jobs left `queued` longer than EH_REQUEUE_AFTER_S.
+def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
+    """Publish again the jobs left `queued` longer than EH_REQUEUE_AFTER_S whose message
+    cannot be waiting in the queue any more: it is empty, or a job uploaded more than
+    EH_REQUEUE_AFTER_S later has started (so a busy queue does not hide a lost job).
 
     The API commits a job before it publishes the message; if it crashed in between, or the
     broker lost the message, the job would wait forever. A job published twice is still
@@ -188,7 +189,8 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings) -> int:
     """
     with conn.transaction():
         jobs = conn.execute(core.QUERIES["take_lost_jobs"],
-                            {"after_s": settings.requeue_after_s}).fetchall()
+                            {"after_s": settings.requeue_after_s,
+                             "queue_empty": queue_empty}).fetchall()
         for job in jobs:
             channel.basic_publish("", settings.queue, core.job_message(job),
                                   pika.BasicProperties(content_type="application/json",

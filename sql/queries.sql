@@ -33,13 +33,18 @@ WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
 RETURNING *, (started_at = now()) AS first_start;
 
 -- name: take_lost_jobs --
--- Jobs queued for longer than the grace period, whose message must have been lost (the
--- caller only asks when the job queue is empty). Bumping updated_at marks them re-published,
--- so each is re-published at most once per grace period, by one worker.
+-- Jobs queued for longer than the grace period whose message must have been lost: the job
+-- queue is empty (the caller says so), or a job uploaded more than the grace period after this
+-- one has started already (the queue is first in, first out: this one's message is no longer
+-- ahead of it). Bumping updated_at marks them re-published, so each is re-published at most
+-- once per grace period, by one worker.
 UPDATE jobs SET updated_at = now()
 WHERE job_id IN (
     SELECT job_id FROM jobs
     WHERE status = 'queued' AND updated_at < now() - make_interval(secs => %(after_s)s)
+      AND (%(queue_empty)s
+           OR created_at < (SELECT max(created_at) FROM jobs WHERE started_at IS NOT NULL)
+                           - make_interval(secs => %(after_s)s))
     ORDER BY created_at
     LIMIT 100
     FOR UPDATE SKIP LOCKED

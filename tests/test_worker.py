@@ -324,6 +324,42 @@ def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process
     assert_exactly_once(db, job_id, valid=2, invalid=0)
 
 
+def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
+    """The queue is never empty under steady load; a lost job is still found once a job
+    uploaded more than EH_REQUEUE_AFTER_S after it has started."""
+    settings = dataclasses.replace(settings, requeue_after_s=5)
+    lost_id = make_job(settings, db, jsonl(VALID), store=False)
+    db.execute("UPDATE jobs SET created_at = now() - interval '30 seconds', "
+               "updated_at = now() - interval '30 seconds' WHERE job_id = %s", (lost_id,))
+    soon_after_id = make_job(settings, db, jsonl(VALID), store=False)
+    db.execute("UPDATE jobs SET created_at = now() - interval '28 seconds', started_at = now(), "
+               "status = 'processing' WHERE job_id = %s", (soon_after_id,))
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        core.declare_queues(channel, settings.queue)
+        # Only a job uploaded 2 s later has started: the lost job's message may still be queued.
+        assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0
+        later_id = make_job(settings, db, jsonl(VALID), store=False)
+        db.execute("UPDATE jobs SET started_at = now(), status = 'processing' WHERE job_id = %s",
+                   (later_id,))
+        assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 1
+        assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0  # once
+    finally:
+        conn.close()
+    assert queue_depth(settings, settings.queue) == 1
+    assert core.parse_job_message(get_one_message(settings)) == lost_id
+
+
+def get_one_message(settings) -> bytes:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        _method, _props, body = conn.channel().basic_get(settings.queue, auto_ack=True)
+        return body
+    finally:
+        conn.close()
+
+
 def test_pattern_errors_are_explained_in_words():
     with pytest.raises(worker.InvalidLine) as info:
         worker.parse_line(json.dumps({**VALID, "level": "verbose"}).encode(),
