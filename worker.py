@@ -29,7 +29,8 @@ import jsonschema
 import pika
 import psycopg
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from psycopg.rows import dict_row
 
 import core
@@ -217,18 +218,32 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         log.error("worker.unknown_job")
         return Outcome.REJECT
     except Exception as exc:
-        log.exception("job.attempt_failed")
-        record_attempt_error(settings, job_id, exc)
+        transient = is_transient(exc)
+        log.exception("job.attempt_failed", counted=not transient)
+        record_attempt_error(settings, job_id, exc, give_back=transient)
         return Outcome.REQUEUE
     return Outcome.REQUEUE if result in ("abandoned", "busy") else Outcome.ACK
 
 
-def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception) -> None:
-    """Best effort: show why the last attempt failed on the job while it waits for a retry."""
+def is_transient(exc: BaseException) -> bool:
+    """Whether an attempt failed because a service was unreachable or overloaded (storage,
+    the database), not because of the job: such a job is retried for as long as it takes,
+    without counting toward EH_MAX_ATTEMPTS."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return isinstance(exc, (psycopg.OperationalError, BotoConnectionError, HTTPClientError,
+                            ConnectionError, TimeoutError))
+
+
+def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception, *,
+                         give_back: bool) -> None:
+    """Best effort: show why the last attempt failed on the job while it waits for a retry,
+    and give the attempt back if it was not the job's fault."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(core.QUERIES["record_attempt_error"], {
-                "job_id": job_id, "error": f"attempt failed, will retry: {exc}"[:MAX_REASON_CHARS]})
+                "job_id": job_id, "give_back": give_back,
+                "error": f"attempt failed, will retry: {exc}"[:MAX_REASON_CHARS]})
     except psycopg.Error:
         pass
 
@@ -276,7 +291,10 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
         try:
             if job["attempts"] > settings.max_attempts:
                 raise JobFailed(f"gave up after {settings.max_attempts} attempts: {job['error']}")
-            return run_job(conn, s3, settings, job, stop)
+            result = run_job(conn, s3, settings, job, stop)
+            if result == "abandoned":  # a clean stop is not a failed attempt
+                conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
+            return result
         except JobFailed as exc:
             fail_job(conn, settings, job_id, str(exc))
             return "failed"

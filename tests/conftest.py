@@ -7,6 +7,7 @@ its own S3 bucket and its own ClickHouse directory, so tests and runs never see 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -219,15 +220,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def start_process(settings):
-    """Start `python <script>` with this test's settings; everything still running is
-    stopped with SIGTERM at the end of the test (and must exit 0 within 10 s)."""
+def start_process(settings, tmp_path):
+    """Start `python <script>` with this test's settings, its output (JSON log lines) going to
+    a file whose path is the process's `log_path`; everything still running is stopped with
+    SIGTERM at the end of the test (and must exit 0 within 10 s). A file, not a pipe: a pipe
+    nobody reads fills up and blocks the process."""
     procs = []
 
     def start(script: str, **env_overrides: str) -> subprocess.Popen:
         env = {**settings_env(settings), **env_overrides}
-        proc = subprocess.Popen([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        log_path = tmp_path / f"{Path(script).stem}-{len(procs) + 1}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
+                                    stdout=log_file, stderr=subprocess.STDOUT)
+        proc.log_path = log_path
         procs.append(proc)
         return proc
 
@@ -243,10 +249,21 @@ def start_process(settings):
             proc.kill()
             proc.wait()
         if proc in running and proc.returncode != 0:
-            unclean.append((proc.args[-1], proc.returncode, proc.stdout.read()[-3000:]))
-        if proc.stdout:
-            proc.stdout.close()
+            unclean.append((proc.args[-1], proc.returncode, proc.log_path.read_text()[-3000:]))
     assert not unclean, f"processes did not stop cleanly on SIGTERM: {unclean}"
+
+
+def logged_events(proc, event: str) -> list[dict]:
+    """The JSON log lines a process started by start_process wrote with this event name."""
+    found = []
+    for line in proc.log_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("event") == event:
+            found.append(entry)
+    return found
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

@@ -90,7 +90,7 @@ def api_url(settings, start_process) -> str:
             pass
         if proc.poll() is not None:
             pytest.fail(f"eventhorizon.py exited with {proc.returncode}: "
-                        f"{proc.stdout.read()[-3000:].decode(errors='replace')}")
+                        f"{proc.log_path.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail("eventhorizon.py did not answer /healthz within 30 s")
         time.sleep(0.1)

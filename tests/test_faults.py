@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import wait_for
+from conftest import logged_events, wait_for
 from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl
 
 LINES = 20_000
@@ -55,7 +55,8 @@ def test_worker_survives_its_postgres_connections_being_terminated(settings, db,
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=60, what="completed")
     assert proc.poll() is None  # the worker retried the job itself
     assert_exactly_once(db, job_id, valid=LINES, invalid=1)
-    assert job_row(db, job_id)["error"] is None
+    job = job_row(db, job_id)
+    assert job["error"] is None and job["attempts"] == 1  # the outage's attempt was given back
 
 
 def close_rabbitmq_connections(name_part: str) -> int:
@@ -122,11 +123,15 @@ async def test_api_publisher_reconnects_after_the_broker_drops_it(settings, aioh
 
 
 def test_worker_retries_a_job_while_storage_is_unreachable(settings, db, start_process):
+    """An outage is not the job's fault: however long it lasts, the job is not given up."""
     job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
-    blind = start_process("worker.py", S3_ENDPOINT_URL="http://127.0.0.1:1")
-    wait_for(lambda: (job_row(db, job_id)["error"] or "").startswith("attempt failed"),
-             what="a failed attempt recorded")
-    assert job_row(db, job_id)["status"] == "processing"
+    blind = start_process("worker.py", S3_ENDPOINT_URL="http://127.0.0.1:1", EH_MAX_ATTEMPTS="1")
+    failed = wait_for(lambda: len(logged_events(blind, "job.attempt_failed")) >= 2 and
+                      logged_events(blind, "job.attempt_failed"), what="two failed attempts")
+    assert all(entry["counted"] is False for entry in failed)
+    job = job_row(db, job_id)
+    assert job["status"] == "processing" and job["error"].startswith("attempt failed")
+    assert job["attempts"] == 0
     blind.send_signal(signal.SIGTERM)
     assert blind.wait(timeout=10) == 0
 

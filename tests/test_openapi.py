@@ -167,7 +167,7 @@ def api_url(settings, start_process):
     url = f"http://127.0.0.1:{settings.http_port}"
 
     def up():
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert proc.poll() is None, proc.log_path.read_text()[-3000:]
         try:
             return requests.get(f"{url}/healthz", timeout=1).status_code == 200
         except requests.ConnectionError:

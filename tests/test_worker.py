@@ -232,9 +232,11 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     assert job["status"] == "processing" and 0 < job["lines_processed"] < 30
     assert job["bytes_processed"] == len(b"".join(content.splitlines(True)[:job["lines_processed"]]))
 
+    assert job["attempts"] == 0  # a clean stop gives its attempt back
+
     assert run(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=100, invalid=0)
-    assert job_row(db, job_id)["attempts"] == 2
+    assert job_row(db, job_id)["attempts"] == 1
 
 
 # --------------------------------------------------------------------------- the process
@@ -303,6 +305,8 @@ def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
     assert_exactly_once(db, job_id, valid=300, invalid=1)
     assert job_row(db, job_id)["lines_processed"] == 301
+    # A SIGTERM is a clean stop, not a failed attempt; a SIGKILL may be a crash the job causes.
+    assert job_row(db, job_id)["attempts"] == (1 if sig == signal.SIGTERM else 2)
 
 
 def test_line_event_ids_are_uuid5_of_job_and_line():
