@@ -127,9 +127,12 @@ async def access_log_middleware(request: web.Request, handler):
 
 async def postgres_ctx(app: web.Application):
     settings = app[SETTINGS]
+    # check: a connection Postgres dropped (restart, failover) is replaced before use, so the
+    # first upload after a restart is not answered 503 after its whole body went to S3.
     pool = AsyncConnectionPool(
         settings.database_url, min_size=1, max_size=10, open=False, timeout=5,
         kwargs={"row_factory": dict_row, "autocommit": True},
+        check=AsyncConnectionPool.check_connection,
     )
     await pool.open(wait=False)
     app[POOL] = pool
@@ -217,6 +220,9 @@ async def upload(request: web.Request) -> web.Response:
         raise too_large(settings.max_upload_bytes)
     part = await find_file_part(request)
     file_name = part.filename or ""
+    if not is_plain_text(file_name):
+        raise Problem(422, "Unprocessable Content",
+                      "the file name must be UTF-8 text without control characters")
     if not file_name.lower().endswith(".jsonl"):
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
@@ -361,6 +367,12 @@ def check_origin(request: web.Request) -> None:
         raise Problem(403, "Forbidden", "cross-origin WebSocket connections are not allowed")
 
 
+def is_plain_text(name: str) -> bool:
+    """No control characters, and no surrogates (aiohttp's stand-ins for bytes that were
+    not UTF-8): a name Postgres can store and a page can show."""
+    return not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
+
+
 async def find_file_part(request: web.Request):
     """The multipart part named `file`; other fields are skipped."""
     try:
@@ -480,7 +492,7 @@ class UploadInspector:
             raise Problem(422, "Unprocessable Content", "the file is empty")
         try:
             first = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise Problem(422, "Unprocessable Content",
                           f"the first line is not JSON ({exc}); is this a JSON-lines file?") from None
         if not isinstance(first, dict):

@@ -11,14 +11,18 @@ left it and no line is written twice. The message is acked only after the final 
 
 from __future__ import annotations
 
+import codecs
 import concurrent.futures
 import dataclasses
 import datetime as dt
 import enum
 import functools
 import json
+import os
 import random
+import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -42,6 +46,10 @@ READ_CHUNK_BYTES = 1024 * 1024
 FLUSH_EVERY_S = 1.0
 MAX_REASON_CHARS = 500
 NOT_UTF8 = "not valid UTF-8"
+TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
+# An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
+# checked (check_storable_strings).
+SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -58,6 +66,12 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: consumer.stop(signal.Signals(signum).name))
     consumer.run()
+    if consumer.job_thread is not None and consumer.job_thread.is_alive():
+        # Stuck past the grace period (a dead connection, a hung read): leave now, as a crash
+        # would; nothing was acked or committed that should not have been. Python would
+        # otherwise wait for the job's commit thread at exit, for as long as it hangs.
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 
@@ -212,7 +226,8 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         return Outcome.REJECT
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
     try:
-        with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+        with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row,
+                             connect_timeout=5) as conn:
             result = process_job(conn, s3, settings, job_id, stop)
     except UnknownJob:
         log.error("worker.unknown_job")
@@ -520,12 +535,17 @@ def add_line(batch: Batch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
         return
     if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
         return
+    if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # as Windows tools write it
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
         entry = parse_line(raw, validator)
     except InvalidLine as exc:
         batch.errors.append((job_id, line_no, str(exc)))
         return
-    context_json = json.dumps(entry["context"])
+    except RecursionError:  # from json.loads, json.dumps or the walks over the value
+        batch.errors.append((job_id, line_no, TOO_DEEP))
+        return
+    context_json = entry["context_json"]
     batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
                           entry["event_type"], entry["environment"], entry["message"],
                           context_json))
@@ -557,8 +577,11 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     if not validator.is_valid(obj):
         raise InvalidLine(schema_error_reason(validator, obj))
+    if SUSPECT_ESCAPE.search(text):
+        check_storable_strings(obj)
     try:
-        timestamp = dt.datetime.fromisoformat(obj["timestamp"])
+        # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
+        timestamp = dt.datetime.fromisoformat(obj["timestamp"].upper())
     except ValueError as exc:
         raise InvalidLine(f"$.timestamp: not a valid date-time ({exc})") from None
     if not TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX:
@@ -568,6 +591,11 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:
         context = {**context, ("extra" if "extra" not in context else "_extra"): extra}
+    try:
+        context_json = json.dumps(context, allow_nan=False)
+    except ValueError:
+        raise InvalidLine("a number is NaN, Infinity or too large for a 64-bit float; JSON "
+                          "has no such values and the database cannot store them") from None
     return {
         "timestamp": timestamp,
         "level": obj["level"].lower(),
@@ -576,7 +604,36 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         "environment": obj.get("environment", "production"),
         "message": obj["message"],
         "context": context,
+        "context_json": context_json,
     }
+
+
+def check_storable_strings(obj) -> None:
+    """Refuse what JSON can escape but Postgres cannot store: a NUL character (\\u0000) or
+    an unpaired surrogate (\\ud800) in any string, key or value. Only called for lines whose
+    text holds such an escape (SUSPECT_ESCAPE), so ordinary lines never pay for the walk."""
+    for text in strings_in(obj):
+        if "\x00" in text:
+            raise InvalidLine("a string holds a NUL character (\\u0000), which the database "
+                              "cannot store")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidLine("a string holds an unpaired surrogate (such as \\ud800), which "
+                              "is not a Unicode character") from None
+
+
+def strings_in(obj) -> Iterator[str]:
+    """Every string in a decoded JSON value: keys and values, at any depth."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield key
+            yield from strings_in(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from strings_in(value)
 
 
 def schema_error_reason(validator, obj) -> str:

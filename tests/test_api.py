@@ -140,6 +140,46 @@ async def test_bad_uploads_are_refused_and_leave_nothing(client, settings, db, n
     assert queued_messages(settings) == []
 
 
+def upload_raw(client, disposition: bytes, content: bytes):
+    """A multipart upload with the file part's Content-Disposition parameters as given (the
+    way browsers and curl send a name: raw UTF-8 bytes, or RFC 5987's filename*)."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
+            + b"\r\nContent-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n--b--\r\n")
+    return client.post("/api/v1/files/upload", data=body,
+                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+
+@pytest.mark.parametrize("disposition", [
+    b'filename="caf\xe9.jsonl"',  # Latin-1, not UTF-8
+    b"filename*=UTF-8''a%00b.jsonl",  # a NUL
+    b'filename="tab\there.jsonl"',
+])
+async def test_a_file_name_that_is_not_plain_text_is_422(client, db, settings, disposition):
+    response = await upload_raw(client, disposition, jsonl(VALID))
+    assert "file name" in (await assert_problem(response, 422))["detail"]
+    assert job_count(db) == 0 and stored_keys(settings) == []
+
+
+@pytest.mark.parametrize("disposition", [
+    'filename="журнал 日志 ログ.jsonl"'.encode(),
+    b"filename*=UTF-8''%D0%B6%D1%83%D1%80%D0%BD%D0%B0%D0%BB%20%E6%97%A5%E5%BF%97%20"
+    b"%E3%83%AD%E3%82%B0.jsonl",
+])
+async def test_a_file_name_in_any_script_is_kept(client, disposition):
+    response = await upload_raw(client, disposition, jsonl(VALID))
+    assert response.status == 202, await response.text()
+    assert (await response.json())["file_name"] == "журнал 日志 ログ.jsonl"
+
+
+async def test_uploads_work_right_after_postgres_dropped_the_pools_connections(client, db):
+    assert (await upload(client, jsonl(VALID))).status == 202  # the pool has connections now
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    for _ in range(3):
+        response = await upload(client, jsonl(VALID))
+        assert response.status == 202, await response.text()
+
+
 async def test_oversize_upload_is_refused_with_413(settings, db, aiohttp_client):
     small = dataclasses.replace(settings, max_upload_bytes=10 * 1024 * 1024)
     client = await aiohttp_client(eventhorizon.init_app(small))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import socket
 import subprocess
 import time
 
@@ -139,3 +140,26 @@ def test_worker_retries_a_job_while_storage_is_unreachable(settings, db, start_p
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="completed")
     assert_exactly_once(db, job_id, valid=2, invalid=0)
     assert job_row(db, job_id)["error"] is None
+
+
+def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, start_process):
+    """Storage accepts the connection and never answers: the job is stuck in a read that
+    would take minutes to time out. SIGTERM still stops the worker within 10 s, and the job
+    is finished later as if the worker had crashed."""
+    job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(16)  # the kernel completes connections; nobody ever reads or answers
+        stuck = start_process("worker.py",
+                              S3_ENDPOINT_URL=f"http://127.0.0.1:{hanging.getsockname()[1]}")
+        wait_for(lambda: job_row(db, job_id)["status"] == "processing", what="job claimed")
+        time.sleep(0.5)
+        stuck.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert stuck.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+    assert logged_events(stuck, "worker.job_still_running_at_exit")
+
+    start_process("worker.py")
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="completed")
+    assert_exactly_once(db, job_id, valid=2, invalid=0)

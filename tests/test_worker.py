@@ -3,6 +3,7 @@ real worker process fed through RabbitMQ, stopped and killed in the middle of a 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import io
 import json
@@ -125,6 +126,14 @@ def test_parse_line_normalises_a_valid_entry():
         (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
         (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
          "$.timestamp: not a valid date-time"),
+        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+         b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
+        (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
+        (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
+        (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
+        (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
+        (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
+        (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
         (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
          "is outside the range event_log holds"),
         (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
@@ -139,7 +148,18 @@ def test_parse_line_explains_invalid_lines(line, reason):
     assert reason in str(info.value)
 
 
-@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z"])
+@pytest.mark.parametrize("text", [
+    '"emoji \\ud83d\\ude00"',  # a surrogate pair: one character
+    '"a backslash, then u0000: \\\\u0000"',
+])
+def test_parse_line_takes_escapes_that_are_storable(text):
+    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+            f'"event_type": "e", "message": {text}}}').encode()
+    assert worker.parse_line(line, worker.log_entry_validator())["message"] == json.loads(text)
+
+
+@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z",
+                                       "2026-11-23t10:00:00z", "2026-11-23 10:00:00.123456-05:30"])
 def test_parse_line_takes_timestamps_up_to_the_edges_of_event_log(timestamp):
     line = json.dumps({**VALID, "timestamp": timestamp}).encode()
     assert worker.parse_line(line, worker.log_entry_validator())["timestamp"].tzinfo is not None
@@ -212,6 +232,24 @@ def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
 def test_unknown_job_is_reported(settings):
     with pytest.raises(worker.UnknownJob):
         run(settings, uuid.uuid4())
+
+
+def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(settings, db):
+    content = (codecs.BOM_UTF8 + jsonl(VALID)
+               + jsonl({**VALID, "message": "nul \x00"})
+               + b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+                 b'"event_type": "e", "message": "m", "context": {"x": -Infinity}}\n'
+               + jsonl({**VALID, "context": {"s": "\ud800"}})
+               + jsonl({**VALID, "context": {"deep": "HERE"}}).replace(
+                   b'"HERE"', b"[" * 100_000 + b"]" * 100_000)
+               + jsonl(VALID))
+    job_id = make_job(settings, db, content)
+    assert run(settings, job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=2, invalid=4)
+    errors = db.execute("SELECT line_no, reason FROM line_errors WHERE job_id = %s "
+                        "ORDER BY line_no", (job_id,)).fetchall()
+    assert [e["line_no"] for e in errors] == [2, 3, 4, 5]  # line 1, after its BOM, is valid
+    assert errors[3]["reason"] == worker.TOO_DEEP
 
 
 def test_too_many_attempts_fail_the_job(settings, db):
