@@ -416,11 +416,17 @@ def amqp_parameters(settings: Settings, process: str):
 
 
 def declare_queues(channel, queue: str) -> None:
-    """The durable job queue and its dead-letter queue (rejected messages land there).
+    """The durable job queue, its dead-letter queue (rejected messages land there) and its
+    retry queue (a message parked there returns to the job queue when its expiration is up).
 
     The API and the worker both declare them, with the same arguments, so either may start first.
     """
     channel.queue_declare(queue=dead_letter_queue(queue), durable=True)
+    channel.queue_declare(
+        queue=retry_queue(queue),
+        durable=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue},
+    )
     channel.queue_declare(
         queue=queue,
         durable=True,
@@ -430,6 +436,10 @@ def declare_queues(channel, queue: str) -> None:
 
 def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
+
+
+def retry_queue(queue: str) -> str:
+    return f"{queue}.retry"
 
 
 def job_message(job: Mapping[str, Any]) -> bytes:

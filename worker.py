@@ -44,6 +44,7 @@ log = structlog.get_logger("worker")
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 FLUSH_EVERY_S = 1.0
+RETRY_LATER_S = 10.0  # how long a duplicate of a job another worker holds waits
 MAX_REASON_CHARS = 500
 NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
@@ -83,6 +84,7 @@ class Outcome(enum.Enum):
 
     ACK = "ack"  # done (or nothing to do): forget the message
     REQUEUE = "requeue"  # not done, may succeed later: deliver it again
+    RETRY_LATER = "retry_later"  # another worker is on the job: park it in the retry queue
     REJECT = "reject"  # can never succeed: dead-letter it
 
 
@@ -155,7 +157,7 @@ class Consumer:
             self.failures_in_a_row = 0
         try:
             connection.add_callback_threadsafe(
-                functools.partial(settle, channel, delivery_tag, outcome)
+                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings.queue)
             )
         except pika.exceptions.AMQPError:
             # The connection is gone: the broker redelivers the message, and the checkpoint
@@ -182,15 +184,34 @@ class Consumer:
         connection.process_data_events(time_limit=0)
 
 
-def settle(channel, delivery_tag: int, outcome: Outcome) -> None:
+def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes, queue: str) -> None:
     if not channel.is_open:
         return
     if outcome is Outcome.ACK:
         channel.basic_ack(delivery_tag)
     elif outcome is Outcome.REJECT:
         channel.basic_reject(delivery_tag, requeue=False)
+    elif outcome is Outcome.RETRY_LATER:
+        park_for_retry(channel, queue, body)
+        channel.basic_ack(delivery_tag)
     else:
         channel.basic_nack(delivery_tag, requeue=True)
+
+
+def park_for_retry(channel, queue: str, body: bytes) -> None:
+    """Publish a copy of the message to the retry queue, whence RabbitMQ moves it back to the
+    job queue after RETRY_LATER_S; the caller then acks the original.
+
+    For a duplicate of a job another worker holds. Requeued at once it would come straight
+    back, and held here it would keep this worker from other jobs for as long as that job
+    runs; yet it must not be dropped: should the holder's Postgres session outlive the holder
+    (a lost host), the job's lock frees only later, and this copy is what finishes the job.
+    Should this worker die between the publish and the ack, the job has one copy more, which
+    the lock and the job's status absorb like any duplicate.
+    """
+    channel.basic_publish("", core.retry_queue(queue), body, pika.BasicProperties(
+        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+        expiration=str(int(RETRY_LATER_S * 1000))))
 
 
 def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
@@ -237,7 +258,9 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         log.exception("job.attempt_failed", counted=not transient)
         record_attempt_error(settings, job_id, exc, give_back=transient)
         return Outcome.REQUEUE
-    return Outcome.REQUEUE if result in ("abandoned", "busy") else Outcome.ACK
+    if result == "busy":
+        return Outcome.RETRY_LATER
+    return Outcome.REQUEUE if result == "abandoned" else Outcome.ACK
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -160,14 +160,15 @@ def db(database_url):
 
 @pytest.fixture
 def amqp_queue():
-    """A unique queue name; the queue (and its dead-letter queue) are deleted afterwards."""
+    """A unique queue name; the queue (and its dead-letter and retry queues) are deleted
+    afterwards."""
     name = f"eh.test.{uuid.uuid4().hex[:12]}"
     yield name
     params = pika.URLParameters(_base_settings().amqp_url)
     conn = pika.BlockingConnection(params)
     try:
         ch = conn.channel()
-        for q in (name, f"{name}.dead"):
+        for q in (name, f"{name}.dead", f"{name}.retry"):
             ch.queue_delete(queue=q)
     finally:
         conn.close()

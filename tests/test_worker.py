@@ -210,8 +210,28 @@ def test_a_job_locked_by_another_worker_is_left_to_it(settings, db):
         body = core.job_message(job_row(db, job_id))
         never = threading.Event()
         outcome = worker.handle_message(body, settings, core.s3_client(settings), never)
-        assert outcome is worker.Outcome.REQUEUE  # not acked: the other worker may die
+        # Parked in the retry queue, not dropped: the other worker may die.
+        assert outcome is worker.Outcome.RETRY_LATER
     assert job_row(db, job_id)["status"] == "queued"
+
+
+def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a_worker(
+        settings, db, start_process):
+    held = make_job(settings, db, jsonl(VALID))
+    with psycopg.connect(settings.database_url, autocommit=True) as holder:
+        holder.execute(core.QUERIES["try_lock_job"], {"job_id": held})  # "another worker"
+        publish(settings, core.job_message(job_row(db, held)))  # first in the queue
+        other = enqueue_job(settings, db, jsonl(VALID, VALID))
+        start_process("worker.py")
+        # The duplicate does not keep the worker from the next job...
+        wait_for(lambda: job_row(db, other)["status"] == "completed", what="other job done")
+        wait_for(lambda: queue_depth(settings, core.retry_queue(settings.queue)) == 1,
+                 what="the duplicate parked")
+        assert job_row(db, held)["status"] == "queued"
+    # ... and once the holder is gone without finishing, the parked copy finishes the job.
+    wait_for(lambda: job_row(db, held)["status"] == "completed", timeout=worker.RETRY_LATER_S + 20,
+             what="the parked copy processed")
+    assert_exactly_once(db, held, valid=1, invalid=0)
 
 
 def test_missing_object_fails_the_job_readably(settings, db):
