@@ -163,3 +163,41 @@ def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, star
     start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="completed")
     assert_exactly_once(db, job_id, valid=2, invalid=0)
+
+
+async def test_an_accepted_upload_whose_message_is_lost_is_still_processed(
+        settings, db, aiohttp_client, start_process):
+    """The API publishes into a queue no worker reads (as good as lost: the broker took it
+    and the worker will never see it). The job was committed before the publish, so the
+    worker's reconciler finds it queued and re-publishes it where the workers listen."""
+    import dataclasses
+
+    import eventhorizon
+    from test_api import queued_messages, upload
+
+    elsewhere = dataclasses.replace(settings, queue=f"{settings.queue}.elsewhere")
+    try:
+        client = await aiohttp_client(eventhorizon.init_app(elsewhere))
+        response = await upload(client, jsonl(VALID, VALID, VALID))
+        assert response.status == 202, await response.text()
+        job_id = (await response.json())["job_id"]
+
+        start_process("worker.py", EH_REQUEUE_AFTER_S="1")
+        await asyncio.to_thread(wait_for, lambda: job_row(db, job_id)["status"] == "completed",
+                                what="the lost job completed")
+        assert_exactly_once(db, job_id, valid=3, invalid=0)
+        assert [m["job_id"] for m in queued_messages(elsewhere)] == [job_id]  # never consumed
+    finally:
+        delete_queues(settings.amqp_url, elsewhere.queue)
+
+
+def delete_queues(amqp_url: str, queue: str) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        for name in (queue, f"{queue}.dead", f"{queue}.retry"):
+            channel.queue_delete(queue=name)
+    finally:
+        conn.close()

@@ -82,3 +82,9 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
     assert context["service"] == first_line["service"]
     assert context["message"] == first_line["message"]
     assert context["job_id"] == job["job_id"] and int(context["line_no"]) == 1
+    # The line's own context, and its unknown fields under context.extra, as JSON paths.
+    http = first_line["context"]["http"]
+    assert context["context"]["http"]["path"] == http["path"]
+    assert int(context["context"]["http"]["status"]) == http["status"]
+    assert float(context["context"]["http"]["duration_ms"]) == http["duration_ms"]
+    assert context["context"]["extra"]["request_id"] == first_line["request_id"]

@@ -413,3 +413,27 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
 
 def outbox_backlog(db) -> int:
     return relay.outbox_status(db)["backlog"]
+
+
+def test_a_running_relay_waits_out_clickhouse_and_then_catches_up(db, relay_settings, tmp_path):
+    """The same relay process, no restart: ClickHouse cannot be opened (another process holds
+    the chDB directory, as a down server refuses connections), then can. The outbox keeps
+    every event meanwhile, and the relay delivers each once as soon as it gets through."""
+    published = publish(relay_settings.database_url, 200)
+    holder = relay.connect_clickhouse(relay_settings.clickhouse_url)
+    proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_POLL_S="30")
+    try:
+        wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
+                               for line in log_lines(tmp_path / "relay.log")) >= 2,
+                   20, "two failed attempts")
+        assert relay.outbox_status(db)["backlog"] == 200
+        holder.close()  # ClickHouse is back
+        published += publish(relay_settings.database_url, 50)
+        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 60, "the outbox to drain")
+    finally:
+        assert stop_relay(proc) == 0
+
+    ids = read_event_log_ids(relay_settings)
+    assert len(ids) == 250 and set(ids) == set(published)
+    sent = [line for line in log_lines(tmp_path / "relay.log") if line["event"] == "relay.batch_sent"]
+    assert sum(line["rows"] for line in sent) == 250
