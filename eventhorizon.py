@@ -357,7 +357,16 @@ def job_not_found(job_id: Any) -> Problem:
 
 
 def too_large(max_bytes: int) -> Problem:
-    return Problem(413, "Content Too Large", f"the file is larger than the limit of {max_bytes} bytes")
+    return Problem(413, "Content Too Large", f"the file is larger than the limit of "
+                                             f"{in_binary_units(max_bytes)} ({max_bytes} bytes)")
+
+
+def in_binary_units(n: int) -> str:
+    """1073741824 -> '1 GiB', 1536 -> '1.5 KiB', 100 -> '100 bytes'."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def check_origin(request: web.Request) -> None:

@@ -78,7 +78,11 @@ def page(browser, console_errors):
 @pytest.fixture
 def api_url(settings, start_process) -> str:
     """The API served by `python eventhorizon.py` on the test's port, once it answers."""
-    proc = start_process("eventhorizon.py")
+    return serve_api(settings, start_process)
+
+
+def serve_api(settings, start_process, **env: str) -> str:
+    proc = start_process("eventhorizon.py", **env)
     url = f"http://127.0.0.1:{settings.http_port}"
     deadline = time.monotonic() + 30
     while True:
@@ -176,6 +180,27 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
     expect(message).to_have_text("")
     # Chromium logs every 4xx response; this one is the point of the test.
     refused = [e for e in console_errors if "status of 415" in e]
+    assert len(refused) == 1, console_errors
+    console_errors.remove(refused[0])
+
+
+def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, start_process,
+                                                                tmp_path, console_errors):
+    url = serve_api(settings, start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
+    big = tmp_path / "big.jsonl"
+    line = json.dumps({"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s",
+                       "event_type": "e", "message": "x" * 200}) + "\n"
+    big.write_text(line * (3 * 1024 * 1024 // len(line)))
+    page.goto(f"{url}/")
+    page.set_input_files("#file", big)
+    page.click("#send")
+
+    message = page.locator("#message")
+    expect(message).to_contain_text("Upload refused:")
+    expect(message).to_contain_text("1 MiB")
+    expect(message).to_have_class("error")
+    expect(page.locator("#jobs article.job")).to_have_count(0)
+    refused = [e for e in console_errors if "status of 413" in e]
     assert len(refused) == 1, console_errors
     console_errors.remove(refused[0])
 
