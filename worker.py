@@ -51,6 +51,8 @@ TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels de
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
 # checked (check_storable_strings).
 SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+# A key with a dot in it: found in a line, its context is checked (check_json_paths).
+DOTTED_KEY = re.compile(r'"[^"\\]*\.[^"\\]*"\s*:')
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -614,6 +616,8 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:
         context = {**context, ("extra" if "extra" not in context else "_extra"): extra}
+    if DOTTED_KEY.search(text):
+        check_json_paths(context)
     try:
         context_json = json.dumps(context, allow_nan=False)
     except ValueError:
@@ -644,6 +648,30 @@ def check_storable_strings(obj) -> None:
         except UnicodeEncodeError:
             raise InvalidLine("a string holds an unpaired surrogate (such as \\ud800), which "
                               "is not a Unicode character") from None
+
+
+def check_json_paths(context: dict) -> None:
+    """Refuse a context in which two keys name the same path for ClickHouse's JSON type,
+    which reads a dotted key as nested objects: {"a.b": 1, "a": {"b": 2}} names a.b twice,
+    and event_log would refuse the event."""
+    leaves: set[str] = set()
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict):  # an empty one leaves no path at all
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else key)
+            return
+        if isinstance(value, list):  # each object in an array is a JSON value of its own
+            for item in value:
+                if isinstance(item, dict):
+                    check_json_paths(item)
+        if path in leaves:
+            raise InvalidLine(f"$.context: two keys name the path {path!r} (a dotted key such as "
+                              "\"a.b\" means the same as \"a\": {\"b\": …}); the event store "
+                              "cannot hold both")
+        leaves.add(path)
+
+    walk(context, "")
 
 
 def strings_in(obj) -> Iterator[str]:

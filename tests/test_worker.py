@@ -134,6 +134,12 @@ def test_parse_line_normalises_a_valid_entry():
         (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
         (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
         (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
+        (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
+         "two keys name the path 'a.b'"),
+        (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
+         "two keys name the path 'a.b.c'"),
+        (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
+         "two keys name the path 'p.q'"),
         (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
          "is outside the range event_log holds"),
         (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
@@ -146,6 +152,14 @@ def test_parse_line_explains_invalid_lines(line, reason):
     with pytest.raises(worker.InvalidLine) as info:
         worker.parse_line(line, worker.log_entry_validator())
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("context", [
+    {"a.b": 1}, {"a": 1, "a.b": 2}, {"a.b": {}, "a": {"b": 1}}, {"a.b": 1, "c": {"a": {"b": 2}}},
+])
+def test_parse_line_takes_dotted_keys_that_name_distinct_paths(context):
+    line = json.dumps({**VALID, "context": context}).encode()
+    assert worker.parse_line(line, worker.log_entry_validator())["context"] == context
 
 
 @pytest.mark.parametrize("text", [
