@@ -22,7 +22,7 @@ from typing import Any
 import pika
 import psycopg
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg.rows import dict_row
@@ -218,7 +218,7 @@ async def upload(request: web.Request) -> web.Response:
                       "send the file as multipart/form-data in a field named 'file'")
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise too_large(settings.max_upload_bytes)
-    part = await find_file_part(request)
+    reader, part = await find_file_part(request)
     file_name = part.filename or ""
     if not is_plain_text(file_name):
         raise Problem(422, "Unprocessable Content",
@@ -238,6 +238,7 @@ async def upload(request: web.Request) -> web.Response:
         while chunk := await read_chunk(part):
             inspector.feed(chunk)
             await writer.write(chunk)
+        await read_to_the_closing_boundary(reader)
         inspector.finish()
         await writer.close()
         job = await create_job(request.app, job_id, file_name, inspector, key)
@@ -383,16 +384,35 @@ def is_plain_text(name: str) -> bool:
 
 
 async def find_file_part(request: web.Request):
-    """The multipart part named `file`; other fields are skipped."""
+    """The multipart reader and its part named `file`; other fields are skipped."""
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            if part.name == "file":
-                return part
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                return reader, part
             await part.release()
-    except MULTIPART_ERRORS as exc:
+    # RuntimeError: aiohttp's answer to an overlong `_charset_` field.
+    except (*MULTIPART_ERRORS, RuntimeError) as exc:
         raise malformed_multipart(exc) from None
     raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
+
+
+async def read_to_the_closing_boundary(reader) -> None:
+    """Skip the fields after the file, up to the body's closing boundary. A body cut short
+    before it is refused: the file's last bytes could be missing, or be bytes of the body's
+    framing that aiohttp handed over as the file's."""
+    budget = MULTIPART_OVERHEAD_BYTES
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValueError("a nested multipart part after the file")
+            while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise ValueError(f"more than {MULTIPART_OVERHEAD_BYTES} bytes of fields "
+                                     "after the file")
+    except (*MULTIPART_ERRORS, RuntimeError) as exc:
+        raise malformed_multipart(exc) from None
 
 
 async def read_chunk(part) -> bytes:

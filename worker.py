@@ -51,8 +51,11 @@ TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels de
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
 # checked (check_storable_strings).
 SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-# A key with a dot in it: found in a line, its context is checked (check_json_paths).
-DOTTED_KEY = re.compile(r'"[^"\\]*\.[^"\\]*"\s*:')
+# The last dot (or escaped dot) of a key: found in a line, its context is checked
+# (check_json_paths). It cannot match in a value, as only a key's closing quote is followed by
+# a colon. Linear in the line's length (the possessive run stops at the next dot), and it
+# misses only keys with an escape after their last dot, which the relay's salvage catches.
+DOTTED_KEY = re.compile(r'(?:\.|\\u002[eE])[^".\\]*+"\s*:')
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -558,10 +561,10 @@ def add_line(batch: Batch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
     if raw is None:
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
         return
-    if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
-        return
     if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # as Windows tools write it
         raw = raw[len(codecs.BOM_UTF8):]
+    if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
+        return
     try:
         entry = parse_line(raw, validator)
     except InvalidLine as exc:
@@ -600,6 +603,8 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InvalidLine(f"invalid JSON: {exc}") from None
     if not validator.is_valid(obj):
         raise InvalidLine(schema_error_reason(validator, obj))
     if SUSPECT_ESCAPE.search(text):
@@ -615,7 +620,7 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
     context = obj.get("context", {})
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:
-        context = {**context, ("extra" if "extra" not in context else "_extra"): extra}
+        context = {**context, free_key(context, "extra"): extra}
     if DOTTED_KEY.search(text):
         check_json_paths(context)
     try:
@@ -662,9 +667,7 @@ def check_json_paths(context: dict) -> None:
                 walk(item, f"{path}.{key}" if path else key)
             return
         if isinstance(value, list):  # each object in an array is a JSON value of its own
-            for item in value:
-                if isinstance(item, dict):
-                    check_json_paths(item)
+            check_json_paths_in_array(value)
         if path in leaves:
             raise InvalidLine(f"$.context: two keys name the path {path!r} (a dotted key such as "
                               "\"a.b\" means the same as \"a\": {\"b\": …}); the event store "
@@ -672,6 +675,21 @@ def check_json_paths(context: dict) -> None:
         leaves.add(path)
 
     walk(context, "")
+
+
+def check_json_paths_in_array(items: list) -> None:
+    for item in items:
+        if isinstance(item, dict):
+            check_json_paths(item)
+        elif isinstance(item, list):
+            check_json_paths_in_array(item)
+
+
+def free_key(mapping: dict, key: str) -> str:
+    """`key`, or `_key`, `__key`, … : the first that `mapping` does not have."""
+    while key in mapping:
+        key = f"_{key}"
+    return key
 
 
 def strings_in(obj) -> Iterator[str]:

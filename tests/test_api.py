@@ -143,10 +143,48 @@ async def test_bad_uploads_are_refused_and_leave_nothing(client, settings, db, n
 def upload_raw(client, disposition: bytes, content: bytes):
     """A multipart upload with the file part's Content-Disposition parameters as given (the
     way browsers and curl send a name: raw UTF-8 bytes, or RFC 5987's filename*)."""
-    body = (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
-            + b"\r\nContent-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n--b--\r\n")
+    return post_multipart(client, file_part(content, disposition) + b"--b--\r\n")
+
+
+def file_part(content: bytes, disposition: bytes = b'filename="app.jsonl"') -> bytes:
+    return (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
+            + b"\r\nContent-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n")
+
+
+def post_multipart(client, body: bytes):
+    """POST a hand-made multipart body (boundary `b`) to the upload endpoint."""
     return client.post("/api/v1/files/upload", data=body,
                        headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+
+NESTED_PART = (b'--b\r\nContent-Disposition: form-data; name="files"\r\n'
+               b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n"
+               b'--inner\r\nContent-Disposition: attachment; filename="x.jsonl"\r\n\r\n{}\r\n'
+               b"--inner--\r\n\r\n")
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (file_part(jsonl(VALID)) + b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+     b"hello\r\n--b--\r\n", 202),  # fields after the file are fine
+    (NESTED_PART + file_part(jsonl(VALID)) + b"--b--\r\n", 202),  # a nested part is skipped
+    (NESTED_PART + b"--b--\r\n", 422),  # ... and is no file
+    (file_part(jsonl(VALID)) + NESTED_PART + b"--b--\r\n", 400),
+    (file_part(jsonl(VALID))[:-2], 400),  # cut short: no closing boundary
+    (file_part(jsonl(VALID)), 400),  # cut short just before the closing boundary
+    (b'--b\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\n' + b"x" * 40
+     + b"\r\n" + file_part(jsonl(VALID)) + b"--b--\r\n", 400),
+    (file_part(jsonl(VALID)) + b'--b\r\nContent-Disposition: form-data; name="pad"\r\n\r\n'
+     + b"x" * (70 * 1024) + b"\r\n--b--\r\n", 400),  # too much after the file
+])
+async def test_multipart_shapes(client, db, settings, body, status):
+    response = await post_multipart(client, body)
+    if status == 202:
+        assert response.status == 202, await response.text()
+        job = await response.json()
+        assert job["lines_total"] == 1 and job["size_bytes"] == len(jsonl(VALID))
+        return
+    await assert_problem(response, status)
+    assert job_count(db) == 0 and stored_keys(settings) == []
 
 
 @pytest.mark.parametrize("disposition", [

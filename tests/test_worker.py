@@ -9,6 +9,7 @@ import io
 import json
 import signal
 import threading
+import time
 import uuid
 
 import pika
@@ -140,6 +141,17 @@ def test_parse_line_normalises_a_valid_entry():
          "two keys name the path 'a.b.c'"),
         (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
          "two keys name the path 'p.q'"),
+        (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
+         "two keys name the path 'p.q'"),
+        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+         b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
+         "two keys name the path 'a.b'"),
+        (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
+         "two keys name the path 'extra.foo'"),
+        (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
+         "invalid JSON: Exceeds the limit"),
+        (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
+        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
         (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
          "is outside the range event_log holds"),
         (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
@@ -268,6 +280,31 @@ def test_unknown_job_is_reported(settings):
         run(settings, uuid.uuid4())
 
 
+@pytest.mark.parametrize("filler", [".", "a.", "\\u002e", '\\"'])
+def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
+    """The checks that look for dotted keys and odd escapes scan each byte a bounded number
+    of times: a quadratic scan of this line would take many minutes."""
+    text = filler * (900_000 // len(filler))
+    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+            f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}').encode()
+    started = time.monotonic()
+    worker.parse_line(line, worker.log_entry_validator())
+    assert time.monotonic() - started < 5
+
+
+def test_unknown_fields_never_overwrite_the_lines_own_context():
+    line = {**VALID, "context": {"extra": 1, "_extra": {"keep": "me"}}, "request_id": "r1"}
+    entry = worker.parse_line(json.dumps(line).encode(), worker.log_entry_validator())
+    assert entry["context"] == {"extra": 1, "_extra": {"keep": "me"},
+                                "__extra": {"request_id": "r1"}}
+
+
+def test_a_bom_before_a_blank_first_line_is_skipped_like_the_line(settings, db):
+    job_id = make_job(settings, db, codecs.BOM_UTF8 + b"\n" + jsonl(VALID))
+    assert run(settings, job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=1, invalid=0)
+
+
 def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(settings, db):
     content = (codecs.BOM_UTF8 + jsonl(VALID)
                + jsonl({**VALID, "message": "nul \x00"})
@@ -276,13 +313,14 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
                + jsonl({**VALID, "context": {"s": "\ud800"}})
                + jsonl({**VALID, "context": {"deep": "HERE"}}).replace(
                    b'"HERE"', b"[" * 100_000 + b"]" * 100_000)
+               + jsonl({**VALID, "context": {"n": "HERE"}}).replace(b'"HERE"', b"9" * 5000)
                + jsonl(VALID))
     job_id = make_job(settings, db, content)
     assert run(settings, job_id) == "completed"
-    assert_exactly_once(db, job_id, valid=2, invalid=4)
+    assert_exactly_once(db, job_id, valid=2, invalid=5)
     errors = db.execute("SELECT line_no, reason FROM line_errors WHERE job_id = %s "
                         "ORDER BY line_no", (job_id,)).fetchall()
-    assert [e["line_no"] for e in errors] == [2, 3, 4, 5]  # line 1, after its BOM, is valid
+    assert [e["line_no"] for e in errors] == [2, 3, 4, 5, 6]  # line 1, after its BOM, is valid
     assert errors[3]["reason"] == worker.TOO_DEEP
 
 
