@@ -63,6 +63,8 @@ PUBLISHER = web.AppKey("publisher", "Publisher")
 WATCHERS = web.AppKey("watchers", "JobWatchers")
 
 routes = web.RouteTableDef()
+STATIC_DIR = core.ROOT / "static"
+STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
 
 def init_app(settings: core.Settings) -> web.Application:
@@ -71,7 +73,7 @@ def init_app(settings: core.Settings) -> web.Application:
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.add_routes(routes)
     app.router.add_get("/", index)
-    app.router.add_static("/static/", core.ROOT / "static")
+    app.router.add_get("/static/{name}", static_file)
     return app
 
 
@@ -166,19 +168,28 @@ async def watchers_ctx(app: web.Application):
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(core.ROOT / "static" / "index.html")
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """The page's assets. A file that is not there is a problem+json 404 like any other
+    (aiohttp's own static route would answer an empty one)."""
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise Problem(404, "Not Found", f"no such file: /static/{name}")
+    return web.FileResponse(STATIC_DIR / name)
 
 
 @routes.get("/api/v1/openapi.json")
 async def openapi(request: web.Request) -> web.FileResponse:
     """The API's contract, kept in static/ and checked against these routes by the tests."""
-    return web.FileResponse(core.ROOT / "static" / "openapi.json",
+    return web.FileResponse(STATIC_DIR / "openapi.json",
                             headers={"Content-Type": "application/json"})
 
 
 @routes.get("/docs")
 async def docs(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(core.ROOT / "static" / "docs.html")
+    return web.FileResponse(STATIC_DIR / "docs.html")
 
 
 @routes.get("/healthz")

@@ -382,6 +382,8 @@ async def test_the_page_and_its_assets_are_served(client):
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset in html
         assert (await client.get(asset)).status == 200
+    for missing in ("/static/nope.js", "/static/", "/static/..%2Fcore.py", "/static/a/b.js"):
+        await assert_problem(await client.get(missing), 404)
 
 
 async def test_upload_aborted_mid_body_leaves_no_job_and_no_object(client, settings, db):
