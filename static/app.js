@@ -139,8 +139,15 @@ function updateSpeed(card, job) {
   eta.textContent = perSecond > 0 ? formatDuration(left / perSecond) : "–";
 }
 
-async function showErrors(el, jobId) {
-  const response = await fetch(`/api/v1/jobs/${jobId}/errors?limit=20`);
+async function showErrors(el, jobId, delay = 500) {
+  let response;
+  try {
+    response = await fetch(`/api/v1/jobs/${jobId}/errors?limit=20`);
+  } catch (err) {
+    // The API is out of reach for a moment (a restart, say): ask again, less and less often.
+    setTimeout(() => showErrors(el, jobId, Math.min(delay * 2, 10000)), delay);
+    return;
+  }
   if (!response.ok) return;
   const { errors, next } = await response.json();
   const body = el.querySelector(".errors tbody");

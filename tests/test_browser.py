@@ -78,10 +78,12 @@ def page(browser, console_errors):
 @pytest.fixture
 def api_url(settings, start_process) -> str:
     """The API served by `python eventhorizon.py` on the test's port, once it answers."""
-    return serve_api(settings, start_process)
+    url, _proc = serve_api(settings, start_process)
+    return url
 
 
-def serve_api(settings, start_process, **env: str) -> str:
+def serve_api(settings, start_process, **env: str):
+    """Start `python eventhorizon.py`; (its URL, its process) once it answers /healthz."""
     proc = start_process("eventhorizon.py", **env)
     url = f"http://127.0.0.1:{settings.http_port}"
     deadline = time.monotonic() + 30
@@ -89,7 +91,7 @@ def serve_api(settings, start_process, **env: str) -> str:
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
                 if response.status == 200:
-                    return url
+                    return url, proc
         except (urllib.error.URLError, ConnectionError):
             pass
         if proc.poll() is not None:
@@ -186,7 +188,7 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
 
 def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, start_process,
                                                                 tmp_path, console_errors):
-    url = serve_api(settings, start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
+    url, _proc = serve_api(settings, start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
     big = tmp_path / "big.jsonl"
     line = json.dumps({"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s",
                        "event_type": "e", "message": "x" * 200}) + "\n"
@@ -226,3 +228,31 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
     scroll_width, client_width = page.evaluate(
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert scroll_width <= client_width, "the page scrolls sideways"
+
+
+def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, start_process,
+                                                          console_errors):
+    """The API restarts while a job runs: the page's WebSocket drops (1001), the page
+    reconnects to the new API process, is sent the current state, and the card still ends
+    `completed` with the right counts."""
+    url, api = serve_api(settings, start_process)
+    start_process("worker.py", EH_LINE_DELAY_MAX_S="0.04", EH_BATCH_LINES="20")  # ~6 s a file
+    page.goto(f"{url}/")
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "processing", timeout=30_000)
+
+    api.terminate()
+    assert api.wait(timeout=10) == 0
+    serve_api(settings, start_process)  # the same port
+
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(card.locator(".lines")).to_have_text(f"{SAMPLE_LINES} / {SAMPLE_LINES}")
+    expect(card.locator(".valid")).to_have_text(str(SAMPLE_VALID))
+    expect(card.locator(".invalid")).to_have_text(str(SAMPLE_INVALID))
+    expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
+    # While the API was away, Chromium logged each request that found nobody listening; those
+    # are the point of the test. Anything else (an uncaught error, say) still fails it.
+    console_errors[:] = [e for e in console_errors
+                         if "ERR_CONNECTION_REFUSED" not in e and "WebSocket connection" not in e]
