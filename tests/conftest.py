@@ -164,12 +164,16 @@ def amqp_queue():
     afterwards."""
     name = f"eh.test.{uuid.uuid4().hex[:12]}"
     yield name
-    params = pika.URLParameters(_base_settings().amqp_url)
-    conn = pika.BlockingConnection(params)
+    delete_queues(_base_settings().amqp_url, name)
+
+
+def delete_queues(amqp_url: str, queue: str) -> None:
+    """Delete a job queue and the dead-letter and retry queues declared with it."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        ch = conn.channel()
-        for q in (name, f"{name}.dead", f"{name}.retry"):
-            ch.queue_delete(queue=q)
+        channel = conn.channel()
+        for name in (queue, core.dead_letter_queue(queue), core.retry_queue(queue)):
+            channel.queue_delete(queue=name)
     finally:
         conn.close()
 

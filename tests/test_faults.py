@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import logged_events, wait_for
+from conftest import delete_queues, logged_events, wait_for
 from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl
 
 LINES = 20_000
@@ -189,15 +189,3 @@ async def test_an_accepted_upload_whose_message_is_lost_is_still_processed(
         assert [m["job_id"] for m in queued_messages(elsewhere)] == [job_id]  # never consumed
     finally:
         delete_queues(settings.amqp_url, elsewhere.queue)
-
-
-def delete_queues(amqp_url: str, queue: str) -> None:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = conn.channel()
-        for name in (queue, f"{queue}.dead", f"{queue}.retry"):
-            channel.queue_delete(queue=name)
-    finally:
-        conn.close()
