@@ -274,6 +274,8 @@ def is_transient(exc: BaseException) -> bool:
     without counting toward EH_MAX_ATTEMPTS."""
     if isinstance(exc, ClientError):
         return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return False  # an OperationalError, but the data's doing: it would fail every time
     return isinstance(exc, (psycopg.OperationalError, BotoConnectionError, HTTPClientError,
                             ConnectionError, TimeoutError))
 

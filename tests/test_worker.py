@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+import botocore.exceptions
 import pika
 import psycopg
 import pytest
@@ -322,6 +323,23 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
                         "ORDER BY line_no", (job_id,)).fetchall()
     assert [e["line_no"] for e in errors] == [2, 3, 4, 5, 6]  # line 1, after its BOM, is valid
     assert errors[3]["reason"] == worker.TOO_DEEP
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (psycopg.OperationalError("connection lost"), True),
+    (psycopg.errors.AdminShutdown("terminating connection"), True),
+    (ConnectionResetError(), True),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"), True),
+    (botocore.exceptions.ClientError({"Error": {"Code": "SlowDown"},
+                                      "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"), True),
+    (botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
+                                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), False),
+    (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
+    (psycopg.errors.DataError("invalid input"), False),
+    (KeyError("a bug"), False),
+])
+def test_only_outages_are_retried_without_counting_an_attempt(exc, transient):
+    assert worker.is_transient(exc) is transient
 
 
 def test_too_many_attempts_fail_the_job(settings, db):
