@@ -65,9 +65,10 @@ EVENT_LOG_COLUMNS = (
     "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version"
 )
 DEAD_AFTER_ATTEMPTS = 3
-# Salvaging a refused batch stops halving after this many refusals: whatever is still refused
-# then goes to outbox_dead as it stands, so a batch that is bad through and through costs a few
-# dozen inserts, not two per row. One bad row in 10,000 takes about 14.
+# Salvaging a refused batch halves it at most this many times in one transaction (one bad
+# row in 10,000 takes about 14): the parts still refused then are recorded as batches of their
+# own, salvaged later, so one transaction never sends more parts than ClickHouse's dedup window
+# remembers, and no part is given up while it may hold rows ClickHouse would take.
 SALVAGE_MAX_REFUSALS = 64
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -425,6 +426,7 @@ class Delivery:
     rejection: BatchRejected | None = None
     dead: int = 0  # rows moved to outbox_dead
     dead_error: str | None = None  # the first of their errors
+    left: int = 0  # rows of refused parts recorded as batches of their own, for later
 
 
 def relay_once(conn, ch, settings: core.Settings, *,
@@ -466,8 +468,11 @@ def report(delivery: Delivery, seconds: float) -> int:
         raise delivery.rejection
     if delivery.dead:
         log.error("relay.batch_dead", batch_id=batch.batch_id, rows_sent=delivery.rows,
-                  rows_dead=delivery.dead, attempts=DEAD_AFTER_ATTEMPTS,
+                  rows_dead=delivery.dead, rows_left=delivery.left, attempts=DEAD_AFTER_ATTEMPTS,
                   error=delivery.dead_error[: MAX_ERROR_CHARS // 3])
+    elif delivery.left:
+        log.warning("relay.batch_split", batch_id=batch.batch_id, rows_sent=delivery.rows,
+                    rows_left=delivery.left)
     log.info("relay.batch_sent", batch_id=batch.batch_id, rows=delivery.rows, bytes=delivery.nbytes,
              seconds=round(seconds, 3), lag_s=round(delivery.lag_s, 3), resent=delivery.resent)
     return delivery.rows
@@ -478,7 +483,7 @@ def deliver_batch(conn, ch, batch: Batch, rows: list, *, resent: bool = False,
     """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
     transaction). A malformed batch is counted, or dead-lettered on its last attempt."""
     fetched = time.monotonic()
-    approx_bytes, dead = 0, []
+    approx_bytes, dead, left = 0, [], []
     if rows:
         try:
             approx_bytes = insert_batch(ch, rows, batch.token)
@@ -487,17 +492,21 @@ def deliver_batch(conn, ch, batch: Batch, rows: list, *, resent: bool = False,
             attempts = count_refusal(conn, batch, error)
             if attempts < DEAD_AFTER_ATTEMPTS:
                 return Delivery(batch, rejection=BatchRejected(batch.batch_id, attempts, error))
-            approx_bytes, dead = salvage(ch, rows, error, after_insert=after_insert)
+            approx_bytes, dead, left = salvage(ch, rows, error, after_insert=after_insert)
         else:
             if after_insert is not None:
                 after_insert(rows)
     for part, error in dead:
         dead_letter_rows(conn, part, error)
-    delete_batch(conn, batch)
+    delete_batch(conn, batch, keep={r.id for part in left for r in part})
+    for part in left:  # refused already: its next refusal salvages it at once
+        record_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
     lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
     dead_rows = sum(len(part) for part, _ in dead)
-    return Delivery(batch, rows=len(rows) - dead_rows, nbytes=approx_bytes, lag_s=lag_s,
-                    resent=resent, dead=dead_rows, dead_error=dead[0][1] if dead else None)
+    left_rows = sum(len(part) for part in left)
+    return Delivery(batch, rows=len(rows) - dead_rows - left_rows, nbytes=approx_bytes,
+                    lag_s=lag_s, resent=resent, dead=dead_rows,
+                    dead_error=dead[0][1] if dead else None, left=left_rows)
 
 
 def refusal(exc: Exception) -> str:
@@ -516,23 +525,27 @@ def count_refusal(conn, batch: Batch, error: str) -> int:
     return attempts
 
 
-def salvage(ch, rows: list, error: str, *,
-            after_insert: Callable[[list], None] | None = None) -> tuple[int, list[tuple[list, str]]]:
+def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] | None = None
+            ) -> tuple[int, list[tuple[list, str]], list[list]]:
     """Get what ClickHouse takes of a batch it refused (with `error`) into event_log: send it
-    in halves, halving each refused part again, until a refused part is a single row or
-    SALVAGE_MAX_REFUSALS refusals were spent. Returns the bytes sent and the refused parts with
-    their errors, for outbox_dead.
+    in halves, halving each refused part again, until a refused part is a single row.
+    Returns the bytes sent, the single rows refused with their errors (for outbox_dead), and
+    the parts still refused when SALVAGE_MAX_REFUSALS refusals were spent (to be recorded as
+    batches of their own and salvaged later).
 
     Each part goes with its own dedup token, from its rows, and the halving is deterministic:
     if the relay dies half-way, the next one salvages the batch the same way and ClickHouse
     drops the parts it already has.
     """
-    sent_bytes, dead, refusals = 0, [], 0
+    sent_bytes, dead, left, refusals = 0, [], [], 0
     refused = collections.deque([(rows, error)])
     while refused:
         part, error = refused.popleft()
-        if len(part) == 1 or refusals >= SALVAGE_MAX_REFUSALS:
+        if len(part) == 1:
             dead.append((part, error))
+            continue
+        if refusals >= SALVAGE_MAX_REFUSALS:
+            left.append(part)
             continue
         middle = len(part) // 2
         for half in (part[:middle], part[middle:]):
@@ -544,7 +557,7 @@ def salvage(ch, rows: list, error: str, *,
             else:
                 if after_insert is not None:
                     after_insert(half)
-    return sent_bytes, dead
+    return sent_bytes, dead, left
 
 
 def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[Batch, list] | None:
@@ -580,15 +593,16 @@ def batch_token(rows: Sequence) -> str:
     return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
 
 
-def record_batch(conn, rows: list) -> Batch:
+def record_batch(conn, rows: list, attempts: int = 0) -> Batch:
     ids = [r.id for r in rows]
     token = batch_token(rows)
     cur = conn.cursor(row_factory=tuple_row)
     batch_id = cur.execute(
         QUERIES["record_outbox_batch"],
-        {"first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": token},
+        {"first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": token,
+         "attempts": attempts},
     ).fetchone()[0]
-    return Batch(batch_id, ids, token)
+    return Batch(batch_id, ids, token, attempts)
 
 
 def take_unfinished_batch(conn) -> Batch | None:
@@ -609,9 +623,11 @@ def batch_rows(conn, ids: list[int]) -> list:
     return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
 
 
-def delete_batch(conn, batch: Batch) -> None:
-    """Delete exactly the batch's outbox rows, and its record (caller's transaction)."""
-    conn.execute(QUERIES["delete_outbox_rows"], {"ids": batch.ids})
+def delete_batch(conn, batch: Batch, keep: set[int] = frozenset()) -> None:
+    """Delete the batch's outbox rows but those in `keep`, and its record (caller's
+    transaction)."""
+    ids = [i for i in batch.ids if i not in keep] if keep else batch.ids
+    conn.execute(QUERIES["delete_outbox_rows"], {"ids": ids})
     conn.execute(QUERIES["delete_outbox_batch"], {"batch_id": batch.batch_id})
 
 

@@ -45,6 +45,12 @@ MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 FLUSH_EVERY_S = 1.0
 RETRY_LATER_S = 10.0  # how long a duplicate of a job another worker holds waits
+STOP_GRACE_S = 8.0  # after SIGTERM, how long a job may take to commit or abandon its batch
+# Postgres errors that mean an outage, not a problem with the job: connection exceptions,
+# insufficient resources (disk full, too many connections), transaction rollbacks
+# (serialization failures, deadlocks), and the server shutting down or starting up.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "40"})
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 MAX_REASON_CHARS = 500
 NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
@@ -52,10 +58,10 @@ TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels de
 # checked (check_storable_strings).
 SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # The last dot (or escaped dot) of a key: found in a line, its context is checked
-# (check_json_paths). It cannot match in a value, as only a key's closing quote is followed by
-# a colon. Linear in the line's length (the possessive run stops at the next dot), and it
-# misses only keys with an escape after their last dot, which the relay's salvage catches.
-DOTTED_KEY = re.compile(r'(?:\.|\\u002[eE])[^".\\]*+"\s*:')
+# (check_json_paths). A dot followed by plain characters, then a quote and a colon, can only be
+# in a key; a dot followed by an escape might be, so it counts too (json.dumps escapes every
+# non-ASCII character). Linear in the line's length: the possessive run stops at the next dot.
+DOTTED_KEY = re.compile(r'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -106,10 +112,12 @@ class Consumer:
         self.stopping = threading.Event()
         self.job_thread: threading.Thread | None = None
         self.failures_in_a_row = 0
+        self.stop_deadline = float("inf")
 
     def stop(self, reason: str = "requested") -> None:
         if not self.stopping.is_set():
             log.info("worker.stopping", reason=reason)
+            self.stop_deadline = time.monotonic() + STOP_GRACE_S
         self.stopping.set()
 
     def run(self) -> None:
@@ -128,6 +136,9 @@ class Consumer:
         connection = pika.BlockingConnection(core.amqp_parameters(self.settings, "worker"))
         try:
             channel = connection.channel()
+            # The worker publishes too (a parked duplicate, a re-published lost job): the
+            # broker confirms each message before the worker goes on, and acks the original.
+            channel.confirm_delivery()
             core.declare_queues(channel, self.settings.queue)
             # One job at a time: a file takes long, and a second message would only wait
             # here while another worker could take it.
@@ -173,8 +184,11 @@ class Consumer:
         """Re-publish jobs whose message was lost (see requeue_lost_jobs)."""
         waiting = channel.queue_declare(self.settings.queue, passive=True).method.message_count
         try:
+            # Short timeouts: this runs on the connection's thread, which must stay responsive
+            # (heartbeats, a SIGTERM) while Postgres is away.
             with psycopg.connect(self.settings.database_url, autocommit=True,
-                                 row_factory=dict_row, connect_timeout=5) as conn:
+                                 row_factory=dict_row, connect_timeout=2,
+                                 options="-c statement_timeout=2000") as conn:
                 requeue_lost_jobs(conn, channel, self.settings, queue_empty=waiting == 0)
         except psycopg.Error as exc:
             log.warning("reconciler.database_unavailable", error=str(exc))
@@ -183,7 +197,7 @@ class Consumer:
         """On shutdown: let the job thread commit or abandon its batch, then send its ack."""
         if self.job_thread is None:
             return
-        self.job_thread.join(timeout=8.0)
+        self.job_thread.join(timeout=max(0.0, self.stop_deadline - time.monotonic()))
         if self.job_thread.is_alive():
             log.warning("worker.job_still_running_at_exit")
         connection.process_data_events(time_limit=0)
@@ -211,12 +225,14 @@ def park_for_retry(channel, queue: str, body: bytes) -> None:
     back, and held here it would keep this worker from other jobs for as long as that job
     runs; yet it must not be dropped: should the holder's Postgres session outlive the holder
     (a lost host), the job's lock frees only later, and this copy is what finishes the job.
-    Should this worker die between the publish and the ack, the job has one copy more, which
-    the lock and the job's status absorb like any duplicate.
+    The channel is in confirm mode, and the publish mandatory: it returns once the broker has
+    the copy, and raises (the original then stays unacked) if it could not take it. Should this
+    worker die between the publish and the ack, the job has one copy more, which the lock and
+    the job's status absorb like any duplicate.
     """
     channel.basic_publish("", core.retry_queue(queue), body, pika.BasicProperties(
         content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-        expiration=str(int(RETRY_LATER_S * 1000))))
+        expiration=str(int(RETRY_LATER_S * 1000))), mandatory=True)
 
 
 def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
@@ -259,9 +275,7 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         log.error("worker.unknown_job")
         return Outcome.REJECT
     except Exception as exc:
-        transient = is_transient(exc)
-        log.exception("job.attempt_failed", counted=not transient)
-        record_attempt_error(settings, job_id, exc, give_back=transient)
+        log.exception("job.attempt_failed", counted=not is_transient(exc))
         return Outcome.REQUEUE
     if result == "busy":
         return Outcome.RETRY_LATER
@@ -274,10 +288,13 @@ def is_transient(exc: BaseException) -> bool:
     without counting toward EH_MAX_ATTEMPTS."""
     if isinstance(exc, ClientError):
         return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
-        return False  # an OperationalError, but the data's doing: it would fail every time
-    return isinstance(exc, (psycopg.OperationalError, BotoConnectionError, HTTPClientError,
-                            ConnectionError, TimeoutError))
+    if isinstance(exc, psycopg.OperationalError):
+        # No SQLSTATE: the client lost or could not make the connection. Otherwise only what
+        # says the server is away or short of resources, or asks for a retry; not, say, a
+        # statement timeout or a program limit, which the same batch would hit every time.
+        state = exc.sqlstate or ""
+        return not state or state[:2] in TRANSIENT_SQLSTATE_CLASSES or state in TRANSIENT_SQLSTATES
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
 
 
 def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception, *,
@@ -337,12 +354,15 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
             if job["attempts"] > settings.max_attempts:
                 raise JobFailed(f"gave up after {settings.max_attempts} attempts: {job['error']}")
             result = run_job(conn, s3, settings, job, stop)
-            if result == "abandoned":  # a clean stop is not a failed attempt
-                conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
-            return result
         except JobFailed as exc:
             fail_job(conn, settings, job_id, str(exc))
             return "failed"
+        except Exception as exc:  # this run took an attempt: say why it failed
+            record_attempt_error(settings, job_id, exc, give_back=is_transient(exc))
+            raise
+        if result == "abandoned":  # a clean stop is not a failed attempt
+            conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
+        return result
     finally:
         if not conn.closed:
             conn.execute(core.QUERIES["unlock_job"], {"job_id": job_id})
@@ -660,31 +680,57 @@ def check_storable_strings(obj) -> None:
 def check_json_paths(context: dict) -> None:
     """Refuse a context in which two keys name the same path for ClickHouse's JSON type,
     which reads a dotted key as nested objects: {"a.b": 1, "a": {"b": 2}} names a.b twice,
-    and event_log would refuse the event."""
-    leaves: set[str] = set()
+    and event_log would refuse the event. A null or an empty object names no path; each
+    object inside an array is a JSON value of its own, checked on its own.
 
-    def walk(value, path: str) -> None:
-        if isinstance(value, dict):  # an empty one leaves no path at all
+    The paths go into a trie of their segments, so the check costs time and memory in
+    proportion to the line, however long its keys (iteratively, however deep)."""
+    objects = [context]
+    while objects:
+        taken: dict = {}  # segment -> subtrie; LEAF marks a value at that path
+        pending = [(objects.pop(), taken, ())]
+        while pending:
+            value, trie, path = pending.pop()
             for key, item in value.items():
-                walk(item, f"{path}.{key}" if path else key)
-            return
-        if isinstance(value, list):  # each object in an array is a JSON value of its own
-            check_json_paths_in_array(value)
-        if path in leaves:
-            raise InvalidLine(f"$.context: two keys name the path {path!r} (a dotted key such as "
-                              "\"a.b\" means the same as \"a\": {\"b\": …}); the event store "
-                              "cannot hold both")
-        leaves.add(path)
+                node = trie
+                for segment in key.split("."):
+                    node = node.setdefault(segment, {})
+                if isinstance(item, dict):
+                    pending.append((item, node, (path, key)))
+                    continue
+                if item is None:
+                    continue
+                if LEAF in node:
+                    raise InvalidLine(
+                        f"$.context: two keys name the path {dotted(path, key)!r} (a dotted key "
+                        "such as \"a.b\" means the same as \"a\": {\"b\": …}); the event "
+                        "store cannot hold both")
+                node[LEAF] = True
+                if isinstance(item, list):
+                    objects.extend(objects_in_array(item))
 
-    walk(context, "")
+
+LEAF = object()  # a trie key no JSON key can equal
 
 
-def check_json_paths_in_array(items: list) -> None:
-    for item in items:
-        if isinstance(item, dict):
-            check_json_paths(item)
-        elif isinstance(item, list):
-            check_json_paths_in_array(item)
+def dotted(path: tuple, key: str) -> str:
+    """The dotted path of `key` under `path` ((…((), k1), k2)…), built only for a message."""
+    keys = [key]
+    while path:
+        path, parent = path
+        keys.append(parent)
+    return ".".join(reversed(keys))
+
+
+def objects_in_array(items: list) -> Iterator[dict]:
+    """The objects in an array, at any depth of nested arrays."""
+    arrays = [items]
+    while arrays:
+        for item in arrays.pop():
+            if isinstance(item, dict):
+                yield item
+            elif isinstance(item, list):
+                arrays.append(item)
 
 
 def free_key(mapping: dict, key: str) -> str:
@@ -695,16 +741,18 @@ def free_key(mapping: dict, key: str) -> str:
 
 
 def strings_in(obj) -> Iterator[str]:
-    """Every string in a decoded JSON value: keys and values, at any depth."""
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield key
-            yield from strings_in(value)
-    elif isinstance(obj, list):
-        for value in obj:
-            yield from strings_in(value)
+    """Every string in a decoded JSON value: keys and values, at any depth (iteratively: a
+    recursive generator would cost time in proportion to the depth for every string)."""
+    pending = [obj]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            yield from value.keys()
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def schema_error_reason(validator, obj) -> str:

@@ -34,16 +34,17 @@ RETURNING *, (started_at = now()) AS first_start;
 
 -- name: take_lost_jobs --
 -- Jobs queued for longer than the grace period whose message must have been lost: the job
--- queue is empty (the caller says so), or a job uploaded more than the grace period after this
--- one has started already (the queue is first in, first out: this one's message is no longer
--- ahead of it). Bumping updated_at marks them re-published, so each is re-published at most
--- once per grace period, by one worker.
+-- queue is empty (the caller says so), or a job uploaded more than the grace period after
+-- this one was last published has started already (the queue is first in, first out: this
+-- one's message is no longer ahead of it). updated_at is when a queued job was last
+-- published: set at the upload, bumped here, so each job is re-published at most once per
+-- grace period, by one worker, and a re-published one waits for its new message's turn.
 UPDATE jobs SET updated_at = now()
 WHERE job_id IN (
     SELECT job_id FROM jobs
     WHERE status = 'queued' AND updated_at < now() - make_interval(secs => %(after_s)s)
       AND (%(queue_empty)s
-           OR created_at < (SELECT max(created_at) FROM jobs WHERE started_at IS NOT NULL)
+           OR updated_at < (SELECT max(created_at) FROM jobs WHERE started_at IS NOT NULL)
                            - make_interval(secs => %(after_s)s))
     ORDER BY created_at
     LIMIT 100
@@ -143,8 +144,8 @@ SELECT unnest(ids) AS id FROM outbox_batch
 WHERE first_id <= %(last_id)s AND last_id >= %(first_id)s;
 
 -- name: record_outbox_batch --
-INSERT INTO outbox_batch (first_id, last_id, ids, token)
-VALUES (%(first_id)s, %(last_id)s, %(ids)s, %(token)s)
+INSERT INTO outbox_batch (first_id, last_id, ids, token, attempts)
+VALUES (%(first_id)s, %(last_id)s, %(ids)s, %(token)s, %(attempts)s)
 RETURNING batch_id, ids, token, attempts;
 
 -- name: lock_outbox_batch --

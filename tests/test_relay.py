@@ -224,6 +224,34 @@ def test_salvage_finds_scattered_bad_events_in_a_few_inserts(db, ch, relay_setti
     assert dead_logged[0]["rows_sent"] == 997 and dead_logged[0]["rows_dead"] == 3
 
 
+def test_salvage_gives_up_no_good_event_however_many_bad_ones(db, ch, relay_settings):
+    """One event in fifty is bad: more refusals than one salvage may spend. The parts still
+    refused are recorded as batches of their own and salvaged in turn; in the end ClickHouse
+    has every good event once and outbox_dead exactly the bad ones."""
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=2_000)
+    good, bad = [], []
+    with psycopg.connect(settings.database_url) as conn:
+        for i in range(2_000):
+            if i % 50 == 25:
+                bad.append(publish_poison(conn, "dotted_key_clash"))
+            else:
+                good.append(core.publish_event(conn, "test.good", {"i": i}, environment="test"))
+
+    refuse_until_the_last_attempt(db, ch, settings, backlog=2_000)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            relay.relay_once(db, ch, settings)
+            if relay.outbox_status(db)["backlog"] == 0:
+                break
+    assert any(entry.get("rows_left", 0) > 0 for entry in logs)  # the budget was spent
+
+    ids = event_log_ids(ch)
+    assert len(ids) == len(good) == 1_960 and set(ids) == set(good)
+    dead = db.execute("SELECT event_id FROM outbox_dead ORDER BY id").fetchall()
+    assert [d["event_id"] for d in dead] == bad
+    assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
+
+
 def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_settings):
     """The relay dies after ClickHouse took some of the parts, before Postgres committed; the
     next attempt halves the batch the same way, and ClickHouse drops the parts it has."""

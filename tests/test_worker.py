@@ -149,6 +149,10 @@ def test_parse_line_normalises_a_valid_entry():
          "two keys name the path 'a.b'"),
         (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
          "two keys name the path 'extra.foo'"),
+        (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
+         "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
+        (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
+         "two keys name the path 'a.b.c'"),
         (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
          "invalid JSON: Exceeds the limit"),
         (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
@@ -169,6 +173,7 @@ def test_parse_line_explains_invalid_lines(line, reason):
 
 @pytest.mark.parametrize("context", [
     {"a.b": 1}, {"a": 1, "a.b": 2}, {"a.b": {}, "a": {"b": 1}}, {"a.b": 1, "c": {"a": {"b": 2}}},
+    {"a.b": None, "a": {"b": 2}}, {"a.b": {"c": 1}, "a": {"b": {"d": 2}}},
 ])
 def test_parse_line_takes_dotted_keys_that_name_distinct_paths(context):
     line = json.dumps({**VALID, "context": context}).encode()
@@ -293,6 +298,20 @@ def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("context", [
+    # A long key over many leaves: full path strings would cost key length × leaves.
+    {"a.b": 1, "k" * 50_000: {f"k{i}": 1 for i in range(70_000)}},
+    # Many strings deep down, and an escaped emoji to make the worker look at every string.
+    {"s": "\U0001F600", "deep": "HERE"},
+])
+def test_the_context_checks_are_linear_in_the_line(context):
+    line = json.dumps({**VALID, "context": context}).encode()
+    line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
+    started = time.monotonic()
+    worker.parse_line(line, worker.log_entry_validator())
+    assert time.monotonic() - started < 5
+
+
 def test_unknown_fields_never_overwrite_the_lines_own_context():
     line = {**VALID, "context": {"extra": 1, "_extra": {"keep": "me"}}, "request_id": "r1"}
     entry = worker.parse_line(json.dumps(line).encode(), worker.log_entry_validator())
@@ -335,6 +354,9 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
     (botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
                                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), False),
     (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
+    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+    (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+    (psycopg.errors.DiskFull("could not extend file"), True),
     (psycopg.errors.DataError("invalid input"), False),
     (KeyError("a bug"), False),
 ])
@@ -477,6 +499,12 @@ def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
                    (later_id,))
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 1
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0  # once
+        # Ten seconds on, past the grace period: the new message is queued behind the later
+        # job's, whose start says nothing about it. Not lost (again) yet.
+        db.execute("UPDATE jobs SET updated_at = updated_at - interval '10 seconds', "
+                   "created_at = created_at - interval '10 seconds' WHERE job_id IN (%s, %s)",
+                   (lost_id, later_id))
+        assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0
     finally:
         conn.close()
     assert queue_depth(settings, settings.queue) == 1
