@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import enum
 import functools
+import io
 import json
 import os
 import random
@@ -464,6 +465,10 @@ def open_object(s3, job: dict):
         return s3.get_object(**kwargs)["Body"]
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
+        if code == "InvalidRange" and job["bytes_processed"]:
+            # The checkpoint is at the end of the object: the last batch was committed, and
+            # the worker stopped before it could mark the job completed. Nothing is left.
+            return io.BytesIO(b"")
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
             raise JobFailed(
                 f"the uploaded file is missing from storage (s3://{job['bucket']}/{job['object_key']})"

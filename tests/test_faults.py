@@ -10,8 +10,9 @@ import socket
 import subprocess
 import time
 
+import core
 from conftest import delete_queues, logged_events, wait_for
-from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl
+from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl, publish
 
 LINES = 20_000
 
@@ -189,3 +190,43 @@ async def test_an_accepted_upload_whose_message_is_lost_is_still_processed(
         assert [m["job_id"] for m in queued_messages(elsewhere)] == [job_id]  # never consumed
     finally:
         delete_queues(settings.amqp_url, elsewhere.queue)
+
+
+def test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_once(
+        settings, db, start_process):
+    """Three workers share the queue; jobs are published twice over; every second or so one
+    worker is SIGKILLed and a new one started. Every job still completes with each of its
+    lines stored exactly once."""
+    rng = random.Random()
+    jobs = []
+    for j in range(6):
+        lines = [dict(VALID, message=f"job {j} line {i}") for i in range(3_000)]
+        jobs.append(enqueue_job(settings, db, jsonl(*lines[:1_000]) + b"{broken\n"
+                                + jsonl(*lines[1_000:])))
+    for job_id in jobs[:2]:  # duplicates, as a re-publish would make
+        publish(settings, core.job_message(job_row(db, job_id)))
+
+    env = {"EH_BATCH_LINES": "200", "EH_LINE_DELAY_MAX_S": "0.0003"}
+    workers = [start_process("worker.py", **env) for _ in range(3)]
+    for _ in range(4):
+        time.sleep(rng.uniform(0.7, 1.5))
+        victim = workers.pop(rng.randrange(len(workers)))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        workers.append(start_process("worker.py", **env))
+
+    def all_completed():
+        return all(job_row(db, job_id)["status"] == "completed" for job_id in jobs)
+
+    try:
+        wait_for(all_completed, timeout=90, what="every job completed")
+    except AssertionError as exc:
+        states = [{k: job_row(db, job_id)[k] for k in ("status", "attempts", "lines_processed",
+                                                         "error")} for job_id in jobs]
+        raise AssertionError(f"{exc}: {states}") from None
+    for job_id in jobs:
+        assert_exactly_once(db, job_id, valid=3_000, invalid=1)
+        assert job_row(db, job_id)["lines_processed"] == 3_001
+    # The last one started may still be importing; let it come up before the SIGTERM.
+    wait_for(lambda: all(logged_events(w, "worker.consuming") for w in workers),
+             what="the workers up")

@@ -364,6 +364,21 @@ def test_only_outages_are_retried_without_counting_an_attempt(exc, transient):
     assert worker.is_transient(exc) is transient
 
 
+def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(settings, db):
+    """The worker died between committing the last batch and marking the job completed: the
+    checkpoint is at the end of the object, and a range read from there would be refused."""
+    content = jsonl(VALID, VALID, VALID) + b"{bad\n"
+    job_id = make_job(settings, db, content)
+    assert run(settings, job_id) == "completed"
+    db.execute("UPDATE jobs SET status = 'processing', completed_at = NULL WHERE job_id = %s",
+               (job_id,))  # as it was between the two transactions
+    job = job_row(db, job_id)
+    assert (job["lines_processed"], job["bytes_processed"]) == (4, len(content))
+
+    assert run(settings, job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=3, invalid=1)
+
+
 def test_too_many_attempts_fail_the_job(settings, db):
     job_id = make_job(settings, db, jsonl(VALID))
     db.execute("UPDATE jobs SET attempts = %s, error = 'S3 timed out' WHERE job_id = %s",
