@@ -39,7 +39,8 @@ FIRST_LINE_MAX_BYTES = 1024 * 1024
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
 UTF8_BOM = b"\xef\xbb\xbf"
-MULTIPART_ERRORS = (ValueError, HttpProcessingError)  # what aiohttp raises on a malformed body
+# What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
+MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
 
 def main(argv: list[str]) -> int:
@@ -402,8 +403,7 @@ async def find_file_part(request: web.Request):
             if isinstance(part, BodyPartReader) and part.name == "file":
                 return reader, part
             await part.release()
-    # RuntimeError: aiohttp's answer to an overlong `_charset_` field.
-    except (*MULTIPART_ERRORS, RuntimeError) as exc:
+    except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
     raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
 
@@ -422,7 +422,7 @@ async def read_to_the_closing_boundary(reader) -> None:
                 if budget < 0:
                     raise ValueError(f"more than {MULTIPART_OVERHEAD_BYTES} bytes of fields "
                                      "after the file")
-    except (*MULTIPART_ERRORS, RuntimeError) as exc:
+    except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
 
 

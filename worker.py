@@ -239,7 +239,8 @@ def park_for_retry(channel, queue: str, body: bytes) -> None:
 def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
     """Publish again the jobs left `queued` longer than EH_REQUEUE_AFTER_S whose message
     cannot be waiting in the queue any more: it is empty, or a job uploaded more than
-    EH_REQUEUE_AFTER_S later has started (so a busy queue does not hide a lost job).
+    EH_REQUEUE_AFTER_S after the job's last publish has started (so a busy queue does not
+    hide a lost job).
 
     The API commits a job before it publishes the message; if it crashed in between, or the
     broker lost the message, the job would wait forever. A job published twice is still
@@ -305,8 +306,9 @@ def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Except
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(core.QUERIES["record_attempt_error"], {
-                "job_id": job_id, "give_back": give_back,
-                "error": f"attempt failed, will retry: {exc}"[:MAX_REASON_CHARS]})
+                "job_id": job_id, "error": f"attempt failed, will retry: {exc}"[:MAX_REASON_CHARS]})
+            if give_back:
+                conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
     except psycopg.Error:
         pass
 

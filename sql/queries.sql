@@ -87,17 +87,12 @@ SELECT coalesce(bool_and(reason LIKE 'not valid UTF-8%%'), false) AS all_encodin
 FROM line_errors WHERE job_id = %(job_id)s;
 
 -- name: record_attempt_error --
--- Show why the last attempt failed while the job waits for a retry. An attempt that failed
--- because a service was unreachable (storage, the database) is given back: only failures of
--- the job itself count toward EH_MAX_ATTEMPTS.
-UPDATE jobs
-SET error = %(error)s,
-    attempts = CASE WHEN %(give_back)s THEN greatest(attempts - 1, 0) ELSE attempts END,
-    updated_at = now()
+UPDATE jobs SET error = %(error)s, updated_at = now()
 WHERE job_id = %(job_id)s AND status = 'processing';
 
 -- name: give_back_attempt --
--- A worker stopped cleanly (SIGTERM) in the middle of the job: not a failed attempt.
+-- The attempt a worker took was not the job's fault: it stopped cleanly (SIGTERM), or a
+-- service was unreachable. Only failures of the job itself count toward EH_MAX_ATTEMPTS.
 UPDATE jobs SET attempts = greatest(attempts - 1, 0), updated_at = now()
 WHERE job_id = %(job_id)s AND status = 'processing';
 
