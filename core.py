@@ -1,4 +1,5 @@
-"""What the API, the worker and the relay share: settings, logging, SQL, the outbox, storage.
+"""What the API, the worker and the relay share: settings, logging, SQL, the job row, the
+outbox, storage, the broker, and how to wait out an outage (`Backoff`, `is_outage`).
 
 `publish_event` is the interface other code uses to emit an event: it writes to the outbox on
 the caller's connection, inside the caller's transaction, and never commits.
@@ -11,14 +12,22 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
+import random
 import re
 import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import structlog
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from psycopg import sql
+from psycopg.rows import class_row
 
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
@@ -31,6 +40,13 @@ TERMINAL_STATUSES = frozenset({"completed", "failed"})
 METADATA_VERSION = 1
 
 
+# Postgres errors that mean an outage, not a problem with the work: connection exceptions,
+# insufficient resources (disk full, too many connections), transaction rollbacks
+# (serialization failures, deadlocks), and the server shutting down or starting up.
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "40"})
+OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 class ConfigError(Exception):
     """A setting from the environment is missing or malformed."""
 
@@ -38,89 +54,186 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------- settings
 
 
-def _env_str(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip()
-    return value or default
-
-
-def _env_number(env: Mapping[str, str], name: str, default, kind=int, minimum=0):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+def setting(env: str, default: Any, help: str, *, minimum: float | None = None,
+            maximum: float | None = None, shown_default: str | None = None,
+            tests_only: bool = False) -> Any:
+    """One setting, declared once: its environment variable, default, bounds and the help text
+    the README's configuration table is made of (`settings_table`). `shown_default` is the
+    table's text for a default that depends on the machine; `tests_only` settings are listed
+    apart from the others."""
+    return dataclasses.field(default=default, metadata={
+        "env": env, "help": help, "minimum": minimum, "maximum": maximum,
+        "shown_default": shown_default, "tests_only": tests_only})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """All configuration, read once from the environment (see the README's table)."""
+    """All configuration, read once from the environment (`from_env`); `to_env` gives it back
+    as variables, for child processes. A bad value is a ConfigError naming the variable."""
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/eventhorizon"
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    s3_endpoint_url: str = "http://127.0.0.1:8333"
-    s3_bucket: str = "eventhorizon"
-    aws_access_key_id: str = "eventhorizon"
-    aws_secret_access_key: str = "eventhorizon-dev-secret"
-    aws_region: str = "us-east-1"
-    clickhouse_url: str = f"chdb://{ROOT / 'var' / 'clickhouse'}"
-    queue: str = "eventhorizon.jobs"
-    environment: str = "production"
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    max_upload_bytes: int = 1024**3
-    line_delay_max_s: float = 0.0
-    batch_lines: int = 5000
-    max_attempts: int = 5
-    requeue_after_s: float = 60.0
-    relay_batch_max_rows: int = 10_000
-    relay_batch_max_wait_s: float = 1.0
-    relay_poll_s: float = 5.0
-    log_format: str = "console" if sys.stdout.isatty() else "json"
-    log_level: str = "INFO"
+    database_url: str = setting(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/eventhorizon",
+        "Postgres: jobs, log entries, line errors, the outbox")
+    amqp_url: str = setting(
+        "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ, for job messages")
+    s3_endpoint_url: str = setting(
+        "S3_ENDPOINT_URL", "http://127.0.0.1:8333",
+        "S3-compatible endpoint (SeaweedFS locally, MinIO in compose); path-style, SigV4")
+    s3_bucket: str = setting(
+        "S3_BUCKET", "eventhorizon", "bucket for uploaded files (`uploads/<job_id>.jsonl`)")
+    aws_access_key_id: str = setting(
+        "AWS_ACCESS_KEY_ID", "eventhorizon",
+        "S3 access key (development default; `scripts/dev` gives the same to `weed`)")
+    aws_secret_access_key: str = setting(
+        "AWS_SECRET_ACCESS_KEY", "eventhorizon-dev-secret", "S3 secret key (development default)")
+    aws_region: str = setting("AWS_REGION", "us-east-1", "region used to sign S3 requests")
+    clickhouse_url: str = setting(
+        "CLICKHOUSE_URL", f"chdb://{ROOT / 'var' / 'clickhouse'}",
+        "where the relay writes: `chdb:///absolute/dir` (embedded engine, one process per "
+        "directory) or `http(s)://user:password@host:port/database` (a server of version 25.3 "
+        "or later: `event_log` uses the JSON column type)",
+        shown_default="`chdb://<project>/var/clickhouse`")
+    queue: str = setting(
+        "EH_QUEUE", "eventhorizon.jobs",
+        "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "
+        "worker is on wait 10 s in `<queue>.retry`")
+    environment: str = setting(
+        "EH_ENVIRONMENT", "production", "`environment` of the service's own job lifecycle events")
+    http_host: str = setting(
+        "EH_HTTP_HOST", "127.0.0.1", "API bind address (`0.0.0.0` in the container image)")
+    http_port: int = setting("EH_HTTP_PORT", 8080, "API port", minimum=0, maximum=65535)
+    max_upload_bytes: int = setting(
+        "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
+        minimum=1, shown_default="`1073741824` (1 GiB)")
+    line_delay_max_s: float = setting(
+        "EH_LINE_DELAY_MAX_S", 0.0,
+        "worker demo mode: a random delay of up to this many seconds after each line (the "
+        "original brief's mode is `1.0`)", minimum=0)
+    batch_lines: int = setting(
+        "EH_BATCH_LINES", 5000,
+        "worker: most lines per committed batch (one transaction, one checkpoint)", minimum=1)
+    max_attempts: int = setting(
+        "EH_MAX_ATTEMPTS", 5,
+        "worker: attempts at a job before it is marked `failed`. A crash counts (it may be the "
+        "job's doing); a clean stop (SIGTERM) and an attempt that failed because storage or the "
+        "database was unreachable do not: those jobs wait out the outage", minimum=1)
+    requeue_after_s: float = setting(
+        "EH_REQUEUE_AFTER_S", 60.0,
+        "worker: a job still `queued` this long is re-published once its message cannot be "
+        "waiting any more (the queue is empty, or a job uploaded this much after its last "
+        "publish has started)", minimum=0)
+    relay_batch_max_rows: int = setting(
+        "RELAY_BATCH_MAX_ROWS", 10_000, "relay: most events per ClickHouse insert", minimum=1)
+    relay_batch_max_wait_s: float = setting(
+        "RELAY_BATCH_MAX_WAIT_S", 1.0,
+        "relay: how long a small batch may wait to fill, from its oldest event", minimum=0)
+    relay_poll_s: float = setting(
+        "RELAY_POLL_S", 5.0, "relay: wake-up interval when no NOTIFY arrives", minimum=0)
+    log_format: str = setting(
+        "LOG_FORMAT", "console" if sys.stdout.isatty() else "json",
+        "`json` (one JSON object per line) or `console`",
+        shown_default="`console` on a terminal, else `json`")
+    log_level: str = setting("LOG_LEVEL", "INFO", "a logging level name")
+    test_admin_dsn: str = setting(
+        "EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test",
+        "where the tests create their own databases (one per test, cloned from a migrated "
+        "template)", tests_only=True)
+    relay_crash_after_insert: bool = setting(
+        "EH_RELAY_CRASH_AFTER_INSERT", False,
+        "fault injection: `relay.py` SIGKILLs itself after its first ClickHouse insert, before "
+        "the Postgres commit", tests_only=True)
+
+    def __post_init__(self):
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
+        if self.log_level not in logging.getLevelNamesMapping():
+            raise ConfigError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
+        check_clickhouse_url(self.clickhouse_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        d = cls()
-        log_format = _env_str(env, "LOG_FORMAT", d.log_format).lower()
-        if log_format not in ("json", "console"):
-            raise ConfigError(f"LOG_FORMAT must be json or console, got {log_format!r}")
-        log_level = _env_str(env, "LOG_LEVEL", d.log_level).upper()
-        if log_level not in logging.getLevelNamesMapping():
-            raise ConfigError(f"LOG_LEVEL must be a logging level name, got {log_level!r}")
-        return cls(
-            database_url=_env_str(env, "DATABASE_URL", d.database_url),
-            amqp_url=_env_str(env, "AMQP_URL", d.amqp_url),
-            s3_endpoint_url=_env_str(env, "S3_ENDPOINT_URL", d.s3_endpoint_url),
-            s3_bucket=_env_str(env, "S3_BUCKET", d.s3_bucket),
-            aws_access_key_id=_env_str(env, "AWS_ACCESS_KEY_ID", d.aws_access_key_id),
-            aws_secret_access_key=_env_str(env, "AWS_SECRET_ACCESS_KEY", d.aws_secret_access_key),
-            aws_region=_env_str(env, "AWS_REGION", d.aws_region),
-            clickhouse_url=_env_str(env, "CLICKHOUSE_URL", d.clickhouse_url),
-            queue=_env_str(env, "EH_QUEUE", d.queue),
-            environment=_env_str(env, "EH_ENVIRONMENT", d.environment),
-            http_host=_env_str(env, "EH_HTTP_HOST", d.http_host),
-            http_port=_env_number(env, "EH_HTTP_PORT", d.http_port),
-            max_upload_bytes=_env_number(env, "EH_MAX_UPLOAD_BYTES", d.max_upload_bytes, minimum=1),
-            line_delay_max_s=_env_number(env, "EH_LINE_DELAY_MAX_S", d.line_delay_max_s, float),
-            batch_lines=_env_number(env, "EH_BATCH_LINES", d.batch_lines, minimum=1),
-            max_attempts=_env_number(env, "EH_MAX_ATTEMPTS", d.max_attempts, minimum=1),
-            requeue_after_s=_env_number(env, "EH_REQUEUE_AFTER_S", d.requeue_after_s, float),
-            relay_batch_max_rows=_env_number(
-                env, "RELAY_BATCH_MAX_ROWS", d.relay_batch_max_rows, minimum=1
-            ),
-            relay_batch_max_wait_s=_env_number(
-                env, "RELAY_BATCH_MAX_WAIT_S", d.relay_batch_max_wait_s, float
-            ),
-            relay_poll_s=_env_number(env, "RELAY_POLL_S", d.relay_poll_s, float),
-            log_format=log_format,
-            log_level=log_level,
-        )
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.metadata["env"], "").strip()
+            if raw:
+                values[field.name] = parse_setting(field, raw)
+        values["log_format"] = values.get("log_format", cls.log_format).lower()
+        values["log_level"] = values.get("log_level", cls.log_level).upper()
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables: what gives a child process the same."""
+        return {field.metadata["env"]: format_setting(getattr(self, field.name))
+                for field in dataclasses.fields(self)}
+
+
+def parse_setting(field: dataclasses.Field, raw: str) -> Any:
+    """A setting's value from its variable's text, checked against its type and bounds."""
+    name, kind = field.metadata["env"], SETTING_TYPES[field.type]
+    if kind is str:
+        return raw
+    try:
+        value = kind(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {SETTING_TYPE_NAMES[field.type]}, got {raw!r}") from None
+    low, high = field.metadata["minimum"], field.metadata["maximum"]
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {raw!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high}, got {raw!r}")
+    return value
+
+
+def parse_flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def format_setting(value: Any) -> str:
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+SETTING_TYPES = {"str": str, "int": int, "float": float, "bool": parse_flag}
+SETTING_TYPE_NAMES = {"int": "an int", "float": "a float", "bool": "1 or 0"}
+
+
+def settings_table(*, tests_only: bool = False) -> str:
+    """The README's configuration table (or the tests-only one), from the declarations."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for field in dataclasses.fields(Settings):
+        meta = field.metadata
+        if meta["tests_only"] != tests_only:
+            continue
+        shown = meta["shown_default"] or f"`{format_setting(field.default)}`"
+        rows.append(f"| `{meta['env']}` | {shown} | {meta['help']} |")
+    return "\n".join(rows)
+
+
+def check_clickhouse_url(url: str) -> None:
+    """CLICKHOUSE_URL is `chdb:///absolute/dir` or `http(s)://user:password@host:port/database`."""
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ConfigError(f"CLICKHOUSE_URL for chDB must be chdb:///absolute/path, got {url!r}")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"CLICKHOUSE_URL must be chdb:///path or http(s)://host, got "
+                          f"{redact_url(url)!r}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***: fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings() -> Settings:
@@ -170,6 +283,42 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
 
 
+# --------------------------------------------------------------------------- outages
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure means a service is unreachable or overloaded (the database, the file
+    storage), not that the work itself is wrong: the work is retried, with backoff, for as long
+    as it takes. The one definition every process uses."""
+    if isinstance(exc, psycopg.InterfaceError):  # the connection was closed under us
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        # No SQLSTATE: the client lost or could not make the connection (or a pool timed out).
+        # Otherwise only what says the server is away or short of resources, or asks for a
+        # retry; not, say, a statement timeout or a program limit, which would recur.
+        state = exc.sqlstate or ""
+        return not state or state[:2] in OUTAGE_SQLSTATE_CLASSES or state in OUTAGE_SQLSTATES
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
+
+
+class Backoff:
+    """Capped exponential delays (`first`, twice that, … up to `cap` seconds), with jitter so
+    processes that lost the same service do not come back in step. `reset` after a success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0):
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.first * 2**self.failures, self.cap)
+        self.failures += 1
+        return round(delay * random.uniform(0.8, 1.0), 3)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 # --------------------------------------------------------------------------- SQL
 
 
@@ -183,6 +332,12 @@ def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
 
 
 QUERIES = load_queries()
+
+
+def listen(conn, channel: str):
+    """LISTEN on a channel (sync or async connection: await the result of the latter). LISTEN
+    takes an identifier, not a bound parameter, so it is composed here, never formatted."""
+    return conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
 
 def yoyo_url(database_url: str) -> str:
@@ -209,37 +364,77 @@ def migrate(database_url: str) -> int:
 # --------------------------------------------------------------------------- jobs
 
 
-def job_json(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The public JSON shape of a job row (GET /api/v1/jobs/{id}, WebSocket messages)."""
-    total = job["lines_total"]
-    if job["status"] == "completed":
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A row of `jobs` (sql/migrations/0001_jobs.sql), as queries read with `JOB_ROW` return it.
+    `first_start` is only ever set by the worker's claim (claim_job)."""
+
+    job_id: uuid.UUID
+    file_name: str
+    size_bytes: int
+    bucket: str
+    object_key: str
+    status: str
+    lines_total: int
+    lines_processed: int
+    bytes_processed: int
+    lines_valid: int
+    lines_invalid: int
+    attempts: int
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    updated_at: dt.datetime
+    first_start: bool = False
+
+
+JOB_ROW = class_row(Job)
+
+
+def job_query(conn, name: str, params: Mapping[str, Any]):
+    """Run a named query returning job rows on a sync connection; its cursor yields Jobs."""
+    return conn.cursor(row_factory=JOB_ROW).execute(QUERIES[name], params)
+
+
+async def ajob_query(aconn, name: str, params: Mapping[str, Any]):
+    """`job_query` for a psycopg AsyncConnection."""
+    cur = aconn.cursor(row_factory=JOB_ROW)
+    await cur.execute(QUERIES[name], params)
+    return cur
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The public JSON shape of a job (GET /api/v1/jobs/{id}, WebSocket messages)."""
+    total = job.lines_total
+    if job.status == "completed":
         progress = 1.0
     else:
-        progress = round(job["lines_processed"] / total, 4) if total else 0.0
+        progress = round(job.lines_processed / total, 4) if total else 0.0
     return {
-        "job_id": str(job["job_id"]),
-        "file_name": job["file_name"],
-        "size_bytes": job["size_bytes"],
-        "status": job["status"],
+        "job_id": str(job.job_id),
+        "file_name": job.file_name,
+        "size_bytes": job.size_bytes,
+        "status": job.status,
         "lines_total": total,
-        "lines_processed": job["lines_processed"],
-        "lines_valid": job["lines_valid"],
-        "lines_invalid": job["lines_invalid"],
+        "lines_processed": job.lines_processed,
+        "lines_valid": job.lines_valid,
+        "lines_invalid": job.lines_invalid,
         "progress": progress,
-        "created_at": _iso(job["created_at"]),
-        "started_at": _iso(job["started_at"]),
-        "completed_at": _iso(job["completed_at"]),
-        "error": job["error"],
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+        "error": job.error,
     }
 
 
-def job_notification(job: Mapping[str, Any]) -> str:
+def job_notification(job: Job) -> str:
     """NOTIFY payload for a job change: ids and counts only; listeners re-read the row."""
     return json.dumps(
         {
-            "job_id": str(job["job_id"]),
-            "status": job["status"],
-            "lines_processed": job["lines_processed"],
+            "job_id": str(job.job_id),
+            "status": job.status,
+            "lines_processed": job.lines_processed,
         }
     )
 
@@ -330,24 +525,15 @@ def publish_event(conn, event_type: str, context: Mapping[str, Any], *, environm
     return event.event_id
 
 
-async def apublish_event(aconn, event_type: str, context: Mapping[str, Any], *,
-                         environment: str, event_date_time: dt.datetime | None = None,
-                         event_id: uuid.UUID | None = None) -> uuid.UUID:
-    """`publish_event` for a psycopg AsyncConnection (the API)."""
-    event = make_event(event_type, context, environment=environment,
-                       event_date_time=event_date_time, event_id=event_id)
-    await ainsert_event(aconn, event)
-    return event.event_id
-
-
 def insert_event(conn, event: Event) -> None:
     conn.execute(QUERIES["insert_outbox_event"], event.as_params())
-    conn.execute(QUERIES["notify_outbox"])
+    conn.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
 
 
 async def ainsert_event(aconn, event: Event) -> None:
+    """`insert_event` for a psycopg AsyncConnection (the API's job.queued)."""
     await aconn.execute(QUERIES["insert_outbox_event"], event.as_params())
-    await aconn.execute(QUERIES["notify_outbox"])
+    await aconn.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
 
 
 def copy_events(cur, events: Iterable[Event]) -> None:
@@ -361,20 +547,26 @@ def copy_outbox_rows(cur, rows: Iterable[tuple]) -> None:
     with cur.copy(QUERIES["copy_outbox"]) as copy:
         for row in rows:
             copy.write_row(row)
-    cur.execute(QUERIES["notify_outbox"])
+    cur.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
 
 
-def job_event(event_type: str, job: Mapping[str, Any], *, environment: str) -> Event:
+def outbox_status_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """{backlog, oldest_age_s, dead} from the outbox_status query's row: events not yet in
+    ClickHouse, how long the oldest has waited (0 when none), events in outbox_dead."""
+    return {"backlog": row["backlog"], "oldest_age_s": round(row["oldest_age_s"], 3),
+            "dead": row["dead"]}
+
+
+def job_event(event_type: str, job: Job, *, environment: str) -> Event:
     """A lifecycle event (job.queued, job.started, job.completed, job.failed) for a job row.
 
     Its id is derived from the job and the event type, so a retried step yields the same id.
     """
-    context = {"job_id": str(job["job_id"]), "file_name": job["file_name"],
-               "status": job["status"], "lines_total": job["lines_total"],
-               "lines_valid": job["lines_valid"], "lines_invalid": job["lines_invalid"],
-               "error": job["error"]}
+    context = {"job_id": str(job.job_id), "file_name": job.file_name, "status": job.status,
+               "lines_total": job.lines_total, "lines_valid": job.lines_valid,
+               "lines_invalid": job.lines_invalid, "error": job.error}
     return make_event(event_type, context, environment=environment,
-                      event_id=uuid.uuid5(job["job_id"], event_type))
+                      event_id=uuid.uuid5(job.job_id, event_type))
 
 
 # --------------------------------------------------------------------------- storage
@@ -442,11 +634,21 @@ def retry_queue(queue: str) -> str:
     return f"{queue}.retry"
 
 
-def job_message(job: Mapping[str, Any]) -> bytes:
+def job_message(job: Job) -> bytes:
     """The RabbitMQ message for a job: ids only; the worker reads the rest from Postgres."""
     return json.dumps(
-        {"job_id": str(job["job_id"]), "bucket": job["bucket"], "key": job["object_key"]}
+        {"job_id": str(job.job_id), "bucket": job.bucket, "key": job.object_key}
     ).encode()
+
+
+def message_properties(expiration_s: float | None = None):
+    """The properties of every message we publish: JSON, persistent (it survives a broker
+    restart in a durable queue), and optionally expiring after `expiration_s`."""
+    import pika
+
+    return pika.BasicProperties(
+        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+        expiration=None if expiration_s is None else str(int(expiration_s * 1000)))
 
 
 def parse_job_message(body: bytes) -> uuid.UUID:

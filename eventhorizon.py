@@ -15,6 +15,7 @@ import codecs
 import concurrent.futures
 import json
 import sys
+import time
 import uuid
 import weakref
 from typing import Any
@@ -24,9 +25,8 @@ import psycopg
 import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from botocore.exceptions import BotoCoreError, ClientError
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 import core
 
@@ -104,15 +104,15 @@ async def problem_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         return problem_response(exc.status, exc.reason, exc.text or exc.reason)
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        log.warning("http.database_unavailable", error=str(exc))
-        return problem_response(503, "Service Unavailable", "the database is unreachable")
-    except (BotoCoreError, ClientError) as exc:
+    except Exception as exc:
+        if not core.is_outage(exc):
+            log.exception("http.unhandled_error", path=request.path)
+            return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+        if isinstance(exc, psycopg.Error):
+            log.warning("http.database_unavailable", error=str(exc))
+            return problem_response(503, "Service Unavailable", "the database is unreachable")
         log.warning("http.storage_unavailable", error=str(exc))
         return problem_response(503, "Service Unavailable", "the file storage is unreachable")
-    except Exception:
-        log.exception("http.unhandled_error", path=request.path)
-        return problem_response(500, "Internal Server Error", "an unexpected error occurred")
 
 
 @web.middleware
@@ -271,8 +271,8 @@ async def upload(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
     async with request.app[POOL].connection() as conn:
-        rows = await (await conn.execute(core.QUERIES["list_jobs"], {"limit": limit})).fetchall()
-    return web.json_response({"jobs": [core.job_json(r) for r in rows]})
+        jobs = await (await core.ajob_query(conn, "list_jobs", {"limit": limit})).fetchall()
+    return web.json_response({"jobs": [core.job_json(job) for job in jobs]})
 
 
 @routes.get("/api/v1/stats")
@@ -283,11 +283,7 @@ async def stats(request: web.Request) -> web.Response:
         counts = await (await conn.execute(core.QUERIES["job_counts"])).fetchall()
         outbox = await (await conn.execute(core.QUERIES["outbox_status"])).fetchone()
     jobs = dict.fromkeys(STATUS_RANK, 0) | {r["status"]: r["n"] for r in counts}
-    return web.json_response({
-        "jobs": jobs,
-        "outbox": {"backlog": outbox["backlog"], "oldest_age_s": round(outbox["oldest_age_s"], 3),
-                   "dead": outbox["dead"]},
-    })
+    return web.json_response({"jobs": jobs, "outbox": core.outbox_status_json(outbox)})
 
 
 @routes.get("/api/v1/jobs/{job_id}")
@@ -437,12 +433,12 @@ def malformed_multipart(exc: Exception) -> Problem:
     return Problem(400, "Bad Request", f"the body is not well-formed multipart/form-data: {exc}"[:300])
 
 
-async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID) -> dict | None:
+async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID) -> core.Job | None:
     async with pool.connection() as conn:
-        return await (await conn.execute(core.QUERIES["get_job"], {"job_id": job_id})).fetchone()
+        return await (await core.ajob_query(conn, "get_job", {"job_id": job_id})).fetchone()
 
 
-async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> dict:
+async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> core.Job:
     job = await fetch_job_or_none(pool, job_id)
     if job is None:
         raise job_not_found(job_id)
@@ -450,11 +446,11 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> dict:
 
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: "UploadInspector", key: str) -> dict:
+                     inspector: "UploadInspector", key: str) -> core.Job:
     """The queued job row and its job.queued event, in one transaction."""
     settings = app[SETTINGS]
     async with app[POOL].connection() as conn, conn.transaction():
-        job = await (await conn.execute(core.QUERIES["insert_job"], {
+        job = await (await core.ajob_query(conn, "insert_job", {
             "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
             "bucket": settings.s3_bucket, "object_key": key,
             "lines_total": inspector.lines_total,
@@ -464,13 +460,13 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
     return job
 
 
-async def publish_job(app: web.Application, job: dict) -> None:
+async def publish_job(app: web.Application, job: core.Job) -> None:
     """Hand the job to the workers. The job is committed already: if this fails, the worker's
     reconciler re-publishes jobs left queued too long, so the upload is not lost."""
     try:
         await app[PUBLISHER].publish(core.job_message(job))
     except BrokerUnavailable as exc:
-        log.warning("job.publish_failed", job_id=str(job["job_id"]), error=str(exc))
+        log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
 
 
 # --------------------------------------------------------------------------- upload streaming
@@ -612,7 +608,9 @@ class Publisher:
     """Publishes job messages with publisher confirms.
 
     pika is blocking and not thread-safe, so one dedicated thread owns its connection and
-    every call runs there; the event loop only awaits the result.
+    every call runs there; the event loop only awaits the result. After a failed connect the
+    next attempt waits for a backoff delay (up to 5 s); meanwhile the broker counts as
+    unavailable at once, so uploads are refused quickly rather than each waiting for a timeout.
     """
 
     def __init__(self, settings: core.Settings):
@@ -620,6 +618,8 @@ class Publisher:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amqp")
         self.connection: pika.BlockingConnection | None = None
         self.channel = None
+        self.backoff = core.Backoff(cap=5.0)
+        self.next_connect = 0.0  # time.monotonic() before which no connect is tried
 
     async def publish(self, body: bytes) -> None:
         await self._run(self._publish, body)
@@ -647,10 +647,7 @@ class Publisher:
             try:
                 channel.basic_publish(
                     exchange="", routing_key=self.settings.queue, body=body, mandatory=True,
-                    properties=pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=pika.DeliveryMode.Persistent),
-                )
+                    properties=core.message_properties())
                 return
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 raise BrokerUnavailable(f"the broker did not accept the message: {exc!r}") from exc
@@ -664,6 +661,8 @@ class Publisher:
         if self._channel_alive():
             return self.channel
         self._disconnect()
+        if time.monotonic() < self.next_connect:
+            raise BrokerUnavailable("RabbitMQ was unreachable a moment ago")
         try:
             params = core.amqp_parameters(self.settings, "api")
             params.connection_attempts = 1
@@ -673,10 +672,12 @@ class Publisher:
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
             core.declare_queues(self.channel, self.settings.queue)
-            return self.channel
         except pika.exceptions.AMQPError as exc:
             self._disconnect()
+            self.next_connect = time.monotonic() + self.backoff.next()
             raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from exc
+        self.backoff.reset()
+        return self.channel
 
     def _channel_alive(self) -> bool:
         if self.channel is None or not self.channel.is_open:
@@ -723,37 +724,37 @@ class JobWatchers:
             if not watching:
                 del self.sockets[job_id]
 
-    async def send(self, ws: web.WebSocketResponse, job: dict) -> None:
+    async def send(self, ws: web.WebSocketResponse, job: core.Job) -> None:
         """Send a job state unless the socket already has a newer one; close after the last."""
-        rank = (STATUS_RANK[job["status"]], job["lines_processed"])
+        rank = (STATUS_RANK[job.status], job.lines_processed)
         if ws.closed or self.last_sent.get(ws, (-1, -1)) > rank:
             return
         self.last_sent[ws] = rank
         try:
             await ws.send_json(core.job_json(job))
-            if job["status"] in core.TERMINAL_STATUSES:
+            if job.status in core.TERMINAL_STATUSES:
                 await ws.close()
         except (ConnectionError, RuntimeError):
             pass  # the client went away; its handler cleans up
 
     async def listen(self) -> None:
-        delay = 0.5
+        backoff = core.Backoff(cap=10.0)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {core.JOB_CHANNEL}")
+                    await core.listen(conn, core.JOB_CHANNEL)
                     log.info("listener.connected", channel=core.JOB_CHANNEL)
-                    delay = 0.5
+                    backoff.reset()
                     await self.refresh_all()
                     while True:
                         async for notify in conn.notifies(timeout=15):
                             await self.on_notify(notify.payload)
                         await conn.execute("SELECT 1")  # a quiet connection may be a dead one
             except psycopg.OperationalError as exc:
+                delay = backoff.next()
                 log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def on_notify(self, payload: str) -> None:
         try:

@@ -38,13 +38,11 @@ import collections
 import dataclasses
 import hashlib
 import os
-import random
 import select
 import signal
 import sys
 import time
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 import psycopg
@@ -52,7 +50,7 @@ import structlog
 from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
-from psycopg.rows import namedtuple_row, tuple_row
+from psycopg.rows import class_row, namedtuple_row, tuple_row
 
 import core
 from core import QUERIES
@@ -70,12 +68,9 @@ DEAD_AFTER_ATTEMPTS = 3
 # own, salvaged later, so one transaction never sends more parts than ClickHouse's dedup window
 # remembers, and no part is given up while it may hold rows ClickHouse would take.
 SALVAGE_MAX_REFUSALS = 64
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 3.0  # a batch still running this long after SIGTERM is abandoned
 RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
 MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
-CRASH_AFTER_INSERT_ENV = "EH_RELAY_CRASH_AFTER_INSERT"
 
 # ClickHouse errors that mean "this data can never be inserted", by symbolic name and code.
 # Anything else (a lost connection, a full disk, a missing table, an unknown code) is retried,
@@ -102,20 +97,16 @@ MALFORMED_CODES = frozenset(MALFORMED_ERRORS.values())
 def main() -> int:
     settings = core.load_settings()
     core.configure_logging(settings)
-    try:
-        check_clickhouse_url(settings.clickhouse_url)
-    except core.ConfigError as exc:
-        sys.exit(f"configuration error: {exc}")
     stop = Stopper()
     stop.install()
-    crash = os.environ.get(CRASH_AFTER_INSERT_ENV, "") == "1"
+    crash = settings.relay_crash_after_insert
     log.info(
         "relay.started",
-        clickhouse=redact_url(settings.clickhouse_url),
+        clickhouse=core.redact_url(settings.clickhouse_url),
         batch_max_rows=settings.relay_batch_max_rows,
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
-        fault_injection=CRASH_AFTER_INSERT_ENV if crash else None,
+        fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
     )
     try:
         run(settings, stop, after_insert=crash_after_insert if crash else None)
@@ -189,25 +180,10 @@ class Stopper:
         os.close(self._wake_w)
 
 
-class Backoff:
-    """Capped exponential delays (0.5 s, 1 s, 2 s … 30 s), with jitter so relays spread out."""
-
-    def __init__(self, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S):
-        self.first, self.cap, self.failures = first, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.first * 2**self.failures, self.cap)
-        self.failures += 1
-        return round(delay * random.uniform(0.8, 1.0), 3)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 def run(settings: core.Settings, stop: Stopper, *,
         after_insert: Callable[[list], None] | None = None) -> None:
     """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
-    backoff = Backoff()
+    backoff = core.Backoff()
     pg = listener = ch = None
     stopping_logged = False
     try:
@@ -231,7 +207,9 @@ def run(settings: core.Settings, stop: Stopper, *,
                             retry_in_s=delay)
                 ch = close_quietly(ch)  # reconnect: also re-creates a dropped event_log
                 stop.wait(delay)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
+                if not core.is_outage(exc):
+                    raise
                 delay = backoff.next()
                 log.warning("relay.postgres_unavailable", error=str(exc).strip(), retry_in_s=delay)
                 pg, listener = close_quietly(pg), close_quietly(listener)
@@ -281,7 +259,7 @@ def connect_postgres(database_url: str):
     except BaseException:
         pg.close()
         raise
-    listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(core.OUTBOX_CHANNEL)))
+    core.listen(listener, core.OUTBOX_CHANNEL)
     return pg, listener
 
 
@@ -298,16 +276,12 @@ def close_quietly(resource) -> None:
 # --------------------------------------------------------------------------- ClickHouse
 
 
-class RelayError(Exception):
-    """Base of the relay's own errors."""
-
-
-class ClickHouseUnavailable(RelayError):
+class ClickHouseUnavailable(Exception):
     """ClickHouse did not take a batch for a reason other than its content (connection, server,
     schema). The rows stay in the outbox and the batch is retried, forever."""
 
 
-class BatchRejected(RelayError):
+class BatchRejected(Exception):
     """ClickHouse refused a batch as malformed. The refusal is counted on its outbox_batch row;
     the rows stay in the outbox until the DEAD_AFTER_ATTEMPTS-th, which salvages the batch (see
     salvage): the rows ClickHouse takes in smaller parts reach it, the rest go to outbox_dead."""
@@ -315,27 +289,6 @@ class BatchRejected(RelayError):
     def __init__(self, batch_id: int, attempts: int, error: str):
         super().__init__(f"batch {batch_id} refused ({attempts}/{DEAD_AFTER_ATTEMPTS}): {error}")
         self.batch_id, self.attempts, self.error = batch_id, attempts, error
-
-
-def check_clickhouse_url(url: str) -> None:
-    """CLICKHOUSE_URL is `chdb:///absolute/dir` or `http(s)://user:password@host:port/database`."""
-    parts = urlsplit(url)
-    if parts.scheme == "chdb":
-        if parts.netloc or not parts.path.startswith("/"):
-            raise core.ConfigError(f"CLICKHOUSE_URL for chDB must be chdb:///absolute/path, got {url!r}")
-    elif parts.scheme not in ("http", "https") or not parts.hostname:
-        raise core.ConfigError(f"CLICKHOUSE_URL must be chdb:///path or http(s)://host, got "
-                               f"{redact_url(url)!r}")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password, if any, replaced by ***: fit for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect_clickhouse(url: str):
@@ -347,7 +300,7 @@ def connect_clickhouse(url: str):
     try:
         ch = clickhouse_connect.get_client(dsn=url)
     except Exception as exc:
-        raise ClickHouseUnavailable(f"cannot connect to {redact_url(url)}: {exc}") from exc
+        raise ClickHouseUnavailable(f"cannot connect to {core.redact_url(url)}: {exc}") from exc
     try:
         ensure_event_log(ch)
     except Exception as exc:
@@ -405,8 +358,9 @@ def describe(exc: BaseException) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Batch:
-    """A recorded batch: its outbox ids (ascending) and the dedup token it is always sent with."""
+class OutboxBatch:
+    """A recorded batch (a row of outbox_batch): its outbox ids (ascending) and the dedup token
+    it is always sent with."""
 
     batch_id: int
     ids: list[int]
@@ -418,7 +372,7 @@ class Batch:
 class Delivery:
     """What happened to one batch, logged by relay_once once its transaction has committed."""
 
-    batch: Batch
+    batch: OutboxBatch
     rows: int = 0
     nbytes: int = 0
     lag_s: float = 0.0
@@ -478,7 +432,7 @@ def report(delivery: Delivery, seconds: float) -> int:
     return delivery.rows
 
 
-def deliver_batch(conn, ch, batch: Batch, rows: list, *, resent: bool = False,
+def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = False,
                   after_insert: Callable[[list], None] | None = None) -> Delivery:
     """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
     transaction). A malformed batch is counted, or dead-lettered on its last attempt."""
@@ -500,7 +454,7 @@ def deliver_batch(conn, ch, batch: Batch, rows: list, *, resent: bool = False,
         dead_letter_rows(conn, part, error)
     delete_batch(conn, batch, keep={r.id for part in left for r in part})
     for part in left:  # refused already: its next refusal salvages it at once
-        record_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
+        record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
     lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
     dead_rows = sum(len(part) for part, _ in dead)
     left_rows = sum(len(part) for part in left)
@@ -517,7 +471,7 @@ def refusal(exc: Exception) -> str:
     return describe(exc)
 
 
-def count_refusal(conn, batch: Batch, error: str) -> int:
+def count_refusal(conn, batch: OutboxBatch, error: str) -> int:
     """Count ClickHouse's refusal of a batch (caller's transaction); returns the count."""
     cur = conn.cursor(row_factory=tuple_row)
     (attempts,) = cur.execute(QUERIES["reject_outbox_batch"],
@@ -560,7 +514,7 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
     return sent_bytes, dead, left
 
 
-def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[Batch, list] | None:
+def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[OutboxBatch, list] | None:
     """Claim the oldest unclaimed outbox rows and record them as a batch (committed), if due:
     `max_rows` of them, or fewer once the oldest has waited `max_wait_s`. None otherwise."""
     with conn.transaction():
@@ -569,7 +523,7 @@ def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[Batch, list] | 
         rows = without_recorded_rows(conn, rows)
         if not rows or (len(rows) < max_rows and max(r.age_s for r in rows) < max_wait_s):
             return None  # commits nothing; the row locks go
-        return record_batch(conn, rows), rows
+        return record_outbox_batch(conn, rows), rows
 
 
 def without_recorded_rows(conn, rows: list) -> list:
@@ -593,29 +547,27 @@ def batch_token(rows: Sequence) -> str:
     return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
 
 
-def record_batch(conn, rows: list, attempts: int = 0) -> Batch:
+def record_outbox_batch(conn, rows: list, attempts: int = 0) -> OutboxBatch:
+    """Record rows as a batch in outbox_batch, with their dedup token (caller's transaction)."""
     ids = [r.id for r in rows]
-    token = batch_token(rows)
-    cur = conn.cursor(row_factory=tuple_row)
-    batch_id = cur.execute(
-        QUERIES["record_outbox_batch"],
-        {"first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": token,
-         "attempts": attempts},
-    ).fetchone()[0]
-    return Batch(batch_id, ids, token, attempts)
+    return batch_query(conn, "record_outbox_batch", {
+        "first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": batch_token(rows),
+        "attempts": attempts}).fetchone()
 
 
-def take_unfinished_batch(conn) -> Batch | None:
+def take_unfinished_batch(conn) -> OutboxBatch | None:
     """Lock the oldest recorded batch no relay is sending (caller's transaction)."""
-    row = conn.cursor(row_factory=tuple_row).execute(QUERIES["take_unfinished_outbox_batch"]).fetchone()
-    return Batch(*row) if row else None
+    return batch_query(conn, "take_unfinished_outbox_batch", {}).fetchone()
 
 
-def lock_batch(conn, batch_id: int) -> Batch | None:
+def lock_batch(conn, batch_id: int) -> OutboxBatch | None:
     """Lock a recorded batch (caller's transaction); None if gone or another relay has it."""
-    row = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["lock_outbox_batch"], {"batch_id": batch_id}).fetchone()
-    return Batch(*row) if row else None
+    return batch_query(conn, "lock_outbox_batch", {"batch_id": batch_id}).fetchone()
+
+
+def batch_query(conn, name: str, params: dict):
+    """Run a named query returning outbox_batch rows; its cursor yields OutboxBatches."""
+    return conn.cursor(row_factory=class_row(OutboxBatch)).execute(QUERIES[name], params)
 
 
 def batch_rows(conn, ids: list[int]) -> list:
@@ -623,7 +575,7 @@ def batch_rows(conn, ids: list[int]) -> list:
     return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
 
 
-def delete_batch(conn, batch: Batch, keep: set[int] = frozenset()) -> None:
+def delete_batch(conn, batch: OutboxBatch, keep: set[int] = frozenset()) -> None:
     """Delete the batch's outbox rows but those in `keep`, and its record (caller's
     transaction)."""
     ids = [i for i in batch.ids if i not in keep] if keep else batch.ids
@@ -645,14 +597,6 @@ def outbox_pending(conn, max_rows: int) -> tuple[int, float]:
     rows, oldest_age_s = conn.cursor(row_factory=tuple_row).execute(
         QUERIES["outbox_pending"], {"max_rows": max_rows}).fetchone()
     return rows, oldest_age_s
-
-
-def outbox_status(conn) -> dict[str, Any]:
-    """{backlog, oldest_age_s, dead}: events not yet in ClickHouse, how long the oldest has
-    waited (0 when none), and events in outbox_dead. For GET /api/v1/stats."""
-    backlog, oldest_age_s, dead = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["outbox_status"]).fetchone()
-    return {"backlog": backlog, "oldest_age_s": round(oldest_age_s, 3), "dead": dead}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ usage:
   python scripts/stack.py wait-s3 [--pid P] [--timeout S]
                                              wait until S3_ENDPOINT_URL answers with our keys
   python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
+  python scripts/stack.py settings-table     the README's configuration tables, from the
+                                             declarations in core.Settings
 
 Every value comes from core.Settings (the environment, else its defaults).
 """
@@ -27,8 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
 
-# The conftest's admin database: where the tests create their own databases.
-TEST_ADMIN_DSN = os.environ.get("EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, help="give up early if this process exits")
     p.add_argument("--timeout", type=float, default=60.0)
     sub.add_parser("ensure-bucket")
+    sub.add_parser("settings-table")
     args = parser.parse_args(argv)
 
+    if args.command == "settings-table":
+        print(core.settings_table(), "Tests only:", core.settings_table(tests_only=True),
+              sep="\n\n")
+        return 0
     settings = core.load_settings()
     if args.command == "shell-env":
         print(shell_env(settings))
         return 0
     if args.command == "ensure-db":
-        return ensure_database(TEST_ADMIN_DSN if args.tests else settings.database_url)
+        return ensure_database(settings.test_admin_dsn if args.tests else settings.database_url)
     if args.command == "wait-s3":
         return wait_s3(settings, args.pid, args.timeout)
     return ensure_bucket(settings)
@@ -59,7 +64,7 @@ def shell_env(settings: core.Settings) -> str:
     values: dict[str, str | int] = {}
     for prefix, url, default_port in (
         ("pg", settings.database_url, 5432),
-        ("test_pg", TEST_ADMIN_DSN, 5432),
+        ("test_pg", settings.test_admin_dsn, 5432),
         ("amqp", settings.amqp_url, 5672),
         ("s3", settings.s3_endpoint_url, 80),
     ):

@@ -1,5 +1,7 @@
--- Every statement the code runs, as named blocks loaded once by core.load_queries().
--- Parameters are always bound (%(name)s); nothing here is built by string formatting.
+-- The statements the code runs, as named blocks loaded once by core.load_queries(). The only
+-- others are LISTEN (its channel is an identifier, composed by core.listen with psycopg.sql)
+-- and the `SELECT 1` liveness pings of idle connections. Parameters are always bound
+-- (%(name)s); nothing here is built by string formatting.
 
 -- name: insert_job --
 INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total)
@@ -59,8 +61,9 @@ SELECT pg_try_advisory_lock(hashtextextended(%(job_id)s::text, 0)) AS locked;
 -- name: unlock_job --
 SELECT pg_advisory_unlock(hashtextextended(%(job_id)s::text, 0));
 
--- name: record_batch --
--- Moves the checkpoint forward; guarded on the old checkpoint so a stale worker cannot.
+-- name: advance_checkpoint --
+-- Moves a job's checkpoint past a committed batch of lines; guarded on the old checkpoint so a
+-- stale worker cannot.
 UPDATE jobs
 SET lines_processed = %(lines_processed)s,
     bytes_processed = %(bytes_processed)s,
@@ -83,7 +86,8 @@ WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
 RETURNING *;
 
 -- name: all_errors_are_encoding --
-SELECT coalesce(bool_and(reason LIKE 'not valid UTF-8%%'), false) AS all_encoding
+-- reason_prefix: the start of every UTF-8 decoding error's reason (lines.NOT_UTF8).
+SELECT coalesce(bool_and(starts_with(reason, %(reason_prefix)s)), false) AS all_encoding
 FROM line_errors WHERE job_id = %(job_id)s;
 
 -- name: record_attempt_error --
@@ -96,8 +100,9 @@ WHERE job_id = %(job_id)s AND status = 'processing';
 UPDATE jobs SET attempts = greatest(attempts - 1, 0), updated_at = now()
 WHERE job_id = %(job_id)s AND status = 'processing';
 
--- name: notify_job --
-SELECT pg_notify('eh_job', %(payload)s);
+-- name: notify --
+-- The channels are core.JOB_CHANNEL (a job's new state) and core.OUTBOX_CHANNEL (new events).
+SELECT pg_notify(%(channel)s, %(payload)s);
 
 -- name: insert_outbox_event --
 INSERT INTO outbox (event_id, event_type, event_date_time, environment, event_context, metadata_version)
@@ -111,9 +116,6 @@ COPY log_entries (job_id, line_no, timestamp, level, service, event_type, enviro
 
 -- name: copy_line_errors --
 COPY line_errors (job_id, line_no, reason) FROM STDIN;
-
--- name: notify_outbox --
-SELECT pg_notify('eh_outbox', '');
 
 -- relay --------------------------------------------------------------------------------------
 -- relay.py drains the outbox into ClickHouse in batches. A batch is recorded in outbox_batch

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
 
-ADMIN_DSN = os.environ.get("EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_DSN = core.Settings.from_env().test_admin_dsn
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -195,24 +195,9 @@ def settings(database_url, amqp_queue, s3_bucket, tmp_path) -> core.Settings:
 
 
 def settings_env(settings: core.Settings) -> dict[str, str]:
-    """The environment that gives a subprocess (worker.py, relay.py, …) these settings."""
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "AMQP_URL": settings.amqp_url,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "S3_BUCKET": settings.s3_bucket,
-        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
-        "CLICKHOUSE_URL": settings.clickhouse_url,
-        "EH_QUEUE": settings.queue,
-        "EH_HTTP_PORT": str(settings.http_port),
-        "EH_BATCH_LINES": str(settings.batch_lines),
-        "RELAY_BATCH_MAX_ROWS": str(settings.relay_batch_max_rows),
-        "RELAY_BATCH_MAX_WAIT_S": str(settings.relay_batch_max_wait_s),
-        "RELAY_POLL_S": str(settings.relay_poll_s),
-        "LOG_FORMAT": "json",
-    }
+    """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
+    logs as JSON lines (see logged_events)."""
+    return {**os.environ, **settings.to_env(), "LOG_FORMAT": "json"}
 
 
 def _free_port() -> int:
@@ -269,6 +254,11 @@ def logged_events(proc, event: str) -> list[dict]:
         if entry.get("event") == event:
             found.append(entry)
     return found
+
+
+def outbox_status(db) -> dict:
+    """What GET /api/v1/stats says of the outbox: {backlog, oldest_age_s, dead}."""
+    return core.outbox_status_json(db.execute(core.QUERIES["outbox_status"]).fetchone())
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

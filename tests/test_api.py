@@ -417,7 +417,7 @@ async def test_websocket_updates_survive_a_lost_listen_connection(client, db, st
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     assert (await ws.receive_json(timeout=5))["status"] == "queued"
     killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-                        "WHERE query = 'LISTEN eh_job' AND datname = current_database()"
+                        "WHERE query = 'LISTEN \"eh_job\"' AND datname = current_database()"
                         ).fetchone()["n"]
     assert killed == 1
     start_process("worker.py", EH_LINE_DELAY_MAX_S="0.005")

@@ -10,9 +10,9 @@ import socket
 import subprocess
 import time
 
-import core
 from conftest import delete_queues, logged_events, wait_for
-from test_worker import VALID, assert_exactly_once, enqueue_job, job_row, jsonl, publish
+from test_worker import (VALID, assert_exactly_once, enqueue_job, job_message, job_row, jsonl,
+                         publish)
 
 LINES = 20_000
 
@@ -204,7 +204,7 @@ def test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_onc
         jobs.append(enqueue_job(settings, db, jsonl(*lines[:1_000]) + b"{broken\n"
                                 + jsonl(*lines[1_000:])))
     for job_id in jobs[:2]:  # duplicates, as a re-publish would make
-        publish(settings, core.job_message(job_row(db, job_id)))
+        publish(settings, job_message(db, job_id))
 
     env = {"EH_BATCH_LINES": "200", "EH_LINE_DELAY_MAX_S": "0.0003"}
     workers = [start_process("worker.py", **env) for _ in range(3)]

@@ -1,5 +1,7 @@
 """The migrations apply in order, roll back cleanly, and produce the tables the code uses."""
 
+import dataclasses
+
 import psycopg
 
 import core
@@ -51,3 +53,13 @@ def _positional(sql):
         return f"${names.index(m.group(1)) + 1}"
 
     return re.sub(r"%\((\w+)\)s", repl, sql)
+
+
+def test_the_job_type_has_the_columns_of_jobs(db):
+    """core.Job is what `SELECT *` on jobs becomes (class_row): a column added by a migration
+    must be added to the type too, or every job query fails."""
+    columns = [r["column_name"] for r in db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+        "ORDER BY ordinal_position")]
+    fields = [f.name for f in dataclasses.fields(core.Job) if f.name != "first_start"]
+    assert columns == fields

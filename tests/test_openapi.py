@@ -3,10 +3,12 @@ registers, and the running app answers as it says (schemathesis fuzzing every op
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
 import time
+import uuid
 
 import aiohttp
 import hypothesis
@@ -130,17 +132,19 @@ async def test_malformed_multipart_is_400(settings, aiohttp_client, body):
 
 def test_job_schema_matches_every_state():
     """core.job_json in each status, timestamps set or null as they are in the database."""
-    job_row = {"job_id": "081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4", "file_name": "a.jsonl",
-               "size_bytes": 10, "status": "failed", "lines_total": 3, "lines_processed": 1,
-               "lines_valid": 1, "lines_invalid": 0, "created_at": None, "started_at": None,
-               "completed_at": None, "error": "the stored file went missing"}
     now = dt.datetime.now(dt.UTC)
+    job_row = core.Job(
+        job_id=uuid.UUID("081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4"), file_name="a.jsonl",
+        size_bytes=10, bucket="b", object_key="k", status="failed", lines_total=3,
+        lines_processed=1, bytes_processed=5, lines_valid=1, lines_invalid=0, attempts=1,
+        error="the stored file went missing", created_at=now, started_at=None,
+        completed_at=None, updated_at=now)
     for status in ("queued", "processing", "completed", "failed"):
-        row = {**job_row, "status": status, "created_at": now,
-               "started_at": now if status != "queued" else None,
-               "completed_at": now if status in core.TERMINAL_STATUSES else None}
+        row = dataclasses.replace(
+            job_row, status=status, started_at=now if status != "queued" else None,
+            completed_at=now if status in core.TERMINAL_STATUSES else None)
         validator("Job").validate(core.job_json(row))
-    lines_error = {"job_id": job_row["job_id"], "errors": [{"line_no": 2, "reason": "x"}],
+    lines_error = {"job_id": str(job_row.job_id), "errors": [{"line_no": 2, "reason": "x"}],
                    "next": None}
     validator("LineErrorPage").validate(lines_error)
 

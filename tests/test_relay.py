@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import structlog.testing
 
 import core
 import relay
-from conftest import settings_env
+from conftest import outbox_status, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +95,7 @@ def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, ch, rel
     with psycopg.connect(relay_settings.database_url) as conn:
         kept = core.publish_event(conn, "test.committed", context, environment="staging",
                                   event_date_time=when)
-    assert relay.outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5),
+    assert outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5),
                                        "dead": 0}
 
     assert drain(db, ch, relay_settings) == 1
@@ -105,7 +104,7 @@ def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, ch, rel
                     " event_context, metadata_version FROM event_log").result_rows
     assert rows == [(kept, "test.committed", int(when.timestamp()), "staging", context, 1)]
     assert gone not in event_log_ids(ch)
-    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 0}
+    assert outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 0}
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
 
 
@@ -119,7 +118,7 @@ def test_n_events_arrive_exactly_once(db, ch, relay_settings):
 
     ids = event_log_ids(ch)
     assert len(ids) == 1050 and set(ids) == set(published)
-    assert relay.outbox_status(db)["backlog"] == 0
+    assert outbox_status(db)["backlog"] == 0
 
 
 def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings):
@@ -143,8 +142,8 @@ def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_
         with pytest.raises(relay.ClickHouseUnavailable, match="event_log"):
             relay.relay_once(db, ch, relay_settings)
 
-    assert relay.outbox_status(db)["backlog"] == 250
-    assert relay.outbox_status(db)["dead"] == 0
+    assert outbox_status(db)["backlog"] == 250
+    assert outbox_status(db)["dead"] == 0
     batches = db.execute("SELECT attempts FROM outbox_batch").fetchall()
     assert batches == [{"attempts": 0}]  # one batch, recorded once, resent each time
 
@@ -173,7 +172,7 @@ def refuse_until_the_last_attempt(db, ch, relay_settings, backlog: int) -> None:
         with pytest.raises(relay.BatchRejected) as rejected:
             relay.relay_once(db, ch, relay_settings)
         assert rejected.value.attempts == attempt
-        assert relay.outbox_status(db)["backlog"] == backlog  # kept while attempts remain
+        assert outbox_status(db)["backlog"] == backlog  # kept while attempts remain
 
 
 @pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
@@ -191,7 +190,7 @@ def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
     dead = db.execute("SELECT event_id, event_type, error FROM outbox_dead").fetchall()
     assert [(d["event_id"], d["event_type"]) for d in dead] == [(bad, "test.poison")]
     assert POISON_ERRORS[poison] in dead[0]["error"]
-    assert relay.outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 1}
+    assert outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 1}
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
 
     later = publish(relay_settings.database_url, 5)
@@ -241,7 +240,7 @@ def test_salvage_gives_up_no_good_event_however_many_bad_ones(db, ch, relay_sett
     with structlog.testing.capture_logs() as logs:
         for _ in range(50):
             relay.relay_once(db, ch, settings)
-            if relay.outbox_status(db)["backlog"] == 0:
+            if outbox_status(db)["backlog"] == 0:
                 break
     assert any(entry.get("rows_left", 0) > 0 for entry in logs)  # the budget was spent
 
@@ -271,7 +270,7 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     refuse_until_the_last_attempt(db, ch, settings, backlog=200)
     with pytest.raises(ConnectionResetError):
         relay.relay_once(db, ch, settings, after_insert=die_on_the_third_part)
-    assert relay.outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(0, abs=60),
+    assert outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(0, abs=60),
                                        "dead": 0}
     assert 0 < len(event_log_ids(ch)) < 199  # some parts are in ClickHouse already
 
@@ -379,19 +378,19 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, relay_settings
     the same rows and token (ClickHouse drops it); only the rest is new."""
     published = publish(relay_settings.database_url, 300)
     crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
-                           **{relay.CRASH_AFTER_INSERT_ENV: "1"})
+                           EH_RELAY_CRASH_AFTER_INSERT="1")
     assert crashing.wait(30) == -signal.SIGKILL
-    assert relay.outbox_status(db)["backlog"] == 300  # ClickHouse has 100 of them; Postgres
+    assert outbox_status(db)["backlog"] == 300  # ClickHouse has 100 of them; Postgres
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 1  # knows
 
     published += publish(relay_settings.database_url, 50)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
                        RELAY_POLL_S="30")
     try:
-        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 30, "the outbox to drain")
+        wait_until(lambda: outbox_status(db)["backlog"] == 0, 30, "the outbox to drain")
         # Idle now, and the fallback poll is 30 s away: only the NOTIFY can wake it this fast.
         published += publish(relay_settings.database_url, 10)
-        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 5, "a NOTIFY wake-up")
+        wait_until(lambda: outbox_status(db)["backlog"] == 0, 5, "a NOTIFY wake-up")
     finally:
         assert stop_relay(proc) == 0
 
@@ -418,7 +417,7 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
         wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
                                for line in log_lines(tmp_path / "down.log")) >= 3,
                    20, "three failed attempts")
-        assert relay.outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(5, abs=20),
+        assert outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(5, abs=20),
                                            "dead": 0}
     finally:
         started = time.monotonic()
@@ -430,8 +429,8 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
     lines = log_lines(tmp_path / "down.log")
     assert lines[0]["event"] == "relay.started" and "***" in lines[0]["clickhouse"]
     delays = [line["retry_in_s"] for line in lines if line["event"] == "relay.clickhouse_unavailable"]
-    assert delays[0] <= relay.BACKOFF_FIRST_S and delays[2] > delays[0]  # exponential
-    assert relay.outbox_status(db)["backlog"] == 200
+    assert delays[0] <= core.Backoff().first and delays[2] > delays[0]  # exponential
+    assert outbox_status(db)["backlog"] == 200
 
     with relay.connect_clickhouse(relay_settings.clickhouse_url) as client:  # back up
         assert drain(db, client, relay_settings) == 200
@@ -440,7 +439,7 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
 
 
 def outbox_backlog(db) -> int:
-    return relay.outbox_status(db)["backlog"]
+    return outbox_status(db)["backlog"]
 
 
 def test_a_running_relay_waits_out_clickhouse_and_then_catches_up(db, relay_settings, tmp_path):
@@ -454,10 +453,10 @@ def test_a_running_relay_waits_out_clickhouse_and_then_catches_up(db, relay_sett
         wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
                                for line in log_lines(tmp_path / "relay.log")) >= 2,
                    20, "two failed attempts")
-        assert relay.outbox_status(db)["backlog"] == 200
+        assert outbox_status(db)["backlog"] == 200
         holder.close()  # ClickHouse is back
         published += publish(relay_settings.database_url, 50)
-        wait_until(lambda: relay.outbox_status(db)["backlog"] == 0, 60, "the outbox to drain")
+        wait_until(lambda: outbox_status(db)["backlog"] == 0, 60, "the outbox to drain")
     finally:
         assert stop_relay(proc) == 0
 

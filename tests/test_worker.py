@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import io
 import json
 import signal
 import threading
-import time
 import uuid
 
-import botocore.exceptions
 import pika
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 import core
+import lines
 import worker
 from conftest import wait_for
 
@@ -52,6 +50,11 @@ def job_row(db, job_id) -> dict:
     return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
 
 
+def job_message(db, job_id) -> bytes:
+    """The message the API publishes for a job."""
+    return core.job_message(core.job_query(db, "get_job", {"job_id": job_id}).fetchone())
+
+
 def assert_exactly_once(db, job_id, valid: int, invalid: int) -> None:
     """Every line's result is stored once: entries, errors and outbox events agree."""
     entries = db.execute("SELECT count(*) AS n, count(DISTINCT line_no) AS d FROM log_entries "
@@ -82,128 +85,13 @@ class StopAfter(threading.Event):
         return super().is_set()
 
 
-# --------------------------------------------------------------------------- reading lines
-
-
-@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1024])
-def test_read_lines_keeps_byte_counts_across_chunks(chunk_size):
-    data = b"a\r\n\nbbb\nlast"
-    lines = list(worker.read_lines(io.BytesIO(data), chunk_size=chunk_size))
-    assert lines == [(b"a\r", 3), (b"", 1), (b"bbb", 4), (b"last", 4)]
-    assert sum(size for _, size in lines) == len(data)
-
-
-@pytest.mark.parametrize("chunk_size", [2, 5, 64])
-def test_overlong_lines_are_reported_not_held(chunk_size):
-    data = b"ok\n" + b"x" * 25 + b"\n" + b"y" * 11 + b"\nend"
-    lines = list(worker.read_lines(io.BytesIO(data), max_line_bytes=10, chunk_size=chunk_size))
-    assert lines == [(b"ok", 3), (None, 26), (None, 12), (b"end", 3)]
-
-
-def test_empty_stream_has_no_lines():
-    assert list(worker.read_lines(io.BytesIO(b""))) == []
-
-
-# --------------------------------------------------------------------------- one line
-
-
-def test_parse_line_normalises_a_valid_entry():
-    line = {**VALID, "level": "WARNING", "request_id": "r-1", "context": {"order": 7}}
-    entry = worker.parse_line(json.dumps(line).encode(), worker.log_entry_validator())
-    assert entry["level"] == "warning"
-    assert entry["environment"] == "production"
-    assert entry["timestamp"].isoformat() == "2026-11-23T10:00:00+01:00"
-    assert entry["context"] == {"order": 7, "extra": {"request_id": "r-1"}}
-
-
-@pytest.mark.parametrize(
-    ("line", "reason"),
-    [
-        (b"{oops", "invalid JSON"),
-        (b"[1, 2]", "is not of type 'object'"),
-        (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
-         "'service' is a required property"),
-        (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
-        (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
-        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
-        (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
-         "$.timestamp: not a valid date-time"),
-        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-         b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
-        (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
-        (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
-        (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
-        (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
-        (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
-        (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
-        (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
-         "two keys name the path 'a.b'"),
-        (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
-         "two keys name the path 'a.b.c'"),
-        (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
-         "two keys name the path 'p.q'"),
-        (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
-         "two keys name the path 'p.q'"),
-        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-         b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
-         "two keys name the path 'a.b'"),
-        (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
-         "two keys name the path 'extra.foo'"),
-        (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
-         "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
-        (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
-         "two keys name the path 'a.b.c'"),
-        (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
-         "invalid JSON: Exceeds the limit"),
-        (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
-        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
-        (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
-         "is outside the range event_log holds"),
-        (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
-         "is outside the range event_log holds"),
-        (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
-        (b'{"message": "caf\xe9"}', "not valid UTF-8"),
-    ],
-)
-def test_parse_line_explains_invalid_lines(line, reason):
-    with pytest.raises(worker.InvalidLine) as info:
-        worker.parse_line(line, worker.log_entry_validator())
-    assert reason in str(info.value)
-
-
-@pytest.mark.parametrize("context", [
-    {"a.b": 1}, {"a": 1, "a.b": 2}, {"a.b": {}, "a": {"b": 1}}, {"a.b": 1, "c": {"a": {"b": 2}}},
-    {"a.b": None, "a": {"b": 2}}, {"a.b": {"c": 1}, "a": {"b": {"d": 2}}},
-])
-def test_parse_line_takes_dotted_keys_that_name_distinct_paths(context):
-    line = json.dumps({**VALID, "context": context}).encode()
-    assert worker.parse_line(line, worker.log_entry_validator())["context"] == context
-
-
-@pytest.mark.parametrize("text", [
-    '"emoji \\ud83d\\ude00"',  # a surrogate pair: one character
-    '"a backslash, then u0000: \\\\u0000"',
-])
-def test_parse_line_takes_escapes_that_are_storable(text):
-    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-            f'"event_type": "e", "message": {text}}}').encode()
-    assert worker.parse_line(line, worker.log_entry_validator())["message"] == json.loads(text)
-
-
-@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z",
-                                       "2026-11-23t10:00:00z", "2026-11-23 10:00:00.123456-05:30"])
-def test_parse_line_takes_timestamps_up_to_the_edges_of_event_log(timestamp):
-    line = json.dumps({**VALID, "timestamp": timestamp}).encode()
-    assert worker.parse_line(line, worker.log_entry_validator())["timestamp"].tzinfo is not None
-
-
 # --------------------------------------------------------------------------- whole jobs
 
 
 def test_job_writes_entries_errors_and_events(settings, db):
-    lines = [dict(VALID, message=f"m{i}") for i in range(10)]
-    content = (jsonl(*lines[:4]) + b"\n   \n" + b"{bad json\n" + jsonl(*lines[4:])
-               + b'{"a": "' + b"z" * (worker.MAX_LINE_BYTES + 5) + b'"}\n'
+    entries = [dict(VALID, message=f"m{i}") for i in range(10)]
+    content = (jsonl(*entries[:4]) + b"\n   \n" + b"{bad json\n" + jsonl(*entries[4:])
+               + b'{"a": "' + b"z" * (lines.MAX_LINE_BYTES + 5) + b'"}\n'
                + jsonl({**VALID, "level": "nope"})[:-1])  # no final newline
     job_id = make_job(settings, db, content)
 
@@ -239,7 +127,7 @@ def test_a_job_locked_by_another_worker_is_left_to_it(settings, db):
     with psycopg.connect(settings.database_url, autocommit=True) as other:
         other.execute(core.QUERIES["try_lock_job"], {"job_id": job_id})
         assert run(settings, job_id) == "busy"
-        body = core.job_message(job_row(db, job_id))
+        body = job_message(db, job_id)
         never = threading.Event()
         outcome = worker.handle_message(body, settings, core.s3_client(settings), never)
         # Parked in the retry queue, not dropped: the other worker may die.
@@ -252,7 +140,7 @@ def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a
     held = make_job(settings, db, jsonl(VALID))
     with psycopg.connect(settings.database_url, autocommit=True) as holder:
         holder.execute(core.QUERIES["try_lock_job"], {"job_id": held})  # "another worker"
-        publish(settings, core.job_message(job_row(db, held)))  # first in the queue
+        publish(settings, job_message(db, held))  # first in the queue
         other = enqueue_job(settings, db, jsonl(VALID, VALID))
         start_process("worker.py")
         # The duplicate does not keep the worker from the next job...
@@ -286,39 +174,6 @@ def test_unknown_job_is_reported(settings):
         run(settings, uuid.uuid4())
 
 
-@pytest.mark.parametrize("filler", [".", "a.", "\\u002e", '\\"'])
-def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
-    """The checks that look for dotted keys and odd escapes scan each byte a bounded number
-    of times: a quadratic scan of this line would take many minutes."""
-    text = filler * (900_000 // len(filler))
-    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-            f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}').encode()
-    started = time.monotonic()
-    worker.parse_line(line, worker.log_entry_validator())
-    assert time.monotonic() - started < 5
-
-
-@pytest.mark.parametrize("context", [
-    # A long key over many leaves: full path strings would cost key length × leaves.
-    {"a.b": 1, "k" * 50_000: {f"k{i}": 1 for i in range(70_000)}},
-    # Many strings deep down, and an escaped emoji to make the worker look at every string.
-    {"s": "\U0001F600", "deep": "HERE"},
-])
-def test_the_context_checks_are_linear_in_the_line(context):
-    line = json.dumps({**VALID, "context": context}).encode()
-    line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
-    started = time.monotonic()
-    worker.parse_line(line, worker.log_entry_validator())
-    assert time.monotonic() - started < 5
-
-
-def test_unknown_fields_never_overwrite_the_lines_own_context():
-    line = {**VALID, "context": {"extra": 1, "_extra": {"keep": "me"}}, "request_id": "r1"}
-    entry = worker.parse_line(json.dumps(line).encode(), worker.log_entry_validator())
-    assert entry["context"] == {"extra": 1, "_extra": {"keep": "me"},
-                                "__extra": {"request_id": "r1"}}
-
-
 def test_a_bom_before_a_blank_first_line_is_skipped_like_the_line(settings, db):
     job_id = make_job(settings, db, codecs.BOM_UTF8 + b"\n" + jsonl(VALID))
     assert run(settings, job_id) == "completed"
@@ -341,27 +196,7 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
     errors = db.execute("SELECT line_no, reason FROM line_errors WHERE job_id = %s "
                         "ORDER BY line_no", (job_id,)).fetchall()
     assert [e["line_no"] for e in errors] == [2, 3, 4, 5, 6]  # line 1, after its BOM, is valid
-    assert errors[3]["reason"] == worker.TOO_DEEP
-
-
-@pytest.mark.parametrize(("exc", "transient"), [
-    (psycopg.OperationalError("connection lost"), True),
-    (psycopg.errors.AdminShutdown("terminating connection"), True),
-    (ConnectionResetError(), True),
-    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"), True),
-    (botocore.exceptions.ClientError({"Error": {"Code": "SlowDown"},
-                                      "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"), True),
-    (botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
-                                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), False),
-    (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
-    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
-    (psycopg.errors.DeadlockDetected("deadlock detected"), True),
-    (psycopg.errors.DiskFull("could not extend file"), True),
-    (psycopg.errors.DataError("invalid input"), False),
-    (KeyError("a bug"), False),
-])
-def test_only_outages_are_retried_without_counting_an_attempt(exc, transient):
-    assert worker.is_transient(exc) is transient
+    assert errors[3]["reason"] == lines.TOO_DEEP
 
 
 def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(settings, db):
@@ -427,7 +262,7 @@ def queue_depth(settings, queue: str) -> int:
 
 def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
     job_id = make_job(settings, db, content)
-    publish(settings, core.job_message(job_row(db, job_id)))
+    publish(settings, job_message(db, job_id))
     return job_id
 
 
@@ -446,7 +281,7 @@ def test_worker_processes_jobs_and_dead_letters_poison(settings, db, start_proce
 
 def test_duplicate_message_processes_the_job_once(settings, db, start_process):
     job_id = enqueue_job(settings, db, jsonl(*[VALID] * 50))
-    publish(settings, core.job_message(job_row(db, job_id)))
+    publish(settings, job_message(db, job_id))
     start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
     wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="both messages acked")
@@ -473,12 +308,6 @@ def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db
     # A SIGTERM is a clean stop, not a failed attempt; a SIGKILL may be a crash the job causes.
     assert job_row(db, job_id)["attempts"] == (1 if sig == signal.SIGTERM else 2)
 
-
-def test_line_event_ids_are_uuid5_of_job_and_line():
-    job_id = uuid.uuid4()
-    ids = core.line_event_ids(job_id)
-    for line_no in (1, 42, 10**9):
-        assert uuid.UUID(ids(line_no)) == uuid.uuid5(job_id, str(line_no))
 
 
 def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process):
@@ -533,11 +362,3 @@ def get_one_message(settings) -> bytes:
         return body
     finally:
         conn.close()
-
-
-def test_pattern_errors_are_explained_in_words():
-    with pytest.raises(worker.InvalidLine) as info:
-        worker.parse_line(json.dumps({**VALID, "level": "verbose"}).encode(),
-                          worker.log_entry_validator())
-    assert str(info.value) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
-                               "critical, in any letter case.")

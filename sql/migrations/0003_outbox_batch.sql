@@ -11,7 +11,8 @@ CREATE TABLE outbox_batch (
     last_id    bigint NOT NULL,
     ids        bigint[] NOT NULL,
     token      text NOT NULL,
-    -- How many times ClickHouse refused the batch as malformed; at 3 it goes to outbox_dead.
+    -- How many times ClickHouse refused the batch as malformed; the third refusal salvages it
+    -- (relay.salvage: sent again in halves; only events refused on their own go to outbox_dead).
     attempts   integer NOT NULL DEFAULT 0,
     last_error text,
     created_at timestamptz NOT NULL DEFAULT now()

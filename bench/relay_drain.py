@@ -2,9 +2,9 @@
 
 Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a temporary directory).
 
-    .venv/bin/python bench/relay.py
-    .venv/bin/python bench/relay.py --events 1000000 --rate 5000 --seconds 60
-    LOG_LEVEL=INFO .venv/bin/python bench/relay.py      # with the relay's per-batch log lines
+    .venv/bin/python bench/relay_drain.py
+    .venv/bin/python bench/relay_drain.py --events 1000000 --rate 5000 --seconds 60
+    LOG_LEVEL=INFO .venv/bin/python bench/relay_drain.py      # with the relay's per-batch log lines
 
 What it does:
  1. creates a scratch database `eh_bench_relay` on the server of DATABASE_URL (default: the

@@ -1,0 +1,291 @@
+"""One line of an uploaded file: read, parse, validate, made into the rows the worker stores.
+
+Pure logic, no I/O but the byte stream handed to `read_lines`: what a line means is decided
+here, and tested without any service (`tests/test_lines.py`); `worker.py` consumes messages and
+commits. `read_lines` splits a stream into lines in bounded memory, `add_line` puts one line's
+result into a `LineBatch` (a log entry and its outbox event, or a line error with its reason).
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import datetime as dt
+import functools
+import json
+import re
+import uuid
+from json.encoder import encode_basestring_ascii as json_str
+from typing import Any, Callable, Iterator
+
+import jsonschema
+
+import core
+
+MAX_LINE_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
+MAX_REASON_CHARS = 500
+NOT_UTF8 = "not valid UTF-8"
+TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
+# An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
+# checked (check_storable_strings).
+SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+# The last dot (or escaped dot) of a key: found in a line, its context is checked
+# (check_json_paths). A dot followed by plain characters, then a quote and a colon, can only be
+# in a key; a dot followed by an escape might be, so it counts too (json.dumps escapes every
+# non-ASCII character). Linear in the line's length: the possessive run stops at the next dot.
+DOTTED_KEY = re.compile(r'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
+KNOWN_FIELDS = frozenset(
+    {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
+)
+# What event_log.event_date_time (ClickHouse DateTime) holds; a line outside it is refused here
+# rather than accepted and then refused by ClickHouse.
+TIMESTAMP_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TIMESTAMP_MAX = dt.datetime(2106, 2, 7, 6, 28, 15, tzinfo=dt.timezone.utc)
+
+
+@dataclasses.dataclass
+class LineBatch:
+    """Results of consecutive lines not yet committed, and where the file stands after them."""
+
+    entries: list[tuple] = dataclasses.field(default_factory=list)
+    events: list[tuple] = dataclasses.field(default_factory=list)  # outbox rows
+    errors: list[tuple] = dataclasses.field(default_factory=list)
+    lines: int = 0
+    bytes: int = 0
+
+
+def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
+               chunk_size: int = READ_CHUNK_BYTES) -> Iterator[tuple[bytes | None, int]]:
+    """Yield (line, size) for each physical line of a byte stream, in bounded memory.
+
+    `size` counts the line's bytes including its newline, so the caller can keep a byte
+    offset. A line longer than `max_line_bytes` is yielded as None and never held whole.
+    """
+    pending = bytearray()
+    pending_size = 0
+    too_long = False
+    while chunk := stream.read(chunk_size):
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            size = pending_size + nl - start + 1
+            if too_long or size - 1 > max_line_bytes:
+                yield None, size
+            elif pending:
+                yield bytes(pending) + chunk[start:nl], size
+            else:
+                yield chunk[start:nl], size
+            pending.clear()
+            pending_size = 0
+            too_long = False
+            start = nl + 1
+        rest = len(chunk) - start
+        if rest:
+            pending_size += rest
+            if pending_size > max_line_bytes:
+                too_long = True
+                pending.clear()
+            elif not too_long:
+                pending += chunk[start:]
+    if pending_size:
+        yield (None if too_long else bytes(pending)), pending_size
+
+
+def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
+             validator, event_id: Callable[[int], str]) -> None:
+    """Validate one line and put its result (entry + outbox event, or error) in the batch.
+
+    This runs for every line of every file, so the event is built as a ready COPY row: the
+    context is serialised once and spliced into the event's JSON.
+    """
+    if raw is None:
+        batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
+        return
+    if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # as Windows tools write it
+        raw = raw[len(codecs.BOM_UTF8):]
+    if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
+        return
+    try:
+        entry = parse_line(raw, validator)
+    except InvalidLine as exc:
+        batch.errors.append((job_id, line_no, str(exc)))
+        return
+    except RecursionError:  # from json.loads, json.dumps or the walks over the value
+        batch.errors.append((job_id, line_no, TOO_DEEP))
+        return
+    context_json = entry["context_json"]
+    batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
+                          entry["event_type"], entry["environment"], entry["message"],
+                          context_json))
+    event_context = (
+        f'{{"job_id": "{job_id}", "line_no": {line_no}, "level": {json_str(entry["level"])}, '
+        f'"service": {json_str(entry["service"])}, "message": {json_str(entry["message"])}, '
+        f'"context": {context_json}}}'
+    )
+    batch.events.append((event_id(line_no), entry["event_type"], entry["timestamp"],
+                         entry["environment"], event_context, core.METADATA_VERSION))
+
+
+class InvalidLine(Exception):
+    """A line that is not a valid log entry; the message is the reason shown to the user."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason[:MAX_REASON_CHARS])
+
+
+def parse_line(raw: bytes, validator) -> dict[str, Any]:
+    """One log entry from one line of bytes, normalised; InvalidLine says why not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidLine(f"{NOT_UTF8} (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InvalidLine(f"invalid JSON: {exc}") from None
+    if not validator.is_valid(obj):
+        raise InvalidLine(schema_error_reason(validator, obj))
+    if SUSPECT_ESCAPE.search(text):
+        check_storable_strings(obj)
+    try:
+        # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
+        timestamp = dt.datetime.fromisoformat(obj["timestamp"].upper())
+    except ValueError as exc:
+        raise InvalidLine(f"$.timestamp: not a valid date-time ({exc})") from None
+    if not TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX:
+        raise InvalidLine(f"$.timestamp: {obj['timestamp']!r} is outside the range event_log "
+                          "holds (1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z)")
+    context = obj.get("context", {})
+    extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
+    if extra:
+        context = {**context, free_key(context, "extra"): extra}
+    if DOTTED_KEY.search(text):
+        check_json_paths(context)
+    try:
+        context_json = json.dumps(context, allow_nan=False)
+    except ValueError:
+        raise InvalidLine("a number is NaN, Infinity or too large for a 64-bit float; JSON "
+                          "has no such values and the database cannot store them") from None
+    return {
+        "timestamp": timestamp,
+        "level": obj["level"].lower(),
+        "service": obj["service"],
+        "event_type": obj["event_type"],
+        "environment": obj.get("environment", "production"),
+        "message": obj["message"],
+        "context": context,
+        "context_json": context_json,
+    }
+
+
+def check_storable_strings(obj) -> None:
+    """Refuse what JSON can escape but Postgres cannot store: a NUL character (\\u0000) or
+    an unpaired surrogate (\\ud800) in any string, key or value. Only called for lines whose
+    text holds such an escape (SUSPECT_ESCAPE), so ordinary lines never pay for the walk."""
+    for text in strings_in(obj):
+        if "\x00" in text:
+            raise InvalidLine("a string holds a NUL character (\\u0000), which the database "
+                              "cannot store")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidLine("a string holds an unpaired surrogate (such as \\ud800), which "
+                              "is not a Unicode character") from None
+
+
+def check_json_paths(context: dict) -> None:
+    """Refuse a context in which two keys name the same path for ClickHouse's JSON type,
+    which reads a dotted key as nested objects: {"a.b": 1, "a": {"b": 2}} names a.b twice,
+    and event_log would refuse the event. A null or an empty object names no path; each
+    object inside an array is a JSON value of its own, checked on its own.
+
+    The paths go into a trie of their segments, so the check costs time and memory in
+    proportion to the line, however long its keys (iteratively, however deep)."""
+    objects = [context]
+    while objects:
+        taken: dict = {}  # segment -> subtrie; LEAF marks a value at that path
+        pending = [(objects.pop(), taken, ())]
+        while pending:
+            value, trie, path = pending.pop()
+            for key, item in value.items():
+                node = trie
+                for segment in key.split("."):
+                    node = node.setdefault(segment, {})
+                if isinstance(item, dict):
+                    pending.append((item, node, (path, key)))
+                    continue
+                if item is None:
+                    continue
+                if LEAF in node:
+                    raise InvalidLine(
+                        f"$.context: two keys name the path {dotted(path, key)!r} (a dotted key "
+                        "such as \"a.b\" means the same as \"a\": {\"b\": …}); the event "
+                        "store cannot hold both")
+                node[LEAF] = True
+                if isinstance(item, list):
+                    objects.extend(objects_in_array(item))
+
+
+LEAF = object()  # a trie key no JSON key can equal
+
+
+def dotted(path: tuple, key: str) -> str:
+    """The dotted path of `key` under `path` ((…((), k1), k2)…), built only for a message."""
+    keys = [key]
+    while path:
+        path, parent = path
+        keys.append(parent)
+    return ".".join(reversed(keys))
+
+
+def objects_in_array(items: list) -> Iterator[dict]:
+    """The objects in an array, at any depth of nested arrays."""
+    arrays = [items]
+    while arrays:
+        for item in arrays.pop():
+            if isinstance(item, dict):
+                yield item
+            elif isinstance(item, list):
+                arrays.append(item)
+
+
+def free_key(mapping: dict, key: str) -> str:
+    """`key`, or `_key`, `__key`, … : the first that `mapping` does not have."""
+    while key in mapping:
+        key = f"_{key}"
+    return key
+
+
+def strings_in(obj) -> Iterator[str]:
+    """Every string in a decoded JSON value: keys and values, at any depth (iteratively: a
+    recursive generator would cost time in proportion to the depth for every string)."""
+    pending = [obj]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            yield from value.keys()
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+
+
+def schema_error_reason(validator, obj) -> str:
+    """The most relevant schema error, put for a person: a pattern is explained by the
+    property's description rather than shown as a regular expression."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.json_path}: {error.instance!r} is not valid: {error.schema['description']}"
+    return f"{error.json_path}: {error.message}"
+
+
+@functools.cache
+def log_entry_validator():
+    """The compiled LogEntry validator (built once per process)."""
+    schema = json.loads(core.LOG_ENTRY_SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)

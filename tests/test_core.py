@@ -1,0 +1,137 @@
+"""What the processes share (core): the settings table, the outage predicate, the backoff."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+
+import botocore.exceptions
+import psycopg
+import psycopg_pool
+import pytest
+
+import core
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_readme_tables_are_the_declared_settings():
+    """Each setting is declared once; the README's configuration tables are printed from the
+    declarations (scripts/stack.py settings-table), so a setting added, renamed or with a new
+    default and not documented fails here."""
+    readme = (core.ROOT / "README.md").read_text()
+    assert core.settings_table() in readme
+    assert core.settings_table(tests_only=True) in readme
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    declared = {f.metadata["env"] for f in dataclasses.fields(core.Settings)}
+    assert documented == declared
+
+
+def test_settings_round_trip_through_the_environment():
+    settings = dataclasses.replace(core.Settings(), http_port=9999, line_delay_max_s=0.25,
+                                   relay_crash_after_insert=True, log_format="json")
+    assert core.Settings.from_env(settings.to_env()) == settings
+
+
+def test_settings_read_types_and_normalise_case():
+    settings = core.Settings.from_env({"EH_BATCH_LINES": " 40 ", "LOG_LEVEL": "debug",
+                                       "LOG_FORMAT": "JSON", "EH_RELAY_CRASH_AFTER_INSERT": "1",
+                                       "RELAY_POLL_S": "0.5", "EH_QUEUE": ""})
+    assert (settings.batch_lines, settings.log_level, settings.log_format) == (40, "DEBUG", "json")
+    assert settings.relay_crash_after_insert is True and settings.relay_poll_s == 0.5
+    assert settings.queue == "eventhorizon.jobs"  # empty means the default
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"EH_BATCH_LINES": "ten"}, "EH_BATCH_LINES must be an int"),
+    ({"EH_BATCH_LINES": "0"}, "EH_BATCH_LINES must be >= 1"),
+    ({"EH_HTTP_PORT": "70000"}, "EH_HTTP_PORT must be <= 65535"),
+    ({"RELAY_POLL_S": "-1"}, "RELAY_POLL_S must be >= 0"),
+    ({"RELAY_POLL_S": "soon"}, "RELAY_POLL_S must be a float"),
+    ({"RELAY_POLL_S": "nan"}, "RELAY_POLL_S must be a float"),
+    ({"EH_REQUEUE_AFTER_S": "inf"}, "EH_REQUEUE_AFTER_S must be a float"),
+    ({"EH_RELAY_CRASH_AFTER_INSERT": "maybe"}, "EH_RELAY_CRASH_AFTER_INSERT must be 1 or 0"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be a logging level name"),
+    ({"CLICKHOUSE_URL": "chdb://relative/dir"}, "chdb:///absolute/path"),
+    ({"CLICKHOUSE_URL": "ftp://u:hunter2@host/db"}, "must be chdb:///path or http(s)://host"),
+])
+def test_a_bad_setting_is_refused_naming_the_variable(env, message):
+    with pytest.raises(core.ConfigError) as info:
+        core.Settings.from_env(env)
+    assert message in str(info.value)
+    assert "hunter2" not in str(info.value)  # a URL's password never reaches the message
+
+
+# --------------------------------------------------------------------------- outages
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (psycopg.OperationalError("connection lost"), True),
+    (psycopg.errors.AdminShutdown("terminating connection"), True),
+    (ConnectionResetError(), True),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"), True),
+    (botocore.exceptions.ClientError({"Error": {"Code": "SlowDown"},
+                                      "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"), True),
+    (botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
+                                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), False),
+    (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
+    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+    (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+    (psycopg.errors.DiskFull("could not extend file"), True),
+    (psycopg.errors.DataError("invalid input"), False),
+    (KeyError("a bug"), False),
+])
+def test_only_outages_are_retried_without_counting_an_attempt(exc, transient):
+    """The one outage predicate all three processes use: the worker retries such a job
+    without counting an attempt, the relay backs off, the API answers 503."""
+    assert core.is_outage(exc) is transient
+
+
+def test_a_pool_that_cannot_hand_out_a_connection_is_an_outage():
+    assert core.is_outage(psycopg_pool.PoolTimeout("couldn't get a connection"))
+    assert core.is_outage(psycopg.InterfaceError("the connection is closed"))
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter_and_resets():
+    backoff = core.Backoff(first=0.5, cap=4.0)
+    delays = [backoff.next() for _ in range(6)]
+    for delay, nominal in zip(delays, [0.5, 1, 2, 4, 4, 4]):
+        assert 0.8 * nominal <= delay <= nominal
+    backoff.reset()
+    assert backoff.next() <= 0.5
+
+
+# --------------------------------------------------------------------------- the house
+
+
+PROCESSES = {"eventhorizon", "worker", "relay"}
+
+
+def project_imports(module: str) -> set[str]:
+    """The project's own modules that `module` imports."""
+    tree = ast.parse((core.ROOT / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & project_modules()
+
+
+def project_modules() -> set[str]:
+    return {p.stem for p in core.ROOT.glob("*.py")}
+
+
+def test_imports_are_a_star_around_core():
+    """core imports nothing of ours; every other module imports core; logic modules import
+    only core; and no module imports a process file (so there can be no cycle)."""
+    assert project_imports("core") == set()
+    for module in project_modules() - {"core"}:
+        imports = project_imports(module)
+        assert "core" in imports, module
+        assert not imports & PROCESSES, f"{module} imports a process file: {imports & PROCESSES}"
+        if module not in PROCESSES:
+            assert imports == {"core"}, f"{module} is logic and imports {imports - {'core'}}"

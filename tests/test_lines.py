@@ -1,0 +1,178 @@
+"""One line: reading lines from a stream, parsing and validating them. No services needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+
+import pytest
+
+import core
+import lines
+
+VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
+         "event_type": "order.created", "message": "order created"}
+
+
+# --------------------------------------------------------------------------- reading lines
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1024])
+def test_read_lines_keeps_byte_counts_across_chunks(chunk_size):
+    data = b"a\r\n\nbbb\nlast"
+    found = list(lines.read_lines(io.BytesIO(data), chunk_size=chunk_size))
+    assert found == [(b"a\r", 3), (b"", 1), (b"bbb", 4), (b"last", 4)]
+    assert sum(size for _, size in found) == len(data)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 5, 64])
+def test_overlong_lines_are_reported_not_held(chunk_size):
+    data = b"ok\n" + b"x" * 25 + b"\n" + b"y" * 11 + b"\nend"
+    found = list(lines.read_lines(io.BytesIO(data), max_line_bytes=10, chunk_size=chunk_size))
+    assert found == [(b"ok", 3), (None, 26), (None, 12), (b"end", 3)]
+
+
+def test_empty_stream_has_no_lines():
+    assert list(lines.read_lines(io.BytesIO(b""))) == []
+
+
+# --------------------------------------------------------------------------- one line
+
+
+def test_parse_line_normalises_a_valid_entry():
+    line = {**VALID, "level": "WARNING", "request_id": "r-1", "context": {"order": 7}}
+    entry = lines.parse_line(json.dumps(line).encode(), lines.log_entry_validator())
+    assert entry["level"] == "warning"
+    assert entry["environment"] == "production"
+    assert entry["timestamp"].isoformat() == "2026-11-23T10:00:00+01:00"
+    assert entry["context"] == {"order": 7, "extra": {"request_id": "r-1"}}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"{oops", "invalid JSON"),
+        (b"[1, 2]", "is not of type 'object'"),
+        (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
+         "'service' is a required property"),
+        (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
+        (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
+        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
+        (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
+         "$.timestamp: not a valid date-time"),
+        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+         b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
+        (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
+        (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
+        (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
+        (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
+        (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
+        (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
+        (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
+         "two keys name the path 'a.b'"),
+        (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
+         "two keys name the path 'a.b.c'"),
+        (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
+         "two keys name the path 'p.q'"),
+        (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
+         "two keys name the path 'p.q'"),
+        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+         b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
+         "two keys name the path 'a.b'"),
+        (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
+         "two keys name the path 'extra.foo'"),
+        (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
+         "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
+        (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
+         "two keys name the path 'a.b.c'"),
+        (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
+         "invalid JSON: Exceeds the limit"),
+        (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
+        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
+        (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
+         "is outside the range event_log holds"),
+        (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
+         "is outside the range event_log holds"),
+        (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
+        (b'{"message": "caf\xe9"}', "not valid UTF-8"),
+    ],
+)
+def test_parse_line_explains_invalid_lines(line, reason):
+    with pytest.raises(lines.InvalidLine) as info:
+        lines.parse_line(line, lines.log_entry_validator())
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("context", [
+    {"a.b": 1}, {"a": 1, "a.b": 2}, {"a.b": {}, "a": {"b": 1}}, {"a.b": 1, "c": {"a": {"b": 2}}},
+    {"a.b": None, "a": {"b": 2}}, {"a.b": {"c": 1}, "a": {"b": {"d": 2}}},
+])
+def test_parse_line_takes_dotted_keys_that_name_distinct_paths(context):
+    line = json.dumps({**VALID, "context": context}).encode()
+    assert lines.parse_line(line, lines.log_entry_validator())["context"] == context
+
+
+@pytest.mark.parametrize("text", [
+    '"emoji \\ud83d\\ude00"',  # a surrogate pair: one character
+    '"a backslash, then u0000: \\\\u0000"',
+])
+def test_parse_line_takes_escapes_that_are_storable(text):
+    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+            f'"event_type": "e", "message": {text}}}').encode()
+    assert lines.parse_line(line, lines.log_entry_validator())["message"] == json.loads(text)
+
+
+@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z",
+                                       "2026-11-23t10:00:00z", "2026-11-23 10:00:00.123456-05:30"])
+def test_parse_line_takes_timestamps_up_to_the_edges_of_event_log(timestamp):
+    line = json.dumps({**VALID, "timestamp": timestamp}).encode()
+    assert lines.parse_line(line, lines.log_entry_validator())["timestamp"].tzinfo is not None
+
+
+@pytest.mark.parametrize("filler", [".", "a.", "\\u002e", '\\"'])
+def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
+    """The checks that look for dotted keys and odd escapes scan each byte a bounded number
+    of times: a quadratic scan of this line would take many minutes."""
+    text = filler * (900_000 // len(filler))
+    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+            f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}').encode()
+    started = time.monotonic()
+    lines.parse_line(line, lines.log_entry_validator())
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("context", [
+    # A long key over many leaves: full path strings would cost key length × leaves.
+    {"a.b": 1, "k" * 50_000: {f"k{i}": 1 for i in range(70_000)}},
+    # Many strings deep down, and an escaped emoji to make the worker look at every string.
+    {"s": "\U0001F600", "deep": "HERE"},
+])
+def test_the_context_checks_are_linear_in_the_line(context):
+    line = json.dumps({**VALID, "context": context}).encode()
+    line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
+    started = time.monotonic()
+    lines.parse_line(line, lines.log_entry_validator())
+    assert time.monotonic() - started < 5
+
+
+def test_unknown_fields_never_overwrite_the_lines_own_context():
+    line = {**VALID, "context": {"extra": 1, "_extra": {"keep": "me"}}, "request_id": "r1"}
+    entry = lines.parse_line(json.dumps(line).encode(), lines.log_entry_validator())
+    assert entry["context"] == {"extra": 1, "_extra": {"keep": "me"},
+                                "__extra": {"request_id": "r1"}}
+
+
+def test_line_event_ids_are_uuid5_of_job_and_line():
+    job_id = uuid.uuid4()
+    ids = core.line_event_ids(job_id)
+    for line_no in (1, 42, 10**9):
+        assert uuid.UUID(ids(line_no)) == uuid.uuid5(job_id, str(line_no))
+
+def test_pattern_errors_are_explained_in_words():
+    with pytest.raises(lines.InvalidLine) as info:
+        lines.parse_line(json.dumps({**VALID, "level": "verbose"}).encode(),
+                          lines.log_entry_validator())
+    assert str(info.value) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
+                               "critical, in any letter case.")
