@@ -386,6 +386,7 @@ class Job:
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
     updated_at: dt.datetime
+    owner: str | None  # whose token uploaded it (sql/migrations/0004_access.sql)
     first_start: bool = False
 
 

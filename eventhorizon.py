@@ -453,7 +453,7 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
         job = await (await core.ajob_query(conn, "insert_job", {
             "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
             "bucket": settings.s3_bucket, "object_key": key,
-            "lines_total": inspector.lines_total,
+            "lines_total": inspector.lines_total, "owner": None,
         })).fetchone()
         await core.ainsert_event(conn, core.job_event("job.queued", job,
                                                       environment=settings.environment))

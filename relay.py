@@ -62,6 +62,9 @@ EVENT_LOG_TABLE = "event_log"
 EVENT_LOG_COLUMNS = (
     "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version"
 )
+# A lightweight delete: the rows disappear from queries at once, and from disk at merges.
+DELETE_JOB_EVENTS = (f"DELETE FROM {EVENT_LOG_TABLE} WHERE event_context.job_id::String = "
+                     "{job_id:String} AND event_type != 'job.deleted'")
 DEAD_AFTER_ATTEMPTS = 3
 # Salvaging a refused batch halves it at most this many times in one transaction (one bad
 # row in 10,000 takes about 14): the parts still refused then are recorded as batches of their
@@ -194,6 +197,7 @@ def run(settings: core.Settings, stop: Stopper, *,
                 if ch is None:
                     ch = connect_clickhouse(settings.clickhouse_url)
                 if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
+                    delete_events_of_deleted_jobs(pg, ch)
                     wait_for_work(pg, listener, settings, stop)
                 backoff.reset()
             except BatchRejected as exc:
@@ -587,6 +591,35 @@ def dead_letter_rows(conn, rows: list, error: str) -> None:
     """Copy the rows to outbox_dead with the error (caller's transaction); delete_batch then
     deletes them from the outbox."""
     conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": [r.id for r in rows], "error": error})
+
+
+# --------------------------------------------------------------------------- deleted jobs
+
+
+def delete_events_of_deleted_jobs(conn, ch) -> int:
+    """Delete from event_log the events of jobs deleted through the API, once none of their
+    events is left in the outbox (so no later insert can bring one back); returns how many jobs.
+
+    Each deletion is recorded done (job_deletions.clickhouse_at) in the transaction that held
+    it while ClickHouse deleted: a relay that dies in between leaves it pending, and deleting
+    twice is harmless. While ClickHouse is away the deletions wait (ClickHouseUnavailable).
+    The job's `job.deleted` event is kept: it is the audit trail of the deletion.
+    """
+    done = 0
+    while True:
+        with conn.transaction():
+            row = conn.cursor(row_factory=tuple_row).execute(
+                QUERIES["take_pending_deletion"]).fetchone()
+            if row is None:
+                return done
+            (job_id,) = row
+            try:
+                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)})
+            except Exception as exc:
+                raise ClickHouseUnavailable(describe(exc)) from exc
+            conn.execute(QUERIES["finish_deletion"], {"job_id": job_id})
+        log.info("relay.job_events_deleted", job_id=str(job_id))
+        done += 1
 
 
 # --------------------------------------------------------------------------- status

@@ -322,12 +322,16 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
 
 
 def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> core.Job | None:
-    """Mark the job processing; None if it is already finished. UnknownJob if there is none."""
+    """Mark the job processing; None if it is already finished or was deleted. UnknownJob if
+    there is no such job and never was."""
     with conn.transaction():
         job = core.job_query(conn, "claim_job", {"job_id": job_id}).fetchone()
         if job is None:
             existing = core.job_query(conn, "get_job", {"job_id": job_id}).fetchone()
             if existing is None:
+                if conn.execute(core.QUERIES["job_deleted"], {"job_id": job_id}).fetchone():
+                    log.info("job.skipped", reason="deleted")
+                    return None
                 raise UnknownJob(str(job_id))
             log.info("job.skipped", reason="already finished", status=existing.status)
             return None

@@ -4,8 +4,9 @@
 -- (%(name)s); nothing here is built by string formatting.
 
 -- name: insert_job --
-INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total)
-VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s)
+INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner)
+VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
+        %(owner)s)
 RETURNING *;
 
 -- name: get_job --
@@ -199,3 +200,47 @@ SELECT o.backlog,
        coalesce(extract(epoch FROM clock_timestamp() - o.oldest), 0)::float8 AS oldest_age_s,
        (SELECT count(*) FROM outbox_dead) AS dead
 FROM (SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox) o;
+
+-- access -------------------------------------------------------------------------------------
+
+-- name: create_token --
+INSERT INTO api_tokens (owner, admin, secret_hash)
+VALUES (%(owner)s, %(admin)s, %(secret_hash)s)
+RETURNING token_id;
+
+-- name: list_tokens --
+SELECT token_id, owner, admin, created_at, last_used_at, revoked_at
+FROM api_tokens ORDER BY token_id;
+
+-- name: revoke_token --
+UPDATE api_tokens SET revoked_at = now()
+WHERE token_id = %(token_id)s AND revoked_at IS NULL
+RETURNING token_id;
+
+-- name: live_token --
+-- The caller compares secret_hash in constant time (auth.authenticate).
+SELECT token_id, owner, admin, secret_hash FROM api_tokens
+WHERE token_id = %(token_id)s AND revoked_at IS NULL;
+
+-- name: touch_token --
+-- last_used_at, at most once a minute: a request is not a write.
+UPDATE api_tokens SET last_used_at = now()
+WHERE token_id = %(token_id)s
+  AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
+
+-- name: job_deleted --
+SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;
+
+-- name: take_pending_deletion --
+-- A deleted job none of whose events is left in the outbox: every insert of its events has
+-- been acknowledged and committed, so none can reach event_log after the delete. Only looked
+-- for by an idle relay, when the outbox is (nearly) empty and this scan is cheap.
+SELECT d.job_id FROM job_deletions d
+WHERE d.clickhouse_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_context->>'job_id' = d.job_id::text)
+ORDER BY d.deleted_at
+LIMIT 1
+FOR UPDATE OF d SKIP LOCKED;
+
+-- name: finish_deletion --
+UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = %(job_id)s;

@@ -138,7 +138,7 @@ def test_job_schema_matches_every_state():
         size_bytes=10, bucket="b", object_key="k", status="failed", lines_total=3,
         lines_processed=1, bytes_processed=5, lines_valid=1, lines_invalid=0, attempts=1,
         error="the stored file went missing", created_at=now, started_at=None,
-        completed_at=None, updated_at=now)
+        completed_at=None, updated_at=now, owner="tester")
     for status in ("queued", "processing", "completed", "failed"):
         row = dataclasses.replace(
             job_row, status=status, started_at=now if status != "queued" else None,

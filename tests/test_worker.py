@@ -37,7 +37,8 @@ def make_job(settings, db, content: bytes, *, store: bool = True) -> uuid.UUID:
     db.execute(core.QUERIES["insert_job"], {
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
         "bucket": settings.s3_bucket, "object_key": key,
-        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1)})
+        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
+        "owner": "tester"})
     return job_id
 
 
@@ -172,6 +173,18 @@ def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
 def test_unknown_job_is_reported(settings):
     with pytest.raises(worker.UnknownJob):
         run(settings, uuid.uuid4())
+
+
+def test_a_message_for_a_deleted_job_is_acked_not_dead_lettered(settings, db):
+    """A job deleted while its message waited is no poison message: it is skipped."""
+    job_id = make_job(settings, db, jsonl(VALID))
+    body = job_message(db, job_id)
+    db.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
+    db.execute("INSERT INTO job_deletions (job_id, file_name, deleted_by) "
+               "VALUES (%s, 't.jsonl', 'tester')", (job_id,))
+    assert run(settings, job_id) == "skipped"
+    outcome = worker.handle_message(body, settings, core.s3_client(settings), threading.Event())
+    assert outcome is worker.Outcome.ACK
 
 
 def test_a_bom_before_a_blank_first_line_is_skipped_like_the_line(settings, db):
