@@ -47,6 +47,9 @@ OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "40"})
 OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
+DEV_S3_SECRET = "eventhorizon-dev-secret"
+
+
 class ConfigError(Exception):
     """A setting from the environment is missing or malformed."""
 
@@ -85,7 +88,7 @@ class Settings:
         "AWS_ACCESS_KEY_ID", "eventhorizon",
         "S3 access key (development default; `scripts/dev` gives the same to `weed`)")
     aws_secret_access_key: str = setting(
-        "AWS_SECRET_ACCESS_KEY", "eventhorizon-dev-secret", "S3 secret key (development default)")
+        "AWS_SECRET_ACCESS_KEY", DEV_S3_SECRET, "S3 secret key (development default)")
     aws_region: str = setting("AWS_REGION", "us-east-1", "region used to sign S3 requests")
     clickhouse_url: str = setting(
         "CLICKHOUSE_URL", f"chdb://{ROOT / 'var' / 'clickhouse'}",
@@ -98,10 +101,39 @@ class Settings:
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "
         "worker is on wait 10 s in `<queue>.retry`")
     environment: str = setting(
-        "EH_ENVIRONMENT", "production", "`environment` of the service's own job lifecycle events")
+        "EH_ENVIRONMENT", "production",
+        "`environment` of the service's own job lifecycle events. With `production` every "
+        "process refuses to start on the development default credentials (the S3 secret "
+        "below, RabbitMQ's `guest`); `scripts/dev` and the tests say `development`")
     http_host: str = setting(
         "EH_HTTP_HOST", "127.0.0.1", "API bind address (`0.0.0.0` in the container image)")
     http_port: int = setting("EH_HTTP_PORT", 8080, "API port", minimum=0, maximum=65535)
+    auth: str = setting(
+        "EH_AUTH", "token",
+        "`token`: every `/api/v1/*` and `/ws/*` request needs a bearer token (see "
+        "[Access](#access)); `none`: single-user mode for a laptop, no tokens, every job "
+        "visible, refused unless `EH_HTTP_HOST` is a loopback address")
+    allowed_hosts: str = setting(
+        "EH_ALLOWED_HOSTS", "127.0.0.1,localhost,::1",
+        "comma-separated host names the API answers to (the `Host` header, port aside); "
+        "others get 400, so a DNS-rebinding page cannot reach it. `*` allows any")
+    upload_idle_timeout_s: float = setting(
+        "EH_UPLOAD_IDLE_TIMEOUT_S", 30.0,
+        "an upload whose body sends nothing for this long is dropped (408) and its partial "
+        "object removed", minimum=0.1)
+    max_uploads: int = setting(
+        "EH_MAX_UPLOADS", 16,
+        "uploads one API process receives at once; more get 503 with `Retry-After`. Each holds "
+        "at most one 8 MiB part, so this caps upload memory at about 140 MiB", minimum=1)
+    max_uploads_per_owner: int = setting(
+        "EH_MAX_UPLOADS_PER_OWNER", 4,
+        "uploads one owner may have running at once; more get 429 with `Retry-After`", minimum=1)
+    max_websockets: int = setting(
+        "EH_MAX_WEBSOCKETS", 4096, "WebSockets one API process holds open; more get 503",
+        minimum=1)
+    max_websockets_per_owner: int = setting(
+        "EH_MAX_WEBSOCKETS_PER_OWNER", 1024,
+        "WebSockets one owner may hold open on one API process; more get 429", minimum=1)
     max_upload_bytes: int = setting(
         "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
         minimum=1, shown_default="`1073741824` (1 GiB)")
@@ -144,11 +176,35 @@ class Settings:
         "the Postgres commit", tests_only=True)
 
     def __post_init__(self):
+        if self.auth not in ("token", "none"):
+            raise ConfigError(f"EH_AUTH must be token or none, got {self.auth!r}")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT must be json or console, got {self.log_format!r}")
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
         check_clickhouse_url(self.clickhouse_url)
+
+    def check_deployable(self) -> None:
+        """Refuse, in production, credentials that are the development defaults (every
+        process checks this at start; see load_settings)."""
+        if self.environment == "production" and (dev := self.development_credentials()):
+            raise ConfigError(f"EH_ENVIRONMENT is production but {' and '.join(dev)} "
+                              "still the development default; set real credentials (or "
+                              "EH_ENVIRONMENT=development on a development machine)")
+
+    def development_credentials(self) -> list[str]:
+        """The credentials that are still the development defaults, by variable."""
+        found = []
+        if self.aws_secret_access_key == DEV_S3_SECRET:
+            found.append("AWS_SECRET_ACCESS_KEY is")
+        if urlsplit(self.amqp_url).password == "guest":
+            found.append("AMQP_URL's password is")
+        return found
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",")
+                         if h.strip())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -239,7 +295,9 @@ def redact_url(url: str) -> str:
 def load_settings() -> Settings:
     """Settings for a process entry point: a bad value stops the process with a clear message."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        settings.check_deployable()
+        return settings
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
 

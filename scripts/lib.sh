@@ -7,6 +7,10 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 STAMP="$VENV/.eventhorizon-installed"
 
+# The local stack runs on the development default credentials, which EH_ENVIRONMENT=production
+# (the default, for deployments) refuses.
+export EH_ENVIRONMENT="${EH_ENVIRONMENT:-development}"
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

@@ -24,6 +24,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The tests run on the development default credentials (production refuses them).
+os.environ.setdefault("EH_ENVIRONMENT", "development")
 
 import core  # noqa: E402
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 
 import botocore.exceptions
 import psycopg
@@ -135,3 +138,27 @@ def test_imports_are_a_star_around_core():
         assert not imports & PROCESSES, f"{module} imports a process file: {imports & PROCESSES}"
         if module not in PROCESSES:
             assert imports == {"core"}, f"{module} is logic and imports {imports - {'core'}}"
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({}, "AWS_SECRET_ACCESS_KEY is and AMQP_URL's password is"),
+    ({"AWS_SECRET_ACCESS_KEY": "s3cret"}, "AMQP_URL's password is"),
+    ({"AMQP_URL": "amqp://eh:pw@mq/%2F"}, "AWS_SECRET_ACCESS_KEY is"),
+])
+def test_production_refuses_the_development_credentials(env, named):
+    with pytest.raises(core.ConfigError) as info:
+        core.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
+    assert f"{named} still the development default" in str(info.value)
+    real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F"}
+    core.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
+    core.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
+
+
+@pytest.mark.parametrize("script", ["eventhorizon.py", "worker.py", "relay.py"])
+def test_every_process_refuses_to_start_on_development_credentials_in_production(script):
+    env = {**os.environ, "EH_ENVIRONMENT": "production"}
+    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    done = subprocess.run([sys.executable, str(core.ROOT / script)], env=env, timeout=60,
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "configuration error: EH_ENVIRONMENT is production" in done.stderr
