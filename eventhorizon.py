@@ -3,15 +3,15 @@
     python eventhorizon.py            serve on EH_HTTP_HOST:EH_HTTP_PORT
     python eventhorizon.py migrate    apply sql/migrations (yoyo) and exit
 
-Uploads stream to S3 in parts (never whole in memory), become a `queued` job in Postgres and a
-RabbitMQ message; `GET /api/v1/jobs/{id}` and the WebSocket `/ws/jobs/{id}` show the job live,
-fed by one Postgres LISTEN connection per process. Every error is application/problem+json.
+Uploads stream to S3 in parts (never whole in memory; the checks and the S3 writes are
+uploads.py's), become a `queued` job in Postgres and a RabbitMQ message; `GET /api/v1/jobs/{id}`
+and the WebSocket `/ws/jobs/{id}` show the job live, fed by one Postgres LISTEN connection per
+process. Every error is application/problem+json.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import concurrent.futures
 import json
 import sys
@@ -29,16 +29,16 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 import core
+import uploads
 
 log = structlog.get_logger("api")
 
-PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (S3's minimum is 5 MiB)
 READ_CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
-FIRST_LINE_MAX_BYTES = 1024 * 1024
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
-UTF8_BOM = b"\xef\xbb\xbf"
+# The problem+json titles of uploads.UploadRefused's statuses.
+REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 # What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
 MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
@@ -100,6 +100,8 @@ async def problem_middleware(request: web.Request, handler):
         return await handler(request)
     except Problem as exc:
         return problem_response(exc.status, exc.title, exc.detail, exc.type)
+    except uploads.UploadRefused as exc:
+        return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -229,7 +231,7 @@ async def upload(request: web.Request) -> web.Response:
         raise Problem(415, "Unsupported Media Type",
                       "send the file as multipart/form-data in a field named 'file'")
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
-        raise too_large(settings.max_upload_bytes)
+        raise uploads.UploadTooLarge(settings.max_upload_bytes)
     reader, part = await find_file_part(request)
     file_name = part.filename or ""
     if not is_plain_text(file_name):
@@ -244,8 +246,8 @@ async def upload(request: web.Request) -> web.Response:
     job_id = uuid.uuid4()
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
     key = f"uploads/{job_id}.jsonl"
-    writer = ObjectWriter(request.app[S3], settings.s3_bucket, key)
-    inspector = UploadInspector(settings.max_upload_bytes)
+    writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
+    inspector = uploads.UploadInspector(settings.max_upload_bytes)
     try:
         while chunk := await read_chunk(part):
             inspector.feed(chunk)
@@ -365,19 +367,6 @@ def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
 
 
-def too_large(max_bytes: int) -> Problem:
-    return Problem(413, "Content Too Large", f"the file is larger than the limit of "
-                                             f"{in_binary_units(max_bytes)} ({max_bytes} bytes)")
-
-
-def in_binary_units(n: int) -> str:
-    """1073741824 -> '1 GiB', 1536 -> '1.5 KiB', 100 -> '100 bytes'."""
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} bytes"
-
-
 def check_origin(request: web.Request) -> None:
     """Browsers send Origin on WebSocket upgrades; refuse pages from other sites."""
     origin = request.headers.get("Origin")
@@ -446,7 +435,7 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> core.Job:
 
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: "UploadInspector", key: str) -> core.Job:
+                     inspector: uploads.UploadInspector, key: str) -> core.Job:
     """The queued job row and its job.queued event, in one transaction."""
     settings = app[SETTINGS]
     async with app[POOL].connection() as conn, conn.transaction():
@@ -467,134 +456,6 @@ async def publish_job(app: web.Application, job: core.Job) -> None:
         await app[PUBLISHER].publish(core.job_message(job))
     except BrokerUnavailable as exc:
         log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
-
-
-# --------------------------------------------------------------------------- upload streaming
-
-
-class UploadInspector:
-    """Checks an upload while it streams: size limit, UTF-8 text, a JSON object first; counts lines."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.newlines = 0
-        self.last_byte = b""
-        self.head = bytearray()  # the start of the file, until its first non-blank line is seen
-        self.first_line_checked = False
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-
-    @property
-    def lines_total(self) -> int:
-        return self.newlines + (1 if self.size and self.last_byte != b"\n" else 0)
-
-    def feed(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.max_bytes:
-            raise too_large(self.max_bytes)
-        self._check_text(chunk)
-        self.newlines += chunk.count(b"\n")
-        self.last_byte = chunk[-1:]
-        if not self.first_line_checked:
-            self.head += chunk
-            self._check_first_line(final=False)
-
-    def finish(self) -> None:
-        try:
-            self.decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise not_text("the file ends in the middle of a UTF-8 character") from None
-        if not self.first_line_checked:
-            self._check_first_line(final=True)
-
-    def _check_text(self, chunk: bytes) -> None:
-        if b"\x00" in chunk:
-            raise not_text("the file contains NUL bytes: it looks binary")
-        try:
-            self.decoder.decode(chunk)
-        except UnicodeDecodeError as exc:
-            raise not_text(f"the file is not UTF-8 text (bad byte near offset "
-                           f"{self.size - len(chunk) + max(exc.start, 0)})") from None
-
-    def _check_first_line(self, *, final: bool) -> None:
-        text = bytes(self.head).removeprefix(UTF8_BOM).lstrip()
-        newline = text.find(b"\n")
-        if newline < 0 and not final:
-            if len(self.head) > FIRST_LINE_MAX_BYTES:
-                raise Problem(422, "Unprocessable Content", "the first line is longer than 1 MiB")
-            return
-        line = text if newline < 0 else text[:newline]
-        if not line.strip():
-            raise Problem(422, "Unprocessable Content", "the file is empty")
-        try:
-            first = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise Problem(422, "Unprocessable Content",
-                          f"the first line is not JSON ({exc}); is this a JSON-lines file?") from None
-        if not isinstance(first, dict):
-            raise Problem(422, "Unprocessable Content",
-                          "the first line is not a JSON object; each line must be one log entry")
-        self.first_line_checked = True
-        self.head = bytearray()
-
-
-def not_text(detail: str) -> Problem:
-    return Problem(422, "Unprocessable Content", detail)
-
-
-class ObjectWriter:
-    """Streams bytes into one S3 object in parts, holding at most one part in memory.
-
-    Small files go up in one PUT; larger ones as a multipart upload. `abort` removes whatever
-    was stored, so a refused or interrupted upload leaves no object behind.
-    """
-
-    def __init__(self, s3, bucket: str, key: str):
-        self.s3, self.bucket, self.key = s3, bucket, key
-        self.buffer = bytearray()
-        self.upload_id: str | None = None
-        self.parts: list[dict] = []
-        self.stored = False
-
-    async def write(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= PART_BYTES:
-            await self._upload_part(bytes(self.buffer[:PART_BYTES]))
-            del self.buffer[:PART_BYTES]
-
-    async def close(self) -> None:
-        if self.upload_id is None:
-            await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=self.key,
-                                    Body=bytes(self.buffer), ContentType="application/x-ndjson")
-        else:
-            if self.buffer:
-                await self._upload_part(bytes(self.buffer))
-            await asyncio.to_thread(
-                self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
-                UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
-        self.buffer = bytearray()
-        self.stored = True
-
-    async def abort(self) -> None:
-        try:
-            if self.stored:
-                await asyncio.to_thread(self.s3.delete_object, Bucket=self.bucket, Key=self.key)
-            elif self.upload_id is not None:
-                await asyncio.to_thread(self.s3.abort_multipart_upload, Bucket=self.bucket,
-                                        Key=self.key, UploadId=self.upload_id)
-        except Exception:
-            log.exception("upload.cleanup_failed", key=self.key)
-
-    async def _upload_part(self, data: bytes) -> None:
-        if self.upload_id is None:
-            created = await asyncio.to_thread(
-                self.s3.create_multipart_upload, Bucket=self.bucket, Key=self.key,
-                ContentType="application/x-ndjson")
-            self.upload_id = created["UploadId"]
-        number = len(self.parts) + 1
-        result = await asyncio.to_thread(self.s3.upload_part, Bucket=self.bucket, Key=self.key,
-                                         UploadId=self.upload_id, PartNumber=number, Body=data)
-        self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
 
 
 # --------------------------------------------------------------------------- RabbitMQ

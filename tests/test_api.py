@@ -444,10 +444,3 @@ async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings,
     assert stored_keys(settings) == []  # the stored object was removed again
     assert (await client.get("/readyz")).status == 503
 
-
-@pytest.mark.parametrize(("n", "text"), [
-    (1024**3, "1 GiB"), (10 * 1024**2, "10 MiB"), (1536, "1.5 KiB"), (1_500_000, "1.43 MiB"),
-    (100, "100 bytes"),
-])
-def test_limits_are_told_in_binary_units(n, text):
-    assert eventhorizon.in_binary_units(n) == text

@@ -1,0 +1,198 @@
+"""Upload streaming: the checks an upload passes while it streams, and its way into S3.
+
+Knows nothing of HTTP. A file this service will not take is an `UploadRefused` (with the
+status and the words the API answers it with); the API reads the request and maps the
+refusal to application/problem+json. Used by eventhorizon.py, tested alone by
+tests/test_uploads.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+
+import structlog
+
+log = structlog.get_logger("api")
+
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (S3's minimum is 5 MiB)
+FIRST_LINE_MAX_BYTES = 1024 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+class UploadRefused(Exception):
+    """The uploaded file is not one this service takes; nothing of it may be kept.
+
+    `status` is the HTTP status the API answers with (413 too large, 422 not JSON-lines
+    text) and `detail` tells the uploader why, in words fit to show them.
+    """
+
+    status = 422
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UploadTooLarge(UploadRefused):
+    """The file is larger than the limit (EH_MAX_UPLOAD_BYTES): status 413. The detail
+    names the limit in binary units and in bytes."""
+
+    status = 413
+
+    def __init__(self, max_bytes: int):
+        super().__init__(f"the file is larger than the limit of {in_binary_units(max_bytes)} "
+                         f"({max_bytes} bytes)")
+        self.max_bytes = max_bytes
+
+
+class NotJsonLines(UploadRefused):
+    """The file is empty, binary, not UTF-8, or its first non-blank line is not a JSON
+    object: status 422. Whatever follows the first line is the worker's to judge, line
+    by line."""
+
+    status = 422
+
+
+def in_binary_units(n: int) -> str:
+    """1073741824 -> '1 GiB', 1536 -> '1.5 KiB', 100 -> '100 bytes'."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class UploadInspector:
+    """Checks an upload while it streams: size limit, UTF-8 text, a JSON object first; counts lines.
+
+    `feed` each chunk as it arrives, then `finish`; either raises UploadRefused as soon as
+    the file is known to be wrong, so a wrong file is refused before it is all sent.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.newlines = 0
+        self.last_byte = b""
+        self.head = bytearray()  # the start of the file, until its first non-blank line is seen
+        self.first_line_checked = False
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    @property
+    def lines_total(self) -> int:
+        return self.newlines + (1 if self.size and self.last_byte != b"\n" else 0)
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+        self._check_text(chunk)
+        self.newlines += chunk.count(b"\n")
+        self.last_byte = chunk[-1:]
+        if not self.first_line_checked:
+            self.head += chunk
+            self._check_first_line(final=False)
+
+    def finish(self) -> None:
+        try:
+            self.decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise NotJsonLines("the file ends in the middle of a UTF-8 character") from None
+        if not self.first_line_checked:
+            self._check_first_line(final=True)
+
+    def _check_text(self, chunk: bytes) -> None:
+        if b"\x00" in chunk:
+            raise NotJsonLines("the file contains NUL bytes: it looks binary")
+        try:
+            self.decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise NotJsonLines(f"the file is not UTF-8 text (bad byte near offset "
+                               f"{self.size - len(chunk) + max(exc.start, 0)})") from None
+
+    def _check_first_line(self, *, final: bool) -> None:
+        text = bytes(self.head).removeprefix(UTF8_BOM).lstrip()
+        newline = text.find(b"\n")
+        if newline < 0 and not final:
+            if len(self.head) > FIRST_LINE_MAX_BYTES:
+                raise NotJsonLines("the first line is longer than 1 MiB")
+            return
+        line = text if newline < 0 else text[:newline]
+        if not line.strip():
+            raise NotJsonLines("the file is empty")
+        try:
+            first = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise NotJsonLines(
+                f"the first line is not JSON ({exc}); is this a JSON-lines file?") from None
+        if not isinstance(first, dict):
+            raise NotJsonLines(
+                "the first line is not a JSON object; each line must be one log entry")
+        self.first_line_checked = True
+        self.head = bytearray()
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class ObjectWriter:
+    """Streams bytes into one S3 object in parts, holding at most one part in memory.
+
+    Small files go up in one PUT; larger ones as a multipart upload. `abort` removes whatever
+    was stored, so a refused or interrupted upload leaves no object behind. boto3 blocks, so
+    every call runs in a thread.
+    """
+
+    def __init__(self, s3, bucket: str, key: str):
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+        self.stored = False
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= PART_BYTES:
+            await self._upload_part(bytes(self.buffer[:PART_BYTES]))
+            del self.buffer[:PART_BYTES]
+
+    async def close(self) -> None:
+        if self.upload_id is None:
+            await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=self.key,
+                                    Body=bytes(self.buffer), ContentType="application/x-ndjson")
+        else:
+            if self.buffer:
+                await self._upload_part(bytes(self.buffer))
+            await asyncio.to_thread(
+                self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
+                UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.buffer = bytearray()
+        self.stored = True
+
+    async def abort(self) -> None:
+        try:
+            if self.stored:
+                await asyncio.to_thread(self.s3.delete_object, Bucket=self.bucket, Key=self.key)
+            elif self.upload_id is not None:
+                await asyncio.to_thread(self.s3.abort_multipart_upload, Bucket=self.bucket,
+                                        Key=self.key, UploadId=self.upload_id)
+        except Exception:
+            log.exception("upload.cleanup_failed", key=self.key)
+
+    async def _upload_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            created = await asyncio.to_thread(
+                self.s3.create_multipart_upload, Bucket=self.bucket, Key=self.key,
+                ContentType="application/x-ndjson")
+            self.upload_id = created["UploadId"]
+        number = len(self.parts) + 1
+        result = await asyncio.to_thread(self.s3.upload_part, Bucket=self.bucket, Key=self.key,
+                                         UploadId=self.upload_id, PartNumber=number, Body=data)
+        self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
