@@ -69,7 +69,8 @@ STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
 
 def init_app(settings: core.Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, access_log_middleware])
+    # The access log is outermost: it logs the status problem_middleware chose for an error.
+    app = web.Application(middlewares=[access_log_middleware, problem_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.add_routes(routes)
@@ -106,6 +107,10 @@ async def problem_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         return problem_response(exc.status, exc.reason, exc.text or exc.reason)
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp fails the body's reads): nobody is left
+        # to answer and nothing went wrong here. The access log records it as 499.
+        return problem_response(400, "Bad Request", "the connection closed mid-request")
     except Exception as exc:
         if not core.is_outage(exc):
             log.exception("http.unhandled_error", path=request.path)
@@ -119,12 +124,45 @@ async def problem_middleware(request: web.Request, handler):
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler):
+    """One `http.request` line per request, whatever became of it.
+
+    Logged in `finally`, so a request whose handler raised, or whose client went away, has
+    its line too (status 499 then, and `aborted` says why). A `request_id` is bound for every
+    line logged meanwhile, and whatever the request bound (handlers bind `job_id`) is cleared
+    at its end, so the next request on a keep-alive connection starts clean.
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    response = await handler(request)
-    log.info("http.request", method=request.method, path=request.path,
-             status=response.status, ms=round((loop.time() - started) * 1000, 1))
-    return response
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12])
+    outcome: dict[str, Any] = {"status": 500}
+    try:
+        response = await handler(request)
+        outcome["status"] = response.status
+        if not response.prepared and client_gone(request):
+            outcome.update(status=499, aborted="the client closed the connection")
+        return response
+    except web.HTTPException as exc:  # a redirect or other non-error problem_middleware let by
+        outcome["status"] = exc.status
+        raise
+    except asyncio.CancelledError:
+        outcome.update(status=499, aborted="cancelled: the client went away or the server stopped")
+        raise
+    finally:
+        log.info("http.request", method=request.method, path=request.path,
+                 ms=round((loop.time() - started) * 1000, 1), **outcome)
+        structlog.contextvars.clear_contextvars()
+
+
+def client_gone(request: web.Request) -> bool:
+    """The connection is closed: a response could not reach the client any more."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def bind_job_id(job_id: Any) -> None:
+    """Name the job on every log line of this request, its `http.request` line included."""
+    structlog.contextvars.bind_contextvars(job_id=str(job_id))
 
 
 # --------------------------------------------------------------------------- resources
@@ -244,7 +282,7 @@ async def upload(request: web.Request) -> web.Response:
         raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
 
     job_id = uuid.uuid4()
-    structlog.contextvars.bind_contextvars(job_id=str(job_id))
+    bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
     key = f"uploads/{job_id}.jsonl"
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)
@@ -259,8 +297,6 @@ async def upload(request: web.Request) -> web.Response:
     except BaseException:
         await asyncio.shield(writer.abort())
         raise
-    finally:
-        structlog.contextvars.unbind_contextvars("job_id")
     await publish_job(request.app, job)
     body = core.job_json(job)
     log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
@@ -290,7 +326,9 @@ async def stats(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await fetch_job(request.app[POOL], job_id_param(request))
+    job_id = job_id_param(request)
+    bind_job_id(job_id)
+    job = await fetch_job(request.app[POOL], job_id)
     return web.json_response(core.job_json(job))
 
 
@@ -298,6 +336,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def get_job_errors(request: web.Request) -> web.Response:
     """Invalid lines in line order, a page at a time: follow `next` until it is null."""
     job_id = job_id_param(request)
+    bind_job_id(job_id)
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id)
@@ -318,6 +357,8 @@ async def watch_job(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     job_id = parse_job_id(request.match_info["job_id"])
+    if job_id is not None:
+        bind_job_id(job_id)
     job = await fetch_job_or_none(request.app[POOL], job_id) if job_id else None
     if job is None:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")

@@ -11,9 +11,11 @@ import uuid
 import aiohttp
 import pika
 import pytest
+import structlog
 
 import core
 import eventhorizon
+from conftest import logged_events, wait_for
 
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
@@ -444,3 +446,96 @@ async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings,
     assert stored_keys(settings) == []  # the stored object was removed again
     assert (await client.get("/readyz")).status == 503
 
+
+
+# --------------------------------------------------------------------------- access log
+
+
+def capture_access_log():
+    """structlog's capture_logs, with the bound contextvars (request_id, job_id) merged in."""
+    return structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars])
+
+
+def access_lines(logs) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "http.request"]
+
+
+async def test_every_request_has_one_access_log_line_with_its_status_and_ids(client):
+    unknown = uuid.uuid4()
+    with capture_access_log() as logs:
+        await assert_problem(await client.get(f"/api/v1/jobs/{unknown}"), 404)
+        await assert_problem(await upload(client, jsonl(VALID), "app.txt"), 415)
+        await assert_problem(await upload(client, b"[1, 2]\n"), 422)
+        accepted = await upload(client, jsonl(VALID))
+        assert accepted.status == 202
+        job_id = (await accepted.json())["job_id"]
+        assert (await client.get("/healthz")).status == 200
+    lines = access_lines(logs)
+    assert [(e["method"], e["path"], e["status"]) for e in lines] == [
+        ("GET", f"/api/v1/jobs/{unknown}", 404),
+        ("POST", "/api/v1/files/upload", 415),
+        ("POST", "/api/v1/files/upload", 422),
+        ("POST", "/api/v1/files/upload", 202),
+        ("GET", "/healthz", 200),
+    ]
+    assert lines[0]["job_id"] == str(unknown)
+    assert "job_id" not in lines[1]  # refused before it was given an id
+    assert uuid.UUID(lines[2]["job_id"])  # the id the refused upload was given
+    assert lines[3]["job_id"] == job_id
+    assert "job_id" not in lines[4]  # nothing left over from the requests before
+    assert all(isinstance(e["ms"], float) and e["ms"] >= 0 for e in lines)
+    assert len({e["request_id"] for e in lines}) == len(lines)
+    queued = [e for e in logs if e["event"] == "job.queued"]
+    assert queued[0]["request_id"] == lines[3]["request_id"]  # the request's other lines too
+
+
+async def abandon_an_upload(host: str, port: int) -> None:
+    """Send the start of an upload, then drop the connection."""
+    boundary = "eh-test-boundary"
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                  f"Content-Length: {1024 * 1024}\r\n\r\n"
+                  f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                  f"filename=\"a.jsonl\"\r\n\r\n").encode() + jsonl(VALID) * 100)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+
+
+async def test_an_upload_the_client_abandons_is_logged_as_499(client):
+    """In aiohttp's test server a client's going away cancels the handler."""
+    with capture_access_log() as logs:
+        await abandon_an_upload(client.host, client.port)
+        for _ in range(100):
+            if access_lines(logs):
+                break
+            await asyncio.sleep(0.05)
+    [line] = access_lines(logs)
+    assert (line["path"], line["status"]) == ("/api/v1/files/upload", 499)
+    assert line["aborted"].startswith("cancelled")
+    assert uuid.UUID(line["job_id"])
+
+
+async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server(
+        settings, start_process):
+    """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
+    That is no unhandled error, just a client gone."""
+    api = start_process("eventhorizon.py")
+    base = f"http://127.0.0.1:{settings.http_port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    await abandon_an_upload("127.0.0.1", settings.http_port)
+    uploads_logged = await asyncio.to_thread(wait_for, lambda: [
+        e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
+        what="the abandoned upload's access-log line")
+    assert [(e["status"], e["aborted"]) for e in uploads_logged] == [
+        (499, "the client closed the connection")]
+    assert uuid.UUID(uploads_logged[0]["job_id"]) and uploads_logged[0]["request_id"]
+    assert logged_events(api, "http.unhandled_error") == []
