@@ -616,14 +616,16 @@ def outbox_status_json(row: Mapping[str, Any]) -> dict[str, Any]:
             "dead": row["dead"]}
 
 
-def job_event(event_type: str, job: Job, *, environment: str) -> Event:
-    """A lifecycle event (job.queued, job.started, job.completed, job.failed) for a job row.
+def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> Event:
+    """A lifecycle event (job.queued, job.started, job.completed, job.failed, job.deleted) for
+    a job row, with `extra` context (job.deleted: deleted_by).
 
     Its id is derived from the job and the event type, so a retried step yields the same id.
     """
     context = {"job_id": str(job.job_id), "file_name": job.file_name, "status": job.status,
                "lines_total": job.lines_total, "lines_valid": job.lines_valid,
-               "lines_invalid": job.lines_invalid, "error": job.error}
+               "lines_invalid": job.lines_invalid, "error": job.error, "owner": job.owner,
+               **extra}
     return make_event(event_type, context, environment=environment,
                       event_id=uuid.uuid5(job.job_id, event_type))
 

@@ -1,7 +1,10 @@
 """The Event Horizon HTTP API.
 
-    python eventhorizon.py            serve on EH_HTTP_HOST:EH_HTTP_PORT
-    python eventhorizon.py migrate    apply sql/migrations (yoyo) and exit
+    python eventhorizon.py                                   serve on EH_HTTP_HOST:EH_HTTP_PORT
+    python eventhorizon.py migrate                           apply sql/migrations (yoyo), exit
+    python eventhorizon.py tokens create --owner NAME [--admin]   print a new API token
+    python eventhorizon.py tokens list                       id, owner, admin, created, last used
+    python eventhorizon.py tokens revoke ID                  the token stops working at once
 
 Uploads stream to S3 in parts (never whole in memory; the checks and the S3 writes are
 uploads.py's), become a `queued` job in Postgres and a RabbitMQ message; `GET /api/v1/jobs/{id}`
@@ -11,8 +14,10 @@ process. Every error is application/problem+json.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import sys
 import time
@@ -28,6 +33,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+import auth
 import core
 import uploads
 
@@ -44,17 +50,93 @@ MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
 
 def main(argv: list[str]) -> int:
+    args = command_line().parse_args(argv[1:])
     settings = core.load_settings()
     core.configure_logging(settings)
-    if argv[1:] == ["migrate"]:
+    if args.command == "migrate":
         applied = core.migrate(settings.database_url)
         log.info("migrations.applied", count=applied)
         return 0
-    if argv[1:]:
-        sys.exit("usage: python eventhorizon.py [migrate]")
+    if args.command == "tokens":
+        return tokens_command(settings, args)
+    try:
+        check_serving_settings(settings)
+    except core.ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
     web.run_app(init_app(settings), host=settings.http_host, port=settings.http_port,
                 print=None, access_log=None, shutdown_timeout=5)
     return 0
+
+
+def command_line() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python eventhorizon.py",
+                                     description="The Event Horizon HTTP API (serves by default).")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("migrate", help="apply sql/migrations and exit")
+    tokens = commands.add_parser("tokens", help="create, list or revoke API tokens")
+    actions = tokens.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print a new token (its last line of output)")
+    create.add_argument("--owner", required=True, help="whose jobs the token's uploads are")
+    create.add_argument("--admin", action="store_true", help="the token sees every job")
+    actions.add_parser("list", help="id, owner, admin, created, last used, revoked")
+    revoke = actions.add_parser("revoke", help="the token stops working at once")
+    revoke.add_argument("token_id", type=int, metavar="ID")
+    verify = actions.add_parser("verify", help="exit 0 if the token on standard input works")
+    verify.set_defaults(stdin=True)
+    return parser
+
+
+def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
+    """`tokens create|list|revoke|verify`: the token itself is printed once, by create, as
+    the last line of standard output, and appears nowhere else."""
+    if args.action == "verify":
+        return asyncio.run(verify_token(settings, sys.stdin.read().strip()))
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if args.action == "create":
+            try:
+                token = auth.create_token(conn, args.owner, admin=args.admin)
+            except auth.InvalidOwner as exc:
+                sys.exit(f"error: {exc}")
+            kind = "admin token" if args.admin else "token"
+            print(f"created {kind} for {args.owner}; keep it secret, it is not shown again:")
+            print(token)
+        elif args.action == "list":
+            print("id\towner\tadmin\tcreated\tlast used\trevoked")
+            for t in auth.list_tokens(conn):
+                print("\t".join(str(v) for v in (
+                    t.token_id, t.owner, "yes" if t.admin else "no", stamp(t.created_at),
+                    stamp(t.last_used_at), stamp(t.revoked_at))))
+        elif not auth.revoke_token(conn, args.token_id):
+            sys.exit(f"error: no live token with id {args.token_id}")
+        else:
+            print(f"revoked token {args.token_id}")
+    return 0
+
+
+async def verify_token(settings: core.Settings, token: str) -> int:
+    async with await psycopg.AsyncConnection.connect(settings.database_url,
+                                                     autocommit=True) as aconn:
+        return 0 if await auth.authenticate(aconn, token) else 1
+
+
+def stamp(value) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def check_serving_settings(settings: core.Settings) -> None:
+    """EH_AUTH=none lets anyone who can connect see and delete every job: only on loopback."""
+    if settings.auth == "none" and not is_loopback(settings.http_host):
+        raise core.ConfigError(f"EH_AUTH=none is for a laptop: EH_HTTP_HOST must be a loopback "
+                               f"address, got {settings.http_host!r}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 SETTINGS = web.AppKey("settings", core.Settings)
@@ -62,6 +144,7 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 S3 = web.AppKey("s3", object)
 PUBLISHER = web.AppKey("publisher", "Publisher")
 WATCHERS = web.AppKey("watchers", "JobWatchers")
+PRINCIPAL = web.RequestKey("principal", auth.Principal)
 
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
@@ -69,8 +152,10 @@ STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
 
 def init_app(settings: core.Settings) -> web.Application:
+    check_serving_settings(settings)
     # The access log is outermost: it logs the status problem_middleware chose for an error.
-    app = web.Application(middlewares=[access_log_middleware, problem_middleware])
+    app = web.Application(middlewares=[access_log_middleware, problem_middleware,
+                                       auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.add_routes(routes)
@@ -85,14 +170,18 @@ def init_app(settings: core.Settings) -> web.Application:
 class Problem(Exception):
     """An error answered as application/problem+json (RFC 9457)."""
 
-    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank"):
+    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
+                 headers: dict[str, str] | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
+        self.headers = headers
 
 
-def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank"):
+def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
+                     headers: dict[str, str] | None = None):
     body = {"type": type_, "title": title, "status": status, "detail": detail or title}
-    return web.json_response(body, status=status, content_type="application/problem+json")
+    return web.json_response(body, status=status, content_type="application/problem+json",
+                             headers=headers)
 
 
 @web.middleware
@@ -100,7 +189,7 @@ async def problem_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except Problem as exc:
-        return problem_response(exc.status, exc.title, exc.detail, exc.type)
+        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers)
     except uploads.UploadRefused as exc:
         return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
     except web.HTTPException as exc:
@@ -163,6 +252,58 @@ def client_gone(request: web.Request) -> bool:
 def bind_job_id(job_id: Any) -> None:
     """Name the job on every log line of this request, its `http.request` line included."""
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
+
+
+# --------------------------------------------------------------------------- access
+
+
+# The WebSocket subprotocol a browser names, with its token as the second value, because a
+# browser cannot set an Authorization header on a WebSocket (and a token in the URL would end
+# up in logs and history): new WebSocket(url, ["eventhorizon.bearer", token]).
+WS_AUTH_PROTOCOL = "eventhorizon.bearer"
+
+
+def needs_token(path: str) -> bool:
+    """The API and the WebSockets; not the page, its assets, the docs or the health checks
+    (the contract, /api/v1/openapi.json, is public too)."""
+    return (path.startswith("/api/") and path != "/api/v1/openapi.json") or path.startswith("/ws/")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Resolve the request's principal (401 without a working token), or LOCAL with EH_AUTH=none."""
+    if request.app[SETTINGS].auth == "none":
+        request[PRINCIPAL] = auth.LOCAL
+    elif needs_token(request.path):
+        token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
+        async with request.app[POOL].connection() as conn:
+            who = await auth.authenticate(conn, token)
+        if who is None:
+            raise unauthorized(presented=token is not None)
+        request[PRINCIPAL] = who
+        structlog.contextvars.bind_contextvars(owner=who.owner)
+    return await handler(request)
+
+
+def protocol_token(request: web.Request) -> str | None:
+    """The token a browser sent as the second `Sec-WebSocket-Protocol` value."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) == 2 and offered[0] == WS_AUTH_PROTOCOL:
+        return offered[1]
+    return None
+
+
+def unauthorized(*, presented: bool) -> Problem:
+    challenge = 'Bearer realm="eventhorizon"'
+    if presented:
+        challenge += ', error="invalid_token"'
+    detail = ("the token is not valid (malformed, unknown or revoked)" if presented else
+              "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)")
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def principal(request: web.Request) -> auth.Principal:
+    return request[PRINCIPAL]
 
 
 # --------------------------------------------------------------------------- resources
@@ -293,7 +434,8 @@ async def upload(request: web.Request) -> web.Response:
         await read_to_the_closing_boundary(reader)
         inspector.finish()
         await writer.close()
-        job = await create_job(request.app, job_id, file_name, inspector, key)
+        job = await create_job(request.app, job_id, file_name, inspector, key,
+                               owner=principal(request).owner)
     except BaseException:
         await asyncio.shield(writer.abort())
         raise
@@ -308,15 +450,20 @@ async def upload(request: web.Request) -> web.Response:
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
+    owner = principal(request).owner_filter
     async with request.app[POOL].connection() as conn:
-        jobs = await (await core.ajob_query(conn, "list_jobs", {"limit": limit})).fetchall()
+        jobs = await (await core.ajob_query(conn, "list_jobs", {"limit": limit,
+                                                                "owner": owner})).fetchall()
     return web.json_response({"jobs": [core.job_json(job) for job in jobs]})
 
 
 @routes.get("/api/v1/stats")
 async def stats(request: web.Request) -> web.Response:
     """Jobs by status, and how far the relay is behind: events still in the outbox, the age
-    of the oldest, and events ClickHouse refused (in outbox_dead)."""
+    of the oldest, and events ClickHouse refused (in outbox_dead). Admins only: the figures
+    cover every owner."""
+    if not principal(request).admin:
+        raise Problem(403, "Forbidden", "the service's stats are for admin tokens")
     async with request.app[POOL].connection() as conn:
         counts = await (await conn.execute(core.QUERIES["job_counts"])).fetchall()
         outbox = await (await conn.execute(core.QUERIES["outbox_status"])).fetchone()
@@ -327,8 +474,7 @@ async def stats(request: web.Request) -> web.Response:
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     job_id = job_id_param(request)
-    bind_job_id(job_id)
-    job = await fetch_job(request.app[POOL], job_id)
+    job = await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
     return web.json_response(core.job_json(job))
 
 
@@ -336,10 +482,9 @@ async def get_job(request: web.Request) -> web.Response:
 async def get_job_errors(request: web.Request) -> web.Response:
     """Invalid lines in line order, a page at a time: follow `next` until it is null."""
     job_id = job_id_param(request)
-    bind_job_id(job_id)
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
-    await fetch_job(request.app[POOL], job_id)
+    await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
     async with request.app[POOL].connection() as conn:
         rows = await (await conn.execute(core.QUERIES["list_line_errors"], {
             "job_id": job_id, "after_line": after, "limit": limit})).fetchall()
@@ -349,24 +494,56 @@ async def get_job_errors(request: web.Request) -> web.Response:
     return web.json_response({"job_id": str(job_id), "errors": rows, "next": next_url})
 
 
+@routes.delete("/api/v1/jobs/{job_id}")
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete a job and all it produced (204): its stored file, log entries, line errors and
+    the job itself at once; its events in ClickHouse soon after (the relay, see
+    delete_events_of_deleted_jobs), a `job.deleted` event staying as the audit trail. A job
+    a worker is processing right now is refused (409): delete it once it has finished."""
+    job_id = job_id_param(request)
+    who = principal(request)
+    app = request.app
+    async with app[POOL].connection() as conn, conn.transaction():
+        job = await (await core.ajob_query(conn, "lock_visible_job", {
+            "job_id": job_id, "owner": who.owner_filter})).fetchone()
+        if job is None:
+            raise job_not_found(job_id)
+        locked = await (await conn.execute(core.QUERIES["try_lock_job_in_transaction"],
+                                           {"job_id": job_id})).fetchone()
+        if not locked["locked"]:
+            raise Problem(409, "Conflict", "a worker is processing this job right now; delete "
+                                           "it once it has completed or failed")
+        await asyncio.to_thread(app[S3].delete_object, Bucket=job.bucket, Key=job.object_key)
+        await conn.execute(core.QUERIES["record_deletion"], {
+            "job_id": job_id, "owner": job.owner, "file_name": job.file_name,
+            "deleted_by": who.owner})
+        await core.ainsert_event(conn, core.job_event(
+            "job.deleted", job, environment=app[SETTINGS].environment, deleted_by=who.owner))
+        await conn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job_id})
+        await conn.execute(core.QUERIES["delete_job"], {"job_id": job_id})
+    log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
+    return web.Response(status=204)
+
+
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then at each change, and close after its final state."""
     check_origin(request)
     watchers: JobWatchers = request.app[WATCHERS]
-    ws = web.WebSocketResponse(heartbeat=30)
+    ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
     job_id = parse_job_id(request.match_info["job_id"])
     if job_id is not None:
         bind_job_id(job_id)
-    job = await fetch_job_or_none(request.app[POOL], job_id) if job_id else None
+    owner = principal(request).owner_filter
+    job = await fetch_job_or_none(request.app[POOL], job_id, owner=owner) if job_id else None
     if job is None:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
     watchers.add(job_id, ws)
     try:
         # Re-read after subscribing: a change that landed in between is not lost.
-        await watchers.send(ws, await fetch_job(request.app[POOL], job_id))
+        await watchers.send(ws, await fetch_job(request.app[POOL], job_id, owner=owner))
         async for _message in ws:
             pass  # clients have nothing to say; this just waits for the close
     finally:
@@ -385,9 +562,11 @@ def parse_job_id(raw: str) -> uuid.UUID | None:
 
 
 def job_id_param(request: web.Request) -> uuid.UUID:
+    """The job id of the path, bound to the request's log lines; 404 if it is no UUID."""
     job_id = parse_job_id(request.match_info["job_id"])
     if job_id is None:
         raise job_not_found(request.match_info["job_id"])
+    bind_job_id(job_id)
     return job_id
 
 
@@ -463,27 +642,32 @@ def malformed_multipart(exc: Exception) -> Problem:
     return Problem(400, "Bad Request", f"the body is not well-formed multipart/form-data: {exc}"[:300])
 
 
-async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID) -> core.Job | None:
+async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
+                            owner: str | None) -> core.Job | None:
+    """The job, if `owner` may see it (None: whoever owns it, for admins and the fan-out).
+    Another owner's job is as unknown as a job that never was: the same 404."""
     async with pool.connection() as conn:
-        return await (await core.ajob_query(conn, "get_job", {"job_id": job_id})).fetchone()
+        return await (await core.ajob_query(conn, "get_visible_job",
+                                            {"job_id": job_id, "owner": owner})).fetchone()
 
 
-async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> core.Job:
-    job = await fetch_job_or_none(pool, job_id)
+async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
+                    owner: str | None) -> core.Job:
+    job = await fetch_job_or_none(pool, job_id, owner=owner)
     if job is None:
         raise job_not_found(job_id)
     return job
 
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: uploads.UploadInspector, key: str) -> core.Job:
+                     inspector: uploads.UploadInspector, key: str, *, owner: str) -> core.Job:
     """The queued job row and its job.queued event, in one transaction."""
     settings = app[SETTINGS]
     async with app[POOL].connection() as conn, conn.transaction():
         job = await (await core.ajob_query(conn, "insert_job", {
             "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
             "bucket": settings.s3_bucket, "object_key": key,
-            "lines_total": inspector.lines_total, "owner": None,
+            "lines_total": inspector.lines_total, "owner": owner,
         })).fetchone()
         await core.ainsert_event(conn, core.job_event("job.queued", job,
                                                       environment=settings.environment))
@@ -668,7 +852,7 @@ class JobWatchers:
             await self.refresh(job_id)
 
     async def refresh(self, job_id: uuid.UUID) -> None:
-        job = await fetch_job_or_none(self.pool, job_id)
+        job = await fetch_job_or_none(self.pool, job_id, owner=None)  # sockets were checked
         if job is not None:
             await asyncio.gather(*(self.send(ws, job) for ws in list(self.sockets.get(job_id, ()))))
 

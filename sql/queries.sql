@@ -12,8 +12,16 @@ RETURNING *;
 -- name: get_job --
 SELECT * FROM jobs WHERE job_id = %(job_id)s;
 
+-- name: get_visible_job --
+-- owner: the requesting owner's name, or NULL for an admin (every job).
+SELECT * FROM jobs
+WHERE job_id = %(job_id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s::text);
+
 -- name: list_jobs --
-SELECT * FROM jobs ORDER BY created_at DESC, job_id LIMIT %(limit)s;
+SELECT * FROM jobs
+WHERE %(owner)s::text IS NULL OR owner = %(owner)s::text
+ORDER BY created_at DESC, job_id
+LIMIT %(limit)s;
 
 -- name: job_counts --
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
@@ -227,6 +235,27 @@ WHERE token_id = %(token_id)s AND revoked_at IS NULL;
 UPDATE api_tokens SET last_used_at = now()
 WHERE token_id = %(token_id)s
   AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
+
+-- name: lock_visible_job --
+SELECT * FROM jobs
+WHERE job_id = %(job_id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+FOR UPDATE;
+
+-- name: try_lock_job_in_transaction --
+-- The worker's lock (try_lock_job), held here until the transaction ends: a job a worker is
+-- processing cannot be deleted under it, and no worker can start on it while it is deleted.
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(job_id)s::text, 0)) AS locked;
+
+-- name: record_deletion --
+INSERT INTO job_deletions (job_id, owner, file_name, deleted_by)
+VALUES (%(job_id)s, %(owner)s, %(file_name)s, %(deleted_by)s);
+
+-- name: delete_job --
+-- Its log entries and line errors go with it (ON DELETE CASCADE).
+DELETE FROM jobs WHERE job_id = %(job_id)s;
+
+-- name: delete_dead_events_of_job --
+DELETE FROM outbox_dead WHERE event_context->>'job_id' = %(job_id)s::text;
 
 -- name: job_deleted --
 SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The tests run on the development default credentials (production refuses them).
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 
+import auth  # noqa: E402
 import core  # noqa: E402
 
 ADMIN_DSN = core.Settings.from_env().test_admin_dsn
@@ -206,6 +207,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- access
+
+
+@pytest.fixture
+def make_token(database_url):
+    """Create an API token in this test's database: make_token("alice"), or an admin's."""
+
+    def make(owner: str = "tester", *, admin: bool = False) -> str:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            return auth.create_token(conn, owner, admin=admin)
+
+    return make
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # --------------------------------------------------------------------------- processes

@@ -6,16 +6,20 @@ import asyncio
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 import uuid
 
 import aiohttp
 import pika
+import psycopg
 import pytest
 import structlog
 
+import auth
 import core
 import eventhorizon
-from conftest import logged_events, wait_for
+from conftest import bearer, logged_events, wait_for
 
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
@@ -26,9 +30,16 @@ def jsonl(*objs) -> bytes:
 
 
 @pytest.fixture
-async def client(settings, aiohttp_client):
+async def client(settings, aiohttp_client, make_token):
+    """The API, as owner "tester" (whose token every request carries)."""
     # `settings` comes first so the app is torn down before its database is dropped.
-    return await aiohttp_client(eventhorizon.init_app(settings))
+    return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
+
+
+@pytest.fixture
+async def admin_client(settings, aiohttp_client, make_token):
+    return await aiohttp_client(eventhorizon.init_app(settings),
+                                headers=bearer(make_token("root", admin=True)))
 
 
 async def upload(client, content: bytes, name: str = "app.jsonl"):
@@ -220,9 +231,9 @@ async def test_uploads_work_right_after_postgres_dropped_the_pools_connections(c
         assert response.status == 202, await response.text()
 
 
-async def test_oversize_upload_is_refused_with_413(settings, db, aiohttp_client):
+async def test_oversize_upload_is_refused_with_413(settings, db, aiohttp_client, make_token):
     small = dataclasses.replace(settings, max_upload_bytes=10 * 1024 * 1024)
-    client = await aiohttp_client(eventhorizon.init_app(small))
+    client = await aiohttp_client(eventhorizon.init_app(small), headers=bearer(make_token()))
     content = jsonl(VALID) * (12 * 1024 * 1024 // len(jsonl(VALID)))
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(content), filename="big.jsonl")
@@ -234,9 +245,9 @@ async def test_oversize_upload_is_refused_with_413(settings, db, aiohttp_client)
     assert stored_keys(settings) == []  # the multipart upload was aborted
 
 
-async def test_oversize_is_refused_from_content_length_before_reading(settings, aiohttp_client):
+async def test_oversize_is_refused_from_content_length_before_reading(settings, aiohttp_client, make_token):
     small = dataclasses.replace(settings, max_upload_bytes=100)
-    client = await aiohttp_client(eventhorizon.init_app(small))
+    client = await aiohttp_client(eventhorizon.init_app(small), headers=bearer(make_token()))
     await assert_problem(await upload(client, jsonl(VALID) * 10), 413)
 
 
@@ -255,9 +266,9 @@ async def test_missing_file_field_and_non_multipart(client, db):
     ("s3_endpoint_url", "http://127.0.0.1:1", "storage"),
 ])
 async def test_upload_while_broker_or_storage_is_down_is_503_and_leaves_nothing(
-        settings, db, aiohttp_client, setting, closed_port_url, detail):
+        settings, db, aiohttp_client, make_token, setting, closed_port_url, detail):
     broken = dataclasses.replace(settings, **{setting: closed_port_url})
-    client = await aiohttp_client(eventhorizon.init_app(broken))
+    client = await aiohttp_client(eventhorizon.init_app(broken), headers=bearer(make_token()))
     body = await assert_problem(await upload(client, jsonl(VALID)), 503)
     assert detail in body["detail"]
     assert job_count(db) == 0
@@ -306,7 +317,7 @@ async def test_websocket_refuses_other_origins(client):
     assert info.value.status == 403
 
 
-async def test_health_and_readiness(settings, client, aiohttp_client):
+async def test_health_and_readiness(settings, client, aiohttp_client, make_token):
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
@@ -314,7 +325,7 @@ async def test_health_and_readiness(settings, client, aiohttp_client):
 
     broken = dataclasses.replace(settings, amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
                                  s3_bucket="no-such-bucket-here")
-    broken_client = await aiohttp_client(eventhorizon.init_app(broken))
+    broken_client = await aiohttp_client(eventhorizon.init_app(broken), headers=bearer(make_token()))
     response = await broken_client.get("/readyz")
     assert response.status == 503
     checks = (await response.json())["checks"]
@@ -428,7 +439,8 @@ async def test_websocket_updates_survive_a_lost_listen_connection(client, db, st
     assert states[-1]["lines_valid"] == 400
 
 
-async def test_stats_count_jobs_and_the_outbox_backlog(client):
+async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
+    client = admin_client
     empty = await (await client.get("/api/v1/stats")).json()
     assert empty == {"jobs": {"queued": 0, "processing": 0, "completed": 0, "failed": 0},
                      "outbox": {"backlog": 0, "oldest_age_s": 0, "dead": 0}}
@@ -438,9 +450,10 @@ async def test_stats_count_jobs_and_the_outbox_backlog(client):
     assert stats["outbox"]["backlog"] == 1  # the job.queued event, until the relay moves it
 
 
-async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client):
+async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client,
+                                                                       make_token):
     broken = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
-    client = await aiohttp_client(eventhorizon.init_app(broken))
+    client = await aiohttp_client(eventhorizon.init_app(broken), headers=bearer(make_token()))
     body = await assert_problem(await upload(client, jsonl(VALID)), 503)
     assert "database" in body["detail"]
     assert stored_keys(settings) == []  # the stored object was removed again
@@ -489,11 +502,12 @@ async def test_every_request_has_one_access_log_line_with_its_status_and_ids(cli
     assert queued[0]["request_id"] == lines[3]["request_id"]  # the request's other lines too
 
 
-async def abandon_an_upload(host: str, port: int) -> None:
+async def abandon_an_upload(host: str, port: int, token: str) -> None:
     """Send the start of an upload, then drop the connection."""
     boundary = "eh-test-boundary"
     reader, writer = await asyncio.open_connection(host, port)
     writer.write((f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Authorization: Bearer {token}\r\n"
                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
                   f"Content-Length: {1024 * 1024}\r\n\r\n"
                   f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
@@ -503,10 +517,10 @@ async def abandon_an_upload(host: str, port: int) -> None:
     writer.transport.abort()
 
 
-async def test_an_upload_the_client_abandons_is_logged_as_499(client):
+async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token):
     """In aiohttp's test server a client's going away cancels the handler."""
     with capture_access_log() as logs:
-        await abandon_an_upload(client.host, client.port)
+        await abandon_an_upload(client.host, client.port, make_token())
         for _ in range(100):
             if access_lines(logs):
                 break
@@ -518,7 +532,7 @@ async def test_an_upload_the_client_abandons_is_logged_as_499(client):
 
 
 async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server(
-        settings, start_process):
+        settings, start_process, make_token):
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
     api = start_process("eventhorizon.py")
@@ -531,7 +545,7 @@ async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server
                         break
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.1)
-    await abandon_an_upload("127.0.0.1", settings.http_port)
+    await abandon_an_upload("127.0.0.1", settings.http_port, make_token())
     uploads_logged = await asyncio.to_thread(wait_for, lambda: [
         e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
         what="the abandoned upload's access-log line")
@@ -539,3 +553,171 @@ async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server
         (499, "the client closed the connection")]
     assert uuid.UUID(uploads_logged[0]["job_id"]) and uploads_logged[0]["request_id"]
     assert logged_events(api, "http.unhandled_error") == []
+
+
+# --------------------------------------------------------------------------- access
+
+
+SECRET_LINE = {**VALID, "level": "loud", "context": {"card": "4111111111111111",
+                                                     "password": "hunter2"}}
+
+
+@pytest.fixture
+async def two_owners(settings, aiohttp_client, make_token):
+    """Alice's and Bob's clients, and an admin's, on one API."""
+    app = eventhorizon.init_app(settings)
+    alice = await aiohttp_client(app, headers=bearer(make_token("alice")))
+    server = alice.server
+    bob = aiohttp.ClientSession(base_url=server.make_url("/"),
+                                headers=bearer(make_token("bob")))
+    root = aiohttp.ClientSession(base_url=server.make_url("/"),
+                                 headers=bearer(make_token("root", admin=True)))
+    yield alice, bob, root
+    await bob.close()
+    await root.close()
+
+
+async def test_another_owners_job_is_invisible(two_owners):
+    """Alice's invalid line echoes its values in its reason: Bob must never see it."""
+    alice, bob, root = two_owners
+    job = await (await upload(alice, jsonl(SECRET_LINE))).json()
+    job_id = job["job_id"]
+    assert job["job_id"] in [j["job_id"] for j in (await (await alice.get("/api/v1/jobs")).json())["jobs"]]
+
+    for path in (f"/api/v1/jobs/{job_id}", f"/api/v1/jobs/{job_id}/errors"):
+        async with bob.get(path) as response:
+            body = await assert_problem(response, 404)
+            assert body["detail"] == f"no job with id {job_id}"  # as for a job that never was
+    async with bob.get("/api/v1/jobs") as response:
+        assert (await response.json())["jobs"] == []
+    async with bob.ws_connect(f"/ws/jobs/{job_id}") as ws:
+        assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == eventhorizon.WS_NOT_FOUND
+    async with bob.delete(f"/api/v1/jobs/{job_id}") as response:
+        await assert_problem(response, 404)
+
+    async with root.get(f"/api/v1/jobs/{job_id}") as response:  # an admin sees every job
+        assert response.status == 200
+    async with root.get("/api/v1/jobs") as response:
+        assert [j["job_id"] for j in (await response.json())["jobs"]] == [job_id]
+
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Basic YWxpY2U6aHVudGVyMg==", "Bearer eh_1_short", "Bearer not-a-token",
+    "Bearer eh_999_" + "A" * 43,
+])
+async def test_requests_without_a_working_token_are_401(settings, aiohttp_client, authorization):
+    client = await aiohttp_client(eventhorizon.init_app(settings))
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path in [("GET", "/api/v1/jobs"), ("GET", f"/api/v1/jobs/{uuid.uuid4()}"),
+                         ("GET", "/api/v1/stats"), ("POST", "/api/v1/files/upload"),
+                         ("DELETE", f"/api/v1/jobs/{uuid.uuid4()}"), ("GET", "/ws/jobs/x")]:
+        async with client.request(method, path, headers=headers) as response:
+            body = await assert_problem(response, 401)
+            assert response.headers["WWW-Authenticate"].startswith('Bearer realm="eventhorizon"')
+            assert "eh_" not in body["detail"] or "tokens create" in body["detail"]
+    for path in ("/healthz", "/api/v1/openapi.json", "/", "/docs"):  # public
+        assert (await client.get(path, headers=headers)).status == 200
+
+
+async def test_a_revoked_token_stops_working_at_once(client, db):
+    assert (await client.get("/api/v1/jobs")).status == 200
+    db.execute("UPDATE api_tokens SET revoked_at = now()")
+    async with client.get("/api/v1/jobs") as response:
+        await assert_problem(response, 401)
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+async def test_a_browser_websocket_sends_its_token_as_a_subprotocol(settings, aiohttp_client,
+                                                                    make_token):
+    """A browser cannot set headers on a WebSocket: the page offers the token as the second
+    subprotocol, and the server picks the first. The token never goes in the URL."""
+    plain = await aiohttp_client(eventhorizon.init_app(settings))
+    token = make_token()
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(jsonl(VALID)), filename="a.jsonl")
+    job = await (await plain.post("/api/v1/files/upload", data=form,
+                                  headers=bearer(token))).json()
+    async with plain.ws_connect(f"/ws/jobs/{job['job_id']}",
+                                protocols=("eventhorizon.bearer", token)) as ws:
+        assert ws.protocol == "eventhorizon.bearer"
+        assert (await ws.receive_json(timeout=5))["job_id"] == job["job_id"]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await plain.ws_connect(f"/ws/jobs/{job['job_id']}",
+                               protocols=("eventhorizon.bearer", token[:-1] + "x"))
+    assert refused.value.status == 401
+
+
+async def test_stats_are_for_admins(client, admin_client):
+    async with client.get("/api/v1/stats") as response:
+        await assert_problem(response, 403)
+    assert (await admin_client.get("/api/v1/stats")).status == 200
+
+
+async def test_deleting_a_job_removes_its_file_rows_and_errors(client, settings, db):
+    job = await (await upload(client, jsonl(VALID, SECRET_LINE))).json()
+    job_id = job["job_id"]
+    db.execute("INSERT INTO line_errors VALUES (%s, 2, 'echoing hunter2')", (job_id,))
+    async with client.delete(f"/api/v1/jobs/{job_id}") as response:
+        assert response.status == 204
+    assert stored_keys(settings) == []
+    assert job_count(db) == 0
+    assert db.execute("SELECT count(*) AS n FROM line_errors").fetchone()["n"] == 0
+    deletion = db.execute("SELECT * FROM job_deletions").fetchone()
+    assert (str(deletion["job_id"]), deletion["deleted_by"]) == (job_id, "tester")
+    audit = db.execute("SELECT event_context FROM outbox WHERE event_type = 'job.deleted'"
+                       ).fetchone()["event_context"]
+    assert (audit["job_id"], audit["deleted_by"]) == (job_id, "tester")
+    async with client.delete(f"/api/v1/jobs/{job_id}") as response:  # once
+        await assert_problem(response, 404)
+    async with client.get(f"/api/v1/jobs/{job_id}") as response:
+        await assert_problem(response, 404)
+
+
+async def test_a_job_a_worker_is_processing_cannot_be_deleted(client, settings, db):
+    job_id = (await (await upload(client, jsonl(VALID))).json())["job_id"]
+    with psycopg.connect(settings.database_url, autocommit=True) as worker_conn:
+        worker_conn.execute(core.QUERIES["try_lock_job"], {"job_id": job_id})  # "a worker"
+        async with client.delete(f"/api/v1/jobs/{job_id}") as response:
+            body = await assert_problem(response, 409)
+            assert "processing" in body["detail"]
+    assert job_count(db) == 1 and stored_keys(settings) == [f"uploads/{job_id}.jsonl"]
+    async with client.delete(f"/api/v1/jobs/{job_id}") as response:  # the worker let go
+        assert response.status == 204
+
+
+async def test_auth_none_is_single_user_and_loopback_only(settings, aiohttp_client, db):
+    local = dataclasses.replace(settings, auth="none")
+    client = await aiohttp_client(eventhorizon.init_app(local))
+    job = await (await upload(client, jsonl(VALID))).json()
+    assert (await client.get(f"/api/v1/jobs/{job['job_id']}")).status == 200
+    assert (await client.get("/api/v1/stats")).status == 200
+    assert db.execute("SELECT owner FROM jobs").fetchone()["owner"] == "local"
+    for host in ("0.0.0.0", "192.168.1.5", "example.com", "::"):
+        with pytest.raises(core.ConfigError, match="EH_AUTH=none is for a laptop"):
+            eventhorizon.init_app(dataclasses.replace(local, http_host=host))
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        eventhorizon.init_app(dataclasses.replace(local, http_host=host))
+
+
+def test_the_tokens_command_prints_a_token_once(settings):
+    env = settings.to_env() | {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "json"}
+
+    def tokens(*args, stdin=None):
+        return subprocess.run([sys.executable, str(core.ROOT / "eventhorizon.py"), "tokens", *args],
+                              env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+    created = tokens("create", "--owner", "ci-bot", "--admin")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert auth.TOKEN_PATTERN.fullmatch(token)
+    assert token not in created.stderr and created.stdout.count(token) == 1
+    assert tokens("verify", stdin=token).returncode == 0
+    listed = tokens("list")
+    assert "ci-bot" in listed.stdout and token.split("_", 2)[2] not in listed.stdout
+    token_id = token.split("_")[1]
+    assert tokens("revoke", token_id).returncode == 0
+    assert tokens("verify", stdin=token).returncode == 1
+    assert tokens("revoke", token_id).returncode == 1  # not twice
+    bad = tokens("create", "--owner", "no spaces")
+    assert bad.returncode == 1 and "owner must be" in bad.stderr

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import delete_queues, logged_events, wait_for
+from conftest import bearer, delete_queues, logged_events, wait_for
 from test_worker import (VALID, assert_exactly_once, enqueue_job, job_message, job_row, jsonl,
                          publish)
 
@@ -108,13 +108,14 @@ def test_relay_survives_its_postgres_connections_being_terminated(settings, db, 
     assert set(delivered) == set(published)
 
 
-async def test_api_publisher_reconnects_after_the_broker_drops_it(settings, aiohttp_client):
+async def test_api_publisher_reconnects_after_the_broker_drops_it(settings, aiohttp_client,
+                                                                  make_token):
     import os
 
     import eventhorizon
     from test_api import VALID as API_VALID, jsonl as api_jsonl, queued_messages, upload
 
-    client = await aiohttp_client(eventhorizon.init_app(settings))
+    client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     assert (await upload(client, api_jsonl(API_VALID))).status == 202
     closed = await asyncio.to_thread(close_rabbitmq_connections,
                                      f"eventhorizon-api pid {os.getpid()}")
@@ -167,7 +168,7 @@ def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, star
 
 
 async def test_an_accepted_upload_whose_message_is_lost_is_still_processed(
-        settings, db, aiohttp_client, start_process):
+        settings, db, aiohttp_client, make_token, start_process):
     """The API publishes into a queue no worker reads (as good as lost: the broker took it
     and the worker will never see it). The job was committed before the publish, so the
     worker's reconciler finds it queued and re-publishes it where the workers listen."""
@@ -178,7 +179,7 @@ async def test_an_accepted_upload_whose_message_is_lost_is_still_processed(
 
     elsewhere = dataclasses.replace(settings, queue=f"{settings.queue}.elsewhere")
     try:
-        client = await aiohttp_client(eventhorizon.init_app(elsewhere))
+        client = await aiohttp_client(eventhorizon.init_app(elsewhere), headers=bearer(make_token()))
         response = await upload(client, jsonl(VALID, VALID, VALID))
         assert response.status == 202, await response.text()
         job_id = (await response.json())["job_id"]

@@ -3,6 +3,7 @@ registers, and the running app answers as it says (schemathesis fuzzing every op
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import io
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 import core
 import eventhorizon
-from conftest import wait_for
+from conftest import bearer, wait_for
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -91,9 +92,9 @@ def test_document_names_exactly_the_registered_routes(settings):
     assert documented - registered == set(), "routes in static/openapi.json the app does not have"
 
 
-async def test_documented_shapes_match_real_jobs(settings, aiohttp_client):
+async def test_documented_shapes_match_real_jobs(settings, aiohttp_client, make_token):
     # The fuzzer rarely manages a valid upload, so the job shapes are checked on a real one.
-    client = await aiohttp_client(eventhorizon.init_app(settings))
+    client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     form = aiohttp.FormData()
     content = json.dumps(VALID).encode() + b"\nnot json\n"
     form.add_field("file", io.BytesIO(content), filename="app.jsonl",
@@ -112,7 +113,8 @@ async def test_documented_shapes_match_real_jobs(settings, aiohttp_client):
 
     listed = await (await client.get("/api/v1/jobs")).json()
     assert listed["jobs"] == [job]
-    validator("Stats").validate(await (await client.get("/api/v1/stats")).json())
+    stats = await client.get("/api/v1/stats", headers=bearer(make_token("root", admin=True)))
+    validator("Stats").validate(await stats.json())
     errors = await (await client.get(f"/api/v1/jobs/{job['job_id']}/errors?limit=1")).json()
     validator("LineErrorPage").validate(errors)
 
@@ -121,9 +123,9 @@ async def test_documented_shapes_match_real_jobs(settings, aiohttp_client):
     b'--b\r\nContent-Disposition: form-data; name="\x0c\xc2\xba"\r\n\r\n{}\r\n--b--\r\n',
     b"--x\r\nnot a multipart body",
 ])
-async def test_malformed_multipart_is_400(settings, aiohttp_client, body):
+async def test_malformed_multipart_is_400(settings, aiohttp_client, make_token, body):
     # Found by the fuzzer: aiohttp's multipart parser raised and the API answered 500.
-    client = await aiohttp_client(eventhorizon.init_app(settings))
+    client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     response = await client.post("/api/v1/files/upload", data=body,
                                  headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert response.status == 400, await response.text()
@@ -181,11 +183,15 @@ def api_url(settings, start_process):
     return url
 
 
-def test_fuzz_every_operation(api_url):
+def test_fuzz_every_operation(api_url, make_token):
     """Generated requests, valid and invalid, to every operation: no 5xx, and every answer is
-    one the document allows (status code, content type, headers, body schema)."""
+    one the document allows (status code, content type, headers, body schema). The session
+    carries an admin token, so requests get past authentication unless a case sends its own."""
     schema = schemathesis.openapi.from_url(f"{api_url}/api/v1/openapi.json", timeout=10)
     session = requests.Session()
+    session.headers.update(bearer(make_token("fuzzer", admin=True)))
+    statuses = collections.Counter()
+    session.hooks["response"].append(lambda r, *args, **kwargs: statuses.update([r.status_code]))
     failures, counts = {}, {}
     started = time.monotonic()
     for result in schema.get_all_operations():
@@ -229,6 +235,8 @@ def test_fuzz_every_operation(api_url):
         failures["POST /api/v1/files/upload (.jsonl)"] = f"{type(exc).__name__}: {exc}"
     session.close()
     print(f"fuzzed {sum(counts.values())} requests in {time.monotonic() - started:.1f}s: {counts}")
+    print(f"statuses: {dict(sorted(statuses.items()))}")
+    assert statuses[202] and statuses[200] and statuses[404]  # past the token, into the API
     # schemathesis leaves out the operation serving the schema it was loaded from.
     fuzzed = {f"{m} {p}" for m, p in documented_routes()} - {"GET /api/v1/openapi.json"}
     assert set(counts) - {"POST /api/v1/files/upload (.jsonl)"} == fuzzed

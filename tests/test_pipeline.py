@@ -15,15 +15,17 @@ import pytest
 import core
 import eventhorizon
 import relay
-from conftest import ROOT
+from conftest import ROOT, bearer
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
 
 
 @pytest.fixture
-async def client(settings, aiohttp_client):
-    return await aiohttp_client(eventhorizon.init_app(settings))
+async def client(settings, aiohttp_client, make_token):
+    """An admin's client: it reads /api/v1/stats."""
+    return await aiohttp_client(eventhorizon.init_app(settings),
+                                headers=bearer(make_token("root", admin=True)))
 
 
 async def wait_until(check, timeout: float = 60.0):
@@ -88,3 +90,58 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
     assert int(context["context"]["http"]["status"]) == http["status"]
     assert float(context["context"]["http"]["duration_ms"]) == http["duration_ms"]
     assert context["context"]["extra"]["request_id"] == first_line["request_id"]
+
+
+async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings, start_process,
+                                                               db, make_token):
+    """DELETE takes the job's rows and file at once, and the relay its events from event_log,
+    even though they were still on their way when the job was deleted; another owner's job
+    stays whole, and the job.deleted event stays as the audit trail."""
+    alice = bearer(make_token("alice"))
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="sample.jsonl")
+    doomed = await (await client.post("/api/v1/files/upload", data=form, headers=alice)).json()
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="kept.jsonl")
+    kept = await (await client.post("/api/v1/files/upload", data=form)).json()
+    worker = start_process("worker.py")
+
+    async def both_completed():
+        states = [await (await client.get(f"/api/v1/jobs/{j['job_id']}")).json()
+                  for j in (doomed, kept)]
+        return all(s["status"] == "completed" for s in states)
+
+    await wait_until(both_completed)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    # The relay has not run: every event of the job is still in the outbox.
+    response = await client.delete(f"/api/v1/jobs/{doomed['job_id']}", headers=alice)
+    assert response.status == 204, await response.text()
+    assert (await client.get(f"/api/v1/jobs/{doomed['job_id']}")).status == 404
+    for table in ("log_entries", "line_errors"):
+        assert db.execute(f"SELECT count(*) AS n FROM {table} WHERE job_id = %s",
+                          (doomed["job_id"],)).fetchone()["n"] == 0
+    s3 = core.s3_client(settings)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
+    assert keys == [f"uploads/{kept['job_id']}.jsonl"]
+
+    relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
+    await wait_until(lambda: asyncio.to_thread(lambda: db.execute(
+        "SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]))
+    relay_proc.send_signal(signal.SIGTERM)
+    assert relay_proc.wait(timeout=10) == 0
+
+    ch = relay.connect_clickhouse(settings.clickhouse_url)
+    try:
+        def events_of(job):
+            return sorted(r[0] for r in ch.query(
+                "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
+                parameters={"j": job["job_id"]}).result_rows)
+
+        assert events_of(doomed) == ["job.deleted"]
+        deleted = ch.query("SELECT event_context FROM event_log WHERE event_type = 'job.deleted'"
+                           ).result_rows[0][0]
+        assert (deleted["deleted_by"], deleted["owner"]) == ("alice", "alice")
+        assert len(events_of(kept)) == SAMPLE_VALID + 3
+    finally:
+        ch.close()
