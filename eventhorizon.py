@@ -155,7 +155,7 @@ def init_app(settings: core.Settings) -> web.Application:
     check_serving_settings(settings)
     # The access log is outermost: it logs the status problem_middleware chose for an error.
     app = web.Application(middlewares=[access_log_middleware, problem_middleware,
-                                       auth_middleware])
+                                       guard_middleware, auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.add_routes(routes)
@@ -255,6 +255,42 @@ def bind_job_id(job_id: Any) -> None:
 
 
 # --------------------------------------------------------------------------- access
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler):
+    """Refuse a Host this API does not answer to (a DNS-rebinding page names its own) and, on
+    what a browser may send cross-site (every method but GET and HEAD, and WebSocket
+    upgrades), an Origin that is not exactly this site: http(s), this host and port."""
+    settings = request.app[SETTINGS]
+    if not host_allowed(request, settings.allowed_host_names):
+        raise Problem(400, "Bad Request", "this server does not answer to that Host name "
+                                          "(EH_ALLOWED_HOSTS)")
+    if request.method not in ("GET", "HEAD") or request.headers.get("Upgrade"):
+        check_origin(request)
+    return await handler(request)
+
+
+def host_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
+    if "*" in allowed:
+        return True
+    try:
+        host = request.url.host
+    except ValueError:
+        return False
+    return host is not None and host.lower() in allowed
+
+
+def check_origin(request: web.Request) -> None:
+    """Browsers send Origin on cross-site requests and WebSocket upgrades; programs such as
+    curl do not, and are let through (they carry a token instead)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or netloc.lower() != request.host.lower():
+        raise Problem(403, "Forbidden", "requests from another site's pages are not allowed")
+
 
 
 # The WebSocket subprotocol a browser names, with its token as the second value, because a
@@ -390,11 +426,21 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         *(asyncio.wait_for(c, timeout=3) for c in checks.values()), return_exceptions=True
     )
-    report = {name: ("ok" if not isinstance(r, BaseException) else f"unavailable: {r!r}"[:300])
-              for name, r in zip(checks, results)}
+    report = {name: readiness(name, result) for name, result in zip(checks, results)}
     ready = all(v == "ok" for v in report.values())
     return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
                              status=200 if ready else 503)
+
+
+def readiness(name: str, result) -> str:
+    """A check's result in plain words: anyone may ask /readyz, so the reason (endpoints,
+    exception text) goes to the log only."""
+    if not isinstance(result, BaseException):
+        return "ok"
+    log.warning("readiness.check_failed", check=name, error=repr(result)[:300])
+    if isinstance(result, (TimeoutError, asyncio.TimeoutError)):
+        return "unavailable: no answer within 3 s"
+    return "unavailable: unreachable or refusing"
 
 
 async def check_postgres(pool: AsyncConnectionPool) -> None:
@@ -528,7 +574,6 @@ async def delete_job(request: web.Request) -> web.Response:
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then at each change, and close after its final state."""
-    check_origin(request)
     watchers: JobWatchers = request.app[WATCHERS]
     ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
@@ -585,13 +630,6 @@ def int_param(request: web.Request, name: str, *, default: int, low: int, high: 
 
 def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
-
-
-def check_origin(request: web.Request) -> None:
-    """Browsers send Origin on WebSocket upgrades; refuse pages from other sites."""
-    origin = request.headers.get("Origin")
-    if origin and origin.split("://", 1)[-1] != request.host:
-        raise Problem(403, "Forbidden", "cross-origin WebSocket connections are not allowed")
 
 
 def is_plain_text(name: str) -> bool:

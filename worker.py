@@ -262,6 +262,16 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
     return OUTCOME_OF_RUN[result]
 
 
+def in_plain_words(exc: BaseException) -> str:
+    """Why an attempt failed, for the job's owner: no endpoints, hosts or exception text
+    (those are in the worker's log, next to the job id)."""
+    if isinstance(exc, psycopg.Error):
+        return "the database was unreachable" if core.is_outage(exc) else "a database error"
+    if core.is_outage(exc):
+        return "the file storage was unreachable"
+    return "an unexpected error in the worker"
+
+
 def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception, *,
                          give_back: bool) -> None:
     """Best effort: show why the last attempt failed on the job while it waits for a retry,
@@ -269,7 +279,7 @@ def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Except
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(core.QUERIES["record_attempt_error"], {
-                "job_id": job_id, "error": f"attempt failed, will retry: {exc}"[:lines.MAX_REASON_CHARS]})
+                "job_id": job_id, "error": f"attempt failed, will retry: {in_plain_words(exc)}"})
             if give_back:
                 conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
     except psycopg.Error:
@@ -426,9 +436,8 @@ def open_object(s3, job: core.Job):
             # the worker stopped before it could mark the job completed. Nothing is left.
             return io.BytesIO(b"")
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            raise JobFailed(
-                f"the uploaded file is missing from storage (s3://{job.bucket}/{job.object_key})"
-            ) from exc
+            log.error("job.object_missing", bucket=job.bucket, key=job.object_key, code=code)
+            raise JobFailed("the uploaded file is missing from storage") from exc
         raise
 
 

@@ -331,6 +331,8 @@ async def test_health_and_readiness(settings, client, aiohttp_client, make_token
     checks = (await response.json())["checks"]
     assert checks["postgres"] == "ok"
     assert checks["rabbitmq"].startswith("unavailable") and checks["s3"].startswith("unavailable")
+    text = await response.text()  # anyone may read /readyz: no endpoints, no exception text
+    assert "127.0.0.1" not in text and "no-such-bucket" not in text and "Error" not in text
 
 
 # --------------------------------------------------------------------------- end to end
@@ -721,3 +723,54 @@ def test_the_tokens_command_prints_a_token_once(settings):
     assert tokens("revoke", token_id).returncode == 1  # not twice
     bad = tokens("create", "--owner", "no spaces")
     assert bad.returncode == 1 and "owner must be" in bad.stderr
+
+
+# --------------------------------------------------------------------------- hosts and origins
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io",
+                                  "localhost.evil.example", "[::2]:80"])
+async def test_a_host_the_api_does_not_answer_to_is_400(client, host):
+    """A DNS-rebinding page reaches the API under its own host name."""
+    for method, path in (("GET", "/healthz"), ("GET", "/api/v1/jobs"), ("GET", "/")):
+        async with client.request(method, path, headers={"Host": host}) as response:
+            body = await assert_problem(response, 400)
+            assert "Host" in body["detail"]
+
+
+async def test_the_allowed_hosts_are_answered(settings, aiohttp_client, make_token):
+    client = await aiohttp_client(eventhorizon.init_app(settings))
+    for host in (f"localhost:{client.port}", "127.0.0.1", "LOCALHOST", f"[::1]:{client.port}"):
+        assert (await client.get("/healthz", headers={"Host": host})).status == 200, host
+    anywhere = dataclasses.replace(settings, allowed_hosts="*")
+    client = await aiohttp_client(eventhorizon.init_app(anywhere))
+    assert (await client.get("/healthz", headers={"Host": "evil.example"})).status == 200
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "file://", "127.0.0.1:{port}",
+                                    "ftp://127.0.0.1:{port}", "http://127.0.0.1:{other}",
+                                    "http://127.0.0.1:{port}.evil.example",
+                                    "chrome-extension://127.0.0.1:{port}"])
+async def test_another_sites_page_cannot_upload_delete_or_watch(client, origin):
+    origin = origin.format(port=client.port, other=client.port + 1)
+    headers = {"Origin": origin}
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(jsonl(VALID)), filename="a.jsonl")
+    async with client.post("/api/v1/files/upload", data=form, headers=headers) as response:
+        await assert_problem(response, 403)
+    async with client.delete(f"/api/v1/jobs/{uuid.uuid4()}", headers=headers) as response:
+        await assert_problem(response, 403)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(f"/ws/jobs/{uuid.uuid4()}", headers=headers)
+    assert refused.value.status == 403
+
+
+async def test_the_pages_own_origin_is_welcome(client):
+    headers = {"Origin": f"http://127.0.0.1:{client.port}"}
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(jsonl(VALID)), filename="a.jsonl")
+    async with client.post("/api/v1/files/upload", data=form, headers=headers) as response:
+        assert response.status == 202
+        job_id = (await response.json())["job_id"]
+    async with client.ws_connect(f"/ws/jobs/{job_id}", headers=headers) as ws:
+        assert (await ws.receive_json(timeout=5))["job_id"] == job_id

@@ -134,6 +134,8 @@ def test_worker_retries_a_job_while_storage_is_unreachable(settings, db, start_p
     assert all(entry["counted"] is False for entry in failed)
     job = job_row(db, job_id)
     assert job["status"] == "processing" and job["error"].startswith("attempt failed")
+    # In plain words: the endpoint and the exception text are in the worker's log only.
+    assert job["error"] == "attempt failed, will retry: the file storage was unreachable"
     assert job["attempts"] == 0
     blind.send_signal(signal.SIGTERM)
     assert blind.wait(timeout=10) == 0
