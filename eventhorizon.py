@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import ipaddress
+import logging
 import json
 import sys
 import time
@@ -153,6 +154,10 @@ STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
 def init_app(settings: core.Settings) -> web.Application:
     check_serving_settings(settings)
+    server_log = logging.getLogger("aiohttp.server")
+    if MALFORMED_REQUESTS not in server_log.filters:
+        server_log.addFilter(MALFORMED_REQUESTS)
+        server_log.setLevel(logging.DEBUG)  # it logs some malformed requests at DEBUG
     # The access log is outermost: it logs the status problem_middleware chose for an error.
     app = web.Application(middlewares=[access_log_middleware, problem_middleware,
                                        guard_middleware, auth_middleware])
@@ -252,6 +257,23 @@ def client_gone(request: web.Request) -> bool:
 def bind_job_id(job_id: Any) -> None:
     """Name the job on every log line of this request, its `http.request` line included."""
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp logs a request it cannot parse as an error with a traceback whose messages
+    quote the request's bytes (or, for a bad first line, at DEBUG, so not at all): anyone can
+    send those, as often as they like. One short line says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.warning("http.malformed_request", error=type(exc).__name__,
+                        status=getattr(exc, "code", 400))
+            return False
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+
+MALFORMED_REQUESTS = MalformedRequestLog()
 
 
 # --------------------------------------------------------------------------- access

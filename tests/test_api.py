@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -774,3 +775,22 @@ async def test_the_pages_own_origin_is_welcome(client):
         job_id = (await response.json())["job_id"]
     async with client.ws_connect(f"/ws/jobs/{job_id}", headers=headers) as ws:
         assert (await ws.receive_json(timeout=5))["job_id"] == job_id
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE-hunter2\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad hunter2\x00: x\r\n\r\n",
+    b"GET /hunter2" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+])
+def test_a_malformed_request_is_one_short_log_line(settings, start_process, request_bytes):
+    """Not a traceback quoting the request: anyone can send these, as often as they like."""
+    api = start_process("eventhorizon.py")
+    wait_for(lambda: logged_events(api, "listener.connected"), what="the API to start")
+    with socket.create_connection(("127.0.0.1", settings.http_port), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        assert sock.recv(100).startswith(b"HTTP/1.0 400 ")
+    [line] = wait_for(lambda: logged_events(api, "http.malformed_request"),
+                      what="the malformed request's log line")
+    assert line["level"] == "warning" and line["error"]
+    text = api.log_path.read_text()
+    assert "hunter2" not in text and "Traceback" not in text
