@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-gib", type=float, metavar="G",
                         help="generate a file of about G GiB instead of --lines lines")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the API's base URL")
+    parser.add_argument("--token", default=None,
+                        help="API token (default: EH_TOKEN, else var/dev-token)")
     parser.add_argument("--worker-pid", type=int, help="the worker process (default: found)")
     parser.add_argument("--api-pid", type=int, help="the API process (default: found)")
     parser.add_argument("--database-url", default=None,
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
         api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
 
-        result = asyncio.run(upload_and_wait(args.url.rstrip("/"), path, args.timeout))
+        token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
+        result = asyncio.run(upload_and_wait(args.url.rstrip("/"), path, args.timeout, token))
 
         worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
         api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
@@ -115,10 +118,19 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- upload
 
 
-async def upload_and_wait(url: str, path: Path, timeout: float) -> dict:
+def read_dev_token() -> str:
+    """The token scripts/dev keeps for development."""
+    path = Path(__file__).resolve().parent.parent / "var" / "dev-token"
+    if not path.exists():
+        raise SystemExit("no token: pass --token, set EH_TOKEN, or run scripts/dev first")
+    return path.read_text().strip()
+
+
+async def upload_and_wait(url: str, path: Path, timeout: float, token: str) -> dict:
     """Upload the file (streamed), then poll its job until completed or failed."""
     session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
-    async with aiohttp.ClientSession(timeout=session_timeout) as session:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(timeout=session_timeout, headers=headers) as session:
         started_wall = time.time()
         started = time.perf_counter()
         with path.open("rb") as f:
