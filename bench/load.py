@@ -30,13 +30,11 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 
-from ingest import find_pid, proc_status_kib, read_dev_token, reset_peak_rss  # noqa: E402
+from ingest import find_pid, proc_status_kib, read_dev_token, reset_peak_rss
 
 LINE = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "load",
         "event_type": "load.line", "message": "a line of the load benchmark"}
