@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def relay_settings(database_url, tmp_path) -> core.Settings:
     """Settings for this test's database and ClickHouse directory; batches go out at once."""
     return dataclasses.replace(
-        core.Settings.from_env({}),
+        core.Settings.from_env({"EH_ENVIRONMENT": "development"}),
         database_url=database_url,
         clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
         relay_batch_max_rows=100,
@@ -330,6 +330,59 @@ def test_two_relays_side_by_side_deliver_each_event_once(relay_settings):
     assert sum(sent_by.values()) == 3000
 
 
+# --------------------------------------------------------------------------- deleted jobs
+
+
+def record_deletion(db, job_id: uuid.UUID) -> None:
+    """What DELETE /api/v1/jobs/{id} leaves for the relay (its job.deleted event included)."""
+    db.execute("INSERT INTO job_deletions (job_id, owner, file_name, deleted_by) "
+               "VALUES (%s, 'alice', 'a.jsonl', 'alice')", (job_id,))
+    core.publish_event(db, "job.deleted", {"job_id": str(job_id)}, environment="test")
+
+
+def job_event_types(ch, job_id: uuid.UUID) -> list[str]:
+    return sorted(r[0] for r in ch.query(
+        "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
+        parameters={"j": str(job_id)}).result_rows)
+
+
+def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, relay_settings):
+    """The delete waits for every event of the job still in the outbox: a delete run before
+    an insert of the job's events would leave those events in event_log for ever."""
+    deleted, kept = uuid.uuid4(), uuid.uuid4()
+    publish(relay_settings.database_url, 150, job_id=str(deleted))
+    publish(relay_settings.database_url, 20, job_id=str(kept))
+    assert relay.relay_once(db, ch, relay_settings) == 100  # 50 of the job still in the outbox
+    record_deletion(db, deleted)
+
+    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # not yet: its events are queued
+    drain(db, ch, relay_settings)
+    assert job_event_types(ch, deleted) == ["job.deleted"] + ["test.event"] * 150
+    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
+
+    assert job_event_types(ch, deleted) == ["job.deleted"]  # the audit trail stays
+    assert job_event_types(ch, kept) == ["test.event"] * 20
+    assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]
+    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # done once
+
+
+def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
+    job_id = uuid.uuid4()
+    publish(relay_settings.database_url, 10, job_id=str(job_id))
+    drain(db, ch, relay_settings)
+    record_deletion(db, job_id)
+    drain(db, ch, relay_settings)
+    ch.command("RENAME TABLE event_log TO event_log_away")  # ClickHouse cannot delete now
+    try:
+        with pytest.raises(relay.ClickHouseUnavailable):
+            relay.delete_events_of_deleted_jobs(db, ch)
+        assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"] is None
+    finally:
+        ch.command("RENAME TABLE event_log_away TO event_log")
+    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
+    assert job_event_types(ch, job_id) == ["job.deleted"]
+
+
 # --------------------------------------------------------------------------- relay.py processes
 
 
@@ -464,56 +517,3 @@ def test_a_running_relay_waits_out_clickhouse_and_then_catches_up(db, relay_sett
     assert len(ids) == 250 and set(ids) == set(published)
     sent = [line for line in log_lines(tmp_path / "relay.log") if line["event"] == "relay.batch_sent"]
     assert sum(line["rows"] for line in sent) == 250
-
-
-# --------------------------------------------------------------------------- deleted jobs
-
-
-def record_deletion(db, job_id: uuid.UUID) -> None:
-    """What DELETE /api/v1/jobs/{id} leaves for the relay (its job.deleted event included)."""
-    db.execute("INSERT INTO job_deletions (job_id, owner, file_name, deleted_by) "
-               "VALUES (%s, 'alice', 'a.jsonl', 'alice')", (job_id,))
-    core.publish_event(db, "job.deleted", {"job_id": str(job_id)}, environment="test")
-
-
-def job_event_types(ch, job_id: uuid.UUID) -> list[str]:
-    return sorted(r[0] for r in ch.query(
-        "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
-        parameters={"j": str(job_id)}).result_rows)
-
-
-def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, relay_settings):
-    """The delete waits for every event of the job still in the outbox: a delete run before
-    an insert of the job's events would leave those events in event_log for ever."""
-    deleted, kept = uuid.uuid4(), uuid.uuid4()
-    publish(relay_settings.database_url, 150, job_id=str(deleted))
-    publish(relay_settings.database_url, 20, job_id=str(kept))
-    assert relay.relay_once(db, ch, relay_settings) == 100  # 50 of the job still in the outbox
-    record_deletion(db, deleted)
-
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # not yet: its events are queued
-    drain(db, ch, relay_settings)
-    assert job_event_types(ch, deleted) == ["job.deleted"] + ["test.event"] * 150
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
-
-    assert job_event_types(ch, deleted) == ["job.deleted"]  # the audit trail stays
-    assert job_event_types(ch, kept) == ["test.event"] * 20
-    assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # done once
-
-
-def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
-    job_id = uuid.uuid4()
-    publish(relay_settings.database_url, 10, job_id=str(job_id))
-    drain(db, ch, relay_settings)
-    record_deletion(db, job_id)
-    drain(db, ch, relay_settings)
-    ch.command("RENAME TABLE event_log TO event_log_away")  # ClickHouse cannot delete now
-    try:
-        with pytest.raises(relay.ClickHouseUnavailable):
-            relay.delete_events_of_deleted_jobs(db, ch)
-        assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"] is None
-    finally:
-        ch.command("RENAME TABLE event_log_away TO event_log")
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
-    assert job_event_types(ch, job_id) == ["job.deleted"]
