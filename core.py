@@ -487,8 +487,21 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
+# Postgres refuses a NOTIFY payload of 8000 bytes or more; this leaves a safe margin.
+NOTIFY_PAYLOAD_MAX_BYTES = 7000
+
+
 def job_notification(job: Job) -> str:
-    """NOTIFY payload for a job change: ids and counts only; listeners re-read the row."""
+    """NOTIFY payload for a job change: the job's public JSON as this transaction left it.
+
+    The API sends watchers exactly that state, so each committed batch reaches them even when
+    the next one commits before the notification is handled (a re-read would see the later
+    one twice and this one never). A state too long for a payload (a long file name or error)
+    goes as ids and counts only; the API re-reads the row for it.
+    """
+    state = json.dumps(job_json(job))
+    if len(state.encode("utf-8")) <= NOTIFY_PAYLOAD_MAX_BYTES:
+        return state
     return json.dumps(
         {
             "job_id": str(job.job_id),

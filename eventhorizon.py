@@ -17,19 +17,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import ipaddress
 import logging
 import json
+import socket
+import struct
 import sys
 import time
 import uuid
-import weakref
 from typing import Any
 
 import pika
 import psycopg
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, WSCloseCode, web
 from aiohttp.http_exceptions import HttpProcessingError
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -44,6 +46,8 @@ READ_CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
+WS_BACKLOG_STATES = 256  # states a watcher may fall behind before it is closed (1013) and dropped
+WS_CLOSE_TIMEOUT_S = 5.0  # for the client to read the close frame and answer it
 # The problem+json titles of uploads.UploadRefused's statuses.
 REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 # What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
@@ -163,6 +167,7 @@ def init_app(settings: core.Settings) -> web.Application:
                                        guard_middleware, auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
+    app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
@@ -401,7 +406,12 @@ async def watchers_ctx(app: web.Application):
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await watchers.close_all()
+
+
+async def close_watchers(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for the handlers: WebSockets would keep it waiting."""
+    if WATCHERS in app:
+        app[WATCHERS].close_all()
 
 
 # --------------------------------------------------------------------------- routes
@@ -595,7 +605,7 @@ async def delete_job(request: web.Request) -> web.Response:
 
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
-    """Send the job now, then at each change, and close after its final state."""
+    """Send the job now, then each state a commit made, in order; close after its final one."""
     watchers: JobWatchers = request.app[WATCHERS]
     ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
@@ -607,14 +617,14 @@ async def watch_job(request: web.Request) -> web.WebSocketResponse:
     if job is None:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
-    watchers.add(job_id, ws)
+    watcher = watchers.add(job_id, Watcher(ws, request.transport))
     try:
-        # Re-read after subscribing: a change that landed in between is not lost.
-        await watchers.send(ws, await fetch_job(request.app[POOL], job_id, owner=owner))
-        async for _message in ws:
-            pass  # clients have nothing to say; this just waits for the close
+        # Read again after subscribing: a change that landed in between is not lost (and a
+        # notification of an older state, still on its way, is skipped by Watcher.offer).
+        watcher.offer(core.job_json(await fetch_job(request.app[POOL], job_id, owner=owner)))
+        await watcher.run()
     finally:
-        watchers.discard(job_id, ws)
+        watchers.discard(job_id, watcher)
     return ws
 
 
@@ -849,39 +859,34 @@ class Publisher:
 class JobWatchers:
     """One LISTEN connection per API process, fanned out to the WebSockets watching each job.
 
-    Notifications carry ids only; the current row is re-read once per notification and sent
-    to every socket watching that job. After a reconnect every socket gets the current state,
-    since notifications sent while the listener was away are gone.
+    Each notification carries the state its transaction committed (core.job_notification),
+    and that state is what the watchers are sent: a re-read could find a later batch already
+    committed and skip this one. The listener only queues states (Watcher.offer) and never
+    waits on a client: each socket's own handler sends its queue. A watcher too far behind
+    (its queue full: a client that stopped reading) is closed with 1013 and dropped, and the
+    others go on. A notification too long for Postgres carries ids only: the row is re-read
+    for it. After a reconnect every watcher gets its job re-read, since notifications sent
+    while the listener was away are gone.
     """
 
     def __init__(self, database_url: str, pool: AsyncConnectionPool):
         self.database_url = database_url
         self.pool = pool
-        self.sockets: dict[uuid.UUID, set[web.WebSocketResponse]] = {}
-        self.last_sent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.watching: dict[uuid.UUID, set[Watcher]] = {}
+        self.shutting_down = False
 
-    def add(self, job_id: uuid.UUID, ws: web.WebSocketResponse) -> None:
-        self.sockets.setdefault(job_id, set()).add(ws)
+    def add(self, job_id: uuid.UUID, watcher: "Watcher") -> "Watcher":
+        self.watching.setdefault(job_id, set()).add(watcher)
+        if self.shutting_down:
+            watcher.close_soon(WSCloseCode.GOING_AWAY, b"server shutting down")
+        return watcher
 
-    def discard(self, job_id: uuid.UUID, ws: web.WebSocketResponse) -> None:
-        watching = self.sockets.get(job_id)
-        if watching is not None:
-            watching.discard(ws)
-            if not watching:
-                del self.sockets[job_id]
-
-    async def send(self, ws: web.WebSocketResponse, job: core.Job) -> None:
-        """Send a job state unless the socket already has a newer one; close after the last."""
-        rank = (STATUS_RANK[job.status], job.lines_processed)
-        if ws.closed or self.last_sent.get(ws, (-1, -1)) > rank:
-            return
-        self.last_sent[ws] = rank
-        try:
-            await ws.send_json(core.job_json(job))
-            if job.status in core.TERMINAL_STATUSES:
-                await ws.close()
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away; its handler cleans up
+    def discard(self, job_id: uuid.UUID, watcher: "Watcher") -> None:
+        watchers = self.watching.get(job_id)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self.watching[job_id]
 
     async def listen(self) -> None:
         backoff = core.Backoff(cap=10.0)
@@ -903,27 +908,160 @@ class JobWatchers:
                 await asyncio.sleep(delay)
 
     async def on_notify(self, payload: str) -> None:
+        """Hand the state a notification carries to its job's watchers (re-read from the
+        database only when the payload had to leave it out)."""
         try:
-            job_id = uuid.UUID(json.loads(payload)["job_id"])
-        except (ValueError, KeyError, TypeError):
+            note = json.loads(payload)
+            job_id = uuid.UUID(note["job_id"])
+            state_rank(note)
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("listener.bad_payload", payload=payload[:200])
             return
-        if job_id in self.sockets:
-            await self.refresh(job_id)
+        if job_id not in self.watching:
+            return
+        state = note if carries_whole_state(note) else await self.read_state(job_id)
+        if state is not None:
+            self.fan_out(job_id, state)
 
-    async def refresh(self, job_id: uuid.UUID) -> None:
+    def fan_out(self, job_id: uuid.UUID, state: dict) -> None:
+        """Queue the state for every watcher of the job, waiting on none of them."""
+        for watcher in list(self.watching.get(job_id, ())):
+            if not watcher.offer(state):
+                self.drop(job_id, watcher)
+
+    def drop(self, job_id: uuid.UUID, watcher: "Watcher") -> None:
+        """A watcher whose client stopped reading: closed (its own handler does it) and no
+        longer fed, so it holds back no one and its backlog stops growing."""
+        self.discard(job_id, watcher)
+        watcher.close_soon(WSCloseCode.TRY_AGAIN_LATER,
+                           b"too far behind; reconnect for the current state")
+        log.warning("listener.watcher_dropped", job_id=str(job_id),
+                    backlog=watcher.states.qsize(), close_code=int(WSCloseCode.TRY_AGAIN_LATER))
+
+    async def read_state(self, job_id: uuid.UUID) -> dict | None:
         job = await fetch_job_or_none(self.pool, job_id, owner=None)  # sockets were checked
-        if job is not None:
-            await asyncio.gather(*(self.send(ws, job) for ws in list(self.sockets.get(job_id, ()))))
+        return core.job_json(job) if job is not None else None
 
     async def refresh_all(self) -> None:
-        for job_id in list(self.sockets):
-            await self.refresh(job_id)
+        for job_id in list(self.watching):
+            state = await self.read_state(job_id)
+            if state is not None:
+                self.fan_out(job_id, state)
 
-    async def close_all(self) -> None:
-        sockets = [ws for watching in self.sockets.values() for ws in watching]
-        await asyncio.gather(*(ws.close(code=1001, message=b"server shutting down")
-                               for ws in sockets), return_exceptions=True)
+    def close_all(self) -> None:
+        """Server shutdown: every socket is closed with 1001 by its handler; sockets that
+        subscribe from now on are closed at once."""
+        self.shutting_down = True
+        for watchers in self.watching.values():
+            for watcher in watchers:
+                watcher.close_soon(WSCloseCode.GOING_AWAY, b"server shutting down")
+
+
+class Watcher:
+    """One WebSocket watching one job: the states still to send, in order.
+
+    The listener queues states (`offer`) without waiting; the socket's handler runs `run`,
+    which sends them while it reads from the socket, so it notices the client leaving.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None):
+        self.ws = ws
+        self.transport = transport
+        self.states: asyncio.Queue[dict] = asyncio.Queue(WS_BACKLOG_STATES)
+        self.newest = (-1, -1)  # rank of the newest state queued
+        self.closing = asyncio.Event()
+        self.close_code, self.close_message = WSCloseCode.OK, b""
+
+    def offer(self, state: dict) -> bool:
+        """Queue a state newer than any before it (an older or equal one, e.g. a notification
+        already on its way when the handler read the row, is skipped). False when the queue
+        is full: the client is not reading."""
+        rank = state_rank(state)
+        if rank <= self.newest:
+            return True
+        try:
+            self.states.put_nowait(state)
+        except asyncio.QueueFull:
+            return False
+        self.newest = rank
+        return True
+
+    def close_soon(self, code: int, message: bytes) -> None:
+        """Have the handler close the socket with this code, whatever it is doing."""
+        if not self.closing.is_set():
+            self.close_code, self.close_message = code, message
+            self.closing.set()
+
+    async def run(self) -> None:
+        """Send the queued states until the final one (then close 1000), until told to close
+        (close_soon), or until the client leaves."""
+        sending = asyncio.create_task(self._send_states())
+        reading = asyncio.create_task(self._read_until_closed())
+        told = asyncio.create_task(self.closing.wait())
+        tasks = (sending, reading, told)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # Close before the sender is cancelled: a write of its, waiting for a client that
+            # does not read, would leave aiohttp's drain waiter cancelled, failing the close.
+            if sending.done() and sending.result():
+                await self._close(WSCloseCode.OK, b"")
+            else:  # told to close; or the client left, and the close is a no-op
+                await self._close(self.close_code, self.close_message)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send_states(self) -> bool:
+        """Send states in order; True once the final one went out, False if the client is gone."""
+        while True:
+            state = await self.states.get()
+            try:
+                await self.ws.send_json(state)
+            except (ConnectionError, RuntimeError):
+                return False
+            if state["status"] in core.TERMINAL_STATUSES:
+                return True
+
+    async def _read_until_closed(self) -> None:
+        async for _message in self.ws:
+            pass  # clients have nothing to say; this notices the close
+
+    async def _close(self, code: int, message: bytes) -> None:
+        """Close the socket (a no-op if the client closed it already). A client that has not
+        answered the close within WS_CLOSE_TIMEOUT_S is reading nothing: it is reset."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=message), WS_CLOSE_TIMEOUT_S)
+            return
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            # Not this task's cancellation: aiohttp's drain waiter, shared by every write to
+            # the socket, was left cancelled by another write that was (a heartbeat's ping).
+        if self.transport is not None:
+            reset_connection(self.transport)
+
+
+def reset_connection(transport: asyncio.Transport) -> None:
+    """Drop a connection at once, with whatever its client has not read: a plain close would
+    hold the unread bytes, in this process and then in the kernel, until it reads them."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.fileno() >= 0:
+        with contextlib.suppress(OSError):  # reset, not closed after the unread bytes
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def state_rank(state: dict) -> tuple[int, int]:
+    """Job states only move forward: by status, then by lines processed."""
+    return STATUS_RANK[state["status"]], int(state["lines_processed"])
+
+
+def carries_whole_state(note: dict) -> bool:
+    """A full job state, not the ids-only payload of a state too long for NOTIFY."""
+    return "lines_total" in note
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import datetime as dt
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import structlog
 import auth
 import core
 import eventhorizon
+import worker
 from conftest import bearer, logged_events, wait_for
 
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
@@ -534,20 +538,26 @@ async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token
     assert uuid.UUID(line["job_id"])
 
 
+async def wait_until_serving(session: aiohttp.ClientSession, base: str) -> None:
+    """Wait for a started `eventhorizon.py` to answer /healthz."""
+    for _ in range(300):
+        try:
+            async with session.get(f"{base}/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} did not start serving")
+
+
 async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server(
         settings, start_process, make_token):
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
     api = start_process("eventhorizon.py")
-    base = f"http://127.0.0.1:{settings.http_port}"
     async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.1)
+        await wait_until_serving(session, f"http://127.0.0.1:{settings.http_port}")
     await abandon_an_upload("127.0.0.1", settings.http_port, make_token())
     uploads_logged = await asyncio.to_thread(wait_for, lambda: [
         e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
@@ -794,3 +804,287 @@ def test_a_malformed_request_is_one_short_log_line(settings, start_process, requ
     assert line["level"] == "warning" and line["error"]
     text = api.log_path.read_text()
     assert "hunter2" not in text and "Traceback" not in text
+
+
+# --------------------------------------------------------------------------- live updates
+
+
+async def listener_listening(db) -> None:
+    """Wait until the API's listener has run LISTEN: notifications before that are lost."""
+    def listening():
+        return db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE query = "
+                          "'LISTEN \"eh_job\"' AND state = 'idle' AND datname = current_database()"
+                          ).fetchone()["n"]
+    await asyncio.to_thread(wait_for, listening, 60, what="the API's LISTEN connection")
+
+
+def notify(db, states) -> None:
+    """NOTIFY each job state as the worker would, all in one transaction: every one of them is
+    committed before the API handles the first."""
+    with db.transaction(), db.cursor() as cur:
+        cur.executemany(core.QUERIES["notify"], [
+            {"channel": core.JOB_CHANNEL, "payload": core.job_notification(core.Job(**s))}
+            for s in states])
+
+
+def job_row(db, job_id: str) -> dict:
+    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+
+
+def batches(row: dict, lines: list[int]) -> list[dict]:
+    """The job rows a worker would commit: processing, then one per batch ending at each of
+    `lines`."""
+    started = dict(row, status="processing", started_at=row["created_at"])
+    return [dict(started, lines_processed=n, lines_valid=n, bytes_processed=n) for n in lines]
+
+
+async def received_until_closed(ws, timeout: float = 60.0) -> list[dict]:
+    async def receive_all():
+        return [json.loads(message.data) async for message in ws]
+    return await asyncio.wait_for(receive_all(), timeout)
+
+
+def record_batch(db, job_id: str, lines: int, status: str = "processing") -> dict:
+    """Move a job's row as the worker's batch would (without its NOTIFY); the new row."""
+    return db.execute("UPDATE jobs SET status = %s, started_at = created_at, "
+                      "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
+                      (status, lines, lines, job_id)).fetchone()
+
+
+def ranks(states) -> list[tuple[int, int]]:
+    return [(eventhorizon.STATUS_RANK[s["status"]], s["lines_processed"]) for s in states]
+
+
+async def test_websocket_sends_every_committed_state_once_in_order(client, db):
+    """All of a job's batches commit before the API handles the first notification: the
+    watcher still gets each batch's state, in order, once, then the final one and 1000."""
+    job = await (await upload(client, jsonl(*[VALID] * 100))).json()
+    await listener_listening(db)
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=30))["status"] == "queued"
+
+    queued = job_row(db, job["job_id"])
+    committed = batches(queued, [0, *range(7, 100, 7), 100])
+    final = db.execute("UPDATE jobs SET status = 'completed', started_at = created_at, "
+                       "completed_at = now(), lines_processed = 100, lines_valid = 100 "
+                       "WHERE job_id = %s RETURNING *", (job["job_id"],)
+                       ).fetchone()  # what any re-read would find
+    notify(db, [*committed, final])
+
+    assert await received_until_closed(ws) == [core.job_json(core.Job(**s)) for s in [*committed, final]]
+    assert ws.close_code == 1000
+
+
+async def test_a_state_repeated_or_older_than_one_sent_is_not_sent(client, db):
+    job = await (await upload(client, jsonl(*[VALID] * 30))).json()
+    await listener_listening(db)
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=30))["status"] == "queued"
+    started, ten, twenty, thirty = batches(job_row(db, job["job_id"]), [0, 10, 20, 30])
+    notify(db, [started, ten, started, twenty, ten, twenty, thirty, dict(thirty, status="completed")])
+    states = await received_until_closed(ws)
+    assert ranks(states) == [(1, 0), (1, 10), (1, 20), (1, 30), (2, 30)]
+
+
+def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
+    row = dataclasses.replace(job_row_for_tests(), status="failed",
+                              error="no storage: " + "x" * 9000)
+    payload = core.job_notification(row)
+    assert json.loads(payload) == {"job_id": str(row.job_id), "status": "failed",
+                                   "lines_processed": 0}
+    db.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL,
+                                        "payload": payload})  # Postgres takes it
+
+    long_name = dataclasses.replace(row, error=None, file_name="📜" * 250 + ".jsonl")  # 12 bytes a character
+    assert json.loads(core.job_notification(long_name)) == core.job_json(long_name)
+    for state in (row, long_name):
+        assert len(core.job_notification(state).encode()) <= core.NOTIFY_PAYLOAD_MAX_BYTES
+
+
+def job_row_for_tests() -> core.Job:
+    """A job row as the worker's RETURNING * gives it."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return core.Job(job_id=uuid.uuid4(), file_name="app.jsonl", size_bytes=10, bucket="b",
+                    object_key="k", status="queued", lines_total=1, lines_processed=0,
+                    bytes_processed=0, lines_valid=0, lines_invalid=0, attempts=0, error=None,
+                    created_at=now, started_at=None, completed_at=None, updated_at=now,
+                    owner="tester")
+
+
+async def test_a_state_too_long_to_notify_is_read_from_the_database(client, db):
+    job = await (await upload(client, jsonl(VALID))).json()
+    await listener_listening(db)
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=30))["status"] == "queued"
+    error = "the uploaded file is missing from storage: " + "x" * 9000
+    failed = db.execute("UPDATE jobs SET status = 'failed', completed_at = now(), error = %s "
+                        "WHERE job_id = %s RETURNING *", (error, job["job_id"])).fetchone()
+    notify(db, [failed])  # ids only: the listener reads the row
+    assert await received_until_closed(ws) == [core.job_json(core.Job(**failed))]
+    assert ws.close_code == 1000
+
+
+async def test_a_loaded_machine_loses_no_committed_state(client, start_process, db):
+    """A real worker commits every 40 lines and at each 10 %, while two processes burn the
+    CPU: the watcher gets each state once, in order, one at every 10 % mark, then 1000."""
+    lines = [dict(VALID, message=f"line {i}") for i in range(1, 204)]
+    job = await (await upload(client, jsonl(*lines))).json()
+    await listener_listening(db)
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    states = [await ws.receive_json(timeout=30)]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        start_process("worker.py", EH_BATCH_LINES="40")
+        states += await received_until_closed(ws, timeout=180)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+    assert ws.close_code == 1000
+    assert states[-1]["status"] == "completed" and states[-1]["lines_processed"] == 203
+    assert ranks(states) == sorted(set(ranks(states)))  # no state twice, none out of order
+    lines_processed = [s["lines_processed"] for s in states]
+    assert lines_processed == sorted(lines_processed)
+    marks = worker.progress_marks(203, 0)
+    assert len(marks) == 9 and set(marks) <= set(lines_processed), (marks, lines_processed)
+
+
+async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
+                                            token: str) -> socket.socket:
+    """A WebSocket client with a tiny receive buffer that reads the handshake's answer and the
+    first message (so it is subscribed) and nothing more: what the server sends it from then
+    on backs up into the server."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await loop.sock_recv(sock, 1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    first = json.loads(await read_frame(sock))
+    assert first["status"] == "queued"
+    return sock
+
+
+async def read_frame(sock: socket.socket) -> bytes:
+    """The payload of the next (unmasked, unfragmented) frame a server sent."""
+    head = await read_exactly(sock, 2)
+    length = head[1] & 0x7F
+    if length >= 126:
+        length = int.from_bytes(await read_exactly(sock, 2 if length == 126 else 8), "big")
+    return await read_exactly(sock, length)
+
+
+async def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = await asyncio.get_running_loop().sock_recv(sock, n - len(data))
+        assert chunk, "the connection closed"
+        data += chunk
+    return data
+
+
+async def read_until_the_connection_ends(sock: socket.socket, timeout: float) -> bytes:
+    """Read all a socket receives until the server closes or resets it."""
+    loop = asyncio.get_running_loop()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)  # catch up quickly
+    received = bytearray()
+    async def read_all():
+        try:
+            while chunk := await loop.sock_recv(sock, 65536):
+                received.extend(chunk)
+        except ConnectionResetError:
+            pass
+    await asyncio.wait_for(read_all(), timeout)
+    return bytes(received)
+
+
+def close_code_of(frames: bytes) -> int | None:
+    """The code of the close frame among a server's (unmasked) WebSocket frames, if any."""
+    at = 0
+    while at + 2 <= len(frames):
+        opcode, length, at = frames[at] & 0x0F, frames[at + 1] & 0x7F, at + 2
+        if length == 126:
+            length, at = int.from_bytes(frames[at:at + 2], "big"), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(frames[at:at + 8], "big"), at + 8
+        if opcode == 0x8 and length >= 2 and at + 2 <= len(frames):
+            return int.from_bytes(frames[at:at + 2], "big")
+        at += length
+    return None
+
+
+async def test_websockets_are_closed_1001_when_the_server_stops(settings, start_process,
+                                                               make_token):
+    api = start_process("eventhorizon.py")
+    base = f"http://127.0.0.1:{settings.http_port}"
+    async with aiohttp.ClientSession(headers=bearer(make_token())) as session:
+        await wait_until_serving(session, base)
+        form = aiohttp.FormData()
+        form.add_field("file", io.BytesIO(jsonl(VALID)), filename="app.jsonl")
+        async with session.post(f"{base}/api/v1/files/upload", data=form) as response:
+            job = await response.json()
+        async with session.ws_connect(f"{base}/ws/jobs/{job['job_id']}") as ws:
+            assert (await ws.receive_json(timeout=30))["status"] == "queued"
+            api.terminate()
+            message = await ws.receive(timeout=30)
+            assert message.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+    assert await asyncio.to_thread(api.wait, 30) == 0
+
+
+def watchers_dropped(logs) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "listener.watcher_dropped"]
+
+
+async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
+    """One watcher never reads; another job's watcher gets every state while the first one's
+    backlog grows, the first is closed (1013) and dropped, and the API keeps answering."""
+    slow_job = await (await upload(client, jsonl(VALID), "長" * 240 + ".jsonl")).json()
+    other_job = await (await upload(client, jsonl(VALID))).json()
+    slow_id = uuid.UUID(slow_job["job_id"])
+    await listener_listening(db)
+    slow = await open_a_websocket_that_never_reads(client.host, client.port, f"/ws/jobs/{slow_id}",
+                                                   client.session.headers["Authorization"][7:])
+    try:
+        other = await client.ws_connect(f"/ws/jobs/{other_job['job_id']}")
+        assert (await other.receive_json(timeout=30))["status"] == "queued"
+
+        slow_row = job_row(db, slow_job["job_id"])
+        with capture_access_log() as logs:
+            rounds = 0
+            while not watchers_dropped(logs):  # each round ~1 MiB more for the slow client
+                rounds += 1
+                assert rounds <= 200, "the slow client was never dropped"
+                with db.transaction():
+                    other_state = record_batch(db, other_job["job_id"], rounds)
+                    notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
+                                other_state])
+                # handled after the slow job's 500 of this transaction, without waiting on them
+                assert await other.receive_json(timeout=30) == core.job_json(core.Job(**other_state))
+            health = await asyncio.wait_for(client.get("/healthz"), 10)
+            assert health.status == 200
+        assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
+            (str(slow_id), 1013)]
+        assert not client.server.app[eventhorizon.WATCHERS].watching.get(slow_id)
+
+        frames = await read_until_the_connection_ends(slow, timeout=120)
+        # A client that reads now gets what was sent and the close frame; one that still
+        # reads nothing after WS_CLOSE_TIMEOUT_S is reset, close frame unread.
+        assert close_code_of(frames) in (1013, None)
+    finally:
+        slow.close()
+
+    with db.transaction():
+        notify(db, [record_batch(db, other_job["job_id"], rounds, "completed")])
+    assert (await other.receive_json(timeout=30))["status"] == "completed"
+    assert (await other.receive(timeout=30)).type == aiohttp.WSMsgType.CLOSE
+    assert other.close_code == 1000
