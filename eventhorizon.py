@@ -163,8 +163,8 @@ def init_app(settings: core.Settings) -> web.Application:
         server_log.addFilter(MALFORMED_REQUESTS)
         server_log.setLevel(logging.DEBUG)  # it logs some malformed requests at DEBUG
     # The access log is outermost: it logs the status problem_middleware chose for an error.
-    app = web.Application(middlewares=[access_log_middleware, problem_middleware,
-                                       guard_middleware, auth_middleware])
+    app = web.Application(middlewares=[access_log_middleware, security_headers_middleware,
+                                       problem_middleware, guard_middleware, auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.on_shutdown.append(close_watchers)
@@ -279,6 +279,29 @@ class MalformedRequestLog(logging.Filter):
 
 
 MALFORMED_REQUESTS = MalformedRequestLog()
+
+
+# The page, its assets and the docs load only their own files: no inline script, style or
+# event handler runs, and no other site may frame them. Sent on every response (an API
+# answer shown in a tab is a page too).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "; ".join([
+        "default-src 'self'", "script-src 'self'", "style-src 'self'",
+        "img-src 'self' data:", "connect-src 'self'", "frame-ancestors 'none'",
+        "base-uri 'none'", "form-action 'self'"]),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler):
+    """Outside problem_middleware, so problem answers carry the headers too."""
+    response = await handler(request)
+    if not response.prepared:  # a WebSocket has sent its headers already
+        response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 # --------------------------------------------------------------------------- access
