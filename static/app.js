@@ -1,6 +1,18 @@
-// Event Horizon's page: upload a file, then watch its job live over the WebSocket.
+// Event Horizon's page: ask for an API token, upload a file, then watch its job live over the
+// WebSocket. The token lives in this tab's sessionStorage only: never a cookie (another site
+// could make the browser send one), never localStorage (it would outlive the tab), never a URL.
 "use strict";
 
+const TOKEN_KEY = "eventhorizon.token";
+const WS_AUTH_PROTOCOL = "eventhorizon.bearer"; // a browser's WebSocket cannot send headers
+// What an HTTP header and a WebSocket subprotocol both accept (RFC 9110 `token` characters).
+const TOKEN_CHARACTERS = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+const tokenForm = document.getElementById("token-form");
+const tokenInput = document.getElementById("token");
+const tokenMessage = document.getElementById("token-message");
+const forget = document.getElementById("forget");
+const workspace = document.getElementById("workspace");
 const form = document.getElementById("upload");
 const input = document.getElementById("file");
 const drop = document.getElementById("drop");
@@ -9,8 +21,12 @@ const transfer = document.getElementById("transfer");
 const message = document.getElementById("message");
 const jobsBox = document.getElementById("jobs");
 const dropPrompt = document.getElementById("drop-text").textContent;
-const cards = new Map(); // job_id -> {el, ws, samples}
+const noJobsNote = jobsBox.firstElementChild.cloneNode(true);
+const cards = new Map(); // job_id -> {jobId, el, ws, samples, errorsShown, gone}
+let currentUpload = null; // the XMLHttpRequest under way, if any
 
+tokenForm.addEventListener("submit", (e) => { e.preventDefault(); useToken(tokenInput.value.trim()); });
+forget.addEventListener("click", forgetToken);
 input.addEventListener("change", () => pick(input.files[0]));
 for (const type of ["dragenter", "dragover"]) {
   drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -24,7 +40,79 @@ drop.addEventListener("drop", (e) => {
 });
 form.addEventListener("submit", (e) => { e.preventDefault(); upload(input.files[0]); });
 
-loadRecentJobs();
+if (storedToken()) openWorkspace(); else askForToken("");
+
+// --------------------------------------------------------------------------- the token
+
+function storedToken() { return sessionStorage.getItem(TOKEN_KEY); }
+
+function useToken(token) {
+  if (!TOKEN_CHARACTERS.test(token)) {
+    tokenMessage.textContent = "That is not a token: a token is one word, like eh_12_…";
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  openWorkspace();
+}
+
+function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  askForToken("");
+}
+
+// A request answered 401: the token is unknown, malformed or was revoked.
+function tokenRefused(detail) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  askForToken(`The token did not work (${detail}). Enter another one.`);
+}
+
+function askForToken(problem) {
+  closeWorkspace();
+  tokenMessage.textContent = problem;
+  tokenInput.value = "";
+  tokenForm.hidden = false;
+  tokenInput.focus();
+}
+
+function openWorkspace() {
+  tokenForm.hidden = true;
+  tokenMessage.textContent = "";
+  workspace.hidden = false;
+  forget.hidden = false;
+  loadRecentJobs();
+}
+
+// Leaves nothing of the last token's jobs on the page, and nothing running for them.
+function closeWorkspace() {
+  workspace.hidden = true;
+  forget.hidden = true;
+  currentUpload?.abort();
+  for (const card of cards.values()) stopFollowing(card);
+  cards.clear();
+  jobsBox.replaceChildren(noJobsNote.cloneNode(true));
+  input.value = "";
+  pick(undefined);
+}
+
+// fetch() with the token. A 401 for the token in use sends the page back to the token form;
+// the caller gets the response either way and stops at `!response.ok`.
+async function api(path, options = {}) {
+  const token = storedToken();
+  const response = await fetch(path, { ...options, headers: { Authorization: `Bearer ${token}` } });
+  if (response.status === 401 && token === storedToken()) tokenRefused(await problemDetail(response));
+  return response;
+}
+
+async function problemDetail(response) {
+  try {
+    const problem = await response.json();
+    return problem.detail || problem.title || response.status;
+  } catch (err) {
+    return `${response.status} ${response.statusText}`.trim();
+  }
+}
+
+// --------------------------------------------------------------------------- uploading
 
 function pick(file) {
   document.getElementById("drop-text").textContent = file ? `${file.name} (${formatBytes(file.size)})` : dropPrompt;
@@ -36,22 +124,27 @@ function upload(file) {
   if (!file) return;
   const body = new FormData();
   body.append("file", file, file.name);
+  const token = storedToken();
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/api/v1/files/upload");
+  xhr.setRequestHeader("Authorization", `Bearer ${token}`);
   xhr.responseType = "json";
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) setBar(transfer, e.loaded / e.total); };
   xhr.onload = () => {
-    transfer.hidden = true;
-    send.disabled = false;
+    uploadEnded();
+    const problem = xhr.response || {};
     if (xhr.status === 202) {
       say(`Uploaded ${file.name}.`); // its card below shows the job from here on
       showJob(xhr.response, true);
+    } else if (xhr.status === 401 && token === storedToken()) {
+      tokenRefused(problem.detail || problem.title || xhr.status);
     } else {
-      const problem = xhr.response || {};
       say(`Upload refused: ${problem.detail || problem.title || xhr.status}`, true);
     }
   };
-  xhr.onerror = () => { transfer.hidden = true; send.disabled = false; say("Upload failed: the server could not be reached.", true); };
+  xhr.onerror = () => { uploadEnded(); say("Upload failed: the server could not be reached.", true); };
+  xhr.onabort = uploadEnded;
+  currentUpload = xhr;
   transfer.hidden = false;
   setBar(transfer, 0);
   send.disabled = true;
@@ -59,9 +152,19 @@ function upload(file) {
   xhr.send(body);
 }
 
+function uploadEnded() {
+  currentUpload = null;
+  transfer.hidden = true;
+  send.disabled = !input.files.length;
+}
+
+// --------------------------------------------------------------------------- job cards
+
 async function loadRecentJobs() {
   try {
-    const response = await fetch("/api/v1/jobs?limit=20");
+    const response = await api("/api/v1/jobs?limit=20");
+    if (response.status === 401) return; // the token form is back
+    if (!response.ok) throw new Error(await problemDetail(response));
     const { jobs } = await response.json();
     for (const job of jobs.reverse()) showJob(job, false);
   } catch (err) {
@@ -76,28 +179,44 @@ function showJob(job, isNew) {
     el.dataset.jobId = job.job_id;
     jobsBox.querySelector(".muted")?.remove();
     jobsBox.prepend(el);
-    card = { el, ws: null, samples: [], errorsShown: false };
+    card = { jobId: job.job_id, el, ws: null, samples: [], errorsShown: false, gone: false };
     cards.set(job.job_id, card);
   }
   render(card, job);
-  if (!isFinal(job)) watch(job.job_id, card);
+  if (!isFinal(job)) watch(card);
 }
 
-function watch(jobId, card, delay = 500) {
-  if (card.ws) return;
+function watch(card, delay = 500) {
+  if (card.ws || card.gone) return;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}`);
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/jobs/${card.jobId}`,
+    [WS_AUTH_PROTOCOL, storedToken()]);
   card.ws = ws;
   ws.onopen = () => { delay = 500; }; // back off anew after the next drop
   ws.onmessage = (e) => render(card, JSON.parse(e.data));
   ws.onclose = (e) => {
     card.ws = null;
-    // A dropped connection (not the server's normal close after the final state): reconnect;
-    // the server sends the current state first, so nothing is missed.
-    if (e.code !== 1000 && e.code !== 4404 && card.el.dataset.status !== "completed" && card.el.dataset.status !== "failed") {
-      setTimeout(() => watch(jobId, card, Math.min(delay * 2, 10000)), delay);
-    }
+    if (card.gone || e.code === 1000 || isFinalStatus(card.el.dataset.status)) return;
+    if (e.code === 4404) { removeCard(card); return; } // deleted meanwhile
+    setTimeout(() => rewatch(card, Math.min(delay * 2, 10000)), delay);
   };
+}
+
+// A dropped WebSocket (an API restart, say) and one refused for its token look the same to a
+// page (1006), so ask for the job over HTTP first: that answers 401 when the token stopped
+// working. The server sends the current state on reconnecting, so nothing is missed.
+async function rewatch(card, delay) {
+  if (card.gone) return;
+  let response = null;
+  try {
+    response = await api(`/api/v1/jobs/${card.jobId}`);
+  } catch (err) {
+    // The API is out of reach for a moment: the WebSocket will find out when it is back.
+  }
+  if (card.gone || response?.status === 401) return;
+  if (response?.status === 404) { removeCard(card); return; }
+  if (response?.ok) render(card, await response.json());
+  if (!isFinalStatus(card.el.dataset.status)) watch(card, delay);
 }
 
 function render(card, job) {
@@ -113,7 +232,7 @@ function render(card, job) {
   updateSpeed(card, job);
   if (isFinal(job) && job.lines_invalid > 0 && !card.errorsShown) {
     card.errorsShown = true;
-    showErrors(el, job.job_id);
+    showErrors(card);
   }
 }
 
@@ -139,18 +258,18 @@ function updateSpeed(card, job) {
   eta.textContent = perSecond > 0 ? formatDuration(left / perSecond) : "–";
 }
 
-async function showErrors(el, jobId, delay = 500) {
+async function showErrors(card, delay = 500) {
   let response;
   try {
-    response = await fetch(`/api/v1/jobs/${jobId}/errors?limit=20`);
+    response = await api(`/api/v1/jobs/${card.jobId}/errors?limit=20`);
   } catch (err) {
     // The API is out of reach for a moment (a restart, say): ask again, less and less often.
-    setTimeout(() => showErrors(el, jobId, Math.min(delay * 2, 10000)), delay);
+    if (!card.gone) setTimeout(() => showErrors(card, Math.min(delay * 2, 10000)), delay);
     return;
   }
-  if (!response.ok) return;
+  if (!response.ok || card.gone) return;
   const { errors, next } = await response.json();
-  const body = el.querySelector(".errors tbody");
+  const body = card.el.querySelector(".errors tbody");
   body.replaceChildren(...errors.map(({ line_no, reason }) => {
     const row = document.createElement("tr");
     row.append(cell(line_no), cell(reason));
@@ -161,11 +280,26 @@ async function showErrors(el, jobId, delay = 500) {
     row.append(cell("…"), cell(`more in ${next}`));
     body.append(row);
   }
-  el.querySelector(".errors").hidden = false;
+  card.el.querySelector(".errors").hidden = false;
 }
 
+function removeCard(card) {
+  stopFollowing(card);
+  card.el.remove();
+  cards.delete(card.jobId);
+  if (!cards.size) jobsBox.replaceChildren(noJobsNote.cloneNode(true));
+}
+
+function stopFollowing(card) {
+  card.gone = true;
+  card.ws?.close();
+}
+
+// --------------------------------------------------------------------------- helpers
+
 function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
-function isFinal(job) { return job.status === "completed" || job.status === "failed"; }
+function isFinal(job) { return isFinalStatus(job.status); }
+function isFinalStatus(status) { return status === "completed" || status === "failed"; }
 function setBar(bar, fraction) { bar.firstElementChild.style.width = `${Math.round(Math.min(1, fraction) * 100)}%`; }
 function say(text, isError = false) { message.textContent = text; message.classList.toggle("error", isError); }
 function fmt(n) { return n == null ? "–" : Number(n).toLocaleString("en-US"); }

@@ -6,6 +6,9 @@ Where /usr/bin/chromium is missing they are skipped, so a developer without it s
 rest of the suite; but with CI=true (as `.ci/run` sets, after installing chromium) they fail
 instead, so CI can never pass without having run them.
 
+The page is given its token as a user would, through its form. The pages are served with the
+API's Content-Security-Policy, and a violation of it is a console error: it fails the test.
+
 Screenshots are saved under test-artifacts/ at the project root (gitignored).
 """
 
@@ -18,10 +21,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from conftest import ROOT
+import core
+from conftest import ROOT, bearer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,6 +37,12 @@ SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_LINES, SAMPLE_VALID, SAMPLE_INVALID = 300, 280, 16
 # What the worker finds wrong in examples/sample.jsonl, in line order.
 SAMPLE_INVALID_LINES = [4, 31, 54, 87, 94, 99, 107, 116, 150, 151, 165, 171, 175, 184, 201, 280]
+# Chromium logs most CSP violations as console errors itself; this makes sure of every one,
+# whatever the kind (an init script is not subject to the page's policy).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => console.error(
+  `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));
+"""
 
 
 def in_ci() -> bool:
@@ -59,20 +70,35 @@ def console_errors() -> list[str]:
 
 
 @pytest.fixture
-def page(browser, console_errors):
-    """A fresh page (own context); the test fails if the page logs an error it did not expect."""
-    # Reduced motion: the page then draws progress bars without a transition, so a
-    # screenshot shows the final width.
-    context = browser.new_context(viewport={"width": 900, "height": 900},
-                                  reduced_motion="reduce")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
-    page.on("console", lambda msg: console_errors.append(
-        f"{msg.text} ({msg.location.get('url')})") if msg.type == "error" else None)
-    yield page
-    context.close()
+def open_page(browser, console_errors, start_process):
+    """Opens fresh pages, each in its own context (its own sessionStorage: another user); the
+    test fails if any of them logs an error it did not expect. Set up after start_process, so
+    the pages close before the API they talk to stops (else they log its going away)."""
+    contexts = []
+
+    def open_() -> Page:
+        # Reduced motion: the page then draws progress bars without a transition, so a
+        # screenshot shows the final width.
+        context = browser.new_context(viewport={"width": 900, "height": 900},
+                                      reduced_motion="reduce")
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
+        page.on("console", lambda msg: console_errors.append(
+            f"{msg.text} ({msg.location.get('url')})") if msg.type == "error" else None)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
     assert not console_errors, console_errors
+
+
+@pytest.fixture
+def page(open_page) -> Page:
+    return open_page()
 
 
 @pytest.fixture
@@ -102,9 +128,42 @@ def serve_api(settings, start_process, **env: str):
         time.sleep(0.1)
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers=bearer(token))
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
+
+
+def get_status(url: str, token: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=bearer(token)), timeout=5):
+            return 200
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def sign_in(page: Page, url: str, token: str) -> None:
+    """Open the page and give it a token through its form, as a user would."""
+    page.goto(f"{url}/")
+    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#upload")).to_be_hidden()
+    enter_token(page, token)
+    expect(page.locator("#token-form")).to_be_hidden()
+    expect(page.locator("#upload")).to_be_visible()
+
+
+def enter_token(page: Page, token: str) -> None:
+    page.fill("#token", token)
+    page.click("#use-token")
+
+
+def expected_errors(console_errors: list[str], text: str, count: int = 1) -> None:
+    """Take out of console_errors the ones the test caused on purpose (Chromium logs every 4xx
+    response); anything else still fails the test."""
+    found = [e for e in console_errors if text in e]
+    assert len(found) == count, console_errors
+    for error in found:
+        console_errors.remove(error)
 
 
 def screenshot(page: Page, name: str) -> Path:
@@ -114,9 +173,10 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def test_sample_upload_completes_in_the_page(page, api_url, start_process):
+def test_sample_upload_completes_in_the_page(page, api_url, start_process, make_token):
     start_process("worker.py")
-    page.goto(f"{api_url}/")
+    token = make_token("alice")
+    sign_in(page, api_url, token)
     expect(page.locator("#jobs")).to_have_text("No jobs yet.")  # recent jobs loaded
     expect(page.locator("#send")).to_be_disabled()
 
@@ -145,24 +205,27 @@ def test_sample_upload_completes_in_the_page(page, api_url, start_process):
 
     # The table shows what the API says, reason for reason.
     job_id = card.get_attribute("data-job-id")
-    api_errors = get_json(f"{api_url}/api/v1/jobs/{job_id}/errors")
+    api_errors = get_json(f"{api_url}/api/v1/jobs/{job_id}/errors", token)
     assert [e["line_no"] for e in api_errors["errors"]] == SAMPLE_INVALID_LINES
     expect(rows.locator("td:last-child")).to_have_text([e["reason"] for e in api_errors["errors"]])
 
     path = screenshot(page, "browser-completed.png")
     assert path.stat().st_size > 0
 
-    # A reload shows the finished job from the recent-jobs list, table included.
+    # A reload keeps the tab's token and shows the finished job from the recent-jobs list,
+    # table included.
     page.reload()
+    expect(page.locator("#token-form")).to_be_hidden()
     expect(card).to_have_attribute("data-status", "completed")
     expect(card.locator(".lines")).to_have_text(f"{SAMPLE_LINES} / {SAMPLE_LINES}")
     expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
 
 
-def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, console_errors):
+def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, console_errors,
+                                                 make_token):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a log file\n")
-    page.goto(f"{api_url}/")
+    sign_in(page, api_url, make_token())
     expect(page.locator("#jobs")).to_have_text("No jobs yet.")
 
     page.set_input_files("#file", notes)
@@ -180,20 +243,18 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
     expect(page.locator("#drop-text")).to_have_text("Drop a .jsonl file here, or click to pick one")
     expect(page.locator("#send")).to_be_disabled()
     expect(message).to_have_text("")
-    # Chromium logs every 4xx response; this one is the point of the test.
-    refused = [e for e in console_errors if "status of 415" in e]
-    assert len(refused) == 1, console_errors
-    console_errors.remove(refused[0])
+    expected_errors(console_errors, "status of 415")  # the point of the test
 
 
 def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, start_process,
-                                                                tmp_path, console_errors):
+                                                                tmp_path, console_errors,
+                                                                make_token):
     url, _proc = serve_api(settings, start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
     big = tmp_path / "big.jsonl"
     line = json.dumps({"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s",
                        "event_type": "e", "message": "x" * 200}) + "\n"
     big.write_text(line * (3 * 1024 * 1024 // len(line)))
-    page.goto(f"{url}/")
+    sign_in(page, url, make_token())
     page.set_input_files("#file", big)
     page.click("#send")
 
@@ -202,12 +263,11 @@ def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, s
     expect(message).to_contain_text("1 MiB")
     expect(message).to_have_class("error")
     expect(page.locator("#jobs article.job")).to_have_count(0)
-    refused = [e for e in console_errors if "status of 413" in e]
-    assert len(refused) == 1, console_errors
-    console_errors.remove(refused[0])
+    expected_errors(console_errors, "status of 413")
 
 
-def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process, tmp_path):
+def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process, tmp_path,
+                                                    make_token):
     """A file name and a reason with no spaces wrap instead of widening a phone-sized page."""
     start_process("worker.py")
     long_file = tmp_path / f"{'checkout_service_' * 8}2026-11-23.jsonl"
@@ -215,7 +275,7 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
              "event_type": "order.created", "message": "order created"}
     long_file.write_text(f"{json.dumps(entry)}\n{json.dumps({**entry, 'level': 'x' * 300})}\n")
     page.set_viewport_size({"width": 390, "height": 800})
-    page.goto(f"{api_url}/")
+    sign_in(page, api_url, make_token())
     page.set_input_files("#file", long_file)
     page.click("#send")
 
@@ -231,13 +291,13 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
 
 
 def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, start_process,
-                                                          console_errors):
+                                                          console_errors, make_token):
     """The API restarts while a job runs: the page's WebSocket drops (1001), the page
     reconnects to the new API process, is sent the current state, and the card still ends
     `completed` with the right counts."""
     url, api = serve_api(settings, start_process)
     start_process("worker.py", EH_LINE_DELAY_MAX_S="0.04", EH_BATCH_LINES="20")  # ~6 s a file
-    page.goto(f"{url}/")
+    sign_in(page, url, make_token())
     page.set_input_files("#file", SAMPLE)
     page.click("#send")
     card = page.locator("#jobs article.job")
@@ -256,3 +316,137 @@ def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, star
     # are the point of the test. Anything else (an uncaught error, say) still fails it.
     console_errors[:] = [e for e in console_errors
                          if "ERR_CONNECTION_REFUSED" not in e and "WebSocket connection" not in e]
+    expect(page.locator("#token-form")).to_be_hidden()  # the token still works: not asked again
+
+
+# --------------------------------------------------------------------------- the token
+
+
+def test_a_wrong_token_is_refused_and_the_page_asks_again(page, api_url, make_token, database_url,
+                                                         console_errors):
+    page.goto(f"{api_url}/")
+    form, problem = page.locator("#token-form"), page.locator("#token-message")
+    expect(form).to_be_visible()
+    expect(page.locator("#token")).to_have_attribute("type", "password")
+    expect(page.locator("#token")).to_be_focused()
+    expect(problem).to_be_hidden()
+    screenshot(page, "browser-token-form.png")
+
+    enter_token(page, "not a token")  # a space cannot go in a header: refused on the page
+    expect(problem).to_have_text("That is not a token: a token is one word, like eh_12_…")
+
+    enter_token(page, "eh_999_" + "A" * 43)  # well-formed, unknown: the API says 401
+    expect(problem).to_have_text("The token did not work (the token is not valid (malformed, "
+                                 "unknown or revoked)). Enter another one.")
+    expect(form).to_be_visible()
+    expect(page.locator("#token")).to_have_value("")
+    expect(page.locator("#upload")).to_be_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+    screenshot(page, "browser-token-refused.png")
+    expected_errors(console_errors, "status of 401")
+
+    # A working token; then it is revoked, and the next request brings the form back.
+    token = make_token("alice")
+    enter_token(page, token)
+    expect(page.locator("#jobs")).to_have_text("No jobs yet.")
+    expect(problem).to_be_hidden()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE api_tokens SET revoked_at = now()")
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    expect(problem).to_contain_text("The token did not work")
+    expect(form).to_be_visible()
+    expect(page.locator("#upload")).to_be_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+    expected_errors(console_errors, "status of 401")
+
+
+def test_the_token_stays_in_the_tab_and_out_of_urls_cookies_and_local_storage(
+        page, api_url, start_process, make_token):
+    start_process("worker.py")
+    requests, socket_urls = [], []
+    page.on("request", lambda request: requests.append(request))
+    page.on("websocket", lambda ws: socket_urls.append(ws.url))
+    token = make_token("alice")
+    sign_in(page, api_url, token)
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
+
+    urls = [r.url for r in requests] + socket_urls
+    assert any("/ws/jobs/" in u for u in socket_urls), "the card followed its job live"
+    assert not [u for u in urls if token in u]
+    api_requests = [r for r in requests if "/api/v1/" in r.url]
+    assert {r.method for r in api_requests} == {"GET", "POST"}
+    for request in api_requests:
+        assert request.all_headers().get("authorization") == f"Bearer {token}", request.url
+    assert page.evaluate("document.cookie") == ""
+    assert page.evaluate("Object.values(localStorage)") == []
+    assert page.evaluate("Object.values(sessionStorage)") == [token]
+    assert token not in page.url
+
+    # "Forget token": gone from the tab, and the page shows nothing of the last owner's.
+    page.click("#forget")
+    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#forget")).to_be_hidden()
+    expect(page.locator("#upload")).to_be_hidden()
+    expect(card).to_have_count(0)
+    assert page.evaluate("sessionStorage.length") == 0
+    page.reload()
+    expect(page.locator("#token-form")).to_be_visible()
+
+
+def test_a_job_alice_uploaded_is_not_on_bobs_page(open_page, api_url, make_token, tmp_path):
+    alice, bob = open_page(), open_page()  # two contexts: two browsers' sessionStorage
+    sign_in(alice, api_url, make_token("alice"))
+    sign_in(bob, api_url, make_token("bob"))
+    alice.set_input_files("#file", SAMPLE)
+    alice.click("#send")
+    expect(alice.locator("#jobs article.job .name")).to_have_text(["sample.jsonl"])
+    bobs_file = tmp_path / "bob.jsonl"
+    bobs_file.write_text(SAMPLE.read_text().splitlines()[0] + "\n")
+    bob.set_input_files("#file", bobs_file)
+    bob.click("#send")
+    expect(bob.locator("#jobs article.job .name")).to_have_text(["bob.jsonl"])
+
+    # Each page's recent-jobs list, loaded afresh, holds its owner's job only.
+    for page, name in [(alice, "sample.jsonl"), (bob, "bob.jsonl")]:
+        page.reload()
+        expect(page.locator("#jobs article.job .name")).to_have_text([name])
+    screenshot(bob, "browser-bob.png")
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def test_the_docs_page_renders_within_the_policy(page, api_url):
+    response = page.goto(f"{api_url}/docs")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    expect(page.locator("#operations h2")).to_have_text("Operations")
+    expect(page.locator("#operations article.op").first).to_be_visible()
+    expect(page.locator("#schemas h2")).to_have_text("Schemas")
+    screenshot(page, "browser-docs.png")
+
+
+def test_a_policy_violation_fails_the_test(page, api_url, console_errors):
+    """What the `page` fixture relies on: code the policy blocks is reported as an error."""
+    response = page.goto(f"{api_url}/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.evaluate("""() => {
+      const script = document.createElement("script");
+      script.textContent = "window.inlineRan = true";
+      document.body.append(script);
+      document.body.insertAdjacentHTML("beforeend", '<p style="color: red">styled</p>');
+    }""")
+    assert page.evaluate("window.inlineRan") is None
+    reported = set()
+    deadline = time.monotonic() + 5
+    while len(reported) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets Playwright deliver the console events
+        reported = {e.split(" blocked")[0] for e in console_errors if "CSP violation" in e}
+    assert reported == {"CSP violation: script-src-elem", "CSP violation: style-src-attr"}
+    assert sum("violates the following Content Security Policy" in e
+               for e in console_errors) == 2  # Chromium's own messages catch them too
+    console_errors.clear()
