@@ -181,6 +181,7 @@ function showJob(job, isNew) {
     jobsBox.prepend(el);
     card = { jobId: job.job_id, el, ws: null, samples: [], errorsShown: false, gone: false };
     cards.set(job.job_id, card);
+    wireDelete(card);
   }
   render(card, job);
   if (!isFinal(job)) watch(card);
@@ -221,6 +222,7 @@ async function rewatch(card, delay) {
 
 function render(card, job) {
   const el = card.el;
+  if (el.dataset.status !== job.status) showDeleteProblem(card, "");
   el.dataset.status = job.status;
   el.querySelector(".name").textContent = job.file_name;
   el.querySelector(".status").textContent = job.status;
@@ -229,6 +231,9 @@ function render(card, job) {
   el.querySelector(".valid").textContent = fmt(job.lines_valid);
   el.querySelector(".invalid").textContent = fmt(job.lines_invalid);
   el.querySelector(".error").textContent = job.status === "failed" ? job.error || "failed" : "";
+  // A worker holds a job while processing it, and the API refuses (409) to delete it then.
+  el.querySelector(".actions").hidden = job.status === "processing";
+  if (job.status === "processing") askToDelete(card, false);
   updateSpeed(card, job);
   if (isFinal(job) && job.lines_invalid > 0 && !card.errorsShown) {
     card.errorsShown = true;
@@ -294,6 +299,40 @@ function stopFollowing(card) {
   card.gone = true;
   card.ws?.close();
 }
+
+// --------------------------------------------------------------------------- deleting
+
+function wireDelete(card) {
+  card.el.querySelector(".delete").addEventListener("click", () => askToDelete(card, true));
+  card.el.querySelector(".no").addEventListener("click", () => askToDelete(card, false));
+  card.el.querySelector(".yes").addEventListener("click", () => deleteJob(card));
+}
+
+function askToDelete(card, asking) {
+  card.el.querySelector(".delete").hidden = asking;
+  card.el.querySelector(".confirm").hidden = !asking;
+  card.el.querySelector(".yes").disabled = false;
+  if (asking) card.el.querySelector(".no").focus();
+}
+
+async function deleteJob(card) {
+  card.el.querySelector(".yes").disabled = true;
+  showDeleteProblem(card, "");
+  let response;
+  try {
+    response = await api(`/api/v1/jobs/${card.jobId}`, { method: "DELETE" });
+  } catch (err) {
+    askToDelete(card, false);
+    showDeleteProblem(card, "Not deleted: the server could not be reached.");
+    return;
+  }
+  if (response.status === 401) return; // the token form is back
+  if (response.status === 204 || response.status === 404) { removeCard(card); return; } // 404: gone already
+  askToDelete(card, false);
+  showDeleteProblem(card, `Not deleted: ${await problemDetail(response)}`);
+}
+
+function showDeleteProblem(card, text) { card.el.querySelector(".delete-problem").textContent = text; }
 
 // --------------------------------------------------------------------------- helpers
 

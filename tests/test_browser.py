@@ -284,6 +284,8 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
     expect(card.locator(".invalid")).to_have_text("1")
     card.locator("details.errors summary").click()
     expect(card.locator("details.errors tbody tr td:last-child")).to_contain_text("x" * 100)
+    card.locator(".delete").click()  # the confirm step fits too
+    expect(card.locator(".confirm")).to_be_visible()
     screenshot(page, "browser-narrow.png")
     scroll_width, client_width = page.evaluate(
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
@@ -416,6 +418,72 @@ def test_a_job_alice_uploaded_is_not_on_bobs_page(open_page, api_url, make_token
         page.reload()
         expect(page.locator("#jobs article.job .name")).to_have_text([name])
     screenshot(bob, "browser-bob.png")
+
+
+# --------------------------------------------------------------------------- deleting
+
+
+def test_a_finished_job_is_deleted_from_its_card(page, api_url, start_process, make_token):
+    start_process("worker.py")
+    token = make_token("alice")
+    sign_in(page, api_url, token)
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    job_id = card.get_attribute("data-job-id")
+
+    card.locator(".delete").click()
+    expect(card.locator(".confirm")).to_be_visible()
+    expect(card.locator(".delete")).to_be_hidden()
+    card.locator(".no").click()  # changed my mind
+    expect(card.locator(".confirm")).to_be_hidden()
+    card.locator(".delete").click()
+    screenshot(page, "browser-delete-confirm.png")
+    card.locator(".yes").click()
+
+    expect(card).to_have_count(0)
+    expect(page.locator("#jobs")).to_have_text("No jobs yet.")
+    assert get_status(f"{api_url}/api/v1/jobs/{job_id}", token) == 404
+    page.reload()
+    expect(page.locator("#jobs")).to_have_text("No jobs yet.")
+
+
+def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(page, api_url, settings,
+                                                                    make_token, console_errors):
+    """No worker runs: the job stays queued (deletable), and the test takes the worker's lock
+    on it, as a worker that just picked it up would hold it."""
+    token = make_token("alice")
+    sign_in(page, api_url, token)
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "queued")
+    job_id = card.get_attribute("data-job-id")
+
+    with psycopg.connect(settings.database_url, autocommit=True) as worker_conn:
+        worker_conn.execute(core.QUERIES["try_lock_job"], {"job_id": job_id})
+        card.locator(".delete").click()
+        card.locator(".yes").click()
+        expect(card.locator(".delete-problem")).to_have_text(
+            "Not deleted: a worker is processing this job right now; delete it once it has "
+            "completed or failed")
+        expect(card.locator(".delete")).to_be_visible()
+        expect(card.locator(".confirm")).to_be_hidden()
+        screenshot(page, "browser-delete-refused.png")
+    expected_errors(console_errors, "status of 409")
+
+    # Deleted elsewhere meanwhile (another tab, say): the page's delete finds it gone (404)
+    # and removes the card all the same.
+    request = urllib.request.Request(f"{api_url}/api/v1/jobs/{job_id}", method="DELETE",
+                                     headers=bearer(token))
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 204
+    card.locator(".delete").click()
+    card.locator(".yes").click()
+    expect(card).to_have_count(0)
+    expect(page.locator("#jobs")).to_have_text("No jobs yet.")
+    expected_errors(console_errors, "status of 404")
 
 
 # --------------------------------------------------------------------------- the policy
