@@ -98,7 +98,8 @@ function closeWorkspace() {
 // the caller gets the response either way and stops at `!response.ok`.
 async function api(path, options = {}) {
   const token = storedToken();
-  const response = await fetch(path, { ...options, headers: { Authorization: `Bearer ${token}` } });
+  const headers = { ...options.headers, Authorization: `Bearer ${token}` };
+  const response = await fetch(path, { ...options, headers });
   if (response.status === 401 && token === storedToken()) tokenRefused(await problemDetail(response));
   return response;
 }
@@ -161,11 +162,13 @@ function uploadEnded() {
 // --------------------------------------------------------------------------- job cards
 
 async function loadRecentJobs() {
+  const token = storedToken();
   try {
     const response = await api("/api/v1/jobs?limit=20");
-    if (response.status === 401) return; // the token form is back
+    if (storedToken() !== token) return; // refused (the form is back), or forgotten meanwhile
     if (!response.ok) throw new Error(await problemDetail(response));
     const { jobs } = await response.json();
+    if (storedToken() !== token) return;
     for (const job of jobs.reverse()) showJob(job, false);
   } catch (err) {
     say("Could not load recent jobs.", true);
