@@ -622,6 +622,10 @@ async def delete_job(request: web.Request) -> web.Response:
             "job.deleted", job, environment=app[SETTINGS].environment, deleted_by=who.owner))
         await conn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job_id})
         await conn.execute(core.QUERIES["delete_job"], {"job_id": job_id})
+        # Ids only: the listeners find the row gone and close the job's WebSockets (4404).
+        await conn.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL, "payload": (
+            json.dumps({"job_id": str(job_id), "status": job.status,
+                        "lines_processed": job.lines_processed}))})
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 
@@ -943,8 +947,15 @@ class JobWatchers:
         if job_id not in self.watching:
             return
         state = note if carries_whole_state(note) else await self.read_state(job_id)
-        if state is not None:
+        if state is None:  # deleted (DELETE /api/v1/jobs/{id} notifies ids only)
+            self.close_watchers(job_id, WS_NOT_FOUND, b"job deleted")
+        else:
             self.fan_out(job_id, state)
+
+    def close_watchers(self, job_id: uuid.UUID, code: int, message: bytes) -> None:
+        for watcher in list(self.watching.get(job_id, ())):
+            self.discard(job_id, watcher)
+            watcher.close_soon(code, message)
 
     def fan_out(self, job_id: uuid.UUID, state: dict) -> None:
         """Queue the state for every watcher of the job, waiting on none of them."""

@@ -687,6 +687,16 @@ async def test_deleting_a_job_removes_its_file_rows_and_errors(client, settings,
         await assert_problem(response, 404)
 
 
+async def test_deleting_a_job_closes_its_websockets_4404(client, db):
+    job_id = (await (await upload(client, jsonl(VALID))).json())["job_id"]
+    await listener_listening(db)
+    ws = await client.ws_connect(f"/ws/jobs/{job_id}")
+    assert (await ws.receive_json(timeout=30))["status"] == "queued"
+    assert (await client.delete(f"/api/v1/jobs/{job_id}")).status == 204
+    message = await ws.receive(timeout=30)
+    assert message.type == aiohttp.WSMsgType.CLOSE and ws.close_code == eventhorizon.WS_NOT_FOUND
+
+
 async def test_a_job_a_worker_is_processing_cannot_be_deleted(client, settings, db):
     job_id = (await (await upload(client, jsonl(VALID))).json())["job_id"]
     with psycopg.connect(settings.database_url, autocommit=True) as worker_conn:
