@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import ipaddress
@@ -423,7 +424,9 @@ async def publisher_ctx(app: web.Application):
 
 
 async def watchers_ctx(app: web.Application):
-    watchers = JobWatchers(app[SETTINGS].database_url, app[POOL])
+    settings = app[SETTINGS]
+    watchers = JobWatchers(settings.database_url, app[POOL],
+                           SocketLimits(settings.max_websockets, settings.max_websockets_per_owner))
     app[WATCHERS] = watchers
     task = asyncio.create_task(watchers.listen(), name="job-listener")
     yield
@@ -634,6 +637,12 @@ async def delete_job(request: web.Request) -> web.Response:
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then each state a commit made, in order; close after its final one."""
     watchers: JobWatchers = request.app[WATCHERS]
+    with watchers.limits.slot(principal(request).owner):
+        return await watch_job_socket(request, watchers)
+
+
+async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web.WebSocketResponse:
+    """The WebSocket itself, once it has a place among the process's and its owner's."""
     ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
     job_id = parse_job_id(request.match_info["job_id"])
@@ -883,6 +892,40 @@ class Publisher:
 # --------------------------------------------------------------------------- live updates
 
 
+class SocketLimits:
+    """How many WebSockets this process holds open, in all and per owner: past a limit a new
+    one is refused before the upgrade (503 for the process, 429 for an owner), with
+    Retry-After, so no client can exhaust the process's sockets and memory for the others."""
+
+    RETRY_AFTER_S = 10
+
+    def __init__(self, total: int, per_owner: int):
+        self.total, self.per_owner = total, per_owner
+        self.open = 0
+        self.open_by_owner: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def slot(self, owner: str):
+        retry = {"Retry-After": str(self.RETRY_AFTER_S)}
+        if self.open >= self.total:
+            raise Problem(503, "Service Unavailable", f"this server holds its limit of "
+                          f"{self.total} WebSockets (EH_MAX_WEBSOCKETS); retry later",
+                          headers=retry)
+        if self.open_by_owner[owner] >= self.per_owner:
+            raise Problem(429, "Too Many Requests", f"{owner} holds its limit of "
+                          f"{self.per_owner} WebSockets (EH_MAX_WEBSOCKETS_PER_OWNER); close "
+                          "one or retry later", headers=retry)
+        self.open += 1
+        self.open_by_owner[owner] += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self.open_by_owner[owner] -= 1
+            if not self.open_by_owner[owner]:
+                del self.open_by_owner[owner]
+
+
 class JobWatchers:
     """One LISTEN connection per API process, fanned out to the WebSockets watching each job.
 
@@ -896,9 +939,10 @@ class JobWatchers:
     while the listener was away are gone.
     """
 
-    def __init__(self, database_url: str, pool: AsyncConnectionPool):
+    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: "SocketLimits"):
         self.database_url = database_url
         self.pool = pool
+        self.limits = limits
         self.watching: dict[uuid.UUID, set[Watcher]] = {}
         self.shutting_down = False
 

@@ -1098,3 +1098,37 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
     assert (await other.receive_json(timeout=30))["status"] == "completed"
     assert (await other.receive(timeout=30)).type == aiohttp.WSMsgType.CLOSE
     assert other.close_code == 1000
+
+
+async def test_websockets_are_capped_per_owner_and_per_process(settings, aiohttp_client,
+                                                               make_token):
+    capped = dataclasses.replace(settings, max_websockets=3, max_websockets_per_owner=2)
+    alice = await aiohttp_client(eventhorizon.init_app(capped),
+                                 headers=bearer(make_token("alice")))
+    bob = aiohttp.ClientSession(base_url=alice.server.make_url("/"),
+                                headers=bearer(make_token("bob")))
+    try:
+        job_id = (await (await upload(alice, jsonl(VALID))).json())["job_id"]
+        bob_job = (await (await upload(bob, jsonl(VALID))).json())["job_id"]
+        held = [await alice.ws_connect(f"/ws/jobs/{job_id}") for _ in range(2)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await alice.ws_connect(f"/ws/jobs/{job_id}")
+        assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "10"
+        held.append(await bob.ws_connect(f"/ws/jobs/{bob_job}"))  # another owner: a place
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await bob.ws_connect(f"/ws/jobs/{bob_job}")
+        assert refused.value.status == 503  # the process is full
+        await held.pop(0).close()
+        for _ in range(50):  # the server notices the close
+            try:
+                held.append(await alice.ws_connect(f"/ws/jobs/{job_id}"))
+                break
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("a closed WebSocket's place was never given back")
+        assert (await alice.get("/healthz")).status == 200
+        for ws in held:
+            await ws.close()
+    finally:
+        await bob.close()
