@@ -23,6 +23,9 @@ sent again in halves, and every refused half halved again, so the rows ClickHous
 and only the rows it refuses on their own move to outbox_dead, each with its error. Anything
 else is retried forever with capped exponential backoff.
 
+Deleted jobs: when it is idle, the relay also deletes from event_log the events of jobs deleted
+through the API, once none of their events is left in the outbox (delete_events_of_deleted_jobs).
+
 The loop sleeps on LISTEN eh_outbox (RELAY_POLL_S is the fallback wake-up) and lets a small
 batch fill for up to RELAY_BATCH_MAX_WAIT_S, counted from its oldest row's created_at.
 SIGTERM or SIGINT stops it: the current batch is finished, or abandoned after STOP_GRACE_S or

@@ -854,7 +854,7 @@ async def received_until_closed(ws, timeout: float = 60.0) -> list[dict]:
     return await asyncio.wait_for(receive_all(), timeout)
 
 
-def record_batch(db, job_id: str, lines: int, status: str = "processing") -> dict:
+def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") -> dict:
     """Move a job's row as the worker's batch would (without its NOTIFY); the new row."""
     return db.execute("UPDATE jobs SET status = %s, started_at = created_at, "
                       "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
@@ -1075,7 +1075,7 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
                 rounds += 1
                 assert rounds <= 200, "the slow client was never dropped"
                 with db.transaction():
-                    other_state = record_batch(db, other_job["job_id"], rounds)
+                    other_state = advance_checkpoint(db, other_job["job_id"], rounds)
                     notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
                                 other_state])
                 # handled after the slow job's 500 of this transaction, without waiting on them
@@ -1094,7 +1094,7 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
         slow.close()
 
     with db.transaction():
-        notify(db, [record_batch(db, other_job["job_id"], rounds, "completed")])
+        notify(db, [advance_checkpoint(db, other_job["job_id"], rounds, "completed")])
     assert (await other.receive_json(timeout=30))["status"] == "completed"
     assert (await other.receive(timeout=30)).type == aiohttp.WSMsgType.CLOSE
     assert other.close_code == 1000
