@@ -188,17 +188,17 @@ class Settings:
         """Refuse, in production, credentials that are the development defaults (every
         process checks this at start; see load_settings)."""
         if self.environment == "production" and (dev := self.development_credentials()):
-            raise ConfigError(f"EH_ENVIRONMENT is production but {' and '.join(dev)} "
-                              "still the development default; set real credentials (or "
-                              "EH_ENVIRONMENT=development on a development machine)")
+            raise ConfigError(f"EH_ENVIRONMENT is production, but these are still the "
+                              f"development defaults: {', '.join(dev)}; set real credentials "
+                              "(or EH_ENVIRONMENT=development on a development machine)")
 
     def development_credentials(self) -> list[str]:
         """The credentials that are still the development defaults, by variable."""
         found = []
         if self.aws_secret_access_key == DEV_S3_SECRET:
-            found.append("AWS_SECRET_ACCESS_KEY is")
+            found.append("AWS_SECRET_ACCESS_KEY")
         if urlsplit(self.amqp_url).password == "guest":
-            found.append("AMQP_URL's password is")
+            found.append("the password in AMQP_URL")
         return found
 
     @property
@@ -292,11 +292,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def load_settings() -> Settings:
-    """Settings for a process entry point: a bad value stops the process with a clear message."""
+def load_settings(*, service: bool = True) -> Settings:
+    """Settings for a process entry point: a bad value stops the process with a clear message.
+    A service (not a one-off command such as `tokens` or `migrate`) also refuses development
+    credentials in production."""
     try:
         settings = Settings.from_env()
-        settings.check_deployable()
+        if service:
+            settings.check_deployable()
         return settings
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")

@@ -57,7 +57,7 @@ MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
 def main(argv: list[str]) -> int:
     args = command_line().parse_args(argv[1:])
-    settings = core.load_settings()
+    settings = core.load_settings(service=args.command is None)
     core.configure_logging(settings)
     if args.command == "migrate":
         applied = core.migrate(settings.database_url)

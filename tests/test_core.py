@@ -142,14 +142,14 @@ def test_imports_are_a_star_around_core():
 
 
 @pytest.mark.parametrize(("env", "named"), [
-    ({}, "AWS_SECRET_ACCESS_KEY is and AMQP_URL's password is"),
-    ({"AWS_SECRET_ACCESS_KEY": "s3cret"}, "AMQP_URL's password is"),
-    ({"AMQP_URL": "amqp://eh:pw@mq/%2F"}, "AWS_SECRET_ACCESS_KEY is"),
+    ({}, "AWS_SECRET_ACCESS_KEY, the password in AMQP_URL;"),
+    ({"AWS_SECRET_ACCESS_KEY": "s3cret"}, ": the password in AMQP_URL;"),
+    ({"AMQP_URL": "amqp://eh:pw@mq/%2F"}, ": AWS_SECRET_ACCESS_KEY;"),
 ])
 def test_production_refuses_the_development_credentials(env, named):
     with pytest.raises(core.ConfigError) as info:
         core.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
-    assert f"{named} still the development default" in str(info.value)
+    assert "still the development defaults" in str(info.value) and named in str(info.value)
     real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F"}
     core.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
     core.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
