@@ -25,6 +25,7 @@ import core
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 500
+CANONICAL = "eventhorizon"  # the name of a line in Event Horizon's own format (formats.CANONICAL)
 NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
@@ -51,6 +52,7 @@ class LineBatch:
     entries: list[tuple] = dataclasses.field(default_factory=list)
     events: list[tuple] = dataclasses.field(default_factory=list)  # outbox rows
     errors: list[tuple] = dataclasses.field(default_factory=list)
+    formats: dict[str, int] = dataclasses.field(default_factory=dict)  # valid lines per format
     lines: int = 0
     bytes: int = 0
 
@@ -92,11 +94,12 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
 
 
 def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
-             validator, event_id: Callable[[int], str]) -> None:
+             validator, event_id: Callable[[int], str], mapping: Mapping | None = None) -> None:
     """Validate one line and put its result (entry + outbox event, or error) in the batch.
 
     This runs for every line of every file, so the event is built as a ready COPY row: the
-    context is serialised once and spliced into the event's JSON.
+    context is serialised once and spliced into the event's JSON. `mapping` is the job's log
+    format (see parse_line).
     """
     if raw is None:
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
@@ -106,7 +109,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
     if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
         return
     try:
-        entry = parse_line(raw, validator)
+        entry = parse_line(raw, validator, mapping)
     except InvalidLine as exc:
         batch.errors.append((job_id, line_no, str(exc)))
         return
@@ -114,6 +117,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
         batch.errors.append((job_id, line_no, TOO_DEEP))
         return
     context_json = entry["context_json"]
+    batch.formats[entry["format"]] = batch.formats.get(entry["format"], 0) + 1
     batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
                           entry["event_type"], entry["environment"], entry["message"],
                           context_json))
@@ -133,8 +137,18 @@ class InvalidLine(Exception):
         super().__init__(reason[:MAX_REASON_CHARS])
 
 
-def parse_line(raw: bytes, validator) -> dict[str, Any]:
-    """One log entry from one line of bytes, normalised; InvalidLine says why not."""
+# A job's log format, compiled once (formats.compile_format): called with each decoded line, it
+# returns (format name, canonical entry, source path of each field, or None for a canonical
+# line), or raises ValueError with the reason.
+Mapping = Callable[[Any], tuple[str, dict[str, Any], "dict[str, str] | None"]]
+
+
+def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[str, Any]:
+    """One log entry from one line of bytes, normalised; InvalidLine says why not.
+
+    Without a mapping the line must be a canonical entry. With one, the line is mapped first
+    and the mapped entry goes through every check a canonical line does; reasons then name
+    the format and the line's own field (`pino: time: …`)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,18 +159,26 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise InvalidLine(f"invalid JSON: {exc}") from None
+    name, sources = CANONICAL, None
+    if mapping is not None:
+        try:
+            name, obj, sources = mapping(obj)
+        except ValueError as exc:  # the mapping's reason names the format and the field
+            raise InvalidLine(str(exc)) from None
     if not validator.is_valid(obj):
-        raise InvalidLine(schema_error_reason(validator, obj))
+        raise InvalidLine(schema_error_reason(validator, obj, name, sources))
     if SUSPECT_ESCAPE.search(text):
         check_storable_strings(obj)
     try:
         # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
         timestamp = dt.datetime.fromisoformat(obj["timestamp"].upper())
     except ValueError as exc:
-        raise InvalidLine(f"$.timestamp: not a valid date-time ({exc})") from None
+        raise InvalidLine(f"{where('timestamp', name, sources)}: not a valid date-time ({exc})"
+                          ) from None
     if not TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX:
-        raise InvalidLine(f"$.timestamp: {obj['timestamp']!r} is outside the range event_log "
-                          "holds (1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z)")
+        raise InvalidLine(f"{where('timestamp', name, sources)}: {obj['timestamp']!r} is "
+                          "outside the range event_log holds (1970-01-01T00:00:00Z to "
+                          "2106-02-07T06:28:15Z)")
     context = obj.get("context", {})
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:
@@ -177,7 +199,16 @@ def parse_line(raw: bytes, validator) -> dict[str, Any]:
         "message": obj["message"],
         "context": context,
         "context_json": context_json,
+        "format": name,
     }
+
+
+def where(field: str, name: str, sources: dict[str, str] | None) -> str:
+    """Where a field of the entry came from, for a reason: `$.timestamp` in a canonical line,
+    `pino: time` in a mapped one."""
+    if sources is None:
+        return f"$.{field}"
+    return f"{name}: {sources.get(field, field)}"
 
 
 def check_storable_strings(obj) -> None:
@@ -273,13 +304,21 @@ def strings_in(obj) -> Iterator[str]:
             pending.extend(value)
 
 
-def schema_error_reason(validator, obj) -> str:
+def schema_error_reason(validator, obj, name: str = CANONICAL,
+                        sources: dict[str, str] | None = None) -> str:
     """The most relevant schema error, put for a person: a pattern is explained by the
-    property's description rather than shown as a regular expression."""
+    property's description rather than shown as a regular expression. In a mapped entry the
+    error is placed at the line's own field (`zap: logger: …`), not the entry's."""
     error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if sources is None or not error.path:
+        path = error.json_path if sources is None else name
+    else:
+        path = where(str(error.path[0]), name, sources)
+        if len(error.path) > 1:
+            path += "".join(f"[{key!r}]" for key in list(error.path)[1:])
     if error.validator == "pattern" and "description" in error.schema:
-        return f"{error.json_path}: {error.instance!r} is not valid: {error.schema['description']}"
-    return f"{error.json_path}: {error.message}"
+        return f"{path}: {error.instance!r} is not valid: {error.schema['description']}"
+    return f"{path}: {error.message}"
 
 
 @functools.cache

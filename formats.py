@@ -1,0 +1,367 @@
+"""Log formats: the JSON log lines other libraries write, mapped onto the canonical entry.
+
+Pure logic, no I/O. Each built-in format is data (a `Format`: which source fields give the
+timestamp, level, message, service, event type and environment, and how to read their values),
+and one generic mapper reads them all; `auto` picks the format per line from its keys
+(`detect`). What a format does not map stays in the entry's `context` as it was, so nothing in
+the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
+schema, `log_entry.schema.json`, exactly like a line written in Event Horizon's own format.
+
+`compile_format(name, default_service, default_environment)` is called once per job and returns
+a callable `mapping(obj) -> (format_name, entry, sources)`: `sources` names, for each canonical
+field, the source field it came from, so that a line's error reason can say which field of the
+line failed (`pino: time: not a number of milliseconds`); it is None for a canonical line, whose
+reasons are the schema's own (`$.level: …`). A line that cannot be mapped raises ValueError
+with its reason (lines.py imports nothing of ours but core, so ValueError is the contract).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from typing import Any, Callable, Mapping
+
+CANONICAL = "eventhorizon"
+AUTO = "auto"
+UNKNOWN_SERVICE = "unknown"
+DEFAULT_ENVIRONMENT = "production"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+# Level names of the common libraries (any letter case) onto the canonical five.
+LEVEL_NAMES = {
+    "trace": "debug", "debug": "debug",
+    "info": "info", "information": "info", "informational": "info", "notice": "info",
+    "warn": "warning", "warning": "warning",
+    "error": "error", "err": "error",
+    "critical": "critical", "crit": "critical", "fatal": "critical", "panic": "critical",
+    "dpanic": "critical", "alert": "critical", "emergency": "critical", "emerg": "critical",
+}
+# pino and bunyan: trace 10, debug 20, info 30, warn 40, error 50, fatal 60.
+PINO_LEVELS = {10: "debug", 20: "debug", 30: "info", 40: "warning", 50: "error", 60: "critical"}
+# OpenTelemetry severityNumber: TRACE 1-4, DEBUG 5-8, INFO 9-12, WARN 13-16, ERROR 17-20,
+# FATAL 21-24.
+OTEL_SEVERITIES = {
+    **dict.fromkeys(range(1, 9), "debug"), **dict.fromkeys(range(9, 13), "info"),
+    **dict.fromkeys(range(13, 17), "warning"), **dict.fromkeys(range(17, 21), "error"),
+    **dict.fromkeys(range(21, 25), "critical"),
+}
+NO_NUMBERS: Mapping[int, str] = {}
+
+# How a time field's value is read. A number is seconds, milliseconds or nanoseconds since the
+# epoch (a string of digits too: OTLP/JSON writes 64-bit integers as strings); any other string
+# is a date-time; `iso` takes strings only, `asctime` reads a date-time without an offset as UTC.
+TIME_UNITS = {"s": "seconds", "ms": "milliseconds", "ns": "nanoseconds"}
+TIME_TEXT = ("iso", "asctime")
+ANY_VALUE_KEYS = frozenset({"stringValue", "intValue", "doubleValue", "boolValue"})
+# Go's time.Time.String(), as logrus's README shows it: "2014-03-10 19:57:38.562264131 -0400 EDT"
+GO_TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(\.\d+)? ([+-]\d\d)(\d\d)(?: \S+)?")
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One log format, as data: for each canonical field, the source paths that may hold it
+    (dotted: `log.level` is found as `{"log": {"level": …}}` or as `{"log.level": …}`; the
+    first path present wins), and how to read the time and the level.
+
+    `service` paths name the service and win over the upload's `service`; `service_fallback`
+    paths name something near it (a logger, a host) and are used only when the upload gave
+    none. `event_type` defaults to `<name>.log`, `message` to an empty string."""
+
+    name: str
+    time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, ns, iso or asctime)
+    level: tuple[str, ...]
+    message: tuple[str, ...]
+    service: tuple[str, ...] = ()
+    service_fallback: tuple[str, ...] = ()
+    event_type: tuple[str, ...] = ()
+    environment: tuple[str, ...] = ()
+    level_numbers: Mapping[int, str] = dataclasses.field(default_factory=lambda: NO_NUMBERS)
+
+
+FORMATS = {f.name: f for f in (
+    Format("pino", time=(("time", "ms"),), level=("level",), message=("msg",),
+           service=("name",), service_fallback=("hostname",), level_numbers=PINO_LEVELS),
+    Format("bunyan", time=(("time", "ms"),), level=("level",), message=("msg",),
+           service=("name",), service_fallback=("hostname",), level_numbers=PINO_LEVELS),
+    Format("zap", time=(("ts", "s"),), level=("level",), message=("msg",),
+           service_fallback=("logger",)),
+    Format("logrus", time=(("time", "iso"),), level=("level",), message=("msg",)),
+    Format("structlog", time=(("timestamp", "iso"),), level=("level",), message=("event",),
+           service_fallback=("logger",)),
+    Format("ecs", time=(("@timestamp", "iso"),), level=("log.level",), message=("message",),
+           service=("service.name",), service_fallback=("log.logger",),
+           event_type=("event.action", "event.dataset"), environment=("service.environment",)),
+    Format("python-json-logger",
+           time=(("timestamp", "iso"), ("created", "s"), ("asctime", "asctime")),
+           level=("levelname",), message=("message",), service_fallback=("name",)),
+    Format("otel", time=(("timeUnixNano", "ns"), ("observedTimeUnixNano", "ns")),
+           level=("severityNumber", "severityText"), message=("body",),
+           service=("resource.attributes.service.name", "resource.service.name"),
+           event_type=("eventName", "attributes.event.name"),
+           environment=("resource.attributes.deployment.environment.name",
+                        "resource.attributes.deployment.environment",
+                        "resource.deployment.environment.name",
+                        "resource.deployment.environment"),
+           level_numbers=OTEL_SEVERITIES),
+)}
+NAMES = (AUTO, CANONICAL, *FORMATS)
+
+# What a mapping returns for a line: the format's name, the canonical entry, and for each
+# canonical field the source path it came from (None for a canonical line).
+Mapped = tuple[str, dict[str, Any], dict[str, str] | None]
+
+
+class UnknownFormat(ValueError):
+    """A job names a format that is neither built in nor `auto`."""
+
+
+def compile_format(name: str, default_service: str | None = None,
+                   default_environment: str | None = None) -> Callable[[Any], Mapped]:
+    """The mapping for a job: built once, then called for every line."""
+    if name == AUTO:
+        return AutoMapper(default_service, default_environment)
+    if name == CANONICAL:
+        return CanonicalMapper(default_service, default_environment)
+    if name in FORMATS:
+        return FormatMapper(FORMATS[name], default_service, default_environment)
+    raise UnknownFormat(f"unknown log format {name!r}: one of {', '.join(NAMES)}")
+
+
+def detect(obj: dict) -> str:
+    """The format a line is written in, from its keys (the `auto` rules, in this order)."""
+    if "@timestamp" in obj:
+        return "ecs"
+    if "timeUnixNano" in obj or "observedTimeUnixNano" in obj:
+        return "otel"
+    level = obj.get("level")
+    if "time" in obj and type(level) is int:
+        return "bunyan" if "v" in obj else "pino"
+    if "ts" in obj and "msg" in obj:
+        return "zap"
+    if "levelname" in obj:
+        return "python-json-logger"
+    if "event" in obj and "timestamp" in obj and "message" not in obj:
+        return "structlog"
+    if "time" in obj and "msg" in obj and type(level) is str:
+        return "logrus"
+    return CANONICAL
+
+
+class CanonicalMapper:
+    """Event Horizon's own format: the line is the entry. Only the upload's defaults are filled
+    in, so reasons stay the schema's own, exactly as without a mapping."""
+
+    def __init__(self, default_service: str | None, default_environment: str | None):
+        self.defaults = {k: v for k, v in (("service", default_service),
+                                           ("environment", default_environment)) if v}
+
+    def __call__(self, obj) -> Mapped:
+        if self.defaults and type(obj) is dict:
+            for key, value in self.defaults.items():
+                obj.setdefault(key, value)
+        return CANONICAL, obj, None
+
+
+class AutoMapper:
+    """`auto`: each line is mapped by the format `detect` recognises in it."""
+
+    def __init__(self, default_service: str | None, default_environment: str | None):
+        self.canonical = CanonicalMapper(default_service, default_environment)
+        self.mappers = {name: FormatMapper(f, default_service, default_environment)
+                        for name, f in FORMATS.items()}
+
+    def __call__(self, obj) -> Mapped:
+        if type(obj) is not dict:
+            return self.canonical(obj)  # the schema says why it is not an entry
+        name = detect(obj)
+        return self.canonical(obj) if name == CANONICAL else self.mappers[name](obj)
+
+
+class FormatMapper:
+    """A `Format` made ready to run: its paths split once, its defaults chosen once."""
+
+    def __init__(self, fmt: Format, default_service: str | None,
+                 default_environment: str | None):
+        self.name = fmt.name
+        self.time = [(Path(p), unit) for p, unit in fmt.time]
+        self.level = [Path(p) for p in fmt.level]
+        self.level_numbers = fmt.level_numbers
+        self.message = [Path(p) for p in fmt.message]
+        self.service = [Path(p) for p in fmt.service]
+        self.service_fallback = [Path(p) for p in fmt.service_fallback]
+        self.event_type = [Path(p) for p in fmt.event_type]
+        self.environment = [Path(p) for p in fmt.environment]
+        self.default_service = default_service
+        self.default_environment = default_environment or DEFAULT_ENVIRONMENT
+        self.default_event_type = f"{fmt.name}.log"
+
+    def __call__(self, obj) -> Mapped:
+        """The canonical entry of one line. The mapped fields are taken out of the line (it is
+        not used again), and what is left of it becomes the entry's context."""
+        if type(obj) is not dict:
+            raise ValueError(f"{self.name}: the line is not a JSON object")
+        sources: dict[str, str] = {}
+        timestamp = self.read_time(obj, sources)
+        level = self.read_level(obj, sources)
+        message = take(obj, self.message, sources, "message", "")
+        service = take(obj, self.service, sources, "service", None)
+        if service is None and self.default_service:
+            service, sources["service"] = self.default_service, "service (given with the upload)"
+        if service is None:
+            service = take(obj, self.service_fallback, sources, "service", UNKNOWN_SERVICE)
+        event_type = take(obj, self.event_type, sources, "event_type", self.default_event_type)
+        environment = take(obj, self.environment, sources, "environment",
+                           self.default_environment)
+        return self.name, {
+            "timestamp": timestamp, "level": level, "service": service,
+            "event_type": event_type, "message": message, "environment": environment,
+            "context": obj,
+        }, sources
+
+    def read_time(self, obj: dict, sources: dict[str, str]) -> Any:
+        for path, unit in self.time:
+            value = path.take(obj)
+            if value is not MISSING:
+                sources["timestamp"] = path.text
+                return time_text(value, unit, f"{self.name}: {path.text}")
+        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _ in self.time)} "
+                         "(the timestamp)")
+
+    def read_level(self, obj: dict, sources: dict[str, str]) -> str:
+        for path in self.level:
+            value = path.take(obj)
+            if value is not MISSING:
+                sources["level"] = path.text
+                return level_name(value, self.level_numbers, f"{self.name}: {path.text}")
+        raise ValueError(f"{self.name}: no {' or '.join(p.text for p in self.level)} (the level)")
+
+
+def take(obj: dict, paths: list[Path], sources: dict[str, str], field: str, default):
+    """The value at the first of `paths` present (taken out of the line), else `default`."""
+    for path in paths:
+        value = path.take(obj)
+        if value is not MISSING:
+            sources[field] = path.text
+            return value
+    return default
+
+
+MISSING = object()
+
+
+class Path:
+    """A dotted source path, split once. `take` finds it through nested objects or dotted keys
+    (ECS writes both), and through OTLP attribute lists ([{"key": …, "value": {…}}]); an OTLP
+    value ({"stringValue": …}) is unwrapped. The value is removed from its object (an object
+    left empty goes too); a value found in an attribute list is left where it is."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.segments = tuple(text.split("."))
+        self.simple = len(self.segments) == 1
+
+    def take(self, obj: dict):
+        if self.simple:  # the common case: a top-level key
+            value = obj.pop(self.text, MISSING)
+        else:
+            value = take_nested(obj, self.segments)
+        return any_value(value)
+
+
+def take_nested(obj: dict, segments: tuple[str, ...]):
+    """Find and remove the value at `segments`, trying the longest dotted key first."""
+    for end in range(len(segments), 0, -1):
+        key = ".".join(segments[:end])
+        if key not in obj:
+            continue
+        if end == len(segments):
+            return obj.pop(key)
+        inner, rest = obj[key], segments[end:]
+        if type(inner) is dict:
+            value = take_nested(inner, rest)
+            if value is not MISSING:
+                if not inner:
+                    del obj[key]
+                return value
+        elif type(inner) is list:
+            value = attribute(inner, ".".join(rest))
+            if value is not MISSING:
+                return value
+    return MISSING
+
+
+def attribute(items: list, key: str):
+    """The value of `key` in an OTLP attribute list, or MISSING."""
+    for item in items:
+        if type(item) is dict and item.get("key") == key and "value" in item:
+            return item["value"]
+    return MISSING
+
+
+def any_value(value):
+    """An OTLP AnyValue ({"stringValue": "x"}) as the plain value it holds."""
+    if type(value) is dict and len(value) == 1:
+        (key, inner), = value.items()
+        if key in ANY_VALUE_KEYS:
+            return inner
+    return value
+
+
+def level_name(value, numbers: Mapping[int, str], where: str) -> str:
+    """The canonical level of a level value: a name (any case) or a number of the format."""
+    if type(value) is str:
+        level = LEVEL_NAMES.get(value.lower())
+    elif type(value) in (int, float) and value in numbers:
+        level = numbers[int(value)]
+    else:
+        level = None
+    if level is None:
+        raise ValueError(f"{where}: unknown level {value!r}")
+    return level
+
+
+def time_text(value, unit: str, where: str) -> Any:
+    """The timestamp as an RFC 3339 string (the canonical schema checks it), from a number of
+    `unit` since the epoch or from a date-time string (normalised when it is not RFC 3339
+    already: a `+0100` offset, a comma before the fraction, Go's time format)."""
+    if type(value) is str:
+        if unit in TIME_UNITS and value.isdigit():
+            value = int(value)
+        else:
+            return normalised_time(value, naive_is_utc=unit == "asctime")
+    if unit in TIME_TEXT:
+        raise ValueError(f"{where}: not a date-time string")
+    if type(value) not in (int, float):
+        raise ValueError(f"{where}: not a number of {TIME_UNITS[unit]}")
+    try:
+        if unit == "ns":
+            moment = EPOCH + dt.timedelta(microseconds=value // 1000)
+        elif unit == "ms":
+            moment = EPOCH + dt.timedelta(milliseconds=value)
+        else:
+            moment = EPOCH + dt.timedelta(seconds=value)
+    except (OverflowError, ValueError):  # beyond datetime's years, or NaN
+        raise ValueError(f"{where}: {value!r} {TIME_UNITS[unit]} is not a time datetime can "
+                         "hold") from None
+    return moment.isoformat()
+
+
+def normalised_time(text: str, *, naive_is_utc: bool) -> str:
+    """`text` as RFC 3339 if it can be read as a date-time; else unchanged (the schema then
+    says why)."""
+    if RFC3339.fullmatch(text):
+        return text
+    if go := GO_TIME.fullmatch(text):
+        date, clock, fraction, hours, minutes = go.groups()
+        text = f"{date}T{clock}{(fraction or '')[:7]}{hours}:{minutes}"
+    try:
+        moment = dt.datetime.fromisoformat(text.replace(",", "."))
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        if not naive_is_utc:
+            return text
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.isoformat()
