@@ -448,6 +448,13 @@ class Job:
     completed_at: dt.datetime | None
     updated_at: dt.datetime
     owner: str | None  # whose token uploaded it (sql/migrations/0004_access.sql)
+    # The log format, `auto` or a name in formats.py, and the upload's defaults for what a
+    # format lacks (sql/migrations/0005_formats.sql). Defaults as the table's, for jobs built
+    # by hand (tests).
+    format: str = "auto"
+    default_service: str | None = None
+    default_environment: str | None = None
+    formats_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # valid lines/format
     first_start: bool = False
 
 
@@ -487,6 +494,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),
         "error": job.error,
+        "formats": job.formats_seen,
     }
 
 

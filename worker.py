@@ -28,8 +28,10 @@ import psycopg
 import structlog
 from botocore.exceptions import ClientError
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 import core
+import formats
 import lines
 
 log = structlog.get_logger("worker")
@@ -357,6 +359,7 @@ def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> core.Job | No
 def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Event) -> JobRun:
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
+    mapping = compile_format(job)
     event_id = core.line_event_ids(job.job_id)
     started = time.monotonic()
     line_no = job.lines_processed
@@ -369,7 +372,7 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
             line_no += 1
             batch.lines += 1
             batch.bytes += size
-            lines.add_line(batch, job.job_id, line_no, raw, validator, event_id)
+            lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping)
             if settings.line_delay_max_s:
                 stop.wait(random.uniform(0, settings.line_delay_max_s))
             if stop.is_set():
@@ -395,6 +398,15 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
     log.info("job.completed", lines=job.lines_processed, valid=job.lines_valid,
              invalid=job.lines_invalid, seconds=round(time.monotonic() - started, 3))
     return JobRun.COMPLETED
+
+
+def compile_format(job: core.Job) -> lines.Mapping:
+    """The job's log format, compiled once for all its lines; a name no format has fails the
+    job (it can never succeed)."""
+    try:
+        return formats.compile_format(job.format, job.default_service, job.default_environment)
+    except formats.UnknownFormat as exc:
+        raise JobFailed(str(exc)) from None
 
 
 class Committer:
@@ -474,6 +486,7 @@ def write_batch(conn, job: core.Job, batch: lines.LineBatch) -> core.Job:
             "bytes_processed": job.bytes_processed + batch.bytes,
             "valid": len(batch.entries),
             "invalid": len(batch.errors),
+            "formats": Jsonb(batch.formats),
             "previous_lines": job.lines_processed,
         }).fetchone()
         if updated is None:

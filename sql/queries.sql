@@ -4,9 +4,10 @@
 -- (%(name)s); nothing here is built by string formatting.
 
 -- name: insert_job --
-INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner)
+INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner,
+                  format, default_service, default_environment)
 VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
-        %(owner)s)
+        %(owner)s, %(format)s, %(default_service)s, %(default_environment)s)
 RETURNING *;
 
 -- name: get_job --
@@ -72,12 +73,17 @@ SELECT pg_advisory_unlock(hashtextextended(%(job_id)s::text, 0));
 
 -- name: advance_checkpoint --
 -- Moves a job's checkpoint past a committed batch of lines; guarded on the old checkpoint so a
--- stale worker cannot.
+-- stale worker cannot. formats: the batch's valid lines per format ({"pino": 3}), added to the
+-- job's formats_seen.
 UPDATE jobs
 SET lines_processed = %(lines_processed)s,
     bytes_processed = %(bytes_processed)s,
     lines_valid = lines_valid + %(valid)s,
     lines_invalid = lines_invalid + %(invalid)s,
+    formats_seen = formats_seen || coalesce(
+        (SELECT jsonb_object_agg(f.key, coalesce((formats_seen ->> f.key)::bigint, 0)
+                                        + f.value::bigint)
+         FROM jsonb_each_text(%(formats)s::jsonb) AS f), '{}'),
     updated_at = now()
 WHERE job_id = %(job_id)s AND status = 'processing' AND lines_processed = %(previous_lines)s
 RETURNING *;

@@ -28,7 +28,9 @@ def jsonl(*objs) -> bytes:
     return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
-def make_job(settings, db, content: bytes, *, store: bool = True) -> uuid.UUID:
+def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
+             default_service: str | None = None,
+             default_environment: str | None = None) -> uuid.UUID:
     """A queued job for `content`, as the API leaves it."""
     job_id = uuid.uuid4()
     key = f"uploads/{job_id}.jsonl"
@@ -38,7 +40,8 @@ def make_job(settings, db, content: bytes, *, store: bool = True) -> uuid.UUID:
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
         "bucket": settings.s3_bucket, "object_key": key,
         "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
-        "owner": "tester"})
+        "owner": "tester", "format": format, "default_service": default_service,
+        "default_environment": default_environment})
     return job_id
 
 
