@@ -95,7 +95,7 @@ FORMATS = {f.name: f for f in (
            event_type=("event.action", "event.dataset"), environment=("service.environment",)),
     Format("python-json-logger",
            time=(("timestamp", "iso"), ("created", "s"), ("asctime", "asctime")),
-           level=("levelname",), message=("message",), service_fallback=("name",)),
+           level=("levelname", "level"), message=("message",), service_fallback=("name",)),
     Format("otel", time=(("timeUnixNano", "ns"), ("observedTimeUnixNano", "ns")),
            level=("severityNumber", "severityText"), message=("body",),
            service=("resource.attributes.service.name", "resource.service.name"),
