@@ -255,6 +255,68 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     assert job_row(db, job_id)["attempts"] == 1
 
 
+# --------------------------------------------------------------------------- log formats
+
+# A file mixing three formats, as pino, zap's production logger and ecs-logging write them.
+PINO_LINE = {"level": 40, "time": 1531171074631, "msg": "slow checkout", "pid": 657,
+             "hostname": "web-1", "name": "checkout", "order_id": 42}
+ZAP_LINE = {"level": "error", "ts": 1525303480.993161, "caller": "pay/main.go:22",
+            "logger": "payments.charge", "msg": "charge declined", "attempt": 3}
+ECS_LINE = {"@timestamp": "2020-03-20T18:11:37.895Z", "log.level": "info",
+            "message": "user logged in", "ecs.version": "1.6.0",
+            "service": {"name": "auth", "environment": "staging"},
+            "event": {"action": "login"}, "user": {"id": "u-7"}}
+
+
+def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
+    settings = dataclasses.replace(settings, batch_lines=4)
+    content = jsonl(*[PINO_LINE, ZAP_LINE, ECS_LINE] * 3, PINO_LINE)
+    job_id = make_job(settings, db, content, default_environment="eu-prod")
+
+    assert run(settings, job_id) == "completed"
+
+    assert_exactly_once(db, job_id, valid=10, invalid=0)
+    job = core.job_query(db, "get_job", {"job_id": job_id}).fetchone()
+    assert job.formats_seen == {"pino": 4, "zap": 3, "ecs": 3}
+    assert core.job_json(job)["formats"] == {"pino": 4, "zap": 3, "ecs": 3}
+    rows = db.execute("SELECT * FROM log_entries WHERE line_no <= 3 ORDER BY line_no").fetchall()
+    assert [(r["level"], r["service"], r["event_type"], r["environment"], r["message"])
+            for r in rows] == [
+        ("warning", "checkout", "pino.log", "eu-prod", "slow checkout"),
+        ("error", "payments.charge", "zap.log", "eu-prod", "charge declined"),
+        ("info", "auth", "login", "staging", "user logged in"),
+    ]
+    assert [r["timestamp"].isoformat() for r in rows] == [
+        "2018-07-09T21:17:54.631000+00:00", "2018-05-02T23:24:40.993161+00:00",
+        "2020-03-20T18:11:37.895000+00:00"]
+    assert [r["context"] for r in rows] == [
+        {"pid": 657, "hostname": "web-1", "order_id": 42},
+        {"caller": "pay/main.go:22", "attempt": 3},
+        {"ecs.version": "1.6.0", "user": {"id": "u-7"}},
+    ]
+    event = db.execute("SELECT * FROM outbox WHERE event_context->>'line_no' = '2'").fetchone()
+    assert (event["event_type"], event["environment"]) == ("zap.log", "eu-prod")
+    assert {k: event["event_context"][k] for k in ("level", "service", "message", "context")} == {
+        "level": "error", "service": "payments.charge", "message": "charge declined",
+        "context": {"caller": "pay/main.go:22", "attempt": 3}}
+
+
+def test_a_job_in_one_format_refuses_lines_of_another_naming_the_field(settings, db):
+    job_id = make_job(settings, db, jsonl(PINO_LINE, ZAP_LINE), format="pino")
+    assert run(settings, job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=1, invalid=1)
+    reason = db.execute("SELECT reason FROM line_errors WHERE job_id = %s",
+                        (job_id,)).fetchone()["reason"]
+    assert reason == "pino: no time (the timestamp)"
+    assert job_row(db, job_id)["formats_seen"] == {"pino": 1}
+
+
+def test_a_job_with_an_unknown_format_fails(settings, db):
+    job_id = make_job(settings, db, jsonl(VALID), format="log4j")
+    assert run(settings, job_id) == "failed"
+    assert job_row(db, job_id)["error"].startswith("unknown log format 'log4j'")
+
+
 # --------------------------------------------------------------------------- the process
 
 
