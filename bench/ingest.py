@@ -6,11 +6,14 @@ Not a test: run it by hand against a running stack (EH_LINE_DELAY_MAX_S must be 
     .venv/bin/python bench/ingest.py              # terminal 2: 200,000 lines
     .venv/bin/python bench/ingest.py --lines 1000000
     .venv/bin/python bench/ingest.py --big-gib 1  # a ~1 GiB file, for the memory figures
+    .venv/bin/python bench/ingest.py --format pino   # the same lines as pino writes them
 
 What it does:
  1. writes N lines (default 200,000; about 1% invalid) to a .jsonl in a temporary directory,
     or, with --big-gib G, as many lines as fit in G GiB (the API's default limit is 1 GiB,
-    EH_MAX_UPLOAD_BYTES); the directory is deleted at the end;
+    EH_MAX_UPLOAD_BYTES); the directory is deleted at the end. --format pino writes the valid
+    lines as pino does (numeric level, epoch-millisecond time, msg, name, hostname, pid), which
+    the worker maps (the job's format is auto), to compare the figure with the canonical one;
  2. uploads it as multipart/form-data (field `file`, streamed from disk) to
     POST {--url}/api/v1/files/upload and polls GET /api/v1/jobs/{id} until it is done;
  3. prints the upload time, and end-to-end valid lines/s: valid lines / (seconds from the
@@ -19,7 +22,8 @@ What it does:
     /proc/PID/clear_refs before the upload when permitted) and the API's VmRSS before and
     after the upload. PIDs come from --worker-pid / --api-pid, else from a scan of /proc for
     a command line running worker.py / eventhorizon.py (it must find exactly one);
- 5. for comparison, inserts a sample of the same lines (--pg-sample, default 5,000; 0 skips)
+ 5. for comparison (canonical lines only), inserts a sample of the same lines (--pg-sample,
+    default 5,000; 0 skips)
     into a scratch table in Postgres (--database-url, default DATABASE_URL / core.Settings)
     with a naive loop of one INSERT and one COMMIT per row, and prints that rate in rows/s.
 """
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds to wait for the job to finish")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--format", choices=LINE_FORMATS, default="eventhorizon",
+                        help="the format of the valid lines (default: eventhorizon, canonical)")
     args = parser.parse_args(argv)
 
     settings = core.load_settings()
@@ -90,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             path = tmp / f"bench-{args.lines}.jsonl"
             max_bytes, max_lines = None, args.lines
         t = time.perf_counter()
-        gen = generate(path, random.Random(args.seed), max_lines=max_lines, max_bytes=max_bytes)
-        print(f"generated  {path.name}: {gen['size'] / MIB:,.1f} MiB, {gen['lines']:,} lines, "
+        gen = generate(path, random.Random(args.seed), max_lines=max_lines, max_bytes=max_bytes,
+                       line_format=args.format)
+        print(f"generated  {path.name} ({args.format}): {gen['size'] / MIB:,.1f} MiB, "
+              f"{gen['lines']:,} lines, "
               f"{gen['valid']:,} valid, {gen['invalid']:,} invalid "
               f"({time.perf_counter() - t:.1f} s)")
 
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
         report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
                api_peak, hwm_reset)
-        if args.pg_sample > 0:
+        if args.pg_sample > 0 and args.format != "eventhorizon":
+            print("naive baseline skipped: it reads canonical lines only")
+        elif args.pg_sample > 0:
             naive_postgres(path, database_url, args.pg_sample, gen["valid"])
         job = result["job"]
         return 0 if job["status"] == "completed" else 1
@@ -263,6 +273,8 @@ SERVICES = {
     "inventory": ["stock.reserved", "stock.low"],
 }
 LEVELS = ["debug", "info", "info", "info", "INFO", "warning", "error", "critical"]
+LINE_FORMATS = ("eventhorizon", "pino")
+PINO_LEVELS = {"debug": 20, "info": 30, "warning": 40, "error": 50, "critical": 60}
 INVALID = [
     '{"timestamp": "2026-11-20T09:15:00Z", "level": "info", "service": "checkout", "event_t',
     '{"timestamp": "2026-11-20T09:15:00Z", "level": "verbose", "service": "auth", '
@@ -279,7 +291,7 @@ INVALID = [
 ]
 
 
-def templates(rng: random.Random, n: int = 2000) -> list[str]:
+def templates(rng: random.Random, n: int = 2000, line_format: str = "eventhorizon") -> list[str]:
     """Line bodies after the timestamp: `, "level": ..., ...}` (valid entries)."""
     out = []
     for _ in range(n):
@@ -298,14 +310,27 @@ def templates(rng: random.Random, n: int = 2000) -> list[str]:
         }
         if rng.random() < 0.3:
             entry["request_id"] = uuid.UUID(int=rng.getrandbits(128)).hex
+        if line_format == "pino":
+            entry = as_pino(entry)
         out.append(", " + json.dumps(entry, ensure_ascii=False)[1:])
     return out
 
 
+def as_pino(entry: dict) -> dict:
+    """The same entry as pino writes it (the time goes first, in generate): the fields pino
+    has, the rest at the top level as a child logger's bindings put them."""
+    pino = {"level": PINO_LEVELS[entry["level"].lower()], "pid": 4242, "hostname": "web-1",
+            "name": entry["service"], "msg": entry["message"], "event": entry["event_type"],
+            "env": entry["environment"], **entry["context"]}
+    if "request_id" in entry:
+        pino["reqId"] = entry["request_id"]
+    return pino
+
+
 def generate(path: Path, rng: random.Random, *, max_lines: int | None,
-             max_bytes: int | None) -> dict[str, int]:
+             max_bytes: int | None, line_format: str = "eventhorizon") -> dict[str, int]:
     """Write lines until `max_lines` lines or `max_bytes` bytes; the first line is valid."""
-    bodies = templates(rng)
+    bodies = templates(rng, line_format=line_format)
     base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     size = lines = valid = 0
     buf: list[str] = []
@@ -316,9 +341,12 @@ def generate(path: Path, rng: random.Random, *, max_lines: int | None,
                 line = rng.choice(INVALID) + "\n"
                 is_valid = False
             else:
-                ts = (base + dt.timedelta(milliseconds=lines * 7)).isoformat(
-                    timespec="milliseconds")
-                line = '{"timestamp": "' + ts + '"' + rng.choice(bodies) + "\n"
+                moment = base + dt.timedelta(milliseconds=lines * 7)
+                if line_format == "pino":
+                    head = '{"time": ' + str(int(moment.timestamp() * 1000))
+                else:
+                    head = '{"timestamp": "' + moment.isoformat(timespec="milliseconds") + '"'
+                line = head + rng.choice(bodies) + "\n"
                 is_valid = True
             n = len(line.encode()) if not line.isascii() else len(line)
             if max_bytes is not None and size + n > max_bytes:
