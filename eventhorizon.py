@@ -39,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import auth
 import core
+import formats
 import uploads
 
 log = structlog.get_logger("api")
@@ -523,6 +524,7 @@ async def upload(request: web.Request) -> web.Response:
     if not file_name.lower().endswith(".jsonl"):
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
+    options = upload_options(request)
     if not await request.app[PUBLISHER].is_available():
         raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
 
@@ -539,7 +541,7 @@ async def upload(request: web.Request) -> web.Response:
         inspector.finish()
         await writer.close()
         job = await create_job(request.app, job_id, file_name, inspector, key,
-                               owner=principal(request).owner)
+                               owner=principal(request).owner, options=options)
     except BaseException:
         await asyncio.shield(writer.abort())
         raise
@@ -667,6 +669,27 @@ async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web
 # --------------------------------------------------------------------------- request helpers
 
 
+def upload_options(request: web.Request) -> dict[str, str | None]:
+    """The upload's query parameters: `format` (a built-in log format's name, default `auto`),
+    and the `service` and `environment` that lines whose format has none fall back to."""
+    name = request.query.get("format", formats.AUTO)
+    if name not in formats.NAMES:
+        raise Problem(422, "Unprocessable Content",
+                      f"format must be one of {', '.join(formats.NAMES)}, got {name[:64]!r}")
+    return {"format": name, "default_service": text_param(request, "service"),
+            "default_environment": text_param(request, "environment")}
+
+
+def text_param(request: web.Request, name: str) -> str | None:
+    """An optional query parameter of 1-128 characters of plain text."""
+    value = request.query.get(name)
+    if value is not None and not (0 < len(value) <= 128 and is_plain_text(value)):
+        raise Problem(422, "Unprocessable Content",
+                      f"{name} must be 1 to 128 characters without control characters")
+    return value
+
+
+
 def parse_job_id(raw: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(raw)
@@ -766,14 +789,15 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
 
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: uploads.UploadInspector, key: str, *, owner: str) -> core.Job:
+                     inspector: uploads.UploadInspector, key: str, *, owner: str,
+                     options: dict[str, str | None]) -> core.Job:
     """The queued job row and its job.queued event, in one transaction."""
     settings = app[SETTINGS]
     async with app[POOL].connection() as conn, conn.transaction():
         job = await (await core.ajob_query(conn, "insert_job", {
             "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
             "bucket": settings.s3_bucket, "object_key": key,
-            "lines_total": inspector.lines_total, "owner": owner,
+            "lines_total": inspector.lines_total, "owner": owner, **options,
         })).fetchone()
         await core.ainsert_event(conn, core.job_event("job.queued", job,
                                                       environment=settings.environment))

@@ -1132,3 +1132,45 @@ async def test_websockets_are_capped_per_owner_and_per_process(settings, aiohttp
             await ws.close()
     finally:
         await bob.close()
+
+
+
+# --------------------------------------------------------------------------- log formats
+
+
+PINO = {"level": 30, "time": 1764496800000, "pid": 7, "hostname": "web-1", "msg": "listening",
+        "port": 8080}
+
+
+async def test_an_upload_names_its_format_and_fallbacks(client, db, start_process):
+    response = await client.post("/api/v1/files/upload?format=pino&service=shop&environment=qa",
+                                 data=multipart_of(jsonl(PINO)))
+    assert response.status == 202, await response.text()
+    job = await response.json()
+    row = job_row(db, job["job_id"])
+    assert (row["format"], row["default_service"], row["default_environment"]) == (
+        "pino", "shop", "qa")
+    start_process("worker.py")
+    done = await asyncio.to_thread(wait_for, lambda: (
+        job_row(db, job["job_id"])["status"] == "completed"), 60, what="the job")
+    assert done
+    final = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+    assert (final["lines_valid"], final["formats"]) == (1, {"pino": 1})
+    entry = db.execute("SELECT * FROM log_entries").fetchone()
+    assert (entry["level"], entry["message"], entry["environment"]) == ("info", "listening", "qa")
+    assert entry["context"]["port"] == 8080  # unmapped fields kept
+
+
+@pytest.mark.parametrize("query", ["format=nope", "format=", "service=", "service=" + "s" * 129,
+                                   "environment=a%0Ab"])
+async def test_bad_upload_options_are_422_and_leave_nothing(client, db, settings, query):
+    response = await client.post(f"/api/v1/files/upload?{query}", data=multipart_of(jsonl(VALID)))
+    await assert_problem(response, 422)
+    assert job_count(db) == 0 and stored_keys(settings) == []
+
+
+def multipart_of(content: bytes, name: str = "app.jsonl") -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename=name,
+                   content_type="application/x-ndjson")
+    return form
