@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import logging
 import json
+import re
 import socket
 import struct
 import sys
@@ -46,6 +47,7 @@ log = structlog.get_logger("api")
 
 READ_CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
+PLAIN_DIGITS = re.compile(r"[0-9]+")
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
 WS_BACKLOG_STATES = 256  # states a watcher may fall behind before it is closed (1013) and dropped
@@ -707,12 +709,14 @@ def job_id_param(request: web.Request) -> uuid.UUID:
 
 
 def int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    """A number of the query: plain ASCII digits only. int() alone would also take "+5",
+    " 1 ", "1_0" and other scripts' digits ("٣"), none of which a client means here."""
     raw = request.query.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
-    except ValueError:
+        value = int(raw) if PLAIN_DIGITS.fullmatch(raw) else None
+    except ValueError:  # more digits than int() converts
         value = None
     if value is None or not low <= value <= high:
         raise Problem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}")

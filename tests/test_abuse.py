@@ -1,0 +1,143 @@
+"""Abuse of the upload path, done for real: compressed bodies, floods of fields, stalled and
+concurrent uploads, multipart uploads a killed API left open, and numbers that are not plain
+digits. Each test checks that the limit holds and that a refused upload leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import core
+import eventhorizon
+from conftest import bearer, wait_for
+from test_api import (VALID, assert_problem, file_part, job_count, jsonl, post_multipart,
+                      queued_messages, stored_keys)
+
+BOUNDARY = "eh-abuse"
+UPLOAD_PATH = "/api/v1/files/upload"
+FILE = file_part(jsonl(VALID))  # a file part, for bodies made by hand (boundary `b`)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+async def client(settings, aiohttp_client, make_token):
+    """The API in this test's process, as owner "tester"."""
+    return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
+
+
+async def start_api(start_process, settings, **env: str):
+    """`python eventhorizon.py` as its own process (its own event loop, the real server),
+    listening on this test's port; returns the process."""
+    api = start_process("eventhorizon.py", **env)
+
+    def listening():
+        assert api.poll() is None, api.log_path.read_text()[-3000:]
+        try:
+            return asyncio.run(healthz_status(settings.http_port)) == 200
+        except OSError:
+            return False
+
+    await asyncio.to_thread(wait_for, listening, timeout=30, what="the API to listen")
+    return api
+
+
+async def healthz_status(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return int((await reader.readline()).split()[1])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+async def sockets():
+    """Plain connections to the API, for requests no HTTP client sends (a body that stalls, a
+    connection dropped mid-body): `await sockets(port)` is a (reader, writer) pair. Whatever
+    is still open is dropped after the test."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def connect(port: int):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        return reader, writer
+
+    yield connect
+    for writer in writers:
+        writer.transport.abort()
+    await asyncio.sleep(0)  # the aborted sockets close on the loop's next turn
+
+
+def file_lines(size: int) -> bytes:
+    """Valid JSON lines, about `size` bytes of them."""
+    line = jsonl(VALID)
+    return line * (size // len(line))
+
+
+async def start_raw_upload(sockets, port: int, token: str, content: bytes, *,
+                           content_length: int = 40 * 1024 * 1024):
+    """Send an upload's headers, the file part's head and `content` over a plain socket, and
+    no more: the body stalls there (its Content-Length promises more). Returns the socket's
+    reader and writer, to read the answer or drop the connection."""
+    reader, writer = await sockets(port)
+    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Bearer {token}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                  f"Content-Length: {content_length}\r\n\r\n"
+                  f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+                  f"filename=\"stalled.jsonl\"\r\nContent-Type: application/x-ndjson\r\n\r\n"
+                  ).encode())
+    for start in range(0, len(content), 1024 * 1024):
+        writer.write(content[start:start + 1024 * 1024])
+        await writer.drain()
+    return reader, writer
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers (lower-case names), body."""
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
+def multipart_uploads(settings) -> list[dict]:
+    """The S3 multipart uploads open in the test's bucket."""
+    s3 = core.s3_client(settings)
+    return s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+
+
+async def wait_until(predicate, timeout: float, what: str):
+    """wait_for in a thread, so the event loop (and a server on it) keeps running."""
+    return await asyncio.to_thread(wait_for, predicate, timeout=timeout, what=what)
+
+
+def assert_nothing_kept(settings, db) -> None:
+    assert job_count(db) == 0
+    assert stored_keys(settings) == []
+    assert queued_messages(settings) == []
+
+
+# --------------------------------------------------------------------------- 6. numbers
+
+
+@pytest.mark.parametrize("raw", ["\u0663", "1_0", " 1 ", "+5", "-1", "1.0", "0x10", "\uff15",
+                                 "5\n", "", "1e2", "9" * 5000])
+async def test_numeric_parameters_are_plain_ascii_digits(client, raw):
+    body = await assert_problem(await client.get("/api/v1/jobs", params={"limit": raw}), 422)
+    assert body["detail"] == "limit must be an integer from 1 to 100"
+    job = await (await post_multipart(client, FILE + b"--b--\r\n")).json()
+    response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors",
+                                params={"after_line": raw})
+    assert "after_line" in (await assert_problem(response, 422))["detail"]
+
+
+async def test_plain_digits_are_fine(client):
+    for raw in ("5", "05", "100"):
+        assert (await client.get("/api/v1/jobs", params={"limit": raw})).status == 200
