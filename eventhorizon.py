@@ -516,6 +516,7 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise Problem(415, "Unsupported Media Type",
                       "send the file as multipart/form-data in a field named 'file'")
+    check_body_not_compressed(request.headers)
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise uploads.UploadTooLarge(settings.max_upload_bytes)
     reader, part = await find_file_part(request)
@@ -526,6 +527,7 @@ async def upload(request: web.Request) -> web.Response:
     if not file_name.lower().endswith(".jsonl"):
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
+    check_part_not_encoded(part.headers)
     options = upload_options(request)
     if not await request.app[PUBLISHER].is_available():
         raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
@@ -769,6 +771,46 @@ async def read_chunk(part) -> bytes:
         return await part.read_chunk(READ_CHUNK_BYTES)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
+
+
+def check_body_not_compressed(headers) -> None:
+    """415 for a body with any Content-Encoding but identity, before a byte of it is read.
+
+    aiohttp inflates a gzip or deflate body while it is read: EH_MAX_UPLOAD_BYTES would be
+    checked against the compressed Content-Length, and a few hundred KB of gzip inflate to
+    128 MiB, all of it the event loop's work."""
+    if codings := content_codings(headers):
+        raise Problem(415, "Unsupported Media Type",
+                      f"the body has Content-Encoding {codings!r}: send the file uncompressed, "
+                      "without Content-Encoding")
+
+
+# Transfer encodings under which a part's bytes are the file's bytes (RFC 2045).
+PLAIN_TRANSFER_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def check_part_not_encoded(headers) -> None:
+    """415 for a file part with its own Content-Encoding or Content-Transfer-Encoding.
+
+    read_chunk hands over a part's bytes as sent, never decoded (aiohttp's read(decode=True)
+    would inflate them, past the limit), so a gzipped or base64 file would be stored as its
+    encoding, not as the file: the stored file must be the bytes sent."""
+    if codings := content_codings(headers):
+        raise Problem(415, "Unsupported Media Type",
+                      f"the file part has Content-Encoding {codings!r}: send the file "
+                      "uncompressed, without Content-Encoding")
+    transfer = headers.get("Content-Transfer-Encoding", "").strip()
+    if transfer.lower() not in PLAIN_TRANSFER_ENCODINGS:
+        raise Problem(415, "Unsupported Media Type",
+                      f"the file part has Content-Transfer-Encoding {transfer!r}: send the "
+                      "file's bytes as they are (binary)")
+
+
+def content_codings(headers) -> str:
+    """The Content-Encoding codings other than identity, as sent ("" if there are none)."""
+    codings = [c.strip() for value in headers.getall("Content-Encoding", ())
+               for c in value.split(",") if c.strip()]
+    return ", ".join(codings) if any(c.lower() != "identity" for c in codings) else ""
 
 
 def malformed_multipart(exc: Exception) -> Problem:

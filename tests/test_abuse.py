@@ -5,6 +5,11 @@ digits. Each test checks that the limit holds and that a refused upload leaves n
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import gzip
+import json
+import zlib
 
 import pytest
 
@@ -122,6 +127,98 @@ def assert_nothing_kept(settings, db) -> None:
     assert job_count(db) == 0
     assert stored_keys(settings) == []
     assert queued_messages(settings) == []
+
+
+# --------------------------------------------------------------------------- 1. encodings
+
+
+def gzip_bomb(content_bytes: int) -> bytes:
+    """A multipart body holding a file of `content_bytes` of valid JSON lines, gzipped whole:
+    a fifth of a percent of its size on the wire (deflate packs best the lines' long runs of
+    one letter)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    block = jsonl({**VALID, "message": "x" * 64 * 1024}) * 16
+    out = [compressor.compress(file_part(b"")[:-2])]  # the part's head, without the content
+    for _ in range(-(-content_bytes // len(block))):
+        out.append(compressor.compress(block))
+    out.append(compressor.compress(b"\r\n--b--\r\n"))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+async def test_a_gzip_bomb_is_refused_with_415_and_leaves_nothing(settings, db, aiohttp_client,
+                                                                  make_token):
+    """300 KB that aiohttp would inflate to a 128 MiB file, against a 1 MiB limit."""
+    small = dataclasses.replace(settings, max_upload_bytes=1024 * 1024)
+    client = await aiohttp_client(eventhorizon.init_app(small), headers=bearer(make_token()))
+    bomb = gzip_bomb(128 * 1024 * 1024)
+    assert len(bomb) < small.max_upload_bytes / 2  # its Content-Length looks harmless
+    assert len(gzip.decompress(bomb)) > 128 * small.max_upload_bytes
+    response = await client.post(UPLOAD_PATH, data=bomb, headers={
+        "Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "gzip"})
+    body = await assert_problem(response, 415)
+    assert "Content-Encoding" in body["detail"] and "gzip" in body["detail"]
+    assert_nothing_kept(settings, db)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-custom", "identity, gzip", "GZIP"])
+async def test_any_content_encoding_is_refused_before_the_body_is_read(settings, db, make_token,
+                                                                       start_process, sockets,
+                                                                       encoding):
+    """Headers alone get the answer: the body is never read, so never inflated."""
+    await start_api(start_process, settings)
+    reader, writer = await sockets(settings.http_port)
+    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Bearer {make_token()}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b\r\n"
+                  f"Content-Encoding: {encoding}\r\nContent-Length: 100000\r\n\r\n").encode())
+    await writer.drain()
+    status, headers, body = await asyncio.wait_for(read_response(reader), timeout=10)
+    assert status == 415 and headers["content-type"].startswith("application/problem+json")
+    assert "Content-Encoding" in json.loads(body)["detail"]
+    assert_nothing_kept(settings, db)
+
+
+async def test_identity_is_no_encoding(client):
+    response = await client.post(UPLOAD_PATH, data=file_part(jsonl(VALID)) + b"--b--\r\n", headers={
+        "Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "identity"})
+    assert response.status == 202, await response.text()
+
+
+def encoded_part(content: bytes, header: bytes) -> bytes:
+    return (b'--b\r\nContent-Disposition: form-data; name="file"; filename="app.jsonl"\r\n'
+            + header + b"\r\n\r\n" + content + b"\r\n--b--\r\n")
+
+
+@pytest.mark.parametrize(("header", "content"), [
+    (b"Content-Encoding: gzip", gzip.compress(file_lines(8 * 1024 * 1024))),
+    (b"Content-Encoding: deflate", zlib.compress(file_lines(1024 * 1024))),
+    (b"Content-Transfer-Encoding: base64", base64.encodebytes(jsonl(VALID, VALID))),
+    (b"Content-Transfer-Encoding: quoted-printable", jsonl({**VALID, "message": "=41=42"})),
+])
+async def test_a_file_part_with_its_own_encoding_is_refused_with_415(settings, db, aiohttp_client,
+                                                                      make_token, header, content):
+    """The stored file must be the bytes sent: a part whose bytes are an encoding of the file
+    (which aiohttp's read(decode=True) would inflate past the limit) is refused."""
+    small = dataclasses.replace(settings, max_upload_bytes=1024 * 1024)
+    client = await aiohttp_client(eventhorizon.init_app(small), headers=bearer(make_token()))
+    response = await post_multipart(client, encoded_part(content, header))
+    body = await assert_problem(response, 415)
+    assert header.split(b":")[0].decode() in body["detail"]
+    assert_nothing_kept(settings, db)
+
+
+@pytest.mark.parametrize("header", [b"Content-Transfer-Encoding: binary",
+                                    b"Content-Transfer-Encoding: 8bit",
+                                    b"Content-Encoding: identity"])
+async def test_a_file_part_in_plain_bytes_is_stored_exactly_as_sent(client, settings, header):
+    content = jsonl(VALID, {**VALID, "message": "=41=42 caf\u00e9"}) + b"QUJD\n"
+    response = await post_multipart(client, encoded_part(content, header))
+    assert response.status == 202, await response.text()
+    job = await response.json()
+    stored = core.s3_client(settings).get_object(Bucket=settings.s3_bucket,
+                                                 Key=f"uploads/{job['job_id']}.jsonl")
+    assert stored["Body"].read() == content
 
 
 # --------------------------------------------------------------------------- 6. numbers
