@@ -167,8 +167,10 @@ def init_app(settings: core.Settings) -> web.Application:
         server_log.addFilter(MALFORMED_REQUESTS)
         server_log.setLevel(logging.DEBUG)  # it logs some malformed requests at DEBUG
     # The access log is outermost: it logs the status problem_middleware chose for an error.
+    # auto_decompress off: aiohttp never inflates a request body (see check_body_not_compressed).
     app = web.Application(middlewares=[access_log_middleware, security_headers_middleware,
-                                       problem_middleware, guard_middleware, auth_middleware])
+                                       problem_middleware, guard_middleware, auth_middleware],
+                          handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
     app.on_shutdown.append(close_watchers)
