@@ -47,6 +47,9 @@ log = structlog.get_logger("api")
 
 READ_CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
+# The other fields of an upload's body, before the file and again after it: at most this many
+# parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
+MAX_FIELDS = 16
 PLAIN_DIGITS = re.compile(r"[0-9]+")
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
@@ -738,13 +741,16 @@ def is_plain_text(name: str) -> bool:
 
 
 async def find_file_part(request: web.Request):
-    """The multipart reader and its part named `file`; other fields are skipped."""
+    """The multipart reader and its part named `file`; the fields before it are skipped,
+    within their FieldBudget."""
+    budget = FieldBudget("before")
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 return reader, part
-            await part.release()
+            budget.add_part(part.headers)
+            await skip_part(part, budget)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
     raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
@@ -754,18 +760,56 @@ async def read_to_the_closing_boundary(reader) -> None:
     """Skip the fields after the file, up to the body's closing boundary. A body cut short
     before it is refused: the file's last bytes could be missing, or be bytes of the body's
     framing that aiohttp handed over as the file's."""
-    budget = MULTIPART_OVERHEAD_BYTES
+    budget = FieldBudget("after")
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ValueError("a nested multipart part after the file")
-            while chunk := await part.read_chunk(READ_CHUNK_BYTES):
-                budget -= len(chunk)
-                if budget < 0:
-                    raise ValueError(f"more than {MULTIPART_OVERHEAD_BYTES} bytes of fields "
-                                     "after the file")
+            budget.add_part(part.headers)
+            await skip_part(part, budget)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
+
+
+async def skip_part(part, budget: FieldBudget) -> None:
+    """Read a field to the void, counting its bytes; a nested multipart part's own parts
+    count as fields too."""
+    if isinstance(part, BodyPartReader):
+        while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+            budget.add_bytes(len(chunk))
+        return
+    while (inner := await part.next()) is not None:
+        budget.add_part(inner.headers)
+        await skip_part(inner, budget)
+
+
+class FieldBudget:
+    """What the fields before the file (or after it) may cost: MAX_FIELDS parts and
+    MULTIPART_OVERHEAD_BYTES of their headers and contents.
+
+    aiohttp parses each part on the event loop, so tens of thousands of tiny fields took
+    seconds of it, and every other request (health checks too) waited that long. Past the
+    budget the body is refused at once (400), its other parts never parsed.
+    """
+
+    def __init__(self, where: str):
+        self.where = where  # "before" or "after" (the file)
+        self.parts = 0
+        self.bytes = 0
+
+    def add_part(self, headers) -> None:
+        self.parts += 1
+        if self.parts > MAX_FIELDS:
+            raise Problem(400, "Bad Request",
+                          f"more than {MAX_FIELDS} fields {self.where} the file")
+        self.add_bytes(sum(len(name) + len(value) + 4 for name, value in headers.items()))
+
+    def add_bytes(self, count: int) -> None:
+        self.bytes += count
+        if self.bytes > MULTIPART_OVERHEAD_BYTES:
+            raise Problem(400, "Bad Request",
+                          f"more than {uploads.in_binary_units(MULTIPART_OVERHEAD_BYTES)} "
+                          f"({MULTIPART_OVERHEAD_BYTES} bytes) of fields {self.where} the file")
 
 
 async def read_chunk(part) -> bytes:

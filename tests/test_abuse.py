@@ -254,6 +254,83 @@ async def test_a_file_part_in_plain_bytes_is_stored_exactly_as_sent(client, sett
     assert stored["Body"].read() == content
 
 
+# --------------------------------------------------------------------------- 2. fields
+
+
+def fields(count: int, value: bytes = b"x", prefix: str = "f") -> bytes:
+    return b"".join(b'--b\r\nContent-Disposition: form-data; name="%s%d"\r\n\r\n%s\r\n'
+                    % (prefix.encode(), i, value) for i in range(count))
+
+
+def nested(count: int) -> bytes:
+    inner = b"".join(b'--inner\r\nContent-Disposition: attachment; filename="%d.txt"\r\n\r\nx\r\n'
+                     % i for i in range(count))
+    return (b'--b\r\nContent-Disposition: form-data; name="files"\r\n'
+            b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n" + inner + b"--inner--\r\n\r\n")
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    (fields(16) + FILE + b"--b--\r\n", 202, None),
+    (fields(17) + FILE + b"--b--\r\n", 400, "16 fields"),
+    (fields(1, b"x" * 70 * 1024) + FILE + b"--b--\r\n", 400, "64 KiB"),
+    (fields(15, b"x" * 4500) + FILE + b"--b--\r\n", 400, "64 KiB"),  # 66 KiB in all
+    (nested(10) + FILE + b"--b--\r\n", 202, None),  # a nested part's parts count too:
+    (nested(16) + FILE + b"--b--\r\n", 400, "16 fields"),  # 1 + 16 parts
+    (FILE + fields(16) + b"--b--\r\n", 202, None),
+    (FILE + fields(17) + b"--b--\r\n", 400, "16 fields"),
+])
+async def test_what_may_come_around_the_file_is_capped(client, settings, db, body, status, detail):
+    response = await post_multipart(client, body)
+    if status == 202:
+        assert response.status == 202, await response.text()
+        return
+    problem = await assert_problem(response, status)
+    assert detail in problem["detail"]
+    assert_nothing_kept(settings, db)
+
+
+async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_prompt(
+        settings, db, start_process, make_token):
+    """50,000 tiny fields before the file (three such uploads at once): each is refused 400
+    at once, and /healthz, polled all the while, never waits long. Before the cap, parsing
+    them took seconds of the event loop, and health checks were that late."""
+    await start_api(start_process, settings)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    flood = fields(50_000) + FILE + b"--b--\r\n"
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def poll_healthz(session: aiohttp.ClientSession) -> None:
+        while not done.is_set():
+            started = loop.time()
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            latencies.append(loop.time() - started)
+            await asyncio.sleep(0.02)
+
+    async def send_flood(session: aiohttp.ClientSession) -> tuple[int, dict, float]:
+        started = loop.time()
+        async with session.post(f"{base}{UPLOAD_PATH}", data=io.BytesIO(flood), headers={
+                "Content-Type": "multipart/form-data; boundary=b"}) as response:
+            return response.status, await response.json(content_type=None), loop.time() - started
+
+    async with aiohttp.ClientSession(headers=bearer(make_token())) as uploads_session, \
+            aiohttp.ClientSession() as health_session:
+        poller = asyncio.create_task(poll_healthz(health_session))
+        await asyncio.sleep(0.2)
+        results = await asyncio.gather(*(send_flood(uploads_session) for _ in range(3)))
+        await asyncio.sleep(0.2)
+        done.set()
+        await poller
+    assert len(latencies) > 5
+    assert max(latencies) < 1.0, f"/healthz answered {max(latencies):.2f}s late"
+    for status, problem, seconds in results:
+        assert status == 400 and "16 fields" in problem["detail"], problem
+        assert seconds < 5, f"the flood took {seconds:.1f}s to refuse"
+    assert_nothing_kept(settings, db)
+
+
 # --------------------------------------------------------------------------- 6. numbers
 
 
