@@ -28,7 +28,8 @@ import struct
 import sys
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pika
 import psycopg
@@ -518,13 +519,14 @@ async def check_postgres(pool: AsyncConnectionPool) -> None:
 async def upload(request: web.Request) -> web.Response:
     """Stream a .jsonl file to S3, record a queued job, publish it, answer 202."""
     settings = request.app[SETTINGS]
+    idle_s = settings.upload_idle_timeout_s
     if request.content_type != "multipart/form-data":
         raise Problem(415, "Unsupported Media Type",
                       "send the file as multipart/form-data in a field named 'file'")
     check_body_not_compressed(request.headers)
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise uploads.UploadTooLarge(settings.max_upload_bytes)
-    reader, part = await find_file_part(request)
+    reader, part = await find_file_part(request, idle_s)
     file_name = part.filename or ""
     if not is_plain_text(file_name):
         raise Problem(422, "Unprocessable Content",
@@ -543,10 +545,10 @@ async def upload(request: web.Request) -> web.Response:
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)
     try:
-        while chunk := await read_chunk(part):
+        while chunk := await read_chunk(part, idle_s):
             inspector.feed(chunk)
             await writer.write(chunk)
-        await read_to_the_closing_boundary(reader)
+        await read_to_the_closing_boundary(reader, idle_s)
         inspector.finish()
         await writer.close()
         job = await create_job(request.app, job_id, file_name, inspector, key,
@@ -740,47 +742,47 @@ def is_plain_text(name: str) -> bool:
     return not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
 
 
-async def find_file_part(request: web.Request):
+async def find_file_part(request: web.Request, idle_s: float):
     """The multipart reader and its part named `file`; the fields before it are skipped,
     within their FieldBudget."""
     budget = FieldBudget("before")
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await within_idle_timeout(reader.next(), idle_s)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 return reader, part
             budget.add_part(part.headers)
-            await skip_part(part, budget)
+            await skip_part(part, budget, idle_s)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
     raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
 
 
-async def read_to_the_closing_boundary(reader) -> None:
+async def read_to_the_closing_boundary(reader, idle_s: float) -> None:
     """Skip the fields after the file, up to the body's closing boundary. A body cut short
     before it is refused: the file's last bytes could be missing, or be bytes of the body's
     framing that aiohttp handed over as the file's."""
     budget = FieldBudget("after")
     try:
-        while (part := await reader.next()) is not None:
+        while (part := await within_idle_timeout(reader.next(), idle_s)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ValueError("a nested multipart part after the file")
             budget.add_part(part.headers)
-            await skip_part(part, budget)
+            await skip_part(part, budget, idle_s)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
 
 
-async def skip_part(part, budget: FieldBudget) -> None:
+async def skip_part(part, budget: FieldBudget, idle_s: float) -> None:
     """Read a field to the void, counting its bytes; a nested multipart part's own parts
     count as fields too."""
     if isinstance(part, BodyPartReader):
-        while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+        while chunk := await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s):
             budget.add_bytes(len(chunk))
         return
-    while (inner := await part.next()) is not None:
+    while (inner := await within_idle_timeout(part.next(), idle_s)) is not None:
         budget.add_part(inner.headers)
-        await skip_part(inner, budget)
+        await skip_part(inner, budget, idle_s)
 
 
 class FieldBudget:
@@ -812,11 +814,28 @@ class FieldBudget:
                           f"({MULTIPART_OVERHEAD_BYTES} bytes) of fields {self.where} the file")
 
 
-async def read_chunk(part) -> bytes:
+async def read_chunk(part, idle_s: float) -> bytes:
     try:
-        return await part.read_chunk(READ_CHUNK_BYTES)
+        return await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
+
+
+T = TypeVar("T")
+
+
+async def within_idle_timeout(read: Awaitable[T], idle_s: float) -> T:
+    """A read of the upload's body, which must bring something within `idle_s` seconds
+    (EH_UPLOAD_IDLE_TIMEOUT_S), else 408. A client that stalls would otherwise hold its
+    upload slot, up to a part's worth of memory and an open S3 multipart upload forever."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await read
+    except TimeoutError:
+        log.info("upload.stalled", idle_timeout_s=idle_s)
+        seconds = f"{idle_s:g} second{'' if idle_s == 1 else 's'}"
+        raise Problem(408, "Request Timeout", f"the upload sent nothing for {seconds}; it was "
+                      "dropped, nothing of it is kept") from None
 
 
 def check_body_not_compressed(headers) -> None:

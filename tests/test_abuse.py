@@ -18,7 +18,7 @@ import pytest
 
 import core
 import eventhorizon
-from conftest import bearer, wait_for
+from conftest import bearer, logged_events, wait_for
 from test_api import (VALID, assert_problem, file_part, job_count, jsonl, post_multipart,
                       queued_messages, stored_keys)
 
@@ -329,6 +329,57 @@ async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_promp
         assert status == 400 and "16 fields" in problem["detail"], problem
         assert seconds < 5, f"the flood took {seconds:.1f}s to refuse"
     assert_nothing_kept(settings, db)
+
+
+# --------------------------------------------------------------------------- 3. stalls
+
+
+async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_aborted(
+        settings, db, start_process, make_token, sockets):
+    """9 MiB of the file (an 8 MiB part is in S3 already), then nothing: after the idle
+    timeout the upload is answered 408, the S3 multipart upload aborted, no job made; the
+    upload's slot is free again (EH_MAX_UPLOADS=1, and the next upload gets in)."""
+    api = await start_api(start_process, settings, EH_UPLOAD_IDLE_TIMEOUT_S="1",
+                          EH_MAX_UPLOADS="1")
+    token = make_token()
+    reader, writer = await start_raw_upload(sockets, settings.http_port, token,
+                                            file_lines(9 * 1024 * 1024))
+    await wait_until(lambda: multipart_uploads(settings), timeout=10,
+                     what="the first part's multipart upload")
+
+    status, headers, body = await asyncio.wait_for(read_response(reader), timeout=15)
+    assert status == 408 and headers["content-type"].startswith("application/problem+json")
+    assert "1 second" in json.loads(body)["detail"]
+    writer.transport.abort()
+    await wait_until(lambda: not multipart_uploads(settings), timeout=10,
+                     what="the multipart upload to be aborted")
+    assert_nothing_kept(settings, db)
+    [line] = await wait_until(lambda: [e for e in logged_events(api, "http.request")
+                                       if e["path"] == UPLOAD_PATH], timeout=10,
+                              what="the upload's access-log line")
+    assert line["status"] == 408
+
+    async with aiohttp.ClientSession(headers=bearer(token)) as session:
+        form = aiohttp.FormData()
+        form.add_field("file", jsonl(VALID), filename="next.jsonl")
+        async with session.post(f"http://127.0.0.1:{settings.http_port}{UPLOAD_PATH}",
+                                data=form) as response:
+            assert response.status == 202, await response.text()
+
+
+async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_client, make_token,
+                                                     sockets):
+    """Headers sent, then not even the first boundary."""
+    quick = dataclasses.replace(settings, upload_idle_timeout_s=0.5)
+    client = await aiohttp_client(eventhorizon.init_app(quick))
+    reader, writer = await sockets(client.port)
+    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Authorization: Bearer {make_token()}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b\r\n"
+                  f"Content-Length: 1000\r\n\r\n--b\r\nContent-Disp").encode())
+    status, _headers, _body = await asyncio.wait_for(read_response(reader), timeout=10)
+    assert status == 408
+    assert job_count(db) == 0
 
 
 # --------------------------------------------------------------------------- 6. numbers
