@@ -51,6 +51,7 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file i
 # The other fields of an upload's body, before the file and again after it: at most this many
 # parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
 MAX_FIELDS = 16
+UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot (429, 503)
 PLAIN_DIGITS = re.compile(r"[0-9]+")
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
@@ -158,6 +159,7 @@ S3 = web.AppKey("s3", object)
 PUBLISHER = web.AppKey("publisher", "Publisher")
 WATCHERS = web.AppKey("watchers", "JobWatchers")
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
+UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
 
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
@@ -176,7 +178,7 @@ def init_app(settings: core.Settings) -> web.Application:
                                        problem_middleware, guard_middleware, auth_middleware],
                           handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.router.add_get("/", index)
@@ -449,6 +451,13 @@ async def close_watchers(app: web.Application) -> None:
         app[WATCHERS].close_all()
 
 
+async def uploads_ctx(app: web.Application):
+    """The upload path's own: the slots that cap how many uploads run at once."""
+    settings = app[SETTINGS]
+    app[UPLOAD_SLOTS] = uploads.UploadSlots(settings.max_uploads, settings.max_uploads_per_owner)
+    yield
+
+
 # --------------------------------------------------------------------------- routes
 
 
@@ -517,15 +526,30 @@ async def check_postgres(pool: AsyncConnectionPool) -> None:
 
 @routes.post("/api/v1/files/upload")
 async def upload(request: web.Request) -> web.Response:
-    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202."""
+    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202.
+
+    What the headers tell is checked before a byte of the body is read: its type, that it is
+    not compressed, its length, and that an upload slot is free (held until the answer,
+    however the upload ends)."""
     settings = request.app[SETTINGS]
-    idle_s = settings.upload_idle_timeout_s
     if request.content_type != "multipart/form-data":
         raise Problem(415, "Unsupported Media Type",
                       "send the file as multipart/form-data in a field named 'file'")
     check_body_not_compressed(request.headers)
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise uploads.UploadTooLarge(settings.max_upload_bytes)
+    try:
+        with request.app[UPLOAD_SLOTS].claim(principal(request).owner):
+            return await receive_upload(request)
+    except uploads.TooManyUploads as exc:
+        raise no_upload_slot(exc) from None
+
+
+async def receive_upload(request: web.Request) -> web.Response:
+    """The body: the file part streamed to S3 as it is checked, every read bounded by the
+    idle timeout; then the job, committed and published."""
+    settings = request.app[SETTINGS]
+    idle_s = settings.upload_idle_timeout_s
     reader, part = await find_file_part(request, idle_s)
     file_name = part.filename or ""
     if not is_plain_text(file_name):
@@ -876,6 +900,19 @@ def content_codings(headers) -> str:
     codings = [c.strip() for value in headers.getall("Content-Encoding", ())
                for c in value.split(",") if c.strip()]
     return ", ".join(codings) if any(c.lower() != "identity" for c in codings) else ""
+
+
+def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
+    """429 when the owner has as many uploads running as one owner may, 503 when the process
+    has as many as it takes; either way a Retry-After."""
+    headers = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
+    if exc.per_owner:
+        return Problem(429, "Too Many Requests",
+                       f"you have {exc.limit} uploads running, as many as one owner may at "
+                       "once; retry when one has finished", headers=headers)
+    return Problem(503, "Service Unavailable",
+                   f"the server is receiving {exc.limit} uploads, as many as it takes at once; "
+                   f"retry in {UPLOAD_RETRY_AFTER_S} seconds", headers=headers)
 
 
 def malformed_multipart(exc: Exception) -> Problem:

@@ -2,15 +2,19 @@
 
 Knows nothing of HTTP. A file this service will not take is an `UploadRefused` (with the
 status and the words the API answers it with); the API reads the request and maps the
-refusal to application/problem+json. Used by eventhorizon.py, tested alone by
-tests/test_uploads.py.
+refusal to application/problem+json. Also here: how many uploads may run at once
+(`UploadSlots`). Used by eventhorizon.py, tested alone by tests/test_uploads.py and
+tests/test_abuse.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
+import contextlib
 import json
+from collections.abc import Iterator
 
 import structlog
 
@@ -56,6 +60,15 @@ class NotJsonLines(UploadRefused):
     by line."""
 
     status = 422
+
+
+class TooManyUploads(Exception):
+    """No upload slot is free: the owner has `limit` uploads running already (`per_owner`;
+    the API answers 429), or the whole process has (503)."""
+
+    def __init__(self, limit: int, *, per_owner: bool):
+        super().__init__(f"{limit} uploads running" + (" for this owner" if per_owner else ""))
+        self.limit, self.per_owner = limit, per_owner
 
 
 def in_binary_units(n: int) -> str:
@@ -139,11 +152,49 @@ class UploadInspector:
         self.head = bytearray()
 
 
+# --------------------------------------------------------------------------- slots
+
+
+class UploadSlots:
+    """How many uploads one API process receives at once, in all and per owner.
+
+    Each running upload holds memory (up to one S3 part, see ObjectWriter) and an open S3
+    multipart upload, so their number is what bounds the process's memory: past
+    `max_uploads` in all, or `max_per_owner` for one owner (so that one owner cannot take
+    every slot), an upload is refused before its body is read. Single-threaded (the event
+    loop's), so plain counters.
+    """
+
+    def __init__(self, max_uploads: int, max_per_owner: int):
+        self.max_uploads, self.max_per_owner = max_uploads, max_per_owner
+        self.by_owner: collections.Counter[str] = collections.Counter()
+
+    def running(self, owner: str | None = None) -> int:
+        return self.by_owner[owner] if owner is not None else self.by_owner.total()
+
+    @contextlib.contextmanager
+    def claim(self, owner: str) -> Iterator[None]:
+        """Hold a slot for one of `owner`'s uploads while the block runs, however it ends;
+        TooManyUploads on entering if none is free."""
+        if self.by_owner[owner] >= self.max_per_owner:
+            raise TooManyUploads(self.max_per_owner, per_owner=True)
+        if self.running() >= self.max_uploads:
+            raise TooManyUploads(self.max_uploads, per_owner=False)
+        self.by_owner[owner] += 1
+        try:
+            yield
+        finally:
+            self.by_owner[owner] -= 1
+            if not self.by_owner[owner]:
+                del self.by_owner[owner]
+
+
 # --------------------------------------------------------------------------- storage
 
 
 class ObjectWriter:
-    """Streams bytes into one S3 object in parts, holding at most one part in memory.
+    """Streams bytes into one S3 object in parts, holding at most one part in memory (and the
+    chunk that filled it: PART_BYTES plus one read, never a copy of the part).
 
     Small files go up in one PUT; larger ones as a multipart upload. `abort` removes whatever
     was stored, so a refused or interrupted upload leaves no object behind. boto3 blocks, so
@@ -160,16 +211,19 @@ class ObjectWriter:
     async def write(self, data: bytes) -> None:
         self.buffer += data
         while len(self.buffer) >= PART_BYTES:
-            await self._upload_part(bytes(self.buffer[:PART_BYTES]))
-            del self.buffer[:PART_BYTES]
+            # The buffer itself goes up as the part, cut to size; what was read past it
+            # starts the next one.
+            part, self.buffer = self.buffer, self.buffer[PART_BYTES:]
+            del part[PART_BYTES:]
+            await self._upload_part(part)
 
     async def close(self) -> None:
         if self.upload_id is None:
             await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=self.key,
-                                    Body=bytes(self.buffer), ContentType="application/x-ndjson")
+                                    Body=self.buffer, ContentType="application/x-ndjson")
         else:
             if self.buffer:
-                await self._upload_part(bytes(self.buffer))
+                await self._upload_part(self.buffer)
             await asyncio.to_thread(
                 self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
                 UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
@@ -186,7 +240,7 @@ class ObjectWriter:
         except Exception:
             log.exception("upload.cleanup_failed", key=self.key)
 
-    async def _upload_part(self, data: bytes) -> None:
+    async def _upload_part(self, data: bytearray) -> None:
         if self.upload_id is None:
             created = await asyncio.to_thread(
                 self.s3.create_multipart_upload, Bucket=self.bucket, Key=self.key,

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import tracemalloc
 import zlib
 
 import aiohttp
@@ -18,6 +19,7 @@ import pytest
 
 import core
 import eventhorizon
+import uploads
 from conftest import bearer, logged_events, wait_for
 from test_api import (VALID, assert_problem, file_part, job_count, jsonl, post_multipart,
                       queued_messages, stored_keys)
@@ -380,6 +382,120 @@ async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_clie
     status, _headers, _body = await asyncio.wait_for(read_response(reader), timeout=10)
     assert status == 408
     assert job_count(db) == 0
+
+
+# --------------------------------------------------------------------------- 4. concurrency
+
+
+async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings, db, sockets,
+                                                                       start_process, make_token):
+    await start_api(start_process, settings, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
+                    EH_UPLOAD_IDLE_TIMEOUT_S="120")
+    base = f"http://127.0.0.1:{settings.http_port}"
+    alice, bob, carol = make_token("alice"), make_token("bob"), make_token("carol")
+
+    async def post(token: str, name: str = "app.jsonl"):
+        form = aiohttp.FormData()
+        form.add_field("file", jsonl(VALID), filename=name)
+        async with aiohttp.ClientSession(headers=bearer(token)) as session:
+            async with session.post(f"{base}{UPLOAD_PATH}", data=form) as response:
+                return response.status, dict(response.headers), await response.read()
+
+    async def refused_until(token: str, status: int):
+        """Probe with a file the API refuses (415, its name) once it has a slot, so no probe
+        makes a job, until the probe is refused for want of a slot."""
+        for _ in range(100):
+            answer = await post(token, "probe.txt")
+            if answer[0] == status:
+                return answer
+            assert answer[0] == 415, answer
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"never refused with {status}")
+
+    stalled = [await start_raw_upload(sockets, settings.http_port, alice, jsonl(VALID))
+               for _ in range(2)]
+    status, headers, body = await refused_until(alice, 429)
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert int(headers["Retry-After"]) > 0
+    assert "2 uploads" in json.loads(body)["detail"]
+
+    status, _headers, body = await post(bob)
+    assert status == 202, body  # another owner gets in
+    stalled.append(await start_raw_upload(sockets, settings.http_port, bob, jsonl(VALID)))
+    status, headers, body = await refused_until(carol, 503)
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert int(headers["Retry-After"]) > 0
+    assert "3 uploads" in json.loads(body)["detail"]
+
+    for _reader, writer in stalled:
+        writer.transport.abort()
+    for _ in range(100):
+        status, _headers, body = await post(alice)
+        if status == 202:
+            break
+        assert status in (429, 503), body
+        await asyncio.sleep(0.1)
+    assert status == 202
+    assert job_count(db) == 2  # bob's and alice's last: no stalled upload left a job
+
+
+async def test_refused_uploads_give_their_slot_back(settings, aiohttp_client, make_token):
+    one = dataclasses.replace(settings, max_uploads=1, max_uploads_per_owner=1)
+    client = await aiohttp_client(eventhorizon.init_app(one), headers=bearer(make_token()))
+    for content, status in [(b"[1]\n", 422), (b"", 422), (b"\xff\n", 422), (jsonl(VALID), 202)]:
+        form = aiohttp.FormData()
+        form.add_field("file", content, filename="a.jsonl")
+        response = await client.post(UPLOAD_PATH, data=form)
+        assert response.status == status, await response.text()
+    assert (await post_multipart(client, fields(20) + FILE + b"--b--\r\n")).status == 400
+    response = await post_multipart(client, FILE + b"--b--\r\n")
+    assert response.status == 202, await response.text()
+
+
+def test_upload_slots_count_per_owner_and_in_all():
+    slots = uploads.UploadSlots(max_uploads=3, max_per_owner=2)
+    with slots.claim("alice"), slots.claim("alice"):
+        with pytest.raises(uploads.TooManyUploads) as owner_full:
+            slots.claim("alice").__enter__()
+        assert (owner_full.value.per_owner, owner_full.value.limit) == (True, 2)
+        with slots.claim("bob"):
+            with pytest.raises(uploads.TooManyUploads) as process_full:
+                slots.claim("carol").__enter__()
+            assert (process_full.value.per_owner, process_full.value.limit) == (False, 3)
+    with pytest.raises(RuntimeError), slots.claim("alice"):
+        raise RuntimeError("an upload that failed")
+    assert slots.running() == 0
+
+
+class NullS3:
+    """An S3 client that takes an object's parts and keeps nothing."""
+
+    def create_multipart_upload(self, **_):
+        return {"UploadId": "upload-1"}
+
+    def upload_part(self, *, PartNumber, **_):
+        return {"ETag": f"etag-{PartNumber}"}
+
+    def complete_multipart_upload(self, **_):
+        pass
+
+
+async def test_a_running_upload_holds_one_part_and_one_chunk():
+    """The memory budget of EH_MAX_UPLOADS (README, Limits): one upload, streamed in the
+    API's chunks, never holds more than an S3 part and a chunk, ~8.3 MiB. (Copying each
+    part out of the buffer took 24 MiB.)"""
+    writer = uploads.ObjectWriter(NullS3(), "bucket", "uploads/x.jsonl")
+    chunk = b"x" * eventhorizon.READ_CHUNK_BYTES
+    await asyncio.to_thread(lambda: None)  # the thread pool exists before measuring
+    tracemalloc.start()
+    try:
+        for _ in range(3 * uploads.PART_BYTES // len(chunk) + 7):
+            await writer.write(chunk)
+        await writer.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < uploads.PART_BYTES + 4 * len(chunk), f"{peak / 2**20:.1f} MiB"
 
 
 # --------------------------------------------------------------------------- 6. numbers
