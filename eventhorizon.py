@@ -52,6 +52,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file i
 # parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
 MAX_FIELDS = 16
 UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot (429, 503)
+STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
+SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
 PLAIN_DIGITS = re.compile(r"[0-9]+")
 STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
@@ -452,10 +454,29 @@ async def close_watchers(app: web.Application) -> None:
 
 
 async def uploads_ctx(app: web.Application):
-    """The upload path's own: the slots that cap how many uploads run at once."""
+    """The upload path's own: the slots that cap how many uploads run at once, and a task
+    sweeping away the S3 multipart uploads of API processes that died mid-upload."""
     settings = app[SETTINGS]
     app[UPLOAD_SLOTS] = uploads.UploadSlots(settings.max_uploads, settings.max_uploads_per_owner)
+    sweeper = asyncio.create_task(sweep_stale_uploads_periodically(app[S3], settings.s3_bucket))
     yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+
+
+async def sweep_stale_uploads_periodically(s3, bucket: str) -> None:
+    """At start-up and then every SWEEP_INTERVAL_S, abort multipart uploads older than
+    STALE_UPLOAD_AGE_S (uploads.sweep_stale_uploads, in a thread: boto3 blocks). A failed
+    sweep (S3 away) is logged and tried again at the next interval."""
+    while True:
+        try:
+            count = await asyncio.to_thread(uploads.sweep_stale_uploads, s3, bucket,
+                                            STALE_UPLOAD_AGE_S)
+            log.info("upload.swept", count=count, older_than_s=STALE_UPLOAD_AGE_S)
+        except Exception as exc:
+            log.warning("upload.sweep_failed", error=str(exc))
+        await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
 # --------------------------------------------------------------------------- routes
@@ -565,7 +586,7 @@ async def receive_upload(request: web.Request) -> web.Response:
 
     job_id = uuid.uuid4()
     bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
-    key = f"uploads/{job_id}.jsonl"
+    key = f"{uploads.UPLOADS_PREFIX}{job_id}.jsonl"
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)
     try:

@@ -3,8 +3,8 @@
 Knows nothing of HTTP. A file this service will not take is an `UploadRefused` (with the
 status and the words the API answers it with); the API reads the request and maps the
 refusal to application/problem+json. Also here: how many uploads may run at once
-(`UploadSlots`). Used by eventhorizon.py, tested alone by tests/test_uploads.py and
-tests/test_abuse.py.
+(`UploadSlots`), and the sweep of multipart uploads a dead API process left open in S3.
+Used by eventhorizon.py, tested alone by tests/test_uploads.py and tests/test_abuse.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import datetime as dt
 import json
 from collections.abc import Iterator
 
 import structlog
+from botocore.exceptions import ClientError
 
 log = structlog.get_logger("api")
 
+UPLOADS_PREFIX = "uploads/"  # every uploaded file is stored as uploads/<job_id>.jsonl
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (S3's minimum is 5 MiB)
 FIRST_LINE_MAX_BYTES = 1024 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -250,3 +253,36 @@ class ObjectWriter:
         result = await asyncio.to_thread(self.s3.upload_part, Bucket=self.bucket, Key=self.key,
                                          UploadId=self.upload_id, PartNumber=number, Body=data)
         self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
+
+
+def sweep_stale_uploads(s3, bucket: str, older_than_s: float) -> int:
+    """Abort the S3 multipart uploads under uploads/ begun more than `older_than_s` seconds
+    ago; return how many were aborted.
+
+    An upload aborts its own multipart upload however it fails, but not when its API process
+    dies (killed, out of memory, the machine gone): S3 then keeps the parts, invisible in
+    object listings and stored forever. No upload runs for an hour at any sane speed, so the
+    API sweeps those older than that (eventhorizon.STALE_UPLOAD_AGE_S). boto3 blocks: call
+    this in a thread.
+    """
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+    aborted = 0
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
+                                                                 Prefix=UPLOADS_PREFIX)
+    for page in pages:
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] <= cutoff and abort_multipart_upload(s3, bucket, upload):
+                aborted += 1
+    return aborted
+
+
+def abort_multipart_upload(s3, bucket: str, upload: dict) -> bool:
+    """Abort one listed multipart upload; False if it was gone already (completed, or
+    another API process swept it first)."""
+    try:
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+            return False
+        raise
+    return True

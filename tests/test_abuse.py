@@ -16,6 +16,7 @@ import zlib
 
 import aiohttp
 import pytest
+import structlog
 
 import core
 import eventhorizon
@@ -496,6 +497,58 @@ async def test_a_running_upload_holds_one_part_and_one_chunk():
     finally:
         tracemalloc.stop()
     assert peak < uploads.PART_BYTES + 4 * len(chunk), f"{peak / 2**20:.1f} MiB"
+
+
+# --------------------------------------------------------------------------- 5. sweeping
+
+
+def open_multipart_upload(settings, key: str) -> str:
+    s3 = core.s3_client(settings)
+    return s3.create_multipart_upload(Bucket=settings.s3_bucket, Key=key)["UploadId"]
+
+
+def test_sweep_aborts_old_multipart_uploads_under_uploads_only(settings):
+    s3 = core.s3_client(settings)
+    for key in ("uploads/a.jsonl", "uploads/b.jsonl", "elsewhere/c.jsonl"):
+        open_multipart_upload(settings, key)
+    assert uploads.sweep_stale_uploads(s3, settings.s3_bucket, older_than_s=3600) == 0
+    assert len(multipart_uploads(settings)) == 3  # none is an hour old
+    assert uploads.sweep_stale_uploads(s3, settings.s3_bucket, older_than_s=0) == 2
+    assert [u["Key"] for u in multipart_uploads(settings)] == ["elsewhere/c.jsonl"]
+
+
+async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, start_process,
+                                                                  make_token, sockets):
+    api = await start_api(start_process, settings)
+    await start_raw_upload(sockets, settings.http_port, make_token(),
+                           file_lines(9 * 1024 * 1024))
+    [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,
+                              what="the first part's multipart upload")
+    api.kill()
+    await asyncio.to_thread(api.wait, 10)
+    assert [u["UploadId"] for u in multipart_uploads(settings)] == [left["UploadId"]]  # left open
+    assert job_count(db) == 0
+
+    s3 = core.s3_client(settings)
+    assert uploads.sweep_stale_uploads(s3, settings.s3_bucket, older_than_s=3600) == 0
+    assert uploads.sweep_stale_uploads(s3, settings.s3_bucket, older_than_s=0) == 1
+    assert multipart_uploads(settings) == []
+
+
+async def test_the_api_sweeps_at_start_up_and_then_periodically(settings, aiohttp_client,
+                                                                monkeypatch):
+    open_multipart_upload(settings, "uploads/left-by-a-dead-api.jsonl")
+    monkeypatch.setattr(eventhorizon, "STALE_UPLOAD_AGE_S", 0)
+    monkeypatch.setattr(eventhorizon, "SWEEP_INTERVAL_S", 0.3)
+    with structlog.testing.capture_logs() as logs:
+        await aiohttp_client(eventhorizon.init_app(settings))
+        await wait_until(lambda: not multipart_uploads(settings), timeout=10,
+                         what="the start-up sweep")
+        open_multipart_upload(settings, "uploads/left-later.jsonl")
+        await wait_until(lambda: not multipart_uploads(settings), timeout=10,
+                         what="the periodic sweep")
+    swept = [e["count"] for e in logs if e["event"] == "upload.swept"]
+    assert swept[0] == 1 and sum(swept) == 2
 
 
 # --------------------------------------------------------------------------- 6. numbers
