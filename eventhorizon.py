@@ -711,6 +711,11 @@ async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web
     if job is None:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
+    # Right after start-up the listener may still be connecting: a watcher added before it
+    # listens would miss the states committed meanwhile. Wait for it (briefly: while
+    # Postgres is away the watcher gets the job's state when the listener is back).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(watchers.listening.wait(), timeout=5)
     watcher = watchers.add(job_id, Watcher(ws, request.transport))
     try:
         # Read again after subscribing: a change that landed in between is not lost (and a
@@ -1138,6 +1143,7 @@ class JobWatchers:
         self.limits = limits
         self.watching: dict[uuid.UUID, set[Watcher]] = {}
         self.shutting_down = False
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
 
     def add(self, job_id: uuid.UUID, watcher: "Watcher") -> "Watcher":
         self.watching.setdefault(job_id, set()).add(watcher)
@@ -1159,6 +1165,7 @@ class JobWatchers:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, autocommit=True) as conn:
                     await core.listen(conn, core.JOB_CHANNEL)
+                    self.listening.set()
                     log.info("listener.connected", channel=core.JOB_CHANNEL)
                     backoff.reset()
                     await self.refresh_all()
@@ -1167,6 +1174,7 @@ class JobWatchers:
                             await self.on_notify(notify.payload)
                         await conn.execute("SELECT 1")  # a quiet connection may be a dead one
             except psycopg.OperationalError as exc:
+                self.listening.clear()
                 delay = backoff.next()
                 log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
