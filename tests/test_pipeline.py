@@ -16,6 +16,7 @@ import core
 import eventhorizon
 import relay
 from conftest import ROOT, bearer
+from test_worker import ECS_LINE, PINO_LINE, ZAP_LINE
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
@@ -145,3 +146,46 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings,
         assert len(events_of(kept)) == SAMPLE_VALID + 3
     finally:
         ch.close()
+
+
+async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, start_process):
+    """pino, zap and ECS lines in one file, uploaded as they come off the disk: in event_log
+    each is an event of the canonical shape, its own unmapped fields under context."""
+    content = b"".join(json.dumps(line).encode() + b"\n"
+                       for line in (PINO_LINE, ZAP_LINE, ECS_LINE))
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename="mixed.jsonl")
+    response = await client.post("/api/v1/files/upload?environment=eu-prod", data=form)
+    job = await response.json()
+    worker = start_process("worker.py")
+    relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
+
+    async def drained():
+        state = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+        stats = await (await client.get("/api/v1/stats")).json()
+        return state["status"] == "completed" and stats["outbox"]["backlog"] == 0 and state
+
+    final = await wait_until(drained)
+    assert final["formats"] == {"pino": 1, "zap": 1, "ecs": 1} and final["lines_valid"] == 3
+    for proc in (relay_proc, worker):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+    ch = relay.connect_clickhouse(settings.clickhouse_url)
+    try:
+        rows = ch.query(
+            "SELECT event_type, environment, event_context FROM event_log "
+            "WHERE event_type NOT LIKE 'job.%' ORDER BY toUInt64(event_context.line_no)"
+        ).result_rows
+    finally:
+        ch.close()
+    assert [(t, e) for t, e, _ in rows] == [("pino.log", "eu-prod"), ("zap.log", "eu-prod"),
+                                            ("login", "staging")]
+    pino, zap, ecs = (context for _, _, context in rows)
+    assert (pino["level"], pino["service"], pino["message"]) == ("warning", "checkout",
+                                                                 "slow checkout")
+    assert int(pino["context"]["order_id"]) == 42 and pino["context"]["hostname"] == "web-1"
+    assert (zap["level"], zap["service"]) == ("error", "payments.charge")
+    assert zap["context"]["caller"] == "pay/main.go:22" and int(zap["context"]["attempt"]) == 3
+    assert (ecs["level"], ecs["service"], ecs["message"]) == ("info", "auth", "user logged in")
+    assert ecs["context"]["user"]["id"] == "u-7"
