@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the format of the valid lines (default: eventhorizon, canonical)")
     args = parser.parse_args(argv)
 
-    settings = core.load_settings()
+    settings = core.load_settings(service=False)
     database_url = args.database_url or settings.database_url
     worker_pid = args.worker_pid or find_pid("worker.py")
     api_pid = args.api_pid or find_pid("eventhorizon.py")

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(core.settings_table(), "Tests only:", core.settings_table(tests_only=True),
               sep="\n\n")
         return 0
-    settings = core.load_settings()
+    settings = core.load_settings(service=False)
     if args.command == "shell-env":
         print(shell_env(settings))
         return 0
