@@ -513,13 +513,14 @@ def job_notification(job: Job) -> str:
     state = json.dumps(job_json(job))
     if len(state.encode("utf-8")) <= NOTIFY_PAYLOAD_MAX_BYTES:
         return state
-    return json.dumps(
-        {
-            "job_id": str(job.job_id),
-            "status": job.status,
-            "lines_processed": job.lines_processed,
-        }
-    )
+    return job_ids_notification(job)
+
+
+def job_ids_notification(job: Job) -> str:
+    """A NOTIFY payload of ids and counts only: listeners re-read the row (and find it gone,
+    for a deleted job)."""
+    return json.dumps({"job_id": str(job.job_id), "status": job.status,
+                       "lines_processed": job.lines_processed})
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -684,9 +684,8 @@ async def delete_job(request: web.Request) -> web.Response:
         await conn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job_id})
         await conn.execute(core.QUERIES["delete_job"], {"job_id": job_id})
         # Ids only: the listeners find the row gone and close the job's WebSockets (4404).
-        await conn.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL, "payload": (
-            json.dumps({"job_id": str(job_id), "status": job.status,
-                        "lines_processed": job.lines_processed}))})
+        await conn.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL,
+                                                     "payload": core.job_ids_notification(job)})
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 

@@ -152,6 +152,16 @@ def sign_in(page: Page, url: str, token: str) -> None:
     expect(page.locator("#upload")).to_be_visible()
 
 
+def upload_the_sample_to_completion(page: Page, url: str, token: str):
+    """Sign in, upload examples/sample.jsonl through the page, wait for its card to complete."""
+    sign_in(page, url, token)
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    return card
+
+
 def enter_token(page: Page, token: str) -> None:
     page.fill("#token", token)
     page.click("#use-token")
@@ -370,11 +380,7 @@ def test_the_token_stays_in_the_tab_and_out_of_urls_cookies_and_local_storage(
     page.on("request", lambda request: requests.append(request))
     page.on("websocket", lambda ws: socket_urls.append(ws.url))
     token = make_token("alice")
-    sign_in(page, api_url, token)
-    page.set_input_files("#file", SAMPLE)
-    page.click("#send")
-    card = page.locator("#jobs article.job")
-    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    card = upload_the_sample_to_completion(page, api_url, token)
     expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
 
     urls = [r.url for r in requests] + socket_urls
@@ -426,11 +432,7 @@ def test_a_job_alice_uploaded_is_not_on_bobs_page(open_page, api_url, make_token
 def test_a_finished_job_is_deleted_from_its_card(page, api_url, start_process, make_token):
     start_process("worker.py")
     token = make_token("alice")
-    sign_in(page, api_url, token)
-    page.set_input_files("#file", SAMPLE)
-    page.click("#send")
-    card = page.locator("#jobs article.job")
-    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    card = upload_the_sample_to_completion(page, api_url, token)
     job_id = card.get_attribute("data-job-id")
 
     card.locator(".delete").click()

@@ -29,6 +29,18 @@ async def client(settings, aiohttp_client, make_token):
                                 headers=bearer(make_token("root", admin=True)))
 
 
+def stop_cleanly(*procs) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def line_events(ch, columns: str) -> list[tuple]:
+    """The line events (not lifecycle ones) in event_log, in line order."""
+    return ch.query(f"SELECT {columns} FROM event_log WHERE event_type NOT LIKE 'job.%' "
+                    "ORDER BY toUInt64(event_context.line_no)").result_rows
+
+
 async def wait_until(check, timeout: float = 60.0):
     for _ in range(int(timeout * 10)):
         if value := await check():
@@ -57,16 +69,11 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
 
     stats = await wait_until(drained)
     assert stats["jobs"]["completed"] == 1 and stats["outbox"]["dead"] == 0
-    for proc in (relay_proc, worker):  # chDB's directory is the relay's until it exits
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+    stop_cleanly(relay_proc, worker)  # chDB's directory is the relay's until it exits
 
     ch = relay.connect_clickhouse(settings.clickhouse_url)
     try:
-        lines = ch.query(
-            "SELECT event_id, event_type, environment, event_context FROM event_log "
-            "WHERE event_type NOT LIKE 'job.%' ORDER BY toUInt64(event_context.line_no)"
-        ).result_rows
+        lines = line_events(ch, "event_id, event_type, environment, event_context")
         lifecycle = ch.query("SELECT event_type FROM event_log WHERE event_type LIKE 'job.%' "
                              "ORDER BY event_date_time, event_type").result_rows
     finally:
@@ -113,8 +120,7 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings,
         return all(s["status"] == "completed" for s in states)
 
     await wait_until(both_completed)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=10) == 0
+    stop_cleanly(worker)
     # The relay has not run: every event of the job is still in the outbox.
     response = await client.delete(f"/api/v1/jobs/{doomed['job_id']}", headers=alice)
     assert response.status == 204, await response.text()
@@ -129,8 +135,7 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings,
     relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
     await wait_until(lambda: asyncio.to_thread(lambda: db.execute(
         "SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]))
-    relay_proc.send_signal(signal.SIGTERM)
-    assert relay_proc.wait(timeout=10) == 0
+    stop_cleanly(relay_proc)
 
     ch = relay.connect_clickhouse(settings.clickhouse_url)
     try:
@@ -167,16 +172,11 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, 
 
     final = await wait_until(drained)
     assert final["formats"] == {"pino": 1, "zap": 1, "ecs": 1} and final["lines_valid"] == 3
-    for proc in (relay_proc, worker):
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+    stop_cleanly(relay_proc, worker)
 
     ch = relay.connect_clickhouse(settings.clickhouse_url)
     try:
-        rows = ch.query(
-            "SELECT event_type, environment, event_context FROM event_log "
-            "WHERE event_type NOT LIKE 'job.%' ORDER BY toUInt64(event_context.line_no)"
-        ).result_rows
+        rows = line_events(ch, "event_type, environment, event_context")
     finally:
         ch.close()
     assert [(t, e) for t, e, _ in rows] == [("pino.log", "eu-prod"), ("zap.log", "eu-prod"),
