@@ -455,6 +455,9 @@ class Job:
     default_service: str | None = None
     default_environment: str | None = None
     formats_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # valid lines/format
+    # The custom format `format` names, as registered when the job was uploaded
+    # (sql/migrations/0006_custom_formats.sql); None for a built-in format.
+    format_definition: dict[str, Any] | None = None
     first_start: bool = False
 
 
@@ -494,6 +497,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),
         "error": job.error,
+        "format": job.format,
         "formats": job.formats_seen,
     }
 

@@ -37,11 +37,13 @@ import structlog
 from aiohttp import BodyPartReader, WSCloseCode, web
 from aiohttp.http_exceptions import HttpProcessingError
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 import auth
 import core
 import formats
+import lines
 import uploads
 
 log = structlog.get_logger("api")
@@ -51,6 +53,9 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file i
 # The other fields of an upload's body, before the file and again after it: at most this many
 # parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
 MAX_FIELDS = 16
+UPLOAD_FIELDS = ("format", "service", "environment")  # fields read before the file, if given
+MAX_FORMAT_BYTES = 64 * 1024  # a custom log format's definition (POST /api/v1/formats)
+MAX_FORMATS_PER_OWNER = 100
 UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot (429, 503)
 STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
 SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
@@ -195,15 +200,17 @@ class Problem(Exception):
     """An error answered as application/problem+json (RFC 9457)."""
 
     def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, errors: list[str] | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
-        self.headers = headers
+        self.headers, self.errors = headers, errors
 
 
 def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
-                     headers: dict[str, str] | None = None):
+                     headers: dict[str, str] | None = None, errors: list[str] | None = None):
     body = {"type": type_, "title": title, "status": status, "detail": detail or title}
+    if errors:
+        body["errors"] = errors  # an extension member (RFC 9457): each problem of the request
     return web.json_response(body, status=status, content_type="application/problem+json",
                              headers=headers)
 
@@ -213,7 +220,8 @@ async def problem_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except Problem as exc:
-        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers)
+        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers,
+                                exc.errors)
     except uploads.UploadRefused as exc:
         return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
     except web.HTTPException as exc:
@@ -571,7 +579,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     idle timeout; then the job, committed and published."""
     settings = request.app[SETTINGS]
     idle_s = settings.upload_idle_timeout_s
-    reader, part = await find_file_part(request, idle_s)
+    reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
     if not is_plain_text(file_name):
         raise Problem(422, "Unprocessable Content",
@@ -580,7 +588,7 @@ async def receive_upload(request: web.Request) -> web.Response:
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
     check_part_not_encoded(part.headers)
-    options = upload_options(request)
+    options = await upload_options(request, fields)
     if not await request.app[PUBLISHER].is_available():
         raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
 
@@ -690,6 +698,111 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# --------------------------------------------------------------------------- log formats
+
+
+@routes.post("/api/v1/formats")
+async def register_format(request: web.Request) -> web.Response:
+    """Register a custom log format (201): checked against log_format.schema.json, then the
+    token owner's, named in uploads as `format`. A name is registered once per owner."""
+    definition = await json_body(request, MAX_FORMAT_BYTES)
+    try:
+        formats.custom_format(definition)
+    except formats.InvalidFormat as exc:
+        raise Problem(422, "Unprocessable Content",
+                      f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],
+                      errors=exc.reasons[:50]) from None
+    owner, name = principal(request).owner, definition["name"]
+    async with request.app[POOL].connection() as conn, conn.transaction():
+        await conn.execute(core.QUERIES["lock_owner_formats"], {"owner": owner})
+        count = (await (await conn.execute(core.QUERIES["count_log_formats"],
+                                           {"owner": owner})).fetchone())["n"]
+        if count >= MAX_FORMATS_PER_OWNER:
+            raise Problem(409, "Conflict", f"you have {count} log formats, as many as one owner "
+                                           "may; delete one to register another")
+        row = await (await conn.execute(core.QUERIES["insert_log_format"], {
+            "owner": owner, "name": name, "definition": Jsonb(definition)})).fetchone()
+    if row is None:
+        raise Problem(409, "Conflict", f"you have a log format named {name!r} already; delete "
+                                       "it to register it again (uploaded jobs keep theirs)")
+    log.info("format.registered", format=name)
+    return web.json_response(format_json(row), status=201,
+                             headers={"Location": f"/api/v1/formats/{name}"})
+
+
+@routes.get("/api/v1/formats")
+async def list_formats(request: web.Request) -> web.Response:
+    """The built-in formats' names and the token owner's own formats."""
+    async with request.app[POOL].connection() as conn:
+        rows = await (await conn.execute(core.QUERIES["list_log_formats"], {
+            "owner": principal(request).owner})).fetchall()
+    return web.json_response({"builtin": list(formats.NAMES),
+                              "formats": [format_json(row) for row in rows]})
+
+
+@routes.get("/api/v1/formats/{name}")
+async def get_format(request: web.Request) -> web.Response:
+    async with request.app[POOL].connection() as conn:
+        row = await find_format(conn, principal(request).owner, request.match_info["name"])
+    if row is None:
+        raise format_not_found(request.match_info["name"])
+    return web.json_response(format_json(row))
+
+
+@routes.delete("/api/v1/formats/{name}")
+async def delete_format(request: web.Request) -> web.Response:
+    """Delete one of the owner's formats (204). Jobs uploaded with it keep their copy."""
+    name = request.match_info["name"]
+    async with request.app[POOL].connection() as conn:
+        row = await (await conn.execute(core.QUERIES["delete_log_format"], {
+            "owner": principal(request).owner, "name": name})).fetchone()
+    if row is None:
+        raise format_not_found(name)
+    log.info("format.deleted", format=name)
+    return web.Response(status=204)
+
+
+async def find_format(conn, owner: str, name: str) -> dict | None:
+    """One of `owner`'s formats; another owner's is as unknown as one that never was."""
+    return await (await conn.execute(core.QUERIES["get_log_format"],
+                                     {"owner": owner, "name": name})).fetchone()
+
+
+def format_not_found(name: str) -> Problem:
+    kind = "a built-in format (see GET /api/v1/formats)" if name in formats.NAMES else "unknown"
+    return Problem(404, "Not Found", f"you have no log format named {name[:64]!r}: {kind}")
+
+
+def format_json(row: dict) -> dict[str, Any]:
+    return {"name": row["name"], "created_at": row["created_at"].isoformat(),
+            "definition": row["definition"]}
+
+
+async def json_body(request: web.Request, max_bytes: int) -> Any:
+    """The request's JSON body, read within the idle timeout and at most `max_bytes` long."""
+    if request.content_type != "application/json":
+        raise Problem(415, "Unsupported Media Type", "send the body as application/json")
+    check_body_not_compressed(request.headers)
+    too_large = Problem(413, "Content Too Large", f"the body may be at most {max_bytes} bytes")
+    if (request.content_length or 0) > max_bytes:
+        raise too_large
+    body = bytearray()
+    idle_s = request.app[SETTINGS].upload_idle_timeout_s
+    while chunk := await within_idle_timeout(request.content.readany(), idle_s):
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(400, "Bad Request", f"the body is not JSON: {str(exc)[:200]}") from None
+    try:
+        lines.check_storable_strings(value)
+    except lines.InvalidLine as exc:
+        raise Problem(422, "Unprocessable Content", f"the body cannot be stored: {exc}") from None
+    return value
+
+
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then each state a commit made, in order; close after its final one."""
@@ -729,25 +842,37 @@ async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web
 # --------------------------------------------------------------------------- request helpers
 
 
-def upload_options(request: web.Request) -> dict[str, str | None]:
-    """The upload's query parameters: `format` (a built-in log format's name, default `auto`),
-    and the `service` and `environment` that lines whose format has none fall back to."""
-    name = request.query.get("format", formats.AUTO)
+async def upload_options(request: web.Request, fields: dict[str, str]) -> dict[str, Any]:
+    """The upload's `format` (`auto` by default, a built-in format's name or one of the
+    owner's own, copied into the job), and the `service` and `environment` that lines whose
+    format has none fall back to. Each as a field before the file or a query parameter."""
+    name = upload_param(request, fields, "format") or formats.AUTO
+    definition = None
     if name not in formats.NAMES:
+        async with request.app[POOL].connection() as conn:
+            row = await find_format(conn, principal(request).owner, name)
+        if row is None:
+            raise Problem(422, "Unprocessable Content",
+                          f"format must be one of {', '.join(formats.NAMES)} or one of your "
+                          f"formats (GET /api/v1/formats), got {name[:64]!r}")
+        definition = Jsonb(row["definition"])
+    return {"format": name, "format_definition": definition,
+            "default_service": upload_param(request, fields, "service"),
+            "default_environment": upload_param(request, fields, "environment")}
+
+
+def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str | None:
+    """A field before the file, or else a query parameter (not both), of 1-128 characters of
+    plain text."""
+    value, query = fields.get(name), request.query.get(name)
+    if value is not None and query is not None and value != query:
         raise Problem(422, "Unprocessable Content",
-                      f"format must be one of {', '.join(formats.NAMES)}, got {name[:64]!r}")
-    return {"format": name, "default_service": text_param(request, "service"),
-            "default_environment": text_param(request, "environment")}
-
-
-def text_param(request: web.Request, name: str) -> str | None:
-    """An optional query parameter of 1-128 characters of plain text."""
-    value = request.query.get(name)
+                      f"{name} is given twice, as a field and in the query, differently")
+    value = query if value is None else value
     if value is not None and not (0 < len(value) <= 128 and is_plain_text(value)):
         raise Problem(422, "Unprocessable Content",
                       f"{name} must be 1 to 128 characters without control characters")
     return value
-
 
 
 def parse_job_id(raw: str) -> uuid.UUID | None:
@@ -792,19 +917,37 @@ def is_plain_text(name: str) -> bool:
 
 
 async def find_file_part(request: web.Request, idle_s: float):
-    """The multipart reader and its part named `file`; the fields before it are skipped,
-    within their FieldBudget."""
+    """The multipart reader, its part named `file` and the upload's fields that came before
+    it (`format`, `service`, `environment`); other fields are skipped. All within their
+    FieldBudget."""
     budget = FieldBudget("before")
+    fields: dict[str, str] = {}
     try:
         reader = await request.multipart()
         while (part := await within_idle_timeout(reader.next(), idle_s)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                return reader, part
+                return reader, part, fields
             budget.add_part(part.headers)
-            await skip_part(part, budget, idle_s)
+            if isinstance(part, BodyPartReader) and part.name in UPLOAD_FIELDS:
+                fields[part.name] = await read_field(part, budget, idle_s)
+            else:
+                await skip_part(part, budget, idle_s)
     except MULTIPART_ERRORS as exc:
         raise malformed_multipart(exc) from None
     raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
+
+
+async def read_field(part: BodyPartReader, budget: FieldBudget, idle_s: float) -> str:
+    """A small text field's value, counted against the budget."""
+    value = bytearray()
+    while chunk := await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s):
+        budget.add_bytes(len(chunk))
+        value += chunk
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(422, "Unprocessable Content",
+                      f"the field {part.name!r} is not UTF-8 text") from None
 
 
 async def read_to_the_closing_boundary(reader, idle_s: float) -> None:

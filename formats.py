@@ -7,7 +7,12 @@ and one generic mapper reads them all; `auto` picks the format per line from its
 the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
 schema, `log_entry.schema.json`, exactly like a line written in Event Horizon's own format.
 
-`compile_format(name, default_service, default_environment)` is called once per job and returns
+Custom formats are the same data written as JSON by a user (`log_format.schema.json`):
+`custom_format` checks one and turns it into a `Format`; the API keeps it, and a job carries a
+copy of the one it was uploaded with.
+
+`compile_format(name, default_service, default_environment, definition)` is called once per job
+and returns
 a callable `mapping(obj) -> (format_name, entry, sources)`: `sources` names, for each canonical
 field, the source field it came from, so that a line's error reason can say which field of the
 line failed (`pino: time: not a number of milliseconds`); it is None for a canonical line, whose
@@ -19,8 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import json
+import pathlib
 import re
 from typing import Any, Callable, Mapping
+
+import jsonschema
 
 CANONICAL = "eventhorizon"
 AUTO = "auto"
@@ -67,7 +77,9 @@ class Format:
 
     `service` paths name the service and win over the upload's `service`; `service_fallback`
     paths name something near it (a logger, a host) and are used only when the upload gave
-    none. `event_type` defaults to `<name>.log`, `message` to an empty string."""
+    none. `event_type` defaults to `<name>.log`, `message` to an empty string. A level is
+    looked up in `level_numbers` (a number) or `level_names` (text, lower-case), then in the
+    common `LEVEL_NAMES`."""
 
     name: str
     time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, ns, iso or asctime)
@@ -78,6 +90,7 @@ class Format:
     event_type: tuple[str, ...] = ()
     environment: tuple[str, ...] = ()
     level_numbers: Mapping[int, str] = dataclasses.field(default_factory=lambda: NO_NUMBERS)
+    level_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 FORMATS = {f.name: f for f in (
@@ -117,9 +130,21 @@ class UnknownFormat(ValueError):
     """A job names a format that is neither built in nor `auto`."""
 
 
+class InvalidFormat(ValueError):
+    """A custom format's definition that cannot be used; `reasons` says every way why."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
 def compile_format(name: str, default_service: str | None = None,
-                   default_environment: str | None = None) -> Callable[[Any], Mapped]:
-    """The mapping for a job: built once, then called for every line."""
+                   default_environment: str | None = None,
+                   definition: Mapping | None = None) -> Callable[[Any], Mapped]:
+    """The mapping for a job: built once, then called for every line. `definition` is the
+    custom format named `name`, as its owner registered it."""
+    if definition is not None:
+        return FormatMapper(custom_format(definition), default_service, default_environment)
     if name == AUTO:
         return AutoMapper(default_service, default_environment)
     if name == CANONICAL:
@@ -127,6 +152,53 @@ def compile_format(name: str, default_service: str | None = None,
     if name in FORMATS:
         return FormatMapper(FORMATS[name], default_service, default_environment)
     raise UnknownFormat(f"unknown log format {name!r}: one of {', '.join(NAMES)}")
+
+
+def custom_format(definition: Any) -> Format:
+    """A custom format's definition (JSON, `log_format.schema.json`) as a `Format`; raises
+    InvalidFormat naming each problem."""
+    reasons = [definition_error(error) for error in
+               sorted(format_validator().iter_errors(definition), key=lambda e: list(e.path))]
+    if not reasons and definition["name"] in NAMES:
+        reasons.append(f"$.name: {definition['name']!r} is a built-in format's name")
+    if reasons:
+        raise InvalidFormat(reasons)
+    fields, unit = definition["fields"], definition.get("time_unit", "iso")
+    levels = {str(value).lower(): level for value, level in definition.get("levels", {}).items()}
+    return Format(
+        definition["name"],
+        time=tuple((path, unit) for path in fields["timestamp"]),
+        level=tuple(fields["level"]),
+        message=tuple(fields.get("message", ())),
+        service=tuple(fields.get("service", ())),
+        service_fallback=tuple(fields.get("service_fallback", ())),
+        event_type=tuple(fields.get("event_type", ())),
+        environment=tuple(fields.get("environment", ())),
+        level_numbers={int(value): level for value, level in levels.items()
+                       if INTEGER.fullmatch(value)},
+        level_names=levels,
+    )
+
+
+def definition_error(error) -> str:
+    """A schema error in a definition, put for a person: a pattern is explained by the
+    property's description rather than shown as a regular expression."""
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.json_path}: {error.instance!r} is not valid: {error.schema['description']}"
+    return f"{error.json_path}: {error.message}"
+
+
+INTEGER = re.compile(r"-?\d{1,18}")
+FORMAT_SCHEMA_PATH = pathlib.Path(__file__).resolve().parent / "log_format.schema.json"
+
+
+@functools.cache
+def format_validator():
+    """The compiled validator of custom format definitions (built once per process)."""
+    schema = json.loads(FORMAT_SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def detect(obj: dict) -> str:
@@ -188,6 +260,7 @@ class FormatMapper:
         self.time = [(Path(p), unit) for p, unit in fmt.time]
         self.level = [Path(p) for p in fmt.level]
         self.level_numbers = fmt.level_numbers
+        self.level_names = fmt.level_names
         self.message = [Path(p) for p in fmt.message]
         self.service = [Path(p) for p in fmt.service]
         self.service_fallback = [Path(p) for p in fmt.service_fallback]
@@ -234,7 +307,8 @@ class FormatMapper:
             value = path.take(obj)
             if value is not MISSING:
                 sources["level"] = path.text
-                return level_name(value, self.level_numbers, f"{self.name}: {path.text}")
+                return level_name(value, self.level_numbers, f"{self.name}: {path.text}",
+                                  self.level_names)
         raise ValueError(f"{self.name}: no {' or '.join(p.text for p in self.level)} (the level)")
 
 
@@ -309,10 +383,13 @@ def any_value(value):
     return value
 
 
-def level_name(value, numbers: Mapping[int, str], where: str) -> str:
-    """The canonical level of a level value: a name (any case) or a number of the format."""
+def level_name(value, numbers: Mapping[int, str], where: str,
+               names: Mapping[str, str] | None = None) -> str:
+    """The canonical level of a level value: a name (any case; the format's own first) or a
+    number of the format."""
     if type(value) is str:
-        level = LEVEL_NAMES.get(value.lower())
+        lowered = value.lower()
+        level = (names.get(lowered) if names else None) or LEVEL_NAMES.get(lowered)
     elif type(value) in (int, float) and value in numbers:
         level = numbers[int(value)]
     else:

@@ -401,12 +401,15 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
 
 
 def compile_format(job: core.Job) -> lines.Mapping:
-    """The job's log format, compiled once for all its lines; a name no format has fails the
-    job (it can never succeed)."""
+    """The job's log format (a custom one as it was when the job was uploaded), compiled once
+    for all its lines; a format that cannot be used fails the job (it can never succeed)."""
     try:
-        return formats.compile_format(job.format, job.default_service, job.default_environment)
+        return formats.compile_format(job.format, job.default_service, job.default_environment,
+                                      job.format_definition)
     except formats.UnknownFormat as exc:
         raise JobFailed(str(exc)) from None
+    except formats.InvalidFormat as exc:
+        raise JobFailed(f"log format {job.format!r} cannot be used: {exc}"[:500]) from None
 
 
 class Committer:

@@ -5,9 +5,10 @@
 
 -- name: insert_job --
 INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner,
-                  format, default_service, default_environment)
+                  format, format_definition, default_service, default_environment)
 VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
-        %(owner)s, %(format)s, %(default_service)s, %(default_environment)s)
+        %(owner)s, %(format)s, %(format_definition)s, %(default_service)s,
+        %(default_environment)s)
 RETURNING *;
 
 -- name: get_job --
@@ -279,3 +280,30 @@ FOR UPDATE OF d SKIP LOCKED;
 
 -- name: finish_deletion --
 UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = %(job_id)s;
+
+-- name: lock_owner_formats --
+-- Held to the end of the transaction that registers a format, so that two registrations at
+-- once cannot both find room under the owner's cap.
+SELECT pg_advisory_xact_lock(hashtextextended('log_formats:' || %(owner)s, 0));
+
+-- name: count_log_formats --
+SELECT count(*) AS n FROM log_formats WHERE owner = %(owner)s;
+
+-- name: insert_log_format --
+-- No row: the owner has a format of this name already.
+INSERT INTO log_formats (owner, name, definition)
+VALUES (%(owner)s, %(name)s, %(definition)s)
+ON CONFLICT (owner, name) DO NOTHING
+RETURNING name, definition, created_at;
+
+-- name: get_log_format --
+SELECT name, definition, created_at FROM log_formats
+WHERE owner = %(owner)s AND name = %(name)s;
+
+-- name: list_log_formats --
+SELECT name, definition, created_at FROM log_formats
+WHERE owner = %(owner)s
+ORDER BY name;
+
+-- name: delete_log_format --
+DELETE FROM log_formats WHERE owner = %(owner)s AND name = %(name)s RETURNING name;

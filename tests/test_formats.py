@@ -426,3 +426,108 @@ def test_unknown_format_names_are_refused():
 ])
 def test_detect_rules(line, expected):
     assert formats.detect(line) == expected
+
+
+# --------------------------------------------------------------------------- custom formats
+
+# A format of a team's own: Java-ish severities, epoch milliseconds, its service nested.
+MYAPP = {
+    "name": "myapp",
+    "description": "our gateway's logs",
+    "fields": {"timestamp": ["epoch_ms"], "level": ["sev"], "message": ["text"],
+               "service": ["app.name"], "event_type": ["kind"], "environment": ["app.env"]},
+    "time_unit": "ms",
+    "levels": {"W": "warning", "SEVERE": "critical", "5": "debug"},
+}
+MYAPP_LINE = {"epoch_ms": 1764496800000, "sev": "w", "text": "slow upstream", "kind": "proxy.slow",
+              "app": {"name": "gateway", "env": "staging", "build": 41}, "upstream": "db-1"}
+
+
+def parse_custom(line, definition=MYAPP, **defaults) -> dict:
+    mapping = formats.compile_format(definition["name"], defaults.get("service"),
+                                     defaults.get("environment"), definition)
+    return lines.parse_line(json.dumps(line).encode(), VALIDATOR, mapping)
+
+
+def test_a_custom_format_maps_its_lines_as_defined():
+    entry = parse_custom(MYAPP_LINE)
+    assert mapped(entry) == {
+        "timestamp": "2025-11-30T10:00:00+00:00", "level": "warning", "service": "gateway",
+        "event_type": "proxy.slow", "message": "slow upstream", "environment": "staging",
+        "format": "myapp"}
+    assert entry["context"] == {"app": {"build": 41}, "upstream": "db-1"}  # nothing lost
+
+
+@pytest.mark.parametrize(("value", "level"), [
+    ("W", "warning"), ("w", "warning"), ("severe", "critical"), (5, "debug"), ("5", "debug"),
+    ("warn", "warning"), ("ERROR", "error"),  # not in its table: the common names
+])
+def test_a_custom_level_table_comes_before_the_common_names(value, level):
+    assert parse_custom({**MYAPP_LINE, "sev": value})["level"] == level
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"sev": "WARNING!"}, "myapp: sev: unknown level 'WARNING!'"),
+    ({"sev": 6}, "myapp: sev: unknown level 6"),
+    ({"epoch_ms": "yesterday"}, "myapp: epoch_ms: 'yesterday' is not valid"),
+    ({"epoch_ms": True}, "myapp: epoch_ms: not a number of milliseconds"),
+    ({"kind": ""}, "myapp: kind: '' should be non-empty"),
+])
+def test_a_custom_formats_errors_name_the_source_field(change, reason):
+    with pytest.raises(lines.InvalidLine) as info:
+        parse_custom({**MYAPP_LINE, **change})
+    assert str(info.value).startswith(reason)
+
+
+def test_a_custom_format_falls_back_like_the_built_in_ones():
+    minimal = {"name": "tiny", "fields": {"timestamp": ["t"], "level": ["l"]}}
+    entry = parse_custom({"t": "2026-11-30T10:00:00Z", "l": "info", "msg": "kept"}, minimal,
+                         service="shop", environment="qa")
+    assert mapped(entry) == {
+        "timestamp": "2026-11-30T10:00:00+00:00", "level": "info", "service": "shop",
+        "event_type": "tiny.log", "message": "", "environment": "qa", "format": "tiny"}
+    assert entry["context"] == {"msg": "kept"}
+
+
+@pytest.mark.parametrize(("definition", "reason"), [
+    ({"fields": {"timestamp": ["t"], "level": ["l"]}}, "$: 'name' is a required property"),
+    ({**MYAPP, "name": "pino"}, "$.name: 'pino' is a built-in format's name"),
+    ({**MYAPP, "name": "auto"}, "$.name: 'auto' is a built-in format's name"),
+    ({**MYAPP, "name": "My App"}, "$.name: 'My App' is not valid: How uploads name the format"),
+    ({**MYAPP, "fields": {"level": ["l"]}}, "$.fields: 'timestamp' is a required property"),
+    ({**MYAPP, "fields": {"timestamp": [], "level": ["l"]}},
+     "$.fields.timestamp: [] should be non-empty"),
+    ({**MYAPP, "fields": {"timestamp": ["a..b"], "level": ["l"]}},
+     "$.fields.timestamp[0]: 'a..b' is not valid: A field's path"),
+    ({**MYAPP, "fields": {"timestamp": ["t"], "level": ["l"], "host": ["h"]}},
+     "$.fields: Additional properties are not allowed ('host' was unexpected)"),
+    ({**MYAPP, "time_unit": "us"}, "$.time_unit: 'us' is not one of"),
+    ({**MYAPP, "levels": {"W": "warn"}}, "$.levels.W: 'warn' is not one of"),
+    ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: {"),
+    ({**MYAPP, "fields": {"timestamp": ["t"] * 2, "level": ["l"]}},
+     "$.fields.timestamp: ['t', 't'] has non-unique elements"),
+    ([], "$: [] is not of type 'object'"),
+])
+def test_unusable_definitions_are_refused_naming_each_problem(definition, reason):
+    with pytest.raises(formats.InvalidFormat) as info:
+        formats.custom_format(definition)
+    assert any(r.startswith(reason) for r in info.value.reasons), info.value.reasons
+
+
+def test_every_problem_of_a_definition_is_named():
+    with pytest.raises(formats.InvalidFormat) as info:
+        formats.custom_format({"name": "x y", "fields": {"level": []}, "time_unit": "us"})
+    assert len(info.value.reasons) == 4, info.value.reasons
+
+
+def test_the_built_in_formats_are_expressible_as_definitions():
+    """The definition schema can say what a built-in format says (a single time unit aside):
+    pino, written as a custom format, maps pino's lines exactly as the built-in one does."""
+    as_custom = {"name": "my-pino", "time_unit": "ms",
+                 "fields": {"timestamp": ["time"], "level": ["level"], "message": ["msg"],
+                            "service": ["name"], "service_fallback": ["hostname"]},
+                 "levels": {str(n): level for n, level in formats.PINO_LEVELS.items()}}
+    for line in PINO:
+        ours, theirs = parse_custom(json.loads(line), as_custom), parse(line, "pino")
+        assert {**mapped(ours), "format": "pino", "event_type": "pino.log"} == mapped(theirs)
+        assert ours["context"] == theirs["context"]

@@ -14,6 +14,7 @@ import pika
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 import core
 import lines
@@ -30,7 +31,8 @@ def jsonl(*objs) -> bytes:
 
 def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
              default_service: str | None = None,
-             default_environment: str | None = None) -> uuid.UUID:
+             default_environment: str | None = None,
+             format_definition: dict | None = None) -> uuid.UUID:
     """A queued job for `content`, as the API leaves it."""
     job_id = uuid.uuid4()
     key = f"uploads/{job_id}.jsonl"
@@ -41,7 +43,8 @@ def make_job(settings, db, content: bytes, *, store: bool = True, format: str = 
         "bucket": settings.s3_bucket, "object_key": key,
         "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
         "owner": "tester", "format": format, "default_service": default_service,
-        "default_environment": default_environment})
+        "default_environment": default_environment,
+        "format_definition": Jsonb(format_definition) if format_definition else None})
     return job_id
 
 
@@ -315,6 +318,17 @@ def test_a_job_with_an_unknown_format_fails(settings, db):
     job_id = make_job(settings, db, jsonl(VALID), format="log4j")
     assert run(settings, job_id) == "failed"
     assert job_row(db, job_id)["error"].startswith("unknown log format 'log4j'")
+
+
+def test_a_job_whose_custom_format_cannot_be_used_fails_saying_why(settings, db):
+    """A copy that no longer passes the definition schema (registered under an older one)
+    fails its job at once, naming the problem, instead of refusing every line."""
+    definition = {"name": "old", "fields": {"timestamp": ["t"], "level": ["l"]},
+                  "time_unit": "fortnights"}
+    job_id = make_job(settings, db, jsonl(VALID), format="old", format_definition=definition)
+    assert run(settings, job_id) == "failed"
+    assert job_row(db, job_id)["error"].startswith(
+        "log format 'old' cannot be used: $.time_unit: 'fortnights' is not one of")
 
 
 # --------------------------------------------------------------------------- the process

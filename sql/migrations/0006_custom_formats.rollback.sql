@@ -1,0 +1,2 @@
+ALTER TABLE jobs DROP COLUMN format_definition;
+DROP TABLE log_formats;
