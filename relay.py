@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import select
 import signal
@@ -102,6 +103,10 @@ MALFORMED_CODES = frozenset(MALFORMED_ERRORS.values())
 
 def main() -> int:
     settings = core.load_settings()
+    try:
+        check_engine_installed(settings.clickhouse_url)
+    except core.ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
     core.configure_logging(settings)
     stop = Stopper()
     stop.install()
@@ -123,6 +128,15 @@ def main() -> int:
         stop.close()
     log.info("relay.stopped")
     return 0
+
+
+def check_engine_installed(url: str) -> None:
+    """chdb:// needs the embedded engine, an optional extra (the image leaves it out): without
+    it the relay stops at once, rather than retrying a connection that can never be made."""
+    if url.startswith("chdb:") and importlib.util.find_spec("chdb") is None:
+        raise core.ConfigError(
+            "CLICKHOUSE_URL is chdb://, but the embedded engine (chdb) is not installed: "
+            "pip install '.[embedded]', or set CLICKHOUSE_URL to a server, http(s)://...")
 
 
 def crash_after_insert(_rows) -> None:
