@@ -227,6 +227,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def in_ci() -> bool:
+    """CI=true (as `.ci/run` sets): a test missing a system tool it needs fails, not skips."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
 # --------------------------------------------------------------------------- processes
 
 

@@ -15,7 +15,6 @@ Screenshots are saved under test-artifacts/ at the project root (gitignored).
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 import core
-from conftest import ROOT, bearer
+from conftest import ROOT, bearer, in_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,10 +42,6 @@ REPORT_CSP_VIOLATIONS = """
 document.addEventListener("securitypolicyviolation", (e) => console.error(
   `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));
 """
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 @pytest.fixture(scope="module")
