@@ -81,7 +81,7 @@ class Settings:
         "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ, for job messages")
     s3_endpoint_url: str = setting(
         "S3_ENDPOINT_URL", "http://127.0.0.1:8333",
-        "S3-compatible endpoint (SeaweedFS locally, MinIO in compose); path-style, SigV4")
+        "S3-compatible endpoint (SeaweedFS locally and in compose); path-style, SigV4")
     s3_bucket: str = setting(
         "S3_BUCKET", "eventhorizon", "bucket for uploaded files (`uploads/<job_id>.jsonl`)")
     aws_access_key_id: str = setting(
