@@ -19,7 +19,9 @@ RUN useradd --system --user-group --uid 10001 --home-dir /app --no-create-home e
 
 WORKDIR /app
 
-# The dependencies in a layer of their own, rebuilt only when pyproject.toml changes.
+# The dependencies in a layer of their own, rebuilt only when pyproject.toml changes. Only
+# `dependencies`: the `embedded` extra (chDB, ~800 MB) is for CLICKHOUSE_URL=chdb://, and the
+# image's relay writes to a ClickHouse server.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
