@@ -663,7 +663,7 @@ def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> E
 
 
 def s3_client(settings: Settings):
-    """A boto3 client for any S3-compatible server: path-style addressing, SigV4, bounded retries."""
+    """A boto3 client for an S3-compatible server: path-style addressing, SigV4, bounded retries."""
     import boto3
     from botocore.config import Config
 

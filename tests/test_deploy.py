@@ -115,7 +115,8 @@ def test_each_unit_restarts_on_failure_hardened_and_waits_out_its_process(unit):
 def test_only_the_relay_writes_and_only_to_its_state_directory():
     """The embedded engine's directory (CLICKHOUSE_URL=chdb:///var/lib/eventhorizon/…);
     the API and the worker write no file."""
-    assert unit_settings("eventhorizon-relay@.service")["ReadWritePaths"] == ["/var/lib/eventhorizon"]
+    relay_unit = unit_settings("eventhorizon-relay@.service")
+    assert relay_unit["ReadWritePaths"] == ["/var/lib/eventhorizon"]
     for unit in ("eventhorizon-api.service", "eventhorizon-worker@.service"):
         assert "ReadWritePaths" not in unit_settings(unit)
 
