@@ -3,11 +3,14 @@ validated like any line. No services needed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
+import logging
 import uuid
 
 import pytest
+import pythonjsonlogger.json
 import structlog
 
 import formats
@@ -121,6 +124,21 @@ def structlog_lines() -> list[str]:
     log.info("user.logged_in", user_id=42, logger="app.auth")
     log.warning("disk.almost_full", free_bytes=1024)
     log.bind(request_id="r-1").error("payment.failed", amount=9.5)
+    return out.getvalue().splitlines()
+
+
+def python_json_logger_lines() -> list[str]:
+    """Lines written by python-json-logger itself, in the configurations its docs show: the
+    fields named in a `%`-style or `{`-style format string, or a `timestamp` added."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("app.db")
+    logger.handlers, logger.propagate = [handler], False
+    for options in ({"fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                    {"fmt": "%(levelname)s %(name)s %(message)s", "timestamp": True},
+                    {"fmt": "{asctime}{levelname}{name}{message}", "style": "{"}):
+        handler.setFormatter(pythonjsonlogger.json.JsonFormatter(**options))
+        logger.warning("slow query", extra={"ms": 1200})
     return out.getvalue().splitlines()
 
 
@@ -239,9 +257,20 @@ def test_python_json_logger_lines_are_mapped():
     assert second["context"] == {"ms": 1200}
 
 
+def test_python_json_logger_lines_written_by_it_are_mapped():
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    for line in python_json_logger_lines():
+        entry = parse(line)
+        assert (entry["format"], entry["level"], entry["service"], entry["message"],
+                entry["context"]) == ("python-json-logger", "warning", "app.db", "slow query",
+                                      {"ms": 1200}), line
+        assert entry["timestamp"] > before  # asctime has no offset: read as UTC, not refused
+
+
 @pytest.mark.parametrize(("fmt", "examples"), [
     ("pino", PINO), ("bunyan", BUNYAN), ("zap", ZAP), ("logrus", LOGRUS), ("ecs", ECS),
-    ("otel", OTEL), ("python-json-logger", PYTHON_JSON_LOGGER), ("structlog", None),
+    ("otel", OTEL), ("python-json-logger", PYTHON_JSON_LOGGER + python_json_logger_lines()),
+    ("structlog", None),
 ])
 def test_each_format_by_name_and_by_auto_gives_the_same_entry(fmt, examples):
     for line in examples or structlog_lines():
