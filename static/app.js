@@ -17,6 +17,8 @@ const form = document.getElementById("upload");
 const input = document.getElementById("file");
 const drop = document.getElementById("drop");
 const send = document.getElementById("send");
+const formatSelect = document.getElementById("format");
+const autoOption = formatSelect.firstElementChild.cloneNode(true);
 const transfer = document.getElementById("transfer");
 const message = document.getElementById("message");
 const jobsBox = document.getElementById("jobs");
@@ -79,7 +81,8 @@ function openWorkspace() {
   tokenMessage.textContent = "";
   workspace.hidden = false;
   forget.hidden = false;
-  loadRecentJobs();
+  // The formats once the token has worked: a refused token makes one 401, not two.
+  loadRecentJobs().then(loadFormats);
 }
 
 // Leaves nothing of the last token's jobs on the page, and nothing running for them.
@@ -90,6 +93,7 @@ function closeWorkspace() {
   for (const card of cards.values()) stopFollowing(card);
   cards.clear();
   jobsBox.replaceChildren(noJobsNote.cloneNode(true));
+  formatSelect.replaceChildren(autoOption.cloneNode(true));
   input.value = "";
   pick(undefined);
 }
@@ -121,9 +125,35 @@ function pick(file) {
   say("");
 }
 
+// The formats an upload may name: `auto`, the built-in ones, then the token owner's own.
+async function loadFormats() {
+  const token = storedToken();
+  if (!token) return;
+  try {
+    const response = await api("/api/v1/formats");
+    if (!response.ok || storedToken() !== token) return; // the page still uploads with auto
+    const { builtin, formats } = await response.json();
+    if (storedToken() !== token) return;
+    const groups = [["Built in", builtin.filter((name) => name !== "auto")],
+                    ["Yours", formats.map((f) => f.name)]];
+    const options = [autoOption.cloneNode(true)];
+    for (const [label, names] of groups) {
+      if (!names.length) continue;
+      const group = document.createElement("optgroup");
+      group.label = label;
+      group.append(...names.map((name) => new Option(name, name)));
+      options.push(group);
+    }
+    formatSelect.replaceChildren(...options);
+  } catch (err) {
+    // the page still uploads with auto
+  }
+}
+
 function upload(file) {
   if (!file) return;
   const body = new FormData();
+  body.append("format", formatSelect.value); // a field before the file: the API reads it first
   body.append("file", file, file.name);
   const token = storedToken();
   const xhr = new XMLHttpRequest();

@@ -26,6 +26,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 import core
 from conftest import ROOT, bearer, in_ci
+from test_formats import MYAPP, MYAPP_LINE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -419,6 +420,39 @@ def test_a_job_alice_uploaded_is_not_on_bobs_page(open_page, api_url, make_token
         page.reload()
         expect(page.locator("#jobs article.job .name")).to_have_text([name])
     screenshot(bob, "browser-bob.png")
+
+
+def test_an_upload_in_a_format_of_ones_own(page, api_url, start_process, make_token, tmp_path):
+    """The page offers the owner's own formats (not another owner's) and uploads with the
+    one picked, sent as a field before the file."""
+    start_process("worker.py")
+    alice, bob = make_token("alice"), make_token("bob")
+    post_json(f"{api_url}/api/v1/formats", alice, MYAPP)
+    post_json(f"{api_url}/api/v1/formats", bob, {**MYAPP, "name": "bobs"})
+    sign_in(page, api_url, alice)
+    picker = page.locator("#format")
+    expect(picker.locator("optgroup[label=Yours] option")).to_have_text(["myapp"])
+    expect(picker.locator("optgroup[label='Built in'] option")).to_contain_text(["pino", "otel"])
+    expect(picker).to_have_value("auto")
+
+    file = tmp_path / "gateway.jsonl"
+    file.write_text("".join(json.dumps({**MYAPP_LINE, "text": f"request {n}"}) + "\n"
+                            for n in range(5)))
+    picker.select_option("myapp")
+    page.set_input_files("#file", file)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(card.locator(".valid")).to_have_text("5")
+    job = get_json(f"{api_url}/api/v1/jobs/{card.get_attribute('data-job-id')}", alice)
+    assert (job["format"], job["formats"]) == ("myapp", {"myapp": 5})
+
+
+def post_json(url: str, token: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={**bearer(token), "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
 
 
 # --------------------------------------------------------------------------- deleting
