@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
 import time
 import uuid
 
@@ -50,55 +52,55 @@ def test_parse_line_normalises_a_valid_entry():
     assert entry["context"] == {"order": 7, "extra": {"request_id": "r-1"}}
 
 
-@pytest.mark.parametrize(
-    ("line", "reason"),
-    [
-        (b"{oops", "invalid JSON"),
-        (b"[1, 2]", "is not of type 'object'"),
-        (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
-         "'service' is a required property"),
-        (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
-        (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
-        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
-        (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
-         "$.timestamp: not a valid date-time"),
-        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-         b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
-        (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
-        (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
-        (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
-        (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
-        (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
-        (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
-        (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
-         "two keys name the path 'a.b'"),
-        (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
-         "two keys name the path 'a.b.c'"),
-        (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
-         "two keys name the path 'p.q'"),
-        (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
-         "two keys name the path 'p.q'"),
-        (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-         b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
-         "two keys name the path 'a.b'"),
-        (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
-         "two keys name the path 'extra.foo'"),
-        (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
-         "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
-        (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
-         "two keys name the path 'a.b.c'"),
-        (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
-         "invalid JSON: Exceeds the limit"),
-        (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
-        (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
-        (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
-         "is outside the range event_log holds"),
-        (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
-         "is outside the range event_log holds"),
-        (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
-        (b'{"message": "caf\xe9"}', "not valid UTF-8"),
-    ],
-)
+BAD_LINES = [
+    (b"{oops", "invalid JSON"),
+    (b"[1, 2]", "is not of type 'object'"),
+    (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
+     "'service' is a required property"),
+    (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
+    (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
+    (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
+    (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
+     "$.timestamp: not a valid date-time"),
+    (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+     b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
+    (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
+    (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
+    (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
+    (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
+    (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
+    (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
+    (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
+     "two keys name the path 'a.b'"),
+    (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
+     "two keys name the path 'a.b.c'"),
+    (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
+     "two keys name the path 'p.q'"),
+    (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
+     "two keys name the path 'p.q'"),
+    (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+     b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
+     "two keys name the path 'a.b'"),
+    (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
+     "two keys name the path 'extra.foo'"),
+    (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
+     "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
+    (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
+     "two keys name the path 'a.b.c'"),
+    (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
+     "invalid JSON: Exceeds the limit"),
+    (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
+    (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
+    (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
+     "is outside the range event_log holds"),
+    (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
+     "is outside the range event_log holds"),
+    (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
+    (b'{"message": "caf\xe9"}', "not valid UTF-8"),
+    ]
+
+
+@pytest.mark.parametrize(("line", "reason"), BAD_LINES)
 def test_parse_line_explains_invalid_lines(line, reason):
     with pytest.raises(lines.InvalidLine) as info:
         lines.parse_line(line, lines.log_entry_validator())
@@ -176,3 +178,60 @@ def test_pattern_errors_are_explained_in_words():
                           lines.log_entry_validator())
     assert str(info.value) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
                                "critical, in any letter case.")
+
+
+# --------------------------------------------------------------------------- the two validators
+
+# Values that sit on the schema's edges: lengths, letter case, Unicode, the time pattern's
+# corners, and every JSON type in place of a string.
+EDGES = [
+    "", "x", "s" * 128, "s" * 129, "é" * 128, "😀" * 64, "😀" * 65, "a\nb", " info", "info ",
+    "INFO", "Info", "İnfo", "ınfo", "warn", "WARNING", "debug", "critical", "Error", "fatal",
+    "2026-11-23T10:00:00Z", "2026-11-23t10:00:00z", "2026-11-23 10:00:00+01:00",
+    "2026-11-23T10:00:00.123456789Z", "2026-11-23T10:00:00Z\n", "2026-11-23T10:00:00",
+    "2026-11-23T10:00:00+0100", "2026-13-45T99:99:99Z", "٢٠٢٦-١١-٢٣T10:00:00Z",
+    "2026-11-23T10:00:00.Z", "12026-11-23T10:00:00Z", "2026-11-23T10:00:00+01:00:00",
+    0, 1, -1, 10**40, 1.5, float("nan"), True, False, None, [], ["info"], {}, {"a": 1},
+]
+FIELDS = ["timestamp", "level", "service", "event_type", "message", "environment", "context"]
+
+
+def generated_entries(rng, count: int):
+    """Entries near the valid one: fields dropped, replaced by edge values, or added."""
+    for _ in range(count):
+        entry = dict(VALID)
+        for _ in range(rng.randint(1, 3)):
+            field = rng.choice(FIELDS + ["extra"])
+            roll = rng.random()
+            if roll < 0.2:
+                entry.pop(field, None)
+            else:
+                entry[field] = rng.choice(EDGES)
+        yield entry
+
+
+def test_both_validators_give_the_same_verdict_on_every_line():
+    """jsonschema-rs decides, python-jsonschema explains: if they disagreed, a line could be
+    accepted that the schema refuses (or refused without a reason). Every bad kind the tests
+    know, the sample file's lines, and 20,000 seeded generated entries."""
+    validator = lines.log_entry_validator()
+    seed = int(os.environ.get("EH_TEST_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    known = [json.loads(line) for line in
+             (core.ROOT / "examples" / "sample.jsonl").read_text().splitlines()
+             if line.strip() and is_json(line)]
+    corpus = [*known, *(json.loads(line) for line, _ in BAD_LINES if is_json(line)),
+              *generated_entries(rng, 20_000)]
+    disagreements = [entry for entry in corpus
+                     if validator.fast.is_valid(entry) != validator.explainer.is_valid(entry)]
+    assert not disagreements, f"EH_TEST_SEED={seed}: {disagreements[:5]!r}"
+    verdicts = {validator.fast.is_valid(entry) for entry in corpus}
+    assert verdicts == {True, False}  # the corpus has both kinds
+
+
+def is_json(line) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
