@@ -48,6 +48,8 @@ OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 DEV_S3_SECRET = "eventhorizon-dev-secret"
+# EH_WORKER_CRASH_AT (tests only): where worker.crash_if kills the worker.
+WORKER_CRASH_POINT = re.compile(r"(before_commit|after_commit):[0-9]+|before_ack")
 
 
 class ConfigError(Exception):
@@ -174,6 +176,12 @@ class Settings:
         "EH_RELAY_CRASH_AFTER_INSERT", False,
         "fault injection: `relay.py` SIGKILLs itself after its first ClickHouse insert, before "
         "the Postgres commit", tests_only=True)
+    worker_crash_at: str = setting(
+        "EH_WORKER_CRASH_AT", "",
+        "fault injection: `worker.py` SIGKILLs itself at one point of a job: `before_commit:N` "
+        "(the batch that reaches line N written, not committed), `after_commit:N` (that batch "
+        "committed, the next not begun) or `before_ack` (a job completed, its message not yet "
+        "acked)", shown_default="empty (off)", tests_only=True)
 
     def __post_init__(self):
         if self.auth not in ("token", "none"):
@@ -183,6 +191,9 @@ class Settings:
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
         check_clickhouse_url(self.clickhouse_url)
+        if self.worker_crash_at and not WORKER_CRASH_POINT.fullmatch(self.worker_crash_at):
+            raise ConfigError("EH_WORKER_CRASH_AT must be before_commit:N, after_commit:N or "
+                              f"before_ack, got {self.worker_crash_at!r}")
 
     def check_deployable(self) -> None:
         """Refuse, in production, credentials that are the development defaults (every

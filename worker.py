@@ -7,6 +7,10 @@ job's object from S3 line by line, validates every line against log_entry.schema
 writes the results to Postgres in batches. Each batch is one transaction that also moves the
 job's checkpoint (lines and bytes done), so a redelivered job resumes where the last commit
 left it and no line is written twice. The message is acked only after the final commit.
+
+Fault injection, for tests only: EH_WORKER_CRASH_AT makes the process SIGKILL itself in the
+middle of a batch (before_commit:N), just after one (after_commit:N) or between a job's final
+commit and its ack (before_ack); see crash_if.
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ class Consumer:
             channel.basic_consume(
                 self.settings.queue, functools.partial(self._on_message, connection)
             )
-            log.info("worker.consuming", queue=self.settings.queue)
+            log.info("worker.consuming", queue=self.settings.queue,
+                     fault_injection=self.settings.worker_crash_at or None)
             next_reconcile = time.monotonic()
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.5)
@@ -152,6 +157,8 @@ class Consumer:
 
     def _work(self, connection, channel, delivery_tag: int, body: bytes) -> None:
         outcome = handle_message(body, self.settings, self.s3, self.stopping)
+        if outcome is Outcome.ACK:
+            crash_if(self.settings, "before_ack")
         if outcome is Outcome.REQUEUE and not self.stopping.is_set():
             self.stopping.wait(self.job_backoff.next())
         elif outcome is not Outcome.REQUEUE:
@@ -366,7 +373,7 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
     marks = progress_marks(job.lines_total, line_no)
     batch, last_flush = lines.LineBatch(), time.monotonic()
     body = open_object(s3, job)
-    committer = Committer(conn, job)
+    committer = Committer(conn, job, settings)
     try:
         for raw, size in lines.read_lines(body):
             line_no += 1
@@ -417,14 +424,19 @@ class Committer:
     (psycopg releases the GIL while it waits). At most one batch is in flight and batches
     commit in order, each moving the checkpoint the previous one left."""
 
-    def __init__(self, conn, job: core.Job):
-        self.conn, self.job = conn, job
+    def __init__(self, conn, job: core.Job, settings: core.Settings):
+        self.conn, self.job, self.settings = conn, job, settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
 
     def submit(self, batch: lines.LineBatch) -> None:
         self.wait()
-        self.in_flight = self.executor.submit(write_batch, self.conn, self.job, batch)
+        self.in_flight = self.executor.submit(self._commit, self.job, batch)
+
+    def _commit(self, job: core.Job, batch: lines.LineBatch) -> core.Job:
+        updated = write_batch(self.conn, job, batch, self.settings)
+        crash_if(self.settings, "after_commit", updated.lines_processed)
+        return updated
 
     def wait(self) -> core.Job:
         """The job row as of the last committed batch (raises if that commit failed)."""
@@ -471,7 +483,8 @@ def is_not_text(conn, job: core.Job) -> bool:
     return bool(row["all_encoding"])
 
 
-def write_batch(conn, job: core.Job, batch: lines.LineBatch) -> core.Job:
+def write_batch(conn, job: core.Job, batch: lines.LineBatch,
+                settings: core.Settings) -> core.Job:
     """Commit one batch: entries, outbox events, errors and the moved checkpoint, atomically."""
     with conn.transaction(), conn.cursor() as cur:
         if batch.entries:
@@ -495,6 +508,7 @@ def write_batch(conn, job: core.Job, batch: lines.LineBatch) -> core.Job:
         if updated is None:
             raise RuntimeError("the job's checkpoint moved under this worker; abandoning the batch")
         notify_job(conn, updated)
+        crash_if(settings, "before_commit", updated.lines_processed)
     return updated
 
 
@@ -522,6 +536,20 @@ def notify_job(conn, job: core.Job) -> None:
     """Tell the API's listeners the job's new state (caller's transaction: sent on commit)."""
     conn.execute(core.QUERIES["notify"],
                  {"channel": core.JOB_CHANNEL, "payload": core.job_notification(job)})
+
+
+def crash_if(settings: core.Settings, point: str, line_no: int = 0) -> None:
+    """Fault injection (EH_WORKER_CRASH_AT, tests only; empty, and so inert, unless a test
+    sets it): SIGKILL this process at `point` once the job has reached line `line_no`, as a
+    power cut would, so the tests can prove what a crash at each point leaves behind."""
+    if not settings.worker_crash_at:
+        return
+    name, _, at = settings.worker_crash_at.partition(":")
+    if name == point and line_no >= int(at or 0):
+        log.warning("worker.crash_injected", point=point, line_no=line_no)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_the_readme_tables_are_the_declared_settings():
 
 def test_settings_round_trip_through_the_environment():
     settings = dataclasses.replace(core.Settings(), http_port=9999, line_delay_max_s=0.25,
-                                   relay_crash_after_insert=True, log_format="json")
+                                   relay_crash_after_insert=True, log_format="json",
+                                   worker_crash_at="after_commit:500")
     assert core.Settings.from_env(settings.to_env()) == settings
 
 
@@ -55,6 +56,8 @@ def test_settings_read_types_and_normalise_case():
     ({"RELAY_POLL_S": "nan"}, "RELAY_POLL_S must be a float"),
     ({"EH_REQUEUE_AFTER_S": "inf"}, "EH_REQUEUE_AFTER_S must be a float"),
     ({"EH_RELAY_CRASH_AFTER_INSERT": "maybe"}, "EH_RELAY_CRASH_AFTER_INSERT must be 1 or 0"),
+    ({"EH_WORKER_CRASH_AT": "before_commit"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
+    ({"EH_WORKER_CRASH_AT": "sometimes"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be a logging level name"),
     ({"CLICKHOUSE_URL": "chdb://relative/dir"}, "chdb:///absolute/path"),

@@ -62,20 +62,59 @@ def job_message(db, job_id) -> bytes:
     return core.job_message(core.job_query(db, "get_job", {"job_id": job_id}).fetchone())
 
 
-def assert_exactly_once(db, job_id, valid: int, invalid: int) -> None:
-    """Every line's result is stored once: entries, errors and outbox events agree."""
-    entries = db.execute("SELECT count(*) AS n, count(DISTINCT line_no) AS d FROM log_entries "
-                         "WHERE job_id = %s", (job_id,)).fetchone()
-    errors = db.execute("SELECT count(*) AS n FROM line_errors WHERE job_id = %s",
-                        (job_id,)).fetchone()
-    events = db.execute("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM outbox "
+def file_lines(content: bytes) -> list[bytes]:
+    """The file's physical lines, each with its newline (the last may have none)."""
+    parts = content.split(b"\n")
+    return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def assert_exactly_once(db, job_id, valid: int, invalid: int,
+                        content: bytes | None = None) -> None:
+    """Every line's result is stored once, and under its own number: each line is an entry or
+    an error (never both), each entry has one outbox event, with the entry's event id and
+    line, and the job's counts agree. Given the file (canonical lines), each entry's message
+    is the one its line has in the file, and nothing is stored past the checkpoint: a resume
+    from the wrong byte offset keeps every count right and shifts the lines, which only the
+    content shows."""
+    entries = {r["line_no"]: r["message"] for r in db.execute(
+        "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
+    errors = {r["line_no"] for r in db.execute(
+        "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
+    events = db.execute("SELECT event_id, event_context FROM outbox "
                         "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
-                        (str(job_id),)).fetchone()
-    assert (entries["n"], entries["d"]) == (valid, valid)
-    assert errors["n"] == invalid
-    assert (events["n"], events["d"]) == (valid, valid)
+                        (str(job_id),)).fetchall()
+    assert (len(entries), len(errors)) == (valid, invalid)
+    assert not entries.keys() & errors, "lines stored both as entries and as errors"
+    assert len(events) == valid, "outbox events are not one per entry"
+    by_line = {e["event_context"]["line_no"]: e for e in events}
+    assert by_line.keys() == entries.keys()
+    assert all(e["event_id"] == core.line_event_id(job_id, n) and
+               e["event_context"]["message"] == entries[n] for n, e in by_line.items())
     job = job_row(db, job_id)
     assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
+    if content is not None:
+        assert_stored_up_to_checkpoint(db, job_id, content)
+
+
+def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
+    """What is stored is exactly the file up to the job's checkpoint (and the job row):
+    every non-blank line 1..lines_processed an entry or an error, none after it, each entry's
+    message its own line's, and bytes_processed the end of line lines_processed. For files of
+    canonical lines (a `message` field each)."""
+    job = job_row(db, job_id)
+    done, raw = job["lines_processed"], file_lines(content)
+    assert job["bytes_processed"] == sum(map(len, raw[:done])), "bytes and lines disagree"
+    stored = {r["line_no"]: r["message"] for r in db.execute(
+        "SELECT line_no, message FROM log_entries WHERE job_id = %s UNION ALL "
+        "SELECT line_no, NULL FROM line_errors WHERE job_id = %s", (job_id, job_id))}
+    expected = {n for n, line in enumerate(raw[:done], 1) if line.strip()}
+    assert stored.keys() == expected, (
+        f"checkpoint {done}: missing {sorted(expected - stored.keys())[:10]}, "
+        f"past it or blank {sorted(stored.keys() - expected)[:10]}")
+    wrong = [n for n, message in stored.items()
+             if message is not None and json.loads(raw[n - 1])["message"] != message]
+    assert not wrong, f"entries whose message is another line's: {wrong[:10]}"
+    return job
 
 
 class StopAfter(threading.Event):
@@ -254,7 +293,7 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     assert job["attempts"] == 0  # a clean stop gives its attempt back
 
     assert run(settings, job_id) == "completed"
-    assert_exactly_once(db, job_id, valid=100, invalid=0)
+    assert_exactly_once(db, job_id, valid=100, invalid=0, content=content)
     assert job_row(db, job_id)["attempts"] == 1
 
 
@@ -384,18 +423,19 @@ def test_duplicate_message_processes_the_job_once(settings, db, start_process):
 def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db, start_process,
                                                                     sig):
     lines = [dict(VALID, message=f"m{i}") for i in range(300)]
-    job_id = enqueue_job(settings, db, jsonl(*lines[:150]) + b"{bad\n" + jsonl(*lines[150:]))
+    content = jsonl(*lines[:150]) + b"{bad\n" + jsonl(*lines[150:])
+    job_id = enqueue_job(settings, db, content)
     slow = start_process("worker.py", EH_LINE_DELAY_MAX_S="0.02", EH_BATCH_LINES="10")
     wait_for(lambda: job_row(db, job_id)["lines_processed"] >= 30, what="some progress")
 
     slow.send_signal(sig)
     assert slow.wait(timeout=10) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
-    job = job_row(db, job_id)
+    job = assert_stored_up_to_checkpoint(db, job_id, content)
     assert job["status"] == "processing" and job["lines_processed"] < 301
 
     start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
-    assert_exactly_once(db, job_id, valid=300, invalid=1)
+    assert_exactly_once(db, job_id, valid=300, invalid=1, content=content)
     assert job_row(db, job_id)["lines_processed"] == 301
     # A SIGTERM is a clean stop, not a failed attempt; a SIGKILL may be a crash the job causes.
     assert job_row(db, job_id)["attempts"] == (1 if sig == signal.SIGTERM else 2)
