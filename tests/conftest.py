@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -235,20 +236,44 @@ def in_ci() -> bool:
 # --------------------------------------------------------------------------- processes
 
 
+CRASH_HOOKS = ("EH_WORKER_CRASH_AT", "EH_RELAY_CRASH_AFTER_INSERT")
+
+
+class ChildProcess(subprocess.Popen):
+    """A process started by start_process, which remembers the signals the test sent it, so
+    that teardown can tell a kill the test meant from a crash."""
+
+    def __init__(self, *args, crash_hook: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_hook = crash_hook  # started to SIGKILL itself (EH_*_CRASH_*)
+        self.signals_sent: list[int] = []
+
+    def send_signal(self, sig: int) -> None:  # kill() and terminate() come through here
+        self.signals_sent.append(sig)
+        super().send_signal(sig)
+
+    @property
+    def killed_on_purpose(self) -> bool:
+        return self.crash_hook or signal.SIGKILL in self.signals_sent
+
+
 @pytest.fixture
 def start_process(settings, tmp_path):
     """Start `python <script>` with this test's settings, its output (JSON log lines) going to
-    a file whose path is the process's `log_path`; everything still running is stopped with
-    SIGTERM at the end of the test (and must exit 0 within 10 s). A file, not a pipe: a pipe
-    nobody reads fills up and blocks the process."""
+    a file whose path is the process's `log_path`. At the end of the test, everything still
+    running is stopped with SIGTERM and must exit 0 within 10 s; and every process must have
+    exited 0, but those the test SIGKILLed or started with a crash hook: a worker or relay that
+    died by itself mid-test fails the test even though another took over its work. A file, not
+    a pipe: a pipe nobody reads fills up and blocks the process."""
     procs = []
 
-    def start(script: str, **env_overrides: str) -> subprocess.Popen:
+    def start(script: str, **env_overrides: str) -> ChildProcess:
         env = {**settings_env(settings), **env_overrides}
         log_path = tmp_path / f"{Path(script).stem}-{len(procs) + 1}.log"
+        crash_hook = any(env_overrides.get(name, "") not in ("", "0") for name in CRASH_HOOKS)
         with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
-                                    stdout=log_file, stderr=subprocess.STDOUT)
+            proc = ChildProcess([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
+                               stdout=log_file, stderr=subprocess.STDOUT, crash_hook=crash_hook)
         proc.log_path = log_path
         procs.append(proc)
         return proc
@@ -264,9 +289,12 @@ def start_process(settings, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc in running and proc.returncode != 0:
-            unclean.append((proc.args[-1], proc.returncode, proc.log_path.read_text()[-3000:]))
-    assert not unclean, f"processes did not stop cleanly on SIGTERM: {unclean}"
+        expected = (0, -signal.SIGKILL) if proc.killed_on_purpose and proc not in running else (0,)
+        if proc.returncode not in expected:
+            how = "on SIGTERM at teardown" if proc in running else "by itself during the test"
+            unclean.append((proc.log_path.name, proc.returncode, how,
+                            proc.log_path.read_text()[-3000:]))
+    assert not unclean, f"processes did not exit cleanly: {unclean}"
 
 
 def logged_events(proc, event: str) -> list[dict]:
