@@ -172,6 +172,11 @@ class Settings:
         "EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test",
         "where the tests create their own databases (one per test, cloned from a migrated "
         "template)", tests_only=True)
+    test_seed: int = setting(
+        "EH_TEST_SEED", 0,
+        "seeds the random choices of the fault tests (which kill when, where); 0: a new seed "
+        "each run, printed with a failing test's output so that run can be replayed",
+        minimum=0, tests_only=True)
     relay_crash_after_insert: bool = setting(
         "EH_RELAY_CRASH_AFTER_INSERT", False,
         "fault injection: `relay.py` SIGKILLs itself after its first ClickHouse insert, before "
@@ -704,8 +709,14 @@ def amqp_parameters(settings: Settings, process: str):
     import pika
 
     params = pika.URLParameters(settings.amqp_url)
-    params.client_properties = {"connection_name": f"eventhorizon-{process} pid {os.getpid()}"}
+    params.client_properties = {"connection_name": process_name(process)}
     return params
+
+
+def process_name(process: str) -> str:
+    """How this process names its connections (RabbitMQ's connection name, Postgres's
+    application_name), so an operator or a test can tell whose they are."""
+    return f"eventhorizon-{process} pid {os.getpid()}"
 
 
 def declare_queues(channel, queue: str) -> None:

@@ -259,7 +259,8 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
     try:
         with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row,
-                             connect_timeout=5) as conn:
+                             connect_timeout=5,
+                             application_name=core.process_name("worker")) as conn:
             result = process_job(conn, s3, settings, job_id, stop)
     except UnknownJob:
         log.error("worker.unknown_job")

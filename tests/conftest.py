@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -295,6 +296,15 @@ def start_process(settings, tmp_path):
             unclean.append((proc.log_path.name, proc.returncode, how,
                             proc.log_path.read_text()[-3000:]))
     assert not unclean, f"processes did not exit cleanly: {unclean}"
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """The test's random choices, replayable: seeded from EH_TEST_SEED, else afresh. The seed is
+    printed, so a failing test's captured output says how to make the same choices again."""
+    seed = _base_settings().test_seed or random.SystemRandom().randrange(1, 2**32)
+    print(f"random choices seeded: EH_TEST_SEED={seed}")
+    return random.Random(seed)
 
 
 def logged_events(proc, event: str) -> list[dict]:

@@ -11,8 +11,8 @@ import subprocess
 import time
 
 from conftest import bearer, delete_queues, logged_events, wait_for
-from test_worker import (VALID, assert_exactly_once, enqueue_job, job_message, job_row, jsonl,
-                         publish)
+from test_worker import (VALID, assert_exactly_once, assert_stored_up_to_checkpoint, enqueue_job,
+                         job_message, job_row, jsonl, publish)
 
 LINES = 20_000
 
@@ -22,27 +22,93 @@ def twenty_thousand_lines() -> bytes:
     return jsonl(*lines[:7_000]) + b"not json\n" + jsonl(*lines[7_000:])
 
 
-def test_worker_sigkilled_at_random_points_loses_and_doubles_nothing(settings, db,
-                                                                     start_process):
-    job_id = enqueue_job(settings, db, twenty_thousand_lines())
-    rng = random.Random()
-    seen = []
-    for attempt in range(1, 4):
-        proc = start_process("worker.py", EH_BATCH_LINES="500", EH_LINE_DELAY_MAX_S="0.0004")
-        # Wait for this worker's own claim, so each kill lands while it is processing.
-        wait_for(lambda: job_row(db, job_id)["attempts"] == attempt, what="job claimed")
-        time.sleep(rng.uniform(0.2, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        seen.append(job_row(db, job_id)["lines_processed"])
-    assert job_row(db, job_id)["status"] != "completed", f"finished before the kills: {seen}"
+def test_worker_sigkilled_mid_batch_after_commits_and_before_its_ack_loses_and_doubles_nothing(
+        settings, db, start_process, rng):
+    """The worker SIGKILLs itself (EH_WORKER_CRASH_AT) with a batch written and not committed,
+    at a random line in the first and in the last third of a 20,001-line file; just after a
+    commit, in the middle third; after committing the last batch, the job not yet completed;
+    and after completing the job, its message not yet acked. A new worker takes over each
+    time. After each kill, what is stored is exactly the file up to the checkpoint (each line
+    under its own number, with its own message) and the checkpoint has moved on; in the end
+    every line is stored once, the job completed once and its message acked.
 
-    start_process("worker.py")
-    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=60, what="completed")
-    assert_exactly_once(db, job_id, valid=LINES, invalid=1)
-    job = job_row(db, job_id)
-    assert job["lines_processed"] == LINES + 1 and job["attempts"] == 4
-    assert seen == sorted(seen)  # progress only ever moved forward
+    Broken, this looks like: a batch's rows committed without its checkpoint (rows past the
+    checkpoint, then lines doubled or a duplicate key), a checkpoint moved without its rows
+    (lines missing), a resume from the wrong byte offset (lines under another line's number),
+    no progress between kills (a resume from the start), a completion done twice (two
+    job.completed events) or a redelivered message never acked."""
+    content, total = twenty_thousand_lines(), LINES + 1
+    job_id = enqueue_job(settings, db, content)
+    env = {"EH_BATCH_LINES": "500", "EH_MAX_ATTEMPTS": "10"}
+    kills = [("before_commit", rng.randint(1_000, 5_000)),
+             ("after_commit", rng.randint(7_000, 12_000)),
+             ("before_commit", rng.randint(14_000, 19_000)),
+             ("after_commit", total)]
+    checkpoints = [0]
+    for point, line in kills:
+        proc = start_process("worker.py", EH_WORKER_CRASH_AT=f"{point}:{line}", **env)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, proc.log_path.read_text()[-3000:]
+        [crash] = logged_events(proc, "worker.crash_injected")
+        job = assert_stored_up_to_checkpoint(db, job_id, content)
+        done = job["lines_processed"]
+        if point == "before_commit":  # the batch that reached `line` was written, then lost
+            assert done < line <= crash["line_no"], (point, line, crash, done)
+        else:  # the batch that reached `line` is committed, and nothing after it
+            assert done == crash["line_no"] >= line, (point, line, crash, done)
+        assert job["status"] == "processing"
+        assert done > checkpoints[-1], f"no progress: {checkpoints}, then {done}"
+        checkpoints.append(done)
+    assert checkpoints[-1] == total
+
+    acking = start_process("worker.py", EH_WORKER_CRASH_AT="before_ack", **env)
+    assert acking.wait(timeout=60) == -signal.SIGKILL
+    assert logged_events(acking, "worker.crash_injected")
+    assert job_row(db, job_id)["status"] == "completed"  # committed, and its message not acked
+
+    last = start_process("worker.py", **env)
+    wait_for(lambda: logged_events(last, "job.skipped"), what="the redelivered message skipped")
+    wait_for(lambda: queue_messages(settings.queue) == (0, 0), what="the message acked")
+    assert_exactly_once(db, job_id, valid=LINES, invalid=1, content=content)
+    assert job_row(db, job_id)["attempts"] == len(kills) + 1  # a skipped job takes no attempt
+    lifecycle = [r["event_type"] for r in db.execute(
+        "SELECT event_type FROM outbox WHERE event_type LIKE 'job.%%' ORDER BY id")]
+    assert lifecycle == ["job.started", "job.completed"]
+
+
+def test_a_job_that_crashes_its_worker_every_time_fails_after_max_attempts(
+        settings, db, start_process):
+    """A job whose every attempt kills the worker (EH_WORKER_CRASH_AT on its first batch, as a
+    line that crashed the parser would) is attempted EH_MAX_ATTEMPTS times, each counted,
+    then marked failed by the next worker, which acks its message and stays up. Broken, it
+    looks like: a crash loop with no end (the job never fails), a crash not counted, or a job
+    failed before its attempts are used up."""
+    job_id = enqueue_job(settings, db, jsonl(*[VALID] * 20))
+    poison = {"EH_WORKER_CRASH_AT": "before_commit:1", "EH_MAX_ATTEMPTS": "3"}
+    for attempt in range(1, 4):
+        crashing = start_process("worker.py", **poison)  # as a supervisor restarts it
+        assert crashing.wait(timeout=60) == -signal.SIGKILL
+        job = job_row(db, job_id)
+        assert (job["status"], job["attempts"], job["lines_processed"]) == (
+            "processing", attempt, 0)
+
+    survivor = start_process("worker.py", **poison)
+    wait_for(lambda: job_row(db, job_id)["status"] == "failed", what="the job failed")
+    assert job_row(db, job_id)["error"].startswith("gave up after 3 attempts")
+    assert db.execute("SELECT count(*) AS n FROM log_entries").fetchone()["n"] == 0
+    wait_for(lambda: queue_messages(settings.queue) == (0, 0), what="its message acked")
+    assert survivor.poll() is None and not logged_events(survivor, "worker.crash_injected")
+
+
+def queue_messages(queue: str) -> tuple[int, int] | None:
+    """(ready, unacknowledged) messages in a queue, as the broker counts them."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name",
+                             "messages_ready", "messages_unacknowledged"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in listed.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    return None
 
 
 def test_worker_survives_its_postgres_connections_being_terminated(settings, db, start_process):
