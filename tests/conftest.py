@@ -36,6 +36,19 @@ ADMIN_DSN = core.Settings.from_env().test_admin_dsn
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# No test may hang the suite: each gets at most this long (pytest-timeout, by SIGALRM, so the
+# test's own teardown still stops the processes it started), unless it says otherwise with
+# @pytest.mark.timeout or the run does with --timeout.
+TEST_TIMEOUT_S = 600
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("timeout", None) is None and "PYTEST_TIMEOUT" not in os.environ:
+        for item in items:
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="signal"))
+
+
 def _with_database(dsn: str, dbname: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{dbname}"))

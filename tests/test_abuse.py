@@ -22,8 +22,8 @@ import core
 import eventhorizon
 import uploads
 from conftest import bearer, logged_events, wait_for
-from test_api import (VALID, assert_problem, file_part, job_count, jsonl, post_multipart,
-                      queued_messages, stored_keys)
+from test_api import (VALID, assert_problem, file_part, job_count, jsonl, multipart_uploads,
+                      post_multipart, queued_messages, stored_keys)
 
 BOUNDARY = "eh-abuse"
 UPLOAD_PATH = "/api/v1/files/upload"
@@ -116,12 +116,6 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
-
-
-def multipart_uploads(settings) -> list[dict]:
-    """The S3 multipart uploads open in the test's bucket."""
-    s3 = core.s3_client(settings)
-    return s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
 
 
 async def wait_until(predicate, timeout: float, what: str):

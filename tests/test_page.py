@@ -68,7 +68,7 @@ async def test_the_websocket_still_opens_with_the_headers_middleware(settings, a
     async with client.ws_connect("/ws/jobs/00000000-0000-0000-0000-000000000000",
                                  protocols=(eventhorizon.WS_AUTH_PROTOCOL, token)) as ws:
         assert ws.protocol == eventhorizon.WS_AUTH_PROTOCOL
-        await ws.receive()
+        await ws.receive(timeout=5)
         assert ws.close_code == 4404
 
 

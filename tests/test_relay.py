@@ -316,12 +316,14 @@ def test_two_relays_side_by_side_deliver_each_event_once(relay_settings):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=producer)] + [
-        threading.Thread(target=relay_thread, args=(f"relay-{i}",)) for i in range(2)]
+    threads = [threading.Thread(target=producer, daemon=True)] + [
+        threading.Thread(target=relay_thread, args=(f"relay-{i}",), daemon=True)
+        for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert not [t.name for t in threads if t.is_alive()], "threads still running after 60 s"
     assert not errors, errors
 
     ids = read_event_log_ids(settings)
