@@ -174,8 +174,9 @@ class Settings:
         "template)", tests_only=True)
     test_seed: int = setting(
         "EH_TEST_SEED", 0,
-        "seeds the random choices of the fault tests (which kill when, where); 0: a new seed "
-        "each run, printed with a failing test's output so that run can be replayed",
+        "seeds the tests' random choices (which worker a fault test kills, at what line; the "
+        "fuzz test's cases); 0: a new seed each run (the fuzz test's fixed one in CI), printed "
+        "with a failing test's output so that run can be replayed",
         minimum=0, tests_only=True)
     relay_crash_after_insert: bool = setting(
         "EH_RELAY_CRASH_AFTER_INSERT", False,

@@ -311,12 +311,38 @@ def start_process(settings, tmp_path):
     assert not unclean, f"processes did not exit cleanly: {unclean}"
 
 
+FIXED_SEED_IN_CI = 20261130
+
+
+def in_ci() -> bool:
+    """CI=true, as `.ci/run` sets."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def _seed(*, fixed_in_ci: bool) -> int:
+    chosen = _base_settings().test_seed or (
+        FIXED_SEED_IN_CI if fixed_in_ci and in_ci() else random.SystemRandom().randrange(1, 2**32))
+    print(f"random choices seeded: EH_TEST_SEED={chosen}")
+    return chosen
+
+
 @pytest.fixture
-def rng() -> random.Random:
-    """The test's random choices, replayable: seeded from EH_TEST_SEED, else afresh. The seed is
+def seed() -> int:
+    """A seed for the test's random choices: EH_TEST_SEED, else a new one each run. It is
     printed, so a failing test's captured output says how to make the same choices again."""
-    seed = _base_settings().test_seed or random.SystemRandom().randrange(1, 2**32)
-    print(f"random choices seeded: EH_TEST_SEED={seed}")
+    return _seed(fixed_in_ci=False)
+
+
+@pytest.fixture
+def fuzz_seed() -> int:
+    """As `seed`, but the same every run in CI (a fuzz test's failure there is then the
+    change's, not a new case's); local runs explore new cases."""
+    return _seed(fixed_in_ci=True)
+
+
+@pytest.fixture
+def rng(seed) -> random.Random:
+    """The test's random choices (which worker to kill, at what line), replayable (`seed`)."""
     return random.Random(seed)
 
 

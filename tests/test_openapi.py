@@ -183,10 +183,12 @@ def api_url(settings, start_process):
     return url
 
 
-def test_fuzz_every_operation(api_url, make_token):
+def test_fuzz_every_operation(api_url, make_token, fuzz_seed):
     """Generated requests, valid and invalid, to every operation: no 5xx, and every answer is
     one the document allows (status code, content type, headers, body schema). The session
-    carries an admin token, so requests get past authentication unless a case sends its own."""
+    carries an admin token, so requests get past authentication unless a case sends its own.
+    CI runs the same cases every time (a fixed seed); a local run explores new ones, its seed
+    printed (EH_TEST_SEED replays it)."""
     schema = schemathesis.openapi.from_url(f"{api_url}/api/v1/openapi.json", timeout=10)
     session = requests.Session()
     session.headers.update(bearer(make_token("fuzzer", admin=True)))
@@ -202,6 +204,7 @@ def test_fuzz_every_operation(api_url, make_token):
         label = operation.label
         counts[label] = 0
 
+        @hypothesis.seed(fuzz_seed)
         @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
                              suppress_health_check=list(hypothesis.HealthCheck))
         @hypothesis.given(case=st.one_of(strategies))
@@ -219,6 +222,7 @@ def test_fuzz_every_operation(api_url, make_token):
     operation = schema["/api/v1/files/upload"]["POST"]
     counts["POST /api/v1/files/upload (.jsonl)"] = 0
 
+    @hypothesis.seed(fuzz_seed)
     @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(content=jsonl_contents())
