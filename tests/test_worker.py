@@ -76,6 +76,7 @@ def assert_exactly_once(db, job_id, valid: int, invalid: int,
     is the one its line has in the file, and nothing is stored past the checkpoint: a resume
     from the wrong byte offset keeps every count right and shifts the lines, which only the
     content shows."""
+    job_id = uuid.UUID(str(job_id))
     entries = {r["line_no"]: r["message"] for r in db.execute(
         "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
     errors = {r["line_no"] for r in db.execute(
