@@ -67,7 +67,8 @@ def test_worker_sigkilled_mid_batch_after_commits_and_before_its_ack_loses_and_d
 
     last = start_process("worker.py", **env)
     wait_for(lambda: logged_events(last, "job.skipped"), what="the redelivered message skipped")
-    wait_for(lambda: queue_messages(settings.queue) == (0, 0), what="the message acked")
+    wait_for(lambda: queue_messages(settings.queue) == (0, 0), interval=1,
+             what="the message acked")
     assert_exactly_once(db, job_id, valid=LINES, invalid=1, content=content)
     assert job_row(db, job_id)["attempts"] == len(kills) + 1  # a skipped job takes no attempt
     lifecycle = [r["event_type"] for r in db.execute(
@@ -95,7 +96,8 @@ def test_a_job_that_crashes_its_worker_every_time_fails_after_max_attempts(
     wait_for(lambda: job_row(db, job_id)["status"] == "failed", what="the job failed")
     assert job_row(db, job_id)["error"].startswith("gave up after 3 attempts")
     assert db.execute("SELECT count(*) AS n FROM log_entries").fetchone()["n"] == 0
-    wait_for(lambda: queue_messages(settings.queue) == (0, 0), what="its message acked")
+    wait_for(lambda: queue_messages(settings.queue) == (0, 0), interval=1,
+             what="its message acked")
     assert survivor.poll() is None and not logged_events(survivor, "worker.crash_injected")
 
 
@@ -317,15 +319,17 @@ def kill_one_holding_a_job(db, workers, rng):
     job it holds then is still its own when the kill lands."""
     for victim in rng.sample(workers, len(workers)):
         victim.send_signal(signal.SIGSTOP)
-        job_ids = [r["job_id"] for r in db.execute(
-            "SELECT j.job_id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "JOIN jobs j ON hashtextextended(j.job_id::text, 0) = "
-            "  (l.classid::bigint << 32) | l.objid::bigint "
-            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
-            "AND a.application_name = %s", (f"eventhorizon-worker pid {victim.pid}",))]
+        job_ids = []
+        try:
+            job_ids = [r["job_id"] for r in db.execute(
+                "SELECT j.job_id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "JOIN jobs j ON hashtextextended(j.job_id::text, 0) = "
+                "  (l.classid::bigint << 32) | l.objid::bigint "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+                "AND a.application_name = %s", (f"eventhorizon-worker pid {victim.pid}",))]
+        finally:
+            victim.send_signal(signal.SIGKILL if job_ids else signal.SIGCONT)
         if job_ids:
-            victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
             return victim, job_ids
-        victim.send_signal(signal.SIGCONT)
     return None
