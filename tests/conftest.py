@@ -1,7 +1,8 @@
-"""Fixtures over the real services: Postgres, RabbitMQ, an S3 server (SeaweedFS) and chDB.
+"""Fixtures over the real services: Postgres, RabbitMQ, an S3 server (SeaweedFS) and a
+ClickHouse server (scripts/clickhouse-server, one per test session, on a free port).
 
 Every test gets its own database (cloned from a migrated template), its own RabbitMQ queue,
-its own S3 bucket and its own ClickHouse directory, so tests and runs never see each other.
+its own S3 bucket and its own ClickHouse database, so tests and runs never see each other.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import clickhouse_connect
 import pika
 import psycopg
 import pytest
@@ -173,6 +176,72 @@ def db(database_url):
         yield conn
 
 
+# --------------------------------------------------------------------------- ClickHouse
+
+
+class ClickHouseServer:
+    """A scripts/clickhouse-server process on a free port, with one admin user, `eh_test`,
+    who makes a database per test. start() and stop() may be called again: its data stays."""
+
+    USER = "eh_test"
+
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, _free_port()
+        self.password = secrets.token_hex(12)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.starts += 1
+        log_path = self.directory.with_name(f"{self.directory.name}-{self.starts}.log")
+        with log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "scripts" / "clickhouse-server"),
+                 "--dir", str(self.directory), "--port", str(self.port),
+                 "--database", "eh_test", "--user", f"{self.USER}:admin"],
+                env={**os.environ, "LOG_FORMAT": "json",
+                     f"CLICKHOUSE_PASSWORD_{self.USER.upper()}": self.password},
+                cwd=self.directory.parent, stdout=log_file, stderr=subprocess.STDOUT)
+        self.proc.log_path = log_path
+        wait_for(lambda: logged_events(self.proc, "clickhouse.listening") or self.proc.poll(),
+                 timeout=timeout, what="the ClickHouse server to listen")
+        assert self.proc.poll() is None, log_path.read_text()[-3000:]
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the ClickHouse server did not stop within 30 s") from None
+
+    def url(self, database: str) -> str:
+        return f"http://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def client(self, database: str = "default"):
+        return clickhouse_connect.get_client(dsn=self.url(database))
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory):
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse") / "server")
+    server.start()
+    yield server
+    assert server.stop() == 0, server.proc.log_path.read_text()[-3000:]
+
+
+@pytest.fixture
+def clickhouse_url(clickhouse_server):
+    """A database of this test's own on the session's ClickHouse server, dropped afterwards."""
+    name = f"eh_{uuid.uuid4().hex[:12]}"
+    with clickhouse_server.client() as admin:
+        admin.command("CREATE DATABASE {db:Identifier}", parameters={"db": name})
+    yield clickhouse_server.url(name)
+    with clickhouse_server.client() as admin:
+        admin.command("DROP DATABASE IF EXISTS {db:Identifier} SYNC", parameters={"db": name})
+
+
 # --------------------------------------------------------------------------- RabbitMQ
 
 
@@ -200,14 +269,14 @@ def delete_queues(amqp_url: str, queue: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url, amqp_queue, s3_bucket, tmp_path) -> core.Settings:
-    """Settings pointing at this test's own database, queue, bucket and ClickHouse directory."""
+def settings(database_url, amqp_queue, s3_bucket, clickhouse_url) -> core.Settings:
+    """Settings pointing at this test's own database, queue, bucket and ClickHouse database."""
     return dataclasses.replace(
         _base_settings(),
         database_url=database_url,
         queue=amqp_queue,
         s3_bucket=s3_bucket,
-        clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
+        clickhouse_url=clickhouse_url,
         http_port=_free_port(),
     )
 

@@ -1,8 +1,9 @@
 """The relay moves every committed outbox event into ClickHouse's event_log exactly once.
 
-Real Postgres (a fresh database per test) and embedded ClickHouse (chDB, a fresh directory per
-test). chDB lets one process at a time open a directory, so a test either runs the relay core
-in-process, or runs relay.py as a subprocess and reads event_log only once that process is gone.
+Real Postgres (a fresh database per test) and a real ClickHouse server over HTTP (the
+session's scripts/clickhouse-server, a database per test), read while relays run. A few tests
+use the embedded engine (`chdb://`, a fresh directory per test), the one-process setup; chDB
+lets one process at a time open a directory, so those read event_log once relay.py is gone.
 """
 
 from __future__ import annotations
@@ -31,17 +32,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def relay_settings(database_url, tmp_path) -> core.Settings:
-    """Settings for this test's database and ClickHouse directory; batches go out at once."""
+def relay_settings(database_url, clickhouse_url) -> core.Settings:
+    """Settings for this test's database and ClickHouse database; batches go out at once."""
     return dataclasses.replace(
         core.Settings.from_env({"EH_ENVIRONMENT": "development"}),
         database_url=database_url,
-        clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}",
+        clickhouse_url=clickhouse_url,
         relay_batch_max_rows=100,
         relay_batch_max_wait_s=0.0,
         relay_poll_s=0.5,
         log_format="json",
     )
+
+
+@pytest.fixture
+def chdb_settings(relay_settings, tmp_path) -> core.Settings:
+    """The same, on the embedded engine: a ClickHouse directory of this test's own."""
+    return dataclasses.replace(relay_settings, clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}")
+
+
+@pytest.fixture(params=["http", "chdb"])
+def each_settings(request, relay_settings, chdb_settings) -> core.Settings:
+    """The test runs against the server and against the embedded engine."""
+    return relay_settings if request.param == "http" else chdb_settings
 
 
 @pytest.fixture
@@ -85,7 +98,12 @@ def read_event_log_ids(settings) -> list[uuid.UUID]:
 # --------------------------------------------------------------------------- in-process
 
 
-def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, ch, relay_settings):
+def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, each_settings):
+    with relay.connect_clickhouse(each_settings.clickhouse_url) as ch:
+        deliver_one_committed_event(db, ch, each_settings)
+
+
+def deliver_one_committed_event(db, ch, relay_settings):
     when = dt.datetime(2026, 3, 1, 12, 30, 45, tzinfo=dt.timezone.utc)
     context = {"job_id": str(uuid.uuid4()), "n": 3, "nested": {"ok": True, "tags": ["a", "b"]}}
     with psycopg.connect(relay_settings.database_url) as conn:
@@ -177,7 +195,13 @@ def refuse_until_the_last_attempt(db, ch, relay_settings, backlog: int) -> None:
 
 @pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
 def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
-        db, ch, relay_settings, poison):
+        db, each_settings, poison):
+    relay_settings = each_settings
+    with relay.connect_clickhouse(relay_settings.clickhouse_url) as ch:
+        salvage_one_bad_event(db, ch, relay_settings, poison)
+
+
+def salvage_one_bad_event(db, ch, relay_settings, poison):
     with psycopg.connect(relay_settings.database_url) as conn:
         good = [core.publish_event(conn, "test.good", {"i": i}, environment="test")
                 for i in range(3)]
@@ -280,10 +304,11 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     assert [d["event_id"] for d in db.execute("SELECT event_id FROM outbox_dead")] == [bad]
 
 
-def test_two_relays_side_by_side_deliver_each_event_once(relay_settings):
+def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings):
     """Two relays (threads, each with its own Postgres connection and ClickHouse client on
-    the one chDB directory) drain an outbox a producer keeps filling, in small batches."""
-    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=37)
+    the one chDB directory, which they share) drain an outbox a producer keeps filling, in
+    small batches."""
+    settings = dataclasses.replace(chdb_settings, relay_batch_max_rows=37)
     published: list[uuid.UUID] = []
     producing = threading.Event()
     producing.set()
@@ -427,10 +452,12 @@ def log_lines(path: Path) -> list[dict]:
     return lines
 
 
-def test_killed_between_insert_and_commit_no_event_is_doubled(db, relay_settings, tmp_path):
+def test_killed_between_insert_and_commit_no_event_is_doubled(db, chdb_settings, tmp_path):
     """SIGKILL after ClickHouse took a batch and before Postgres committed; then more events
     arrive, and a relay with a larger batch size takes over. The recorded batch is re-sent with
-    the same rows and token (ClickHouse drops it); only the rest is new."""
+    the same rows and token (ClickHouse drops it); only the rest is new. (chDB: the
+    three-relay test below kills relays on the server.)"""
+    relay_settings = chdb_settings
     published = publish(relay_settings.database_url, 300)
     crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
                            EH_RELAY_CRASH_AFTER_INSERT="1")
@@ -497,10 +524,11 @@ def outbox_backlog(db) -> int:
     return outbox_status(db)["backlog"]
 
 
-def test_a_running_relay_waits_out_clickhouse_and_then_catches_up(db, relay_settings, tmp_path):
-    """The same relay process, no restart: ClickHouse cannot be opened (another process holds
-    the chDB directory, as a down server refuses connections), then can. The outbox keeps
-    every event meanwhile, and the relay delivers each once as soon as it gets through."""
+def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, tmp_path):
+    """The same relay process, no restart: the chDB directory cannot be opened (another
+    process holds it), then can. The outbox keeps every event meanwhile, and the relay delivers
+    each once as soon as it gets through. (The server killed mid-stream: test_faults.py.)"""
+    relay_settings = chdb_settings
     published = publish(relay_settings.database_url, 200)
     holder = relay.connect_clickhouse(relay_settings.clickhouse_url)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_POLL_S="30")
