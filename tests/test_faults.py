@@ -1,5 +1,6 @@
-"""Fault injection: real worker processes killed at random moments, and their Postgres
-connections cut mid-job; afterwards every line must be stored exactly once."""
+"""Fault injection: real worker and relay processes killed at random moments, their Postgres
+connections cut mid-job, the ClickHouse server killed mid-stream; afterwards every line must
+be stored, and every event delivered, exactly once."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 
-from conftest import bearer, delete_queues, logged_events, wait_for
+import relay
+from conftest import ClickHouseServer, bearer, delete_queues, logged_events, wait_for
 from test_worker import (VALID, assert_exactly_once, assert_stored_up_to_checkpoint, enqueue_job,
                          job_message, job_row, jsonl, publish)
 
@@ -333,3 +336,114 @@ def kill_one_holding_a_job(db, workers, rng):
             victim.wait(timeout=10)
             return victim, job_ids
     return None
+
+
+# --------------------------------------------------------------------------- relays and ClickHouse
+
+
+class Producer:
+    """Publishes events in small transactions on a thread, until stopped; `published` are
+    their ids."""
+
+    def __init__(self, database_url: str, batch: int = 40, pause_s: float = 0.02):
+        self.database_url, self.batch, self.pause_s = database_url, batch, pause_s
+        self.published: list = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(30)
+        assert not self.errors, self.errors
+
+    def _run(self):
+        from test_relay import publish
+
+        try:
+            while not self._stop.is_set():
+                self.published += publish(self.database_url, self.batch)
+                self._stop.wait(self.pause_s)
+        except BaseException as exc:  # noqa: BLE001 - reported by __exit__
+            self.errors.append(exc)
+
+
+def assert_delivered_once(clickhouse_url: str, published: list) -> None:
+    with relay.connect_clickhouse(clickhouse_url) as ch:
+        ids = [r[0] for r in ch.query("SELECT event_id FROM event_log").result_rows]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} events doubled"
+    assert set(ids) == set(published), f"{len(set(published) - set(ids))} events missing"
+
+
+def relay_lines(procs, event: str) -> list[dict]:
+    return [line for proc in procs for line in logged_events(proc, event)]
+
+
+RELAY_ENV = {"RELAY_BATCH_MAX_ROWS": "50", "RELAY_BATCH_MAX_WAIT_S": "0", "RELAY_POLL_S": "0.5"}
+
+
+def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, start_process,
+                                                                 rng):
+    """Three relay.py processes drain an outbox a producer keeps filling, into the ClickHouse
+    server; five times, a random one that is busy sending is SIGKILLed after a random moment
+    and a new one started. Every event is in event_log exactly once."""
+    from test_relay import outbox_backlog
+
+    relays = [start_process("relay.py", **RELAY_ENV) for _ in range(3)]
+    with Producer(settings.database_url) as producer:
+        for _ in range(5):
+            victim = relays.pop(rng.randrange(len(relays)))
+            wait_for(lambda: logged_events(victim, "relay.batch_sent"), what="the victim busy")
+            time.sleep(rng.uniform(0.0, 0.5))
+            victim.send_signal(signal.SIGKILL)
+            assert victim.wait(timeout=10) == -signal.SIGKILL
+            relays.append(start_process("relay.py", **RELAY_ENV))
+    wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
+    wait_for(lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
+             what="no batch left unfinished")
+
+    assert len(producer.published) > 1_000
+    assert_delivered_once(settings.clickhouse_url, producer.published)
+    # SIGTERM is handled from `relay.started` on; the last one started may still be importing.
+    wait_for(lambda: all(logged_events(r, "relay.started") for r in relays), what="relays up")
+
+
+def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
+        settings, db, start_process, rng, tmp_path):
+    """A relay sends a producer's events to a ClickHouse server of the test's own, which is
+    SIGKILLed at a random moment and restarted on its port and directory. The relay backs off
+    while it is away, re-sends the batch it had in flight, and every event is in event_log
+    exactly once."""
+    from test_relay import outbox_backlog
+
+    server = ClickHouseServer(tmp_path / "clickhouse")
+    server.start()
+    try:
+        with server.client() as admin:
+            admin.command("CREATE DATABASE eh")
+        url = server.url("eh")
+        proc = start_process("relay.py", CLICKHOUSE_URL=url, **RELAY_ENV)
+        with Producer(settings.database_url) as producer:
+            wait_for(lambda: len(logged_events(proc, "relay.batch_sent")) >= 5,
+                     what="the relay under way")
+            time.sleep(rng.uniform(0.0, 0.5))
+            server.stop(signal.SIGKILL)
+            wait_for(lambda: len(logged_events(proc, "relay.clickhouse_unavailable")) >= 3,
+                     what="the relay backing off")
+            server.start()
+            resent = lambda: [line for line in logged_events(proc, "relay.batch_sent")  # noqa: E731
+                              if line["resent"]]
+            wait_for(resent, timeout=60, what="the batch in flight re-sent")
+        wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
+
+        assert_delivered_once(url, producer.published)
+        delays = [line["retry_in_s"] for line in logged_events(proc, "relay.clickhouse_unavailable")]
+        assert delays[2] > delays[0]  # backing off
+        assert proc.poll() is None  # the same relay throughout
+    finally:
+        if server.proc.poll() is None:
+            assert server.stop() == 0, server.proc.log_path.read_text()[-3000:]

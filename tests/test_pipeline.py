@@ -15,8 +15,8 @@ import pytest
 import core
 import eventhorizon
 import relay
-from conftest import ROOT, bearer
-from test_worker import ECS_LINE, PINO_LINE, ZAP_LINE
+from conftest import ROOT, bearer, logged_events, outbox_status, wait_for
+from test_worker import ECS_LINE, PINO_LINE, VALID, ZAP_LINE, enqueue_job, job_row, jsonl
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
@@ -53,8 +53,8 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="sample.jsonl")
     job = await (await client.post("/api/v1/files/upload", data=form)).json()
-    worker = start_process("worker.py")
-    relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
+    start_process("worker.py")
+    start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
 
     async def completed():
         state = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
@@ -69,15 +69,11 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
 
     stats = await wait_until(drained)
     assert stats["jobs"]["completed"] == 1 and stats["outbox"]["dead"] == 0
-    stop_cleanly(relay_proc, worker)  # chDB's directory is the relay's until it exits
 
-    ch = relay.connect_clickhouse(settings.clickhouse_url)
-    try:
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:  # the relay still running
         lines = line_events(ch, "event_id, event_type, environment, event_context")
         lifecycle = ch.query("SELECT event_type FROM event_log WHERE event_type LIKE 'job.%' "
                              "ORDER BY event_date_time, event_type").result_rows
-    finally:
-        ch.close()
 
     assert len(lines) == SAMPLE_VALID
     assert len({r[0] for r in lines}) == SAMPLE_VALID
@@ -135,10 +131,8 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings,
     relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
     await wait_until(lambda: asyncio.to_thread(lambda: db.execute(
         "SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]))
-    stop_cleanly(relay_proc)
 
-    ch = relay.connect_clickhouse(settings.clickhouse_url)
-    try:
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
         def events_of(job):
             return sorted(r[0] for r in ch.query(
                 "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
@@ -149,8 +143,7 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(client, settings,
                            ).result_rows[0][0]
         assert (deleted["deleted_by"], deleted["owner"]) == ("alice", "alice")
         assert len(events_of(kept)) == SAMPLE_VALID + 3
-    finally:
-        ch.close()
+    stop_cleanly(relay_proc)
 
 
 async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, start_process):
@@ -162,8 +155,8 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, 
     form.add_field("file", io.BytesIO(content), filename="mixed.jsonl")
     response = await client.post("/api/v1/files/upload?environment=eu-prod", data=form)
     job = await response.json()
-    worker = start_process("worker.py")
-    relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
+    start_process("worker.py")
+    start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
 
     async def drained():
         state = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
@@ -172,13 +165,9 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, 
 
     final = await wait_until(drained)
     assert final["formats"] == {"pino": 1, "zap": 1, "ecs": 1} and final["lines_valid"] == 3
-    stop_cleanly(relay_proc, worker)
 
-    ch = relay.connect_clickhouse(settings.clickhouse_url)
-    try:
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = line_events(ch, "event_type, environment, event_context")
-    finally:
-        ch.close()
     assert [(t, e) for t, e, _ in rows] == [("pino.log", "eu-prod"), ("zap.log", "eu-prod"),
                                             ("login", "staging")]
     pino, zap, ecs = (context for _, _, context in rows)
@@ -189,3 +178,32 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(client, settings, 
     assert zap["context"]["caller"] == "pay/main.go:22" and int(zap["context"]["attempt"]) == 3
     assert (ecs["level"], ecs["service"], ecs["message"]) == ("info", "auth", "user logged in")
     assert ecs["context"]["user"]["id"] == "u-7"
+
+
+def test_two_workers_sharing_a_queue_store_each_line_once(settings, db, start_process):
+    """Two worker.py processes take six jobs from one queue while a relay runs: each line of
+    each job is stored once in Postgres and reaches event_log once."""
+    env = {"EH_BATCH_LINES": "250", "EH_LINE_DELAY_MAX_S": "0.0002"}
+    workers = [start_process("worker.py", **env) for _ in range(2)]
+    start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
+    wait_for(lambda: all(logged_events(w, "worker.consuming") for w in workers),
+             what="both workers consuming")
+    jobs = [enqueue_job(settings, db, jsonl(*[dict(VALID, message=f"job {j} line {i}")
+                                              for i in range(2_000)]))
+            for j in range(6)]
+
+    wait_for(lambda: all(job_row(db, j)["status"] == "completed" for j in jobs), timeout=90,
+             what="every job completed")
+    wait_for(lambda: outbox_status(db)["backlog"] == 0, timeout=60, what="the outbox drained")
+    assert all(logged_events(w, "job.completed") for w in workers)  # the queue was shared
+    lines = db.execute("SELECT job_id, count(*) AS n, count(DISTINCT line_no) AS d "
+                       "FROM log_entries GROUP BY job_id").fetchall()
+    assert sorted((r["job_id"], r["n"], r["d"]) for r in lines) == sorted(
+        (j, 2_000, 2_000) for j in jobs)
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+        events = ch.query(
+            "SELECT event_context.job_id::String AS job, count(), uniqExact(event_id), "
+            "uniqExact(toUInt64(event_context.line_no)) FROM event_log "
+            "WHERE event_type = {t:String} GROUP BY job", parameters={"t": VALID["event_type"]}
+        ).result_rows
+    assert sorted(events) == sorted((str(j), 2_000, 2_000, 2_000) for j in jobs)
