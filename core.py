@@ -48,6 +48,7 @@ OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 DEV_S3_SECRET = "eventhorizon-dev-secret"
+DEV_CLICKHOUSE_PASSWORD = "eventhorizon"
 # EH_WORKER_CRASH_AT (tests only): where worker.crash_if kills the worker.
 WORKER_CRASH_POINT = re.compile(r"(before_commit|after_commit):[0-9]+|before_ack")
 
@@ -93,11 +94,13 @@ class Settings:
         "AWS_SECRET_ACCESS_KEY", DEV_S3_SECRET, "S3 secret key (development default)")
     aws_region: str = setting("AWS_REGION", "us-east-1", "region used to sign S3 requests")
     clickhouse_url: str = setting(
-        "CLICKHOUSE_URL", f"chdb://{ROOT / 'var' / 'clickhouse'}",
-        "where the relay writes: `chdb:///absolute/dir` (embedded engine, one process per "
-        "directory) or `http(s)://user:password@host:port/database` (a server of version 25.3 "
-        "or later: `event_log` uses the JSON column type)",
-        shown_default="`chdb://<project>/var/clickhouse`")
+        "CLICKHOUSE_URL",
+        f"http://eventhorizon:{DEV_CLICKHOUSE_PASSWORD}@127.0.0.1:8123/eventhorizon",
+        "where the relay writes: `http(s)://user:password@host:port/database`, a ClickHouse "
+        "server of version 25.3 or later (`event_log` uses the JSON column type; `scripts/dev` "
+        "starts one, `scripts/clickhouse-server`, with this user and password), or "
+        "`chdb:///absolute/dir`, the embedded engine, for a setup of one relay (one process "
+        "per directory)")
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "
@@ -106,7 +109,7 @@ class Settings:
         "EH_ENVIRONMENT", "production",
         "`environment` of the service's own job lifecycle events. With `production` every "
         "process refuses to start on the development default credentials (the S3 secret "
-        "below, RabbitMQ's `guest`); `scripts/dev` and the tests say `development`")
+        "below, RabbitMQ's `guest`, ClickHouse's `eventhorizon`); `scripts/dev` and the tests say `development`")
     http_host: str = setting(
         "EH_HTTP_HOST", "127.0.0.1", "API bind address (`0.0.0.0` in the container image)")
     http_port: int = setting("EH_HTTP_PORT", 8080, "API port", minimum=0, maximum=65535)
@@ -216,6 +219,8 @@ class Settings:
             found.append("AWS_SECRET_ACCESS_KEY")
         if urlsplit(self.amqp_url).password == "guest":
             found.append("the password in AMQP_URL")
+        if urlsplit(self.clickhouse_url).password == DEV_CLICKHOUSE_PASSWORD:
+            found.append("the password in CLICKHOUSE_URL")
         return found
 
     @property

@@ -9,6 +9,8 @@ usage:
   python scripts/stack.py wait-s3 [--pid P] [--timeout S]
                                              wait until S3_ENDPOINT_URL answers with our keys
   python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
+  python scripts/stack.py wait-clickhouse [--pid P] [--timeout S]
+                                             wait until CLICKHOUSE_URL takes our user
   python scripts/stack.py settings-table     the README's configuration tables, from the
                                              declarations in core.Settings
 
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, help="give up early if this process exits")
     p.add_argument("--timeout", type=float, default=60.0)
     sub.add_parser("ensure-bucket")
+    p = sub.add_parser("wait-clickhouse")
+    p.add_argument("--pid", type=int, help="give up early if this process exits")
+    p.add_argument("--timeout", type=float, default=60.0)
     sub.add_parser("settings-table")
     args = parser.parse_args(argv)
 
@@ -56,17 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         return ensure_database(settings.test_admin_dsn if args.tests else settings.database_url)
     if args.command == "wait-s3":
         return wait_s3(settings, args.pid, args.timeout)
+    if args.command == "wait-clickhouse":
+        return wait_clickhouse(settings, args.pid, args.timeout)
     return ensure_bucket(settings)
 
 
 def shell_env(settings: core.Settings) -> str:
-    """`name=value` lines for bash: where each service is, and the S3 keys for weed."""
+    """`name=value` lines for bash: where each service is, the S3 keys for weed, and the
+    ClickHouse server's scheme, user, password and database for scripts/clickhouse-server."""
     values: dict[str, str | int] = {}
     for prefix, url, default_port in (
         ("pg", settings.database_url, 5432),
         ("test_pg", settings.test_admin_dsn, 5432),
         ("amqp", settings.amqp_url, 5672),
         ("s3", settings.s3_endpoint_url, 80),
+        ("ch", settings.clickhouse_url, 8123),
     ):
         parts = urlsplit(url)
         values[f"{prefix}_host"] = parts.hostname or "127.0.0.1"
@@ -75,6 +84,11 @@ def shell_env(settings: core.Settings) -> str:
     values["s3_bucket"] = settings.s3_bucket
     values["s3_key_id"] = settings.aws_access_key_id
     values["s3_secret"] = settings.aws_secret_access_key
+    clickhouse = urlsplit(settings.clickhouse_url)
+    values["ch_scheme"] = clickhouse.scheme
+    values["ch_user"] = clickhouse.username or "default"
+    values["ch_password"] = clickhouse.password or ""
+    values["ch_database"] = clickhouse.path.strip("/") or "default"
     return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 
 
@@ -115,6 +129,30 @@ def wait_s3(settings: core.Settings, pid: int | None, timeout: float) -> int:
         time.sleep(0.3)
     print(f"error: S3 at {settings.s3_endpoint_url} not ready after {timeout:.0f}s: {last_error}",
           file=sys.stderr)
+    return 1
+
+
+def wait_clickhouse(settings: core.Settings, pid: int | None, timeout: float) -> int:
+    """Poll until the ClickHouse server at CLICKHOUSE_URL takes our user and database."""
+    import logging
+
+    import clickhouse_connect
+
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)  # a traceback per try
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            clickhouse_connect.get_client(dsn=settings.clickhouse_url).close()
+            return 0
+        except Exception as exc:  # not listening yet
+            last_error = exc
+        if pid is not None and not _alive(pid):
+            print(f"error: the ClickHouse server (pid {pid}) exited: {last_error}", file=sys.stderr)
+            return 1
+        time.sleep(0.3)
+    print(f"error: ClickHouse at {core.redact_url(settings.clickhouse_url)} not ready after "
+          f"{timeout:.0f}s: {last_error}", file=sys.stderr)
     return 1
 
 

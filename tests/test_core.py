@@ -144,16 +144,22 @@ def test_imports_are_a_star_around_core():
             assert imports <= {"core"}, f"{module} is logic and imports {imports - {'core'}}"
 
 
+REAL_CLICKHOUSE = {"CLICKHOUSE_URL": "https://eh:pw@ch:8443/eh"}
+
+
 @pytest.mark.parametrize(("env", "named"), [
-    ({}, "AWS_SECRET_ACCESS_KEY, the password in AMQP_URL;"),
-    ({"AWS_SECRET_ACCESS_KEY": "s3cret"}, ": the password in AMQP_URL;"),
-    ({"AMQP_URL": "amqp://eh:pw@mq/%2F"}, ": AWS_SECRET_ACCESS_KEY;"),
+    ({}, "AWS_SECRET_ACCESS_KEY, the password in AMQP_URL, the password in CLICKHOUSE_URL;"),
+    ({"AWS_SECRET_ACCESS_KEY": "s3cret", **REAL_CLICKHOUSE}, ": the password in AMQP_URL;"),
+    ({"AMQP_URL": "amqp://eh:pw@mq/%2F", **REAL_CLICKHOUSE}, ": AWS_SECRET_ACCESS_KEY;"),
+    ({"AMQP_URL": "amqp://eh:pw@mq/%2F", "AWS_SECRET_ACCESS_KEY": "s3cret"},
+     ": the password in CLICKHOUSE_URL;"),
 ])
 def test_production_refuses_the_development_credentials(env, named):
     with pytest.raises(core.ConfigError) as info:
         core.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
     assert "still the development defaults" in str(info.value) and named in str(info.value)
-    real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F"}
+    real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F",
+            **REAL_CLICKHOUSE}
     core.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
     core.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
 
