@@ -101,6 +101,22 @@ class Settings:
         "starts one, `scripts/clickhouse-server`, with this user and password), or "
         "`chdb:///absolute/dir`, the embedded engine, for a setup of one relay (one process "
         "per directory)")
+    clickhouse_read_url: str = setting(
+        "CLICKHOUSE_READ_URL", "",
+        "where the API reads a job's events and histogram: `http(s)://…` of a user who may only "
+        "read `event_log` (profile `readonly = 2`: read-only, and the API may still set its "
+        "query limits); empty: CLICKHOUSE_URL. These two routes answer `503` while ClickHouse "
+        "is unreachable or with `chdb://`; nothing else depends on it",
+        shown_default="empty (CLICKHOUSE_URL)")
+    explore_timeout_s: float = setting(
+        "EH_EXPLORE_TIMEOUT_S", 5.0,
+        "longest a ClickHouse query of the events or histogram routes may run "
+        "(`max_execution_time`); past it: `503`", minimum=0.1, maximum=300)
+    explore_queries: int = setting(
+        "EH_EXPLORE_QUERIES", 4,
+        "ClickHouse queries the API runs at once for those routes (threads); as many more may "
+        "wait, and past that a request is refused with `503` and `Retry-After`",
+        minimum=1, maximum=64)
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "
@@ -200,6 +216,8 @@ class Settings:
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"LOG_LEVEL must be a logging level name, got {self.log_level!r}")
         check_clickhouse_url(self.clickhouse_url)
+        if self.clickhouse_read_url:
+            check_clickhouse_url(self.clickhouse_read_url, "CLICKHOUSE_READ_URL")
         if self.worker_crash_at and not WORKER_CRASH_POINT.fullmatch(self.worker_crash_at):
             raise ConfigError("EH_WORKER_CRASH_AT must be before_commit:N, after_commit:N or "
                               f"before_ack, got {self.worker_crash_at!r}")
@@ -221,6 +239,8 @@ class Settings:
             found.append("the password in AMQP_URL")
         if urlsplit(self.clickhouse_url).password == DEV_CLICKHOUSE_PASSWORD:
             found.append("the password in CLICKHOUSE_URL")
+        if urlsplit(self.clickhouse_read_url).password == DEV_CLICKHOUSE_PASSWORD:
+            found.append("the password in CLICKHOUSE_READ_URL")
         return found
 
     @property
@@ -293,14 +313,14 @@ def settings_table(*, tests_only: bool = False) -> str:
     return "\n".join(rows)
 
 
-def check_clickhouse_url(url: str) -> None:
-    """CLICKHOUSE_URL is `chdb:///absolute/dir` or `http(s)://user:password@host:port/database`."""
+def check_clickhouse_url(url: str, name: str = "CLICKHOUSE_URL") -> None:
+    """A ClickHouse URL is `chdb:///absolute/dir` or `http(s)://user:password@host:port/database`."""
     parts = urlsplit(url)
     if parts.scheme == "chdb":
         if parts.netloc or not parts.path.startswith("/"):
-            raise ConfigError(f"CLICKHOUSE_URL for chDB must be chdb:///absolute/path, got {url!r}")
+            raise ConfigError(f"{name} for chDB must be chdb:///absolute/path, got {url!r}")
     elif parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"CLICKHOUSE_URL must be chdb:///path or http(s)://host, got "
+        raise ConfigError(f"{name} must be chdb:///path or http(s)://host, got "
                           f"{redact_url(url)!r}")
 
 

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import pika
 import psycopg
@@ -42,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import auth
 import core
+import explore
 import formats
 import lines
 import uploads
@@ -167,6 +169,7 @@ PUBLISHER = web.AppKey("publisher", "Publisher")
 WATCHERS = web.AppKey("watchers", "JobWatchers")
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
 UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
+EXPLORER = web.AppKey("explorer", explore.Explorer)
 
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
@@ -185,7 +188,8 @@ def init_app(settings: core.Settings) -> web.Application:
                                        problem_middleware, guard_middleware, auth_middleware],
                           handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx, uploads_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx, uploads_ctx,
+                            explorer_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.router.add_get("/", index)
@@ -473,6 +477,17 @@ async def uploads_ctx(app: web.Application):
         await sweeper
 
 
+async def explorer_ctx(app: web.Application):
+    """The ClickHouse reads of the events and histogram routes (explore.Explorer); the client
+    connects at the first such request, so the API starts and serves without ClickHouse."""
+    settings = app[SETTINGS]
+    app[EXPLORER] = explore.Explorer(settings.clickhouse_read_url or settings.clickhouse_url,
+                                     timeout_s=settings.explore_timeout_s,
+                                     queries=settings.explore_queries)
+    yield
+    app[EXPLORER].close()
+
+
 async def sweep_stale_uploads_periodically(s3, bucket: str) -> None:
     """At start-up and then every SWEEP_INTERVAL_S, abort multipart uploads older than
     STALE_UPLOAD_AGE_S (uploads.sweep_stale_uploads, in a thread: boto3 blocks). A failed
@@ -662,6 +677,62 @@ async def get_job_errors(request: web.Request) -> web.Response:
     if len(rows) == limit:
         next_url = f"/api/v1/jobs/{job_id}/errors?limit={limit}&after_line={rows[-1]['line_no']}"
     return web.json_response({"job_id": str(job_id), "errors": rows, "next": next_url})
+
+
+@routes.get("/api/v1/jobs/{job_id}/events")
+async def get_job_events(request: web.Request) -> web.Response:
+    """The job's events as ClickHouse holds them, in line order, filtered, a page at a time:
+    follow `next` (it keeps the filters) until it is null."""
+    job_id = job_id_param(request)
+    filters = explore_filters(request)
+    limit = int_param(request, "limit", default=100, low=1, high=1000)
+    after = int_param(request, "after_line", default=0, low=0, high=2**62)
+    await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
+    events = await explore_read(request.app[EXPLORER].events(
+        job_id, filters, after_line=after, limit=limit + 1))
+    next_url = None
+    if len(events) > limit:
+        events = events[:limit]
+        query = [("limit", str(limit)), ("after_line", str(events[-1]["line_no"])),
+                 *filters.query_items()]
+        next_url = f"/api/v1/jobs/{job_id}/events?{urlencode(query)}"
+    return web.json_response({"job_id": str(job_id), "events": events, "next": next_url})
+
+
+@routes.get("/api/v1/jobs/{job_id}/histogram")
+async def get_job_histogram(request: web.Request) -> web.Response:
+    """The job's events over time, counted by level per bucket, with the same filters."""
+    job_id = job_id_param(request)
+    filters = explore_filters(request)
+    interval = None
+    if "interval" in request.query:
+        interval = int_param(request, "interval", default=0, low=1, high=explore.MAX_INTERVAL_S)
+    await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
+    histogram = await explore_read(request.app[EXPLORER].histogram(job_id, filters, interval))
+    return web.json_response({"job_id": str(job_id), **histogram})
+
+
+def explore_filters(request: web.Request) -> explore.EventFilters:
+    try:
+        return explore.filters_from_query(request.query)
+    except explore.InvalidFilter as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+
+
+async def explore_read(read: Awaitable[T]) -> T:
+    """A ClickHouse read's result; its failure as a problem of this request alone."""
+    try:
+        return await read
+    except explore.InvalidFilter as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+    except explore.Busy as exc:
+        raise Problem(503, "Service Unavailable", f"{exc}; retry shortly",
+                      headers={"Retry-After": "1"}) from None
+    except explore.Unavailable as exc:
+        log.warning("explore.clickhouse_unavailable", error=str(exc))
+        raise Problem(503, "Service Unavailable",
+                      "ClickHouse, where events are read, cannot answer now; retry later "
+                      "(uploads and job status are not affected)") from None
 
 
 @routes.delete("/api/v1/jobs/{job_id}")

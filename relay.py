@@ -62,13 +62,14 @@ from core import QUERIES
 log = structlog.get_logger("relay")
 
 EVENT_LOG_DDL_PATH = core.SQL_DIR / "clickhouse" / "event_log.sql"
+EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
 EVENT_LOG_TABLE = "event_log"
 EVENT_LOG_COLUMNS = (
     "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version"
 )
 # A lightweight delete: the rows disappear from queries at once, and from disk at merges.
-DELETE_JOB_EVENTS = (f"DELETE FROM {EVENT_LOG_TABLE} WHERE event_context.job_id::String = "
-                     "{job_id:String} AND event_type != 'job.deleted'")
+DELETE_JOB_EVENTS = (f"DELETE FROM {EVENT_LOG_TABLE} WHERE job_id = {{job_id:UUID}} "
+                     "AND event_type != 'job.deleted'")
 DEAD_AFTER_ATTEMPTS = 3
 # Salvaging a refused batch halves it at most this many times in one transaction (one bad
 # row in 10,000 takes about 14): the parts still refused then are recorded as batches of their
@@ -331,8 +332,24 @@ def connect_clickhouse(url: str):
 
 
 def ensure_event_log(ch) -> None:
-    """CREATE TABLE IF NOT EXISTS event_log, from sql/clickhouse/event_log.sql."""
+    """CREATE TABLE IF NOT EXISTS event_log (sql/clickhouse/event_log.sql); a table made
+    before it had `job_id` is upgraded (event_log_upgrade.sql)."""
     ch.command(EVENT_LOG_DDL_PATH.read_text())
+    if not ch.command(HAS_JOB_ID):
+        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
+        for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
+            ch.command(statement)
+
+
+HAS_JOB_ID = (f"SELECT count() FROM system.columns WHERE database = currentDatabase() "
+              f"AND table = '{EVENT_LOG_TABLE}' AND name = 'job_id'")
+
+
+def sql_statements(text: str) -> list[str]:
+    """The statements of a SQL file: comments dropped, split at semicolons (the files hold no
+    semicolon inside a statement)."""
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in code.split(";") if statement.strip()]
 
 
 def is_malformed(exc: BaseException) -> bool:

@@ -1,0 +1,284 @@
+"""Explore: a job's events read back from ClickHouse, where they are meant to be queried — a
+filtered page of them in line order, and a histogram of them over time by level.
+
+The reads are plain functions that take a clickhouse-connect client (`job_events`,
+`job_histogram`), so tests call them directly. `Explorer` runs them for the API: on a small
+pool of threads (clickhouse-connect blocks), with a bounded queue in front (a request past it
+is refused at once rather than left waiting), and every query under ClickHouse-side limits.
+The SQL is sql/clickhouse/queries.sql; every value in it is bound server-side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import functools
+import json
+import math
+import threading
+import uuid
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+
+import core
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+MAX_FILTER_VALUES = 20  # of one repeatable filter (level, service, …)
+MAX_TEXT_CHARS = 200
+AUTO_BUCKETS = 120  # a histogram without an `interval` has at most this many buckets
+MAX_BUCKETS = 1000  # and with one, at most this many
+# The intervals a histogram picks from (seconds): round ones, so bars line up with clocks.
+INTERVALS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+               43200, 86400, 172800, 604800, 2592000, 7776000, 31536000)
+MAX_INTERVAL_S = 31536000
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def load_queries() -> dict[str, str]:
+    """sql/clickhouse/queries.sql by name, the shared filters put in where a query names them."""
+    named = core.load_queries(core.SQL_DIR / "clickhouse" / "queries.sql")
+    filters = named.pop("event_filters")
+    return {name: text.replace("$event_filters", filters) for name, text in named.items()}
+
+
+QUERIES = load_queries()
+
+
+class InvalidFilter(ValueError):
+    """A filter or paging parameter that cannot be used; the message says which and why."""
+
+
+class Unavailable(Exception):
+    """ClickHouse cannot answer now (unreachable, too slow, or not a server): a 503."""
+
+
+class Busy(Unavailable):
+    """As many queries are running and waiting as the API allows."""
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilters:
+    """Which of a job's events a read selects; an empty field selects every event."""
+
+    levels: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    since: dt.datetime | None = None  # `from`, inclusive, whole seconds (as event_log keeps)
+    until: dt.datetime | None = None  # `to`, exclusive
+    text: str = ""  # `q`: a case-insensitive substring of the message
+
+    def parameters(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "services": list(self.services),
+                "event_types": list(self.event_types), "environments": list(self.environments),
+                "since": clickhouse_time(self.since), "until": clickhouse_time(self.until),
+                "text": self.text}
+
+    def query_items(self) -> list[tuple[str, str]]:
+        """The filters as query parameters again, for a `next` link."""
+        items = [("level", v) for v in self.levels] + [("service", v) for v in self.services]
+        items += [("event_type", v) for v in self.event_types]
+        items += [("environment", v) for v in self.environments]
+        items += [(name, rfc3339(value)) for name, value in (("from", self.since),
+                                                             ("to", self.until)) if value]
+        return items + ([("q", self.text)] if self.text else [])
+
+
+def filters_from_query(query: Mapping) -> EventFilters:
+    """The filters of a request's query (a MultiDict: level, service, event_type and
+    environment may repeat); InvalidFilter says what is wrong."""
+    levels = tuple(dict.fromkeys(v.lower() for v in repeated(query, "level", 16)))
+    if unknown := [v for v in levels if v not in LEVELS]:
+        raise InvalidFilter(f"level must be one of {', '.join(LEVELS)}, got {unknown[0]!r}")
+    since, until = time_param(query, "from"), time_param(query, "to")
+    if since and until and since >= until:
+        raise InvalidFilter("from must be earlier than to")
+    text = query.get("q", "")
+    if len(text) > MAX_TEXT_CHARS or not text.isprintable():
+        raise InvalidFilter(f"q must be at most {MAX_TEXT_CHARS} printable characters")
+    return EventFilters(levels, repeated(query, "service", 128), repeated(query, "event_type", 128),
+                        repeated(query, "environment", 64), since, until, text)
+
+
+def repeated(query: Mapping, name: str, max_chars: int) -> tuple[str, ...]:
+    values = tuple(query.getall(name, ()))
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidFilter(f"{name} may be given at most {MAX_FILTER_VALUES} times")
+    if any(not 0 < len(v) <= max_chars or not v.isprintable() for v in values):
+        raise InvalidFilter(f"{name} must be 1 to {max_chars} printable characters")
+    return values
+
+
+def time_param(query: Mapping, name: str) -> dt.datetime | None:
+    """An RFC 3339 date-time with an offset, as UTC, to the second."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.upper()) if len(raw) <= 40 else None
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or not EPOCH <= value < MAX_TIME:
+        raise InvalidFilter(f"{name} must be an RFC 3339 date-time with an offset between "
+                            "1970 and 2106, e.g. 2026-11-30T10:00:00Z")
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0)
+
+
+MAX_TIME = dt.datetime(2106, 2, 7, 6, 28, 15, tzinfo=dt.timezone.utc)
+
+
+def clickhouse_time(value: dt.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else None
+
+
+def rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- the reads
+
+
+def job_events(ch, job_id: uuid.UUID, filters: EventFilters, *, after_line: int = 0,
+               limit: int = 100, settings: Mapping[str, Any] | None = None) -> list[dict]:
+    """Up to `limit` of the job's line events after line `after_line`, in line order."""
+    result = ch.query(QUERIES["job_events"], parameters={
+        "job_id": str(job_id), "after_line": after_line, "limit": limit, **filters.parameters()},
+        settings=dict(settings or {}))
+    return [event_json(dict(zip(result.column_names, row))) for row in result.result_rows]
+
+
+def event_json(row: dict) -> dict[str, Any]:
+    context = json.loads(row["event_json"]).get("context", {})
+    return {"event_id": row["event_id"], "event_type": row["event_type"],
+            "timestamp": rfc3339(utc(row["event_date_time"])), "environment": row["environment"],
+            "level": row["level"], "service": row["service"], "message": row["message"],
+            "context": context, "line_no": row["line_no"]}
+
+
+def job_histogram(ch, job_id: uuid.UUID, filters: EventFilters, *, interval_s: int | None = None,
+                  settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The events the filters select, counted by level in buckets of `interval_s` seconds
+    (chosen for at most AUTO_BUCKETS when not given) over the filters' time range, or the
+    time the events span where the filters leave it open; empty buckets included, so a chart
+    draws them as gaps."""
+    parameters = {"job_id": str(job_id), **filters.parameters()}
+    settings = dict(settings or {})
+    first, last, events = ch.query(QUERIES["job_event_range"], parameters=parameters,
+                                   settings=settings).result_rows[0]
+    if not events:
+        return {"interval_s": interval_s or INTERVALS_S[0], "events": 0, "buckets": []}
+    first = filters.since or utc(first)
+    last = filters.until - dt.timedelta(seconds=1) if filters.until else utc(last)
+    span_s = (last - first).total_seconds() + 1
+    if interval_s is None:
+        interval_s = pick_interval(span_s)
+    elif span_s / interval_s > MAX_BUCKETS:
+        raise InvalidFilter(f"interval {interval_s} s gives more than {MAX_BUCKETS} buckets over "
+                            f"these events' {int(span_s)} s; choose a longer one")
+    rows = ch.query(QUERIES["job_histogram"], parameters={**parameters, "interval_s": interval_s},
+                    settings=settings).result_rows
+    return {"interval_s": interval_s, "events": events,
+            "buckets": buckets(rows, first, last, interval_s)}
+
+
+def pick_interval(span_s: float) -> int:
+    """The shortest round interval that cuts `span_s` into at most AUTO_BUCKETS buckets."""
+    wanted = span_s / AUTO_BUCKETS
+    return next((s for s in INTERVALS_S if s >= wanted), math.ceil(wanted))
+
+
+def buckets(rows, first: dt.datetime, last: dt.datetime, interval_s: int) -> list[dict]:
+    counts: dict[dt.datetime, dict[str, int]] = {}
+    for start, level, events in rows:
+        counts.setdefault(utc(start), {})[level] = events
+    start = bucket_start(first, interval_s)
+    out = []
+    while start <= last:
+        out.append({"start": rfc3339(start), "counts": counts.get(start, {})})
+        start += dt.timedelta(seconds=interval_s)
+    return out
+
+
+def bucket_start(moment: dt.datetime, interval_s: int) -> dt.datetime:
+    """As ClickHouse's toStartOfInterval: a multiple of the interval since the epoch."""
+    seconds = int((moment - EPOCH).total_seconds())
+    return EPOCH + dt.timedelta(seconds=seconds - seconds % interval_s)
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """A DateTime('UTC') as clickhouse-connect returns it, naive or not, as an aware UTC time."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+# --------------------------------------------------------------------------- for the API
+
+
+class Explorer:
+    """Runs the reads for the API: at most `queries` at once on threads of their own, as many
+    more waiting, each under ClickHouse's own limits; any more is Busy. ClickHouse being
+    unreachable or slow is Unavailable and concerns these reads only."""
+
+    def __init__(self, url: str, *, timeout_s: float, queries: int):
+        self.url, self.timeout_s = url, timeout_s
+        self.pool = concurrent.futures.ThreadPoolExecutor(queries, thread_name_prefix="explore")
+        self.capacity, self.pending = 2 * queries, 0
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every query's limits: read-only, its time, and the rows it may return."""
+        return {"readonly": 2, "max_execution_time": self.timeout_s,
+                "max_result_rows": 100_000, "result_overflow_mode": "throw",
+                "output_format_json_quote_64bit_integers": 0}
+
+    async def events(self, job_id: uuid.UUID, filters: EventFilters, **paging) -> list[dict]:
+        return await self.run(job_events, job_id, filters, **paging)
+
+    async def histogram(self, job_id: uuid.UUID, filters: EventFilters,
+                        interval_s: int | None) -> dict:
+        return await self.run(job_histogram, job_id, filters, interval_s=interval_s)
+
+    async def run(self, read: Callable, *args, **kwargs):
+        if self.pending >= self.capacity:
+            raise Busy(f"{self.pending} ClickHouse reads are running or waiting, as many as "
+                       "this process takes at once")
+        self.pending += 1
+        try:
+            call = functools.partial(self.call, read, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        finally:
+            self.pending -= 1
+
+    def call(self, read: Callable, *args, **kwargs):
+        try:
+            return read(self.client(), *args, settings=self.settings, **kwargs)
+        except (InvalidFilter, Unavailable):
+            raise
+        except Exception as exc:
+            raise Unavailable(f"ClickHouse did not answer: {str(exc)[:300]}") from exc
+
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                if urlsplit(self.url).scheme not in ("http", "https"):
+                    raise Unavailable("reading events needs a ClickHouse server: set "
+                                      "CLICKHOUSE_READ_URL (or CLICKHOUSE_URL) to http(s)://…")
+                self._client = clickhouse_connect.get_client(
+                    dsn=self.url, autogenerate_session_id=False, connect_timeout=3,
+                    send_receive_timeout=self.timeout_s + 5)
+            return self._client
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
