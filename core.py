@@ -27,7 +27,7 @@ import structlog
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from psycopg import sql
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
@@ -36,6 +36,7 @@ LOG_ENTRY_SCHEMA_PATH = ROOT / "log_entry.schema.json"
 
 JOB_CHANNEL = "eh_job"
 OUTBOX_CHANNEL = "eh_outbox"
+JOB_STATUSES = ("queued", "processing", "completed", "failed")
 TERMINAL_STATUSES = frozenset({"completed", "failed"})
 METADATA_VERSION = 1
 
@@ -517,6 +518,50 @@ async def ajob_query(aconn, name: str, params: Mapping[str, Any]):
     await cur.execute(QUERIES[name], params)
     return cur
 
+
+
+# The reads behind the API's answers, REST and GraphQL alike: one path to the database.
+# `pool` is a psycopg AsyncConnectionPool; `owner` is the requesting owner's name, or None for
+# an admin (every job). Another owner's job is as unknown as one that never was.
+
+
+async def read_job(pool, job_id: uuid.UUID, *, owner: str | None) -> Job | None:
+    async with pool.connection() as conn:
+        cur = await ajob_query(conn, "get_visible_job", {"job_id": job_id, "owner": owner})
+        return await cur.fetchone()
+
+
+async def read_jobs(pool, *, owner: str | None, limit: int, status: str | None = None) -> list[Job]:
+    """The newest jobs first, optionally of one status."""
+    async with pool.connection() as conn:
+        cur = await ajob_query(conn, "list_jobs", {"owner": owner, "limit": limit,
+                                                   "status": status})
+        return await cur.fetchall()
+
+
+async def read_line_errors(pool, job_ids: list[uuid.UUID], *, after_line: int,
+                           limit: int) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Up to `limit` invalid lines after `after_line` of each job, in line order, in one
+    query. The caller has checked that the jobs are visible to whoever asks."""
+    pages: dict[uuid.UUID, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(QUERIES["list_line_errors"], {
+            "job_ids": list(job_ids), "after_line": after_line, "limit": limit})
+        for row in await cur.fetchall():
+            pages[row.pop("job_id")].append(row)
+    return pages
+
+
+async def read_stats(pool) -> dict[str, Any]:
+    """GET /api/v1/stats's answer: jobs by status (every status, 0 when none) and the outbox."""
+    async with pool.connection() as conn:
+        counts = await (await conn.cursor(row_factory=dict_row).execute(
+            QUERIES["job_counts"])).fetchall()
+        outbox = await (await conn.cursor(row_factory=dict_row).execute(
+            QUERIES["outbox_status"])).fetchone()
+    jobs = dict.fromkeys(JOB_STATUSES, 0) | {r["status"]: r["n"] for r in counts}
+    return {"jobs": jobs, "outbox": outbox_status_json(outbox)}
 
 def job_json(job: Job) -> dict[str, Any]:
     """The public JSON shape of a job (GET /api/v1/jobs/{id}, WebSocket messages)."""

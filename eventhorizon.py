@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import ipaddress
 import logging
 import json
 import re
-import socket
-import struct
 import sys
 import time
 import uuid
@@ -35,7 +32,7 @@ from urllib.parse import urlencode
 import pika
 import psycopg
 import structlog
-from aiohttp import BodyPartReader, WSCloseCode, web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -45,8 +42,11 @@ import auth
 import core
 import explore
 import formats
+import graphql_api
 import lines
+import live
 import uploads
+from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
 log = structlog.get_logger("api")
 
@@ -62,10 +62,6 @@ UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot 
 STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
 SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
 PLAIN_DIGITS = re.compile(r"[0-9]+")
-STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
-WS_NOT_FOUND = 4404
-WS_BACKLOG_STATES = 256  # states a watcher may fall behind before it is closed (1013) and dropped
-WS_CLOSE_TIMEOUT_S = 5.0  # for the client to read the close frame and answer it
 # The problem+json titles of uploads.UploadRefused's statuses.
 REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 # What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
@@ -166,7 +162,7 @@ SETTINGS = web.AppKey("settings", core.Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 S3 = web.AppKey("s3", object)
 PUBLISHER = web.AppKey("publisher", "Publisher")
-WATCHERS = web.AppKey("watchers", "JobWatchers")
+WATCHERS = web.AppKey("watchers", live.JobWatchers)
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
 UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
 EXPLORER = web.AppKey("explorer", explore.Explorer)
@@ -375,10 +371,13 @@ def check_origin(request: web.Request) -> None:
 WS_AUTH_PROTOCOL = "eventhorizon.bearer"
 
 
-def needs_token(path: str) -> bool:
+def needs_token(request: web.Request) -> bool:
     """The API and the WebSockets; not the page, its assets, the docs or the health checks
-    (the contract, /api/v1/openapi.json, is public too)."""
-    return (path.startswith("/api/") and path != "/api/v1/openapi.json") or path.startswith("/ws/")
+    (the contracts, /api/v1/openapi.json and /graphql/schema.graphql, are public too). A
+    GraphQL WebSocket sends its token in connection_init, after the upgrade."""
+    path = request.path
+    return ((path.startswith("/api/") and path != "/api/v1/openapi.json")
+            or path.startswith("/ws/") or (path == "/graphql" and request.method == "POST"))
 
 
 @web.middleware
@@ -386,7 +385,7 @@ async def auth_middleware(request: web.Request, handler):
     """Resolve the request's principal (401 without a working token), or LOCAL with EH_AUTH=none."""
     if request.app[SETTINGS].auth == "none":
         request[PRINCIPAL] = auth.LOCAL
-    elif needs_token(request.path):
+    elif needs_token(request):
         token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
         async with request.app[POOL].connection() as conn:
             who = await auth.authenticate(conn, token)
@@ -450,8 +449,8 @@ async def publisher_ctx(app: web.Application):
 
 async def watchers_ctx(app: web.Application):
     settings = app[SETTINGS]
-    watchers = JobWatchers(settings.database_url, app[POOL],
-                           SocketLimits(settings.max_websockets, settings.max_websockets_per_owner))
+    watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
+        settings.max_websockets, settings.max_websockets_per_owner))
     app[WATCHERS] = watchers
     task = asyncio.create_task(watchers.listen(), name="job-listener")
     yield
@@ -635,10 +634,8 @@ async def receive_upload(request: web.Request) -> web.Response:
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
-    owner = principal(request).owner_filter
-    async with request.app[POOL].connection() as conn:
-        jobs = await (await core.ajob_query(conn, "list_jobs", {"limit": limit,
-                                                                "owner": owner})).fetchall()
+    jobs = await core.read_jobs(request.app[POOL], owner=principal(request).owner_filter,
+                                limit=limit)
     return web.json_response({"jobs": [core.job_json(job) for job in jobs]})
 
 
@@ -649,11 +646,7 @@ async def stats(request: web.Request) -> web.Response:
     cover every owner."""
     if not principal(request).admin:
         raise Problem(403, "Forbidden", "the service's stats are for admin tokens")
-    async with request.app[POOL].connection() as conn:
-        counts = await (await conn.execute(core.QUERIES["job_counts"])).fetchall()
-        outbox = await (await conn.execute(core.QUERIES["outbox_status"])).fetchone()
-    jobs = dict.fromkeys(STATUS_RANK, 0) | {r["status"]: r["n"] for r in counts}
-    return web.json_response({"jobs": jobs, "outbox": core.outbox_status_json(outbox)})
+    return web.json_response(await core.read_stats(request.app[POOL]))
 
 
 @routes.get("/api/v1/jobs/{job_id}")
@@ -670,9 +663,8 @@ async def get_job_errors(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    async with request.app[POOL].connection() as conn:
-        rows = await (await conn.execute(core.QUERIES["list_line_errors"], {
-            "job_id": job_id, "after_line": after, "limit": limit})).fetchall()
+    rows = (await core.read_line_errors(request.app[POOL], [job_id], after_line=after,
+                                        limit=limit))[job_id]
     next_url = None
     if len(rows) == limit:
         next_url = f"/api/v1/jobs/{job_id}/errors?limit={limit}&after_line={rows[-1]['line_no']}"
@@ -877,12 +869,15 @@ async def json_body(request: web.Request, max_bytes: int) -> Any:
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then each state a commit made, in order; close after its final one."""
-    watchers: JobWatchers = request.app[WATCHERS]
-    with watchers.limits.slot(principal(request).owner):
-        return await watch_job_socket(request, watchers)
+    watchers = request.app[WATCHERS]
+    try:
+        with watchers.limits.slot(principal(request).owner):
+            return await watch_job_socket(request, watchers)
+    except live.TooManySockets as exc:
+        raise no_socket_slot(exc) from None
 
 
-async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web.WebSocketResponse:
+async def watch_job_socket(request: web.Request, watchers: live.JobWatchers) -> web.WebSocketResponse:
     """The WebSocket itself, once it has a place among the process's and its owner's."""
     ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
@@ -891,23 +886,70 @@ async def watch_job_socket(request: web.Request, watchers: "JobWatchers") -> web
         bind_job_id(job_id)
     owner = principal(request).owner_filter
     job = await fetch_job_or_none(request.app[POOL], job_id, owner=owner) if job_id else None
-    if job is None:
+    watcher = job and await watchers.start_watching(
+        job_id, live.Watcher(ws, request.transport), owner=owner)
+    if not watcher:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
-    # Right after start-up the listener may still be connecting: a watcher added before it
-    # listens would miss the states committed meanwhile. Wait for it (briefly: while
-    # Postgres is away the watcher gets the job's state when the listener is back).
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(watchers.listening.wait(), timeout=5)
-    watcher = watchers.add(job_id, Watcher(ws, request.transport))
     try:
-        # Read again after subscribing: a change that landed in between is not lost (and a
-        # notification of an older state, still on its way, is skipped by Watcher.offer).
-        watcher.offer(core.job_json(await fetch_job(request.app[POOL], job_id, owner=owner)))
         await watcher.run()
     finally:
         watchers.discard(job_id, watcher)
     return ws
+
+
+def no_socket_slot(exc: live.TooManySockets) -> Problem:
+    """429 when the owner holds as many WebSockets as one owner may, 503 when the process
+    holds as many as it takes; either way a Retry-After."""
+    headers = {"Retry-After": str(live.SocketLimits.RETRY_AFTER_S)}
+    if exc.per_owner:
+        return Problem(429, "Too Many Requests", str(exc), headers=headers)
+    return Problem(503, "Service Unavailable", str(exc), headers=headers)
+
+
+# --------------------------------------------------------------------------- GraphQL
+
+
+@routes.post("/graphql")
+async def graphql_query(request: web.Request) -> web.Response:
+    """A GraphQL query (graphql_api.run_http): 200 with {"data", "errors"} for whatever the
+    document says, 400 for a body that is no GraphQL request."""
+    body = await json_body(request, graphql_api.MAX_BODY_BYTES)
+    try:
+        answer = await graphql_api.run_http(body, graphql_services(request.app),
+                                            principal(request))
+    except graphql_api.BadRequest as exc:
+        raise Problem(400, "Bad Request", str(exc)) from None
+    return web.json_response(answer)
+
+
+@routes.get("/graphql")
+async def graphql_socket(request: web.Request) -> web.StreamResponse:
+    """GraphQL subscriptions over graphql-transport-ws (graphql_api.serve_socket)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
+                                          "send queries with POST /graphql")
+    try:
+        request.app[WATCHERS].limits.check_process()
+    except live.TooManySockets as exc:
+        raise no_socket_slot(exc) from None
+    return await graphql_api.serve_socket(request, graphql_services(request.app))
+
+
+@routes.get("/graphql/schema.graphql")
+async def graphql_schema(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(graphql_api.SCHEMA_PATH,
+                            headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+def graphql_services(app: web.Application) -> graphql_api.Services:
+    async def authenticate(token: str | None) -> auth.Principal | None:
+        if app[SETTINGS].auth == "none":
+            return auth.LOCAL
+        async with app[POOL].connection() as conn:
+            return await auth.authenticate(conn, token)
+
+    return graphql_api.Services(app[POOL], app[WATCHERS], authenticate)
 
 
 # --------------------------------------------------------------------------- request helpers
@@ -1160,11 +1202,9 @@ def malformed_multipart(exc: Exception) -> Problem:
 
 async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
                             owner: str | None) -> core.Job | None:
-    """The job, if `owner` may see it (None: whoever owns it, for admins and the fan-out).
+    """The job, if `owner` may see it (None: whoever owns it, for admins).
     Another owner's job is as unknown as a job that never was: the same 404."""
-    async with pool.connection() as conn:
-        return await (await core.ajob_query(conn, "get_visible_job",
-                                            {"job_id": job_id, "owner": owner})).fetchone()
+    return await core.read_job(pool, job_id, owner=owner)
 
 
 async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
@@ -1299,261 +1339,6 @@ class Publisher:
             except pika.exceptions.AMQPError:
                 pass
 
-
-# --------------------------------------------------------------------------- live updates
-
-
-class SocketLimits:
-    """How many WebSockets this process holds open, in all and per owner: past a limit a new
-    one is refused before the upgrade (503 for the process, 429 for an owner), with
-    Retry-After, so no client can exhaust the process's sockets and memory for the others."""
-
-    RETRY_AFTER_S = 10
-
-    def __init__(self, total: int, per_owner: int):
-        self.total, self.per_owner = total, per_owner
-        self.open = 0
-        self.open_by_owner: collections.Counter[str] = collections.Counter()
-
-    @contextlib.contextmanager
-    def slot(self, owner: str):
-        retry = {"Retry-After": str(self.RETRY_AFTER_S)}
-        if self.open >= self.total:
-            raise Problem(503, "Service Unavailable", f"this server holds its limit of "
-                          f"{self.total} WebSockets (EH_MAX_WEBSOCKETS); retry later",
-                          headers=retry)
-        if self.open_by_owner[owner] >= self.per_owner:
-            raise Problem(429, "Too Many Requests", f"{owner} holds its limit of "
-                          f"{self.per_owner} WebSockets (EH_MAX_WEBSOCKETS_PER_OWNER); close "
-                          "one or retry later", headers=retry)
-        self.open += 1
-        self.open_by_owner[owner] += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-            self.open_by_owner[owner] -= 1
-            if not self.open_by_owner[owner]:
-                del self.open_by_owner[owner]
-
-
-class JobWatchers:
-    """One LISTEN connection per API process, fanned out to the WebSockets watching each job.
-
-    Each notification carries the state its transaction committed (core.job_notification),
-    and that state is what the watchers are sent: a re-read could find a later batch already
-    committed and skip this one. The listener only queues states (Watcher.offer) and never
-    waits on a client: each socket's own handler sends its queue. A watcher too far behind
-    (its queue full: a client that stopped reading) is closed with 1013 and dropped, and the
-    others go on. A notification too long for Postgres carries ids only: the row is re-read
-    for it. After a reconnect every watcher gets its job re-read, since notifications sent
-    while the listener was away are gone.
-    """
-
-    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: "SocketLimits"):
-        self.database_url = database_url
-        self.pool = pool
-        self.limits = limits
-        self.watching: dict[uuid.UUID, set[Watcher]] = {}
-        self.shutting_down = False
-        self.listening = asyncio.Event()  # set while the LISTEN connection is up
-
-    def add(self, job_id: uuid.UUID, watcher: "Watcher") -> "Watcher":
-        self.watching.setdefault(job_id, set()).add(watcher)
-        if self.shutting_down:
-            watcher.close_soon(WSCloseCode.GOING_AWAY, b"server shutting down")
-        return watcher
-
-    def discard(self, job_id: uuid.UUID, watcher: "Watcher") -> None:
-        watchers = self.watching.get(job_id)
-        if watchers is not None:
-            watchers.discard(watcher)
-            if not watchers:
-                del self.watching[job_id]
-
-    async def listen(self) -> None:
-        backoff = core.Backoff(cap=10.0)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.database_url, autocommit=True) as conn:
-                    await core.listen(conn, core.JOB_CHANNEL)
-                    self.listening.set()
-                    log.info("listener.connected", channel=core.JOB_CHANNEL)
-                    backoff.reset()
-                    await self.refresh_all()
-                    while True:
-                        async for notify in conn.notifies(timeout=15):
-                            await self.on_notify(notify.payload)
-                        await conn.execute("SELECT 1")  # a quiet connection may be a dead one
-            except psycopg.OperationalError as exc:
-                self.listening.clear()
-                delay = backoff.next()
-                log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-
-    async def on_notify(self, payload: str) -> None:
-        """Hand the state a notification carries to its job's watchers (re-read from the
-        database only when the payload had to leave it out)."""
-        try:
-            note = json.loads(payload)
-            job_id = uuid.UUID(note["job_id"])
-            state_rank(note)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("listener.bad_payload", payload=payload[:200])
-            return
-        if job_id not in self.watching:
-            return
-        state = note if carries_whole_state(note) else await self.read_state(job_id)
-        if state is None:  # deleted (DELETE /api/v1/jobs/{id} notifies ids only)
-            self.close_watchers(job_id, WS_NOT_FOUND, b"job deleted")
-        else:
-            self.fan_out(job_id, state)
-
-    def close_watchers(self, job_id: uuid.UUID, code: int, message: bytes) -> None:
-        for watcher in list(self.watching.get(job_id, ())):
-            self.discard(job_id, watcher)
-            watcher.close_soon(code, message)
-
-    def fan_out(self, job_id: uuid.UUID, state: dict) -> None:
-        """Queue the state for every watcher of the job, waiting on none of them."""
-        for watcher in list(self.watching.get(job_id, ())):
-            if not watcher.offer(state):
-                self.drop(job_id, watcher)
-
-    def drop(self, job_id: uuid.UUID, watcher: "Watcher") -> None:
-        """A watcher whose client stopped reading: closed (its own handler does it) and no
-        longer fed, so it holds back no one and its backlog stops growing."""
-        self.discard(job_id, watcher)
-        watcher.close_soon(WSCloseCode.TRY_AGAIN_LATER,
-                           b"too far behind; reconnect for the current state")
-        log.warning("listener.watcher_dropped", job_id=str(job_id),
-                    backlog=watcher.states.qsize(), close_code=int(WSCloseCode.TRY_AGAIN_LATER))
-
-    async def read_state(self, job_id: uuid.UUID) -> dict | None:
-        job = await fetch_job_or_none(self.pool, job_id, owner=None)  # sockets were checked
-        return core.job_json(job) if job is not None else None
-
-    async def refresh_all(self) -> None:
-        for job_id in list(self.watching):
-            state = await self.read_state(job_id)
-            if state is not None:
-                self.fan_out(job_id, state)
-
-    def close_all(self) -> None:
-        """Server shutdown: every socket is closed with 1001 by its handler; sockets that
-        subscribe from now on are closed at once."""
-        self.shutting_down = True
-        for watchers in self.watching.values():
-            for watcher in watchers:
-                watcher.close_soon(WSCloseCode.GOING_AWAY, b"server shutting down")
-
-
-class Watcher:
-    """One WebSocket watching one job: the states still to send, in order.
-
-    The listener queues states (`offer`) without waiting; the socket's handler runs `run`,
-    which sends them while it reads from the socket, so it notices the client leaving.
-    """
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None):
-        self.ws = ws
-        self.transport = transport
-        self.states: asyncio.Queue[dict] = asyncio.Queue(WS_BACKLOG_STATES)
-        self.newest = (-1, -1)  # rank of the newest state queued
-        self.closing = asyncio.Event()
-        self.close_code, self.close_message = WSCloseCode.OK, b""
-
-    def offer(self, state: dict) -> bool:
-        """Queue a state newer than any before it (an older or equal one, e.g. a notification
-        already on its way when the handler read the row, is skipped). False when the queue
-        is full: the client is not reading."""
-        rank = state_rank(state)
-        if rank <= self.newest:
-            return True
-        try:
-            self.states.put_nowait(state)
-        except asyncio.QueueFull:
-            return False
-        self.newest = rank
-        return True
-
-    def close_soon(self, code: int, message: bytes) -> None:
-        """Have the handler close the socket with this code, whatever it is doing."""
-        if not self.closing.is_set():
-            self.close_code, self.close_message = code, message
-            self.closing.set()
-
-    async def run(self) -> None:
-        """Send the queued states until the final one (then close 1000), until told to close
-        (close_soon), or until the client leaves."""
-        sending = asyncio.create_task(self._send_states())
-        reading = asyncio.create_task(self._read_until_closed())
-        told = asyncio.create_task(self.closing.wait())
-        tasks = (sending, reading, told)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            # Close before the sender is cancelled: a write of its, waiting for a client that
-            # does not read, would leave aiohttp's drain waiter cancelled, failing the close.
-            if sending.done() and sending.result():
-                await self._close(WSCloseCode.OK, b"")
-            else:  # told to close; or the client left, and the close is a no-op
-                await self._close(self.close_code, self.close_message)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _send_states(self) -> bool:
-        """Send states in order; True once the final one went out, False if the client is gone."""
-        while True:
-            state = await self.states.get()
-            try:
-                await self.ws.send_json(state)
-            except (ConnectionError, RuntimeError):
-                return False
-            if state["status"] in core.TERMINAL_STATUSES:
-                return True
-
-    async def _read_until_closed(self) -> None:
-        async for _message in self.ws:
-            pass  # clients have nothing to say; this notices the close
-
-    async def _close(self, code: int, message: bytes) -> None:
-        """Close the socket (a no-op if the client closed it already). A client that has not
-        answered the close within WS_CLOSE_TIMEOUT_S is reading nothing: it is reset."""
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=message), WS_CLOSE_TIMEOUT_S)
-            return
-        except asyncio.TimeoutError:
-            pass
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise
-            # Not this task's cancellation: aiohttp's drain waiter, shared by every write to
-            # the socket, was left cancelled by another write that was (a heartbeat's ping).
-        if self.transport is not None:
-            reset_connection(self.transport)
-
-
-def reset_connection(transport: asyncio.Transport) -> None:
-    """Drop a connection at once, with whatever its client has not read: a plain close would
-    hold the unread bytes, in this process and then in the kernel, until it reads them."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.fileno() >= 0:
-        with contextlib.suppress(OSError):  # reset, not closed after the unread bytes
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-def state_rank(state: dict) -> tuple[int, int]:
-    """Job states only move forward: by status, then by lines processed."""
-    return STATUS_RANK[state["status"]], int(state["lines_processed"])
-
-
-def carries_whole_state(note: dict) -> bool:
-    """A full job state, not the ids-only payload of a state too long for NOTIFY."""
-    return "lines_total" in note
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ SELECT * FROM jobs
 WHERE job_id = %(job_id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s::text);
 
 -- name: list_jobs --
+-- status: one status only, or NULL for any.
 SELECT * FROM jobs
-WHERE %(owner)s::text IS NULL OR owner = %(owner)s::text
+WHERE (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
 ORDER BY created_at DESC, job_id
 LIMIT %(limit)s;
 
@@ -29,10 +31,17 @@ LIMIT %(limit)s;
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
 
 -- name: list_line_errors --
-SELECT line_no, reason FROM line_errors
-WHERE job_id = %(job_id)s AND line_no > %(after_line)s
-ORDER BY line_no
-LIMIT %(limit)s;
+-- A page of invalid lines for each of several jobs at once (GraphQL's `jobs { errors }` is
+-- one query, not one per job); REST asks for one job.
+SELECT j.job_id, e.line_no, e.reason
+FROM unnest(%(job_ids)s::uuid[]) AS j(job_id)
+CROSS JOIN LATERAL (
+    SELECT line_no, reason FROM line_errors
+    WHERE line_errors.job_id = j.job_id AND line_no > %(after_line)s
+    ORDER BY line_no
+    LIMIT %(limit)s
+) e
+ORDER BY j.job_id, e.line_no;
 
 -- name: claim_job --
 -- Takes a queued job, or resumes one whose earlier worker died mid-file (the caller holds

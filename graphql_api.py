@@ -1,0 +1,620 @@
+"""GraphQL beside the REST API: the same jobs, the same token, the same reads.
+
+`POST /graphql` runs queries (`run_http`); the WebSocket `/graphql` speaks graphql-transport-ws
+(`serve_socket`), whose `Subscription.job` is one more watcher on the API's LISTEN fan-out
+(live.JobWatchers), under the same WebSocket limits. The schema is static/schema.graphql.
+
+A hostile query is refused before it costs anything: the body, the query's length and tokens
+are capped while it is parsed, then its depth, fields and aliases are counted (fragments
+expanded, within a budget) before graphql-core validates it. Resolvers are async and call
+core's read functions, as the REST handlers do; `Job.errors` of many jobs is one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+from graphql import (
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLScalarType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    build_schema,
+    execute,
+    get_operation_ast,
+    parse,
+    subscribe,
+    validate,
+)
+
+import auth
+import core
+import live
+
+log = structlog.get_logger("api")
+
+SCHEMA_PATH = core.ROOT / "static" / "schema.graphql"
+MAX_BODY_BYTES = 64 * 1024  # a request's JSON body, or one WebSocket message
+MAX_QUERY_CHARS = 16 * 1024
+MAX_TOKENS = 2000  # the standard introspection query has 163
+MAX_DEPTH = 12  # fields nested in fields; introspection's type references reach 11
+MAX_FIELDS = 300  # fields, fragment spreads and inline fragments, fragments expanded
+MAX_ALIASES = 30
+MAX_VALIDATION_ERRORS = 20
+JOBS_LIMIT = (1, 100)  # as GET /api/v1/jobs
+ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
+MAX_ERROR_LINES = 10_000  # invalid lines one operation (or one subscription state) may ask for
+PROTOCOL = "graphql-transport-ws"
+INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade
+MAX_SUBSCRIPTIONS_PER_SOCKET = 16
+
+
+class BadRequest(Exception):
+    """Not a GraphQL-over-HTTP request at all (not a JSON object, no query string, …): 400."""
+
+
+@dataclasses.dataclass
+class Services:
+    """What the resolvers and the socket need from the API process."""
+
+    pool: Any  # psycopg_pool.AsyncConnectionPool
+    watchers: live.JobWatchers
+    # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
+    authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
+
+
+@dataclasses.dataclass
+class Context:
+    """One operation's: who asks, and its batched line-error reads."""
+
+    services: Services
+    principal: auth.Principal
+    errors: "LineErrorLoader"
+    close_socket: Callable[[int, bytes], None] | None = None  # a subscription's connection
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+async def run_http(body: Any, services: Services, principal: auth.Principal) -> dict:
+    """Run a query from a POST /graphql body; the answer is always a GraphQL response (errors
+    included, status 200). BadRequest for a body that is not a GraphQL request."""
+    query, variables, operation_name = request_parts(body)
+    context = Context(services, principal, LineErrorLoader(services.pool))
+    document, errors = checked_document(query)
+    if errors:
+        return response(refused(errors))
+    operation = get_operation_ast(document, operation_name)
+    structlog.contextvars.bind_contextvars(graphql_operation=operation_label(operation,
+                                                                           operation_name))
+    if operation is not None and operation.operation == OperationType.SUBSCRIPTION:
+        return response(refused([GraphQLError(
+            "subscriptions are served over the WebSocket /graphql (graphql-transport-ws)")]))
+    result = await run(execute, document, context, variables, operation_name)
+    return response(result)
+
+
+def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object: {\"query\", \"variables\", "
+                         "\"operationName\"}")
+    query, variables, name = body.get("query"), body.get("variables"), body.get("operationName")
+    if not isinstance(query, str):
+        raise BadRequest("`query` must be a string holding a GraphQL document")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest("`variables` must be an object (or null)")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("`operationName` must be a string (or null)")
+    return query, variables, name
+
+
+def operation_label(operation: OperationDefinitionNode | None, name: str | None) -> str:
+    if operation is None:
+        return name or "unknown"
+    return f"{operation.operation.value} {operation.name.value if operation.name else ''}".strip()
+
+
+async def run(operate, document, context: Context, variables, operation_name):
+    """execute() or subscribe(): awaited when a resolver is async (they all are)."""
+    result = operate(SCHEMA, document, context_value=context, variable_values=variables,
+                     operation_name=operation_name, field_resolver=snake_case_field)
+    return await result if asyncio.iscoroutine(result) or asyncio.isfuture(result) else result
+
+
+def response(result: ExecutionResult) -> dict:
+    """The GraphQL response: `errors` when there are any, `data` once execution started
+    (null then when an error reached the root); a document that failed to parse or
+    validate has no `data` (ExecutionResult's data is None and `executed` says which)."""
+    body: dict[str, Any] = {}
+    if result.errors:
+        body["errors"] = [public_error(error) for error in result.errors]
+    if not (result.extensions or {}).get("not_executed"):
+        body["data"] = result.data
+    return body
+
+
+def refused(errors: list[GraphQLError]) -> ExecutionResult:
+    """A result for a document that was never executed: errors and no `data`."""
+    return ExecutionResult(None, errors, extensions={"not_executed": True})
+
+
+def public_error(error: GraphQLError) -> dict:
+    """The error as the spec formats it; what a resolver raised unexpectedly (a driver error,
+    a bug) is logged and answered in plain words, never its text."""
+    original = error.original_error
+    if original is not None and not isinstance(original, GraphQLError):
+        if core.is_outage(original):
+            log.warning("graphql.unavailable", error=str(original)[:300])
+            error = GraphQLError("a service the API needs is unreachable; retry later",
+                                 error.nodes, path=error.path,
+                                 extensions={"code": "UNAVAILABLE"})
+        else:
+            log.error("graphql.resolver_failed", error=repr(original)[:300],
+                      path=error.path)
+            error = GraphQLError("an unexpected error occurred", error.nodes, path=error.path,
+                                 extensions={"code": "INTERNAL"})
+    return error.formatted
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def checked_document(query: str):
+    """The parsed document and no errors, or None and the errors: a syntax error, a limit
+    exceeded, or what validation finds. Everything here is bounded by MAX_TOKENS."""
+    try:
+        document = parse(query, no_location=False, max_tokens=MAX_TOKENS,
+                         max_source_length=MAX_QUERY_CHARS)
+    except GraphQLError as error:
+        return None, [limit_message(error)]
+    errors = size_errors(document)
+    if not errors:
+        errors = validate(SCHEMA, document, max_errors=MAX_VALIDATION_ERRORS)
+    return (None, errors) if errors else (document, [])
+
+
+def limit_message(error: GraphQLError) -> GraphQLError:
+    """graphql-core's own words for its parse limits, with ours added."""
+    text = error.message
+    if "tokens" in text:
+        text = f"the query has more than {MAX_TOKENS} tokens; refused"
+    elif "source length" in text.lower() or "too long" in text.lower():
+        text = f"the query is longer than {MAX_QUERY_CHARS} characters; refused"
+    return GraphQLError(text, source=error.source, positions=error.positions,
+                        extensions=error.extensions or None)
+
+
+def size_errors(document) -> list[GraphQLError]:
+    """Depth, field and alias counts of each operation, its fragments expanded. The walk
+    stops once over MAX_FIELDS, so fragments spread into each other many times cost no more
+    than that."""
+    fragments = {d.name.value: d for d in document.definitions
+                 if isinstance(d, FragmentDefinitionNode)}
+    errors = []
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            tally = Tally()
+            tally.walk(definition.selection_set, 0, fragments, frozenset())
+            errors += tally.errors(definition)
+    return errors
+
+
+class Tally:
+    """What one operation asks for, counted while walking it."""
+
+    def __init__(self):
+        self.depth = self.nodes = self.aliases = 0
+
+    def walk(self, selection_set, depth: int, fragments: dict, spreading: frozenset) -> None:
+        for selection in selection_set.selections if selection_set else ():
+            self.nodes += 1
+            if self.nodes > MAX_FIELDS:
+                return
+            if isinstance(selection, FieldNode):
+                self.aliases += selection.alias is not None
+                self.depth = max(self.depth, depth + 1)
+                self.walk(selection.selection_set, depth + 1, fragments, spreading)
+            elif isinstance(selection, InlineFragmentNode):
+                self.walk(selection.selection_set, depth, fragments, spreading)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in fragments and name not in spreading:  # cycles: validation's to report
+                    self.walk(fragments[name].selection_set, depth, fragments, spreading | {name})
+
+    def errors(self, operation: OperationDefinitionNode) -> list[GraphQLError]:
+        found = []
+        if self.nodes > MAX_FIELDS:
+            found.append(f"the operation selects more than {MAX_FIELDS} fields (fragments "
+                         "expanded); refused")
+        if self.depth > MAX_DEPTH:
+            found.append(f"the operation nests fields {self.depth} deep, more than "
+                         f"{MAX_DEPTH}; refused")
+        if self.aliases > MAX_ALIASES:
+            found.append(f"the operation has {self.aliases} aliases, more than {MAX_ALIASES}; "
+                         "refused")
+        return [GraphQLError(text, operation, extensions={"code": "QUERY_TOO_LARGE"})
+                for text in found]
+
+
+def bounded(name: str, value: int, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if not low <= value <= high:
+        raise GraphQLError(f"{name} must be an integer from {low} to {high}",
+                           extensions={"code": "BAD_USER_INPUT"})
+    return value
+
+
+# --------------------------------------------------------------------------- resolvers
+
+
+async def resolve_job(_root, info, id: str) -> dict | None:
+    """Null for an unknown id, a malformed one and another owner's job alike."""
+    context: Context = info.context
+    job_id = parse_uuid(id)
+    job = job_id and await core.read_job(context.services.pool, job_id,
+                                         owner=context.principal.owner_filter)
+    return core.job_json(job) if job else None
+
+
+async def resolve_jobs(_root, info, limit: int, status: str | None = None) -> list[dict]:
+    context: Context = info.context
+    jobs = await core.read_jobs(context.services.pool, owner=context.principal.owner_filter,
+                                limit=bounded("limit", limit, JOBS_LIMIT), status=status)
+    return [core.job_json(job) for job in jobs]
+
+
+async def resolve_stats(_root, info) -> dict:
+    context: Context = info.context
+    if not context.principal.admin:
+        raise GraphQLError("the service's stats are for admin tokens",
+                           extensions={"code": "FORBIDDEN"})
+    return await core.read_stats(context.services.pool)
+
+
+async def resolve_errors(job: dict, info, first: int, afterLine: int) -> dict:
+    """A page of the job's invalid lines, read with every other job's of this operation."""
+    first = bounded("first", first, ERRORS_FIRST)
+    after = bounded("afterLine", afterLine, (0, 2**62))
+    rows = await info.context.errors.load(uuid.UUID(job["job_id"]), first, after)
+    return {"items": rows, "next_after_line": rows[-1]["line_no"] if len(rows) == first else None}
+
+
+def resolve_formats(job: dict, _info) -> list[dict]:
+    return [{"name": name, "lines": lines} for name, lines in job["formats"].items()]
+
+
+async def subscribe_job(_root, info, id: str) -> AsyncIterator[dict | None]:
+    """The job's current state, then each one the fan-out hands over, until a final one.
+    Null once (then the end) for a job that is not the caller's, or deleted meanwhile."""
+    context: Context = info.context
+    watchers = context.services.watchers
+    job_id = parse_uuid(id)
+    queue = job_id and await watchers.start_watching(job_id, live.StateQueue(),
+                                                     owner=context.principal.owner_filter)
+    if not queue:
+        yield None
+        return
+    try:
+        while (state := await next_state(queue)) is not None:
+            yield state
+            if state["status"] in core.TERMINAL_STATUSES:
+                return
+        if queue.close_code == live.WS_NOT_FOUND:
+            yield None
+        else:  # too far behind (1013), or the server stopping (1001): as /ws/jobs does
+            context.close_socket(queue.close_code, queue.close_message)
+    finally:
+        watchers.discard(job_id, queue)
+
+
+def resolve_subscribed_job(state: dict | None, info, **_args) -> dict | None:
+    info.context.errors = LineErrorLoader(info.context.services.pool)  # a budget per state
+    return state
+
+
+async def next_state(queue: live.StateQueue) -> dict | None:
+    """The next queued state, or None once the fan-out asked this watcher to stop."""
+    if queue.closing.is_set():
+        return None
+    getting = asyncio.ensure_future(queue.states.get())
+    closing = asyncio.ensure_future(queue.closing.wait())
+    try:
+        await asyncio.wait((getting, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (getting, closing):
+            task.cancel()
+    return None if queue.closing.is_set() or not getting.done() or getting.cancelled() \
+        else getting.result()
+
+
+def parse_uuid(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+@functools.cache
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def snake_case_field(source, info, **_args):
+    """Every other field: the job JSON's (and the stats') own key, in snake case."""
+    return source.get(snake_case(info.field_name)) if isinstance(source, dict) else None
+
+
+class LineErrorLoader:
+    """Batches the `Job.errors` pages one operation asks for: those with the same `first`
+    and `afterLine`, asked in the same turn of the event loop (a list's items are), are one
+    query (core.read_line_errors), however many jobs. An operation asks for at most
+    MAX_ERROR_LINES lines in all."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.asked = 0
+        self.pending: dict[tuple[int, int], dict[uuid.UUID, asyncio.Future]] = {}
+
+    async def load(self, job_id: uuid.UUID, first: int, after: int) -> list[dict]:
+        self.asked += first
+        if self.asked > MAX_ERROR_LINES:
+            raise GraphQLError(f"the operation asks for more than {MAX_ERROR_LINES} invalid "
+                               "lines (jobs × first); ask for fewer jobs or a smaller first",
+                               extensions={"code": "QUERY_TOO_LARGE"})
+        key = (first, after)
+        if key not in self.pending:
+            self.pending[key] = {}
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self._read(key)))
+        batch = self.pending[key]
+        if job_id not in batch:
+            batch[job_id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(batch[job_id])
+
+    async def _read(self, key: tuple[int, int]) -> None:
+        batch = self.pending.pop(key)
+        try:
+            pages = await core.read_line_errors(self.pool, list(batch), after_line=key[1],
+                                                limit=key[0])
+        except Exception as exc:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for job_id, future in batch.items():
+            if not future.done():
+                future.set_result(pages[job_id])
+
+
+def load_schema() -> GraphQLSchema:
+    """static/schema.graphql with the resolvers attached."""
+    schema = build_schema(SCHEMA_PATH.read_text())
+    for name, value in schema.type_map["JobStatus"].values.items():
+        value.value = name.lower()  # the job JSON's own words
+    safe_int: GraphQLScalarType = schema.type_map["SafeInt"]
+    safe_int.serialize = safe_int.parse_value = check_safe_int
+    query, job = schema.query_type.fields, schema.type_map["Job"].fields
+    query["job"].resolve = resolve_job
+    query["jobs"].resolve = resolve_jobs
+    query["stats"].resolve = resolve_stats
+    job["id"].resolve = lambda job, _info: job["job_id"]
+    job["formats"].resolve = resolve_formats
+    job["errors"].resolve = resolve_errors
+    schema.subscription_type.fields["job"].subscribe = subscribe_job
+    schema.subscription_type.fields["job"].resolve = resolve_subscribed_job
+    return schema
+
+
+def check_safe_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53 - 1:
+        raise GraphQLError(f"SafeInt cannot represent {value!r}")
+    return value
+
+
+SCHEMA = load_schema()
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+async def serve_socket(request: web.Request, services: Services) -> web.WebSocketResponse:
+    """The graphql-transport-ws protocol on an upgraded request (the process's WebSocket
+    limit was checked before the upgrade; the owner's is checked at connection_init)."""
+    ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=30, max_msg_size=MAX_BODY_BYTES)
+    await ws.prepare(request)
+    if ws.ws_protocol != PROTOCOL:
+        await ws.close(code=4406, message=b"Subprotocol not acceptable: graphql-transport-ws")
+        return ws
+    connection = Connection(ws, request, services)
+    await connection.run()
+    return ws
+
+
+class Connection:
+    """One graphql-transport-ws connection: connection_init (the token) → connection_ack,
+    then any number of operations (`subscribe` → `next`… `complete`, or `error`), each its own
+    task. Sends are awaited: a client that stops reading stalls its subscriptions, whose
+    queues fill, and the fan-out drops them (1013), as it does a /ws/jobs watcher."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, services: Services):
+        self.ws, self.request, self.services = ws, request, services
+        self.principal: auth.Principal | None = None
+        self.operations: dict[str, asyncio.Task] = {}
+        self.closing = asyncio.Event()
+        self.close_code, self.close_message = 1000, b""
+        self.exits = contextlib.ExitStack()  # the WebSocket slot, once the owner is known
+
+    async def run(self) -> None:
+        reading = asyncio.create_task(self._read())
+        told = asyncio.create_task(self.closing.wait())
+        try:
+            await asyncio.wait((reading, told), return_when=asyncio.FIRST_COMPLETED)
+            # Close before the operations are cancelled: a send of theirs, waiting on a
+            # client that does not read, would leave aiohttp's drain waiter cancelled.
+            await live.close_socket(self.ws, self.request.transport, self.close_code,
+                                    self.close_message)
+        finally:
+            tasks = [reading, told, *self.operations.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.exits.close()
+
+    def close_soon(self, code: int, message: bytes) -> None:
+        if not self.closing.is_set():
+            self.close_code, self.close_message = code, message[:120]
+            self.closing.set()
+
+    async def _read(self) -> None:
+        try:
+            async with asyncio.timeout(INIT_TIMEOUT_S):
+                message = await self.ws.receive()
+        except TimeoutError:
+            return self.close_soon(4408, b"Connection initialisation timeout")
+        while message.type == WSMsgType.TEXT:
+            if not await self._handle(message.data):
+                return
+            message = await self.ws.receive()
+        if message.type == WSMsgType.BINARY:
+            self.close_soon(4400, b"messages are JSON text")
+
+    async def _handle(self, text: str) -> bool:
+        """Act on one message; False once the connection is to close."""
+        try:
+            message = json.loads(text)
+            kind = message["type"]
+        except (ValueError, TypeError, KeyError):
+            self.close_soon(4400, b"a message is a JSON object with a type")
+            return False
+        if kind == "connection_init":
+            return await self._init(message.get("payload"))
+        if kind == "ping":
+            await self.send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif self.principal is None:
+            self.close_soon(4401, b"Unauthorized")
+            return False
+        elif kind == "subscribe":
+            return await self._subscribe(message)
+        elif kind == "complete":
+            task = self.operations.pop(str(message.get("id")), None)
+            if task is not None:
+                task.cancel()
+        else:
+            self.close_soon(4400, f"unknown message type {str(kind)[:40]!r}".encode())
+            return False
+        return True
+
+    async def _init(self, payload: Any) -> bool:
+        if self.principal is not None:
+            self.close_soon(4429, b"Too many initialisation requests")
+            return False
+        who = await self.services.authenticate(self.token(payload))
+        if who is None:
+            self.close_soon(4403, b"Forbidden: the token is missing, not valid or revoked")
+            return False
+        try:
+            self.exits.enter_context(self.services.watchers.limits.slot(who.owner))
+        except live.TooManySockets as exc:
+            self.close_soon(1013, str(exc).encode()[:120])
+            return False
+        self.principal = who
+        structlog.contextvars.bind_contextvars(owner=who.owner)
+        await self.send({"type": "connection_ack"})
+        return True
+
+    def token(self, payload: Any) -> str | None:
+        """connection_init's {"Authorization": "Bearer eh_…"} or {"token": "eh_…"}, else the
+        upgrade request's Authorization header."""
+        payload = payload if isinstance(payload, dict) else {}
+        if isinstance(payload.get("token"), str):
+            return payload["token"]
+        header = payload.get("Authorization") or payload.get("authorization")
+        if not isinstance(header, str):
+            header = self.request.headers.get("Authorization")
+        return auth.bearer_token(header)
+
+    async def _subscribe(self, message: dict) -> bool:
+        op_id, payload = message.get("id"), message.get("payload")
+        if not isinstance(op_id, str) or not op_id or len(op_id) > 128:
+            self.close_soon(4400, b"subscribe needs an id: a string of 1-128 characters")
+            return False
+        if op_id in self.operations:
+            self.close_soon(4409, f"Subscriber for {op_id[:64]} already exists".encode())
+            return False
+        try:
+            parts = request_parts(payload)
+        except BadRequest as exc:
+            await self.send_error(op_id, [GraphQLError(str(exc))])
+            return True
+        if len(self.operations) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
+            await self.send_error(op_id, [GraphQLError(
+                f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "
+                "one may; complete one first", extensions={"code": "TOO_MANY_SUBSCRIPTIONS"})])
+            return True
+        self.operations[op_id] = asyncio.create_task(self._operate(op_id, *parts))
+        return True
+
+    async def _operate(self, op_id: str, query: str, variables, operation_name) -> None:
+        """Run one operation to its end; `complete` after the last `next` (not when the
+        client completed it: it knows)."""
+        started, sent = time.monotonic(), 0
+        try:
+            document, errors = checked_document(query)
+            if errors:
+                return await self.send_error(op_id, errors)
+            context = Context(self.services, self.principal, LineErrorLoader(self.services.pool),
+                              close_socket=self.close_soon)
+            operation = get_operation_ast(document, operation_name)
+            is_subscription = operation is not None and \
+                operation.operation == OperationType.SUBSCRIPTION
+            outcome = await run(subscribe if is_subscription else execute, document, context,
+                                variables, operation_name)
+            if isinstance(outcome, ExecutionResult):
+                if is_subscription and outcome.errors and outcome.data is None:
+                    return await self.send_error(op_id, outcome.errors)
+                outcome = single(outcome)
+            try:
+                async for result in outcome:
+                    await self.send({"id": op_id, "type": "next", "payload": response(result)})
+                    sent += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await outcome.aclose()
+            if not self.closing.is_set():
+                await self.send({"id": op_id, "type": "complete"})
+        except (ConnectionError, RuntimeError):
+            pass  # the socket closed under a send
+        finally:
+            self.operations.pop(op_id, None)
+            log.info("graphql.operation_done", operation_id=op_id[:64], messages=sent,
+                     seconds=round(time.monotonic() - started, 3))
+
+    async def send_error(self, op_id: str, errors: list[GraphQLError]) -> None:
+        await self.send({"id": op_id, "type": "error",
+                         "payload": [public_error(error) for error in errors]})
+
+    async def send(self, message: dict) -> None:
+        await self.ws.send_json(message)
+
+
+async def single(result: ExecutionResult) -> AsyncIterator[ExecutionResult]:
+    yield result
