@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 from graphql import (
+    DocumentNode,
     ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
@@ -43,6 +44,7 @@ from graphql import (
     subscribe,
     validate,
 )
+from graphql.execution.values import get_variable_values
 
 import auth
 import core
@@ -54,7 +56,7 @@ SCHEMA_PATH = core.ROOT / "static" / "schema.graphql"
 MAX_BODY_BYTES = 64 * 1024  # a request's JSON body, or one WebSocket message
 MAX_QUERY_CHARS = 16 * 1024
 MAX_TOKENS = 2000  # the standard introspection query has 163
-MAX_DEPTH = 12  # fields nested in fields; introspection's type references reach 11
+MAX_DEPTH = 15  # fields nested in fields: the standard introspection query's depth
 MAX_FIELDS = 300  # fields, fragment spreads and inline fragments, fragments expanded
 MAX_ALIASES = 30
 MAX_VALIDATION_ERRORS = 20
@@ -97,18 +99,52 @@ async def run_http(body: Any, services: Services, principal: auth.Principal) -> 
     """Run a query from a POST /graphql body; the answer is always a GraphQL response (errors
     included, status 200). BadRequest for a body that is not a GraphQL request."""
     query, variables, operation_name = request_parts(body)
-    context = Context(services, principal, LineErrorLoader(services.pool))
-    document, errors = checked_document(query)
+    prepared, errors = prepare(query, variables, operation_name)
+    structlog.contextvars.bind_contextvars(graphql_operation=prepared.label if prepared
+                                           else operation_name or "refused")
+    if prepared and prepared.is_subscription:
+        errors = [GraphQLError("subscriptions are served over the WebSocket /graphql "
+                               "(graphql-transport-ws)")]
     if errors:
         return response(refused(errors))
+    context = Context(services, principal, LineErrorLoader(services.pool))
+    return response(await run(execute, prepared, context, variables))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A document that parsed, stayed within the limits and validated, and its operation."""
+
+    document: DocumentNode
+    operation: OperationDefinitionNode
+    operation_name: str | None
+
+    @property
+    def is_subscription(self) -> bool:
+        return self.operation.operation == OperationType.SUBSCRIPTION
+
+    @property
+    def label(self) -> str:
+        name = self.operation.name.value if self.operation.name else ""
+        return f"{self.operation.operation.value} {name}".strip()
+
+
+def prepare(query: str, variables: dict | None,
+            operation_name: str | None) -> tuple[Prepared | None, list[GraphQLError]]:
+    """The operation to run and no errors, or errors found before execution (the response
+    then has no `data`): syntax, limits, validation, the operation's name, its variables."""
+    document, errors = checked_document(query)
+    if errors:
+        return None, errors
     operation = get_operation_ast(document, operation_name)
-    structlog.contextvars.bind_contextvars(graphql_operation=operation_label(operation,
-                                                                           operation_name))
-    if operation is not None and operation.operation == OperationType.SUBSCRIPTION:
-        return response(refused([GraphQLError(
-            "subscriptions are served over the WebSocket /graphql (graphql-transport-ws)")]))
-    result = await run(execute, document, context, variables, operation_name)
-    return response(result)
+    if operation is None:
+        return None, [GraphQLError(f"no operation named {operation_name[:64]!r}" if operation_name
+                                   else "name the operation to run: operationName")]
+    coerced = get_variable_values(SCHEMA, operation.variable_definitions or (), variables or {},
+                                  max_errors=MAX_VALIDATION_ERRORS)
+    if isinstance(coerced, list):
+        return None, coerced
+    return Prepared(document, operation, operation_name), []
 
 
 def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
@@ -125,14 +161,9 @@ def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
     return query, variables, name
 
 
-def operation_label(operation: OperationDefinitionNode | None, name: str | None) -> str:
-    if operation is None:
-        return name or "unknown"
-    return f"{operation.operation.value} {operation.name.value if operation.name else ''}".strip()
-
-
-async def run(operate, document, context: Context, variables, operation_name):
+async def run(operate, prepared: "Prepared", context: Context, variables):
     """execute() or subscribe(): awaited when a resolver is async (they all are)."""
+    document, operation_name = prepared.document, prepared.operation_name
     result = operate(SCHEMA, document, context_value=context, variable_values=variables,
                      operation_name=operation_name, field_resolver=snake_case_field)
     return await result if asyncio.iscoroutine(result) or asyncio.isfuture(result) else result
@@ -195,7 +226,7 @@ def limit_message(error: GraphQLError) -> GraphQLError:
     text = error.message
     if "tokens" in text:
         text = f"the query has more than {MAX_TOKENS} tokens; refused"
-    elif "source length" in text.lower() or "too long" in text.lower():
+    elif "code points" in text:
         text = f"the query is longer than {MAX_QUERY_CHARS} characters; refused"
     return GraphQLError(text, source=error.source, positions=error.positions,
                         extensions=error.extensions or None)
@@ -578,19 +609,16 @@ class Connection:
         client completed it: it knows)."""
         started, sent = time.monotonic(), 0
         try:
-            document, errors = checked_document(query)
+            prepared, errors = prepare(query, variables, operation_name)
             if errors:
                 return await self.send_error(op_id, errors)
             context = Context(self.services, self.principal, LineErrorLoader(self.services.pool),
                               close_socket=self.close_soon)
-            operation = get_operation_ast(document, operation_name)
-            is_subscription = operation is not None and \
-                operation.operation == OperationType.SUBSCRIPTION
-            outcome = await run(subscribe if is_subscription else execute, document, context,
-                                variables, operation_name)
+            operate = subscribe if prepared.is_subscription else execute
+            outcome = await run(operate, prepared, context, variables)
             if isinstance(outcome, ExecutionResult):
-                if is_subscription and outcome.errors and outcome.data is None:
-                    return await self.send_error(op_id, outcome.errors)
+                if prepared.is_subscription:  # the subscription could not start
+                    return await self.send_error(op_id, outcome.errors or [])
                 outcome = single(outcome)
             try:
                 async for result in outcome:
