@@ -4,8 +4,11 @@ graphql-transport-ws riding on the API's LISTEN fan-out."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
+import os
+import socket
 import uuid
 
 import aiohttp
@@ -16,7 +19,7 @@ import eventhorizon
 import graphql_api
 from conftest import bearer
 from test_api import (  # noqa: F401  (client and two_owners are fixtures)
-    VALID, batches, capture_access_log, client, close_code_of, job_row, jsonl,
+    VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
     listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
     watchers_dropped,
 )
@@ -412,3 +415,78 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
         assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "10"
         await bobs.close()
     await ws.close()
+
+
+def masked_frame(text: str) -> bytes:
+    """A client's text frame (clients must mask theirs)."""
+    payload, mask = text.encode(), os.urandom(4)
+    head = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else \
+        bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def subscribe_and_stop_reading(host: str, port: int, token: str, job_id) -> socket.socket:
+    """A graphql-transport-ws client with a tiny receive buffer that reads the ack and the
+    first `next`, and nothing more."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (
+        f"GET /graphql HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await loop.sock_recv(sock, 1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    await loop.sock_sendall(sock, masked_frame(json.dumps(
+        {"type": "connection_init", "payload": {"token": token}})))
+    assert json.loads(await read_frame(sock)) == {"type": "connection_ack"}
+    await loop.sock_sendall(sock, masked_frame(json.dumps(
+        {"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIBE_JOB,
+                                                     "variables": {"id": str(job_id)}}})))
+    first = json.loads(await read_frame(sock))
+    assert first["payload"]["data"]["job"]["status"] == "QUEUED"
+    return sock
+
+
+async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(client, db):
+    """As on /ws/jobs: the fan-out drops the stalled subscription (the socket closes 1013),
+    while another job's subscriber gets every state and the API keeps answering."""
+    slow_job = await (await upload(client, jsonl(VALID), "長" * 240 + ".jsonl")).json()
+    other_job = await (await upload(client, jsonl(VALID))).json()
+    slow_id = uuid.UUID(slow_job["job_id"])
+    await listener_listening(db)
+    slow = await subscribe_and_stop_reading(client.host, client.port,
+                                            client.session.headers["Authorization"][7:], slow_id)
+    try:
+        other = await connect(client)
+        await other.receive_json(timeout=10)
+        await subscribe(other, other_job["job_id"])
+        assert (await other.receive_json(timeout=30))["type"] == "next"
+
+        slow_row = job_row(db, slow_job["job_id"])
+        with capture_access_log() as logs:
+            rounds = 0
+            while not watchers_dropped(logs):
+                rounds += 1
+                assert rounds <= 200, "the slow subscriber was never dropped"
+                with db.transaction():
+                    other_state = advance_checkpoint(db, other_job["job_id"], rounds)
+                    notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
+                                other_state])
+                message = await other.receive_json(timeout=30)
+                assert message["payload"]["data"]["job"]["linesProcessed"] == rounds
+            assert (await asyncio.wait_for(client.get("/healthz"), 10)).status == 200
+        assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
+            (str(slow_id), 1013)]
+        assert not client.server.app[eventhorizon.WATCHERS].watching.get(slow_id)
+        frames = await read_until_the_connection_ends(slow, timeout=120)
+        assert close_code_of(frames) in (1013, None)  # None: reset, close frame unread
+    finally:
+        slow.close()
+    assert client.server.app[eventhorizon.WATCHERS].limits.open == 1  # the slot given back
+    await other.close()
