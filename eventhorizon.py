@@ -163,6 +163,7 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 S3 = web.AppKey("s3", object)
 PUBLISHER = web.AppKey("publisher", "Publisher")
 WATCHERS = web.AppKey("watchers", live.JobWatchers)
+GRAPHQL = web.AppKey("graphql", graphql_api.Services)
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
 UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
 EXPLORER = web.AppKey("explorer", explore.Explorer)
@@ -452,6 +453,7 @@ async def watchers_ctx(app: web.Application):
     watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
         settings.max_websockets, settings.max_websockets_per_owner))
     app[WATCHERS] = watchers
+    app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app))
     task = asyncio.create_task(watchers.listen(), name="job-listener")
     yield
     task.cancel()
@@ -462,6 +464,7 @@ async def close_watchers(app: web.Application) -> None:
     """On shutdown, before aiohttp waits for the handlers: WebSockets would keep it waiting."""
     if WATCHERS in app:
         app[WATCHERS].close_all()
+        app[GRAPHQL].close_all()
 
 
 async def uploads_ctx(app: web.Application):
@@ -916,7 +919,7 @@ async def graphql_query(request: web.Request) -> web.Response:
     document says, 400 for a body that is no GraphQL request."""
     body = await json_body(request, graphql_api.MAX_BODY_BYTES)
     try:
-        answer = await graphql_api.run_http(body, graphql_services(request.app),
+        answer = await graphql_api.run_http(body, request.app[GRAPHQL],
                                             principal(request))
     except graphql_api.BadRequest as exc:
         raise Problem(400, "Bad Request", str(exc)) from None
@@ -933,7 +936,7 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
         request.app[WATCHERS].limits.check_process()
     except live.TooManySockets as exc:
         raise no_socket_slot(exc) from None
-    return await graphql_api.serve_socket(request, graphql_services(request.app))
+    return await graphql_api.serve_socket(request, request.app[GRAPHQL])
 
 
 @routes.get("/graphql/schema.graphql")
@@ -942,14 +945,16 @@ async def graphql_schema(request: web.Request) -> web.FileResponse:
                             headers={"Content-Type": "text/plain; charset=utf-8"})
 
 
-def graphql_services(app: web.Application) -> graphql_api.Services:
+def graphql_authenticator(app: web.Application):
+    """A GraphQL socket's token (from connection_init) to its principal, as auth_middleware
+    resolves a request's."""
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
         async with app[POOL].connection() as conn:
             return await auth.authenticate(conn, token)
 
-    return graphql_api.Services(app[POOL], app[WATCHERS], authenticate)
+    return authenticate
 
 
 # --------------------------------------------------------------------------- request helpers

@@ -80,6 +80,12 @@ class Services:
     watchers: live.JobWatchers
     # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
     authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
+    connections: set["Connection"] = dataclasses.field(default_factory=set)
+
+    def close_all(self) -> None:
+        """Server shutdown: every connection closes with 1001, idle ones too."""
+        for connection in list(self.connections):
+            connection.close_soon(1001, b"server shutting down")
 
 
 @dataclasses.dataclass
@@ -402,6 +408,7 @@ class LineErrorLoader:
         self.pool = pool
         self.asked = 0
         self.pending: dict[tuple[int, int], dict[uuid.UUID, asyncio.Future]] = {}
+        self.reads: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
     async def load(self, job_id: uuid.UUID, first: int, after: int) -> list[dict]:
         self.asked += first
@@ -412,12 +419,17 @@ class LineErrorLoader:
         key = (first, after)
         if key not in self.pending:
             self.pending[key] = {}
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(self._read(key)))
+            asyncio.get_running_loop().call_soon(self._start_read, key)
         batch = self.pending[key]
         if job_id not in batch:
             batch[job_id] = asyncio.get_running_loop().create_future()
         return await asyncio.shield(batch[job_id])
+
+    def _start_read(self, key: tuple[int, int]) -> None:
+        """After every resolver of this turn has asked: one read for all of them."""
+        task = asyncio.ensure_future(self._read(key))
+        self.reads.add(task)
+        task.add_done_callback(self.reads.discard)
 
     async def _read(self, key: tuple[int, int]) -> None:
         batch = self.pending.pop(key)
@@ -474,7 +486,13 @@ async def serve_socket(request: web.Request, services: Services) -> web.WebSocke
         await ws.close(code=4406, message=b"Subprotocol not acceptable: graphql-transport-ws")
         return ws
     connection = Connection(ws, request, services)
-    await connection.run()
+    services.connections.add(connection)
+    try:
+        if services.watchers.shutting_down:
+            connection.close_soon(1001, b"server shutting down")
+        await connection.run()
+    finally:
+        services.connections.discard(connection)
     return ws
 
 

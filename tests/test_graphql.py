@@ -21,7 +21,7 @@ from conftest import bearer
 from test_api import (  # noqa: F401  (client and two_owners are fixtures)
     VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
     listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
-    watchers_dropped,
+    wait_until_serving, watchers_dropped,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
@@ -490,3 +490,20 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
         slow.close()
     assert client.server.app[eventhorizon.WATCHERS].limits.open == 1  # the slot given back
     await other.close()
+
+
+async def test_graphql_sockets_are_closed_1001_when_the_server_stops(settings, start_process,
+                                                                     make_token):
+    api = start_process("eventhorizon.py")
+    base = f"http://127.0.0.1:{settings.http_port}"
+    async with aiohttp.ClientSession(base_url=base, headers=bearer(make_token())) as session:
+        await wait_until_serving(session, base)
+        job = await (await upload(session, jsonl(VALID))).json()
+        idle, watching = await connect(session), await connect(session)
+        for ws in (idle, watching):
+            assert await ws.receive_json(timeout=10) == {"type": "connection_ack"}
+        await subscribe(watching, job["job_id"])
+        assert (await watching.receive_json(timeout=30))["type"] == "next"
+        api.terminate()
+        assert [await close_code(ws) for ws in (idle, watching)] == [1001, 1001]
+    assert await asyncio.to_thread(api.wait, 30) == 0
