@@ -531,6 +531,17 @@ async def read_job(pool, job_id: uuid.UUID, *, owner: str | None) -> Job | None:
         return await cur.fetchone()
 
 
+async def read_delivery(pool, job_id: uuid.UUID, lines_valid: int) -> dict[str, int]:
+    """Where the job's line events stand: in ClickHouse, waiting in the outbox, or refused
+    (outbox_dead). Each valid line has one event, written with it."""
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(QUERIES["job_delivery"], {"job_id": str(job_id)})
+        counts = await cur.fetchone()
+    delivered = max(lines_valid - counts["waiting"] - counts["dead"], 0)
+    return {"delivered": delivered, "waiting": counts["waiting"], "dead": counts["dead"]}
+
+
 async def read_jobs(pool, *, owner: str | None, limit: int, status: str | None = None) -> list[Job]:
     """The newest jobs first, optionally of one status."""
     async with pool.connection() as conn:

@@ -55,6 +55,7 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file i
 # The other fields of an upload's body, before the file and again after it: at most this many
 # parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
 MAX_FIELDS = 16
+MAX_REQUEST_LINE_BYTES = 128 * 1024
 UPLOAD_FIELDS = ("format", "service", "environment")  # fields read before the file, if given
 MAX_FORMAT_BYTES = 64 * 1024  # a custom log format's definition (POST /api/v1/formats)
 MAX_FORMATS_PER_OWNER = 100
@@ -181,12 +182,16 @@ def init_app(settings: core.Settings) -> web.Application:
         server_log.setLevel(logging.DEBUG)  # it logs some malformed requests at DEBUG
     # The access log is outermost: it logs the status problem_middleware chose for an error.
     # auto_decompress off: aiohttp never inflates a request body (see check_body_not_compressed).
+    # max_line_size: the longest request line the explore routes' filters can make (20 values
+    # of 128 characters for each of several filters, percent-encoded), so that aiohttp does
+    # not refuse one in plain text before the app can answer it.
     app = web.Application(middlewares=[access_log_middleware, security_headers_middleware,
                                        problem_middleware, guard_middleware, auth_middleware],
-                          handler_args={"auto_decompress": False})
+                          handler_args={"auto_decompress": False,
+                                        "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, watchers_ctx, uploads_ctx,
-                            explorer_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
+                            uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.router.add_get("/", index)
@@ -453,7 +458,8 @@ async def watchers_ctx(app: web.Application):
     watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
         settings.max_websockets, settings.max_websockets_per_owner))
     app[WATCHERS] = watchers
-    app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app))
+    app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app),
+                                        app[EXPLORER])
     task = asyncio.create_task(watchers.listen(), name="job-listener")
     yield
     task.cancel()
@@ -656,7 +662,8 @@ async def stats(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     job_id = job_id_param(request)
     job = await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    return web.json_response(core.job_json(job))
+    delivery = await core.read_delivery(request.app[POOL], job.job_id, job.lines_valid)
+    return web.json_response({**core.job_json(job), "delivery": delivery})
 
 
 @routes.get("/api/v1/jobs/{job_id}/errors")

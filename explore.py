@@ -91,24 +91,35 @@ class EventFilters:
         return items + ([("q", self.text)] if self.text else [])
 
 
-def filters_from_query(query: Mapping) -> EventFilters:
+def filters_from_query(query) -> EventFilters:
     """The filters of a request's query (a MultiDict: level, service, event_type and
     environment may repeat); InvalidFilter says what is wrong."""
-    levels = tuple(dict.fromkeys(v.lower() for v in repeated(query, "level", 16)))
+    return checked_filters(
+        levels=query.getall("level", ()), services=query.getall("service", ()),
+        event_types=query.getall("event_type", ()),
+        environments=query.getall("environment", ()),
+        since=query.get("from"), until=query.get("to"), text=query.get("q", ""))
+
+
+def checked_filters(*, levels=(), services=(), event_types=(), environments=(),
+                    since: str | None = None, until: str | None = None,
+                    text: str = "") -> EventFilters:
+    """Filters from their values as a client sends them (text), each checked."""
+    levels = tuple(dict.fromkeys(v.lower() for v in bounded("level", levels, 16)))
     if unknown := [v for v in levels if v not in LEVELS]:
         raise InvalidFilter(f"level must be one of {', '.join(LEVELS)}, got {unknown[0]!r}")
-    since, until = time_param(query, "from"), time_param(query, "to")
-    if since and until and since >= until:
+    since_time, until_time = time_param("from", since), time_param("to", until)
+    if since_time and until_time and since_time >= until_time:
         raise InvalidFilter("from must be earlier than to")
-    text = query.get("q", "")
     if len(text) > MAX_TEXT_CHARS or not text.isprintable():
         raise InvalidFilter(f"q must be at most {MAX_TEXT_CHARS} printable characters")
-    return EventFilters(levels, repeated(query, "service", 128), repeated(query, "event_type", 128),
-                        repeated(query, "environment", 64), since, until, text)
+    return EventFilters(levels, bounded("service", services, 128),
+                        bounded("event_type", event_types, 128),
+                        bounded("environment", environments, 64), since_time, until_time, text)
 
 
-def repeated(query: Mapping, name: str, max_chars: int) -> tuple[str, ...]:
-    values = tuple(query.getall(name, ()))
+def bounded(name: str, values, max_chars: int) -> tuple[str, ...]:
+    values = tuple(values)
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidFilter(f"{name} may be given at most {MAX_FILTER_VALUES} times")
     if any(not 0 < len(v) <= max_chars or not v.isprintable() for v in values):
@@ -116,9 +127,8 @@ def repeated(query: Mapping, name: str, max_chars: int) -> tuple[str, ...]:
     return values
 
 
-def time_param(query: Mapping, name: str) -> dt.datetime | None:
+def time_param(name: str, raw: str | None) -> dt.datetime | None:
     """An RFC 3339 date-time with an offset, as UTC, to the second."""
-    raw = query.get(name)
     if raw is None:
         return None
     try:

@@ -48,6 +48,7 @@ from graphql.execution.values import get_variable_values
 
 import auth
 import core
+import explore
 import live
 
 log = structlog.get_logger("api")
@@ -62,6 +63,7 @@ MAX_ALIASES = 30
 MAX_VALIDATION_ERRORS = 20
 JOBS_LIMIT = (1, 100)  # as GET /api/v1/jobs
 ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
+EVENTS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/events
 MAX_ERROR_LINES = 10_000  # invalid lines one operation (or one subscription state) may ask for
 PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade
@@ -80,6 +82,7 @@ class Services:
     watchers: live.JobWatchers
     # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
     authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
+    explorer: explore.Explorer  # Job.events and Job.histogram, as the REST routes read them
     connections: set["Connection"] = dataclasses.field(default_factory=set)
 
     def close_all(self) -> None:
@@ -333,6 +336,65 @@ async def resolve_errors(job: dict, info, first: int, afterLine: int) -> dict:
     return {"items": rows, "next_after_line": rows[-1]["line_no"] if len(rows) == first else None}
 
 
+async def resolve_delivery(job: dict, info) -> dict:
+    """One query per job asked for: `jobs` returns at most 100."""
+    job_id = uuid.UUID(job["job_id"])
+    return await core.read_delivery(info.context.services.pool, job_id, job["lines_valid"])
+
+
+async def resolve_events(job: dict, info, first: int, afterLine: int,
+                         filter: dict | None = None) -> dict:
+    """A page of the job's events from ClickHouse (GET /api/v1/jobs/{id}/events)."""
+    first = bounded("first", first, EVENTS_FIRST)
+    after = bounded("afterLine", afterLine, (0, 2**62))
+    events = await explore_read(info.context.services.explorer.events(
+        uuid.UUID(job["job_id"]), event_filters(filter), after_line=after, limit=first + 1))
+    return {"items": [event_node(e) for e in events[:first]],
+            "next_after_line": events[first - 1]["line_no"] if len(events) > first else None}
+
+
+async def resolve_histogram(job: dict, info, filter: dict | None = None,
+                            intervalS: int | None = None) -> dict:
+    """The job's events by level over time (GET /api/v1/jobs/{id}/histogram)."""
+    if intervalS is not None:
+        bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
+    histogram = await explore_read(info.context.services.explorer.histogram(
+        uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
+    return {**histogram, "buckets": [
+        {"start": b["start"], "counts": [{"level": level.upper(), "events": n}
+                                         for level, n in b["counts"].items()]}
+        for b in histogram["buckets"]]}
+
+
+def event_filters(filter: dict | None) -> explore.EventFilters:
+    """The GraphQL EventFilter, checked as the REST routes' query parameters are."""
+    filter = filter or {}
+    try:
+        return explore.checked_filters(
+            levels=[level.lower() for level in filter.get("levels") or ()],
+            services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
+            environments=filter.get("environments") or (), since=filter.get("from"),
+            until=filter.get("to"), text=filter.get("text") or "")
+    except explore.InvalidFilter as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+
+
+async def explore_read(read: Awaitable[Any]) -> Any:
+    try:
+        return await read
+    except explore.InvalidFilter as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+    except explore.Unavailable as exc:
+        log.warning("explore.clickhouse_unavailable", error=str(exc))
+        raise GraphQLError("ClickHouse, where events are read, cannot answer now; retry later",
+                           extensions={"code": "UNAVAILABLE"}) from None
+
+
+def event_node(event: dict) -> dict:
+    return {**event, "id": event["event_id"], "level": event["level"].upper(),
+            "context": json.dumps(event["context"])}
+
+
 def resolve_formats(job: dict, _info) -> list[dict]:
     return [{"name": name, "lines": lines} for name, lines in job["formats"].items()]
 
@@ -460,6 +522,9 @@ def load_schema() -> GraphQLSchema:
     job["id"].resolve = lambda job, _info: job["job_id"]
     job["formats"].resolve = resolve_formats
     job["errors"].resolve = resolve_errors
+    job["delivery"].resolve = resolve_delivery
+    job["events"].resolve = resolve_events
+    job["histogram"].resolve = resolve_histogram
     schema.subscription_type.fields["job"].subscribe = subscribe_job
     schema.subscription_type.fields["job"].resolve = resolve_subscribed_job
     return schema

@@ -316,3 +316,12 @@ ORDER BY name;
 
 -- name: delete_log_format --
 DELETE FROM log_formats WHERE owner = %(owner)s AND name = %(name)s RETURNING name;
+
+-- name: job_delivery --
+-- The job's line events still waiting in the outbox, and those ClickHouse refused (by the
+-- outbox_*_job_id_idx indexes). Line events have a line_no; lifecycle events do not.
+SELECT
+    (SELECT count(*) FROM outbox WHERE event_context ->> 'job_id' = %(job_id)s::text
+       AND event_context ? 'line_no') AS waiting,
+    (SELECT count(*) FROM outbox_dead WHERE event_context ->> 'job_id' = %(job_id)s::text
+       AND event_context ? 'line_no') AS dead;

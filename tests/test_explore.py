@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import uuid
 from urllib.parse import parse_qsl, urlsplit
 
@@ -266,7 +267,8 @@ def test_an_event_log_from_before_job_id_is_upgraded_in_place(settings):
 
 async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_client, make_token,
                                                      start_process):
-    """The sample file through the worker and the relay: its events are its valid lines, as
+    """The sample file through the worker and then the relay: the job says where its events
+    stand (all waiting, then all delivered), and they read back as its valid lines, as
     Postgres holds them."""
     from conftest import wait_for
     from test_api import upload
@@ -274,17 +276,57 @@ async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_clien
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     job = await (await upload(client, (core.ROOT / "examples" / "sample.jsonl").read_bytes(),
                               "sample.jsonl")).json()
+    job_url = f"/api/v1/jobs/{job['job_id']}"
     start_process("worker.py")
-    start_process("relay.py")
-    url = f"/api/v1/jobs/{job['job_id']}/events?limit=1000"
     await asyncio.to_thread(wait_for, lambda: db.execute(
-        "SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0 and db.execute(
-        "SELECT status FROM jobs").fetchone()["status"] == "completed", 60,
-        what="the job processed and delivered")
-    events = await all_pages(client, url)
+        "SELECT status FROM jobs").fetchone()["status"] == "completed", 60, what="the job")
+    waiting = await (await client.get(job_url)).json()
+    assert waiting["delivery"] == {"delivered": 0, "waiting": 280, "dead": 0}
+
+    start_process("relay.py")
+    await asyncio.to_thread(wait_for, lambda: db.execute(
+        "SELECT count(*) AS n FROM outbox").fetchone()["n"] == 0, 60, what="the events delivered")
+    delivered = await (await client.get(job_url)).json()
+    assert delivered["delivery"] == {"delivered": 280, "waiting": 0, "dead": 0}
+    events = await all_pages(client, f"{job_url}/events?limit=1000")
     entries = db.execute("SELECT line_no, level, service, message FROM log_entries "
                          "ORDER BY line_no").fetchall()
     assert [(e["line_no"], e["level"], e["service"], e["message"]) for e in events] == [
         (e["line_no"], e["level"], e["service"], e["message"]) for e in entries]
-    histogram = await (await client.get(f"/api/v1/jobs/{job['job_id']}/histogram")).json()
+    histogram = await (await client.get(f"{job_url}/histogram")).json()
     assert histogram["events"] == len(entries) == 280
+
+
+async def test_graphql_reads_the_same_events_and_histogram(alice, job):
+    """Job.events and Job.histogram are the REST answers, through the same reads."""
+    from test_graphql import gql
+
+    job_id, _ = job
+    body = await gql(alice, """query Explore($id: ID!) {
+        job(id: $id) {
+          events(first: 3, afterLine: 10, filter: {levels: [ERROR, CRITICAL], text: "order"}) {
+            items { id eventType timestamp environment level service message context lineNo }
+            nextAfterLine }
+          histogram(filter: {levels: [ERROR]}, intervalS: 600) {
+            intervalS events buckets { start counts { level events } } } } }""",
+                     {"id": str(job_id)})
+    assert "errors" not in body, body
+    data = body["data"]["job"]
+    rest = await (await alice.get(f"/api/v1/jobs/{job_id}/events?limit=3&after_line=10"
+                                  "&level=error&level=critical&q=order")).json()
+    assert [{"event_id": e["id"], "event_type": e["eventType"], "timestamp": e["timestamp"],
+             "environment": e["environment"], "level": e["level"].lower(),
+             "service": e["service"], "message": e["message"],
+             "context": json.loads(e["context"]), "line_no": e["lineNo"]}
+            for e in data["events"]["items"]] == rest["events"]
+    assert data["events"]["nextAfterLine"] == rest["events"][-1]["line_no"]
+    histogram = await (await alice.get(f"/api/v1/jobs/{job_id}/histogram?level=error"
+                                       "&interval=600")).json()
+    assert data["histogram"] == {
+        "intervalS": 600, "events": histogram["events"],
+        "buckets": [{"start": b["start"], "counts": [{"level": level.upper(), "events": n}
+                                                     for level, n in b["counts"].items()]}
+                    for b in histogram["buckets"]]}
+    bad = await gql(alice, 'query($id: ID!) { job(id: $id) { events(filter: {from: "soon"}) '
+                           '{ nextAfterLine } } }', {"id": str(job_id)})
+    assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
