@@ -333,16 +333,18 @@ def connect_clickhouse(url: str):
 
 def ensure_event_log(ch) -> None:
     """CREATE TABLE IF NOT EXISTS event_log (sql/clickhouse/event_log.sql); a table made
-    before it had `job_id` is upgraded (event_log_upgrade.sql)."""
+    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql)."""
     ch.command(EVENT_LOG_DDL_PATH.read_text())
-    if not ch.command(HAS_JOB_ID):
+    if ch.command(EXPLORE_COLUMNS_FOUND) < len(EXPLORE_COLUMNS):
         log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
         for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
             ch.command(statement)
 
 
-HAS_JOB_ID = (f"SELECT count() FROM system.columns WHERE database = currentDatabase() "
-              f"AND table = '{EVENT_LOG_TABLE}' AND name = 'job_id'")
+EXPLORE_COLUMNS = ("job_id", "line_no", "level", "service")
+EXPLORE_COLUMNS_FOUND = (
+    f"SELECT count() FROM system.columns WHERE database = currentDatabase() "
+    f"AND table = '{EVENT_LOG_TABLE}' AND name IN {EXPLORE_COLUMNS!r}")
 
 
 def sql_statements(text: str) -> list[str]:
