@@ -17,7 +17,9 @@ What it does:
  2. uploads it as multipart/form-data (field `file`, streamed from disk) to
     POST {--url}/api/v1/files/upload and polls GET /api/v1/jobs/{id} until it is done;
  3. prints the upload time, and end-to-end valid lines/s: valid lines / (seconds from the
-    start of the upload to the job's completed_at);
+    start of the upload to the job's completed_at); then waits until the job's events are all
+    in ClickHouse (GET /api/v1/jobs/{id}: `delivery`) and prints that figure too (upload start
+    -> the last event in event_log), with its share of the Postgres-side rate;
  4. prints the worker's peak RSS (VmHWM of /proc/PID/status; the peak is reset through
     /proc/PID/clear_refs before the upload when permitted) and the API's VmRSS before and
     after the upload. PIDs come from --worker-pid / --api-pid, else from a scan of /proc for
@@ -169,8 +171,26 @@ async def upload_and_wait(url: str, path: Path, timeout: float, token: str) -> d
                 last_print = time.perf_counter()
                 print(f"  {job['status']}: {job['lines_processed']:,}/{job['lines_total']:,} lines")
         observed_s = time.perf_counter() - started
+        delivered_s = await wait_delivered(session, f"{url}/api/v1/jobs/{job_id}", job,
+                                           started, deadline)
     return {"job": job, "upload_s": upload_s, "observed_s": observed_s,
-            "started_wall": started_wall}
+            "started_wall": started_wall, "delivered_s": delivered_s}
+
+
+async def wait_delivered(session, job_url: str, job: dict, started: float,
+                         deadline: float) -> float | None:
+    """Seconds from the upload's start until the job's last line event is in ClickHouse (the
+    job's `delivery`, polled every 0.2 s), or None for a job that did not complete."""
+    if job["status"] != "completed":
+        return None
+    while True:
+        async with session.get(job_url) as resp:
+            delivery = (await resp.json())["delivery"]
+        if delivery["delivered"] + delivery["dead"] >= job["lines_valid"]:
+            return time.perf_counter() - started
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"events not delivered in time: {delivery}")
+        await asyncio.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- report
@@ -196,6 +216,11 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
         e2e_s = result["observed_s"]
     print(f"end to end      {e2e_s:8.2f} s   -> {job['lines_valid'] / e2e_s:,.0f} valid lines/s "
           f"(upload start -> completed_at)")
+    if result["delivered_s"]:
+        ch_s = result["delivered_s"]
+        print(f"to ClickHouse   {ch_s:8.2f} s   -> {job['lines_valid'] / ch_s:,.0f} valid lines/s "
+              f"(upload start -> the last event in event_log; {e2e_s / ch_s:.0%} of the "
+              "Postgres-side rate)")
     if job["started_at"]:
         work_s = completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
         if work_s > 0:
