@@ -1,5 +1,5 @@
 // Event Horizon's page: ask for an API token, upload a file, then watch its job live over the
-// WebSocket. The token lives in this tab's sessionStorage only: never a cookie (another site
+// WebSocket; a card's "Events" opens the explore view (explore.js). The token lives in this tab's sessionStorage only: never a cookie (another site
 // could make the browser send one), never localStorage (it would outlive the tab), never a URL.
 "use strict";
 
@@ -93,6 +93,7 @@ function closeWorkspace() {
   for (const card of cards.values()) stopFollowing(card);
   cards.clear();
   jobsBox.replaceChildren(noJobsNote.cloneNode(true));
+  globalThis.Explore?.close();
   formatSelect.replaceChildren(autoOption.cloneNode(true));
   input.value = "";
   pick(undefined);
@@ -212,9 +213,10 @@ function showJob(job, isNew) {
     el.dataset.jobId = job.job_id;
     jobsBox.querySelector(".muted")?.remove();
     jobsBox.prepend(el);
-    card = { jobId: job.job_id, el, ws: null, samples: [], errorsShown: false, gone: false };
+    card = { jobId: job.job_id, el, job, ws: null, samples: [], errorsShown: false, gone: false };
     cards.set(job.job_id, card);
     wireDelete(card);
+    el.querySelector(".events").addEventListener("click", () => globalThis.Explore?.open(card.job));
   }
   render(card, job);
   if (!isFinal(job)) watch(card);
@@ -255,6 +257,7 @@ async function rewatch(card, delay) {
 
 function render(card, job) {
   const el = card.el;
+  card.job = job;
   if (el.dataset.status !== job.status) showDeleteProblem(card, "");
   el.dataset.status = job.status;
   el.querySelector(".name").textContent = job.file_name;
@@ -265,13 +268,14 @@ function render(card, job) {
   el.querySelector(".invalid").textContent = fmt(job.lines_invalid);
   el.querySelector(".error").textContent = job.status === "failed" ? job.error || "failed" : "";
   // A worker holds a job while processing it, and the API refuses (409) to delete it then.
-  el.querySelector(".actions").hidden = job.status === "processing";
+  el.querySelector(".deleting").hidden = job.status === "processing";
   if (job.status === "processing") askToDelete(card, false);
   updateSpeed(card, job);
   if (isFinal(job) && job.lines_invalid > 0 && !card.errorsShown) {
     card.errorsShown = true;
     showErrors(card);
   }
+  globalThis.Explore?.jobUpdated(job); // the open view follows its job's events as they arrive
 }
 
 function updateSpeed(card, job) {
@@ -323,6 +327,7 @@ async function showErrors(card, delay = 500) {
 
 function removeCard(card) {
   stopFollowing(card);
+  globalThis.Explore?.jobGone(card.jobId);
   card.el.remove();
   cards.delete(card.jobId);
   if (!cards.size) jobsBox.replaceChildren(noJobsNote.cloneNode(true));

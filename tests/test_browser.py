@@ -14,11 +14,13 @@ Screenshots are saved under test-artifacts/ at the project root (gitignored).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -512,6 +514,153 @@ def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(page, api_url
         assert response.status == 204
     expect(card).to_have_count(0)
     expect(page.locator("#jobs")).to_have_text("No jobs yet.")
+
+
+# --------------------------------------------------------------------------- exploring
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+EXPLORE_PAGE = 50  # the view's page size (static/explore.js)
+CHART_BARS = """bars => bars.map(bar => ({start: bar.dataset.start, ...Object.fromEntries(
+  ["debug", "info", "warning", "error", "critical"].map(l => [l, Number(bar.dataset[l])]))}))"""
+
+
+def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_url, start_process,
+                                                                    make_token):
+    """A card opens its job's events: the chart's bars and the table are the API's histogram
+    and events page; a level filter, a bar (its bucket becomes from/to), Reset and paging each
+    change both to the API's answer for the same filters."""
+    start_process("worker.py")
+    start_process("relay.py")
+    token = make_token("alice")
+    card = upload_the_sample_to_completion(page, api_url, token)
+    base = f"{api_url}/api/v1/jobs/{card.get_attribute('data-job-id')}"
+    card.locator(".events").click()
+    view = page.locator("#explore")
+    expect(view).to_be_visible()
+    expect(view.locator("h2")).to_have_text("Events of sample.jsonl")
+    # The relay delivers the events shortly after the job completes: the view follows until
+    # ClickHouse holds every valid line's event.
+    expect(page.locator("#chart svg")).to_have_attribute("data-events", str(SAMPLE_VALID),
+                                                         timeout=60_000)
+    expect(view).to_have_attribute("data-live", "false")
+    expect(page.locator("#explore-live")).to_be_hidden()
+    histogram, first = expect_the_view_to_match_the_api(page, base, token, "")
+    assert len(histogram["buckets"]) > 1 and first["next"]
+    expect(page.locator("#events-prev")).to_be_disabled()
+
+    page.check("#explore-filters input[name=level][value=error]")
+    page.click("#explore-apply")
+    histogram, _ = expect_the_view_to_match_the_api(page, base, token, "level=error")
+    assert 0 < histogram["events"] < SAMPLE_VALID
+
+    # A bar narrows the time range to its bucket: from/to fill in, the table holds its events.
+    bucket = max(histogram["buckets"], key=lambda b: sum(b["counts"].values()))
+    start = dt.datetime.fromisoformat(bucket["start"].replace("Z", "+00:00"))
+    end = start + dt.timedelta(seconds=histogram["interval_s"])
+    page.click(f"#chart .bucket[data-start='{bucket['start']}']")
+    query = urlencode([("level", "error"), ("from", bucket["start"]),
+                       ("to", end.strftime("%Y-%m-%dT%H:%M:%SZ"))])
+    _, narrowed = expect_the_view_to_match_the_api(page, base, token, query)
+    assert page.eval_on_selector("#explore-filters [name=from]", "i => i.valueAsNumber") == \
+        start.timestamp() * 1000
+    assert page.eval_on_selector("#explore-filters [name=to]", "i => i.valueAsNumber") == \
+        end.timestamp() * 1000
+    assert len(narrowed["events"]) == sum(bucket["counts"].values())
+    for event in narrowed["events"]:
+        assert event["level"] == "error"
+        assert start <= dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")) < end
+
+    # Reset, then page with next (and back), keyboard on the bars.
+    page.click("#explore-reset")
+    expect(page.locator("#explore-filters [name=from]")).to_have_value("")
+    expect_the_view_to_match_the_api(page, base, token, "")
+    page.click("#events-next")
+    expect(view).to_have_attribute("data-page", "2")
+    second = get_json(f"{api_url}{first['next']}", token)
+    expect_rows(page, second)
+    assert second["events"][0]["line_no"] > first["events"][-1]["line_no"]
+    expect(page.locator("#events-prev")).to_be_enabled()
+    page.locator("#chart .bucket").first.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#chart .bucket").nth(1)).to_be_focused()
+    screenshot(page, "browser-explore.png")
+    page.click("#events-prev")
+    expect(view).to_have_attribute("data-page", "1")
+    expect_rows(page, first)
+
+
+def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: str):
+    """Once the view shows `query`'s answer: its bars are the API's histogram and its table the
+    API's first events page for the same filters; (histogram, page)."""
+    expect(page.locator("#explore")).to_have_attribute("data-query", query)
+    histogram = get_json(f"{base}/histogram?{query}", token)
+    expect(page.locator("#chart svg")).to_have_attribute("data-events", str(histogram["events"]))
+    expect(page.locator("#chart svg")).to_have_attribute("data-interval",
+                                                         str(histogram["interval_s"]))
+    assert page.eval_on_selector_all("#chart .bucket", CHART_BARS) == [
+        {"start": b["start"], **{level: b["counts"].get(level, 0) for level in LEVELS}}
+        for b in histogram["buckets"]]
+    events = get_json(f"{base}/events?limit={EXPLORE_PAGE}&{query}", token)
+    expect_rows(page, events)
+    return histogram, events
+
+
+def expect_rows(page: Page, events_page: dict) -> None:
+    rows = page.locator("#events tbody tr")
+    expect(rows.locator("td:first-child")).to_have_text(
+        [str(e["line_no"]) for e in events_page["events"]])
+    expect(rows.locator("td:last-child")).to_have_text([e["message"] for e in events_page["events"]])
+    expect(rows.locator("td:nth-child(3)")).to_have_text([e["level"] for e in events_page["events"]])
+
+
+def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, start_process,
+                                                                make_token):
+    """Opened while the job is processing, the view refreshes as batches are delivered (the
+    chart's count grows) and stops following once ClickHouse holds every valid line's event."""
+    start_process("worker.py", EH_LINE_DELAY_MAX_S="0.03", EH_BATCH_LINES="20")  # ~4 s a file
+    start_process("relay.py")
+    sign_in(page, api_url, make_token("alice"))
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "processing", timeout=30_000)
+    page.evaluate("""() => {
+      window.seenCounts = [];
+      new MutationObserver(() => window.seenCounts.push(
+        Number(document.querySelector("#chart svg")?.dataset.events ?? 0)))
+        .observe(document.getElementById("chart"), {childList: true});
+    }""")
+    card.locator(".events").click()
+    expect(page.locator("#explore")).to_have_attribute("data-live", "true")
+    expect(page.locator("#explore-live")).to_be_visible()
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(page.locator("#chart svg")).to_have_attribute("data-events", str(SAMPLE_VALID),
+                                                         timeout=60_000)
+    expect(page.locator("#explore")).to_have_attribute("data-live", "false")
+    seen = [n for n in page.evaluate("window.seenCounts") if n]  # 0: cleared, or none yet
+    assert seen == sorted(seen) and seen[-1] == SAMPLE_VALID, seen
+    assert len(set(seen)) > 1, f"the view drew the events once only: {seen}"
+
+
+def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, start_process,
+                                                             make_token, console_errors):
+    """ClickHouse out of reach: the two reads answer 503, and the view says so in words."""
+    url, _proc = serve_api(settings, start_process,
+                           CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
+    sign_in(page, url, make_token("alice"))
+    page.set_input_files("#file", SAMPLE)
+    page.click("#send")  # no worker: the job stays queued
+    card = page.locator("#jobs article.job")
+    expect(card).to_have_attribute("data-status", "queued")
+    card.locator(".events").click()
+    expect(page.locator("#explore-message")).to_have_text(
+        "Events cannot be read now: ClickHouse, where events are read, cannot answer now; "
+        "retry later (uploads and job status are not affected)")
+    expect(page.locator("#explore #chart")).to_be_empty()
+    expect(page.locator("#events tbody tr")).to_have_count(0)
+    expect(page.locator("#token-form")).to_be_hidden()
+    screenshot(page, "browser-explore-unavailable.png")
+    expected_errors(console_errors, "status of 503", count=2)
 
 
 # --------------------------------------------------------------------------- the policy

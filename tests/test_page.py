@@ -31,7 +31,8 @@ def csp_directives(header: str) -> dict[str, list[str]]:
     return directives
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css", "/docs",
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/explore.js",
+                                  "/static/style.css", "/docs",
                                   "/static/docs.js", "/static/docs.css", "/api/v1/openapi.json"])
 async def test_the_page_its_assets_and_the_docs_carry_the_security_headers(anonymous, path):
     response = await anonymous.get(path)
