@@ -108,12 +108,10 @@
     }
     if (state !== s || seq !== s.seq) return; // closed, or a newer read is under way
     s.loading = 0;
-    if (problem) {
-      if (problem.tokenRefused) return; // the token form is back (and this view closed)
-      clear(`Events cannot be read now: ${problem.message}`);
-    } else {
-      draw(s, histogram, page);
-    }
+    if (problem?.tokenRefused) return; // the token form is back (and this view closed)
+    view.classList.toggle("failed", Boolean(problem));
+    if (problem) clear(`Events cannot be read now: ${problem.message}`);
+    else draw(s, histogram, page);
     follow(s, problem ? undefined : histogram.events);
   }
 
@@ -180,7 +178,9 @@
 
   function draw(s, histogram, page) {
     note.textContent = "";
+    const focused = [...chart.querySelectorAll(".bucket")].indexOf(document.activeElement);
     chart.replaceChildren(histogram.buckets.length ? drawHistogram(histogram) : emptyNote(s));
+    if (focused >= 0) focusBar(view.dataset.query === s.query ? focused : 0); // keyboard users stay
     drawTable(page);
     s.next = page.next;
     prev.disabled = s.pages.length < 2;
@@ -262,10 +262,15 @@
     const moves = { ArrowLeft: -1, ArrowRight: 1, Home: -bars.length, End: bars.length };
     if (!(e.key in moves)) return;
     e.preventDefault();
-    const i = Math.max(0, Math.min(bars.length - 1, bars.indexOf(current) + moves[e.key]));
-    current.setAttribute("tabindex", "-1");
-    bars[i].setAttribute("tabindex", "0");
-    bars[i].focus();
+    focusBar(bars.indexOf(current) + moves[e.key]);
+  }
+
+  function focusBar(index) {
+    const bars = [...chart.querySelectorAll(".bucket")];
+    if (!bars.length) return;
+    const bar = bars[Math.max(0, Math.min(bars.length - 1, index))];
+    for (const other of bars) other.setAttribute("tabindex", other === bar ? "0" : "-1");
+    bar.focus();
   }
 
   function drawTable(page) {

@@ -558,8 +558,7 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     start = dt.datetime.fromisoformat(bucket["start"].replace("Z", "+00:00"))
     end = start + dt.timedelta(seconds=histogram["interval_s"])
     page.click(f"#chart .bucket[data-start='{bucket['start']}']")
-    query = urlencode([("level", "error"), ("from", bucket["start"]),
-                       ("to", end.strftime("%Y-%m-%dT%H:%M:%SZ"))])
+    query = urlencode([("level", "error"), ("from", rfc3339(start)), ("to", rfc3339(end))])
     _, narrowed = expect_the_view_to_match_the_api(page, base, token, query)
     assert page.eval_on_selector("#explore-filters [name=from]", "i => i.valueAsNumber") == \
         start.timestamp() * 1000
@@ -573,7 +572,7 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     # Reset, then page with next (and back), keyboard on the bars.
     page.click("#explore-reset")
     expect(page.locator("#explore-filters [name=from]")).to_have_value("")
-    expect_the_view_to_match_the_api(page, base, token, "")
+    full, _ = expect_the_view_to_match_the_api(page, base, token, "")
     page.click("#events-next")
     expect(view).to_have_attribute("data-page", "2")
     second = get_json(f"{api_url}{first['next']}", token)
@@ -587,6 +586,19 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     page.click("#events-prev")
     expect(view).to_have_attribute("data-page", "1")
     expect_rows(page, first)
+
+    # The keyboard picks a bar as a click does, and keeps the focus on the chart.
+    page.locator("#chart .bucket").first.focus()
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")
+    last = dt.datetime.fromisoformat(full["buckets"][-1]["start"].replace("Z", "+00:00"))
+    expect(view).to_have_attribute("data-query", urlencode([
+        ("from", rfc3339(last)), ("to", rfc3339(last + dt.timedelta(seconds=full["interval_s"])))]))
+    expect(page.locator("#chart .bucket").first).to_be_focused()
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: str):
