@@ -133,7 +133,9 @@
     if (s.again) { s.again = false; schedule(); return; }
     if (!isFinal(s.job) || s.settled) { setLive(!s.settled); return; }
     s.reads += 1;
-    s.stable = events !== undefined && events === s.lastEvents ? s.stable + 1 : 0;
+    // None yet of a job with valid lines is the relay still to come, not a count holding still.
+    const none = !s.query && events === 0 && s.job.lines_valid > 0;
+    s.stable = events !== undefined && events === s.lastEvents && !none ? s.stable + 1 : 0;
     s.lastEvents = events;
     s.settled = events === s.job.lines_valid || s.stable >= STABLE_READS - 1
       || s.reads >= MAX_SETTLE_READS;

@@ -278,6 +278,7 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
                                                     make_token):
     """A file name and a reason with no spaces wrap instead of widening a phone-sized page."""
     start_process("worker.py")
+    start_process("relay.py")
     long_file = tmp_path / f"{'checkout_service_' * 8}2026-11-23.jsonl"
     entry = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
              "event_type": "order.created", "message": "order created"}
@@ -292,6 +293,8 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
     expect(card.locator(".invalid")).to_have_text("1")
     card.locator("details.errors summary").click()
     expect(card.locator("details.errors tbody tr td:last-child")).to_contain_text("x" * 100)
+    card.locator(".events").click()  # and so does the explore view, chart, filters and table
+    expect(page.locator("#chart svg")).to_have_attribute("data-events", "1", timeout=60_000)
     card.locator(".delete").click()  # the confirm step fits too
     expect(card.locator(".confirm")).to_be_visible()
     screenshot(page, "browser-narrow.png")
