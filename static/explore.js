@@ -57,6 +57,7 @@
     if (state) clearTimeout(state.timer);
     state = null;
     view.hidden = true;
+    view.classList.remove("failed");
     for (const key of ["jobId", "query", "page", "live"]) delete view.dataset[key];
     filters.reset();
     clear("");
@@ -110,7 +111,7 @@
     s.loading = 0;
     if (problem?.tokenRefused) return; // the token form is back (and this view closed)
     view.classList.toggle("failed", Boolean(problem));
-    if (problem) clear(`Events cannot be read now: ${problem.message}`);
+    if (problem) clear(`${problem.refused ? "Events not read" : "Events cannot be read now"}: ${problem.message}`);
     else draw(s, histogram, page);
     follow(s, problem ? undefined : histogram.events);
   }
@@ -123,7 +124,9 @@
       throw new Error("the server could not be reached");
     }
     if (response.status === 401) throw Object.assign(new Error("token refused"), { tokenRefused: true });
-    if (!response.ok) throw new Error(await problemDetail(response));
+    // A 4xx but 401 is the request's own fault (a filter the API refuses, say): no use retrying.
+    const refused = response.status >= 400 && response.status < 500;
+    if (!response.ok) throw Object.assign(new Error(await problemDetail(response)), { refused });
     return response.json();
   }
 

@@ -659,7 +659,8 @@ def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, s
 
 def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, start_process,
                                                              make_token, console_errors):
-    """ClickHouse out of reach: the two reads answer 503, and the view says so in words."""
+    """ClickHouse out of reach: the two reads answer 503, and the view says so in words; as it
+    does a filter the API refuses."""
     url, _proc = serve_api(settings, start_process,
                            CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
     sign_in(page, url, make_token("alice"))
@@ -676,6 +677,14 @@ def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, sta
     expect(page.locator("#token-form")).to_be_hidden()
     screenshot(page, "browser-explore-unavailable.png")
     expected_errors(console_errors, "status of 503", count=2)
+
+    # A filter the API refuses (422) is said as plainly.
+    page.fill("#explore-filters [name=from]", "2026-11-21T00:00:00")
+    page.fill("#explore-filters [name=to]", "2026-11-20T00:00:00")
+    page.click("#explore-apply")
+    expect(page.locator("#explore-message")).to_have_text(
+        "Events not read: from must be earlier than to")
+    expected_errors(console_errors, "status of 422", count=2)
 
 
 # --------------------------------------------------------------------------- the policy
