@@ -101,12 +101,10 @@
     s.loading = seq;
     s.lastRefresh = performance.now();
     const histogramUrl = `/api/v1/jobs/${s.job.job_id}/histogram${s.query ? `?${s.query}` : ""}`;
-    let histogram, page, problem = null;
-    try {
-      [histogram, page] = await Promise.all([read(histogramUrl), read(s.pages.at(-1))]);
-    } catch (err) {
-      problem = err;
-    }
+    // Both answers, whatever the first: the view changes once, when both are in.
+    const results = await Promise.allSettled([read(histogramUrl), read(s.pages.at(-1))]);
+    const problem = results.find((r) => r.status === "rejected")?.reason;
+    const [histogram, page] = results.map((r) => r.value);
     if (state !== s || seq !== s.seq) return; // closed, or a newer read is under way
     s.loading = 0;
     if (problem?.tokenRefused) return; // the token form is back (and this view closed)
