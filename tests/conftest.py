@@ -7,6 +7,7 @@ its own S3 bucket and its own ClickHouse database, so tests and runs never see e
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -17,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -45,7 +48,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_TIMEOUT_S = 600
 
 
+# The fixtures that reach a service; every fixture that needs one (db, settings, make_token,
+# start_process, …) depends on one of these, so a test's closure of fixtures says it all.
+SERVICE_FIXTURES = frozenset({"template_database", "amqp_queue", "s3_server", "clickhouse_server"})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "services: needs Postgres, RabbitMQ, S3 or ClickHouse "
+                            "(set from the fixtures a test uses)")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)  # `-m "not services"`: the fast tier
     if config.getoption("timeout", None) is None and "PYTEST_TIMEOUT" not in os.environ:
         for item in items:
             if item.get_closest_marker("timeout") is None:
@@ -362,11 +378,6 @@ def start_process(settings, tmp_path):
 FIXED_SEED_IN_CI = 20261130
 
 
-def in_ci() -> bool:
-    """CI=true, as `.ci/run` sets."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
 def _seed(*, fixed_in_ci: bool) -> int:
     chosen = _base_settings().test_seed or (
         FIXED_SEED_IN_CI if fixed_in_ci and in_ci() else random.SystemRandom().randrange(1, 2**32))
@@ -422,3 +433,48 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    """wait_for in a thread, so the event loop (and a server on it) keeps running."""
+    return await asyncio.to_thread(wait_for, predicate, timeout=timeout, what=what)
+
+
+# --------------------------------------------------------------------------- content and rows
+
+
+def jsonl(*objs) -> bytes:
+    """A file of JSON lines, one per object."""
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def job_row(db, job_id) -> dict:
+    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+
+
+# --------------------------------------------------------------------------- the API as a process
+
+
+def serve_api(settings: core.Settings, start_process, **env: str):
+    """Start `python eventhorizon.py` (the real server, its own event loop) on the test's
+    port; (its URL, its process) once it answers /healthz. An API that exits fails the test."""
+    proc = start_process("eventhorizon.py", **env)
+    url = f"http://127.0.0.1:{settings.http_port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.log_path.read_text(errors="replace")[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_for(answers, timeout=30, what="eventhorizon.py to answer /healthz")
+    return url, proc
+
+
+@pytest.fixture
+def api_url(settings, start_process) -> str:
+    """The API served by `python eventhorizon.py` on the test's port, once it answers."""
+    url, _proc = serve_api(settings, start_process)
+    return url

@@ -21,7 +21,7 @@ import structlog
 import core
 import eventhorizon
 import uploads
-from conftest import bearer, logged_events, wait_for
+from conftest import bearer, logged_events, serve_api, wait_until
 from test_api import (VALID, assert_problem, file_part, job_count, jsonl, multipart_uploads,
                       post_multipart, queued_messages, stored_keys)
 
@@ -40,18 +40,8 @@ async def client(settings, aiohttp_client, make_token):
 
 
 async def start_api(start_process, settings, **env: str):
-    """`python eventhorizon.py` as its own process (its own event loop, the real server),
-    listening on this test's port; returns the process."""
-    api = start_process("eventhorizon.py", **env)
-
-    def listening():
-        assert api.poll() is None, api.log_path.read_text()[-3000:]
-        try:
-            return asyncio.run(healthz_status(settings.http_port)) == 200
-        except OSError:
-            return False
-
-    await asyncio.to_thread(wait_for, listening, timeout=30, what="the API to listen")
+    """`python eventhorizon.py` as its own process, answering on this test's port."""
+    _url, api = await asyncio.to_thread(serve_api, settings, start_process, **env)
     return api
 
 
@@ -116,11 +106,6 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
-
-
-async def wait_until(predicate, timeout: float, what: str):
-    """wait_for in a thread, so the event loop (and a server on it) keeps running."""
-    return await asyncio.to_thread(wait_for, predicate, timeout=timeout, what=what)
 
 
 def assert_nothing_kept(settings, db) -> None:

@@ -24,14 +24,10 @@ import auth
 import core
 import eventhorizon
 import worker
-from conftest import bearer, logged_events, wait_for
+from conftest import bearer, job_row, jsonl, logged_events, serve_api, wait_for
 
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
-
-
-def jsonl(*objs) -> bytes:
-    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
 @pytest.fixture
@@ -552,26 +548,11 @@ async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token
     assert uuid.UUID(line["job_id"])
 
 
-async def wait_until_serving(session: aiohttp.ClientSession, base: str) -> None:
-    """Wait for a started `eventhorizon.py` to answer /healthz."""
-    for _ in range(300):
-        try:
-            async with session.get(f"{base}/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} did not start serving")
-
-
 async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server(
         settings, start_process, make_token):
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
-    api = start_process("eventhorizon.py")
-    async with aiohttp.ClientSession() as session:
-        await wait_until_serving(session, f"http://127.0.0.1:{settings.http_port}")
+    _url, api = await asyncio.to_thread(serve_api, settings, start_process)
     await abandon_an_upload("127.0.0.1", settings.http_port, make_token())
     uploads_logged = await asyncio.to_thread(wait_for, lambda: [
         e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
@@ -851,10 +832,6 @@ def notify(db, states) -> None:
             for s in states])
 
 
-def job_row(db, job_id: str) -> dict:
-    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
-
-
 def batches(row: dict, lines: list[int]) -> list[dict]:
     """The job rows a worker would commit: processing, then one per batch ending at each of
     `lines`."""
@@ -1054,10 +1031,8 @@ def close_code_of(frames: bytes) -> int | None:
 
 async def test_websockets_are_closed_1001_when_the_server_stops(settings, start_process,
                                                                make_token):
-    api = start_process("eventhorizon.py")
-    base = f"http://127.0.0.1:{settings.http_port}"
+    base, api = await asyncio.to_thread(serve_api, settings, start_process)
     async with aiohttp.ClientSession(headers=bearer(make_token())) as session:
-        await wait_until_serving(session, base)
         form = aiohttp.FormData()
         form.add_field("file", io.BytesIO(jsonl(VALID)), filename="app.jsonl")
         async with session.post(f"{base}/api/v1/files/upload", data=form) as response:

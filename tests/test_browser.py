@@ -27,7 +27,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 import core
-from conftest import ROOT, bearer, in_ci
+from conftest import ROOT, bearer, in_ci, serve_api
 from test_formats import MYAPP, MYAPP_LINE
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -97,33 +97,6 @@ def open_page(browser, console_errors, start_process):
 @pytest.fixture
 def page(open_page) -> Page:
     return open_page()
-
-
-@pytest.fixture
-def api_url(settings, start_process) -> str:
-    """The API served by `python eventhorizon.py` on the test's port, once it answers."""
-    url, _proc = serve_api(settings, start_process)
-    return url
-
-
-def serve_api(settings, start_process, **env: str):
-    """Start `python eventhorizon.py`; (its URL, its process) once it answers /healthz."""
-    proc = start_process("eventhorizon.py", **env)
-    url = f"http://127.0.0.1:{settings.http_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return url, proc
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"eventhorizon.py exited with {proc.returncode}: "
-                        f"{proc.log_path.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail("eventhorizon.py did not answer /healthz within 30 s")
-        time.sleep(0.1)
 
 
 def get_json(url: str, token: str) -> dict:

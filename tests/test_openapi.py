@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 import core
 import eventhorizon
-from conftest import bearer, wait_for
+from conftest import bearer
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -164,23 +164,6 @@ def jsonl_contents() -> st.SearchStrategy[bytes]:
     lines = st.lists(line, max_size=8).map("\n".join).map(str.encode)
     return st.binary(max_size=300) | lines | st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]),
                                                          lines).map(b"".join)
-
-
-@pytest.fixture
-def api_url(settings, start_process):
-    """eventhorizon.py running as its own process on this test's port."""
-    proc = start_process("eventhorizon.py")
-    url = f"http://127.0.0.1:{settings.http_port}"
-
-    def up():
-        assert proc.poll() is None, proc.log_path.read_text()[-3000:]
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(up, timeout=30, what="the API to listen")
-    return url
 
 
 def test_fuzz_every_operation(api_url, make_token, fuzz_seed):

@@ -19,14 +19,10 @@ from psycopg.types.json import Jsonb
 import core
 import lines
 import worker
-from conftest import wait_for
+from conftest import job_row, jsonl, wait_for
 
 VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
-
-
-def jsonl(*objs) -> bytes:
-    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
 def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
@@ -51,10 +47,6 @@ def make_job(settings, db, content: bytes, *, store: bool = True, format: str = 
 def run(settings, job_id, stop=None) -> str:
     with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
         return worker.process_job(conn, core.s3_client(settings), settings, job_id, stop)
-
-
-def job_row(db, job_id) -> dict:
-    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
 
 
 def job_message(db, job_id) -> bytes:
