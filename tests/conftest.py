@@ -16,7 +16,9 @@ import secrets
 import signal
 import socket
 import subprocess
+import struct
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -478,3 +480,114 @@ def api_url(settings, start_process) -> str:
     """The API served by `python eventhorizon.py` on the test's port, once it answers."""
     url, _proc = serve_api(settings, start_process)
     return url
+
+
+# --------------------------------------------------------------------------- a faulty network
+
+
+class TcpProxy:
+    """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches
+    on while it runs: `hang()`: what clients send from then on is swallowed and never answered,
+    the connections left open (a server stuck mid-request); `cut_requests_over(n)`: a
+    connection that has carried more than n bytes upstream is reset (a server dying mid-body;
+    small requests still pass); `down()` / `up()`: every connection reset, new ones too."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.hanging = threading.Event()
+        self.swallowed = threading.Event()  # something sent while hanging: a request is stuck
+        self.is_down = False
+        self.cut_over: int | None = None
+        self.cuts = 0
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        self.hanging.set()
+
+    def cut_requests_over(self, n: int) -> None:
+        self.cut_over = n
+
+    def down(self) -> None:
+        self.is_down = True
+        with self._lock:
+            for sock in list(self._sockets):
+                _reset(sock)
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def close(self) -> None:
+        self.listener.close()
+        with self._lock:
+            for sock in list(self._sockets):
+                _reset(sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self.is_down:
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            sent = [0]  # bytes this connection carried upstream
+            threading.Thread(target=self._pump, args=(client, upstream, sent), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, sent: list[int] | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if sent is not None and self.hanging.is_set():
+                    self.swallowed.set()
+                    continue
+                if sent is not None:
+                    sent[0] += len(data)
+                    if self.cut_over is not None and sent[0] > self.cut_over:
+                        self.cuts += 1
+                        break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            _reset(sock)
+        with self._lock:
+            self._sockets -= {source, sink}
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a server that died would look; the shutdown
+    wakes a thread blocked reading it (a close alone would not)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+@pytest.fixture
+def tcp_proxy():
+    """make(target) -> a TcpProxy to `target` (host, port); all closed after the test."""
+    proxies = []
+
+    def make(target: tuple[str, int]) -> TcpProxy:
+        proxies.append(TcpProxy(target))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
