@@ -443,17 +443,31 @@ def multipart_uploads(settings) -> list[dict]:
 
 
 async def test_websocket_updates_survive_a_lost_listen_connection(client, db, start_process):
-    job = await (await upload(client, jsonl(*[VALID] * 400))).json()
+    """The API's LISTEN backend is terminated while a worker is mid-job, and the API (in this
+    test's event loop) is held from noticing until the job has completed: every notification
+    after the kill, the final one included, is lost. When the listener reconnects it re-sends
+    the job's state, so the WebSocket still ends with the final state, every state it got in
+    order and none twice. Broken (no re-send after a reconnect), this looks like: a socket
+    stuck at its last batch until the test times out."""
+    job = await (await upload(client, jsonl(*[VALID] * 2_000))).json()
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
-    assert (await ws.receive_json(timeout=5))["status"] == "queued"
+    states = [await ws.receive_json(timeout=5)]
+    assert states[0]["status"] == "queued"
+    start_process("worker.py", EH_LINE_DELAY_MAX_S="0.005", EH_BATCH_LINES="100")
+    while states[-1]["status"] == "queued":
+        states.append(await ws.receive_json(timeout=30))
+    # From here on the event loop does not run until the job is done (no await).
     killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
                         "WHERE query = 'LISTEN \"eh_job\"' AND datname = current_database()"
                         ).fetchone()["n"]
     assert killed == 1
-    start_process("worker.py", EH_LINE_DELAY_MAX_S="0.005")
-    states = await received_until_closed(ws)
-    assert states and states[-1]["status"] == "completed"
-    assert states[-1]["lines_valid"] == 400
+    assert job_row(db, job["job_id"])["status"] == "processing"  # the kill landed mid-job
+    wait_for(lambda: job_row(db, job["job_id"])["status"] == "completed", timeout=60,
+             what="the job completed while the API could not listen")
+
+    states += await received_until_closed(ws)
+    assert states[-1]["status"] == "completed" and states[-1]["lines_valid"] == 2_000
+    assert ranks(states) == sorted(set(ranks(states)))  # in order, none twice
 
 
 async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
