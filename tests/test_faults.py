@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -228,22 +227,23 @@ def test_the_same_worker_rides_out_a_storage_outage_and_then_completes_the_job(
     assert job_row(db, job_id)["error"] is None
 
 
-def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, start_process):
-    """Storage accepts the connection and never answers: the job is stuck in a read that
-    would take minutes to time out. SIGTERM still stops the worker within 10 s, and the job
-    is finished later as if the worker had crashed."""
+def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, start_process,
+                                                             tcp_proxy):
+    """Storage takes the request and never answers (a proxy swallowing it): the job is stuck in
+    a read that would take minutes to time out. SIGTERM, sent once the request is seen stuck,
+    still stops the worker within 10 s, and the job is finished later as if the worker had
+    crashed."""
     job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
-    with socket.socket() as hanging:
-        hanging.bind(("127.0.0.1", 0))
-        hanging.listen(16)  # the kernel completes connections; nobody ever reads or answers
-        stuck = start_process("worker.py",
-                              S3_ENDPOINT_URL=f"http://127.0.0.1:{hanging.getsockname()[1]}")
-        wait_for(lambda: job_row(db, job_id)["status"] == "processing", what="job claimed")
-        time.sleep(0.5)
-        stuck.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        assert stuck.wait(timeout=15) == 0
-        assert time.monotonic() - started < 10
+    s3 = urlsplit(settings.s3_endpoint_url)
+    hanging = tcp_proxy((s3.hostname, s3.port))
+    hanging.hang()
+    stuck = start_process("worker.py", S3_ENDPOINT_URL=hanging.url)
+    wait_for(lambda: job_row(db, job_id)["status"] == "processing" and hanging.swallowed.is_set(),
+             what="the job's read from storage stuck")
+    stuck.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert stuck.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
     assert logged_events(stuck, "worker.job_still_running_at_exit")
 
     start_process("worker.py")
