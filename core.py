@@ -202,6 +202,15 @@ class Settings:
         "EH_RELAY_CRASH_AFTER_INSERT", False,
         "fault injection: `relay.py` SIGKILLs itself after its first ClickHouse insert, before "
         "the Postgres commit", tests_only=True)
+    worker_stop_grace_s: float = setting(
+        "EH_WORKER_STOP_GRACE_S", 8.0,
+        "after SIGTERM, how long `worker.py` lets its job commit or abandon the batch before it "
+        "leaves as a crash would (the units stop it 2 s later); shortened by the tests so "
+        "their bound on the exit is not a 2 s margin", minimum=0.1, maximum=8.0, tests_only=True)
+    retry_later_s: float = setting(
+        "EH_RETRY_LATER_S", 10.0,
+        "how long a duplicate of a job another worker holds waits in `<queue>.retry` before it "
+        "comes back; shortened by the tests", minimum=0.1, tests_only=True)
     worker_crash_at: str = setting(
         "EH_WORKER_CRASH_AT", "",
         "fault injection: `worker.py` SIGKILLs itself at one point of a job: `before_commit:N` "

@@ -41,8 +41,9 @@ import lines
 log = structlog.get_logger("worker")
 
 FLUSH_EVERY_S = 1.0
-RETRY_LATER_S = 10.0  # how long a duplicate of a job another worker holds waits
-STOP_GRACE_S = 8.0  # after SIGTERM, how long a job may take to commit or abandon its batch
+# After SIGTERM, how long a job may take to commit or abandon its batch (EH_WORKER_STOP_GRACE_S,
+# which only the tests shorten; the systemd unit and compose stop the worker 2 s after it).
+STOP_GRACE_S = core.Settings.worker_stop_grace_s
 
 
 def main() -> int:
@@ -107,7 +108,7 @@ class Consumer:
     def stop(self, reason: str = "requested") -> None:
         if not self.stopping.is_set():
             log.info("worker.stopping", reason=reason)
-            self.stop_deadline = time.monotonic() + STOP_GRACE_S
+            self.stop_deadline = time.monotonic() + self.settings.worker_stop_grace_s
         self.stopping.set()
 
     def run(self) -> None:
@@ -165,7 +166,7 @@ class Consumer:
             self.job_backoff.reset()
         try:
             connection.add_callback_threadsafe(
-                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings.queue)
+                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings)
             )
         except pika.exceptions.AMQPError:
             # The connection is gone: the broker redelivers the message, and the checkpoint
@@ -195,7 +196,8 @@ class Consumer:
         connection.process_data_events(time_limit=0)
 
 
-def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes, queue: str) -> None:
+def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
+           settings: core.Settings) -> None:
     if not channel.is_open:
         return
     if outcome is Outcome.ACK:
@@ -203,15 +205,15 @@ def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes, queue: str
     elif outcome is Outcome.REJECT:
         channel.basic_reject(delivery_tag, requeue=False)
     elif outcome is Outcome.RETRY_LATER:
-        park_for_retry(channel, queue, body)
+        park_for_retry(channel, settings, body)
         channel.basic_ack(delivery_tag)
     else:
         channel.basic_nack(delivery_tag, requeue=True)
 
 
-def park_for_retry(channel, queue: str, body: bytes) -> None:
+def park_for_retry(channel, settings: core.Settings, body: bytes) -> None:
     """Publish a copy of the message to the retry queue, whence RabbitMQ moves it back to the
-    job queue after RETRY_LATER_S; the caller then acks the original.
+    job queue after EH_RETRY_LATER_S; the caller then acks the original.
 
     For a duplicate of a job another worker holds. Requeued at once it would come straight
     back, and held here it would keep this worker from other jobs for as long as that job
@@ -222,8 +224,9 @@ def park_for_retry(channel, queue: str, body: bytes) -> None:
     worker die between the publish and the ack, the job has one copy more, which the lock and
     the job's status absorb like any duplicate.
     """
-    channel.basic_publish("", core.retry_queue(queue), body,
-                          core.message_properties(expiration_s=RETRY_LATER_S), mandatory=True)
+    channel.basic_publish("", core.retry_queue(settings.queue), body,
+                          core.message_properties(expiration_s=settings.retry_later_s),
+                          mandatory=True)
 
 
 def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:

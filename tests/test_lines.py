@@ -138,9 +138,9 @@ def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
     text = filler * (900_000 // len(filler))
     line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
             f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}').encode()
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU, which other processes do not inflate
     lines.parse_line(line, lines.log_entry_validator())
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
 
 
 @pytest.mark.parametrize("context", [
@@ -152,9 +152,9 @@ def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
 def test_the_context_checks_are_linear_in_the_line(context):
     line = json.dumps({**VALID, "context": context}).encode()
     line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU, which other processes do not inflate
     lines.parse_line(line, lines.log_entry_validator())
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_unknown_fields_never_overwrite_the_lines_own_context():
