@@ -17,11 +17,11 @@ import pytest
 import core
 import eventhorizon
 import graphql_api
-from conftest import bearer
+from conftest import bearer, serve_api
 from test_api import (  # noqa: F401  (client and two_owners are fixtures)
     VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
     listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
-    wait_until_serving, watchers_dropped,
+    watchers_dropped,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
@@ -497,10 +497,8 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
 
 async def test_graphql_sockets_are_closed_1001_when_the_server_stops(settings, start_process,
                                                                      make_token):
-    api = start_process("eventhorizon.py")
-    base = f"http://127.0.0.1:{settings.http_port}"
+    base, api = await asyncio.to_thread(serve_api, settings, start_process)
     async with aiohttp.ClientSession(base_url=base, headers=bearer(make_token())) as session:
-        await wait_until_serving(session, base)
         job = await (await upload(session, jsonl(VALID))).json()
         idle, watching = await connect(session), await connect(session)
         for ws in (idle, watching):
