@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -183,6 +184,21 @@ class Settings:
         "relay: how long a small batch may wait to fill, from its oldest event", minimum=0)
     relay_poll_s: float = setting(
         "RELAY_POLL_S", 5.0, "relay: wake-up interval when no NOTIFY arrives", minimum=0)
+    metrics_allow: str = setting(
+        "EH_METRICS_ALLOW", "127.0.0.1/32,::1/128",
+        "comma-separated networks (CIDR) whose peers may read the API's `GET /metrics` "
+        "(no token; checked on the connection's peer address, never on a header); others get "
+        "403. In compose: the containers' network, for Prometheus")
+    metrics_host: str = setting(
+        "EH_METRICS_HOST", "127.0.0.1",
+        "where the worker and the relay serve their `/metrics` (`0.0.0.0` in compose, for "
+        "Prometheus; the API serves it on its own port)")
+    worker_metrics_port: int = setting(
+        "WORKER_METRICS_PORT", 9101, "worker: port of its `/metrics`; `0` turns it off "
+        "(several workers on one host need one port each)", minimum=0, maximum=65535)
+    relay_metrics_port: int = setting(
+        "RELAY_METRICS_PORT", 9102, "relay: port of its `/metrics`; `0` turns it off",
+        minimum=0, maximum=65535)
     log_format: str = setting(
         "LOG_FORMAT", "console" if sys.stdout.isatty() else "json",
         "`json` (one JSON object per line) or `console`",
@@ -228,6 +244,7 @@ class Settings:
         check_clickhouse_url(self.clickhouse_url)
         if self.clickhouse_read_url:
             check_clickhouse_url(self.clickhouse_read_url, "CLICKHOUSE_READ_URL")
+        parse_networks(self.metrics_allow, "EH_METRICS_ALLOW")
         if self.worker_crash_at and not WORKER_CRASH_POINT.fullmatch(self.worker_crash_at):
             raise ConfigError("EH_WORKER_CRASH_AT must be before_commit:N, after_commit:N or "
                               f"before_ack, got {self.worker_crash_at!r}")
@@ -252,6 +269,11 @@ class Settings:
         if urlsplit(self.clickhouse_read_url).password == DEV_CLICKHOUSE_PASSWORD:
             found.append("the password in CLICKHOUSE_READ_URL")
         return found
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Who may read the API's /metrics (EH_METRICS_ALLOW)."""
+        return parse_networks(self.metrics_allow, "EH_METRICS_ALLOW")
 
     @property
     def allowed_host_names(self) -> frozenset[str]:
@@ -293,6 +315,16 @@ def parse_setting(field: dataclasses.Field, raw: str) -> Any:
     if high is not None and value > high:
         raise ConfigError(f"{name} must be <= {high}, got {raw!r}")
     return value
+
+
+def parse_networks(text: str, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated networks (`10.0.0.0/8`, `::1/128`; a bare address is its /32 or /128)."""
+    try:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False)
+                     for n in text.split(",") if n.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be comma-separated networks such as 10.0.0.0/8: "
+                          f"{exc}") from None
 
 
 def parse_flag(raw: str) -> bool:

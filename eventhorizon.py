@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import json
+import math
 import re
 import sys
 import time
@@ -45,6 +46,7 @@ import formats
 import graphql_api
 import lines
 import live
+import observe
 import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
@@ -62,6 +64,7 @@ MAX_FORMATS_PER_OWNER = 100
 UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot (429, 503)
 STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
 SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
+UPLOAD_PATH = "/api/v1/files/upload"
 PLAIN_DIGITS = re.compile(r"[0-9]+")
 # The problem+json titles of uploads.UploadRefused's statuses.
 REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
@@ -276,6 +279,8 @@ async def access_log_middleware(request: web.Request, handler):
         outcome.update(status=499, aborted="cancelled: the client went away or the server stopped")
         raise
     finally:
+        if request.path == UPLOAD_PATH and request.method == "POST":
+            observe.UPLOADS.labels(str(outcome["status"])).inc()
         log.info("http.request", method=request.method, path=request.path,
                  ms=round((loop.time() - started) * 1000, 1), **outcome)
         structlog.contextvars.clear_contextvars()
@@ -460,6 +465,7 @@ async def watchers_ctx(app: web.Application):
     app[WATCHERS] = watchers
     app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app),
                                         app[EXPLORER])
+    observe.WEBSOCKETS.set_function(lambda: watchers.limits.open)
     task = asyncio.create_task(watchers.listen(), name="job-listener")
     yield
     task.cancel()
@@ -576,7 +582,36 @@ async def check_postgres(pool: AsyncConnectionPool) -> None:
         await conn.execute("SELECT 1")
 
 
-@routes.post("/api/v1/files/upload")
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus's scrape: no token, but only to peers in EH_METRICS_ALLOW (the connection's
+    own address: a header could be forged). The outbox figures are read now, by one query."""
+    if not observe.may_scrape(request.remote, request.app[SETTINGS].metrics_networks):
+        raise Problem(403, "Forbidden", "/metrics answers only to the networks in "
+                                        "EH_METRICS_ALLOW")
+    await read_outbox_gauges(request.app[POOL])
+    return web.Response(body=observe.exposition(observe.API),
+                        headers={"Content-Type": observe.CONTENT_TYPE})
+
+
+async def read_outbox_gauges(pool: AsyncConnectionPool) -> None:
+    """Set the outbox gauges from Postgres (the query of /api/v1/stats); NaN while Postgres
+    is away, so a stale figure is never shown as current."""
+    try:
+        async with pool.connection(timeout=3) as conn:
+            cur = await conn.execute(core.QUERIES["outbox_status"])
+            row = await cur.fetchone()
+    except Exception as exc:
+        if not core.is_outage(exc):
+            raise
+        log.warning("metrics.outbox_unavailable", error=str(exc))
+        row = {"backlog": math.nan, "oldest_age_s": math.nan, "dead": math.nan}
+    observe.OUTBOX_BACKLOG.set(row["backlog"])
+    observe.OUTBOX_OLDEST_AGE.set(row["oldest_age_s"])
+    observe.OUTBOX_DEAD.set(row["dead"])
+
+
+@routes.post(UPLOAD_PATH)
 async def upload(request: web.Request) -> web.Response:
     """Stream a .jsonl file to S3, record a queued job, publish it, answer 202.
 
@@ -633,6 +668,7 @@ async def receive_upload(request: web.Request) -> web.Response:
         await asyncio.shield(writer.abort())
         raise
     await publish_job(request.app, job)
+    observe.UPLOAD_BYTES.inc(inspector.size)
     body = core.job_json(job)
     log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
              lines_total=inspector.lines_total)

@@ -57,6 +57,7 @@ from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseO
 from psycopg.rows import class_row, namedtuple_row, tuple_row
 
 import core
+import observe
 from core import QUERIES
 
 log = structlog.get_logger("relay")
@@ -109,6 +110,11 @@ def main() -> int:
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     core.configure_logging(settings)
+    try:
+        observe.serve_metrics(observe.RELAY, settings, settings.relay_metrics_port)
+    except OSError as exc:
+        sys.exit(f"cannot serve metrics on {settings.metrics_host}:"
+                 f"{settings.relay_metrics_port} (RELAY_METRICS_PORT): {exc}")
     stop = Stopper()
     stop.install()
     crash = settings.relay_crash_after_insert
@@ -119,6 +125,8 @@ def main() -> int:
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
         fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
+        metrics=f"{settings.metrics_host}:{settings.relay_metrics_port}"
+        if settings.relay_metrics_port else None,
     )
     try:
         run(settings, stop, after_insert=crash_after_insert if crash else None)
@@ -227,6 +235,7 @@ def run(settings: core.Settings, stop: Stopper, *,
                 delay = backoff.next()
                 log.warning("relay.clickhouse_unavailable", error=str(exc)[: MAX_ERROR_CHARS // 3],
                             retry_in_s=delay)
+                observe.RELAY_BATCHES.labels("unavailable").inc()
                 ch = close_quietly(ch)  # reconnect: also re-creates a dropped event_log
                 stop.wait(delay)
             except psycopg.Error as exc:
@@ -458,6 +467,7 @@ def relay_once(conn, ch, settings: core.Settings, *,
 def report(delivery: Delivery, seconds: float) -> int:
     """Log a committed delivery; raise its rejection, if it was one."""
     batch = delivery.batch
+    count_delivery(delivery)
     if delivery.rejection is not None:
         raise delivery.rejection
     if delivery.dead:
@@ -470,6 +480,19 @@ def report(delivery: Delivery, seconds: float) -> int:
     log.info("relay.batch_sent", batch_id=batch.batch_id, rows=delivery.rows, bytes=delivery.nbytes,
              seconds=round(seconds, 3), lag_s=round(delivery.lag_s, 3), resent=delivery.resent)
     return delivery.rows
+
+
+def count_delivery(delivery: Delivery) -> None:
+    """The relay's metrics for a committed delivery (observe.py)."""
+    if delivery.rejection is not None:
+        observe.RELAY_BATCHES.labels("rejected").inc()
+        return
+    salvaged = delivery.dead or delivery.left
+    observe.RELAY_BATCHES.labels("salvaged" if salvaged else "sent").inc()
+    observe.RELAY_EVENTS.inc(delivery.rows)
+    observe.EVENTS_DEAD.inc(delivery.dead)
+    observe.RELAY_BATCH_ROWS.observe(delivery.rows)
+    observe.RELAY_LAG.observe(delivery.lag_s)
 
 
 def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = False,

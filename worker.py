@@ -37,6 +37,7 @@ from psycopg.types.json import Jsonb
 import core
 import formats
 import lines
+import observe
 
 log = structlog.get_logger("worker")
 
@@ -44,11 +45,13 @@ FLUSH_EVERY_S = 1.0
 # After SIGTERM, how long a job may take to commit or abandon its batch (EH_WORKER_STOP_GRACE_S,
 # which only the tests shorten; the systemd unit and compose stop the worker 2 s after it).
 STOP_GRACE_S = core.Settings.worker_stop_grace_s
+VALID_LINES, INVALID_LINES = observe.LINES.labels("valid"), observe.LINES.labels("invalid")
 
 
 def main() -> int:
     settings = core.load_settings()
     core.configure_logging(settings)
+    serve_metrics(settings)
     consumer = Consumer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: consumer.stop(signal.Signals(signum).name))
@@ -60,6 +63,17 @@ def main() -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def serve_metrics(settings: core.Settings) -> None:
+    """/metrics on EH_METRICS_HOST:WORKER_METRICS_PORT (0: none), from a daemon thread."""
+    try:
+        port = observe.serve_metrics(observe.WORKER, settings, settings.worker_metrics_port)
+    except OSError as exc:
+        sys.exit(f"cannot serve metrics on {settings.metrics_host}:"
+                 f"{settings.worker_metrics_port} (WORKER_METRICS_PORT): {exc}")
+    if port:
+        log.info("worker.metrics_serving", host=settings.metrics_host, port=port)
 
 
 # --------------------------------------------------------------------------- the consumer
@@ -271,7 +285,9 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
     except Exception as exc:
         # An outage (core.is_outage) does not count toward EH_MAX_ATTEMPTS: the job waits it out.
         log.exception("job.attempt_failed", counted=not core.is_outage(exc))
+        observe.JOBS.labels("error").inc()
         return Outcome.REQUEUE
+    observe.JOBS.labels(result.value).inc()
     return OUTCOME_OF_RUN[result]
 
 
@@ -406,8 +422,10 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
     if is_not_text(conn, job):
         raise JobFailed("the file is not UTF-8 text")
     job = complete_job(conn, settings, job.job_id)
+    seconds = time.monotonic() - started
+    observe.JOB_DURATION.observe(seconds)
     log.info("job.completed", lines=job.lines_processed, valid=job.lines_valid,
-             invalid=job.lines_invalid, seconds=round(time.monotonic() - started, 3))
+             invalid=job.lines_invalid, seconds=round(seconds, 3))
     return JobRun.COMPLETED
 
 
@@ -439,6 +457,8 @@ class Committer:
 
     def _commit(self, job: core.Job, batch: lines.LineBatch) -> core.Job:
         updated = write_batch(self.conn, job, batch, self.settings)
+        VALID_LINES.inc(len(batch.entries))  # committed: now they count
+        INVALID_LINES.inc(len(batch.errors))
         crash_if(self.settings, "after_commit", updated.lines_processed)
         return updated
 

@@ -1,0 +1,123 @@
+"""What the processes tell an operator beyond their logs: Prometheus metrics (every metric
+the project has, declared here, each in the registry of the process that moves it) and the
+worker's and the relay's metrics servers.
+
+Metric names are `eventhorizon_<thing>_<unit>`, counters end in `_total`, and labels stay
+low-cardinality: a status, a result, never a job id. A counter moves only once what it
+counts is committed, so a rolled-back batch never counts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import core
+
+# One registry per process: the API's /metrics shows the API's metrics, not zeros of the
+# worker's; and the tests, which import all three in one process, see each apart.
+API = CollectorRegistry()
+WORKER = CollectorRegistry()
+RELAY = CollectorRegistry()
+for _registry in (API, WORKER, RELAY):
+    prometheus_client.ProcessCollector(registry=_registry)  # CPU, RSS, open files
+
+# Seconds: from a fast batch to a slow 1 GiB job.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+ROWS_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000)
+
+# --------------------------------------------------------------------------- the API
+
+UPLOADS = Counter(
+    "eventhorizon_uploads", "Uploads answered, by HTTP status (202: accepted).",
+    ["status"], registry=API)
+UPLOAD_BYTES = Counter(
+    "eventhorizon_upload_bytes", "Bytes of accepted uploads (the files as stored).",
+    registry=API)
+WEBSOCKETS = Gauge(
+    "eventhorizon_websockets", "WebSockets open on this API process (/ws/jobs and /graphql).",
+    registry=API)
+OUTBOX_BACKLOG = Gauge(
+    "eventhorizon_outbox_backlog",
+    "Events in the outbox, not yet in ClickHouse (counted at each scrape).", registry=API)
+OUTBOX_OLDEST_AGE = Gauge(
+    "eventhorizon_outbox_oldest_age_seconds",
+    "Age of the oldest event in the outbox, 0 when empty (read at each scrape).", registry=API)
+OUTBOX_DEAD = Gauge(
+    "eventhorizon_outbox_dead",
+    "Events in outbox_dead: refused by ClickHouse, kept for a replay (read at each scrape).",
+    registry=API)
+
+# --------------------------------------------------------------------------- the worker
+
+LINES = Counter(
+    "eventhorizon_lines",
+    "Lines the worker stored, by result (valid: a log entry and an event; invalid: a line "
+    "error), counted at each batch's commit.", ["result"], registry=WORKER)
+JOBS = Counter(
+    "eventhorizon_jobs",
+    "Job runs ended, by how: completed, failed, skipped (finished already), busy (another "
+    "worker holds it), abandoned (stopped, resumes later), error (an attempt that raised).",
+    ["status"], registry=WORKER)
+JOB_DURATION = Histogram(
+    "eventhorizon_job_duration_seconds",
+    "Seconds a completed job's last run took (a resumed job: from its resumption).",
+    buckets=DURATION_BUCKETS, registry=WORKER)
+for _status in ("completed", "failed", "error"):
+    JOBS.labels(_status)
+for _result in ("valid", "invalid"):
+    LINES.labels(_result)
+
+# --------------------------------------------------------------------------- the relay
+
+RELAY_EVENTS = Counter(
+    "eventhorizon_relay_events", "Events the relay delivered to ClickHouse (committed).",
+    registry=RELAY)
+RELAY_BATCHES = Counter(
+    "eventhorizon_relay_batches",
+    "Batches the relay finished, by result: sent, salvaged (some events dead-lettered or "
+    "left for later), rejected (refused by ClickHouse, retried), unavailable (ClickHouse "
+    "away, retried).", ["result"], registry=RELAY)
+RELAY_BATCH_ROWS = Histogram(
+    "eventhorizon_relay_batch_rows", "Events per delivered batch.", buckets=ROWS_BUCKETS,
+    registry=RELAY)
+RELAY_LAG = Histogram(
+    "eventhorizon_relay_delivery_lag_seconds",
+    "Age of a batch's oldest event when ClickHouse acknowledged it.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600), registry=RELAY)
+EVENTS_DEAD = Counter(
+    "eventhorizon_events_dead", "Events the relay moved to outbox_dead (ClickHouse refused "
+    "them on their own).", registry=RELAY)
+for _result in ("sent", "salvaged", "rejected", "unavailable"):
+    RELAY_BATCHES.labels(_result)
+
+
+def serve_metrics(registry: CollectorRegistry, settings: core.Settings, port: int) -> int | None:
+    """Serve `registry` at http://EH_METRICS_HOST:port/metrics from a daemon thread (the
+    worker's pika loop and the relay's psycopg loop stay as they are); port 0: not at all.
+    Returns the port, or None."""
+    if not port:
+        return None
+    prometheus_client.start_http_server(port, addr=settings.metrics_host, registry=registry)
+    return port
+
+
+def may_scrape(peer: str | None, networks) -> bool:
+    """Whether a connection's peer address is in one of the networks (EH_METRICS_ALLOW)."""
+    try:
+        address = ipaddress.ip_address((peer or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus's text format."""
+    return prometheus_client.generate_latest(registry)
+
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
