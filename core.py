@@ -27,6 +27,7 @@ import psycopg
 import structlog
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from opentelemetry import propagate, trace
 from psycopg import sql
 from psycopg.rows import class_row, dict_row
 
@@ -199,6 +200,17 @@ class Settings:
     relay_metrics_port: int = setting(
         "RELAY_METRICS_PORT", 9102, "relay: port of its `/metrics`; `0` turns it off",
         minimum=0, maximum=65535)
+    otel_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "",
+        "OpenTelemetry's standard variable: traces are exported over OTLP/HTTP to "
+        "`<this>/v1/traces` (e.g. `http://127.0.0.1:4318`); empty: nothing is exported. The "
+        "SDK reads the other standard `OTEL_*` variables itself (`OTEL_SERVICE_NAME`, "
+        "`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, "
+        "`OTEL_EXPORTER_OTLP_HEADERS`, …)", shown_default="empty (off)")
+    otel_traces_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "",
+        "the full URL traces go to, instead of the one above (OpenTelemetry's standard variable)",
+        shown_default="empty (the one above)")
     log_format: str = setting(
         "LOG_FORMAT", "console" if sys.stdout.isatty() else "json",
         "`json` (one JSON object per line) or `console`",
@@ -396,6 +408,7 @@ def configure_logging(settings: Settings) -> None:
     """structlog for our code and for the stdlib loggers of aiohttp, pika and psycopg."""
     shared = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -426,6 +439,33 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # pika narrates every frame at INFO; its warnings and errors are what matter.
     logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+
+
+def add_trace_ids(_logger, _method, event_dict: dict) -> dict:
+    """structlog processor: a line logged inside a span names its trace and span, so logs and
+    traces join (ids as the OTLP exporters write them: lower-case hex)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
+# --------------------------------------------------------------------------- traces
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id, as 32 lower-case hex digits; None outside a span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span (what a message carries to continue its
+    trace elsewhere); None outside a span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
 
 
 # --------------------------------------------------------------------------- outages
@@ -542,6 +582,9 @@ class Job:
     # The custom format `format` names, as registered when the job was uploaded
     # (sql/migrations/0006_custom_formats.sql); None for a built-in format.
     format_definition: dict[str, Any] | None = None
+    # The W3C traceparent of the upload's span (sql/migrations/0008_traceparent.sql): the
+    # job's message carries it, and a re-published message carries it again.
+    traceparent: str | None = None
     first_start: bool = False
 
 
@@ -789,11 +832,14 @@ def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> E
     a job row, with `extra` context (job.deleted: deleted_by).
 
     Its id is derived from the job and the event type, so a retried step yields the same id.
+    Written inside a span, it names the span's trace (`trace_id`).
     """
     context = {"job_id": str(job.job_id), "file_name": job.file_name, "status": job.status,
                "lines_total": job.lines_total, "lines_valid": job.lines_valid,
                "lines_invalid": job.lines_invalid, "error": job.error, "owner": job.owner,
                **extra}
+    if trace_id := current_trace_id():
+        context["trace_id"] = trace_id
     return make_event(event_type, context, environment=environment,
                       event_id=uuid.uuid5(job.job_id, event_type))
 
@@ -876,14 +922,16 @@ def job_message(job: Job) -> bytes:
     ).encode()
 
 
-def message_properties(expiration_s: float | None = None):
+def message_properties(expiration_s: float | None = None, *, traceparent: str | None = None):
     """The properties of every message we publish: JSON, persistent (it survives a broker
-    restart in a durable queue), and optionally expiring after `expiration_s`."""
+    restart in a durable queue), optionally expiring after `expiration_s`, and with the W3C
+    `traceparent` header of the trace it continues, if any."""
     import pika
 
     return pika.BasicProperties(
         content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-        expiration=None if expiration_s is None else str(int(expiration_s * 1000)))
+        expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
+        headers={"traceparent": traceparent} if traceparent else None)
 
 
 def parse_job_message(body: bytes) -> uuid.UUID:

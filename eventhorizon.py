@@ -35,6 +35,7 @@ import psycopg
 import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -51,6 +52,7 @@ import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
 log = structlog.get_logger("api")
+tracer = trace.get_tracer("eventhorizon.api")
 
 READ_CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
@@ -86,6 +88,7 @@ def main(argv: list[str]) -> int:
         check_serving_settings(settings)
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
+    observe.setup_tracing(settings, "eventhorizon-api")
     web.run_app(init_app(settings), host=settings.http_host, port=settings.http_port,
                 print=None, access_log=None, shutdown_timeout=5)
     return 0
@@ -188,7 +191,9 @@ def init_app(settings: core.Settings) -> web.Application:
     # max_line_size: the longest request line the explore routes' filters can make (20 values
     # of 128 characters for each of several filters, percent-encoded), so that aiohttp does
     # not refuse one in plain text before the app can answer it.
-    app = web.Application(middlewares=[access_log_middleware, security_headers_middleware,
+    # The trace's span is outermost of all, so the access log's line carries its ids.
+    app = web.Application(middlewares=[tracing_middleware, access_log_middleware,
+                                       security_headers_middleware,
                                        problem_middleware, guard_middleware, auth_middleware],
                           handler_args={"auto_decompress": False,
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
@@ -250,6 +255,28 @@ async def problem_middleware(request: web.Request, handler):
             return problem_response(503, "Service Unavailable", "the database is unreachable")
         log.warning("http.storage_unavailable", error=str(exc))
         return problem_response(503, "Service Unavailable", "the file storage is unreachable")
+
+
+TRACED_PREFIXES = ("/api/", "/ws/", "/graphql")  # not the page, health checks or /metrics
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler):
+    """A server span for each API request, continuing the caller's trace if its request
+    carries a `traceparent`. Named by route (`POST /api/v1/files/upload`), never with the
+    query string or a header: no filter text, no token."""
+    if not request.path.startswith(TRACED_PREFIXES):
+        return await handler(request)
+    route = request.match_info.route.resource
+    name = f"{request.method} {route.canonical if route is not None else '(no route)'}"
+    with tracer.start_as_current_span(
+            name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path}) as span:
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
+        return response
 
 
 @web.middleware
@@ -656,12 +683,14 @@ async def receive_upload(request: web.Request) -> web.Response:
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)
     try:
-        while chunk := await read_chunk(part, idle_s):
-            inspector.feed(chunk)
-            await writer.write(chunk)
-        await read_to_the_closing_boundary(reader, idle_s)
-        inspector.finish()
-        await writer.close()
+        with tracer.start_as_current_span("s3.put", attributes={"s3.key": key}) as span:
+            while chunk := await read_chunk(part, idle_s):
+                inspector.feed(chunk)
+                await writer.write(chunk)
+            await read_to_the_closing_boundary(reader, idle_s)
+            inspector.finish()
+            await writer.close()
+            span.set_attribute("size_bytes", inspector.size)
         job = await create_job(request.app, job_id, file_name, inspector, key,
                                owner=principal(request).owner, options=options)
     except BaseException:
@@ -1266,26 +1295,32 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
                      inspector: uploads.UploadInspector, key: str, *, owner: str,
                      options: dict[str, str | None]) -> core.Job:
-    """The queued job row and its job.queued event, in one transaction."""
+    """The queued job row and its job.queued event, in one transaction. The row keeps the
+    upload's traceparent: the worker's span of the job continues the upload's trace."""
     settings = app[SETTINGS]
-    async with app[POOL].connection() as conn, conn.transaction():
-        job = await (await core.ajob_query(conn, "insert_job", {
-            "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
-            "bucket": settings.s3_bucket, "object_key": key,
-            "lines_total": inspector.lines_total, "owner": owner, **options,
-        })).fetchone()
-        await core.ainsert_event(conn, core.job_event("job.queued", job,
-                                                      environment=settings.environment))
+    traceparent = core.current_traceparent()  # the request's span, not job.insert's
+    with tracer.start_as_current_span("job.insert"):
+        async with app[POOL].connection() as conn, conn.transaction():
+            job = await (await core.ajob_query(conn, "insert_job", {
+                "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
+                "bucket": settings.s3_bucket, "object_key": key,
+                "lines_total": inspector.lines_total, "owner": owner, **options,
+                "traceparent": traceparent,
+            })).fetchone()
+            await core.ainsert_event(conn, core.job_event("job.queued", job,
+                                                          environment=settings.environment))
     return job
 
 
 async def publish_job(app: web.Application, job: core.Job) -> None:
     """Hand the job to the workers. The job is committed already: if this fails, the worker's
     reconciler re-publishes jobs left queued too long, so the upload is not lost."""
-    try:
-        await app[PUBLISHER].publish(core.job_message(job))
-    except BrokerUnavailable as exc:
-        log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
+    with tracer.start_as_current_span("job.publish", kind=trace.SpanKind.PRODUCER) as span:
+        try:
+            await app[PUBLISHER].publish(core.job_message(job), job.traceparent)
+        except BrokerUnavailable as exc:
+            log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
+            span.set_status(trace.StatusCode.ERROR, "the broker did not take the message")
 
 
 # --------------------------------------------------------------------------- RabbitMQ
@@ -1312,8 +1347,8 @@ class Publisher:
         self.backoff = core.Backoff(cap=5.0)
         self.next_connect = 0.0  # time.monotonic() before which no connect is tried
 
-    async def publish(self, body: bytes) -> None:
-        await self._run(self._publish, body)
+    async def publish(self, body: bytes, traceparent: str | None = None) -> None:
+        await self._run(self._publish, body, traceparent)
 
     async def is_available(self) -> bool:
         try:
@@ -1332,13 +1367,13 @@ class Publisher:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _publish(self, body: bytes) -> None:
+    def _publish(self, body: bytes, traceparent: str | None) -> None:
         for attempt in (1, 2):  # a connection idle too long may be gone: reconnect once
             channel = self._ensure_channel()
             try:
                 channel.basic_publish(
                     exchange="", routing_key=self.settings.queue, body=body, mandatory=True,
-                    properties=core.message_properties())
+                    properties=core.message_properties(traceparent=traceparent))
                 return
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 raise BrokerUnavailable(f"the broker did not accept the message: {exc!r}") from exc

@@ -94,13 +94,20 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
         yield (None if too_long else bytes(pending)), pending_size
 
 
+def trace_member(trace_id: str | None) -> str:
+    """The `"trace_id"` member of a job's line events, made once per job for add_line: the
+    id of the trace the job is part of (32 lower-case hex digits); "" when there is none."""
+    return f', "trace_id": "{trace_id}"' if trace_id else ""
+
+
 def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
-             validator, event_id: Callable[[int], str], mapping: Mapping | None = None) -> None:
+             validator, event_id: Callable[[int], str], mapping: Mapping | None = None,
+             trace: str = "") -> None:
     """Validate one line and put its result (entry + outbox event, or error) in the batch.
 
     This runs for every line of every file, so the event is built as a ready COPY row: the
     context is serialised once and spliced into the event's JSON. `mapping` is the job's log
-    format (see parse_line).
+    format (see parse_line); `trace` is the job's trace_member.
     """
     if raw is None:
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
@@ -125,7 +132,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
     event_context = (
         f'{{"job_id": "{job_id}", "line_no": {line_no}, "level": {json_str(entry["level"])}, '
         f'"service": {json_str(entry["service"])}, "message": {json_str(entry["message"])}, '
-        f'"context": {context_json}}}'
+        f'"context": {context_json}{trace}}}'
     )
     batch.events.append((event_id(line_no), entry["event_type"], entry["timestamp"],
                          entry["environment"], event_context, core.METADATA_VERSION))

@@ -1,6 +1,6 @@
 """What the processes tell an operator beyond their logs: Prometheus metrics (every metric
-the project has, declared here, each in the registry of the process that moves it) and the
-worker's and the relay's metrics servers.
+the project has, declared here, each in the registry of the process that moves it), the
+worker's and the relay's metrics servers, and OpenTelemetry's set-up (`setup_tracing`).
 
 Metric names are `eventhorizon_<thing>_<unit>`, counters end in `_total`, and labels stay
 low-cardinality: a status, a result, never a job id. A counter moves only once what it
@@ -10,8 +10,13 @@ counts is committed, so a rolled-back batch never counts.
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import prometheus_client
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import core
@@ -121,3 +126,33 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- traces
+
+
+def setup_tracing(settings: core.Settings, service: str) -> TracerProvider:
+    """Make this process's spans real: ids made and carried (in logs, events and messages)
+    always, exported over OTLP/HTTP only when an endpoint is set. `service` is
+    `eventhorizon-api`, `-worker` or `-relay`, unless OTEL_SERVICE_NAME says otherwise; the
+    SDK reads the other standard OTEL_* variables (resource attributes, sampler, batch
+    processor) itself. Spans end and are dropped when nothing exports them: a handful per
+    request, job and batch, never one per line."""
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service})
+    provider = TracerProvider(resource=resource)
+    if endpoint := traces_endpoint(settings):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def traces_endpoint(settings: core.Settings) -> str | None:
+    """Where spans go: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as it is, else
+    OTEL_EXPORTER_OTLP_ENDPOINT with the signal's path (OTLP/HTTP's rule), else nowhere."""
+    if settings.otel_traces_endpoint:
+        return settings.otel_traces_endpoint
+    if settings.otel_endpoint:
+        return settings.otel_endpoint.rstrip("/") + "/v1/traces"
+    return None

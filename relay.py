@@ -38,10 +38,12 @@ right after ClickHouse acknowledged its first batch and before the Postgres comm
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import os
+import re
 import select
 import signal
 import sys
@@ -54,6 +56,7 @@ import structlog
 from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
+from opentelemetry import trace
 from psycopg.rows import class_row, namedtuple_row, tuple_row
 
 import core
@@ -61,6 +64,7 @@ import observe
 from core import QUERIES
 
 log = structlog.get_logger("relay")
+tracer = trace.get_tracer("eventhorizon.relay")
 
 EVENT_LOG_DDL_PATH = core.SQL_DIR / "clickhouse" / "event_log.sql"
 EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
@@ -80,6 +84,9 @@ SALVAGE_MAX_REFUSALS = 64
 STOP_GRACE_S = 3.0  # a batch still running this long after SIGTERM is abandoned
 RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
 MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
+MAX_LINKS = 32  # a batch span links to at most this many traces of the events it carries
+LINK_SAMPLES = 256  # events of a batch whose trace id is read for those links
+TRACE_ID_MEMBER = re.compile(r'"trace_id": "([0-9a-f]{32})"')
 
 # ClickHouse errors that mean "this data can never be inserted", by symbolic name and code.
 # Anything else (a lost connection, a full disk, a missing table, an unknown code) is retried,
@@ -110,6 +117,7 @@ def main() -> int:
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     core.configure_logging(settings)
+    observe.setup_tracing(settings, "eventhorizon-relay")
     try:
         observe.serve_metrics(observe.RELAY, settings, settings.relay_metrics_port)
     except OSError as exc:
@@ -447,21 +455,102 @@ def relay_once(conn, ch, settings: core.Settings, *,
     batch is salvaged, and the rows ClickHouse refused on their own are in outbox_dead.
     """
     started = time.monotonic()
+    span = BatchSpan()
+    try:
+        delivery = take_and_deliver(conn, ch, settings, span, after_insert)
+    except BaseException as exc:
+        span.end(error=exc)
+        raise
+    if delivery is None:
+        return 0
+    try:
+        with span.current():  # the batch's log lines name its trace
+            return report(delivery, time.monotonic() - started)
+    finally:
+        span.end(delivery=delivery)
+
+
+def take_and_deliver(conn, ch, settings: core.Settings, span: "BatchSpan",
+                     after_insert: Callable[[list], None] | None) -> Delivery | None:
+    """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():
         batch = take_unfinished_batch(conn)
         if batch is not None:
-            delivery = deliver_batch(conn, ch, batch, batch_rows(conn, batch.ids),
-                                     resent=True, after_insert=after_insert)
-    if batch is None:
-        claimed = claim_batch(conn, settings.relay_batch_max_rows, settings.relay_batch_max_wait_s)
-        if claimed is None:
-            return 0
-        batch, rows = claimed
-        with conn.transaction():
-            if lock_batch(conn, batch.batch_id) is None:
-                return 0  # another relay took it over in the moment between; it sends it
-            delivery = deliver_batch(conn, ch, batch, rows, after_insert=after_insert)
-    return report(delivery, time.monotonic() - started)
+            rows = batch_rows(conn, batch.ids)
+            span.claimed(batch, rows, resent=True)
+            return deliver_batch(conn, ch, batch, rows, resent=True, after_insert=after_insert,
+                                 span=span)
+    claimed = claim_batch(conn, settings.relay_batch_max_rows, settings.relay_batch_max_wait_s)
+    if claimed is None:
+        return None
+    batch, rows = claimed
+    with conn.transaction():
+        if lock_batch(conn, batch.batch_id) is None:
+            return None  # another relay took it over in the moment between; it sends it
+        span.claimed(batch, rows)
+        return deliver_batch(conn, ch, batch, rows, after_insert=after_insert, span=span)
+
+
+class BatchSpan:
+    """The span of one batch, `relay.batch`, with its steps as children: `relay.claim`,
+    `relay.insert` (ClickHouse, salvage included) and `relay.finish` (the outbox rows
+    deleted or dead-lettered; the commit follows, inside relay.batch). It begins, back-dated
+    to the claim, only once a batch is found, so an idle poll records nothing. It links to
+    the traces of the events it carries (their `trace_id`, from a sample of them, at most
+    MAX_LINKS), so a batch is found from the upload's trace and the other way round."""
+
+    def __init__(self):
+        self.start_ns = time.time_ns()
+        self.span: trace.Span | None = None
+
+    def claimed(self, batch: OutboxBatch, rows: Sequence, *, resent: bool = False) -> None:
+        self.span = tracer.start_span("relay.batch", start_time=self.start_ns,
+                                      links=event_links(rows), attributes={
+                                          "batch.id": batch.batch_id, "rows": len(rows),
+                                          "resent": resent})
+        tracer.start_span("relay.claim", context=trace.set_span_in_context(self.span),
+                          start_time=self.start_ns).end()
+
+    def current(self):
+        """The batch's span made current, for what is logged about it (ended by `end`)."""
+        return trace.use_span(self.span, end_on_exit=False, record_exception=False,
+                              set_status_on_exception=False)
+
+    def step(self, name: str):
+        """A child span of the batch around one step (nothing before a batch is found)."""
+        if self.span is None:
+            return contextlib.nullcontext()
+        return tracer.start_as_current_span(name, context=trace.set_span_in_context(self.span))
+
+    def end(self, *, delivery: Delivery | None = None, error: BaseException | None = None) -> None:
+        if self.span is None:
+            return
+        if error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+        elif delivery.rejection is not None:
+            self.span.set_status(trace.StatusCode.ERROR, "ClickHouse refused the batch")
+        else:
+            self.span.set_attributes({"rows_sent": delivery.rows, "rows_dead": delivery.dead,
+                                      "rows_left": delivery.left, "lag_s": delivery.lag_s})
+        self.span.end()
+
+
+def event_links(rows: Sequence) -> list[trace.Link]:
+    """Links to the traces of a batch's events, at most MAX_LINKS, read from a sample of
+    LINK_SAMPLES of them spread evenly over the batch, so the cost stays the same however large
+    it is; a job with fewer events in the batch than one in LINK_SAMPLES may be missed. An
+    event names its trace, not a span: each link is to the trace (span id 0), and says so."""
+    found: dict[str, None] = {}
+    for row in rows[::max(1, len(rows) // LINK_SAMPLES)]:
+        match = TRACE_ID_MEMBER.search(row.event_context)
+        if match and match.group(1) not in found:
+            found[match.group(1)] = None
+            if len(found) == MAX_LINKS:
+                break
+    return [trace.Link(trace.SpanContext(int(t, 16), 0, is_remote=True),
+                       attributes={"eventhorizon.link": "the trace of events in this batch"})
+            for t in found]
 
 
 def report(delivery: Delivery, seconds: float) -> int:
@@ -496,28 +585,33 @@ def count_delivery(delivery: Delivery) -> None:
 
 
 def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = False,
-                  after_insert: Callable[[list], None] | None = None) -> Delivery:
+                  after_insert: Callable[[list], None] | None = None,
+                  span: BatchSpan | None = None) -> Delivery:
     """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
     transaction). A malformed batch is counted, or dead-lettered on its last attempt."""
+    span = span or BatchSpan()
     fetched = time.monotonic()
     approx_bytes, dead, left = 0, [], []
     if rows:
-        try:
-            approx_bytes = insert_batch(ch, rows, batch.token)
-        except Exception as exc:
-            error = refusal(exc)
-            attempts = count_refusal(conn, batch, error)
-            if attempts < DEAD_AFTER_ATTEMPTS:
-                return Delivery(batch, rejection=BatchRejected(batch.batch_id, attempts, error))
-            approx_bytes, dead, left = salvage(ch, rows, error, after_insert=after_insert)
-        else:
-            if after_insert is not None:
-                after_insert(rows)
-    for part, error in dead:
-        dead_letter_rows(conn, part, error)
-    delete_batch(conn, batch, keep={r.id for part in left for r in part})
-    for part in left:  # refused already: its next refusal salvages it at once
-        record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
+        with span.step("relay.insert"):
+            try:
+                approx_bytes = insert_batch(ch, rows, batch.token)
+            except Exception as exc:
+                error = refusal(exc)
+                attempts = count_refusal(conn, batch, error)
+                if attempts < DEAD_AFTER_ATTEMPTS:
+                    return Delivery(batch,
+                                    rejection=BatchRejected(batch.batch_id, attempts, error))
+                approx_bytes, dead, left = salvage(ch, rows, error, after_insert=after_insert)
+            else:
+                if after_insert is not None:
+                    after_insert(rows)
+    with span.step("relay.finish"):
+        for part, error in dead:
+            dead_letter_rows(conn, part, error)
+        delete_batch(conn, batch, keep={r.id for part in left for r in part})
+        for part in left:  # refused already: its next refusal salvages it at once
+            record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
     lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
     dead_rows = sum(len(part) for part, _ in dead)
     left_rows = sum(len(part) for part in left)

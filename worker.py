@@ -31,6 +31,8 @@ import pika
 import psycopg
 import structlog
 from botocore.exceptions import ClientError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -40,6 +42,7 @@ import lines
 import observe
 
 log = structlog.get_logger("worker")
+tracer = trace.get_tracer("eventhorizon.worker")
 
 FLUSH_EVERY_S = 1.0
 # After SIGTERM, how long a job may take to commit or abandon its batch (EH_WORKER_STOP_GRACE_S,
@@ -52,6 +55,7 @@ def main() -> int:
     settings = core.load_settings()
     core.configure_logging(settings)
     serve_metrics(settings)
+    provider = observe.setup_tracing(settings, "eventhorizon-worker")
     consumer = Consumer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: consumer.stop(signal.Signals(signum).name))
@@ -60,6 +64,7 @@ def main() -> int:
         # Stuck past the grace period (a dead connection, a hung read): leave now, as a crash
         # would; nothing was acked or committed that should not have been. Python would
         # otherwise wait for the job's commit thread at exit, for as long as it hangs.
+        provider.force_flush(timeout_millis=1000)
         sys.stdout.flush()
         os._exit(0)
     return 0
@@ -164,14 +169,15 @@ class Consumer:
             if connection.is_open:
                 connection.close()
 
-    def _on_message(self, connection, channel, method, _properties, body: bytes) -> None:
+    def _on_message(self, connection, channel, method, properties, body: bytes) -> None:
         self.job_thread = threading.Thread(
-            target=self._work, args=(connection, channel, method.delivery_tag, body), name="job"
+            target=self._work, args=(connection, channel, method.delivery_tag, body,
+                                     properties.headers or {}), name="job"
         )
         self.job_thread.start()
 
-    def _work(self, connection, channel, delivery_tag: int, body: bytes) -> None:
-        outcome = handle_message(body, self.settings, self.s3, self.stopping)
+    def _work(self, connection, channel, delivery_tag: int, body: bytes, headers: dict) -> None:
+        outcome = handle_message(body, self.settings, self.s3, self.stopping, headers)
         if outcome is Outcome.ACK:
             crash_if(self.settings, "before_ack")
         if outcome is Outcome.REQUEUE and not self.stopping.is_set():
@@ -180,7 +186,8 @@ class Consumer:
             self.job_backoff.reset()
         try:
             connection.add_callback_threadsafe(
-                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings)
+                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings,
+                                  headers.get("traceparent"))
             )
         except pika.exceptions.AMQPError:
             # The connection is gone: the broker redelivers the message, and the checkpoint
@@ -211,7 +218,7 @@ class Consumer:
 
 
 def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
-           settings: core.Settings) -> None:
+           settings: core.Settings, traceparent: str | None = None) -> None:
     if not channel.is_open:
         return
     if outcome is Outcome.ACK:
@@ -219,13 +226,14 @@ def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
     elif outcome is Outcome.REJECT:
         channel.basic_reject(delivery_tag, requeue=False)
     elif outcome is Outcome.RETRY_LATER:
-        park_for_retry(channel, settings, body)
+        park_for_retry(channel, settings, body, traceparent)
         channel.basic_ack(delivery_tag)
     else:
         channel.basic_nack(delivery_tag, requeue=True)
 
 
-def park_for_retry(channel, settings: core.Settings, body: bytes) -> None:
+def park_for_retry(channel, settings: core.Settings, body: bytes,
+                   traceparent: str | None = None) -> None:
     """Publish a copy of the message to the retry queue, whence RabbitMQ moves it back to the
     job queue after EH_RETRY_LATER_S; the caller then acks the original.
 
@@ -236,11 +244,11 @@ def park_for_retry(channel, settings: core.Settings, body: bytes) -> None:
     The channel is in confirm mode, and the publish mandatory: it returns once the broker has
     the copy, and raises (the original then stays unacked) if it could not take it. Should this
     worker die between the publish and the ack, the job has one copy more, which the lock and
-    the job's status absorb like any duplicate.
+    the job's status absorb like any duplicate. The copy keeps the original's traceparent.
     """
     channel.basic_publish("", core.retry_queue(settings.queue), body,
-                          core.message_properties(expiration_s=settings.retry_later_s),
-                          mandatory=True)
+                          core.message_properties(expiration_s=settings.retry_later_s,
+                                                  traceparent=traceparent), mandatory=True)
 
 
 def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
@@ -258,15 +266,17 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bo
                                                        "queue_empty": queue_empty}).fetchall()
         for job in jobs:
             channel.basic_publish("", settings.queue, core.job_message(job),
-                                  core.message_properties())
+                                  core.message_properties(traceparent=job.traceparent))
     if jobs:
         log.warning("reconciler.requeued", count=len(jobs),
                     job_ids=[str(j.job_id) for j in jobs])
     return len(jobs)
 
 
-def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Event) -> Outcome:
-    """Process one job message end to end and say what to do with the message."""
+def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Event,
+                   headers: dict | None = None) -> Outcome:
+    """Process one job message end to end and say what to do with the message. Its span
+    continues the trace of the message's `traceparent` header (the upload's), if any."""
     structlog.contextvars.clear_contextvars()
     try:
         job_id = core.parse_job_message(body)
@@ -274,6 +284,15 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         log.error("worker.poison_message", reason=str(exc), body_bytes=len(body))
         return Outcome.REJECT
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
+    parent = propagate.extract(headers or {})
+    with tracer.start_as_current_span("job", context=parent, kind=trace.SpanKind.CONSUMER,
+                                      attributes={"job.id": str(job_id)}):
+        return run_message(job_id, settings, s3, stop)
+
+
+def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: threading.Event) -> Outcome:
+    """Run the job (in the job's span) and say what to do with its message; an attempt that
+    raised is recorded on the span, which it marks as an error."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row,
                              connect_timeout=5,
@@ -285,6 +304,10 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
     except Exception as exc:
         # An outage (core.is_outage) does not count toward EH_MAX_ATTEMPTS: the job waits it out.
         log.exception("job.attempt_failed", counted=not core.is_outage(exc))
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_status(trace.StatusCode.ERROR, f"the attempt failed, will retry: "
+                                                f"{in_plain_words(exc)}")
         observe.JOBS.labels("error").inc()
         return Outcome.REQUEUE
     observe.JOBS.labels(result.value).inc()
@@ -388,6 +411,7 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
     validator = lines.log_entry_validator()
     mapping = compile_format(job)
     event_id = core.line_event_ids(job.job_id)
+    trace_json = lines.trace_member(core.current_trace_id())  # the job's trace: its upload's
     started = time.monotonic()
     line_no = job.lines_processed
     marks = progress_marks(job.lines_total, line_no)
@@ -399,7 +423,8 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
             line_no += 1
             batch.lines += 1
             batch.bytes += size
-            lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping)
+            lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping,
+                           trace_json)
             if settings.line_delay_max_s:
                 stop.wait(random.uniform(0, settings.line_delay_max_s))
             if stop.is_set():
@@ -450,13 +475,17 @@ class Committer:
         self.conn, self.job, self.settings = conn, job, settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
+        self.trace_context = otel_context.get_current()  # the job's span, for each batch's
 
     def submit(self, batch: lines.LineBatch) -> None:
         self.wait()
         self.in_flight = self.executor.submit(self._commit, self.job, batch)
 
     def _commit(self, job: core.Job, batch: lines.LineBatch) -> core.Job:
-        updated = write_batch(self.conn, job, batch, self.settings)
+        with tracer.start_as_current_span("job.batch", context=self.trace_context, attributes={
+                "lines": batch.lines, "valid": len(batch.entries),
+                "invalid": len(batch.errors)}):
+            updated = write_batch(self.conn, job, batch, self.settings)
         VALID_LINES.inc(len(batch.entries))  # committed: now they count
         INVALID_LINES.inc(len(batch.errors))
         crash_if(self.settings, "after_commit", updated.lines_processed)
@@ -546,6 +575,7 @@ def complete_job(conn, settings: core.Settings, job_id: uuid.UUID) -> core.Job:
 
 
 def fail_job(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> None:
+    trace.get_current_span().set_status(trace.StatusCode.ERROR, error)
     with conn.transaction():
         job = core.job_query(conn, "fail_job", {"job_id": job_id, "error": error}).fetchone()
         if job is None:

@@ -8,6 +8,12 @@ Not a test: run it by hand against a running stack (EH_LINE_DELAY_MAX_S must be 
     .venv/bin/python bench/ingest.py --big-gib 1  # a ~1 GiB file, for the memory figures
     .venv/bin/python bench/ingest.py --format pino   # the same lines as pino writes them
 
+The cost of tracing: run it twice against scripts/dev, once as it is (tracing off: nothing
+exported) and once with the stack exporting to the receiver this script runs:
+
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 scripts/dev
+    .venv/bin/python bench/ingest.py --otlp-receiver 4318   # tracing on: spans come here
+
 What it does:
  1. writes N lines (default 200,000; about 1% invalid) to a .jsonl in a temporary directory,
     or, with --big-gib G, as many lines as fit in G GiB (the API's default limit is 1 GiB,
@@ -78,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--format", choices=LINE_FORMATS, default="eventhorizon",
                         help="the format of the valid lines (default: eventhorizon, canonical)")
+    parser.add_argument("--otlp-receiver", type=int, metavar="PORT",
+                        help="receive the stack's spans over OTLP/HTTP on 127.0.0.1:PORT while "
+                             "the job runs, and label the figure 'tracing on' (start the stack "
+                             "with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT)")
     args = parser.parse_args(argv)
 
     settings = core.load_settings(service=False)
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
 
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
-        result = asyncio.run(upload_and_wait(args.url.rstrip("/"), path, args.timeout, token))
+        result = asyncio.run(with_otlp_receiver(
+            args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token)))
 
         worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
         api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
@@ -193,6 +204,37 @@ async def wait_delivered(session, job_url: str, job: dict, started: float,
         await asyncio.sleep(0.2)
 
 
+async def with_otlp_receiver(port: int | None, work) -> dict:
+    """Run `work` while an OTLP/HTTP receiver on 127.0.0.1:port counts the spans it gets
+    (decoded as an exporter sends them, as a backend would); the count goes in the result."""
+    if port is None:
+        return {**await work, "spans": None}
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+    spans = 0
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal spans
+        export = ExportTraceServiceRequest.FromString(await request.read())
+        spans += sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=64 * MIB)
+    app.router.add_post("/v1/traces", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        result = await work
+        await asyncio.sleep(6)  # the batch processors' last export (every 5 s by default)
+        return {**result, "spans": spans}
+    finally:
+        await runner.cleanup()
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -221,6 +263,10 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
         print(f"to ClickHouse   {ch_s:8.2f} s   -> {job['lines_valid'] / ch_s:,.0f} valid lines/s "
               f"(upload start -> the last event in event_log; {e2e_s / ch_s:.0%} of the "
               "Postgres-side rate)")
+    tracing = ("off (no --otlp-receiver)" if result["spans"] is None else
+               f"on: {result['spans']:,} spans received" + (
+                   "" if result["spans"] else " (none: is OTEL_EXPORTER_OTLP_ENDPOINT set?)"))
+    print(f"tracing         {tracing}")
     if job["started_at"]:
         work_s = completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
         if work_s > 0:

@@ -5,10 +5,10 @@
 
 -- name: insert_job --
 INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner,
-                  format, format_definition, default_service, default_environment)
+                  format, format_definition, default_service, default_environment, traceparent)
 VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
         %(owner)s, %(format)s, %(format_definition)s, %(default_service)s,
-        %(default_environment)s)
+        %(default_environment)s, %(traceparent)s)
 RETURNING *;
 
 -- name: get_job --

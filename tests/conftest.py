@@ -275,6 +275,10 @@ def settings(database_url, amqp_queue, s3_server, s3_bucket, clickhouse_url) -> 
         s3_bucket=s3_bucket,
         clickhouse_url=clickhouse_url,
         http_port=_free_port(),
+        # Off unless a test asks for them (on free ports): the defaults would collide with a
+        # running stack's, and with the other workers and relays a test starts.
+        worker_metrics_port=0,
+        relay_metrics_port=0,
     )
 
 

@@ -1,21 +1,29 @@
-"""Observability: each process's /metrics after a known upload, and who may read the API's."""
+"""Observability: each process's /metrics after a known upload, and who may read the API's;
+one trace from the upload to ClickHouse, exported to an OTLP/HTTP receiver in the test."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import io
 import json
 import re
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from prometheus_client.parser import text_string_to_metric_families
 
 import core
 import eventhorizon
 import observe
-from conftest import ROOT, _free_port, bearer
+import relay
+from conftest import ROOT, _free_port, bearer, logged_events
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
@@ -150,3 +158,152 @@ def test_the_dashboard_and_the_scrape_config_name_only_what_exists():
     defaults = core.Settings()
     assert f"port: {defaults.worker_metrics_port}" in scrape
     assert f"port: {defaults.relay_metrics_port}" in scrape
+
+
+# --------------------------------------------------------------------------- traces
+
+
+class OtlpReceiver:
+    """A small OTLP/HTTP collector: POST /v1/traces with ExportTraceServiceRequest bodies
+    (protobuf), kept as spans: (service name, span)."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, Any]] = []
+
+    async def receive(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        export = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in export.resource_spans:
+            attributes = {a.key: a.value.string_value
+                          for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend((attributes["service.name"], span)
+                                  for span in scope_spans.spans)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    def named(self, service: str, name: str) -> list:
+        return [span for who, span in self.spans if who == service and span.name == name]
+
+
+@pytest.fixture
+async def otlp_receiver():
+    receiver = OtlpReceiver()
+    app = web.Application(client_max_size=64 * 1024**2)
+    app.router.add_post("/v1/traces", receiver.receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver.url = f"http://127.0.0.1:{port}"
+    yield receiver
+    await runner.cleanup()
+
+
+async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, make_token,
+                                                       otlp_receiver):
+    """The upload's span and the job's are one trace, across the API, RabbitMQ and the worker;
+    its line and lifecycle events carry that trace's id into ClickHouse; the relay's batch
+    links to it; a job that fails has its span marked error; log lines inside a span name it;
+    and no span carries the token or a line's contents. Losing the traceparent on the way
+    (message headers, the job row) splits the trace and fails here."""
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    api = start_process("eventhorizon.py", **otel)
+    token = make_token("root", admin=True)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    s3 = core.s3_client(settings)
+    async with aiohttp.ClientSession(headers=bearer(token)) as http:
+        await eventually(lambda: api_up(http, base, api), "the API to listen")
+        job = await upload(http, base, SAMPLE.read_bytes(), "sample.jsonl")
+        doomed = await upload(http, base, SAMPLE.read_bytes(), "doomed.jsonl")
+        # Its file gone before any worker looks: the job fails, "missing from storage".
+        s3.delete_object(Bucket=settings.s3_bucket, Key=f"uploads/{doomed['job_id']}.jsonl")
+        worker = start_process("worker.py", WORKER_METRICS_PORT="0", **otel)
+        start_process("relay.py", RELAY_METRICS_PORT="0", RELAY_BATCH_MAX_WAIT_S="0.2",
+                      RELAY_POLL_S="0.5", **otel)
+        states = {j: await eventually(lambda j=j: finished(http, base, j), f"job {j}")
+                  for j in (job["job_id"], doomed["job_id"])}
+        assert states[doomed["job_id"]]["status"] == "failed"
+
+        async def drained():
+            async with http.get(f"{base}/api/v1/stats") as r:
+                return (await r.json())["outbox"]["backlog"] == 0
+        await eventually(drained, "the relay to drain the outbox")
+
+    def spans(service, name, trace_id=None):
+        return [s for s in otlp_receiver.named(service, name)
+                if trace_id is None or s.trace_id.hex() == trace_id]
+
+    async def all_exported():
+        uploads = spans("eventhorizon-api", "POST /api/v1/files/upload")
+        return (len(uploads) == 2 and len(spans("eventhorizon-worker", "job")) >= 2
+                and spans("eventhorizon-relay", "relay.batch"))
+    await eventually(all_exported, "the spans of all three services")
+
+    by_job = {}
+    for upload_span in spans("eventhorizon-api", "POST /api/v1/files/upload"):
+        trace_id = upload_span.trace_id.hex()
+        children = {s.name for _, s in otlp_receiver.spans
+                    if s.parent_span_id == upload_span.span_id}
+        assert {"s3.put", "job.insert", "job.publish"} <= children
+        (job_span,) = spans("eventhorizon-worker", "job", trace_id)
+        assert job_span.parent_span_id == upload_span.span_id  # the upload's child
+        job_id = next(a.value.string_value for a in job_span.attributes if a.key == "job.id")
+        by_job[job_id] = (trace_id, job_span)
+
+    trace_id, job_span = by_job[job["job_id"]]
+    assert len(trace_id) == 32 and trace_id != "0" * 32
+    assert job_span.status.code == Status.STATUS_CODE_UNSET
+    batches = spans("eventhorizon-worker", "job.batch", trace_id)
+    assert batches and all(b.parent_span_id == job_span.span_id for b in batches)
+    _, doomed_span = by_job[doomed["job_id"]]
+    assert doomed_span.status.code == Status.STATUS_CODE_ERROR
+    assert "missing from storage" in doomed_span.status.message
+
+    linked = {link.trace_id.hex() for s in spans("eventhorizon-relay", "relay.batch")
+              for link in s.links}
+    assert trace_id in linked
+    relay_steps = {s.name for _, s in otlp_receiver.spans if s.name.startswith("relay.")}
+    assert {"relay.batch", "relay.claim", "relay.insert", "relay.finish"} <= relay_steps
+
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+        rows = ch.query("SELECT event_type, toString(event_context.trace_id) FROM event_log "
+                        "WHERE toString(event_context.job_id) = {job:String}",
+                        parameters={"job": job["job_id"]}).result_rows
+    assert len(rows) == SAMPLE_VALID + LIFECYCLE
+    assert {t for _, t in rows} == {trace_id}
+    assert {e for e, _ in rows} >= {"job.queued", "job.started", "job.completed"}
+
+    completed = [e for e in logged_events(worker, "job.completed")
+                 if e.get("job_id") == job["job_id"]]
+    assert completed[0]["trace_id"] == trace_id and len(completed[0]["span_id"]) == 16
+
+    first_message = json.loads(SAMPLE.read_text().splitlines()[0])["message"]
+    for _, span in otlp_receiver.spans:
+        values = [str(a.value) for a in span.attributes] + [span.status.message]
+        assert not any(token in v or first_message in v for v in values), span
+
+
+async def api_up(http: aiohttp.ClientSession, base: str, api) -> bool:
+    try:
+        async with http.get(f"{base}/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientConnectionError:
+        assert api.poll() is None, api.log_path.read_text()[-3000:]
+        return False
+
+
+async def upload(http: aiohttp.ClientSession, base: str, content: bytes, name: str) -> dict:
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename=name)
+    async with http.post(f"{base}/api/v1/files/upload", data=form) as r:
+        assert r.status == 202, await r.text()
+        return await r.json()
+
+
+async def finished(http: aiohttp.ClientSession, base: str, job_id: str) -> dict | None:
+    async with http.get(f"{base}/api/v1/jobs/{job_id}") as r:
+        state = await r.json()
+    return state if state["status"] in ("completed", "failed") else None

@@ -40,7 +40,8 @@ def make_job(settings, db, content: bytes, *, store: bool = True, format: str = 
         "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
         "owner": "tester", "format": format, "default_service": default_service,
         "default_environment": default_environment,
-        "format_definition": Jsonb(format_definition) if format_definition else None})
+        "format_definition": Jsonb(format_definition) if format_definition else None,
+        "traceparent": None})
     return job_id
 
 
