@@ -9,9 +9,11 @@ import gzip
 import io
 import json
 import re
+import uuid
 from typing import Any
 
 import aiohttp
+import pika
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -23,6 +25,7 @@ import core
 import eventhorizon
 import observe
 import relay
+import worker
 from conftest import ROOT, _free_port, bearer, logged_events
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
@@ -307,3 +310,35 @@ async def finished(http: aiohttp.ClientSession, base: str, job_id: str) -> dict 
     async with http.get(f"{base}/api/v1/jobs/{job_id}") as r:
         state = await r.json()
     return state if state["status"] in ("completed", "failed") else None
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
+    """The reconciler re-publishes a lost job with the traceparent its row kept, and a
+    duplicate parked for a retry keeps the original's: the worker that finally runs the job
+    continues the upload's trace. Publishing without it would start a new trace there."""
+    job_id = uuid.uuid4()
+    db.execute(core.QUERIES["insert_job"], {
+        "job_id": job_id, "file_name": "t.jsonl", "size_bytes": 1, "bucket": "b",
+        "object_key": "k", "lines_total": 1, "owner": "tester", "format": "auto",
+        "format_definition": None, "default_service": None, "default_environment": None,
+        "traceparent": TRACEPARENT})
+    db.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE job_id = %s",
+               (job_id,))
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        core.declare_queues(channel, settings.queue)
+        lost = dataclasses.replace(settings, requeue_after_s=60)
+        assert worker.requeue_lost_jobs(db, channel, lost, queue_empty=True) == 1
+        _, properties, body = channel.basic_get(settings.queue, auto_ack=True)
+        assert core.parse_job_message(body) == job_id
+        assert properties.headers == {"traceparent": TRACEPARENT}
+
+        worker.park_for_retry(channel, settings.queue, body, properties.headers["traceparent"])
+        _, parked, _ = channel.basic_get(core.retry_queue(settings.queue), auto_ack=True)
+        assert parked.headers == {"traceparent": TRACEPARENT}
+    finally:
+        connection.close()

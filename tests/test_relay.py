@@ -42,6 +42,7 @@ def relay_settings(database_url, clickhouse_url) -> core.Settings:
         relay_batch_max_wait_s=0.0,
         relay_poll_s=0.5,
         log_format="json",
+        relay_metrics_port=0,  # the default port would collide with any other relay's
     )
 
 
