@@ -26,7 +26,7 @@ import eventhorizon
 import observe
 import relay
 import worker
-from conftest import ROOT, _free_port, bearer, logged_events
+from conftest import ROOT, _free_port, bearer, logged_events, serve_api
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
@@ -61,20 +61,12 @@ async def test_every_process_counts_a_known_upload(settings, start_process, make
     and reads the outbox (empty at the end) at the scrape. Breaking a count (counting before
     the commit, a rolled-back batch, a label) shows here as a wrong number."""
     worker_port, relay_port = _free_port(), _free_port()
-    api = start_process("eventhorizon.py")
+    base, _ = serve_api(settings, start_process)
     start_process("worker.py", WORKER_METRICS_PORT=str(worker_port))
     start_process("relay.py", RELAY_METRICS_PORT=str(relay_port), RELAY_BATCH_MAX_WAIT_S="0.2",
                   RELAY_POLL_S="0.5")
     token = make_token("root", admin=True)
-    base = f"http://127.0.0.1:{settings.http_port}"
     async with aiohttp.ClientSession(headers=bearer(token)) as http:
-        async def api_up():
-            try:
-                async with http.get(f"{base}/healthz") as r:
-                    return r.status == 200
-            except aiohttp.ClientConnectionError:
-                return api.poll() is not None
-        await eventually(api_up, "the API to listen")
         form = aiohttp.FormData()
         form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="sample.jsonl")
         async with http.post(f"{base}/api/v1/files/upload", data=form) as r:
@@ -213,12 +205,11 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
     and no span carries the token or a line's contents. Losing the traceparent on the way
     (message headers, the job row) splits the trace and fails here."""
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    api = start_process("eventhorizon.py", **otel)
+    # In a thread: the receiver, on this event loop, keeps answering meanwhile.
+    base, _ = await asyncio.to_thread(serve_api, settings, start_process, **otel)
     token = make_token("root", admin=True)
-    base = f"http://127.0.0.1:{settings.http_port}"
     s3 = core.s3_client(settings)
     async with aiohttp.ClientSession(headers=bearer(token)) as http:
-        await eventually(lambda: api_up(http, base, api), "the API to listen")
         job = await upload(http, base, SAMPLE.read_bytes(), "sample.jsonl")
         doomed = await upload(http, base, SAMPLE.read_bytes(), "doomed.jsonl")
         # Its file gone before any worker looks: the job fails, "missing from storage".
@@ -289,15 +280,6 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
         assert not any(token in v or first_message in v for v in values), span
 
 
-async def api_up(http: aiohttp.ClientSession, base: str, api) -> bool:
-    try:
-        async with http.get(f"{base}/healthz") as r:
-            return r.status == 200
-    except aiohttp.ClientConnectionError:
-        assert api.poll() is None, api.log_path.read_text()[-3000:]
-        return False
-
-
 async def upload(http: aiohttp.ClientSession, base: str, content: bytes, name: str) -> dict:
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(content), filename=name)
@@ -337,7 +319,7 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
         assert core.parse_job_message(body) == job_id
         assert properties.headers == {"traceparent": TRACEPARENT}
 
-        worker.park_for_retry(channel, settings.queue, body, properties.headers["traceparent"])
+        worker.park_for_retry(channel, settings, body, properties.headers["traceparent"])
         _, parked, _ = channel.basic_get(core.retry_queue(settings.queue), auto_ack=True)
         assert parked.headers == {"traceparent": TRACEPARENT}
     finally:
