@@ -269,8 +269,8 @@ async def tracing_middleware(request: web.Request, handler):
         return await handler(request)
     route = request.match_info.route.resource
     name = f"{request.method} {route.canonical if route is not None else '(no route)'}"
-    with tracer.start_as_current_span(
-            name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
+    with observe.span(
+            tracer, name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.path}) as span:
         response = await handler(request)
         span.set_attribute("http.response.status_code", response.status)
@@ -683,7 +683,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)
     try:
-        with tracer.start_as_current_span("s3.put", attributes={"s3.key": key}) as span:
+        with observe.span(tracer, "s3.put", attributes={"s3.key": key}) as span:
             while chunk := await read_chunk(part, idle_s):
                 inspector.feed(chunk)
                 await writer.write(chunk)
@@ -1299,7 +1299,7 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
     upload's traceparent: the worker's span of the job continues the upload's trace."""
     settings = app[SETTINGS]
     traceparent = core.current_traceparent()  # the request's span, not job.insert's
-    with tracer.start_as_current_span("job.insert"):
+    with observe.span(tracer, "job.insert"):
         async with app[POOL].connection() as conn, conn.transaction():
             job = await (await core.ajob_query(conn, "insert_job", {
                 "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
@@ -1315,7 +1315,7 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
 async def publish_job(app: web.Application, job: core.Job) -> None:
     """Hand the job to the workers. The job is committed already: if this fails, the worker's
     reconciler re-publishes jobs left queued too long, so the upload is not lost."""
-    with tracer.start_as_current_span("job.publish", kind=trace.SpanKind.PRODUCER) as span:
+    with observe.span(tracer, "job.publish", kind=trace.SpanKind.PRODUCER) as span:
         try:
             await app[PUBLISHER].publish(core.job_message(job), job.traceparent)
         except BrokerUnavailable as exc:

@@ -9,6 +9,7 @@ counts is committed, so a rolled-back batch never counts.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 
@@ -146,6 +147,28 @@ def setup_tracing(settings: core.Settings, service: str) -> TracerProvider:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def record_failure(span: trace.Span, exc: BaseException, description: str | None = None) -> None:
+    """Mark a span failed: status error (with `description`, else the exception's type) and an
+    `exception` event naming the type. Not the exception's message or traceback: a database's
+    or ClickHouse's error may quote a line's contents, which no span may carry."""
+    kind = type(exc)
+    span.add_event("exception", {"exception.type": f"{kind.__module__}.{kind.__qualname__}"})
+    span.set_status(trace.StatusCode.ERROR, description or kind.__name__)
+
+
+@contextlib.contextmanager
+def span(tracer: trace.Tracer, name: str, **kwargs):
+    """`tracer.start_as_current_span`, but an exception marks the span by record_failure, never
+    with its message (the SDK's own recording would keep it)."""
+    with tracer.start_as_current_span(name, record_exception=False,
+                                      set_status_on_exception=False, **kwargs) as current:
+        try:
+            yield current
+        except Exception as exc:
+            record_failure(current, exc)
+            raise
 
 
 def traces_endpoint(settings: core.Settings) -> str | None:

@@ -520,14 +520,13 @@ class BatchSpan:
         """A child span of the batch around one step (nothing before a batch is found)."""
         if self.span is None:
             return contextlib.nullcontext()
-        return tracer.start_as_current_span(name, context=trace.set_span_in_context(self.span))
+        return observe.span(tracer, name, context=trace.set_span_in_context(self.span))
 
     def end(self, *, delivery: Delivery | None = None, error: BaseException | None = None) -> None:
         if self.span is None:
             return
         if error is not None:
-            self.span.record_exception(error)
-            self.span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+            observe.record_failure(self.span, error)
         elif delivery.rejection is not None:
             self.span.set_status(trace.StatusCode.ERROR, "ClickHouse refused the batch")
         else:

@@ -285,8 +285,8 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         return Outcome.REJECT
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
     parent = propagate.extract(headers or {})
-    with tracer.start_as_current_span("job", context=parent, kind=trace.SpanKind.CONSUMER,
-                                      attributes={"job.id": str(job_id)}):
+    with observe.span(tracer, "job", context=parent, kind=trace.SpanKind.CONSUMER,
+                      attributes={"job.id": str(job_id)}):
         return run_message(job_id, settings, s3, stop)
 
 
@@ -304,10 +304,8 @@ def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: threading.
     except Exception as exc:
         # An outage (core.is_outage) does not count toward EH_MAX_ATTEMPTS: the job waits it out.
         log.exception("job.attempt_failed", counted=not core.is_outage(exc))
-        span = trace.get_current_span()
-        span.record_exception(exc)
-        span.set_status(trace.StatusCode.ERROR, f"the attempt failed, will retry: "
-                                                f"{in_plain_words(exc)}")
+        observe.record_failure(trace.get_current_span(), exc,
+                               f"the attempt failed, will retry: {in_plain_words(exc)}")
         observe.JOBS.labels("error").inc()
         return Outcome.REQUEUE
     observe.JOBS.labels(result.value).inc()
@@ -482,7 +480,7 @@ class Committer:
         self.in_flight = self.executor.submit(self._commit, self.job, batch)
 
     def _commit(self, job: core.Job, batch: lines.LineBatch) -> core.Job:
-        with tracer.start_as_current_span("job.batch", context=self.trace_context, attributes={
+        with observe.span(tracer, "job.batch", context=self.trace_context, attributes={
                 "lines": batch.lines, "valid": len(batch.entries),
                 "invalid": len(batch.errors)}):
             updated = write_batch(self.conn, job, batch, self.settings)

@@ -276,7 +276,8 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
 
     first_message = json.loads(SAMPLE.read_text().splitlines()[0])["message"]
     for _, span in otlp_receiver.spans:
-        values = [str(a.value) for a in span.attributes] + [span.status.message]
+        values = [str(a.value) for a in span.attributes] + [span.status.message] + [
+            str(a.value) for event in span.events for a in event.attributes]
         assert not any(token in v or first_message in v for v in values), span
 
 
@@ -324,3 +325,21 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
         assert parked.headers == {"traceparent": TRACEPARENT}
     finally:
         connection.close()
+
+
+def test_a_failure_marks_its_span_by_the_exceptions_type_never_its_message():
+    """A database's error can quote the value it refused: a span keeps the type only."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    with pytest.raises(ValueError):
+        with observe.span(provider.get_tracer("test"), "step"):
+            raise ValueError('invalid input: "secret line contents"')
+    (span,) = exported.get_finished_spans()
+    assert span.status.status_code.name == "ERROR"
+    assert [dict(e.attributes) for e in span.events] == [{"exception.type": "builtins.ValueError"}]
+    assert "secret" not in repr(span.to_json())
