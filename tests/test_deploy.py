@@ -176,3 +176,20 @@ def test_the_relay_refuses_chdb_without_the_embedded_engine(tmp_path):
     assert done.returncode == 1
     assert "configuration error: CLICKHOUSE_URL is chdb://, but the embedded engine" in done.stderr
     assert "pip install '.[embedded]'" in done.stderr
+
+
+def test_the_observability_stack_is_an_optional_profile_with_its_files_present():
+    """`docker compose up` starts the app alone; `--profile observability` adds Prometheus,
+    Grafana and Jaeger, whose UIs are published on loopback only, and whose mounted
+    configuration (deploy/prometheus, deploy/grafana) exists."""
+    services = compose_file()["services"]
+    observability = {name for name, s in services.items() if s.get("profiles")}
+    assert observability == {"prometheus", "grafana", "jaeger"}
+    for name in observability:
+        service = services[name]
+        assert service["profiles"] == ["observability"]
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} is missing"
