@@ -144,7 +144,8 @@ def setup_tracing(settings: core.Settings, service: str) -> TracerProvider:
     if endpoint := traces_endpoint(settings):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s())
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -169,6 +170,20 @@ def span(tracer: trace.Tracer, name: str, **kwargs):
         except Exception as exc:
             record_failure(current, exc)
             raise
+
+
+# How long one export may take, retries included, unless OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT
+# says otherwise. The SDK's 10 s would be spent again at exit with the backend away (the last
+# spans flushed), past a stopping worker's or relay's grace (systemd's TimeoutStopSec).
+EXPORT_TIMEOUT_S = 2.0
+
+
+def export_timeout_s() -> float | None:
+    """EXPORT_TIMEOUT_S, or None (the SDK reads the standard variable) when one is set."""
+    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_TIMEOUT"):
+        return None
+    return EXPORT_TIMEOUT_S
 
 
 def traces_endpoint(settings: core.Settings) -> str | None:

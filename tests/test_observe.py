@@ -9,6 +9,8 @@ import gzip
 import io
 import json
 import re
+import signal
+import time
 import uuid
 from typing import Any
 
@@ -26,7 +28,8 @@ import eventhorizon
 import observe
 import relay
 import worker
-from conftest import ROOT, _free_port, bearer, logged_events, serve_api
+from conftest import (ROOT, _free_port, bearer, job_row, jsonl, logged_events, serve_api,
+                      wait_for)
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_VALID, SAMPLE_INVALID = 280, 16
@@ -343,3 +346,29 @@ def test_a_failure_marks_its_span_by_the_exceptions_type_never_its_message():
     assert span.status.status_code.name == "ERROR"
     assert [dict(e.attributes) for e in span.events] == [{"exception.type": "builtins.ValueError"}]
     assert "secret" not in repr(span.to_json())
+
+
+def test_a_worker_whose_trace_backend_does_not_answer_still_stops_in_time(settings, db,
+                                                                          start_process):
+    """Spans are exported on a thread, so a backend that accepts connections and never
+    answers holds back no job; and the last spans, flushed at exit, wait at most the export
+    timeout (2 s), not the SDK's 10 s, so SIGTERM still ends the worker well within the
+    grace a service manager gives it."""
+    import socket
+
+    from test_worker import VALID, enqueue_job
+
+    silent = socket.socket()  # listens, never accepts: requests hang
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
+        proc = start_process("worker.py", OTEL_EXPORTER_OTLP_ENDPOINT=(
+            f"http://127.0.0.1:{silent.getsockname()[1]}"), OTEL_BSP_SCHEDULE_DELAY="100")
+        wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="the job")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
