@@ -141,6 +141,14 @@ class Settings:
         "EH_ALLOWED_HOSTS", "127.0.0.1,localhost,::1",
         "comma-separated host names the API answers to (the `Host` header, port aside); "
         "others get 400, so a DNS-rebinding page cannot reach it. `*` allows any")
+    db_wait_s: float = setting(
+        "EH_DB_WAIT_S", 5.0,
+        "longest an API request waits for a Postgres connection from its pool before it is "
+        "answered 503", minimum=0.1, maximum=60)
+    ready_timeout_s: float = setting(
+        "EH_READY_TIMEOUT_S", 3.0,
+        "`/readyz` (and the API's metrics): how long each dependency's check may take before "
+        "it counts as unavailable", minimum=0.1, maximum=60)
     upload_idle_timeout_s: float = setting(
         "EH_UPLOAD_IDLE_TIMEOUT_S", 30.0,
         "an upload whose body sends nothing for this long is dropped (408) and its partial "

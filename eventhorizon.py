@@ -463,7 +463,7 @@ async def postgres_ctx(app: web.Application):
     # check: a connection Postgres dropped (restart, failover) is replaced before use, so the
     # first upload after a restart is not answered 503 after its whole body went to S3.
     pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=10, open=False, timeout=5,
+        settings.database_url, min_size=1, max_size=10, open=False, timeout=settings.db_wait_s,
         kwargs={"row_factory": dict_row, "autocommit": True},
         check=AsyncConnectionPool.check_connection,
     )
@@ -579,33 +579,34 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
+    timeout_s = app[SETTINGS].ready_timeout_s
     checks = {
-        "postgres": check_postgres(app[POOL]),
+        "postgres": check_postgres(app[POOL], timeout_s),
         "rabbitmq": app[PUBLISHER].check(),
         "s3": asyncio.to_thread(app[S3].head_bucket, Bucket=app[SETTINGS].s3_bucket),
     }
     results = await asyncio.gather(
-        *(asyncio.wait_for(c, timeout=3) for c in checks.values()), return_exceptions=True
-    )
-    report = {name: readiness(name, result) for name, result in zip(checks, results)}
+        *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()),
+        return_exceptions=True)
+    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results)}
     ready = all(v == "ok" for v in report.values())
     return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
                              status=200 if ready else 503)
 
 
-def readiness(name: str, result) -> str:
+def readiness(name: str, result, timeout_s: float) -> str:
     """A check's result in plain words: anyone may ask /readyz, so the reason (endpoints,
     exception text) goes to the log only."""
     if not isinstance(result, BaseException):
         return "ok"
     log.warning("readiness.check_failed", check=name, error=repr(result)[:300])
     if isinstance(result, (TimeoutError, asyncio.TimeoutError)):
-        return "unavailable: no answer within 3 s"
+        return f"unavailable: no answer within {timeout_s:g} s"
     return "unavailable: unreachable or refusing"
 
 
-async def check_postgres(pool: AsyncConnectionPool) -> None:
-    async with pool.connection(timeout=3) as conn:
+async def check_postgres(pool: AsyncConnectionPool, timeout_s: float) -> None:
+    async with pool.connection(timeout=timeout_s) as conn:
         await conn.execute("SELECT 1")
 
 
@@ -616,16 +617,16 @@ async def metrics(request: web.Request) -> web.Response:
     if not observe.may_scrape(request.remote, request.app[SETTINGS].metrics_networks):
         raise Problem(403, "Forbidden", "/metrics answers only to the networks in "
                                         "EH_METRICS_ALLOW")
-    await read_outbox_gauges(request.app[POOL])
+    await read_outbox_gauges(request.app[POOL], request.app[SETTINGS].ready_timeout_s)
     return web.Response(body=observe.exposition(observe.API),
                         headers={"Content-Type": observe.CONTENT_TYPE})
 
 
-async def read_outbox_gauges(pool: AsyncConnectionPool) -> None:
+async def read_outbox_gauges(pool: AsyncConnectionPool, timeout_s: float) -> None:
     """Set the outbox gauges from Postgres (the query of /api/v1/stats); NaN while Postgres
     is away, so a stale figure is never shown as current."""
     try:
-        async with pool.connection(timeout=3) as conn:
+        async with pool.connection(timeout=timeout_s) as conn:
             cur = await conn.execute(core.QUERIES["outbox_status"])
             row = await cur.fetchone()
     except Exception as exc:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from urllib.parse import urlsplit
 
 import aiohttp
 import pika
@@ -336,6 +337,23 @@ async def test_health_and_readiness(settings, client, aiohttp_client, make_token
     assert "127.0.0.1" not in text and "no-such-bucket" not in text and "Error" not in text
 
 
+
+async def test_a_dependency_that_never_answers_is_unavailable_after_the_ready_timeout(
+        settings, aiohttp_client, make_token, tcp_proxy):
+    """An S3 server stuck mid-request (a proxy that swallows everything): /readyz says so once
+    EH_READY_TIMEOUT_S has passed, instead of hanging with it."""
+    s3 = urlsplit(settings.s3_endpoint_url)
+    proxy = tcp_proxy((s3.hostname, s3.port))
+    stuck = dataclasses.replace(settings, s3_endpoint_url=proxy.url, ready_timeout_s=0.5)
+    client = await aiohttp_client(eventhorizon.init_app(stuck), headers=bearer(make_token()))
+    proxy.hang()
+    response = await asyncio.wait_for(client.get("/readyz"), timeout=30)
+    assert response.status == 503
+    checks = (await response.json())["checks"]
+    assert checks == {"postgres": "ok", "rabbitmq": "ok",
+                      "s3": "unavailable: no answer within 0.5 s"}
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -486,7 +504,8 @@ async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
 
 async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client,
                                                                        make_token):
-    broken = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
+    broken = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x",
+                                 db_wait_s=0.5, ready_timeout_s=0.5)
     client = await aiohttp_client(eventhorizon.init_app(broken), headers=bearer(make_token()))
     body = await assert_problem(await upload(client, jsonl(VALID)), 503)
     assert "database" in body["detail"]
