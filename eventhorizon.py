@@ -798,8 +798,7 @@ async def explore_read(read: Awaitable[T]) -> T:
                       headers={"Retry-After": "1"}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise Problem(503, "Service Unavailable",
-                      "ClickHouse, where events are read, cannot answer now; retry later "
+        raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "
                       "(uploads and job status are not affected)") from None
 
 

@@ -53,7 +53,10 @@ class InvalidFilter(ValueError):
 
 
 class Unavailable(Exception):
-    """ClickHouse cannot answer now (unreachable, too slow, or not a server): a 503."""
+    """ClickHouse cannot answer now (unreachable, too slow, or not a server): a 503. Its own
+    text (endpoints, the driver's words) goes to the log; clients are told PUBLIC_REASON."""
+
+    PUBLIC_REASON = "ClickHouse, where events are read, cannot answer now; retry later"
 
 
 class Busy(Unavailable):
@@ -105,7 +108,7 @@ def checked_filters(*, levels=(), services=(), event_types=(), environments=(),
                     since: str | None = None, until: str | None = None,
                     text: str = "") -> EventFilters:
     """Filters from their values as a client sends them (text), each checked."""
-    levels = tuple(dict.fromkeys(v.lower() for v in bounded("level", levels, 16)))
+    levels = tuple(dict.fromkeys(v.lower() for v in checked_values("level", levels, 16)))
     if unknown := [v for v in levels if v not in LEVELS]:
         raise InvalidFilter(f"level must be one of {', '.join(LEVELS)}, got {unknown[0]!r}")
     since_time, until_time = time_param("from", since), time_param("to", until)
@@ -113,12 +116,12 @@ def checked_filters(*, levels=(), services=(), event_types=(), environments=(),
         raise InvalidFilter("from must be earlier than to")
     if len(text) > MAX_TEXT_CHARS or not text.isprintable():
         raise InvalidFilter(f"q must be at most {MAX_TEXT_CHARS} printable characters")
-    return EventFilters(levels, bounded("service", services, 128),
-                        bounded("event_type", event_types, 128),
-                        bounded("environment", environments, 64), since_time, until_time, text)
+    return EventFilters(levels, checked_values("service", services, 128),
+                        checked_values("event_type", event_types, 128),
+                        checked_values("environment", environments, 64), since_time, until_time, text)
 
 
-def bounded(name: str, values, max_chars: int) -> tuple[str, ...]:
+def checked_values(name: str, values, max_chars: int) -> tuple[str, ...]:
     values = tuple(values)
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidFilter(f"{name} may be given at most {MAX_FILTER_VALUES} times")

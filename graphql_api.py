@@ -386,7 +386,7 @@ async def explore_read(read: Awaitable[Any]) -> Any:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise GraphQLError("ClickHouse, where events are read, cannot answer now; retry later",
+        raise GraphQLError(explore.Unavailable.PUBLIC_REASON,
                            extensions={"code": "UNAVAILABLE"}) from None
 
 

@@ -997,6 +997,16 @@ async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
     """A WebSocket client with a tiny receive buffer that reads the handshake's answer and the
     first message (so it is subscribed) and nothing more: what the server sends it from then
     on backs up into the server."""
+    sock = await upgrade_with_a_tiny_buffer(host, port, path, f"Authorization: Bearer {token}")
+    first = json.loads(await read_frame(sock))
+    assert first["status"] == "queued"
+    return sock
+
+
+async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
+                                     header: str) -> socket.socket:
+    """A raw socket with a 1 KiB receive buffer, upgraded to a WebSocket at `path` (with one
+    extra request header), its handshake's answer read."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
@@ -1004,16 +1014,13 @@ async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
     await loop.sock_connect(sock, (host, port))
     key = base64.b64encode(os.urandom(16)).decode()
     await loop.sock_sendall(sock, (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Authorization: Bearer {token}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n{header}\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode())
     answer = b""
     while b"\r\n\r\n" not in answer:
         answer += await loop.sock_recv(sock, 1)
     assert answer.startswith(b"HTTP/1.1 101"), answer
-    first = json.loads(await read_frame(sock))
-    assert first["status"] == "queued"
     return sock
 
 

@@ -331,3 +331,15 @@ async def test_graphql_reads_the_same_events_and_histogram(alice, job):
     bad = await gql(alice, 'query($id: ID!) { job(id: $id) { events(filter: {from: "soon"}) '
                            '{ nextAfterLine } } }', {"id": str(job_id)})
     assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_a_request_line_past_the_limit_is_refused_and_the_api_goes_on(alice, job):
+    """Filters can make long request lines (up to eventhorizon.MAX_REQUEST_LINE_BYTES are
+    read); a longer one is refused by the HTTP server (400) and nobody else notices."""
+    job_id, _ = job
+    long_query = "q=" + "x" * (eventhorizon.MAX_REQUEST_LINE_BYTES + 1024)
+    response = await alice.get(f"/api/v1/jobs/{job_id}/events?{long_query}")
+    assert response.status == 400
+    assert (await alice.get("/healthz")).status == 200
+    near = "&".join(["service=" + "s" * 128] * 20 + ["event_type=" + "e" * 128] * 20)
+    assert (await alice.get(f"/api/v1/jobs/{job_id}/events?{near}")).status == 200

@@ -4,7 +4,6 @@ graphql-transport-ws riding on the API's LISTEN fan-out."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import os
@@ -21,7 +20,7 @@ from conftest import bearer, serve_api
 from test_api import (  # noqa: F401  (client and two_owners are fixtures)
     VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
     listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
-    watchers_dropped,
+    upgrade_with_a_tiny_buffer, watchers_dropped,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
@@ -432,19 +431,8 @@ async def subscribe_and_stop_reading(host: str, port: int, token: str, job_id) -
     """A graphql-transport-ws client with a tiny receive buffer that reads the ack and the
     first `next`, and nothing more."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (
-        f"GET /graphql HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n").encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += await loop.sock_recv(sock, 1)
-    assert answer.startswith(b"HTTP/1.1 101"), answer
+    sock = await upgrade_with_a_tiny_buffer(host, port, "/graphql",
+                                            f"Sec-WebSocket-Protocol: {PROTOCOL}")
     await loop.sock_sendall(sock, masked_frame(json.dumps(
         {"type": "connection_init", "payload": {"token": token}})))
     assert json.loads(await read_frame(sock)) == {"type": "connection_ack"}
