@@ -193,6 +193,11 @@ class Settings:
         "relay: how long a small batch may wait to fill, from its oldest event", minimum=0)
     relay_poll_s: float = setting(
         "RELAY_POLL_S", 5.0, "relay: wake-up interval when no NOTIFY arrives", minimum=0)
+    relay_lanes: int = setting(
+        "RELAY_LANES", 2,
+        "relay: batches in flight at once, each lane with its own connections; while one "
+        "lane's batch is in ClickHouse, another claims and reads the next from Postgres",
+        minimum=1, maximum=8)
     metrics_allow: str = setting(
         "EH_METRICS_ALLOW", "127.0.0.1/32,::1/128",
         "comma-separated networks (CIDR) whose peers may read the API's `GET /metrics` "
@@ -519,9 +524,22 @@ _QUERY_HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
 
 
 def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
-    """The named `-- name: x --` blocks of queries.sql, by name."""
+    """The named `-- name: x --` queries of queries.sql, by name. A block another names as
+    `$x` is a fragment, not a query: its text (without its comment lines) is put in there."""
     parts = _QUERY_HEADER.split(path.read_text())
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    used = {m.group(1) for body in named.values() for m in _FRAGMENT.finditer(body)} & set(named)
+    fragments = {name: "\n".join(line for line in named[name].splitlines()
+                                 if not line.lstrip().startswith("--")) for name in used}
+
+    def fragment(match: re.Match) -> str:
+        return fragments.get(match.group(1), match.group(0))
+
+    return {name: _FRAGMENT.sub(fragment, body) for name, body in named.items()
+            if name not in used}
+
+
+_FRAGMENT = re.compile(r"\$(\w+)")
 
 
 QUERIES = load_queries()

@@ -38,14 +38,8 @@ MAX_INTERVAL_S = 31536000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def load_queries() -> dict[str, str]:
-    """sql/clickhouse/queries.sql by name, the shared filters put in where a query names them."""
-    named = core.load_queries(core.SQL_DIR / "clickhouse" / "queries.sql")
-    filters = named.pop("event_filters")
-    return {name: text.replace("$event_filters", filters) for name, text in named.items()}
-
-
-QUERIES = load_queries()
+# sql/clickhouse/queries.sql by name, `$event_filters` (the filters every read shares) put in.
+QUERIES = core.load_queries(core.SQL_DIR / "clickhouse" / "queries.sql")
 
 
 class InvalidFilter(ValueError):

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import jsonschema
 import jsonschema_rs
+import orjson
 
 import core
 
@@ -31,12 +32,15 @@ NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
 # checked (check_storable_strings).
-SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # The last dot (or escaped dot) of a key: found in a line, its context is checked
 # (check_json_paths). A dot followed by plain characters, then a quote and a colon, can only be
 # in a key; a dot followed by an escape might be, so it counts too (json.dumps escapes every
 # non-ASCII character). Linear in the line's length: the possessive run stops at the next dot.
-DOTTED_KEY = re.compile(r'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
+DOTTED_KEY = re.compile(rb'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
+# Twenty digits in a row: maybe an integer past 64 bits, which orjson would make a float and
+# the json module keeps exact (load_line).
+LONG_NUMBER = re.compile(rb"\d{20}")
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -157,16 +161,7 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
     Without a mapping the line must be a canonical entry. With one, the line is mapped first
     and the mapped entry goes through every check a canonical line does; reasons then name
     the format and the line's own field (`pino: time: …`)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidLine(f"{NOT_UTF8} (byte {exc.start})") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    except ValueError as exc:  # an integer of more than 4,300 digits
-        raise InvalidLine(f"invalid JSON: {exc}") from None
+    obj, by_orjson = load_line(raw)
     name, sources = CANONICAL, None
     if mapping is not None:
         try:
@@ -175,7 +170,7 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
             raise InvalidLine(str(exc)) from None
     if not validator.is_valid(obj):
         raise InvalidLine(schema_error_reason(validator, obj, name, sources))
-    if SUSPECT_ESCAPE.search(text):
+    if SUSPECT_ESCAPE.search(raw):
         check_storable_strings(obj)
     try:
         # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
@@ -191,13 +186,8 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
     if extra:
         context = {**context, free_key(context, "extra"): extra}
-    if DOTTED_KEY.search(text):
+    if DOTTED_KEY.search(raw):
         check_json_paths(context)
-    try:
-        context_json = json.dumps(context, allow_nan=False)
-    except ValueError:
-        raise InvalidLine("a number is NaN, Infinity or too large for a 64-bit float; JSON "
-                          "has no such values and the database cannot store them") from None
     return {
         "timestamp": timestamp,
         "level": obj["level"].lower(),
@@ -206,9 +196,48 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
         "environment": obj.get("environment", "production"),
         "message": obj["message"],
         "context": context,
-        "context_json": context_json,
+        "context_json": dump_context(context, by_orjson),
         "format": name,
     }
+
+
+def load_line(raw: bytes) -> tuple[Any, bool]:
+    """The JSON value of a line, and whether orjson read it. orjson is three times as fast as
+    the json module and agrees with it on every line it takes, but for an integer past 64 bits
+    (a float to orjson: a line with twenty digits in a row is left to json, which keeps it
+    exact). What orjson refuses goes to json too, which says why in the words users have
+    always seen, or takes it (NaN, an unpaired surrogate: refused later, with their reasons)."""
+    if not LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidLine(f"{NOT_UTF8} (byte {exc.start})") from None
+    try:
+        return json.loads(text), False
+    except json.JSONDecodeError as exc:
+        raise InvalidLine(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InvalidLine(f"invalid JSON: {exc}") from None
+
+
+def dump_context(context: dict, by_orjson: bool) -> str:
+    """The context as JSON text. orjson writes what orjson read (it holds no NaN and no
+    integer past 64 bits), unless it is nested deeper than orjson writes (254 levels); json
+    writes the rest, refusing NaN and Infinity."""
+    if by_orjson:
+        try:
+            return orjson.dumps(context).decode()
+        except orjson.JSONEncodeError:
+            pass
+    try:
+        return json.dumps(context, allow_nan=False)
+    except ValueError:
+        raise InvalidLine("a number is NaN, Infinity or too large for a 64-bit float; JSON "
+                          "has no such values and the database cannot store them") from None
 
 
 def where(field: str, name: str, sources: dict[str, str] | None) -> str:

@@ -47,8 +47,9 @@ import re
 import select
 import signal
 import sys
+import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import clickhouse_connect
 import psycopg
@@ -86,7 +87,7 @@ RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at m
 MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
 MAX_LINKS = 32  # a batch span links to at most this many traces of the events it carries
 LINK_SAMPLES = 256  # events of a batch whose trace id is read for those links
-TRACE_ID_MEMBER = re.compile(r'"trace_id": "([0-9a-f]{32})"')
+TRACE_ID_MEMBER = re.compile(rb'"trace_id": "([0-9a-f]{32})"')
 
 # ClickHouse errors that mean "this data can never be inserted", by symbolic name and code.
 # Anything else (a lost connection, a full disk, a missing table, an unknown code) is retried,
@@ -132,12 +133,13 @@ def main() -> int:
         batch_max_rows=settings.relay_batch_max_rows,
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
+        lanes=settings.relay_lanes,
         fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
         metrics=f"{settings.metrics_host}:{settings.relay_metrics_port}"
         if settings.relay_metrics_port else None,
     )
     try:
-        run(settings, stop, after_insert=crash_after_insert if crash else None)
+        run_lanes(settings, stop, after_insert=crash_after_insert if crash else None)
     except Abandoned as exc:
         log.warning("relay.batch_abandoned", reason=str(exc))
     finally:
@@ -215,6 +217,41 @@ class Stopper:
     def close(self) -> None:
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def run_lanes(settings: core.Settings, stop: Stopper, *,
+              after_insert: Callable[[list], None] | None = None) -> None:
+    """`run` in RELAY_LANES lanes side by side, the first in this (the main) thread, so that
+    Postgres reads the next batch while ClickHouse takes the current one. Lanes are relays as
+    far as the outbox is concerned: each claims its own batches (SKIP LOCKED) with its own
+    connections, and a lane that dies leaves its batch recorded, for any lane to re-send.
+
+    The others are daemon threads: when the main thread gives up (Abandoned: a second signal,
+    or STOP_GRACE_S after the first, which it also spends waiting for them), the process
+    exits and their transactions roll back with their connections. A lane that fails stops
+    them all, and its error is raised here."""
+    failures: list[BaseException] = []
+
+    def lane(n: int) -> None:
+        structlog.contextvars.bind_contextvars(lane=n)
+        try:
+            run(settings, stop, after_insert=after_insert)
+        except BaseException as exc:  # raised in the main thread, below
+            failures.append(exc)
+            stop.request(f"lane {n} failed")
+
+    others = [threading.Thread(target=lane, args=(n,), name=f"relay-lane-{n}", daemon=True)
+              for n in range(1, settings.relay_lanes)]
+    for thread in others:
+        thread.start()
+    try:
+        run(settings, stop, after_insert=after_insert)
+    finally:
+        stop.request("the main lane stopped")
+        for thread in others:
+            thread.join()
+    if failures:
+        raise failures[0]
 
 
 def run(settings: core.Settings, stop: Stopper, *,
@@ -380,31 +417,22 @@ def is_malformed(exc: BaseException) -> bool:
     return exc.name in MALFORMED_ERRORS or exc.code in MALFORMED_CODES
 
 
-def to_clickhouse_columns(rows: Sequence) -> tuple[list[list[Any]], int]:
-    """event_log's columns (column-oriented) for outbox rows, and their approximate size.
-
-    event_context stays the JSON text Postgres returned: ClickHouse parses it into the JSON
-    column, so nothing is decoded and re-encoded here.
-    """
-    columns = [
-        [r.event_id for r in rows],
-        [r.event_type for r in rows],
-        [r.event_date_time for r in rows],
-        [r.environment for r in rows],
-        [r.event_context for r in rows],
-        [r.metadata_version for r in rows],
-    ]
-    approx_bytes = sum(len(r.event_type) + len(r.environment) + len(r.event_context) for r in rows)
-    return columns, approx_bytes + 28 * len(rows)  # UUID + DateTime + UInt64
+# An event time event_log's DateTime cannot hold (before 1970, after 2106) is refused
+# (VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, so dead-lettered) rather than clamped to the range's end.
+INSERT_SETTINGS = {"date_time_overflow_behavior": "throw"}
 
 
 def insert_batch(ch, rows: Sequence, token: str) -> int:
     """Insert rows into event_log as one insert that ClickHouse drops if `token` was seen
-    before (non_replicated_deduplication_window). Returns the approximate payload bytes."""
-    columns, approx_bytes = to_clickhouse_columns(rows)
-    ch.insert(EVENT_LOG_TABLE, columns, column_names=EVENT_LOG_COLUMNS, column_oriented=True,
-              settings={"insert_deduplication_token": token})
-    return approx_bytes
+    before (non_replicated_deduplication_window). Returns the bytes sent.
+
+    Each row's `line` is its event as a JSONEachRow line, built by Postgres
+    (outbox_batch_rows): the batch goes as the lines joined, nothing decoded or re-encoded.
+    """
+    block = b"\n".join(r.line for r in rows)
+    ch.raw_insert(EVENT_LOG_TABLE, EVENT_LOG_COLUMNS, insert_block=block, fmt="JSONEachRow",
+                  settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+    return len(block)
 
 
 def describe(exc: BaseException) -> str:
@@ -485,6 +513,7 @@ def take_and_deliver(conn, ch, settings: core.Settings, span: "BatchSpan",
         return None
     batch, rows = claimed
     with conn.transaction():
+        # Locked, a recorded batch's rows stay as they were read: only its holder deletes them.
         if lock_batch(conn, batch.batch_id) is None:
             return None  # another relay took it over in the moment between; it sends it
         span.claimed(batch, rows)
@@ -542,9 +571,9 @@ def event_links(rows: Sequence) -> list[trace.Link]:
     event names its trace, not a span: each link is to the trace (span id 0), and says so."""
     found: dict[str, None] = {}
     for row in rows[::max(1, len(rows) // LINK_SAMPLES)]:
-        match = TRACE_ID_MEMBER.search(row.event_context)
-        if match and match.group(1) not in found:
-            found[match.group(1)] = None
+        match = TRACE_ID_MEMBER.search(row.line)
+        if match and (trace_id := match.group(1).decode()) not in found:
+            found[trace_id] = None
             if len(found) == MAX_LINKS:
                 break
     return [trace.Link(trace.SpanContext(int(t, 16), 0, is_remote=True),
@@ -672,9 +701,11 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
 
 def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[OutboxBatch, list] | None:
     """Claim the oldest unclaimed outbox rows and record them as a batch (committed), if due:
-    `max_rows` of them, or fewer once the oldest has waited `max_wait_s`. None otherwise."""
+    `max_rows` of them, or fewer once the oldest has waited `max_wait_s`. None otherwise.
+    The rows come as batch_rows gives them."""
     with conn.transaction():
-        cur = conn.cursor(row_factory=namedtuple_row)
+        conn.execute(QUERIES["lock_outbox_claims"])
+        cur = conn.cursor(row_factory=namedtuple_row, binary=True)
         rows = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
         rows = without_recorded_rows(conn, rows)
         if not rows or (len(rows) < max_rows and max(r.age_s for r in rows) < max_wait_s):
@@ -727,7 +758,8 @@ def batch_query(conn, name: str, params: dict):
 
 
 def batch_rows(conn, ids: list[int]) -> list:
-    cur = conn.cursor(row_factory=namedtuple_row)
+    """A recorded batch's outbox rows, each with its JSONEachRow `line` (bytes)."""
+    cur = conn.cursor(row_factory=namedtuple_row, binary=True)
     return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
 
 

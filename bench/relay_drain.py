@@ -4,16 +4,20 @@ Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a tem
 
     .venv/bin/python bench/relay_drain.py
     .venv/bin/python bench/relay_drain.py --events 1000000 --rate 5000 --seconds 60
+    .venv/bin/python bench/relay_drain.py --limit-tool ../shared/tools/relay_limit.py
     LOG_LEVEL=INFO .venv/bin/python bench/relay_drain.py      # with the relay's per-batch log lines
 
 What it does:
  1. creates a scratch database `eh_bench_relay` on the server of DATABASE_URL (default: the
     local one; the admin connection goes to its `postgres` database), migrates it with
     core.migrate, and drops it at the end;
- 2. drain: fills the outbox with --events events (default 500,000) by COPY, in transactions of
-    50,000 as the worker would, then runs the relay loop (relay.run, in a thread, with the
-    default knobs unless RELAY_* say otherwise) until the outbox is empty; prints events/s and
-    the number of ClickHouse inserts;
+ 2. drain: starts the relay (relay.run_lanes, in a thread, with the default knobs unless
+    RELAY_* say otherwise) and lets it connect, then commits --events events (default
+    500,000) into the outbox in one transaction, by COPY, and times the relay from that commit
+    until the outbox is empty; prints events/s and the number of ClickHouse inserts. With
+    --limit-tool, first runs that reference loop (relay_limit.py: claim -> insert -> delete,
+    no ledger) on as many events with the same batch size, and prints the drain rate as a
+    share of it, both measured in the same window;
  3. steady load: a producer thread commits --rate events/s (default 2,000) for --seconds
     (default 20), in small transactions of 20 events each (COPY + NOTIFY, 100 per second at
     the default rate), while the relay loop runs; prints the delivery latency of every event,
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -45,11 +51,12 @@ import core  # noqa: E402
 import relay  # noqa: E402
 
 BENCH_DB = "eh_bench_relay"
-COPY_CHUNK = 50_000
 EVENTS_PER_TX = 20
 TARGET_DRAIN_EPS = 30_000
 TARGET_INSERTS_PER_S = 2.0
 TARGET_P99_S = 2.5
+TARGET_LIMIT_SHARE = 0.9
+LIMIT_FIGURE = re.compile(r"fast relay loop ([\d,]+) events/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000, help="events for the drain phase")
     parser.add_argument("--rate", type=int, default=2_000, help="events/s for the steady phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady phase")
+    parser.add_argument("--limit-tool", type=Path,
+                        help="relay_limit.py, run first on as many events for the ratio")
     args = parser.parse_args(argv)
 
     env = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", **os.environ}
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Postgres {host}/{BENCH_DB}, chDB in {tmp}; relay_batch_max_rows="
                   f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
                   f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}")
+            limit_eps = relay_limit(args.limit_tool, bench_url, args.events,
+                                    settings.relay_batch_max_rows) if args.limit_tool else None
             drain = drain_phase(settings, args.events)
             steady = steady_phase(settings, args.rate, args.seconds)
     finally:
@@ -96,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         ("steady p99 latency", f"{steady['p99']:.3f} s", steady["p99"] <= TARGET_P99_S,
          f"<= {TARGET_P99_S} s"),
     ]
+    if limit_eps is not None:
+        share = drain["eps"] / limit_eps
+        checks.append(("drain / relay limit", f"{share:.2f} x {limit_eps:,.0f}",
+                       share >= TARGET_LIMIT_SHARE, f">= {TARGET_LIMIT_SHARE}"))
     for name, value, ok, target in checks:
         print(f"{name:20} {value:>22}   target {target:12} {'ok' if ok else 'MISSED'}")
     return 0 if all(ok for _, _, ok, _ in checks) else 1
@@ -116,7 +131,7 @@ class Relay:
 
     def _run(self, settings):
         try:
-            relay.run(settings, self.stop, after_insert=self._acknowledged)
+            relay.run_lanes(settings, self.stop, after_insert=self._acknowledged)
         except BaseException as exc:  # reported by the main thread
             self.error = exc
 
@@ -144,18 +159,27 @@ class Relay:
             raise self.error
 
 
+def relay_limit(tool: Path, database_url: str, n: int, batch: int) -> float:
+    """Run relay_limit.py on n events in batches of `batch`; its events/s."""
+    print()
+    print(f"== the relay limit: {tool} {n:,} {batch:,}")
+    out = subprocess.run([sys.executable, str(tool), database_url, str(n), str(batch)],
+                         capture_output=True, text=True, check=True).stdout
+    print(out.strip())
+    return float(LIMIT_FIGURE.search(out).group(1).replace(",", ""))
+
+
 def drain_phase(settings: core.Settings, n: int) -> dict:
     print()
-    print(f"== drain: {n:,} events already in the outbox")
-    started = time.monotonic()
-    with psycopg.connect(settings.database_url) as conn:
-        for first in range(0, n, COPY_CHUNK):
-            with conn.transaction(), conn.cursor() as cur:
-                core.copy_events(cur, (sample_event(i) for i in range(first, min(first + COPY_CHUNK, n))))
-    print(f"filled the outbox in {time.monotonic() - started:.1f} s")
+    print(f"== drain: {n:,} events committed at once into the outbox")
     with psycopg.connect(settings.database_url, autocommit=True) as conn, \
             Relay(settings, timed=False) as r:
+        time.sleep(1.0)  # the relay is connected and idle
+        filling = time.monotonic()
+        with conn.transaction(), conn.cursor() as cur:
+            core.copy_events(cur, (sample_event(i) for i in range(n)))
         started = time.monotonic()
+        print(f"filled the outbox in {started - filling:.1f} s")
         # Count acknowledged rows rather than poll the outbox: a query over a table full of
         # freshly deleted rows costs Postgres real work, taken from the relay on 2 cores.
         while r.snapshot()[1] < n and r.error is None and time.monotonic() - started < 600:

@@ -148,18 +148,37 @@ COPY line_errors (job_id, line_no, reason) FROM STDIN;
 -- is locked; the rows and the record are deleted in the transaction that follows ClickHouse's
 -- acknowledgement. Rows covered by a recorded batch are never claimed into another one.
 
+-- name: event_log_line --
+-- An outbox row `o`'s event as the JSONEachRow line ClickHouse takes, built here so that the
+-- relay sends the lines as they are, never decoding an event: the time as whole Unix seconds
+-- (event_log's DateTime; ClickHouse refuses one out of its range, relay.INSERT_SETTINGS), the
+-- context as jsonb prints it. UTF-8 bytes (bytea), so the driver does not decode them either.
+convert_to(json_build_object(
+    'event_id', o.event_id,
+    'event_type', o.event_type,
+    'event_date_time', floor(extract(epoch FROM o.event_date_time))::bigint,
+    'environment', o.environment,
+    'event_context', o.event_context,
+    'metadata_version', o.metadata_version)::text, 'UTF8')
+
 -- name: claim_outbox_batch --
 -- The oldest rows no other relay holds and no recorded batch covers. The caller re-reads
 -- outbox_batch (outbox_batch_overlap) in a new statement before recording them: a batch
 -- recorded after this statement's snapshot was taken is only visible there.
-SELECT o.id, o.event_id, o.event_type, o.event_date_time, o.environment,
-       o.event_context::text AS event_context, o.metadata_version, o.created_at,
-       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s
+SELECT o.id, o.event_id, o.created_at,
+       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s,
+       $event_log_line AS line
 FROM outbox o
 WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
 ORDER BY o.id
 LIMIT %(max_rows)s
 FOR UPDATE OF o SKIP LOCKED;
+
+-- name: lock_outbox_claims --
+-- Relays claim one at a time: each claim then sees the batches recorded before it and takes
+-- the rows after them, a full batch, rather than rows another claim holds (skipped) or has
+-- just recorded (dropped by outbox_batch_overlap). Held until the claim commits.
+SELECT pg_advisory_xact_lock(hashtextextended('eventhorizon:outbox_claim', 0));
 
 -- name: outbox_batch_overlap --
 SELECT unnest(ids) AS id FROM outbox_batch
@@ -183,11 +202,12 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: outbox_batch_rows --
-SELECT id, event_id, event_type, event_date_time, environment,
-       event_context::text AS event_context, metadata_version, created_at,
-       extract(epoch FROM clock_timestamp() - created_at)::float8 AS age_s
-FROM outbox
-WHERE id = ANY(%(ids)s)
+-- A recorded batch's rows, as claim_outbox_batch gives them.
+SELECT o.id, o.event_id, o.created_at,
+       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s,
+       $event_log_line AS line
+FROM outbox o
+WHERE o.id = ANY(%(ids)s)
 ORDER BY id;
 
 -- name: delete_outbox_rows --
