@@ -257,8 +257,10 @@ class FormatMapper:
     def __init__(self, fmt: Format, default_service: str | None,
                  default_environment: str | None):
         self.name = fmt.name
-        self.time = [(Path(p), unit) for p, unit in fmt.time]
-        self.level = [Path(p) for p in fmt.level]
+        # (path, unit, where): `where` names the field in a reason (`pino: time`)
+        self.time = [(Path(p), unit, f"{fmt.name}: {p}") for p, unit in fmt.time]
+        self.epoch_text = EpochText()
+        self.level = [(Path(p), f"{fmt.name}: {p}") for p in fmt.level]
         self.level_numbers = fmt.level_numbers
         self.level_names = fmt.level_names
         self.message = [Path(p) for p in fmt.message]
@@ -294,22 +296,22 @@ class FormatMapper:
         }, sources
 
     def read_time(self, obj: dict, sources: dict[str, str]) -> Any:
-        for path, unit in self.time:
+        for path, unit, where in self.time:
             value = path.take(obj)
             if value is not MISSING:
                 sources["timestamp"] = path.text
-                return time_text(value, unit, f"{self.name}: {path.text}")
-        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _ in self.time)} "
+                return time_text(value, unit, where, self.epoch_text)
+        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _, _ in self.time)} "
                          "(the timestamp)")
 
     def read_level(self, obj: dict, sources: dict[str, str]) -> str:
-        for path in self.level:
+        for path, where in self.level:
             value = path.take(obj)
             if value is not MISSING:
                 sources["level"] = path.text
-                return level_name(value, self.level_numbers, f"{self.name}: {path.text}",
-                                  self.level_names)
-        raise ValueError(f"{self.name}: no {' or '.join(p.text for p in self.level)} (the level)")
+                return level_name(value, self.level_numbers, where, self.level_names)
+        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _ in self.level)} "
+                         "(the level)")
 
 
 def take(obj: dict, paths: list[Path], sources: dict[str, str], field: str, default):
@@ -341,7 +343,9 @@ class Path:
             value = obj.pop(self.text, MISSING)
         else:
             value = take_nested(obj, self.segments)
-        return any_value(value)
+        if type(value) is dict and len(value) == 1:  # perhaps an OTLP AnyValue
+            return any_value(value)
+        return value
 
 
 def take_nested(obj: dict, segments: tuple[str, ...]):
@@ -374,13 +378,11 @@ def attribute(items: list, key: str):
     return MISSING
 
 
-def any_value(value):
-    """An OTLP AnyValue ({"stringValue": "x"}) as the plain value it holds."""
-    if type(value) is dict and len(value) == 1:
-        (key, inner), = value.items()
-        if key in ANY_VALUE_KEYS:
-            return inner
-    return value
+def any_value(value: dict):
+    """An OTLP AnyValue ({"stringValue": "x"}, a dict of one key) as the plain value it holds;
+    any other dict as it is."""
+    (key, inner), = value.items()
+    return inner if key in ANY_VALUE_KEYS else value
 
 
 def level_name(value, numbers: Mapping[int, str], where: str,
@@ -399,10 +401,11 @@ def level_name(value, numbers: Mapping[int, str], where: str,
     return level
 
 
-def time_text(value, unit: str, where: str) -> Any:
+def time_text(value, unit: str, where: str, epoch_text: "EpochText") -> Any:
     """The timestamp as an RFC 3339 string (the canonical schema checks it), from a number of
     `unit` since the epoch or from a date-time string (normalised when it is not RFC 3339
-    already: a `+0100` offset, a comma before the fraction, Go's time format)."""
+    already: a `+0100` offset, a comma before the fraction, Go's time format). An integer
+    is written by `epoch_text`, the job's."""
     if type(value) is str:
         if unit in TIME_UNITS and value.isdigit():
             value = int(value)
@@ -413,6 +416,8 @@ def time_text(value, unit: str, where: str) -> Any:
     if type(value) not in (int, float):
         raise ValueError(f"{where}: not a number of {TIME_UNITS[unit]}")
     try:
+        if type(value) is int:
+            return epoch_text(value // 1000 if unit == "ns" else value * MICROSECONDS[unit])
         if unit == "ns":
             moment = EPOCH + dt.timedelta(microseconds=value // 1000)
         elif unit == "ms":
@@ -423,6 +428,29 @@ def time_text(value, unit: str, where: str) -> Any:
         raise ValueError(f"{where}: {value!r} {TIME_UNITS[unit]} is not a time datetime can "
                          "hold") from None
     return moment.isoformat()
+
+
+MICROSECONDS = {"s": 1_000_000, "ms": 1_000}
+
+
+class EpochText:
+    """Whole microseconds since the epoch as RFC 3339 text, in UTC, as datetime.isoformat
+    writes it. The date and clock of the last second are kept: the lines of a log file come
+    in order, many in the same second, and the calendar arithmetic costs more than the rest
+    of a line's mapping."""
+
+    def __init__(self):
+        self.second: int | None = None
+        self.prefix = ""
+
+    def __call__(self, microseconds: int) -> str:
+        second, fraction = divmod(microseconds, 1_000_000)
+        if second != self.second:
+            self.prefix = (EPOCH + dt.timedelta(seconds=second)).isoformat()[:-len("+00:00")]
+            self.second = second
+        if fraction:
+            return f"{self.prefix}.{fraction:06d}+00:00"
+        return f"{self.prefix}+00:00"
 
 
 def normalised_time(text: str, *, naive_is_utc: bool) -> str:

@@ -39,8 +39,10 @@ SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # non-ASCII character). Linear in the line's length: the possessive run stops at the next dot.
 DOTTED_KEY = re.compile(rb'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
 # Twenty digits in a row: maybe an integer past 64 bits, which orjson would make a float and
-# the json module keeps exact (load_line).
-LONG_NUMBER = re.compile(rb"\d{20}")
+# the json module keeps exact (load_line). Looked for in a copy of the line with each digit
+# made "0" and every other byte "x": ten times as fast as the regular expression \d{20}.
+DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))
+LONG_NUMBER = b"0" * 20
 KNOWN_FIELDS = frozenset(
     {"timestamp", "level", "service", "event_type", "message", "environment", "context"}
 )
@@ -207,7 +209,7 @@ def load_line(raw: bytes) -> tuple[Any, bool]:
     (a float to orjson: a line with twenty digits in a row is left to json, which keeps it
     exact). What orjson refuses goes to json too, which says why in the words users have
     always seen, or takes it (NaN, an unpaired surrogate: refused later, with their reasons)."""
-    if not LONG_NUMBER.search(raw):
+    if LONG_NUMBER not in raw.translate(DIGITS_AS_ZERO):
         try:
             return orjson.loads(raw), True
         except orjson.JSONDecodeError:

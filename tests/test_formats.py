@@ -560,3 +560,16 @@ def test_the_built_in_formats_are_expressible_as_definitions():
         ours, theirs = parse_custom(json.loads(line), as_custom), parse(line, "pino")
         assert {**mapped(ours), "format": "pino", "event_type": "pino.log"} == mapped(theirs)
         assert ours["context"] == theirs["context"]
+
+
+def test_epoch_text_writes_what_isoformat_writes(rng):
+    """formats.EpochText keeps the last second's date and clock: consecutive values (the same
+    second, the next, back in time, before 1970) must read exactly as datetime writes them."""
+    write = formats.EpochText()
+    values = [0, 1, 999_999, 1_000_000, -1, -1_000_001, 1_764_496_800_123_000]
+    start = rng.randrange(-2 * 10**15, 4 * 10**15)
+    values += [start + rng.randrange(0, 3 * 10**6) for _ in range(2_000)]
+    values += [rng.randrange(-10**16, 10**17) for _ in range(2_000)]
+    for us in values:
+        expected = (formats.EPOCH + dt.timedelta(microseconds=us)).isoformat()
+        assert write(us) == expected, us
