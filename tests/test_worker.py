@@ -432,6 +432,10 @@ def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db
     assert slow.wait(timeout=10) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     job = assert_stored_up_to_checkpoint(db, job_id, content)
     assert job["status"] == "processing" and job["lines_processed"] < 301
+    if sig == signal.SIGTERM:  # a clean stop: the job abandoned, its attempt given back
+        log = slow.log_path.read_text()
+        assert '"job.abandoned"' in log and '"job.attempt_failed"' not in log, log[-3000:]
+        assert job["attempts"] == 0, log[-3000:]
 
     start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
