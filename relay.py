@@ -2,12 +2,14 @@
 
     python relay.py
 
-A long-running loop. Each batch goes through three steps, each its own transaction:
+A long-running loop, run in RELAY_LANES lanes side by side (run_lanes), so that one lane's
+Postgres work overlaps another's ClickHouse insert. Each batch goes through three steps, each
+its own transaction:
 
 1. claim: the oldest outbox rows (`FOR UPDATE SKIP LOCKED`) are recorded in outbox_batch with
    their ids and a dedup token derived from them, and that record is committed;
 2. send: with its outbox_batch row locked, the batch is inserted into ClickHouse with the token
-   as `insert_deduplication_token`;
+   as `insert_deduplication_token`, as the JSONEachRow lines Postgres built (nothing decoded);
 3. once ClickHouse has acknowledged, the outbox rows and the record are deleted, in that same
    transaction, which then commits.
 

@@ -181,7 +181,8 @@ def publish_poison(conn, kind: str) -> uuid.UUID:
         # Two different keys for Postgres; ClickHouse's JSON type refuses them, both being the
         # path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
         return core.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
-    # A timestamptz before 1970 that DateTime cannot hold; the client refuses to encode it.
+    # A timestamptz before 1970 that DateTime cannot hold: ClickHouse refuses it
+    # (date_time_overflow_behavior='throw', relay.INSERT_SETTINGS) rather than clamping it.
     return core.publish_event(conn, "test.poison", {}, environment="test",
                               event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
 
@@ -306,6 +307,32 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     ids = event_log_ids(ch)
     assert len(ids) == 199 and set(ids) == set(good)
     assert [d["event_id"] for d in db.execute("SELECT event_id FROM outbox_dead")] == [bad]
+
+
+def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings):
+    """An unexpected error in one lane (here right after an insert, before the commit) stops
+    the other lanes and is raised by run_lanes; the batch it left is re-sent once after."""
+    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=50, relay_lanes=3)
+    published = publish(settings.database_url, 400)
+
+    def fail_on_the_third_insert(rows, inserts=[]):
+        inserts.append(rows)
+        if len(inserts) == 3:
+            raise RuntimeError("a lane's bug")
+
+    stop = relay.Stopper()
+    try:
+        with pytest.raises(RuntimeError, match="a lane's bug"):
+            relay.run_lanes(settings, stop, after_insert=fail_on_the_third_insert)
+    finally:
+        stop.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("relay-lane-")]
+    assert stop.requested
+
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+        drain(db, ch, settings)
+        ids = event_log_ids(ch)
+    assert len(ids) == 400 and set(ids) == set(published)
 
 
 def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings):
