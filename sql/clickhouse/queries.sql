@@ -4,8 +4,8 @@
 -- array, a NULL time, an empty search string, written so that ClickHouse folds the condition
 -- away and reads no column for it). A job's events are read through event_log's
 -- `by_job` projection, sorted by (job_id, line_no): line events have line_no >= 1, a job's
--- lifecycle events 0. `$event_filters` stands for the block of that name (core.load_queries puts it
--- in): the filters every read shares.
+-- lifecycle events 0. `$event_filters` stands for the block of that name (core.load_queries
+-- puts it in): the filters every read shares.
 
 -- name: event_filters --
 (empty({levels:Array(String)}) OR has({levels:Array(String)}, level))
