@@ -8,6 +8,7 @@ import asyncio
 import base64
 import dataclasses
 import gzip
+import io
 import json
 import os
 import tracemalloc
