@@ -135,7 +135,7 @@ def main() -> int:
         batch_max_rows=settings.relay_batch_max_rows,
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
-        lanes=settings.relay_lanes,
+        lanes=lanes_for(settings),
         fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
         metrics=f"{settings.metrics_host}:{settings.relay_metrics_port}"
         if settings.relay_metrics_port else None,
@@ -233,6 +233,7 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
     exits and their transactions roll back with their connections. A lane that fails stops
     them all, and its error is raised here."""
     failures: list[BaseException] = []
+    lanes = lanes_for(settings)
 
     def lane(n: int) -> None:
         structlog.contextvars.bind_contextvars(lane=n)
@@ -243,7 +244,7 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
             stop.request(f"lane {n} failed")
 
     others = [threading.Thread(target=lane, args=(n,), name=f"relay-lane-{n}", daemon=True)
-              for n in range(1, settings.relay_lanes)]
+              for n in range(1, lanes)]
     for thread in others:
         thread.start()
     try:
@@ -254,6 +255,15 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
             thread.join()
     if failures:
         raise failures[0]
+
+
+def lanes_for(settings: core.Settings) -> int:
+    """RELAY_LANES, but one with the embedded engine (chdb://). It runs inside this process:
+    a relay that dies kills the inserts of its other lanes with it, and ClickHouse records an
+    insert's dedup token before it commits the insert's part, so an insert killed in between
+    leaves a token with no rows, and the re-sent batch would be dropped as a duplicate. A
+    server (http://) finishes or cancels an insert whatever happens to the relay."""
+    return 1 if settings.clickhouse_url.startswith("chdb:") else settings.relay_lanes
 
 
 def run(settings: core.Settings, stop: Stopper, *,

@@ -250,8 +250,17 @@ class ObjectWriter:
                 ContentType="application/x-ndjson")
             self.upload_id = created["UploadId"]
         number = len(self.parts) + 1
-        result = await asyncio.to_thread(self.s3.upload_part, Bucket=self.bucket, Key=self.key,
-                                         UploadId=self.upload_id, PartNumber=number, Body=data)
+        # The thread pool's work item outlives the call a moment (on a busy machine, long
+        # enough for the next part to fill): it holds this closure, and the closure gives
+        # the part up as the upload starts, so two parts are never held at once.
+        held = [data]
+        del data
+
+        def upload_part():
+            return self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                       PartNumber=number, Body=held.pop())
+
+        result = await asyncio.to_thread(upload_part)
         self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
 
 

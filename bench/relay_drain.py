@@ -1,10 +1,16 @@
 """Relay benchmark: outbox drain rate, and delivery latency under a steady load.
 
-Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a temporary directory).
+Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a temporary directory,
+where a relay runs one lane), or a ClickHouse server with --clickhouse-url (two lanes, as in
+production; scripts/clickhouse-server serves one).
 
     .venv/bin/python bench/relay_drain.py
     .venv/bin/python bench/relay_drain.py --events 1000000 --rate 5000 --seconds 60
-    .venv/bin/python bench/relay_drain.py --limit-tool ../shared/tools/relay_limit.py
+    # a scratch server (its events are left in its event_log; delete the directory after):
+    CLICKHOUSE_PASSWORD_BENCH=bench .venv/bin/python scripts/clickhouse-server \
+        --dir /tmp/eh-bench-ch --port 18123 --database bench --user bench:writer &
+    .venv/bin/python bench/relay_drain.py --limit-tool ../shared/tools/relay_limit.py \
+        --clickhouse-url http://bench:bench@127.0.0.1:18123/bench
     LOG_LEVEL=INFO .venv/bin/python bench/relay_drain.py      # with the relay's per-batch log lines
 
 What it does:
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000, help="events for the drain phase")
     parser.add_argument("--rate", type=int, default=2_000, help="events/s for the steady phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady phase")
+    parser.add_argument("--clickhouse-url", help="a ClickHouse server for the relay (http://...,"
+                        " a scratch database: the events stay in its event_log); default: chDB"
+                        " in a temporary directory, where a relay runs one lane")
     parser.add_argument("--limit-tool", type=Path,
                         help="relay_limit.py, run first on as many events for the ratio")
     args = parser.parse_args(argv)
@@ -82,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         core.migrate(bench_url)
         with tempfile.TemporaryDirectory(prefix="eh-bench-relay-") as tmp:
-            settings = dataclasses.replace(base, database_url=bench_url,
-                                           clickhouse_url=f"chdb://{tmp}/clickhouse")
+            settings = dataclasses.replace(base, database_url=bench_url, clickhouse_url=(
+                args.clickhouse_url or f"chdb://{tmp}/clickhouse"))
             host = urlsplit(bench_url).hostname or "local socket"
-            print(f"Postgres {host}/{BENCH_DB}, chDB in {tmp}; relay_batch_max_rows="
+            print(f"Postgres {host}/{BENCH_DB}, ClickHouse "
+                  f"{core.redact_url(settings.clickhouse_url)}, "
+                  f"{relay.lanes_for(settings)} lane(s); relay_batch_max_rows="
                   f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
                   f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}")
             limit_eps = relay_limit(args.limit_tool, bench_url, args.events,

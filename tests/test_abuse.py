@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures.thread
 import dataclasses
 import gzip
 import io
 import json
 import os
+import time
 import tracemalloc
 import zlib
 
@@ -472,10 +474,19 @@ class NullS3:
         pass
 
 
-async def test_a_running_upload_holds_one_part_and_one_chunk():
+async def test_a_running_upload_holds_one_part_and_one_chunk(monkeypatch):
     """The memory budget of EH_MAX_UPLOADS (README, Limits): one upload, streamed in the
     API's chunks, never holds more than an S3 part and a chunk, ~8.3 MiB. (Copying each
-    part out of the buffer took 24 MiB.)"""
+    part out of the buffer took 24 MiB.) The thread pool's workers are made slow to let go
+    of their work items after each call, as on a busy machine, where a part passed as the
+    call's argument was seen still held when the next one had filled (16.9 MiB)."""
+    run = concurrent.futures.thread._WorkItem.run
+
+    def run_then_hold_on(work_item):
+        run(work_item)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(concurrent.futures.thread._WorkItem, "run", run_then_hold_on)
     writer = uploads.ObjectWriter(NullS3(), "bucket", "uploads/x.jsonl")
     chunk = b"x" * eventhorizon.READ_CHUNK_BYTES
     await asyncio.to_thread(lambda: None)  # the thread pool exists before measuring
