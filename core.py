@@ -196,8 +196,7 @@ class Settings:
     relay_lanes: int = setting(
         "RELAY_LANES", 2,
         "relay: batches in flight at once, each lane with its own connections; while one "
-        "lane's batch is in ClickHouse, another claims and reads the next from Postgres. "
-        "Always 1 with `chdb://` (see The relay: Lanes)",
+        "lane's batch is in ClickHouse, another claims and reads the next from Postgres",
         minimum=1, maximum=8)
     metrics_allow: str = setting(
         "EH_METRICS_ALLOW", "127.0.0.1/32,::1/128",

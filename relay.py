@@ -18,6 +18,8 @@ next relay to look re-sends exactly those rows with the same token, and ClickHou
 insert if it already has it. Because the record fixes the rows, this holds even when new rows
 arrived in the meantime. Several relays side by side take different records (SKIP LOCKED) and
 never claim rows a record covers.
+A re-sent batch is then looked up in event_log, and what ClickHouse dropped as a duplicate
+without having it is inserted again (restore_missing).
 
 ClickHouse errors keep the rows. A batch ClickHouse refuses as malformed (bad data, not a lost
 connection or a server problem) is retried; on the DEAD_AFTER_ATTEMPTS-th refusal it is salvaged:
@@ -44,6 +46,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import select
@@ -135,7 +138,7 @@ def main() -> int:
         batch_max_rows=settings.relay_batch_max_rows,
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
-        lanes=lanes_for(settings),
+        lanes=settings.relay_lanes,
         fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
         metrics=f"{settings.metrics_host}:{settings.relay_metrics_port}"
         if settings.relay_metrics_port else None,
@@ -233,7 +236,6 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
     exits and their transactions roll back with their connections. A lane that fails stops
     them all, and its error is raised here."""
     failures: list[BaseException] = []
-    lanes = lanes_for(settings)
 
     def lane(n: int) -> None:
         structlog.contextvars.bind_contextvars(lane=n)
@@ -244,7 +246,7 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
             stop.request(f"lane {n} failed")
 
     others = [threading.Thread(target=lane, args=(n,), name=f"relay-lane-{n}", daemon=True)
-              for n in range(1, lanes)]
+              for n in range(1, settings.relay_lanes)]
     for thread in others:
         thread.start()
     try:
@@ -255,15 +257,6 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
             thread.join()
     if failures:
         raise failures[0]
-
-
-def lanes_for(settings: core.Settings) -> int:
-    """RELAY_LANES, but one with the embedded engine (chdb://). It runs inside this process:
-    a relay that dies kills the inserts of its other lanes with it, and ClickHouse records an
-    insert's dedup token before it commits the insert's part, so an insert killed in between
-    leaves a token with no rows, and the re-sent batch would be dropped as a duplicate. A
-    server (http://) finishes or cancels an insert whatever happens to the relay."""
-    return 1 if settings.clickhouse_url.startswith("chdb:") else settings.relay_lanes
 
 
 def run(settings: core.Settings, stop: Stopper, *,
@@ -646,6 +639,8 @@ def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = Fa
             else:
                 if after_insert is not None:
                     after_insert(rows)
+            if resent:
+                approx_bytes += restore_missing(ch, without(rows, dead, left))
     with span.step("relay.finish"):
         for part, error in dead:
             dead_letter_rows(conn, part, error)
@@ -658,6 +653,61 @@ def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = Fa
     return Delivery(batch, rows=len(rows) - dead_rows - left_rows, nbytes=approx_bytes,
                     lag_s=lag_s, resent=resent, dead=dead_rows,
                     dead_error=dead[0][1] if dead else None, left=left_rows)
+
+
+def without(rows: list, dead: list, left: list) -> list:
+    """The rows of a batch but those dead-lettered or left for later by a salvage."""
+    if not dead and not left:
+        return rows
+    out = {r.id for part, _ in dead for r in part} | {r.id for part in left for r in part}
+    return [r for r in rows if r.id not in out]
+
+
+def restore_missing(ch, rows: list) -> int:
+    """Insert what event_log lacks of a re-sent batch's rows, which ClickHouse has just taken
+    (or dropped as duplicates); returns the bytes sent.
+
+    ClickHouse writes an insert's dedup token to its log before it commits the insert's part:
+    a ClickHouse process that died between the two (a server killed, or chDB inside a relay
+    that died) left the token without the rows, and the re-send under the same token was
+    dropped. So after a re-send, which follows every such death, the batch's events are looked
+    up, and the missing ones go again under a token of their own, new each time: the look-up
+    right before is what keeps them from being doubled."""
+    missing = missing_from_event_log(ch, rows)
+    if not missing:
+        return 0
+    log.warning("relay.batch_restored", rows=len(missing), of=len(rows))
+    try:
+        return insert_batch(ch, missing, f"{batch_token(missing)}-{os.urandom(4).hex()}")
+    except Exception as exc:
+        raise ClickHouseUnavailable(describe(exc)) from exc
+
+
+def missing_from_event_log(ch, rows: list) -> list:
+    """The rows whose event event_log does not have, looked up PRESENCE_CHUNK at a time by
+    event id, within their event types and times (event_log's sort key)."""
+    present = set()
+    for start in range(0, len(rows), PRESENCE_CHUNK):
+        chunk = rows[start:start + PRESENCE_CHUNK]
+        events = [json.loads(r.line) for r in chunk]
+        try:
+            found = ch.query(EVENTS_PRESENT, parameters={
+                "types": sorted({e["event_type"] for e in events}),
+                "first": min(e["event_date_time"] for e in events),
+                "last": max(e["event_date_time"] for e in events),
+                "ids": [r.event_id for r in chunk]}).result_rows
+        except Exception as exc:
+            raise ClickHouseUnavailable(describe(exc)) from exc
+        present.update(event_id for (event_id,) in found)
+    return [r for r in rows if r.event_id not in present]
+
+
+PRESENCE_CHUNK = 1_000  # event ids per look-up, well inside a URL's length
+EVENTS_PRESENT = (
+    f"SELECT event_id FROM {EVENT_LOG_TABLE} "
+    "WHERE event_type IN {types:Array(String)} "
+    "AND event_date_time BETWEEN toDateTime({first:Int64}, 'UTC') "
+    "AND toDateTime({last:Int64}, 'UTC') AND event_id IN {ids:Array(UUID)}")
 
 
 def refusal(exc: Exception) -> str:

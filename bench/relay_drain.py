@@ -1,8 +1,8 @@
 """Relay benchmark: outbox drain rate, and delivery latency under a steady load.
 
-Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a temporary directory,
-where a relay runs one lane), or a ClickHouse server with --clickhouse-url (two lanes, as in
-production; scripts/clickhouse-server serves one).
+Not a test: run it by hand. It needs Postgres only (ClickHouse is chDB, in a temporary directory),
+or a ClickHouse server with --clickhouse-url, as in production (scripts/clickhouse-server serves
+one).
 
     .venv/bin/python bench/relay_drain.py
     .venv/bin/python bench/relay_drain.py --events 1000000 --rate 5000 --seconds 60
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady phase")
     parser.add_argument("--clickhouse-url", help="a ClickHouse server for the relay (http://...,"
                         " a scratch database: the events stay in its event_log); default: chDB"
-                        " in a temporary directory, where a relay runs one lane")
+                        " in a temporary directory")
     parser.add_argument("--limit-tool", type=Path,
                         help="relay_limit.py, run first on as many events for the ratio")
     args = parser.parse_args(argv)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             host = urlsplit(bench_url).hostname or "local socket"
             print(f"Postgres {host}/{BENCH_DB}, ClickHouse "
                   f"{core.redact_url(settings.clickhouse_url)}, "
-                  f"{relay.lanes_for(settings)} lane(s); relay_batch_max_rows="
+                  f"{settings.relay_lanes} lane(s); relay_batch_max_rows="
                   f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
                   f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}")
             limit_eps = relay_limit(args.limit_tool, bench_url, args.events,

@@ -309,6 +309,41 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     assert [d["event_id"] for d in db.execute("SELECT event_id FROM outbox_dead")] == [bad]
 
 
+def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_restored(
+        db, each_settings):
+    """ClickHouse writes an insert's dedup token before it commits the insert's part; a
+    ClickHouse process that dies between the two leaves the token without the rows. Made here
+    by hand: a batch is claimed and recorded, and its token used up by another insert whose
+    row is then deleted. The re-send is dropped as a duplicate; the relay finds the batch's
+    events missing and inserts them under a token of their own, once. Broken, this looks like:
+    the batch deleted from the outbox and none of its events in event_log."""
+    settings = each_settings
+    published = publish(settings.database_url, 120)
+    batch, _rows = relay.claim_batch(db, 100, 0.0)
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+        stranger = core.make_event("test.stranger", {}, environment="test")
+        line = json.dumps({"event_id": str(stranger.event_id), "event_type": "test.stranger",
+                           "event_date_time": 0, "environment": "test", "event_context": {},
+                           "metadata_version": 1}).encode()
+        ch.raw_insert("event_log", relay.EVENT_LOG_COLUMNS, insert_block=line,
+                      fmt="JSONEachRow", settings={"insert_deduplication_token": batch.token})
+        ch.command("DELETE FROM event_log WHERE event_id = {id:UUID}",
+                   parameters={"id": str(stranger.event_id)})
+        assert event_log_ids(ch) == []  # the token is used, the rows are not there
+
+        with structlog.testing.capture_logs() as logs:
+            assert relay.relay_once(db, ch, settings) == 100  # the recorded batch, re-sent
+        assert drain(db, ch, settings) == 20
+        ids = event_log_ids(ch)
+        assert len(ids) == 120 and set(ids) == set(published)
+        with structlog.testing.capture_logs() as again:
+            relay.restore_missing(ch, _rows)  # all there now: nothing is sent twice
+        assert len(event_log_ids(ch)) == 120
+    assert [(e["rows"], e["of"]) for e in logs if e["event"] == "relay.batch_restored"] == [
+        (100, 100)]
+    assert not [e for e in again if e["event"] == "relay.batch_restored"]
+
+
 def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings):
     """An unexpected error in one lane (here right after an insert, before the commit) stops
     the other lanes and is raised by run_lanes; the batch it left is re-sent once after."""
@@ -486,19 +521,21 @@ def log_lines(path: Path) -> list[dict]:
 def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings, tmp_path):
     """SIGKILL after ClickHouse took a batch and before Postgres committed; then more events
     arrive, and a relay with a larger batch size takes over. The recorded batch is re-sent with
-    the same rows and token (ClickHouse drops it); only the rest is new. On the server the
-    crashing relay runs two lanes: the other lane may have recorded, or sent, a batch of its
-    own, which is re-sent the same way. On chDB a relay runs one lane (relay.lanes_for).
-    (The three-relay test in test_faults.py kills relays at random moments on the server.)"""
+    the same rows and token (ClickHouse drops it); only the rest is new. The crashing relay
+    runs two lanes: the other lane may have recorded, or sent, a batch of its own, which is
+    re-sent the same way. On chDB, ClickHouse runs inside the relay and dies with it: the other
+    lane's insert may be killed after ClickHouse logged its dedup token and before it committed
+    its rows, and only relay.restore_missing gets them in (this test, on a busy machine, lost
+    100 of 360 events before it). (The three-relay test in test_faults.py kills relays at
+    random moments on the server.)"""
     relay_settings = each_settings
-    lanes = relay.lanes_for(dataclasses.replace(relay_settings, relay_lanes=2))
     published = publish(relay_settings.database_url, 300)
     crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
                            RELAY_LANES="2", EH_RELAY_CRASH_AFTER_INSERT="1")
     assert crashing.wait(30) == -signal.SIGKILL
     assert outbox_status(db)["backlog"] == 300  # ClickHouse has 100 or 200 of them; Postgres
     recorded = db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"]  # knows
-    assert 1 <= recorded <= lanes  # a batch per lane at most
+    assert recorded in (1, 2)  # a batch per lane at most
 
     published += publish(relay_settings.database_url, 50)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
