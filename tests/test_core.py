@@ -52,6 +52,8 @@ def test_settings_read_types_and_normalise_case():
     ({"EH_BATCH_LINES": "0"}, "EH_BATCH_LINES must be >= 1"),
     ({"EH_HTTP_PORT": "70000"}, "EH_HTTP_PORT must be <= 65535"),
     ({"RELAY_POLL_S": "-1"}, "RELAY_POLL_S must be >= 0"),
+    ({"RELAY_LANES": "9"}, "RELAY_LANES must be <= 8"),
+    ({"RELAY_LANES": "0"}, "RELAY_LANES must be >= 1"),
     ({"RELAY_POLL_S": "soon"}, "RELAY_POLL_S must be a float"),
     ({"RELAY_POLL_S": "nan"}, "RELAY_POLL_S must be a float"),
     ({"EH_REQUEUE_AFTER_S": "inf"}, "EH_REQUEUE_AFTER_S must be a float"),
