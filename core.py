@@ -452,6 +452,38 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # pika narrates every frame at INFO; its warnings and errors are what matter.
     logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    for name in PikaConnectionLoss.LOGGERS:
+        logging.getLogger(name).addFilter(PIKA_CONNECTION_LOSS)
+
+
+class PikaConnectionLoss(logging.Filter):
+    """One warning line, not ~90 lines of traceback at error level, for a connection the
+    broker or the network dropped (an idle connection reset, say). pika reports such a loss
+    three times: its transport and its connection with tracebacks, then the blocking adapter
+    with the cause. The API's publisher and the worker reconnect by themselves, so the
+    adapter's line is kept as a warning and the other two are dropped. Anything else pika
+    logs (a failed connect, an error that is not a lost connection) passes unchanged."""
+
+    TRANSPORT = "pika.adapters.utils.io_services_utils"
+    CONNECTION = "pika.adapters.base_connection"
+    ADAPTER = "pika.adapters.blocking_connection"
+    LOGGERS = (TRANSPORT, CONNECTION, ADAPTER)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.name == self.TRANSPORT:
+            failed = record.exc_info is not None and isinstance(record.exc_info[1], OSError)
+            return not (message.startswith("Socket EOF")
+                        or (failed and message.startswith("_AsyncBaseTransport.")))
+        if record.name == self.CONNECTION:
+            return not message.startswith(("connection_lost:", "Transport indicated EOF"))
+        if record.name == self.ADAPTER and message.startswith("Unexpected connection close"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+        return True
+
+
+PIKA_CONNECTION_LOSS = PikaConnectionLoss()
 
 
 def add_trace_ids(_logger, _method, event_dict: dict) -> dict:

@@ -446,7 +446,7 @@ def unauthorized(*, presented: bool) -> Problem:
     challenge = 'Bearer realm="eventhorizon"'
     if presented:
         challenge += ', error="invalid_token"'
-    detail = ("the token is not valid (malformed, unknown or revoked)" if presented else
+    detail = ("the token is malformed, unknown or revoked" if presented else
               "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)")
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 

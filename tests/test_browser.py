@@ -316,14 +316,15 @@ def test_a_wrong_token_is_refused_and_the_page_asks_again(page, api_url, make_to
     expect(page.locator("#token")).to_have_attribute("type", "password")
     expect(page.locator("#token")).to_be_focused()
     expect(problem).to_be_hidden()
+    expect(form).to_contain_text("var/dev-token")  # where scripts/dev left the token
     screenshot(page, "browser-token-form.png")
 
     enter_token(page, "not a token")  # a space cannot go in a header: refused on the page
     expect(problem).to_have_text("That is not a token: a token is one word, like eh_12_…")
 
     enter_token(page, "eh_999_" + "A" * 43)  # well-formed, unknown: the API says 401
-    expect(problem).to_have_text("The token did not work (the token is not valid (malformed, "
-                                 "unknown or revoked)). Enter another one.")
+    expect(problem).to_have_text("The token did not work (the token is malformed, unknown or "
+                                 "revoked). Enter another one.")
     expect(form).to_be_visible()
     expect(page.locator("#token")).to_have_value("")
     expect(page.locator("#upload")).to_be_hidden()

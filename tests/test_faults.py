@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import signal
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import eventhorizon
 import relay
 from conftest import (ClickHouseServer, bearer, delete_queues, job_row, jsonl, logged_events,
-                      wait_for, wait_until)
+                      serve_api, wait_for, wait_until)
 from test_api import VALID as API_VALID
 from test_api import assert_problem, job_count, queued_messages, stored_keys, upload
 from test_worker import (VALID, assert_exactly_once, assert_stored_up_to_checkpoint, enqueue_job,
@@ -562,3 +563,32 @@ async def test_an_upload_whose_storage_dies_mid_body_is_503_and_leaves_nothing(
     assert job_count(db) == 0
     assert stored_keys(settings) == []
     assert queued_messages(settings) == []
+
+
+async def test_an_amqp_connection_reset_is_one_warning_line_and_uploads_go_on(
+        settings, start_process, tcp_proxy, make_token):
+    """RabbitMQ's connection to the API reset (an idle connection dropped by the network or a
+    load balancer): the API's log gets one warning line naming the cause, not pika's tracebacks
+    at error level, and the next upload is published on a new connection."""
+    import aiohttp
+
+    amqp = urlsplit(settings.amqp_url)
+    proxy = tcp_proxy((amqp.hostname, amqp.port or 5672))
+    through_proxy = amqp._replace(netloc=f"{amqp.username}:{amqp.password}@127.0.0.1:{proxy.port}")
+    url, api = await asyncio.to_thread(serve_api, settings, start_process,
+                                       AMQP_URL=urlunsplit(through_proxy))
+    async with aiohttp.ClientSession(url, headers=bearer(make_token())) as client:
+        assert (await upload(client, jsonl(API_VALID))).status == 202
+        proxy.down()
+        proxy.up()
+        response = await upload(client, jsonl(API_VALID))
+        assert response.status == 202, await response.text()
+    assert len(queued_messages(settings)) == 2
+
+    log = api.log_path.read_text()
+    assert "Traceback" not in log
+    pika_lines = [entry for line in log.splitlines() if '"pika' in line
+                  for entry in [json.loads(line)]]
+    assert [(e["level"], e["logger"]) for e in pika_lines] == [
+        ("warning", "pika.adapters.blocking_connection")], pika_lines
+    assert "StreamLostError" in pika_lines[0]["event"]  # the cause, in one line
