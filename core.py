@@ -1,5 +1,6 @@
-"""What the API, the worker and the relay share: settings, logging, SQL, the job row, the
-outbox, storage, the broker, and how to wait out an outage (`Backoff`, `is_outage`).
+"""What the API, the worker and the relay share: settings, logging, SQL, the outbox, storage,
+the broker, and how to wait out an outage (`Backoff`, `is_outage`). A job's row and its
+changes of state are jobs.py's.
 
 `publish_event` is the interface other code uses to emit an event: it writes to the outbox on
 the caller's connection, inside the caller's transaction, and never commits.
@@ -29,17 +30,13 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from opentelemetry import propagate, trace
 from psycopg import sql
-from psycopg.rows import class_row, dict_row
 
 ROOT = Path(__file__).resolve().parent
 SQL_DIR = ROOT / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 LOG_ENTRY_SCHEMA_PATH = ROOT / "log_entry.schema.json"
 
-JOB_CHANNEL = "eh_job"
 OUTBOX_CHANNEL = "eh_outbox"
-JOB_STATUSES = ("queued", "processing", "completed", "failed")
-TERMINAL_STATUSES = frozenset({"completed", "failed"})
 METADATA_VERSION = 1
 
 
@@ -604,173 +601,6 @@ def migrate(database_url: str) -> int:
         backend.connection.close()
 
 
-# --------------------------------------------------------------------------- jobs
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """A row of `jobs` (sql/migrations/0001_jobs.sql), as queries read with `JOB_ROW` return it.
-    `first_start` is only ever set by the worker's claim (claim_job)."""
-
-    job_id: uuid.UUID
-    file_name: str
-    size_bytes: int
-    bucket: str
-    object_key: str
-    status: str
-    lines_total: int
-    lines_processed: int
-    bytes_processed: int
-    lines_valid: int
-    lines_invalid: int
-    attempts: int
-    error: str | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    completed_at: dt.datetime | None
-    updated_at: dt.datetime
-    owner: str | None  # whose token uploaded it (sql/migrations/0004_access.sql)
-    # The log format, `auto` or a name in formats.py, and the upload's defaults for what a
-    # format lacks (sql/migrations/0005_formats.sql). Defaults as the table's, for jobs built
-    # by hand (tests).
-    format: str = "auto"
-    default_service: str | None = None
-    default_environment: str | None = None
-    formats_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # valid lines/format
-    # The custom format `format` names, as registered when the job was uploaded
-    # (sql/migrations/0006_custom_formats.sql); None for a built-in format.
-    format_definition: dict[str, Any] | None = None
-    # The W3C traceparent of the upload's span (sql/migrations/0008_traceparent.sql): the
-    # job's message carries it, and a re-published message carries it again.
-    traceparent: str | None = None
-    first_start: bool = False
-
-
-JOB_ROW = class_row(Job)
-
-
-def job_query(conn, name: str, params: Mapping[str, Any]):
-    """Run a named query returning job rows on a sync connection; its cursor yields Jobs."""
-    return conn.cursor(row_factory=JOB_ROW).execute(QUERIES[name], params)
-
-
-async def ajob_query(aconn, name: str, params: Mapping[str, Any]):
-    """`job_query` for a psycopg AsyncConnection."""
-    cur = aconn.cursor(row_factory=JOB_ROW)
-    await cur.execute(QUERIES[name], params)
-    return cur
-
-
-
-# The reads behind the API's answers, REST and GraphQL alike: one path to the database.
-# `pool` is a psycopg AsyncConnectionPool; `owner` is the requesting owner's name, or None for
-# an admin (every job). Another owner's job is as unknown as one that never was.
-
-
-async def read_job(pool, job_id: uuid.UUID, *, owner: str | None) -> Job | None:
-    async with pool.connection() as conn:
-        cur = await ajob_query(conn, "get_visible_job", {"job_id": job_id, "owner": owner})
-        return await cur.fetchone()
-
-
-async def read_delivery(pool, job_id: uuid.UUID, lines_valid: int) -> dict[str, int]:
-    """Where the job's line events stand: in ClickHouse, waiting in the outbox, or refused
-    (outbox_dead). Each valid line has one event, written with it."""
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(QUERIES["job_delivery"], {"job_id": str(job_id)})
-        counts = await cur.fetchone()
-    delivered = max(lines_valid - counts["waiting"] - counts["dead"], 0)
-    return {"delivered": delivered, "waiting": counts["waiting"], "dead": counts["dead"]}
-
-
-async def read_jobs(pool, *, owner: str | None, limit: int, status: str | None = None) -> list[Job]:
-    """The newest jobs first, optionally of one status."""
-    async with pool.connection() as conn:
-        cur = await ajob_query(conn, "list_jobs", {"owner": owner, "limit": limit,
-                                                   "status": status})
-        return await cur.fetchall()
-
-
-async def read_line_errors(pool, job_ids: list[uuid.UUID], *, after_line: int,
-                           limit: int) -> dict[uuid.UUID, list[dict[str, Any]]]:
-    """Up to `limit` invalid lines after `after_line` of each job, in line order, in one
-    query. The caller has checked that the jobs are visible to whoever asks."""
-    pages: dict[uuid.UUID, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(QUERIES["list_line_errors"], {
-            "job_ids": list(job_ids), "after_line": after_line, "limit": limit})
-        for row in await cur.fetchall():
-            pages[row.pop("job_id")].append(row)
-    return pages
-
-
-async def read_stats(pool) -> dict[str, Any]:
-    """GET /api/v1/stats's answer: jobs by status (every status, 0 when none) and the outbox."""
-    async with pool.connection() as conn:
-        counts = await (await conn.cursor(row_factory=dict_row).execute(
-            QUERIES["job_counts"])).fetchall()
-        outbox = await (await conn.cursor(row_factory=dict_row).execute(
-            QUERIES["outbox_status"])).fetchone()
-    jobs = dict.fromkeys(JOB_STATUSES, 0) | {r["status"]: r["n"] for r in counts}
-    return {"jobs": jobs, "outbox": outbox_status_json(outbox)}
-
-def job_json(job: Job) -> dict[str, Any]:
-    """The public JSON shape of a job (GET /api/v1/jobs/{id}, WebSocket messages)."""
-    total = job.lines_total
-    if job.status == "completed":
-        progress = 1.0
-    else:
-        progress = round(job.lines_processed / total, 4) if total else 0.0
-    return {
-        "job_id": str(job.job_id),
-        "file_name": job.file_name,
-        "size_bytes": job.size_bytes,
-        "status": job.status,
-        "lines_total": total,
-        "lines_processed": job.lines_processed,
-        "lines_valid": job.lines_valid,
-        "lines_invalid": job.lines_invalid,
-        "progress": progress,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "completed_at": _iso(job.completed_at),
-        "error": job.error,
-        "format": job.format,
-        "formats": job.formats_seen,
-    }
-
-
-# Postgres refuses a NOTIFY payload of 8000 bytes or more; this leaves a safe margin.
-NOTIFY_PAYLOAD_MAX_BYTES = 7000
-
-
-def job_notification(job: Job) -> str:
-    """NOTIFY payload for a job change: the job's public JSON as this transaction left it.
-
-    The API sends watchers exactly that state, so each committed batch reaches them even when
-    the next one commits before the notification is handled (a re-read would see the later
-    one twice and this one never). A state too long for a payload (a long file name or error)
-    goes as ids and counts only; the API re-reads the row for it.
-    """
-    state = json.dumps(job_json(job))
-    if len(state.encode("utf-8")) <= NOTIFY_PAYLOAD_MAX_BYTES:
-        return state
-    return job_ids_notification(job)
-
-
-def job_ids_notification(job: Job) -> str:
-    """A NOTIFY payload of ids and counts only: listeners re-read the row (and find it gone,
-    for a deleted job)."""
-    return json.dumps({"job_id": str(job.job_id), "status": job.status,
-                       "lines_processed": job.lines_processed})
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 # --------------------------------------------------------------------------- outbox
 
 
@@ -885,23 +715,6 @@ def outbox_status_json(row: Mapping[str, Any]) -> dict[str, Any]:
             "dead": row["dead"]}
 
 
-def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> Event:
-    """A lifecycle event (job.queued, job.started, job.completed, job.failed, job.deleted) for
-    a job row, with `extra` context (job.deleted: deleted_by).
-
-    Its id is derived from the job and the event type, so a retried step yields the same id.
-    Written inside a span, it names the span's trace (`trace_id`).
-    """
-    context = {"job_id": str(job.job_id), "file_name": job.file_name, "status": job.status,
-               "lines_total": job.lines_total, "lines_valid": job.lines_valid,
-               "lines_invalid": job.lines_invalid, "error": job.error, "owner": job.owner,
-               **extra}
-    if trace_id := current_trace_id():
-        context["trace_id"] = trace_id
-    return make_event(event_type, context, environment=environment,
-                      event_id=uuid.uuid5(job.job_id, event_type))
-
-
 # --------------------------------------------------------------------------- storage
 
 
@@ -973,13 +786,6 @@ def retry_queue(queue: str) -> str:
     return f"{queue}.retry"
 
 
-def job_message(job: Job) -> bytes:
-    """The RabbitMQ message for a job: ids only; the worker reads the rest from Postgres."""
-    return json.dumps(
-        {"job_id": str(job.job_id), "bucket": job.bucket, "key": job.object_key}
-    ).encode()
-
-
 def message_properties(expiration_s: float | None = None, *, traceparent: str | None = None):
     """The properties of every message we publish: JSON, persistent (it survives a broker
     restart in a durable queue), optionally expiring after `expiration_s`, and with the W3C
@@ -990,11 +796,3 @@ def message_properties(expiration_s: float | None = None, *, traceparent: str | 
         content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
         expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         headers={"traceparent": traceparent} if traceparent else None)
-
-
-def parse_job_message(body: bytes) -> uuid.UUID:
-    """The job id of a message; ValueError for a malformed one."""
-    try:
-        return uuid.UUID(json.loads(body)["job_id"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"malformed job message: {exc}") from None

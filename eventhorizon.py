@@ -45,6 +45,7 @@ import core
 import explore
 import formats
 import graphql_api
+import jobs
 import lines
 import live
 import observe
@@ -699,7 +700,7 @@ async def receive_upload(request: web.Request) -> web.Response:
         raise
     await publish_job(request.app, job)
     observe.UPLOAD_BYTES.inc(inspector.size)
-    body = core.job_json(job)
+    body = jobs.job_json(job)
     log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
              lines_total=inspector.lines_total)
     return web.json_response(body, status=202,
@@ -709,9 +710,9 @@ async def receive_upload(request: web.Request) -> web.Response:
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
-    jobs = await core.read_jobs(request.app[POOL], owner=principal(request).owner_filter,
-                                limit=limit)
-    return web.json_response({"jobs": [core.job_json(job) for job in jobs]})
+    found = await jobs.read_jobs(request.app[POOL], owner=principal(request).owner_filter,
+                                 limit=limit)
+    return web.json_response({"jobs": [jobs.job_json(job) for job in found]})
 
 
 @routes.get("/api/v1/stats")
@@ -721,15 +722,15 @@ async def stats(request: web.Request) -> web.Response:
     cover every owner."""
     if not principal(request).admin:
         raise Problem(403, "Forbidden", "the service's stats are for admin tokens")
-    return web.json_response(await core.read_stats(request.app[POOL]))
+    return web.json_response(await jobs.read_stats(request.app[POOL]))
 
 
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     job_id = job_id_param(request)
     job = await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    delivery = await core.read_delivery(request.app[POOL], job.job_id, job.lines_valid)
-    return web.json_response({**core.job_json(job), "delivery": delivery})
+    delivery = await jobs.read_delivery(request.app[POOL], job.job_id, job.lines_valid)
+    return web.json_response({**jobs.job_json(job), "delivery": delivery})
 
 
 @routes.get("/api/v1/jobs/{job_id}/errors")
@@ -739,7 +740,7 @@ async def get_job_errors(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    rows = (await core.read_line_errors(request.app[POOL], [job_id], after_line=after,
+    rows = (await jobs.read_line_errors(request.app[POOL], [job_id], after_line=after,
                                         limit=limit))[job_id]
     next_url = None
     if len(rows) == limit:
@@ -812,26 +813,14 @@ async def delete_job(request: web.Request) -> web.Response:
     who = principal(request)
     app = request.app
     async with app[POOL].connection() as conn, conn.transaction():
-        job = await (await core.ajob_query(conn, "lock_visible_job", {
-            "job_id": job_id, "owner": who.owner_filter})).fetchone()
+        job = await jobs.lock_for_deletion(conn, job_id, owner=who.owner_filter)
         if job is None:
             raise job_not_found(job_id)
-        locked = await (await conn.execute(core.QUERIES["try_lock_job_in_transaction"],
-                                           {"job_id": job_id})).fetchone()
-        if not locked["locked"]:
+        if not await jobs.try_lock_in_transaction(conn, job_id):
             raise Problem(409, "Conflict", "a worker is processing this job right now; delete "
                                            "it once it has completed or failed")
         await asyncio.to_thread(app[S3].delete_object, Bucket=job.bucket, Key=job.object_key)
-        await conn.execute(core.QUERIES["record_deletion"], {
-            "job_id": job_id, "owner": job.owner, "file_name": job.file_name,
-            "deleted_by": who.owner})
-        await core.ainsert_event(conn, core.job_event(
-            "job.deleted", job, environment=app[SETTINGS].environment, deleted_by=who.owner))
-        await conn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job_id})
-        await conn.execute(core.QUERIES["delete_job"], {"job_id": job_id})
-        # Ids only: the listeners find the row gone and close the job's WebSockets (4404).
-        await conn.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL,
-                                                     "payload": core.job_ids_notification(job)})
+        await jobs.delete(conn, app[SETTINGS], job, deleted_by=who.owner)
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 
@@ -1278,14 +1267,14 @@ def malformed_multipart(exc: Exception) -> Problem:
 
 
 async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
-                            owner: str | None) -> core.Job | None:
+                            owner: str | None) -> jobs.Job | None:
     """The job, if `owner` may see it (None: whoever owns it, for admins).
     Another owner's job is as unknown as a job that never was: the same 404."""
-    return await core.read_job(pool, job_id, owner=owner)
+    return await jobs.read_job(pool, job_id, owner=owner)
 
 
 async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
-                    owner: str | None) -> core.Job:
+                    owner: str | None) -> jobs.Job:
     job = await fetch_job_or_none(pool, job_id, owner=owner)
     if job is None:
         raise job_not_found(job_id)
@@ -1294,30 +1283,25 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
                      inspector: uploads.UploadInspector, key: str, *, owner: str,
-                     options: dict[str, str | None]) -> core.Job:
+                     options: dict[str, str | None]) -> jobs.Job:
     """The queued job row and its job.queued event, in one transaction. The row keeps the
     upload's traceparent: the worker's span of the job continues the upload's trace."""
     settings = app[SETTINGS]
     traceparent = core.current_traceparent()  # the request's span, not job.insert's
     with observe.span(tracer, "job.insert"):
         async with app[POOL].connection() as conn, conn.transaction():
-            job = await (await core.ajob_query(conn, "insert_job", {
-                "job_id": job_id, "file_name": file_name[:255], "size_bytes": inspector.size,
-                "bucket": settings.s3_bucket, "object_key": key,
-                "lines_total": inspector.lines_total, "owner": owner, **options,
-                "traceparent": traceparent,
-            })).fetchone()
-            await core.ainsert_event(conn, core.job_event("job.queued", job,
-                                                          environment=settings.environment))
-    return job
+            return await jobs.create(
+                conn, settings, job_id=job_id, file_name=file_name[:255],
+                size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
+                owner=owner, options=options, traceparent=traceparent)
 
 
-async def publish_job(app: web.Application, job: core.Job) -> None:
+async def publish_job(app: web.Application, job: jobs.Job) -> None:
     """Hand the job to the workers. The job is committed already: if this fails, the worker's
     reconciler re-publishes jobs left queued too long, so the upload is not lost."""
     with observe.span(tracer, "job.publish", kind=trace.SpanKind.PRODUCER) as span:
         try:
-            await app[PUBLISHER].publish(core.job_message(job), job.traceparent)
+            await app[PUBLISHER].publish(jobs.message(job), job.traceparent)
         except BrokerUnavailable as exc:
             log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
             span.set_status(trace.StatusCode.ERROR, "the broker did not take the message")

@@ -49,6 +49,7 @@ from graphql.execution.values import get_variable_values
 import auth
 import core
 import explore
+import jobs
 import live
 
 log = structlog.get_logger("api")
@@ -308,16 +309,16 @@ async def resolve_job(_root, info, id: str) -> dict | None:
     """Null for an unknown id, a malformed one and another owner's job alike."""
     context: Context = info.context
     job_id = parse_uuid(id)
-    job = job_id and await core.read_job(context.services.pool, job_id,
+    job = job_id and await jobs.read_job(context.services.pool, job_id,
                                          owner=context.principal.owner_filter)
-    return core.job_json(job) if job else None
+    return jobs.job_json(job) if job else None
 
 
 async def resolve_jobs(_root, info, limit: int, status: str | None = None) -> list[dict]:
     context: Context = info.context
-    jobs = await core.read_jobs(context.services.pool, owner=context.principal.owner_filter,
-                                limit=bounded("limit", limit, JOBS_LIMIT), status=status)
-    return [core.job_json(job) for job in jobs]
+    found = await jobs.read_jobs(context.services.pool, owner=context.principal.owner_filter,
+                                 limit=bounded("limit", limit, JOBS_LIMIT), status=status)
+    return [jobs.job_json(job) for job in found]
 
 
 async def resolve_stats(_root, info) -> dict:
@@ -325,7 +326,7 @@ async def resolve_stats(_root, info) -> dict:
     if not context.principal.admin:
         raise GraphQLError("the service's stats are for admin tokens",
                            extensions={"code": "FORBIDDEN"})
-    return await core.read_stats(context.services.pool)
+    return await jobs.read_stats(context.services.pool)
 
 
 async def resolve_errors(job: dict, info, first: int, afterLine: int) -> dict:
@@ -339,7 +340,7 @@ async def resolve_errors(job: dict, info, first: int, afterLine: int) -> dict:
 async def resolve_delivery(job: dict, info) -> dict:
     """One query per job asked for: `jobs` returns at most 100."""
     job_id = uuid.UUID(job["job_id"])
-    return await core.read_delivery(info.context.services.pool, job_id, job["lines_valid"])
+    return await jobs.read_delivery(info.context.services.pool, job_id, job["lines_valid"])
 
 
 async def resolve_events(job: dict, info, first: int, afterLine: int,
@@ -413,7 +414,7 @@ async def subscribe_job(_root, info, id: str) -> AsyncIterator[dict | None]:
     try:
         while (state := await next_state(queue)) is not None:
             yield state
-            if state["status"] in core.TERMINAL_STATUSES:
+            if state["status"] in jobs.TERMINAL_STATUSES:
                 return
         if queue.close_code == live.WS_NOT_FOUND:
             yield None
@@ -463,7 +464,7 @@ def snake_case_field(source, info, **_args):
 class LineErrorLoader:
     """Batches the `Job.errors` pages one operation asks for: those with the same `first`
     and `afterLine`, asked in the same turn of the event loop (a list's items are), are one
-    query (core.read_line_errors), however many jobs. An operation asks for at most
+    query (jobs.read_line_errors), however many jobs. An operation asks for at most
     MAX_ERROR_LINES lines in all."""
 
     def __init__(self, pool):
@@ -496,7 +497,7 @@ class LineErrorLoader:
     async def _read(self, key: tuple[int, int]) -> None:
         batch = self.pending.pop(key)
         try:
-            pages = await core.read_line_errors(self.pool, list(batch), after_line=key[1],
+            pages = await jobs.read_line_errors(self.pool, list(batch), after_line=key[1],
                                                 limit=key[0])
         except Exception as exc:
             for future in batch.values():

@@ -23,11 +23,11 @@ import jsonschema_rs
 import orjson
 
 import core
+import formats
 
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 500
-CANONICAL = "eventhorizon"  # the name of a line in Event Horizon's own format (formats.CANONICAL)
 NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
@@ -164,7 +164,7 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
     and the mapped entry goes through every check a canonical line does; reasons then name
     the format and the line's own field (`pino: time: …`)."""
     obj, by_orjson = load_line(raw)
-    name, sources = CANONICAL, None
+    name, sources = formats.CANONICAL, None
     if mapping is not None:
         try:
             name, obj, sources = mapping(obj)
@@ -343,7 +343,7 @@ def strings_in(obj) -> Iterator[str]:
             pending.extend(value)
 
 
-def schema_error_reason(validator, obj, name: str = CANONICAL,
+def schema_error_reason(validator, obj, name: str = formats.CANONICAL,
                         sources: dict[str, str] | None = None) -> str:
     """The most relevant schema error, put for a person: a pattern is explained by the
     property's description rather than shown as a regular expression. In a mapped entry the

@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, web
 from psycopg_pool import AsyncConnectionPool
 
 import core
+import jobs
 
 W = TypeVar("W", bound="StateQueue")
 log = structlog.get_logger("api")
@@ -80,7 +81,7 @@ class SocketLimits:
 class JobWatchers:
     """One LISTEN connection per API process, fanned out to the WebSockets watching each job.
 
-    Each notification carries the state its transaction committed (core.job_notification),
+    Each notification carries the state its transaction committed (jobs.job_notification),
     and that state is what the watchers are sent: a re-read could find a later batch already
     committed and skip this one. The listener only queues states (Watcher.offer) and never
     waits on a client: each socket's own handler sends its queue. A watcher too far behind
@@ -123,11 +124,11 @@ class JobWatchers:
         self.add(job_id, watcher)
         # Read after subscribing: a change that landed in between is not lost (and a
         # notification of an older state, still on its way, is skipped by offer).
-        job = await core.read_job(self.pool, job_id, owner=owner)
+        job = await jobs.read_job(self.pool, job_id, owner=owner)
         if job is None:
             self.discard(job_id, watcher)
             return None
-        watcher.offer(core.job_json(job))
+        watcher.offer(jobs.job_json(job))
         return watcher
 
     async def listen(self) -> None:
@@ -136,9 +137,9 @@ class JobWatchers:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, autocommit=True) as conn:
-                    await core.listen(conn, core.JOB_CHANNEL)
+                    await core.listen(conn, jobs.CHANNEL)
                     self.listening.set()
-                    log.info("listener.connected", channel=core.JOB_CHANNEL)
+                    log.info("listener.connected", channel=jobs.CHANNEL)
                     backoff.reset()
                     await self.refresh_all()
                     while True:
@@ -190,8 +191,8 @@ class JobWatchers:
                     backlog=watcher.states.qsize(), close_code=int(WSCloseCode.TRY_AGAIN_LATER))
 
     async def read_state(self, job_id: uuid.UUID) -> dict | None:
-        job = await core.read_job(self.pool, job_id, owner=None)  # watchers were checked
-        return core.job_json(job) if job is not None else None
+        job = await jobs.read_job(self.pool, job_id, owner=None)  # watchers were checked
+        return jobs.job_json(job) if job is not None else None
 
     async def refresh_all(self) -> None:
         for job_id in list(self.watching):
@@ -279,7 +280,7 @@ class Watcher(StateQueue):
                 await self.ws.send_json(state)
             except (ConnectionError, RuntimeError):
                 return False
-            if state["status"] in core.TERMINAL_STATUSES:
+            if state["status"] in jobs.TERMINAL_STATUSES:
                 return True
 
     async def _read_until_closed(self) -> None:

@@ -66,6 +66,7 @@ from opentelemetry import trace
 from psycopg.rows import class_row, namedtuple_row, tuple_row
 
 import core
+import jobs
 import observe
 from core import QUERIES
 
@@ -854,16 +855,14 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
     done = 0
     while True:
         with conn.transaction():
-            row = conn.cursor(row_factory=tuple_row).execute(
-                QUERIES["take_pending_deletion"]).fetchone()
-            if row is None:
+            job_id = jobs.take_pending_deletion(conn)
+            if job_id is None:
                 return done
-            (job_id,) = row
             try:
                 ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)})
             except Exception as exc:
                 raise ClickHouseUnavailable(describe(exc)) from exc
-            conn.execute(QUERIES["finish_deletion"], {"job_id": job_id})
+            jobs.finish_deletion(conn, job_id)
         log.info("relay.job_events_deleted", job_id=str(job_id))
         done += 1
 

@@ -34,10 +34,10 @@ from botocore.exceptions import ClientError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 import core
 import formats
+import jobs
 import lines
 import observe
 
@@ -262,15 +262,14 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bo
     processed once: the worker claims it under a lock and skips finished jobs.
     """
     with conn.transaction():
-        jobs = core.job_query(conn, "take_lost_jobs", {"after_s": settings.requeue_after_s,
-                                                       "queue_empty": queue_empty}).fetchall()
-        for job in jobs:
-            channel.basic_publish("", settings.queue, core.job_message(job),
+        lost = jobs.take_lost(conn, after_s=settings.requeue_after_s, queue_empty=queue_empty)
+        for job in lost:
+            channel.basic_publish("", settings.queue, jobs.message(job),
                                   core.message_properties(traceparent=job.traceparent))
-    if jobs:
-        log.warning("reconciler.requeued", count=len(jobs),
-                    job_ids=[str(j.job_id) for j in jobs])
-    return len(jobs)
+    if lost:
+        log.warning("reconciler.requeued", count=len(lost),
+                    job_ids=[str(j.job_id) for j in lost])
+    return len(lost)
 
 
 def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Event,
@@ -279,7 +278,7 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
     continues the trace of the message's `traceparent` header (the upload's), if any."""
     structlog.contextvars.clear_contextvars()
     try:
-        job_id = core.parse_job_message(body)
+        job_id = jobs.parse_message(body)
     except ValueError as exc:
         log.error("worker.poison_message", reason=str(exc), body_bytes=len(body))
         return Outcome.REJECT
@@ -298,7 +297,7 @@ def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: threading.
                              connect_timeout=5,
                              application_name=core.process_name("worker")) as conn:
             result = process_job(conn, s3, settings, job_id, stop)
-    except UnknownJob:
+    except jobs.UnknownJob:
         log.error("worker.unknown_job")
         return Outcome.REJECT
     except Exception as exc:
@@ -328,19 +327,15 @@ def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Except
     and give the attempt back if it was not the job's fault."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(core.QUERIES["record_attempt_error"], {
-                "job_id": job_id, "error": f"attempt failed, will retry: {in_plain_words(exc)}"})
+            jobs.record_attempt_error(
+                conn, job_id, f"attempt failed, will retry: {in_plain_words(exc)}")
             if give_back:
-                conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
+                jobs.give_back_attempt(conn, job_id)
     except psycopg.Error:
         pass
 
 
 # --------------------------------------------------------------------------- one job
-
-
-class UnknownJob(Exception):
-    """The message names a job that does not exist: a poison message."""
 
 
 class JobFailed(Exception):
@@ -356,7 +351,7 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
     The job's advisory lock, held on `conn` for the whole run, keeps a second worker off it.
     """
     stop = stop or threading.Event()
-    if not conn.execute(core.QUERIES["try_lock_job"], {"job_id": job_id}).fetchone()["locked"]:
+    if not jobs.try_lock(conn, job_id):
         log.info("job.busy", reason="another worker holds it")
         return JobRun.BUSY
     try:
@@ -374,37 +369,26 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
             record_attempt_error(settings, job_id, exc, give_back=core.is_outage(exc))
             raise
         if result is JobRun.ABANDONED:  # a clean stop is not a failed attempt
-            conn.execute(core.QUERIES["give_back_attempt"], {"job_id": job_id})
+            jobs.give_back_attempt(conn, job_id)
         return result
     finally:
         if not conn.closed:
-            conn.execute(core.QUERIES["unlock_job"], {"job_id": job_id})
+            jobs.unlock(conn, job_id)
 
 
-def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> core.Job | None:
-    """Mark the job processing; None if it is already finished or was deleted. UnknownJob if
-    there is no such job and never was."""
+def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job | None:
+    """Mark the job processing; None if it is already finished or was deleted.
+    jobs.UnknownJob if there is no such job and never was."""
     with conn.transaction():
-        job = core.job_query(conn, "claim_job", {"job_id": job_id}).fetchone()
-        if job is None:
-            existing = core.job_query(conn, "get_job", {"job_id": job_id}).fetchone()
-            if existing is None:
-                if conn.execute(core.QUERIES["job_deleted"], {"job_id": job_id}).fetchone():
-                    log.info("job.skipped", reason="deleted")
-                    return None
-                raise UnknownJob(str(job_id))
-            log.info("job.skipped", reason="already finished", status=existing.status)
-            return None
-        if job.first_start:
-            core.insert_event(conn, core.job_event("job.started", job,
-                                                   environment=settings.environment))
-        notify_job(conn, job)
+        job = jobs.claim(conn, settings, job_id)
+    if job is None:
+        return None
     log.info("job.started", attempt=job.attempts, resume_from_line=job.lines_processed + 1,
              lines_total=job.lines_total)
     return job
 
 
-def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Event) -> JobRun:
+def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: threading.Event) -> JobRun:
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
     mapping = compile_format(job)
@@ -452,7 +436,7 @@ def run_job(conn, s3, settings: core.Settings, job: core.Job, stop: threading.Ev
     return JobRun.COMPLETED
 
 
-def compile_format(job: core.Job) -> lines.Mapping:
+def compile_format(job: jobs.Job) -> lines.Mapping:
     """The job's log format (a custom one as it was when the job was uploaded), compiled once
     for all its lines; a format that cannot be used fails the job (it can never succeed)."""
     try:
@@ -469,7 +453,7 @@ class Committer:
     (psycopg releases the GIL while it waits). At most one batch is in flight and batches
     commit in order, each moving the checkpoint the previous one left."""
 
-    def __init__(self, conn, job: core.Job, settings: core.Settings):
+    def __init__(self, conn, job: jobs.Job, settings: core.Settings):
         self.conn, self.job, self.settings = conn, job, settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
@@ -479,7 +463,7 @@ class Committer:
         self.wait()
         self.in_flight = self.executor.submit(self._commit, self.job, batch)
 
-    def _commit(self, job: core.Job, batch: lines.LineBatch) -> core.Job:
+    def _commit(self, job: jobs.Job, batch: lines.LineBatch) -> jobs.Job:
         with observe.span(tracer, "job.batch", context=self.trace_context, attributes={
                 "lines": batch.lines, "valid": len(batch.entries),
                 "invalid": len(batch.errors)}):
@@ -489,7 +473,7 @@ class Committer:
         crash_if(self.settings, "after_commit", updated.lines_processed)
         return updated
 
-    def wait(self) -> core.Job:
+    def wait(self) -> jobs.Job:
         """The job row as of the last committed batch (raises if that commit failed)."""
         if self.in_flight is not None:
             future, self.in_flight = self.in_flight, None
@@ -500,7 +484,7 @@ class Committer:
         self.executor.shutdown(wait=True)
 
 
-def open_object(s3, job: core.Job):
+def open_object(s3, job: jobs.Job):
     """The job's object as a stream, from the checkpoint's byte offset on."""
     kwargs = {"Bucket": job.bucket, "Key": job.object_key}
     if job.bytes_processed:
@@ -525,7 +509,7 @@ def progress_marks(total: int, done: int) -> list[int]:
     return sorted({m for m in (-(-total * k // 10) for k in range(1, 10)) if m > done})
 
 
-def is_not_text(conn, job: core.Job) -> bool:
+def is_not_text(conn, job: jobs.Job) -> bool:
     """True when no line was valid and every invalid line failed UTF-8 decoding."""
     if job.lines_valid or not job.lines_invalid:
         return False
@@ -534,8 +518,8 @@ def is_not_text(conn, job: core.Job) -> bool:
     return bool(row["all_encoding"])
 
 
-def write_batch(conn, job: core.Job, batch: lines.LineBatch,
-                settings: core.Settings) -> core.Job:
+def write_batch(conn, job: jobs.Job, batch: lines.LineBatch,
+                settings: core.Settings) -> jobs.Job:
     """Commit one batch: entries, outbox events, errors and the moved checkpoint, atomically."""
     with conn.transaction(), conn.cursor() as cur:
         if batch.entries:
@@ -547,47 +531,24 @@ def write_batch(conn, job: core.Job, batch: lines.LineBatch,
             with cur.copy(core.QUERIES["copy_line_errors"]) as copy:
                 for row in batch.errors:
                     copy.write_row(row)
-        updated = core.job_query(conn, "advance_checkpoint", {
-            "job_id": job.job_id,
-            "lines_processed": job.lines_processed + batch.lines,
-            "bytes_processed": job.bytes_processed + batch.bytes,
-            "valid": len(batch.entries),
-            "invalid": len(batch.errors),
-            "formats": Jsonb(batch.formats),
-            "previous_lines": job.lines_processed,
-        }).fetchone()
-        if updated is None:
-            raise RuntimeError("the job's checkpoint moved under this worker; abandoning the batch")
-        notify_job(conn, updated)
+        updated = jobs.advance(conn, job, lines=batch.lines, bytes_=batch.bytes,
+                               valid=len(batch.entries), invalid=len(batch.errors),
+                               formats_seen=batch.formats)
         crash_if(settings, "before_commit", updated.lines_processed)
     return updated
 
 
-def complete_job(conn, settings: core.Settings, job_id: uuid.UUID) -> core.Job:
+def complete_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job:
     with conn.transaction():
-        job = core.job_query(conn, "complete_job", {"job_id": job_id}).fetchone()
-        core.insert_event(conn, core.job_event("job.completed", job,
-                                               environment=settings.environment))
-        notify_job(conn, job)
-    return job
+        return jobs.complete(conn, settings, job_id)
 
 
 def fail_job(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> None:
     trace.get_current_span().set_status(trace.StatusCode.ERROR, error)
     with conn.transaction():
-        job = core.job_query(conn, "fail_job", {"job_id": job_id, "error": error}).fetchone()
-        if job is None:
-            return
-        core.insert_event(conn, core.job_event("job.failed", job,
-                                               environment=settings.environment))
-        notify_job(conn, job)
-    log.warning("job.failed", error=error)
-
-
-def notify_job(conn, job: core.Job) -> None:
-    """Tell the API's listeners the job's new state (caller's transaction: sent on commit)."""
-    conn.execute(core.QUERIES["notify"],
-                 {"channel": core.JOB_CHANNEL, "payload": core.job_notification(job)})
+        job = jobs.fail(conn, settings, job_id, error)
+    if job is not None:
+        log.warning("job.failed", error=error)
 
 
 def crash_if(settings: core.Settings, point: str, line_no: int = 0) -> None:

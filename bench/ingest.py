@@ -56,6 +56,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
+import jobs  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -170,7 +171,7 @@ async def upload_and_wait(url: str, path: Path, timeout: float, token: str) -> d
 
         deadline = time.perf_counter() + timeout
         last_print = 0.0
-        while job["status"] not in core.TERMINAL_STATUSES:
+        while job["status"] not in jobs.TERMINAL_STATUSES:
             if time.perf_counter() > deadline:
                 raise SystemExit(f"job {job_id} not finished after {timeout:.0f} s: {job}")
             await asyncio.sleep(0.2)

@@ -3,25 +3,32 @@
 -- and the `SELECT 1` liveness pings of idle connections. Parameters are always bound
 -- (%(name)s); nothing here is built by string formatting.
 
+-- name: job_columns --
+-- A job row, in the order of jobs.Job's fields (a fragment: `$job_columns` in the queries).
+job_id, file_name, size_bytes, bucket, object_key, status, lines_total, lines_processed,
+bytes_processed, lines_valid, lines_invalid, attempts, error, created_at, started_at,
+completed_at, updated_at, owner, format, default_service, default_environment, formats_seen,
+format_definition, traceparent
+
 -- name: insert_job --
 INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner,
                   format, format_definition, default_service, default_environment, traceparent)
 VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
         %(owner)s, %(format)s, %(format_definition)s, %(default_service)s,
         %(default_environment)s, %(traceparent)s)
-RETURNING *;
+RETURNING $job_columns;
 
 -- name: get_job --
-SELECT * FROM jobs WHERE job_id = %(job_id)s;
+SELECT $job_columns FROM jobs WHERE job_id = %(job_id)s;
 
 -- name: get_visible_job --
 -- owner: the requesting owner's name, or NULL for an admin (every job).
-SELECT * FROM jobs
+SELECT $job_columns FROM jobs
 WHERE job_id = %(job_id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s::text);
 
 -- name: list_jobs --
 -- status: one status only, or NULL for any.
-SELECT * FROM jobs
+SELECT $job_columns FROM jobs
 WHERE (%(owner)s::text IS NULL OR owner = %(owner)s::text)
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
 ORDER BY created_at DESC, job_id
@@ -52,7 +59,7 @@ SET status = 'processing',
     attempts = attempts + 1,
     updated_at = now()
 WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
-RETURNING *, (started_at = now()) AS first_start;
+RETURNING $job_columns, (started_at = now()) AS first_start;
 
 -- name: take_lost_jobs --
 -- Jobs queued for longer than the grace period whose message must have been lost: the job
@@ -72,7 +79,7 @@ WHERE job_id IN (
     LIMIT 100
     FOR UPDATE SKIP LOCKED
 )
-RETURNING *;
+RETURNING $job_columns;
 
 -- name: try_lock_job --
 -- Session-level lock: released when the worker's connection ends, whatever way it ends.
@@ -96,19 +103,19 @@ SET lines_processed = %(lines_processed)s,
          FROM jsonb_each_text(%(formats)s::jsonb) AS f), '{}'),
     updated_at = now()
 WHERE job_id = %(job_id)s AND status = 'processing' AND lines_processed = %(previous_lines)s
-RETURNING *;
+RETURNING $job_columns;
 
 -- name: complete_job --
 UPDATE jobs
 SET status = 'completed', completed_at = now(), updated_at = now(), error = NULL
 WHERE job_id = %(job_id)s AND status = 'processing'
-RETURNING *;
+RETURNING $job_columns;
 
 -- name: fail_job --
 UPDATE jobs
 SET status = 'failed', completed_at = now(), updated_at = now(), error = %(error)s
 WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
-RETURNING *;
+RETURNING $job_columns;
 
 -- name: all_errors_are_encoding --
 -- reason_prefix: the start of every UTF-8 decoding error's reason (lines.NOT_UTF8).
@@ -273,7 +280,7 @@ WHERE token_id = %(token_id)s
   AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
 
 -- name: lock_visible_job --
-SELECT * FROM jobs
+SELECT $job_columns FROM jobs
 WHERE job_id = %(job_id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
 FOR UPDATE;
 

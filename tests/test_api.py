@@ -24,6 +24,7 @@ import structlog
 import auth
 import core
 import eventhorizon
+import jobs
 import worker
 from conftest import bearer, job_row, jsonl, logged_events, serve_api, wait_for
 
@@ -864,7 +865,7 @@ def notify(db, states) -> None:
     committed before the API handles the first."""
     with db.transaction(), db.cursor() as cur:
         cur.executemany(core.QUERIES["notify"], [
-            {"channel": core.JOB_CHANNEL, "payload": core.job_notification(core.Job(**s))}
+            {"channel": jobs.CHANNEL, "payload": jobs.job_notification(jobs.Job(**s))}
             for s in states])
 
 
@@ -913,7 +914,7 @@ async def test_websocket_sends_every_committed_state_once_in_order(client, db):
                        ).fetchone()  # what any re-read would find
     notify(db, [*committed, final])
 
-    assert await received_until_closed(ws) == [core.job_json(core.Job(**s)) for s in [*committed, final]]
+    assert await received_until_closed(ws) == [jobs.job_json(jobs.Job(**s)) for s in [*committed, final]]
     assert ws.close_code == 1000
 
 
@@ -931,22 +932,22 @@ async def test_a_state_repeated_or_older_than_one_sent_is_not_sent(client, db):
 def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
     row = dataclasses.replace(job_row_for_tests(), status="failed",
                               error="no storage: " + "x" * 9000)
-    payload = core.job_notification(row)
+    payload = jobs.job_notification(row)
     assert json.loads(payload) == {"job_id": str(row.job_id), "status": "failed",
                                    "lines_processed": 0}
-    db.execute(core.QUERIES["notify"], {"channel": core.JOB_CHANNEL,
+    db.execute(core.QUERIES["notify"], {"channel": jobs.CHANNEL,
                                         "payload": payload})  # Postgres takes it
 
     long_name = dataclasses.replace(row, error=None, file_name="📜" * 250 + ".jsonl")  # 12 bytes a character
-    assert json.loads(core.job_notification(long_name)) == core.job_json(long_name)
+    assert json.loads(jobs.job_notification(long_name)) == jobs.job_json(long_name)
     for state in (row, long_name):
-        assert len(core.job_notification(state).encode()) <= core.NOTIFY_PAYLOAD_MAX_BYTES
+        assert len(jobs.job_notification(state).encode()) <= jobs.NOTIFY_PAYLOAD_MAX_BYTES
 
 
-def job_row_for_tests() -> core.Job:
+def job_row_for_tests() -> jobs.Job:
     """A job row as the worker's RETURNING * gives it."""
     now = dt.datetime.now(dt.timezone.utc)
-    return core.Job(job_id=uuid.uuid4(), file_name="app.jsonl", size_bytes=10, bucket="b",
+    return jobs.Job(job_id=uuid.uuid4(), file_name="app.jsonl", size_bytes=10, bucket="b",
                     object_key="k", status="queued", lines_total=1, lines_processed=0,
                     bytes_processed=0, lines_valid=0, lines_invalid=0, attempts=0, error=None,
                     created_at=now, started_at=None, completed_at=None, updated_at=now,
@@ -962,7 +963,7 @@ async def test_a_state_too_long_to_notify_is_read_from_the_database(client, db):
     failed = db.execute("UPDATE jobs SET status = 'failed', completed_at = now(), error = %s "
                         "WHERE job_id = %s RETURNING *", (error, job["job_id"])).fetchone()
     notify(db, [failed])  # ids only: the listener reads the row
-    assert await received_until_closed(ws) == [core.job_json(core.Job(**failed))]
+    assert await received_until_closed(ws) == [jobs.job_json(jobs.Job(**failed))]
     assert ws.close_code == 1000
 
 
@@ -1116,7 +1117,7 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
                     notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
                                 other_state])
                 # handled after the slow job's 500 of this transaction, without waiting on them
-                assert await other.receive_json(timeout=30) == core.job_json(core.Job(**other_state))
+                assert await other.receive_json(timeout=30) == jobs.job_json(jobs.Job(**other_state))
             health = await asyncio.wait_for(client.get("/healthz"), 10)
             assert health.status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [

@@ -13,9 +13,9 @@ import uuid
 import aiohttp
 import pytest
 
-import core
 import eventhorizon
 import graphql_api
+import jobs
 from conftest import bearer, serve_api
 from test_api import (  # noqa: F401  (client and two_owners are fixtures)
     VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
@@ -195,13 +195,13 @@ async def test_jobs_errors_is_one_query_for_all_jobs(client, monkeypatch):
     for i in range(3):
         await upload(client, jsonl(VALID), f"app{i}.jsonl")
     calls = []
-    read = core.read_line_errors
+    read = jobs.read_line_errors
 
     async def counted(pool, job_ids, **kwargs):
         calls.append(len(job_ids))
         return await read(pool, job_ids, **kwargs)
 
-    monkeypatch.setattr(core, "read_line_errors", counted)
+    monkeypatch.setattr(jobs, "read_line_errors", counted)
     body = await gql(client, "{ jobs { id errors(first: 5) { items { lineNo } } } }")
     assert len(body["data"]["jobs"]) == 3 and calls == [3]
 
@@ -229,7 +229,7 @@ async def test_another_owners_job_is_null_and_stats_are_for_admins(two_owners):
 async def test_a_database_error_is_not_shown(client, monkeypatch):
     async def broken(*args, **kwargs):
         raise RuntimeError("secret internals at 10.1.2.3")
-    monkeypatch.setattr(core, "read_jobs", broken)
+    monkeypatch.setattr(jobs, "read_jobs", broken)
     body = await gql(client, "{ jobs { id } }")
     assert body["errors"][0]["message"] == "an unexpected error occurred"
     assert "10.1.2.3" not in json.dumps(body)

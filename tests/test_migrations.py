@@ -5,6 +5,7 @@ import dataclasses
 import psycopg
 
 import core
+import jobs
 
 
 def test_migrations_create_the_tables(db):
@@ -56,10 +57,10 @@ def _positional(sql):
 
 
 def test_the_job_type_has_the_columns_of_jobs(db):
-    """core.Job is what `SELECT *` on jobs becomes (class_row): a column added by a migration
+    """jobs.Job is what `SELECT *` on jobs becomes (class_row): a column added by a migration
     must be added to the type too, or every job query fails."""
     columns = [r["column_name"] for r in db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
         "ORDER BY ordinal_position")]
-    fields = [f.name for f in dataclasses.fields(core.Job) if f.name != "first_start"]
+    fields = [f.name for f in dataclasses.fields(jobs.Job) if f.name != "first_start"]
     assert columns == fields

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import core
 import eventhorizon
+import jobs
 import observe
 import relay
 import worker
@@ -320,7 +321,7 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
         lost = dataclasses.replace(settings, requeue_after_s=60)
         assert worker.requeue_lost_jobs(db, channel, lost, queue_empty=True) == 1
         _, properties, body = channel.basic_get(settings.queue, auto_ack=True)
-        assert core.parse_job_message(body) == job_id
+        assert jobs.parse_message(body) == job_id
         assert properties.headers == {"traceparent": TRACEPARENT}
 
         worker.park_for_retry(channel, settings, body, properties.headers["traceparent"])

@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 import core
 import eventhorizon
+import jobs
 from conftest import bearer
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
@@ -133,9 +134,9 @@ async def test_malformed_multipart_is_400(settings, aiohttp_client, make_token, 
 
 
 def test_job_schema_matches_every_state():
-    """core.job_json in each status, timestamps set or null as they are in the database."""
+    """jobs.job_json in each status, timestamps set or null as they are in the database."""
     now = dt.datetime.now(dt.UTC)
-    job_row = core.Job(
+    job_row = jobs.Job(
         job_id=uuid.UUID("081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4"), file_name="a.jsonl",
         size_bytes=10, bucket="b", object_key="k", status="failed", lines_total=3,
         lines_processed=1, bytes_processed=5, lines_valid=1, lines_invalid=0, attempts=1,
@@ -144,8 +145,8 @@ def test_job_schema_matches_every_state():
     for status in ("queued", "processing", "completed", "failed"):
         row = dataclasses.replace(
             job_row, status=status, started_at=now if status != "queued" else None,
-            completed_at=now if status in core.TERMINAL_STATUSES else None)
-        validator("Job").validate(core.job_json(row))
+            completed_at=now if status in jobs.TERMINAL_STATUSES else None)
+        validator("Job").validate(jobs.job_json(row))
     lines_error = {"job_id": str(job_row.job_id), "errors": [{"line_no": 2, "reason": "x"}],
                    "next": None}
     validator("LineErrorPage").validate(lines_error)

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 import core
+import jobs
 import lines
 import worker
 from conftest import job_row, jsonl, wait_for
@@ -52,7 +53,7 @@ def run(settings, job_id, stop=None) -> str:
 
 def job_message(db, job_id) -> bytes:
     """The message the API publishes for a job."""
-    return core.job_message(core.job_query(db, "get_job", {"job_id": job_id}).fetchone())
+    return jobs.message(jobs.query(db, "get_job", {"job_id": job_id}).fetchone())
 
 
 def file_lines(content: bytes) -> list[bytes]:
@@ -216,7 +217,7 @@ def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
 
 
 def test_unknown_job_is_reported(settings):
-    with pytest.raises(worker.UnknownJob):
+    with pytest.raises(jobs.UnknownJob):
         run(settings, uuid.uuid4())
 
 
@@ -318,9 +319,9 @@ def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
     assert run(settings, job_id) == "completed"
 
     assert_exactly_once(db, job_id, valid=10, invalid=0)
-    job = core.job_query(db, "get_job", {"job_id": job_id}).fetchone()
+    job = jobs.query(db, "get_job", {"job_id": job_id}).fetchone()
     assert job.formats_seen == {"pino": 4, "zap": 3, "ecs": 3}
-    assert core.job_json(job)["formats"] == {"pino": 4, "zap": 3, "ecs": 3}
+    assert jobs.job_json(job)["formats"] == {"pino": 4, "zap": 3, "ecs": 3}
     rows = db.execute("SELECT * FROM log_entries WHERE line_no <= 3 ORDER BY line_no").fetchall()
     assert [(r["level"], r["service"], r["event_type"], r["environment"], r["message"])
             for r in rows] == [
@@ -488,7 +489,7 @@ def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
     finally:
         conn.close()
     assert queue_depth(settings, settings.queue) == 1
-    assert core.parse_job_message(get_one_message(settings)) == lost_id
+    assert jobs.parse_message(get_one_message(settings)) == lost_id
 
 
 def get_one_message(settings) -> bytes:
