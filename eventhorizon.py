@@ -585,6 +585,8 @@ async def readyz(request: web.Request) -> web.Response:
         "postgres": check_postgres(app[POOL], timeout_s),
         "rabbitmq": app[PUBLISHER].check(),
         "s3": asyncio.to_thread(app[S3].head_bucket, Bucket=app[SETTINGS].s3_bucket),
+        # Live updates: the listener (re)connecting, e.g. after Postgres was away.
+        "listener": app[WATCHERS].listening.wait(),
     }
     results = await asyncio.gather(
         *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()),

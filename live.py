@@ -132,25 +132,35 @@ class JobWatchers:
         return watcher
 
     async def listen(self) -> None:
+        """Follow the jobs' NOTIFY channel for the process's life. Whatever ends a connection,
+        Postgres going away or a bug in handling a notification, the listener logs it and
+        starts again after the shared backoff; `listening` is clear (and /readyz unready)
+        until it is back."""
         backoff = core.Backoff(cap=10.0)
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.database_url, autocommit=True) as conn:
-                    await core.listen(conn, jobs.CHANNEL)
-                    self.listening.set()
-                    log.info("listener.connected", channel=jobs.CHANNEL)
-                    backoff.reset()
-                    await self.refresh_all()
-                    while True:
-                        async for notify in conn.notifies(timeout=15):
-                            await self.on_notify(notify.payload)
-                        await conn.execute("SELECT 1")  # a quiet connection may be a dead one
-            except psycopg.OperationalError as exc:
+                await self.listen_once(backoff)
+            except Exception as exc:  # noqa: BLE001  (supervised: logged, then restarted)
                 self.listening.clear()
                 delay = backoff.next()
-                log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
+                if isinstance(exc, psycopg.OperationalError):
+                    log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
+                else:
+                    log.exception("listener.failed", retry_in_s=delay)
                 await asyncio.sleep(delay)
+
+    async def listen_once(self, backoff: core.Backoff) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url,
+                                                         autocommit=True) as conn:
+            await core.listen(conn, jobs.CHANNEL)
+            self.listening.set()
+            log.info("listener.connected", channel=jobs.CHANNEL)
+            backoff.reset()
+            await self.refresh_all()
+            while True:
+                async for notify in conn.notifies(timeout=15):
+                    await self.on_notify(notify.payload)
+                await conn.execute("SELECT 1")  # a quiet connection may be a dead one
 
     async def on_notify(self, payload: str) -> None:
         """Hand the state a notification carries to its job's watchers (re-read from the

@@ -25,6 +25,7 @@ import auth
 import core
 import eventhorizon
 import jobs
+import live
 import worker
 from conftest import bearer, job_row, jsonl, logged_events, serve_api, wait_for
 
@@ -490,6 +491,49 @@ async def test_websocket_updates_survive_a_lost_listen_connection(client, db, st
     states += await received_until_closed(ws)
     assert states[-1]["status"] == "completed" and states[-1]["lines_valid"] == 2_000
     assert ranks(states) == sorted(set(ranks(states)))  # in order, none twice
+
+
+async def test_the_listener_restarts_after_an_unexpected_error_and_is_unready_meanwhile(
+        client, db, monkeypatch):
+    """A bug in handling a notification (here: one raising RuntimeError) used to end live
+    updates for the process's life, silently. The listener is supervised: it logs the error,
+    /readyz says `listener` is unavailable while it reconnects (held here until the test lets
+    it), and afterwards the job's watchers get its states again."""
+    job = await (await upload(client, jsonl(VALID))).json()
+    ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
+    assert (await ws.receive_json(timeout=5))["status"] == "queued"
+    assert (await client.get("/readyz")).status == 200
+
+    async def broken_on_notify(self, payload):
+        raise RuntimeError("a bug in the fan-out")
+
+    reconnecting, let_it_reconnect = asyncio.Event(), asyncio.Event()
+    listen = core.listen
+
+    async def held_listen(conn, channel):
+        reconnecting.set()
+        await let_it_reconnect.wait()
+        return await listen(conn, channel)
+
+    monkeypatch.setattr(live.JobWatchers, "on_notify", broken_on_notify)
+    monkeypatch.setattr(core, "listen", held_listen)
+    with structlog.testing.capture_logs() as logs:
+        db.execute("UPDATE jobs SET status = 'processing', started_at = now() WHERE job_id = %s",
+                   (job["job_id"],))
+        db.execute(core.QUERIES["notify"], {"channel": jobs.CHANNEL, "payload": jobs.job_notification(
+            jobs.query(db, "get_job", {"job_id": job["job_id"]}).fetchone())})
+        await asyncio.wait_for(reconnecting.wait(), timeout=30)
+    assert [e["log_level"] for e in logs if e["event"] == "listener.failed"] == ["error"]
+
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["checks"]["listener"].startswith("unavailable")
+
+    monkeypatch.undo()
+    let_it_reconnect.set()
+    assert (await client.get("/readyz")).status == 200
+    # Back: the re-send after a reconnect brings the state the broken handler never sent.
+    assert (await ws.receive_json(timeout=10))["status"] == "processing"
 
 
 async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
