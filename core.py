@@ -240,11 +240,12 @@ class Settings:
         "EH_RELAY_CRASH_AFTER_INSERT", False,
         "fault injection: `relay.py` SIGKILLs itself after its first ClickHouse insert, before "
         "the Postgres commit", tests_only=True)
-    worker_stop_grace_s: float = setting(
-        "EH_WORKER_STOP_GRACE_S", 8.0,
-        "after SIGTERM, how long `worker.py` lets its job commit or abandon the batch before it "
-        "leaves as a crash would (the units stop it 2 s later); shortened by the tests so "
-        "their bound on the exit is not a 2 s margin", minimum=0.1, maximum=8.0, tests_only=True)
+    stop_grace_s: float = setting(
+        "EH_STOP_GRACE_S", 8.0,
+        "after SIGTERM or SIGINT, how long `worker.py` and `relay.py` let the work in hand "
+        "commit or give up before they leave as a crash would (stopping.py; a second signal "
+        "leaves at once). At most 8 s: the systemd units and compose stop them 2 s later",
+        minimum=0.1, maximum=8.0)
     retry_later_s: float = setting(
         "EH_RETRY_LATER_S", 10.0,
         "how long a duplicate of a job another worker holds waits in `<queue>.retry` before it "

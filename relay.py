@@ -32,8 +32,9 @@ through the API, once none of their events is left in the outbox (delete_events_
 
 The loop sleeps on LISTEN eh_outbox (RELAY_POLL_S is the fallback wake-up) and lets a small
 batch fill for up to RELAY_BATCH_MAX_WAIT_S, counted from its oldest row's created_at.
-SIGTERM or SIGINT stops it: the current batch is finished, or abandoned after STOP_GRACE_S or
-a second signal (its transaction rolls back; the recorded batch is re-sent by the next relay).
+SIGTERM or SIGINT stops it (stopping.py): the current batch is finished, or abandoned after
+EH_STOP_GRACE_S or a second signal (its transaction rolls back; the recorded batch is re-sent
+by the next relay).
 
 Fault injection, for tests only: with EH_RELAY_CRASH_AFTER_INSERT=1 the process SIGKILLs itself
 right after ClickHouse acknowledged its first batch and before the Postgres commit.
@@ -49,7 +50,6 @@ import importlib.util
 import json
 import os
 import re
-import select
 import signal
 import sys
 import threading
@@ -68,6 +68,7 @@ from psycopg.rows import class_row, namedtuple_row, tuple_row
 import core
 import jobs
 import observe
+import stopping
 from core import QUERIES
 
 log = structlog.get_logger("relay")
@@ -88,7 +89,6 @@ DEAD_AFTER_ATTEMPTS = 3
 # own, salvaged later, so one transaction never sends more parts than ClickHouse's dedup window
 # remembers, and no part is given up while it may hold rows ClickHouse would take.
 SALVAGE_MAX_REFUSALS = 64
-STOP_GRACE_S = 3.0  # a batch still running this long after SIGTERM is abandoned
 RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
 MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
 MAX_LINKS = 32  # a batch span links to at most this many traces of the events it carries
@@ -130,7 +130,7 @@ def main() -> int:
     except OSError as exc:
         sys.exit(f"cannot serve metrics on {settings.metrics_host}:"
                  f"{settings.relay_metrics_port} (RELAY_METRICS_PORT): {exc}")
-    stop = Stopper()
+    stop = stopping.Stopper("relay", settings.stop_grace_s)
     stop.install()
     crash = settings.relay_crash_after_insert
     log.info(
@@ -146,10 +146,7 @@ def main() -> int:
     )
     try:
         run_lanes(settings, stop, after_insert=crash_after_insert if crash else None)
-    except Abandoned as exc:
-        log.warning("relay.batch_abandoned", reason=str(exc))
     finally:
-        stop.disarm()
         stop.close()
     log.info("relay.stopped")
     return 0
@@ -173,69 +170,16 @@ def crash_after_insert(_rows) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-class Abandoned(BaseException):
-    """Stop now: raised in the main thread by a second signal, or when the current batch has
-    outlasted STOP_GRACE_S after the first. A BaseException so that no handler retries it."""
-
-
-class Stopper:
-    """What SIGTERM and SIGINT set. Its waits return as soon as a stop is requested."""
-
-    def __init__(self):
-        self.requested = False
-        self.reason = ""
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-
-    def disarm(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def request(self, reason: str = "requested") -> None:
-        self.reason = self.reason or reason
-        self.requested = True
-        try:
-            os.write(self._wake_w, b".")
-        except BlockingIOError:  # the pipe is full of earlier wake-ups: awake enough
-            pass
-
-    def _on_signal(self, signum, _frame) -> None:
-        if self.requested:
-            raise Abandoned(f"second {signal.Signals(signum).name}")
-        self.request(signal.Signals(signum).name)
-        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
-
-    def _on_alarm(self, _signum, _frame) -> None:
-        raise Abandoned(f"batch still running {STOP_GRACE_S} s after {self.reason}")
-
-    def wait(self, timeout: float, conn=None) -> bool:
-        """Sleep up to `timeout` s, or until a stop; True if `conn`'s socket became readable."""
-        if self.requested:
-            return False
-        fds = [self._wake_r] if conn is None else [self._wake_r, conn.fileno()]
-        ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
-        return conn is not None and conn.fileno() in ready
-
-    def close(self) -> None:
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-
-def run_lanes(settings: core.Settings, stop: Stopper, *,
+def run_lanes(settings: core.Settings, stop: stopping.Stopper, *,
               after_insert: Callable[[list], None] | None = None) -> None:
     """`run` in RELAY_LANES lanes side by side, the first in this (the main) thread, so that
     Postgres reads the next batch while ClickHouse takes the current one. Lanes are relays as
     far as the outbox is concerned: each claims its own batches (SKIP LOCKED) with its own
     connections, and a lane that dies leaves its batch recorded, for any lane to re-send.
 
-    The others are daemon threads: when the main thread gives up (Abandoned: a second signal,
-    or STOP_GRACE_S after the first, which it also spends waiting for them), the process
-    exits and their transactions roll back with their connections. A lane that fails stops
-    them all, and its error is raised here."""
+    The others are daemon threads: when the Stopper gives up on them (a second signal, or
+    EH_STOP_GRACE_S after the first), the process exits and their transactions roll back
+    with their connections. A lane that fails stops them all, and its error is raised here."""
     failures: list[BaseException] = []
 
     def lane(n: int) -> None:
@@ -260,14 +204,13 @@ def run_lanes(settings: core.Settings, stop: Stopper, *,
         raise failures[0]
 
 
-def run(settings: core.Settings, stop: Stopper, *,
+def run(settings: core.Settings, stop: stopping.Stopper, *,
         after_insert: Callable[[list], None] | None = None) -> None:
     """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
     backoff = core.Backoff()
     pg = listener = ch = None
-    stopping_logged = False
     try:
-        while not stop.requested:
+        while not stop.is_set():
             try:
                 if pg is None:
                     pg, listener = connect_postgres(settings.database_url)
@@ -296,21 +239,18 @@ def run(settings: core.Settings, stop: Stopper, *,
                 log.warning("relay.postgres_unavailable", error=str(exc).strip(), retry_in_s=delay)
                 pg, listener = close_quietly(pg), close_quietly(listener)
                 stop.wait(delay)
-            if stop.requested and not stopping_logged:
-                log.info("relay.stopping", reason=stop.reason)
-                stopping_logged = True
     finally:
         for resource in (ch, listener, pg):
             close_quietly(resource)
 
 
-def wait_for_work(pg, listener, settings: core.Settings, stop: Stopper) -> None:
+def wait_for_work(pg, listener, settings: core.Settings, stop: stopping.Stopper) -> None:
     """Sleep until a batch may be due: rows arrive (NOTIFY), a small batch's wait is over, or
     RELAY_POLL_S passes (the fallback that also picks up batches another relay left behind)."""
     max_rows = settings.relay_batch_max_rows
     pending, oldest_age_s = outbox_pending(pg, max_rows)
     if pending == 0:
-        if stop.wait(settings.relay_poll_s, listener):
+        if stop.wait_readable(settings.relay_poll_s, listener):
             drain_notifies(listener)
         else:
             listener.execute("SELECT 1")  # idle: make sure the listening connection is alive
@@ -320,8 +260,8 @@ def wait_for_work(pg, listener, settings: core.Settings, stop: Stopper) -> None:
         # Due now, yet nothing was claimed: another relay holds these rows for a moment.
         stop.wait(RECHECK_EVERY_S / 10)
         return
-    while not stop.requested and (remaining := deadline - time.monotonic()) > 0:
-        if stop.wait(min(remaining, settings.relay_poll_s), listener):
+    while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+        if stop.wait_readable(min(remaining, settings.relay_poll_s), listener):
             drain_notifies(listener)
             if outbox_pending(pg, max_rows)[0] >= max_rows:
                 return  # a full batch needs no more waiting

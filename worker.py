@@ -40,14 +40,12 @@ import formats
 import jobs
 import lines
 import observe
+import stopping
 
 log = structlog.get_logger("worker")
 tracer = trace.get_tracer("eventhorizon.worker")
 
 FLUSH_EVERY_S = 1.0
-# After SIGTERM, how long a job may take to commit or abandon its batch (EH_WORKER_STOP_GRACE_S,
-# which only the tests shorten; the systemd unit and compose stop the worker 2 s after it).
-STOP_GRACE_S = core.Settings.worker_stop_grace_s
 VALID_LINES, INVALID_LINES = observe.LINES.labels("valid"), observe.LINES.labels("invalid")
 
 
@@ -56,17 +54,13 @@ def main() -> int:
     core.configure_logging(settings)
     serve_metrics(settings)
     provider = observe.setup_tracing(settings, "eventhorizon-worker")
-    consumer = Consumer(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: consumer.stop(signal.Signals(signum).name))
-    consumer.run()
-    if consumer.job_thread is not None and consumer.job_thread.is_alive():
-        # Stuck past the grace period (a dead connection, a hung read): leave now, as a crash
-        # would; nothing was acked or committed that should not have been. Python would
-        # otherwise wait for the job's commit thread at exit, for as long as it hangs.
-        provider.force_flush(timeout_millis=1000)
-        sys.stdout.flush()
-        os._exit(0)
+    # A job stuck past the grace (a dead connection, a hung read) is left as a crash would
+    # leave it: nothing was acked or committed that should not have been.
+    stop = stopping.Stopper("worker", settings.stop_grace_s,
+                            before_exit=lambda: provider.force_flush(timeout_millis=1000))
+    stop.install()
+    Consumer(settings, stop).run()
+    stop.close()
     return 0
 
 
@@ -116,19 +110,12 @@ class Consumer:
     handed back with `add_callback_threadsafe` (pika's threaded consumer example).
     """
 
-    def __init__(self, settings: core.Settings):
+    def __init__(self, settings: core.Settings, stop: stopping.Stopper):
         self.settings = settings
         self.s3 = core.s3_client(settings)
-        self.stopping = threading.Event()
+        self.stopping = stop
         self.job_thread: threading.Thread | None = None
         self.job_backoff = core.Backoff(first=2.0, cap=30.0)  # between failed attempts
-        self.stop_deadline = float("inf")
-
-    def stop(self, reason: str = "requested") -> None:
-        if not self.stopping.is_set():
-            log.info("worker.stopping", reason=reason)
-            self.stop_deadline = time.monotonic() + self.settings.worker_stop_grace_s
-        self.stopping.set()
 
     def run(self) -> None:
         backoff = core.Backoff()
@@ -208,12 +195,11 @@ class Consumer:
             log.warning("reconciler.database_unavailable", error=str(exc))
 
     def _wait_for_job(self, connection) -> None:
-        """On shutdown: let the job thread commit or abandon its batch, then send its ack."""
+        """On shutdown: let the job thread commit or abandon its batch, then send its ack
+        (past EH_STOP_GRACE_S the Stopper leaves without them)."""
         if self.job_thread is None:
             return
-        self.job_thread.join(timeout=max(0.0, self.stop_deadline - time.monotonic()))
-        if self.job_thread.is_alive():
-            log.warning("worker.job_still_running_at_exit")
+        self.job_thread.join()
         connection.process_data_events(time_limit=0)
 
 
@@ -272,7 +258,7 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bo
     return len(lost)
 
 
-def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Event,
+def handle_message(body: bytes, settings: core.Settings, s3, stop: stopping.Stop,
                    headers: dict | None = None) -> Outcome:
     """Process one job message end to end and say what to do with the message. Its span
     continues the trace of the message's `traceparent` header (the upload's), if any."""
@@ -289,7 +275,7 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: threading.Eve
         return run_message(job_id, settings, s3, stop)
 
 
-def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: threading.Event) -> Outcome:
+def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: stopping.Stop) -> Outcome:
     """Run the job (in the job's span) and say what to do with its message; an attempt that
     raised is recorded on the span, which it marks as an error."""
     try:
@@ -344,7 +330,7 @@ class JobFailed(Exception):
 
 
 def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
-                stop: threading.Event | None = None) -> JobRun:
+                stop: stopping.Stop | None = None) -> JobRun:
     """Process (or resume) one job, and say how the run ended (JobRun).
 
     `conn` is an autocommit connection: every unit of work below is an explicit transaction.
@@ -388,7 +374,7 @@ def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job | No
     return job
 
 
-def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: threading.Event) -> JobRun:
+def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Stop) -> JobRun:
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
     mapping = compile_format(job)

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
 import relay  # noqa: E402
+import stopping  # noqa: E402
 
 BENCH_DB = "eh_bench_relay"
 EVENTS_PER_TX = 20
@@ -132,7 +133,7 @@ class Relay:
 
     def __init__(self, settings: core.Settings, *, timed: bool = True):
         self.timed = timed
-        self.stop = relay.Stopper()
+        self.stop = stopping.Stopper("relay", 8.0)
         self.lock = threading.Lock()
         self.inserts = 0
         self.rows = 0

@@ -22,8 +22,6 @@ import pytest
 import yaml
 
 import core
-import relay
-import worker
 from conftest import ROOT, in_ci
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -34,8 +32,10 @@ ENV_EXAMPLE = SYSTEMD / "eventhorizon.env.example"
 INSTALL_DIR = "/opt/eventhorizon"  # where the units expect the source tree and its .venv
 APP_SERVICES = {"createbucket", "migrate", "api", "worker", "relay"}
 # The stop timeout each unit gives its process, and the grace period the process honours.
-UNIT_GRACE_S = {"eventhorizon-worker@.service": worker.STOP_GRACE_S + 2,  # gone within 10 s
-                "eventhorizon-relay@.service": relay.STOP_GRACE_S,
+STOP_GRACE_MAX_S = next(f.metadata["maximum"] for f in dataclasses.fields(core.Settings)
+                        if f.name == "stop_grace_s")  # EH_STOP_GRACE_S at most
+UNIT_GRACE_S = {"eventhorizon-worker@.service": STOP_GRACE_MAX_S + 2,  # gone within 10 s
+                "eventhorizon-relay@.service": STOP_GRACE_MAX_S + 2,
                 "eventhorizon-api.service": 5}  # aiohttp's shutdown_timeout in eventhorizon.main
 
 

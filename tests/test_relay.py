@@ -26,6 +26,7 @@ import structlog.testing
 
 import core
 import relay
+import stopping
 from conftest import outbox_status, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -355,14 +356,14 @@ def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings
         if len(inserts) == 3:
             raise RuntimeError("a lane's bug")
 
-    stop = relay.Stopper()
+    stop = stopping.Stopper("relay", settings.stop_grace_s)
     try:
         with pytest.raises(RuntimeError, match="a lane's bug"):
             relay.run_lanes(settings, stop, after_insert=fail_on_the_third_insert)
     finally:
         stop.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("relay-lane-")]
-    assert stop.requested
+    assert stop.is_set()
 
     with relay.connect_clickhouse(settings.clickhouse_url) as ch:
         drain(db, ch, settings)
