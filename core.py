@@ -64,7 +64,7 @@ def setting(env: str, default: Any, help: str, *, minimum: float | None = None,
             maximum: float | None = None, shown_default: str | None = None,
             tests_only: bool = False) -> Any:
     """One setting, declared once: its environment variable, default, bounds and the help text
-    the README's configuration table is made of (`settings_table`). `shown_default` is the
+    the configuration table (docs/configuration.md) is made of (`settings_table`). `shown_default` is the
     table's text for a default that depends on the machine; `tests_only` settings are listed
     apart from the others."""
     return dataclasses.field(default=default, metadata={
@@ -132,7 +132,7 @@ class Settings:
     auth: str = setting(
         "EH_AUTH", "token",
         "`token`: every `/api/v1/*` and `/ws/*` request needs a bearer token (see "
-        "[Access](#access)); `none`: single-user mode for a laptop, no tokens, every job "
+        "[Access](access.md#access)); `none`: single-user mode for a laptop, no tokens, every job "
         "visible, refused unless `EH_HTTP_HOST` is a loopback address")
     allowed_hosts: str = setting(
         "EH_ALLOWED_HOSTS", "127.0.0.1,localhost,::1",
@@ -367,7 +367,7 @@ SETTING_TYPE_NAMES = {"int": "an int", "float": "a float", "bool": "1 or 0"}
 
 
 def settings_table(*, tests_only: bool = False) -> str:
-    """The README's configuration table (or the tests-only one), from the declarations."""
+    """The configuration table of docs/configuration.md (or the tests-only one), from the declarations."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for field in dataclasses.fields(Settings):
         meta = field.metadata

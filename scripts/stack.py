@@ -14,7 +14,7 @@ usage:
   python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
   python scripts/stack.py wait-clickhouse [--pid P] [--timeout S]
                                              wait until CLICKHOUSE_URL takes our user
-  python scripts/stack.py settings-table     the README's configuration tables, from the
+  python scripts/stack.py settings-table     the configuration tables (docs/configuration.md), from the
                                              declarations in core.Settings
 
 Every value comes from core.Settings (the environment, else its defaults).
