@@ -1,27 +1,21 @@
-"""What the API, the worker and the relay share: settings, logging, SQL, the outbox, storage,
-the broker, and how to wait out an outage (`Backoff`, `is_outage`). A job's row and its
-changes of state are jobs.py's.
-
-`publish_event` is the interface other code uses to emit an event: it writes to the outbox on
-the caller's connection, inside the caller's transaction, and never commits.
+"""What the API, the worker and the relay share: settings, logging, traces, the named SQL
+queries and migrations, the S3 client, and how to wait out an outage (`Backoff`,
+`is_outage`). A job's row and its changes are jobs.py's, the outbox is outbox.py's, the
+broker's queues and messages are amqp.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import hashlib
 import ipaddress
-import json
 import logging
 import math
 import os
 import random
 import re
 import sys
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -36,8 +30,6 @@ SQL_DIR = ROOT / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 LOG_ENTRY_SCHEMA_PATH = ROOT / "log_entry.schema.json"
 
-OUTBOX_CHANNEL = "eh_outbox"
-METADATA_VERSION = 1
 
 
 # Postgres errors that mean an outage, not a problem with the work: connection exceptions,
@@ -602,120 +594,6 @@ def migrate(database_url: str) -> int:
         backend.connection.close()
 
 
-# --------------------------------------------------------------------------- outbox
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """One outbox row: a row of ClickHouse's event_log once the relay has moved it."""
-
-    event_type: str
-    context: Mapping[str, Any]
-    environment: str
-    event_date_time: dt.datetime
-    event_id: uuid.UUID
-    metadata_version: int = METADATA_VERSION
-
-    def as_row(self) -> tuple:
-        return (self.event_id, self.event_type, self.event_date_time, self.environment,
-                json.dumps(self.context, default=str), self.metadata_version)
-
-    def as_params(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "event_date_time": self.event_date_time,
-            "environment": self.environment,
-            "event_context": json.dumps(self.context, default=str),
-            "metadata_version": self.metadata_version,
-        }
-
-
-def make_event(
-    event_type: str,
-    context: Mapping[str, Any],
-    *,
-    environment: str,
-    event_date_time: dt.datetime | None = None,
-    event_id: uuid.UUID | None = None,
-) -> Event:
-    return Event(
-        event_type=event_type,
-        context=context,
-        environment=environment,
-        event_date_time=event_date_time or dt.datetime.now(dt.timezone.utc),
-        event_id=event_id or uuid.uuid4(),
-    )
-
-
-def line_event_id(job_id: uuid.UUID, line_no: int) -> uuid.UUID:
-    """The stable event id of a log line, uuid5(job_id, str(line_no)): re-processing the line
-    yields the same id."""
-    return uuid.UUID(line_event_ids(job_id)(line_no))
-
-
-def line_event_ids(job_id: uuid.UUID) -> Callable[[int], str]:
-    """`line_event_id` for many lines of one job, as hex strings: the hash of the job id is
-    computed once (this runs for every line of every file)."""
-    prefix = hashlib.sha1(job_id.bytes, usedforsecurity=False)
-
-    def event_id(line_no: int) -> str:
-        digest = prefix.copy()
-        digest.update(b"%d" % line_no)
-        raw = bytearray(digest.digest()[:16])
-        raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-        return raw.hex()
-
-    return event_id
-
-
-def publish_event(conn, event_type: str, context: Mapping[str, Any], *, environment: str,
-                  event_date_time: dt.datetime | None = None,
-                  event_id: uuid.UUID | None = None) -> uuid.UUID:
-    """Write one event to the outbox in the caller's transaction (psycopg sync connection).
-
-    Never commits and never talks to ClickHouse: if the caller's transaction rolls back the
-    event is gone; if it commits, the relay delivers it exactly once.
-    """
-    event = make_event(event_type, context, environment=environment,
-                       event_date_time=event_date_time, event_id=event_id)
-    insert_event(conn, event)
-    return event.event_id
-
-
-def insert_event(conn, event: Event) -> None:
-    conn.execute(QUERIES["insert_outbox_event"], event.as_params())
-    conn.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
-
-
-async def ainsert_event(aconn, event: Event) -> None:
-    """`insert_event` for a psycopg AsyncConnection (the API's job.queued)."""
-    await aconn.execute(QUERIES["insert_outbox_event"], event.as_params())
-    await aconn.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
-
-
-def copy_events(cur, events: Iterable[Event]) -> None:
-    """The batch form of `publish_event`: COPY many events on the caller's cursor."""
-    copy_outbox_rows(cur, (e.as_row() for e in events))
-
-
-def copy_outbox_rows(cur, rows: Iterable[tuple]) -> None:
-    """COPY ready-made outbox rows: (event_id, event_type, event_date_time, environment,
-    event_context as JSON text, metadata_version). The worker's hot path uses this directly."""
-    with cur.copy(QUERIES["copy_outbox"]) as copy:
-        for row in rows:
-            copy.write_row(row)
-    cur.execute(QUERIES["notify"], {"channel": OUTBOX_CHANNEL, "payload": ""})
-
-
-def outbox_status_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """{backlog, oldest_age_s, dead} from the outbox_status query's row: events not yet in
-    ClickHouse, how long the oldest has waited (0 when none), events in outbox_dead."""
-    return {"backlog": row["backlog"], "oldest_age_s": round(row["oldest_age_s"], 3),
-            "dead": row["dead"]}
-
-
 # --------------------------------------------------------------------------- storage
 
 
@@ -741,59 +619,7 @@ def s3_client(settings: Settings):
     )
 
 
-# --------------------------------------------------------------------------- broker
-
-
-def amqp_parameters(settings: Settings, process: str):
-    """pika connection parameters from AMQP_URL, named after the process (shown by RabbitMQ's
-    management UI and `rabbitmqctl list_connections`)."""
-    import pika
-
-    params = pika.URLParameters(settings.amqp_url)
-    params.client_properties = {"connection_name": process_name(process)}
-    return params
-
-
 def process_name(process: str) -> str:
     """How this process names its connections (RabbitMQ's connection name, Postgres's
     application_name), so an operator or a test can tell whose they are."""
     return f"eventhorizon-{process} pid {os.getpid()}"
-
-
-def declare_queues(channel, queue: str) -> None:
-    """The durable job queue, its dead-letter queue (rejected messages land there) and its
-    retry queue (a message parked there returns to the job queue when its expiration is up).
-
-    The API and the worker both declare them, with the same arguments, so either may start first.
-    """
-    channel.queue_declare(queue=dead_letter_queue(queue), durable=True)
-    channel.queue_declare(
-        queue=retry_queue(queue),
-        durable=True,
-        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue},
-    )
-    channel.queue_declare(
-        queue=queue,
-        durable=True,
-        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(queue)},
-    )
-
-
-def dead_letter_queue(queue: str) -> str:
-    return f"{queue}.dead"
-
-
-def retry_queue(queue: str) -> str:
-    return f"{queue}.retry"
-
-
-def message_properties(expiration_s: float | None = None, *, traceparent: str | None = None):
-    """The properties of every message we publish: JSON, persistent (it survives a broker
-    restart in a durable queue), optionally expiring after `expiration_s`, and with the W3C
-    `traceparent` header of the trace it continues, if any."""
-    import pika
-
-    return pika.BasicProperties(
-        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-        expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
-        headers={"traceparent": traceparent} if traceparent else None)

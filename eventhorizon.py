@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -24,13 +23,11 @@ import json
 import math
 import re
 import sys
-import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import pika
 import psycopg
 import structlog
 from aiohttp import BodyPartReader, web
@@ -40,6 +37,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+import amqp
 import auth
 import core
 import explore
@@ -169,7 +167,7 @@ def is_loopback(host: str) -> bool:
 SETTINGS = web.AppKey("settings", core.Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 S3 = web.AppKey("s3", object)
-PUBLISHER = web.AppKey("publisher", "Publisher")
+PUBLISHER = web.AppKey("publisher", amqp.Publisher)
 WATCHERS = web.AppKey("watchers", live.JobWatchers)
 GRAPHQL = web.AppKey("graphql", graphql_api.Services)
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
@@ -480,7 +478,7 @@ async def s3_ctx(app: web.Application):
 
 
 async def publisher_ctx(app: web.Application):
-    publisher = Publisher(app[SETTINGS])
+    publisher = amqp.Publisher(app[SETTINGS])
     app[PUBLISHER] = publisher
     yield
     await publisher.close()
@@ -1304,110 +1302,9 @@ async def publish_job(app: web.Application, job: jobs.Job) -> None:
     with observe.span(tracer, "job.publish", kind=trace.SpanKind.PRODUCER) as span:
         try:
             await app[PUBLISHER].publish(jobs.message(job), job.traceparent)
-        except BrokerUnavailable as exc:
+        except amqp.BrokerUnavailable as exc:
             log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
             span.set_status(trace.StatusCode.ERROR, "the broker did not take the message")
-
-
-# --------------------------------------------------------------------------- RabbitMQ
-
-
-class BrokerUnavailable(Exception):
-    """RabbitMQ could not be reached, or did not confirm a message."""
-
-
-class Publisher:
-    """Publishes job messages with publisher confirms.
-
-    pika is blocking and not thread-safe, so one dedicated thread owns its connection and
-    every call runs there; the event loop only awaits the result. After a failed connect the
-    next attempt waits for a backoff delay (up to 5 s); meanwhile the broker counts as
-    unavailable at once, so uploads are refused quickly rather than each waiting for a timeout.
-    """
-
-    def __init__(self, settings: core.Settings):
-        self.settings = settings
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amqp")
-        self.connection: pika.BlockingConnection | None = None
-        self.channel = None
-        self.backoff = core.Backoff(cap=5.0)
-        self.next_connect = 0.0  # time.monotonic() before which no connect is tried
-
-    async def publish(self, body: bytes, traceparent: str | None = None) -> None:
-        await self._run(self._publish, body, traceparent)
-
-    async def is_available(self) -> bool:
-        try:
-            await self.check()
-            return True
-        except BrokerUnavailable:
-            return False
-
-    async def check(self) -> None:
-        await self._run(self._ensure_channel)
-
-    async def close(self) -> None:
-        await self._run(self._disconnect)
-        self.executor.shutdown(wait=True)
-
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    def _publish(self, body: bytes, traceparent: str | None) -> None:
-        for attempt in (1, 2):  # a connection idle too long may be gone: reconnect once
-            channel = self._ensure_channel()
-            try:
-                channel.basic_publish(
-                    exchange="", routing_key=self.settings.queue, body=body, mandatory=True,
-                    properties=core.message_properties(traceparent=traceparent))
-                return
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                raise BrokerUnavailable(f"the broker did not accept the message: {exc!r}") from exc
-            except pika.exceptions.AMQPError as exc:
-                self._disconnect()
-                if attempt == 2:
-                    raise BrokerUnavailable(repr(exc)) from exc
-
-    def _ensure_channel(self):
-        """The open channel, reconnecting if the broker closed the connection meanwhile."""
-        if self._channel_alive():
-            return self.channel
-        self._disconnect()
-        if time.monotonic() < self.next_connect:
-            raise BrokerUnavailable("RabbitMQ was unreachable a moment ago")
-        try:
-            params = core.amqp_parameters(self.settings, "api")
-            params.connection_attempts = 1
-            params.socket_timeout = 3
-            params.blocked_connection_timeout = 10
-            self.connection = pika.BlockingConnection(params)
-            self.channel = self.connection.channel()
-            self.channel.confirm_delivery()
-            core.declare_queues(self.channel, self.settings.queue)
-        except pika.exceptions.AMQPError as exc:
-            self._disconnect()
-            self.next_connect = time.monotonic() + self.backoff.next()
-            raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from exc
-        self.backoff.reset()
-        return self.channel
-
-    def _channel_alive(self) -> bool:
-        if self.channel is None or not self.channel.is_open:
-            return False
-        try:
-            self.connection.process_data_events(time_limit=0)  # notices a closed socket
-        except pika.exceptions.AMQPError:
-            return False
-        return self.channel.is_open
-
-    def _disconnect(self) -> None:
-        connection, self.connection, self.channel = self.connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except pika.exceptions.AMQPError:
-                pass
-
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from psycopg.rows import class_row, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 import core
+import outbox
 
 log = structlog.get_logger("jobs")
 
@@ -108,7 +109,7 @@ async def create(aconn, settings: core.Settings, *, job_id: uuid.UUID, file_name
         "bucket": settings.s3_bucket, "object_key": object_key, "lines_total": lines_total,
         "owner": owner, **options, "traceparent": traceparent})
     job = await cur.fetchone()
-    await core.ainsert_event(aconn, job_event("job.queued", job, environment=settings.environment))
+    await outbox.ainsert_event(aconn, job_event("job.queued", job, environment=settings.environment))
     return job
 
 
@@ -144,7 +145,7 @@ def claim(conn, settings: core.Settings, job_id: uuid.UUID) -> Job | None:
             raise UnknownJob(str(job_id))
         return None
     if job.first_start:
-        core.insert_event(conn, job_event("job.started", job, environment=settings.environment))
+        outbox.insert_event(conn, job_event("job.started", job, environment=settings.environment))
     notify(conn, job)
     return job
 
@@ -169,7 +170,7 @@ def advance(conn, job: Job, *, lines: int, bytes_: int, valid: int, invalid: int
 
 def complete(conn, settings: core.Settings, job_id: uuid.UUID) -> Job:
     job = query(conn, "complete_job", {"job_id": job_id}).fetchone()
-    core.insert_event(conn, job_event("job.completed", job, environment=settings.environment))
+    outbox.insert_event(conn, job_event("job.completed", job, environment=settings.environment))
     notify(conn, job)
     return job
 
@@ -178,7 +179,7 @@ def fail(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> Job | 
     """End the job `failed` with `error` for its owner; None if it had ended already."""
     job = query(conn, "fail_job", {"job_id": job_id, "error": error}).fetchone()
     if job is not None:
-        core.insert_event(conn, job_event("job.failed", job, environment=settings.environment))
+        outbox.insert_event(conn, job_event("job.failed", job, environment=settings.environment))
         notify(conn, job)
     return job
 
@@ -216,7 +217,7 @@ async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -
     await aconn.execute(core.QUERIES["record_deletion"], {
         "job_id": job.job_id, "owner": job.owner, "file_name": job.file_name,
         "deleted_by": deleted_by})
-    await core.ainsert_event(aconn, job_event("job.deleted", job, environment=settings.environment,
+    await outbox.ainsert_event(aconn, job_event("job.deleted", job, environment=settings.environment,
                                               deleted_by=deleted_by))
     await aconn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job.job_id})
     await aconn.execute(core.QUERIES["delete_job"], {"job_id": job.job_id})
@@ -242,7 +243,7 @@ def notify(conn, job: Job) -> None:
     conn.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": job_notification(job)})
 
 
-def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> core.Event:
+def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> outbox.Event:
     """A lifecycle event for a job row, with `extra` context (job.deleted: deleted_by).
 
     Its id is derived from the job and the event type, so a retried step yields the same id.
@@ -254,7 +255,7 @@ def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> c
                **extra}
     if trace_id := core.current_trace_id():
         context["trace_id"] = trace_id
-    return core.make_event(event_type, context, environment=environment,
+    return outbox.make_event(event_type, context, environment=environment,
                            event_id=uuid.uuid5(job.job_id, event_type))
 
 
@@ -307,10 +308,10 @@ async def read_stats(pool) -> dict[str, Any]:
     async with pool.connection() as conn:
         counts = await (await conn.cursor(row_factory=tuple_row).execute(
             core.QUERIES["job_counts"])).fetchall()
-        outbox = await (await conn.cursor(row_factory=dict_row).execute(
+        backlog = await (await conn.cursor(row_factory=dict_row).execute(
             core.QUERIES["outbox_status"])).fetchone()
     return {"jobs": dict.fromkeys(STATUSES, 0) | dict(counts),
-            "outbox": core.outbox_status_json(outbox)}
+            "outbox": outbox.outbox_status_json(backlog)}
 
 
 # --------------------------------------------------------------------------- messages and JSON

@@ -24,6 +24,7 @@ import orjson
 
 import core
 import formats
+import outbox
 
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
@@ -141,7 +142,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
         f'"context": {context_json}{trace}}}'
     )
     batch.events.append((event_id(line_no), entry["event_type"], entry["timestamp"],
-                         entry["environment"], event_context, core.METADATA_VERSION))
+                         entry["environment"], event_context, outbox.METADATA_VERSION))
 
 
 class InvalidLine(Exception):

@@ -68,6 +68,7 @@ from psycopg.rows import class_row, namedtuple_row, tuple_row
 import core
 import jobs
 import observe
+import outbox
 import stopping
 from core import QUERIES
 
@@ -281,7 +282,7 @@ def connect_postgres(database_url: str):
     except BaseException:
         pg.close()
         raise
-    core.listen(listener, core.OUTBOX_CHANNEL)
+    core.listen(listener, outbox.CHANNEL)
     return pg, listener
 
 

@@ -35,11 +35,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
 
+import amqp
 import core
 import formats
 import jobs
 import lines
 import observe
+import outbox
 import stopping
 
 log = structlog.get_logger("worker")
@@ -130,13 +132,13 @@ class Consumer:
         log.info("worker.stopped")
 
     def _consume(self) -> None:
-        connection = pika.BlockingConnection(core.amqp_parameters(self.settings, "worker"))
+        connection = pika.BlockingConnection(amqp.amqp_parameters(self.settings, "worker"))
         try:
             channel = connection.channel()
             # The worker publishes too (a parked duplicate, a re-published lost job): the
             # broker confirms each message before the worker goes on, and acks the original.
             channel.confirm_delivery()
-            core.declare_queues(channel, self.settings.queue)
+            amqp.declare_queues(channel, self.settings.queue)
             # One job at a time: a file takes long, and a second message would only wait
             # here while another worker could take it.
             channel.basic_qos(prefetch_count=1)
@@ -232,8 +234,8 @@ def park_for_retry(channel, settings: core.Settings, body: bytes,
     worker die between the publish and the ack, the job has one copy more, which the lock and
     the job's status absorb like any duplicate. The copy keeps the original's traceparent.
     """
-    channel.basic_publish("", core.retry_queue(settings.queue), body,
-                          core.message_properties(expiration_s=settings.retry_later_s,
+    channel.basic_publish("", amqp.retry_queue(settings.queue), body,
+                          amqp.message_properties(expiration_s=settings.retry_later_s,
                                                   traceparent=traceparent), mandatory=True)
 
 
@@ -251,7 +253,7 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bo
         lost = jobs.take_lost(conn, after_s=settings.requeue_after_s, queue_empty=queue_empty)
         for job in lost:
             channel.basic_publish("", settings.queue, jobs.message(job),
-                                  core.message_properties(traceparent=job.traceparent))
+                                  amqp.message_properties(traceparent=job.traceparent))
     if lost:
         log.warning("reconciler.requeued", count=len(lost),
                     job_ids=[str(j.job_id) for j in lost])
@@ -378,7 +380,7 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
     mapping = compile_format(job)
-    event_id = core.line_event_ids(job.job_id)
+    event_id = outbox.line_event_ids(job.job_id)
     trace_json = lines.trace_member(core.current_trace_id())  # the job's trace: its upload's
     started = time.monotonic()
     line_no = job.lines_processed
@@ -512,7 +514,7 @@ def write_batch(conn, job: jobs.Job, batch: lines.LineBatch,
             with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
                 for row in batch.entries:
                     copy.write_row(row)
-            core.copy_outbox_rows(cur, batch.events)
+            outbox.copy_outbox_rows(cur, batch.events)
         if batch.errors:
             with cur.copy(core.QUERIES["copy_line_errors"]) as copy:
                 for row in batch.errors:

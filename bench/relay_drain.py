@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
+import outbox  # noqa: E402
 import relay  # noqa: E402
 import stopping  # noqa: E402
 
@@ -189,7 +190,7 @@ def drain_phase(settings: core.Settings, n: int) -> dict:
         time.sleep(1.0)  # the relay is connected and idle
         filling = time.monotonic()
         with conn.transaction(), conn.cursor() as cur:
-            core.copy_events(cur, (sample_event(i) for i in range(n)))
+            outbox.copy_events(cur, (sample_event(i) for i in range(n)))
         started = time.monotonic()
         print(f"filled the outbox in {started - filling:.1f} s")
         # Count acknowledged rows rather than poll the outbox: a query over a table full of
@@ -249,7 +250,7 @@ class Producer(threading.Thread):
                 while next_at - started < self.duration:
                     time.sleep(max(0.0, next_at - time.monotonic()))
                     with conn.transaction(), conn.cursor() as cur:
-                        core.copy_events(cur, (sample_event(self.events + i)
+                        outbox.copy_events(cur, (sample_event(self.events + i)
                                                for i in range(EVENTS_PER_TX)))
                     self.events += EVENTS_PER_TX
                     next_at += interval
@@ -258,9 +259,9 @@ class Producer(threading.Thread):
             self.error = exc
 
 
-def sample_event(i: int) -> core.Event:
+def sample_event(i: int) -> outbox.Event:
     """A log-line event of a typical size (about 200 bytes of context)."""
-    return core.make_event(
+    return outbox.make_event(
         "log.line",
         {"job_id": "6f1c4c43-35a5-4a7e-9d8e-0d5b7b1f6a10", "line_no": i, "level": "info",
          "service": "checkout", "message": f"order {i} paid", "request_id": str(uuid.uuid4()),

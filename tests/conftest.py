@@ -36,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 # The tests run on the development default credentials (production refuses them).
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 
+import amqp  # noqa: E402
 import auth  # noqa: E402
 import core  # noqa: E402
+import outbox  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
 
 ADMIN_DSN = core.Settings.from_env().test_admin_dsn
@@ -255,7 +257,7 @@ def delete_queues(amqp_url: str, queue: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = conn.channel()
-        for name in (queue, core.dead_letter_queue(queue), core.retry_queue(queue)):
+        for name in (queue, amqp.dead_letter_queue(queue), amqp.retry_queue(queue)):
             channel.queue_delete(queue=name)
     finally:
         conn.close()
@@ -426,7 +428,7 @@ def logged_events(proc, event: str) -> list[dict]:
 
 def outbox_status(db) -> dict:
     """What GET /api/v1/stats says of the outbox: {backlog, oldest_age_s, dead}."""
-    return core.outbox_status_json(db.execute(core.QUERIES["outbox_status"]).fetchone())
+    return outbox.outbox_status_json(db.execute(core.QUERIES["outbox_status"]).fetchone())
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import structlog
 
+import amqp
 import auth
 import core
 import eventhorizon
@@ -68,7 +69,7 @@ def queued_messages(settings) -> list[dict]:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = conn.channel()
-        core.declare_queues(channel, settings.queue)
+        amqp.declare_queues(channel, settings.queue)
         messages = []
         while True:
             method, _props, body = channel.basic_get(settings.queue, auto_ack=True)

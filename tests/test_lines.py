@@ -11,6 +11,7 @@ import pytest
 
 import core
 import lines
+import outbox
 
 VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
@@ -166,7 +167,7 @@ def test_unknown_fields_never_overwrite_the_lines_own_context():
 
 def test_line_event_ids_are_uuid5_of_job_and_line():
     job_id = uuid.uuid4()
-    ids = core.line_event_ids(job_id)
+    ids = outbox.line_event_ids(job_id)
     for line_no in (1, 42, 10**9):
         assert uuid.UUID(ids(line_no)) == uuid.uuid5(job_id, str(line_no))
 

@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from prometheus_client.parser import text_string_to_metric_families
 
+import amqp
 import core
 import eventhorizon
 import jobs
@@ -317,7 +318,7 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = connection.channel()
-        core.declare_queues(channel, settings.queue)
+        amqp.declare_queues(channel, settings.queue)
         lost = dataclasses.replace(settings, requeue_after_s=60)
         assert worker.requeue_lost_jobs(db, channel, lost, queue_empty=True) == 1
         _, properties, body = channel.basic_get(settings.queue, auto_ack=True)
@@ -325,7 +326,7 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
         assert properties.headers == {"traceparent": TRACEPARENT}
 
         worker.park_for_retry(channel, settings, body, properties.headers["traceparent"])
-        _, parked, _ = channel.basic_get(core.retry_queue(settings.queue), auto_ack=True)
+        _, parked, _ = channel.basic_get(amqp.retry_queue(settings.queue), auto_ack=True)
         assert parked.headers == {"traceparent": TRACEPARENT}
     finally:
         connection.close()

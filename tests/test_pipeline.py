@@ -14,6 +14,7 @@ import pytest
 
 import core
 import eventhorizon
+import outbox
 import relay
 from conftest import ROOT, bearer, logged_events, outbox_status, wait_for
 from test_worker import ECS_LINE, PINO_LINE, VALID, ZAP_LINE, enqueue_job, job_row, jsonl
@@ -81,7 +82,7 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(client, settings, s
 
     first_line = json.loads(SAMPLE.read_text().splitlines()[0])
     event_id, event_type, environment, context = lines[0]
-    assert event_id == core.line_event_id(uuid.UUID(job["job_id"]), 1)
+    assert event_id == outbox.line_event_id(uuid.UUID(job["job_id"]), 1)
     assert event_type == first_line["event_type"]
     assert environment == first_line.get("environment", "production")
     assert context["level"] == first_line["level"].lower()

@@ -25,6 +25,7 @@ import pytest
 import structlog.testing
 
 import core
+import outbox
 import relay
 import stopping
 from conftest import outbox_status, settings_env
@@ -68,9 +69,9 @@ def ch(relay_settings):
 
 def publish(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
     """n events in one transaction, written with COPY as the worker does."""
-    events = [core.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
+    events = [outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        core.copy_events(cur, events)
+        outbox.copy_events(cur, events)
     return [e.event_id for e in events]
 
 
@@ -110,10 +111,10 @@ def deliver_one_committed_event(db, ch, relay_settings):
     context = {"job_id": str(uuid.uuid4()), "n": 3, "nested": {"ok": True, "tags": ["a", "b"]}}
     with psycopg.connect(relay_settings.database_url) as conn:
         with conn.transaction() as tx:
-            gone = core.publish_event(conn, "test.rolled_back", {"n": 1}, environment="test")
+            gone = outbox.publish_event(conn, "test.rolled_back", {"n": 1}, environment="test")
             raise psycopg.Rollback(tx)
     with psycopg.connect(relay_settings.database_url) as conn:
-        kept = core.publish_event(conn, "test.committed", context, environment="staging",
+        kept = outbox.publish_event(conn, "test.committed", context, environment="staging",
                                   event_date_time=when)
     assert outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5),
                                        "dead": 0}
@@ -131,7 +132,7 @@ def deliver_one_committed_event(db, ch, relay_settings):
 def test_n_events_arrive_exactly_once(db, ch, relay_settings):
     published = publish(relay_settings.database_url, 1000)
     with psycopg.connect(relay_settings.database_url) as conn:
-        published += [core.publish_event(conn, "test.single", {"i": i}, environment="test")
+        published += [outbox.publish_event(conn, "test.single", {"i": i}, environment="test")
                       for i in range(50)]
 
     assert drain(db, ch, relay_settings) == 1050
@@ -181,10 +182,10 @@ def publish_poison(conn, kind: str) -> uuid.UUID:
     if kind == "dotted_key_clash":
         # Two different keys for Postgres; ClickHouse's JSON type refuses them, both being the
         # path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
-        return core.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
+        return outbox.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
     # A timestamptz before 1970 that DateTime cannot hold: ClickHouse refuses it
     # (date_time_overflow_behavior='throw', relay.INSERT_SETTINGS) rather than clamping it.
-    return core.publish_event(conn, "test.poison", {}, environment="test",
+    return outbox.publish_event(conn, "test.poison", {}, environment="test",
                               event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
 
 
@@ -209,7 +210,7 @@ def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
 
 def salvage_one_bad_event(db, ch, relay_settings, poison):
     with psycopg.connect(relay_settings.database_url) as conn:
-        good = [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+        good = [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
                 for i in range(3)]
         bad = publish_poison(conn, poison)
 
@@ -236,7 +237,7 @@ def test_salvage_finds_scattered_bad_events_in_a_few_inserts(db, ch, relay_setti
             if i in (17, 500, 873):
                 bad.append(publish_poison(conn, "dotted_key_clash"))
             else:
-                good.append(core.publish_event(conn, "test.good", {"i": i}, environment="test"))
+                good.append(outbox.publish_event(conn, "test.good", {"i": i}, environment="test"))
 
     refuse_until_the_last_attempt(db, ch, settings, backlog=1_000)
     inserts = []
@@ -264,7 +265,7 @@ def test_salvage_gives_up_no_good_event_however_many_bad_ones(db, ch, relay_sett
             if i % 50 == 25:
                 bad.append(publish_poison(conn, "dotted_key_clash"))
             else:
-                good.append(core.publish_event(conn, "test.good", {"i": i}, environment="test"))
+                good.append(outbox.publish_event(conn, "test.good", {"i": i}, environment="test"))
 
     refuse_until_the_last_attempt(db, ch, settings, backlog=2_000)
     with structlog.testing.capture_logs() as logs:
@@ -286,10 +287,10 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     next attempt halves the batch the same way, and ClickHouse drops the parts it has."""
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=200)
     with psycopg.connect(settings.database_url) as conn:
-        good = [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+        good = [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
                 for i in range(150)]
         bad = publish_poison(conn, "date_out_of_range")
-        good += [core.publish_event(conn, "test.good", {"i": i}, environment="test")
+        good += [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
                  for i in range(150, 199)]
 
     def die_on_the_third_part(rows, parts=[]):
@@ -322,7 +323,7 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
     published = publish(settings.database_url, 120)
     batch, _rows = relay.claim_batch(db, 100, 0.0)
     with relay.connect_clickhouse(settings.clickhouse_url) as ch:
-        stranger = core.make_event("test.stranger", {}, environment="test")
+        stranger = outbox.make_event("test.stranger", {}, environment="test")
         line = json.dumps({"event_id": str(stranger.event_id), "event_type": "test.stranger",
                            "event_date_time": 0, "environment": "test", "event_context": {},
                            "metadata_version": 1}).encode()
@@ -431,7 +432,7 @@ def record_deletion(db, job_id: uuid.UUID) -> None:
     """What DELETE /api/v1/jobs/{id} leaves for the relay (its job.deleted event included)."""
     db.execute("INSERT INTO job_deletions (job_id, owner, file_name, deleted_by) "
                "VALUES (%s, 'alice', 'a.jsonl', 'alice')", (job_id,))
-    core.publish_event(db, "job.deleted", {"job_id": str(job_id)}, environment="test")
+    outbox.publish_event(db, "job.deleted", {"job_id": str(job_id)}, environment="test")
 
 
 def job_event_types(ch, job_id: uuid.UUID) -> list[str]:

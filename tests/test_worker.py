@@ -16,9 +16,11 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+import amqp
 import core
 import jobs
 import lines
+import outbox
 import worker
 from conftest import job_row, jsonl, wait_for
 
@@ -83,7 +85,7 @@ def assert_exactly_once(db, job_id, valid: int, invalid: int,
     assert len(events) == valid, "outbox events are not one per entry"
     by_line = {e["event_context"]["line_no"]: e for e in events}
     assert by_line.keys() == entries.keys()
-    assert all(e["event_id"] == core.line_event_id(job_id, n) and
+    assert all(e["event_id"] == outbox.line_event_id(job_id, n) and
                e["event_context"]["message"] == entries[n] for n, e in by_line.items())
     job = job_row(db, job_id)
     assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
@@ -155,7 +157,7 @@ def test_job_writes_entries_errors_and_events(settings, db):
     assert [r["line_no"] for r in db.execute(
         "SELECT line_no FROM log_entries ORDER BY line_no")] == [1, 2, 3, 4, 8, 9, 10, 11, 12, 13]
     event = db.execute("SELECT * FROM outbox WHERE event_context->>'line_no' = '8'").fetchone()
-    assert event["event_id"] == core.line_event_id(job_id, 8)
+    assert event["event_id"] == outbox.line_event_id(job_id, 8)
     assert event["event_type"] == "order.created" and event["environment"] == "production"
     assert event["event_context"]["message"] == "m4"
     lifecycle = [r["event_type"] for r in db.execute(
@@ -193,7 +195,7 @@ def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a
         start_process("worker.py", EH_RETRY_LATER_S="1")  # back after 1 s, not 10
         # The duplicate does not keep the worker from the next job...
         wait_for(lambda: job_row(db, other)["status"] == "completed", what="other job done")
-        wait_for(lambda: queue_depth(settings, core.retry_queue(settings.queue)) == 1,
+        wait_for(lambda: queue_depth(settings, amqp.retry_queue(settings.queue)) == 1,
                  what="the duplicate parked")
         assert job_row(db, held)["status"] == "queued"
     # ... and once the holder is gone without finishing, the parked copy finishes the job.
@@ -378,7 +380,7 @@ def publish(settings, body: bytes) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = conn.channel()
-        core.declare_queues(channel, settings.queue)
+        amqp.declare_queues(channel, settings.queue)
         channel.basic_publish("", settings.queue, body)
     finally:
         conn.close()
@@ -405,7 +407,7 @@ def test_worker_processes_jobs_and_dead_letters_poison(settings, db, start_proce
     start_process("worker.py")
 
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
-    dead = core.dead_letter_queue(settings.queue)
+    dead = amqp.dead_letter_queue(settings.queue)
     wait_for(lambda: queue_depth(settings, dead) == 2, what="two dead-lettered messages")
     assert queue_depth(settings, settings.queue) == 0
     assert_exactly_once(db, job_id, valid=3, invalid=0)
@@ -472,7 +474,7 @@ def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = conn.channel()
-        core.declare_queues(channel, settings.queue)
+        amqp.declare_queues(channel, settings.queue)
         # Only a job uploaded 2 s later has started: the lost job's message may still be queued.
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0
         later_id = make_job(settings, db, jsonl(VALID), store=False)
