@@ -23,9 +23,21 @@ import structlog
 import core
 import eventhorizon
 import uploads
-from conftest import bearer, logged_events, serve_api, wait_until
-from test_api import (VALID, assert_problem, file_part, job_count, jsonl, multipart_uploads,
-                      post_multipart, queued_messages, stored_keys)
+from helpers import (
+    VALID,
+    assert_problem,
+    bearer,
+    file_part,
+    job_count,
+    jsonl,
+    logged_events,
+    multipart_uploads,
+    post_multipart,
+    queued_messages,
+    serve_api,
+    stored_keys,
+    wait_until,
+)
 
 BOUNDARY = "eh-abuse"
 UPLOAD_PATH = "/api/v1/files/upload"
@@ -33,12 +45,6 @@ FILE = file_part(jsonl(VALID))  # a file part, for bodies made by hand (boundary
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def client(settings, aiohttp_client, make_token):
-    """The API in this test's process, as owner "tester"."""
-    return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
 
 
 async def start_api(start_process, settings, **env: str):

@@ -24,7 +24,7 @@ import yaml
 import core
 import relay
 import worker
-from conftest import ROOT, in_ci
+from helpers import ROOT, in_ci
 
 COMPOSE = ROOT / "docker-compose.yml"
 # Vendored: see tests/data/README.md for where it comes from.

@@ -17,7 +17,7 @@ import core
 import eventhorizon
 import explore
 import relay
-from conftest import bearer
+from helpers import bearer, gql, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
 LEVELS = ["info", "info", "info", "warning", "error", "debug", "critical"]
@@ -202,7 +202,6 @@ async def test_clickhouse_down_is_503_on_these_routes_only(job, settings, aiohtt
         assert response.status == 503, await response.text()
         assert "ClickHouse" in (await response.json())["detail"]
     assert (await client.get(f"/api/v1/jobs/{job_id}")).status == 200
-    from test_api import upload
     response = await upload(client, b'{"timestamp": "2026-11-30T10:00:00Z", "level": "info", '
                                     b'"service": "s", "event_type": "e", "message": "m"}\n')
     assert response.status == 202, await response.text()
@@ -271,8 +270,6 @@ async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_clien
     """The sample file through the worker and then the relay: the job says where its events
     stand (all waiting, then all delivered), and they read back as its valid lines, as
     Postgres holds them."""
-    from conftest import wait_for
-    from test_api import upload
 
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     job = await (await upload(client, (core.ROOT / "examples" / "sample.jsonl").read_bytes(),
@@ -300,7 +297,6 @@ async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_clien
 
 async def test_graphql_reads_the_same_events_and_histogram(alice, job):
     """Job.events and Job.histogram are the REST answers, through the same reads."""
-    from test_graphql import gql
 
     job_id, _ = job
     body = await gql(alice, """query Explore($id: ID!) {

@@ -14,12 +14,30 @@ from urllib.parse import urlsplit, urlunsplit
 
 import eventhorizon
 import relay
-from conftest import (ClickHouseServer, bearer, delete_queues, job_row, jsonl, logged_events,
-                      wait_for, wait_until)
-from test_api import VALID as API_VALID
-from test_api import assert_problem, job_count, queued_messages, stored_keys, upload
-from test_worker import (VALID, assert_exactly_once, assert_stored_up_to_checkpoint, enqueue_job,
-                         job_message, publish)
+from helpers import (
+    VALID,
+    ClickHouseServer,
+    assert_exactly_once,
+    assert_problem,
+    assert_stored_up_to_checkpoint,
+    bearer,
+    delete_queues,
+    enqueue_job,
+    job_count,
+    job_message,
+    job_row,
+    jsonl,
+    logged_events,
+    outbox_backlog,
+    publish_events,
+    publish_to_queue,
+    queued_messages,
+    read_event_log_ids,
+    stored_keys,
+    upload,
+    wait_for,
+    wait_until,
+)
 
 LINES = 20_000
 
@@ -162,11 +180,10 @@ def test_worker_reconnects_after_the_broker_drops_its_connection(settings, db, s
 
 
 def test_relay_survives_its_postgres_connections_being_terminated(settings, db, start_process):
-    from test_relay import outbox_backlog, publish, read_event_log_ids
 
     published = []
     for _ in range(10):
-        published += publish(settings.database_url, 500)
+        published += publish_events(settings.database_url, 500)
     proc = start_process("relay.py", RELAY_BATCH_MAX_ROWS="100", RELAY_BATCH_MAX_WAIT_S="0",
                          RELAY_POLL_S="0.5")
     wait_for(lambda: outbox_backlog(db) <= 4_000, what="the relay under way")
@@ -188,11 +205,11 @@ async def test_api_publisher_reconnects_after_the_broker_drops_it(settings, aioh
     import os
 
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
-    assert (await upload(client, jsonl(API_VALID))).status == 202
+    assert (await upload(client, jsonl(VALID))).status == 202
     closed = await asyncio.to_thread(close_rabbitmq_connections,
                                      f"eventhorizon-api pid {os.getpid()}")
     assert closed == 1
-    response = await upload(client, jsonl(API_VALID))
+    response = await upload(client, jsonl(VALID))
     assert response.status == 202, await response.text()
     assert len(queued_messages(settings)) == 2
 
@@ -287,7 +304,7 @@ def test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_onc
         jobs.append(enqueue_job(settings, db, content))
         contents[jobs[-1]] = content
     for job_id in jobs[:2]:  # duplicates, as a re-publish would make
-        publish(settings, job_message(db, job_id))
+        publish_to_queue(settings, job_message(db, job_id))
 
     def lines_done() -> int:
         return sum(job_row(db, job_id)["lines_processed"] for job_id in jobs)
@@ -369,11 +386,10 @@ class Producer:
         assert not self.errors, self.errors
 
     def _run(self):
-        from test_relay import publish
 
         try:
             while not self._stop.is_set():
-                self.published += publish(self.database_url, self.batch)
+                self.published += publish_events(self.database_url, self.batch)
                 self._stop.wait(self.pause_s)
         except BaseException as exc:  # noqa: BLE001 - reported by __exit__
             self.errors.append(exc)
@@ -398,7 +414,6 @@ def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, st
     """Three relay.py processes drain an outbox a producer keeps filling, into the ClickHouse
     server; five times, a random one that is busy sending is SIGKILLed after a random moment
     and a new one started. Every event is in event_log exactly once."""
-    from test_relay import outbox_backlog
 
     relays = [start_process("relay.py", **RELAY_ENV) for _ in range(3)]
     with Producer(settings.database_url) as producer:
@@ -425,7 +440,6 @@ def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
     SIGKILLed at a random moment and restarted on its port and directory. The relay backs off
     while it is away, re-sends the batch it had in flight, and every event is in event_log
     exactly once."""
-    from test_relay import outbox_backlog
 
     server = ClickHouseServer(tmp_path / "clickhouse")
     server.start()
@@ -467,7 +481,6 @@ async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once
     event_log exactly once. Broken, this looks like: an upload refused or held up by ClickHouse
     (a 503 or a timeout), a job that does not complete, events lost from the outbox while they
     could not be delivered, or doubled when the relay caught up."""
-    from test_relay import outbox_backlog
 
     server = ClickHouseServer(tmp_path / "clickhouse")
     server.start()
@@ -511,7 +524,6 @@ def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of
     up and exits 0; a later relay re-sends the recorded batch and every event is in event_log
     once. Broken, this looks like: a relay still waiting on the insert when the test gives up,
     an exit other than 0, or the abandoned batch lost or doubled."""
-    from test_relay import outbox_backlog, publish as publish_events
 
     ch = urlsplit(settings.clickhouse_url)
     proxy = tcp_proxy((ch.hostname, ch.port))

@@ -16,11 +16,24 @@ import pytest
 import core
 import eventhorizon
 import graphql_api
-from conftest import bearer, serve_api
-from test_api import (  # noqa: F401  (client and two_owners are fixtures)
-    VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
-    listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
-    upgrade_with_a_tiny_buffer, watchers_dropped,
+from helpers import (
+    VALID,
+    advance_checkpoint,
+    batches,
+    bearer,
+    capture_access_log,
+    close_code_of,
+    gql,
+    job_row,
+    jsonl,
+    listener_listening,
+    notify,
+    read_frame,
+    read_until_the_connection_ends,
+    serve_api,
+    upgrade_with_a_tiny_buffer,
+    upload,
+    watchers_dropped,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
@@ -29,14 +42,6 @@ JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesVali
 JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 SUBSCRIBE_JOB = f"subscription Watch($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 PROTOCOL = graphql_api.PROTOCOL
-
-
-async def gql(client, query: str, variables: dict | None = None, **extra) -> dict:
-    response = await client.post("/graphql", json={"query": query, "variables": variables,
-                                                   **extra})
-    assert response.status == 200, await response.text()
-    assert response.content_type == "application/json"
-    return await response.json()
 
 
 def as_rest(job: dict) -> dict:

@@ -19,7 +19,9 @@ import pika
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest, ExportTraceServiceResponse)
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,11 +30,23 @@ import eventhorizon
 import observe
 import relay
 import worker
-from conftest import (ROOT, _free_port, bearer, job_row, jsonl, logged_events, serve_api,
-                      wait_for)
+from helpers import (
+    ROOT,
+    SAMPLE,
+    SAMPLE_INVALID,
+    SAMPLE_VALID,
+    VALID,
+    bearer,
+    enqueue_job,
+    free_port,
+    job_row,
+    jsonl,
+    logged_events,
+    serve_api,
+    wait_for,
+    wait_until,
+)
 
-SAMPLE = ROOT / "examples" / "sample.jsonl"
-SAMPLE_VALID, SAMPLE_INVALID = 280, 16
 LIFECYCLE = 3  # job.queued, job.started, job.completed
 
 
@@ -48,22 +62,12 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict[tuple[str, t
         return samples(await response.text())
 
 
-async def eventually(check, what: str, timeout: float = 60.0):
-    """Await `check()` until it returns something truthy (async twin of conftest.wait_for)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := await check()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-    return value
-
-
 async def test_every_process_counts_a_known_upload(settings, start_process, make_token):
     """The sample's 280 valid and 16 invalid lines, counted by the worker at its commits, and
     its 280 + 3 events by the relay once delivered; the API counts the upload and its bytes,
     and reads the outbox (empty at the end) at the scrape. Breaking a count (counting before
     the commit, a rolled-back batch, a label) shows here as a wrong number."""
-    worker_port, relay_port = _free_port(), _free_port()
+    worker_port, relay_port = free_port(), free_port()
     base, _ = serve_api(settings, start_process)
     start_process("worker.py", WORKER_METRICS_PORT=str(worker_port))
     start_process("relay.py", RELAY_METRICS_PORT=str(relay_port), RELAY_BATCH_MAX_WAIT_S="0.2",
@@ -80,7 +84,7 @@ async def test_every_process_counts_a_known_upload(settings, start_process, make
             async with http.get(f"{base}/api/v1/jobs/{job['job_id']}") as r:
                 state = await r.json()
             return state if state["status"] == "completed" else None
-        final = await eventually(completed, "the job to complete")
+        final = await wait_until(completed, 60, what="the job to complete")
         assert (final["lines_valid"], final["lines_invalid"]) == (SAMPLE_VALID, SAMPLE_INVALID)
 
         delivered = SAMPLE_VALID + LIFECYCLE
@@ -88,7 +92,7 @@ async def test_every_process_counts_a_known_upload(settings, start_process, make
         async def relay_done():
             relay = await scrape(http, relay_port)
             return relay if relay[("eventhorizon_relay_events_total", ())] == delivered else None
-        relay = await relay_done() or await eventually(relay_done, "the relay to deliver")
+        relay = await relay_done() or await wait_until(relay_done, 60, what="the relay to deliver")
         worker = await scrape(http, worker_port)
         api_metrics = await scrape(http, settings.http_port)
 
@@ -193,7 +197,7 @@ async def otlp_receiver():
     app.router.add_post("/v1/traces", receiver.receive)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     receiver.url = f"http://127.0.0.1:{port}"
     yield receiver
@@ -220,14 +224,14 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
         worker = start_process("worker.py", WORKER_METRICS_PORT="0", **otel)
         start_process("relay.py", RELAY_METRICS_PORT="0", RELAY_BATCH_MAX_WAIT_S="0.2",
                       RELAY_POLL_S="0.5", **otel)
-        states = {j: await eventually(lambda j=j: finished(http, base, j), f"job {j}")
+        states = {j: await wait_until(lambda j=j: finished(http, base, j), 60, what=f"job {j}")
                   for j in (job["job_id"], doomed["job_id"])}
         assert states[doomed["job_id"]]["status"] == "failed"
 
         async def drained():
             async with http.get(f"{base}/api/v1/stats") as r:
                 return (await r.json())["outbox"]["backlog"] == 0
-        await eventually(drained, "the relay to drain the outbox")
+        await wait_until(drained, 60, what="the relay to drain the outbox")
 
     def spans(service, name, trace_id=None):
         return [s for s in otlp_receiver.named(service, name)
@@ -237,7 +241,7 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
         uploads = spans("eventhorizon-api", "POST /api/v1/files/upload")
         return (len(uploads) == 2 and len(spans("eventhorizon-worker", "job")) >= 2
                 and spans("eventhorizon-relay", "relay.batch"))
-    await eventually(all_exported, "the spans of all three services")
+    await wait_until(all_exported, 60, what="the spans of all three services")
 
     by_job = {}
     for upload_span in spans("eventhorizon-api", "POST /api/v1/files/upload"):
@@ -356,7 +360,6 @@ def test_a_worker_whose_trace_backend_does_not_answer_still_stops_in_time(settin
     grace a service manager gives it."""
     import socket
 
-    from test_worker import VALID, enqueue_job
 
     silent = socket.socket()  # listens, never accepts: requests hang
     silent.bind(("127.0.0.1", 0))

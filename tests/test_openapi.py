@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 import core
 import eventhorizon
-from conftest import bearer
+from helpers import bearer
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
