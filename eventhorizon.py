@@ -19,8 +19,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
-import logging
 import json
+import logging
 import math
 import re
 import sys
@@ -588,7 +588,7 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()),
         return_exceptions=True)
-    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results)}
+    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results, strict=True)}
     ready = all(v == "ok" for v in report.values())
     return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
                              status=200 if ready else 503)

@@ -54,13 +54,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import clickhouse_connect
 import psycopg
 import structlog
-from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
+from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from opentelemetry import trace
 from psycopg.rows import class_row, namedtuple_row, tuple_row
@@ -503,7 +503,7 @@ def relay_once(conn, ch, settings: core.Settings, *,
         span.end(delivery=delivery)
 
 
-def take_and_deliver(conn, ch, settings: core.Settings, span: "BatchSpan",
+def take_and_deliver(conn, ch, settings: core.Settings, span: BatchSpan,
                      after_insert: Callable[[list], None] | None) -> Delivery | None:
     """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():

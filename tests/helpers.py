@@ -334,8 +334,8 @@ def outbox_backlog(db) -> int:
 
 # --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
 
-def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
-             default_service: str | None = None,
+def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
+             format: str = "auto", default_service: str | None = None,
              default_environment: str | None = None,
              format_definition: dict | None = None) -> uuid.UUID:
     """A queued job for `content`, as the API leaves it."""
@@ -347,7 +347,7 @@ def make_job(settings, db, content: bytes, *, store: bool = True, format: str = 
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
         "bucket": settings.s3_bucket, "object_key": key,
         "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
-        "owner": "tester", "format": format, "default_service": default_service,
+        "owner": owner, "format": format, "default_service": default_service,
         "default_environment": default_environment,
         "format_definition": Jsonb(format_definition) if format_definition else None,
         "traceparent": None})

@@ -81,7 +81,7 @@ async def sockets():
     await asyncio.sleep(0)  # the aborted sockets close on the loop's next turn
 
 
-def file_lines(size: int) -> bytes:
+def lines_of_size(size: int) -> bytes:
     """Valid JSON lines, about `size` bytes of them."""
     line = jsonl(VALID)
     return line * (size // len(line))
@@ -226,8 +226,8 @@ def encoded_part(content: bytes, header: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("header", "content"), [
-    (b"Content-Encoding: gzip", gzip.compress(file_lines(8 * 1024 * 1024))),
-    (b"Content-Encoding: deflate", zlib.compress(file_lines(1024 * 1024))),
+    (b"Content-Encoding: gzip", gzip.compress(lines_of_size(8 * 1024 * 1024))),
+    (b"Content-Encoding: deflate", zlib.compress(lines_of_size(1024 * 1024))),
     (b"Content-Transfer-Encoding: base64", base64.encodebytes(jsonl(VALID, VALID))),
     (b"Content-Transfer-Encoding: quoted-printable", jsonl({**VALID, "message": "=41=42"})),
 ])
@@ -345,7 +345,7 @@ async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_abo
                           EH_MAX_UPLOADS="1")
     token = make_token()
     reader, writer = await start_raw_upload(sockets, settings.http_port, token,
-                                            file_lines(9 * 1024 * 1024))
+                                            lines_of_size(9 * 1024 * 1024))
     await wait_until(lambda: multipart_uploads(settings), timeout=10,
                      what="the first part's multipart upload")
 
@@ -529,7 +529,7 @@ async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, 
                                                                   make_token, sockets):
     api = await start_api(start_process, settings)
     await start_raw_upload(sockets, settings.http_port, make_token(),
-                           file_lines(9 * 1024 * 1024))
+                           lines_of_size(9 * 1024 * 1024))
     [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,
                               what="the first part's multipart upload")
     api.kill()

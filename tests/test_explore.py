@@ -17,7 +17,7 @@ import core
 import eventhorizon
 import explore
 import relay
-from helpers import bearer, gql, upload, wait_for
+from helpers import bearer, gql, make_job, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
 LEVELS = ["info", "info", "info", "warning", "error", "debug", "critical"]
@@ -50,16 +50,6 @@ def store(clickhouse_url: str, job_id: uuid.UUID, events: list[dict]) -> None:
         ch.insert("event_log", rows, column_names=COLUMNS)
 
 
-def make_job(db, owner: str) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    db.execute(core.QUERIES["insert_job"], {
-        "job_id": job_id, "file_name": "app.jsonl", "size_bytes": 1, "bucket": "b",
-        "object_key": "k", "lines_total": 1, "owner": owner, "format": "auto",
-        "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": None})
-    return job_id
-
-
 @pytest.fixture
 async def alice(settings, aiohttp_client, make_token):
     return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token("alice")))
@@ -68,7 +58,7 @@ async def alice(settings, aiohttp_client, make_token):
 @pytest.fixture
 def job(db, settings):
     """Alice's job with 500 events in ClickHouse (and another job's beside them)."""
-    job_id = make_job(db, "alice")
+    job_id = make_job(settings, db, b"", store=False, owner="alice")
     events = line_events(job_id, 500)
     store(settings.clickhouse_url, job_id, events)
     store(settings.clickhouse_url, uuid.uuid4(), line_events(uuid.uuid4(), 50))

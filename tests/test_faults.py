@@ -314,7 +314,7 @@ def test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_onc
     held = []
     for _ in range(4):
         target = lines_done() + rng.randint(300, 1_500)
-        wait_for(lambda: lines_done() >= target, what=f"{target} lines processed")
+        wait_for(lambda target=target: lines_done() >= target, what=f"{target} lines processed")
         victim, job_ids = wait_for(lambda: kill_one_holding_a_job(db, workers, rng),
                                    what="a worker holding a job")
         held += job_ids
@@ -419,7 +419,7 @@ def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, st
     with Producer(settings.database_url) as producer:
         for _ in range(5):
             victim = relays.pop(rng.randrange(len(relays)))
-            wait_for(lambda: logged_events(victim, "relay.batch_sent"), what="the victim busy")
+            wait_for(lambda victim=victim: logged_events(victim, "relay.batch_sent"), what="the victim busy")
             time.sleep(rng.uniform(0.0, 0.5))
             victim.send_signal(signal.SIGKILL)
             assert victim.wait(timeout=10) == -signal.SIGKILL

@@ -217,8 +217,8 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
     token = make_token("root", admin=True)
     s3 = core.s3_client(settings)
     async with aiohttp.ClientSession(headers=bearer(token)) as http:
-        job = await upload(http, base, SAMPLE.read_bytes(), "sample.jsonl")
-        doomed = await upload(http, base, SAMPLE.read_bytes(), "doomed.jsonl")
+        job = await upload_over_http(http, base, SAMPLE.read_bytes(), "sample.jsonl")
+        doomed = await upload_over_http(http, base, SAMPLE.read_bytes(), "doomed.jsonl")
         # Its file gone before any worker looks: the job fails, "missing from storage".
         s3.delete_object(Bucket=settings.s3_bucket, Key=f"uploads/{doomed['job_id']}.jsonl")
         worker = start_process("worker.py", WORKER_METRICS_PORT="0", **otel)
@@ -288,7 +288,7 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
         assert not any(token in v or first_message in v for v in values), span
 
 
-async def upload(http: aiohttp.ClientSession, base: str, content: bytes, name: str) -> dict:
+async def upload_over_http(http: aiohttp.ClientSession, base: str, content: bytes, name: str) -> dict:
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(content), filename=name)
     async with http.post(f"{base}/api/v1/files/upload", data=form) as r:

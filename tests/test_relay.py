@@ -277,7 +277,9 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
         good += [core.publish_event(conn, "test.good", {"i": i}, environment="test")
                  for i in range(150, 199)]
 
-    def die_on_the_third_part(rows, parts=[]):
+    parts = []
+
+    def die_on_the_third_part(rows):
         parts.append(rows)
         if len(parts) == 3:
             raise ConnectionResetError("the relay died")
@@ -336,7 +338,9 @@ def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=50, relay_lanes=3)
     published = publish_events(settings.database_url, 400)
 
-    def fail_on_the_third_insert(rows, inserts=[]):
+    inserts = []
+
+    def fail_on_the_third_insert(rows):
         inserts.append(rows)
         if len(inserts) == 3:
             raise RuntimeError("a lane's bug")
