@@ -334,9 +334,10 @@ def drain_notifies(listener) -> None:
 
 def connect_postgres(database_url: str):
     """The relay's working connection and its LISTEN connection (both autocommit)."""
-    pg = psycopg.connect(database_url, autocommit=True)
+    name = core.process_name("relay")  # application_name: whose connection it is
+    pg = psycopg.connect(database_url, autocommit=True, application_name=name)
     try:
-        listener = psycopg.connect(database_url, autocommit=True)
+        listener = psycopg.connect(database_url, autocommit=True, application_name=name)
     except BaseException:
         pg.close()
         raise

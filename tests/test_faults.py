@@ -12,6 +12,7 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import core
 import eventhorizon
 import relay
 from helpers import (
@@ -99,6 +100,54 @@ def test_worker_sigkilled_mid_batch_after_commits_and_before_its_ack_loses_and_d
     lifecycle = [r["event_type"] for r in db.execute(
         "SELECT event_type FROM outbox WHERE event_type LIKE 'job.%%' ORDER BY id")]
     assert lifecycle == ["job.started", "job.completed"]
+
+
+def test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once(
+        settings, db, start_process, rng):
+    """A relay runs throughout while a worker is SIGKILLed from outside at a random line, twice,
+    each time a new one taking the job over, and a third finishes it. Then, in ClickHouse's
+    event_log: every valid line of the file exactly once (count and distinct ids agree), under
+    its own line number, with its own line's message and its deterministic event id; no event
+    for an invalid line; one job.completed. Broken, this looks like: the rows of a batch the
+    kill rolled back delivered anyway (a line twice, or a line the checkpoint did not count),
+    a resumed job re-publishing lines it had published (doubled), or lines never published."""
+    total = 3_000
+    invalid = set(range(250, total + 1, 500))  # line numbers of lines that are not JSON
+    raw = [b"not json\n" if n in invalid else jsonl(dict(VALID, message=f"line {n}"))
+           for n in range(1, total + 1)]
+    job_id = enqueue_job(settings, db, b"".join(raw))
+    start_process("relay.py", **RELAY_ENV)
+    env = {"EH_BATCH_LINES": "100", "EH_LINE_DELAY_MAX_S": "0.0005", "EH_MAX_ATTEMPTS": "10"}
+    for low, high in ((200, 1_200), (1_500, 2_700)):
+        at = rng.randint(low, high)
+        victim = start_process("worker.py", **env)
+        wait_for(lambda at=at: job_row(db, job_id)["lines_processed"] >= at, timeout=120,
+                 what=f"line {at} processed")
+        victim.kill()
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+        assert job_row(db, job_id)["status"] == "processing"
+    start_process("worker.py", **env)
+    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=120,
+             what="the job completed")
+    wait_for(lambda: outbox_backlog(db) == 0 and db.execute(
+        "SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0, timeout=60,
+        what="the outbox drained")
+
+    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+        rows = ch.query(
+            "SELECT line_no, toString(event_context.message), event_id FROM event_log "
+            "WHERE job_id = {job:UUID} AND event_type NOT LIKE 'job.%'",
+            parameters={"job": str(job_id)}).result_rows
+        completed = ch.query(
+            "SELECT count() FROM event_log WHERE job_id = {job:UUID} "
+            "AND event_type = 'job.completed'", parameters={"job": str(job_id)}).result_rows
+    valid = [n for n in range(1, total + 1) if n not in invalid]
+    line_nos = sorted(row[0] for row in rows)
+    assert len(line_nos) == len(set(line_nos)), "a line delivered twice"
+    assert line_nos == valid, f"missing {sorted(set(valid) - set(line_nos))[:10]}"
+    assert all(message == f"line {n}" and event_id == core.line_event_id(job_id, n)
+               for n, message, event_id in rows)
+    assert completed == [(1,)]
 
 
 def test_a_job_that_crashes_its_worker_every_time_fails_after_max_attempts(
@@ -247,10 +296,10 @@ def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, star
                                                              tcp_proxy):
     """Storage takes the request and never answers (a proxy swallowing it): the job is stuck in
     a read that would take minutes to time out. SIGTERM, sent once the request is seen stuck,
-    still stops the worker once its grace is up (1 s here: EH_WORKER_STOP_GRACE_S, so the 10 s
-    bound is not a 2 s margin over the default 8 s), and the job is finished later as if the
-    worker had crashed. Broken, this looks like: a worker waiting on the read past 10 s, or
-    an exit other than 0."""
+    still stops the worker once its grace is up (1 s here: EH_WORKER_STOP_GRACE_S), exit 0,
+    with the job still running (it logs so), and the job is finished later as if the worker
+    had crashed. Broken, this looks like: a worker waiting on the read (minutes: the wait
+    below gives up after 60 s), or an exit other than 0."""
     job_id = enqueue_job(settings, db, jsonl(VALID, VALID))
     s3 = urlsplit(settings.s3_endpoint_url)
     hanging = tcp_proxy((s3.hostname, s3.port))
@@ -259,10 +308,8 @@ def test_worker_exits_promptly_on_sigterm_while_storage_hangs(settings, db, star
     wait_for(lambda: job_row(db, job_id)["status"] == "processing" and hanging.swallowed.is_set(),
              what="the job's read from storage stuck")
     stuck.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    assert stuck.wait(timeout=15) == 0
-    assert time.monotonic() - started < 10
-    assert logged_events(stuck, "worker.job_still_running_at_exit")
+    assert stuck.wait(timeout=60) == 0
+    assert logged_events(stuck, "worker.job_still_running_at_exit")  # it did not wait the read out
 
     start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="completed")
@@ -409,27 +456,64 @@ def relay_lines(procs, event: str) -> list[dict]:
 RELAY_ENV = {"RELAY_BATCH_MAX_ROWS": "50", "RELAY_BATCH_MAX_WAIT_S": "0", "RELAY_POLL_S": "0.5"}
 
 
+# A relay's statements inside the transaction that sends a recorded batch (relay.take_and_deliver):
+# frozen after one of them, it holds a batch that a kill leaves unfinished, to be re-sent.
+SENDING_A_BATCH = ("%SELECT batch_id, ids, token, attempts FROM outbox_batch%WHERE batch_id%",
+                   "%FROM outbox o%WHERE o.id = ANY%", "%DELETE FROM outbox WHERE id = ANY%",
+                   "%DELETE FROM outbox_batch WHERE batch_id%")
+
+
+def kill_while_sending_a_batch(db, victim, rng, timeout: float = 60.0) -> None:
+    """SIGKILL `victim` (a relay.py) at a moment it holds a recorded batch: it is frozen
+    (SIGSTOP) at random moments until one of its connections is inside a batch's
+    transaction (by its application_name), and killed there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        victim.send_signal(signal.SIGSTOP)
+        sending = False
+        try:
+            sending = db.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = %s AND state IN ('active', 'idle in transaction') "
+                "AND query LIKE ANY(%s)",
+                (f"eventhorizon-relay pid {victim.pid}", list(SENDING_A_BATCH))).fetchone()["n"]
+        finally:
+            victim.send_signal(signal.SIGKILL if sending else signal.SIGCONT)
+        if sending:
+            assert victim.wait(timeout=10) == -signal.SIGKILL
+            return
+        time.sleep(rng.uniform(0.0, 0.02))
+    raise AssertionError(f"relay pid {victim.pid} was never caught sending a batch")
+
+
 def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, start_process,
                                                                  rng):
     """Three relay.py processes drain an outbox a producer keeps filling, into the ClickHouse
-    server; five times, a random one that is busy sending is SIGKILLed after a random moment
-    and a new one started. Every event is in event_log exactly once."""
+    server; five times, a random one is SIGKILLed at a random moment while it is sending a
+    batch, and a new one started. Each batch a kill left is re-sent (logged `resent`), and
+    every event is in event_log exactly once. Broken, it looks like: an event missing or
+    doubled, a batch left in outbox_batch, or a killed relay's rows claimed afresh instead of
+    re-sent as the batch ClickHouse may already hold."""
 
     relays = [start_process("relay.py", **RELAY_ENV) for _ in range(3)]
+    started = list(relays)
     with Producer(settings.database_url) as producer:
         for _ in range(5):
             victim = relays.pop(rng.randrange(len(relays)))
-            wait_for(lambda victim=victim: logged_events(victim, "relay.batch_sent"), what="the victim busy")
+            wait_for(lambda victim=victim: logged_events(victim, "relay.batch_sent"),
+                     what="the victim busy")
             time.sleep(rng.uniform(0.0, 0.5))
-            victim.send_signal(signal.SIGKILL)
-            assert victim.wait(timeout=10) == -signal.SIGKILL
+            kill_while_sending_a_batch(db, victim, rng)
             relays.append(start_process("relay.py", **RELAY_ENV))
+            started.append(relays[-1])
     wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
     wait_for(lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
              what="no batch left unfinished")
 
     assert len(producer.published) > 1_000
     assert_delivered_once(settings.clickhouse_url, producer.published)
+    resent = [line for line in relay_lines(started, "relay.batch_sent") if line["resent"]]
+    assert len(resent) >= 5, f"5 batches left by the kills, {len(resent)} re-sent"
     # SIGTERM is handled from `relay.started` on; the last one started may still be importing.
     wait_for(lambda: all(logged_events(r, "relay.started") for r in relays), what="relays up")
 
@@ -538,10 +622,8 @@ def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of
         what="a batch recorded and its insert stuck")
 
     stuck.send_signal(signal.SIGTERM)
-    sent_at = time.monotonic()
-    assert stuck.wait(timeout=30) == 0
-    # The grace timer ended it (the reason says so); the wall clock only guards against a hang.
-    assert time.monotonic() - sent_at < relay.STOP_GRACE_S + 5
+    assert stuck.wait(timeout=60) == 0  # a hang guard: the insert would wait minutes
+    # The grace timer ended it (the reason says so), not the insert's own timeout.
     [abandoned] = logged_events(stuck, "relay.batch_abandoned")
     assert abandoned["reason"] == f"batch still running {relay.STOP_GRACE_S} s after SIGTERM"
 

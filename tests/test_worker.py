@@ -28,6 +28,7 @@ from helpers import (
     job_message,
     job_row,
     jsonl,
+    logged_events,
     make_job,
     publish_to_queue,
     wait_for,
@@ -295,25 +296,40 @@ def queue_depth(settings, queue: str) -> int:
         conn.close()
 
 
+def assert_every_message_settled(settings, worker_process) -> None:
+    """The worker is stopped (SIGTERM, exit 0) and the queue is then empty: a message it held
+    unacknowledged would have gone back to the queue when its channel closed. (A passive
+    declare counts only ready messages, so while the worker runs an unacked one looks gone.)"""
+    worker_process.terminate()
+    assert worker_process.wait(timeout=30) == 0, worker_process.log_path.read_text()[-3000:]
+    assert queue_depth(settings, settings.queue) == 0, "a message was left unacknowledged"
+
+
 def test_worker_processes_jobs_and_dead_letters_poison(settings, db, start_process):
     publish_to_queue(settings, b"this is not json")
     publish_to_queue(settings, json.dumps({"job_id": str(uuid.uuid4())}).encode())
     job_id = enqueue_job(settings, db, jsonl(VALID, VALID, VALID))
-    start_process("worker.py")
+    consumer = start_process("worker.py")
 
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
     dead = core.dead_letter_queue(settings.queue)
     wait_for(lambda: queue_depth(settings, dead) == 2, what="two dead-lettered messages")
-    assert queue_depth(settings, settings.queue) == 0
+    wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="the queue empty")
+    assert_every_message_settled(settings, consumer)
+    assert queue_depth(settings, dead) == 2
     assert_exactly_once(db, job_id, valid=3, invalid=0)
 
 
 def test_duplicate_message_processes_the_job_once(settings, db, start_process):
+    """Both messages for the job are acked (not just taken: see assert_every_message_settled)
+    and the job is processed once."""
     job_id = enqueue_job(settings, db, jsonl(*[VALID] * 50))
     publish_to_queue(settings, job_message(db, job_id))
-    start_process("worker.py")
+    consumer = start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
-    wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="both messages acked")
+    wait_for(lambda: len(logged_events(consumer, "job.skipped")) == 1,
+             what="the duplicate message handled")
+    assert_every_message_settled(settings, consumer)
     assert_exactly_once(db, job_id, valid=50, invalid=0)
 
 
