@@ -21,8 +21,8 @@ import aiohttp
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+# The modules come from the source tree: pyproject's `pythonpath` puts the repository and
+# scripts/ (stack.py) first on sys.path; nothing of the project is installed.
 # The tests run on the development default credentials (production refuses them).
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 

@@ -20,7 +20,7 @@ from helpers import (
     SAMPLE_VALID,
     VALID,
     ZAP_LINE,
-    assert_exactly_once,
+    assert_stored_up_to_checkpoint,
     bearer,
     enqueue_job,
     job_row,
@@ -193,9 +193,11 @@ def test_two_workers_sharing_a_queue_store_each_line_once(settings, db, start_pr
     wait_for(lambda: outbox_status(db)["backlog"] == 0, timeout=60, what="the outbox drained")
     assert all(logged_events(w, "job.completed") for w in workers)  # the queue was shared
     for job_id, content in zip(jobs, contents, strict=True):
-        # Each line an entry under its own number, with its own line's message, and one
-        # outbox event each (the primary key alone would make a count of rows say nothing).
-        assert_exactly_once(db, job_id, valid=2_000, invalid=0, content=content)
+        # Each line an entry under its own number, with its own line's message (the primary
+        # key alone would make a count of rows say nothing); the outbox is the relay's now.
+        job = assert_stored_up_to_checkpoint(db, job_id, content)
+        assert (job["lines_processed"], job["lines_valid"], job["lines_invalid"]) == (
+            2_000, 2_000, 0)
     with relay.connect_clickhouse(settings.clickhouse_url) as ch:
         events = ch.query(
             "SELECT event_context.job_id::String AS job, count(), uniqExact(event_id), "
