@@ -511,12 +511,12 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
 
     published += publish_events(relay_settings.database_url, 50)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
-                       RELAY_POLL_S="30")
+                       RELAY_POLL_S="3600")
     try:
-        wait_for(lambda: outbox_status(db)["backlog"] == 0, 30, what="the outbox to drain")
-        # Idle now, and the fallback poll is 30 s away: only the NOTIFY can wake it this fast.
+        wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="the outbox to drain")
+        # Idle now, and the fallback poll is an hour away: only the NOTIFY can wake it.
         published += publish_events(relay_settings.database_url, 10)
-        wait_for(lambda: outbox_status(db)["backlog"] == 0, 5, what="a NOTIFY wake-up")
+        wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="a NOTIFY wake-up")
     finally:
         assert stop_relay(proc) == 0
 
