@@ -592,6 +592,13 @@ class TcpProxy:
         self.is_down = False
 
     def close(self) -> None:
+        """Reset every connection, and refuse new ones: a close alone would not wake the
+        thread blocked in accept(), which would go on taking (and swallowing) connections."""
+        self.is_down = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        except OSError:
+            pass
         self.listener.close()
         with self._lock:
             for sock in list(self._sockets):

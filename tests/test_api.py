@@ -305,6 +305,7 @@ async def test_a_dependency_that_never_answers_is_unavailable_after_the_ready_ti
     checks = (await response.json())["checks"]
     assert checks == {"postgres": "ok", "rabbitmq": "ok",
                       "s3": "unavailable: no answer within 0.5 s"}
+    proxy.close()  # the stuck request fails now, not at boto3's 60 s read timeout (teardown)
 
 
 # --------------------------------------------------------------------------- end to end
