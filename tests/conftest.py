@@ -61,7 +61,31 @@ def pytest_configure(config):
                             "(set from the fixtures a test uses)")
 
 
+# The longest tests (each 15 s or more on this 2-core machine; see the `--durations` that
+# every run prints), run first: in parallel (pytest-xdist hands the workers tests in this
+# order) a long test started last would hold the whole run up on its own at the end.
+LONGEST_FIRST = (
+    "test_fuzz_every_operation",
+    "test_salvage_gives_up_no_good_event_however_many_bad_ones",
+    "test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing",
+    "test_three_relays_killed_at_random_deliver_every_event_once",
+    "test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once",
+    "test_worker_sigkilled_mid_batch_after_commits_and_before_its_ack_loses_and_doubles_nothing",
+    "test_the_job_card_follows_the_job_across_an_api_restart",
+    "test_a_deleted_job_leaves_postgres_s3_and_clickhouse",
+    "test_two_relays_in_one_process_on_chdb_deliver_each_event_once",
+    "test_worker_reconnects_after_the_broker_drops_its_connection",
+    "test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once_after",
+    "test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_once",
+    "test_worker_survives_its_postgres_connections_being_terminated",
+    "test_a_job_that_crashes_its_worker_every_time_fails_after_max_attempts",
+    "test_the_tokens_command_prints_a_token_once",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))  # stable: else as found
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)  # `-m "not services"`: the fast tier
