@@ -260,6 +260,14 @@ def post_multipart(client, body: bytes):
                        headers={"Content-Type": "multipart/form-data; boundary=b"})
 
 
+async def completed_job(client, job_id, timeout: float = 60.0) -> dict:
+    """The job as GET /api/v1/jobs/{id} gives it, once it says `completed`."""
+    async def completed():
+        state = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        return state if state["status"] == "completed" else None
+    return await wait_until(completed, timeout, what=f"job {job_id} completed")
+
+
 async def assert_problem(response, status: int) -> dict:
     assert response.status == status, await response.text()
     assert response.content_type == "application/problem+json"

@@ -29,6 +29,7 @@ from helpers import (
     bearer,
     capture_access_log,
     close_code_of,
+    completed_job,
     file_part,
     job_count,
     job_row,
@@ -352,11 +353,7 @@ async def test_upload_to_completed_watched_over_websocket(client, start_process,
 async def test_late_websocket_gets_final_state_and_closes(client, start_process):
     job = await (await upload(client, jsonl(VALID))).json()
     start_process("worker.py")
-    for _ in range(100):
-        state = await (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
-        if state["status"] == "completed":
-            break
-        await asyncio.sleep(0.1)
+    await completed_job(client, job["job_id"])
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     assert (await ws.receive_json(timeout=5))["status"] == "completed"
     assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE

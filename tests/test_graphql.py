@@ -23,6 +23,7 @@ from helpers import (
     bearer,
     capture_access_log,
     close_code_of,
+    completed_job,
     gql,
     job_row,
     jsonl,
@@ -33,6 +34,7 @@ from helpers import (
     serve_api,
     upgrade_with_a_tiny_buffer,
     upload,
+    wait_until,
     watchers_dropped,
 )
 
@@ -56,15 +58,6 @@ def as_rest(job: dict) -> dict:
             "delivery": job["delivery"]}
 
 
-async def wait_completed(client, job_id: str) -> dict:
-    for _ in range(300):
-        state = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if state["status"] == "completed":
-            return state
-        await asyncio.sleep(0.1)
-    raise AssertionError("the job never completed")
-
-
 # --------------------------------------------------------------------------- queries
 
 
@@ -73,7 +66,7 @@ async def test_every_field_is_the_rest_answer(client, start_process):
         + b"nope\n"
     job = await (await upload(client, content)).json()
     start_process("worker.py")
-    rest = await wait_completed(client, job["job_id"])
+    rest = await completed_job(client, job["job_id"])
 
     body = await gql(client, f"""query Job($id: ID!) {{
         job(id: $id) {{ {JOB_FIELDS}
@@ -402,10 +395,7 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
     ws = await connect(alice)
     assert await close_code(ws) == 1013
     await held.close()
-    for _ in range(50):  # the server notices the close
-        if not limits.open:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: not limits.open, what="the server to notice the close")
     ws = await connect(alice)
     assert await ws.receive_json(timeout=10) == {"type": "connection_ack"}
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
