@@ -203,11 +203,13 @@ def test_worker_survives_its_postgres_connections_being_terminated(settings, db,
     assert job["error"] is None and job["attempts"] == 1  # the outage's attempt was given back
 
 
-def close_rabbitmq_connections(name_part: str) -> int:
-    """Close, from the broker's side, every connection whose name contains `name_part`."""
+def close_rabbitmq_connections(name: str) -> int:
+    """Close, from the broker's side, every connection named `name` (exactly: "… pid 12" must
+    not close a parallel test's "… pid 123")."""
     listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
                             capture_output=True, text=True, check=True, timeout=60).stdout
-    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if name_part in line]
+    named = f'{{"connection_name","{name}"}}'
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if named in line]
     for pid in pids:
         subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "fault test"],
                        check=True, capture_output=True, timeout=60)
