@@ -23,7 +23,7 @@ def test_ruff_check_passes():
 
 
 def test_mypy_passes_on_the_pure_modules():
-    """[tool.mypy] files: lines, formats, auth, explore (their imports followed silently)."""
+    """[tool.mypy] files: lines, formats, auth, explore, uploads (imports followed silently)."""
     done = run("mypy", "--no-error-summary")
     assert done.returncode == 0, done.stdout + done.stderr
 
