@@ -4,9 +4,9 @@
 #   python worker.py                 the job consumer
 #   python relay.py                  outbox -> ClickHouse
 #
-# It runs from the source tree in /app, not from site-packages: core.py reads sql/,
-# log_entry.schema.json and static/ next to itself, and `pip install .` of the flat
-# modules would not put them there.
+# It runs from the source tree in /app (the working directory puts the flat modules on the
+# path): nothing of the project is installed into site-packages, only its dependencies, and
+# core.py reads sql/, log_entry.schema.json and static/ next to itself.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,9 +28,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 COPY . .
-RUN pip install --no-cache-dir --no-deps . \
-    && rm -rf build *.egg-info \
-    && mkdir -p /app/var \
+RUN mkdir -p /app/var \
     && chown eventhorizon:eventhorizon /app/var
 
 USER eventhorizon

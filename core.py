@@ -14,8 +14,9 @@ import os
 import random
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -296,7 +297,7 @@ class Settings:
                          if h.strip())
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {}
         for field in dataclasses.fields(cls):
@@ -549,7 +550,7 @@ def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
     """The named `-- name: x --` queries of queries.sql, by name. A block another names as
     `$x` is a fragment, not a query: its text (without its comment lines) is put in there."""
     parts = _QUERY_HEADER.split(path.read_text())
-    named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     used = {m.group(1) for body in named.values() for m in _FRAGMENT.finditer(body)} & set(named)
     fragments = {name: "\n".join(line for line in named[name].splitlines()
                                  if not line.lstrip().startswith("--")) for name in used}

@@ -18,8 +18,8 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import json
+import logging
 import math
 import re
 import sys
@@ -589,7 +589,7 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()),
         return_exceptions=True)
-    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results)}
+    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results, strict=True)}
     ready = all(v == "ok" for v in report.values())
     return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
                              status=200 if ready else 503)

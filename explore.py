@@ -19,7 +19,8 @@ import json
 import math
 import threading
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -158,7 +159,7 @@ def job_events(ch, job_id: uuid.UUID, filters: EventFilters, *, after_line: int 
     result = ch.query(QUERIES["job_events"], parameters={
         "job_id": str(job_id), "after_line": after_line, "limit": limit, **filters.parameters()},
         settings=dict(settings or {}))
-    return [event_json(dict(zip(result.column_names, row))) for row in result.result_rows]
+    return [event_json(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
 
 
 def event_json(row: dict) -> dict[str, Any]:
@@ -236,7 +237,7 @@ class Explorer:
         self.url, self.timeout_s = url, timeout_s
         self.pool = concurrent.futures.ThreadPoolExecutor(queries, thread_name_prefix="explore")
         self.capacity, self.pending = 2 * queries, 0
-        self._client = None
+        self._client: Any = None  # a clickhouse_connect client, opened on first use
         self._client_lock = threading.Lock()
 
     @property

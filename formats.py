@@ -28,7 +28,8 @@ import functools
 import json
 import pathlib
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jsonschema
 
@@ -401,7 +402,7 @@ def level_name(value, numbers: Mapping[int, str], where: str,
     return level
 
 
-def time_text(value, unit: str, where: str, epoch_text: "EpochText") -> Any:
+def time_text(value, unit: str, where: str, epoch_text: EpochText) -> Any:
     """The timestamp as an RFC 3339 string (the canonical schema checks it), from a number of
     `unit` since the epoch or from a date-time string (normalised when it is not RFC 3339
     already: a `+0100` offset, a comma before the fraction, Go's time format). An integer

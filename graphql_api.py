@@ -84,7 +84,7 @@ class Services:
     # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
     authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
     explorer: explore.Explorer  # Job.events and Job.histogram, as the REST routes read them
-    connections: set["Connection"] = dataclasses.field(default_factory=set)
+    connections: set[Connection] = dataclasses.field(default_factory=set)
 
     def close_all(self) -> None:
         """Server shutdown: every connection closes with 1001, idle ones too."""
@@ -98,7 +98,7 @@ class Context:
 
     services: Services
     principal: auth.Principal
-    errors: "LineErrorLoader"
+    errors: LineErrorLoader
     close_socket: Callable[[int, bytes], None] | None = None  # a subscription's connection
 
 
@@ -171,7 +171,7 @@ def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
     return query, variables, name
 
 
-async def run(operate, prepared: "Prepared", context: Context, variables):
+async def run(operate, prepared: Prepared, context: Context, variables):
     """execute() or subscribe(): awaited when a resolver is async (they all are)."""
     document, operation_name = prepared.document, prepared.operation_name
     result = operate(SCHEMA, document, context_value=context, variable_values=variables,

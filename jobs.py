@@ -18,7 +18,8 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from psycopg.rows import class_row, dict_row, tuple_row

@@ -15,8 +15,9 @@ import functools
 import json
 import re
 import uuid
+from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii as json_str
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jsonschema
 import jsonschema_rs
@@ -277,7 +278,7 @@ def check_json_paths(context: dict) -> None:
     objects = [context]
     while objects:
         taken: dict = {}  # segment -> subtrie; LEAF marks a value at that path
-        pending = [(objects.pop(), taken, ())]
+        pending: list[tuple[dict, dict, tuple]] = [(objects.pop(), taken, ())]
         while pending:
             value, trie, path = pending.pop()
             for key, item in value.items():
@@ -362,7 +363,7 @@ def schema_error_reason(validator, obj, name: str = formats.CANONICAL,
 
 
 @functools.cache
-def log_entry_validator() -> "EntryValidator":
+def log_entry_validator() -> EntryValidator:
     """The compiled LogEntry validator (built once per process)."""
     return EntryValidator(json.loads(core.LOG_ENTRY_SCHEMA_PATH.read_text()))
 

@@ -91,7 +91,7 @@ class JobWatchers:
     while the listener was away are gone.
     """
 
-    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: "SocketLimits"):
+    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: SocketLimits):
         self.database_url = database_url
         self.pool = pool
         self.limits = limits
@@ -99,7 +99,7 @@ class JobWatchers:
         self.shutting_down = False
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
 
-    def add(self, job_id: uuid.UUID, watcher: "W") -> "W":
+    def add(self, job_id: uuid.UUID, watcher: W) -> W:
         self.watching.setdefault(job_id, set()).add(watcher)
         if self.shutting_down:
             watcher.close_soon(WSCloseCode.GOING_AWAY, b"server shutting down")
@@ -308,7 +308,7 @@ async def close_socket(ws: web.WebSocketResponse, transport: asyncio.Transport |
     try:
         await asyncio.wait_for(ws.close(code=code, message=message), WS_CLOSE_TIMEOUT_S)
         return
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     except asyncio.CancelledError:
         if asyncio.current_task().cancelling():

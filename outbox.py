@@ -12,7 +12,8 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import core
 

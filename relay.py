@@ -54,13 +54,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import clickhouse_connect
 import psycopg
 import structlog
-from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
+from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from opentelemetry import trace
 from psycopg.rows import class_row, namedtuple_row, tuple_row
@@ -276,9 +276,10 @@ def drain_notifies(listener) -> None:
 
 def connect_postgres(database_url: str):
     """The relay's working connection and its LISTEN connection (both autocommit)."""
-    pg = psycopg.connect(database_url, autocommit=True)
+    name = core.process_name("relay")  # application_name: whose connection it is
+    pg = psycopg.connect(database_url, autocommit=True, application_name=name)
     try:
-        listener = psycopg.connect(database_url, autocommit=True)
+        listener = psycopg.connect(database_url, autocommit=True, application_name=name)
     except BaseException:
         pg.close()
         raise
@@ -445,7 +446,7 @@ def relay_once(conn, ch, settings: core.Settings, *,
         span.end(delivery=delivery)
 
 
-def take_and_deliver(conn, ch, settings: core.Settings, span: "BatchSpan",
+def take_and_deliver(conn, ch, settings: core.Settings, span: BatchSpan,
                      after_insert: Callable[[list], None] | None) -> Delivery | None:
     """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():

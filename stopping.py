@@ -17,7 +17,8 @@ import select
 import signal
 import sys
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 

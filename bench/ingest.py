@@ -212,7 +212,9 @@ async def with_otlp_receiver(port: int | None, work) -> dict:
         return {**await work, "spans": None}
     from aiohttp import web
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest, ExportTraceServiceResponse)
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
 
     spans = 0
 

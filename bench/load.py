@@ -33,7 +33,6 @@ import statistics
 import time
 
 import aiohttp
-
 from ingest import find_pid, proc_status_kib, read_dev_token, reset_peak_rss
 
 LINE = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "load",

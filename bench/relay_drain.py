@@ -39,17 +39,17 @@ import argparse
 import dataclasses
 import os
 import re
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -28,8 +28,10 @@ find_python() {
   die "Python 3.11 or newer not found (install it, or set PYTHON=/path/to/python3.11)"
 }
 
-# .venv with the project, its dev extras and the embedded ClickHouse engine (the default
-# CLICKHOUSE_URL); skipped when pyproject.toml has not changed since the last successful install.
+# .venv with the project's dependencies, its dev extras and the embedded ClickHouse engine (the
+# default CLICKHOUSE_URL); skipped when pyproject.toml has not changed since the last successful
+# install. The project's own modules are not installed (pyproject.toml installs none): the
+# processes run from the repository root, and pytest finds them through its `pythonpath`.
 ensure_venv() {
   if [[ -e "$VENV" ]] && ! "$PY" -c 'pass' >/dev/null 2>&1; then
     log "$VENV is broken; recreating it"
@@ -46,8 +48,8 @@ ensure_venv() {
   if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     return 0
   fi
-  log "installing the project and its dev dependencies into .venv (the first time takes a few minutes)"
-  (cd "$ROOT" && "$PY" -m pip install --disable-pip-version-check --quiet -e '.[dev,embedded]')
+  log "installing the dependencies into .venv (the first time takes a few minutes)"
+  (cd "$ROOT" && "$PY" -m pip install --disable-pip-version-check --quiet '.[dev,embedded]')
   printf '%s\n' "$want" >"$STAMP"
 }
 

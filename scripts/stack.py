@@ -188,7 +188,7 @@ def weed_command(data_dir: Path, s3_port: int | None = None) -> list[str]:
     """`weed mini` on 127.0.0.1 with its state in `data_dir`, S3 on `s3_port` (its gRPC where
     weed puts it) or on a free port, and every other server on a free port whose gRPC port
     (+10000) is free too, so two of them (tests, scripts/dev, other checkouts) never meet."""
-    ports = dict(zip(WEED_SERVERS, free_port_pairs(len(WEED_SERVERS))))
+    ports = dict(zip(WEED_SERVERS, free_port_pairs(len(WEED_SERVERS)), strict=True))
     args = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
     for server, port in ports.items():

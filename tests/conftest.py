@@ -7,43 +7,42 @@ its own S3 bucket and its own ClickHouse database, so tests and runs never see e
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import os
 import random
-import secrets
 import signal
-import socket
 import subprocess
-import struct
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import clickhouse_connect
-import pika
+import aiohttp
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+# The modules come from the source tree: pyproject's `pythonpath` puts the repository and
+# scripts/ (stack.py) first on sys.path; nothing of the project is installed.
 # The tests run on the development default credentials (production refuses them).
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 
-import amqp  # noqa: E402
 import auth  # noqa: E402
 import core  # noqa: E402
-import outbox  # noqa: E402
+import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
+from helpers import (  # noqa: E402
+    ROOT,
+    ClickHouseServer,
+    TcpProxy,
+    bearer,
+    delete_queues,
+    free_port,
+    in_ci,
+    serve_api,
+    settings_env,
+)
 
 ADMIN_DSN = core.Settings.from_env().test_admin_dsn
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # No test may hang the suite: each gets at most this long (pytest-timeout, by SIGALRM, so the
@@ -62,7 +61,31 @@ def pytest_configure(config):
                             "(set from the fixtures a test uses)")
 
 
+# The longest tests (each 15 s or more on this 2-core machine; see the `--durations` that
+# every run prints), run first: in parallel (pytest-xdist hands the workers tests in this
+# order) a long test started last would hold the whole run up on its own at the end.
+LONGEST_FIRST = (
+    "test_fuzz_every_operation",
+    "test_salvage_gives_up_no_good_event_however_many_bad_ones",
+    "test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing",
+    "test_three_relays_killed_at_random_deliver_every_event_once",
+    "test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once",
+    "test_worker_sigkilled_mid_batch_after_commits_and_before_its_ack_loses_and_doubles_nothing",
+    "test_the_job_card_follows_the_job_across_an_api_restart",
+    "test_a_deleted_job_leaves_postgres_s3_and_clickhouse",
+    "test_two_relays_in_one_process_on_chdb_deliver_each_event_once",
+    "test_worker_reconnects_after_the_broker_drops_its_connection",
+    "test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once_after",
+    "test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_once",
+    "test_worker_survives_its_postgres_connections_being_terminated",
+    "test_a_job_that_crashes_its_worker_every_time_fails_after_max_attempts",
+    "test_the_tokens_command_prints_a_token_once",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.originalname, len(rank)))  # stable: else as found
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)  # `-m "not services"`: the fast tier
@@ -177,50 +200,6 @@ def db(database_url):
 # --------------------------------------------------------------------------- ClickHouse
 
 
-class ClickHouseServer:
-    """A scripts/clickhouse-server process on a free port, with one admin user, `eh_test`,
-    who makes a database per test. start() and stop() may be called again: its data stays."""
-
-    USER = "eh_test"
-
-    def __init__(self, directory: Path):
-        self.directory, self.port = directory, _free_port()
-        self.password = secrets.token_hex(12)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.starts += 1
-        log_path = self.directory.with_name(f"{self.directory.name}-{self.starts}.log")
-        with log_path.open("wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "clickhouse-server"),
-                 "--dir", str(self.directory), "--port", str(self.port),
-                 "--database", "eh_test", "--user", f"{self.USER}:admin"],
-                env={**os.environ, "LOG_FORMAT": "json",
-                     f"CLICKHOUSE_PASSWORD_{self.USER.upper()}": self.password},
-                cwd=self.directory.parent, stdout=log_file, stderr=subprocess.STDOUT)
-        self.proc.log_path = log_path
-        wait_for(lambda: logged_events(self.proc, "clickhouse.listening") or self.proc.poll(),
-                 timeout=timeout, what="the ClickHouse server to listen")
-        assert self.proc.poll() is None, log_path.read_text()[-3000:]
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the ClickHouse server did not stop within 30 s") from None
-
-    def url(self, database: str) -> str:
-        return f"http://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
-
-    def client(self, database: str = "default"):
-        return clickhouse_connect.get_client(dsn=self.url(database))
-
-
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory):
     server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse") / "server")
@@ -252,17 +231,6 @@ def amqp_queue():
     delete_queues(_base_settings().amqp_url, name)
 
 
-def delete_queues(amqp_url: str, queue: str) -> None:
-    """Delete a job queue and the dead-letter and retry queues declared with it."""
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = conn.channel()
-        for name in (queue, amqp.dead_letter_queue(queue), amqp.retry_queue(queue)):
-            channel.queue_delete(queue=name)
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------- all together
 
 
@@ -276,24 +244,12 @@ def settings(database_url, amqp_queue, s3_server, s3_bucket, clickhouse_url) -> 
         s3_endpoint_url=s3_server,
         s3_bucket=s3_bucket,
         clickhouse_url=clickhouse_url,
-        http_port=_free_port(),
+        http_port=free_port(),
         # Off unless a test asks for them (on free ports): the defaults would collide with a
         # running stack's, and with the other workers and relays a test starts.
         worker_metrics_port=0,
         relay_metrics_port=0,
     )
-
-
-def settings_env(settings: core.Settings) -> dict[str, str]:
-    """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
-    logs as JSON lines (see logged_events)."""
-    return {**os.environ, **settings.to_env(), "LOG_FORMAT": "json"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- access
@@ -310,13 +266,35 @@ def make_token(database_url):
     return make
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+# --------------------------------------------------------------------------- the API in the test's process
 
 
-def in_ci() -> bool:
-    """CI=true (as `.ci/run` sets): a test missing a system tool it needs fails, not skips."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+@pytest.fixture
+async def client(settings, aiohttp_client, make_token):
+    """The API, as owner "tester" (whose token every request carries)."""
+    # `settings` comes first so the app is torn down before its database is dropped.
+    return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
+
+
+@pytest.fixture
+async def admin_client(settings, aiohttp_client, make_token):
+    return await aiohttp_client(eventhorizon.init_app(settings),
+                                headers=bearer(make_token("root", admin=True)))
+
+
+@pytest.fixture
+async def two_owners(settings, aiohttp_client, make_token):
+    """Alice's and Bob's clients, and an admin's, on one API."""
+    app = eventhorizon.init_app(settings)
+    alice = await aiohttp_client(app, headers=bearer(make_token("alice")))
+    server = alice.server
+    bob = aiohttp.ClientSession(base_url=server.make_url("/"),
+                                headers=bearer(make_token("bob")))
+    root = aiohttp.ClientSession(base_url=server.make_url("/"),
+                                 headers=bearer(make_token("root", admin=True)))
+    yield alice, bob, root
+    await bob.close()
+    await root.close()
 
 
 # --------------------------------------------------------------------------- processes
@@ -413,72 +391,10 @@ def rng(seed) -> random.Random:
     return random.Random(seed)
 
 
-def logged_events(proc, event: str) -> list[dict]:
-    """The JSON log lines a process started by start_process wrote with this event name."""
-    found = []
-    for line in proc.log_path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("event") == event:
-            found.append(entry)
-    return found
-
-
-def outbox_status(db) -> dict:
-    """What GET /api/v1/stats says of the outbox: {backlog, oldest_age_s, dead}."""
-    return outbox.outbox_status_json(db.execute(core.QUERIES["outbox_status"]).fetchone())
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-async def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    """wait_for in a thread, so the event loop (and a server on it) keeps running."""
-    return await asyncio.to_thread(wait_for, predicate, timeout=timeout, what=what)
-
-
 # --------------------------------------------------------------------------- content and rows
 
 
-def jsonl(*objs) -> bytes:
-    """A file of JSON lines, one per object."""
-    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
-
-
-def job_row(db, job_id) -> dict:
-    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
-
-
 # --------------------------------------------------------------------------- the API as a process
-
-
-def serve_api(settings: core.Settings, start_process, **env: str):
-    """Start `python eventhorizon.py` (the real server, its own event loop) on the test's
-    port; (its URL, its process) once it answers /healthz. An API that exits fails the test."""
-    proc = start_process("eventhorizon.py", **env)
-    url = f"http://127.0.0.1:{settings.http_port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, proc.log_path.read_text(errors="replace")[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    wait_for(answers, timeout=30, what="eventhorizon.py to answer /healthz")
-    return url, proc
 
 
 @pytest.fixture
@@ -489,100 +405,6 @@ def api_url(settings, start_process) -> str:
 
 
 # --------------------------------------------------------------------------- a faulty network
-
-
-class TcpProxy:
-    """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches
-    on while it runs: `hang()`: what clients send from then on is swallowed and never answered,
-    the connections left open (a server stuck mid-request); `cut_requests_over(n)`: a
-    connection that has carried more than n bytes upstream is reset (a server dying mid-body;
-    small requests still pass); `down()` / `up()`: every connection reset, new ones too."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.hanging = threading.Event()
-        self.swallowed = threading.Event()  # something sent while hanging: a request is stuck
-        self.is_down = False
-        self.cut_over: int | None = None
-        self.cuts = 0
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def hang(self) -> None:
-        self.hanging.set()
-
-    def cut_requests_over(self, n: int) -> None:
-        self.cut_over = n
-
-    def down(self) -> None:
-        self.is_down = True
-        with self._lock:
-            for sock in list(self._sockets):
-                _reset(sock)
-
-    def up(self) -> None:
-        self.is_down = False
-
-    def close(self) -> None:
-        self.listener.close()
-        with self._lock:
-            for sock in list(self._sockets):
-                _reset(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if self.is_down:
-                _reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                _reset(client)
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets |= {client, upstream}
-            sent = [0]  # bytes this connection carried upstream
-            threading.Thread(target=self._pump, args=(client, upstream, sent), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, sent: list[int] | None) -> None:
-        try:
-            while data := source.recv(65536):
-                if sent is not None and self.hanging.is_set():
-                    self.swallowed.set()
-                    continue
-                if sent is not None:
-                    sent[0] += len(data)
-                    if self.cut_over is not None and sent[0] > self.cut_over:
-                        self.cuts += 1
-                        break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            _reset(sock)
-        with self._lock:
-            self._sockets -= {source, sink}
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), as a server that died would look; the shutdown
-    wakes a thread blocked reading it (a close alone would not)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 @pytest.fixture

@@ -23,9 +23,21 @@ import structlog
 import core
 import eventhorizon
 import uploads
-from conftest import bearer, logged_events, serve_api, wait_until
-from test_api import (VALID, assert_problem, file_part, job_count, jsonl, multipart_uploads,
-                      post_multipart, queued_messages, stored_keys)
+from helpers import (
+    VALID,
+    assert_problem,
+    bearer,
+    file_part,
+    job_count,
+    jsonl,
+    logged_events,
+    multipart_uploads,
+    post_multipart,
+    queued_messages,
+    serve_api,
+    stored_keys,
+    wait_until,
+)
 
 BOUNDARY = "eh-abuse"
 UPLOAD_PATH = "/api/v1/files/upload"
@@ -33,12 +45,6 @@ FILE = file_part(jsonl(VALID))  # a file part, for bodies made by hand (boundary
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def client(settings, aiohttp_client, make_token):
-    """The API in this test's process, as owner "tester"."""
-    return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
 
 
 async def start_api(start_process, settings, **env: str):
@@ -75,7 +81,7 @@ async def sockets():
     await asyncio.sleep(0)  # the aborted sockets close on the loop's next turn
 
 
-def file_lines(size: int) -> bytes:
+def lines_of_size(size: int) -> bytes:
     """Valid JSON lines, about `size` bytes of them."""
     line = jsonl(VALID)
     return line * (size // len(line))
@@ -220,8 +226,8 @@ def encoded_part(content: bytes, header: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("header", "content"), [
-    (b"Content-Encoding: gzip", gzip.compress(file_lines(8 * 1024 * 1024))),
-    (b"Content-Encoding: deflate", zlib.compress(file_lines(1024 * 1024))),
+    (b"Content-Encoding: gzip", gzip.compress(lines_of_size(8 * 1024 * 1024))),
+    (b"Content-Encoding: deflate", zlib.compress(lines_of_size(1024 * 1024))),
     (b"Content-Transfer-Encoding: base64", base64.encodebytes(jsonl(VALID, VALID))),
     (b"Content-Transfer-Encoding: quoted-printable", jsonl({**VALID, "message": "=41=42"})),
 ])
@@ -288,42 +294,43 @@ async def test_what_may_come_around_the_file_is_capped(client, settings, db, bod
 async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_prompt(
         settings, db, start_process, make_token):
     """50,000 tiny fields before the file (three such uploads at once): each is refused 400
-    at once, and /healthz, polled all the while, never waits long. Before the cap, parsing
-    them took seconds of the event loop, and health checks were that late."""
-    await start_api(start_process, settings)
+    after 16 fields, and the API spends under 1 s of CPU on all three (the event loop is one
+    thread: it was never held longer than that), while /healthz, polled all the while, is
+    answered 200 every time. Before the cap, parsing them took seconds of the event loop, and
+    health checks were that late. (CPU time, not the health checks' latency: a busy machine
+    makes those late whatever the API does.)"""
+    api = await start_api(start_process, settings)
     base = f"http://127.0.0.1:{settings.http_port}"
     flood = fields(50_000) + FILE + b"--b--\r\n"
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
+    answered: list[int] = []
     done = asyncio.Event()
 
     async def poll_healthz(session: aiohttp.ClientSession) -> None:
         while not done.is_set():
-            started = loop.time()
             async with session.get(f"{base}/healthz") as response:
-                assert response.status == 200
-            latencies.append(loop.time() - started)
+                answered.append(response.status)
             await asyncio.sleep(0.02)
 
-    async def send_flood(session: aiohttp.ClientSession) -> tuple[int, dict, float]:
-        started = loop.time()
+    async def send_flood(session: aiohttp.ClientSession) -> tuple[int, dict]:
         async with session.post(f"{base}{UPLOAD_PATH}", data=io.BytesIO(flood), headers={
                 "Content-Type": "multipart/form-data; boundary=b"}) as response:
-            return response.status, await response.json(content_type=None), loop.time() - started
+            return response.status, await response.json(content_type=None)
 
     async with aiohttp.ClientSession(headers=bearer(make_token())) as uploads_session, \
             aiohttp.ClientSession() as health_session:
         poller = asyncio.create_task(poll_healthz(health_session))
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: len(answered) >= 3, what="/healthz answering")
+        cpu_before = cpu_seconds(api.pid)
         results = await asyncio.gather(*(send_flood(uploads_session) for _ in range(3)))
-        await asyncio.sleep(0.2)
+        used = cpu_seconds(api.pid) - cpu_before
+        polled = len(answered)
+        await wait_until(lambda: len(answered) >= polled + 3, what="/healthz after the floods")
         done.set()
         await poller
-    assert len(latencies) > 5
-    assert max(latencies) < 1.0, f"/healthz answered {max(latencies):.2f}s late"
-    for status, problem, seconds in results:
+    assert set(answered) == {200}
+    assert used < 1.0, f"the API spent {used:.2f}s of CPU refusing three floods of fields"
+    for status, problem in results:
         assert status == 400 and "16 fields" in problem["detail"], problem
-        assert seconds < 5, f"the flood took {seconds:.1f}s to refuse"
     assert_nothing_kept(settings, db)
 
 
@@ -339,7 +346,7 @@ async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_abo
                           EH_MAX_UPLOADS="1")
     token = make_token()
     reader, writer = await start_raw_upload(sockets, settings.http_port, token,
-                                            file_lines(9 * 1024 * 1024))
+                                            lines_of_size(9 * 1024 * 1024))
     await wait_until(lambda: multipart_uploads(settings), timeout=10,
                      what="the first part's multipart upload")
 
@@ -523,7 +530,7 @@ async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, 
                                                                   make_token, sockets):
     api = await start_api(start_process, settings)
     await start_raw_upload(sockets, settings.http_port, make_token(),
-                           file_lines(9 * 1024 * 1024))
+                           lines_of_size(9 * 1024 * 1024))
     [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,
                               what="the first part's multipart upload")
     api.kill()

@@ -27,8 +27,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 import core
-from conftest import ROOT, bearer, in_ci, serve_api
-from test_formats import MYAPP, MYAPP_LINE
+from helpers import MYAPP, MYAPP_LINE, ROOT, bearer, in_ci, serve_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

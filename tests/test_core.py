@@ -105,7 +105,7 @@ def test_a_pool_that_cannot_hand_out_a_connection_is_an_outage():
 def test_backoff_doubles_up_to_its_cap_with_jitter_and_resets():
     backoff = core.Backoff(first=0.5, cap=4.0)
     delays = [backoff.next() for _ in range(6)]
-    for delay, nominal in zip(delays, [0.5, 1, 2, 4, 4, 4]):
+    for delay, nominal in zip(delays, [0.5, 1, 2, 4, 4, 4], strict=True):
         assert 0.8 * nominal <= delay <= nominal
     backoff.reset()
     assert backoff.next() <= 0.5

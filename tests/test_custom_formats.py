@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 
 import eventhorizon
-from conftest import bearer, wait_for
-from test_formats import MYAPP, MYAPP_LINE
+from helpers import MYAPP, MYAPP_LINE, bearer, wait_for
 
 FORMATS = "/api/v1/formats"
 

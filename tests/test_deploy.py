@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import core
-from conftest import ROOT, in_ci
+from helpers import ROOT, in_ci
 
 COMPOSE = ROOT / "docker-compose.yml"
 # Vendored: see tests/data/README.md for where it comes from.
@@ -163,6 +163,19 @@ def test_dependencies_are_pinned_and_the_embedded_engine_is_an_extra():
     assert not any("chdb" in d for d in project["dependencies"])
     assert {"chdb==4.4.0", "chdb-core==26.9.0"} <= set(extras["embedded"])
     assert "'.[dev,embedded]'" in (ROOT / "scripts" / "lib.sh").read_text()
+
+
+def test_installing_the_project_installs_its_dependencies_and_no_module():
+    """An application, not a library: no `core`, `lines`, … in site-packages, where they would
+    shadow or be shadowed by other distributions' top-level names. The processes run from the
+    source tree (the image's /app, the units' WorkingDirectory, scripts/dev's root), and
+    pytest finds the modules through `pythonpath`."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"] == {"py-modules": [], "packages": []}
+    assert "." in pyproject["tool"]["pytest"]["ini_options"]["pythonpath"]
+    assert "install --no-cache-dir --no-deps ." not in (ROOT / "Dockerfile").read_text()
+    assert "pip install --disable-pip-version-check --quiet '.[dev,embedded]'" in (
+        ROOT / "scripts" / "lib.sh").read_text()  # not -e: nothing to edit in place
 
 
 def test_the_relay_refuses_chdb_without_the_embedded_engine(tmp_path):

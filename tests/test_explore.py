@@ -17,7 +17,7 @@ import core
 import eventhorizon
 import explore
 import relay
-from conftest import bearer
+from helpers import bearer, gql, make_job, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
 LEVELS = ["info", "info", "info", "warning", "error", "debug", "critical"]
@@ -50,16 +50,6 @@ def store(clickhouse_url: str, job_id: uuid.UUID, events: list[dict]) -> None:
         ch.insert("event_log", rows, column_names=COLUMNS)
 
 
-def make_job(db, owner: str) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    db.execute(core.QUERIES["insert_job"], {
-        "job_id": job_id, "file_name": "app.jsonl", "size_bytes": 1, "bucket": "b",
-        "object_key": "k", "lines_total": 1, "owner": owner, "format": "auto",
-        "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": None})
-    return job_id
-
-
 @pytest.fixture
 async def alice(settings, aiohttp_client, make_token):
     return await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token("alice")))
@@ -68,7 +58,7 @@ async def alice(settings, aiohttp_client, make_token):
 @pytest.fixture
 def job(db, settings):
     """Alice's job with 500 events in ClickHouse (and another job's beside them)."""
-    job_id = make_job(db, "alice")
+    job_id = make_job(settings, db, b"", store=False, owner="alice")
     events = line_events(job_id, 500)
     store(settings.clickhouse_url, job_id, events)
     store(settings.clickhouse_url, uuid.uuid4(), line_events(uuid.uuid4(), 50))
@@ -202,7 +192,6 @@ async def test_clickhouse_down_is_503_on_these_routes_only(job, settings, aiohtt
         assert response.status == 503, await response.text()
         assert "ClickHouse" in (await response.json())["detail"]
     assert (await client.get(f"/api/v1/jobs/{job_id}")).status == 200
-    from test_api import upload
     response = await upload(client, b'{"timestamp": "2026-11-30T10:00:00Z", "level": "info", '
                                     b'"service": "s", "event_type": "e", "message": "m"}\n')
     assert response.status == 202, await response.text()
@@ -271,8 +260,6 @@ async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_clien
     """The sample file through the worker and then the relay: the job says where its events
     stand (all waiting, then all delivered), and they read back as its valid lines, as
     Postgres holds them."""
-    from conftest import wait_for
-    from test_api import upload
 
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     job = await (await upload(client, (core.ROOT / "examples" / "sample.jsonl").read_bytes(),
@@ -300,7 +287,6 @@ async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_clien
 
 async def test_graphql_reads_the_same_events_and_histogram(alice, job):
     """Job.events and Job.histogram are the REST answers, through the same reads."""
-    from test_graphql import gql
 
     job_id, _ = job
     body = await gql(alice, """query Explore($id: ID!) {

@@ -15,6 +15,7 @@ import structlog
 
 import formats
 import lines
+from helpers import MYAPP, MYAPP_LINE
 
 VALIDATOR = lines.log_entry_validator()
 
@@ -460,18 +461,6 @@ def test_detect_rules(line, expected):
 # --------------------------------------------------------------------------- custom formats
 
 # A format of a team's own: Java-ish severities, epoch milliseconds, its service nested.
-MYAPP = {
-    "name": "myapp",
-    "description": "our gateway's logs",
-    "fields": {"timestamp": ["epoch_ms"], "level": ["sev"], "message": ["text"],
-               "service": ["app.name"], "event_type": ["kind"], "environment": ["app.env"]},
-    "time_unit": "ms",
-    "levels": {"W": "warning", "SEVERE": "critical", "5": "debug"},
-}
-MYAPP_LINE = {"epoch_ms": 1764496800000, "sev": "w", "text": "slow upstream", "kind": "proxy.slow",
-              "app": {"name": "gateway", "env": "staging", "build": 41}, "upstream": "db-1"}
-
-
 def parse_custom(line, definition=MYAPP, **defaults) -> dict:
     mapping = formats.compile_format(definition["name"], defaults.get("service"),
                                      defaults.get("environment"), definition)

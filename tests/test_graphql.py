@@ -16,11 +16,26 @@ import pytest
 import eventhorizon
 import graphql_api
 import jobs
-from conftest import bearer, serve_api
-from test_api import (  # noqa: F401  (client and two_owners are fixtures)
-    VALID, advance_checkpoint, batches, capture_access_log, client, close_code_of, job_row, jsonl,
-    listener_listening, notify, read_frame, read_until_the_connection_ends, two_owners, upload,
-    upgrade_with_a_tiny_buffer, watchers_dropped,
+from helpers import (
+    VALID,
+    advance_checkpoint,
+    batches,
+    bearer,
+    capture_access_log,
+    close_code_of,
+    completed_job,
+    gql,
+    job_row,
+    jsonl,
+    listener_listening,
+    notify,
+    read_frame,
+    read_until_the_connection_ends,
+    serve_api,
+    upgrade_with_a_tiny_buffer,
+    upload,
+    wait_until,
+    watchers_dropped,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
@@ -29,14 +44,6 @@ JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesVali
 JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 SUBSCRIBE_JOB = f"subscription Watch($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 PROTOCOL = graphql_api.PROTOCOL
-
-
-async def gql(client, query: str, variables: dict | None = None, **extra) -> dict:
-    response = await client.post("/graphql", json={"query": query, "variables": variables,
-                                                   **extra})
-    assert response.status == 200, await response.text()
-    assert response.content_type == "application/json"
-    return await response.json()
 
 
 def as_rest(job: dict) -> dict:
@@ -51,15 +58,6 @@ def as_rest(job: dict) -> dict:
             "delivery": job["delivery"]}
 
 
-async def wait_completed(client, job_id: str) -> dict:
-    for _ in range(300):
-        state = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if state["status"] == "completed":
-            return state
-        await asyncio.sleep(0.1)
-    raise AssertionError("the job never completed")
-
-
 # --------------------------------------------------------------------------- queries
 
 
@@ -68,7 +66,7 @@ async def test_every_field_is_the_rest_answer(client, start_process):
         + b"nope\n"
     job = await (await upload(client, content)).json()
     start_process("worker.py")
-    rest = await wait_completed(client, job["job_id"])
+    rest = await completed_job(client, job["job_id"])
 
     body = await gql(client, f"""query Job($id: ID!) {{
         job(id: $id) {{ {JOB_FIELDS}
@@ -397,10 +395,7 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
     ws = await connect(alice)
     assert await close_code(ws) == 1013
     await held.close()
-    for _ in range(50):  # the server notices the close
-        if not limits.open:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: not limits.open, what="the server to notice the close")
     ws = await connect(alice)
     assert await ws.receive_json(timeout=10) == {"type": "connection_ack"}
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

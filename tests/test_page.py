@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 import eventhorizon
-from conftest import ROOT, bearer
+from helpers import ROOT, bearer
 
 EXPECTED_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -28,9 +27,16 @@ import core
 import outbox
 import relay
 import stopping
-from conftest import outbox_status, settings_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import (
+    ROOT,
+    event_log_ids,
+    log_lines,
+    outbox_status,
+    publish_events,
+    read_event_log_ids,
+    settings_env,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -67,14 +73,6 @@ def ch(relay_settings):
     client.close()
 
 
-def publish(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
-    """n events in one transaction, written with COPY as the worker does."""
-    events = [outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        outbox.copy_events(cur, events)
-    return [e.event_id for e in events]
-
-
 def drain(conn, ch, settings) -> int:
     """relay_once until nothing is due; the rows it moved."""
     total = 0
@@ -84,18 +82,6 @@ def drain(conn, ch, settings) -> int:
             return total
         total += sent
     raise AssertionError("the outbox never ran dry")
-
-
-def event_log_ids(ch) -> list[uuid.UUID]:
-    return [r[0] for r in ch.query("SELECT event_id FROM event_log").result_rows]
-
-
-def read_event_log_ids(settings) -> list[uuid.UUID]:
-    client = relay.connect_clickhouse(settings.clickhouse_url)
-    try:
-        return event_log_ids(client)
-    finally:
-        client.close()
 
 
 # --------------------------------------------------------------------------- in-process
@@ -130,7 +116,7 @@ def deliver_one_committed_event(db, ch, relay_settings):
 
 
 def test_n_events_arrive_exactly_once(db, ch, relay_settings):
-    published = publish(relay_settings.database_url, 1000)
+    published = publish_events(relay_settings.database_url, 1000)
     with psycopg.connect(relay_settings.database_url) as conn:
         published += [outbox.publish_event(conn, "test.single", {"i": i}, environment="test")
                       for i in range(50)]
@@ -147,10 +133,10 @@ def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings
     no window a slow machine could miss."""
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=100,
                                    relay_batch_max_wait_s=3600)
-    publish(settings.database_url, 10)
+    publish_events(settings.database_url, 10)
     assert relay.relay_once(db, ch, settings) == 0  # too young, too few: wait for company
     assert relay.outbox_pending(db, 100)[0] == 10
-    publish(settings.database_url, 95)
+    publish_events(settings.database_url, 95)
     assert relay.relay_once(db, ch, settings) == 100  # a full batch goes at once
     assert relay.relay_once(db, ch, settings) == 0  # the 5 left are still young
     db.execute("UPDATE outbox SET created_at = created_at - interval '3601 seconds'")
@@ -159,7 +145,7 @@ def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings
 
 
 def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_settings):
-    published = publish(relay_settings.database_url, 250)
+    published = publish_events(relay_settings.database_url, 250)
     ch.command("DROP TABLE event_log")  # a server-side failure that is not about the data
 
     for _ in range(relay.DEAD_AFTER_ATTEMPTS + 2):
@@ -224,7 +210,7 @@ def salvage_one_bad_event(db, ch, relay_settings, poison):
     assert outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 1}
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
 
-    later = publish(relay_settings.database_url, 5)
+    later = publish_events(relay_settings.database_url, 5)
     assert drain(db, ch, relay_settings) == 5
     assert sorted(event_log_ids(ch)) == sorted(good + later)
 
@@ -293,7 +279,9 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
         good += [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
                  for i in range(150, 199)]
 
-    def die_on_the_third_part(rows, parts=[]):
+    parts = []
+
+    def die_on_the_third_part(rows):
         parts.append(rows)
         if len(parts) == 3:
             raise ConnectionResetError("the relay died")
@@ -320,7 +308,7 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
     events missing and inserts them under a token of their own, once. Broken, this looks like:
     the batch deleted from the outbox and none of its events in event_log."""
     settings = each_settings
-    published = publish(settings.database_url, 120)
+    published = publish_events(settings.database_url, 120)
     batch, _rows = relay.claim_batch(db, 100, 0.0)
     with relay.connect_clickhouse(settings.clickhouse_url) as ch:
         stranger = outbox.make_event("test.stranger", {}, environment="test")
@@ -350,9 +338,11 @@ def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings
     """An unexpected error in one lane (here right after an insert, before the commit) stops
     the other lanes and is raised by run_lanes; the batch it left is re-sent once after."""
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=50, relay_lanes=3)
-    published = publish(settings.database_url, 400)
+    published = publish_events(settings.database_url, 400)
 
-    def fail_on_the_third_insert(rows, inserts=[]):
+    inserts = []
+
+    def fail_on_the_third_insert(rows):
         inserts.append(rows)
         if len(inserts) == 3:
             raise RuntimeError("a lane's bug")
@@ -386,7 +376,7 @@ def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings
     def producer():
         try:
             for _ in range(60):
-                published.extend(publish(settings.database_url, 50))
+                published.extend(publish_events(settings.database_url, 50))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -445,8 +435,8 @@ def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, re
     """The delete waits for every event of the job still in the outbox: a delete run before
     an insert of the job's events would leave those events in event_log for ever."""
     deleted, kept = uuid.uuid4(), uuid.uuid4()
-    publish(relay_settings.database_url, 150, job_id=str(deleted))
-    publish(relay_settings.database_url, 20, job_id=str(kept))
+    publish_events(relay_settings.database_url, 150, job_id=str(deleted))
+    publish_events(relay_settings.database_url, 20, job_id=str(kept))
     assert relay.relay_once(db, ch, relay_settings) == 100  # 50 of the job still in the outbox
     record_deletion(db, deleted)
 
@@ -463,7 +453,7 @@ def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, re
 
 def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
     job_id = uuid.uuid4()
-    publish(relay_settings.database_url, 10, job_id=str(job_id))
+    publish_events(relay_settings.database_url, 10, job_id=str(job_id))
     drain(db, ch, relay_settings)
     record_deletion(db, job_id)
     drain(db, ch, relay_settings)
@@ -502,24 +492,6 @@ def stop_relay(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> 
         raise AssertionError(f"relay.py did not stop within 10 s of {sig.name}") from None
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def log_lines(path: Path) -> list[dict]:
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
 def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings, tmp_path):
     """SIGKILL after ClickHouse took a batch and before Postgres committed; then more events
     arrive, and a relay with a larger batch size takes over. The recorded batch is re-sent with
@@ -531,7 +503,7 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     100 of 360 events before it). (The three-relay test in test_faults.py kills relays at
     random moments on the server.)"""
     relay_settings = each_settings
-    published = publish(relay_settings.database_url, 300)
+    published = publish_events(relay_settings.database_url, 300)
     crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
                            RELAY_LANES="2", EH_RELAY_CRASH_AFTER_INSERT="1")
     assert crashing.wait(30) == -signal.SIGKILL
@@ -539,14 +511,14 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     recorded = db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"]  # knows
     assert recorded in (1, 2)  # a batch per lane at most
 
-    published += publish(relay_settings.database_url, 50)
+    published += publish_events(relay_settings.database_url, 50)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
-                       RELAY_POLL_S="30")
+                       RELAY_POLL_S="3600")
     try:
-        wait_until(lambda: outbox_status(db)["backlog"] == 0, 30, "the outbox to drain")
-        # Idle now, and the fallback poll is 30 s away: only the NOTIFY can wake it this fast.
-        published += publish(relay_settings.database_url, 10)
-        wait_until(lambda: outbox_status(db)["backlog"] == 0, 5, "a NOTIFY wake-up")
+        wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="the outbox to drain")
+        # Idle now, and the fallback poll is an hour away: only the NOTIFY can wake it.
+        published += publish_events(relay_settings.database_url, 10)
+        wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="a NOTIFY wake-up")
     finally:
         assert stop_relay(proc) == 0
 
@@ -566,7 +538,7 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
 
 def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, relay_settings,
                                                                            tmp_path):
-    published = publish(relay_settings.database_url, 200)
+    published = publish_events(relay_settings.database_url, 200)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -574,9 +546,9 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
         relay_settings, clickhouse_url=f"http://eh:s3cret-pw@127.0.0.1:{port}/default")
     proc = start_relay(down, tmp_path / "down.log")
     try:
-        wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
-                               for line in log_lines(tmp_path / "down.log")) >= 4,
-                   30, "four failed attempts")
+        wait_for(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
+                             for line in log_lines(tmp_path / "down.log")) >= 4,
+                 30, what="four failed attempts")
     finally:
         assert stop_relay(proc, signal.SIGINT) == 0
     assert outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(5, abs=20),
@@ -608,26 +580,22 @@ def log_time(line: dict) -> dt.datetime:
     return dt.datetime.fromisoformat(line["timestamp"])
 
 
-def outbox_backlog(db) -> int:
-    return outbox_status(db)["backlog"]
-
-
 def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, tmp_path):
     """The same relay process, no restart: the chDB directory cannot be opened (another
     process holds it), then can. The outbox keeps every event meanwhile, and the relay delivers
     each once as soon as it gets through. (The server killed mid-stream: test_faults.py.)"""
     relay_settings = chdb_settings
-    published = publish(relay_settings.database_url, 200)
+    published = publish_events(relay_settings.database_url, 200)
     holder = relay.connect_clickhouse(relay_settings.clickhouse_url)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_POLL_S="30")
     try:
-        wait_until(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
-                               for line in log_lines(tmp_path / "relay.log")) >= 2,
-                   20, "two failed attempts")
+        wait_for(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
+                             for line in log_lines(tmp_path / "relay.log")) >= 2,
+                 20, what="two failed attempts")
         assert outbox_status(db)["backlog"] == 200
         holder.close()  # ClickHouse is back
-        published += publish(relay_settings.database_url, 50)
-        wait_until(lambda: outbox_status(db)["backlog"] == 0, 60, "the outbox to drain")
+        published += publish_events(relay_settings.database_url, 50)
+        wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="the outbox to drain")
     finally:
         assert stop_relay(proc) == 0
 

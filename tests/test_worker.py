@@ -14,7 +14,6 @@ import pika
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 import amqp
 import core
@@ -22,103 +21,29 @@ import jobs
 import lines
 import outbox
 import worker
-from conftest import job_row, jsonl, wait_for
+from helpers import (
+    ECS_LINE,
+    PINO_LINE,
+    ZAP_LINE,
+    assert_exactly_once,
+    assert_stored_up_to_checkpoint,
+    enqueue_job,
+    job_message,
+    job_row,
+    jsonl,
+    logged_events,
+    make_job,
+    publish_to_queue,
+    wait_for,
+)
 
 VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
 
 
-def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
-             default_service: str | None = None,
-             default_environment: str | None = None,
-             format_definition: dict | None = None) -> uuid.UUID:
-    """A queued job for `content`, as the API leaves it."""
-    job_id = uuid.uuid4()
-    key = f"uploads/{job_id}.jsonl"
-    if store:
-        core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
-    db.execute(core.QUERIES["insert_job"], {
-        "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
-        "bucket": settings.s3_bucket, "object_key": key,
-        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
-        "owner": "tester", "format": format, "default_service": default_service,
-        "default_environment": default_environment,
-        "format_definition": Jsonb(format_definition) if format_definition else None,
-        "traceparent": None})
-    return job_id
-
-
 def run(settings, job_id, stop=None) -> str:
     with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
         return worker.process_job(conn, core.s3_client(settings), settings, job_id, stop)
-
-
-def job_message(db, job_id) -> bytes:
-    """The message the API publishes for a job."""
-    return jobs.message(jobs.query(db, "get_job", {"job_id": job_id}).fetchone())
-
-
-def file_lines(content: bytes) -> list[bytes]:
-    """The file's physical lines, each with its newline (the last may have none)."""
-    parts = content.split(b"\n")
-    return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-
-
-def assert_exactly_once(db, job_id, valid: int, invalid: int,
-                        content: bytes | None = None) -> None:
-    """Every line's result is stored once, and under its own number: each line is an entry or
-    an error (never both), each entry has one outbox event, with the entry's event id and
-    line, and the job's counts agree. Given the file (canonical lines), each entry's message
-    is the one its line has in the file, and nothing is stored past the checkpoint: a resume
-    from the wrong byte offset keeps every count right and shifts the lines, which only the
-    content shows."""
-    job_id = uuid.UUID(str(job_id))
-    entries = {r["line_no"]: r["message"] for r in db.execute(
-        "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
-    errors = {r["line_no"] for r in db.execute(
-        "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
-    events = db.execute("SELECT event_id, event_context FROM outbox "
-                        "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
-                        (str(job_id),)).fetchall()
-    assert (len(entries), len(errors)) == (valid, invalid)
-    assert not entries.keys() & errors, "lines stored both as entries and as errors"
-    assert len(events) == valid, "outbox events are not one per entry"
-    by_line = {e["event_context"]["line_no"]: e for e in events}
-    assert by_line.keys() == entries.keys()
-    assert all(e["event_id"] == outbox.line_event_id(job_id, n) and
-               e["event_context"]["message"] == entries[n] for n, e in by_line.items())
-    job = job_row(db, job_id)
-    assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
-    if content is not None:
-        assert_stored_up_to_checkpoint(db, job_id, content)
-
-
-def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
-    """What is stored is exactly the file up to the job's checkpoint (and the job row):
-    every non-blank line 1..lines_processed an entry or an error, none after it, each entry's
-    message its own line's, and bytes_processed the end of line lines_processed. For files of
-    canonical lines (a `message` field each)."""
-    job = job_row(db, job_id)
-    done, raw = job["lines_processed"], file_lines(content)
-    assert job["bytes_processed"] == sum(map(len, raw[:done])), "bytes and lines disagree"
-    stored = {r["line_no"]: r["message"] for r in db.execute(
-        "SELECT line_no, message FROM log_entries WHERE job_id = %s UNION ALL "
-        "SELECT line_no, NULL FROM line_errors WHERE job_id = %s", (job_id, job_id))}
-    expected = {n for n, line in enumerate(raw[:done], 1) if line.strip()}
-    assert stored.keys() == expected, (
-        f"checkpoint {done}: missing {sorted(expected - stored.keys())[:10]}, "
-        f"past it or blank {sorted(stored.keys() - expected)[:10]}")
-    wrong = [n for n, message in stored.items()
-             if message is not None and message_of(raw[n - 1]) != message]
-    assert not wrong, f"entries whose message is another line's: {wrong[:10]}"
-    return job
-
-
-def message_of(line: bytes) -> str | None:
-    try:
-        return json.loads(line).get("message")
-    except ValueError:
-        return None
 
 
 class StopAfter(threading.Event):
@@ -190,7 +115,7 @@ def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a
     held = make_job(settings, db, jsonl(VALID))
     with psycopg.connect(settings.database_url, autocommit=True) as holder:
         holder.execute(core.QUERIES["try_lock_job"], {"job_id": held})  # "another worker"
-        publish(settings, job_message(db, held))  # first in the queue
+        publish_to_queue(settings, job_message(db, held))  # first in the queue
         other = enqueue_job(settings, db, jsonl(VALID, VALID))
         start_process("worker.py", EH_RETRY_LATER_S="1")  # back after 1 s, not 10
         # The duplicate does not keep the worker from the next job...
@@ -303,16 +228,6 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
 # --------------------------------------------------------------------------- log formats
 
 # A file mixing three formats, as pino, zap's production logger and ecs-logging write them.
-PINO_LINE = {"level": 40, "time": 1531171074631, "msg": "slow checkout", "pid": 657,
-             "hostname": "web-1", "name": "checkout", "order_id": 42}
-ZAP_LINE = {"level": "error", "ts": 1525303480.993161, "caller": "pay/main.go:22",
-            "logger": "payments.charge", "msg": "charge declined", "attempt": 3}
-ECS_LINE = {"@timestamp": "2020-03-20T18:11:37.895Z", "log.level": "info",
-            "message": "user logged in", "ecs.version": "1.6.0",
-            "service": {"name": "auth", "environment": "staging"},
-            "event": {"action": "login"}, "user": {"id": "u-7"}}
-
-
 def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
     settings = dataclasses.replace(settings, batch_lines=4)
     content = jsonl(*[PINO_LINE, ZAP_LINE, ECS_LINE] * 3, PINO_LINE)
@@ -376,16 +291,6 @@ def test_a_job_whose_custom_format_cannot_be_used_fails_saying_why(settings, db)
 # --------------------------------------------------------------------------- the process
 
 
-def publish(settings, body: bytes) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        channel = conn.channel()
-        amqp.declare_queues(channel, settings.queue)
-        channel.basic_publish("", settings.queue, body)
-    finally:
-        conn.close()
-
-
 def queue_depth(settings, queue: str) -> int:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
@@ -394,31 +299,40 @@ def queue_depth(settings, queue: str) -> int:
         conn.close()
 
 
-def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
-    job_id = make_job(settings, db, content)
-    publish(settings, job_message(db, job_id))
-    return job_id
+def assert_every_message_settled(settings, worker_process) -> None:
+    """The worker is stopped (SIGTERM, exit 0) and the queue is then empty: a message it held
+    unacknowledged would have gone back to the queue when its channel closed. (A passive
+    declare counts only ready messages, so while the worker runs an unacked one looks gone.)"""
+    worker_process.terminate()
+    assert worker_process.wait(timeout=30) == 0, worker_process.log_path.read_text()[-3000:]
+    assert queue_depth(settings, settings.queue) == 0, "a message was left unacknowledged"
 
 
 def test_worker_processes_jobs_and_dead_letters_poison(settings, db, start_process):
-    publish(settings, b"this is not json")
-    publish(settings, json.dumps({"job_id": str(uuid.uuid4())}).encode())
+    publish_to_queue(settings, b"this is not json")
+    publish_to_queue(settings, json.dumps({"job_id": str(uuid.uuid4())}).encode())
     job_id = enqueue_job(settings, db, jsonl(VALID, VALID, VALID))
-    start_process("worker.py")
+    consumer = start_process("worker.py")
 
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
     dead = amqp.dead_letter_queue(settings.queue)
     wait_for(lambda: queue_depth(settings, dead) == 2, what="two dead-lettered messages")
-    assert queue_depth(settings, settings.queue) == 0
+    wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="the queue empty")
+    assert_every_message_settled(settings, consumer)
+    assert queue_depth(settings, dead) == 2
     assert_exactly_once(db, job_id, valid=3, invalid=0)
 
 
 def test_duplicate_message_processes_the_job_once(settings, db, start_process):
+    """Both messages for the job are acked (not just taken: see assert_every_message_settled)
+    and the job is processed once."""
     job_id = enqueue_job(settings, db, jsonl(*[VALID] * 50))
-    publish(settings, job_message(db, job_id))
-    start_process("worker.py")
+    publish_to_queue(settings, job_message(db, job_id))
+    consumer = start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
-    wait_for(lambda: queue_depth(settings, settings.queue) == 0, what="both messages acked")
+    wait_for(lambda: len(logged_events(consumer, "job.skipped")) == 1,
+             what="the duplicate message handled")
+    assert_every_message_settled(settings, consumer)
     assert_exactly_once(db, job_id, valid=50, invalid=0)
 
 

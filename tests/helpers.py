@@ -1,0 +1,667 @@
+"""Plain helpers the test modules share: waiting for an event, reading a process's log, the
+test content, and reading back what the services kept. Fixtures live in conftest.py; a test
+module imports helpers from here and never from another test module or from conftest
+(tests/test_lint.py checks that)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+import clickhouse_connect
+import pika
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+
+import amqp
+import core
+import jobs
+import outbox
+import relay
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- waiting
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def wait_until(check, timeout: float = 30.0, what: str = "condition",
+                     interval: float = 0.1):
+    """wait_for for a test on the event loop (a server on it keeps running): `check` is
+    either a coroutine function, awaited, or a plain function, called in a thread (it may
+    block, on a database say). Its first truthy value is returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if inspect.iscoroutinefunction(check):
+            value = await check()
+        else:
+            value = await asyncio.to_thread(check)
+            if inspect.isawaitable(value):  # a lambda around a coroutine function
+                value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- processes and their logs
+
+def settings_env(settings: core.Settings) -> dict[str, str]:
+    """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
+    logs as JSON lines (see logged_events)."""
+    return {**os.environ, **settings.to_env(), "LOG_FORMAT": "json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_ci() -> bool:
+    """CI=true (as `.ci/run` sets): a test missing a system tool it needs fails, not skips."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def logged_events(proc, event: str) -> list[dict]:
+    """The JSON log lines a process started by start_process wrote with this event name."""
+    return [entry for entry in log_lines(proc.log_path) if entry.get("event") == event]
+
+
+def log_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log file (anything else in it skipped)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def serve_api(settings: core.Settings, start_process, **env: str):
+    """Start `python eventhorizon.py` (the real server, its own event loop) on the test's
+    port; (its URL, its process) once it answers /healthz. An API that exits fails the test."""
+    proc = start_process("eventhorizon.py", **env)
+    url = f"http://127.0.0.1:{settings.http_port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.log_path.read_text(errors="replace")[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_for(answers, timeout=30, what="eventhorizon.py to answer /healthz")
+    return url, proc
+
+
+def delete_queues(amqp_url: str, queue: str) -> None:
+    """Delete a job queue and the dead-letter and retry queues declared with it."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        for name in (queue, amqp.dead_letter_queue(queue), amqp.retry_queue(queue)):
+            channel.queue_delete(queue=name)
+    finally:
+        conn.close()
+
+
+class ClickHouseServer:
+    """A scripts/clickhouse-server process on a free port, with one admin user, `eh_test`,
+    who makes a database per test. start() and stop() may be called again: its data stays."""
+
+    USER = "eh_test"
+
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, free_port()
+        self.password = secrets.token_hex(12)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.starts += 1
+        log_path = self.directory.with_name(f"{self.directory.name}-{self.starts}.log")
+        with log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "scripts" / "clickhouse-server"),
+                 "--dir", str(self.directory), "--port", str(self.port),
+                 "--database", "eh_test", "--user", f"{self.USER}:admin"],
+                env={**os.environ, "LOG_FORMAT": "json",
+                     f"CLICKHOUSE_PASSWORD_{self.USER.upper()}": self.password},
+                cwd=self.directory.parent, stdout=log_file, stderr=subprocess.STDOUT)
+        self.proc.log_path = log_path
+        wait_for(lambda: logged_events(self.proc, "clickhouse.listening") or self.proc.poll(),
+                 timeout=timeout, what="the ClickHouse server to listen")
+        assert self.proc.poll() is None, log_path.read_text()[-3000:]
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the ClickHouse server did not stop within 30 s") from None
+
+    def url(self, database: str) -> str:
+        return f"http://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def client(self, database: str = "default"):
+        return clickhouse_connect.get_client(dsn=self.url(database))
+
+
+# --------------------------------------------------------------------------- content
+
+VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
+         "event_type": "order.created", "message": "order created"}
+
+
+PINO_LINE = {"level": 40, "time": 1531171074631, "msg": "slow checkout", "pid": 657,
+             "hostname": "web-1", "name": "checkout", "order_id": 42}
+
+
+ZAP_LINE = {"level": "error", "ts": 1525303480.993161, "caller": "pay/main.go:22",
+            "logger": "payments.charge", "msg": "charge declined", "attempt": 3}
+
+
+ECS_LINE = {"@timestamp": "2020-03-20T18:11:37.895Z", "log.level": "info",
+            "message": "user logged in", "ecs.version": "1.6.0",
+            "service": {"name": "auth", "environment": "staging"},
+            "event": {"action": "login"}, "user": {"id": "u-7"}}
+
+
+MYAPP = {
+    "name": "myapp",
+    "description": "our gateway's logs",
+    "fields": {"timestamp": ["epoch_ms"], "level": ["sev"], "message": ["text"],
+               "service": ["app.name"], "event_type": ["kind"], "environment": ["app.env"]},
+    "time_unit": "ms",
+    "levels": {"W": "warning", "SEVERE": "critical", "5": "debug"},
+}
+
+
+MYAPP_LINE = {"epoch_ms": 1764496800000, "sev": "w", "text": "slow upstream", "kind": "proxy.slow",
+              "app": {"name": "gateway", "env": "staging", "build": 41}, "upstream": "db-1"}
+
+
+SAMPLE = ROOT / "examples" / "sample.jsonl"
+SAMPLE_VALID, SAMPLE_INVALID = 280, 16  # its lines the worker stores, and refuses
+
+
+def jsonl(*objs) -> bytes:
+    """A file of JSON lines, one per object."""
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def file_lines(content: bytes) -> list[bytes]:
+    """The file's physical lines, each with its newline (the last may have none)."""
+    parts = content.split(b"\n")
+    return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def message_of(line: bytes) -> str | None:
+    try:
+        return json.loads(line).get("message")
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- the API over HTTP
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def upload(client, content: bytes, name: str = "app.jsonl"):
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(content), filename=name,
+                   content_type="application/x-ndjson")
+    return await client.post("/api/v1/files/upload", data=form)
+
+
+def file_part(content: bytes, disposition: bytes = b'filename="app.jsonl"') -> bytes:
+    return (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
+            + b"\r\nContent-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n")
+
+
+def post_multipart(client, body: bytes):
+    """POST a hand-made multipart body (boundary `b`) to the upload endpoint."""
+    return client.post("/api/v1/files/upload", data=body,
+                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+
+async def completed_job(client, job_id, timeout: float = 60.0) -> dict:
+    """The job as GET /api/v1/jobs/{id} gives it, once it says `completed`."""
+    async def completed():
+        state = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        return state if state["status"] == "completed" else None
+    return await wait_until(completed, timeout, what=f"job {job_id} completed")
+
+
+async def assert_problem(response, status: int) -> dict:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    body = await response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+async def gql(client, query: str, variables: dict | None = None, **extra) -> dict:
+    response = await client.post("/graphql", json={"query": query, "variables": variables,
+                                                   **extra})
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/json"
+    return await response.json()
+
+
+def capture_access_log():
+    """structlog's capture_logs, with the bound contextvars (request_id, job_id) merged in."""
+    return structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars])
+
+
+def watchers_dropped(logs) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "listener.watcher_dropped"]
+
+
+# --------------------------------------------------------------------------- what was kept: rows, objects, messages
+
+def job_row(db, job_id) -> dict:
+    return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+
+
+def job_count(db) -> int:
+    return db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"]
+
+
+def stored_keys(settings) -> list[str]:
+    s3 = core.s3_client(settings)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
+    uploads = s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+    return keys + [f"(multipart) {u['Key']}" for u in uploads]
+
+
+def multipart_uploads(settings) -> list[dict]:
+    """The S3 multipart uploads open in the test's bucket."""
+    s3 = core.s3_client(settings)
+    return s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+
+
+def queued_messages(settings) -> list[dict]:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        amqp.declare_queues(channel, settings.queue)
+        messages = []
+        while True:
+            method, _props, body = channel.basic_get(settings.queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append(json.loads(body))
+    finally:
+        conn.close()
+
+
+def outbox_status(db) -> dict:
+    """What GET /api/v1/stats says of the outbox: {backlog, oldest_age_s, dead}."""
+    return outbox.outbox_status_json(db.execute(core.QUERIES["outbox_status"]).fetchone())
+
+
+def outbox_backlog(db) -> int:
+    return outbox_status(db)["backlog"]
+
+
+# --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
+
+def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
+             format: str = "auto", default_service: str | None = None,
+             default_environment: str | None = None,
+             format_definition: dict | None = None) -> uuid.UUID:
+    """A queued job for `content`, as the API leaves it."""
+    job_id = uuid.uuid4()
+    key = f"uploads/{job_id}.jsonl"
+    if store:
+        core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
+    db.execute(core.QUERIES["insert_job"], {
+        "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
+        "bucket": settings.s3_bucket, "object_key": key,
+        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
+        "owner": owner, "format": format, "default_service": default_service,
+        "default_environment": default_environment,
+        "format_definition": Jsonb(format_definition) if format_definition else None,
+        "traceparent": None})
+    return job_id
+
+
+def job_message(db, job_id) -> bytes:
+    """The message the API publishes for a job."""
+    return jobs.message(jobs.query(db, "get_job", {"job_id": job_id}).fetchone())
+
+
+def publish_to_queue(settings, body: bytes) -> None:
+    """Publish `body` to the test's job queue, as the API publishes a job's message."""
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        amqp.declare_queues(channel, settings.queue)
+        channel.basic_publish("", settings.queue, body)
+    finally:
+        conn.close()
+
+
+def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
+    job_id = make_job(settings, db, content)
+    publish_to_queue(settings, job_message(db, job_id))
+    return job_id
+
+
+def assert_exactly_once(db, job_id, valid: int, invalid: int,
+                        content: bytes | None = None) -> None:
+    """Every line's result is stored once, and under its own number: each line is an entry or
+    an error (never both), each entry has one outbox event, with the entry's event id and
+    line, and the job's counts agree. Given the file (canonical lines), each entry's message
+    is the one its line has in the file, and nothing is stored past the checkpoint: a resume
+    from the wrong byte offset keeps every count right and shifts the lines, which only the
+    content shows."""
+    job_id = uuid.UUID(str(job_id))
+    entries = {r["line_no"]: r["message"] for r in db.execute(
+        "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
+    errors = {r["line_no"] for r in db.execute(
+        "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
+    events = db.execute("SELECT event_id, event_context FROM outbox "
+                        "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
+                        (str(job_id),)).fetchall()
+    assert (len(entries), len(errors)) == (valid, invalid)
+    assert not entries.keys() & errors, "lines stored both as entries and as errors"
+    assert len(events) == valid, "outbox events are not one per entry"
+    by_line = {e["event_context"]["line_no"]: e for e in events}
+    assert by_line.keys() == entries.keys()
+    assert all(e["event_id"] == outbox.line_event_id(job_id, n) and
+               e["event_context"]["message"] == entries[n] for n, e in by_line.items())
+    job = job_row(db, job_id)
+    assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
+    if content is not None:
+        assert_stored_up_to_checkpoint(db, job_id, content)
+
+
+def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
+    """What is stored is exactly the file up to the job's checkpoint (and the job row):
+    every non-blank line 1..lines_processed an entry or an error, none after it, each entry's
+    message its own line's, and bytes_processed the end of line lines_processed. For files of
+    canonical lines (a `message` field each)."""
+    job = job_row(db, job_id)
+    done, raw = job["lines_processed"], file_lines(content)
+    assert job["bytes_processed"] == sum(map(len, raw[:done])), "bytes and lines disagree"
+    stored = {r["line_no"]: r["message"] for r in db.execute(
+        "SELECT line_no, message FROM log_entries WHERE job_id = %s UNION ALL "
+        "SELECT line_no, NULL FROM line_errors WHERE job_id = %s", (job_id, job_id))}
+    expected = {n for n, line in enumerate(raw[:done], 1) if line.strip()}
+    assert stored.keys() == expected, (
+        f"checkpoint {done}: missing {sorted(expected - stored.keys())[:10]}, "
+        f"past it or blank {sorted(stored.keys() - expected)[:10]}")
+    wrong = [n for n, message in stored.items()
+             if message is not None and message_of(raw[n - 1]) != message]
+    assert not wrong, f"entries whose message is another line's: {wrong[:10]}"
+    return job
+
+
+# --------------------------------------------------------------------------- events, the outbox and ClickHouse
+
+def publish_events(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
+    """n events in one transaction, written with COPY as the worker does."""
+    events = [outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        outbox.copy_events(cur, events)
+    return [e.event_id for e in events]
+
+
+def event_log_ids(ch) -> list[uuid.UUID]:
+    return [r[0] for r in ch.query("SELECT event_id FROM event_log").result_rows]
+
+
+def read_event_log_ids(settings) -> list[uuid.UUID]:
+    client = relay.connect_clickhouse(settings.clickhouse_url)
+    try:
+        return event_log_ids(client)
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- live updates
+
+async def listener_listening(db) -> None:
+    """Wait until the API's listener has run LISTEN: notifications before that are lost."""
+    def listening():
+        return db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE query = "
+                          "'LISTEN \"eh_job\"' AND state = 'idle' AND datname = current_database()"
+                          ).fetchone()["n"]
+    await asyncio.to_thread(wait_for, listening, 60, what="the API's LISTEN connection")
+
+
+def notify(db, states) -> None:
+    """NOTIFY each job state as the worker would, all in one transaction: every one of them is
+    committed before the API handles the first."""
+    with db.transaction(), db.cursor() as cur:
+        cur.executemany(core.QUERIES["notify"], [
+            {"channel": jobs.CHANNEL, "payload": jobs.job_notification(jobs.Job(**s))}
+            for s in states])
+
+
+def batches(row: dict, lines: list[int]) -> list[dict]:
+    """The job rows a worker would commit: processing, then one per batch ending at each of
+    `lines`."""
+    started = dict(row, status="processing", started_at=row["created_at"])
+    return [dict(started, lines_processed=n, lines_valid=n, bytes_processed=n) for n in lines]
+
+
+def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") -> dict:
+    """Move a job's row as the worker's batch would (without its NOTIFY); the new row."""
+    return db.execute("UPDATE jobs SET status = %s, started_at = created_at, "
+                      "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
+                      (status, lines, lines, job_id)).fetchone()
+
+
+# --------------------------------------------------------------------------- raw WebSockets
+
+async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
+                                     header: str) -> socket.socket:
+    """A raw socket with a 1 KiB receive buffer, upgraded to a WebSocket at `path` (with one
+    extra request header), its handshake's answer read."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n{header}\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await loop.sock_recv(sock, 1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+async def read_frame(sock: socket.socket) -> bytes:
+    """The payload of the next (unmasked, unfragmented) frame a server sent."""
+    head = await read_exactly(sock, 2)
+    length = head[1] & 0x7F
+    if length >= 126:
+        length = int.from_bytes(await read_exactly(sock, 2 if length == 126 else 8), "big")
+    return await read_exactly(sock, length)
+
+
+async def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = await asyncio.get_running_loop().sock_recv(sock, n - len(data))
+        assert chunk, "the connection closed"
+        data += chunk
+    return data
+
+
+async def read_until_the_connection_ends(sock: socket.socket, timeout: float) -> bytes:
+    """Read all a socket receives until the server closes or resets it."""
+    loop = asyncio.get_running_loop()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)  # catch up quickly
+    received = bytearray()
+    async def read_all():
+        try:
+            while chunk := await loop.sock_recv(sock, 65536):
+                received.extend(chunk)
+        except ConnectionResetError:
+            pass
+    await asyncio.wait_for(read_all(), timeout)
+    return bytes(received)
+
+
+def close_code_of(frames: bytes) -> int | None:
+    """The code of the close frame among a server's (unmasked) WebSocket frames, if any."""
+    at = 0
+    while at + 2 <= len(frames):
+        opcode, length, at = frames[at] & 0x0F, frames[at + 1] & 0x7F, at + 2
+        if length == 126:
+            length, at = int.from_bytes(frames[at:at + 2], "big"), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(frames[at:at + 8], "big"), at + 8
+        if opcode == 0x8 and length >= 2 and at + 2 <= len(frames):
+            return int.from_bytes(frames[at:at + 2], "big")
+        at += length
+    return None
+
+
+# --------------------------------------------------------------------------- a faulty network
+
+class TcpProxy:
+    """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches
+    on while it runs: `hang()`: what clients send from then on is swallowed and never answered,
+    the connections left open (a server stuck mid-request); `cut_requests_over(n)`: a
+    connection that has carried more than n bytes upstream is reset (a server dying mid-body;
+    small requests still pass); `down()` / `up()`: every connection reset, new ones too."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.hanging = threading.Event()
+        self.swallowed = threading.Event()  # something sent while hanging: a request is stuck
+        self.is_down = False
+        self.cut_over: int | None = None
+        self.cuts = 0
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        self.hanging.set()
+
+    def cut_requests_over(self, n: int) -> None:
+        self.cut_over = n
+
+    def down(self) -> None:
+        self.is_down = True
+        with self._lock:
+            for sock in list(self._sockets):
+                _reset(sock)
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def close(self) -> None:
+        """Reset every connection, and refuse new ones: a close alone would not wake the
+        thread blocked in accept(), which would go on taking (and swallowing) connections."""
+        self.is_down = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        except OSError:
+            pass
+        self.listener.close()
+        with self._lock:
+            for sock in list(self._sockets):
+                _reset(sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self.is_down:
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            sent = [0]  # bytes this connection carried upstream
+            threading.Thread(target=self._pump, args=(client, upstream, sent), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, sent: list[int] | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if sent is not None and self.hanging.is_set():
+                    self.swallowed.set()
+                    continue
+                if sent is not None:
+                    sent[0] += len(data)
+                    if self.cut_over is not None and sent[0] > self.cut_over:
+                        self.cuts += 1
+                        break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            _reset(sock)
+        with self._lock:
+            self._sockets -= {source, sink}
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a server that died would look; the shutdown
+    wakes a thread blocked reading it (a close alone would not)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
