@@ -38,6 +38,7 @@ LOG_ENTRY_SCHEMA_PATH = ROOT / "log_entry.schema.json"
 
 JOB_CHANNEL = "eh_job"
 OUTBOX_CHANNEL = "eh_outbox"
+TOKEN_CHANNEL = "eh_token"  # a token revoked: {"token_id": N} (revocation.py)
 JOB_STATUSES = ("queued", "processing", "completed", "failed")
 TERMINAL_STATUSES = frozenset({"completed", "failed"})
 METADATA_VERSION = 1
@@ -166,6 +167,16 @@ class Settings:
     max_websockets_per_owner: int = setting(
         "EH_MAX_WEBSOCKETS_PER_OWNER", 1024,
         "WebSockets one owner may hold open on one API process; more get 429", minimum=1)
+    graphql_init_timeout_s: float = setting(
+        "EH_GRAPHQL_INIT_TIMEOUT_S", 10.0,
+        "a GraphQL WebSocket must send `connection_init` within this long of the upgrade, "
+        "whatever it sends before (a `ping` too), or it is closed with 4408; until then it "
+        "holds one of the process's EH_MAX_WEBSOCKETS", minimum=0.1, maximum=300)
+    token_recheck_s: float = setting(
+        "EH_TOKEN_RECHECK_S", 30.0,
+        "how often the API looks up the tokens of its open WebSockets and closes (4403) those "
+        "of revoked ones: the backstop to `tokens revoke`'s notification, which closes them at "
+        "once", minimum=0.5, maximum=3600)
     max_upload_bytes: int = setting(
         "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
         minimum=1, shown_default="`1073741824` (1 GiB)")

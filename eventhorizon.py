@@ -48,6 +48,7 @@ import graphql_api
 import lines
 import live
 import observe
+import revocation
 import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
@@ -487,16 +488,20 @@ async def publisher_ctx(app: web.Application):
 
 async def watchers_ctx(app: web.Application):
     settings = app[SETTINGS]
+    tokens = revocation.TokenSockets(app[POOL], settings.token_recheck_s)
     watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
-        settings.max_websockets, settings.max_websockets_per_owner))
+        settings.max_websockets, settings.max_websockets_per_owner), tokens)
     app[WATCHERS] = watchers
     app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app),
-                                        app[EXPLORER])
+                                        app[EXPLORER],
+                                        init_timeout_s=settings.graphql_init_timeout_s)
     observe.WEBSOCKETS.set_function(lambda: watchers.limits.open)
-    task = asyncio.create_task(watchers.listen(), name="job-listener")
+    tasks = [asyncio.create_task(watchers.listen(), name="job-listener"),
+             asyncio.create_task(tokens.recheck_periodically(), name="token-recheck")]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def close_watchers(app: web.Application) -> None:
@@ -959,15 +964,17 @@ async def watch_job_socket(request: web.Request, watchers: live.JobWatchers) -> 
     job_id = parse_job_id(request.match_info["job_id"])
     if job_id is not None:
         bind_job_id(job_id)
-    owner = principal(request).owner_filter
-    job = await fetch_job_or_none(request.app[POOL], job_id, owner=owner) if job_id else None
+    who = principal(request)
+    job = await fetch_job_or_none(request.app[POOL], job_id, owner=who.owner_filter) \
+        if job_id else None
     watcher = job and await watchers.start_watching(
-        job_id, live.Watcher(ws, request.transport), owner=owner)
+        job_id, live.Watcher(ws, request.transport), owner=who.owner_filter)
     if not watcher:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
     try:
-        await watcher.run()
+        with watchers.tokens.hold(who.token_id, watcher):  # closed 4403 once it is revoked
+            await watcher.run()
     finally:
         watchers.discard(job_id, watcher)
     return ws
@@ -1004,11 +1011,11 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
                                           "send queries with POST /graphql")
-    try:
-        request.app[WATCHERS].limits.check_process()
+    try:  # every socket counts, before its connection_init too
+        with request.app[WATCHERS].limits.process_slot():
+            return await graphql_api.serve_socket(request, request.app[GRAPHQL])
     except live.TooManySockets as exc:
         raise no_socket_slot(exc) from None
-    return await graphql_api.serve_socket(request, request.app[GRAPHQL])
 
 
 @routes.get("/graphql/schema.graphql")

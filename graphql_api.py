@@ -50,6 +50,7 @@ import auth
 import core
 import explore
 import live
+import revocation
 
 log = structlog.get_logger("api")
 
@@ -66,7 +67,7 @@ ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
 EVENTS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/events
 MAX_ERROR_LINES = 10_000  # invalid lines one operation (or one subscription state) may ask for
 PROTOCOL = "graphql-transport-ws"
-INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade
+INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade (EH_GRAPHQL_INIT_TIMEOUT_S)
 MAX_SUBSCRIPTIONS_PER_SOCKET = 16
 
 
@@ -83,6 +84,7 @@ class Services:
     # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
     authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
     explorer: explore.Explorer  # Job.events and Job.histogram, as the REST routes read them
+    init_timeout_s: float = INIT_TIMEOUT_S  # EH_GRAPHQL_INIT_TIMEOUT_S
     connections: set["Connection"] = dataclasses.field(default_factory=set)
 
     def close_all(self) -> None:
@@ -543,8 +545,8 @@ SCHEMA = load_schema()
 
 
 async def serve_socket(request: web.Request, services: Services) -> web.WebSocketResponse:
-    """The graphql-transport-ws protocol on an upgraded request (the process's WebSocket
-    limit was checked before the upgrade; the owner's is checked at connection_init)."""
+    """The graphql-transport-ws protocol on an upgraded request (the caller holds one of the
+    process's WebSocket slots; the owner's is taken at connection_init)."""
     ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=30, max_msg_size=MAX_BODY_BYTES)
     await ws.prepare(request)
     if ws.ws_protocol != PROTOCOL:
@@ -564,12 +566,15 @@ async def serve_socket(request: web.Request, services: Services) -> web.WebSocke
 class Connection:
     """One graphql-transport-ws connection: connection_init (the token) → connection_ack,
     then any number of operations (`subscribe` → `next`… `complete`, or `error`), each its own
-    task. Sends are awaited: a client that stops reading stalls its subscriptions, whose
+    task. connection_init must come within the services' init_timeout_s, whatever else comes
+    before it (4408). The token is checked again as each operation starts, and a revoked
+    token closes the connection (4403, revocation.py). Sends are awaited: a client that stops reading stalls its subscriptions, whose
     queues fill, and the fan-out drops them (1013), as it does a /ws/jobs watcher."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, services: Services):
         self.ws, self.request, self.services = ws, request, services
         self.principal: auth.Principal | None = None
+        self.token_presented: str | None = None  # connection_init's, checked at each operation
         self.operations: dict[str, asyncio.Task] = {}
         self.closing = asyncio.Event()
         self.close_code, self.close_message = 1000, b""
@@ -597,15 +602,18 @@ class Connection:
             self.closing.set()
 
     async def _read(self) -> None:
-        try:
-            async with asyncio.timeout(INIT_TIMEOUT_S):
-                message = await self.ws.receive()
-        except TimeoutError:
-            return self.close_soon(4408, b"Connection initialisation timeout")
-        while message.type == WSMsgType.TEXT:
+        init_by = asyncio.get_running_loop().time() + self.services.init_timeout_s
+        while True:
+            try:
+                # Until connection_init: a ping (or anything) does not extend the deadline.
+                async with asyncio.timeout_at(init_by if self.principal is None else None):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                return self.close_soon(4408, b"Connection initialisation timeout")
+            if message.type != WSMsgType.TEXT:
+                break
             if not await self._handle(message.data):
                 return
-            message = await self.ws.receive()
         if message.type == WSMsgType.BINARY:
             self.close_soon(4400, b"messages are JSON text")
 
@@ -641,16 +649,18 @@ class Connection:
         if self.principal is not None:
             self.close_soon(4429, b"Too many initialisation requests")
             return False
-        who = await self.services.authenticate(self.token(payload))
+        token = self.token(payload)
+        who = await self.services.authenticate(token)
         if who is None:
             self.close_soon(4403, b"Forbidden: the token is missing, not valid or revoked")
             return False
         try:
-            self.exits.enter_context(self.services.watchers.limits.slot(who.owner))
+            self.exits.enter_context(self.services.watchers.limits.owner_slot(who.owner))
         except live.TooManySockets as exc:
             self.close_soon(1013, str(exc).encode()[:120])
             return False
-        self.principal = who
+        self.exits.enter_context(self.services.watchers.tokens.hold(who.token_id, self))
+        self.principal, self.token_presented = who, token
         structlog.contextvars.bind_contextvars(owner=who.owner)
         await self.send({"type": "connection_ack"})
         return True
@@ -679,6 +689,9 @@ class Connection:
         except BadRequest as exc:
             await self.send_error(op_id, [GraphQLError(str(exc))])
             return True
+        if await self.services.authenticate(self.token_presented) is None:
+            self.close_soon(revocation.WS_REVOKED, revocation.REVOKED_MESSAGE)
+            return False
         if len(self.operations) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
             await self.send_error(op_id, [GraphQLError(
                 f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "
