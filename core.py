@@ -118,9 +118,22 @@ class Settings:
         "(`max_execution_time`); past it: `503`", minimum=0.1, maximum=300)
     explore_queries: int = setting(
         "EH_EXPLORE_QUERIES", 4,
-        "ClickHouse queries the API runs at once for those routes (threads); as many more may "
-        "wait, and past that a request is refused with `503` and `Retry-After`",
-        minimum=1, maximum=64)
+        "ClickHouse reads (events, histogram; REST and GraphQL) one API process runs at once "
+        "(threads); the others wait in their owner's queue", minimum=1, maximum=64)
+    explore_queries_per_owner: int = setting(
+        "EH_EXPLORE_QUERIES_PER_OWNER", 2,
+        "of those, how many one owner's reads may hold at once (at most EH_EXPLORE_QUERIES): "
+        "the rest stay free for other owners however many reads one sends", minimum=1,
+        maximum=64)
+    explore_queue_per_owner: int = setting(
+        "EH_EXPLORE_QUEUE_PER_OWNER", 256,
+        "ClickHouse reads one owner may have waiting for a slot in one API process; past it "
+        "a read is refused with `429` and `Retry-After` (a GraphQL operation makes at most "
+        "200 reads, so one alone always fits)", minimum=1)
+    explore_wait_s: float = setting(
+        "EH_EXPLORE_WAIT_S", 30.0,
+        "longest a ClickHouse read waits for a slot; past it: `503` with `Retry-After`",
+        minimum=0.1, maximum=600)
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "

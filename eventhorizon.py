@@ -48,6 +48,7 @@ import graphql_api
 import lines
 import live
 import observe
+import read_slots
 import revocation
 import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
@@ -527,9 +528,11 @@ async def explorer_ctx(app: web.Application):
     """The ClickHouse reads of the events and histogram routes (explore.Explorer); the client
     connects at the first such request, so the API starts and serves without ClickHouse."""
     settings = app[SETTINGS]
+    slots = read_slots.ReadSlots(settings.explore_queries, settings.explore_queries_per_owner,
+                                 queue_per_owner=settings.explore_queue_per_owner,
+                                 max_wait_s=settings.explore_wait_s)
     app[EXPLORER] = explore.Explorer(settings.clickhouse_read_url or settings.clickhouse_url,
-                                     timeout_s=settings.explore_timeout_s,
-                                     queries=settings.explore_queries)
+                                     timeout_s=settings.explore_timeout_s, slots=slots)
     yield
     app[EXPLORER].close()
 
@@ -762,7 +765,7 @@ async def get_job_events(request: web.Request) -> web.Response:
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
     events = await explore_read(request.app[EXPLORER].events(
-        job_id, filters, after_line=after, limit=limit + 1))
+        principal(request).owner, job_id, filters, after_line=after, limit=limit + 1))
     next_url = None
     if len(events) > limit:
         events = events[:limit]
@@ -781,7 +784,8 @@ async def get_job_histogram(request: web.Request) -> web.Response:
     if "interval" in request.query:
         interval = int_param(request, "interval", default=0, low=1, high=explore.MAX_INTERVAL_S)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    histogram = await explore_read(request.app[EXPLORER].histogram(job_id, filters, interval))
+    histogram = await explore_read(request.app[EXPLORER].histogram(
+        principal(request).owner, job_id, filters, interval))
     return web.json_response({"job_id": str(job_id), **histogram})
 
 
@@ -798,9 +802,12 @@ async def explore_read(read: Awaitable[T]) -> T:
         return await read
     except explore.InvalidFilter as exc:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except explore.Busy as exc:
-        raise Problem(503, "Service Unavailable", f"{exc}; retry shortly",
-                      headers={"Retry-After": "1"}) from None
+    except read_slots.OwnerQueueFull as exc:
+        raise Problem(429, "Too Many Requests", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except read_slots.NoReadSlot as exc:
+        raise Problem(503, "Service Unavailable", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
         raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "

@@ -50,6 +50,7 @@ import auth
 import core
 import explore
 import live
+import read_slots
 import revocation
 
 log = structlog.get_logger("api")
@@ -66,6 +67,7 @@ JOBS_LIMIT = (1, 100)  # as GET /api/v1/jobs
 ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
 EVENTS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/events
 MAX_ERROR_LINES = 10_000  # invalid lines one operation (or one subscription state) may ask for
+MAX_CLICKHOUSE_READS = 200  # Job.events and Job.histogram fields one operation may resolve
 PROTOCOL = "graphql-transport-ws"
 INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade (EH_GRAPHQL_INIT_TIMEOUT_S)
 MAX_SUBSCRIPTIONS_PER_SOCKET = 16
@@ -101,6 +103,17 @@ class Context:
     principal: auth.Principal
     errors: "LineErrorLoader"
     close_socket: Callable[[int, bytes], None] | None = None  # a subscription's connection
+    clickhouse_reads: int = 0  # Job.events and Job.histogram resolved so far
+
+    def count_clickhouse_read(self) -> None:
+        """A ClickHouse read more for this operation: past MAX_CLICKHOUSE_READS it is refused
+        (they run a few at a time in the owner's read slots, so any number under it is
+        answered, in time)."""
+        self.clickhouse_reads += 1
+        if self.clickhouse_reads > MAX_CLICKHOUSE_READS:
+            raise GraphQLError(f"the operation asks for more than {MAX_CLICKHOUSE_READS} "
+                               "events or histogram fields (jobs × fields); ask for fewer jobs",
+                               extensions={"code": "QUERY_TOO_LARGE"})
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -349,8 +362,11 @@ async def resolve_events(job: dict, info, first: int, afterLine: int,
     """A page of the job's events from ClickHouse (GET /api/v1/jobs/{id}/events)."""
     first = bounded("first", first, EVENTS_FIRST)
     after = bounded("afterLine", afterLine, (0, 2**62))
-    events = await explore_read(info.context.services.explorer.events(
-        uuid.UUID(job["job_id"]), event_filters(filter), after_line=after, limit=first + 1))
+    context: Context = info.context
+    context.count_clickhouse_read()
+    events = await explore_read(context.services.explorer.events(
+        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter),
+        after_line=after, limit=first + 1))
     return {"items": [event_node(e) for e in events[:first]],
             "next_after_line": events[first - 1]["line_no"] if len(events) > first else None}
 
@@ -360,8 +376,10 @@ async def resolve_histogram(job: dict, info, filter: dict | None = None,
     """The job's events by level over time (GET /api/v1/jobs/{id}/histogram)."""
     if intervalS is not None:
         bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
-    histogram = await explore_read(info.context.services.explorer.histogram(
-        uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
+    context: Context = info.context
+    context.count_clickhouse_read()
+    histogram = await explore_read(context.services.explorer.histogram(
+        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
     return {**histogram, "buckets": [
         {"start": b["start"], "counts": [{"level": level.upper(), "events": n}
                                          for level, n in b["counts"].items()]}
@@ -386,6 +404,9 @@ async def explore_read(read: Awaitable[Any]) -> Any:
         return await read
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+    except read_slots.NoReadSlot as exc:  # the owner's own reads queued past the limits
+        raise GraphQLError(str(exc), extensions={
+            "code": "TOO_MANY_READS", "retryAfterS": exc.retry_after_s}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
         raise GraphQLError(explore.Unavailable.PUBLIC_REASON,
@@ -427,6 +448,7 @@ async def subscribe_job(_root, info, id: str) -> AsyncIterator[dict | None]:
 
 def resolve_subscribed_job(state: dict | None, info, **_args) -> dict | None:
     info.context.errors = LineErrorLoader(info.context.services.pool)  # a budget per state
+    info.context.clickhouse_reads = 0
     return state
 
 

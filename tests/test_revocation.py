@@ -21,8 +21,6 @@ from test_api import VALID, jsonl, upload
 PROTOCOL = graphql_api.PROTOCOL
 JOBS_QUERY = "query { jobs(limit: 5) { id status } }"
 
-pytestmark = pytest.mark.services
-
 
 def token_id(token: str) -> str:
     return token.split("_")[1]
