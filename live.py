@@ -160,8 +160,8 @@ class JobWatchers:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.database_url, autocommit=True) as conn:
-                    await core.listen(conn, core.JOB_CHANNEL)
                     await core.listen(conn, core.TOKEN_CHANNEL)
+                    await core.listen(conn, core.JOB_CHANNEL)
                     self.listening.set()
                     log.info("listener.connected", channel=core.JOB_CHANNEL)
                     backoff.reset()
