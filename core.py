@@ -197,6 +197,11 @@ class Settings:
         "EH_LINE_DELAY_MAX_S", 0.0,
         "worker demo mode: a random delay of up to this many seconds after each line (the "
         "original brief's mode is `1.0`)", minimum=0)
+    max_context_paths: int = setting(
+        "EH_MAX_CONTEXT_PATHS", 1000,
+        "worker: most paths (keys holding a value, nested keys counted) one line's `context` "
+        "may have; a line with more is an invalid line with that reason, and never reaches "
+        "ClickHouse (whose JSON type keeps files per path)", minimum=1, maximum=100_000)
     batch_lines: int = setting(
         "EH_BATCH_LINES", 5000,
         "worker: most lines per committed batch (one transaction, one checkpoint)", minimum=1)
