@@ -196,7 +196,9 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
         context = {**context, free_key(context, "extra"): extra}
     if DOTTED_KEY.search(raw):
         check_json_paths(context)
-    if raw.count(b":") > max_context_paths:  # every key is followed by one: no more keys
+    # A path is a key of the line's text ('"":0' at least: 4 bytes) and every key is followed
+    # by a colon: shorter lines, or lines with fewer colons, cannot have more paths.
+    if len(raw) > 4 * max_context_paths and raw.count(b":") > max_context_paths:
         check_context_paths(context, max_context_paths)
     return {
         "timestamp": timestamp,
@@ -276,7 +278,8 @@ def check_storable_strings(obj) -> None:
 def check_context_paths(context: dict, limit: int) -> None:
     """Refuse a context with more than `limit` paths: keys holding anything but an object
     (nested keys counted, and those of objects in arrays). Stops counting past the limit, so
-    it costs at most the line's size; only lines with more colons than `limit` are walked."""
+    it costs at most the line's size; only lines long enough and with more colons than
+    `limit` are walked."""
     paths, objects = 0, [context]
     while objects:
         for item in objects.pop().values():
