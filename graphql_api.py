@@ -711,7 +711,16 @@ class Connection:
         except BadRequest as exc:
             await self.send_error(op_id, [GraphQLError(str(exc))])
             return True
-        if await self.services.authenticate(self.token_presented) is None:
+        try:
+            still_valid = await self.services.authenticate(self.token_presented)
+        except Exception as exc:
+            if not core.is_outage(exc):
+                raise
+            await self.send_error(op_id, [GraphQLError(
+                "a service the API needs is unreachable; retry later",
+                extensions={"code": "UNAVAILABLE"})])
+            return True
+        if still_valid is None:  # revoked since connection_init
             self.close_soon(revocation.WS_REVOKED, revocation.REVOKED_MESSAGE)
             return False
         if len(self.operations) >= MAX_SUBSCRIPTIONS_PER_SOCKET:

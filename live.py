@@ -166,7 +166,7 @@ class JobWatchers:
                     log.info("listener.connected", channel=core.JOB_CHANNEL)
                     backoff.reset()
                     await self.refresh_all()
-                    await self.tokens.recheck()  # revocations sent while away are gone too
+                    await self.recheck_tokens()  # revocations sent while away are gone too
                     while True:
                         async for notify in conn.notifies(timeout=15):
                             if notify.channel == core.TOKEN_CHANNEL:
@@ -179,6 +179,13 @@ class JobWatchers:
                 delay = backoff.next()
                 log.warning("listener.disconnected", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
+
+    async def recheck_tokens(self) -> None:
+        """After a reconnect; a failure is left to the periodic re-check, which comes anyway."""
+        try:
+            await self.tokens.recheck()
+        except Exception as exc:  # noqa: BLE001 - the backstop's backstop; logged
+            log.warning("listener.token_recheck_failed", error=str(exc)[:300])
 
     async def on_notify(self, payload: str) -> None:
         """Hand the state a notification carries to its job's watchers (re-read from the

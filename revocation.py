@@ -89,13 +89,12 @@ class TokenSockets:
                 self.revoked(token_id)
 
     async def recheck_periodically(self) -> None:
-        """The backstop: every recheck_s, whatever the notifications did. An outage is
-        logged and the check tried again next time."""
+        """The backstop: every recheck_s, whatever the notifications did. A failure (Postgres
+        away) is logged and the check tried again next time: it must not stop for good."""
         while True:
             await asyncio.sleep(self.recheck_s)
             try:
                 await self.recheck()
-            except Exception as exc:
-                if not core.is_outage(exc):
-                    raise
-                log.warning("token.recheck_failed", error=str(exc)[:300])
+            except Exception as exc:  # noqa: BLE001 - logged, and tried again
+                log.warning("token.recheck_failed", error=str(exc)[:300],
+                            outage=core.is_outage(exc))
