@@ -14,6 +14,7 @@ import pytest
 
 import eventhorizon
 import explore
+import graphql_api
 import read_slots
 import relay
 from conftest import bearer
@@ -187,3 +188,23 @@ async def test_a_graphql_query_reading_many_jobs_is_answered_within_its_share(
     assert "errors" not in body, body["errors"][:2]
     assert len(body["data"]["jobs"]) == 20
     assert all(job["histogram"]["events"] == 0 for job in body["data"]["jobs"])
+
+
+async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings, db,
+                                                                        aiohttp_client,
+                                                                        make_token):
+    """The bound that keeps one operation within an owner's queue: the 201st events or
+    histogram field of an operation is refused, QUERY_TOO_LARGE, saying so."""
+    from test_graphql import gql
+
+    with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
+        relay.ensure_event_log(ch)
+    _app, alice, _bob = await api(settings, aiohttp_client, make_token)
+    for _ in range(70):
+        make_job(db, "alice")
+    body = await gql(alice, "{ jobs(limit: 70) { a: histogram { events } "
+                            "b: histogram { events } c: histogram { events } } }")
+    errors = body["errors"]  # (a non-null field: the first error nulls the list)
+    assert errors and {e["extensions"]["code"] for e in errors} == {"QUERY_TOO_LARGE"}
+    assert graphql_api.MAX_CLICKHOUSE_READS == 200
+    assert "more than 200 events or histogram fields" in errors[0]["message"]
