@@ -54,8 +54,6 @@ class Unavailable(Exception):
     PUBLIC_REASON = "ClickHouse, where events are read, cannot answer now; retry later"
 
 
-
-
 # --------------------------------------------------------------------------- filters
 
 

@@ -590,8 +590,9 @@ class Connection:
     then any number of operations (`subscribe` → `next`… `complete`, or `error`), each its own
     task. connection_init must come within the services' init_timeout_s, whatever else comes
     before it (4408). The token is checked again as each operation starts, and a revoked
-    token closes the connection (4403, revocation.py). Sends are awaited: a client that stops reading stalls its subscriptions, whose
-    queues fill, and the fan-out drops them (1013), as it does a /ws/jobs watcher."""
+    token closes the connection (4403, revocation.py). Sends are awaited: a client that stops
+    reading stalls its subscriptions, whose queues fill, and the fan-out drops them (1013), as
+    it does a /ws/jobs watcher."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, services: Services):
         self.ws, self.request, self.services = ws, request, services
