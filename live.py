@@ -1,6 +1,7 @@
 """Live job states for the API's WebSockets: one Postgres LISTEN connection per process,
 fanned out to every watcher of a job (`/ws/jobs/{id}` and GraphQL subscriptions alike), and the
-caps on how many WebSockets a process and an owner may hold.
+caps on how many WebSockets a process and an owner may hold. The same connection hears of
+revoked tokens (core.TOKEN_CHANNEL), whose sockets revocation.py closes.
 
 Each watcher has its own bounded queue of states; the listener only queues, never waits on a
 client, so one that stops reading is dropped alone.
@@ -31,6 +32,7 @@ STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
 WS_BACKLOG_STATES = 256  # states a watcher may fall behind before it is closed (1013) and dropped
 WS_CLOSE_TIMEOUT_S = 5.0  # for the client to read the close frame and answer it
+
 
 class TokenListener(Protocol):
     """What hears of revoked tokens on the listener's connection (revocation.TokenSockets)."""
