@@ -3,7 +3,8 @@
 A token is `eh_<token_id>_<secret>`, the secret 256 random bits (URL-safe base64, so it also
 fits a WebSocket subprotocol value). Postgres keeps only the SHA-256 of the secret
 (`api_tokens.secret_hash`); a request's token is looked up by its id and its secret's hash
-compared in constant time. A revoked token is refused by the next request that shows it.
+compared in constant time. A revoked token is refused by the next request that shows it,
+and the sockets it opened are closed (revocation.py).
 
     python eventhorizon.py tokens create --owner NAME [--admin]
     python eventhorizon.py tokens list
@@ -82,8 +83,10 @@ def list_tokens(conn) -> list[TokenInfo]:
 
 
 def revoke_token(conn, token_id: int) -> bool:
-    """Revoke a token; False if there is no live token with that id."""
-    return conn.execute(core.QUERIES["revoke_token"], {"token_id": token_id}).fetchone() is not None
+    """Revoke a token; False if there is no live token with that id. Every API process is
+    told (core.TOKEN_CHANNEL) and closes the sockets the token holds open."""
+    return conn.execute(core.QUERIES["revoke_token"], {
+        "token_id": token_id, "channel": core.TOKEN_CHANNEL}).fetchone() is not None
 
 
 # --------------------------------------------------------------------------- requests

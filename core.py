@@ -31,6 +31,8 @@ SQL_DIR = ROOT / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 LOG_ENTRY_SCHEMA_PATH = ROOT / "log_entry.schema.json"
 
+TOKEN_CHANNEL = "eh_token"  # NOTIFY: a token revoked, {"token_id": N} (revocation.py)
+
 
 
 # Postgres errors that mean an outage, not a problem with the work: connection exceptions,
@@ -107,9 +109,22 @@ class Settings:
         "(`max_execution_time`); past it: `503`", minimum=0.1, maximum=300)
     explore_queries: int = setting(
         "EH_EXPLORE_QUERIES", 4,
-        "ClickHouse queries the API runs at once for those routes (threads); as many more may "
-        "wait, and past that a request is refused with `503` and `Retry-After`",
-        minimum=1, maximum=64)
+        "ClickHouse reads (events, histogram; REST and GraphQL) one API process runs at once "
+        "(threads); the others wait in their owner's queue", minimum=1, maximum=64)
+    explore_queries_per_owner: int = setting(
+        "EH_EXPLORE_QUERIES_PER_OWNER", 2,
+        "of those, how many one owner's reads may hold at once (at most EH_EXPLORE_QUERIES): "
+        "the rest stay free for other owners however many reads one sends", minimum=1,
+        maximum=64)
+    explore_queue_per_owner: int = setting(
+        "EH_EXPLORE_QUEUE_PER_OWNER", 256,
+        "ClickHouse reads one owner may have waiting for a slot in one API process; past it "
+        "a read is refused with `429` and `Retry-After` (a GraphQL operation makes at most "
+        "200 reads, so one alone always fits)", minimum=1)
+    explore_wait_s: float = setting(
+        "EH_EXPLORE_WAIT_S", 30.0,
+        "longest a ClickHouse read waits for a slot; past it: `503` with `Retry-After`",
+        minimum=0.1, maximum=600)
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "
@@ -156,6 +171,16 @@ class Settings:
     max_websockets_per_owner: int = setting(
         "EH_MAX_WEBSOCKETS_PER_OWNER", 1024,
         "WebSockets one owner may hold open on one API process; more get 429", minimum=1)
+    graphql_init_timeout_s: float = setting(
+        "EH_GRAPHQL_INIT_TIMEOUT_S", 10.0,
+        "a GraphQL WebSocket must send `connection_init` within this long of the upgrade, "
+        "whatever it sends before (a `ping` too), or it is closed with 4408; until then it "
+        "holds one of the process's EH_MAX_WEBSOCKETS", minimum=0.1, maximum=300)
+    token_recheck_s: float = setting(
+        "EH_TOKEN_RECHECK_S", 30.0,
+        "how often the API looks up the tokens of its open WebSockets and closes (4403) those "
+        "of revoked ones: the backstop to `tokens revoke`'s notification, which closes them at "
+        "once", minimum=0.5, maximum=3600)
     max_upload_bytes: int = setting(
         "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
         minimum=1, shown_default="`1073741824` (1 GiB)")
@@ -163,6 +188,11 @@ class Settings:
         "EH_LINE_DELAY_MAX_S", 0.0,
         "worker demo mode: a random delay of up to this many seconds after each line (the "
         "original brief's mode is `1.0`)", minimum=0)
+    max_context_paths: int = setting(
+        "EH_MAX_CONTEXT_PATHS", 1000,
+        "worker: most paths (keys holding a value, nested keys counted) one line's `context` "
+        "may have; a line with more is an invalid line with that reason, and never reaches "
+        "ClickHouse (whose JSON type keeps files per path)", minimum=1, maximum=100_000)
     batch_lines: int = setting(
         "EH_BATCH_LINES", 5000,
         "worker: most lines per committed batch (one transaction, one checkpoint)", minimum=1)

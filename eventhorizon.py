@@ -47,6 +47,8 @@ import jobs
 import lines
 import live
 import observe
+import read_slots
+import revocation
 import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
@@ -486,16 +488,20 @@ async def publisher_ctx(app: web.Application):
 
 async def watchers_ctx(app: web.Application):
     settings = app[SETTINGS]
+    tokens = revocation.TokenSockets(app[POOL], settings.token_recheck_s)
     watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
-        settings.max_websockets, settings.max_websockets_per_owner))
+        settings.max_websockets, settings.max_websockets_per_owner), tokens)
     app[WATCHERS] = watchers
     app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app),
-                                        app[EXPLORER])
+                                        app[EXPLORER],
+                                        init_timeout_s=settings.graphql_init_timeout_s)
     observe.WEBSOCKETS.set_function(lambda: watchers.limits.open)
-    task = asyncio.create_task(watchers.listen(), name="job-listener")
+    tasks = [asyncio.create_task(watchers.listen(), name="job-listener"),
+             asyncio.create_task(tokens.recheck_periodically(), name="token-recheck")]
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def close_watchers(app: web.Application) -> None:
@@ -521,9 +527,11 @@ async def explorer_ctx(app: web.Application):
     """The ClickHouse reads of the events and histogram routes (explore.Explorer); the client
     connects at the first such request, so the API starts and serves without ClickHouse."""
     settings = app[SETTINGS]
+    slots = read_slots.ReadSlots(settings.explore_queries, settings.explore_queries_per_owner,
+                                 queue_per_owner=settings.explore_queue_per_owner,
+                                 max_wait_s=settings.explore_wait_s)
     app[EXPLORER] = explore.Explorer(settings.clickhouse_read_url or settings.clickhouse_url,
-                                     timeout_s=settings.explore_timeout_s,
-                                     queries=settings.explore_queries)
+                                     timeout_s=settings.explore_timeout_s, slots=slots)
     yield
     app[EXPLORER].close()
 
@@ -758,7 +766,7 @@ async def get_job_events(request: web.Request) -> web.Response:
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
     events = await explore_read(request.app[EXPLORER].events(
-        job_id, filters, after_line=after, limit=limit + 1))
+        principal(request).owner, job_id, filters, after_line=after, limit=limit + 1))
     next_url = None
     if len(events) > limit:
         events = events[:limit]
@@ -777,7 +785,8 @@ async def get_job_histogram(request: web.Request) -> web.Response:
     if "interval" in request.query:
         interval = int_param(request, "interval", default=0, low=1, high=explore.MAX_INTERVAL_S)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    histogram = await explore_read(request.app[EXPLORER].histogram(job_id, filters, interval))
+    histogram = await explore_read(request.app[EXPLORER].histogram(
+        principal(request).owner, job_id, filters, interval))
     return web.json_response({"job_id": str(job_id), **histogram})
 
 
@@ -794,9 +803,12 @@ async def explore_read(read: Awaitable[T]) -> T:
         return await read
     except explore.InvalidFilter as exc:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except explore.Busy as exc:
-        raise Problem(503, "Service Unavailable", f"{exc}; retry shortly",
-                      headers={"Retry-After": "1"}) from None
+    except read_slots.OwnerQueueFull as exc:
+        raise Problem(429, "Too Many Requests", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except read_slots.NoReadSlot as exc:
+        raise Problem(503, "Service Unavailable", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
         raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "
@@ -948,15 +960,17 @@ async def watch_job_socket(request: web.Request, watchers: live.JobWatchers) -> 
     job_id = parse_job_id(request.match_info["job_id"])
     if job_id is not None:
         bind_job_id(job_id)
-    owner = principal(request).owner_filter
-    job = await fetch_job_or_none(request.app[POOL], job_id, owner=owner) if job_id else None
+    who = principal(request)
+    job = await fetch_job_or_none(request.app[POOL], job_id, owner=who.owner_filter) \
+        if job_id else None
     watcher = job and await watchers.start_watching(
-        job_id, live.Watcher(ws, request.transport), owner=owner)
+        job_id, live.Watcher(ws, request.transport), owner=who.owner_filter)
     if not watcher:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
     try:
-        await watcher.run()
+        with watchers.tokens.hold(who.token_id, watcher):  # closed 4403 once it is revoked
+            await watcher.run()
     finally:
         watchers.discard(job_id, watcher)
     return ws
@@ -993,11 +1007,11 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
                                           "send queries with POST /graphql")
-    try:
-        request.app[WATCHERS].limits.check_process()
+    try:  # every socket counts, before its connection_init too
+        with request.app[WATCHERS].limits.process_slot():
+            return await graphql_api.serve_socket(request, request.app[GRAPHQL])
     except live.TooManySockets as exc:
         raise no_socket_slot(exc) from None
-    return await graphql_api.serve_socket(request, request.app[GRAPHQL])
 
 
 @routes.get("/graphql/schema.graphql")

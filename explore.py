@@ -3,8 +3,9 @@ filtered page of them in line order, and a histogram of them over time by level.
 
 The reads are plain functions that take a clickhouse-connect client (`job_events`,
 `job_histogram`), so tests call them directly. `Explorer` runs them for the API: on a small
-pool of threads (clickhouse-connect blocks), with a bounded queue in front (a request past it
-is refused at once rather than left waiting), and every query under ClickHouse-side limits.
+pool of threads (clickhouse-connect blocks), each in one of the read slots it shares fairly
+between owners (read_slots.ReadSlots: one owner's flood waits in its own queue while the
+others' reads are served), and every query under ClickHouse-side limits.
 The SQL is sql/clickhouse/queries.sql; every value in it is bound server-side.
 """
 
@@ -52,10 +53,6 @@ class Unavailable(Exception):
     text (endpoints, the driver's words) goes to the log; clients are told PUBLIC_REASON."""
 
     PUBLIC_REASON = "ClickHouse, where events are read, cannot answer now; retry later"
-
-
-class Busy(Unavailable):
-    """As many queries are running and waiting as the API allows."""
 
 
 # --------------------------------------------------------------------------- filters
@@ -229,14 +226,17 @@ def utc(value: dt.datetime) -> dt.datetime:
 
 
 class Explorer:
-    """Runs the reads for the API: at most `queries` at once on threads of their own, as many
-    more waiting, each under ClickHouse's own limits; any more is Busy. ClickHouse being
-    unreachable or slow is Unavailable and concerns these reads only."""
+    """Runs the reads for the API on threads of their own, each in one of `slots` (a
+    read_slots.ReadSlots of as many slots as threads: one owner holds at most its share, the
+    rest of its reads wait in its own queue; past that queue or wait, read_slots.NoReadSlot),
+    each under ClickHouse's own limits. ClickHouse being unreachable or slow is Unavailable and
+    concerns these reads only."""
 
-    def __init__(self, url: str, *, timeout_s: float, queries: int):
+    def __init__(self, url: str, *, timeout_s: float, slots):
         self.url, self.timeout_s = url, timeout_s
-        self.pool = concurrent.futures.ThreadPoolExecutor(queries, thread_name_prefix="explore")
-        self.capacity, self.pending = 2 * queries, 0
+        self.slots = slots
+        self.pool = concurrent.futures.ThreadPoolExecutor(slots.total,
+                                                          thread_name_prefix="explore")
         self._client: Any = None  # a clickhouse_connect client, opened on first use
         self._client_lock = threading.Lock()
 
@@ -247,23 +247,19 @@ class Explorer:
                 "max_result_rows": 100_000, "result_overflow_mode": "throw",
                 "output_format_json_quote_64bit_integers": 0}
 
-    async def events(self, job_id: uuid.UUID, filters: EventFilters, **paging) -> list[dict]:
-        return await self.run(job_events, job_id, filters, **paging)
+    async def events(self, owner: str, job_id: uuid.UUID, filters: EventFilters,
+                     **paging) -> list[dict]:
+        return await self.run(owner, job_events, job_id, filters, **paging)
 
-    async def histogram(self, job_id: uuid.UUID, filters: EventFilters,
+    async def histogram(self, owner: str, job_id: uuid.UUID, filters: EventFilters,
                         interval_s: int | None) -> dict:
-        return await self.run(job_histogram, job_id, filters, interval_s=interval_s)
+        return await self.run(owner, job_histogram, job_id, filters, interval_s=interval_s)
 
-    async def run(self, read: Callable, *args, **kwargs):
-        if self.pending >= self.capacity:
-            raise Busy(f"{self.pending} ClickHouse reads are running or waiting, as many as "
-                       "this process takes at once")
-        self.pending += 1
-        try:
+    async def run(self, owner: str, read: Callable, *args, **kwargs):
+        """`read` in one of `owner`'s read slots, on a thread."""
+        async with self.slots.slot(owner):
             call = functools.partial(self.call, read, *args, **kwargs)
             return await asyncio.get_running_loop().run_in_executor(self.pool, call)
-        finally:
-            self.pending -= 1
 
     def call(self, read: Callable, *args, **kwargs):
         try:

@@ -51,6 +51,8 @@ import core
 import explore
 import jobs
 import live
+import read_slots
+import revocation
 
 log = structlog.get_logger("api")
 
@@ -66,8 +68,9 @@ JOBS_LIMIT = (1, 100)  # as GET /api/v1/jobs
 ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
 EVENTS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/events
 MAX_ERROR_LINES = 10_000  # invalid lines one operation (or one subscription state) may ask for
+MAX_CLICKHOUSE_READS = 200  # Job.events and Job.histogram fields one operation may resolve
 PROTOCOL = "graphql-transport-ws"
-INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade
+INIT_TIMEOUT_S = 10.0  # for connection_init after the upgrade (EH_GRAPHQL_INIT_TIMEOUT_S)
 MAX_SUBSCRIPTIONS_PER_SOCKET = 16
 
 
@@ -84,6 +87,7 @@ class Services:
     # A token (or None) to its principal, or None when it does not work (EH_AUTH=none: LOCAL).
     authenticate: Callable[[str | None], Awaitable[auth.Principal | None]]
     explorer: explore.Explorer  # Job.events and Job.histogram, as the REST routes read them
+    init_timeout_s: float = INIT_TIMEOUT_S  # EH_GRAPHQL_INIT_TIMEOUT_S
     connections: set[Connection] = dataclasses.field(default_factory=set)
 
     def close_all(self) -> None:
@@ -100,6 +104,17 @@ class Context:
     principal: auth.Principal
     errors: LineErrorLoader
     close_socket: Callable[[int, bytes], None] | None = None  # a subscription's connection
+    clickhouse_reads: int = 0  # Job.events and Job.histogram resolved so far
+
+    def count_clickhouse_read(self) -> None:
+        """A ClickHouse read more for this operation: past MAX_CLICKHOUSE_READS it is refused
+        (they run a few at a time in the owner's read slots, so any number under it is
+        answered, in time)."""
+        self.clickhouse_reads += 1
+        if self.clickhouse_reads > MAX_CLICKHOUSE_READS:
+            raise GraphQLError(f"the operation asks for more than {MAX_CLICKHOUSE_READS} "
+                               "events or histogram fields (jobs × fields); ask for fewer jobs",
+                               extensions={"code": "QUERY_TOO_LARGE"})
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -348,8 +363,11 @@ async def resolve_events(job: dict, info, first: int, afterLine: int,
     """A page of the job's events from ClickHouse (GET /api/v1/jobs/{id}/events)."""
     first = bounded("first", first, EVENTS_FIRST)
     after = bounded("afterLine", afterLine, (0, 2**62))
-    events = await explore_read(info.context.services.explorer.events(
-        uuid.UUID(job["job_id"]), event_filters(filter), after_line=after, limit=first + 1))
+    context: Context = info.context
+    context.count_clickhouse_read()
+    events = await explore_read(context.services.explorer.events(
+        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter),
+        after_line=after, limit=first + 1))
     return {"items": [event_node(e) for e in events[:first]],
             "next_after_line": events[first - 1]["line_no"] if len(events) > first else None}
 
@@ -359,8 +377,10 @@ async def resolve_histogram(job: dict, info, filter: dict | None = None,
     """The job's events by level over time (GET /api/v1/jobs/{id}/histogram)."""
     if intervalS is not None:
         bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
-    histogram = await explore_read(info.context.services.explorer.histogram(
-        uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
+    context: Context = info.context
+    context.count_clickhouse_read()
+    histogram = await explore_read(context.services.explorer.histogram(
+        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
     return {**histogram, "buckets": [
         {"start": b["start"], "counts": [{"level": level.upper(), "events": n}
                                          for level, n in b["counts"].items()]}
@@ -385,6 +405,9 @@ async def explore_read(read: Awaitable[Any]) -> Any:
         return await read
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+    except read_slots.NoReadSlot as exc:  # the owner's own reads queued past the limits
+        raise GraphQLError(str(exc), extensions={
+            "code": "TOO_MANY_READS", "retryAfterS": exc.retry_after_s}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
         raise GraphQLError(explore.Unavailable.PUBLIC_REASON,
@@ -426,6 +449,7 @@ async def subscribe_job(_root, info, id: str) -> AsyncIterator[dict | None]:
 
 def resolve_subscribed_job(state: dict | None, info, **_args) -> dict | None:
     info.context.errors = LineErrorLoader(info.context.services.pool)  # a budget per state
+    info.context.clickhouse_reads = 0
     return state
 
 
@@ -544,8 +568,8 @@ SCHEMA = load_schema()
 
 
 async def serve_socket(request: web.Request, services: Services) -> web.WebSocketResponse:
-    """The graphql-transport-ws protocol on an upgraded request (the process's WebSocket
-    limit was checked before the upgrade; the owner's is checked at connection_init)."""
+    """The graphql-transport-ws protocol on an upgraded request (the caller holds one of the
+    process's WebSocket slots; the owner's is taken at connection_init)."""
     ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=30, max_msg_size=MAX_BODY_BYTES)
     await ws.prepare(request)
     if ws.ws_protocol != PROTOCOL:
@@ -565,12 +589,16 @@ async def serve_socket(request: web.Request, services: Services) -> web.WebSocke
 class Connection:
     """One graphql-transport-ws connection: connection_init (the token) → connection_ack,
     then any number of operations (`subscribe` → `next`… `complete`, or `error`), each its own
-    task. Sends are awaited: a client that stops reading stalls its subscriptions, whose
-    queues fill, and the fan-out drops them (1013), as it does a /ws/jobs watcher."""
+    task. connection_init must come within the services' init_timeout_s, whatever else comes
+    before it (4408). The token is checked again as each operation starts, and a revoked
+    token closes the connection (4403, revocation.py). Sends are awaited: a client that stops
+    reading stalls its subscriptions, whose queues fill, and the fan-out drops them (1013), as
+    it does a /ws/jobs watcher."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, services: Services):
         self.ws, self.request, self.services = ws, request, services
         self.principal: auth.Principal | None = None
+        self.token_presented: str | None = None  # connection_init's, checked at each operation
         self.operations: dict[str, asyncio.Task] = {}
         self.closing = asyncio.Event()
         self.close_code, self.close_message = 1000, b""
@@ -598,15 +626,18 @@ class Connection:
             self.closing.set()
 
     async def _read(self) -> None:
-        try:
-            async with asyncio.timeout(INIT_TIMEOUT_S):
-                message = await self.ws.receive()
-        except TimeoutError:
-            return self.close_soon(4408, b"Connection initialisation timeout")
-        while message.type == WSMsgType.TEXT:
+        init_by = asyncio.get_running_loop().time() + self.services.init_timeout_s
+        while True:
+            try:
+                # Until connection_init: a ping (or anything) does not extend the deadline.
+                async with asyncio.timeout_at(init_by if self.principal is None else None):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                return self.close_soon(4408, b"Connection initialisation timeout")
+            if message.type != WSMsgType.TEXT:
+                break
             if not await self._handle(message.data):
                 return
-            message = await self.ws.receive()
         if message.type == WSMsgType.BINARY:
             self.close_soon(4400, b"messages are JSON text")
 
@@ -642,16 +673,18 @@ class Connection:
         if self.principal is not None:
             self.close_soon(4429, b"Too many initialisation requests")
             return False
-        who = await self.services.authenticate(self.token(payload))
+        token = self.token(payload)
+        who = await self.services.authenticate(token)
         if who is None:
             self.close_soon(4403, b"Forbidden: the token is missing, not valid or revoked")
             return False
         try:
-            self.exits.enter_context(self.services.watchers.limits.slot(who.owner))
+            self.exits.enter_context(self.services.watchers.limits.owner_slot(who.owner))
         except live.TooManySockets as exc:
             self.close_soon(1013, str(exc).encode()[:120])
             return False
-        self.principal = who
+        self.exits.enter_context(self.services.watchers.tokens.hold(who.token_id, self))
+        self.principal, self.token_presented = who, token
         structlog.contextvars.bind_contextvars(owner=who.owner)
         await self.send({"type": "connection_ack"})
         return True
@@ -680,6 +713,18 @@ class Connection:
         except BadRequest as exc:
             await self.send_error(op_id, [GraphQLError(str(exc))])
             return True
+        try:
+            still_valid = await self.services.authenticate(self.token_presented)
+        except Exception as exc:
+            if not core.is_outage(exc):
+                raise
+            await self.send_error(op_id, [GraphQLError(
+                "a service the API needs is unreachable; retry later",
+                extensions={"code": "UNAVAILABLE"})])
+            return True
+        if still_valid is None:  # revoked since connection_init
+            self.close_soon(revocation.WS_REVOKED, revocation.REVOKED_MESSAGE)
+            return False
         if len(self.operations) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
             await self.send_error(op_id, [GraphQLError(
                 f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "

@@ -30,6 +30,10 @@ import outbox
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 500
+# Paths (keys holding a value, nested ones counted) one line's context may have: ClickHouse's
+# JSON type keeps files per path, and a few lines with tens of thousands each make an insert
+# fail for everyone's events (EH_MAX_CONTEXT_PATHS; the default here).
+MAX_CONTEXT_PATHS = 1000
 NOT_UTF8 = "not valid UTF-8"
 TOO_DEEP = "JSON nested too deeply (arrays or objects about a thousand levels deep)"
 # An escape for NUL or for a surrogate (\ud800-\udfff): found in a line, its strings are
@@ -110,12 +114,13 @@ def trace_member(trace_id: str | None) -> str:
 
 def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
              validator, event_id: Callable[[int], str], mapping: Mapping | None = None,
-             trace: str = "") -> None:
+             trace: str = "", max_context_paths: int = MAX_CONTEXT_PATHS) -> None:
     """Validate one line and put its result (entry + outbox event, or error) in the batch.
 
     This runs for every line of every file, so the event is built as a ready COPY row: the
     context is serialised once and spliced into the event's JSON. `mapping` is the job's log
-    format (see parse_line); `trace` is the job's trace_member.
+    format (see parse_line); `trace` is the job's trace_member; `max_context_paths`
+    EH_MAX_CONTEXT_PATHS.
     """
     if raw is None:
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
@@ -125,7 +130,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
     if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
         return
     try:
-        entry = parse_line(raw, validator, mapping)
+        entry = parse_line(raw, validator, mapping, max_context_paths)
     except InvalidLine as exc:
         batch.errors.append((job_id, line_no, str(exc)))
         return
@@ -159,7 +164,8 @@ class InvalidLine(Exception):
 Mapping = Callable[[Any], tuple[str, dict[str, Any], "dict[str, str] | None"]]
 
 
-def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[str, Any]:
+def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
+               max_context_paths: int = MAX_CONTEXT_PATHS) -> dict[str, Any]:
     """One log entry from one line of bytes, normalised; InvalidLine says why not.
 
     Without a mapping the line must be a canonical entry. With one, the line is mapped first
@@ -192,6 +198,10 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None) -> dict[st
         context = {**context, free_key(context, "extra"): extra}
     if DOTTED_KEY.search(raw):
         check_json_paths(context)
+    # A path is a key of the line's text ('"":0' at least: 4 bytes) and every key is followed
+    # by a colon: shorter lines, or lines with fewer colons, cannot have more paths.
+    if len(raw) > 4 * max_context_paths and raw.count(b":") > max_context_paths:
+        check_context_paths(context, max_context_paths)
     return {
         "timestamp": timestamp,
         "level": obj["level"].lower(),
@@ -265,6 +275,26 @@ def check_storable_strings(obj) -> None:
         except UnicodeEncodeError:
             raise InvalidLine("a string holds an unpaired surrogate (such as \\ud800), which "
                               "is not a Unicode character") from None
+
+
+def check_context_paths(context: dict, limit: int) -> None:
+    """Refuse a context with more than `limit` paths: keys holding anything but an object
+    (nested keys counted, and those of objects in arrays). Stops counting past the limit, so
+    it costs at most the line's size; only lines long enough and with more colons than
+    `limit` are walked."""
+    paths, objects = 0, [context]
+    while objects:
+        for item in objects.pop().values():
+            if isinstance(item, dict):
+                objects.append(item)  # its own keys are the paths
+                continue
+            if isinstance(item, list):
+                objects.extend(objects_in_array(item))
+            paths += 1
+            if paths > limit:
+                raise InvalidLine(f"$.context: more than {limit} paths (keys holding a value, "
+                                  "nested keys counted); the event store takes at most that "
+                                  "many per line (EH_MAX_CONTEXT_PATHS)")
 
 
 def check_json_paths(context: dict) -> None:

@@ -1,6 +1,7 @@
 """Live job states for the API's WebSockets: one Postgres LISTEN connection per process,
 fanned out to every watcher of a job (`/ws/jobs/{id}` and GraphQL subscriptions alike), and the
-caps on how many WebSockets a process and an owner may hold.
+caps on how many WebSockets a process and an owner may hold. The same connection hears of
+revoked tokens (core.TOKEN_CHANNEL), whose sockets revocation.py closes.
 
 Each watcher has its own bounded queue of states; the listener only queues, never waits on a
 client, so one that stops reading is dropped alone.
@@ -15,7 +16,7 @@ import json
 import socket
 import struct
 import uuid
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import psycopg
 import structlog
@@ -32,6 +33,15 @@ STATUS_RANK = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 WS_NOT_FOUND = 4404
 WS_BACKLOG_STATES = 256  # states a watcher may fall behind before it is closed (1013) and dropped
 WS_CLOSE_TIMEOUT_S = 5.0  # for the client to read the close frame and answer it
+
+
+class TokenListener(Protocol):
+    """What hears of revoked tokens on the listener's connection (revocation.TokenSockets)."""
+
+    def on_notify(self, payload: str) -> None: ...
+
+    async def recheck(self) -> None: ...
+
 
 class TooManySockets(Exception):
     """A WebSocket refused: the process (per_owner False) or the owner holds `limit` already."""
@@ -64,15 +74,29 @@ class SocketLimits:
 
     @contextlib.contextmanager
     def slot(self, owner: str):
+        with self.process_slot(), self.owner_slot(owner):
+            yield
+
+    @contextlib.contextmanager
+    def process_slot(self):
+        """One of the process's sockets, whoever holds it: taken at the upgrade, before the
+        owner may be known (a GraphQL socket's is, at connection_init)."""
         self.check_process()
-        if self.open_by_owner[owner] >= self.per_owner:
-            raise TooManySockets(self.per_owner, per_owner=True, owner=owner)
         self.open += 1
-        self.open_by_owner[owner] += 1
         try:
             yield
         finally:
             self.open -= 1
+
+    @contextlib.contextmanager
+    def owner_slot(self, owner: str):
+        """One of the owner's sockets (inside a process_slot)."""
+        if self.open_by_owner[owner] >= self.per_owner:
+            raise TooManySockets(self.per_owner, per_owner=True, owner=owner)
+        self.open_by_owner[owner] += 1
+        try:
+            yield
+        finally:
             self.open_by_owner[owner] -= 1
             if not self.open_by_owner[owner]:
                 del self.open_by_owner[owner]
@@ -91,10 +115,12 @@ class JobWatchers:
     while the listener was away are gone.
     """
 
-    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: SocketLimits):
+    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: SocketLimits,
+                 tokens: TokenListener):
         self.database_url = database_url
         self.pool = pool
         self.limits = limits
+        self.tokens = tokens  # the sockets by token: the listener also hears of revocations
         self.watching: dict[uuid.UUID, set[StateQueue]] = {}
         self.shutting_down = False
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
@@ -152,15 +178,27 @@ class JobWatchers:
     async def listen_once(self, backoff: core.Backoff) -> None:
         async with await psycopg.AsyncConnection.connect(self.database_url,
                                                          autocommit=True) as conn:
-            await core.listen(conn, jobs.CHANNEL)
+            await core.listen(conn, core.TOKEN_CHANNEL)
+            await core.listen(conn, jobs.CHANNEL)  # last: the tests look for it
             self.listening.set()
             log.info("listener.connected", channel=jobs.CHANNEL)
             backoff.reset()
             await self.refresh_all()
+            await self.recheck_tokens()  # revocations sent while away are gone too
             while True:
                 async for notify in conn.notifies(timeout=15):
-                    await self.on_notify(notify.payload)
+                    if notify.channel == core.TOKEN_CHANNEL:
+                        self.tokens.on_notify(notify.payload)
+                    else:
+                        await self.on_notify(notify.payload)
                 await conn.execute("SELECT 1")  # a quiet connection may be a dead one
+
+    async def recheck_tokens(self) -> None:
+        """After a reconnect; a failure is left to the periodic re-check, which comes anyway."""
+        try:
+            await self.tokens.recheck()
+        except Exception as exc:  # noqa: BLE001 - the backstop's backstop; logged
+            log.warning("listener.token_recheck_failed", error=str(exc)[:300])
 
     async def on_notify(self, payload: str) -> None:
         """Hand the state a notification carries to its job's watchers (re-read from the

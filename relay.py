@@ -21,8 +21,9 @@ never claim rows a record covers.
 A re-sent batch is then looked up in event_log, and what ClickHouse dropped as a duplicate
 without having it is inserted again (restore_missing).
 
-ClickHouse errors keep the rows. A batch ClickHouse refuses as malformed (bad data, not a lost
-connection or a server problem) is retried; on the DEAD_AFTER_ATTEMPTS-th refusal it is salvaged:
+ClickHouse errors keep the rows. A batch ClickHouse refuses for the data's sake (by its error
+code, clickhouse_errors.py: bad data, or rows too big for one insert, not a lost connection or a
+server problem) is retried; on the DEAD_AFTER_ATTEMPTS-th refusal it is salvaged:
 sent again in halves, and every refused half halved again, so the rows ClickHouse takes reach it
 and only the rows it refuses on their own move to outbox_dead, each with its error. Anything
 else is retried forever with capped exponential backoff.
@@ -59,12 +60,10 @@ from collections.abc import Callable, Sequence
 import clickhouse_connect
 import psycopg
 import structlog
-from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
-from clickhouse_connect.driver.exceptions import DataError as ClickHouseDataError
-from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from opentelemetry import trace
 from psycopg.rows import class_row, namedtuple_row, tuple_row
 
+import clickhouse_errors
 import core
 import jobs
 import observe
@@ -96,26 +95,6 @@ MAX_LINKS = 32  # a batch span links to at most this many traces of the events i
 LINK_SAMPLES = 256  # events of a batch whose trace id is read for those links
 TRACE_ID_MEMBER = re.compile(rb'"trace_id": "([0-9a-f]{32})"')
 
-# ClickHouse errors that mean "this data can never be inserted", by symbolic name and code.
-# Anything else (a lost connection, a full disk, a missing table, an unknown code) is retried,
-# never dead-lettered.
-MALFORMED_ERRORS = {
-    "CANNOT_PARSE_TEXT": 6,
-    "CANNOT_PARSE_ESCAPE_SEQUENCE": 25,
-    "CANNOT_PARSE_QUOTED_STRING": 26,
-    "CANNOT_PARSE_INPUT_ASSERTION_FAILED": 27,
-    "CANNOT_PARSE_DATE": 38,
-    "CANNOT_PARSE_DATETIME": 41,
-    "ARGUMENT_OUT_OF_BOUND": 69,
-    "CANNOT_CONVERT_TYPE": 70,
-    "CANNOT_PARSE_NUMBER": 72,
-    "INCORRECT_DATA": 117,
-    "TOO_LARGE_ARRAY_SIZE": 128,
-    "TOO_LARGE_STRING_SIZE": 131,
-    "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE": 321,
-    "CANNOT_PARSE_UUID": 376,
-}
-MALFORMED_CODES = frozenset(MALFORMED_ERRORS.values())
 
 
 def main() -> int:
@@ -354,15 +333,6 @@ def sql_statements(text: str) -> list[str]:
     semicolon inside a statement)."""
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [statement.strip() for statement in code.split(";") if statement.strip()]
-
-
-def is_malformed(exc: BaseException) -> bool:
-    """Whether ClickHouse (or the client, encoding the batch) refused the data itself."""
-    if isinstance(exc, ClickHouseDataError):  # a value the column type cannot hold
-        return True
-    if isinstance(exc, ClickHouseOperationalError) or not isinstance(exc, ClickHouseDatabaseError):
-        return False
-    return exc.name in MALFORMED_ERRORS or exc.code in MALFORMED_CODES
 
 
 # An event time event_log's DateTime cannot hold (before 1970, after 2106) is refused
@@ -656,7 +626,7 @@ EVENTS_PRESENT = (
 def refusal(exc: Exception) -> str:
     """The error text of ClickHouse refusing data as malformed; any other failure is raised
     as ClickHouseUnavailable, so the batch is retried as it is."""
-    if not is_malformed(exc):
+    if not clickhouse_errors.is_data_refusal(exc):
         raise ClickHouseUnavailable(describe(exc)) from exc
     return describe(exc)
 

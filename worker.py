@@ -394,7 +394,7 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
             batch.lines += 1
             batch.bytes += size
             lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping,
-                           trace_json)
+                           trace_json, settings.max_context_paths)
             if settings.line_delay_max_s:
                 stop.wait(random.uniform(0, settings.line_delay_max_s))
             if stop.is_set():

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import clickhouse_connect  # noqa: E402
 
 import explore  # noqa: E402
+import read_slots  # noqa: E402
 import relay  # noqa: E402
 
 FILL = """
@@ -130,7 +131,8 @@ def fill(url: str, job: uuid.UUID, events: int, others: int) -> None:
 
 
 async def measure(url: str, job: uuid.UUID, requests: int) -> None:
-    explorer = explore.Explorer(url, timeout_s=30, queries=1)
+    explorer = explore.Explorer(url, timeout_s=30, slots=read_slots.ReadSlots(
+        1, 1, queue_per_owner=1, max_wait_s=60))
     try:
         table_rows = explorer.client().command("SELECT count() FROM event_log")
         print(f"{'case':<45} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'rows read':>12}")
@@ -140,9 +142,9 @@ async def measure(url: str, job: uuid.UUID, requests: int) -> None:
             for _ in range(requests):
                 started = time.perf_counter()
                 if kind == "events":
-                    await explorer.events(job, filters, limit=101, **paging)
+                    await explorer.events("bench", job, filters, limit=101, **paging)
                 else:
-                    await explorer.histogram(job, filters, None)
+                    await explorer.histogram("bench", job, filters, None)
                 times.append((time.perf_counter() - started) * 1000)
             read = rows_read(explorer, kind, job, filters, paging)
             print(f"{name:<45} {statistics.median(times):8.1f} "

@@ -264,9 +264,20 @@ SELECT token_id, owner, admin, created_at, last_used_at, revoked_at
 FROM api_tokens ORDER BY token_id;
 
 -- name: revoke_token --
-UPDATE api_tokens SET revoked_at = now()
-WHERE token_id = %(token_id)s AND revoked_at IS NULL
-RETURNING token_id;
+-- The NOTIFY goes out with the commit: every API process closes the token's sockets
+-- (revocation.TokenSockets).
+WITH revoked AS (
+    UPDATE api_tokens SET revoked_at = now()
+    WHERE token_id = %(token_id)s AND revoked_at IS NULL
+    RETURNING token_id
+)
+SELECT token_id, pg_notify(%(channel)s, json_build_object('token_id', token_id)::text)
+FROM revoked;
+
+-- name: live_token_ids --
+-- Which of these tokens still work (revocation.TokenSockets.recheck).
+SELECT token_id FROM api_tokens
+WHERE token_id = ANY(%(token_ids)s::bigint[]) AND revoked_at IS NULL;
 
 -- name: live_token --
 -- The caller compares secret_hash in constant time (auth.authenticate).

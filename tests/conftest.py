@@ -231,6 +231,22 @@ def amqp_queue():
     delete_queues(_base_settings().amqp_url, name)
 
 
+@pytest.fixture
+def relay_settings(database_url, clickhouse_url) -> core.Settings:
+    """Settings for this test's database and ClickHouse database; batches go out at once."""
+    return dataclasses.replace(
+        core.Settings.from_env({"EH_ENVIRONMENT": "development"}),
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        relay_batch_max_rows=100,
+        relay_batch_max_wait_s=0.0,
+        relay_poll_s=0.5,
+        log_format="json",
+        relay_metrics_port=0,  # the default port would collide with any other relay's
+    )
+
+
+
 # --------------------------------------------------------------------------- all together
 
 

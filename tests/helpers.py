@@ -665,3 +665,14 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def drain(conn, ch, settings) -> int:
+    """relay_once until nothing is due; the rows it moved."""
+    total = 0
+    for _ in range(10_000):
+        sent = relay.relay_once(conn, ch, settings)
+        if sent == 0:
+            return total
+        total += sent
+    raise AssertionError("the outbox never ran dry")

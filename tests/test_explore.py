@@ -16,6 +16,7 @@ import pytest
 import core
 import eventhorizon
 import explore
+import read_slots
 import relay
 from helpers import bearer, gql, make_job, upload, wait_for
 
@@ -201,7 +202,8 @@ async def test_clickhouse_down_is_503_on_these_routes_only(job, settings, aiohtt
 async def test_reads_are_read_only_and_bounded(settings):
     """The API's queries run with readonly, a time limit and a row limit: a write through the
     same client and settings is refused by ClickHouse."""
-    reader = explore.Explorer(settings.clickhouse_url, timeout_s=2, queries=1)
+    reader = explore.Explorer(settings.clickhouse_url, timeout_s=2, slots=read_slots.ReadSlots(
+        1, 1, queue_per_owner=1, max_wait_s=60))
     try:
         assert reader.settings["readonly"] == 2 and reader.settings["max_execution_time"] == 2
         ch = reader.client()
@@ -213,19 +215,20 @@ async def test_reads_are_read_only_and_bounded(settings):
         reader.close()
 
 
-async def test_reads_past_the_queue_are_refused_at_once(settings):
-    """One query at a time, one more waiting: a third is Busy at once, not queued."""
-    reader = explore.Explorer(settings.clickhouse_url, timeout_s=5, queries=1)
+async def test_reads_past_an_owners_queue_are_refused_at_once(settings):
+    """One query at a time, one more of the owner's waiting: a third is refused at once."""
+    reader = explore.Explorer(settings.clickhouse_url, timeout_s=5, slots=read_slots.ReadSlots(
+        1, 1, queue_per_owner=1, max_wait_s=60))
     release = asyncio.Event()
     try:
         def slow(_ch, **_kwargs):
             asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
         loop = asyncio.get_running_loop()
         reader._client = object()  # no connection needed for this read
-        running = [asyncio.create_task(reader.run(slow)) for _ in range(2)]
+        running = [asyncio.create_task(reader.run("alice", slow)) for _ in range(2)]
         await asyncio.sleep(0)
-        with pytest.raises(explore.Busy):
-            await reader.run(slow)
+        with pytest.raises(read_slots.OwnerQueueFull):
+            await reader.run("alice", slow)
         release.set()
         await asyncio.gather(*running)
     finally:

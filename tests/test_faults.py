@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-import core
 import eventhorizon
+import outbox
 import relay
 from helpers import (
     VALID,
@@ -149,7 +149,7 @@ def test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once(
     line_nos = sorted(row[0] for row in rows)
     assert len(line_nos) == len(set(line_nos)), "a line delivered twice"
     assert line_nos == valid, f"missing {sorted(set(valid) - set(line_nos))[:10]}"
-    assert all(message == f"line {n}" and event_id == core.line_event_id(job_id, n)
+    assert all(message == f"line {n}" and event_id == outbox.line_event_id(job_id, n)
                for n, message, event_id in rows)
     assert completed == [(1,)]
 

@@ -374,7 +374,7 @@ async def test_the_protocol_refuses_what_it_should(client, monkeypatch):
     await ws.send_str("not json")
     assert await close_code(ws) == 4400
 
-    monkeypatch.setattr(graphql_api, "INIT_TIMEOUT_S", 0.2)
+    client.server.app[eventhorizon.GRAPHQL].init_timeout_s = 0.2  # EH_GRAPHQL_INIT_TIMEOUT_S
     ws = await client.session.ws_connect(client.make_url("/graphql"), protocols=(PROTOCOL,))
     assert await close_code(ws) == 4408
 

@@ -154,8 +154,46 @@ def test_the_context_checks_are_linear_in_the_line(context):
     line = json.dumps({**VALID, "context": context}).encode()
     line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
     started = time.process_time()  # this process's CPU, which other processes do not inflate
-    lines.parse_line(line, lines.log_entry_validator())
+    lines.parse_line(line, lines.log_entry_validator(), max_context_paths=100_000)
     assert time.process_time() - started < 5
+
+
+def keys(count: int, prefix: str = "k") -> dict:
+    return {f"{prefix}{i}": i for i in range(count)}
+
+
+@pytest.mark.parametrize(("context", "paths"), [
+    (keys(1000), 1000),
+    ({"a": keys(600), "b": {"c": keys(400)}}, 1000),  # nested keys count, objects do not
+    ({"list": [keys(500), [keys(499)]]}, 1000),  # the array is a path, its objects' keys too
+    ({"a": keys(1000), "z": None}, 1001),  # a null too: it is a key the line sends
+    ({"x": keys(20_000)}, 20_000),
+    ({"empty": {}, **keys(1001, "n")}, 1001),
+])
+def test_a_context_with_more_paths_than_the_limit_is_an_invalid_line(context, paths):
+    """EH_MAX_CONTEXT_PATHS (1,000 by default): ClickHouse's JSON type keeps files per path,
+    and 31 lines of 20,000 made an insert fail for everyone's events (issue 21)."""
+    line = json.dumps({**VALID, "context": context}).encode()
+    if paths <= lines.MAX_CONTEXT_PATHS:
+        assert lines.parse_line(line, lines.log_entry_validator())["context"] == context
+    else:
+        with pytest.raises(lines.InvalidLine, match="more than 1000 paths.*EH_MAX_CONTEXT_PATHS"):
+            lines.parse_line(line, lines.log_entry_validator())
+    assert lines.parse_line(line, lines.log_entry_validator(),
+                            max_context_paths=paths)["context"] == context
+    with pytest.raises(lines.InvalidLine, match=f"more than {paths - 1} paths"):
+        lines.parse_line(line, lines.log_entry_validator(), max_context_paths=paths - 1)
+
+
+def test_counting_context_paths_stops_at_the_limit():
+    """A line of a million keys costs no more to refuse than the limit's worth of counting
+    (after the JSON is read): bounded CPU, not wall time."""
+    context = {"x": keys(1_000_000)}
+    started = time.process_time()
+    for _ in range(1000):
+        with pytest.raises(lines.InvalidLine):
+            lines.check_context_paths(context, 1000)
+    assert time.process_time() - started < 5  # a full count each time would take minutes
 
 
 def test_unknown_fields_never_overwrite_the_lines_own_context():

@@ -29,6 +29,7 @@ import relay
 import stopping
 from helpers import (
     ROOT,
+    drain,
     event_log_ids,
     log_lines,
     outbox_status,
@@ -37,21 +38,6 @@ from helpers import (
     settings_env,
     wait_for,
 )
-
-
-@pytest.fixture
-def relay_settings(database_url, clickhouse_url) -> core.Settings:
-    """Settings for this test's database and ClickHouse database; batches go out at once."""
-    return dataclasses.replace(
-        core.Settings.from_env({"EH_ENVIRONMENT": "development"}),
-        database_url=database_url,
-        clickhouse_url=clickhouse_url,
-        relay_batch_max_rows=100,
-        relay_batch_max_wait_s=0.0,
-        relay_poll_s=0.5,
-        log_format="json",
-        relay_metrics_port=0,  # the default port would collide with any other relay's
-    )
 
 
 @pytest.fixture
@@ -71,17 +57,6 @@ def ch(relay_settings):
     client = relay.connect_clickhouse(relay_settings.clickhouse_url)
     yield client
     client.close()
-
-
-def drain(conn, ch, settings) -> int:
-    """relay_once until nothing is due; the rows it moved."""
-    total = 0
-    for _ in range(10_000):
-        sent = relay.relay_once(conn, ch, settings)
-        if sent == 0:
-            return total
-        total += sent
-    raise AssertionError("the outbox never ran dry")
 
 
 # --------------------------------------------------------------------------- in-process

@@ -185,6 +185,24 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
     assert errors[3]["reason"] == lines.TOO_DEEP
 
 
+def test_a_line_with_more_context_paths_than_the_setting_never_reaches_the_outbox(settings, db):
+    """EH_MAX_CONTEXT_PATHS: 31 lines of 20,000 context keys each once stalled ClickHouse
+    delivery for every owner (issue 21); the worker refuses such a line, with its reason."""
+    wide = {**VALID, "context": {f"k{i}": i for i in range(20_000)}}
+    job_id = make_job(settings, db, jsonl(VALID, *[wide] * 31, {**VALID, "context": {
+        f"k{i}": i for i in range(40)}}))
+    assert run(dataclasses.replace(settings, max_context_paths=40), job_id) == "completed"
+    assert_exactly_once(db, job_id, valid=2, invalid=31)
+    reasons = {e["reason"] for e in db.execute(
+        "SELECT reason FROM line_errors WHERE job_id = %s", (job_id,))}
+    assert reasons == {"$.context: more than 40 paths (keys holding a value, nested keys "
+                       "counted); the event store takes at most that many per line "
+                       "(EH_MAX_CONTEXT_PATHS)"}
+    outbox = db.execute("SELECT count(*) AS n FROM outbox WHERE event_type = %s",
+                        (VALID["event_type"],)).fetchone()["n"]
+    assert outbox == 2
+
+
 def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(settings, db):
     """The worker died between committing the last batch and marking the job completed: the
     checkpoint is at the end of the object, and a range read from there would be refused."""
