@@ -422,7 +422,10 @@ def test_canonical_lines_under_auto_keep_todays_reasons():
             "event_type": "e", "message": "m"}
     assert refused(line) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
                              "critical, in any letter case.")
-    assert refused({"message": "m"}) == "$: 'timestamp' is a required property"
+    without_service = {k: v for k, v in line.items() if k != "service"}
+    assert refused(without_service) == "$: 'service' is a required property"
+    # a line without the canonical keys is no longer refused for lacking them: generic tries it
+    assert refused({"message": "m"}).startswith("generic: no time: none of timestamp, ")
 
 
 def test_upload_defaults_fill_what_a_line_lacks():
@@ -441,7 +444,10 @@ def test_unknown_format_names_are_refused():
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ({"@timestamp": "x", "message": "m"}, "ecs"),
+    ({"@timestamp": "x", "log.level": "info", "message": "m"}, "ecs"),
+    ({"@timestamp": "x", "log": {"level": "info"}}, "ecs"),
+    ({"@timestamp": "x", "level": "INFO", "message": "m"}, "generic"),  # logstash-logback
+    ({"ts": 1, "msg": "m", "v": 0}, "generic"),  # klog: no level
     ({"timeUnixNano": 1, "body": "b"}, "otel"),
     ({"level": 30, "time": 1, "msg": "m"}, "pino"),
     ({"level": 30, "time": 1, "msg": "m", "v": 0}, "bunyan"),
@@ -449,9 +455,10 @@ def test_unknown_format_names_are_refused():
     ({"levelname": "INFO", "message": "m"}, "python-json-logger"),
     ({"event": "e", "timestamp": "t", "level": "info"}, "structlog"),
     ({"time": "t", "msg": "m", "level": "info"}, "logrus"),
-    ({"timestamp": "t", "message": "m", "event": "e"}, "eventhorizon"),  # has a message
+    ({"timestamp": "t", "message": "m", "event": "e"}, "generic"),  # has a message
+    ({"timestamp": "t", "level": "l", "event_type": "e", "message": "m"}, "eventhorizon"),
     ({"level": "info", "time": 1, "msg": "m"}, "logrus"),  # a string level is not pino's
-    ({}, "eventhorizon"),
+    ({}, "generic"),
 ])
 def test_detect_rules(line, expected):
     assert formats.detect(line) == expected
@@ -530,7 +537,7 @@ def test_a_custom_format_falls_back_like_the_built_in_ones():
      "$.fields.timestamp[0]: 'a..b' is not valid: A field's path"),
     ({**MYAPP, "fields": {"timestamp": ["t"], "level": ["l"], "host": ["h"]}},
      "$.fields: Additional properties are not allowed ('host' was unexpected)"),
-    ({**MYAPP, "time_unit": "us"}, "$.time_unit: 'us' is not one of"),
+    ({**MYAPP, "time_unit": "weeks"}, "$.time_unit: 'weeks' is not one of"),
     ({**MYAPP, "levels": {"W": "warn"}}, "$.levels.W: 'warn' is not one of"),
     ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: {"),
     ({**MYAPP, "fields": {"timestamp": ["t"] * 2, "level": ["l"]}},
@@ -545,7 +552,7 @@ def test_unusable_definitions_are_refused_naming_each_problem(definition, reason
 
 def test_every_problem_of_a_definition_is_named():
     with pytest.raises(formats.InvalidFormat) as info:
-        formats.custom_format({"name": "x y", "fields": {"level": []}, "time_unit": "us"})
+        formats.custom_format({"name": "x y", "fields": {"level": []}, "time_unit": "weeks"})
     assert len(info.value.reasons) == 4, info.value.reasons
 
 
