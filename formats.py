@@ -58,6 +58,8 @@ OTEL_SEVERITIES = {
     **dict.fromkeys(range(21, 25), "critical"),
 }
 NO_NUMBERS: Mapping[int, str] = {}
+# Go's slog names a level between two by the one below and the distance: "INFO+2", "DEBUG-4".
+SLOG_LEVEL = re.compile(r"([a-z]+)[+-]\d{1,3}")
 
 # How a time field's value is read. A number is seconds, milliseconds, microseconds or
 # nanoseconds since the epoch (a string of digits too: OTLP/JSON writes 64-bit integers as strings); any other string
@@ -105,7 +107,8 @@ FORMATS = {f.name: f for f in (
     Format("zap", time=(("ts", "s"),), level=("level",), message=("msg",),
            service_fallback=("logger",)),
     Format("logrus", time=(("time", "iso"),), level=("level",), message=("msg",)),
-    Format("structlog", time=(("timestamp", "iso"),), level=("level",), message=("event",),
+    # structlog's TimeStamper writes ISO text, or epoch seconds with fmt=None
+    Format("structlog", time=(("timestamp", "s"),), level=("level",), message=("event",),
            service_fallback=("logger",)),
     Format("ecs", time=(("@timestamp", "iso"),), level=("log.level",), message=("message",),
            service=("service.name",), service_fallback=("log.logger",),
@@ -417,6 +420,8 @@ def level_name(value, numbers: Mapping[int, str], where: str,
     if type(value) is str:
         lowered = value.lower()
         level = (names.get(lowered) if names else None) or LEVEL_NAMES.get(lowered)
+        if level is None and (slog := SLOG_LEVEL.fullmatch(lowered)):
+            level = LEVEL_NAMES.get(slog[1])
     elif type(value) in (int, float) and value in numbers:
         level = numbers[int(value)]
     else:

@@ -92,8 +92,6 @@ LEVEL_PREFIXES = (
 # 5 notice, 6 informational, 7 debug.
 SYSLOG_SEVERITIES = ("critical", "critical", "critical", "error", "warning", "info", "info",
                      "debug")
-# Go's slog writes a level between two as the lower one and an offset: "INFO+2", "DEBUG-4".
-SLOG_OFFSET = re.compile(r"[+-]\d{1,3}")
 
 # A number below 10^11 is seconds (up to the year 5138), below 10^14 milliseconds, below
 # 10^17 microseconds, else nanoseconds (times before March 1973 in a finer unit read wrong).
@@ -277,8 +275,8 @@ def level_of(value, where: str) -> str:
     syslog severity 0-7 (a number, or its digit)."""
     if type(value) is str and not (len(value) == 1 and value.isdigit()):
         word = value.strip().lower()
-        if word not in LEVEL_WORDS and SLOG_OFFSET.search(word):
-            word = SLOG_OFFSET.sub("", word, count=1)
+        if word not in LEVEL_WORDS and (slog := formats.SLOG_LEVEL.fullmatch(word)):
+            word = slog[1]  # "INFO+2": Go's slog, between info and warning
         level = LEVEL_WORDS.get(word)
         if level is None:
             level = next((to for prefixes, to in LEVEL_PREFIXES if word.startswith(prefixes)),
