@@ -12,7 +12,7 @@ import pytest
 
 import eventhorizon
 from conftest import bearer, wait_for
-from test_formats import MYAPP, MYAPP_LINE
+from test_formats import CLEF, MYAPP, MYAPP_LINE
 
 FORMATS = "/api/v1/formats"
 
@@ -84,6 +84,27 @@ async def test_a_registered_format_is_listed_and_maps_uploads(alice, db, start_p
         ("warning", "gateway", "staging", "proxy.slow", "slow upstream"),
         ("critical", "gateway", "staging", "proxy.slow", "slow upstream")]
     assert entries[0]["context"] == {"app": {"build": 41}, "upstream": "db-1"}
+
+
+async def test_a_formats_defaults_apply_to_its_uploads(alice, db, start_process):
+    """Serilog's compact JSON, registered with a default level and a message template: a line
+    without @l is stored as info, with its template as the message; one of `generic`'s too."""
+    assert (await alice.post(FORMATS, json=CLEF)).status == 201
+    assert (await (await alice.get(f"{FORMATS}/clef")).json())["definition"] == CLEF
+    sample = {"@t": "2016-06-07T03:44:57.8532799Z", "@mt": "Hello, {User}", "User": "ann"}
+    clef = await (await alice.post("/api/v1/files/upload?format=clef", data=form_of(
+        [sample, {**sample, "@l": "Error", "@m": "Hello, ann"}]))).json()
+    generic = await (await alice.post("/api/v1/files/upload", data=form_of([sample]))).json()
+    start_process("worker.py")
+    assert finished(db, clef["job_id"])["formats_seen"] == {"clef": 2}
+    assert finished(db, generic["job_id"])["formats_seen"] == {"generic": 1}
+    rows = db.execute("SELECT job_id, level, message, context FROM log_entries "
+                      "WHERE job_id IN (%s, %s) ORDER BY job_id = %s, line_no",
+                      (clef["job_id"], generic["job_id"], generic["job_id"])).fetchall()
+    assert [(r["level"], r["message"], r["context"]) for r in rows] == [
+        ("info", "Hello, {User}", {"User": "ann"}),
+        ("error", "Hello, ann", {"@mt": "Hello, {User}", "User": "ann"}),
+        ("info", "Hello, {User}", {"User": "ann"})]
 
 
 async def test_a_job_keeps_the_format_it_was_uploaded_with(alice, db, start_process):

@@ -525,8 +525,63 @@ def test_a_custom_format_falls_back_like_the_built_in_ones():
     assert entry["context"] == {"msg": "kept"}
 
 
+# Serilog's compact JSON (CLEF, https://github.com/serilog/serilog-formatting-compact) as a
+# custom format: `@l` is left out for Information, `@m` unless the event was rendered.
+CLEF = {"name": "clef",
+        "fields": {"timestamp": ["@t"], "level": ["@l"], "message": ["@m"],
+                   "message_template": ["@mt"], "event_type": ["@i"]},
+        "defaults": {"level": "info"},
+        "levels": {"verbose": "debug", "fatal": "critical"}}
+
+
+def test_a_custom_format_says_what_its_lines_leave_out():
+    sample = {"@t": "2016-06-07T03:44:57.8532799Z", "@mt": "Hello, {User}", "User": "nblumhardt"}
+    entry = parse_custom(sample, CLEF)  # the README's sample line
+    assert mapped(entry) == {
+        "timestamp": "2016-06-07T03:44:57.853279+00:00", "level": "info", "service": "unknown",
+        "event_type": "clef.log", "message": "Hello, {User}", "environment": "production",
+        "format": "clef"}
+    assert entry["context"] == {"User": "nblumhardt"}
+    rendered = parse_custom({**sample, "@m": "Hello, \"nblumhardt\"", "@l": "Verbose",
+                             "@i": "a1e77001"}, CLEF)
+    assert (rendered["level"], rendered["message"], rendered["event_type"]) == (
+        "debug", 'Hello, "nblumhardt"', "a1e77001")
+    assert rendered["context"] == {"@mt": "Hello, {User}", "User": "nblumhardt"}
+    without = {**CLEF, "name": "strict-clef"}
+    del without["defaults"]
+    with pytest.raises(lines.InvalidLine, match=r"^strict-clef: no @l \(the level\)$"):
+        parse_custom(sample, without)
+
+
+def test_each_default_and_what_comes_before_it():
+    definition = {"name": "tiny", "fields": {"timestamp": ["t"], "level": ["l"],
+                                             "service_fallback": ["logger"]},
+                  "defaults": {"level": "warning", "message": "(none)", "service": "billing",
+                               "event_type": "billing.log", "environment": "staging"}}
+    line = {"t": "2026-11-30T10:00:00Z"}
+    assert mapped(parse_custom(line, definition)) == {
+        "timestamp": "2026-11-30T10:00:00+00:00", "level": "warning", "service": "billing",
+        "event_type": "billing.log", "message": "(none)", "environment": "staging",
+        "format": "tiny"}
+    by_upload = parse_custom(line, definition, service="shop", environment="qa")
+    assert (by_upload["service"], by_upload["environment"]) == ("shop", "qa")
+    assert parse_custom({**line, "logger": "db"}, definition)["service"] == "db"
+    assert parse_custom({**line, "l": "error"}, definition)["level"] == "error"
+    with pytest.raises(lines.InvalidLine, match="^tiny: l: unknown level 'LOUD'$"):
+        parse_custom({**line, "l": "LOUD"}, definition)  # present and unknown: not defaulted
+
+
 @pytest.mark.parametrize(("definition", "reason"), [
     ({"fields": {"timestamp": ["t"], "level": ["l"]}}, "$: 'name' is a required property"),
+    ({**CLEF, "defaults": {"level": "loud"}}, "$.defaults.level: 'loud' is not one of"),
+    ({**CLEF, "defaults": {}}, "$.defaults: {} should be non-empty"),
+    ({**CLEF, "defaults": {"host": "h"}},
+     "$.defaults: Additional properties are not allowed ('host' was unexpected)"),
+    ({**CLEF, "defaults": {"service": ""}}, "$.defaults.service: '' should be non-empty"),
+    ({**CLEF, "defaults": {"environment": "e" * 65}}, "$.defaults.environment: 'eeee"),
+    ({**CLEF, "defaults": "info"}, "$.defaults: 'info' is not of type 'object'"),
+    ({**CLEF, "fields": {"timestamp": ["t"], "level": ["l"], "message_template": []}},
+     "$.fields.message_template: [] should be non-empty"),
     ({**MYAPP, "name": "pino"}, "$.name: 'pino' is a built-in format's name"),
     ({**MYAPP, "name": "auto"}, "$.name: 'auto' is a built-in format's name"),
     ({**MYAPP, "name": "My App"}, "$.name: 'My App' is not valid: How uploads name the format"),
