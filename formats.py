@@ -2,9 +2,10 @@
 
 Pure logic, no I/O. Each built-in format is data (a `Format`: which source fields give the
 timestamp, level, message, service, event type and environment, and how to read their values),
-and one generic mapper reads them all; `auto` picks the format per line from its keys
-(`detect`). What a format does not map stays in the entry's `context` as it was, so nothing in
-the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
+and one mapper reads them all; `auto` picks the format per line from its keys (`detect`), and
+a line none of them recognises goes to the `generic` mapping (generic_format.py), which finds
+each field under the names the common libraries give it. What a format does not map stays in
+the entry's `context` as it was, so nothing in the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
 schema, `log_entry.schema.json`, exactly like a line written in Event Horizon's own format.
 
 Custom formats are the same data written as JSON by a user (`log_format.schema.json`):
@@ -217,10 +218,10 @@ def format_validator():
 def detect(obj: dict) -> str:
     """The format a line is written in, from its keys (the `auto` rules, in this order)."""
     if "@timestamp" in obj:
-        log = obj.get("log")
-        if "log.level" in obj or type(log) is dict and "level" in log:
+        if "log.level" in obj:
             return "ecs"
-        return GENERIC  # logstash-logback-encoder, Filebeat: no ECS level
+        log = obj.get("log")
+        return "ecs" if type(log) is dict and "level" in log else GENERIC  # logstash-logback
     if "timeUnixNano" in obj or "observedTimeUnixNano" in obj:
         return "otel"
     level = obj.get("level")
@@ -234,8 +235,8 @@ def detect(obj: dict) -> str:
         return "structlog"
     if "time" in obj and "msg" in obj and type(level) is str:
         return "logrus"
-    if "event_type" in obj and "timestamp" in obj and "level" in obj and "message" in obj:
-        return CANONICAL  # (its service may be the upload's, its environment is optional)
+    if "event_type" in obj and "timestamp" in obj:
+        return CANONICAL  # only Event Horizon's own lines have both
     return GENERIC
 
 

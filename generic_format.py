@@ -113,9 +113,18 @@ class Name:
         self.key = text.lower()
         self.segments = tuple(self.key.split("."))
         self.simple = len(self.segments) == 1
+        # the top-level keys it could start at: "a.b.c", "a.b", "a"
+        self.heads = tuple(".".join(self.segments[:end])
+                           for end in range(len(self.segments), 0, -1))
 
 
 NAMES = {field: tuple(Name(text) for text in texts) for field, texts in SYNONYMS.items()}
+# For each field, the top-level key (lower case) each of its names could start at, and the
+# names starting there: a line's keys pick the few names worth looking for.
+BY_HEAD: dict[str, dict[str, tuple[int, ...]]] = {
+    field: {head: tuple(i for i, name in enumerate(names) if head in name.heads)
+            for head in {head for name in names for head in name.heads}}
+    for field, names in NAMES.items()}
 
 
 class GenericMapper:
@@ -155,7 +164,7 @@ class GenericMapper:
 
     def read_time(self, obj: dict, index: dict, sources: dict[str, str]) -> str:
         unreadable = []
-        for name in NAMES["timestamp"]:
+        for name in candidates(index, "timestamp"):
             chain = find(obj, index, name)
             if chain is None:
                 continue
@@ -185,7 +194,7 @@ def take_first(obj: dict, index: dict, field: str, accepts, sources: dict[str, s
                source_field: str | None = None):
     """The value of the first of `field`'s names present with a value `accepts` takes (taken
     out of the line), or None."""
-    for name in NAMES[field]:
+    for name in candidates(index, field):
         chain = find(obj, index, name)
         if chain is None:
             continue
@@ -197,14 +206,33 @@ def take_first(obj: dict, index: dict, field: str, accepts, sources: dict[str, s
     return None
 
 
+def candidates(index: dict, field: str) -> list[Name]:
+    """`field`'s names that could be in a line with these (lower-case) keys, in order."""
+    by_head = BY_HEAD[field]
+    heads = by_head.keys() & index.keys()
+    if not heads:
+        return []
+    names = NAMES[field]
+    if len(heads) == 1:
+        return [names[i] for i in by_head[heads.pop()]]
+    return [names[i] for i in sorted({i for head in heads for i in by_head[head]})]
+
+
 def find(obj: dict, index: dict, name: Name) -> list[tuple[dict, str]] | None:
     """Where `name` is in the line: the (object, key) of each step down to its value. A top-level
     key is looked up exactly, then without regard to letter case (`index`: lower-case key ->
     key); a dotted name also as nested objects, the longest dotted key first."""
     if name.simple:
-        key = name.key if name.key in obj else index.get(name.key)
-        return [(obj, key)] if key is not None and key in obj else None
-    return locate(obj, name.segments, index)
+        key = index.get(name.key)  # the common case: absent, one look-up
+        if key is None:
+            return None
+        if name.key in obj:
+            key = name.key
+        return [(obj, key)] if key in obj else None
+    for head in name.heads:
+        if head in index:
+            return locate(obj, name.segments, index)
+    return None
 
 
 def locate(obj: dict, segments: tuple[str, ...], index: dict | None = None):

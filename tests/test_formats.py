@@ -457,6 +457,7 @@ def test_unknown_format_names_are_refused():
     ({"time": "t", "msg": "m", "level": "info"}, "logrus"),
     ({"timestamp": "t", "message": "m", "event": "e"}, "generic"),  # has a message
     ({"timestamp": "t", "level": "l", "event_type": "e", "message": "m"}, "eventhorizon"),
+    ({"timestamp": "t", "event_type": "e"}, "eventhorizon"),  # its reasons: the schema's
     ({"level": "info", "time": 1, "msg": "m"}, "logrus"),  # a string level is not pino's
     ({}, "generic"),
 ])
