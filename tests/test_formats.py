@@ -636,3 +636,15 @@ def test_epoch_text_writes_what_isoformat_writes(rng):
     for us in values:
         expected = (formats.EPOCH + dt.timedelta(microseconds=us)).isoformat()
         assert write(us) == expected, us
+
+
+def test_the_openapi_document_carries_the_definition_schema_as_it_is():
+    """static/openapi.json's LogFormatDefinition is log_format.schema.json (its $defs as the
+    document's components): a change to one that misses the other fails here."""
+    root = formats.FORMAT_SCHEMA_PATH.parent
+    schema = json.loads(formats.FORMAT_SCHEMA_PATH.read_text())
+    components = json.loads((root / "static" / "openapi.json").read_text())["components"]
+    as_component = json.loads(json.dumps({k: v for k, v in schema.items() if k[0] != "$"})
+                              .replace('"#/$defs/paths"', '"#/components/schemas/FormatPaths"'))
+    assert components["schemas"]["LogFormatDefinition"] == as_component
+    assert components["schemas"]["FormatPaths"] == schema["$defs"]["paths"]
