@@ -438,7 +438,9 @@ def time_text(value, unit: str, where: str, epoch_text: "EpochText") -> Any:
     already: a `+0100` offset, a comma before the fraction, Go's time format). An integer
     is written by `epoch_text`, the job's."""
     if type(value) is str:
-        if unit in TIME_UNITS and value.isdigit():
+        # ASCII digits only ("²" is a digit to isdigit), and no more than a time can have
+        # (int() refuses past 4,300 digits, with a reason that names no field)
+        if unit in TIME_UNITS and value.isascii() and value.isdigit() and len(value) <= 25:
             value = int(value)
         else:
             return normalised_time(value, naive_is_utc=unit == "asctime")

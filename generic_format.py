@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import re
-from typing import Any
+import reprlib
 
 import formats
 
@@ -96,11 +96,13 @@ SYSLOG_SEVERITIES = ("critical", "critical", "critical", "error", "warning", "in
 # A number below 10^11 is seconds (up to the year 5138), below 10^14 milliseconds, below
 # 10^17 microseconds, else nanoseconds (times before March 1973 in a finer unit read wrong).
 EPOCH_UNITS = ((10**11, "s"), (10**14, "ms"), (10**17, "us"))
-NUMBER = re.compile(r"-?\d+(\.\d+)?")
+NUMBER = re.compile(r"-?[0-9]{1,25}(\.[0-9]{1,25})?")  # ASCII digits, as many as a time has
 # Two-part times: log4j2's JsonLayout `instant`, Google's protobuf Timestamp as JSON.
 SECOND_PARTS = (("epochSecond", "nanoOfSecond"), ("seconds", "nanos"))
 RFC3164 = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d:\d\d:\d\d)")
 RFC2822 = re.compile(r"(?:[A-Z][a-z]{2}, )?\d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d")
+SHORT = reprlib.Repr()  # (its keyword arguments are Python 3.12's)
+SHORT.maxlevel, SHORT.maxdict, SHORT.maxlist, SHORT.maxstring, SHORT.maxlong = 2, 4, 4, 40, 40
 MONTHS = {name: n for n, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
@@ -170,7 +172,7 @@ class GenericMapper:
                 continue
             value = chain[-1][0][chain[-1][1]]
             if not is_time(value):
-                unreadable.append(f"{path_of(chain)}: {value!r:.40}")
+                unreadable.append(f"{path_of(chain)}: {short(value)}")
                 continue
             sources["timestamp"] = where = path_of(chain)
             remove(chain)
@@ -274,6 +276,11 @@ def remove(chain: list[tuple[dict, str]]) -> None:
         del parent[parent_key]
 
 
+def short(value) -> str:
+    """A value for a reason, cut short before it is written out whole (reprlib)."""
+    return SHORT.repr(value)
+
+
 def path_of(chain: list[tuple[dict, str]]) -> str:
     return ".".join(key for _, key in chain)
 
@@ -301,7 +308,7 @@ def is_time(value) -> bool:
 def level_of(value, where: str) -> str:
     """The canonical level of a level value: a level word, else Datadog's prefix rules; a
     syslog severity 0-7 (a number, or its digit)."""
-    if type(value) is str and not (len(value) == 1 and value.isdigit()):
+    if type(value) is str and not (len(value) == 1 and "0" <= value <= "9"):
         word = value.strip().lower()
         if word not in LEVEL_WORDS and (slog := formats.SLOG_LEVEL.fullmatch(word)):
             word = slog[1]  # "INFO+2": Go's slog, between info and warning
@@ -341,7 +348,7 @@ def two_part_time(value: dict, where: str, epoch_text: formats.EpochText) -> str
             if type(seconds) is int and type(nanos) is int:
                 return formats.time_text(seconds * 1_000_000 + nanos // 1000, "us", where,
                                          epoch_text)
-    raise ValueError(f"{where}: {value!r:.80} is not a time: seconds and nanoseconds must be "
+    raise ValueError(f"{where}: {short(value)} is not a time: seconds and nanoseconds must be "
                      "whole numbers")
 
 
@@ -350,7 +357,8 @@ def date_text(text: str, now: dt.datetime | None = None) -> str:
     if formats.RFC3339.fullmatch(text):
         return text
     if syslog := RFC3164.fullmatch(text):
-        return rfc3164_time(*syslog.groups(), now or dt.datetime.now(dt.timezone.utc)) or text
+        month, day, clock = syslog.groups()
+        return rfc3164_time(month, day, clock, now or dt.datetime.now(dt.timezone.utc)) or text
     if RFC2822.match(text):
         try:
             moment = email.utils.parsedate_to_datetime(text)

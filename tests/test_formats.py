@@ -365,6 +365,8 @@ def test_unknown_levels_are_refused_naming_the_value(line, reason):
     ({"level": "info", "msg": "m"}, "logrus", "logrus: no time (the timestamp)"),
     ({"severityNumber": 9, "timeUnixNano": {"x": 1}, "body": "b"}, "otel",
      "otel: timeUnixNano: not a number of nanoseconds"),
+    ({"level": 30, "time": "1" * 5000, "msg": "m"}, "pino", "pino: time: '11111"),  # not int()
+    ({"level": 30, "time": "\u00b2", "msg": "m"}, "pino", "pino: time: '\u00b2' is not valid"),
 ])
 def test_bad_times_are_refused_naming_format_and_field(line, fmt, reason):
     assert refused(line, fmt).startswith(reason)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import pathlib
 import uuid
@@ -444,6 +443,9 @@ def test_a_line_without_a_time_names_every_name_tried():
         assert name in reason
     assert refused({"time": True, "date": [1], "msg": "m"}).endswith(
         "; not a time: time: True; date: [1]")
+    assert refused({"time": [list(range(1000))] * 1000}).endswith(
+        "not a time: time: [[0, 1, 2, 3, ...], [0, 1, 2, 3, ...], [0, 1, 2, 3, ...], "
+        "[0, 1, 2, 3, ...], ...]")
 
 
 @pytest.mark.parametrize(("line", "reason"), [
@@ -462,6 +464,13 @@ def test_a_line_without_a_time_names_every_name_tried():
     ({"timestamp": 1795428000, "message": 42}, None),  # not text: kept, the message is ""
     ({"timestamp": 1795428000, "msg": "m", "app": "x" * 200}, "generic: app: 'xxxx"),
     ([1, 2], "$: [1, 2] is not of type 'object'"),
+    # what int() would choke on, with a reason naming no field
+    ({"time": "1" * 5000, "msg": "m"}, "generic: time: '1111-11-11T11:11:11.111111+00:00' is "),
+    ({"time": "\u00b2", "msg": "m"}, "generic: time: '\u00b2' is not valid: RFC 3339"),
+    ({"time": 1795428000, "level": "\u00b2"}, "generic: level: unknown level '\u00b2'"),
+    # a huge value that is not a time is named, cut short
+    ({"time": [list(range(1000))] * 1000, "msg": "m"},
+     "generic: no time: none of timestamp, "),
 ])
 def test_odd_values(line, reason):
     if reason is None:
