@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import pathlib
 import uuid
@@ -19,7 +20,7 @@ import structlog
 import formats
 import generic_format
 import lines
-from test_formats import PINO, ZAP, mapped, parse, refused
+from test_formats import PINO, ZAP, leaves, mapped, parse, refused
 
 VALIDATOR = lines.log_entry_validator()
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
@@ -277,6 +278,22 @@ def test_documented_lines_are_mapped(library):
     assert entry == {"timestamp": timestamp, "level": level, "service": service,
                      "event_type": event_type, "message": message, "environment": environment,
                      "format": "generic", "context": context}
+
+
+@pytest.mark.parametrize("library", DOCUMENTED)
+def test_no_field_of_a_documented_line_is_lost(library):
+    """Every leaf of the line is in the entry: in the context as it was, or a mapped value (a
+    time or a level is converted, so only its name can be looked for)."""
+    line = DOCUMENTED[library][1]
+    entry = parse(line)
+    converted = {name.lower().split(".")[-1] for field in ("timestamp", "level")
+                 for name in generic_format.SYNONYMS[field]} | {"epochsecond", "nanoofsecond",
+                                                                "seconds", "nanos"}
+    kept = set(leaves(entry["context"]).items()) | {
+        entry[field] for field in ("message", "service", "event_type", "environment")}
+    for path, value in leaves(json.loads(line)).items():
+        assert ((path, value) in kept or value in kept
+                or path.lower().split(".")[-1] in converted), path
 
 
 @pytest.mark.parametrize("library", DOCUMENTED)
