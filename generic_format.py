@@ -121,12 +121,31 @@ class Name:
 
 
 NAMES = {field: tuple(Name(text) for text in texts) for field, texts in SYNONYMS.items()}
-# For each field, the top-level key (lower case) each of its names could start at, and the
-# names starting there: a line's keys pick the few names worth looking for.
-BY_HEAD: dict[str, dict[str, tuple[int, ...]]] = {
-    field: {head: tuple(i for i, name in enumerate(names) if head in name.heads)
-            for head in {head for name in names for head in name.heads}}
-    for field, names in NAMES.items()}
+# For each top-level key (lower case) a name could start at, the (field, rank) of the names
+# starting there: a line's own keys pick the few names worth looking for, in one pass.
+BY_HEAD: dict[str, tuple[tuple[str, int], ...]] = {}
+for _field, _names in NAMES.items():
+    for _rank, _name in enumerate(_names):
+        for _head in _name.heads:
+            BY_HEAD[_head] = (*BY_HEAD.get(_head, ()), (_field, _rank))
+
+
+def look_for(obj: dict) -> tuple[dict[str, str], dict[str, list[Name]]]:
+    """The line's keys by their lower case, and for each field the names worth looking for
+    in it, in the field's order."""
+    index: dict[str, str] = {}
+    ranks: dict[str, list[int]] = {}
+    for key in obj:
+        lowered = key.lower()
+        index[lowered] = key
+        for field, rank in BY_HEAD.get(lowered, ()):
+            if field in ranks:
+                ranks[field].append(rank)
+            else:
+                ranks[field] = [rank]
+    return index, {field: [NAMES[field][r] for r in (found if len(found) == 1
+                                                     else sorted(set(found)))]
+                   for field, found in ranks.items()}
 
 
 class GenericMapper:
@@ -143,18 +162,21 @@ class GenericMapper:
     def __call__(self, obj) -> formats.Mapped:
         if type(obj) is not dict:
             raise ValueError(f"{GENERIC}: the line is not a JSON object")
-        index = {key.lower(): key for key in obj if type(key) is str}
+        index, names = look_for(obj)
         sources: dict[str, str] = {}
-        timestamp = self.read_time(obj, index, sources)
-        level = read_level(obj, index, sources)
-        message = take_first(obj, index, "message", is_text, sources)
-        service = take_first(obj, index, "service", is_name, sources)
+        timestamp = self.read_time(obj, index, names.get("timestamp", ()), sources)
+        level = read_level(obj, index, names.get("level", ()), sources)
+        message = take_first(obj, index, names.get("message", ()), is_text, sources, "message")
+        service = take_first(obj, index, names.get("service", ()), is_name, sources, "service")
         if service is None and self.default_service:
             service, sources["service"] = self.default_service, "service (given with the upload)"
         if service is None:
-            service = take_first(obj, index, "service_fallback", is_name, sources, "service")
-        event_type = take_first(obj, index, "event_type", is_name, sources)
-        environment = take_first(obj, index, "environment", is_name, sources)
+            service = take_first(obj, index, names.get("service_fallback", ()), is_name,
+                                 sources, "service")
+        event_type = take_first(obj, index, names.get("event_type", ()), is_name, sources,
+                                "event_type")
+        environment = take_first(obj, index, names.get("environment", ()), is_name, sources,
+                                 "environment")
         return GENERIC, {
             "timestamp": timestamp, "level": level,
             "service": formats.UNKNOWN_SERVICE if service is None else service,
@@ -164,9 +186,9 @@ class GenericMapper:
             "context": obj,
         }, sources
 
-    def read_time(self, obj: dict, index: dict, sources: dict[str, str]) -> str:
+    def read_time(self, obj: dict, index: dict, names, sources: dict[str, str]) -> str:
         unreadable = []
-        for name in candidates(index, "timestamp"):
+        for name in names:
             chain = find(obj, index, name)
             if chain is None:
                 continue
@@ -183,41 +205,35 @@ class GenericMapper:
                          f"date-time or a number since the epoch{found}")
 
 
-def read_level(obj: dict, index: dict, sources: dict[str, str]) -> str:
+def read_level(obj: dict, index: dict, names, sources: dict[str, str]) -> str:
     """The line's level from the first level name present whose value is text or a number;
     `info` when there is none."""
-    value = take_first(obj, index, "level", is_level, sources)
+    value = take_first(obj, index, names, is_level, sources, "level")
     if value is None:
         return "info"
     return level_of(value, f"{GENERIC}: {sources['level']}")
 
 
-def take_first(obj: dict, index: dict, field: str, accepts, sources: dict[str, str],
-               source_field: str | None = None):
-    """The value of the first of `field`'s names present with a value `accepts` takes (taken
-    out of the line), or None."""
-    for name in candidates(index, field):
+def take_first(obj: dict, index: dict, names, accepts, sources: dict[str, str], field: str):
+    """The value of the first of `names` present with a value `accepts` takes (taken out of
+    the line), or None; `sources[field]` says where it was."""
+    for name in names:
+        if name.simple:  # the common case, without the walk
+            key = name.key if name.key in obj else index[name.key]
+            if key in obj and accepts(value := obj[key]):
+                sources[field] = key
+                del obj[key]
+                return value
+            continue
         chain = find(obj, index, name)
         if chain is None:
             continue
         value = chain[-1][0][chain[-1][1]]
         if accepts(value):
-            sources[source_field or field] = path_of(chain)
+            sources[field] = path_of(chain)
             remove(chain)
             return value
     return None
-
-
-def candidates(index: dict, field: str) -> list[Name]:
-    """`field`'s names that could be in a line with these (lower-case) keys, in order."""
-    by_head = BY_HEAD[field]
-    heads = by_head.keys() & index.keys()
-    if not heads:
-        return []
-    names = NAMES[field]
-    if len(heads) == 1:
-        return [names[i] for i in by_head[heads.pop()]]
-    return [names[i] for i in sorted({i for head in heads for i in by_head[head]})]
 
 
 def find(obj: dict, index: dict, name: Name) -> list[tuple[dict, str]] | None:
