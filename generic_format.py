@@ -41,6 +41,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
         "timestamp", "@timestamp", "time", "ts", "@t", "date", "datetime", "_timestamp",
         "eventTime", "published_date", "timeMillis", "instant", "record.time.repr",
         "timeUnixNano", "observedTimeUnixNano", "__REALTIME_TIMESTAMP", "created", "asctime",
+        "receiveTimestamp",
     ),
     "level": (
         "level", "log.level", "@l", "severity", "lvl", "levelname", "level_name", "loglevel",
@@ -54,7 +55,8 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "service": (
         "service", "service.name", "serviceName", "service_name", "app", "application",
         "app_name", "app_kubernetes_io_name", "container", "container_name", "component",
-        "workload", "job", "SYSLOG_IDENTIFIER",
+        "workload", "job", "SYSLOG_IDENTIFIER", "appname", "app-name", "programname", "ident",
+        "resource.labels.service_name",
     ),
     "service_fallback": (
         "name", "logger", "logger_name", "loggerName", "log.logger", "target", "SourceContext",

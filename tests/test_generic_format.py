@@ -219,6 +219,20 @@ DOCUMENTED = {
         '{"severity":"NOTICE","message":"started","timestamp":{"seconds":1602487250,'
         '"nanos":520000000}}',
         ("2020-10-12T07:20:50.520000+00:00", "info", "unknown", "generic.log", "started"), {}),
+    "google-cloud-logentry": (
+        "https://cloud.google.com/logging/docs/reference/v2/rest/v2/LogEntry (an exported entry "
+        "of a Cloud Run service)",
+        '{"insertId":"6501a","jsonPayload":{"message":"request served","latency_ms":12},'
+        '"resource":{"type":"cloud_run_revision","labels":{"service_name":"hello",'
+        '"revision_name":"hello-00001"}},"timestamp":"2023-09-13T04:22:10.552Z",'
+        '"severity":"WARNING","logName":"projects/p/logs/run.googleapis.com%2Fstdout",'
+        '"receiveTimestamp":"2023-09-13T04:22:10.600Z"}',
+        ("2023-09-13T04:22:10.552000+00:00", "warning", "hello", "generic.log",
+         "request served"),
+        {"insertId": "6501a", "jsonPayload": {"latency_ms": 12},
+         "resource": {"type": "cloud_run_revision", "labels": {"revision_name": "hello-00001"}},
+         "logName": "projects/p/logs/run.googleapis.com%2Fstdout",
+         "receiveTimestamp": "2023-09-13T04:22:10.600Z"}),
     "aws-lambda": (
         "https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-advanced.html",
         '{"timestamp":"2023-10-27T19:17:45.586Z","level":"INFO","message":"some log message",'
