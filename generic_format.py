@@ -123,13 +123,20 @@ class Name:
 
 
 NAMES = {field: tuple(Name(text) for text in texts) for field, texts in SYNONYMS.items()}
-# For each top-level key (lower case) a name could start at, the (field, rank) of the names
-# starting there: a line's own keys pick the few names worth looking for, in one pass.
-BY_HEAD: dict[str, tuple[tuple[str, int], ...]] = {}
-for _field, _names in NAMES.items():
-    for _rank, _name in enumerate(_names):
-        for _head in _name.heads:
-            BY_HEAD[_head] = (*BY_HEAD.get(_head, ()), (_field, _rank))
+
+
+def names_by_head() -> dict[str, tuple[tuple[str, int], ...]]:
+    """For each top-level key (lower case) a name could start at, the (field, rank) of the
+    names starting there: a line's own keys pick the few names worth looking for."""
+    table: dict[str, tuple[tuple[str, int], ...]] = {}
+    for field, names in NAMES.items():
+        for rank, name in enumerate(names):
+            for head in name.heads:
+                table[head] = (*table.get(head, ()), (field, rank))
+    return table
+
+
+BY_HEAD = names_by_head()
 
 
 def look_for(obj: dict) -> tuple[dict[str, str], dict[str, list[Name]]]:
