@@ -460,6 +460,7 @@ def test_unknown_format_names_are_refused():
     ({"timestamp": "t", "message": "m", "event": "e"}, "generic"),  # has a message
     ({"timestamp": "t", "level": "l", "event_type": "e", "message": "m"}, "eventhorizon"),
     ({"timestamp": "t", "event_type": "e"}, "eventhorizon"),  # its reasons: the schema's
+    ({"event_type": "e", "level": "warn"}, "eventhorizon"),
     ({"level": "info", "time": 1, "msg": "m"}, "logrus"),  # a string level is not pino's
     ({}, "generic"),
 ])

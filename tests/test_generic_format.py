@@ -546,3 +546,16 @@ def test_generic_is_a_built_in_name():
     with pytest.raises(formats.InvalidFormat, match="built-in format's name"):
         formats.custom_format({"name": "generic", "fields": {"timestamp": ["t"],
                                                              "level": ["l"]}})
+
+
+def test_canonical_lines_with_mistakes_are_still_refused_as_canonical():
+    """The sample file's sixteen invalid lines are Event Horizon's own lines with a mistake
+    each: under `auto` they are refused with the schema's reasons, as before the generic
+    mapping, not read by its rules (a level `warn`, a time in epoch seconds)."""
+    sample = (README.parent / "examples" / "sample.jsonl").read_bytes().splitlines()
+    batch = lines.LineBatch()
+    mapping = formats.compile_format("auto")
+    for line_no, raw in enumerate(sample, 1):
+        lines.add_line(batch, uuid.uuid4(), line_no, raw, VALIDATOR, str, mapping)
+    assert len(batch.errors) == 16 and list(batch.formats) == ["eventhorizon"]
+    assert not [reason for _, _, reason in batch.errors if reason.startswith("generic")]
