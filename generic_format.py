@@ -137,6 +137,9 @@ def names_by_head() -> dict[str, tuple[tuple[str, int], ...]]:
 
 
 BY_HEAD = names_by_head()
+# The key sets a mapping remembers (GenericMapper.names_for): at most 256, each of at most 32
+# keys of 1,024 characters in all.
+MAX_SHAPES, MAX_SHAPE_KEYS, MAX_SHAPE_CHARS = 256, 32, 1024
 
 
 def look_for(obj: dict) -> tuple[dict[str, str], dict[str, list[Name]]]:
@@ -167,11 +170,26 @@ class GenericMapper:
         self.default_service = default_service
         self.default_environment = default_environment or formats.DEFAULT_ENVIRONMENT
         self.epoch_text = formats.EpochText()
+        self.shapes: dict[tuple[str, ...], tuple[dict, dict]] = {}
+
+    def names_for(self, obj: dict) -> tuple[dict[str, str], dict[str, list[Name]]]:
+        """look_for's answer, remembered for the last few key sets: a file's lines mostly have
+        the keys of the one logger that wrote them. Only small key sets are kept (a bounded
+        memory whatever the lines)."""
+        shape = tuple(obj)
+        found = self.shapes.get(shape)
+        if found is None:
+            found = look_for(obj)
+            if len(shape) <= MAX_SHAPE_KEYS and sum(map(len, shape)) <= MAX_SHAPE_CHARS:
+                if len(self.shapes) >= MAX_SHAPES:
+                    self.shapes.clear()
+                self.shapes[shape] = found
+        return found
 
     def __call__(self, obj) -> formats.Mapped:
         if type(obj) is not dict:
             raise ValueError(f"{GENERIC}: the line is not a JSON object")
-        index, names = look_for(obj)
+        index, names = self.names_for(obj)
         sources: dict[str, str] = {}
         timestamp = self.read_time(obj, index, names.get("timestamp", ()), sources)
         level = read_level(obj, index, names.get("level", ()), sources)

@@ -559,3 +559,21 @@ def test_canonical_lines_with_mistakes_are_still_refused_as_canonical():
         lines.add_line(batch, uuid.uuid4(), line_no, raw, VALIDATOR, str, mapping)
     assert len(batch.errors) == 16 and list(batch.formats) == ["eventhorizon"]
     assert not [reason for _, _, reason in batch.errors if reason.startswith("generic")]
+
+
+def test_the_names_looked_for_are_remembered_per_key_set_and_bounded():
+    """Lines with the same keys share one look-up of the names to try, but each line's own
+    values still decide (a `message` object on one line, text on the next); the remembered
+    key sets stay few and small whatever the lines."""
+    mapper = generic_format.GenericMapper(None, None)
+    first = mapper({"time": 1795428000, "message": {"x": 1}, "msg": "from msg"})
+    second = mapper({"time": 1795428000, "message": "from message", "msg": "m"})
+    assert (first[1]["message"], second[1]["message"]) == ("from msg", "from message")
+    assert len(mapper.shapes) == 1
+    for n in range(generic_format.MAX_SHAPES * 3):
+        mapper({"time": 1795428000, f"k{n}": n})
+    assert 0 < len(mapper.shapes) <= generic_format.MAX_SHAPES
+    mapper.shapes.clear()
+    mapper({"time": 1795428000, **{f"k{n}": n for n in range(100)}})  # too many keys
+    mapper({"time": 1795428000, "k" * 2000: 1})  # too long
+    assert mapper.shapes == {}
