@@ -18,7 +18,8 @@ milliseconds, microseconds and nanoseconds apart, or a two-part time object (log
 `instant`, Google's `{seconds, nanos}`); a level is one of the level words of the common
 libraries, else Datadog's prefix rules, or a syslog severity 0-7. A line without a time is
 invalid with a reason naming every name tried; a line without a level is `info` (Serilog's
-compact JSON leaves `@l` out for Information; klog and Docker write none).
+compact JSON leaves `@l` out for Information; Docker writes none), or `error` if it has klog's
+`err`.
 """
 
 from __future__ import annotations
@@ -234,10 +235,11 @@ class GenericMapper:
 
 def read_level(obj: dict, index: dict, names, sources: dict[str, str]) -> str:
     """The line's level from the first level name present whose value is text or a number;
-    `info` when there is none."""
+    when there is none, `error` for a line with klog's `err` (ErrorS writes it, InfoS a `v`),
+    else `info`."""
     value = take_first(obj, index, names, is_level, sources, "level")
     if value is None:
-        return "info"
+        return "error" if "err" in obj else "info"
     return level_of(value, f"{GENERIC}: {sources['level']}")
 
 

@@ -265,6 +265,12 @@ DOCUMENTED = {
         ("2020-01-29T14:06:17.047280+00:00", "info", "unknown", "generic.log",
          "Pod status updated"),
         {"v": 4, "pod": {"name": "nginx-1", "namespace": "default"}, "status": "ready"}),
+    "klog-error": (
+        "https://github.com/kubernetes/enhancements/blob/master/keps/sig-instrumentation/"
+        "1602-structured-logging/README.md#json-output (ErrorS: no level, an err)",
+        '{"ts": 1580306777.04728, "msg": "Failed to update pod status", "err": "timeout"}',
+        ("2020-01-29T14:06:17.047280+00:00", "error", "unknown", "generic.log",
+         "Failed to update pod status"), {"err": "timeout"}),
     "journald": (
         "https://www.freedesktop.org/software/systemd/man/latest/systemd.journal-fields.html "
         "(journalctl -o json: every value a string)",
