@@ -121,7 +121,11 @@ def test_python_json_logger_with_renamed_fields_is_mapped():
 
 # --------------------------------------------------------------------------- from their docs
 
-# Each: (where the line is shown, the line, the mapped fields, the context left).
+# Each: (where the line is shown, or the fields it is made of are documented, with the
+# options named when they matter; the line; the mapped fields; the context left). Lines are
+# copied from the page where it shows one (zerolog, Serilog's sample, log4j2, GELF, tracing,
+# AWS Lambda, Docker, klog), trimmed to a few fields where it shows many (Google); otherwise
+# written with the fields and spellings the page documents.
 DOCUMENTED = {
     "zerolog": (
         "https://github.com/rs/zerolog#simple-logging-example (TimeFieldFormat = Unix)",
@@ -201,7 +205,8 @@ DOCUMENTED = {
         ("2026-11-23T10:00:00+00:00", "warning", "user-service", "generic.log",
          "Hello distributed log files!"), {}),
     "tracing-subscriber": (
-        "https://docs.rs/tracing-subscriber/latest/tracing_subscriber/fmt/format/struct.Json.html",
+        "https://github.com/tokio-rs/tracing/blob/master/tracing-subscriber/src/fmt/format/json.rs"
+        " (its doc comment)",
         '{"timestamp":"2022-02-15T18:47:10.821315Z","level":"INFO","fields":{"message":'
         '"preparing to shave yaks","number_of_yaks":3},"target":"fmt_json"}',
         ("2022-02-15T18:47:10.821315+00:00", "info", "fmt_json", "generic.log",
@@ -323,7 +328,7 @@ def test_generic_by_name_maps_as_auto_does(library):
 
 
 def test_slog_lines_are_logruss_and_their_offsets_are_read():
-    """Go's log/slog JSONHandler (https://pkg.go.dev/log/slog: `time`, `level`, `msg`): the
+    """Go's log/slog JSONHandler (https://github.com/golang/go/blob/master/src/log/slog/doc.go: `time`, `level`, `msg`): the
     logrus format's keys; a level between two is written with its distance, "WARN+2"."""
     line = '{"time":"2022-11-08T15:28:26.000000000-05:00","level":"INFO","msg":"hello","count":3}'
     entry = parse(line)
