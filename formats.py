@@ -5,8 +5,9 @@ timestamp, level, message, service, event type and environment, and how to read 
 and one mapper reads them all; `auto` picks the format per line from its keys (`detect`), and
 a line none of them recognises goes to the `generic` mapping (generic_format.py), which finds
 each field under the names the common libraries give it. What a format does not map stays in
-the entry's `context` as it was, so nothing in the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
-schema, `log_entry.schema.json`, exactly like a line written in Event Horizon's own format.
+the entry's `context` as it was, so nothing in the line is lost. The mapped entry is then
+validated by `lines.py` against the one canonical schema, `log_entry.schema.json`, exactly like
+a line written in Event Horizon's own format.
 
 Custom formats are the same data written as JSON by a user (`log_format.schema.json`):
 `custom_format` checks one and turns it into a `Format`; the API keeps it, and a job carries a
@@ -63,8 +64,9 @@ NO_NUMBERS: Mapping[int, str] = {}
 SLOG_LEVEL = re.compile(r"([a-z]+)[+-]\d{1,3}")
 
 # How a time field's value is read. A number is seconds, milliseconds, microseconds or
-# nanoseconds since the epoch (a string of digits too: OTLP/JSON writes 64-bit integers as strings); any other string
-# is a date-time; `iso` takes strings only, `asctime` reads a date-time without an offset as UTC.
+# nanoseconds since the epoch (a string of digits too: OTLP/JSON writes 64-bit integers as
+# strings); any other string is a date-time; `iso` takes strings only, `asctime` reads a
+# date-time without an offset as UTC.
 TIME_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 TIME_TEXT = ("iso", "asctime")
 ANY_VALUE_KEYS = frozenset({"stringValue", "intValue", "doubleValue", "boolValue"})
@@ -88,7 +90,7 @@ class Format:
     defaults above (a `service` or an `environment` given with the upload still wins)."""
 
     name: str
-    time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, ns, iso or asctime)
+    time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, us, ns, iso or asctime)
     level: tuple[str, ...]
     message: tuple[str, ...]
     service: tuple[str, ...] = ()

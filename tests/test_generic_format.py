@@ -188,7 +188,8 @@ DOCUMENTED = {
         ("2017-04-25T12:01:04.118000+00:00", "warning", "HelloWorld", "generic.log",
          "Hello, world!"), {"thread": "main"}),
     "gelf": (
-        "https://go2docs.graylog.org/current/getting_in_log_data/gelf.html#GELFPayloadSpecification",
+        "https://go2docs.graylog.org/current/getting_in_log_data/gelf.html"
+        "#GELFPayloadSpecification",
         '{"version":"1.1","host":"example.org","short_message":"A short message that helps '
         'you identify what is going on","full_message":"Backtrace here\\n\\nmore stuff",'
         '"timestamp":1385053862.3072,"level":1,"_user_id":9001,"_some_info":"foo",'
@@ -212,7 +213,8 @@ DOCUMENTED = {
         ("2022-02-15T18:47:10.821315+00:00", "info", "fmt_json", "generic.log",
          "preparing to shave yaks"), {"fields": {"number_of_yaks": 3}}),
     "google-cloud-logging": (
-        "https://cloud.google.com/logging/docs/structured-logging#structured_logging_special_fields",
+        "https://cloud.google.com/logging/docs/structured-logging"
+        "#structured_logging_special_fields",
         '{"severity":"ERROR","message":"There was an error in the application.",'
         '"httpRequest":{"requestMethod":"GET"},"time":"2020-10-12T07:20:50.52Z",'
         '"logging.googleapis.com/insertId":"42"}',
@@ -245,7 +247,8 @@ DOCUMENTED = {
         ("2023-10-27T19:17:45.586000+00:00", "info", "root", "generic.log",
          "some log message"), {"requestId": "79b4f56e-95b1-4643-9700-2807f4e68189"}),
     "aws-lambda-platform": (
-        "https://docs.aws.amazon.com/lambda/latest/dg/telemetry-schema-reference.html#platform-start",
+        "https://docs.aws.amazon.com/lambda/latest/dg/telemetry-schema-reference.html"
+        "#platform-start",
         '{"time":"2022-10-12T00:00:15.064Z","type":"platform.start","record":{"requestId":'
         '"6d68ca91-49c9-448d-89b8-7ca3e6dc66aa","version":"$LATEST"}}',
         ("2022-10-12T00:00:15.064000+00:00", "info", "unknown", "platform.start", ""),
@@ -328,7 +331,8 @@ def test_generic_by_name_maps_as_auto_does(library):
 
 
 def test_slog_lines_are_logruss_and_their_offsets_are_read():
-    """Go's log/slog JSONHandler (https://github.com/golang/go/blob/master/src/log/slog/doc.go: `time`, `level`, `msg`): the
+    """Go's log/slog JSONHandler (its documentation,
+    https://github.com/golang/go/blob/master/src/log/slog/doc.go: `time`, `level`, `msg`): the
     logrus format's keys; a level between two is written with its distance, "WARN+2"."""
     line = '{"time":"2022-11-08T15:28:26.000000000-05:00","level":"INFO","msg":"hello","count":3}'
     entry = parse(line)
@@ -495,7 +499,8 @@ def test_a_line_without_a_time_names_every_name_tried():
      "generic: level: 30 is not a syslog severity (0-7); other numbers mean different levels"),
     ({"timestamp": 1795428000, "severity": 8, "msg": "m"},
      "generic: severity: 8 is not a syslog severity"),
-    ({"timestamp": 1795428000, "level": "LOUD", "msg": "m"}, "generic: level: unknown level 'LOUD'"),
+    ({"timestamp": 1795428000, "level": "LOUD", "msg": "m"},
+     "generic: level: unknown level 'LOUD'"),
     ({"timestamp": 1795428000, "level": "200", "msg": "m"}, "generic: level: unknown level '200'"),
     ({"timestamp": "yesterday", "msg": "m"}, "generic: timestamp: 'yesterday' is not valid: RFC"),
     ({"Timestamp": "2026-11-23T10:00:00", "msg": "m"}, None),  # no offset: UTC, accepted
