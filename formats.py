@@ -2,10 +2,12 @@
 
 Pure logic, no I/O. Each built-in format is data (a `Format`: which source fields give the
 timestamp, level, message, service, event type and environment, and how to read their values),
-and one generic mapper reads them all; `auto` picks the format per line from its keys
-(`detect`). What a format does not map stays in the entry's `context` as it was, so nothing in
-the line is lost. The mapped entry is then validated by `lines.py` against the one canonical
-schema, `log_entry.schema.json`, exactly like a line written in Event Horizon's own format.
+and one mapper reads them all; `auto` picks the format per line from its keys (`detect`), and
+a line none of them recognises goes to the `generic` mapping (generic_format.py), which finds
+each field under the names the common libraries give it. What a format does not map stays in
+the entry's `context` as it was, so nothing in the line is lost. The mapped entry is then
+validated by `lines.py` against the one canonical schema, `log_entry.schema.json`, exactly like
+a line written in Event Horizon's own format.
 
 Custom formats are the same data written as JSON by a user (`log_format.schema.json`):
 `custom_format` checks one and turns it into a `Format`; the API keeps it, and a job carries a
@@ -35,6 +37,7 @@ import jsonschema
 
 CANONICAL = "eventhorizon"
 AUTO = "auto"
+GENERIC = "generic"  # any common JSON log line, by the names its fields go by (generic_format)
 UNKNOWN_SERVICE = "unknown"
 DEFAULT_ENVIRONMENT = "production"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -58,11 +61,14 @@ OTEL_SEVERITIES = {
     **dict.fromkeys(range(21, 25), "critical"),
 }
 NO_NUMBERS: Mapping[int, str] = {}
+# Go's slog names a level between two by the one below and the distance: "INFO+2", "DEBUG-4".
+SLOG_LEVEL = re.compile(r"([a-z]+)[+-]\d{1,3}")
 
-# How a time field's value is read. A number is seconds, milliseconds or nanoseconds since the
-# epoch (a string of digits too: OTLP/JSON writes 64-bit integers as strings); any other string
-# is a date-time; `iso` takes strings only, `asctime` reads a date-time without an offset as UTC.
-TIME_UNITS = {"s": "seconds", "ms": "milliseconds", "ns": "nanoseconds"}
+# How a time field's value is read. A number is seconds, milliseconds, microseconds or
+# nanoseconds since the epoch (a string of digits too: OTLP/JSON writes 64-bit integers as
+# strings); any other string is a date-time; `iso` takes strings only, `asctime` reads a
+# date-time without an offset as UTC.
+TIME_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 TIME_TEXT = ("iso", "asctime")
 ANY_VALUE_KEYS = frozenset({"stringValue", "intValue", "doubleValue", "boolValue"})
 # Go's time.Time.String(), as logrus's README shows it: "2014-03-10 19:57:38.562264131 -0400 EDT"
@@ -80,10 +86,12 @@ class Format:
     paths name something near it (a logger, a host) and are used only when the upload gave
     none. `event_type` defaults to `<name>.log`, `message` to an empty string. A level is
     looked up in `level_numbers` (a number) or `level_names` (text, lower-case), then in the
-    common `LEVEL_NAMES`."""
+    common `LEVEL_NAMES`. `defaults` (a custom format's) are what a line without any of a
+    field's paths gets: a `level` instead of being refused, the others instead of the
+    defaults above (a `service` or an `environment` given with the upload still wins)."""
 
     name: str
-    time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, ns, iso or asctime)
+    time: tuple[tuple[str, str], ...]  # (path, unit: s, ms, us, ns, iso or asctime)
     level: tuple[str, ...]
     message: tuple[str, ...]
     service: tuple[str, ...] = ()
@@ -92,6 +100,7 @@ class Format:
     environment: tuple[str, ...] = ()
     level_numbers: Mapping[int, str] = dataclasses.field(default_factory=lambda: NO_NUMBERS)
     level_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 FORMATS = {f.name: f for f in (
@@ -102,7 +111,8 @@ FORMATS = {f.name: f for f in (
     Format("zap", time=(("ts", "s"),), level=("level",), message=("msg",),
            service_fallback=("logger",)),
     Format("logrus", time=(("time", "iso"),), level=("level",), message=("msg",)),
-    Format("structlog", time=(("timestamp", "iso"),), level=("level",), message=("event",),
+    # structlog's TimeStamper writes ISO text, or epoch seconds with fmt=None
+    Format("structlog", time=(("timestamp", "s"),), level=("level",), message=("event",),
            service_fallback=("logger",)),
     Format("ecs", time=(("@timestamp", "iso"),), level=("log.level",), message=("message",),
            service=("service.name",), service_fallback=("log.logger",),
@@ -120,7 +130,7 @@ FORMATS = {f.name: f for f in (
                         "resource.deployment.environment"),
            level_numbers=OTEL_SEVERITIES),
 )}
-NAMES = (AUTO, CANONICAL, *FORMATS)
+NAMES = (AUTO, CANONICAL, *FORMATS, GENERIC)
 
 # What a mapping returns for a line: the format's name, the canonical entry, and for each
 # canonical field the source path it came from (None for a canonical line).
@@ -148,6 +158,9 @@ def compile_format(name: str, default_service: str | None = None,
         return FormatMapper(custom_format(definition), default_service, default_environment)
     if name == AUTO:
         return AutoMapper(default_service, default_environment)
+    if name == GENERIC:
+        import generic_format  # it builds on this module's readers
+        return generic_format.GenericMapper(default_service, default_environment)
     if name == CANONICAL:
         return CanonicalMapper(default_service, default_environment)
     if name in FORMATS:
@@ -170,7 +183,9 @@ def custom_format(definition: Any) -> Format:
         definition["name"],
         time=tuple((path, unit) for path in fields["timestamp"]),
         level=tuple(fields["level"]),
-        message=tuple(fields.get("message", ())),
+        # a rendered message first, else its template (Serilog's compact JSON: @m, else @mt)
+        message=tuple(dict.fromkeys((*fields.get("message", ()),
+                                     *fields.get("message_template", ())))),
         service=tuple(fields.get("service", ())),
         service_fallback=tuple(fields.get("service_fallback", ())),
         event_type=tuple(fields.get("event_type", ())),
@@ -178,6 +193,7 @@ def custom_format(definition: Any) -> Format:
         level_numbers={int(value): level for value, level in levels.items()
                        if INTEGER.fullmatch(value)},
         level_names=levels,
+        defaults=definition.get("defaults", {}),
     )
 
 
@@ -205,21 +221,26 @@ def format_validator():
 def detect(obj: dict) -> str:
     """The format a line is written in, from its keys (the `auto` rules, in this order)."""
     if "@timestamp" in obj:
-        return "ecs"
+        if "log.level" in obj:
+            return "ecs"
+        log = obj.get("log")
+        return "ecs" if type(log) is dict and "level" in log else GENERIC  # logstash-logback
     if "timeUnixNano" in obj or "observedTimeUnixNano" in obj:
         return "otel"
     level = obj.get("level")
     if "time" in obj and type(level) is int:
         return "bunyan" if "v" in obj else "pino"
-    if "ts" in obj and "msg" in obj:
-        return "zap"
+    if "ts" in obj and "msg" in obj and "level" in obj:
+        return "zap"  # (klog's JSON has ts and msg, but no level: generic)
     if "levelname" in obj:
         return "python-json-logger"
     if "event" in obj and "timestamp" in obj and "message" not in obj:
         return "structlog"
     if "time" in obj and "msg" in obj and type(level) is str:
         return "logrus"
-    return CANONICAL
+    if "event_type" in obj:
+        return CANONICAL  # Event Horizon's own field: its lines keep the schema's reasons
+    return GENERIC
 
 
 class CanonicalMapper:
@@ -241,9 +262,13 @@ class AutoMapper:
     """`auto`: each line is mapped by the format `detect` recognises in it."""
 
     def __init__(self, default_service: str | None, default_environment: str | None):
+        import generic_format  # it builds on this module's readers
         self.canonical = CanonicalMapper(default_service, default_environment)
-        self.mappers = {name: FormatMapper(f, default_service, default_environment)
-                        for name, f in FORMATS.items()}
+        self.mappers: dict[str, Callable[[Any], Mapped]] = {
+            name: FormatMapper(f, default_service, default_environment)
+            for name, f in FORMATS.items()}
+        self.mappers[GENERIC] = generic_format.GenericMapper(default_service,
+                                                             default_environment)
 
     def __call__(self, obj) -> Mapped:
         if type(obj) is not dict:
@@ -270,8 +295,12 @@ class FormatMapper:
         self.event_type = [Path(p) for p in fmt.event_type]
         self.environment = [Path(p) for p in fmt.environment]
         self.default_service = default_service
-        self.default_environment = default_environment or DEFAULT_ENVIRONMENT
-        self.default_event_type = f"{fmt.name}.log"
+        self.default_environment = (default_environment or fmt.defaults.get("environment")
+                                    or DEFAULT_ENVIRONMENT)
+        self.default_event_type = fmt.defaults.get("event_type", f"{fmt.name}.log")
+        self.default_message = fmt.defaults.get("message", "")
+        self.last_service = fmt.defaults.get("service", UNKNOWN_SERVICE)
+        self.default_level = fmt.defaults.get("level")
 
     def __call__(self, obj) -> Mapped:
         """The canonical entry of one line. The mapped fields are taken out of the line (it is
@@ -281,12 +310,12 @@ class FormatMapper:
         sources: dict[str, str] = {}
         timestamp = self.read_time(obj, sources)
         level = self.read_level(obj, sources)
-        message = take(obj, self.message, sources, "message", "")
+        message = take(obj, self.message, sources, "message", self.default_message)
         service = take(obj, self.service, sources, "service", None)
         if service is None and self.default_service:
             service, sources["service"] = self.default_service, "service (given with the upload)"
         if service is None:
-            service = take(obj, self.service_fallback, sources, "service", UNKNOWN_SERVICE)
+            service = take(obj, self.service_fallback, sources, "service", self.last_service)
         event_type = take(obj, self.event_type, sources, "event_type", self.default_event_type)
         environment = take(obj, self.environment, sources, "environment",
                            self.default_environment)
@@ -311,6 +340,8 @@ class FormatMapper:
             if value is not MISSING:
                 sources["level"] = path.text
                 return level_name(value, self.level_numbers, where, self.level_names)
+        if self.default_level is not None:
+            return self.default_level
         raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _ in self.level)} "
                          "(the level)")
 
@@ -393,6 +424,8 @@ def level_name(value, numbers: Mapping[int, str], where: str,
     if type(value) is str:
         lowered = value.lower()
         level = (names.get(lowered) if names else None) or LEVEL_NAMES.get(lowered)
+        if level is None and (slog := SLOG_LEVEL.fullmatch(lowered)):
+            level = LEVEL_NAMES.get(slog[1])
     elif type(value) in (int, float) and value in numbers:
         level = numbers[int(value)]
     else:
@@ -408,7 +441,9 @@ def time_text(value, unit: str, where: str, epoch_text: EpochText) -> Any:
     already: a `+0100` offset, a comma before the fraction, Go's time format). An integer
     is written by `epoch_text`, the job's."""
     if type(value) is str:
-        if unit in TIME_UNITS and value.isdigit():
+        # ASCII digits only ("²" is a digit to isdigit), and no more than a time can have
+        # (int() refuses past 4,300 digits, with a reason that names no field)
+        if unit in TIME_UNITS and value.isascii() and value.isdigit() and len(value) <= 25:
             value = int(value)
         else:
             return normalised_time(value, naive_is_utc=unit == "asctime")
@@ -421,6 +456,8 @@ def time_text(value, unit: str, where: str, epoch_text: EpochText) -> Any:
             return epoch_text(value // 1000 if unit == "ns" else value * MICROSECONDS[unit])
         if unit == "ns":
             moment = EPOCH + dt.timedelta(microseconds=value // 1000)
+        elif unit == "us":
+            moment = EPOCH + dt.timedelta(microseconds=value)
         elif unit == "ms":
             moment = EPOCH + dt.timedelta(milliseconds=value)
         else:
@@ -431,7 +468,7 @@ def time_text(value, unit: str, where: str, epoch_text: EpochText) -> Any:
     return moment.isoformat()
 
 
-MICROSECONDS = {"s": 1_000_000, "ms": 1_000}
+MICROSECONDS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 class EpochText:

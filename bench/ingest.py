@@ -7,6 +7,7 @@ Not a test: run it by hand against a running stack (EH_LINE_DELAY_MAX_S must be 
     .venv/bin/python bench/ingest.py --lines 1000000
     .venv/bin/python bench/ingest.py --big-gib 1  # a ~1 GiB file, for the memory figures
     .venv/bin/python bench/ingest.py --format pino   # the same lines as pino writes them
+    .venv/bin/python bench/ingest.py --format generic  # ... as winston would: read by names
 
 The cost of tracing: run it twice against scripts/dev, once as it is (tracing off: nothing
 exported) and once with the stack exporting to the receiver this script runs:
@@ -347,7 +348,7 @@ SERVICES = {
     "inventory": ["stock.reserved", "stock.low"],
 }
 LEVELS = ["debug", "info", "info", "info", "INFO", "warning", "error", "critical"]
-LINE_FORMATS = ("eventhorizon", "pino")
+LINE_FORMATS = ("eventhorizon", "pino", "generic")
 PINO_LEVELS = {"debug": 20, "info": 30, "warning": 40, "error": 50, "critical": 60}
 INVALID = [
     '{"timestamp": "2026-11-20T09:15:00Z", "level": "info", "service": "checkout", "event_t',
@@ -386,6 +387,8 @@ def templates(rng: random.Random, n: int = 2000, line_format: str = "eventhorizo
             entry["request_id"] = uuid.UUID(int=rng.getrandbits(128)).hex
         if line_format == "pino":
             entry = as_pino(entry)
+        elif line_format == "generic":
+            entry = as_generic(entry)
         out.append(", " + json.dumps(entry, ensure_ascii=False)[1:])
     return out
 
@@ -399,6 +402,17 @@ def as_pino(entry: dict) -> dict:
     if "request_id" in entry:
         pino["reqId"] = entry["request_id"]
     return pino
+
+
+def as_generic(entry: dict) -> dict:
+    """The same entry as winston's or zerolog's JSON writes it (no named format has its keys,
+    so `auto` reads it by the generic rules): `time` first, in generate; `app`, `type`, `env`."""
+    generic = {"level": entry["level"].lower(), "message": entry["message"],
+               "app": entry["service"], "type": entry["event_type"],
+               "env": entry["environment"], **entry["context"]}
+    if "request_id" in entry:
+        generic["request_id"] = entry["request_id"]
+    return generic
 
 
 def generate(path: Path, rng: random.Random, *, max_lines: int | None,
@@ -418,6 +432,8 @@ def generate(path: Path, rng: random.Random, *, max_lines: int | None,
                 moment = base + dt.timedelta(milliseconds=lines * 7)
                 if line_format == "pino":
                     head = '{"time": ' + str(int(moment.timestamp() * 1000))
+                elif line_format == "generic":
+                    head = '{"time": "' + moment.isoformat(timespec="milliseconds") + '"'
                 else:
                     head = '{"timestamp": "' + moment.isoformat(timespec="milliseconds") + '"'
                 line = head + rng.choice(bodies) + "\n"

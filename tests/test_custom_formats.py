@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 import eventhorizon
-from helpers import MYAPP, MYAPP_LINE, bearer, wait_for
+from helpers import CLEF, MYAPP, MYAPP_LINE, bearer, wait_for
 
 FORMATS = "/api/v1/formats"
 
@@ -85,6 +85,27 @@ async def test_a_registered_format_is_listed_and_maps_uploads(alice, db, start_p
     assert entries[0]["context"] == {"app": {"build": 41}, "upstream": "db-1"}
 
 
+async def test_a_formats_defaults_apply_to_its_uploads(alice, db, start_process):
+    """Serilog's compact JSON, registered with a default level and a message template: a line
+    without @l is stored as info, with its template as the message; one of `generic`'s too."""
+    assert (await alice.post(FORMATS, json=CLEF)).status == 201
+    assert (await (await alice.get(f"{FORMATS}/clef")).json())["definition"] == CLEF
+    sample = {"@t": "2016-06-07T03:44:57.8532799Z", "@mt": "Hello, {User}", "User": "ann"}
+    clef = await (await alice.post("/api/v1/files/upload?format=clef", data=form_of(
+        [sample, {**sample, "@l": "Error", "@m": "Hello, ann"}]))).json()
+    generic = await (await alice.post("/api/v1/files/upload", data=form_of([sample]))).json()
+    start_process("worker.py")
+    assert finished(db, clef["job_id"])["formats_seen"] == {"clef": 2}
+    assert finished(db, generic["job_id"])["formats_seen"] == {"generic": 1}
+    rows = db.execute("SELECT job_id, level, message, context FROM log_entries "
+                      "WHERE job_id IN (%s, %s) ORDER BY job_id = %s, line_no",
+                      (clef["job_id"], generic["job_id"], generic["job_id"])).fetchall()
+    assert [(r["level"], r["message"], r["context"]) for r in rows] == [
+        ("info", "Hello, {User}", {"User": "ann"}),
+        ("error", "Hello, ann", {"@mt": "Hello, {User}", "User": "ann"}),
+        ("info", "Hello, {User}", {"User": "ann"})]
+
+
 async def test_a_job_keeps_the_format_it_was_uploaded_with(alice, db, start_process):
     """Deleting the format (or registering another under its name) after an upload changes
     nothing for that job; a new upload naming the deleted format is refused."""
@@ -131,7 +152,7 @@ async def test_formats_are_their_owners_own(owners, db):
 
 @pytest.mark.parametrize(("body", "status", "says"), [
     ({**MYAPP, "name": "pino"}, 422, "built-in format's name"),
-    ({**MYAPP, "time_unit": "us", "fields": {}}, 422, "$.time_unit"),
+    ({**MYAPP, "time_unit": "weeks", "fields": {}}, 422, "$.time_unit"),
     ({**MYAPP, "description": "a\u0000b"}, 422, "NUL character"),
     ("[" * 50_000 + "]" * 50_000, 413, "at most 65536 bytes"),
     ("[" * 30_000 + "]" * 30_000, 400, "not JSON"),  # deeper than the parser goes
@@ -145,7 +166,7 @@ async def test_unusable_definitions_are_refused_and_not_kept(alice, db, body, st
 
 
 async def test_each_problem_of_a_definition_is_listed(alice):
-    bad = {"name": "x y", "fields": {"level": []}, "time_unit": "us"}
+    bad = {"name": "x y", "fields": {"level": []}, "time_unit": "weeks"}
     body = await problem(await alice.post(FORMATS, json=bad), 422)
     assert len(body["errors"]) == 4 and all(e.startswith("$.") for e in body["errors"])
 

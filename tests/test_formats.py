@@ -15,54 +15,27 @@ import structlog
 
 import formats
 import lines
-from helpers import MYAPP, MYAPP_LINE
-
-VALIDATOR = lines.log_entry_validator()
-
-
-def parse(line, fmt: str = "auto", *, service=None, environment=None) -> dict:
-    """A line (text, bytes or a value to dump) parsed with a format and the upload's defaults."""
-    raw = line if isinstance(line, bytes) else (
-        line.encode() if isinstance(line, str) else json.dumps(line).encode())
-    return lines.parse_line(raw, VALIDATOR, formats.compile_format(fmt, service, environment))
-
-
-def refused(line, fmt: str = "auto") -> str:
-    with pytest.raises(lines.InvalidLine) as info:
-        parse(line, fmt)
-    return str(info.value)
-
-
-def mapped(entry: dict) -> dict:
-    """The canonical fields of a parsed entry, timestamp as text."""
-    return {"timestamp": entry["timestamp"].isoformat(), "level": entry["level"],
-            "service": entry["service"], "event_type": entry["event_type"],
-            "message": entry["message"], "environment": entry["environment"],
-            "format": entry["format"]}
-
+from helpers import (
+    CLEF,
+    MYAPP,
+    MYAPP_LINE,
+    PINO,
+    VALIDATOR,
+    ZAP,
+    leaves,
+    mapped,
+    parse,
+    refused,
+)
 
 # --------------------------------------------------------------------------- the libraries
 
-# pino's README (one line per call of `logger.info('hello world')`, then a child logger).
-PINO = [
-    '{"level":30,"time":1531171074631,"msg":"hello world","pid":657,'
-    '"hostname":"Davids-MBP-3.fritz.box"}',
-    '{"level":30,"time":1531171082399,"msg":"hello child!","pid":657,'
-    '"hostname":"Davids-MBP-3.fritz.box","a":"property"}',
-]
 # bunyan's README ("hi" and "au revoir" from `log.info(...)`, `log.warn({lang: 'fr'}, ...)`).
 BUNYAN = [
     '{"name":"myapp","hostname":"banana.local","pid":40161,"level":30,"msg":"hi",'
     '"time":"2013-01-04T18:46:23.851Z","v":0}',
     '{"name":"myapp","hostname":"banana.local","pid":40161,"level":40,"lang":"fr",'
     '"msg":"au revoir","time":"2013-01-04T18:46:23.853Z","v":0}',
-]
-# zap's production logger (zap.NewProduction()), as zap's global-logger example prints it.
-ZAP = [
-    '{"level":"info","ts":1525303480.993161,"caller":"globallogger/main.go:22",'
-    '"msg":"An info message","iteration":1}',
-    '{"level":"warn","ts":1525303481.5,"logger":"http.log.access","caller":"caddy/main.go:7",'
-    '"msg":"slow request","url":"http://example.com","attempt":3,"backoff":1}',
 ]
 # logrus's README (JSONFormatter; the README's time is Go's time.String(); today's logrus
 # writes RFC 3339, the second line).
@@ -296,13 +269,6 @@ def test_no_field_of_a_line_is_lost(fmt, examples):
             assert (path, value) in kept or value in kept or path.split(".")[-1] in converted, path
 
 
-def leaves(value, path: str = "") -> dict:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items()
-                for k, v in leaves(item, f"{path}.{key}" if path else key).items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in leaves(item, path).items()}
-    return {path: value}
 
 
 # --------------------------------------------------------------------------- levels
@@ -366,6 +332,8 @@ def test_unknown_levels_are_refused_naming_the_value(line, reason):
     ({"level": "info", "msg": "m"}, "logrus", "logrus: no time (the timestamp)"),
     ({"severityNumber": 9, "timeUnixNano": {"x": 1}, "body": "b"}, "otel",
      "otel: timeUnixNano: not a number of nanoseconds"),
+    ({"level": 30, "time": "1" * 5000, "msg": "m"}, "pino", "pino: time: '11111"),  # not int()
+    ({"level": 30, "time": "\u00b2", "msg": "m"}, "pino", "pino: time: '\u00b2' is not valid"),
 ])
 def test_bad_times_are_refused_naming_format_and_field(line, fmt, reason):
     assert refused(line, fmt).startswith(reason)
@@ -423,7 +391,10 @@ def test_canonical_lines_under_auto_keep_todays_reasons():
             "event_type": "e", "message": "m"}
     assert refused(line) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
                              "critical, in any letter case.")
-    assert refused({"message": "m"}) == "$: 'timestamp' is a required property"
+    without_service = {k: v for k, v in line.items() if k != "service"}
+    assert refused(without_service) == "$: 'service' is a required property"
+    # a line without the canonical keys is no longer refused for lacking them: generic tries it
+    assert refused({"message": "m"}).startswith("generic: no time: none of timestamp, ")
 
 
 def test_upload_defaults_fill_what_a_line_lacks():
@@ -442,7 +413,10 @@ def test_unknown_format_names_are_refused():
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ({"@timestamp": "x", "message": "m"}, "ecs"),
+    ({"@timestamp": "x", "log.level": "info", "message": "m"}, "ecs"),
+    ({"@timestamp": "x", "log": {"level": "info"}}, "ecs"),
+    ({"@timestamp": "x", "level": "INFO", "message": "m"}, "generic"),  # logstash-logback
+    ({"ts": 1, "msg": "m", "v": 0}, "generic"),  # klog: no level
     ({"timeUnixNano": 1, "body": "b"}, "otel"),
     ({"level": 30, "time": 1, "msg": "m"}, "pino"),
     ({"level": 30, "time": 1, "msg": "m", "v": 0}, "bunyan"),
@@ -450,9 +424,12 @@ def test_unknown_format_names_are_refused():
     ({"levelname": "INFO", "message": "m"}, "python-json-logger"),
     ({"event": "e", "timestamp": "t", "level": "info"}, "structlog"),
     ({"time": "t", "msg": "m", "level": "info"}, "logrus"),
-    ({"timestamp": "t", "message": "m", "event": "e"}, "eventhorizon"),  # has a message
+    ({"timestamp": "t", "message": "m", "event": "e"}, "generic"),  # has a message
+    ({"timestamp": "t", "level": "l", "event_type": "e", "message": "m"}, "eventhorizon"),
+    ({"timestamp": "t", "event_type": "e"}, "eventhorizon"),  # its reasons: the schema's
+    ({"event_type": "e", "level": "warn"}, "eventhorizon"),
     ({"level": "info", "time": 1, "msg": "m"}, "logrus"),  # a string level is not pino's
-    ({}, "eventhorizon"),
+    ({}, "generic"),
 ])
 def test_detect_rules(line, expected):
     assert formats.detect(line) == expected
@@ -507,8 +484,56 @@ def test_a_custom_format_falls_back_like_the_built_in_ones():
     assert entry["context"] == {"msg": "kept"}
 
 
+
+
+def test_a_custom_format_says_what_its_lines_leave_out():
+    sample = {"@t": "2016-06-07T03:44:57.8532799Z", "@mt": "Hello, {User}", "User": "nblumhardt"}
+    entry = parse_custom(sample, CLEF)  # the README's sample line
+    assert mapped(entry) == {
+        "timestamp": "2016-06-07T03:44:57.853279+00:00", "level": "info", "service": "unknown",
+        "event_type": "clef.log", "message": "Hello, {User}", "environment": "production",
+        "format": "clef"}
+    assert entry["context"] == {"User": "nblumhardt"}
+    rendered = parse_custom({**sample, "@m": "Hello, \"nblumhardt\"", "@l": "Verbose",
+                             "@i": "a1e77001"}, CLEF)
+    assert (rendered["level"], rendered["message"], rendered["event_type"]) == (
+        "debug", 'Hello, "nblumhardt"', "a1e77001")
+    assert rendered["context"] == {"@mt": "Hello, {User}", "User": "nblumhardt"}
+    without = {**CLEF, "name": "strict-clef"}
+    del without["defaults"]
+    with pytest.raises(lines.InvalidLine, match=r"^strict-clef: no @l \(the level\)$"):
+        parse_custom(sample, without)
+
+
+def test_each_default_and_what_comes_before_it():
+    definition = {"name": "tiny", "fields": {"timestamp": ["t"], "level": ["l"],
+                                             "service_fallback": ["logger"]},
+                  "defaults": {"level": "warning", "message": "(none)", "service": "billing",
+                               "event_type": "billing.log", "environment": "staging"}}
+    line = {"t": "2026-11-30T10:00:00Z"}
+    assert mapped(parse_custom(line, definition)) == {
+        "timestamp": "2026-11-30T10:00:00+00:00", "level": "warning", "service": "billing",
+        "event_type": "billing.log", "message": "(none)", "environment": "staging",
+        "format": "tiny"}
+    by_upload = parse_custom(line, definition, service="shop", environment="qa")
+    assert (by_upload["service"], by_upload["environment"]) == ("shop", "qa")
+    assert parse_custom({**line, "logger": "db"}, definition)["service"] == "db"
+    assert parse_custom({**line, "l": "error"}, definition)["level"] == "error"
+    with pytest.raises(lines.InvalidLine, match="^tiny: l: unknown level 'LOUD'$"):
+        parse_custom({**line, "l": "LOUD"}, definition)  # present and unknown: not defaulted
+
+
 @pytest.mark.parametrize(("definition", "reason"), [
     ({"fields": {"timestamp": ["t"], "level": ["l"]}}, "$: 'name' is a required property"),
+    ({**CLEF, "defaults": {"level": "loud"}}, "$.defaults.level: 'loud' is not one of"),
+    ({**CLEF, "defaults": {}}, "$.defaults: {} should be non-empty"),
+    ({**CLEF, "defaults": {"host": "h"}},
+     "$.defaults: Additional properties are not allowed ('host' was unexpected)"),
+    ({**CLEF, "defaults": {"service": ""}}, "$.defaults.service: '' should be non-empty"),
+    ({**CLEF, "defaults": {"environment": "e" * 65}}, "$.defaults.environment: 'eeee"),
+    ({**CLEF, "defaults": "info"}, "$.defaults: 'info' is not of type 'object'"),
+    ({**CLEF, "fields": {"timestamp": ["t"], "level": ["l"], "message_template": []}},
+     "$.fields.message_template: [] should be non-empty"),
     ({**MYAPP, "name": "pino"}, "$.name: 'pino' is a built-in format's name"),
     ({**MYAPP, "name": "auto"}, "$.name: 'auto' is a built-in format's name"),
     ({**MYAPP, "name": "My App"}, "$.name: 'My App' is not valid: How uploads name the format"),
@@ -519,7 +544,7 @@ def test_a_custom_format_falls_back_like_the_built_in_ones():
      "$.fields.timestamp[0]: 'a..b' is not valid: A field's path"),
     ({**MYAPP, "fields": {"timestamp": ["t"], "level": ["l"], "host": ["h"]}},
      "$.fields: Additional properties are not allowed ('host' was unexpected)"),
-    ({**MYAPP, "time_unit": "us"}, "$.time_unit: 'us' is not one of"),
+    ({**MYAPP, "time_unit": "weeks"}, "$.time_unit: 'weeks' is not one of"),
     ({**MYAPP, "levels": {"W": "warn"}}, "$.levels.W: 'warn' is not one of"),
     ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: {"),
     ({**MYAPP, "fields": {"timestamp": ["t"] * 2, "level": ["l"]}},
@@ -534,7 +559,7 @@ def test_unusable_definitions_are_refused_naming_each_problem(definition, reason
 
 def test_every_problem_of_a_definition_is_named():
     with pytest.raises(formats.InvalidFormat) as info:
-        formats.custom_format({"name": "x y", "fields": {"level": []}, "time_unit": "us"})
+        formats.custom_format({"name": "x y", "fields": {"level": []}, "time_unit": "weeks"})
     assert len(info.value.reasons) == 4, info.value.reasons
 
 
@@ -562,3 +587,15 @@ def test_epoch_text_writes_what_isoformat_writes(rng):
     for us in values:
         expected = (formats.EPOCH + dt.timedelta(microseconds=us)).isoformat()
         assert write(us) == expected, us
+
+
+def test_the_openapi_document_carries_the_definition_schema_as_it_is():
+    """static/openapi.json's LogFormatDefinition is log_format.schema.json (its $defs as the
+    document's components): a change to one that misses the other fails here."""
+    root = formats.FORMAT_SCHEMA_PATH.parent
+    schema = json.loads(formats.FORMAT_SCHEMA_PATH.read_text())
+    components = json.loads((root / "static" / "openapi.json").read_text())["components"]
+    as_component = json.loads(json.dumps({k: v for k, v in schema.items() if k[0] != "$"})
+                              .replace('"#/$defs/paths"', '"#/components/schemas/FormatPaths"'))
+    assert components["schemas"]["LogFormatDefinition"] == as_component
+    assert components["schemas"]["FormatPaths"] == schema["$defs"]["paths"]
