@@ -48,6 +48,7 @@ import graphql_api
 import lines
 import live
 import observe
+import offload
 import uploads
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
@@ -238,6 +239,9 @@ async def problem_middleware(request: web.Request, handler):
                                 exc.errors)
     except uploads.UploadRefused as exc:
         return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
+    except offload.Busy as exc:
+        return problem_response(503, "Service Unavailable", f"{exc}; retry shortly",
+                                headers={"Retry-After": str(offload.RETRY_AFTER_S)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -842,10 +846,11 @@ async def delete_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/formats")
 async def register_format(request: web.Request) -> web.Response:
     """Register a custom log format (201): checked against log_format.schema.json, then the
-    token owner's, named in uploads as `format`. A name is registered once per owner."""
+    token owner's, named in uploads as `format`. A name is registered once per owner. The
+    check runs on a CPU thread (offload): bounded as it is, it is not the event loop's work."""
     definition = await json_body(request, MAX_FORMAT_BYTES)
     try:
-        formats.custom_format(definition)
+        await offload.run(formats.custom_format, definition)
     except formats.InvalidFormat as exc:
         raise Problem(422, "Unprocessable Content",
                       f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],

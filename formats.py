@@ -156,7 +156,12 @@ def compile_format(name: str, default_service: str | None = None,
 
 def custom_format(definition: Any) -> Format:
     """A custom format's definition (JSON, `log_format.schema.json`) as a `Format`; raises
-    InvalidFormat naming each problem."""
+    InvalidFormat naming each problem. Its shape is bounded first (definition_bounds): the
+    schema's checks are not all linear (`uniqueItems` compares a list's items pairwise when
+    they are of mixed types), so they only ever see a definition of a few dozen values."""
+    reasons = definition_bounds(definition)
+    if reasons:
+        raise InvalidFormat(reasons)
     reasons = [definition_error(error) for error in
                sorted(format_validator().iter_errors(definition), key=lambda e: list(e.path))]
     if not reasons and definition["name"] in NAMES:
@@ -180,6 +185,29 @@ def custom_format(definition: Any) -> Format:
     )
 
 
+def definition_bounds(definition: Any) -> list[str]:
+    """What makes a definition larger than any the schema allows, found in one walk that stops
+    at the first list, object or nesting too large: its lists hold at most MAX_DEFINITION_ITEMS
+    values, its objects MAX_DEFINITION_MEMBERS, and it nests MAX_DEFINITION_DEPTH deep."""
+    pending = [(definition, "$", 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        if isinstance(value, (list, dict)) and depth > MAX_DEFINITION_DEPTH:
+            return [f"{where}: nested {depth} deep, deeper than a definition goes "
+                    f"({MAX_DEFINITION_DEPTH}); not checked further"]
+        if isinstance(value, list):
+            if len(value) > MAX_DEFINITION_ITEMS:
+                return [f"{where}: {len(value)} items, more than {MAX_DEFINITION_ITEMS}; not "
+                        "checked further"]
+            pending += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        elif isinstance(value, dict):
+            if len(value) > MAX_DEFINITION_MEMBERS:
+                return [f"{where}: {len(value)} members, more than {MAX_DEFINITION_MEMBERS}; "
+                        "not checked further"]
+            pending += [(item, f"{where}.{key}"[:300], depth + 1) for key, item in value.items()]
+    return []
+
+
 def definition_error(error) -> str:
     """A schema error in a definition, put for a person: a pattern is explained by the
     property's description rather than shown as a regular expression."""
@@ -190,15 +218,20 @@ def definition_error(error) -> str:
 
 INTEGER = re.compile(r"-?\d{1,18}")
 FORMAT_SCHEMA_PATH = pathlib.Path(__file__).resolve().parent / "log_format.schema.json"
+# The largest shapes log_format.schema.json allows: a field's paths (`maxItems`), the levels
+# (`maxProperties`), and the nesting of the definition, `fields`, a field's paths.
+_FORMAT_SCHEMA = json.loads(FORMAT_SCHEMA_PATH.read_text())
+MAX_DEFINITION_ITEMS = _FORMAT_SCHEMA["$defs"]["paths"]["maxItems"]
+MAX_DEFINITION_MEMBERS = _FORMAT_SCHEMA["properties"]["levels"]["maxProperties"]
+MAX_DEFINITION_DEPTH = 3
 
 
 @functools.cache
 def format_validator():
     """The compiled validator of custom format definitions (built once per process)."""
-    schema = json.loads(FORMAT_SCHEMA_PATH.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    cls = jsonschema.validators.validator_for(_FORMAT_SCHEMA)
+    cls.check_schema(_FORMAT_SCHEMA)
+    return cls(_FORMAT_SCHEMA)
 
 
 def detect(obj: dict) -> str:
