@@ -25,6 +25,7 @@ import math
 import re
 import sys
 import time
+import unicodedata
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -45,11 +46,13 @@ import core
 import explore
 import formats
 import graphql_api
+import http_guard
 import lines
 import live
 import observe
 import offload
 import uploads
+from http_guard import SECURITY_HEADERS, problem_response
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
 log = structlog.get_logger("api")
@@ -90,8 +93,9 @@ def main(argv: list[str]) -> int:
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     observe.setup_tracing(settings, "eventhorizon-api")
-    web.run_app(init_app(settings), host=settings.http_host, port=settings.http_port,
-                print=None, access_log=None, shutdown_timeout=5)
+    http_guard.run(init_app(settings), host=settings.http_host, port=settings.http_port,
+                   head_timeout_s=settings.request_head_timeout_s,
+                   keepalive_timeout_s=settings.keepalive_timeout_s, shutdown_timeout_s=5)
     return 0
 
 
@@ -175,6 +179,7 @@ GRAPHQL = web.AppKey("graphql", graphql_api.Services)
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
 UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
 EXPLORER = web.AppKey("explorer", explore.Explorer)
+AUTH_LIMITER = web.AppKey("auth_limiter", http_guard.FailedAuthLimiter)
 
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
@@ -199,7 +204,8 @@ def init_app(settings: core.Settings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
+    app[AUTH_LIMITER] = http_guard.FailedAuthLimiter(settings.auth_failures_per_minute)
+    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
                             uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
@@ -219,15 +225,6 @@ class Problem(Exception):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
         self.headers, self.errors = headers, errors
-
-
-def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
-                     headers: dict[str, str] | None = None, errors: list[str] | None = None):
-    body = {"type": type_, "title": title, "status": status, "detail": detail or title}
-    if errors:
-        body["errors"] = errors  # an extension member (RFC 9457): each problem of the request
-    return web.json_response(body, status=status, content_type="application/problem+json",
-                             headers=headers)
 
 
 @web.middleware
@@ -345,20 +342,6 @@ class MalformedRequestLog(logging.Filter):
 MALFORMED_REQUESTS = MalformedRequestLog()
 
 
-# The page, its assets and the docs load only their own files: no inline script, style or
-# event handler runs, and no other site may frame them. Sent on every response (an API
-# answer shown in a tab is a page too).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "; ".join([
-        "default-src 'self'", "script-src 'self'", "style-src 'self'",
-        "img-src 'self' data:", "connect-src 'self'", "frame-ancestors 'none'",
-        "base-uri 'none'", "form-action 'self'"]),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-
-
 @web.middleware
 async def security_headers_middleware(request: web.Request, handler):
     """Outside problem_middleware, so problem answers carry the headers too."""
@@ -428,10 +411,16 @@ async def auth_middleware(request: web.Request, handler):
     if request.app[SETTINGS].auth == "none":
         request[PRINCIPAL] = auth.LOCAL
     elif needs_token(request):
+        limiter, client = request.app[AUTH_LIMITER], http_guard.client_key(request.remote)
+        if wait_s := limiter.retry_after(client):
+            observe.AUTH_FAILURES.labels("limited").inc()
+            raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
         token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
         async with request.app[POOL].connection() as conn:
             who = await auth.authenticate(conn, token)
         if who is None:
+            limiter.failed(client)
+            observe.AUTH_FAILURES.labels("refused").inc()
             raise unauthorized(presented=token is not None)
         request[PRINCIPAL] = who
         structlog.contextvars.bind_contextvars(owner=who.owner)
@@ -455,11 +444,26 @@ def unauthorized(*, presented: bool) -> Problem:
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
+def too_many_failures(wait_s: int, per_minute: int) -> Problem:
+    return Problem(429, "Too Many Requests",
+                   f"too many requests from this address had no working token ({per_minute} "
+                   f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
+                   headers={"Retry-After": str(wait_s)})
+
+
 def principal(request: web.Request) -> auth.Principal:
     return request[PRINCIPAL]
 
 
 # --------------------------------------------------------------------------- resources
+
+
+async def loop_watch_ctx(app: web.Application):
+    """The event loop's lag and the CPU time each callback holds it (observe.LoopWatch)."""
+    watch = observe.LoopWatch(app[SETTINGS].loop_warn_s)
+    watch.start()
+    yield
+    watch.stop()
 
 
 async def postgres_ctx(app: web.Application):
@@ -671,9 +675,10 @@ async def receive_upload(request: web.Request) -> web.Response:
     idle_s = settings.upload_idle_timeout_s
     reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
-    if not is_plain_text(file_name):
+    if bad := unprintable_character(file_name):
         raise Problem(422, "Unprocessable Content",
-                      "the file name must be UTF-8 text without control characters")
+                      f"the file name must be UTF-8 text without control or formatting "
+                      f"characters; it has {bad}")
     if not file_name.lower().endswith(".jsonl"):
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
@@ -1064,9 +1069,12 @@ def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str
         raise Problem(422, "Unprocessable Content",
                       f"{name} is given twice, as a field and in the query, differently")
     value = query if value is None else value
-    if value is not None and not (0 < len(value) <= 128 and is_plain_text(value)):
+    if value is not None and not 0 < len(value) <= 128:
+        raise Problem(422, "Unprocessable Content", f"{name} must be 1 to 128 characters")
+    if value is not None and (bad := unprintable_character(value)):
         raise Problem(422, "Unprocessable Content",
-                      f"{name} must be 1 to 128 characters without control characters")
+                      f"{name} must be text without control or formatting characters; it has "
+                      f"{bad}")
     return value
 
 
@@ -1105,10 +1113,23 @@ def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
 
 
-def is_plain_text(name: str) -> bool:
-    """No control characters, and no surrogates (aiohttp's stand-ins for bytes that were
-    not UTF-8): a name Postgres can store and a page can show."""
-    return not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
+# Control (Cc: C0, DEL, C1) and format (Cf: the bidirectional overrides, isolates and marks,
+# zero-width characters) characters, line and paragraph separators, and surrogates: a name
+# with one may show as another (U+202E turns `gpj.jsonl` around) or break a log line.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def unprintable_character(text: str) -> str | None:
+    """The first character of `text` a name may not hold, named ("U+202E RIGHT-TO-LEFT
+    OVERRIDE"); None if there is none. A surrogate is aiohttp's stand-in for a byte that
+    was not UTF-8."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category in UNPRINTABLE_CATEGORIES:
+            if category == "Cs":
+                return "bytes that are not UTF-8"
+            return f"U+{ord(char):04X} {unicodedata.name(char, 'a control character')}"
+    return None
 
 
 async def find_file_part(request: web.Request, idle_s: float):
@@ -1279,7 +1300,10 @@ def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
 
 
 def malformed_multipart(exc: Exception) -> Problem:
-    return Problem(400, "Bad Request", f"the body is not well-formed multipart/form-data: {exc}"[:300])
+    """aiohttp's words for a malformed part's headers quote them: ours say what, not the bytes."""
+    reason = http_guard.parser_error_detail(exc) if isinstance(exc, HttpProcessingError) else exc
+    return Problem(400, "Bad Request",
+                   f"the body is not well-formed multipart/form-data: {reason}"[:300])
 
 
 async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,

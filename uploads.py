@@ -98,6 +98,7 @@ class UploadInspector:
         self.newlines = 0
         self.last_byte = b""
         self.head = bytearray()  # the start of the file, until its first non-blank line is seen
+        self.bom_checked = False
         self.first_line_checked = False
         self.decoder = codecs.getincrementaldecoder("utf-8")()
 
@@ -114,6 +115,7 @@ class UploadInspector:
         self.last_byte = chunk[-1:]
         if not self.first_line_checked:
             self.head += chunk
+            self._drop_leading_blanks()
             self._check_first_line(final=False)
 
     def finish(self) -> None:
@@ -132,6 +134,16 @@ class UploadInspector:
         except UnicodeDecodeError as exc:
             raise NotJsonLines(f"the file is not UTF-8 text (bad byte near offset "
                                f"{self.size - len(chunk) + max(exc.start, 0)})") from None
+
+    def _drop_leading_blanks(self) -> None:
+        """Blank lines before the first entry are skipped, however many (the worker skips
+        them too): only the first non-blank line counts against FIRST_LINE_MAX_BYTES."""
+        if not self.bom_checked and len(self.head) >= len(UTF8_BOM):
+            if self.head.startswith(UTF8_BOM):
+                del self.head[:len(UTF8_BOM)]
+            self.bom_checked = True
+        if self.bom_checked and self.head[:1].isspace():
+            self.head = bytearray(self.head.lstrip())
 
     def _check_first_line(self, *, final: bool) -> None:
         text = bytes(self.head).removeprefix(UTF8_BOM).lstrip()

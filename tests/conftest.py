@@ -58,6 +58,8 @@ SERVICE_FIXTURES = frozenset({"template_database", "amqp_queue", "s3_server", "c
 def pytest_configure(config):
     config.addinivalue_line("markers", "services: needs Postgres, RabbitMQ, S3 or ClickHouse "
                             "(set from the fixtures a test uses)")
+    config.addinivalue_line("markers", "hostile: attacks on a live API, judged by the CPU "
+                            "time its event loop's callbacks take (tests/test_hostile.py)")
 
 
 def pytest_collection_modifyitems(config, items):
