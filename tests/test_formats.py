@@ -532,7 +532,7 @@ def test_a_custom_format_falls_back_like_the_built_in_ones():
      "$.fields: Additional properties are not allowed ('host' was unexpected)"),
     ({**MYAPP, "time_unit": "us"}, "$.time_unit: 'us' is not one of"),
     ({**MYAPP, "levels": {"W": "warn"}}, "$.levels.W: 'warn' is not one of"),
-    ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: {"),
+    ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: 65 members, more than 64"),
     ({**MYAPP, "fields": {"timestamp": ["t"] * 2, "level": ["l"]}},
      "$.fields.timestamp: ['t', 't'] has non-unique elements"),
     ([], "$: [] is not of type 'object'"),
