@@ -25,7 +25,6 @@ import math
 import re
 import sys
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -675,7 +674,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     idle_s = settings.upload_idle_timeout_s
     reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
-    if bad := unprintable_character(file_name):
+    if bad := uploads.unprintable_character(file_name):
         raise Problem(422, "Unprocessable Content",
                       f"the file name must be UTF-8 text without control or formatting "
                       f"characters; it has {bad}")
@@ -1071,7 +1070,7 @@ def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str
     value = query if value is None else value
     if value is not None and not 0 < len(value) <= 128:
         raise Problem(422, "Unprocessable Content", f"{name} must be 1 to 128 characters")
-    if value is not None and (bad := unprintable_character(value)):
+    if value is not None and (bad := uploads.unprintable_character(value)):
         raise Problem(422, "Unprocessable Content",
                       f"{name} must be text without control or formatting characters; it has "
                       f"{bad}")
@@ -1111,25 +1110,6 @@ def int_param(request: web.Request, name: str, *, default: int, low: int, high: 
 
 def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
-
-
-# Control (Cc: C0, DEL, C1) and format (Cf: the bidirectional overrides, isolates and marks,
-# zero-width characters) characters, line and paragraph separators, and surrogates: a name
-# with one may show as another (U+202E turns `gpj.jsonl` around) or break a log line.
-UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-def unprintable_character(text: str) -> str | None:
-    """The first character of `text` a name may not hold, named ("U+202E RIGHT-TO-LEFT
-    OVERRIDE"); None if there is none. A surrogate is aiohttp's stand-in for a byte that
-    was not UTF-8."""
-    for char in text:
-        category = unicodedata.category(char)
-        if category in UNPRINTABLE_CATEGORIES:
-            if category == "Cs":
-                return "bytes that are not UTF-8"
-            return f"U+{ord(char):04X} {unicodedata.name(char, 'a control character')}"
-    return None
 
 
 async def find_file_part(request: web.Request, idle_s: float):

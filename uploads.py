@@ -15,6 +15,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import unicodedata
 from collections.abc import Iterator
 
 import structlog
@@ -83,6 +84,25 @@ def in_binary_units(n: int) -> str:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+# Control (Cc: C0, DEL, C1) and format (Cf: the bidirectional overrides, isolates and marks,
+# zero-width characters) characters, line and paragraph separators, and surrogates: a name
+# with one may show as another (U+202E turns `gpj.jsonl` around) or break a log line.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def unprintable_character(text: str) -> str | None:
+    """The first character of `text` a name may not hold, named ("U+202E RIGHT-TO-LEFT
+    OVERRIDE"); None if there is none. A surrogate is aiohttp's stand-in for a byte that
+    was not UTF-8."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category in UNPRINTABLE_CATEGORIES:
+            if category == "Cs":
+                return "bytes that are not UTF-8"
+            return f"U+{ord(char):04X} {unicodedata.name(char, 'a control character')}"
+    return None
 
 
 class UploadInspector:
