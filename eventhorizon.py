@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import json
@@ -1017,6 +1018,11 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
         request.app[WATCHERS].limits.check_process()
     except live.TooManySockets as exc:
         raise no_socket_slot(exc) from None
+    client = http_guard.client_key(request.remote)
+    if wait_s := request.app[AUTH_LIMITER].retry_after(client):
+        observe.AUTH_FAILURES.labels("limited").inc()
+        raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
+    SOCKET_CLIENT.set(client)  # for its connection_init's token (graphql_authenticator)
     return await graphql_api.serve_socket(request, request.app[GRAPHQL])
 
 
@@ -1026,14 +1032,24 @@ async def graphql_schema(request: web.Request) -> web.FileResponse:
                             headers={"Content-Type": "text/plain; charset=utf-8"})
 
 
+# The client address a GraphQL socket's upgrade came from: set in its handler's task, where
+# its connection_init is authenticated too.
+SOCKET_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("socket_client", default="?")
+
+
 def graphql_authenticator(app: web.Application):
     """A GraphQL socket's token (from connection_init) to its principal, as auth_middleware
-    resolves a request's."""
+    resolves a request's; a failure counts against the socket's client address as a
+    request's does (its next upgrade is refused once the client is out of tries)."""
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
         async with app[POOL].connection() as conn:
-            return await auth.authenticate(conn, token)
+            who = await auth.authenticate(conn, token)
+        if who is None:
+            app[AUTH_LIMITER].failed(SOCKET_CLIENT.get())
+            observe.AUTH_FAILURES.labels("refused").inc()
+        return who
 
     return authenticate
 

@@ -326,6 +326,24 @@ async def test_a_client_sending_wrong_tokens_is_limited_and_others_are_not(api):
     await api.bystander_is_served()
 
 
+async def test_wrong_tokens_on_graphql_sockets_are_limited_too(api):
+    """A token guessed in connection_init instead: each wrong one closes its socket (4403)
+    and counts; once out of tries, the client's upgrade is refused with 429."""
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for i in range(AUTH_FAILURES_PER_MINUTE):
+            async with session.ws_connect(f"{api.url}/graphql", protocols=(PROTOCOL,)) as ws:
+                await ws.send_json({"type": "connection_init",
+                                    "payload": {"token": f"eh_1_{'B' * 42}{i % 10}"}})
+                message = await ws.receive(timeout=30)
+                assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{api.url}/graphql", protocols=(PROTOCOL,))
+        assert refused.value.status == 429
+        assert int(refused.value.headers["Retry-After"]) >= 1
+    await api.bystander_is_served()
+
+
 def test_the_failed_authentication_table_is_bounded():
     """A flood from distinct addresses keeps at most `clients` buckets, and a client's
     bucket refills with time."""
