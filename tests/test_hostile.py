@@ -19,6 +19,8 @@ fix (0.3 s to 40 s).
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import re
 import urllib.parse
@@ -426,6 +428,36 @@ async def test_parser_refusals_are_problem_json_with_the_security_headers(api):
     garbage = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"
     [(status, headers, body)] = parse_responses(await raw_exchange(api.port, garbage))
     assert_guarded_problem(status, headers, body, 400)
+
+
+# --------------------------------------------------------------------------- the first round
+
+
+async def test_the_first_rounds_attacks_hold_the_loop_no_longer(api):
+    """Representatives of issue 20's attacks, now under the loop's budget: a flood of 50,000
+    tiny fields before the file, a gzip bomb, and a 16 MiB upload of valid lines (checked
+    chunk by chunk as it streams)."""
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    flood = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i
+                     for i in range(50_000))
+    bomb = gzip.compress(b"\n" * (64 * 1024 * 1024))
+    line = jsonl(VALID)
+    big = line * (16 * 1024 * 1024 // len(line))
+
+    def upload(content: bytes) -> bytes:
+        return (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+                b"Content-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n--b--\r\n")
+
+    async with LoopBudget(api), aiohttp.ClientSession(headers=bearer(api.attacker)) as session:
+        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(flood + upload(line)),
+                                headers=multipart) as response:
+            assert response.status == 400
+        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(upload(bomb)), headers={
+                **multipart, "Content-Encoding": "gzip"}) as response:
+            assert response.status == 415
+        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(upload(big)),
+                                headers=multipart) as response:
+            assert response.status == 202, await response.text()
 
 
 # --------------------------------------------------------------------------- the measure
