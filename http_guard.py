@@ -84,9 +84,13 @@ class GuardedRequestHandler(RequestHandler):
         self.head_timeout_s = head_timeout_s
         self.head_deadline: asyncio.TimerHandle | None = None
 
+    def waiting_for_a_request(self) -> bool:
+        """Between requests: the protocol waits for the next one's head (not running a
+        handler, nor lingering over the rest of a body a handler left unread)."""
+        return self._waiter is not None and not self._waiter.done() and not self._messages
+
     def data_received(self, data: bytes) -> None:
-        between_requests = not (self._request_in_progress or self._messages
-                                or self._upgraded or self._payload_parser is not None)
+        between_requests = self.waiting_for_a_request()
         super().data_received(data)
         if self._messages or self._upgraded or self._payload_parser is not None:
             self.disarm_head_deadline()  # a head arrived whole (or the socket is upgraded)
@@ -100,7 +104,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def head_too_slow(self) -> None:
         self.head_deadline = None
-        if self.transport is None or self._messages or self._request_in_progress:
+        if self.transport is None or not self.waiting_for_a_request():
             return
         log.info("http.request_head_timeout", timeout_s=self.head_timeout_s,
                  peer=str(self.transport.get_extra_info("peername")))
