@@ -158,6 +158,25 @@ class Settings:
         "EH_UPLOAD_IDLE_TIMEOUT_S", 30.0,
         "an upload whose body sends nothing for this long is dropped (408) and its partial "
         "object removed", minimum=0.1)
+    request_head_timeout_s: float = setting(
+        "EH_REQUEST_HEAD_TIMEOUT_S", 10.0,
+        "a request's line and headers must arrive in full within this many seconds of their "
+        "first byte, else the connection is answered 408 and closed (a client sending one "
+        "header every few seconds holds nothing longer)", minimum=0.1, maximum=300)
+    keepalive_timeout_s: float = setting(
+        "EH_KEEPALIVE_TIMEOUT_S", 30.0,
+        "a connection with no request under way is closed after this many seconds, one that "
+        "never sends a byte included", minimum=0.1, maximum=3600)
+    auth_failures_per_minute: int = setting(
+        "EH_AUTH_FAILURES_PER_MINUTE", 30,
+        "requests with a missing or wrong token one client address (an IPv6 client's /64) may "
+        "make: that many at once, then one more each 60/N s; past it every request needing a "
+        "token is answered 429 with `Retry-After`, before any look-up", minimum=1)
+    loop_warn_s: float = setting(
+        "EH_LOOP_WARN_S", 0.05,
+        "a callback holding the API's event loop for this much CPU time or more is logged "
+        "(`loop.held`, with its request's id); all from 10 ms are counted in "
+        "`eventhorizon_event_loop_hold_seconds`", minimum=0.001)
     max_uploads: int = setting(
         "EH_MAX_UPLOADS", 16,
         "uploads one API process receives at once; more get 503 with `Retry-After`. Each holds "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import json
 import logging
@@ -43,13 +44,16 @@ import core
 import explore
 import formats
 import graphql_api
+import http_guard
 import jobs
 import lines
 import live
 import observe
+import offload
 import read_slots
 import revocation
 import uploads
+from http_guard import SECURITY_HEADERS, problem_response
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
 log = structlog.get_logger("api")
@@ -90,8 +94,9 @@ def main(argv: list[str]) -> int:
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     observe.setup_tracing(settings, "eventhorizon-api")
-    web.run_app(init_app(settings), host=settings.http_host, port=settings.http_port,
-                print=None, access_log=None, shutdown_timeout=5)
+    http_guard.run(init_app(settings), host=settings.http_host, port=settings.http_port,
+                   head_timeout_s=settings.request_head_timeout_s,
+                   keepalive_timeout_s=settings.keepalive_timeout_s, shutdown_timeout_s=5)
     return 0
 
 
@@ -175,6 +180,7 @@ GRAPHQL = web.AppKey("graphql", graphql_api.Services)
 PRINCIPAL = web.RequestKey("principal", auth.Principal)
 UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
 EXPLORER = web.AppKey("explorer", explore.Explorer)
+AUTH_LIMITER = web.AppKey("auth_limiter", http_guard.FailedAuthLimiter)
 
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
@@ -199,7 +205,8 @@ def init_app(settings: core.Settings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
+    app[AUTH_LIMITER] = http_guard.FailedAuthLimiter(settings.auth_failures_per_minute)
+    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
                             uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
@@ -221,15 +228,6 @@ class Problem(Exception):
         self.headers, self.errors = headers, errors
 
 
-def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
-                     headers: dict[str, str] | None = None, errors: list[str] | None = None):
-    body = {"type": type_, "title": title, "status": status, "detail": detail or title}
-    if errors:
-        body["errors"] = errors  # an extension member (RFC 9457): each problem of the request
-    return web.json_response(body, status=status, content_type="application/problem+json",
-                             headers=headers)
-
-
 @web.middleware
 async def problem_middleware(request: web.Request, handler):
     try:
@@ -239,6 +237,9 @@ async def problem_middleware(request: web.Request, handler):
                                 exc.errors)
     except uploads.UploadRefused as exc:
         return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
+    except offload.Busy as exc:
+        return problem_response(503, "Service Unavailable", f"{exc}; retry shortly",
+                                headers={"Retry-After": str(offload.RETRY_AFTER_S)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -342,20 +343,6 @@ class MalformedRequestLog(logging.Filter):
 MALFORMED_REQUESTS = MalformedRequestLog()
 
 
-# The page, its assets and the docs load only their own files: no inline script, style or
-# event handler runs, and no other site may frame them. Sent on every response (an API
-# answer shown in a tab is a page too).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "; ".join([
-        "default-src 'self'", "script-src 'self'", "style-src 'self'",
-        "img-src 'self' data:", "connect-src 'self'", "frame-ancestors 'none'",
-        "base-uri 'none'", "form-action 'self'"]),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-
-
 @web.middleware
 async def security_headers_middleware(request: web.Request, handler):
     """Outside problem_middleware, so problem answers carry the headers too."""
@@ -425,10 +412,16 @@ async def auth_middleware(request: web.Request, handler):
     if request.app[SETTINGS].auth == "none":
         request[PRINCIPAL] = auth.LOCAL
     elif needs_token(request):
+        limiter, client = request.app[AUTH_LIMITER], http_guard.client_key(request.remote)
+        if wait_s := limiter.retry_after(client):
+            observe.AUTH_FAILURES.labels("limited").inc()
+            raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
         token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
         async with request.app[POOL].connection() as conn:
             who = await auth.authenticate(conn, token)
         if who is None:
+            limiter.failed(client)
+            observe.AUTH_FAILURES.labels("refused").inc()
             raise unauthorized(presented=token is not None)
         request[PRINCIPAL] = who
         structlog.contextvars.bind_contextvars(owner=who.owner)
@@ -452,11 +445,26 @@ def unauthorized(*, presented: bool) -> Problem:
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
+def too_many_failures(wait_s: int, per_minute: int) -> Problem:
+    return Problem(429, "Too Many Requests",
+                   f"too many requests from this address had no working token ({per_minute} "
+                   f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
+                   headers={"Retry-After": str(wait_s)})
+
+
 def principal(request: web.Request) -> auth.Principal:
     return request[PRINCIPAL]
 
 
 # --------------------------------------------------------------------------- resources
+
+
+async def loop_watch_ctx(app: web.Application):
+    """The event loop's lag and the CPU time each callback holds it (observe.LoopWatch)."""
+    watch = observe.LoopWatch(app[SETTINGS].loop_warn_s)
+    watch.start()
+    yield
+    watch.stop()
 
 
 async def postgres_ctx(app: web.Application):
@@ -676,9 +684,10 @@ async def receive_upload(request: web.Request) -> web.Response:
     idle_s = settings.upload_idle_timeout_s
     reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
-    if not is_plain_text(file_name):
+    if bad := uploads.unprintable_character(file_name):
         raise Problem(422, "Unprocessable Content",
-                      "the file name must be UTF-8 text without control characters")
+                      f"the file name must be UTF-8 text without control or formatting "
+                      f"characters; it has {bad}")
     if not file_name.lower().endswith(".jsonl"):
         raise Problem(415, "Unsupported Media Type",
                       f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
@@ -843,10 +852,11 @@ async def delete_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/formats")
 async def register_format(request: web.Request) -> web.Response:
     """Register a custom log format (201): checked against log_format.schema.json, then the
-    token owner's, named in uploads as `format`. A name is registered once per owner."""
+    token owner's, named in uploads as `format`. A name is registered once per owner. The
+    check runs on a CPU thread (offload): bounded as it is, it is not the event loop's work."""
     definition = await json_body(request, MAX_FORMAT_BYTES)
     try:
-        formats.custom_format(definition)
+        await offload.run(formats.custom_format, definition)
     except formats.InvalidFormat as exc:
         raise Problem(422, "Unprocessable Content",
                       f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],
@@ -1007,6 +1017,11 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
                                           "send queries with POST /graphql")
+    client = http_guard.client_key(request.remote)
+    if wait_s := request.app[AUTH_LIMITER].retry_after(client):
+        observe.AUTH_FAILURES.labels("limited").inc()
+        raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
+    SOCKET_CLIENT.set(client)  # for its connection_init's token (graphql_authenticator)
     try:  # every socket counts, before its connection_init too
         with request.app[WATCHERS].limits.process_slot():
             return await graphql_api.serve_socket(request, request.app[GRAPHQL])
@@ -1020,14 +1035,24 @@ async def graphql_schema(request: web.Request) -> web.FileResponse:
                             headers={"Content-Type": "text/plain; charset=utf-8"})
 
 
+# The client address a GraphQL socket's upgrade came from: set in its handler's task, where
+# its connection_init is authenticated too.
+SOCKET_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("socket_client", default="?")
+
+
 def graphql_authenticator(app: web.Application):
     """A GraphQL socket's token (from connection_init) to its principal, as auth_middleware
-    resolves a request's."""
+    resolves a request's; a failure counts against the socket's client address as a
+    request's does (its next upgrade is refused once the client is out of tries)."""
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
         async with app[POOL].connection() as conn:
-            return await auth.authenticate(conn, token)
+            who = await auth.authenticate(conn, token)
+        if who is None:
+            app[AUTH_LIMITER].failed(SOCKET_CLIENT.get())
+            observe.AUTH_FAILURES.labels("refused").inc()
+        return who
 
     return authenticate
 
@@ -1062,9 +1087,12 @@ def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str
         raise Problem(422, "Unprocessable Content",
                       f"{name} is given twice, as a field and in the query, differently")
     value = query if value is None else value
-    if value is not None and not (0 < len(value) <= 128 and is_plain_text(value)):
+    if value is not None and not 0 < len(value) <= 128:
+        raise Problem(422, "Unprocessable Content", f"{name} must be 1 to 128 characters")
+    if value is not None and (bad := uploads.unprintable_character(value)):
         raise Problem(422, "Unprocessable Content",
-                      f"{name} must be 1 to 128 characters without control characters")
+                      f"{name} must be text without control or formatting characters; it has "
+                      f"{bad}")
     return value
 
 
@@ -1101,12 +1129,6 @@ def int_param(request: web.Request, name: str, *, default: int, low: int, high: 
 
 def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
-
-
-def is_plain_text(name: str) -> bool:
-    """No control characters, and no surrogates (aiohttp's stand-ins for bytes that were
-    not UTF-8): a name Postgres can store and a page can show."""
-    return not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
 
 
 async def find_file_part(request: web.Request, idle_s: float):
@@ -1277,7 +1299,10 @@ def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
 
 
 def malformed_multipart(exc: Exception) -> Problem:
-    return Problem(400, "Bad Request", f"the body is not well-formed multipart/form-data: {exc}"[:300])
+    """aiohttp's words for a malformed part's headers quote them: ours say what, not the bytes."""
+    reason = http_guard.parser_error_detail(exc) if isinstance(exc, HttpProcessingError) else exc
+    return Problem(400, "Bad Request",
+                   f"the body is not well-formed multipart/form-data: {reason}"[:300])
 
 
 async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,

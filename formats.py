@@ -30,7 +30,7 @@ import functools
 import json
 import pathlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -137,10 +137,6 @@ NAMES = (AUTO, CANONICAL, *FORMATS, GENERIC)
 Mapped = tuple[str, dict[str, Any], dict[str, str] | None]
 
 
-class UnknownFormat(ValueError):
-    """A job names a format that is neither built in nor `auto`."""
-
-
 class InvalidFormat(ValueError):
     """A custom format's definition that cannot be used; `reasons` says every way why."""
 
@@ -149,28 +145,14 @@ class InvalidFormat(ValueError):
         self.reasons = reasons
 
 
-def compile_format(name: str, default_service: str | None = None,
-                   default_environment: str | None = None,
-                   definition: Mapping | None = None) -> Callable[[Any], Mapped]:
-    """The mapping for a job: built once, then called for every line. `definition` is the
-    custom format named `name`, as its owner registered it."""
-    if definition is not None:
-        return FormatMapper(custom_format(definition), default_service, default_environment)
-    if name == AUTO:
-        return AutoMapper(default_service, default_environment)
-    if name == GENERIC:
-        import generic_format  # it builds on this module's readers
-        return generic_format.GenericMapper(default_service, default_environment)
-    if name == CANONICAL:
-        return CanonicalMapper(default_service, default_environment)
-    if name in FORMATS:
-        return FormatMapper(FORMATS[name], default_service, default_environment)
-    raise UnknownFormat(f"unknown log format {name!r}: one of {', '.join(NAMES)}")
-
-
 def custom_format(definition: Any) -> Format:
     """A custom format's definition (JSON, `log_format.schema.json`) as a `Format`; raises
-    InvalidFormat naming each problem."""
+    InvalidFormat naming each problem. Its shape is bounded first (definition_bounds): the
+    schema's checks are not all linear (`uniqueItems` compares a list's items pairwise when
+    they are of mixed types), so they only ever see a definition of a few dozen values."""
+    reasons = definition_bounds(definition)
+    if reasons:
+        raise InvalidFormat(reasons)
     reasons = [definition_error(error) for error in
                sorted(format_validator().iter_errors(definition), key=lambda e: list(e.path))]
     if not reasons and definition["name"] in NAMES:
@@ -197,6 +179,29 @@ def custom_format(definition: Any) -> Format:
     )
 
 
+def definition_bounds(definition: Any) -> list[str]:
+    """What makes a definition larger than any the schema allows, found in one walk that stops
+    at the first list, object or nesting too large: its lists hold at most MAX_DEFINITION_ITEMS
+    values, its objects MAX_DEFINITION_MEMBERS, and it nests MAX_DEFINITION_DEPTH deep."""
+    pending = [(definition, "$", 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        if isinstance(value, (list, dict)) and depth > MAX_DEFINITION_DEPTH:
+            return [f"{where}: nested {depth} deep, deeper than a definition goes "
+                    f"({MAX_DEFINITION_DEPTH}); not checked further"]
+        if isinstance(value, list):
+            if len(value) > MAX_DEFINITION_ITEMS:
+                return [f"{where}: {len(value)} items, more than {MAX_DEFINITION_ITEMS}; not "
+                        "checked further"]
+            pending += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        elif isinstance(value, dict):
+            if len(value) > MAX_DEFINITION_MEMBERS:
+                return [f"{where}: {len(value)} members, more than {MAX_DEFINITION_MEMBERS}; "
+                        "not checked further"]
+            pending += [(item, f"{where}.{key}"[:300], depth + 1) for key, item in value.items()]
+    return []
+
+
 def definition_error(error) -> str:
     """A schema error in a definition, put for a person: a pattern is explained by the
     property's description rather than shown as a regular expression."""
@@ -207,15 +212,20 @@ def definition_error(error) -> str:
 
 INTEGER = re.compile(r"-?\d{1,18}")
 FORMAT_SCHEMA_PATH = pathlib.Path(__file__).resolve().parent / "log_format.schema.json"
+# The largest shapes log_format.schema.json allows: a field's paths (`maxItems`), the levels
+# (`maxProperties`), and the nesting of the definition, `fields`, a field's paths.
+_FORMAT_SCHEMA = json.loads(FORMAT_SCHEMA_PATH.read_text())
+MAX_DEFINITION_ITEMS = _FORMAT_SCHEMA["$defs"]["paths"]["maxItems"]
+MAX_DEFINITION_MEMBERS = _FORMAT_SCHEMA["properties"]["levels"]["maxProperties"]
+MAX_DEFINITION_DEPTH = 3
 
 
 @functools.cache
 def format_validator():
     """The compiled validator of custom format definitions (built once per process)."""
-    schema = json.loads(FORMAT_SCHEMA_PATH.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    cls = jsonschema.validators.validator_for(_FORMAT_SCHEMA)
+    cls.check_schema(_FORMAT_SCHEMA)
+    return cls(_FORMAT_SCHEMA)
 
 
 def detect(obj: dict) -> str:
@@ -256,25 +266,6 @@ class CanonicalMapper:
             for key, value in self.defaults.items():
                 obj.setdefault(key, value)
         return CANONICAL, obj, None
-
-
-class AutoMapper:
-    """`auto`: each line is mapped by the format `detect` recognises in it."""
-
-    def __init__(self, default_service: str | None, default_environment: str | None):
-        import generic_format  # it builds on this module's readers
-        self.canonical = CanonicalMapper(default_service, default_environment)
-        self.mappers: dict[str, Callable[[Any], Mapped]] = {
-            name: FormatMapper(f, default_service, default_environment)
-            for name, f in FORMATS.items()}
-        self.mappers[GENERIC] = generic_format.GenericMapper(default_service,
-                                                             default_environment)
-
-    def __call__(self, obj) -> Mapped:
-        if type(obj) is not dict:
-            return self.canonical(obj)  # the schema says why it is not an entry
-        name = detect(obj)
-        return self.canonical(obj) if name == CANONICAL else self.mappers[name](obj)
 
 
 class FormatMapper:

@@ -51,6 +51,7 @@ import core
 import explore
 import jobs
 import live
+import offload
 import read_slots
 import revocation
 
@@ -63,6 +64,8 @@ MAX_TOKENS = 2000  # the standard introspection query has 163
 MAX_DEPTH = 15  # fields nested in fields: the standard introspection query's depth
 MAX_FIELDS = 300  # fields, fragment spreads and inline fragments, fragments expanded
 MAX_ALIASES = 30
+MAX_DEFINITIONS = 32  # operations and fragments in one document
+INLINE_QUERY_CHARS = 256  # a document this short is checked on the event loop, longer on a thread
 MAX_VALIDATION_ERRORS = 20
 JOBS_LIMIT = (1, 100)  # as GET /api/v1/jobs
 ERRORS_FIRST = (1, 1000)  # as GET /api/v1/jobs/{id}/errors
@@ -124,7 +127,7 @@ async def run_http(body: Any, services: Services, principal: auth.Principal) -> 
     """Run a query from a POST /graphql body; the answer is always a GraphQL response (errors
     included, status 200). BadRequest for a body that is not a GraphQL request."""
     query, variables, operation_name = request_parts(body)
-    prepared, errors = prepare(query, variables, operation_name)
+    prepared, errors = await prepare_off_loop(query, variables, operation_name)
     structlog.contextvars.bind_contextvars(graphql_operation=prepared.label if prepared
                                            else operation_name or "refused")
     if prepared and prepared.is_subscription:
@@ -152,6 +155,16 @@ class Prepared:
     def label(self) -> str:
         name = self.operation.name.value if self.operation.name else ""
         return f"{self.operation.operation.value} {name}".strip()
+
+
+async def prepare_off_loop(query: str, variables: dict | None,
+                           operation_name: str | None) -> tuple[Prepared | None, list[GraphQLError]]:
+    """prepare(), on a CPU thread (offload) unless the document is tiny: validation is bounded
+    by the limits but not linear (overlapping fields are compared pairwise), and the loop
+    must go on answering meanwhile. offload.Busy when the CPU threads are all taken."""
+    if len(query) <= INLINE_QUERY_CHARS:
+        return prepare(query, variables, operation_name)
+    return await offload.run(prepare, query, variables, operation_name)
 
 
 def prepare(query: str, variables: dict | None,
@@ -240,7 +253,7 @@ def checked_document(query: str):
                          max_source_length=MAX_QUERY_CHARS)
     except GraphQLError as error:
         return None, [limit_message(error)]
-    errors = size_errors(document)
+    errors = size_errors(document) or document_size_errors(document)
     if not errors:
         errors = validate(SCHEMA, document, max_errors=MAX_VALIDATION_ERRORS)
     return (None, errors) if errors else (document, [])
@@ -255,6 +268,22 @@ def limit_message(error: GraphQLError) -> GraphQLError:
         text = f"the query is longer than {MAX_QUERY_CHARS} characters; refused"
     return GraphQLError(text, source=error.source, positions=error.positions,
                         extensions=error.extensions or None)
+
+
+def document_size_errors(document) -> list[GraphQLError]:
+    """The document's definitions, fields and aliases, counted over every definition whether
+    an operation uses it or not (validation walks them all, comparing fields pairwise), each
+    fragment counted once where it is defined. Within MAX_FIELDS, MAX_ALIASES and MAX_DEPTH,
+    as one operation must be."""
+    if len(document.definitions) > MAX_DEFINITIONS:
+        return [GraphQLError(f"the document has {len(document.definitions)} definitions, more "
+                             f"than {MAX_DEFINITIONS}; refused",
+                             extensions={"code": "QUERY_TOO_LARGE"})]
+    tally = Tally()
+    for definition in document.definitions:
+        tally.walk(getattr(definition, "selection_set", None), 0, {}, frozenset())
+    return [GraphQLError(text, extensions={"code": "QUERY_TOO_LARGE"})
+            for text in tally.problems("the document", " (in all its definitions, used or not)")]
 
 
 def size_errors(document) -> list[GraphQLError]:
@@ -295,18 +324,18 @@ class Tally:
                     self.walk(fragments[name].selection_set, depth, fragments, spreading | {name})
 
     def errors(self, operation: OperationDefinitionNode) -> list[GraphQLError]:
+        return [GraphQLError(text, operation, extensions={"code": "QUERY_TOO_LARGE"})
+                for text in self.problems("the operation", " (fragments expanded)")]
+
+    def problems(self, what: str, where: str = "") -> list[str]:
         found = []
         if self.nodes > MAX_FIELDS:
-            found.append(f"the operation selects more than {MAX_FIELDS} fields (fragments "
-                         "expanded); refused")
+            found.append(f"{what} selects more than {MAX_FIELDS} fields{where}")
         if self.depth > MAX_DEPTH:
-            found.append(f"the operation nests fields {self.depth} deep, more than "
-                         f"{MAX_DEPTH}; refused")
+            found.append(f"{what} nests fields {self.depth} deep, more than {MAX_DEPTH}{where}")
         if self.aliases > MAX_ALIASES:
-            found.append(f"the operation has {self.aliases} aliases, more than {MAX_ALIASES}; "
-                         "refused")
-        return [GraphQLError(text, operation, extensions={"code": "QUERY_TOO_LARGE"})
-                for text in found]
+            found.append(f"{what} has {self.aliases} aliases, more than {MAX_ALIASES}{where}")
+        return [f"{text}; refused" for text in found]
 
 
 def bounded(name: str, value: int, bounds: tuple[int, int]) -> int:
@@ -738,7 +767,11 @@ class Connection:
         client completed it: it knows)."""
         started, sent = time.monotonic(), 0
         try:
-            prepared, errors = prepare(query, variables, operation_name)
+            try:
+                prepared, errors = await prepare_off_loop(query, variables, operation_name)
+            except offload.Busy as exc:
+                prepared, errors = None, [GraphQLError(f"{exc}; retry shortly",
+                                                       extensions={"code": "BUSY"})]
             if errors:
                 return await self.send_error(op_id, errors)
             context = Context(self.services, self.principal, LineErrorLoader(self.services.pool),

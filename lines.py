@@ -158,7 +158,7 @@ class InvalidLine(Exception):
         super().__init__(reason[:MAX_REASON_CHARS])
 
 
-# A job's log format, compiled once (formats.compile_format): called with each decoded line, it
+# A job's log format, compiled once (mappings.compile_format): called with each decoded line, it
 # returns (format name, canonical entry, source path of each field, or None for a canonical
 # line), or raises ValueError with the reason.
 Mapping = Callable[[Any], tuple[str, dict[str, Any], "dict[str, str] | None"]]

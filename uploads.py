@@ -15,6 +15,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import unicodedata
 from collections.abc import Iterator
 
 import structlog
@@ -85,6 +86,25 @@ def in_binary_units(n: int) -> str:
 # --------------------------------------------------------------------------- checks
 
 
+# Control (Cc: C0, DEL, C1) and format (Cf: the bidirectional overrides, isolates and marks,
+# zero-width characters) characters, line and paragraph separators, and surrogates: a name
+# with one may show as another (U+202E turns `gpj.jsonl` around) or break a log line.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def unprintable_character(text: str) -> str | None:
+    """The first character of `text` a name may not hold, named ("U+202E RIGHT-TO-LEFT
+    OVERRIDE"); None if there is none. A surrogate is aiohttp's stand-in for a byte that
+    was not UTF-8."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category in UNPRINTABLE_CATEGORIES:
+            if category == "Cs":
+                return "bytes that are not UTF-8"
+            return f"U+{ord(char):04X} {unicodedata.name(char, 'a control character')}"
+    return None
+
+
 class UploadInspector:
     """Checks an upload while it streams: size limit, UTF-8 text, a JSON object first; counts lines.
 
@@ -98,6 +118,7 @@ class UploadInspector:
         self.newlines = 0
         self.last_byte = b""
         self.head = bytearray()  # the start of the file, until its first non-blank line is seen
+        self.bom_checked = False
         self.first_line_checked = False
         self.decoder = codecs.getincrementaldecoder("utf-8")()
 
@@ -114,6 +135,7 @@ class UploadInspector:
         self.last_byte = chunk[-1:]
         if not self.first_line_checked:
             self.head += chunk
+            self._drop_leading_blanks()
             self._check_first_line(final=False)
 
     def finish(self) -> None:
@@ -132,6 +154,16 @@ class UploadInspector:
         except UnicodeDecodeError as exc:
             raise NotJsonLines(f"the file is not UTF-8 text (bad byte near offset "
                                f"{self.size - len(chunk) + max(exc.start, 0)})") from None
+
+    def _drop_leading_blanks(self) -> None:
+        """Blank lines before the first entry are skipped, however many (the worker skips
+        them too): only the first non-blank line counts against FIRST_LINE_MAX_BYTES."""
+        if not self.bom_checked and len(self.head) >= len(UTF8_BOM):
+            if self.head.startswith(UTF8_BOM):
+                del self.head[:len(UTF8_BOM)]
+            self.bom_checked = True
+        if self.bom_checked and self.head[:1].isspace():
+            self.head = bytearray(self.head.lstrip())
 
     def _check_first_line(self, *, final: bool) -> None:
         text = bytes(self.head).removeprefix(UTF8_BOM).lstrip()

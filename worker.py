@@ -40,6 +40,7 @@ import core
 import formats
 import jobs
 import lines
+import mappings
 import observe
 import outbox
 import stopping
@@ -428,9 +429,9 @@ def compile_format(job: jobs.Job) -> lines.Mapping:
     """The job's log format (a custom one as it was when the job was uploaded), compiled once
     for all its lines; a format that cannot be used fails the job (it can never succeed)."""
     try:
-        return formats.compile_format(job.format, job.default_service, job.default_environment,
+        return mappings.compile_format(job.format, job.default_service, job.default_environment,
                                       job.format_definition)
-    except formats.UnknownFormat as exc:
+    except mappings.UnknownFormat as exc:
         raise JobFailed(str(exc)) from None
     except formats.InvalidFormat as exc:
         raise JobFailed(f"log format {job.format!r} cannot be used: {exc}"[:500]) from None

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import formats  # noqa: E402
 import lines  # noqa: E402
+import mappings  # noqa: E402
 
 # One line of each kind, as the library writes it (see tests/test_formats.py and
 # tests/test_generic_format.py for where each comes from).
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     validator = lines.log_entry_validator()
-    mapping = formats.compile_format(formats.AUTO)
+    mapping = mappings.compile_format(formats.AUTO)
     for kind, text in LINES.items():
         raw, obj = text.encode(), json.loads(text)
         try:

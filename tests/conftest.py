@@ -59,6 +59,8 @@ SERVICE_FIXTURES = frozenset({"template_database", "amqp_queue", "s3_server", "c
 def pytest_configure(config):
     config.addinivalue_line("markers", "services: needs Postgres, RabbitMQ, S3 or ClickHouse "
                             "(set from the fixtures a test uses)")
+    config.addinivalue_line("markers", "hostile: attacks on a live API, judged by the CPU "
+                            "time its event loop's callbacks take (tests/test_hostile.py)")
 
 
 # The longest tests (each 15 s or more on this 2-core machine; see the `--durations` that

@@ -34,9 +34,9 @@ from psycopg.types.json import Jsonb
 
 import amqp
 import core
-import formats
 import jobs
 import lines
+import mappings
 import outbox
 import relay
 
@@ -688,7 +688,7 @@ def parse(line, fmt: str = "auto", *, service=None, environment=None) -> dict:
     """A line (text, bytes or a value to dump) parsed with a format and the upload's defaults."""
     raw = line if isinstance(line, bytes) else (
         line.encode() if isinstance(line, str) else json.dumps(line).encode())
-    return lines.parse_line(raw, VALIDATOR, formats.compile_format(fmt, service, environment))
+    return lines.parse_line(raw, VALIDATOR, mappings.compile_format(fmt, service, environment))
 
 
 def refused(line, fmt: str = "auto") -> str:

@@ -482,7 +482,7 @@ class NullS3:
 
 
 async def test_a_running_upload_holds_one_part_and_one_chunk(monkeypatch):
-    """The memory budget of EH_MAX_UPLOADS (README, Limits): one upload, streamed in the
+    """The memory budget of EH_MAX_UPLOADS (docs/access.md, Limits): one upload, streamed in the
     API's chunks, never holds more than an S3 part and a chunk, ~8.3 MiB. (Copying each
     part out of the buffer took 24 MiB.) The thread pool's workers are made slow to let go
     of their work items after each call, as on a busy machine, where a part passed as the

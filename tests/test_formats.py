@@ -15,6 +15,7 @@ import structlog
 
 import formats
 import lines
+import mappings
 from helpers import (
     CLEF,
     MYAPP,
@@ -377,7 +378,7 @@ def test_auto_maps_a_file_mixing_formats_line_by_line():
     mixed = [PINO[0], ZAP[0], ECS[1], json.dumps(canonical), BUNYAN[0], LOGRUS[1], OTEL[0],
              PYTHON_JSON_LOGGER[1], *structlog_lines()[:1]]
     batch = lines.LineBatch()
-    mapping = formats.compile_format("auto")
+    mapping = mappings.compile_format("auto")
     for line_no, line in enumerate(mixed, 1):
         lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR,
                        str, mapping)
@@ -408,8 +409,8 @@ def test_upload_defaults_fill_what_a_line_lacks():
 
 
 def test_unknown_format_names_are_refused():
-    with pytest.raises(formats.UnknownFormat, match="unknown log format 'log4j'"):
-        formats.compile_format("log4j")
+    with pytest.raises(mappings.UnknownFormat, match="unknown log format 'log4j'"):
+        mappings.compile_format("log4j")
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -439,7 +440,7 @@ def test_detect_rules(line, expected):
 
 # A format of a team's own: Java-ish severities, epoch milliseconds, its service nested.
 def parse_custom(line, definition=MYAPP, **defaults) -> dict:
-    mapping = formats.compile_format(definition["name"], defaults.get("service"),
+    mapping = mappings.compile_format(definition["name"], defaults.get("service"),
                                      defaults.get("environment"), definition)
     return lines.parse_line(json.dumps(line).encode(), VALIDATOR, mapping)
 
@@ -546,7 +547,7 @@ def test_each_default_and_what_comes_before_it():
      "$.fields: Additional properties are not allowed ('host' was unexpected)"),
     ({**MYAPP, "time_unit": "weeks"}, "$.time_unit: 'weeks' is not one of"),
     ({**MYAPP, "levels": {"W": "warn"}}, "$.levels.W: 'warn' is not one of"),
-    ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: {"),
+    ({**MYAPP, "levels": {str(n): "info" for n in range(65)}}, "$.levels: 65 members, more than 64"),
     ({**MYAPP, "fields": {"timestamp": ["t"] * 2, "level": ["l"]}},
      "$.fields.timestamp: ['t', 't'] has non-unique elements"),
     ([], "$: [] is not of type 'object'"),

@@ -20,6 +20,7 @@ import structlog
 import formats
 import generic_format
 import lines
+import mappings
 from helpers import PINO, ZAP, leaves, mapped, parse, refused
 
 VALIDATOR = lines.log_entry_validator()
@@ -546,7 +547,7 @@ def test_the_jobs_counts_say_which_mapping_each_line_took():
     mixed = [PINO[0], DOCUMENTED["zerolog"][1], DOCUMENTED["serilog-compact"][1], ZAP[0],
              *loguru_lines()[:2], '{"level": "info", "message": "no time"}']
     batch = lines.LineBatch()
-    mapping = formats.compile_format("auto")
+    mapping = mappings.compile_format("auto")
     for line_no, line in enumerate(mixed, 1):
         lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR, str, mapping)
     assert batch.formats == {"pino": 1, "generic": 4, "zap": 1}
@@ -571,7 +572,7 @@ def test_canonical_lines_with_mistakes_are_still_refused_as_canonical():
     mapping, not read by its rules (a level `warn`, a time in epoch seconds)."""
     sample = (ROOT / "examples" / "sample.jsonl").read_bytes().splitlines()
     batch = lines.LineBatch()
-    mapping = formats.compile_format("auto")
+    mapping = mappings.compile_format("auto")
     for line_no, raw in enumerate(sample, 1):
         lines.add_line(batch, uuid.uuid4(), line_no, raw, VALIDATOR, str, mapping)
     assert len(batch.errors) == 16 and list(batch.formats) == ["eventhorizon"]

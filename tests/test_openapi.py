@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 import core
 import eventhorizon
 import jobs
-from helpers import bearer
+from helpers import bearer, serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -165,6 +165,15 @@ def jsonl_contents() -> st.SearchStrategy[bytes]:
     lines = st.lists(line, max_size=8).map("\n".join).map(str.encode)
     return st.binary(max_size=300) | lines | st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]),
                                                          lines).map(b"".join)
+
+
+@pytest.fixture
+def api_url(settings, start_process) -> str:
+    """The API as a process, its limit on failed authentications out of the way: cases that
+    send their own (wrong) token would otherwise soon have every request answered 429, the
+    rest of the run fuzzing nothing but that (tests/test_hostile.py checks the limit)."""
+    url, _proc = serve_api(settings, start_process, EH_AUTH_FAILURES_PER_MINUTE="1000000")
+    return url
 
 
 def test_fuzz_every_operation(api_url, make_token, fuzz_seed):
