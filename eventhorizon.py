@@ -206,8 +206,8 @@ def init_app(settings: core.Settings) -> web.Application:
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
     app[AUTH_LIMITER] = http_guard.FailedAuthLimiter(settings.auth_failures_per_minute)
-    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx, watchers_ctx,
-                            uploads_ctx])
+    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx,
+                            watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.router.add_get("/", index)

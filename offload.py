@@ -24,8 +24,8 @@ RETRY_AFTER_S = 2
 T = TypeVar("T")
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-_pending = 0  # running or waiting; only touched on the event loop's thread
+_lock = threading.Lock()
+_pending = 0  # calls running or waiting in the pool (a caller that went away does not count)
 
 
 class Busy(Exception):
@@ -34,7 +34,7 @@ class Busy(Exception):
 
 def pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
-    with _pool_lock:
+    with _lock:
         if _pool is None:
             _pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="cpu")
         return _pool
@@ -42,14 +42,24 @@ def pool() -> concurrent.futures.ThreadPoolExecutor:
 
 async def run(fn: Callable[..., T], *args, **kwargs) -> T:
     """`fn(*args, **kwargs)` on one of the CPU threads; Busy when as many calls as allowed are
-    running or waiting."""
+    running or waiting. A call counts until it has run (or, not yet started, was dropped
+    because its caller went away), so callers that hang up cannot pile work up unseen."""
     global _pending
-    if _pending >= WORKERS + WAITING:
-        raise Busy(f"{_pending} checks are running or waiting, as many as this process takes "
-                   "at once")
-    _pending += 1
+    with _lock:
+        if _pending >= WORKERS + WAITING:
+            raise Busy(f"{_pending} checks are running or waiting, as many as this process "
+                       "takes at once")
+        _pending += 1
     try:
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(pool(), call)
-    finally:
+        work = pool().submit(functools.partial(fn, *args, **kwargs))
+    except BaseException:
+        _release(None)
+        raise
+    work.add_done_callback(_release)
+    return await asyncio.wrap_future(work)
+
+
+def _release(_work) -> None:
+    global _pending
+    with _lock:
         _pending -= 1
