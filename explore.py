@@ -256,10 +256,25 @@ class Explorer:
         return await self.run(owner, job_histogram, job_id, filters, interval_s=interval_s)
 
     async def run(self, owner: str, read: Callable, *args, **kwargs):
-        """`read` in one of `owner`'s read slots, on a thread."""
-        async with self.slots.slot(owner):
+        """`read` in one of `owner`'s read slots, on a thread. The slot is held until the
+        thread is done, even when the request goes away first: a client that asks and hangs
+        up again and again cannot keep more ClickHouse queries running than its share."""
+        await self.slots.acquire(owner)
+        try:
             call = functools.partial(self.call, read, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+            running = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        except BaseException:
+            self.slots.release(owner)
+            raise
+        running.add_done_callback(functools.partial(self.finished, owner))
+        return await asyncio.shield(running)
+
+    def finished(self, owner: str, running: asyncio.Future) -> None:
+        """A read's thread is done: its slot is free; its error, if no one waits for it any
+        more, is taken here (not reported as never retrieved)."""
+        self.slots.release(owner)
+        if not running.cancelled():
+            running.exception()
 
     def call(self, read: Callable, *args, **kwargs):
         try:

@@ -58,14 +58,18 @@ class ReadSlots:
     @contextlib.asynccontextmanager
     async def slot(self, owner: str):
         """Hold one of the slots for the block; NoReadSlot if it cannot be had."""
-        if self.can_start(owner):
-            self.take(owner)
-        else:
-            await self.wait_for_slot(owner)
+        await self.acquire(owner)
         try:
             yield
         finally:
             self.release(owner)
+
+    async def acquire(self, owner: str) -> None:
+        """One of the slots, now or once it is the owner's turn; `release` it after."""
+        if self.can_start(owner):
+            self.take(owner)
+        else:
+            await self.wait_for_slot(owner)
 
     def can_start(self, owner: str) -> bool:
         return (self.running < self.total and self.running_by_owner[owner] < self.per_owner

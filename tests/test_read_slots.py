@@ -202,3 +202,34 @@ async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings
     assert errors and {e["extensions"]["code"] for e in errors} == {"QUERY_TOO_LARGE"}
     assert graphql_api.MAX_CLICKHOUSE_READS == 200
     assert "more than 200 events or histogram fields" in errors[0]["message"]
+
+
+async def test_a_read_whose_request_went_away_keeps_its_slot_until_its_query_ends(settings):
+    """Asking and hanging up again and again must not run more queries than the share."""
+    slots = read_slots.ReadSlots(2, 1, queue_per_owner=10, max_wait_s=60)
+    reader = explore.Explorer(settings.clickhouse_url, timeout_s=5, slots=slots)
+    release = threading.Event()
+    try:
+        reader._client = object()  # no connection needed for this read
+        asked = asyncio.create_task(reader.run("alice", lambda _ch, **_: release.wait(60)))
+        await slots_reach_running(slots, 1)
+        asked.cancel()  # the client hung up
+        await asyncio.gather(asked, return_exceptions=True)
+        assert slots.running_by_owner["alice"] == 1  # its query still runs
+        again = asyncio.create_task(reader.run("alice", lambda _ch, **_: "done"))
+        await settle()
+        assert not again.done() and len(slots.waiting["alice"]) == 1
+        release.set()
+        assert await again == "done"
+    finally:
+        release.set()
+        reader._client = None
+        reader.close()
+
+
+async def slots_reach_running(slots, running: int) -> None:
+    for _ in range(600):
+        if slots.running == running:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never {running} running")
