@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- waiting
 
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; that value is returned."""
     deadline = time.monotonic() + timeout
@@ -73,6 +74,7 @@ async def wait_until(check, timeout: float = 30.0, what: str = "condition",
 
 
 # --------------------------------------------------------------------------- processes and their logs
+
 
 def settings_env(settings: core.Settings) -> dict[str, str]:
     """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
@@ -182,6 +184,7 @@ class ClickHouseServer:
 
 # --------------------------------------------------------------------------- content
 
+
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
 
@@ -237,6 +240,7 @@ def message_of(line: bytes) -> str | None:
 
 
 # --------------------------------------------------------------------------- the API over HTTP
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
@@ -295,6 +299,7 @@ def watchers_dropped(logs) -> list[dict]:
 
 # --------------------------------------------------------------------------- what was kept: rows, objects, messages
 
+
 def job_row(db, job_id) -> dict:
     return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
 
@@ -341,6 +346,7 @@ def outbox_backlog(db) -> int:
 
 
 # --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
+
 
 def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
              format: str = "auto", default_service: str | None = None,
@@ -436,6 +442,7 @@ def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
 
 # --------------------------------------------------------------------------- events, the outbox and ClickHouse
 
+
 def publish_events(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
     """n events in one transaction, written with COPY as the worker does."""
     events = [core.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
@@ -457,6 +464,7 @@ def read_event_log_ids(settings) -> list[uuid.UUID]:
 
 
 # --------------------------------------------------------------------------- live updates
+
 
 async def listener_listening(db) -> None:
     """Wait until the API's listener has run LISTEN: notifications before that are lost."""
@@ -491,6 +499,7 @@ def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") 
 
 
 # --------------------------------------------------------------------------- raw WebSockets
+
 
 async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
                                      header: str) -> socket.socket:
@@ -562,6 +571,7 @@ def close_code_of(frames: bytes) -> int | None:
 
 
 # --------------------------------------------------------------------------- a faulty network
+
 
 class TcpProxy:
     """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches
