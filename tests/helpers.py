@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- waiting
 
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; that value is returned."""
     deadline = time.monotonic() + timeout
@@ -79,6 +80,7 @@ async def wait_until(check, timeout: float = 30.0, what: str = "condition",
 
 
 # --------------------------------------------------------------------------- processes and their logs
+
 
 def settings_env(settings: core.Settings) -> dict[str, str]:
     """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
@@ -188,6 +190,7 @@ class ClickHouseServer:
 
 # --------------------------------------------------------------------------- content
 
+
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
 
@@ -243,6 +246,7 @@ def message_of(line: bytes) -> str | None:
 
 
 # --------------------------------------------------------------------------- the API over HTTP
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
@@ -301,6 +305,7 @@ def watchers_dropped(logs) -> list[dict]:
 
 # --------------------------------------------------------------------------- what was kept: rows, objects, messages
 
+
 def job_row(db, job_id) -> dict:
     return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
 
@@ -347,6 +352,7 @@ def outbox_backlog(db) -> int:
 
 
 # --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
+
 
 def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
              format: str = "auto", default_service: str | None = None,
@@ -442,6 +448,7 @@ def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
 
 # --------------------------------------------------------------------------- events, the outbox and ClickHouse
 
+
 def publish_events(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
     """n events in one transaction, written with COPY as the worker does."""
     events = [outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
@@ -463,6 +470,7 @@ def read_event_log_ids(settings) -> list[uuid.UUID]:
 
 
 # --------------------------------------------------------------------------- live updates
+
 
 async def listener_listening(db) -> None:
     """Wait until the API's listener has run LISTEN: notifications before that are lost."""
@@ -497,6 +505,7 @@ def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") 
 
 
 # --------------------------------------------------------------------------- raw WebSockets
+
 
 async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
                                      header: str) -> socket.socket:
@@ -568,6 +577,7 @@ def close_code_of(frames: bytes) -> int | None:
 
 
 # --------------------------------------------------------------------------- a faulty network
+
 
 class TcpProxy:
     """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches

@@ -50,6 +50,7 @@ from helpers import (
     upgrade_with_a_tiny_buffer,
     upload,
     wait_for,
+    wait_until,
     watchers_dropped,
 )
 
@@ -1022,14 +1023,13 @@ async def test_websockets_are_capped_per_owner_and_per_process(settings, aiohttp
             await bob.ws_connect(f"/ws/jobs/{bob_job}")
         assert refused.value.status == 503  # the process is full
         await held.pop(0).close()
-        for _ in range(50):  # the server notices the close
+
+        async def a_place_again():  # once the server has noticed the close
             try:
-                held.append(await alice.ws_connect(f"/ws/jobs/{job_id}"))
-                break
+                return await alice.ws_connect(f"/ws/jobs/{job_id}")
             except aiohttp.WSServerHandshakeError:
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("a closed WebSocket's place was never given back")
+                return None
+        held.append(await wait_until(a_place_again, what="a closed WebSocket's place back"))
         assert (await alice.get("/healthz")).status == 200
         for ws in held:
             await ws.close()

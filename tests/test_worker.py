@@ -383,11 +383,13 @@ def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db
 
 def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process):
     # As if the API committed the job and crashed before publishing: no message at all.
+    # Ages are moved in the database, far from the threshold either way: a slow machine
+    # cannot make the fresh job old enough to count as lost (it once did, at 5 s).
     job_id = make_job(settings, db, jsonl(VALID, VALID))
-    db.execute("UPDATE jobs SET updated_at = now() - interval '10 seconds' WHERE job_id = %s",
+    db.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE job_id = %s",
                (job_id,))
     fresh_id = make_job(settings, db, jsonl(VALID))  # queued just now: not yet "lost"
-    start_process("worker.py", EH_REQUEUE_AFTER_S="5")
+    start_process("worker.py", EH_REQUEUE_AFTER_S="600")  # looks at start, then every 300 s
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="lost job completed")
     assert job_row(db, fresh_id)["status"] == "queued"
     assert_exactly_once(db, job_id, valid=2, invalid=0)
