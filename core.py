@@ -120,6 +120,10 @@ class Settings:
         "ClickHouse queries the API runs at once for those routes (threads); as many more may "
         "wait, and past that a request is refused with `503` and `Retry-After`",
         minimum=1, maximum=64)
+    export_max_rows: int = setting(
+        "EH_EXPORT_MAX_ROWS", 1_000_000,
+        "most events one `GET /api/v1/events/export` streams; past it the export ends with a "
+        "last line saying so", minimum=1, maximum=100_000_000)
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "

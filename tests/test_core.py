@@ -116,7 +116,7 @@ def test_backoff_doubles_up_to_its_cap_with_jitter_and_resets():
 
 PROCESSES = {"eventhorizon", "worker", "relay"}
 # A layer of the API beside its process file: it may use the logic modules, never a process.
-LAYERS = {"graphql_api"}
+LAYERS = {"graphql_api", "search_routes"}
 
 
 def project_imports(module: str) -> set[str]:
