@@ -434,3 +434,63 @@ def test_next_links_keep_every_filter():
 def _multidict(items):
     from multidict import MultiDict
     return MultiDict(items)
+
+
+SEARCH_QUERY = """
+query Search($filter: EventFilter, $after: String, $order: Order) {
+  events(filter: $filter, first: 40, after: $after, order: $order) {
+    items { id jobId lineNo timestamp level service eventType environment message context }
+    nextAfter
+  }
+  eventHistogram(filter: $filter) { intervalS events buckets { start counts { level events } } }
+  eventFacets(field: "context.request_id", filter: $filter, first: 3) { field values { value count } other }
+}"""
+
+
+async def graphql(client, query: str, variables: dict) -> dict:
+    response = await client.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status == 200
+    return await response.json()
+
+
+@pytest.mark.parametrize("order", ["DESC", "ASC"])
+async def test_graphql_search_reads_what_the_rest_routes_read(db, jobs, client_of, order):
+    """Query.events (followed along nextAfter), eventHistogram and eventFacets answer as
+    GET /api/v1/events, …/histogram and …/facets with the same filter."""
+    alice = await client_of("alice")
+    graph_filter = {"levels": ["ERROR", "INFO"], "jobIds": [str(jobs["a1"]), str(jobs["a2"])],
+                    "context": [{"path": "http.status", "value": "200"}]}
+    rest = (f"level=error&level=info&job_id={jobs['a1']}&job_id={jobs['a2']}"
+            "&context.http.status=200")
+    events, after = [], None
+    while True:
+        answer = await graphql(alice, SEARCH_QUERY, {"filter": graph_filter, "after": after,
+                                                     "order": order})
+        assert "errors" not in answer, answer
+        page = answer["data"]["events"]
+        events += page["items"]
+        if not (after := page["nextAfter"]):
+            break
+    expected = await all_pages(alice, f"/api/v1/events?limit=1000&order={order.lower()}&{rest}")
+    assert len(expected) > 40
+    assert [(e["jobId"], e["lineNo"], e["timestamp"], e["level"].lower(), json.loads(e["context"]))
+            for e in events] == [(e["job_id"], e["line_no"], e["timestamp"], e["level"],
+                                  e["context"]) for e in expected]
+    histogram = await (await alice.get(f"/api/v1/events/histogram?{rest}")).json()
+    assert answer["data"]["eventHistogram"]["events"] == histogram["events"] == len(expected)
+    facets = await (await alice.get(f"/api/v1/events/facets?field=context.request_id&limit=3&{rest}")).json()
+    assert answer["data"]["eventFacets"] == facets
+
+
+async def test_graphql_search_refuses_bad_input(jobs, client_of):
+    alice = await client_of("alice")
+    for query, variables in [
+        ("query($a: String) { events(after: $a) { nextAfter } }", {"a": "forged"}),
+        ("{ events(first: 1001) { nextAfter } }", {}),
+        ('{ eventFacets(field: "message") { other } }', {}),
+        ('{ events(filter: {context: [{path: "a..b", value: "1"}]}) { nextAfter } }', {}),
+        ('query($id: ID!) { job(id: $id) { events(filter: {jobIds: [$id]}) { nextAfterLine } } }',
+         {"id": str(jobs["a1"])}),
+    ]:
+        answer = await graphql(alice, query, variables)
+        assert answer["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", answer
