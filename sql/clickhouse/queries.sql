@@ -43,13 +43,12 @@ WHERE job_id = {job_id:UUID} AND line_no > 0
 GROUP BY start, level
 ORDER BY start, level
 
--- Owner-wide search (explore.py's search_*): an owner's line events across their jobs, read
--- through event_log's `by_owner` projection, sorted by (owner, event_time). `$search_scope`
--- is whose events may be seen: the owner's, less the jobs Postgres says are deleted while
--- ClickHouse may still hold their events (explore.search_scope). `$search_filters` are the
--- filters; `context.<path>` filters take CONTEXT_SLOTS fixed slots, an unused one a path of ''.
-
 -- name: search_scope --
+-- Owner-wide search (explore.py's search_*): an owner's line events across their jobs, read
+-- through event_log's by_owner projection, sorted by (owner, event_time). This fragment is
+-- whose events may be seen: the owner's, less the jobs Postgres says are deleted while
+-- ClickHouse may still hold their events (explore.search_scope). search_filters are the
+-- filters; context.<path> filters take CONTEXT_SLOTS fixed slots, an unused one a path of ''.
 owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
 
 -- name: search_filters --
@@ -109,7 +108,7 @@ GROUP BY start, level
 ORDER BY start, level
 
 -- name: search_facet --
--- The top values of one field ($facet_value: a fixed expression per field, explore.FACETS)
+-- The top values of one field (facet_value: a fixed expression per field, explore.FACETS)
 -- and the count of all the events that have one (`total`, for `other`).
 SELECT value, events, sum(events) OVER () AS total
 FROM (SELECT $facet_value AS value, count() AS events
