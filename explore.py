@@ -264,7 +264,8 @@ FACETS = {"level": "level", "service": "service", "event_type": "event_type",
 MAX_FACET_VALUES = 100
 EXPORT_FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 EXPORT_TIMEOUT_S = 600.0  # an export streams for as long as its client reads, up to this
-EXPORT_BLOCK_ROWS = 8192  # rows ClickHouse sends per block: what an export holds at once
+EXPORT_BLOCK_ROWS = 8192  # rows ClickHouse sends per block: what a CSV export holds at once
+EXPORT_CHUNK_BYTES = 256 * 1024  # of an NDJSON export, read and handed over at a time
 CSV_COLUMNS = ("event_id", "job_id", "line_no", "timestamp", "level", "service", "event_type",
                "environment", "message", "context")
 LAST_MS = "2106-02-07 06:28:16.000"  # after every event time event_log can hold
@@ -436,15 +437,19 @@ def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str 
     position = decode_cursor(after, order) if after else (
         {"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2**64 - 1} if order == "desc"
         else {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0})
-    result = ch.query(QUERIES[f"search_events_{order}"], parameters={
+    result = ch.query(events_query(order), parameters={
         **scope.parameters(), **filters.parameters(), **position, "limit": limit},
         settings=dict(settings or {}))
     return [search_event_json(dict(zip(result.column_names, row))) for row in result.result_rows]
 
 
+def events_query(order: str, columns: str = "search_columns") -> str:
+    return QUERIES[f"search_events_{order}"].replace("$columns", QUERIES[columns])
+
+
 def search_event_json(row: dict) -> dict[str, Any]:
     return {"event_id": row["event_id"], "job_id": row["job"], "line_no": row["line_no"],
-            "timestamp": rfc3339_ms(row["event_time"]), "level": row["level"],
+            "timestamp": row["timestamp"], "level": row["level"],
             "service": row["service"], "event_type": row["event_type"],
             "environment": row["environment"], "message": row["message"],
             "context": json.loads(row["context"])}
@@ -488,24 +493,65 @@ def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = 
     time (never all at once); past `max_rows`, a last line says the export stopped there."""
     if order not in ORDERS:
         raise InvalidFilter("order must be desc or asc")
+    # prefer_column_name_to_alias: the line's "job_id" (text) is an alias; filters and the
+    # order mean the column.
     settings = {**(settings or {}), "max_result_rows": max_rows + 1,
-                "max_execution_time": EXPORT_TIMEOUT_S, "max_block_size": EXPORT_BLOCK_ROWS}
+                "max_execution_time": EXPORT_TIMEOUT_S, "max_block_size": EXPORT_BLOCK_ROWS,
+                "prefer_column_name_to_alias": 1}
     start = ({"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2**64 - 1}
              if order == "desc" else
              {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0})
+    parameters = {**scope.parameters(), **filters.parameters(), **start, "limit": max_rows + 1}
+    chunks = (csv_chunks(ch, events_query(order), parameters, settings, max_rows) if fmt == "csv" else
+              ndjson_chunks(ch, events_query(order, "export_ndjson_columns"), parameters,
+                            settings, max_rows))
     seen = 0  # rows ClickHouse sent: at most max_rows + 1, the one past saying there are more
-    with ch.query_row_block_stream(QUERIES[f"search_events_{order}"], parameters={
-            **scope.parameters(), **filters.parameters(), **start, "limit": max_rows + 1},
-            settings=settings) as stream:
-        if fmt == "csv":  # once ClickHouse has taken the query: a refusal is still a 503
-            yield csv_text([CSV_COLUMNS])
-        for block in stream:
-            keep = block[:max(max_rows - seen, 0)]
-            seen += len(block)
-            if keep:
-                yield csv_rows(keep) if fmt == "csv" else ndjson_rows(keep)
+    for chunk, rows in chunks:
+        seen += rows
+        if chunk:
+            yield chunk
     if seen > max_rows:
         yield truncation_line(fmt, max_rows)
+
+
+def ndjson_chunks(ch, query: str, parameters: dict, settings: dict,
+                  max_rows: int) -> Iterator[tuple[bytes, int]]:
+    """The NDJSON lines as ClickHouse writes them (JSONEachRow: no decoding here), cut after
+    `max_rows`, with how many rows each chunk ends (one more, past the cut, if there are)."""
+    response = ch.raw_stream(query, parameters=parameters, settings=settings, fmt="JSONEachRow")
+    try:
+        lines, tail = 0, b""
+        for data in response.stream(EXPORT_CHUNK_BYTES):
+            data, tail = tail + data, b""
+            ends = data.count(b"\n")
+            if lines + ends > max_rows:  # cut after the max_rows-th line; the rest is the one past
+                cut = -1
+                for _ in range(max_rows - lines):
+                    cut = data.index(b"\n", cut + 1)
+                yield data[:cut + 1], max_rows - lines + 1
+                return
+            lines += ends
+            cut = data.rfind(b"\n") + 1
+            data, tail = data[:cut], data[cut:]  # whole lines only: a failure ends cleanly
+            if data:
+                yield data, ends
+        if tail.strip():
+            raise Unavailable(f"ClickHouse's export ended mid-line: {tail[:300]!r}")
+    finally:
+        response.close()
+
+
+def csv_chunks(ch, query: str, parameters: dict, settings: dict,
+               max_rows: int) -> Iterator[tuple[bytes, int]]:
+    """CSV rows from ClickHouse's blocks (a message may hold a newline, so rows are counted
+    as rows, not lines), cut after `max_rows`; the header once ClickHouse has taken the query."""
+    with ch.query_row_block_stream(query, parameters=parameters, settings=settings) as stream:
+        yield csv_text([CSV_COLUMNS]), 0
+        rows = 0
+        for block in stream:
+            keep = block[:max(max_rows - rows, 0)]
+            rows += len(block)
+            yield csv_text(keep) if keep else b"", len(block)
 
 
 def truncation_line(fmt: str, max_rows: int) -> bytes:
@@ -522,18 +568,6 @@ def failure_line(fmt: str) -> bytes:
     if fmt == "csv":
         return f"# error: {detail}\n".encode()
     return orjson.dumps({"error": detail}) + b"\n"
-
-
-def ndjson_rows(block) -> bytes:
-    """One JSON line per row (search_columns' order); the context as ClickHouse wrote it."""
-    return b"".join(orjson.dumps({
-        "event_id": r[0], "job_id": r[1], "line_no": r[2], "timestamp": rfc3339_ms(r[3]),
-        "level": r[4], "service": r[5], "event_type": r[6], "environment": r[7],
-        "message": r[8], "context": orjson.Fragment(r[9])}) + b"\n" for r in block)
-
-
-def csv_rows(block) -> bytes:
-    return csv_text([r[:3] + (rfc3339_ms(r[3]),) + r[4:] for r in map(tuple, block)])
 
 
 def csv_text(rows) -> bytes:

@@ -417,7 +417,7 @@ def test_search_reads_use_the_owner_projection(db, jobs, settings):
                       **explore.SearchFilters().parameters(), "after_time": explore.LAST_MS,
                       "after_job": explore.MAX_UUID, "after_line": 2**64 - 1, "limit": 100}
         plan = "\n".join(row[0] for row in ch.query(
-            "EXPLAIN indexes = 1 " + explore.QUERIES["search_events_desc"],
+            "EXPLAIN indexes = 1 " + explore.events_query("desc"),
             parameters=parameters).result_rows)
     assert "ReadFromMergeTree (by_owner)" in plan and "InReverseOrder" in plan, plan
 

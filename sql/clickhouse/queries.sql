@@ -70,14 +70,24 @@ owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
   AND ({cp8:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp8:String}))) = {cv8:String})
 
 -- name: search_columns --
-toString(event_id) AS event_id, toString(job_id) AS job, line_no, event_time, level,
-service, event_type, environment, toString(event_context.message) AS message,
+-- What a search returns of an event, put in for `$columns` by explore.events_query: the
+-- time as its RFC 3339 text (to the millisecond), the context as JSON text.
+toString(event_id) AS event_id, toString(job_id) AS job, line_no,
+concat(left(formatDateTime(event_time, '%Y-%m-%dT%H:%i:%S.%f', 'UTC'), 23), 'Z') AS timestamp,
+level, service, event_type, environment, toString(event_context.message) AS message,
 toJSONString(event_context.^context) AS context
+
+-- name: export_ndjson_columns --
+-- The same as an NDJSON export's lines (JSONEachRow): the API's event, written by ClickHouse.
+toString(event_id) AS event_id, toString(job_id) AS job_id, line_no,
+concat(left(formatDateTime(event_time, '%Y-%m-%dT%H:%i:%S.%f', 'UTC'), 23), 'Z') AS timestamp,
+level, service, event_type, environment, toString(event_context.message) AS message,
+event_context.^context AS context
 
 -- name: search_events_desc --
 -- Newest first; the page after (after_time, after_job, after_line), a keyset position (the
 -- first page's is past every event). `event_time <=` lets the primary key prune.
-SELECT $search_columns
+SELECT $columns
 FROM event_log
 WHERE $search_scope AND $search_filters
   AND event_time <= {after_time:DateTime64(3, 'UTC')}
@@ -86,7 +96,7 @@ ORDER BY event_time DESC, job_id DESC, line_no DESC
 LIMIT {limit:UInt32}
 
 -- name: search_events_asc --
-SELECT $search_columns
+SELECT $columns
 FROM event_log
 WHERE $search_scope AND $search_filters
   AND event_time >= {after_time:DateTime64(3, 'UTC')}
