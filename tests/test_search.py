@@ -5,6 +5,7 @@ way: outbox rows as the worker writes them, moved by relay_once."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import datetime as dt
@@ -494,3 +495,24 @@ async def test_graphql_search_refuses_bad_input(jobs, client_of):
     ]:
         answer = await graphql(alice, query, variables)
         assert answer["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", answer
+
+
+async def test_an_export_whose_client_goes_away_gives_its_read_back(jobs, settings, monkeypatch):
+    """An export reads ClickHouse on one of the Explorer's threads while its client reads the
+    stream; a client that stops after one chunk ends that read (its slot free again) instead
+    of holding it for the rest of the export. Broken, `pending` would stay 1."""
+    monkeypatch.setattr(explore, "EXPORT_CHUNK_BYTES", 512)  # many chunks: the queue fills
+    explorer = explore.Explorer(settings.clickhouse_url, timeout_s=10, queries=1)
+    try:
+        chunks = explorer.export(explore.SearchScope("alice"), explore.SearchFilters(),
+                                 fmt="ndjson", order="desc", max_rows=1000)
+        first = await anext(chunks)
+        assert first.endswith(b"\n") and explorer.pending == 1
+        await chunks.aclose()
+        await asyncio.to_thread(wait_for, lambda: explorer.pending == 0, 10,
+                                what="the export's read to end")
+        page = await explorer.search(explore.SearchScope("alice"), explore.SearchFilters(),
+                                     limit=5)
+        assert len(page) == 5  # the one thread serves the next read
+    finally:
+        explorer.close()
