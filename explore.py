@@ -1,8 +1,12 @@
 """Explore: a job's events read back from ClickHouse, where they are meant to be queried — a
 filtered page of them in line order, and a histogram of them over time by level.
 
+Owner-wide search (issue 23) is here too: an owner's events across their jobs
+(`search_events`, keyset-paged by cursor), their histogram, facets and export, within the
+owner's `SearchScope` (`search_scope`, read from Postgres at each search).
+
 The reads are plain functions that take a clickhouse-connect client (`job_events`,
-`job_histogram`), so tests call them directly. `Explorer` runs them for the API: on a small
+`job_histogram`, `search_*`, `export_chunks`), so tests call them directly. `Explorer` runs them for the API: on a small
 pool of threads (clickhouse-connect blocks), with a bounded queue in front (a request past it
 is refused at once rather than left waiting), and every query under ClickHouse-side limits.
 The SQL is sql/clickhouse/queries.sql; every value in it is bound server-side.
