@@ -27,7 +27,7 @@ import math
 import re
 import threading
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, AsyncGenerator, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -621,12 +621,13 @@ class Explorer:
         return await self.run(search_facets, scope, filters, field, limit=limit)
 
     async def export(self, scope: SearchScope, filters: SearchFilters,
-                     **options) -> AsyncIterator[bytes]:
+                     **options) -> AsyncGenerator[bytes, None]:
         """export_chunks run as one read (one of the threads, for as long as it streams),
         handed over through a small queue, so a slow client slows ClickHouse's sending
         rather than filling memory. Busy or Unavailable before the first chunk are raised as
         for any read; a client gone stops the read within half a second."""
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue(maxsize=4)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
         gone = threading.Event()
 
         def hand_over(chunk: bytes | None) -> None:
@@ -649,9 +650,9 @@ class Explorer:
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done() and task.done() and task.exception():
+                if not getter.done() and task.done() and (failure := task.exception()):
                     getter.cancel()
-                    raise task.exception()
+                    raise failure
                 chunk = await getter
                 if chunk is None:
                     return
