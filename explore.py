@@ -191,34 +191,39 @@ def job_histogram(ch, job_id: uuid.UUID, filters: EventFilters, *, interval_s: i
     time the events span where the filters leave it open; empty buckets included, so a chart
     draws them as gaps."""
     parameters = {"job_id": str(job_id), **filters.parameters()}
-    return histogram(ch, QUERIES["job_event_range"], QUERIES["job_histogram"], parameters,
-                     filters.since, filters.until, interval_s=interval_s, settings=settings)
-
-
-def histogram(ch, range_query: str, histogram_query: str, parameters: dict[str, Any],
-              since: dt.datetime | None, until: dt.datetime | None, *, interval_s: int | None,
-              settings: Mapping[str, Any] | None, interval_name: str = "interval",
-              step: dt.timedelta = dt.timedelta(seconds=1)) -> dict[str, Any]:
-    """A histogram by level of the events `range_query` counts (first, last, events) and
-    `histogram_query` buckets (start, level, events), both with `parameters`; `step` is the
-    precision of `until`, which is exclusive."""
     settings = dict(settings or {})
-    first, last, events = ch.query(range_query, parameters=parameters,
+    first, last, events = ch.query(QUERIES["job_event_range"], parameters=parameters,
                                    settings=settings).result_rows[0]
     if not events:
-        return {"interval_s": interval_s or INTERVALS_S[0], "events": 0, "buckets": []}
-    first = since or utc(first)
-    last = until - step if until else utc(last)
+        return no_histogram(interval_s)
+    return histogram(ch, QUERIES["job_histogram"], parameters, filters.since or utc(first),
+                     filters.until - dt.timedelta(seconds=1) if filters.until else utc(last),
+                     interval_s=interval_s, settings=settings)
+
+
+def histogram(ch, query: str, parameters: dict[str, Any], first: dt.datetime,
+              last: dt.datetime, *, interval_s: int | None, settings: dict[str, Any],
+              interval_name: str = "interval") -> dict[str, Any]:
+    """The buckets `query` counts (start, level, events) with `parameters`, from `first` to
+    `last` (the selected events' time range, the filters' from/to where given); `events` is
+    what the buckets add up to."""
     span_s = (last - first).total_seconds() + 1
     if interval_s is None:
         interval_s = pick_interval(span_s)
     elif span_s / interval_s > MAX_BUCKETS:
         raise InvalidFilter(f"{interval_name} {interval_s} s gives more than {MAX_BUCKETS} "
                             f"buckets over these events' {int(span_s)} s; choose a longer one")
-    rows = ch.query(histogram_query, parameters={**parameters, "interval_s": interval_s},
+    rows = ch.query(query, parameters={**parameters, "interval_s": interval_s},
                     settings=settings).result_rows
+    events = sum(row[2] for row in rows)
+    if not events:
+        return no_histogram(interval_s)
     return {"interval_s": interval_s, "events": events,
             "buckets": buckets(rows, first, last, interval_s)}
+
+
+def no_histogram(interval_s: int | None) -> dict[str, Any]:
+    return {"interval_s": interval_s or INTERVALS_S[0], "events": 0, "buckets": []}
 
 
 def pick_interval(span_s: float) -> int:
@@ -431,6 +436,11 @@ def decode_cursor(raw: str, order: str) -> dict[str, Any]:
 MAX_MS = int((MAX_TIME - EPOCH).total_seconds()) * 1000 + 1000
 
 
+# The keyset position before every event, in each order.
+START = {"desc": {"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2**64 - 1},
+         "asc": {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0}}
+
+
 def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str = "desc",
                   after: str | None = None, limit: int = 100,
                   settings: Mapping[str, Any] | None = None) -> list[dict]:
@@ -438,9 +448,7 @@ def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str 
     order="asc"), after the keyset cursor `after` (from encode_cursor)."""
     if order not in ORDERS:
         raise InvalidFilter("order must be desc or asc")
-    position = decode_cursor(after, order) if after else (
-        {"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2**64 - 1} if order == "desc"
-        else {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0})
+    position = decode_cursor(after, order) if after else START[order]
     result = ch.query(events_query(order), parameters={
         **scope.parameters(), **filters.parameters(), **position, "limit": limit},
         settings=dict(settings or {}))
@@ -462,11 +470,25 @@ def search_event_json(row: dict) -> dict[str, Any]:
 def search_histogram(ch, scope: SearchScope, filters: SearchFilters, *,
                      interval_s: int | None = None,
                      settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """As job_histogram, over the owner's events the search filters select."""
+    """As job_histogram, over the owner's events the search filters select. Where from or
+    to is not given, the first or last selected event's time is read in the projection's
+    order (a read that stops at the first match), not by aggregating every selected row."""
     parameters = {**scope.parameters(), **filters.parameters()}
-    return histogram(ch, QUERIES["search_event_range"], QUERIES["search_histogram"], parameters,
-                     filters.since, filters.until, interval_s=interval_s, settings=settings,
-                     interval_name="interval_s", step=dt.timedelta(milliseconds=1))
+    settings = dict(settings or {})
+    first = filters.since or search_time(ch, "asc", parameters, settings)
+    last = (filters.until - dt.timedelta(milliseconds=1) if filters.until
+            else search_time(ch, "desc", parameters, settings))
+    if first is None or last is None:
+        return no_histogram(interval_s)
+    return histogram(ch, QUERIES["search_histogram"], parameters, first, last,
+                     interval_s=interval_s, settings=settings, interval_name="interval_s")
+
+
+def search_time(ch, order: str, parameters: dict, settings: dict) -> dt.datetime | None:
+    """The time of the first (asc) or last (desc) event the parameters select, or None."""
+    rows = ch.query(events_query(order, "search_time"), settings=settings,
+                    parameters={**parameters, **START[order], "limit": 1}).result_rows
+    return utc(rows[0][0]) if rows else None
 
 
 def search_facets(ch, scope: SearchScope, filters: SearchFilters, field: str, *,
@@ -502,10 +524,8 @@ def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = 
     settings = {**(settings or {}), "max_result_rows": max_rows + 1,
                 "max_execution_time": EXPORT_TIMEOUT_S, "max_block_size": EXPORT_BLOCK_ROWS,
                 "prefer_column_name_to_alias": 1}
-    start = ({"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2**64 - 1}
-             if order == "desc" else
-             {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0})
-    parameters = {**scope.parameters(), **filters.parameters(), **start, "limit": max_rows + 1}
+    parameters = {**scope.parameters(), **filters.parameters(), **START[order],
+                  "limit": max_rows + 1}
     chunks = (csv_chunks(ch, events_query(order), parameters, settings, max_rows) if fmt == "csv" else
               ndjson_chunks(ch, events_query(order, "export_ndjson_columns"), parameters,
                             settings, max_rows))

@@ -159,13 +159,13 @@ async def export(explorer, scope, events: int) -> None:
 
 def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
-    name = {"events": "search_events_desc", "histogram": "search_event_range",
+    name = {"events": "search_events_desc", "histogram": "search_histogram",
             "facets": "search_facet"}[kind]
     query = (reads.events_query("desc") if kind == "events" else reads.QUERIES[name]).replace(
         "$facet_value", reads.FACETS["service"])
     parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
                   "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,
-                  "facet_path": ""}
+                  "facet_path": "", "interval_s": 86400}
     result = explorer.client().query(query, parameters=parameters, settings=explorer.settings)
     return int(result.summary.get("read_rows", 0))
 

@@ -104,10 +104,9 @@ WHERE $search_scope AND $search_filters
 ORDER BY event_time, job_id, line_no
 LIMIT {limit:UInt32}
 
--- name: search_event_range --
-SELECT min(event_time) AS first, max(event_time) AS last, count() AS events
-FROM event_log
-WHERE $search_scope AND $search_filters
+-- name: search_time --
+-- For `$columns`: the first or last selected event's time (explore.search_time).
+event_time
 
 -- name: search_histogram --
 SELECT toStartOfInterval(event_time, toIntervalSecond({interval_s:UInt32})) AS start,
