@@ -125,6 +125,10 @@ class Settings:
         "EH_EXPLORE_WAIT_S", 30.0,
         "longest a ClickHouse read waits for a slot; past it: `503` with `Retry-After`",
         minimum=0.1, maximum=600)
+    export_max_rows: int = setting(
+        "EH_EXPORT_MAX_ROWS", 1_000_000,
+        "most events one `GET /api/v1/events/export` streams; past it the export ends with a "
+        "last line saying so", minimum=1, maximum=100_000_000)
     queue: str = setting(
         "EH_QUEUE", "eventhorizon.jobs",
         "RabbitMQ job queue; refused messages go to `<queue>.dead`, duplicates of a job another "

@@ -52,6 +52,7 @@ import observe
 import offload
 import read_slots
 import revocation
+import search_routes
 import uploads
 from http_guard import SECURITY_HEADERS, problem_response
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
@@ -210,6 +211,9 @@ def init_app(settings: core.Settings) -> web.Application:
                             watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
+    search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
+        lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
+        Problem, int_param, explore_read))
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     return app

@@ -410,15 +410,69 @@ async def resolve_histogram(job: dict, info, filter: dict | None = None,
     context.count_clickhouse_read()
     histogram = await explore_read(context.services.explorer.histogram(
         context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
+    return histogram_node(histogram)
+
+
+def histogram_node(histogram: dict) -> dict:
     return {**histogram, "buckets": [
         {"start": b["start"], "counts": [{"level": level.upper(), "events": n}
                                          for level, n in b["counts"].items()]}
         for b in histogram["buckets"]]}
 
 
+async def resolve_search(_root, info, first: int, order: str, after: str | None = None,
+                         filter: dict | None = None) -> dict:
+    """A page of the owner's events across their jobs (GET /api/v1/events)."""
+    first = bounded("first", first, EVENTS_FIRST)
+    info.context.count_clickhouse_read()
+    events = await explore_read(info.context.services.explorer.search(
+        await search_scope(info), search_filters(filter), order=order, after=after,
+        limit=first + 1))
+    items = events[:first]
+    return {"items": [event_node(e) for e in items],
+            "next_after": explore.encode_cursor(order, items[-1]) if len(events) > first else None}
+
+
+async def resolve_search_histogram(_root, info, filter: dict | None = None,
+                                   intervalS: int | None = None) -> dict:
+    if intervalS is not None:
+        bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
+    info.context.count_clickhouse_read()
+    return histogram_node(await explore_read(info.context.services.explorer.search_histogram(
+        await search_scope(info), search_filters(filter), intervalS)))
+
+
+async def resolve_facets(_root, info, field: str, first: int, filter: dict | None = None) -> dict:
+    first = bounded("first", first, (1, explore.MAX_FACET_VALUES))
+    info.context.count_clickhouse_read()
+    return await explore_read(info.context.services.explorer.facets(
+        await search_scope(info), search_filters(filter), field, first))
+
+
+async def search_scope(info) -> explore.SearchScope:
+    return await explore.search_scope(info.context.services.pool, info.context.principal.owner)
+
+
+def search_filters(filter: dict | None) -> explore.SearchFilters:
+    """The GraphQL EventFilter of a search, checked as GET /api/v1/events' parameters are."""
+    filter = filter or {}
+    try:
+        return explore.checked_search_filters(
+            levels=[level.lower() for level in filter.get("levels") or ()],
+            services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
+            environments=filter.get("environments") or (), job_ids=filter.get("jobIds") or (),
+            since=filter.get("from"), until=filter.get("to"), text=filter.get("text") or "",
+            context=[(m["path"], m["value"]) for m in filter.get("context") or ()])
+    except explore.InvalidFilter as exc:
+        raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+
+
 def event_filters(filter: dict | None) -> explore.EventFilters:
     """The GraphQL EventFilter, checked as the REST routes' query parameters are."""
     filter = filter or {}
+    if filter.get("jobIds") is not None or filter.get("context") is not None:
+        raise GraphQLError("jobIds and context filter searches (Query.events), not a job's "
+                           "events", extensions={"code": "BAD_USER_INPUT"})
     try:
         return explore.checked_filters(
             levels=[level.lower() for level in filter.get("levels") or ()],
@@ -573,6 +627,11 @@ def load_schema() -> GraphQLSchema:
     query["job"].resolve = resolve_job
     query["jobs"].resolve = resolve_jobs
     query["stats"].resolve = resolve_stats
+    query["events"].resolve = resolve_search
+    query["eventHistogram"].resolve = resolve_search_histogram
+    query["eventFacets"].resolve = resolve_facets
+    for name, value in schema.type_map["Order"].values.items():
+        value.value = name.lower()
     job["id"].resolve = lambda job, _info: job["job_id"]
     job["formats"].resolve = resolve_formats
     job["errors"].resolve = resolve_errors

@@ -76,12 +76,18 @@ tracer = trace.get_tracer("eventhorizon.relay")
 
 EVENT_LOG_DDL_PATH = core.SQL_DIR / "clickhouse" / "event_log.sql"
 EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
+EVENT_LOG_SEARCH_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_search_upgrade.sql"
 EVENT_LOG_TABLE = "event_log"
 EVENT_LOG_COLUMNS = (
-    "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version"
+    "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version",
+    "event_time", "owner",
 )
-# A lightweight delete: the rows disappear from queries at once, and from disk at merges.
-DELETE_JOB_EVENTS = (f"DELETE FROM {EVENT_LOG_TABLE} WHERE job_id = {{job_id:UUID}} "
+# A mutation, waited for (DELETE_SETTINGS): it rewrites the parts holding the job's events,
+# projections included. Not a lightweight DELETE: its mask is not applied by a read of the
+# `by_owner` projection in time order (ClickHouse 26.9), so owner-wide search would still
+# find the rows (tests/test_search.py's deletion test). Search hides the job meanwhile.
+DELETE_SETTINGS = {"mutations_sync": 2}
+DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE job_id = {{job_id:UUID}} "
                      "AND event_type != 'job.deleted'")
 DEAD_AFTER_ATTEMPTS = 3
 # Salvaging a refused batch halves it at most this many times in one transaction (one bad
@@ -196,6 +202,7 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
                     pg, listener = connect_postgres(settings.database_url)
                 if ch is None:
                     ch = connect_clickhouse(settings.clickhouse_url)
+                    fill_missing_owners(pg, ch)
                 if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
                     delete_events_of_deleted_jobs(pg, ch)
                     wait_for_work(pg, listener, settings, stop)
@@ -320,6 +327,43 @@ def ensure_event_log(ch) -> None:
         log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
         for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
             ch.command(statement)
+    if "PROJECTION by_owner" not in ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}"):
+        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_SEARCH_UPGRADE_PATH))
+        for statement in sql_statements(EVENT_LOG_SEARCH_UPGRADE_PATH.read_text()):
+            ch.command(statement)
+
+
+def fill_missing_owners(conn, ch) -> int:
+    """Give the line events event_log holds without an owner (stored before it had the
+    column) the owner Postgres records for their job; returns how many jobs. Run at each
+    connect, so a relay stopped halfway finishes the work at its next start; cheap once done,
+    since `by_owner` keeps the events without an owner together. Events of jobs Postgres no
+    longer has keep '' (no owner sees them; their deletion is the relay's, below)."""
+    try:
+        job_ids = [str(j) for (j,) in ch.query(UNOWNED_JOBS).result_rows]
+    except Exception as exc:
+        raise ClickHouseUnavailable(describe(exc)) from exc
+    if not job_ids:
+        return 0
+    owned = conn.cursor(row_factory=tuple_row).execute(
+        QUERIES["owners_of_jobs"], {"job_ids": job_ids}).fetchall()
+    for owner, ids in owned:
+        for start in range(0, len(ids), PRESENCE_CHUNK):
+            chunk = [str(i) for i in ids[start:start + PRESENCE_CHUNK]]
+            try:
+                ch.command(SET_OWNER, parameters={"owner": owner, "ids": chunk})
+            except Exception as exc:
+                raise ClickHouseUnavailable(describe(exc)) from exc
+    filled = sum(len(ids) for _, ids in owned)
+    if filled:
+        log.info("relay.owners_filled", jobs=filled)
+    return filled
+
+
+UNOWNED_JOBS = (f"SELECT DISTINCT job_id FROM {EVENT_LOG_TABLE} WHERE owner = '' "
+                "AND line_no > 0 LIMIT 100000")
+SET_OWNER = (f"ALTER TABLE {EVENT_LOG_TABLE} UPDATE owner = {{owner:String}} "
+             "WHERE owner = '' AND job_id IN {ids:Array(UUID)}")
 
 
 EXPLORE_COLUMNS = ("job_id", "line_no", "level", "service")
@@ -771,7 +815,8 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
             if job_id is None:
                 return done
             try:
-                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)})
+                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)},
+                           settings=DELETE_SETTINGS)
             except Exception as exc:
                 raise ClickHouseUnavailable(describe(exc)) from exc
             jobs.finish_deletion(conn, job_id)

@@ -160,13 +160,22 @@ COPY line_errors (job_id, line_no, reason) FROM STDIN;
 -- relay sends the lines as they are, never decoding an event: the time as whole Unix seconds
 -- (event_log's DateTime; ClickHouse refuses one out of its range, relay.INSERT_SETTINGS), the
 -- context as jsonb prints it. UTF-8 bytes (bytea), so the driver does not decode them either.
+-- `event_time` is the time to the millisecond (truncated, as event_log's DateTime64(3) text)
+-- and `owner` the owner of the job the event names (a primary-key look-up; '' for an event
+-- of no job, or of a job gone, whose events are being deleted): owner-wide search reads by
+-- both (sql/clickhouse/event_log.sql). A job's owner never changes, so a re-sent line is
+-- the same line.
 convert_to(json_build_object(
     'event_id', o.event_id,
     'event_type', o.event_type,
     'event_date_time', floor(extract(epoch FROM o.event_date_time))::bigint,
+    'event_time', to_char(o.event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'),
     'environment', o.environment,
     'event_context', o.event_context,
-    'metadata_version', o.metadata_version)::text, 'UTF8')
+    'metadata_version', o.metadata_version,
+    'owner', coalesce((SELECT j.owner FROM jobs j WHERE j.job_id = CASE
+        WHEN o.event_context->>'job_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+        THEN (o.event_context->>'job_id')::uuid END), ''))::text, 'UTF8')
 
 -- name: claim_outbox_batch --
 -- The oldest rows no other relay holds and no recorded batch covers. The caller re-reads
@@ -324,6 +333,18 @@ WHERE d.clickhouse_at IS NULL
 ORDER BY d.deleted_at
 LIMIT 1
 FOR UPDATE OF d SKIP LOCKED;
+
+-- name: owners_of_jobs --
+-- relay.fill_missing_owners: the owners of the jobs of events event_log has without one.
+SELECT owner, array_agg(job_id) AS job_ids FROM jobs
+WHERE job_id = ANY(%(job_ids)s) AND owner IS NOT NULL
+GROUP BY owner;
+
+-- name: hidden_jobs_of_owner --
+-- Owner-wide search (explore.search_scope): the owner's deleted jobs whose events ClickHouse
+-- may still hold (the relay deletes them there, then sets clickhouse_at, in one transaction).
+-- Only deletions in flight: a handful, however many jobs the owner has.
+SELECT job_id FROM job_deletions WHERE owner = %(owner)s AND clickhouse_at IS NULL;
 
 -- name: finish_deletion --
 UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = %(job_id)s;

@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 import core
 import eventhorizon
 import jobs
+import relay
 from helpers import bearer, serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
@@ -176,13 +177,14 @@ def api_url(settings, start_process) -> str:
     return url
 
 
-def test_fuzz_every_operation(api_url, make_token, fuzz_seed):
+def test_fuzz_every_operation(api_url, make_token, fuzz_seed, settings):
     """Generated requests, valid and invalid, to every operation: no 5xx, and every answer is
     one the document allows (status code, content type, headers, body schema). The session
     carries an admin token, so requests get past authentication unless a case sends its own.
     CI runs the same cases every time (a fixed seed); a local run explores new ones, its seed
     printed (EH_TEST_SEED replays it)."""
     schema = schemathesis.openapi.from_url(f"{api_url}/api/v1/openapi.json", timeout=10)
+    relay.connect_clickhouse(settings.clickhouse_url).close()  # event_log, as a relay makes it
     session = requests.Session()
     session.headers.update(bearer(make_token("fuzzer", admin=True)))
     statuses = collections.Counter()

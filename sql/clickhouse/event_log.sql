@@ -7,8 +7,14 @@
 -- the API's events and histogram (explore.py) — are read through the `by_job` projection,
 -- sorted by job and line: `job_id`, `line_no`, `level` and `service` are computed from the
 -- event's context on insert (0, the zero UUID or '' where it has none), so that counting a
--- job's events by level reads two small columns, not the JSON. Lightweight DELETEs (a deleted job's events)
--- rebuild the projection's parts they touch.
+-- job's events by level reads two small columns, not the JSON. A deleted job's events go by
+-- a mutation (relay.DELETE_JOB_EVENTS), which rewrites the projections' parts too.
+--
+-- Search across an owner's jobs (explore.py's search_*) reads the `by_owner` projection,
+-- sorted by (owner, event_time): an owner's read touches that owner's granules only, and the
+-- newest-first page reads them in reverse order and stops. `owner` is the job's owner and
+-- `event_time` the event's time to the millisecond, both sent by the relay (Postgres builds
+-- them, sql/queries.sql's event_log_line); `event_date_time` (whole seconds) stays as it was.
 CREATE TABLE IF NOT EXISTS event_log
 (
     event_id         UUID,
@@ -21,10 +27,16 @@ CREATE TABLE IF NOT EXISTS event_log
     line_no          UInt64 MATERIALIZED toUInt64OrZero(toString(event_context.line_no)),
     level            LowCardinality(String) MATERIALIZED toString(event_context.level),
     service          LowCardinality(String) MATERIALIZED toString(event_context.service),
+    owner            LowCardinality(String) DEFAULT '',
+    event_time       DateTime64(3, 'UTC') DEFAULT toDateTime64(event_date_time, 3, 'UTC'),
     PROJECTION by_job (
         SELECT event_id, event_type, event_date_time, environment, event_context,
                metadata_version, job_id, line_no, level, service
-        ORDER BY job_id, line_no)
+        ORDER BY job_id, line_no),
+    PROJECTION by_owner (
+        SELECT event_id, event_type, event_date_time, environment, event_context,
+               metadata_version, job_id, line_no, level, service, owner, event_time
+        ORDER BY owner, event_time)
 )
 ENGINE = MergeTree
 ORDER BY (event_type, event_date_time)

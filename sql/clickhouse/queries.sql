@@ -42,3 +42,88 @@ WHERE job_id = {job_id:UUID} AND line_no > 0
   AND $event_filters
 GROUP BY start, level
 ORDER BY start, level
+
+-- name: search_scope --
+-- Owner-wide search (explore.py's search_*): an owner's line events across their jobs, read
+-- through event_log's by_owner projection, sorted by (owner, event_time). This fragment is
+-- whose events may be seen: the owner's, less the jobs Postgres says are deleted while
+-- ClickHouse may still hold their events (explore.search_scope). search_filters are the
+-- filters; context.<path> filters take CONTEXT_SLOTS fixed slots, an unused one a path of ''.
+owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
+
+-- name: search_filters --
+(empty({levels:Array(String)}) OR has({levels:Array(String)}, level))
+  AND (empty({services:Array(String)}) OR has({services:Array(String)}, service))
+  AND (empty({event_types:Array(String)}) OR has({event_types:Array(String)}, event_type))
+  AND (empty({environments:Array(String)}) OR has({environments:Array(String)}, environment))
+  AND (empty({job_ids:Array(UUID)}) OR has({job_ids:Array(UUID)}, job_id))
+  AND event_time >= coalesce({since:Nullable(DateTime64(3, 'UTC'))}, toDateTime64(0, 3, 'UTC'))
+  AND event_time < coalesce({until:Nullable(DateTime64(3, 'UTC'))}, toDateTime64('2106-02-07 06:28:16', 3, 'UTC'))
+  AND ({text:String} = '' OR positionCaseInsensitiveUTF8(toString(event_context.message), {text:String}) > 0)
+  AND ({cp1:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp1:String}))) = {cv1:String})
+  AND ({cp2:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp2:String}))) = {cv2:String})
+  AND ({cp3:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp3:String}))) = {cv3:String})
+  AND ({cp4:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp4:String}))) = {cv4:String})
+  AND ({cp5:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp5:String}))) = {cv5:String})
+  AND ({cp6:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp6:String}))) = {cv6:String})
+  AND ({cp7:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp7:String}))) = {cv7:String})
+  AND ({cp8:String} = '' OR toString(getSubcolumn(event_context, concat('context.', {cp8:String}))) = {cv8:String})
+
+-- name: search_columns --
+-- What a search returns of an event, put in for `$columns` by explore.events_query: the
+-- time as its RFC 3339 text (to the millisecond), the context as JSON text.
+toString(event_id) AS event_id, toString(job_id) AS job, line_no,
+concat(left(formatDateTime(event_time, '%Y-%m-%dT%H:%i:%S.%f', 'UTC'), 23), 'Z') AS timestamp,
+level, service, event_type, environment, toString(event_context.message) AS message,
+toJSONString(event_context.^context) AS context
+
+-- name: export_ndjson_columns --
+-- The same as an NDJSON export's lines (JSONEachRow): the API's event, written by ClickHouse.
+toString(event_id) AS event_id, toString(job_id) AS job_id, line_no,
+concat(left(formatDateTime(event_time, '%Y-%m-%dT%H:%i:%S.%f', 'UTC'), 23), 'Z') AS timestamp,
+level, service, event_type, environment, toString(event_context.message) AS message,
+event_context.^context AS context
+
+-- name: search_events_desc --
+-- Newest first; the page after (after_time, after_job, after_line), a keyset position (the
+-- first page's is past every event). `event_time <=` lets the primary key prune.
+SELECT $columns
+FROM event_log
+WHERE $search_scope AND $search_filters
+  AND event_time <= {after_time:DateTime64(3, 'UTC')}
+  AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+ORDER BY event_time DESC, job_id DESC, line_no DESC
+LIMIT {limit:UInt32}
+
+-- name: search_events_asc --
+SELECT $columns
+FROM event_log
+WHERE $search_scope AND $search_filters
+  AND event_time >= {after_time:DateTime64(3, 'UTC')}
+  AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+ORDER BY event_time, job_id, line_no
+LIMIT {limit:UInt32}
+
+-- name: search_time --
+-- For `$columns`: the first or last selected event's time (explore.search_time).
+event_time
+
+-- name: search_histogram --
+SELECT toStartOfInterval(event_time, toIntervalSecond({interval_s:UInt32})) AS start,
+       level, count() AS events
+FROM event_log
+WHERE $search_scope AND $search_filters
+GROUP BY start, level
+ORDER BY start, level
+
+-- name: search_facet --
+-- The top values of one field (facet_value: a fixed expression per field, explore.FACETS)
+-- and the count of all the events that have one (`total`, for `other`).
+SELECT value, events, sum(events) OVER () AS total
+FROM (SELECT $facet_value AS value, count() AS events
+      FROM event_log
+      WHERE $search_scope AND $search_filters
+      GROUP BY value
+      HAVING value IS NOT NULL)
+ORDER BY events DESC, value
+LIMIT {limit:UInt32}

@@ -1,0 +1,158 @@
+"""Owner-wide search over REST: the events of every job of the token's owner, filtered, a page
+at a time (GET /api/v1/events), their histogram, facets and an export.
+
+A layer of the API, like graphql_api: the reads are explore.py's (search_scope, then
+Explorer.search, search_histogram, facets, export), the same functions GraphQL calls. The
+API's own pieces it needs (the Postgres pool, the Explorer, the principal, its Problem and
+number parsing) are handed over by eventhorizon.init_app as a `Wiring`, so this module
+imports no process file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import structlog
+from aiohttp import web
+
+import auth
+import core
+import explore
+
+log = structlog.get_logger("search")
+routes = web.RouteTableDef()
+
+MAX_CURSOR_CHARS = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """What the routes use of the API: the pool, the explorer and the settings of a request's
+    app, its principal, and how the API answers a problem and reads a number parameter."""
+
+    pool: Callable[[web.Request], Any]
+    explorer: Callable[[web.Request], explore.Explorer]
+    settings: Callable[[web.Request], core.Settings]
+    principal: Callable[[web.Request], auth.Principal]
+    problem: Callable[..., Exception]  # (status, title, detail, headers=…) -> the exception
+    int_param: Callable[..., int]  # (request, name, default=, low=, high=) -> int or a 422
+    explore_read: Callable[[Awaitable[Any]], Awaitable[Any]]  # a read's failure as a Problem
+
+
+WIRING = web.AppKey("search_wiring", Wiring)
+
+
+def setup(app: web.Application, wiring: Wiring) -> None:
+    app[WIRING] = wiring
+    app.add_routes(routes)
+
+
+@routes.get("/api/v1/events")
+async def get_events(request: web.Request) -> web.Response:
+    """The owner's events, newest first (order=asc: oldest), filtered, a page at a time:
+    follow `next` (it keeps the filters) until it is null."""
+    w = request.app[WIRING]
+    filters = search_filters(request, {"limit", "after", "order"})
+    limit = w.int_param(request, "limit", default=100, low=1, high=1000)
+    order, after = order_param(request), cursor_param(request)
+    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
+    events = await w.explore_read(w.explorer(request).search(
+        scope, filters, order=order, after=after, limit=limit + 1))
+    next_url = None
+    if len(events) > limit:
+        events = events[:limit]
+        query = [("limit", str(limit)), ("order", order),
+                 ("after", explore.encode_cursor(order, events[-1])), *filters.query_items()]
+        next_url = f"/api/v1/events?{urlencode(query)}"
+    return web.json_response({"events": events, "next": next_url})
+
+
+@routes.get("/api/v1/events/histogram")
+async def get_events_histogram(request: web.Request) -> web.Response:
+    """The owner's events the filters select, counted by level per bucket of time."""
+    w = request.app[WIRING]
+    filters = search_filters(request, {"interval_s"})
+    interval = None
+    if "interval_s" in request.query:
+        interval = w.int_param(request, "interval_s", default=0, low=1,
+                               high=explore.MAX_INTERVAL_S)
+    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
+    histogram = await w.explore_read(w.explorer(request).search_histogram(scope, filters,
+                                                                          interval))
+    return web.json_response(histogram)
+
+
+@routes.get("/api/v1/events/facets")
+async def get_events_facets(request: web.Request) -> web.Response:
+    """The commonest values of one field among the events the filters select."""
+    w = request.app[WIRING]
+    filters = search_filters(request, {"field", "limit"})
+    field = request.query.get("field")
+    if not field:
+        raise w.problem(422, "Unprocessable Content", "field is required: level, service, "
+                        "event_type, environment, job_id or context.<path>")
+    limit = w.int_param(request, "limit", default=10, low=1, high=explore.MAX_FACET_VALUES)
+    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
+    facets = await w.explore_read(w.explorer(request).facets(scope, filters, field, limit))
+    return web.json_response(facets)
+
+
+@routes.get("/api/v1/events/export")
+async def get_events_export(request: web.Request) -> web.StreamResponse:
+    """Every event the filters select (up to EH_EXPORT_MAX_ROWS), streamed as NDJSON or CSV
+    while ClickHouse sends it: memory stays flat however many there are."""
+    w = request.app[WIRING]
+    filters = search_filters(request, {"format", "order"})
+    fmt, order = request.query.get("format", "ndjson"), order_param(request)
+    if fmt not in explore.EXPORT_FORMATS:
+        raise w.problem(422, "Unprocessable Content", "format must be ndjson or csv")
+    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
+    chunks = w.explorer(request).export(scope, filters, fmt=fmt, order=order,
+                                        max_rows=w.settings(request).export_max_rows)
+    async with contextlib.aclosing(chunks):
+        first = await w.explore_read(first_chunk(chunks))  # a 503 or 422 before any byte
+        response = web.StreamResponse(headers={
+            "Content-Type": explore.EXPORT_FORMATS[fmt],
+            "Content-Disposition": f'attachment; filename="events.{fmt}"'})
+        await response.prepare(request)
+        await response.write(first)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except (explore.Unavailable, explore.InvalidFilter) as exc:
+            log.warning("search.export_failed", error=str(exc))
+            await response.write(explore.failure_line(fmt))
+        await response.write_eof()
+    return response
+
+
+async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    return await anext(chunks, b"")
+
+
+def search_filters(request: web.Request, also: set[str]) -> explore.SearchFilters:
+    try:
+        return explore.search_filters_from_query(request.query, also=frozenset(also))
+    except explore.InvalidFilter as exc:
+        raise request.app[WIRING].problem(422, "Unprocessable Content", str(exc)) from None
+
+
+def order_param(request: web.Request) -> str:
+    order = request.query.get("order", "desc")
+    if order not in explore.ORDERS:
+        raise request.app[WIRING].problem(422, "Unprocessable Content",
+                                          "order must be desc or asc")
+    return order
+
+
+def cursor_param(request: web.Request) -> str | None:
+    """`after` as given: checked here for its size, and decoded (or refused, 422) by the read."""
+    after = request.query.get("after")
+    if after is not None and not 0 < len(after) <= MAX_CURSOR_CHARS:
+        raise request.app[WIRING].problem(
+            422, "Unprocessable Content", "after is not a cursor this API gave (follow `next`)")
+    return after
