@@ -281,7 +281,8 @@ async def test_health_and_readiness(settings, client, aiohttp_client, make_token
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
-    assert (await ready.json())["checks"] == {"postgres": "ok", "rabbitmq": "ok", "s3": "ok"}
+    assert (await ready.json())["checks"] == {"postgres": "ok", "rabbitmq": "ok", "s3": "ok",
+                                                  "listener": "ok"}
 
     broken = dataclasses.replace(settings, amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
                                  s3_bucket="no-such-bucket-here")
@@ -309,7 +310,7 @@ async def test_a_dependency_that_never_answers_is_unavailable_after_the_ready_ti
     assert response.status == 503
     checks = (await response.json())["checks"]
     assert checks == {"postgres": "ok", "rabbitmq": "ok",
-                      "s3": "unavailable: no answer within 0.5 s"}
+                      "s3": "unavailable: no answer within 0.5 s", "listener": "ok"}
     proxy.close()  # the stuck request fails now, not at boto3's 60 s read timeout (teardown)
 
 
@@ -542,8 +543,9 @@ async def test_every_request_has_one_access_log_line_with_its_status_and_ids(cli
     assert queued[0]["request_id"] == lines[3]["request_id"]  # the request's other lines too
 
 
-async def abandon_an_upload(host: str, port: int, token: str) -> None:
-    """Send the start of an upload, then drop the connection."""
+async def abandon_an_upload(host: str, port: int, token: str, started=None) -> None:
+    """Send the start of an upload, then drop the connection: once `started()` is true, if
+    given (the server is inside the upload), else after a moment."""
     boundary = "eh-test-boundary"
     reader, writer = await asyncio.open_connection(host, port)
     writer.write((f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {host}\r\n"
@@ -553,14 +555,19 @@ async def abandon_an_upload(host: str, port: int, token: str) -> None:
                   f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
                   f"filename=\"a.jsonl\"\r\n\r\n").encode() + jsonl(VALID) * 100)
     await writer.drain()
-    await asyncio.sleep(0.2)
+    if started is None:
+        await asyncio.sleep(0.2)
+    else:
+        await wait_until(started, what="the server inside the upload")
     writer.transport.abort()
 
 
 async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token):
     """In aiohttp's test server a client's going away cancels the handler."""
+    slots = client.app[eventhorizon.UPLOAD_SLOTS]
     with capture_access_log() as logs:
-        await abandon_an_upload(client.host, client.port, make_token())
+        await abandon_an_upload(client.host, client.port, make_token(),
+                                started=lambda: slots.running() > 0)
         for _ in range(100):
             if access_lines(logs):
                 break
