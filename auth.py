@@ -13,12 +13,16 @@ and the sockets it opened are closed (revocation.py).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
+import math
 import re
 import secrets
+import time
 
 from psycopg.rows import class_row, dict_row, tuple_row
 
@@ -121,3 +125,62 @@ async def authenticate(aconn, token: str | None) -> Principal | None:
 
 def secret_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+MAX_TRACKED_CLIENTS = 10_000
+
+
+def client_key(peer: str | None) -> str:
+    """Whom the failed-authentication limit counts: the connection's peer address (never a
+    header a client writes), an IPv6 client by its /64, which one host is commonly given."""
+    try:
+        address = ipaddress.ip_address((peer or "").split("%")[0])
+    except ValueError:
+        return peer or "?"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class FailedAuthLimiter:
+    """A token bucket per client: `per_minute` failed authentications at once, then one more
+    each 60/per_minute s. A client out of them is told how long to wait, and is not looked up
+    meanwhile (nor is its token, right or wrong).
+
+    Memory is bounded: at most `clients` buckets, the least recently failing dropped first (a
+    dropped bucket was likely full again; a flood of distinct addresses costs its sender
+    `clients` failures before any of its own buckets goes). Full buckets are dropped as they
+    are met, so clients that fail now and then leave nothing behind."""
+
+    def __init__(self, per_minute: int, *, clients: int = MAX_TRACKED_CLIENTS,
+                 clock=time.monotonic):
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.clients, self.clock = clients, clock
+        self.buckets: collections.OrderedDict[str, tuple[float, float]] = (
+            collections.OrderedDict())
+
+    def retry_after(self, client: str) -> int:
+        """Seconds `client` must wait before its next try (0: it may try now)."""
+        tokens = self.tokens(client)
+        return 0 if tokens >= 1 else math.ceil((1 - tokens) / self.rate)
+
+    def failed(self, client: str) -> None:
+        self.buckets[client] = (self.tokens(client) - 1, self.clock())
+        self.buckets.move_to_end(client)
+        while len(self.buckets) > self.clients:
+            self.buckets.popitem(last=False)
+        self.drop_full()
+
+    def tokens(self, client: str) -> float:
+        tokens, at = self.buckets.get(client, (self.capacity, self.clock()))
+        return min(self.capacity, tokens + (self.clock() - at) * self.rate)
+
+    def drop_full(self) -> None:
+        """Forget the oldest buckets that have filled up again (at most a few per call)."""
+        for _ in range(2):
+            oldest = next(iter(self.buckets), None)
+            if oldest is None or self.tokens(oldest) < self.capacity:
+                return
+            del self.buckets[oldest]

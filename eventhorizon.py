@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
-import json
 import logging
 import math
 import re
@@ -31,53 +30,62 @@ from urllib.parse import urlencode
 
 import psycopg
 import structlog
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
-from opentelemetry import propagate, trace
+from aiohttp import web
+from opentelemetry import trace
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 import amqp
 import auth
 import core
 import explore
-import formats
+import format_routes
 import graphql_api
-import http_guard
+import http_server
 import jobs
-import lines
 import live
 import observe
-import offload
 import read_slots
 import revocation
 import search_routes
+import upload_route
 import uploads
-from http_guard import SECURITY_HEADERS, problem_response
+from api_state import (
+    AUTH_LIMITER,
+    EXPLORER,
+    GRAPHQL,
+    POOL,
+    PUBLISHER,
+    S3,
+    SETTINGS,
+    UPLOAD_SLOTS,
+    WATCHERS,
+    principal,
+)
+from http_guard import (
+    MALFORMED_REQUESTS,
+    WS_AUTH_PROTOCOL,
+    Problem,
+    access_log_middleware,
+    auth_middleware,
+    bind_job_id,
+    guard_middleware,
+    json_body,
+    problem_middleware,
+    security_headers_middleware,
+    too_many_failures,
+    tracing_middleware,
+)
 from live import STATUS_RANK, WS_NOT_FOUND  # noqa: F401  (the tests name them here)
 
 log = structlog.get_logger("api")
+T = TypeVar("T")
 tracer = trace.get_tracer("eventhorizon.api")
 
-READ_CHUNK_BYTES = 256 * 1024
-MULTIPART_OVERHEAD_BYTES = 64 * 1024  # headers and boundaries around the file in the body
-# The other fields of an upload's body, before the file and again after it: at most this many
-# parts, and MULTIPART_OVERHEAD_BYTES of their headers and contents (see FieldBudget).
-MAX_FIELDS = 16
 MAX_REQUEST_LINE_BYTES = 128 * 1024
-UPLOAD_FIELDS = ("format", "service", "environment")  # fields read before the file, if given
-MAX_FORMAT_BYTES = 64 * 1024  # a custom log format's definition (POST /api/v1/formats)
-MAX_FORMATS_PER_OWNER = 100
-UPLOAD_RETRY_AFTER_S = 5  # Retry-After of an upload refused for want of a slot (429, 503)
 STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
 SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
-UPLOAD_PATH = "/api/v1/files/upload"
 PLAIN_DIGITS = re.compile(r"[0-9]+")
-# The problem+json titles of uploads.UploadRefused's statuses.
-REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
-# What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
-MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
 
 def main(argv: list[str]) -> int:
@@ -95,7 +103,7 @@ def main(argv: list[str]) -> int:
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     observe.setup_tracing(settings, "eventhorizon-api")
-    http_guard.run(init_app(settings), host=settings.http_host, port=settings.http_port,
+    http_server.run(init_app(settings), host=settings.http_host, port=settings.http_port,
                    head_timeout_s=settings.request_head_timeout_s,
                    keepalive_timeout_s=settings.keepalive_timeout_s, shutdown_timeout_s=5)
     return 0
@@ -172,17 +180,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-SETTINGS = web.AppKey("settings", core.Settings)
-POOL = web.AppKey("pool", AsyncConnectionPool)
-S3 = web.AppKey("s3", object)
-PUBLISHER = web.AppKey("publisher", amqp.Publisher)
-WATCHERS = web.AppKey("watchers", live.JobWatchers)
-GRAPHQL = web.AppKey("graphql", graphql_api.Services)
-PRINCIPAL = web.RequestKey("principal", auth.Principal)
-UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
-EXPLORER = web.AppKey("explorer", explore.Explorer)
-AUTH_LIMITER = web.AppKey("auth_limiter", http_guard.FailedAuthLimiter)
-
 routes = web.RouteTableDef()
 STATIC_DIR = core.ROOT / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
@@ -206,11 +203,13 @@ def init_app(settings: core.Settings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
-    app[AUTH_LIMITER] = http_guard.FailedAuthLimiter(settings.auth_failures_per_minute)
+    app[AUTH_LIMITER] = auth.FailedAuthLimiter(settings.auth_failures_per_minute)
     app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx,
                             watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
+    app.add_routes(upload_route.routes)
+    app.add_routes(format_routes.routes)
     search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
         lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
         Problem, int_param, explore_read))
@@ -222,242 +221,7 @@ def init_app(settings: core.Settings) -> web.Application:
 # --------------------------------------------------------------------------- errors
 
 
-class Problem(Exception):
-    """An error answered as application/problem+json (RFC 9457)."""
-
-    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
-                 headers: dict[str, str] | None = None, errors: list[str] | None = None):
-        super().__init__(detail or title)
-        self.status, self.title, self.detail, self.type = status, title, detail, type_
-        self.headers, self.errors = headers, errors
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except Problem as exc:
-        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers,
-                                exc.errors)
-    except uploads.UploadRefused as exc:
-        return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
-    except offload.Busy as exc:
-        return problem_response(503, "Service Unavailable", f"{exc}; retry shortly",
-                                headers={"Retry-After": str(offload.RETRY_AFTER_S)})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
-    except ConnectionResetError:
-        # The client went away mid-request (aiohttp fails the body's reads): nobody is left
-        # to answer and nothing went wrong here. The access log records it as 499.
-        return problem_response(400, "Bad Request", "the connection closed mid-request")
-    except Exception as exc:
-        if not core.is_outage(exc):
-            log.exception("http.unhandled_error", path=request.path)
-            return problem_response(500, "Internal Server Error", "an unexpected error occurred")
-        if isinstance(exc, psycopg.Error):
-            log.warning("http.database_unavailable", error=str(exc))
-            return problem_response(503, "Service Unavailable", "the database is unreachable")
-        log.warning("http.storage_unavailable", error=str(exc))
-        return problem_response(503, "Service Unavailable", "the file storage is unreachable")
-
-
-TRACED_PREFIXES = ("/api/", "/ws/", "/graphql")  # not the page, health checks or /metrics
-
-
-@web.middleware
-async def tracing_middleware(request: web.Request, handler):
-    """A server span for each API request, continuing the caller's trace if its request
-    carries a `traceparent`. Named by route (`POST /api/v1/files/upload`), never with the
-    query string or a header: no filter text, no token."""
-    if not request.path.startswith(TRACED_PREFIXES):
-        return await handler(request)
-    route = request.match_info.route.resource
-    name = f"{request.method} {route.canonical if route is not None else '(no route)'}"
-    with observe.span(
-            tracer, name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.path}) as span:
-        response = await handler(request)
-        span.set_attribute("http.response.status_code", response.status)
-        if response.status >= 500:
-            span.set_status(trace.StatusCode.ERROR)
-        return response
-
-
-@web.middleware
-async def access_log_middleware(request: web.Request, handler):
-    """One `http.request` line per request, whatever became of it.
-
-    Logged in `finally`, so a request whose handler raised, or whose client went away, has
-    its line too (status 499 then, and `aborted` says why). A `request_id` is bound for every
-    line logged meanwhile, and whatever the request bound (handlers bind `job_id`) is cleared
-    at its end, so the next request on a keep-alive connection starts clean.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12])
-    outcome: dict[str, Any] = {"status": 500}
-    try:
-        response = await handler(request)
-        outcome["status"] = response.status
-        if not response.prepared and client_gone(request):
-            outcome.update(status=499, aborted="the client closed the connection")
-        return response
-    except web.HTTPException as exc:  # a redirect or other non-error problem_middleware let by
-        outcome["status"] = exc.status
-        raise
-    except asyncio.CancelledError:
-        outcome.update(status=499, aborted="cancelled: the client went away or the server stopped")
-        raise
-    finally:
-        if request.path == UPLOAD_PATH and request.method == "POST":
-            observe.UPLOADS.labels(str(outcome["status"])).inc()
-        log.info("http.request", method=request.method, path=request.path,
-                 ms=round((loop.time() - started) * 1000, 1), **outcome)
-        structlog.contextvars.clear_contextvars()
-
-
-def client_gone(request: web.Request) -> bool:
-    """The connection is closed: a response could not reach the client any more."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-def bind_job_id(job_id: Any) -> None:
-    """Name the job on every log line of this request, its `http.request` line included."""
-    structlog.contextvars.bind_contextvars(job_id=str(job_id))
-
-
-class MalformedRequestLog(logging.Filter):
-    """aiohttp logs a request it cannot parse as an error with a traceback whose messages
-    quote the request's bytes (or, for a bad first line, at DEBUG, so not at all): anyone can
-    send those, as often as they like. One short line says enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            log.warning("http.malformed_request", error=type(exc).__name__,
-                        status=getattr(exc, "code", 400))
-            return False
-        return record.levelno >= logging.getLogger().getEffectiveLevel()
-
-
-MALFORMED_REQUESTS = MalformedRequestLog()
-
-
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler):
-    """Outside problem_middleware, so problem answers carry the headers too."""
-    response = await handler(request)
-    if not response.prepared:  # a WebSocket has sent its headers already
-        response.headers.update(SECURITY_HEADERS)
-    return response
-
-
 # --------------------------------------------------------------------------- access
-
-
-@web.middleware
-async def guard_middleware(request: web.Request, handler):
-    """Refuse a Host this API does not answer to (a DNS-rebinding page names its own) and, on
-    what a browser may send cross-site (every method but GET and HEAD, and WebSocket
-    upgrades), an Origin that is not exactly this site: http(s), this host and port."""
-    settings = request.app[SETTINGS]
-    if not host_allowed(request, settings.allowed_host_names):
-        raise Problem(400, "Bad Request", "this server does not answer to that Host name "
-                                          "(EH_ALLOWED_HOSTS)")
-    if request.method not in ("GET", "HEAD") or request.headers.get("Upgrade"):
-        check_origin(request)
-    return await handler(request)
-
-
-def host_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
-    if "*" in allowed:
-        return True
-    try:
-        host = request.url.host
-    except ValueError:
-        return False
-    return host is not None and host.lower() in allowed
-
-
-def check_origin(request: web.Request) -> None:
-    """Browsers send Origin on cross-site requests and WebSocket upgrades; programs such as
-    curl do not, and are let through (they carry a token instead)."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return
-    scheme, sep, netloc = origin.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or netloc.lower() != request.host.lower():
-        raise Problem(403, "Forbidden", "requests from another site's pages are not allowed")
-
-
-
-# The WebSocket subprotocol a browser names, with its token as the second value, because a
-# browser cannot set an Authorization header on a WebSocket (and a token in the URL would end
-# up in logs and history): new WebSocket(url, ["eventhorizon.bearer", token]).
-WS_AUTH_PROTOCOL = "eventhorizon.bearer"
-
-
-def needs_token(request: web.Request) -> bool:
-    """The API and the WebSockets; not the page, its assets, the docs or the health checks
-    (the contracts, /api/v1/openapi.json and /graphql/schema.graphql, are public too). A
-    GraphQL WebSocket sends its token in connection_init, after the upgrade."""
-    path = request.path
-    return ((path.startswith("/api/") and path != "/api/v1/openapi.json")
-            or path.startswith("/ws/") or (path == "/graphql" and request.method == "POST"))
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler):
-    """Resolve the request's principal (401 without a working token), or LOCAL with EH_AUTH=none."""
-    if request.app[SETTINGS].auth == "none":
-        request[PRINCIPAL] = auth.LOCAL
-    elif needs_token(request):
-        limiter, client = request.app[AUTH_LIMITER], http_guard.client_key(request.remote)
-        if wait_s := limiter.retry_after(client):
-            observe.AUTH_FAILURES.labels("limited").inc()
-            raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
-        token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
-        async with request.app[POOL].connection() as conn:
-            who = await auth.authenticate(conn, token)
-        if who is None:
-            limiter.failed(client)
-            observe.AUTH_FAILURES.labels("refused").inc()
-            raise unauthorized(presented=token is not None)
-        request[PRINCIPAL] = who
-        structlog.contextvars.bind_contextvars(owner=who.owner)
-    return await handler(request)
-
-
-def protocol_token(request: web.Request) -> str | None:
-    """The token a browser sent as the second `Sec-WebSocket-Protocol` value."""
-    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    if len(offered) == 2 and offered[0] == WS_AUTH_PROTOCOL:
-        return offered[1]
-    return None
-
-
-def unauthorized(*, presented: bool) -> Problem:
-    challenge = 'Bearer realm="eventhorizon"'
-    if presented:
-        challenge += ', error="invalid_token"'
-    detail = ("the token is malformed, unknown or revoked" if presented else
-              "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)")
-    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
-
-
-def too_many_failures(wait_s: int, per_minute: int) -> Problem:
-    return Problem(429, "Too Many Requests",
-                   f"too many requests from this address had no working token ({per_minute} "
-                   f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
-                   headers={"Retry-After": str(wait_s)})
-
-
-def principal(request: web.Request) -> auth.Principal:
-    return request[PRINCIPAL]
 
 
 # --------------------------------------------------------------------------- resources
@@ -660,74 +424,6 @@ async def read_outbox_gauges(pool: AsyncConnectionPool, timeout_s: float) -> Non
     observe.OUTBOX_DEAD.set(row["dead"])
 
 
-@routes.post(UPLOAD_PATH)
-async def upload(request: web.Request) -> web.Response:
-    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202.
-
-    What the headers tell is checked before a byte of the body is read: its type, that it is
-    not compressed, its length, and that an upload slot is free (held until the answer,
-    however the upload ends)."""
-    settings = request.app[SETTINGS]
-    if request.content_type != "multipart/form-data":
-        raise Problem(415, "Unsupported Media Type",
-                      "send the file as multipart/form-data in a field named 'file'")
-    check_body_not_compressed(request.headers)
-    if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
-        raise uploads.UploadTooLarge(settings.max_upload_bytes)
-    try:
-        with request.app[UPLOAD_SLOTS].claim(principal(request).owner):
-            return await receive_upload(request)
-    except uploads.TooManyUploads as exc:
-        raise no_upload_slot(exc) from None
-
-
-async def receive_upload(request: web.Request) -> web.Response:
-    """The body: the file part streamed to S3 as it is checked, every read bounded by the
-    idle timeout; then the job, committed and published."""
-    settings = request.app[SETTINGS]
-    job_id = uuid.uuid4()
-    bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
-    idle_s = settings.upload_idle_timeout_s
-    reader, part, fields = await find_file_part(request, idle_s)
-    file_name = part.filename or ""
-    if bad := uploads.unprintable_character(file_name):
-        raise Problem(422, "Unprocessable Content",
-                      f"the file name must be UTF-8 text without control or formatting "
-                      f"characters; it has {bad}")
-    if not file_name.lower().endswith(".jsonl"):
-        raise Problem(415, "Unsupported Media Type",
-                      f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
-    check_part_not_encoded(part.headers)
-    options = await upload_options(request, fields)
-    if not await request.app[PUBLISHER].is_available():
-        raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
-
-    key = f"{uploads.UPLOADS_PREFIX}{job_id}.jsonl"
-    writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
-    inspector = uploads.UploadInspector(settings.max_upload_bytes)
-    try:
-        with observe.span(tracer, "s3.put", attributes={"s3.key": key}) as span:
-            while chunk := await read_chunk(part, idle_s):
-                inspector.feed(chunk)
-                await writer.write(chunk)
-            await read_to_the_closing_boundary(reader, idle_s)
-            inspector.finish()
-            await writer.close()
-            span.set_attribute("size_bytes", inspector.size)
-        job = await create_job(request.app, job_id, file_name, inspector, key,
-                               owner=principal(request).owner, options=options)
-    except BaseException:
-        await asyncio.shield(writer.abort())
-        raise
-    await publish_job(request.app, job)
-    observe.UPLOAD_BYTES.inc(inspector.size)
-    body = jobs.job_json(job)
-    log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
-             lines_total=inspector.lines_total)
-    return web.json_response(body, status=202,
-                             headers={"Location": f"/api/v1/jobs/{body['job_id']}"})
-
-
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
@@ -853,109 +549,6 @@ async def delete_job(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- log formats
 
 
-@routes.post("/api/v1/formats")
-async def register_format(request: web.Request) -> web.Response:
-    """Register a custom log format (201): checked against log_format.schema.json, then the
-    token owner's, named in uploads as `format`. A name is registered once per owner. The
-    check runs on a CPU thread (offload): bounded as it is, it is not the event loop's work."""
-    definition = await json_body(request, MAX_FORMAT_BYTES)
-    try:
-        await offload.run(formats.custom_format, definition)
-    except formats.InvalidFormat as exc:
-        raise Problem(422, "Unprocessable Content",
-                      f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],
-                      errors=exc.reasons[:50]) from None
-    owner, name = principal(request).owner, definition["name"]
-    async with request.app[POOL].connection() as conn, conn.transaction():
-        await conn.execute(core.QUERIES["lock_owner_formats"], {"owner": owner})
-        count = (await (await conn.execute(core.QUERIES["count_log_formats"],
-                                           {"owner": owner})).fetchone())["n"]
-        if count >= MAX_FORMATS_PER_OWNER:
-            raise Problem(409, "Conflict", f"you have {count} log formats, as many as one owner "
-                                           "may; delete one to register another")
-        row = await (await conn.execute(core.QUERIES["insert_log_format"], {
-            "owner": owner, "name": name, "definition": Jsonb(definition)})).fetchone()
-    if row is None:
-        raise Problem(409, "Conflict", f"you have a log format named {name!r} already; delete "
-                                       "it to register it again (uploaded jobs keep theirs)")
-    log.info("format.registered", format=name)
-    return web.json_response(format_json(row), status=201,
-                             headers={"Location": f"/api/v1/formats/{name}"})
-
-
-@routes.get("/api/v1/formats")
-async def list_formats(request: web.Request) -> web.Response:
-    """The built-in formats' names and the token owner's own formats."""
-    async with request.app[POOL].connection() as conn:
-        rows = await (await conn.execute(core.QUERIES["list_log_formats"], {
-            "owner": principal(request).owner})).fetchall()
-    return web.json_response({"builtin": list(formats.NAMES),
-                              "formats": [format_json(row) for row in rows]})
-
-
-@routes.get("/api/v1/formats/{name}")
-async def get_format(request: web.Request) -> web.Response:
-    async with request.app[POOL].connection() as conn:
-        row = await find_format(conn, principal(request).owner, request.match_info["name"])
-    if row is None:
-        raise format_not_found(request.match_info["name"])
-    return web.json_response(format_json(row))
-
-
-@routes.delete("/api/v1/formats/{name}")
-async def delete_format(request: web.Request) -> web.Response:
-    """Delete one of the owner's formats (204). Jobs uploaded with it keep their copy."""
-    name = request.match_info["name"]
-    async with request.app[POOL].connection() as conn:
-        row = await (await conn.execute(core.QUERIES["delete_log_format"], {
-            "owner": principal(request).owner, "name": name})).fetchone()
-    if row is None:
-        raise format_not_found(name)
-    log.info("format.deleted", format=name)
-    return web.Response(status=204)
-
-
-async def find_format(conn, owner: str, name: str) -> dict | None:
-    """One of `owner`'s formats; another owner's is as unknown as one that never was."""
-    return await (await conn.execute(core.QUERIES["get_log_format"],
-                                     {"owner": owner, "name": name})).fetchone()
-
-
-def format_not_found(name: str) -> Problem:
-    kind = "a built-in format (see GET /api/v1/formats)" if name in formats.NAMES else "unknown"
-    return Problem(404, "Not Found", f"you have no log format named {name[:64]!r}: {kind}")
-
-
-def format_json(row: dict) -> dict[str, Any]:
-    return {"name": row["name"], "created_at": row["created_at"].isoformat(),
-            "definition": row["definition"]}
-
-
-async def json_body(request: web.Request, max_bytes: int) -> Any:
-    """The request's JSON body, read within the idle timeout and at most `max_bytes` long."""
-    if request.content_type != "application/json":
-        raise Problem(415, "Unsupported Media Type", "send the body as application/json")
-    check_body_not_compressed(request.headers)
-    too_large = Problem(413, "Content Too Large", f"the body may be at most {max_bytes} bytes")
-    if (request.content_length or 0) > max_bytes:
-        raise too_large
-    body = bytearray()
-    idle_s = request.app[SETTINGS].upload_idle_timeout_s
-    while chunk := await within_idle_timeout(request.content.readany(), idle_s):
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise Problem(400, "Bad Request", f"the body is not JSON: {str(exc)[:200]}") from None
-    try:
-        lines.check_storable_strings(value)
-    except lines.InvalidLine as exc:
-        raise Problem(422, "Unprocessable Content", f"the body cannot be stored: {exc}") from None
-    return value
-
-
 @routes.get("/ws/jobs/{job_id}")
 async def watch_job(request: web.Request) -> web.WebSocketResponse:
     """Send the job now, then each state a commit made, in order; close after its final one."""
@@ -1021,7 +614,7 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
                                           "send queries with POST /graphql")
-    client = http_guard.client_key(request.remote)
+    client = auth.client_key(request.remote)
     if wait_s := request.app[AUTH_LIMITER].retry_after(client):
         observe.AUTH_FAILURES.labels("limited").inc()
         raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
@@ -1064,42 +657,6 @@ def graphql_authenticator(app: web.Application):
 # --------------------------------------------------------------------------- request helpers
 
 
-async def upload_options(request: web.Request, fields: dict[str, str]) -> dict[str, Any]:
-    """The upload's `format` (`auto` by default, a built-in format's name or one of the
-    owner's own, copied into the job), and the `service` and `environment` that lines whose
-    format has none fall back to. Each as a field before the file or a query parameter."""
-    name = upload_param(request, fields, "format") or formats.AUTO
-    definition = None
-    if name not in formats.NAMES:
-        async with request.app[POOL].connection() as conn:
-            row = await find_format(conn, principal(request).owner, name)
-        if row is None:
-            raise Problem(422, "Unprocessable Content",
-                          f"format must be one of {', '.join(formats.NAMES)} or one of your "
-                          f"formats (GET /api/v1/formats), got {name[:64]!r}")
-        definition = Jsonb(row["definition"])
-    return {"format": name, "format_definition": definition,
-            "default_service": upload_param(request, fields, "service"),
-            "default_environment": upload_param(request, fields, "environment")}
-
-
-def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str | None:
-    """A field before the file, or else a query parameter (not both), of 1-128 characters of
-    plain text."""
-    value, query = fields.get(name), request.query.get(name)
-    if value is not None and query is not None and value != query:
-        raise Problem(422, "Unprocessable Content",
-                      f"{name} is given twice, as a field and in the query, differently")
-    value = query if value is None else value
-    if value is not None and not 0 < len(value) <= 128:
-        raise Problem(422, "Unprocessable Content", f"{name} must be 1 to 128 characters")
-    if value is not None and (bad := uploads.unprintable_character(value)):
-        raise Problem(422, "Unprocessable Content",
-                      f"{name} must be text without control or formatting characters; it has "
-                      f"{bad}")
-    return value
-
-
 def parse_job_id(raw: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(raw)
@@ -1135,180 +692,6 @@ def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
 
 
-async def find_file_part(request: web.Request, idle_s: float):
-    """The multipart reader, its part named `file` and the upload's fields that came before
-    it (`format`, `service`, `environment`); other fields are skipped. All within their
-    FieldBudget."""
-    budget = FieldBudget("before")
-    fields: dict[str, str] = {}
-    try:
-        reader = await request.multipart()
-        while (part := await within_idle_timeout(reader.next(), idle_s)) is not None:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                return reader, part, fields
-            budget.add_part(part.headers)
-            if isinstance(part, BodyPartReader) and part.name in UPLOAD_FIELDS:
-                fields[part.name] = await read_field(part, budget, idle_s)
-            else:
-                await skip_part(part, budget, idle_s)
-    except MULTIPART_ERRORS as exc:
-        raise malformed_multipart(exc) from None
-    raise Problem(422, "Unprocessable Content", "the multipart body has no field named 'file'")
-
-
-async def read_field(part: BodyPartReader, budget: FieldBudget, idle_s: float) -> str:
-    """A small text field's value, counted against the budget."""
-    value = bytearray()
-    while chunk := await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s):
-        budget.add_bytes(len(chunk))
-        value += chunk
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Problem(422, "Unprocessable Content",
-                      f"the field {part.name!r} is not UTF-8 text") from None
-
-
-async def read_to_the_closing_boundary(reader, idle_s: float) -> None:
-    """Skip the fields after the file, up to the body's closing boundary. A body cut short
-    before it is refused: the file's last bytes could be missing, or be bytes of the body's
-    framing that aiohttp handed over as the file's."""
-    budget = FieldBudget("after")
-    try:
-        while (part := await within_idle_timeout(reader.next(), idle_s)) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ValueError("a nested multipart part after the file")
-            budget.add_part(part.headers)
-            await skip_part(part, budget, idle_s)
-    except MULTIPART_ERRORS as exc:
-        raise malformed_multipart(exc) from None
-
-
-async def skip_part(part, budget: FieldBudget, idle_s: float) -> None:
-    """Read a field to the void, counting its bytes; a nested multipart part's own parts
-    count as fields too."""
-    if isinstance(part, BodyPartReader):
-        while chunk := await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s):
-            budget.add_bytes(len(chunk))
-        return
-    while (inner := await within_idle_timeout(part.next(), idle_s)) is not None:
-        budget.add_part(inner.headers)
-        await skip_part(inner, budget, idle_s)
-
-
-class FieldBudget:
-    """What the fields before the file (or after it) may cost: MAX_FIELDS parts and
-    MULTIPART_OVERHEAD_BYTES of their headers and contents.
-
-    aiohttp parses each part on the event loop, so tens of thousands of tiny fields took
-    seconds of it, and every other request (health checks too) waited that long. Past the
-    budget the body is refused at once (400), its other parts never parsed.
-    """
-
-    def __init__(self, where: str):
-        self.where = where  # "before" or "after" (the file)
-        self.parts = 0
-        self.bytes = 0
-
-    def add_part(self, headers) -> None:
-        self.parts += 1
-        if self.parts > MAX_FIELDS:
-            raise Problem(400, "Bad Request",
-                          f"more than {MAX_FIELDS} fields {self.where} the file")
-        self.add_bytes(sum(len(name) + len(value) + 4 for name, value in headers.items()))
-
-    def add_bytes(self, count: int) -> None:
-        self.bytes += count
-        if self.bytes > MULTIPART_OVERHEAD_BYTES:
-            raise Problem(400, "Bad Request",
-                          f"more than {uploads.in_binary_units(MULTIPART_OVERHEAD_BYTES)} "
-                          f"({MULTIPART_OVERHEAD_BYTES} bytes) of fields {self.where} the file")
-
-
-async def read_chunk(part, idle_s: float) -> bytes:
-    try:
-        return await within_idle_timeout(part.read_chunk(READ_CHUNK_BYTES), idle_s)
-    except MULTIPART_ERRORS as exc:
-        raise malformed_multipart(exc) from None
-
-
-T = TypeVar("T")
-
-
-async def within_idle_timeout(read: Awaitable[T], idle_s: float) -> T:
-    """A read of the upload's body, which must bring something within `idle_s` seconds
-    (EH_UPLOAD_IDLE_TIMEOUT_S), else 408. A client that stalls would otherwise hold its
-    upload slot, up to a part's worth of memory and an open S3 multipart upload forever."""
-    try:
-        async with asyncio.timeout(idle_s):
-            return await read
-    except TimeoutError:
-        log.info("upload.stalled", idle_timeout_s=idle_s)
-        seconds = f"{idle_s:g} second{'' if idle_s == 1 else 's'}"
-        raise Problem(408, "Request Timeout", f"the upload sent nothing for {seconds}; it was "
-                      "dropped, nothing of it is kept") from None
-
-
-def check_body_not_compressed(headers) -> None:
-    """415 for a body with any Content-Encoding but identity, before a byte of it is read.
-
-    aiohttp inflates a gzip or deflate body while it is read: EH_MAX_UPLOAD_BYTES would be
-    checked against the compressed Content-Length, and a few hundred KB of gzip inflate to
-    128 MiB, all of it the event loop's work."""
-    if codings := content_codings(headers):
-        raise Problem(415, "Unsupported Media Type",
-                      f"the body has Content-Encoding {codings!r}: send the file uncompressed, "
-                      "without Content-Encoding")
-
-
-# Transfer encodings under which a part's bytes are the file's bytes (RFC 2045).
-PLAIN_TRANSFER_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
-
-
-def check_part_not_encoded(headers) -> None:
-    """415 for a file part with its own Content-Encoding or Content-Transfer-Encoding.
-
-    read_chunk hands over a part's bytes as sent, never decoded (aiohttp's read(decode=True)
-    would inflate them, past the limit), so a gzipped or base64 file would be stored as its
-    encoding, not as the file: the stored file must be the bytes sent."""
-    if codings := content_codings(headers):
-        raise Problem(415, "Unsupported Media Type",
-                      f"the file part has Content-Encoding {codings!r}: send the file "
-                      "uncompressed, without Content-Encoding")
-    transfer = headers.get("Content-Transfer-Encoding", "").strip()
-    if transfer.lower() not in PLAIN_TRANSFER_ENCODINGS:
-        raise Problem(415, "Unsupported Media Type",
-                      f"the file part has Content-Transfer-Encoding {transfer!r}: send the "
-                      "file's bytes as they are (binary)")
-
-
-def content_codings(headers) -> str:
-    """The Content-Encoding codings other than identity, as sent ("" if there are none)."""
-    codings = [c.strip() for value in headers.getall("Content-Encoding", ())
-               for c in value.split(",") if c.strip()]
-    return ", ".join(codings) if any(c.lower() != "identity" for c in codings) else ""
-
-
-def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
-    """429 when the owner has as many uploads running as one owner may, 503 when the process
-    has as many as it takes; either way a Retry-After."""
-    headers = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
-    if exc.per_owner:
-        return Problem(429, "Too Many Requests",
-                       f"you have {exc.limit} uploads running, as many as one owner may at "
-                       "once; retry when one has finished", headers=headers)
-    return Problem(503, "Service Unavailable",
-                   f"the server is receiving {exc.limit} uploads, as many as it takes at once; "
-                   f"retry in {UPLOAD_RETRY_AFTER_S} seconds", headers=headers)
-
-
-def malformed_multipart(exc: Exception) -> Problem:
-    """aiohttp's words for a malformed part's headers quote them: ours say what, not the bytes."""
-    reason = http_guard.parser_error_detail(exc) if isinstance(exc, HttpProcessingError) else exc
-    return Problem(400, "Bad Request",
-                   f"the body is not well-formed multipart/form-data: {reason}"[:300])
-
-
 async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
                             owner: str | None) -> jobs.Job | None:
     """The job, if `owner` may see it (None: whoever owns it, for admins).
@@ -1322,32 +705,6 @@ async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
     if job is None:
         raise job_not_found(job_id)
     return job
-
-
-async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: uploads.UploadInspector, key: str, *, owner: str,
-                     options: dict[str, str | None]) -> jobs.Job:
-    """The queued job row and its job.queued event, in one transaction. The row keeps the
-    upload's traceparent: the worker's span of the job continues the upload's trace."""
-    settings = app[SETTINGS]
-    traceparent = core.current_traceparent()  # the request's span, not job.insert's
-    with observe.span(tracer, "job.insert"):
-        async with app[POOL].connection() as conn, conn.transaction():
-            return await jobs.create(
-                conn, settings, job_id=job_id, file_name=file_name[:255],
-                size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
-                owner=owner, options=options, traceparent=traceparent)
-
-
-async def publish_job(app: web.Application, job: jobs.Job) -> None:
-    """Hand the job to the workers. The job is committed already: if this fails, the worker's
-    reconciler re-publishes jobs left queued too long, so the upload is not lost."""
-    with observe.span(tracer, "job.publish", kind=trace.SpanKind.PRODUCER) as span:
-        try:
-            await app[PUBLISHER].publish(jobs.message(job), job.traceparent)
-        except amqp.BrokerUnavailable as exc:
-            log.warning("job.publish_failed", job_id=str(job.job_id), error=str(exc))
-            span.set_status(trace.StatusCode.ERROR, "the broker did not take the message")
 
 
 if __name__ == "__main__":

@@ -1,270 +1,326 @@
-"""What guards the API's connections before and around its routes: a deadline on each
-request's line and headers, problem+json (with the security headers) for what aiohttp's own
-parser refuses, the security headers themselves, and the per-client limit on failed
-authentications.
-
-aiohttp (3.14) has a keep-alive timeout but none for a request's head: a client sending one
-header every few seconds kept its connection until the keep-alive timeout, and 500 such
-connections were held for free. GuardedRequestHandler, aiohttp's protocol with a deadline
-armed at the first byte of a request's head and disarmed once the head is parsed, closes
-such a connection with a 408. aiohttp's Server offers no hook for the protocol class, so
-GuardedRunner makes the server and `run` serves the app as `web.run_app` would.
-"""
+"""The HTTP guard: every request passes these middlewares (outermost first): its trace span,
+the access log, the security headers, problem+json for every error (`Problem`), the Host and
+Origin checks, and the token (401, and 429 for a client out of tries). The server underneath
+(request-head deadline, aiohttp's own refusals as problem+json) is http_server.py's."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import ipaddress
 import json
-import math
-import time
-from http import HTTPStatus
+import logging
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+import psycopg
 import structlog
-from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from opentelemetry import propagate, trace
+
+import auth
+import core
+import lines
+import observe
+import offload
+import uploads
+from api_state import AUTH_LIMITER, POOL, PRINCIPAL, SETTINGS, UPLOAD_PATH
+from http_server import SECURITY_HEADERS, problem_response
 
 log = structlog.get_logger("api")
-
-# The page, its assets and the docs load only their own files: no inline script, style or
-# event handler runs, and no other site may frame them. Sent on every response (an API
-# answer shown in a tab is a page too), aiohttp's own refusals included.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "; ".join([
-        "default-src 'self'", "script-src 'self'", "style-src 'self'",
-        "img-src 'self' data:", "connect-src 'self'", "frame-ancestors 'none'",
-        "base-uri 'none'", "form-action 'self'"]),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-PROBLEM_TYPE = "application/problem+json"
+tracer = trace.get_tracer("eventhorizon.api")
 
 
-def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
-                     headers: dict[str, str] | None = None,
-                     errors: list[str] | None = None) -> web.Response:
-    """An application/problem+json answer (RFC 9457)."""
-    body = {"type": type_, "title": title, "status": status, "detail": detail or title}
-    if errors:
-        body["errors"] = errors  # an extension member (RFC 9457): each problem of the request
-    return web.json_response(body, status=status, content_type=PROBLEM_TYPE, headers=headers)
+class Problem(Exception):
+    """An error answered as application/problem+json (RFC 9457)."""
+
+    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
+                 headers: dict[str, str] | None = None, errors: list[str] | None = None):
+        super().__init__(detail or title)
+        self.status, self.title, self.detail, self.type = status, title, detail, type_
+        self.headers, self.errors = headers, errors
 
 
-# --------------------------------------------------------------------------- the protocol
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers,
+                                exc.errors)
+    except uploads.UploadRefused as exc:
+        return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
+    except offload.Busy as exc:
+        return problem_response(503, "Service Unavailable", f"{exc}; retry shortly",
+                                headers={"Retry-After": str(offload.RETRY_AFTER_S)})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(exc.status, exc.reason, exc.text or exc.reason)
+    except ConnectionResetError:
+        # The client went away mid-request (aiohttp fails the body's reads): nobody is left
+        # to answer and nothing went wrong here. The access log records it as 499.
+        return problem_response(400, "Bad Request", "the connection closed mid-request")
+    except Exception as exc:
+        if not core.is_outage(exc):
+            log.exception("http.unhandled_error", path=request.path)
+            return problem_response(500, "Internal Server Error", "an unexpected error occurred")
+        if isinstance(exc, psycopg.Error):
+            log.warning("http.database_unavailable", error=str(exc))
+            return problem_response(503, "Service Unavailable", "the database is unreachable")
+        log.warning("http.storage_unavailable", error=str(exc))
+        return problem_response(503, "Service Unavailable", "the file storage is unreachable")
 
 
-# What a request aiohttp could not parse is told: in words of ours, never its bytes.
-PARSER_ERRORS = {
-    http_exceptions.LineTooLong: "the request line or a header is too long",
-    http_exceptions.BadStatusLine: "the request line is not an HTTP/1.1 request line",
-    http_exceptions.BadHttpMethod: "the request's method is not a valid HTTP method",
-    http_exceptions.InvalidHeader: "a header of the request is malformed",
-    http_exceptions.TransferEncodingError: "the request's chunked body is malformed",
-    http_exceptions.ContentLengthError: "the request's body does not match its Content-Length",
-}
+TRACED_PREFIXES = ("/api/", "/ws/", "/graphql")  # not the page, health checks or /metrics
 
 
-def parser_error_detail(exc: BaseException | None) -> str:
-    for kind, detail in PARSER_ERRORS.items():
-        if isinstance(exc, kind):
-            return detail
-    return "the request is not valid HTTP/1.1"
-
-
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's HTTP/1.1 protocol with a deadline on each request's line and headers, and
-    problem+json for the errors aiohttp answers itself."""
-
-    def __init__(self, manager, *, head_timeout_s: float, **kwargs):
-        super().__init__(manager, **kwargs)
-        self.head_timeout_s = head_timeout_s
-        self.head_deadline: asyncio.TimerHandle | None = None
-
-    def waiting_for_a_request(self) -> bool:
-        """Between requests: the protocol waits for the next one's head (not running a
-        handler, nor lingering over the rest of a body a handler left unread)."""
-        return self._waiter is not None and not self._waiter.done() and not self._messages
-
-    def data_received(self, data: bytes) -> None:
-        between_requests = self.waiting_for_a_request()
-        super().data_received(data)
-        if self._messages or self._upgraded or self._payload_parser is not None:
-            self.disarm_head_deadline()  # a head arrived whole (or the socket is upgraded)
-        elif between_requests and data and self.head_deadline is None:
-            self.head_deadline = self._loop.call_later(self.head_timeout_s, self.head_too_slow)
-
-    def disarm_head_deadline(self) -> None:
-        if self.head_deadline is not None:
-            self.head_deadline.cancel()
-            self.head_deadline = None
-
-    def head_too_slow(self) -> None:
-        self.head_deadline = None
-        if self.transport is None or not self.waiting_for_a_request():
-            return
-        log.info("http.request_head_timeout", timeout_s=self.head_timeout_s,
-                 peer=str(self.transport.get_extra_info("peername")))
-        self.transport.write(raw_problem(
-            408, f"the request line and headers did not arrive within {self.head_timeout_s:g} s"
-                 " (EH_REQUEST_HEAD_TIMEOUT_S)"))
-        self.force_close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.disarm_head_deadline()
-        super().connection_lost(exc)
-
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        """aiohttp's answer to a request it could not parse (or a handler's error no
-        middleware caught): the same status, as problem+json with the security headers; the
-        request's bytes never echoed (aiohttp's text quotes them)."""
-        super().handle_error(request, status, exc, message)  # logs; raises if a response began
-        if status == 500:
-            detail = "an unexpected error occurred"
-        elif status == 504:
-            detail = "the request took too long"
-        else:
-            detail = parser_error_detail(exc)
-        response = problem_response(status, HTTPStatus(status).phrase, detail,
-                                    headers=SECURITY_HEADERS)
-        response.force_close()
+@web.middleware
+async def tracing_middleware(request: web.Request, handler):
+    """A server span for each API request, continuing the caller's trace if its request
+    carries a `traceparent`. Named by route (`POST /api/v1/files/upload`), never with the
+    query string or a header: no filter text, no token."""
+    if not request.path.startswith(TRACED_PREFIXES):
+        return await handler(request)
+    route = request.match_info.route.resource
+    name = f"{request.method} {route.canonical if route is not None else '(no route)'}"
+    with observe.span(
+            tracer, name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path}) as span:
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
         return response
 
 
-def raw_problem(status: int, detail: str) -> bytes:
-    """A whole HTTP/1.1 problem+json response, for a connection with no request to answer."""
-    title = HTTPStatus(status).phrase
-    body = json.dumps({"type": "about:blank", "title": title, "status": status,
-                       "detail": detail}).encode()
-    head = [f"HTTP/1.1 {status} {title}", f"Content-Type: {PROBLEM_TYPE}",
-            f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+@web.middleware
+async def access_log_middleware(request: web.Request, handler):
+    """One `http.request` line per request, whatever became of it.
 
-
-class GuardedServer(web.Server):
-    """aiohttp's Server, making GuardedRequestHandler protocols."""
-
-    def __init__(self, *args, head_timeout_s: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.head_timeout_s = head_timeout_s
-
-    def __call__(self) -> GuardedRequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, head_timeout_s=self.head_timeout_s,
-                                     **self._kwargs)
-
-
-class GuardedRunner(web.AppRunner):
-    """web.AppRunner whose server is a GuardedServer with the same settings."""
-
-    def __init__(self, app: web.Application, *, head_timeout_s: float, **kwargs):
-        super().__init__(app, **kwargs)
-        self.head_timeout_s = head_timeout_s
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
-                             handler_cancellation=plain.handler_cancellation,
-                             loop=asyncio.get_running_loop(),
-                             head_timeout_s=self.head_timeout_s, **plain._kwargs)
-
-
-def run(app: web.Application, *, host: str, port: int, head_timeout_s: float,
-        keepalive_timeout_s: float, shutdown_timeout_s: float) -> None:
-    """Serve `app` until SIGINT or SIGTERM, as web.run_app does (which has no way to name
-    the protocol)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    runner = GuardedRunner(app, head_timeout_s=head_timeout_s, handle_signals=True,
-                           access_log=None, keepalive_timeout=keepalive_timeout_s,
-                           shutdown_timeout=shutdown_timeout_s)
-    main = loop.create_task(serve(runner, host, port))
+    Logged in `finally`, so a request whose handler raised, or whose client went away, has
+    its line too (status 499 then, and `aborted` says why). A `request_id` is bound for every
+    line logged meanwhile, and whatever the request bound (handlers bind `job_id`) is cleared
+    at its end, so the next request on a keep-alive connection starts clean.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12])
+    outcome: dict[str, Any] = {"status": 500}
     try:
-        loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        response = await handler(request)
+        outcome["status"] = response.status
+        if not response.prepared and client_gone(request):
+            outcome.update(status=499, aborted="the client closed the connection")
+        return response
+    except web.HTTPException as exc:  # a redirect or other non-error problem_middleware let by
+        outcome["status"] = exc.status
+        raise
+    except asyncio.CancelledError:
+        outcome.update(status=499, aborted="cancelled: the client went away or the server stopped")
+        raise
     finally:
-        if not main.done():
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(main)
-        left = asyncio.all_tasks(loop)
-        for task in left:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        if request.path == UPLOAD_PATH and request.method == "POST":
+            observe.UPLOADS.labels(str(outcome["status"])).inc()
+        log.info("http.request", method=request.method, path=request.path,
+                 ms=round((loop.time() - started) * 1000, 1), **outcome)
+        structlog.contextvars.clear_contextvars()
 
 
-async def serve(runner: web.AppRunner, host: str, port: int) -> None:
-    await runner.setup()
+def client_gone(request: web.Request) -> bool:
+    """The connection is closed: a response could not reach the client any more."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def bind_job_id(job_id: Any) -> None:
+    """Name the job on every log line of this request, its `http.request` line included."""
+    structlog.contextvars.bind_contextvars(job_id=str(job_id))
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp logs a request it cannot parse as an error with a traceback whose messages
+    quote the request's bytes (or, for a bad first line, at DEBUG, so not at all): anyone can
+    send those, as often as they like. One short line says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.warning("http.malformed_request", error=type(exc).__name__,
+                        status=getattr(exc, "code", 400))
+            return False
+        return record.levelno >= logging.getLogger().getEffectiveLevel()
+
+
+MALFORMED_REQUESTS = MalformedRequestLog()
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler):
+    """Outside problem_middleware, so problem answers carry the headers too."""
+    response = await handler(request)
+    if not response.prepared:  # a WebSocket has sent its headers already
+        response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler):
+    """Refuse a Host this API does not answer to (a DNS-rebinding page names its own) and, on
+    what a browser may send cross-site (every method but GET and HEAD, and WebSocket
+    upgrades), an Origin that is not exactly this site: http(s), this host and port."""
+    settings = request.app[SETTINGS]
+    if not host_allowed(request, settings.allowed_host_names):
+        raise Problem(400, "Bad Request", "this server does not answer to that Host name "
+                                          "(EH_ALLOWED_HOSTS)")
+    if request.method not in ("GET", "HEAD") or request.headers.get("Upgrade"):
+        check_origin(request)
+    return await handler(request)
+
+
+def host_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
+    if "*" in allowed:
+        return True
     try:
-        await web.TCPSite(runner, host, port).start()
-        await asyncio.Event().wait()  # until a signal raises GracefulExit
-    finally:
-        await runner.cleanup()
-
-
-# --------------------------------------------------------------------------- failed authentications
-
-
-MAX_TRACKED_CLIENTS = 10_000
-
-
-def client_key(peer: str | None) -> str:
-    """Whom the failed-authentication limit counts: the connection's peer address (never a
-    header a client writes), an IPv6 client by its /64, which one host is commonly given."""
-    try:
-        address = ipaddress.ip_address((peer or "").split("%")[0])
+        host = request.url.host
     except ValueError:
-        return peer or "?"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+        return False
+    return host is not None and host.lower() in allowed
 
 
-class FailedAuthLimiter:
-    """A token bucket per client: `per_minute` failed authentications at once, then one more
-    each 60/per_minute s. A client out of them is told how long to wait, and is not looked up
-    meanwhile (nor is its token, right or wrong).
+def check_origin(request: web.Request) -> None:
+    """Browsers send Origin on cross-site requests and WebSocket upgrades; programs such as
+    curl do not, and are let through (they carry a token instead)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or netloc.lower() != request.host.lower():
+        raise Problem(403, "Forbidden", "requests from another site's pages are not allowed")
 
-    Memory is bounded: at most `clients` buckets, the least recently failing dropped first (a
-    dropped bucket was likely full again; a flood of distinct addresses costs its sender
-    `clients` failures before any of its own buckets goes). Full buckets are dropped as they
-    are met, so clients that fail now and then leave nothing behind."""
 
-    def __init__(self, per_minute: int, *, clients: int = MAX_TRACKED_CLIENTS,
-                 clock=time.monotonic):
-        self.capacity, self.rate = float(per_minute), per_minute / 60.0
-        self.clients, self.clock = clients, clock
-        self.buckets: collections.OrderedDict[str, tuple[float, float]] = (
-            collections.OrderedDict())
+# The WebSocket subprotocol a browser names, with its token as the second value, because a
+# browser cannot set an Authorization header on a WebSocket (and a token in the URL would end
+# up in logs and history): new WebSocket(url, ["eventhorizon.bearer", token]).
+WS_AUTH_PROTOCOL = "eventhorizon.bearer"
 
-    def retry_after(self, client: str) -> int:
-        """Seconds `client` must wait before its next try (0: it may try now)."""
-        tokens = self.tokens(client)
-        return 0 if tokens >= 1 else math.ceil((1 - tokens) / self.rate)
 
-    def failed(self, client: str) -> None:
-        self.buckets[client] = (self.tokens(client) - 1, self.clock())
-        self.buckets.move_to_end(client)
-        while len(self.buckets) > self.clients:
-            self.buckets.popitem(last=False)
-        self.drop_full()
+def needs_token(request: web.Request) -> bool:
+    """The API and the WebSockets; not the page, its assets, the docs or the health checks
+    (the contracts, /api/v1/openapi.json and /graphql/schema.graphql, are public too). A
+    GraphQL WebSocket sends its token in connection_init, after the upgrade."""
+    path = request.path
+    return ((path.startswith("/api/") and path != "/api/v1/openapi.json")
+            or path.startswith("/ws/") or (path == "/graphql" and request.method == "POST"))
 
-    def tokens(self, client: str) -> float:
-        tokens, at = self.buckets.get(client, (self.capacity, self.clock()))
-        return min(self.capacity, tokens + (self.clock() - at) * self.rate)
 
-    def drop_full(self) -> None:
-        """Forget the oldest buckets that have filled up again (at most a few per call)."""
-        for _ in range(2):
-            oldest = next(iter(self.buckets), None)
-            if oldest is None or self.tokens(oldest) < self.capacity:
-                return
-            del self.buckets[oldest]
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Resolve the request's principal (401 without a working token), or LOCAL with EH_AUTH=none."""
+    if request.app[SETTINGS].auth == "none":
+        request[PRINCIPAL] = auth.LOCAL
+    elif needs_token(request):
+        limiter, client = request.app[AUTH_LIMITER], auth.client_key(request.remote)
+        if wait_s := limiter.retry_after(client):
+            observe.AUTH_FAILURES.labels("limited").inc()
+            raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
+        token = auth.bearer_token(request.headers.get("Authorization")) or protocol_token(request)
+        async with request.app[POOL].connection() as conn:
+            who = await auth.authenticate(conn, token)
+        if who is None:
+            limiter.failed(client)
+            observe.AUTH_FAILURES.labels("refused").inc()
+            raise unauthorized(presented=token is not None)
+        request[PRINCIPAL] = who
+        structlog.contextvars.bind_contextvars(owner=who.owner)
+    return await handler(request)
+
+
+def protocol_token(request: web.Request) -> str | None:
+    """The token a browser sent as the second `Sec-WebSocket-Protocol` value."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) == 2 and offered[0] == WS_AUTH_PROTOCOL:
+        return offered[1]
+    return None
+
+
+def unauthorized(*, presented: bool) -> Problem:
+    challenge = 'Bearer realm="eventhorizon"'
+    if presented:
+        challenge += ', error="invalid_token"'
+    detail = ("the token is malformed, unknown or revoked" if presented else
+              "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)")
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def too_many_failures(wait_s: int, per_minute: int) -> Problem:
+    return Problem(429, "Too Many Requests",
+                   f"too many requests from this address had no working token ({per_minute} "
+                   f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
+                   headers={"Retry-After": str(wait_s)})
+
+
+# The problem+json titles of uploads.UploadRefused's statuses.
+REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+T = TypeVar("T")
+
+
+async def within_idle_timeout(read: Awaitable[T], idle_s: float) -> T:
+    """A read of the upload's body, which must bring something within `idle_s` seconds
+    (EH_UPLOAD_IDLE_TIMEOUT_S), else 408. A client that stalls would otherwise hold its
+    upload slot, up to a part's worth of memory and an open S3 multipart upload forever."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await read
+    except TimeoutError:
+        log.info("upload.stalled", idle_timeout_s=idle_s)
+        seconds = f"{idle_s:g} second{'' if idle_s == 1 else 's'}"
+        raise Problem(408, "Request Timeout", f"the upload sent nothing for {seconds}; it was "
+                      "dropped, nothing of it is kept") from None
+
+
+def check_body_not_compressed(headers) -> None:
+    """415 for a body with any Content-Encoding but identity, before a byte of it is read.
+
+    aiohttp inflates a gzip or deflate body while it is read: EH_MAX_UPLOAD_BYTES would be
+    checked against the compressed Content-Length, and a few hundred KB of gzip inflate to
+    128 MiB, all of it the event loop's work."""
+    if codings := content_codings(headers):
+        raise Problem(415, "Unsupported Media Type",
+                      f"the body has Content-Encoding {codings!r}: send the file uncompressed, "
+                      "without Content-Encoding")
+
+
+def content_codings(headers) -> str:
+    """The Content-Encoding codings other than identity, as sent ("" if there are none)."""
+    codings = [c.strip() for value in headers.getall("Content-Encoding", ())
+               for c in value.split(",") if c.strip()]
+    return ", ".join(codings) if any(c.lower() != "identity" for c in codings) else ""
+
+
+async def json_body(request: web.Request, max_bytes: int) -> Any:
+    """The request's JSON body, read within the idle timeout and at most `max_bytes` long."""
+    if request.content_type != "application/json":
+        raise Problem(415, "Unsupported Media Type", "send the body as application/json")
+    check_body_not_compressed(request.headers)
+    too_large = Problem(413, "Content Too Large", f"the body may be at most {max_bytes} bytes")
+    if (request.content_length or 0) > max_bytes:
+        raise too_large
+    body = bytearray()
+    idle_s = request.app[SETTINGS].upload_idle_timeout_s
+    while chunk := await within_idle_timeout(request.content.readany(), idle_s):
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(400, "Bad Request", f"the body is not JSON: {str(exc)[:200]}") from None
+    try:
+        lines.check_storable_strings(value)
+    except lines.InvalidLine as exc:
+        raise Problem(422, "Unprocessable Content", f"the body cannot be stored: {exc}") from None
+    return value

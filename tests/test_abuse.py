@@ -22,6 +22,7 @@ import structlog
 
 import core
 import eventhorizon
+import upload_route
 import uploads
 from helpers import (
     VALID,
@@ -495,7 +496,7 @@ async def test_a_running_upload_holds_one_part_and_one_chunk(monkeypatch):
 
     monkeypatch.setattr(concurrent.futures.thread._WorkItem, "run", run_then_hold_on)
     writer = uploads.ObjectWriter(NullS3(), "bucket", "uploads/x.jsonl")
-    chunk = b"x" * eventhorizon.READ_CHUNK_BYTES
+    chunk = b"x" * upload_route.READ_CHUNK_BYTES
     await asyncio.to_thread(lambda: None)  # the thread pool exists before measuring
     tracemalloc.start()
     try:

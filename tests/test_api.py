@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import structlog
 
+import api_state
 import auth
 import core
 import eventhorizon
@@ -564,7 +565,7 @@ async def abandon_an_upload(host: str, port: int, token: str, started=None) -> N
 
 async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token):
     """In aiohttp's test server a client's going away cancels the handler."""
-    slots = client.app[eventhorizon.UPLOAD_SLOTS]
+    slots = client.app[api_state.UPLOAD_SLOTS]
     with capture_access_log() as logs:
         await abandon_an_upload(client.host, client.port, make_token(),
                                 started=lambda: slots.running() > 0)
@@ -995,7 +996,7 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
             assert health.status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
             (str(slow_id), 1013)]
-        assert not client.server.app[eventhorizon.WATCHERS].watching.get(slow_id)
+        assert not client.server.app[api_state.WATCHERS].watching.get(slow_id)
 
         frames = await read_until_the_connection_ends(slow, timeout=120)
         # A client that reads now gets what was sent and the close frame; one that still

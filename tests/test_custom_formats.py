@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 import eventhorizon
+import format_routes
 from helpers import CLEF, MYAPP, MYAPP_LINE, bearer, wait_for
 
 FORMATS = "/api/v1/formats"
@@ -196,7 +197,7 @@ async def test_a_name_is_registered_once(alice):
 
 async def test_no_owner_registers_more_than_the_cap_even_all_at_once(alice, db):
     """Twenty registrations at once with room for five: five land, fifteen are refused."""
-    cap = eventhorizon.MAX_FORMATS_PER_OWNER
+    cap = format_routes.MAX_FORMATS_PER_OWNER
     for n in range(cap - 5):
         db.execute("INSERT INTO log_formats (owner, name, definition) VALUES ('alice', %s, %s)",
                    (f"f{n}", json.dumps({**MYAPP, "name": f"f{n}"})))

@@ -13,6 +13,7 @@ import uuid
 import aiohttp
 import pytest
 
+import api_state
 import eventhorizon
 import graphql_api
 import jobs
@@ -290,7 +291,7 @@ async def test_a_subscription_follows_a_job_to_completed_with_a_real_worker(clie
         {"id": "q", "type": "next", "payload": {"data": {"jobs": [
             {"id": job["job_id"], "status": "COMPLETED"}]}}},
         {"id": "q", "type": "complete"}]
-    assert not client.server.app[eventhorizon.WATCHERS].watching
+    assert not client.server.app[api_state.WATCHERS].watching
     await ws.close()
 
 
@@ -374,7 +375,7 @@ async def test_the_protocol_refuses_what_it_should(client, monkeypatch):
     await ws.send_str("not json")
     assert await close_code(ws) == 4400
 
-    client.server.app[eventhorizon.GRAPHQL].init_timeout_s = 0.2  # EH_GRAPHQL_INIT_TIMEOUT_S
+    client.server.app[api_state.GRAPHQL].init_timeout_s = 0.2  # EH_GRAPHQL_INIT_TIMEOUT_S
     ws = await client.session.ws_connect(client.make_url("/graphql"), protocols=(PROTOCOL,))
     assert await close_code(ws) == 4408
 
@@ -389,7 +390,7 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
     1013) and per process (refused before the upgrade: 503)."""
     capped = dataclasses.replace(settings, max_websockets=2, max_websockets_per_owner=1)
     alice = await aiohttp_client(eventhorizon.init_app(capped), headers=bearer(make_token("alice")))
-    limits = alice.server.app[eventhorizon.WATCHERS].limits
+    limits = alice.server.app[api_state.WATCHERS].limits
     job_id = (await (await upload(alice, jsonl(VALID))).json())["job_id"]
     held = await alice.ws_connect(f"/ws/jobs/{job_id}")  # the owner's one WebSocket
     ws = await connect(alice)
@@ -469,12 +470,12 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
             assert (await asyncio.wait_for(client.get("/healthz"), 10)).status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
             (str(slow_id), 1013)]
-        assert not client.server.app[eventhorizon.WATCHERS].watching.get(slow_id)
+        assert not client.server.app[api_state.WATCHERS].watching.get(slow_id)
         frames = await read_until_the_connection_ends(slow, timeout=120)
         assert close_code_of(frames) in (1013, None)  # None: reset, close frame unread
     finally:
         slow.close()
-    assert client.server.app[eventhorizon.WATCHERS].limits.open == 1  # the slot given back
+    assert client.server.app[api_state.WATCHERS].limits.open == 1  # the slot given back
     await other.close()
 
 

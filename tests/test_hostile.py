@@ -29,7 +29,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import http_guard
+import auth
+import http_server
 import uploads
 from helpers import VALID, bearer, jsonl, serve_api
 
@@ -149,7 +150,7 @@ def assert_guarded_problem(status: int, headers: dict[str, str], body: bytes,
                            expected: int) -> dict:
     assert status == expected, body
     assert headers["content-type"].startswith("application/problem+json"), headers
-    for name, value in http_guard.SECURITY_HEADERS.items():
+    for name, value in http_server.SECURITY_HEADERS.items():
         assert headers[name.lower()] == value
     problem = json.loads(body)
     assert problem["status"] == expected and problem["detail"]
@@ -313,7 +314,7 @@ async def test_a_client_sending_wrong_tokens_is_limited_and_others_are_not(api):
                 if response.status == 429:
                     problem = await response.json(content_type="application/problem+json")
                     retry_after = int(response.headers["Retry-After"])
-                    for name in http_guard.SECURITY_HEADERS:
+                    for name in http_server.SECURITY_HEADERS:
                         assert name in response.headers
             if i % 10 == 0:
                 await api.bystander_is_served()
@@ -354,7 +355,7 @@ def test_the_failed_authentication_table_is_bounded():
     """A flood from distinct addresses keeps at most `clients` buckets, and a client's
     bucket refills with time."""
     now = [0.0]
-    limiter = http_guard.FailedAuthLimiter(2, clients=100, clock=lambda: now[0])
+    limiter = auth.FailedAuthLimiter(2, clients=100, clock=lambda: now[0])
     for i in range(10_000):
         limiter.failed(f"10.0.{i // 256}.{i % 256}")
     assert len(limiter.buckets) <= 100
@@ -363,8 +364,8 @@ def test_the_failed_authentication_table_is_bounded():
     assert limiter.retry_after("192.0.2.1") == 30
     now[0] += 30
     assert limiter.retry_after("192.0.2.1") == 0
-    assert http_guard.client_key("2001:db8::1") == http_guard.client_key("2001:db8::2")
-    assert http_guard.client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert auth.client_key("2001:db8::1") == auth.client_key("2001:db8::2")
+    assert auth.client_key("::ffff:192.0.2.1") == "192.0.2.1"
 
 
 # --------------------------------------------------------------------------- 9. small things

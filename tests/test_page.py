@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 import eventhorizon
+import http_guard
 from helpers import ROOT, bearer
 
 EXPECTED_HEADERS = {
@@ -67,8 +68,8 @@ async def test_the_websocket_still_opens_with_the_headers_middleware(settings, a
     token = make_token()
     client = await aiohttp_client(eventhorizon.init_app(settings))
     async with client.ws_connect("/ws/jobs/00000000-0000-0000-0000-000000000000",
-                                 protocols=(eventhorizon.WS_AUTH_PROTOCOL, token)) as ws:
-        assert ws.protocol == eventhorizon.WS_AUTH_PROTOCOL
+                                 protocols=(http_guard.WS_AUTH_PROTOCOL, token)) as ws:
+        assert ws.protocol == http_guard.WS_AUTH_PROTOCOL
         await ws.receive(timeout=5)
         assert ws.close_code == 4404
 

@@ -12,6 +12,7 @@ import uuid
 import clickhouse_connect
 import pytest
 
+import api_state
 import eventhorizon
 import explore
 import graphql_api
@@ -117,7 +118,7 @@ async def api(settings, aiohttp_client, make_token, **limits):
 
 
 async def slots_reach(app, what, value) -> None:
-    slots = app[eventhorizon.EXPLORER].slots
+    slots = app[api_state.EXPLORER].slots
     for _ in range(600):
         if what(slots) == value:
             return
@@ -158,7 +159,7 @@ async def test_an_owners_overload_is_429_or_503_with_retry_after(settings, db, a
     response = await alice.session.get(alice.make_url(f"/api/v1/jobs/{bobs}/events"), **bob)
     assert response.status == 200, await response.text()
 
-    app[eventhorizon.EXPLORER].slots.max_wait_s = 0.2  # EH_EXPLORE_WAIT_S
+    app[api_state.EXPLORER].slots.max_wait_s = 0.2  # EH_EXPLORE_WAIT_S
     held_reads.jobs.add(bobs)
     blocking = asyncio.create_task(alice.session.get(
         alice.make_url(f"/api/v1/jobs/{bobs}/events"), **bob))

@@ -12,6 +12,7 @@ import sys
 import aiohttp
 import pytest
 
+import api_state
 import core
 import eventhorizon
 import graphql_api
@@ -163,7 +164,7 @@ async def test_unauthenticated_graphql_sockets_count_against_the_limits_and_the_
         await client.ws_connect("/graphql", protocols=(PROTOCOL,))
     assert refused.value.status == 503
     await anonymous[0].close()
-    limits = app[eventhorizon.WATCHERS].limits
+    limits = app[api_state.WATCHERS].limits
     for _ in range(100):  # the server notices the close
         if limits.open < 2:
             break

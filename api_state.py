@@ -1,0 +1,52 @@
+"""What the API's layers share of a running app: its state under typed aiohttp keys, and the
+request's principal. eventhorizon.init_app fills them; the guard and the route modules read
+them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+import amqp
+import auth
+import core
+import explore
+import graphql_api
+import live
+import uploads
+
+SETTINGS = web.AppKey("settings", core.Settings)
+
+
+POOL = web.AppKey("pool", AsyncConnectionPool)
+
+
+S3 = web.AppKey("s3", object)
+
+
+PUBLISHER = web.AppKey("publisher", amqp.Publisher)
+
+
+WATCHERS = web.AppKey("watchers", live.JobWatchers)
+
+
+GRAPHQL = web.AppKey("graphql", graphql_api.Services)
+
+
+PRINCIPAL = web.RequestKey("principal", auth.Principal)
+
+
+UPLOAD_SLOTS = web.AppKey("upload_slots", uploads.UploadSlots)
+
+
+EXPLORER = web.AppKey("explorer", explore.Explorer)
+
+
+AUTH_LIMITER = web.AppKey("auth_limiter", auth.FailedAuthLimiter)
+
+
+def principal(request: web.Request) -> auth.Principal:
+    return request[PRINCIPAL]
+
+
+UPLOAD_PATH = "/api/v1/files/upload"
