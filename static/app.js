@@ -45,7 +45,8 @@ drop.addEventListener("drop", (e) => {
 form.addEventListener("submit", (e) => { e.preventDefault(); upload(input.files[0]); });
 addEventListener("hashchange", route);
 
-if (storedToken()) openWorkspace(); else askForToken("");
+// Once every script has run: the view the URL names may be the Search view (search.js).
+addEventListener("DOMContentLoaded", () => { if (storedToken()) openWorkspace(); else askForToken(""); });
 
 // --------------------------------------------------------------------------- the token
 
