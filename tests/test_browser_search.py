@@ -61,10 +61,13 @@ def upload_both(page: Page, api_url: str, token: str, files) -> list[str]:
         page.set_input_files("#file", path)
         page.click("#send")
         expect(page.locator("#jobs article.job")).to_have_count(n)
-    cards = page.locator("#jobs article.job")
-    for i in range(len(files)):
-        expect(cards.nth(i)).to_have_attribute("data-status", "completed", timeout=60_000)
-    return [cards.nth(i).get_attribute("data-job-id") for i in range(len(files))]
+    ids = []
+    for path in files:  # in the files' order (the newest card is first)
+        card = page.locator("#jobs article.job").filter(
+            has=page.locator(".name", has_text=path.name))
+        expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+        ids.append(card.get_attribute("data-job-id"))
+    return ids
 
 
 def hash_params(page: Page) -> list[tuple[str, str]]:
