@@ -524,6 +524,8 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     expect(page.locator("#explore-live")).to_be_hidden()
     histogram, first = expect_the_view_to_match_the_api(page, base, token, "")
     assert len(histogram["buckets"]) > 1 and first["next"]
+    expect(page.locator("#events-page")).to_have_text(f"1–{EXPLORE_PAGE} of {SAMPLE_VALID}")
+    assert page.evaluate("location.hash") == f"#/jobs/{card.get_attribute('data-job-id')}"
     expect(page.locator("#events-prev")).to_be_disabled()
 
     page.check("#explore-filters input[name=level][value=error]")
@@ -553,6 +555,8 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     full, _ = expect_the_view_to_match_the_api(page, base, token, "")
     page.click("#events-next")
     expect(view).to_have_attribute("data-page", "2")
+    expect(page.locator("#events-page")).to_have_text(
+        f"{EXPLORE_PAGE + 1}–{2 * EXPLORE_PAGE} of {SAMPLE_VALID}")
     second = get_json(f"{api_url}{first['next']}", token)
     expect_rows(page, second)
     assert second["events"][0]["line_no"] > first["events"][-1]["line_no"]
@@ -596,11 +600,11 @@ def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: s
 
 
 def expect_rows(page: Page, events_page: dict) -> None:
-    rows = page.locator("#events tbody tr")
-    expect(rows.locator("td:first-child")).to_have_text(
+    rows = page.locator("#events tbody tr.event")
+    expect(rows.locator("td.line")).to_have_text(
         [str(e["line_no"]) for e in events_page["events"]])
-    expect(rows.locator("td:last-child")).to_have_text([e["message"] for e in events_page["events"]])
-    expect(rows.locator("td:nth-child(3)")).to_have_text([e["level"] for e in events_page["events"]])
+    expect(rows.locator("td.message")).to_have_text([e["message"] for e in events_page["events"]])
+    expect(rows.locator("td.level")).to_have_text([e["level"] for e in events_page["events"]])
 
 
 def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, start_process,
