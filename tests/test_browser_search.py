@@ -204,6 +204,8 @@ def test_search_on_a_phone_puts_the_message_first_and_the_facets_away(
     message, when = row.locator("td.message").bounding_box(), row.locator("td.time").bounding_box()
     assert message["y"] < when["y"] and message["x"] >= 0
     assert message["y"] < PHONE["height"], "the first message is on the first screen"
+    assert row.locator("td").evaluate_all("cells => cells.every(c => c.scrollWidth <= c.clientWidth)"), \
+        "a cell's text overflows it (onto the next one)"
     row.click()
     expect(page.locator("#search-events tr.detail pre.json")).to_be_visible()
     page.locator("#search-facets summary").click()
