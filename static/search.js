@@ -117,6 +117,7 @@ const Search = (() => {
     chart.replaceChildren(histogram.buckets.length ? Explore.histogram(histogram) : "");
     drawFacets(s, facets);
     drawPage(s, page);
+    view.dataset.shown = s.params.toString(); // what the view shows now (for tests, and a glance)
   }
 
   async function loadPage(s) {

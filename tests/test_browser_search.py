@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from urllib.parse import parse_qsl, urlencode
 
@@ -177,19 +178,54 @@ def test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports(
     exported = [json.loads(line) for line in saved.read_text().splitlines()]
     assert exported == everyone
 
-    # A chip takes its filter away; a histogram bar narrows the time to its bucket.
+    # A chip takes its filter away.
     page.locator("#search-chips button[data-name='context.request_id']").click()
-    expect(page.locator("#search")).to_have_attribute("data-total", "10")
-    page.locator("#search-chart .bucket").first.click()
+    base = [("level", "error"), ("service", "checkout"), ("service", "payments")]
+    expect_shown(page, [*base, ("range", "all")])
+
+    # A drag across four bars narrows the time to their span, a click on a bar to its bucket.
+    histogram = get_json(f"{api_url}/api/v1/events/histogram?{urlencode(base)}", token)
+    bars = page.locator("#search-chart .bucket")
+    page.mouse.move(*centre(bars.nth(0)))
+    page.mouse.down()
+    page.mouse.move(*centre(bars.nth(3)), steps=5)
+    page.mouse.up()
     expect(page.locator("#search-form [name=range]")).to_have_value("custom")
+    expect_span(page, histogram, 0, 3)
     params = dict(hash_params(page))
-    histogram = get_json(f"{api_url}/api/v1/events/histogram?{query.split('&context')[0]}", token)
-    assert parse(params["from"]) == parse(histogram["buckets"][0]["start"])
-    assert parse(params["to"]) - parse(params["from"]) == dt.timedelta(
-        seconds=histogram["interval_s"])
-    narrowed = urlencode({"from": params["from"], "to": params["to"]})
+    expect_shown(page, [*base, ("from", params["from"]), ("range", "custom"), ("to", params["to"])])
+    span = urlencode([*base, ("from", params["from"]), ("to", params["to"])])
+    expect_rows_to_match(page, "#search-events", api_url, token, span)
+    histogram = get_json(f"{api_url}/api/v1/events/histogram?{span}", token)
+    bars.last.click()
+    expect_span(page, histogram, len(histogram["buckets"]) - 1, len(histogram["buckets"]) - 1)
+    params = dict(hash_params(page))
     expect_rows_to_match(page, "#search-events", api_url, token,
-                         f"level=error&service=checkout&service=payments&{narrowed}")
+                         urlencode([*base, ("from", params["from"]), ("to", params["to"])]))
+
+
+def centre(locator) -> tuple[float, float]:
+    box = locator.bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def expect_shown(page: Page, params: list[tuple[str, str]]) -> None:
+    """Waits until the Search view shows `params` (in any order)."""
+    page.wait_for_function("""want => {
+      const shown = document.getElementById("search").dataset.shown;
+      return shown !== undefined
+        && JSON.stringify([...new URLSearchParams(shown)].map(String).sort()) === JSON.stringify(want);
+    }""", arg=sorted(f"{name},{value}" for name, value in params))
+
+
+def expect_span(page: Page, histogram: dict, first: int, last: int) -> None:
+    """The URL's from/to: the start of bucket `first` to the end of bucket `last`."""
+    buckets, interval = histogram["buckets"], dt.timedelta(seconds=histogram["interval_s"])
+    expect(page.locator("#search")).to_have_attribute(
+        "data-query", re.compile(re.escape(urlencode({"range": "custom"}))))
+    params = dict(hash_params(page))
+    assert parse(params["from"]) == parse(buckets[first]["start"])
+    assert parse(params["to"]) == parse(buckets[last]["start"]) + interval
 
 
 def test_search_on_a_phone_puts_the_message_first_and_the_facets_away(
