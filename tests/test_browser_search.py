@@ -14,7 +14,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 import test_browser
-from test_browser import get_json, screenshot, sign_in
+from conftest import serve_api
+from test_browser import expected_errors, get_json, screenshot, sign_in
 
 # test_browser's fixtures: Chromium, and pages whose console errors fail the test.
 browser, console_errors, open_page = (test_browser.browser, test_browser.console_errors,
@@ -297,3 +298,28 @@ def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
     query = urlencode([("job_id", checkout), ("context.request_id", request_id)])
     events = expect_rows_to_match(page, "#search-events", api_url, token, query)
     assert events and {e["job_id"] for e in events} == {checkout}
+
+
+def test_search_says_when_clickhouse_cannot_answer_or_a_filter_is_refused(
+        open_page, settings, start_process, make_token, console_errors):
+    url, _proc = serve_api(settings, start_process,
+                           CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
+    page = open_page()
+    sign_in(page, url, make_token("alice"))
+    page.click("#nav-search")
+    away = ("ClickHouse, where events are read, cannot answer now; retry later (uploads and "
+            "job status are not affected)")
+    expect(page.locator("#search-message")).to_have_text(f"Events cannot be read now: {away}")
+    expect(page.locator("#search-events tbody tr")).to_have_count(0)
+    expect(page.locator("#search-page")).to_have_text("")
+    expected_errors(console_errors, "status of 503", count=5)  # histogram, page, 3 facets
+
+    page.click("#search-export")
+    expect(page.locator("#search-message")).to_have_text(f"Not exported: {away}")
+    expected_errors(console_errors, "status of 503")
+
+    # A filter the API refuses, from an edited address, is said as plainly.
+    page.goto(f"{url}/#/search?range=custom&from=2026-11-21T00:00:00Z&to=2026-11-20T00:00:00Z")
+    expect(page.locator("#search-message")).to_have_text(
+        "Events not read: from must be earlier than to")
+    expected_errors(console_errors, "status of 422", count=5)
