@@ -230,13 +230,25 @@ def expect_span(page: Page, histogram: dict, first: int, last: int) -> None:
 
 
 def test_search_on_a_phone_puts_the_message_first_and_the_facets_away(
-        open_page, api_url, two_jobs):
+        open_page, api_url, two_jobs, tmp_path):
     token, files = two_jobs
+    recent = tmp_path / "recent.jsonl"  # one event of a few minutes ago, for the time picker
+    moment = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    recent.write_text(json.dumps({
+        "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": "info", "service": "gateway", "event_type": "request", "message": "just now",
+        "context": {"request_id": "r-now"}}) + "\n")
     page = open_page()
     page.set_viewport_size(PHONE)
-    upload_both(page, api_url, token, files)
-    open_search(page, api_url, token, 50)
+    upload_both(page, api_url, token, [*files, recent])
+    open_search(page, api_url, token, 51)
     expect(page.locator("#search-facets")).not_to_have_attribute("open", "")
+    page.select_option("#search-form [name=range]", "1h")  # the last hour: the recent one only
+    expect(page.locator("#search")).to_have_attribute("data-total", "1")
+    expect(page.locator("#search-events tbody tr.event td.message")).to_have_text(["just now"])
+    assert ("range", "1h") in hash_params(page)
+    page.select_option("#search-form [name=range]", "all")
+    expect(page.locator("#search")).to_have_attribute("data-total", "51")
     row = page.locator("#search-events tbody tr.event").first
     message, when = row.locator("td.message").bounding_box(), row.locator("td.time").bounding_box()
     assert message["y"] < when["y"] and message["x"] >= 0
