@@ -115,6 +115,7 @@ const Search = (() => {
     note.textContent = "";
     s.total = histogram.events;
     chart.replaceChildren(histogram.buckets.length ? Explore.histogram(histogram) : "");
+    view.classList.toggle("empty", !histogram.buckets.length);
     drawFacets(s, facets);
     drawPage(s, page);
     view.dataset.shown = s.params.toString(); // what the view shows now (for tests, and a glance)
