@@ -418,6 +418,8 @@ function isFinal(job) { return isFinalStatus(job.status); }
 function isFinalStatus(status) { return status === "completed" || status === "failed"; }
 function setBar(bar, fraction) { bar.firstElementChild.style.width = `${Math.round(Math.min(1, fraction) * 100)}%`; }
 function say(text, isError = false) { message.textContent = text; message.classList.toggle("error", isError); }
+// A job's file name, where its card is on the page (the recent 20), else its id's start.
+function jobLabel(jobId) { return cards.get(jobId)?.job.file_name || `job ${jobId.slice(0, 8)}…`; }
 function timeText(iso) { return new Date(iso).toISOString().slice(0, 19).replace("T", " "); }
 // The format asked for, and the ones auto detected (with their lines) once the job has any.
 function formatText(job) {

@@ -4,7 +4,7 @@
 // `range` is 15m, 1h, 24h, 7d, all or custom (then `from` and `to`, RFC 3339); the rest are the
 // API's own filters. Facets count each field under the other fields' filters, so several values
 // of one field can be picked; the API has no exclusion, so a value is a filter to include only.
-// Uses app.js's api(), cell(), fmt() and problemDetail(), explore.js's Explore.histogram/
+// Uses app.js's api(), cell(), fmt(), jobLabel() and problemDetail(), explore.js's Explore.histogram/
 // wireChart/read/timeText, events.js's EventTable; app.js calls Search.show/hide.
 "use strict";
 
@@ -19,6 +19,7 @@ const Search = (() => {
     ["Service", (e) => e.service, "service"],
     ["Message", (e) => e.message, "message"],
     ["Event type", (e) => e.event_type, "type"],
+    ["File", (e) => jobLabel(e.job_id), "file"],
   ];
 
   const view = document.getElementById("search");
@@ -234,7 +235,8 @@ const Search = (() => {
       button.dataset.name = name;
       button.dataset.value = value;
       button.title = "Remove this filter";
-      button.textContent = `${name === "q" ? "message contains" : name} = ${value} ×`;
+      const shown = name === "job_id" ? jobLabel(value) : value;
+      button.textContent = `${name === "q" ? "message contains" : name === "job_id" ? "file" : name} = ${shown} ×`;
       button.addEventListener("click", () => change(withValue(params, name, value, false)));
       li.append(button);
       return li;

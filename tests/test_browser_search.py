@@ -84,6 +84,8 @@ def expect_rows_to_match(page: Page, table: str, api_url: str, token: str, query
     expect(rows.locator("td.message")).to_have_text([e["message"] for e in events],
                                                     timeout=60_000)
     expect(rows.locator("td.service")).to_have_text([e["service"] for e in events])
+    # Each event's file: these tests' files are named for their service.
+    expect(rows.locator("td.file")).to_have_text([f"{e['service']}.jsonl" for e in events])
     return events
 
 
@@ -306,6 +308,8 @@ def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
     expect(page.locator("#search")).to_be_visible()
     params = hash_params(page)
     assert ("job_id", checkout) in params and ("range", "all") in params
+    expect(page.locator("#search-chips button[data-name=job_id]")).to_have_text(
+        "file = checkout.jsonl ×")
     request_id = dict(params)["context.request_id"]
     query = urlencode([("job_id", checkout), ("context.request_id", request_id)])
     events = expect_rows_to_match(page, "#search-events", api_url, token, query)
