@@ -220,7 +220,11 @@ const Search = (() => {
     number.className = "count";
     number.textContent = fmt(count);
     button.append(name, number);
-    button.addEventListener("click", () => change(withValue(s.params, field, value, !picked)));
+    button.addEventListener("click", (e) => {
+      // Kibana's alt-click excludes a value; the API has no exclusion filter, so say so.
+      if (e.altKey) { note.textContent = "Excluding a value is not possible yet: a click filters by it."; return; }
+      change(withValue(s.params, field, value, !picked));
+    });
     li.append(button);
     return li;
   }
