@@ -1,5 +1,7 @@
 // Event Horizon's page: ask for an API token, upload a file, then watch its job live over the
-// WebSocket; a card's "Events" opens the explore view (explore.js). The token lives in this tab's sessionStorage only: never a cookie (another site
+// WebSocket; a card's "Events" opens the explore view (explore.js), the top bar's "Search" the
+// search view (search.js). Which view shows is the URL's hash (#/, #/jobs/<id>?…, #/search?…),
+// so a reload or a link shows the same one. The token lives in this tab's sessionStorage only: never a cookie (another site
 // could make the browser send one), never localStorage (it would outlive the tab), never a URL.
 "use strict";
 
@@ -41,8 +43,10 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files.length) { input.files = e.dataTransfer.files; pick(input.files[0]); }
 });
 form.addEventListener("submit", (e) => { e.preventDefault(); upload(input.files[0]); });
+addEventListener("hashchange", route);
 
-if (storedToken()) openWorkspace(); else askForToken("");
+// Once every script has run: the view the URL names may be the Search view (search.js).
+addEventListener("DOMContentLoaded", () => { if (storedToken()) openWorkspace(); else askForToken(""); });
 
 // --------------------------------------------------------------------------- the token
 
@@ -81,6 +85,8 @@ function openWorkspace() {
   tokenMessage.textContent = "";
   workspace.hidden = false;
   forget.hidden = false;
+  document.getElementById("nav").hidden = false;
+  route();
   // The formats once the token has worked: a refused token makes one 401, not two.
   loadRecentJobs().then(loadFormats);
 }
@@ -89,6 +95,8 @@ function openWorkspace() {
 function closeWorkspace() {
   workspace.hidden = true;
   forget.hidden = true;
+  document.getElementById("nav").hidden = true;
+  globalThis.Search?.hide();
   currentUpload?.abort();
   for (const card of cards.values()) stopFollowing(card);
   cards.clear();
@@ -97,6 +105,35 @@ function closeWorkspace() {
   formatSelect.replaceChildren(autoOption.cloneNode(true));
   input.value = "";
   pick(undefined);
+}
+
+// --------------------------------------------------------------------------- views
+
+// Shows the view the hash names: the Search view, a job's events over its card, or the jobs.
+async function route() {
+  if (workspace.hidden) return;
+  const hash = location.hash.slice(1);
+  const at = hash.indexOf("?");
+  const [path, params] = at < 0 ? [hash, new URLSearchParams()]
+    : [hash.slice(0, at), new URLSearchParams(hash.slice(at + 1))];
+  const searching = path === "/search";
+  for (const id of ["upload", "recent"]) document.getElementById(id).hidden = searching;
+  document.getElementById("nav-search").toggleAttribute("aria-current", searching);
+  document.getElementById("nav-jobs").toggleAttribute("aria-current", !searching);
+  if (searching) { globalThis.Explore?.close(); Search.show(params); return; }
+  Search.hide();
+  const job = /^\/jobs\/([0-9a-f-]{36})$/.exec(path);
+  if (!job) { globalThis.Explore?.close(); return; }
+  const known = cards.get(job[1])?.job;
+  const response = known ? null : await api(`/api/v1/jobs/${job[1]}`).catch(() => null);
+  if (location.hash.slice(1) !== hash) return; // moved on meanwhile
+  if (known || response?.ok) Explore.open(known || await response.json(), params);
+  else if (response?.status !== 401) say("That job is not there (deleted, or not yours).", true);
+}
+
+// Goes to a view's hash; the same one again shows it again (a hash unchanged fires nothing).
+function go(hash) {
+  if (location.hash === hash) route(); else location.hash = hash;
 }
 
 // fetch() with the token. A 401 for the token in use sends the page back to the token form;
@@ -216,7 +253,7 @@ function showJob(job, isNew) {
     card = { jobId: job.job_id, el, job, ws: null, samples: [], errorsShown: false, gone: false };
     cards.set(job.job_id, card);
     wireDelete(card);
-    el.querySelector(".events").addEventListener("click", () => globalThis.Explore?.open(card.job));
+    el.querySelector(".events").addEventListener("click", () => go(`#/jobs/${card.jobId}`));
   }
   render(card, job);
   if (!isFinal(job)) watch(card);
@@ -266,6 +303,8 @@ function render(card, job) {
   el.querySelector(".lines").textContent = `${fmt(job.lines_processed)} / ${fmt(job.lines_total)}`;
   el.querySelector(".valid").textContent = fmt(job.lines_valid);
   el.querySelector(".invalid").textContent = fmt(job.lines_invalid);
+  el.querySelector(".uploaded").textContent = job.created_at ? timeText(job.created_at) : "–";
+  el.querySelector(".format").textContent = formatText(job);
   el.querySelector(".error").textContent = job.status === "failed" ? job.error || "failed" : "";
   // A worker holds a job while processing it, and the API refuses (409) to delete it then.
   el.querySelector(".deleting").hidden = job.status === "processing";
@@ -379,6 +418,15 @@ function isFinal(job) { return isFinalStatus(job.status); }
 function isFinalStatus(status) { return status === "completed" || status === "failed"; }
 function setBar(bar, fraction) { bar.firstElementChild.style.width = `${Math.round(Math.min(1, fraction) * 100)}%`; }
 function say(text, isError = false) { message.textContent = text; message.classList.toggle("error", isError); }
+// A job's file name, where its card is on the page (the recent 20), else its id's start.
+function jobLabel(jobId) { return cards.get(jobId)?.job.file_name || `job ${jobId.slice(0, 8)}…`; }
+function timeText(iso) { return new Date(iso).toISOString().slice(0, 19).replace("T", " "); }
+// The format asked for, and the ones auto detected (with their lines) once the job has any.
+function formatText(job) {
+  const seen = Object.entries(job.formats || {});
+  if (job.format !== "auto" || !seen.length) return job.format || "–";
+  return `auto: ${seen.map(([name, lines]) => `${name} (${fmt(lines)})`).join(", ")}`;
+}
 function fmt(n) { return n == null ? "–" : Number(n).toLocaleString("en-US"); }
 function formatBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB"];

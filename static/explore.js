@@ -1,10 +1,14 @@
 // The explore view: one job's events read back from ClickHouse, as a histogram over time by
 // level (an inline SVG, one stack of bars per bucket) above a filtered, keyset-paged table.
 // The same filters go to both routes; clicking a bar narrows the time range to its bucket.
+// The filters live in the URL's hash (#/jobs/<id>?level=error&…), so a reload or a link shows
+// the same view. A row opens to its JSON (events.js); its level, service or type filters this
+// view, any other value (a context one) opens the Search view on this job with it.
 // While the job is being delivered (its card's WebSocket reports each batch) the view refreshes,
 // at most once a second; after the job ends it goes on refreshing until ClickHouse holds every
 // valid line's event, or their count stops changing. Uses app.js's api(), problemDetail(),
-// cell(), fmt() and isFinal(); app.js calls Explore.open/jobUpdated/jobGone/close.
+// cell(), fmt(), go() and isFinal(); app.js calls Explore.open/jobUpdated/jobGone/close, and
+// search.js uses Explore.histogram/wireChart/read.
 "use strict";
 
 (() => {
@@ -32,23 +36,27 @@
 
   filters.addEventListener("submit", (e) => { e.preventDefault(); apply(); });
   document.getElementById("explore-reset").addEventListener("click", () => { filters.reset(); apply(); });
-  document.getElementById("explore-close").addEventListener("click", close);
+  document.getElementById("explore-close").addEventListener("click", () => go("#/"));
   prev.addEventListener("click", () => { state.pages.pop(); load(); });
   next.addEventListener("click", () => { state.pages.push(state.next); load(); });
-  chart.addEventListener("click", (e) => narrowTo(e.target.closest(".bucket")));
-  chart.addEventListener("keydown", onChartKey);
+  wireChart(chart, narrowTo);
 
-  globalThis.Explore = { open, close, jobUpdated, jobGone };
+  globalThis.Explore = { open, close, jobUpdated, jobGone, histogram: drawHistogram, wireChart, read,
+                         timeText, utcText };
 
   // ------------------------------------------------------------------------- opening, closing
 
-  function open(job) {
+  // params: the filters to open with (URLSearchParams, from the URL's hash).
+  function open(job, params = new URLSearchParams()) {
     close();
     state = { job, query: "", pages: [], next: null, seq: 0, loading: 0, again: false,
               timer: null, lastRefresh: 0, settled: false, reads: 0, stable: 0, lastEvents: undefined };
     title.textContent = `Events of ${job.file_name}`;
     view.dataset.jobId = job.job_id;
     view.hidden = false;
+    setFilters(params);
+    // A phone shows the events first, the filters a tap away.
+    document.getElementById("explore-filter-box").open = !matchMedia("(max-width: 700px)").matches;
     view.scrollIntoView({ block: "start" });
     apply();
   }
@@ -63,7 +71,11 @@
     clear("");
   }
 
-  function jobGone(jobId) { if (state?.job.job_id === jobId) close(); }
+  function jobGone(jobId) {
+    if (state?.job.job_id !== jobId) return;
+    close();
+    history.replaceState(null, "", "#/");
+  }
 
   // The card's job changed (a batch committed, or the job ended): refresh, throttled.
   function jobUpdated(job) {
@@ -77,6 +89,7 @@
 
   function apply() {
     state.query = filterQuery();
+    history.replaceState(null, "", `#/jobs/${state.job.job_id}${state.query ? `?${state.query}` : ""}`);
     state.pages = [`/api/v1/jobs/${state.job.job_id}/events?${joinQuery(`limit=${PAGE_SIZE}`, state.query)}`];
     load();
   }
@@ -156,9 +169,8 @@
     const data = new FormData(filters);
     const params = new URLSearchParams();
     for (const level of data.getAll("level")) params.append("level", level);
-    for (const name of ["service", "event_type"]) {
-      const value = data.get(name).trim();
-      if (value) params.append(name, value);
+    for (const name of ["service", "event_type"]) { // several, comma-separated: any of them
+      for (const value of listed(data.get(name))) params.append(name, value);
     }
     if (data.get("q")) params.append("q", data.get("q"));
     for (const name of ["from", "to"]) {
@@ -166,6 +178,34 @@
       if (input.value) params.append(name, utcText(input.valueAsNumber)); // the inputs are UTC
     }
     return params.toString();
+  }
+
+  // The form from a query string (the URL's hash), as filterQuery() writes it.
+  function setFilters(params) {
+    for (const box of filters.elements.level) box.checked = params.getAll("level").includes(box.value);
+    for (const name of ["service", "event_type"]) filters.elements[name].value = params.getAll(name).join(", ");
+    filters.elements.q.value = params.get("q") || "";
+    for (const name of ["from", "to"]) {
+      const ms = Date.parse(params.get(name) || "");
+      filters.elements[name].value = "";
+      if (!Number.isNaN(ms)) filters.elements[name].valueAsNumber = ms;
+    }
+  }
+
+  // A value clicked in an opened row: this view's own filters take level, service and type;
+  // any other (a context value) is a search of this job's events.
+  function filterBy(name, value) {
+    if (name === "level") {
+      for (const box of filters.elements.level) box.checked = box.checked || box.value === value;
+    } else if (name === "service" || name === "event_type") {
+      const input = filters.elements[name];
+      input.value = [...new Set([...listed(input.value), value])].join(", ");
+    } else {
+      const params = new URLSearchParams([["range", "all"], ["job_id", state.job.job_id], [name, value]]);
+      go(`#/search?${params}`);
+      return;
+    }
+    apply();
   }
 
   // A bar's bucket becomes the time range: from its start to the next bucket's.
@@ -188,7 +228,9 @@
     s.next = page.next;
     prev.disabled = s.pages.length < 2;
     next.disabled = !page.next;
-    pageLabel.textContent = `Page ${s.pages.length}`;
+    const first = (s.pages.length - 1) * PAGE_SIZE;
+    pageLabel.textContent = page.events.length
+      ? `${fmt(first + 1)}–${fmt(first + page.events.length)} of ${fmt(histogram.events)}` : "";
     view.dataset.query = s.query;
     view.dataset.page = String(s.pages.length);
   }
@@ -256,44 +298,40 @@
     ];
   }
 
-  // Arrow keys move along the bars (one tab stop for the chart), Enter or Space picks one.
-  function onChartKey(e) {
-    const current = e.target.closest(".bucket");
-    if (!current) return;
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); narrowTo(current); return; }
-    const bars = [...chart.querySelectorAll(".bucket")];
-    const moves = { ArrowLeft: -1, ArrowRight: 1, Home: -bars.length, End: bars.length };
-    if (!(e.key in moves)) return;
-    e.preventDefault();
-    focusBar(bars.indexOf(current) + moves[e.key]);
+  // A click on a bar picks it; the arrow keys move along the bars (one tab stop for the
+  // chart), Enter or Space picks one.
+  function wireChart(box, pick) {
+    box.addEventListener("click", (e) => pick(e.target.closest(".bucket")));
+    box.addEventListener("keydown", (e) => {
+      const current = e.target.closest(".bucket");
+      if (!current) return;
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(current); return; }
+      const bars = [...box.querySelectorAll(".bucket")];
+      const moves = { ArrowLeft: -1, ArrowRight: 1, Home: -bars.length, End: bars.length };
+      if (!(e.key in moves)) return;
+      e.preventDefault();
+      focusBar(bars.indexOf(current) + moves[e.key], box);
+    });
   }
 
-  function focusBar(index) {
-    const bars = [...chart.querySelectorAll(".bucket")];
+  function focusBar(index, box = chart) {
+    const bars = [...box.querySelectorAll(".bucket")];
     if (!bars.length) return;
     const bar = bars[Math.max(0, Math.min(bars.length - 1, index))];
     for (const other of bars) other.setAttribute("tabindex", other === bar ? "0" : "-1");
     bar.focus();
   }
 
-  function drawTable(page) {
-    rows.replaceChildren(...page.events.map((event) => {
-      const row = document.createElement("tr");
-      row.dataset.lineNo = event.line_no;
-      const level = cell(event.level);
-      level.className = `level level-${event.level}`;
-      row.append(cell(event.line_no), cell(timeText(event.timestamp)), level, cell(event.service),
-                 cell(event.event_type), cell(event.message));
-      return row;
-    }));
-    if (!page.events.length) {
-      const row = document.createElement("tr");
-      const empty = cell("No events on this page.");
-      empty.colSpan = 6;
-      row.append(empty);
-      rows.append(row);
-    }
-  }
+  const COLUMNS = [
+    ["Time (UTC)", (e) => timeText(e.timestamp), "time"],
+    ["Level", (e) => e.level, (e) => `level level-${e.level}`],
+    ["Service", (e) => e.service, "service"],
+    ["Message", (e) => e.message, "message"],
+    ["Event type", (e) => e.event_type, "type"],
+    ["Line", (e) => e.line_no, "line"],
+  ];
+
+  function drawTable(page) { EventTable.render(rows, page.events, COLUMNS, filterBy); }
 
   // ------------------------------------------------------------------------- helpers
 
@@ -309,9 +347,10 @@
     const parts = LEVELS.filter((l) => bucket.counts[l]).map((l) => `${l} ${fmt(bucket.counts[l])}`);
     return `${fmt(total(bucket))} events${parts.length ? ` (${parts.join(", ")})` : ""}`;
   }
+  function listed(text) { return (text || "").split(",").map((v) => v.trim()).filter(Boolean); }
   function joinQuery(...parts) { return parts.filter(Boolean).join("&"); }
   function utcText(ms) { return new Date(ms).toISOString().replace(/\.\d+Z$/, "Z"); }
-  function timeText(iso) { return iso.replace("T", " ").replace(/(\.\d+)?Z$/, ""); }
+  function timeText(iso) { return iso.replace("T", " ").replace(/(\.000)?Z$/, ""); }
   function duration(seconds) {
     const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
     const [size, unit] = units.find(([size]) => seconds % size === 0 && seconds >= size);

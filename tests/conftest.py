@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import psycopg
 import pytest
+from playwright.sync_api import Page, sync_playwright
 
 # The modules come from the source tree: pyproject's `pythonpath` puts the repository and
 # scripts/ (stack.py) first on sys.path; nothing of the project is installed.
@@ -31,6 +32,9 @@ import core  # noqa: E402
 import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
 from helpers import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPORT_CSP_VIOLATIONS,
     ROOT,
     ClickHouseServer,
     TcpProxy,
@@ -437,3 +441,55 @@ def tcp_proxy():
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} not found: apt-get install chromium (Debian's package)"
+        if in_ci():
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def console_errors() -> list[str]:
+    """The page's uncaught exceptions and console errors; a test removes those it expects."""
+    return []
+
+
+@pytest.fixture
+def open_page(browser, console_errors, start_process):
+    """Opens fresh pages, each in its own context (its own sessionStorage: another user); the
+    test fails if any of them logs an error it did not expect. Set up after start_process, so
+    the pages close before the API they talk to stops (else they log its going away)."""
+    contexts = []
+
+    def open_() -> Page:
+        # Reduced motion: the page then draws progress bars without a transition, so a
+        # screenshot shows the final width.
+        context = browser.new_context(viewport={"width": 900, "height": 900},
+                                      reduced_motion="reduce")
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
+        page.on("console", lambda msg: console_errors.append(
+            f"{msg.text} ({msg.location.get('url')})") if msg.type == "error" else None)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not console_errors, console_errors
+
+
+@pytest.fixture
+def page(open_page) -> Page:
+    return open_page()

@@ -19,89 +19,29 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlencode
 
 import psycopg
-import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 import core
-from helpers import MYAPP, MYAPP_LINE, ROOT, bearer, in_ci, serve_api
+from helpers import (
+    MYAPP,
+    MYAPP_LINE,
+    ROOT,
+    bearer,
+    enter_token,
+    expected_errors,
+    get_json,
+    screenshot,
+    serve_api,
+    sign_in,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-ARTIFACTS = ROOT / "test-artifacts"
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_LINES, SAMPLE_VALID, SAMPLE_INVALID = 300, 280, 16
 # What the worker finds wrong in examples/sample.jsonl, in line order.
 SAMPLE_INVALID_LINES = [4, 31, 54, 87, 94, 99, 107, 116, 150, 151, 165, 171, 175, 184, 201, 280]
-# Chromium logs most CSP violations as console errors itself; this makes sure of every one,
-# whatever the kind (an init script is not subject to the page's policy).
-REPORT_CSP_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (e) => console.error(
-  `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));
-"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} not found: apt-get install chromium (Debian's package)"
-        if in_ci():
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def console_errors() -> list[str]:
-    """The page's uncaught exceptions and console errors; a test removes those it expects."""
-    return []
-
-
-@pytest.fixture
-def open_page(browser, console_errors, start_process):
-    """Opens fresh pages, each in its own context (its own sessionStorage: another user); the
-    test fails if any of them logs an error it did not expect. Set up after start_process, so
-    the pages close before the API they talk to stops (else they log its going away)."""
-    contexts = []
-
-    def open_() -> Page:
-        # Reduced motion: the page then draws progress bars without a transition, so a
-        # screenshot shows the final width.
-        context = browser.new_context(viewport={"width": 900, "height": 900},
-                                      reduced_motion="reduce")
-        context.add_init_script(REPORT_CSP_VIOLATIONS)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
-        page.on("console", lambda msg: console_errors.append(
-            f"{msg.text} ({msg.location.get('url')})") if msg.type == "error" else None)
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert not console_errors, console_errors
-
-
-@pytest.fixture
-def page(open_page) -> Page:
-    return open_page()
-
-
-def get_json(url: str, token: str) -> dict:
-    request = urllib.request.Request(url, headers=bearer(token))
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
 
 
 def get_status(url: str, token: str) -> int:
@@ -112,16 +52,6 @@ def get_status(url: str, token: str) -> int:
         return exc.code
 
 
-def sign_in(page: Page, url: str, token: str) -> None:
-    """Open the page and give it a token through its form, as a user would."""
-    page.goto(f"{url}/")
-    expect(page.locator("#token-form")).to_be_visible()
-    expect(page.locator("#upload")).to_be_hidden()
-    enter_token(page, token)
-    expect(page.locator("#token-form")).to_be_hidden()
-    expect(page.locator("#upload")).to_be_visible()
-
-
 def upload_the_sample_to_completion(page: Page, url: str, token: str):
     """Sign in, upload examples/sample.jsonl through the page, wait for its card to complete."""
     sign_in(page, url, token)
@@ -130,27 +60,6 @@ def upload_the_sample_to_completion(page: Page, url: str, token: str):
     card = page.locator("#jobs article.job")
     expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
     return card
-
-
-def enter_token(page: Page, token: str) -> None:
-    page.fill("#token", token)
-    page.click("#use-token")
-
-
-def expected_errors(console_errors: list[str], text: str, count: int = 1) -> None:
-    """Take out of console_errors the ones the test caused on purpose (Chromium logs every 4xx
-    response); anything else still fails the test."""
-    found = [e for e in console_errors if text in e]
-    assert len(found) == count, console_errors
-    for error in found:
-        console_errors.remove(error)
-
-
-def screenshot(page: Page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=path, full_page=True)
-    return path
 
 
 def test_sample_upload_completes_in_the_page(page, api_url, start_process, make_token):
@@ -524,6 +433,8 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     expect(page.locator("#explore-live")).to_be_hidden()
     histogram, first = expect_the_view_to_match_the_api(page, base, token, "")
     assert len(histogram["buckets"]) > 1 and first["next"]
+    expect(page.locator("#events-page")).to_have_text(f"1–{EXPLORE_PAGE} of {SAMPLE_VALID}")
+    assert page.evaluate("location.hash") == f"#/jobs/{card.get_attribute('data-job-id')}"
     expect(page.locator("#events-prev")).to_be_disabled()
 
     page.check("#explore-filters input[name=level][value=error]")
@@ -553,6 +464,8 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     full, _ = expect_the_view_to_match_the_api(page, base, token, "")
     page.click("#events-next")
     expect(view).to_have_attribute("data-page", "2")
+    expect(page.locator("#events-page")).to_have_text(
+        f"{EXPLORE_PAGE + 1}–{2 * EXPLORE_PAGE} of {SAMPLE_VALID}")
     second = get_json(f"{api_url}{first['next']}", token)
     expect_rows(page, second)
     assert second["events"][0]["line_no"] > first["events"][-1]["line_no"]
@@ -596,11 +509,11 @@ def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: s
 
 
 def expect_rows(page: Page, events_page: dict) -> None:
-    rows = page.locator("#events tbody tr")
-    expect(rows.locator("td:first-child")).to_have_text(
+    rows = page.locator("#events tbody tr.event")
+    expect(rows.locator("td.line")).to_have_text(
         [str(e["line_no"]) for e in events_page["events"]])
-    expect(rows.locator("td:last-child")).to_have_text([e["message"] for e in events_page["events"]])
-    expect(rows.locator("td:nth-child(3)")).to_have_text([e["level"] for e in events_page["events"]])
+    expect(rows.locator("td.message")).to_have_text([e["message"] for e in events_page["events"]])
+    expect(rows.locator("td.level")).to_have_text([e["level"] for e in events_page["events"]])
 
 
 def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, start_process,
