@@ -41,6 +41,7 @@ import core
 import explore
 import format_routes
 import graphql_api
+import graphql_socket
 import http_server
 import jobs
 import live
@@ -609,8 +610,8 @@ async def graphql_query(request: web.Request) -> web.Response:
 
 
 @routes.get("/graphql")
-async def graphql_socket(request: web.Request) -> web.StreamResponse:
-    """GraphQL subscriptions over graphql-transport-ws (graphql_api.serve_socket)."""
+async def graphql_websocket(request: web.Request) -> web.StreamResponse:
+    """GraphQL subscriptions over graphql-transport-ws (graphql_socket.serve_socket)."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
                                           "send queries with POST /graphql")
@@ -621,7 +622,7 @@ async def graphql_socket(request: web.Request) -> web.StreamResponse:
     SOCKET_CLIENT.set(client)  # for its connection_init's token (graphql_authenticator)
     try:  # every socket counts, before its connection_init too
         with request.app[WATCHERS].limits.process_slot():
-            return await graphql_api.serve_socket(request, request.app[GRAPHQL])
+            return await graphql_socket.serve_socket(request, request.app[GRAPHQL])
     except live.TooManySockets as exc:
         raise no_socket_slot(exc) from None
 
