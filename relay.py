@@ -29,7 +29,7 @@ and only the rows it refuses on their own move to outbox_dead, each with its err
 else is retried forever with capped exponential backoff.
 
 Deleted jobs: when it is idle, the relay also deletes from event_log the events of jobs deleted
-through the API, once none of their events is left in the outbox (delete_events_of_deleted_jobs).
+through the API, once none of their events is left in the outbox (event_log.delete_events_of_deleted_jobs).
 
 The loop sleeps on LISTEN eh_outbox (RELAY_POLL_S is the fallback wake-up) and lets a small
 batch fill for up to RELAY_BATCH_MAX_WAIT_S, counted from its oldest row's created_at.
@@ -57,7 +57,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import clickhouse_connect
 import psycopg
 import structlog
 from opentelemetry import trace
@@ -65,7 +64,7 @@ from psycopg.rows import class_row, namedtuple_row, tuple_row
 
 import clickhouse_errors
 import core
-import jobs
+import event_log
 import observe
 import outbox
 import stopping
@@ -74,21 +73,6 @@ from core import QUERIES
 log = structlog.get_logger("relay")
 tracer = trace.get_tracer("eventhorizon.relay")
 
-EVENT_LOG_DDL_PATH = core.SQL_DIR / "clickhouse" / "event_log.sql"
-EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
-EVENT_LOG_SEARCH_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_search_upgrade.sql"
-EVENT_LOG_TABLE = "event_log"
-EVENT_LOG_COLUMNS = (
-    "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version",
-    "event_time", "owner",
-)
-# A mutation, waited for (DELETE_SETTINGS): it rewrites the parts holding the job's events,
-# projections included. Not a lightweight DELETE: its mask is not applied by a read of the
-# `by_owner` projection in time order (ClickHouse 26.9), so owner-wide search would still
-# find the rows (tests/test_search.py's deletion test). Search hides the job meanwhile.
-DELETE_SETTINGS = {"mutations_sync": 2}
-DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE job_id = {{job_id:UUID}} "
-                     "AND event_type != 'job.deleted'")
 DEAD_AFTER_ATTEMPTS = 3
 # Salvaging a refused batch halves it at most this many times in one transaction (one bad
 # row in 10,000 takes about 14): the parts still refused then are recorded as batches of their
@@ -96,11 +80,9 @@ DEAD_AFTER_ATTEMPTS = 3
 # remembers, and no part is given up while it may hold rows ClickHouse would take.
 SALVAGE_MAX_REFUSALS = 64
 RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
-MAX_ERROR_CHARS = 1000  # of a ClickHouse error, kept in outbox_dead (logs get a third of it)
 MAX_LINKS = 32  # a batch span links to at most this many traces of the events it carries
 LINK_SAMPLES = 256  # events of a batch whose trace id is read for those links
 TRACE_ID_MEMBER = re.compile(rb'"trace_id": "([0-9a-f]{32})"')
-
 
 
 def main() -> int:
@@ -201,20 +183,20 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
                 if pg is None:
                     pg, listener = connect_postgres(settings.database_url)
                 if ch is None:
-                    ch = connect_clickhouse(settings.clickhouse_url)
-                    fill_missing_owners(pg, ch)
+                    ch = event_log.connect_clickhouse(settings.clickhouse_url)
+                    event_log.fill_missing_owners(pg, ch)
                 if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
-                    delete_events_of_deleted_jobs(pg, ch)
+                    event_log.delete_events_of_deleted_jobs(pg, ch)
                     wait_for_work(pg, listener, settings, stop)
                 backoff.reset()
             except BatchRejected as exc:
                 delay = backoff.next()
                 log.warning("relay.batch_rejected", batch_id=exc.batch_id, attempts=exc.attempts,
-                            error=exc.error[: MAX_ERROR_CHARS // 3], retry_in_s=delay)
+                            error=exc.error[: event_log.MAX_ERROR_CHARS // 3], retry_in_s=delay)
                 stop.wait(delay)
-            except ClickHouseUnavailable as exc:
+            except event_log.ClickHouseUnavailable as exc:
                 delay = backoff.next()
-                log.warning("relay.clickhouse_unavailable", error=str(exc)[: MAX_ERROR_CHARS // 3],
+                log.warning("relay.clickhouse_unavailable", error=str(exc)[: event_log.MAX_ERROR_CHARS // 3],
                             retry_in_s=delay)
                 observe.RELAY_BATCHES.labels("unavailable").inc()
                 ch = close_quietly(ch)  # reconnect: also re-creates a dropped event_log
@@ -286,11 +268,6 @@ def close_quietly(resource) -> None:
 # --------------------------------------------------------------------------- ClickHouse
 
 
-class ClickHouseUnavailable(Exception):
-    """ClickHouse did not take a batch for a reason other than its content (connection, server,
-    schema). The rows stay in the outbox and the batch is retried, forever."""
-
-
 class BatchRejected(Exception):
     """ClickHouse refused a batch as malformed. The refusal is counted on its outbox_batch row;
     the rows stay in the outbox until the DEAD_AFTER_ATTEMPTS-th, which salvages the batch (see
@@ -299,106 +276,6 @@ class BatchRejected(Exception):
     def __init__(self, batch_id: int, attempts: int, error: str):
         super().__init__(f"batch {batch_id} refused ({attempts}/{DEAD_AFTER_ATTEMPTS}): {error}")
         self.batch_id, self.attempts, self.error = batch_id, attempts, error
-
-
-def connect_clickhouse(url: str):
-    """A clickhouse-connect client for CLICKHOUSE_URL, with event_log created if missing.
-
-    One call for both backends. chDB: one process at a time may open a directory; within a
-    process, clients on the same directory share the engine.
-    """
-    try:
-        ch = clickhouse_connect.get_client(dsn=url)
-    except Exception as exc:
-        raise ClickHouseUnavailable(f"cannot connect to {core.redact_url(url)}: {exc}") from exc
-    try:
-        ensure_event_log(ch)
-    except Exception as exc:
-        close_quietly(ch)
-        raise ClickHouseUnavailable(f"cannot create {EVENT_LOG_TABLE}: {exc}") from exc
-    return ch
-
-
-def ensure_event_log(ch) -> None:
-    """CREATE TABLE IF NOT EXISTS event_log (sql/clickhouse/event_log.sql); a table made
-    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql)."""
-    ch.command(EVENT_LOG_DDL_PATH.read_text())
-    if ch.command(EXPLORE_COLUMNS_FOUND) < len(EXPLORE_COLUMNS):
-        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
-        for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
-            ch.command(statement)
-    if "PROJECTION by_owner" not in ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}"):
-        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_SEARCH_UPGRADE_PATH))
-        for statement in sql_statements(EVENT_LOG_SEARCH_UPGRADE_PATH.read_text()):
-            ch.command(statement)
-
-
-def fill_missing_owners(conn, ch) -> int:
-    """Give the line events event_log holds without an owner (stored before it had the
-    column) the owner Postgres records for their job; returns how many jobs. Run at each
-    connect, so a relay stopped halfway finishes the work at its next start; cheap once done,
-    since `by_owner` keeps the events without an owner together. Events of jobs Postgres no
-    longer has keep '' (no owner sees them; their deletion is the relay's, below)."""
-    try:
-        job_ids = [str(j) for (j,) in ch.query(UNOWNED_JOBS).result_rows]
-    except Exception as exc:
-        raise ClickHouseUnavailable(describe(exc)) from exc
-    if not job_ids:
-        return 0
-    owned = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["owners_of_jobs"], {"job_ids": job_ids}).fetchall()
-    for owner, ids in owned:
-        for start in range(0, len(ids), PRESENCE_CHUNK):
-            chunk = [str(i) for i in ids[start:start + PRESENCE_CHUNK]]
-            try:
-                ch.command(SET_OWNER, parameters={"owner": owner, "ids": chunk})
-            except Exception as exc:
-                raise ClickHouseUnavailable(describe(exc)) from exc
-    filled = sum(len(ids) for _, ids in owned)
-    if filled:
-        log.info("relay.owners_filled", jobs=filled)
-    return filled
-
-
-UNOWNED_JOBS = (f"SELECT DISTINCT job_id FROM {EVENT_LOG_TABLE} WHERE owner = '' "
-                "AND line_no > 0 LIMIT 100000")
-SET_OWNER = (f"ALTER TABLE {EVENT_LOG_TABLE} UPDATE owner = {{owner:String}} "
-             "WHERE owner = '' AND job_id IN {ids:Array(UUID)}")
-
-
-EXPLORE_COLUMNS = ("job_id", "line_no", "level", "service")
-EXPLORE_COLUMNS_FOUND = (
-    f"SELECT count() FROM system.columns WHERE database = currentDatabase() "
-    f"AND table = '{EVENT_LOG_TABLE}' AND name IN {EXPLORE_COLUMNS!r}")
-
-
-def sql_statements(text: str) -> list[str]:
-    """The statements of a SQL file: comments dropped, split at semicolons (the files hold no
-    semicolon inside a statement)."""
-    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [statement.strip() for statement in code.split(";") if statement.strip()]
-
-
-# An event time event_log's DateTime cannot hold (before 1970, after 2106) is refused
-# (VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, so dead-lettered) rather than clamped to the range's end.
-INSERT_SETTINGS = {"date_time_overflow_behavior": "throw"}
-
-
-def insert_batch(ch, rows: Sequence, token: str) -> int:
-    """Insert rows into event_log as one insert that ClickHouse drops if `token` was seen
-    before (non_replicated_deduplication_window). Returns the bytes sent.
-
-    Each row's `line` is its event as a JSONEachRow line, built by Postgres
-    (outbox_batch_rows): the batch goes as the lines joined, nothing decoded or re-encoded.
-    """
-    block = b"\n".join(r.line for r in rows)
-    ch.raw_insert(EVENT_LOG_TABLE, EVENT_LOG_COLUMNS, insert_block=block, fmt="JSONEachRow",
-                  settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
-    return len(block)
-
-
-def describe(exc: BaseException) -> str:
-    return (str(exc).strip() or repr(exc))[:MAX_ERROR_CHARS]
 
 
 # --------------------------------------------------------------------------- batches
@@ -440,7 +317,7 @@ def relay_once(conn, ch, settings: core.Settings, *,
 
     `conn` is an autocommit psycopg connection this relay alone uses; `ch` a clickhouse-connect
     client. `after_insert(rows)` runs after each ClickHouse acknowledgement, before the Postgres
-    commit (benchmark timing, fault injection). Raises ClickHouseUnavailable, or BatchRejected;
+    commit (benchmark timing, fault injection). Raises event_log.ClickHouseUnavailable, or BatchRejected;
     the rows stay in the outbox either way, unless the refusal was the last allowed: then the
     batch is salvaged, and the rows ClickHouse refused on their own are in outbox_dead.
     """
@@ -552,7 +429,7 @@ def report(delivery: Delivery, seconds: float) -> int:
     if delivery.dead:
         log.error("relay.batch_dead", batch_id=batch.batch_id, rows_sent=delivery.rows,
                   rows_dead=delivery.dead, rows_left=delivery.left, attempts=DEAD_AFTER_ATTEMPTS,
-                  error=delivery.dead_error[: MAX_ERROR_CHARS // 3])
+                  error=delivery.dead_error[: event_log.MAX_ERROR_CHARS // 3])
     elif delivery.left:
         log.warning("relay.batch_split", batch_id=batch.batch_id, rows_sent=delivery.rows,
                     rows_left=delivery.left)
@@ -585,7 +462,7 @@ def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = Fa
     if rows:
         with span.step("relay.insert"):
             try:
-                approx_bytes = insert_batch(ch, rows, batch.token)
+                approx_bytes = event_log.insert_batch(ch, rows, batch.token)
             except Exception as exc:
                 error = refusal(exc)
                 attempts = count_refusal(conn, batch, error)
@@ -635,17 +512,17 @@ def restore_missing(ch, rows: list) -> int:
         return 0
     log.warning("relay.batch_restored", rows=len(missing), of=len(rows))
     try:
-        return insert_batch(ch, missing, f"{batch_token(missing)}-{os.urandom(4).hex()}")
+        return event_log.insert_batch(ch, missing, f"{batch_token(missing)}-{os.urandom(4).hex()}")
     except Exception as exc:
-        raise ClickHouseUnavailable(describe(exc)) from exc
+        raise event_log.ClickHouseUnavailable(event_log.describe(exc)) from exc
 
 
 def missing_from_event_log(ch, rows: list) -> list:
-    """The rows whose event event_log does not have, looked up PRESENCE_CHUNK at a time by
+    """The rows whose event event_log does not have, looked up event_log.PRESENCE_CHUNK at a time by
     event id, within their event types and times (event_log's sort key)."""
     present = set()
-    for start in range(0, len(rows), PRESENCE_CHUNK):
-        chunk = rows[start:start + PRESENCE_CHUNK]
+    for start in range(0, len(rows), event_log.PRESENCE_CHUNK):
+        chunk = rows[start:start + event_log.PRESENCE_CHUNK]
         events = [json.loads(r.line) for r in chunk]
         try:
             found = ch.query(EVENTS_PRESENT, parameters={
@@ -654,14 +531,13 @@ def missing_from_event_log(ch, rows: list) -> list:
                 "last": max(e["event_date_time"] for e in events),
                 "ids": [r.event_id for r in chunk]}).result_rows
         except Exception as exc:
-            raise ClickHouseUnavailable(describe(exc)) from exc
+            raise event_log.ClickHouseUnavailable(event_log.describe(exc)) from exc
         present.update(event_id for (event_id,) in found)
     return [r for r in rows if r.event_id not in present]
 
 
-PRESENCE_CHUNK = 1_000  # event ids per look-up, well inside a URL's length
 EVENTS_PRESENT = (
-    f"SELECT event_id FROM {EVENT_LOG_TABLE} "
+    f"SELECT event_id FROM {event_log.EVENT_LOG_TABLE} "
     "WHERE event_type IN {types:Array(String)} "
     "AND event_date_time BETWEEN toDateTime({first:Int64}, 'UTC') "
     "AND toDateTime({last:Int64}, 'UTC') AND event_id IN {ids:Array(UUID)}")
@@ -669,10 +545,10 @@ EVENTS_PRESENT = (
 
 def refusal(exc: Exception) -> str:
     """The error text of ClickHouse refusing data as malformed; any other failure is raised
-    as ClickHouseUnavailable, so the batch is retried as it is."""
+    as event_log.ClickHouseUnavailable, so the batch is retried as it is."""
     if not clickhouse_errors.is_data_refusal(exc):
-        raise ClickHouseUnavailable(describe(exc)) from exc
-    return describe(exc)
+        raise event_log.ClickHouseUnavailable(event_log.describe(exc)) from exc
+    return event_log.describe(exc)
 
 
 def count_refusal(conn, batch: OutboxBatch, error: str) -> int:
@@ -708,7 +584,7 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
         middle = len(part) // 2
         for half in (part[:middle], part[middle:]):
             try:
-                sent_bytes += insert_batch(ch, half, batch_token(half))
+                sent_bytes += event_log.insert_batch(ch, half, batch_token(half))
             except Exception as exc:
                 refused.append((half, refusal(exc)))
                 refusals += 1
@@ -797,31 +673,6 @@ def dead_letter_rows(conn, rows: list, error: str) -> None:
 
 
 # --------------------------------------------------------------------------- deleted jobs
-
-
-def delete_events_of_deleted_jobs(conn, ch) -> int:
-    """Delete from event_log the events of jobs deleted through the API, once none of their
-    events is left in the outbox (so no later insert can bring one back); returns how many jobs.
-
-    Each deletion is recorded done (job_deletions.clickhouse_at) in the transaction that held
-    it while ClickHouse deleted: a relay that dies in between leaves it pending, and deleting
-    twice is harmless. While ClickHouse is away the deletions wait (ClickHouseUnavailable).
-    The job's `job.deleted` event is kept: it is the audit trail of the deletion.
-    """
-    done = 0
-    while True:
-        with conn.transaction():
-            job_id = jobs.take_pending_deletion(conn)
-            if job_id is None:
-                return done
-            try:
-                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)},
-                           settings=DELETE_SETTINGS)
-            except Exception as exc:
-                raise ClickHouseUnavailable(describe(exc)) from exc
-            jobs.finish_deletion(conn, job_id)
-        log.info("relay.job_events_deleted", job_id=str(job_id))
-        done += 1
 
 
 # --------------------------------------------------------------------------- status

@@ -9,7 +9,7 @@ the bench may create event_log in and fill).
     .venv/bin/python bench/explore.py --events 200000 --requests 20
 
 What it does:
- 1. creates event_log (relay.ensure_event_log) and fills it on the server (INSERT … SELECT from
+ 1. creates event_log (event_log.ensure_event_log) and fills it on the server (INSERT … SELECT from
     numbers(): no Python in the way): the job's events, one a second, levels and services
     mixed, and --others events of other jobs interleaved in time;
  2. reads through explore.Explorer — the code the API's routes call, with the API's query
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import clickhouse_connect  # noqa: E402
 
+import event_log  # noqa: E402
 import explore  # noqa: E402
 import read_slots  # noqa: E402
-import relay  # noqa: E402
 
 FILL = """
 INSERT INTO event_log (event_id, event_type, event_date_time, environment, event_context,
@@ -122,7 +122,7 @@ def fill(url: str, job: uuid.UUID, events: int, others: int) -> None:
     total = events * stride
     started = time.monotonic()
     with clickhouse_connect.get_client(dsn=url, send_receive_timeout=600) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
         ch.command(FILL, parameters={"job": str(job), "stride": stride, "total": total,
                                      "per_second": stride})
         rows = ch.command("SELECT count() FROM event_log")

@@ -9,7 +9,7 @@ the bench may create event_log in and fill).
     .venv/bin/python bench/search.py --events 1000000 --requests 20
 
 What it does:
- 1. creates event_log (relay.ensure_event_log) and fills it on the server (INSERT … SELECT from
+ 1. creates event_log (event_log.ensure_event_log) and fills it on the server (INSERT … SELECT from
     numbers()): events 100 ms apart, job `number % 200`, owner `job % 4`, levels and services
     mixed, a message with "timeout" in one of 97, a context with a request id shared by 10;
  2. reads as one owner through explore.Explorer — the code the API's routes call, with the
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import clickhouse_connect  # noqa: E402
 
+import event_log  # noqa: E402
 import explore as reads  # noqa: E402
-import relay  # noqa: E402
 
 # bench/explore.py's server launcher, loaded by path (its module name is the project's).
 _spec = importlib.util.spec_from_file_location("bench_explore", ROOT / "bench" / "explore.py")
@@ -91,7 +91,7 @@ def fill(url: str, events: int) -> None:
     started = time.monotonic()
     jobs = [str(uuid.uuid4()) for _ in range(200)]
     with clickhouse_connect.get_client(dsn=url, send_receive_timeout=1800) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
         for offset in range(0, events, CHUNK):
             ch.command(FILL, parameters={"jobs": jobs, "owners": OWNERS, "t0": "2026-11-01 00:00:00",
                                          "offset": offset, "count": min(CHUNK, events - offset)})

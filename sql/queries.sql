@@ -158,7 +158,7 @@ COPY line_errors (job_id, line_no, reason) FROM STDIN;
 -- name: event_log_line --
 -- An outbox row `o`'s event as the JSONEachRow line ClickHouse takes, built here so that the
 -- relay sends the lines as they are, never decoding an event: the time as whole Unix seconds
--- (event_log's DateTime; ClickHouse refuses one out of its range, relay.INSERT_SETTINGS), the
+-- (event_log's DateTime; ClickHouse refuses one out of its range, event_log.INSERT_SETTINGS), the
 -- context as jsonb prints it. UTF-8 bytes (bytea), so the driver does not decode them either.
 -- `event_time` is the time to the millisecond (truncated, as event_log's DateTime64(3) text)
 -- and `owner` the owner of the job the event names (a primary-key look-up; '' for an event
@@ -335,7 +335,7 @@ LIMIT 1
 FOR UPDATE OF d SKIP LOCKED;
 
 -- name: owners_of_jobs --
--- relay.fill_missing_owners: the owners of the jobs of events event_log has without one.
+-- event_log.fill_missing_owners: the owners of the jobs of events event_log has without one.
 SELECT owner, array_agg(job_id) AS job_ids FROM jobs
 WHERE job_id = ANY(%(job_ids)s) AND owner IS NOT NULL
 GROUP BY owner;

@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 
 import amqp
 import core
+import event_log
 import jobs
 import lines
 import mappings
@@ -463,7 +464,7 @@ def event_log_ids(ch) -> list[uuid.UUID]:
 
 
 def read_event_log_ids(settings) -> list[uuid.UUID]:
-    client = relay.connect_clickhouse(settings.clickhouse_url)
+    client = event_log.connect_clickhouse(settings.clickhouse_url)
     try:
         return event_log_ids(client)
     finally:

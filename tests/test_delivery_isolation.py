@@ -14,6 +14,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 import clickhouse_errors
 import core
+import event_log
 import outbox
 import relay
 from helpers import drain, event_log_ids, outbox_status
@@ -23,7 +24,7 @@ WIDE_LINES, WIDE_KEYS = 31, 20_000  # as the probe of issue 21
 
 @pytest.fixture
 def ch(relay_settings):
-    client = relay.connect_clickhouse(relay_settings.clickhouse_url)
+    client = event_log.connect_clickhouse(relay_settings.clickhouse_url)
     yield client
     client.close()
 

@@ -14,10 +14,10 @@ import clickhouse_connect
 import pytest
 
 import core
+import event_log
 import eventhorizon
 import explore
 import read_slots
-import relay
 from helpers import bearer, gql, make_job, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
@@ -41,7 +41,7 @@ def line_events(job_id: uuid.UUID, count: int, *, step_s: int = 7) -> list[dict]
 def store(clickhouse_url: str, job_id: uuid.UUID, events: list[dict]) -> None:
     """The events in event_log, with a lifecycle event of the job beside them."""
     with clickhouse_connect.get_client(dsn=clickhouse_url) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
         rows = [[uuid.uuid4(), e["event_type"], e["timestamp"], e["environment"],
                  {"job_id": str(job_id), "line_no": e["line_no"], "level": e["level"],
                   "service": e["service"], "message": e["message"], "context": e["context"]}, 1]
@@ -207,7 +207,7 @@ async def test_reads_are_read_only_and_bounded(settings):
     try:
         assert reader.settings["readonly"] == 2 and reader.settings["max_execution_time"] == 2
         ch = reader.client()
-        relay.ensure_event_log(clickhouse_connect.get_client(dsn=settings.clickhouse_url))
+        event_log.ensure_event_log(clickhouse_connect.get_client(dsn=settings.clickhouse_url))
         with pytest.raises(Exception, match="readonly"):
             ch.command("INSERT INTO event_log (event_id) VALUES (generateUUIDv4())",
                        settings=reader.settings)
@@ -250,12 +250,12 @@ def test_an_event_log_from_before_job_id_is_upgraded_in_place(settings):
                                  {"job_id": str(job_id), "line_no": n, "level": "info",
                                   "service": "s", "message": f"m{n}", "context": {}}, 1]
                                 for n in range(1, 11)], column_names=COLUMNS)
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
         create = ch.command("SHOW CREATE TABLE event_log")
         assert "PROJECTION by_job" in create and "`job_id` UUID MATERIALIZED" in create
         events = explore.job_events(ch, job_id, explore.EventFilters(), limit=100)
         assert [e["line_no"] for e in events] == list(range(1, 11))
-        relay.ensure_event_log(ch)  # a second start changes nothing
+        event_log.ensure_event_log(ch)  # a second start changes nothing
 
 
 async def test_a_real_upload_reads_back_as_its_lines(settings, db, aiohttp_client, make_token,

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+import event_log
 import eventhorizon
 import outbox
-import relay
 from helpers import (
     VALID,
     ClickHouseServer,
@@ -137,7 +137,7 @@ def test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once(
         "SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0, timeout=60,
         what="the outbox drained")
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = ch.query(
             "SELECT line_no, toString(event_context.message), event_id FROM event_log "
             "WHERE job_id = {job:UUID} AND event_type NOT LIKE 'job.%'",
@@ -456,7 +456,7 @@ class Producer:
 
 
 def assert_delivered_once(clickhouse_url: str, published: list) -> None:
-    with relay.connect_clickhouse(clickhouse_url) as ch:
+    with event_log.connect_clickhouse(clickhouse_url) as ch:
         ids = [r[0] for r in ch.query("SELECT event_id FROM event_log").result_rows]
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} events doubled"
     assert set(ids) == set(published), f"{len(set(published) - set(ids))} events missing"

@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import amqp
 import core
+import event_log
 import eventhorizon
 import jobs
 import observe
-import relay
 import worker
 from helpers import (
     ROOT,
@@ -276,7 +276,7 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
     relay_steps = {s.name for _, s in otlp_receiver.spans if s.name.startswith("relay.")}
     assert {"relay.batch", "relay.claim", "relay.insert", "relay.finish"} <= relay_steps
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = ch.query("SELECT event_type, toString(event_context.trace_id) FROM event_log "
                         "WHERE toString(event_context.job_id) = {job:String}",
                         parameters={"job": job["job_id"]}).result_rows

@@ -29,9 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import core
+import event_log
 import eventhorizon
 import jobs
-import relay
 from helpers import bearer, serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
@@ -184,7 +184,7 @@ def test_fuzz_every_operation(api_url, make_token, fuzz_seed, settings):
     CI runs the same cases every time (a fixed seed); a local run explores new ones, its seed
     printed (EH_TEST_SEED replays it)."""
     schema = schemathesis.openapi.from_url(f"{api_url}/api/v1/openapi.json", timeout=10)
-    relay.connect_clickhouse(settings.clickhouse_url).close()  # event_log, as a relay makes it
+    event_log.connect_clickhouse(settings.clickhouse_url).close()  # event_log, as a relay makes it
     session = requests.Session()
     session.headers.update(bearer(make_token("fuzzer", admin=True)))
     statuses = collections.Counter()

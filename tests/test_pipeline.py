@@ -11,8 +11,8 @@ import uuid
 import aiohttp
 
 import core
+import event_log
 import outbox
-import relay
 from helpers import (
     ECS_LINE,
     PINO_LINE,
@@ -66,7 +66,7 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(admin_client, setti
     stats = await wait_until(drained, 60, what="the outbox to drain")
     assert stats["jobs"]["completed"] == 1 and stats["outbox"]["dead"] == 0
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:  # the relay still running
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:  # the relay still running
         lines = line_events(ch, "event_id, event_type, environment, event_context")
         lifecycle = ch.query("SELECT event_type FROM event_log WHERE event_type LIKE 'job.%' "
                              "ORDER BY event_date_time, event_type").result_rows
@@ -129,7 +129,7 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(admin_client, set
         "SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"],
         60, what="the deletion to reach ClickHouse")
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         def events_of(job):
             return sorted(r[0] for r in ch.query(
                 "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
@@ -163,7 +163,7 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(admin_client, sett
     final = await wait_until(drained, 60, what="the outbox to drain")
     assert final["formats"] == {"pino": 1, "zap": 1, "ecs": 1} and final["lines_valid"] == 3
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = line_events(ch, "event_type, environment, event_context")
     assert [(t, e) for t, e, _ in rows] == [("pino.log", "eu-prod"), ("zap.log", "eu-prod"),
                                             ("login", "staging")]
@@ -199,7 +199,7 @@ def test_two_workers_sharing_a_queue_store_each_line_once(settings, db, start_pr
         job = assert_stored_up_to_checkpoint(db, job_id, content)
         assert (job["lines_processed"], job["lines_valid"], job["lines_invalid"]) == (
             2_000, 2_000, 0)
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         events = ch.query(
             "SELECT event_context.job_id::String AS job, count(), uniqExact(event_id), "
             "uniqExact(toUInt64(event_context.line_no)) FROM event_log "

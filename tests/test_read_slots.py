@@ -13,11 +13,11 @@ import clickhouse_connect
 import pytest
 
 import api_state
+import event_log
 import eventhorizon
 import explore
 import graphql_api
 import read_slots
-import relay
 from helpers import bearer, gql, make_job
 
 # --------------------------------------------------------------------------- the slots alone
@@ -88,7 +88,7 @@ def held_reads(settings, monkeypatch):
     """ClickHouse reads of the jobs in `.jobs` wait (in their thread) until `.release` is set:
     a slow ClickHouse for those jobs only. event_log exists, for the others' real reads."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
     state = HeldReads()
     for name in ("job_histogram", "job_events"):
         real = getattr(explore, name)
@@ -175,7 +175,7 @@ async def test_a_graphql_query_reading_many_jobs_is_answered_within_its_share(
         settings, db, aiohttp_client, make_token):
     """40 ClickHouse reads in one query, 2 at a time: all answered, none UNAVAILABLE."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
     _app, alice, _bob = await api(settings, aiohttp_client, make_token, explore_queries=4,
                                   explore_queries_per_owner=2)
     for _ in range(20):
@@ -193,7 +193,7 @@ async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings
     """The bound that keeps one operation within an owner's queue: the 201st events or
     histogram field of an operation is refused, QUERY_TOO_LARGE, saying so."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
     _app, alice, _bob = await api(settings, aiohttp_client, make_token)
     for _ in range(70):
         make_job(settings, db, b"", store=False, owner="alice")

@@ -24,6 +24,7 @@ import pytest
 import structlog.testing
 
 import core
+import event_log
 import outbox
 import relay
 import stopping
@@ -54,7 +55,7 @@ def each_settings(request, relay_settings, chdb_settings) -> core.Settings:
 
 @pytest.fixture
 def ch(relay_settings):
-    client = relay.connect_clickhouse(relay_settings.clickhouse_url)
+    client = event_log.connect_clickhouse(relay_settings.clickhouse_url)
     yield client
     client.close()
 
@@ -63,7 +64,7 @@ def ch(relay_settings):
 
 
 def test_a_committed_event_is_delivered_and_a_rolled_back_one_is_not(db, each_settings):
-    with relay.connect_clickhouse(each_settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(each_settings.clickhouse_url) as ch:
         deliver_one_committed_event(db, ch, each_settings)
 
 
@@ -124,7 +125,7 @@ def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_
     ch.command("DROP TABLE event_log")  # a server-side failure that is not about the data
 
     for _ in range(relay.DEAD_AFTER_ATTEMPTS + 2):
-        with pytest.raises(relay.ClickHouseUnavailable, match="event_log"):
+        with pytest.raises(event_log.ClickHouseUnavailable, match="event_log"):
             relay.relay_once(db, ch, relay_settings)
 
     assert outbox_status(db)["backlog"] == 250
@@ -132,7 +133,7 @@ def test_a_clickhouse_error_keeps_the_rows_and_never_dead_letters(db, ch, relay_
     batches = db.execute("SELECT attempts FROM outbox_batch").fetchall()
     assert batches == [{"attempts": 0}]  # one batch, recorded once, resent each time
 
-    relay.ensure_event_log(ch)  # ClickHouse is back
+    event_log.ensure_event_log(ch)  # ClickHouse is back
     assert drain(db, ch, relay_settings) == 250
     ids = event_log_ids(ch)
     assert len(ids) == 250 and set(ids) == set(published)
@@ -145,7 +146,7 @@ def publish_poison(conn, kind: str) -> uuid.UUID:
         # path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
         return outbox.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
     # A timestamptz before 1970 that DateTime cannot hold: ClickHouse refuses it
-    # (date_time_overflow_behavior='throw', relay.INSERT_SETTINGS) rather than clamping it.
+    # (date_time_overflow_behavior='throw', event_log.INSERT_SETTINGS) rather than clamping it.
     return outbox.publish_event(conn, "test.poison", {}, environment="test",
                               event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
 
@@ -165,7 +166,7 @@ def refuse_until_the_last_attempt(db, ch, relay_settings, backlog: int) -> None:
 def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
         db, each_settings, poison):
     relay_settings = each_settings
-    with relay.connect_clickhouse(relay_settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(relay_settings.clickhouse_url) as ch:
         salvage_one_bad_event(db, ch, relay_settings, poison)
 
 
@@ -285,12 +286,12 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
     settings = each_settings
     published = publish_events(settings.database_url, 120)
     batch, _rows = relay.claim_batch(db, 100, 0.0)
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         stranger = outbox.make_event("test.stranger", {}, environment="test")
         line = json.dumps({"event_id": str(stranger.event_id), "event_type": "test.stranger",
                            "event_date_time": 0, "environment": "test", "event_context": {},
                            "metadata_version": 1}).encode()
-        ch.raw_insert("event_log", relay.EVENT_LOG_COLUMNS, insert_block=line,
+        ch.raw_insert("event_log", event_log.EVENT_LOG_COLUMNS, insert_block=line,
                       fmt="JSONEachRow", settings={"insert_deduplication_token": batch.token})
         ch.command("DELETE FROM event_log WHERE event_id = {id:UUID}",
                    parameters={"id": str(stranger.event_id)})
@@ -331,7 +332,7 @@ def test_a_lane_that_fails_stops_every_lane_and_loses_nothing(db, relay_settings
     assert not [t for t in threading.enumerate() if t.name.startswith("relay-lane-")]
     assert stop.is_set()
 
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         drain(db, ch, settings)
         ids = event_log_ids(ch)
     assert len(ids) == 400 and set(ids) == set(published)
@@ -360,7 +361,7 @@ def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings
     def relay_thread(name):
         sent_by[name] = 0
         try:
-            client = relay.connect_clickhouse(settings.clickhouse_url)
+            client = event_log.connect_clickhouse(settings.clickhouse_url)
             try:
                 with psycopg.connect(settings.database_url, autocommit=True) as conn:
                     while True:
@@ -415,15 +416,15 @@ def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, re
     assert relay.relay_once(db, ch, relay_settings) == 100  # 50 of the job still in the outbox
     record_deletion(db, deleted)
 
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # not yet: its events are queued
+    assert event_log.delete_events_of_deleted_jobs(db, ch) == 0  # not yet: its events are queued
     drain(db, ch, relay_settings)
     assert job_event_types(ch, deleted) == ["job.deleted"] + ["test.event"] * 150
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
+    assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
 
     assert job_event_types(ch, deleted) == ["job.deleted"]  # the audit trail stays
     assert job_event_types(ch, kept) == ["test.event"] * 20
     assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 0  # done once
+    assert event_log.delete_events_of_deleted_jobs(db, ch) == 0  # done once
 
 
 def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
@@ -434,12 +435,12 @@ def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
     drain(db, ch, relay_settings)
     ch.command("RENAME TABLE event_log TO event_log_away")  # ClickHouse cannot delete now
     try:
-        with pytest.raises(relay.ClickHouseUnavailable):
-            relay.delete_events_of_deleted_jobs(db, ch)
+        with pytest.raises(event_log.ClickHouseUnavailable):
+            event_log.delete_events_of_deleted_jobs(db, ch)
         assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"] is None
     finally:
         ch.command("RENAME TABLE event_log_away TO event_log")
-    assert relay.delete_events_of_deleted_jobs(db, ch) == 1
+    assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
     assert job_event_types(ch, job_id) == ["job.deleted"]
 
 
@@ -545,7 +546,7 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
     assert delays[0] <= core.Backoff().first and delays[2] > delays[0]  # exponential
     assert outbox_status(db)["backlog"] == 200
 
-    with relay.connect_clickhouse(relay_settings.clickhouse_url) as client:  # back up
+    with event_log.connect_clickhouse(relay_settings.clickhouse_url) as client:  # back up
         assert drain(db, client, relay_settings) == 200
         ids = event_log_ids(client)
     assert len(ids) == 200 and set(ids) == set(published)
@@ -561,7 +562,7 @@ def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, t
     each once as soon as it gets through. (The server killed mid-stream: test_faults.py.)"""
     relay_settings = chdb_settings
     published = publish_events(relay_settings.database_url, 200)
-    holder = relay.connect_clickhouse(relay_settings.clickhouse_url)
+    holder = event_log.connect_clickhouse(relay_settings.clickhouse_url)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_POLL_S="30")
     try:
         wait_for(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"

@@ -18,6 +18,7 @@ import clickhouse_connect
 import pytest
 
 import core
+import event_log
 import eventhorizon
 import explore
 import relay
@@ -74,7 +75,7 @@ def store_job(db, k: int, owner: str, lines: int, bucket: str = "b") -> uuid.UUI
 
 def relay_all(db, settings: core.Settings) -> None:
     fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         while relay.relay_once(db, ch, fast):
             pass
 
@@ -249,8 +250,8 @@ async def test_a_deleted_job_vanishes_from_every_search_at_once_and_owners_see_o
     assert len(postgres_events(db, "alice")) == 200 and postgres_events(db, "ops") == []
     await check()
     relay_all(db, settings)  # the job.deleted event first: the deletion waits for it
-    with relay.connect_clickhouse(settings.clickhouse_url) as ch:
-        assert relay.delete_events_of_deleted_jobs(db, ch) == 1
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
+        assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
         assert ch.command("SELECT count() FROM event_log WHERE job_id = {j:UUID} AND line_no > 0",
                           parameters={"j": str(jobs["a3"])}) == 0
     await check()
@@ -369,7 +370,7 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
     by the job routes; new events arrive with milliseconds. Broken, the old events would be
     missing from search (no owner), doubled, or lost."""
     a1, b1 = store_job(db, 0, "alice", 30), store_job(db, 1, "bob", 20)
-    old_columns = relay.EVENT_LOG_COLUMNS[:6]
+    old_columns = event_log.EVENT_LOG_COLUMNS[:6]
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         ch.command(EVENT_LOG_BEFORE_SEARCH)
         lines = [r["line"] for r in db.execute(
@@ -380,17 +381,17 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
         ch.raw_insert("event_log", old_columns, insert_block=b"\n".join(lines), fmt="JSONEachRow")
         db.execute("DELETE FROM outbox")
 
-        relay.ensure_event_log(ch)
+        event_log.ensure_event_log(ch)
         create = ch.command("SHOW CREATE TABLE event_log")
         assert "PROJECTION by_owner" in create and ch.command(
             "SELECT type FROM system.columns WHERE database = currentDatabase() "
             "AND table = 'event_log' AND name = 'event_time'") == "DateTime64(3, \\'UTC\\')"
-        assert relay.fill_missing_owners(db, ch) == 2
+        assert event_log.fill_missing_owners(db, ch) == 2
         wait_for(lambda: ch.command("SELECT count() FROM system.mutations WHERE "
                                     "database = currentDatabase() AND NOT is_done") == 0,
                  60, what="the upgrade's mutations")
-        assert relay.fill_missing_owners(db, ch) == 0  # done: a second start finds nothing
-        relay.ensure_event_log(ch)
+        assert event_log.fill_missing_owners(db, ch) == 0  # done: a second start finds nothing
+        event_log.ensure_event_log(ch)
         assert ch.command("SELECT count() FROM event_log") == 50
         assert ch.command("SELECT uniqExact(event_id) FROM event_log") == 50
 

@@ -8,7 +8,7 @@
 -- sorted by job and line: `job_id`, `line_no`, `level` and `service` are computed from the
 -- event's context on insert (0, the zero UUID or '' where it has none), so that counting a
 -- job's events by level reads two small columns, not the JSON. A deleted job's events go by
--- a mutation (relay.DELETE_JOB_EVENTS), which rewrites the projections' parts too.
+-- a mutation (event_log.DELETE_JOB_EVENTS), which rewrites the projections' parts too.
 --
 -- Search across an owner's jobs (explore.py's search_*) reads the `by_owner` projection,
 -- sorted by (owner, event_time): an owner's read touches that owner's granules only, and the

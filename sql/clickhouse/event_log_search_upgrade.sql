@@ -5,7 +5,7 @@
 --
 -- `event_time` of an event stored before this is its `event_date_time` (whole seconds: the
 -- milliseconds were never sent to ClickHouse), computed on read until MATERIALIZE writes it.
--- `owner` comes from Postgres: relay.fill_missing_owners sets it for the events of every job
+-- `owner` comes from Postgres: event_log.fill_missing_owners sets it for the events of every job
 -- Postgres still has, each time the relay connects. A part without the projection (until
 -- MATERIALIZE PROJECTION reaches it) is read from the table itself: slower, never wrong.
 ALTER TABLE event_log
