@@ -49,6 +49,7 @@ import jobs
 import live
 import offload
 import read_slots
+import search
 
 log = structlog.get_logger("api")
 
@@ -421,12 +422,13 @@ async def resolve_search(_root, info, first: int, order: str, after: str | None 
     """A page of the owner's events across their jobs (GET /api/v1/events)."""
     first = bounded("first", first, EVENTS_FIRST)
     info.context.count_clickhouse_read()
-    events = await explore_read(info.context.services.explorer.search(
-        await search_scope(info), search_filters(filter), order=order, after=after,
-        limit=first + 1))
+    scope = await search_scope(info)
+    events = await explore_read(info.context.services.explorer.run(
+        scope.owner, search.search_events, scope, search_filters(filter), order=order,
+        after=after, limit=first + 1))
     items = events[:first]
     return {"items": [event_node(e) for e in items],
-            "next_after": explore.encode_cursor(order, items[-1]) if len(events) > first else None}
+            "next_after": search.encode_cursor(order, items[-1]) if len(events) > first else None}
 
 
 async def resolve_search_histogram(_root, info, filter: dict | None = None,
@@ -434,26 +436,29 @@ async def resolve_search_histogram(_root, info, filter: dict | None = None,
     if intervalS is not None:
         bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
     info.context.count_clickhouse_read()
-    return histogram_node(await explore_read(info.context.services.explorer.search_histogram(
-        await search_scope(info), search_filters(filter), intervalS)))
+    scope = await search_scope(info)
+    return histogram_node(await explore_read(info.context.services.explorer.run(
+        scope.owner, search.search_histogram, scope, search_filters(filter),
+        interval_s=intervalS)))
 
 
 async def resolve_facets(_root, info, field: str, first: int, filter: dict | None = None) -> dict:
-    first = bounded("first", first, (1, explore.MAX_FACET_VALUES))
+    first = bounded("first", first, (1, search.MAX_FACET_VALUES))
     info.context.count_clickhouse_read()
-    return await explore_read(info.context.services.explorer.facets(
-        await search_scope(info), search_filters(filter), field, first))
+    scope = await search_scope(info)
+    return await explore_read(info.context.services.explorer.run(
+        scope.owner, search.search_facets, scope, search_filters(filter), field, limit=first))
 
 
-async def search_scope(info) -> explore.SearchScope:
-    return await explore.search_scope(info.context.services.pool, info.context.principal.owner)
+async def search_scope(info) -> search.SearchScope:
+    return await search.search_scope(info.context.services.pool, info.context.principal.owner)
 
 
-def search_filters(filter: dict | None) -> explore.SearchFilters:
+def search_filters(filter: dict | None) -> search.SearchFilters:
     """The GraphQL EventFilter of a search, checked as GET /api/v1/events' parameters are."""
     filter = filter or {}
     try:
-        return explore.checked_search_filters(
+        return search.checked_search_filters(
             levels=[level.lower() for level in filter.get("levels") or ()],
             services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
             environments=filter.get("environments") or (), job_ids=filter.get("jobIds") or (),

@@ -22,6 +22,7 @@ from aiohttp import web
 import auth
 import core
 import explore
+import search
 
 log = structlog.get_logger("search")
 routes = web.RouteTableDef()
@@ -59,14 +60,15 @@ async def get_events(request: web.Request) -> web.Response:
     filters = search_filters(request, {"limit", "after", "order"})
     limit = w.int_param(request, "limit", default=100, low=1, high=1000)
     order, after = order_param(request), cursor_param(request)
-    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
-    events = await w.explore_read(w.explorer(request).search(
-        scope, filters, order=order, after=after, limit=limit + 1))
+    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    events = await w.explore_read(w.explorer(request).run(
+        scope.owner, search.search_events, scope, filters, order=order, after=after,
+        limit=limit + 1))
     next_url = None
     if len(events) > limit:
         events = events[:limit]
         query = [("limit", str(limit)), ("order", order),
-                 ("after", explore.encode_cursor(order, events[-1])), *filters.query_items()]
+                 ("after", search.encode_cursor(order, events[-1])), *filters.query_items()]
         next_url = f"/api/v1/events?{urlencode(query)}"
     return web.json_response({"events": events, "next": next_url})
 
@@ -80,9 +82,9 @@ async def get_events_histogram(request: web.Request) -> web.Response:
     if "interval_s" in request.query:
         interval = w.int_param(request, "interval_s", default=0, low=1,
                                high=explore.MAX_INTERVAL_S)
-    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
-    histogram = await w.explore_read(w.explorer(request).search_histogram(scope, filters,
-                                                                          interval))
+    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    histogram = await w.explore_read(w.explorer(request).run(
+        scope.owner, search.search_histogram, scope, filters, interval_s=interval))
     return web.json_response(histogram)
 
 
@@ -95,9 +97,10 @@ async def get_events_facets(request: web.Request) -> web.Response:
     if not field:
         raise w.problem(422, "Unprocessable Content", "field is required: level, service, "
                         "event_type, environment, job_id or context.<path>")
-    limit = w.int_param(request, "limit", default=10, low=1, high=explore.MAX_FACET_VALUES)
-    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
-    facets = await w.explore_read(w.explorer(request).facets(scope, filters, field, limit))
+    limit = w.int_param(request, "limit", default=10, low=1, high=search.MAX_FACET_VALUES)
+    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    facets = await w.explore_read(w.explorer(request).run(
+        scope.owner, search.search_facets, scope, filters, field, limit=limit))
     return web.json_response(facets)
 
 
@@ -108,15 +111,16 @@ async def get_events_export(request: web.Request) -> web.StreamResponse:
     w = request.app[WIRING]
     filters = search_filters(request, {"format", "order"})
     fmt, order = request.query.get("format", "ndjson"), order_param(request)
-    if fmt not in explore.EXPORT_FORMATS:
+    if fmt not in search.EXPORT_FORMATS:
         raise w.problem(422, "Unprocessable Content", "format must be ndjson or csv")
-    scope = await explore.search_scope(w.pool(request), w.principal(request).owner)
-    chunks = w.explorer(request).export(scope, filters, fmt=fmt, order=order,
+    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    chunks = w.explorer(request).stream(scope.owner, search.export_chunks, scope, filters,
+                                        fmt=fmt, order=order,
                                         max_rows=w.settings(request).export_max_rows)
     async with contextlib.aclosing(chunks):
         first = await w.explore_read(first_chunk(chunks))  # a 503 or 422 before any byte
         response = web.StreamResponse(headers={
-            "Content-Type": explore.EXPORT_FORMATS[fmt],
+            "Content-Type": search.EXPORT_FORMATS[fmt],
             "Content-Disposition": f'attachment; filename="events.{fmt}"'})
         await response.prepare(request)
         await response.write(first)
@@ -125,7 +129,7 @@ async def get_events_export(request: web.Request) -> web.StreamResponse:
                 await response.write(chunk)
         except (explore.Unavailable, explore.InvalidFilter) as exc:
             log.warning("search.export_failed", error=str(exc))
-            await response.write(explore.failure_line(fmt))
+            await response.write(search.failure_line(fmt))
         await response.write_eof()
     return response
 
@@ -134,16 +138,16 @@ async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
     return await anext(chunks, b"")
 
 
-def search_filters(request: web.Request, also: set[str]) -> explore.SearchFilters:
+def search_filters(request: web.Request, also: set[str]) -> search.SearchFilters:
     try:
-        return explore.search_filters_from_query(request.query, also=frozenset(also))
+        return search.search_filters_from_query(request.query, also=frozenset(also))
     except explore.InvalidFilter as exc:
         raise request.app[WIRING].problem(422, "Unprocessable Content", str(exc)) from None
 
 
 def order_param(request: web.Request) -> str:
     order = request.query.get("order", "desc")
-    if order not in explore.ORDERS:
+    if order not in search.ORDERS:
         raise request.app[WIRING].problem(422, "Unprocessable Content",
                                           "order must be desc or asc")
     return order

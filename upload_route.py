@@ -82,8 +82,6 @@ async def receive_upload(request: web.Request) -> web.Response:
     """The body: the file part streamed to S3 as it is checked, every read bounded by the
     idle timeout; then the job, committed and published."""
     settings = request.app[SETTINGS]
-    job_id = uuid.uuid4()
-    bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
     idle_s = settings.upload_idle_timeout_s
     reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
@@ -99,6 +97,9 @@ async def receive_upload(request: web.Request) -> web.Response:
     if not await request.app[PUBLISHER].is_available():
         raise Problem(503, "Service Unavailable", "the message broker is unreachable; retry later")
 
+    job_id = uuid.uuid4()
+    bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
+    log.info("upload.receiving", file_name=file_name[:255])
     key = f"{uploads.UPLOADS_PREFIX}{job_id}.jsonl"
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
     inspector = uploads.UploadInspector(settings.max_upload_bytes)

@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 import clickhouse_connect  # noqa: E402
 
 import event_log  # noqa: E402
-import explore as reads  # noqa: E402
+import explore  # noqa: E402
+import read_slots  # noqa: E402
+import search as reads  # noqa: E402
 
 # bench/explore.py's server launcher, loaded by path (its module name is the project's).
 _spec = importlib.util.spec_from_file_location("bench_explore", ROOT / "bench" / "explore.py")
@@ -115,7 +117,8 @@ def cases(events: int) -> list[tuple[str, str, dict, dict]]:
 
 
 async def measure(url: str, events: int, requests: int) -> None:
-    explorer = reads.Explorer(url, timeout_s=30, queries=1)
+    explorer = explore.Explorer(url, timeout_s=30, slots=read_slots.ReadSlots(
+        1, 1, queue_per_owner=8, max_wait_s=600))
     scope = reads.SearchScope("owner0")
     try:
         table_rows = explorer.client().command("SELECT count() FROM event_log")
@@ -126,11 +129,14 @@ async def measure(url: str, events: int, requests: int) -> None:
             for _ in range(requests):
                 started = time.perf_counter()
                 if kind == "events":
-                    await explorer.search(scope, filters, limit=101)
+                    await explorer.run(scope.owner, reads.search_events, scope, filters,
+                                       limit=101)
                 elif kind == "histogram":
-                    await explorer.search_histogram(scope, filters, None)
+                    await explorer.run(scope.owner, reads.search_histogram, scope, filters,
+                                       interval_s=None)
                 else:
-                    await explorer.facets(scope, filters, "service", 10)
+                    await explorer.run(scope.owner, reads.search_facets, scope, filters,
+                                       "service", limit=10)
                 times.append((time.perf_counter() - started) * 1000)
             print(f"{name:<42} {statistics.median(times):8.1f} "
                   f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} "
@@ -147,7 +153,8 @@ async def export(explorer, scope, events: int) -> None:
     filters = reads.checked_search_filters(since=since.isoformat(), until=until.isoformat())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started, lines, size = time.perf_counter(), 0, 0
-    async for chunk in explorer.export(scope, filters, fmt="ndjson", order="desc",
+    async for chunk in explorer.stream(scope.owner, reads.export_chunks, scope, filters,
+                                       fmt="ndjson", order="desc",
                                        max_rows=10_000_000):
         lines += chunk.count(b"\n")
         size += len(chunk)
@@ -161,7 +168,7 @@ def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
     name = {"events": "search_events_desc", "histogram": "search_histogram",
             "facets": "search_facet"}[kind]
-    query = (reads.events_query("desc") if kind == "events" else reads.QUERIES[name]).replace(
+    query = (reads.events_query("desc") if kind == "events" else explore.QUERIES[name]).replace(
         "$facet_value", reads.FACETS["service"])
     parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
                   "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,

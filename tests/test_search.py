@@ -21,7 +21,10 @@ import core
 import event_log
 import eventhorizon
 import explore
+import outbox
+import read_slots
 import relay
+import search
 from helpers import bearer, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, 456, tzinfo=dt.timezone.utc)  # µs: truncated to ms
@@ -64,12 +67,12 @@ def store_job(db, k: int, owner: str, lines: int, bucket: str = "b") -> uuid.UUI
             "environment, message, context) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [(job_id, e["line_no"], e["timestamp"], e["level"], e["service"], e["event_type"],
               e["environment"], e["message"], json.dumps(e["context"])) for e in entries])
-        core.copy_outbox_rows(cur, [
-            (core.line_event_id(job_id, e["line_no"]), e["event_type"], e["timestamp"],
+        outbox.copy_outbox_rows(cur, [
+            (outbox.line_event_id(job_id, e["line_no"]), e["event_type"], e["timestamp"],
              e["environment"], json.dumps({"job_id": str(job_id), "line_no": e["line_no"],
                                            "level": e["level"], "service": e["service"],
                                            "message": e["message"], "context": e["context"]}),
-             core.METADATA_VERSION) for e in entries])
+             outbox.METADATA_VERSION) for e in entries])
     return job_id
 
 
@@ -416,21 +419,21 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
 def test_search_reads_use_the_owner_projection(db, jobs, settings):
     """The first page reads the by_owner projection in reverse time order, pruned by owner."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        parameters = {**explore.SearchScope("alice").parameters(),
-                      **explore.SearchFilters().parameters(), "after_time": explore.LAST_MS,
+        parameters = {**search.SearchScope("alice").parameters(),
+                      **search.SearchFilters().parameters(), "after_time": search.LAST_MS,
                       "after_job": explore.MAX_UUID, "after_line": 2**64 - 1, "limit": 100}
         plan = "\n".join(row[0] for row in ch.query(
-            "EXPLAIN indexes = 1 " + explore.events_query("desc"),
+            "EXPLAIN indexes = 1 " + search.events_query("desc"),
             parameters=parameters).result_rows)
     assert "ReadFromMergeTree (by_owner)" in plan and "InReverseOrder" in plan, plan
 
 
 def test_next_links_keep_every_filter():
-    filters = explore.checked_search_filters(
+    filters = search.checked_search_filters(
         levels=["error"], services=["a b"], job_ids=[str(uuid.UUID(int=1))],
         since="2026-11-30T10:00:00.123Z", until="2026-11-30T11:00:00Z", text="x y",
         context=[("http.status", "500")])
-    again = explore.search_filters_from_query(_multidict(filters.query_items()))
+    again = search.search_filters_from_query(_multidict(filters.query_items()))
     assert again == filters and urlencode(filters.query_items())
 
 
@@ -503,18 +506,20 @@ async def test_an_export_whose_client_goes_away_gives_its_read_back(jobs, settin
     """An export reads ClickHouse on one of the Explorer's threads while its client reads the
     stream; a client that stops after one chunk ends that read (its slot free again) instead
     of holding it for the rest of the export. Broken, `pending` would stay 1."""
-    monkeypatch.setattr(explore, "EXPORT_CHUNK_BYTES", 512)  # many chunks: the queue fills
-    explorer = explore.Explorer(settings.clickhouse_url, timeout_s=10, queries=1)
+    monkeypatch.setattr(search, "EXPORT_CHUNK_BYTES", 512)  # many chunks: the queue fills
+    slots = read_slots.ReadSlots(1, 1, queue_per_owner=4, max_wait_s=30)
+    explorer = explore.Explorer(settings.clickhouse_url, timeout_s=10, slots=slots)
+    scope = search.SearchScope("alice")
     try:
-        chunks = explorer.export(explore.SearchScope("alice"), explore.SearchFilters(),
+        chunks = explorer.stream("alice", search.export_chunks, scope, search.SearchFilters(),
                                  fmt="ndjson", order="desc", max_rows=1000)
         first = await anext(chunks)
-        assert first.endswith(b"\n") and explorer.pending == 1
+        assert first.endswith(b"\n") and slots.running == 1
         await chunks.aclose()
-        await asyncio.to_thread(wait_for, lambda: explorer.pending == 0, 10,
+        await asyncio.to_thread(wait_for, lambda: slots.running == 0, 10,
                                 what="the export's read to end")
-        page = await explorer.search(explore.SearchScope("alice"), explore.SearchFilters(),
-                                     limit=5)
+        page = await explorer.run("alice", search.search_events, scope, search.SearchFilters(),
+                                  limit=5)
         assert len(page) == 5  # the one thread serves the next read
     finally:
         explorer.close()
