@@ -68,7 +68,8 @@ SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at st
 UPLOAD_PATH = "/api/v1/files/upload"
 PLAIN_DIGITS = re.compile(r"[0-9]+")
 # The problem+json titles of uploads.UploadRefused's statuses.
-REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+REFUSAL_TITLES = {413: "Content Too Large", 415: "Unsupported Media Type",
+                  422: "Unprocessable Content"}
 # What aiohttp raises on a malformed body (RuntimeError: an overlong `_charset_` field).
 MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
@@ -642,7 +643,8 @@ async def read_outbox_gauges(pool: AsyncConnectionPool, timeout_s: float) -> Non
 
 @routes.post(UPLOAD_PATH)
 async def upload(request: web.Request) -> web.Response:
-    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202.
+    """Stream a JSON-lines file (compressed or not) to S3, record a queued job, publish it,
+    answer 202.
 
     What the headers tell is checked before a byte of the body is read: its type, that it is
     not compressed, its length, and that an upload slot is free (held until the answer,
@@ -671,9 +673,7 @@ async def receive_upload(request: web.Request) -> web.Response:
     if not is_plain_text(file_name):
         raise Problem(422, "Unprocessable Content",
                       "the file name must be UTF-8 text without control characters")
-    if not file_name.lower().endswith(".jsonl"):
-        raise Problem(415, "Unsupported Media Type",
-                      f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
+    compression = uploads.compression_of(file_name)
     check_part_not_encoded(part.headers)
     options = await upload_options(request, fields)
     if not await request.app[PUBLISHER].is_available():
@@ -681,9 +681,9 @@ async def receive_upload(request: web.Request) -> web.Response:
 
     job_id = uuid.uuid4()
     bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
-    key = f"{uploads.UPLOADS_PREFIX}{job_id}.jsonl"
+    key = uploads.object_key(job_id, compression)
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
-    inspector = uploads.UploadInspector(settings.max_upload_bytes)
+    inspector = uploads.UploadInspector(settings.max_upload_bytes, compression)
     try:
         with observe.span(tracer, "s3.put", attributes={"s3.key": key}) as span:
             while chunk := await read_chunk(part, idle_s):
@@ -1293,7 +1293,8 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
             return await jobs.create(
                 conn, settings, job_id=job_id, file_name=file_name[:255],
                 size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
-                owner=owner, options=options, traceparent=traceparent)
+                owner=owner, options=options, traceparent=traceparent,
+                compression=inspector.compression)
 
 
 async def publish_job(app: web.Application, job: jobs.Job) -> None:
