@@ -28,8 +28,8 @@ RAW_READ_BYTES = 64 * 1024  # compressed bytes read from storage at a time
 RATIO_GRACE_BYTES = 1024 * 1024  # the ratio limit applies once this much is decoded
 # zstd's decompressobj has no max_length: it is fed this many compressed bytes at a time. A
 # zstd block decodes to at most 128 KiB from at least 4 bytes, so one feed decodes to at most
-# 16 MiB (what exceeds the caller's max_length waits in `pending_output`).
-ZSTD_FEED_BYTES = 512
+# 8 MiB (what exceeds the caller's max_length waits in `pending_output`, as a view).
+ZSTD_FEED_BYTES = 256
 
 
 class DecodeError(Exception):
@@ -95,20 +95,31 @@ class ZstdDecoder:
 
     def __init__(self):
         self.obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=False)
-        self.tail = b""
-        self.pending_output = b""
+        self.tail = b""  # input not fed yet
+        self.pending_output = b""  # decoded past the caller's max_length
 
     def decode(self, data: bytes, max_length: int) -> bytes:
-        out, view, pos = bytearray(self.pending_output), memoryview(data), 0
+        if self.pending_output or self.obj.eof:  # decoded already: no more input until used
+            out = self.pending_output
+            self.pending_output = out[max_length:]
+            if not self.obj.eof:
+                self.tail = data
+            return bytes(out[:max_length])
+        out, view, pos = bytearray(), memoryview(data), 0
         while len(out) < max_length and pos < len(data) and not self.obj.eof:
             try:
                 out += self.obj.decompress(view[pos:pos + ZSTD_FEED_BYTES])
             except zstandard.ZstdError as exc:
                 raise ValueError(str(exc)) from None
             pos += ZSTD_FEED_BYTES
-        self.tail = bytes(view[pos:])
-        self.pending_output = bytes(out[max_length:])
-        return bytes(out[:max_length])
+        if self.obj.eof:  # the frame ended: what it did not use, and the slices never fed
+            self.tail = bytes(self.obj.unused_data) + bytes(view[pos:])
+        else:
+            self.tail = bytes(view[pos:])
+        if len(out) > max_length:
+            self.pending_output = memoryview(bytes(out))[max_length:]
+            return bytes(out[:max_length])
+        return bytes(out)
 
     @property
     def unconsumed_tail(self) -> bytes:
@@ -120,8 +131,7 @@ class ZstdDecoder:
 
     @property
     def unused_data(self) -> bytes:
-        # The unused input of the slice that ended the frame, then the slices never fed.
-        return bytes(self.obj.unused_data) + self.tail if self.obj.eof else b""
+        return self.tail if self.obj.eof else b""
 
 
 DECODERS = {GZIP: GzipDecoder, ZSTD: ZstdDecoder}
@@ -175,10 +185,12 @@ class DecodedStream:
         except (zlib.error, ValueError) as exc:
             raise CorruptStream(f"the {self.compression} stream is corrupt ({exc})",
                                 self.decoded) from None
-        self.input = self.decoder.unconsumed_tail
         if self.decoder.eof:  # a member ended: what follows it starts the next one
-            self.input = self.decoder.unused_data + self.input
+            # (zlib's unconsumed_tail then repeats part of unused_data: it is not added)
+            self.input = self.decoder.unused_data
             self.decoder, self.fed = DECODERS[self.compression](), False
+        else:
+            self.input = self.decoder.unconsumed_tail
         self.decoded += len(out)
         if self.decoded > cap:
             raise DecodeLimit(limit, cap)

@@ -136,6 +136,8 @@ class UploadInspector:
 
     @property
     def lines_total(self) -> int:
+        if self.compression:
+            return 0  # counted by the worker as it decodes
         return self.newlines + (1 if self.size and self.last_byte != b"\n" else 0)
 
     def feed(self, chunk: bytes) -> None:

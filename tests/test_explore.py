@@ -56,7 +56,7 @@ def make_job(db, owner: str) -> uuid.UUID:
         "job_id": job_id, "file_name": "app.jsonl", "size_bytes": 1, "bucket": "b",
         "object_key": "k", "lines_total": 1, "owner": owner, "format": "auto",
         "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": None})
+        "traceparent": None, "compression": None})
     return job_id
 
 

@@ -21,6 +21,7 @@ import core
 import jobs
 import lines
 import outbox
+import uploads
 import worker
 from conftest import job_row, jsonl, wait_for
 
@@ -31,20 +32,23 @@ VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "
 def make_job(settings, db, content: bytes, *, store: bool = True, format: str = "auto",
              default_service: str | None = None,
              default_environment: str | None = None,
-             format_definition: dict | None = None) -> uuid.UUID:
-    """A queued job for `content`, as the API leaves it."""
+             format_definition: dict | None = None,
+             compression: str | None = None) -> uuid.UUID:
+    """A queued job for `content` (stored as given: compressed already, for `compression`),
+    as the API leaves it."""
     job_id = uuid.uuid4()
-    key = f"uploads/{job_id}.jsonl"
+    key = uploads.object_key(job_id, compression)
     if store:
         core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
     db.execute(core.QUERIES["insert_job"], {
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
         "bucket": settings.s3_bucket, "object_key": key,
-        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
+        "lines_total": 0 if compression else (
+            content.count(b"\n") + (0 if content.endswith(b"\n") else 1)),
         "owner": "tester", "format": format, "default_service": default_service,
         "default_environment": default_environment,
         "format_definition": Jsonb(format_definition) if format_definition else None,
-        "traceparent": None})
+        "traceparent": None, "compression": compression})
     return job_id
 
 
