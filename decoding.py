@@ -154,16 +154,18 @@ class DecodedStream:
         self.fed = False  # the current member has had input
         self.input = b""  # compressed bytes read and not yet fed
         self.encoded = self.decoded = 0
+        self.stopped: DecodeLimit | None = None  # raised by the next read
 
     def read(self, n: int = RAW_READ_BYTES) -> bytes:
         while True:
+            if self.stopped is not None:
+                raise self.stopped
             if not self.input and not self.decoder.pending_output:
                 self.input = self.raw.read(RAW_READ_BYTES)
                 self.encoded += len(self.input)
                 if not self.input:
                     return self._at_end()
-            out = self._decode(n)
-            if out:
+            if out := self._decode(n):
                 return out
 
     def skip(self, n: int) -> int:
@@ -191,9 +193,10 @@ class DecodedStream:
             self.decoder, self.fed = DECODERS[self.compression](), False
         else:
             self.input = self.decoder.unconsumed_tail
+        if self.decoded + len(out) > cap:  # what is within the limit is read first
+            out = out[:cap - self.decoded]
+            self.stopped = DecodeLimit(limit, cap)
         self.decoded += len(out)
-        if self.decoded > cap:
-            raise DecodeLimit(limit, cap)
         return out
 
     def _cap(self) -> tuple[int, str]:
