@@ -24,7 +24,7 @@ from test_api import (  # noqa: F401  (client and two_owners are fixtures)
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
-  progress createdAt startedAt completedAt error format formats { name lines }
+  progress createdAt startedAt completedAt error format formats { name lines } compression
   delivery { delivered waiting dead }"""
 JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 SUBSCRIBE_JOB = f"subscription Watch($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
@@ -48,7 +48,7 @@ def as_rest(job: dict) -> dict:
             "created_at": job["createdAt"], "started_at": job["startedAt"],
             "completed_at": job["completedAt"], "error": job["error"], "format": job["format"],
             "formats": {f["name"]: f["lines"] for f in job["formats"]},
-            "delivery": job["delivery"]}
+            "compression": job["compression"], "delivery": job["delivery"]}
 
 
 async def wait_completed(client, job_id: str) -> dict:
