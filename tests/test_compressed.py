@@ -117,6 +117,8 @@ async def test_names_as_they_come_are_stored_as_sent_and_decoded_by_the_worker(
 
 @pytest.mark.parametrize(("name", "content", "status", "detail"), [
     ("app.txt.gz", gz(jsonl(VALID)), 415, ".ndjson"),
+    ("app.json", b'[{"a": 1}, {"b": 2}]\n', 422, "not a JSON object"),  # one array: not lines
+    ("app.json.gz", gz(b'{\n  "a": 1\n}\n'), 422, "not JSON"),  # pretty-printed: not lines
     ("app.jsonl.gz", jsonl(VALID), 422, "not gzip"),
     ("app.jsonl.zst", jsonl(VALID), 422, "not zstd"),
     ("app.jsonl.gz", gz(b""), 422, "empty"),
