@@ -207,6 +207,14 @@ class Settings:
     max_upload_bytes: int = setting(
         "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
         minimum=1, shown_default="`1073741824` (1 GiB)")
+    max_decoded_bytes: int = setting(
+        "EH_MAX_DECODED_BYTES", 64 * 1024**3,
+        "worker: most bytes one compressed upload (`.gz`, `.zst`) may decode to; past it the "
+        "job fails, naming this limit", minimum=1, shown_default="`68719476736` (64 GiB)")
+    max_decode_ratio: float = setting(
+        "EH_MAX_DECODE_RATIO", 200.0,
+        "worker: most decoded bytes per compressed byte read, once 1 MiB is decoded; past it "
+        "the job fails as a compression bomb, naming this limit (0: no ratio limit)", minimum=0)
     line_delay_max_s: float = setting(
         "EH_LINE_DELAY_MAX_S", 0.0,
         "worker demo mode: a random delay of up to this many seconds after each line (the "

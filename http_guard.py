@@ -262,7 +262,8 @@ def too_many_failures(wait_s: int, per_minute: int) -> Problem:
 
 
 # The problem+json titles of uploads.UploadRefused's statuses.
-REFUSAL_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+REFUSAL_TITLES = {413: "Content Too Large", 415: "Unsupported Media Type",
+                  422: "Unprocessable Content"}
 
 
 T = TypeVar("T")

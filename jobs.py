@@ -71,6 +71,9 @@ class Job:
     # The W3C traceparent of the upload's span (sql/migrations/0008_traceparent.sql): the
     # job's message carries it, and a re-published message carries it again.
     traceparent: str | None = None
+    # gzip, zstd or None (sql/migrations/0009_compression.sql): for a compressed file,
+    # bytes_processed counts decoded bytes, and lines_total is known once it is completed.
+    compression: str | None = None
     first_start: bool = False
 
 
@@ -103,12 +106,13 @@ async def aquery(aconn, name: str, params: Mapping[str, Any]):
 
 async def create(aconn, settings: core.Settings, *, job_id: uuid.UUID, file_name: str,
                  size_bytes: int, object_key: str, lines_total: int, owner: str,
-                 options: Mapping[str, Any], traceparent: str | None) -> Job:
+                 options: Mapping[str, Any], traceparent: str | None,
+                 compression: str | None = None) -> Job:
     """A new queued job and its job.queued event (the API, once the file is stored)."""
     cur = await aquery(aconn, "insert_job", {
         "job_id": job_id, "file_name": file_name, "size_bytes": size_bytes,
         "bucket": settings.s3_bucket, "object_key": object_key, "lines_total": lines_total,
-        "owner": owner, **options, "traceparent": traceparent})
+        "owner": owner, **options, "traceparent": traceparent, "compression": compression})
     job = await cur.fetchone()
     await outbox.ainsert_event(aconn, job_event("job.queued", job, environment=settings.environment))
     return job
@@ -355,6 +359,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "error": job.error,
         "format": job.format,
         "formats": job.formats_seen,
+        "compression": job.compression,
     }
 
 

@@ -59,7 +59,8 @@ MULTIPART_ERRORS = (ValueError, HttpProcessingError, RuntimeError)
 
 @routes.post(UPLOAD_PATH)
 async def upload(request: web.Request) -> web.Response:
-    """Stream a .jsonl file to S3, record a queued job, publish it, answer 202.
+    """Stream a JSON-lines file (compressed or not) to S3, record a queued job, publish it,
+    answer 202.
 
     What the headers tell is checked before a byte of the body is read: its type, that it is
     not compressed, its length, and that an upload slot is free (held until the answer,
@@ -89,9 +90,7 @@ async def receive_upload(request: web.Request) -> web.Response:
         raise Problem(422, "Unprocessable Content",
                       f"the file name must be UTF-8 text without control or formatting "
                       f"characters; it has {bad}")
-    if not file_name.lower().endswith(".jsonl"):
-        raise Problem(415, "Unsupported Media Type",
-                      f"only .jsonl files are accepted, got {file_name or 'a file without a name'!r}")
+    compression = uploads.compression_of(file_name)
     check_part_not_encoded(part.headers)
     options = await upload_options(request, fields)
     if not await request.app[PUBLISHER].is_available():
@@ -100,9 +99,9 @@ async def receive_upload(request: web.Request) -> web.Response:
     job_id = uuid.uuid4()
     bind_job_id(job_id)  # refused or not, the upload's lines name the id it was given
     log.info("upload.receiving", file_name=file_name[:255])
-    key = f"{uploads.UPLOADS_PREFIX}{job_id}.jsonl"
+    key = uploads.object_key(job_id, compression)
     writer = uploads.ObjectWriter(request.app[S3], settings.s3_bucket, key)
-    inspector = uploads.UploadInspector(settings.max_upload_bytes)
+    inspector = uploads.UploadInspector(settings.max_upload_bytes, compression)
     try:
         with observe.span(tracer, "s3.put", attributes={"s3.key": key}) as span:
             while chunk := await read_chunk(part, idle_s):
@@ -312,7 +311,8 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
             return await jobs.create(
                 conn, settings, job_id=job_id, file_name=file_name[:255],
                 size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
-                owner=owner, options=options, traceparent=traceparent)
+                owner=owner, options=options, traceparent=traceparent,
+                compression=inspector.compression)
 
 
 async def publish_job(app: web.Application, job: jobs.Job) -> None:

@@ -21,11 +21,15 @@ from collections.abc import Iterator
 import structlog
 from botocore.exceptions import ClientError
 
+import decoding
+
 log = structlog.get_logger("api")
 
-UPLOADS_PREFIX = "uploads/"  # every uploaded file is stored as uploads/<job_id>.jsonl
+UPLOADS_PREFIX = "uploads/"  # stored as uploads/<job_id>.jsonl (.jsonl.gz, .jsonl.zst)
 PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (S3's minimum is 5 MiB)
 FIRST_LINE_MAX_BYTES = 1024 * 1024
+# A compressed upload's first line is looked for in this many of its first bytes at most.
+COMPRESSED_HEAD_MAX_BYTES = 2 * FIRST_LINE_MAX_BYTES
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -64,6 +68,26 @@ class NotJsonLines(UploadRefused):
     by line."""
 
     status = 422
+
+
+class UnsupportedFileName(UploadRefused):
+    """The file's name is not one this service takes (decoding.compression_of): status 415."""
+
+    status = 415
+
+
+def compression_of(file_name: str) -> str | None:
+    """The compression the upload's name declares (gzip, zstd or None); UnsupportedFileName
+    for a name not taken."""
+    try:
+        return decoding.compression_of(file_name)
+    except ValueError as exc:
+        raise UnsupportedFileName(str(exc)) from None
+
+
+def object_key(job_id, compression: str | None) -> str:
+    """Where a job's file is stored: uploads/<job_id>.jsonl, .jsonl.gz or .jsonl.zst."""
+    return f"{UPLOADS_PREFIX}{job_id}{decoding.object_suffix(compression)}"
 
 
 class TooManyUploads(Exception):
@@ -110,10 +134,19 @@ class UploadInspector:
 
     `feed` each chunk as it arrives, then `finish`; either raises UploadRefused as soon as
     the file is known to be wrong, so a wrong file is refused before it is all sent.
+
+    A compressed upload (`compression`) is checked on its first bytes only: that they are
+    that compression, and that the first line they decode to is a JSON object
+    (decoding.decode_head, at most 1 MiB decoded, so bounded work on the event loop). Its
+    lines are not counted here (`lines_total` 0): that would decode the whole file in the API,
+    as much CPU as the worker spends on it, up to EH_MAX_DECODE_RATIO times each byte sent;
+    the worker counts them as it decodes, and the total is set when the job completes.
     """
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, compression: str | None = None):
         self.max_bytes = max_bytes
+        self.compression = compression
+        self.encoded_head = bytearray()
         self.size = 0
         self.newlines = 0
         self.last_byte = b""
@@ -124,12 +157,17 @@ class UploadInspector:
 
     @property
     def lines_total(self) -> int:
+        if self.compression:
+            return 0  # counted by the worker as it decodes
         return self.newlines + (1 if self.size and self.last_byte != b"\n" else 0)
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
             raise UploadTooLarge(self.max_bytes)
+        if self.compression:
+            self._inspect_compressed(chunk, final=False)
+            return
         self._check_text(chunk)
         self.newlines += chunk.count(b"\n")
         self.last_byte = chunk[-1:]
@@ -139,12 +177,37 @@ class UploadInspector:
             self._check_first_line(final=False)
 
     def finish(self) -> None:
+        if self.compression:
+            if not self.size:
+                raise NotJsonLines("the file is empty")
+            self._inspect_compressed(b"", final=True)
+            return
         try:
             self.decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise NotJsonLines("the file ends in the middle of a UTF-8 character") from None
         if not self.first_line_checked:
             self._check_first_line(final=True)
+
+    def _inspect_compressed(self, chunk: bytes, *, final: bool) -> None:
+        if self.first_line_checked:
+            return
+        self.encoded_head += chunk[:COMPRESSED_HEAD_MAX_BYTES + 1 - len(self.encoded_head)]
+        try:
+            assert self.compression is not None  # only compressed uploads come here
+            head, whole = decoding.decode_head(self.compression, bytes(self.encoded_head),
+                                               FIRST_LINE_MAX_BYTES)
+        except decoding.CorruptStream as exc:
+            raise NotJsonLines(exc.reason) from None
+        if b"\x00" in head:
+            raise NotJsonLines("the decoded file contains NUL bytes: it looks binary")
+        if b"\n" not in head and len(head) > FIRST_LINE_MAX_BYTES:
+            raise NotJsonLines("the first line is longer than 1 MiB")
+        self.head = bytearray(head)
+        full = final or whole or len(self.encoded_head) > COMPRESSED_HEAD_MAX_BYTES
+        self._check_first_line(final=full)
+        if self.first_line_checked:
+            self.encoded_head = bytearray()
 
     def _check_text(self, chunk: bytes) -> None:
         if b"\x00" in chunk:

@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 
 import amqp
 import core
+import decoding
 import formats
 import jobs
 import lines
@@ -387,10 +388,11 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     line_no = job.lines_processed
     marks = progress_marks(job.lines_total, line_no)
     batch, last_flush = lines.LineBatch(), time.monotonic()
-    body = open_object(s3, job)
+    body = open_object(s3, job, settings)
     committer = Committer(conn, job, settings)
+    broken: list[decoding.DecodeError] = []  # where a compressed stream broke, if it did
     try:
-        for raw, size in lines.read_lines(body):
+        for raw, size in read_lines_until_broken(body, broken):
             line_no += 1
             batch.lines += 1
             batch.bytes += size
@@ -415,6 +417,8 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     finally:
         committer.close()
         body.close()
+    if broken:  # the lines before the break are committed: now the job fails
+        raise JobFailed(broken_stream_reason(broken[0], job))
     if is_not_text(conn, job):
         raise JobFailed("the file is not UTF-8 text")
     job = complete_job(conn, settings, job.job_id)
@@ -473,16 +477,54 @@ class Committer:
         self.executor.shutdown(wait=True)
 
 
-def open_object(s3, job: jobs.Job):
-    """The job's object as a stream, from the checkpoint's byte offset on."""
+def read_lines_until_broken(body, broken: list):
+    """lines.read_lines of the job's stream; a compressed stream that cannot be decoded
+    further (decoding.DecodeError) ends the lines there, and is appended to `broken`."""
+    try:
+        yield from lines.read_lines(body)
+    except decoding.DecodeError as exc:
+        log.warning("job.stream_broken", reason=exc.reason, decoded_offset=exc.offset)
+        broken.append(exc)
+
+
+def broken_stream_reason(exc: decoding.DecodeError, job: jobs.Job) -> str:
+    """Why a compressed job failed and where: the decoded byte offset and the line."""
+    return (f"{exc.reason}; it broke at decoded byte {exc.offset}, in line "
+            f"{job.lines_processed + 1} (the {job.lines_processed} lines before it are "
+            "stored)")
+
+
+def open_object(s3, job: jobs.Job, settings: core.Settings):
+    """The job's object as a stream of its lines' bytes, from the checkpoint on: a plain
+    object from the checkpoint's byte offset (a Range read); a compressed one decoded from
+    its start (neither gzip nor zstd can start mid-stream), its first bytes_processed decoded
+    bytes read and dropped."""
+    if job.compression:
+        stream = decoding.DecodedStream(get_object(s3, job), job.compression,
+                                        max_decoded=settings.max_decoded_bytes,
+                                        max_ratio=settings.max_decode_ratio)
+        try:
+            stream.skip(job.bytes_processed)
+        except decoding.DecodeError as exc:
+            stream.close()
+            raise JobFailed(broken_stream_reason(exc, job)) from None
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+    return get_object(s3, job, job.bytes_processed)
+
+
+def get_object(s3, job: jobs.Job, offset: int = 0):
+    """The job's stored object as a stream, from `offset` on."""
     kwargs = {"Bucket": job.bucket, "Key": job.object_key}
-    if job.bytes_processed:
-        kwargs["Range"] = f"bytes={job.bytes_processed}-"
+    if offset:
+        kwargs["Range"] = f"bytes={offset}-"
     try:
         return s3.get_object(**kwargs)["Body"]
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code == "InvalidRange" and job.bytes_processed:
+        if code == "InvalidRange" and offset:
             # The checkpoint is at the end of the object: the last batch was committed, and
             # the worker stopped before it could mark the job completed. Nothing is left.
             return io.BytesIO(b"")

@@ -8,6 +8,7 @@ Not a test: run it by hand against a running stack (EH_LINE_DELAY_MAX_S must be 
     .venv/bin/python bench/ingest.py --big-gib 1  # a ~1 GiB file, for the memory figures
     .venv/bin/python bench/ingest.py --format pino   # the same lines as pino writes them
     .venv/bin/python bench/ingest.py --format generic  # ... as winston would: read by names
+    .venv/bin/python bench/ingest.py --compress gzip  # plain, then the same lines as .jsonl.gz
 
 The cost of tracing: run it twice against scripts/dev, once as it is (tracing off: nothing
 exported) and once with the stack exporting to the receiver this script runs:
@@ -21,6 +22,8 @@ What it does:
     EH_MAX_UPLOAD_BYTES); the directory is deleted at the end. --format pino writes the valid
     lines as pino does (numeric level, epoch-millisecond time, msg, name, hostname, pid), which
     the worker maps (the job's format is auto), to compare the figure with the canonical one;
+    --compress gzip|zstd: after the plain run, the same file compressed (.jsonl.gz, .jsonl.zst)
+    is uploaded too, and both end-to-end rates are printed side by side (the same window);
  2. uploads it as multipart/form-data (field `file`, streamed from disk) to
     POST {--url}/api/v1/files/upload and polls GET /api/v1/jobs/{id} until it is done;
  3. prints the upload time, and end-to-end valid lines/s: valid lines / (seconds from the
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gzip
 import json
 import os
 import random
@@ -53,6 +57,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--format", choices=LINE_FORMATS, default="eventhorizon",
                         help="the format of the valid lines (default: eventhorizon, canonical)")
+    parser.add_argument("--compress", choices=("gzip", "zstd"),
+                        help="after the plain run, upload the same lines compressed (.jsonl.gz "
+                             "or .jsonl.zst) and print both end-to-end rates")
     parser.add_argument("--otlp-receiver", type=int, metavar="PORT",
                         help="receive the stack's spans over OTLP/HTTP on 127.0.0.1:PORT while "
                              "the job runs, and label the figure 'tracing on' (start the stack "
@@ -117,19 +125,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{gen['valid']:,} valid, {gen['invalid']:,} invalid "
               f"({time.perf_counter() - t:.1f} s)")
 
-        hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
-        api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
-
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
-        result = asyncio.run(with_otlp_receiver(
-            args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token)))
-
-        worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
-        api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
-        api_peak = proc_status_kib(api_pid, "VmHWM") if api_pid else None
-
-        report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
-               api_peak, hwm_reset)
+        result, rate = run_once(args, path, gen, token, worker_pid, api_pid)
+        if args.compress:
+            compressed = compress_file(path, args.compress)
+            print(f"\ncompressed {compressed.name} ({args.compress}): "
+                  f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again")
+            packed, packed_rate = run_once(args, compressed, gen, token, worker_pid, api_pid)
+            if rate and packed_rate:
+                print(f"\nend to end      plain {rate:,.0f} valid lines/s, {args.compress} "
+                      f"{packed_rate:,.0f} valid lines/s ({packed_rate / rate:.0%} of plain, "
+                      "same window)")
+            result = result if packed["job"]["status"] != "completed" else packed
         if args.pg_sample > 0 and args.format != "eventhorizon":
             print("naive baseline skipped: it reads canonical lines only")
         elif args.pg_sample > 0:
@@ -138,6 +145,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if job["status"] == "completed" else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid):
+    """Upload one file, wait for its job, print the report; (result, valid lines/s end to
+    end, or None if the job did not complete)."""
+    hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
+    api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
+    result = asyncio.run(with_otlp_receiver(
+        args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token)))
+    worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
+    api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
+    api_peak = proc_status_kib(api_pid, "VmHWM") if api_pid else None
+    rate = report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
+                  api_peak, hwm_reset)
+    return result, rate
+
+
+def compress_file(path: Path, compression: str) -> Path:
+    """The file compressed as gzip (level 6, as `gzip` does) or zstd (level 3, as `zstd`
+    does), streamed, next to it."""
+    if compression == "gzip":
+        target = path.with_name(path.name + ".gz")
+        with path.open("rb") as src, gzip.open(target, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+    else:
+        target = path.with_name(path.name + ".zst")
+        with path.open("rb") as src, target.open("wb") as dst:
+            zstandard.ZstdCompressor(level=3).copy_stream(src, dst)
+    return target
 
 
 # --------------------------------------------------------------------------- upload
@@ -243,7 +279,7 @@ async def with_otlp_receiver(port: int | None, work) -> dict:
 
 
 def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after, api_peak,
-           hwm_reset) -> None:
+           hwm_reset) -> float | None:
     job = result["job"]
     upload_s = result["upload_s"]
     print()
@@ -255,7 +291,7 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
              else f"  (MISMATCH: generated {gen['valid']:,} valid, {gen['invalid']:,} invalid)"))
     if job["status"] != "completed":
         print(f"error           {job['error']}")
-        return
+        return None
     completed = dt.datetime.fromisoformat(job["completed_at"]).timestamp()
     e2e_s = completed - result["started_wall"]
     if e2e_s <= 0:  # a clock oddity: fall back to what the poller saw
@@ -290,6 +326,7 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
               f"after{peak} (pid {api_pid})")
     else:
         print("api RSS         n/a (no API pid: pass --api-pid)")
+    return job["lines_valid"] / e2e_s
 
 
 # --------------------------------------------------------------------------- processes

@@ -8,14 +8,15 @@
 job_id, file_name, size_bytes, bucket, object_key, status, lines_total, lines_processed,
 bytes_processed, lines_valid, lines_invalid, attempts, error, created_at, started_at,
 completed_at, updated_at, owner, format, default_service, default_environment, formats_seen,
-format_definition, traceparent
+format_definition, traceparent, compression
 
 -- name: insert_job --
 INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, lines_total, owner,
-                  format, format_definition, default_service, default_environment, traceparent)
+                  format, format_definition, default_service, default_environment, traceparent,
+                  compression)
 VALUES (%(job_id)s, %(file_name)s, %(size_bytes)s, %(bucket)s, %(object_key)s, %(lines_total)s,
         %(owner)s, %(format)s, %(format_definition)s, %(default_service)s,
-        %(default_environment)s, %(traceparent)s)
+        %(default_environment)s, %(traceparent)s, %(compression)s)
 RETURNING $job_columns;
 
 -- name: get_job --
@@ -106,8 +107,10 @@ WHERE job_id = %(job_id)s AND status = 'processing' AND lines_processed = %(prev
 RETURNING $job_columns;
 
 -- name: complete_job --
+-- A compressed file's lines are counted as it is decoded: its total is known at the end.
 UPDATE jobs
-SET status = 'completed', completed_at = now(), updated_at = now(), error = NULL
+SET status = 'completed', completed_at = now(), updated_at = now(), error = NULL,
+    lines_total = CASE WHEN compression IS NULL THEN lines_total ELSE lines_processed END
 WHERE job_id = %(job_id)s AND status = 'processing'
 RETURNING $job_columns;
 

@@ -31,6 +31,7 @@ import psycopg
 import pytest
 import structlog
 from playwright.sync_api import Page, expect
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 import amqp
@@ -41,6 +42,8 @@ import lines
 import mappings
 import outbox
 import relay
+import uploads
+import worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,10 +257,10 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def upload(client, content: bytes, name: str = "app.jsonl"):
+async def upload(client, content: bytes, name: str = "app.jsonl",
+                 content_type: str = "application/x-ndjson"):
     form = aiohttp.FormData()
-    form.add_field("file", io.BytesIO(content), filename=name,
-                   content_type="application/x-ndjson")
+    form.add_field("file", io.BytesIO(content), filename=name, content_type=content_type)
     return await client.post("/api/v1/files/upload", data=form)
 
 
@@ -359,20 +362,23 @@ def outbox_backlog(db) -> int:
 def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
              format: str = "auto", default_service: str | None = None,
              default_environment: str | None = None,
-             format_definition: dict | None = None) -> uuid.UUID:
-    """A queued job for `content`, as the API leaves it."""
+             format_definition: dict | None = None,
+             compression: str | None = None) -> uuid.UUID:
+    """A queued job for `content` (stored as given: compressed already, for `compression`),
+    as the API leaves it."""
     job_id = uuid.uuid4()
-    key = f"uploads/{job_id}.jsonl"
+    key = uploads.object_key(job_id, compression)
     if store:
         core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
     db.execute(core.QUERIES["insert_job"], {
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
         "bucket": settings.s3_bucket, "object_key": key,
-        "lines_total": content.count(b"\n") + (0 if content.endswith(b"\n") else 1),
+        "lines_total": 0 if compression else (
+            content.count(b"\n") + (0 if content.endswith(b"\n") else 1)),
         "owner": owner, "format": format, "default_service": default_service,
         "default_environment": default_environment,
         "format_definition": Jsonb(format_definition) if format_definition else None,
-        "traceparent": None})
+        "traceparent": None, "compression": compression})
     return job_id
 
 
@@ -807,3 +813,23 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=path, full_page=True)
     return path
+
+
+def run_job(settings, job_id, stop=None) -> str:
+    """worker.process_job on a connection of its own; the JobRun's value."""
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+        return worker.process_job(conn, core.s3_client(settings), settings, job_id, stop)
+
+
+class StopAfter(threading.Event):
+    """A stop signal that turns on by itself after `checks` looks at it."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.left = checks
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return super().is_set()

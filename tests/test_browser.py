@@ -121,7 +121,9 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
     page.click("#send")
 
     message = page.locator("#message")
-    expect(message).to_have_text("Upload refused: only .jsonl files are accepted, got 'notes.txt'")
+    expect(message).to_have_text(
+        "Upload refused: accepted file names end in .jsonl, .ndjson, .json (JSON lines) or .log, "
+        "optionally rotated (app.log.1) and compressed (.gz, .zst); got 'notes.txt'")
     expect(message).to_have_class("error")
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator("#transfer")).to_be_hidden()
@@ -129,7 +131,8 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
     screenshot(page, "browser-refused.png")
 
     page.set_input_files("#file", [])  # clearing the choice brings the prompt back
-    expect(page.locator("#drop-text")).to_have_text("Drop a .jsonl file here, or click to pick one")
+    expect(page.locator("#drop-text")).to_have_text(
+        "Drop a log file here (.jsonl, .ndjson, .json, .log, also .gz / .zst), or click to pick one")
     expect(page.locator("#send")).to_be_disabled()
     expect(message).to_have_text("")
     expected_errors(console_errors, "status of 415")  # the point of the test

@@ -40,7 +40,7 @@ from helpers import (
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
-  progress createdAt startedAt completedAt error format formats { name lines }
+  progress createdAt startedAt completedAt error format formats { name lines } compression
   delivery { delivered waiting dead }"""
 JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 SUBSCRIBE_JOB = f"subscription Watch($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
@@ -56,7 +56,7 @@ def as_rest(job: dict) -> dict:
             "created_at": job["createdAt"], "started_at": job["startedAt"],
             "completed_at": job["completedAt"], "error": job["error"], "format": job["format"],
             "formats": {f["name"]: f["lines"] for f in job["formats"]},
-            "delivery": job["delivery"]}
+            "compression": job["compression"], "delivery": job["delivery"]}
 
 
 # --------------------------------------------------------------------------- queries

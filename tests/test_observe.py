@@ -321,7 +321,7 @@ def test_a_republished_or_parked_job_message_keeps_its_trace(settings, db):
         "job_id": job_id, "file_name": "t.jsonl", "size_bytes": 1, "bucket": "b",
         "object_key": "k", "lines_total": 1, "owner": "tester", "format": "auto",
         "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": TRACEPARENT})
+        "traceparent": TRACEPARENT, "compression": None})
     db.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE job_id = %s",
                (job_id,))
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))

@@ -52,7 +52,7 @@ def insert_job_row(db, owner: str, lines: int, bucket: str) -> uuid.UUID:
         "job_id": job_id, "file_name": "app.jsonl", "size_bytes": 1, "bucket": bucket,
         "object_key": "k", "lines_total": lines, "owner": owner, "format": "auto",
         "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": None})
+        "traceparent": None, "compression": None})
     return job_id
 
 

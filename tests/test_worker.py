@@ -13,7 +13,6 @@ import uuid
 import pika
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 import amqp
 import core
@@ -25,6 +24,7 @@ from helpers import (
     ECS_LINE,
     PINO_LINE,
     ZAP_LINE,
+    StopAfter,
     assert_exactly_once,
     assert_stored_up_to_checkpoint,
     enqueue_job,
@@ -34,30 +34,12 @@ from helpers import (
     logged_events,
     make_job,
     publish_to_queue,
+    run_job,
     wait_for,
 )
 
 VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
-
-
-def run(settings, job_id, stop=None) -> str:
-    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
-        return worker.process_job(conn, core.s3_client(settings), settings, job_id, stop)
-
-
-class StopAfter(threading.Event):
-    """A stop signal that turns on by itself after `checks` looks at it."""
-
-    def __init__(self, checks: int):
-        super().__init__()
-        self.left = checks
-
-    def is_set(self) -> bool:
-        self.left -= 1
-        if self.left <= 0:
-            self.set()
-        return super().is_set()
 
 
 # --------------------------------------------------------------------------- whole jobs
@@ -70,7 +52,7 @@ def test_job_writes_entries_errors_and_events(settings, db):
                + jsonl({**VALID, "level": "nope"})[:-1])  # no final newline
     job_id = make_job(settings, db, content)
 
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
 
     job = job_row(db, job_id)
     assert job["status"] == "completed" and job["completed_at"] and job["error"] is None
@@ -92,8 +74,8 @@ def test_job_writes_entries_errors_and_events(settings, db):
 
 def test_finished_job_is_not_processed_twice(settings, db):
     job_id = make_job(settings, db, jsonl(VALID, VALID))
-    assert run(settings, job_id) == "completed"
-    assert run(settings, job_id) == "skipped"
+    assert run_job(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "skipped"
     assert_exactly_once(db, job_id, valid=2, invalid=0)
 
 
@@ -101,7 +83,7 @@ def test_a_job_locked_by_another_worker_is_left_to_it(settings, db):
     job_id = make_job(settings, db, jsonl(VALID))
     with psycopg.connect(settings.database_url, autocommit=True) as other:
         other.execute(core.QUERIES["try_lock_job"], {"job_id": job_id})
-        assert run(settings, job_id) == "busy"
+        assert run_job(settings, job_id) == "busy"
         body = job_message(db, job_id)
         never = threading.Event()
         outcome = worker.handle_message(body, settings, core.s3_client(settings), never)
@@ -130,7 +112,7 @@ def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a
 
 def test_missing_object_fails_the_job_readably(settings, db):
     job_id = make_job(settings, db, jsonl(VALID), store=False)
-    assert run(settings, job_id) == "failed"
+    assert run_job(settings, job_id) == "failed"
     job = job_row(db, job_id)
     assert job["status"] == "failed" and "missing from storage" in job["error"]
     assert db.execute("SELECT event_type FROM outbox ORDER BY id DESC").fetchone()[
@@ -139,13 +121,13 @@ def test_missing_object_fails_the_job_readably(settings, db):
 
 def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
     job_id = make_job(settings, db, b"\xff\xfe\xfa\n\xc3\x28\n")
-    assert run(settings, job_id) == "failed"
+    assert run_job(settings, job_id) == "failed"
     assert job_row(db, job_id)["error"] == "the file is not UTF-8 text"
 
 
 def test_unknown_job_is_reported(settings):
     with pytest.raises(jobs.UnknownJob):
-        run(settings, uuid.uuid4())
+        run_job(settings, uuid.uuid4())
 
 
 def test_a_message_for_a_deleted_job_is_acked_not_dead_lettered(settings, db):
@@ -155,14 +137,14 @@ def test_a_message_for_a_deleted_job_is_acked_not_dead_lettered(settings, db):
     db.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
     db.execute("INSERT INTO job_deletions (job_id, file_name, deleted_by) "
                "VALUES (%s, 't.jsonl', 'tester')", (job_id,))
-    assert run(settings, job_id) == "skipped"
+    assert run_job(settings, job_id) == "skipped"
     outcome = worker.handle_message(body, settings, core.s3_client(settings), threading.Event())
     assert outcome is worker.Outcome.ACK
 
 
 def test_a_bom_before_a_blank_first_line_is_skipped_like_the_line(settings, db):
     job_id = make_job(settings, db, codecs.BOM_UTF8 + b"\n" + jsonl(VALID))
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=1, invalid=0)
 
 
@@ -177,7 +159,7 @@ def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(setti
                + jsonl({**VALID, "context": {"n": "HERE"}}).replace(b'"HERE"', b"9" * 5000)
                + jsonl(VALID))
     job_id = make_job(settings, db, content)
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=2, invalid=5)
     errors = db.execute("SELECT line_no, reason FROM line_errors WHERE job_id = %s "
                         "ORDER BY line_no", (job_id,)).fetchall()
@@ -191,7 +173,7 @@ def test_a_line_with_more_context_paths_than_the_setting_never_reaches_the_outbo
     wide = {**VALID, "context": {f"k{i}": i for i in range(20_000)}}
     job_id = make_job(settings, db, jsonl(VALID, *[wide] * 31, {**VALID, "context": {
         f"k{i}": i for i in range(40)}}))
-    assert run(dataclasses.replace(settings, max_context_paths=40), job_id) == "completed"
+    assert run_job(dataclasses.replace(settings, max_context_paths=40), job_id) == "completed"
     assert_exactly_once(db, job_id, valid=2, invalid=31)
     reasons = {e["reason"] for e in db.execute(
         "SELECT reason FROM line_errors WHERE job_id = %s", (job_id,))}
@@ -208,13 +190,13 @@ def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(sett
     checkpoint is at the end of the object, and a range read from there would be refused."""
     content = jsonl(VALID, VALID, VALID) + b"{bad\n"
     job_id = make_job(settings, db, content)
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     db.execute("UPDATE jobs SET status = 'processing', completed_at = NULL WHERE job_id = %s",
                (job_id,))  # as it was between the two transactions
     job = job_row(db, job_id)
     assert (job["lines_processed"], job["bytes_processed"]) == (4, len(content))
 
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=3, invalid=1)
 
 
@@ -222,7 +204,7 @@ def test_too_many_attempts_fail_the_job(settings, db):
     job_id = make_job(settings, db, jsonl(VALID))
     db.execute("UPDATE jobs SET attempts = %s, error = 'S3 timed out' WHERE job_id = %s",
                (settings.max_attempts, job_id))
-    assert run(settings, job_id) == "failed"
+    assert run_job(settings, job_id) == "failed"
     assert "gave up after 5 attempts: S3 timed out" in job_row(db, job_id)["error"]
 
 
@@ -231,14 +213,14 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     content = jsonl(*[dict(VALID, message=f"m{i}") for i in range(100)])
     job_id = make_job(settings, db, content)
 
-    assert run(settings, job_id, stop=StopAfter(30)) == "abandoned"
+    assert run_job(settings, job_id, stop=StopAfter(30)) == "abandoned"
     job = job_row(db, job_id)
     assert job["status"] == "processing" and 0 < job["lines_processed"] < 30
     assert job["bytes_processed"] == len(b"".join(content.splitlines(True)[:job["lines_processed"]]))
 
     assert job["attempts"] == 0  # a clean stop gives its attempt back
 
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=100, invalid=0, content=content)
     assert job_row(db, job_id)["attempts"] == 1
 
@@ -251,7 +233,7 @@ def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
     content = jsonl(*[PINO_LINE, ZAP_LINE, ECS_LINE] * 3, PINO_LINE)
     job_id = make_job(settings, db, content, default_environment="eu-prod")
 
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
 
     assert_exactly_once(db, job_id, valid=10, invalid=0)
     job = jobs.query(db, "get_job", {"job_id": job_id}).fetchone()
@@ -281,7 +263,7 @@ def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
 
 def test_a_job_in_one_format_refuses_lines_of_another_naming_the_field(settings, db):
     job_id = make_job(settings, db, jsonl(PINO_LINE, ZAP_LINE), format="pino")
-    assert run(settings, job_id) == "completed"
+    assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=1, invalid=1)
     reason = db.execute("SELECT reason FROM line_errors WHERE job_id = %s",
                         (job_id,)).fetchone()["reason"]
@@ -291,7 +273,7 @@ def test_a_job_in_one_format_refuses_lines_of_another_naming_the_field(settings,
 
 def test_a_job_with_an_unknown_format_fails(settings, db):
     job_id = make_job(settings, db, jsonl(VALID), format="log4j")
-    assert run(settings, job_id) == "failed"
+    assert run_job(settings, job_id) == "failed"
     assert job_row(db, job_id)["error"].startswith("unknown log format 'log4j'")
 
 
@@ -301,7 +283,7 @@ def test_a_job_whose_custom_format_cannot_be_used_fails_saying_why(settings, db)
     definition = {"name": "old", "fields": {"timestamp": ["t"], "level": ["l"]},
                   "time_unit": "fortnights"}
     job_id = make_job(settings, db, jsonl(VALID), format="old", format_definition=definition)
-    assert run(settings, job_id) == "failed"
+    assert run_job(settings, job_id) == "failed"
     assert job_row(db, job_id)["error"].startswith(
         "log format 'old' cannot be used: $.time_unit: 'fortnights' is not one of")
 
@@ -378,7 +360,6 @@ def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db
     assert job_row(db, job_id)["lines_processed"] == 301
     # A SIGTERM is a clean stop, not a failed attempt; a SIGKILL may be a crash the job causes.
     assert job_row(db, job_id)["attempts"] == (1 if sig == signal.SIGTERM else 2)
-
 
 
 def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process):
