@@ -19,7 +19,8 @@ GiB, MiB = 1024**3, 1024**2
 
 
 def gz(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=6)
+    # mtime 0: the same bytes in every xdist worker, whose test ids must agree
+    return gzip.compress(data, compresslevel=6, mtime=0)
 
 
 def zst(data: bytes) -> bytes:
