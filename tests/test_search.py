@@ -421,7 +421,7 @@ def test_search_reads_use_the_owner_projection(db, jobs, settings):
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         parameters = {**search.SearchScope("alice").parameters(),
                       **search.SearchFilters().parameters(), "after_time": search.LAST_MS,
-                      "after_job": explore.MAX_UUID, "after_line": 2**64 - 1, "limit": 100}
+                      "after_job": search.MAX_UUID, "after_line": 2**64 - 1, "limit": 100}
         plan = "\n".join(row[0] for row in ch.query(
             "EXPLAIN indexes = 1 " + search.events_query("desc"),
             parameters=parameters).result_rows)
