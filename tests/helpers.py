@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import inspect
 import io
 import json
@@ -30,6 +31,7 @@ import pika
 import psycopg
 import pytest
 import structlog
+import zstandard
 from playwright.sync_api import Page, expect
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -833,3 +835,23 @@ class StopAfter(threading.Event):
         if self.left <= 0:
             self.set()
         return super().is_set()
+
+
+def gz(data: bytes) -> bytes:
+    # mtime 0: the same bytes in every xdist worker, whose test ids must agree
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+COMPRESS = {"gzip": gz, "zstd": zst}
+
+
+def compressed_bomb(compression: str, byte: bytes = b"\n", size: int = 1024**3,
+                    member: int = 64 * 1024**2) -> bytes:
+    """`size` bytes of `byte`, compressed as concatenated gzip members or zstd frames of
+    `member` bytes each: one valid file that decodes to the whole, made in a fraction of the
+    time compressing the whole at once takes (and never holding it)."""
+    return COMPRESS[compression](byte * member) * (size // member)

@@ -7,7 +7,6 @@ compressed file. Names as they come are taken by the API."""
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import json
 import os
@@ -23,10 +22,13 @@ import core
 import jobs
 import worker
 from helpers import (
+    COMPRESS,
     VALID,
     StopAfter,
     assert_exactly_once,
     assert_stored_up_to_checkpoint,
+    compressed_bomb,
+    gz,
     job_message,
     job_row,
     jsonl,
@@ -36,21 +38,12 @@ from helpers import (
     run_job,
     upload,
     wait_for,
+    zst,
 )
 
 GiB, MiB = 1024**3, 1024**2
 
 
-def gz(data: bytes) -> bytes:
-    # mtime 0: the same bytes in every xdist worker, whose test ids must agree
-    return gzip.compress(data, compresslevel=6, mtime=0)
-
-
-def zst(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=3).compress(data)
-
-
-COMPRESS = {"gzip": gz, "zstd": zst}
 SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
 
 
@@ -236,9 +229,10 @@ def vm_hwm_kib(pid: int) -> int:
 ])
 def test_a_1_gib_bomb_fails_its_job_naming_the_limit_in_flat_worker_memory(
         settings, db, start_process, compression, bomb, env, limit):
-    """1 GiB decoded from about 1 MiB (gzip) or 32 KiB (zstd) sent. The worker's peak RSS
-    (VmHWM) grows by far less than the GiB a decoder without max_length would allocate."""
-    data = COMPRESS[compression](bomb * GiB)
+    """1 GiB decoded from about 1 MiB (gzip) or less (zstd) sent, 16 members or frames of
+    64 MiB. The worker's peak RSS (VmHWM) grows by far less than the 64 MiB or more a decoder
+    without max_length would allocate at once."""
+    data = compressed_bomb(compression, bomb)
     job_id = make_job(settings, db, data, compression=compression)
     proc = start_process("worker.py", **env)
     wait_for(lambda: logged_events(proc, "worker.consuming"), what="worker consuming")

@@ -402,9 +402,12 @@ def test_workers_side_by_side_killed_at_random_store_every_line_of_every_job_onc
 
 
 def kill_one_holding_a_job(db, workers, rng):
-    """SIGKILL a worker that holds a job (its session's advisory lock), and say which job;
-    None if no worker does. Each candidate is frozen (SIGSTOP) while it is looked at, so the
-    job it holds then is still its own when the kill lands."""
+    """SIGKILL a worker that holds a job it is processing (its session's advisory lock, on a
+    job in `processing`), and say which job; None if no worker does. Each candidate is frozen
+    (SIGSTOP) while it is looked at, so the job it holds then is still its own when the kill
+    lands. A lock on a job that is not processing is not counted: a worker that took the lock
+    of a job already completed (a duplicate message), or not yet claimed, dies without an
+    attempt of its own to count."""
     for victim in rng.sample(workers, len(workers)):
         victim.send_signal(signal.SIGSTOP)
         job_ids = []
@@ -414,7 +417,8 @@ def kill_one_holding_a_job(db, workers, rng):
                 "JOIN jobs j ON hashtextextended(j.job_id::text, 0) = "
                 "  (l.classid::bigint << 32) | l.objid::bigint "
                 "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
-                "AND a.application_name = %s", (f"eventhorizon-worker pid {victim.pid}",))]
+                "AND a.application_name = %s AND j.status = 'processing'",
+                (f"eventhorizon-worker pid {victim.pid}",))]
         finally:
             victim.send_signal(signal.SIGKILL if job_ids else signal.SIGCONT)
         if job_ids:
