@@ -71,11 +71,13 @@ class LineBatch:
 
 
 def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
-               chunk_size: int = READ_CHUNK_BYTES) -> Iterator[tuple[bytes | None, int]]:
-    """Yield (line, size) for each physical line of a byte stream, in bounded memory.
+               chunk_size: int = READ_CHUNK_BYTES) -> Iterator[tuple[bytes | None, int, int]]:
+    """Yield (line, size, lines) for the physical lines of a byte stream, in bounded memory.
 
-    `size` counts the line's bytes including its newline, so the caller can keep a byte
-    offset. A line longer than `max_line_bytes` is yielded as None and never held whole.
+    `lines` is 1 but for a run of empty lines (newlines only), yielded at once as
+    (b"", n, n): a file of a GiB of newlines is a few thousand steps, not a billion. `size`
+    counts the bytes including the newlines, so the caller can keep a byte offset. A line
+    longer than `max_line_bytes` is yielded as None and never held whole.
     """
     pending = bytearray()
     pending_size = 0
@@ -83,13 +85,19 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
     while chunk := stream.read(chunk_size):
         start = 0
         while (nl := chunk.find(b"\n", start)) >= 0:
+            if nl == start and not pending_size:
+                run = NEWLINES.match(chunk, start).end() - start  # type: ignore[union-attr]
+                if run > 1:
+                    yield b"", run, run
+                    start += run
+                    continue
             size = pending_size + nl - start + 1
             if too_long or size - 1 > max_line_bytes:
-                yield None, size
+                yield None, size, 1
             elif pending:
-                yield bytes(pending) + chunk[start:nl], size
+                yield bytes(pending) + chunk[start:nl], size, 1
             else:
-                yield chunk[start:nl], size
+                yield chunk[start:nl], size, 1
             pending.clear()
             pending_size = 0
             too_long = False
@@ -103,7 +111,10 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
             elif not too_long:
                 pending += chunk[start:]
     if pending_size:
-        yield (None if too_long else bytes(pending)), pending_size
+        yield (None if too_long else bytes(pending)), pending_size, 1
+
+
+NEWLINES = re.compile(rb"\n+")
 
 
 def trace_member(trace_id: str | None) -> str:

@@ -392,12 +392,13 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     committer = Committer(conn, job, settings)
     broken: list[decoding.DecodeError] = []  # where a compressed stream broke, if it did
     try:
-        for raw, size in read_lines_until_broken(body, broken):
-            line_no += 1
-            batch.lines += 1
+        for raw, size, count in read_lines_until_broken(body, broken):
+            line_no += count
+            batch.lines += count
             batch.bytes += size
-            lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping,
-                           trace_json, settings.max_context_paths)
+            if count == 1:  # (a run of empty lines has nothing to add)
+                lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping,
+                               trace_json, settings.max_context_paths)
             if settings.line_delay_max_s:
                 stop.wait(random.uniform(0, settings.line_delay_max_s))
             if stop.is_set():

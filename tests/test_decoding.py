@@ -92,7 +92,7 @@ def test_a_truncated_stream_says_where_it_broke_after_the_lines_before_it(compre
     s = stream(data[:len(data) // 2], compression)
     got = []
     with pytest.raises(decoding.CorruptStream) as broken:
-        for line, _size in lines.read_lines(s):
+        for line, _size, _count in lines.read_lines(s):
             got.append(line)
     assert "truncated" in broken.value.reason
     assert broken.value.offset == s.decoded > 0

@@ -24,15 +24,50 @@ VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "
 def test_read_lines_keeps_byte_counts_across_chunks(chunk_size):
     data = b"a\r\n\nbbb\nlast"
     found = list(lines.read_lines(io.BytesIO(data), chunk_size=chunk_size))
-    assert found == [(b"a\r", 3), (b"", 1), (b"bbb", 4), (b"last", 4)]
-    assert sum(size for _, size in found) == len(data)
+    assert found == [(b"a\r", 3, 1), (b"", 1, 1), (b"bbb", 4, 1), (b"last", 4, 1)]
+    assert sum(size for _, size, _ in found) == len(data)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 1024])
+def test_a_run_of_empty_lines_is_one_step_counting_every_line(chunk_size):
+    """A GiB of newlines is a few thousand steps for the worker, not a billion: each chunk's
+    run of empty lines comes at once, with how many lines and bytes it is. Lines around it,
+    and blank lines that are not empty (spaces, CR), come one by one as before."""
+    data = b"a\n" + b"\n" * 5 + b"b\n \n\r\n\n\nc"
+    found = list(lines.read_lines(io.BytesIO(data), chunk_size=chunk_size))
+    assert sum(size for _, size, _ in found) == len(data)
+    assert sum(count for _, _, count in found) == data.count(b"\n") + 1
+    assert [raw for raw, _, _ in found if raw] == [b"a", b"b", b" ", b"\r", b"c"]
+    assert all(raw == b"" and size == count for raw, size, count in found if count > 1)
+    if chunk_size == 1024:
+        assert (b"", 5, 5) in found and len(found) < data.count(b"\n") + 1
+
+
+def test_a_gib_of_newlines_is_read_in_a_few_thousand_steps():
+    class Newlines(io.RawIOBase):
+        left = 1024**3
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = b"\n" * n
+            self.left -= n
+            return n
+
+    steps = lines_read = 0
+    for _raw, _size, count in lines.read_lines(io.BufferedReader(Newlines())):
+        steps += 1
+        lines_read += count
+    assert lines_read == 1024**3 and steps <= 1024**3 // lines.READ_CHUNK_BYTES + 1
 
 
 @pytest.mark.parametrize("chunk_size", [2, 5, 64])
 def test_overlong_lines_are_reported_not_held(chunk_size):
     data = b"ok\n" + b"x" * 25 + b"\n" + b"y" * 11 + b"\nend"
     found = list(lines.read_lines(io.BytesIO(data), max_line_bytes=10, chunk_size=chunk_size))
-    assert found == [(b"ok", 3), (None, 26), (None, 12), (b"end", 3)]
+    assert found == [(b"ok", 3, 1), (None, 26, 1), (None, 12, 1), (b"end", 3, 1)]
 
 
 def test_empty_stream_has_no_lines():
