@@ -813,7 +813,8 @@ def expected_errors(console_errors: list[str], text: str, count: int = 1) -> Non
 def screenshot(page: Page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
-    page.screenshot(path=path, full_page=True)
+    # An artifact for people, not a check: a busy machine may take its time rendering it.
+    page.screenshot(path=path, full_page=True, timeout=60_000)
     return path
 
 
