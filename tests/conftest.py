@@ -71,6 +71,7 @@ def pytest_configure(config):
 # every run prints), run first: in parallel (pytest-xdist hands the workers tests in this
 # order) a long test started last would hold the whole run up on its own at the end.
 LONGEST_FIRST = (
+    "test_rows_too_wide_for_one_insert_are_split_and_never_block_the_others",
     "test_fuzz_every_operation",
     "test_salvage_gives_up_no_good_event_however_many_bad_ones",
     "test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing",
