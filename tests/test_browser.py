@@ -36,6 +36,7 @@ from helpers import (
     screenshot,
     serve_api,
     sign_in,
+    wait_for,
 )
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
@@ -503,9 +504,15 @@ def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: s
     expect(page.locator("#chart svg")).to_have_attribute("data-events", str(histogram["events"]))
     expect(page.locator("#chart svg")).to_have_attribute("data-interval",
                                                          str(histogram["interval_s"]))
-    assert page.eval_on_selector_all("#chart .bucket", CHART_BARS) == [
-        {"start": b["start"], **{level: b["counts"].get(level, 0) for level in LEVELS}}
-        for b in histogram["buckets"]]
+    bars = [{"start": b["start"], **{level: b["counts"].get(level, 0) for level in LEVELS}}
+            for b in histogram["buckets"]]
+    # The attributes and the bars are drawn in turn: wait for the bars too, as expect() does.
+    drawn: list = []
+    try:
+        wait_for(lambda: (drawn.append(page.eval_on_selector_all("#chart .bucket", CHART_BARS))
+                          or drawn[-1] == bars), timeout=15, what="the chart's bars")
+    except AssertionError:
+        assert drawn[-1] == bars  # says how they differ
     events = get_json(f"{base}/events?limit={EXPLORE_PAGE}&{query}", token)
     expect_rows(page, events)
     return histogram, events
