@@ -856,3 +856,14 @@ def compressed_bomb(compression: str, byte: bytes = b"\n", size: int = 1024**3,
     `member` bytes each: one valid file that decodes to the whole, made in a fraction of the
     time compressing the whole at once takes (and never holding it)."""
     return COMPRESS[compression](byte * member) * (size // member)
+
+
+async def all_pages(client, url: str) -> list[dict]:
+    events = []
+    while url:
+        response = await client.get(url)
+        assert response.status == 200, await response.text()
+        page = await response.json()
+        events += page["events"]
+        url = page["next"]
+    return events

@@ -18,7 +18,7 @@ import event_log
 import eventhorizon
 import explore
 import read_slots
-from helpers import bearer, gql, make_job, upload, wait_for
+from helpers import all_pages, bearer, gql, make_job, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
 LEVELS = ["info", "info", "info", "warning", "error", "debug", "critical"]
@@ -64,17 +64,6 @@ def job(db, settings):
     store(settings.clickhouse_url, job_id, events)
     store(settings.clickhouse_url, uuid.uuid4(), line_events(uuid.uuid4(), 50))
     return job_id, events
-
-
-async def all_pages(client, url: str) -> list[dict]:
-    events = []
-    while url:
-        response = await client.get(url)
-        assert response.status == 200, await response.text()
-        page = await response.json()
-        events += page["events"]
-        url = page["next"]
-    return events
 
 
 async def test_pages_cover_every_event_once_in_line_order(alice, job):

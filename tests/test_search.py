@@ -25,7 +25,7 @@ import outbox
 import read_slots
 import relay
 import search
-from helpers import bearer, wait_for
+from helpers import all_pages, bearer, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, 456, tzinfo=dt.timezone.utc)  # µs: truncated to ms
 LEVELS = ["info", "info", "warning", "error", "debug", "critical", "info"]
@@ -111,17 +111,6 @@ def postgres_events(db, owner: str, where: str = "true", params: dict | None = N
         "ORDER BY date_trunc('milliseconds', e.timestamp) DESC",
         {"owner": owner, **(params or {})}).fetchall()
     return [dict(r) for r in rows]
-
-
-async def all_pages(client, url: str) -> list[dict]:
-    events = []
-    while url:
-        response = await client.get(url)
-        assert response.status == 200, await response.text()
-        page = await response.json()
-        events += page["events"]
-        url = page["next"]
-    return events
 
 
 def keys(events) -> list[tuple[str, int]]:
