@@ -73,6 +73,7 @@ def pytest_configure(config):
 LONGEST_FIRST = (
     "test_rows_too_wide_for_one_insert_are_split_and_never_block_the_others",
     "test_fuzz_every_operation",
+    "test_fuzz_uploads_of_generated_contents",
     "test_salvage_gives_up_no_good_event_however_many_bad_ones",
     "test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing",
     "test_three_relays_killed_at_random_deliver_every_event_once",
