@@ -29,6 +29,9 @@ EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
 EVENT_LOG_SEARCH_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_search_upgrade.sql"
 
 
+EVENT_LOG_ROLLUP_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_rollup_upgrade.sql"
+
+
 EVENT_LOG_TABLE = "event_log"
 
 
@@ -78,16 +81,21 @@ def connect_clickhouse(url: str):
 
 def ensure_event_log(ch) -> None:
     """CREATE TABLE IF NOT EXISTS event_log (sql/clickhouse/event_log.sql); a table made
-    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql)."""
+    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql), one
+    made before owner-wide search too (event_log_search_upgrade.sql), one made before the
+    search's aggregate and context index too (event_log_rollup_upgrade.sql)."""
     ch.command(EVENT_LOG_DDL_PATH.read_text())
     if ch.command(EXPLORE_COLUMNS_FOUND) < len(EXPLORE_COLUMNS):
         log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
         for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
             ch.command(statement)
-    if "PROJECTION by_owner" not in ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}"):
-        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_SEARCH_UPGRADE_PATH))
-        for statement in sql_statements(EVENT_LOG_SEARCH_UPGRADE_PATH.read_text()):
-            ch.command(statement)
+    create = ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}")
+    for marker, upgrade in (("PROJECTION by_owner", EVENT_LOG_SEARCH_UPGRADE_PATH),
+                            ("PROJECTION by_hour", EVENT_LOG_ROLLUP_UPGRADE_PATH)):
+        if marker not in create:
+            log.info("relay.event_log_upgrading", statements=str(upgrade))
+            for statement in sql_statements(upgrade.read_text()):
+                ch.command(statement)
 
 
 def sql_statements(text: str) -> list[str]:

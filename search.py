@@ -31,6 +31,7 @@ from explore import (
     checked_filters,
     histogram,
     no_histogram,
+    pick_interval,
     time_param,
     utc,
 )
@@ -103,7 +104,15 @@ class SearchFilters:
                 "job_ids": [str(j) for j in self.job_ids], "since": clickhouse_ms(self.since),
                 "until": clickhouse_ms(self.until), "text": self.text,
                 **{f"cp{n}": path for n, (path, _) in enumerate(slots, 1)},
-                **{f"cv{n}": value for n, (_, value) in enumerate(slots, 1)}}
+                **{f"cv{n}": value for n, (_, value) in enumerate(slots, 1)},
+                **{f"ct{n}": context_token(value) for n, (_, value) in enumerate(slots, 1)}}
+
+    def by_hour(self) -> bool:
+        """Whether `by_hour` can answer these filters: no text or context filter, and
+        from/to (where given) on the hour."""
+        return not (self.text or self.context) and all(
+            t is None or t == t.replace(minute=0, second=0, microsecond=0)
+            for t in (self.since, self.until))
 
     def query_items(self) -> list[tuple[str, str]]:
         """The filters as query parameters again, for a `next` link."""
@@ -170,6 +179,22 @@ def checked_context(pairs) -> tuple[tuple[str, str], ...]:
             raise InvalidFilter(f"context.{path} must be at most {MAX_CONTEXT_VALUE_CHARS} "
                                 "printable characters")
     return pairs
+
+
+# A word of a context filter's value, for the `context_tokens` index (sql/clickhouse/
+# queries.sql's search_matches): a run of ASCII letters and digits with an ASCII separator
+# (printable, not a letter or digit) or the value's end on each side. ClickHouse's tokens end
+# only at such separators (a byte past ASCII belongs to a token), and the context's JSON text
+# writes each of these separators as itself or as an escape that starts with a separator
+# (`\/`, `\"`, `\\`): so the run is a whole token of the text wherever the value is.
+CONTEXT_WORD = re.compile(r"(?:(?<=[\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f])|^)[A-Za-z0-9]+"
+                          r"(?=[\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]|$)")
+
+
+def context_token(value: str) -> str:
+    """The longest word of `value` (CONTEXT_WORD), the last of equals (ids end in their own
+    part: `r-7`'s is `7`), '' for none: the index's key to it."""
+    return max(reversed(CONTEXT_WORD.findall(value)), key=len, default="")
 
 
 def clickhouse_ms(value: dt.datetime | None) -> str | None:
@@ -257,8 +282,11 @@ def search_histogram(ch, scope: SearchScope, filters: SearchFilters, *,
             else search_time(ch, "desc", parameters, settings))
     if first is None or last is None:
         return no_histogram(interval_s)
-    return histogram(ch, QUERIES["search_histogram"], parameters, first, last,
-                     interval_s=interval_s, settings=settings, interval_name="interval_s")
+    span_s = (last - first).total_seconds() + 1
+    hourly = filters.by_hour() and (interval_s or pick_interval(span_s)) % 3600 == 0
+    query = QUERIES["search_histogram_by_hour" if hourly else "search_histogram"]
+    return histogram(ch, query, parameters, first, last, interval_s=interval_s,
+                     settings=settings, interval_name="interval_s")
 
 
 def search_time(ch, order: str, parameters: dict, settings: dict) -> dt.datetime | None:
@@ -280,7 +308,8 @@ def search_facets(ch, scope: SearchScope, filters: SearchFilters, field: str, *,
     elif field not in FACETS or field == "context":
         raise InvalidFilter(f"field must be one of {', '.join(list(FACETS)[:-1])} or "
                             "context.<path>")
-    query = QUERIES["search_facet"].replace("$facet_value", FACETS["context" if path else field])
+    name = "search_facet" if path or not filters.by_hour() else "search_facet_by_hour"
+    query = QUERIES[name].replace("$facet_value", FACETS["context" if path else field])
     rows = ch.query(query, parameters={**scope.parameters(), **filters.parameters(),
                                        "facet_path": path, "limit": limit},
                     settings=dict(settings or {})).result_rows
