@@ -166,13 +166,13 @@ async def export(explorer, scope, events: int) -> None:
 
 def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
-    name = {"events": "search_events_desc", "histogram": "search_histogram",
-            "facets": "search_facet"}[kind]
-    query = (reads.events_query("desc") if kind == "events" else explore.QUERIES[name]).replace(
-        "$facet_value", reads.FACETS["service"])
+    interval_s = 10800  # the histogram's over all of 10,000,000 events 100 ms apart
+    query = {"events": reads.events_query("desc"),
+             "histogram": reads.histogram_query(filters, interval_s),
+             "facets": reads.facet_query("service", filters)}[kind]
     parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
                   "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,
-                  "facet_path": "", "interval_s": 86400}
+                  "facet_path": "", "interval_s": interval_s}
     result = explorer.client().query(query, parameters=parameters, settings=explorer.settings)
     return int(result.summary.get("read_rows", 0))
 

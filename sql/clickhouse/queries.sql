@@ -56,11 +56,17 @@ ORDER BY start, level
 owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
 
 -- name: search_fields --
+-- Each field's values OR together (none given: every value), then less its not.<field> values.
 (empty({levels:Array(String)}) OR has({levels:Array(String)}, level))
   AND (empty({services:Array(String)}) OR has({services:Array(String)}, service))
   AND (empty({event_types:Array(String)}) OR has({event_types:Array(String)}, event_type))
   AND (empty({environments:Array(String)}) OR has({environments:Array(String)}, environment))
   AND (empty({job_ids:Array(UUID)}) OR has({job_ids:Array(UUID)}, job_id))
+  AND (empty({not_levels:Array(String)}) OR NOT has({not_levels:Array(String)}, level))
+  AND (empty({not_services:Array(String)}) OR NOT has({not_services:Array(String)}, service))
+  AND (empty({not_event_types:Array(String)}) OR NOT has({not_event_types:Array(String)}, event_type))
+  AND (empty({not_environments:Array(String)}) OR NOT has({not_environments:Array(String)}, environment))
+  AND (empty({not_job_ids:Array(UUID)}) OR NOT has({not_job_ids:Array(UUID)}, job_id))
 
 -- name: search_times --
 event_time >= coalesce({since:Nullable(DateTime64(3, 'UTC'))}, toDateTime64(0, 3, 'UTC'))
@@ -112,12 +118,24 @@ event_context.^context AS context
 
 -- name: search_events_desc --
 -- Newest first; the page after (after_time, after_job, after_line), a keyset position (the
--- first page's is past every event). `event_time <=` lets the primary key prune.
+-- first page's is past every event). `event_time <=` lets the primary key prune, and so does
+-- `event_time >=` the time of the limit-th event in time order alone (a scalar subquery,
+-- known before the read is planned): ClickHouse reads in the order of a sort key's prefix
+-- without stopping early, but reads `event_time` alone in order and stops.
 SELECT $columns
 FROM event_log
 WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
   AND event_time <= {after_time:DateTime64(3, 'UTC')}
   AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+  AND event_time >= (
+      SELECT min(t) FROM (
+          SELECT event_time AS t
+          FROM event_log
+          WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+            AND event_time <= {after_time:DateTime64(3, 'UTC')}
+            AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+          ORDER BY event_time DESC
+          LIMIT {limit:UInt32}))
 ORDER BY event_time DESC, job_id DESC, line_no DESC
 LIMIT {limit:UInt32}
 
@@ -127,12 +145,30 @@ FROM event_log
 WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
   AND event_time >= {after_time:DateTime64(3, 'UTC')}
   AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+  AND event_time <= (
+      SELECT max(t) FROM (
+          SELECT event_time AS t
+          FROM event_log
+          WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+            AND event_time >= {after_time:DateTime64(3, 'UTC')}
+            AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+          ORDER BY event_time
+          LIMIT {limit:UInt32}))
 ORDER BY event_time, job_id, line_no
 LIMIT {limit:UInt32}
 
--- name: search_time --
--- For `$columns`: the first or last selected event's time (explore.search_time).
-event_time
+-- name: search_first_time --
+-- The first selected event's time (search.search_time), read in event_time's order.
+SELECT event_time FROM event_log
+WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+ORDER BY event_time
+LIMIT 1
+
+-- name: search_last_time --
+SELECT event_time FROM event_log
+WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+ORDER BY event_time DESC
+LIMIT 1
 
 -- name: search_histogram --
 SELECT toStartOfInterval(event_time, toIntervalSecond({interval_s:UInt32})) AS start,
