@@ -213,6 +213,26 @@ async def try_lock_in_transaction(aconn, job_id: uuid.UUID) -> bool:
     return bool((await cur.fetchone())[0])
 
 
+async def read_expired(aconn, *, default_days: int | None, after: tuple[dt.datetime, uuid.UUID],
+                       limit: int) -> list[tuple[dt.datetime, uuid.UUID]]:
+    """Up to `limit` (created_at, job_id) of jobs past their retention that no worker is
+    processing, oldest first, after `after` (a keyset page). Not locked: see lock_expired."""
+    cur = aconn.cursor(row_factory=tuple_row)
+    await cur.execute(core.QUERIES["expired_jobs"], {
+        "default_days": default_days, "after_created_at": after[0], "after_job_id": after[1],
+        "limit": limit})
+    return [(created_at, job_id) for job_id, created_at in await cur.fetchall()]
+
+
+async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) -> Job | None:
+    """The job, locked until the transaction ends, if it is still past its retention and not
+    being processed; None if it is not, or another transaction holds its row (skipped, not
+    waited for)."""
+    cur = await aquery(aconn, "lock_expired_job", {"job_id": job_id,
+                                                   "default_days": default_days})
+    return await cur.fetchone()
+
+
 async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -> None:
     """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row,
     its entries and line errors (ON DELETE CASCADE) and its dead-lettered events; recorded in

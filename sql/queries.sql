@@ -387,3 +387,55 @@ SELECT
        AND event_context ? 'line_no') AS waiting,
     (SELECT count(*) FROM outbox_dead WHERE event_context ->> 'job_id' = %(job_id)s::text
        AND event_context ? 'line_no') AS dead;
+
+-- retention ----------------------------------------------------------------------------------
+-- retention.py: owners' retention and the sweep. default_days is EH_RETENTION_DAYS, or NULL
+-- (kept for ever); make_interval(days => NULL) is NULL, and a comparison with it never true.
+
+-- name: retention_interval --
+-- How long the job in `jobs` (the row of the query this is part of) is kept: its owner's own
+-- days when an admin set them (NULL there: for ever), else the default.
+make_interval(days => (
+    SELECT CASE WHEN r.owner IS NULL THEN %(default_days)s::int ELSE r.days END
+    FROM (SELECT 1) AS one LEFT JOIN owner_retention r ON r.owner = jobs.owner))
+
+-- name: try_lock_retention_sweep --
+-- Session-level: one sweep at a time across every process; the others skip theirs. Released
+-- when the sweeping connection closes, whatever way it ends.
+SELECT pg_try_advisory_lock(hashtextextended('eventhorizon:retention_sweep', 0)) AS locked;
+
+-- name: expired_jobs --
+-- The next page (keyset, oldest first) of jobs older than their retention that no worker is
+-- processing. Read without locks: each is locked and re-checked in a transaction of its own
+-- (lock_expired_job).
+SELECT job_id, created_at FROM jobs
+WHERE status <> 'processing'
+  AND (created_at, job_id) > (%(after_created_at)s, %(after_job_id)s)
+  AND created_at < now() - $retention_interval
+ORDER BY created_at, job_id
+LIMIT %(limit)s;
+
+-- name: lock_expired_job --
+-- The job, locked until the transaction ends, if it is still past its retention and not being
+-- processed; no row if another transaction holds it (a delete, another sweeper, a worker's
+-- checkpoint): the next sweep takes it.
+SELECT $job_columns FROM jobs
+WHERE job_id = %(job_id)s AND status <> 'processing'
+  AND created_at < now() - $retention_interval
+FOR UPDATE SKIP LOCKED;
+
+-- name: get_owner_retention --
+SELECT owner, days, set_by, set_at FROM owner_retention WHERE owner = %(owner)s;
+
+-- name: list_owner_retention --
+SELECT owner, days, set_by, set_at FROM owner_retention ORDER BY owner;
+
+-- name: set_owner_retention --
+-- days NULL: the owner's jobs are kept for ever.
+INSERT INTO owner_retention (owner, days, set_by)
+VALUES (%(owner)s, %(days)s, %(set_by)s)
+ON CONFLICT (owner) DO UPDATE SET days = excluded.days, set_by = excluded.set_by, set_at = now()
+RETURNING owner, days, set_by, set_at;
+
+-- name: clear_owner_retention --
+DELETE FROM owner_retention WHERE owner = %(owner)s RETURNING owner;
