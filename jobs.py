@@ -236,7 +236,7 @@ async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) ->
 async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -> None:
     """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row,
     its entries and line errors (ON DELETE CASCADE) and its dead-lettered events; recorded in
-    job_deletions (the relay deletes its events from ClickHouse: `take_pending_deletion`),
+    job_deletions (the relay deletes its events from ClickHouse: `take_pending_deletions`),
     with a job.deleted event that stays as the audit trail. Ids only in the NOTIFY: the
     listeners find the row gone and close the job's WebSockets (4404)."""
     await aconn.execute(core.QUERIES["record_deletion"], {
@@ -250,17 +250,16 @@ async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -
                         {"channel": CHANNEL, "payload": job_ids_notification(job)})
 
 
-def take_pending_deletion(conn) -> uuid.UUID | None:
-    """A deleted job whose events may now be deleted from ClickHouse (none is left in the
-    outbox), locked until the transaction ends; None when there is none."""
-    row = conn.cursor(row_factory=tuple_row).execute(
-        core.QUERIES["take_pending_deletion"]).fetchone()
-    return row[0] if row else None
+def take_pending_deletions(conn, limit: int) -> list[uuid.UUID]:
+    """Up to `limit` deleted jobs whose events may now be deleted from ClickHouse (none is
+    left in the outbox), locked until the transaction ends; none when there is none."""
+    return [row[0] for row in conn.cursor(row_factory=tuple_row).execute(
+        core.QUERIES["take_pending_deletions"], {"limit": limit})]
 
 
-def finish_deletion(conn, job_id: uuid.UUID) -> None:
-    """The job's events are deleted from ClickHouse too."""
-    conn.execute(core.QUERIES["finish_deletion"], {"job_id": job_id})
+def finish_deletions(conn, job_ids: list[uuid.UUID]) -> None:
+    """The jobs' events are deleted from ClickHouse too."""
+    conn.execute(core.QUERIES["finish_deletions"], {"job_ids": job_ids})
 
 
 def notify(conn, job: Job) -> None:

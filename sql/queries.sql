@@ -326,15 +326,17 @@ DELETE FROM outbox_dead WHERE event_context->>'job_id' = %(job_id)s::text;
 -- name: job_deleted --
 SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;
 
--- name: take_pending_deletion --
--- A deleted job none of whose events is left in the outbox: every insert of its events has
--- been acknowledged and committed, so none can reach event_log after the delete. Only looked
--- for by an idle relay, when the outbox is (nearly) empty and this scan is cheap.
+-- name: take_pending_deletions --
+-- Deleted jobs none of whose events is left in the outbox: every insert of their events has
+-- been acknowledged and committed, so none can reach event_log after the delete. Up to
+-- `limit`, oldest first, deleted from event_log by one mutation (a retention sweep deletes
+-- many jobs at once). Only looked for by an idle relay, when the outbox is (nearly) empty and
+-- this scan is cheap.
 SELECT d.job_id FROM job_deletions d
 WHERE d.clickhouse_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_context->>'job_id' = d.job_id::text)
 ORDER BY d.deleted_at
-LIMIT 1
+LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED;
 
 -- name: owners_of_jobs --
@@ -349,8 +351,8 @@ GROUP BY owner;
 -- Only deletions in flight: a handful, however many jobs the owner has.
 SELECT job_id FROM job_deletions WHERE owner = %(owner)s AND clickhouse_at IS NULL;
 
--- name: finish_deletion --
-UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = %(job_id)s;
+-- name: finish_deletions --
+UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = ANY(%(job_ids)s);
 
 -- name: lock_owner_formats --
 -- Held to the end of the transaction that registers a format, so that two registrations at

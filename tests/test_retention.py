@@ -142,6 +142,8 @@ async def test_a_job_past_its_retention_leaves_postgres_s3_and_clickhouse_and_no
             assert (rows_of(db, "log_entries", job_id), rows_of(db, "line_errors", job_id)) == (2, 1)
 
         relay_everything(db, ch, keep)
+        assert ch.query("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                        "AND table = 'event_log'").result_rows == [(1,)]  # both jobs at once
         for job_id in gone:
             assert event_types_in_clickhouse(ch, job_id) == ["job.deleted"]
             assert outbox_rows_of(db, job_id) == 0
