@@ -36,6 +36,7 @@ from psycopg.rows import class_row, tuple_row
 import auth
 import core
 import jobs
+import observe
 
 log = structlog.get_logger("retention")
 
@@ -147,9 +148,10 @@ class Swept:
     ran: bool
     removed: list[jobs.Job] = dataclasses.field(default_factory=list)
     skipped: int = 0  # expired, but held (a worker, a delete) or no longer expired: next time
+    failed: int = 0  # a removal failed for a reason of the job's own (logged): next time
 
     def json(self) -> dict[str, Any]:
-        return {"ran": self.ran, "skipped": self.skipped, "removed": [
+        return {"ran": self.ran, "skipped": self.skipped, "failed": self.failed, "removed": [
             {"job_id": str(j.job_id), "owner": j.owner, "file_name": j.file_name,
              "status": j.status, "created_at": j.created_at.isoformat()} for j in self.removed]}
 
@@ -168,7 +170,7 @@ async def sweep(settings: core.Settings, s3) -> Swept:
     # audit.retention.swept: the audit trail's record of this sweep (issue 26's other half)
     # goes here, from `swept` (each removed job, its owner, file name and upload time).
     log.info("retention.swept", removed=len(swept.removed), skipped=swept.skipped,
-             default_days=default_days(settings))
+             failed=swept.failed, default_days=default_days(settings))
     return swept
 
 
@@ -180,10 +182,20 @@ async def sweep_locked(aconn, settings: core.Settings, s3) -> Swept:
         page = await jobs.read_expired(aconn, default_days=days, after=after,
                                        limit=settings.retention_batch)
         for _created_at, job_id in page:
-            job = await remove_expired(aconn, settings, s3, job_id)
+            try:
+                job = await remove_expired(aconn, settings, s3, job_id)
+            except Exception as exc:
+                if core.is_outage(exc):
+                    raise  # the whole sweep waits for the next one
+                # One object S3 refuses must not stop every sweep at the oldest job for ever.
+                log.error("retention.job_failed", job_id=str(job_id), error=str(exc)[:300])
+                observe.RETENTION_REMOVED.labels("failed").inc()
+                swept.failed += 1
+                continue
             if job is None:
                 swept.skipped += 1
             else:
+                observe.RETENTION_REMOVED.labels("removed").inc()
                 swept.removed.append(job)
         if len(page) < settings.retention_batch:
             return swept

@@ -13,10 +13,12 @@ import threading
 
 import psycopg
 import pytest
+from botocore.exceptions import ClientError
 
 import core
 import event_log
 import eventhorizon
+import observe
 import retention
 from helpers import (
     VALID,
@@ -287,6 +289,47 @@ async def test_an_interrupted_removal_is_finished_by_the_next_sweep(keep, db):
     swept = await retention.sweep(keep, core.s3_client(keep))
     assert [j.job_id for j in swept.removed] == [job_id]
     assert rows_of(db, "log_entries", job_id) == 0
+
+
+class RefusingS3:
+    """The real S3 client, but the object of one job is refused (`status`: 403, a reason of
+    the object's own; 503, S3 being away)."""
+
+    def __init__(self, s3, refused_key: str, status: int):
+        self.s3, self.refused_key, self.status = s3, refused_key, status
+
+    def delete_object(self, **kwargs):
+        if kwargs["Key"] == self.refused_key:
+            raise ClientError({"Error": {"Code": "Refused", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": self.status}},
+                              "DeleteObject")
+        return self.s3.delete_object(**kwargs)
+
+
+async def test_a_job_whose_removal_fails_holds_back_no_other_and_an_outage_stops_the_sweep(
+        keep, db):
+    """The oldest job's object is refused (403): the sweep logs it, counts it failed and goes
+    on with the others; the job stays whole, for the next sweep. S3 away (503) stops the sweep
+    where it is, everything not yet removed left for the next one."""
+    oldest, *others = [make_job(keep, db, CONTENT) for _ in range(5)]
+    aged(db, oldest, 40)
+    for job_id in others:
+        aged(db, job_id, 31)
+    failed_before = observe.RETENTION_REMOVED.labels("failed")._value.get()
+    s3 = core.s3_client(keep)
+    swept = await retention.sweep(keep, RefusingS3(s3, f"uploads/{oldest}.jsonl", 403))
+    assert sorted(j.job_id for j in swept.removed) == sorted(others) and swept.failed == 1
+    assert observe.RETENTION_REMOVED.labels("failed")._value.get() == failed_before + 1
+    assert stored_keys(keep) == [f"uploads/{oldest}.jsonl"]
+    assert db.execute("SELECT job_id FROM jobs").fetchall() == [{"job_id": oldest}]
+
+    late = make_job(keep, db, CONTENT)
+    aged(db, late, 31)
+    with pytest.raises(ClientError):
+        await retention.sweep(keep, RefusingS3(s3, f"uploads/{oldest}.jsonl", 503))
+    assert {r["job_id"] for r in db.execute("SELECT job_id FROM jobs")} == {oldest, late}
+    swept = await retention.sweep(keep, s3)
+    assert {j.job_id for j in swept.removed} == {oldest, late} and swept.failed == 0
 
 
 async def test_each_api_process_sweeps_by_itself(settings, aiohttp_client, make_token, db):
