@@ -213,6 +213,8 @@ async def remove_expired(aconn, settings: core.Settings, s3, job_id: uuid.UUID) 
         if job is None or not await jobs.try_lock_in_transaction(aconn, job_id):
             return None
         await asyncio.to_thread(s3.delete_object, Bucket=job.bucket, Key=job.object_key)
+        # Its job.deleted event (deleted_by SWEEPER) goes into the outbox here; a per-job
+        # audit event would be written beside it, in this transaction.
         await jobs.delete(aconn, settings, job, deleted_by=SWEEPER)
     log.info("retention.job_removed", job_id=str(job.job_id), owner=job.owner,
              created_at=job.created_at.isoformat())
