@@ -48,8 +48,7 @@ DELETE_SETTINGS = {"mutations_sync": 2}
 DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
                      "WHERE job_id IN {job_ids:Array(UUID)} AND event_type != 'job.deleted'")
 # Deleted jobs whose events one mutation deletes: a mutation rewrites every part holding any of
-# them, so a retention sweep's thousands of jobs go in a few, not one each (ids in the URL,
-# well inside its length, as PRESENCE_CHUNK's).
+# them, so a retention sweep's thousands of jobs go in a few, not one each.
 DELETIONS_PER_MUTATION = 500
 
 
