@@ -343,6 +343,32 @@ async def test_each_api_process_sweeps_by_itself(settings, aiohttp_client, make_
     assert db.execute("SELECT 1 FROM jobs").fetchone() is None
 
 
+async def test_the_periodic_sweep_outlives_a_failed_sweep(keep, db, monkeypatch):
+    """A sweep that fails (Postgres away, say) is logged and the next one runs: the task
+    never ends by itself."""
+    job_id = make_job(keep, db, CONTENT)
+    aged(db, job_id, 31)
+    real_sweep, calls = retention.sweep, []
+
+    async def failing_once(settings, s3):
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("connection refused")
+        return await real_sweep(settings, s3)
+
+    monkeypatch.setattr(retention, "sweep", failing_once)
+    task = asyncio.create_task(retention.sweep_periodically(
+        dataclasses.replace(keep, retention_interval_s=0.05), core.s3_client(keep)))
+    try:
+        await wait_until(lambda: db.execute("SELECT 1 FROM job_deletions WHERE job_id = %s",
+                                            (job_id,)).fetchone(), 30, what="a second sweep")
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 # --------------------------------------------------------------------------- the admin route
 
 
