@@ -48,8 +48,11 @@ EVENT_LOG_COLUMNS = (
 DELETE_SETTINGS = {"mutations_sync": 2}
 
 
-DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE job_id = {{job_id:UUID}} "
-                     "AND event_type != 'job.deleted'")
+DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
+                     "WHERE job_id IN {job_ids:Array(UUID)} AND event_type != 'job.deleted'")
+# Deleted jobs whose events one mutation deletes: a mutation rewrites every part holding any of
+# them, so a retention sweep's thousands of jobs go in a few, not one each.
+DELETIONS_PER_MUTATION = 500
 
 
 PRESENCE_CHUNK = 1_000  # event ids per look-up, well inside a URL's length
@@ -171,8 +174,9 @@ def describe(exc: BaseException) -> str:
 
 
 def delete_events_of_deleted_jobs(conn, ch) -> int:
-    """Delete from event_log the events of jobs deleted through the API, once none of their
-    events is left in the outbox (so no later insert can bring one back); returns how many jobs.
+    """Delete from event_log the events of deleted jobs (through the API or by the retention
+    sweep), once none of their events is left in the outbox (so no later insert can bring one
+    back), DELETIONS_PER_MUTATION jobs at a time; returns how many jobs.
 
     Each deletion is recorded done (job_deletions.clickhouse_at) in the transaction that held
     it while ClickHouse deleted: a relay that dies in between leaves it pending, and deleting
@@ -182,14 +186,14 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
     done = 0
     while True:
         with conn.transaction():
-            job_id = jobs.take_pending_deletion(conn)
-            if job_id is None:
+            job_ids = jobs.take_pending_deletions(conn, DELETIONS_PER_MUTATION)
+            if not job_ids:
                 return done
             try:
-                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)},
+                ch.command(DELETE_JOB_EVENTS, parameters={"job_ids": [str(j) for j in job_ids]},
                            settings=DELETE_SETTINGS)
             except Exception as exc:
                 raise ClickHouseUnavailable(describe(exc)) from exc
-            jobs.finish_deletion(conn, job_id)
-        log.info("relay.job_events_deleted", job_id=str(job_id))
-        done += 1
+            jobs.finish_deletions(conn, job_ids)
+        log.info("relay.job_events_deleted", jobs=len(job_ids))
+        done += len(job_ids)
