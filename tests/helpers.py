@@ -409,8 +409,8 @@ def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
 def assert_exactly_once(db, job_id, valid: int, invalid: int,
                         content: bytes | None = None) -> None:
     """Every line's result is stored once, and under its own number: each line is an entry or
-    an error (never both), each entry has one outbox event, with the entry's event id and
-    line, and the job's counts agree. Given the file (canonical lines), each entry's message
+    an error (never both), each entry has one event waiting in the outbox (as the relay reads
+    it), with the entry's event id and line, and the job's counts agree. Given the file (canonical lines), each entry's message
     is the one its line has in the file, and nothing is stored past the checkpoint: a resume
     from the wrong byte offset keeps every count right and shifts the lines, which only the
     content shows."""
@@ -419,20 +419,35 @@ def assert_exactly_once(db, job_id, valid: int, invalid: int,
         "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
     errors = {r["line_no"] for r in db.execute(
         "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
-    events = db.execute("SELECT event_id, event_context FROM outbox "
-                        "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
-                        (str(job_id),)).fetchall()
+    events = outbox_line_events(db, job_id)
     assert (len(entries), len(errors)) == (valid, invalid)
     assert not entries.keys() & errors, "lines stored both as entries and as errors"
     assert len(events) == valid, "outbox events are not one per entry"
     by_line = {e["event_context"]["line_no"]: e for e in events}
     assert by_line.keys() == entries.keys()
-    assert all(e["event_id"] == outbox.line_event_id(job_id, n) and
+    assert all(e["event_id"] == str(outbox.line_event_id(job_id, n)) and
                e["event_context"]["message"] == entries[n] for n, e in by_line.items())
     job = job_row(db, job_id)
     assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
     if content is not None:
         assert_stored_up_to_checkpoint(db, job_id, content)
+
+
+def outbox_line_events(db, job_id) -> list[dict]:
+    """The job's line events waiting in the outbox, in order, each as the relay reads it (its
+    JSONEachRow line, decoded): from the job's range rows, and from per-line rows (written
+    before ranges, or by a test)."""
+    ids = [r["id"] for r in db.execute(
+        "SELECT id FROM outbox WHERE job_id = %s OR (event_context->>'job_id' = %s "
+        "AND event_context ? 'line_no') ORDER BY id", (job_id, str(job_id)))]
+    return [json.loads(r.line) for r in relay.batch_rows(db, ids)] if ids else []
+
+
+def outbox_line_event(db, job_id, line_no: int) -> dict:
+    """One line's event, as outbox_line_events gives it."""
+    (event,) = [e for e in outbox_line_events(db, job_id)
+                if e["event_context"]["line_no"] == line_no]
+    return event
 
 
 def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
