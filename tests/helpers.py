@@ -443,6 +443,27 @@ def outbox_line_events(db, job_id) -> list[dict]:
     return [json.loads(r.line) for r in relay.batch_rows(db, ids)] if ids else []
 
 
+def legacy_line_rows(job_id, content: bytes, trace_id: str | None = None) -> list[tuple]:
+    """The per-line outbox rows the worker wrote before ranges (migration 0010) for the valid
+    canonical lines of `content`, built as it built them (the old lines.add_line): for the
+    tests of the upgrade and of the two paths giving the same event_log."""
+    job_id = uuid.UUID(str(job_id))
+    rows, trace = [], f', "trace_id": "{trace_id}"' if trace_id else ""
+    for line_no, raw in enumerate(file_lines(content), 1):
+        try:
+            entry = lines.parse_line(raw.rstrip(b"\n"), VALIDATOR)
+        except lines.InvalidLine:
+            continue
+        context = (f'{{"job_id": "{job_id}", "line_no": {line_no}, '
+                   f'"level": {json.dumps(entry["level"])}, '
+                   f'"service": {json.dumps(entry["service"])}, '
+                   f'"message": {json.dumps(entry["message"])}, '
+                   f'"context": {entry["context_json"]}{trace}}}')
+        rows.append((outbox.line_event_id(job_id, line_no), entry["event_type"],
+                      entry["timestamp"], entry["environment"], context, outbox.METADATA_VERSION))
+    return rows
+
+
 def outbox_line_event(db, job_id, line_no: int) -> dict:
     """One line's event, as outbox_line_events gives it."""
     (event,) = [e for e in outbox_line_events(db, job_id)
