@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -33,6 +34,7 @@ from helpers import (
     jsonl,
     logged_events,
     outbox_backlog,
+    outbox_line_events,
     publish_events,
     publish_to_queue,
     queued_messages,
@@ -604,9 +606,11 @@ async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once
         assert_exactly_once(db, job_id, valid=300, invalid=1, content=content)
         await wait_until(lambda: len(logged_events(relay_proc, "relay.clickhouse_unavailable"))
                          >= 2, what="the relay backing off")
-        held = [r["event_id"] for r in db.execute("SELECT event_id FROM outbox")]
-        lines_held = db.execute("SELECT count(*) AS n FROM outbox "
-                                "WHERE event_type NOT LIKE 'job.%%'").fetchone()["n"]
+        line_events = outbox_line_events(db, job_id)  # held as the job's ranges
+        held = [r["event_id"] for r in db.execute(
+            "SELECT event_id FROM outbox WHERE event_id IS NOT NULL")]
+        held += [uuid.UUID(e["event_id"]) for e in line_events]
+        lines_held = len(line_events)
         assert lines_held == 300 and not logged_events(relay_proc, "relay.batch_sent")
 
         server.start()
