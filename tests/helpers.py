@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import gzip
 import inspect
 import io
@@ -501,6 +502,23 @@ def publish_events(database_url: str, n: int, *, event_type: str = "test.event",
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         outbox.copy_events(cur, events)
     return [e.event_id for e in events]
+
+
+def publish_line_range(database_url: str, n: int) -> list[uuid.UUID]:
+    """n log entries of a new job and the outbox row naming their line range, in one
+    transaction, as the worker commits a batch; their event ids."""
+    job_id = uuid.uuid4()
+    when = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
+                    "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
+                    (job_id, n))
+        with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
+            for line_no in range(1, n + 1):
+                copy.write_row((job_id, line_no, when, "info", "svc", "test.line", "test",
+                                f"m{line_no}", json.dumps({"i": line_no})))
+        outbox.insert_line_range(cur, job_id, 1, n, n, None)
+    return [outbox.line_event_id(job_id, line_no) for line_no in range(1, n + 1)]
 
 
 def event_log_ids(ch) -> list[uuid.UUID]:

@@ -36,6 +36,7 @@ from helpers import (
     outbox_backlog,
     outbox_line_events,
     publish_events,
+    publish_line_range,
     publish_to_queue,
     queued_messages,
     read_event_log_ids,
@@ -433,8 +434,9 @@ def kill_one_holding_a_job(db, workers, rng):
 
 
 class Producer:
-    """Publishes events in small transactions on a thread, until stopped; `published` are
-    their ids."""
+    """Publishes events in small transactions on a thread, until stopped, by turns as
+    per-event rows and as a line range of a job's entries (the worker's batches); `published`
+    are their ids."""
 
     def __init__(self, database_url: str, batch: int = 40, pause_s: float = 0.02):
         self.database_url, self.batch, self.pause_s = database_url, batch, pause_s
@@ -457,6 +459,7 @@ class Producer:
         try:
             while not self._stop.is_set():
                 self.published += publish_events(self.database_url, self.batch)
+                self.published += publish_line_range(self.database_url, self.batch)
                 self._stop.wait(self.pause_s)
         except BaseException as exc:  # noqa: BLE001 - reported by __exit__
             self.errors.append(exc)
