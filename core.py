@@ -621,7 +621,8 @@ _QUERY_HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
 
 def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
     """The named `-- name: x --` queries of queries.sql, by name. A block another names as
-    `$x` is a fragment, not a query: its text (without its comment lines) is put in there."""
+    `$x` is a fragment, not a query: its text (without its comment lines) is put in there,
+    the fragments it names in turn put in it."""
     parts = _QUERY_HEADER.split(path.read_text())
     named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     used = {m.group(1) for body in named.values() for m in _FRAGMENT.finditer(body)} & set(named)
@@ -629,7 +630,8 @@ def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
                                  if not line.lstrip().startswith("--")) for name in used}
 
     def fragment(match: re.Match) -> str:
-        return fragments.get(match.group(1), match.group(0))
+        text = fragments.get(match.group(1))
+        return match.group(0) if text is None else _FRAGMENT.sub(fragment, text)
 
     return {name: _FRAGMENT.sub(fragment, body) for name, body in named.items()
             if name not in used}

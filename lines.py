@@ -3,7 +3,7 @@
 Pure logic, no I/O but the byte stream handed to `read_lines`: what a line means is decided
 here, and tested without any service (`tests/test_lines.py`); `worker.py` consumes messages and
 commits. `read_lines` splits a stream into lines in bounded memory, `add_line` puts one line's
-result into a `LineBatch` (a log entry and its outbox event, or a line error with its reason).
+result into a `LineBatch` (a log entry, or a line error with its reason).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from json.encoder import encode_basestring_ascii as json_str
 from typing import Any
 
 import jsonschema
@@ -25,7 +24,6 @@ import orjson
 
 import core
 import formats
-import outbox
 
 MAX_LINE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
@@ -63,7 +61,6 @@ class LineBatch:
     """Results of consecutive lines not yet committed, and where the file stands after them."""
 
     entries: list[tuple] = dataclasses.field(default_factory=list)
-    events: list[tuple] = dataclasses.field(default_factory=list)  # outbox rows
     errors: list[tuple] = dataclasses.field(default_factory=list)
     formats: dict[str, int] = dataclasses.field(default_factory=dict)  # valid lines per format
     lines: int = 0
@@ -117,21 +114,15 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
 NEWLINES = re.compile(rb"\n+")
 
 
-def trace_member(trace_id: str | None) -> str:
-    """The `"trace_id"` member of a job's line events, made once per job for add_line: the
-    id of the trace the job is part of (32 lower-case hex digits); "" when there is none."""
-    return f', "trace_id": "{trace_id}"' if trace_id else ""
-
-
 def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
-             validator, event_id: Callable[[int], str], mapping: Mapping | None = None,
-             trace: str = "", max_context_paths: int = MAX_CONTEXT_PATHS) -> None:
-    """Validate one line and put its result (entry + outbox event, or error) in the batch.
+             validator, mapping: Mapping | None = None,
+             max_context_paths: int = MAX_CONTEXT_PATHS) -> None:
+    """Validate one line and put its result (a log entry, or an error) in the batch.
 
-    This runs for every line of every file, so the event is built as a ready COPY row: the
-    context is serialised once and spliced into the event's JSON. `mapping` is the job's log
-    format (see parse_line); `trace` is the job's trace_member; `max_context_paths`
-    EH_MAX_CONTEXT_PATHS.
+    This runs for every line of every file, so the entry is a ready COPY row, its context
+    serialised once. Its event is not built here: the batch's outbox row names its line range,
+    and the relay builds the events from the entries (docs/design.md). `mapping` is the job's
+    log format (see parse_line); `max_context_paths` EH_MAX_CONTEXT_PATHS.
     """
     if raw is None:
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
@@ -148,18 +139,10 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
     except RecursionError:  # from json.loads, json.dumps or the walks over the value
         batch.errors.append((job_id, line_no, TOO_DEEP))
         return
-    context_json = entry["context_json"]
     batch.formats[entry["format"]] = batch.formats.get(entry["format"], 0) + 1
     batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
                           entry["event_type"], entry["environment"], entry["message"],
-                          context_json))
-    event_context = (
-        f'{{"job_id": "{job_id}", "line_no": {line_no}, "level": {json_str(entry["level"])}, '
-        f'"service": {json_str(entry["service"])}, "message": {json_str(entry["message"])}, '
-        f'"context": {context_json}{trace}}}'
-    )
-    batch.events.append((event_id(line_no), entry["event_type"], entry["timestamp"],
-                         entry["environment"], event_context, outbox.METADATA_VERSION))
+                          entry["context_json"]))
 
 
 class InvalidLine(Exception):

@@ -66,7 +66,8 @@ def make_event(
 
 def line_event_id(job_id: uuid.UUID, line_no: int) -> uuid.UUID:
     """The stable event id of a log line, uuid5(job_id, str(line_no)): re-processing the line
-    yields the same id."""
+    yields the same id. The relay computes it in SQL (sql/queries.sql: line_event_id) for the
+    events it builds from entries; tests/test_relay.py checks both agree."""
     return uuid.UUID(line_event_ids(job_id)(line_no))
 
 
@@ -118,10 +119,22 @@ def copy_events(cur, events: Iterable[Event]) -> None:
 
 def copy_outbox_rows(cur, rows: Iterable[tuple]) -> None:
     """COPY ready-made outbox rows: (event_id, event_type, event_date_time, environment,
-    event_context as JSON text, metadata_version). The worker's hot path uses this directly."""
+    event_context as JSON text, metadata_version)."""
     with cur.copy(core.QUERIES["copy_outbox"]) as copy:
         for row in rows:
             copy.write_row(row)
+    cur.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
+
+
+def insert_line_range(cur, job_id: uuid.UUID, first_line: int, last_line: int, events: int,
+                      trace_id: str | None) -> None:
+    """The line events of a batch of a job's entries, in the batch's transaction: one row
+    naming lines first_line..last_line, of which `events` are entries (log_entries). The relay
+    builds each event from its entry (sql/queries.sql: range_event_log_line), with the id
+    `line_event_id` gives and the trace `trace_id` (None: none)."""
+    cur.execute(core.QUERIES["insert_outbox_range"], {
+        "job_id": job_id, "first_line": first_line, "last_line": last_line, "events": events,
+        "trace_id": trace_id})
     cur.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
 
 

@@ -7,7 +7,9 @@ Postgres work overlaps another's ClickHouse insert. Each batch goes through thre
 its own transaction:
 
 1. claim: the oldest outbox rows (`FOR UPDATE SKIP LOCKED`) are recorded in outbox_batch with
-   their ids and a dedup token derived from them, and that record is committed;
+   their ids and a dedup token derived from them, and that record is committed. A row is one
+   event, or a range of a job's lines (one row per worker batch): its events are built from
+   the log entries, one per entry, when the batch is read (outbox_batch_rows);
 2. send: with its outbox_batch row locked, the batch is inserted into ClickHouse with the token
    as `insert_deduplication_token`, as the JSONEachRow lines Postgres built (nothing decoded);
 3. once ClickHouse has acknowledged, the outbox rows and the record are deleted, in that same
@@ -478,6 +480,7 @@ def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = Fa
     with span.step("relay.finish"):
         for part, error in dead:
             dead_letter_rows(conn, part, error)
+        left = [split_ranges(conn, part) for part in left]
         delete_batch(conn, batch, keep={r.id for part in left for r in part})
         for part in left:  # refused already: its next refusal salvages it at once
             record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
@@ -493,8 +496,14 @@ def without(rows: list, dead: list, left: list) -> list:
     """The rows of a batch but those dead-lettered or left for later by a salvage."""
     if not dead and not left:
         return rows
-    out = {r.id for part, _ in dead for r in part} | {r.id for part in left for r in part}
-    return [r for r in rows if r.id not in out]
+    out = {event_key(r) for part, _ in dead for r in part} | {event_key(r) for part in left
+                                                              for r in part}
+    return [r for r in rows if event_key(r) not in out]
+
+
+def event_key(row) -> tuple[int, int]:
+    """One event of a batch: its outbox row, and its line for a range row's (else 0)."""
+    return row.id, row.line_no
 
 
 def restore_missing(ch, rows: list) -> int:
@@ -596,16 +605,21 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
 
 def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[OutboxBatch, list] | None:
     """Claim the oldest unclaimed outbox rows and record them as a batch (committed), if due:
-    `max_rows` of them, or fewer once the oldest has waited `max_wait_s`. None otherwise.
-    The rows come as batch_rows gives them."""
+    rows of `max_rows` events (a range row counts its lines'), or fewer once the oldest has
+    waited `max_wait_s`. None otherwise. The events come as batch_rows gives them."""
     with conn.transaction():
         conn.execute(QUERIES["lock_outbox_claims"])
-        cur = conn.cursor(row_factory=namedtuple_row, binary=True)
-        rows = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
-        rows = without_recorded_rows(conn, rows)
-        if not rows or (len(rows) < max_rows and max(r.age_s for r in rows) < max_wait_s):
+        cur = conn.cursor(row_factory=namedtuple_row)
+        claimed = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
+        claimed = without_recorded_rows(conn, claimed)
+        if not claimed or (sum(r.events for r in claimed) < max_rows
+                           and max(r.age_s for r in claimed) < max_wait_s):
             return None  # commits nothing; the row locks go
-        return record_outbox_batch(conn, rows), rows
+        ids = [r.id for r in claimed]
+        rows = batch_rows(conn, ids)
+        # The ids claimed, not those of the events read: a range row of a deleted job has no
+        # event left, and goes with the batch all the same.
+        return record_outbox_batch(conn, rows, ids=ids), rows
 
 
 def without_recorded_rows(conn, rows: list) -> list:
@@ -620,8 +634,9 @@ def without_recorded_rows(conn, rows: list) -> list:
 
 
 def batch_token(rows: Sequence) -> str:
-    """The batch's insert_deduplication_token: a hash of its outbox ids and event ids, so the
-    same rows always get the same token, and another database's batch 1 does not collide."""
+    """The batch's insert_deduplication_token: a hash of its events' outbox ids and event ids,
+    so the same events always get the same token, and another database's batch 1 does not
+    collide."""
     digest = hashlib.sha256()
     for r in rows:
         digest.update(r.id.to_bytes(8, "big"))
@@ -629,9 +644,11 @@ def batch_token(rows: Sequence) -> str:
     return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
 
 
-def record_outbox_batch(conn, rows: list, attempts: int = 0) -> OutboxBatch:
-    """Record rows as a batch in outbox_batch, with their dedup token (caller's transaction)."""
-    ids = [r.id for r in rows]
+def record_outbox_batch(conn, rows: list, attempts: int = 0,
+                        ids: list[int] | None = None) -> OutboxBatch:
+    """Record events as a batch in outbox_batch, with their dedup token (caller's transaction):
+    the outbox rows `ids` (ascending; by default the events')."""
+    ids = ids or sorted({r.id for r in rows})
     return batch_query(conn, "record_outbox_batch", {
         "first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": batch_token(rows),
         "attempts": attempts}).fetchone()
@@ -653,7 +670,8 @@ def batch_query(conn, name: str, params: dict):
 
 
 def batch_rows(conn, ids: list[int]) -> list:
-    """A recorded batch's outbox rows, each with its JSONEachRow `line` (bytes)."""
+    """A recorded batch's events, each with its outbox row's id, its `line_no` (a range row's
+    line, else 0), its event_id and its JSONEachRow `line` (bytes)."""
     cur = conn.cursor(row_factory=namedtuple_row, binary=True)
     return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
 
@@ -667,9 +685,29 @@ def delete_batch(conn, batch: OutboxBatch, keep: set[int] = frozenset()) -> None
 
 
 def dead_letter_rows(conn, rows: list, error: str) -> None:
-    """Copy the rows to outbox_dead with the error (caller's transaction); delete_batch then
-    deletes them from the outbox."""
-    conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": [r.id for r in rows], "error": error})
+    """Copy the events to outbox_dead with the error (caller's transaction): a per-event row
+    as it is, a range row's event as built from its entry; delete_batch then deletes the rows
+    from the outbox."""
+    if ids := [r.id for r in rows if not r.line_no]:
+        conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": ids, "error": error})
+    if lines := [r for r in rows if r.line_no]:
+        conn.execute(QUERIES["dead_letter_line_events"], {
+            "ids": [r.id for r in lines], "lines": [r.line_no for r in lines], "error": error})
+
+
+def split_ranges(conn, part: list) -> list:
+    """A part of a batch a salvage left for later, its range rows' events moved to range rows
+    of their own, each holding just this part's lines of it (caller's transaction): the range
+    row they came from is deleted with the batch, and may have had other lines sent, refused
+    or left in another part. Per-event rows stay as they are."""
+    cur = conn.cursor(row_factory=tuple_row)
+    moved: dict[int, int] = {}
+    for range_id in dict.fromkeys(r.id for r in part if r.line_no):
+        lines = [r.line_no for r in part if r.id == range_id]
+        (moved[range_id],) = cur.execute(QUERIES["split_outbox_range"], {
+            "id": range_id, "first_line": lines[0], "last_line": lines[-1],
+            "events": len(lines)}).fetchone()
+    return [r._replace(id=moved[r.id]) if r.line_no else r for r in part]
 
 
 # --------------------------------------------------------------------------- deleted jobs

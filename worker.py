@@ -1,4 +1,4 @@
-"""The worker: turns each uploaded file into log entries, line errors and outbox events.
+"""The worker: turns each uploaded file into log entries, line errors and outbox rows.
 
     python worker.py
 
@@ -382,8 +382,6 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
     mapping = compile_format(job)
-    event_id = outbox.line_event_ids(job.job_id)
-    trace_json = lines.trace_member(core.current_trace_id())  # the job's trace: its upload's
     started = time.monotonic()
     line_no = job.lines_processed
     marks = progress_marks(job.lines_total, line_no)
@@ -397,8 +395,8 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
             batch.lines += count
             batch.bytes += size
             if count == 1:  # (a run of empty lines has nothing to add)
-                lines.add_line(batch, job.job_id, line_no, raw, validator, event_id, mapping,
-                               trace_json, settings.max_context_paths)
+                lines.add_line(batch, job.job_id, line_no, raw, validator, mapping,
+                               settings.max_context_paths)
             if settings.line_delay_max_s:
                 stop.wait(random.uniform(0, settings.line_delay_max_s))
             if stop.is_set():
@@ -452,6 +450,7 @@ class Committer:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
         self.trace_context = otel_context.get_current()  # the job's span, for each batch's
+        self.trace_id = core.current_trace_id()  # the job's trace (its upload's): its events'
 
     def submit(self, batch: lines.LineBatch) -> None:
         self.wait()
@@ -461,7 +460,7 @@ class Committer:
         with observe.span(tracer, "job.batch", context=self.trace_context, attributes={
                 "lines": batch.lines, "valid": len(batch.entries),
                 "invalid": len(batch.errors)}):
-            updated = write_batch(self.conn, job, batch, self.settings)
+            updated = write_batch(self.conn, job, batch, self.settings, self.trace_id)
         VALID_LINES.inc(len(batch.entries))  # committed: now they count
         INVALID_LINES.inc(len(batch.errors))
         crash_if(self.settings, "after_commit", updated.lines_processed)
@@ -550,15 +549,18 @@ def is_not_text(conn, job: jobs.Job) -> bool:
     return bool(row["all_encoding"])
 
 
-def write_batch(conn, job: jobs.Job, batch: lines.LineBatch,
-                settings: core.Settings) -> jobs.Job:
-    """Commit one batch: entries, outbox events, errors and the moved checkpoint, atomically."""
+def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: core.Settings,
+                trace_id: str | None = None) -> jobs.Job:
+    """Commit one batch atomically: entries, errors, the moved checkpoint and, for the
+    entries' events, one outbox row naming the batch's line range (`trace_id`: the trace the
+    events name)."""
     with conn.transaction(), conn.cursor() as cur:
         if batch.entries:
             with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
                 for row in batch.entries:
                     copy.write_row(row)
-            outbox.copy_outbox_rows(cur, batch.events)
+            outbox.insert_line_range(cur, job.job_id, batch.entries[0][1],
+                                     batch.entries[-1][1], len(batch.entries), trace_id)
         if batch.errors:
             with cur.copy(core.QUERIES["copy_line_errors"]) as copy:
                 for row in batch.errors:

@@ -34,7 +34,16 @@ What it does:
     /proc/PID/clear_refs before the upload when permitted) and the API's VmRSS before and
     after the upload. PIDs come from --worker-pid / --api-pid, else from a scan of /proc for
     a command line running worker.py / eventhorizon.py (it must find exactly one);
- 5. for comparison (canonical lines only), inserts a sample of the same lines (--pg-sample,
+ 5. prints the Postgres bytes written per valid line: the WAL written from the upload's start
+    to the job's completion (pg_current_wal_lsn, the whole server's: keep other work off it),
+    and how much the tables a job grows (log_entries, line_errors, outbox, outbox_batch, with
+    their indexes and TOAST) grew over the same span, in which the relay runs too;
+ 6. runs the reference loop of bench/ingest_limit.py (the least work per line: orjson,
+    jsonschema-rs, one COPY row per valid line, a transaction per 5,000 lines) on the same file
+    in one process and in as many as there are cores, right after the job (the same window),
+    and prints the end-to-end rate as a share of the second, the worker's of the first
+    (--no-limit skips it);
+ 7. for comparison (canonical lines only), inserts a sample of the same lines (--pg-sample,
     default 5,000; 0 skips)
     into a scratch table in Postgres (--database-url, default DATABASE_URL / core.Settings)
     with a naive loop of one INSERT and one COMMIT per row, and prints that rate in rows/s.
@@ -63,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
 import jobs  # noqa: E402
+from bench import ingest_limit  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compress", choices=("gzip", "zstd"),
                         help="after the plain run, upload the same lines compressed (.jsonl.gz "
                              "or .jsonl.zst) and print both end-to-end rates")
+    parser.add_argument("--no-limit", dest="limit", action="store_false",
+                        help="skip the reference loop (bench/ingest_limit.py) after the job")
     parser.add_argument("--otlp-receiver", type=int, metavar="PORT",
                         help="receive the stack's spans over OTLP/HTTP on 127.0.0.1:PORT while "
                              "the job runs, and label the figure 'tracing on' (start the stack "
@@ -126,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
               f"({time.perf_counter() - t:.1f} s)")
 
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
-        result, rate = run_once(args, path, gen, token, worker_pid, api_pid)
+        result, rate = run_once(args, path, gen, token, worker_pid, api_pid, database_url)
+        if args.limit and args.format == "eventhorizon" and rate:
+            compare_with_limit(path, database_url, result)
         if args.compress:
             compressed = compress_file(path, args.compress)
             print(f"\ncompressed {compressed.name} ({args.compress}): "
                   f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again")
-            packed, packed_rate = run_once(args, compressed, gen, token, worker_pid, api_pid)
+            packed, packed_rate = run_once(args, compressed, gen, token, worker_pid, api_pid,
+                                           database_url)
             if rate and packed_rate:
                 print(f"\nend to end      plain {rate:,.0f} valid lines/s, {args.compress} "
                       f"{packed_rate:,.0f} valid lines/s ({packed_rate / rate:.0%} of plain, "
@@ -147,19 +162,76 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid):
+def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid, database_url: str):
     """Upload one file, wait for its job, print the report; (result, valid lines/s end to
     end, or None if the job did not complete)."""
     hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
     api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
+    written = PostgresWrites(database_url)
     result = asyncio.run(with_otlp_receiver(
-        args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token)))
+        args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token,
+                                            written)))
     worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
     api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
     api_peak = proc_status_kib(api_pid, "VmHWM") if api_pid else None
     rate = report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
                   api_peak, hwm_reset)
+    if rate:
+        written.report(result["job"]["lines_valid"])
     return result, rate
+
+
+class PostgresWrites:
+    """What Postgres wrote over a job: WAL bytes (pg_current_wal_lsn, server-wide) and the
+    growth of the tables a job grows, from `start` (before the upload) to `stop` (the poller
+    saw the job finished)."""
+
+    TABLES = ("log_entries", "line_errors", "outbox", "outbox_batch")
+    QUERY = ("SELECT pg_current_wal_lsn()::text AS lsn, "
+             + ", ".join(f"pg_total_relation_size('{t}') AS {t}" for t in TABLES))
+
+    def __init__(self, database_url: str):
+        self.database_url = database_url
+        self.marks: list[dict] = []
+
+    def mark(self) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            self.marks.append(conn.execute(self.QUERY).fetchone())
+
+    def report(self, valid: int) -> None:
+        import psycopg
+
+        if len(self.marks) != 2 or not valid:
+            return
+        before, after = self.marks
+        with psycopg.connect(self.database_url) as conn:
+            (wal,) = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint",
+                                  (after["lsn"], before["lsn"])).fetchone()
+        grown = {t: after[t] - before[t] for t in self.TABLES}
+        print(f"Postgres WAL    {wal / MIB:8.1f} MiB -> {wal / valid:,.0f} bytes per valid line "
+              "(upload start -> completed; the whole server's)")
+        print(f"tables grew     {sum(grown.values()) / MIB:8.1f} MiB -> "
+              f"{sum(grown.values()) / valid:,.0f} bytes per valid line ("
+              + ", ".join(f"{t} {n / valid:,.0f}" for t, n in grown.items()) + ")")
+
+
+def compare_with_limit(path: Path, database_url: str, result: dict) -> None:
+    """The reference loop (bench/ingest_limit.py) on the same file, right after the job, in
+    one process and in as many as there are cores; the job's rates as shares of them."""
+    job = result["job"]
+    completed = dt.datetime.fromisoformat(job["completed_at"]).timestamp()
+    e2e = job["lines_valid"] / (completed - result["started_wall"])
+    worker = job["lines_valid"] / (completed - dt.datetime.fromisoformat(job["started_at"]).timestamp())
+    cores = os.cpu_count() or 1
+    one = ingest_limit.measure(path, database_url, 1)["rate"]
+    many = ingest_limit.measure(path, database_url, cores)["rate"] if cores > 1 else one
+    print(f"limit           {one:,.0f} valid lines/s in one process, {many:,.0f} in {cores} "
+          "(bench/ingest_limit.py, the same file, just after)")
+    print(f"against limit   end to end {e2e / many:.2f}x the {cores}-process loop; worker "
+          f"{worker:,.0f} valid lines/s, {worker / one:.2f}x the one-process loop")
 
 
 def compress_file(path: Path, compression: str) -> Path:
@@ -187,11 +259,14 @@ def read_dev_token() -> str:
     return path.read_text().strip()
 
 
-async def upload_and_wait(url: str, path: Path, timeout: float, token: str) -> dict:
-    """Upload the file (streamed), then poll its job until completed or failed."""
+async def upload_and_wait(url: str, path: Path, timeout: float, token: str,
+                          written: PostgresWrites) -> dict:
+    """Upload the file (streamed), then poll its job until completed or failed; `written`
+    is marked before the upload and once the job is seen finished."""
     session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=session_timeout, headers=headers) as session:
+        written.mark()
         started_wall = time.time()
         started = time.perf_counter()
         with path.open("rb") as f:
@@ -220,6 +295,7 @@ async def upload_and_wait(url: str, path: Path, timeout: float, token: str) -> d
                 last_print = time.perf_counter()
                 print(f"  {job['status']}: {job['lines_processed']:,}/{job['lines_total']:,} lines")
         observed_s = time.perf_counter() - started
+        written.mark()
         delivered_s = await wait_delivered(session, f"{url}/api/v1/jobs/{job_id}", job,
                                            started, deadline)
     return {"job": job, "upload_s": upload_s, "observed_s": observed_s,

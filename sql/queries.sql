@@ -146,6 +146,12 @@ VALUES (%(event_id)s, %(event_type)s, %(event_date_time)s, %(environment)s, %(ev
 -- name: copy_outbox --
 COPY outbox (event_id, event_type, event_date_time, environment, event_context, metadata_version) FROM STDIN;
 
+-- name: insert_outbox_range --
+-- A batch's line events, in the batch's transaction: the job's lines first_line..last_line,
+-- `events` of them valid (log_entries has them). The relay builds the events from the entries.
+INSERT INTO outbox (job_id, first_line, last_line, events, trace_id)
+VALUES (%(job_id)s, %(first_line)s, %(last_line)s, %(events)s, %(trace_id)s);
+
 -- name: copy_log_entries --
 COPY log_entries (job_id, line_no, timestamp, level, service, event_type, environment, message, context) FROM STDIN;
 
@@ -180,18 +186,53 @@ convert_to(json_build_object(
         WHEN o.event_context->>'job_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
         THEN (o.event_context->>'job_id')::uuid END), ''))::text, 'UTF8')
 
+-- name: line_event_id --
+-- A log entry `e`'s event id, outbox.line_event_id: the first 16 bytes of the SHA-1 of the job
+-- id's 16 bytes and the line number in decimal, marked version 5 and RFC 4122 variant. `d.h` is
+-- that digest (the queries join `$line_event_digest AS d`).
+encode(set_byte(set_byte(substr(d.h, 1, 16), 6, (get_byte(d.h, 6) & 15) | 80),
+                8, (get_byte(d.h, 8) & 63) | 128), 'hex')::uuid
+
+-- name: line_event_digest --
+LATERAL (SELECT digest(uuid_send(e.job_id) || convert_to(e.line_no::text, 'UTF8'), 'sha1') AS h)
+
+-- name: line_event_context --
+-- A log entry `e`'s event context, of its range row `o`: the members the worker wrote in a
+-- per-line row (jsonb orders them itself, so the text is the same).
+jsonb_build_object('job_id', e.job_id, 'line_no', e.line_no, 'level', e.level,
+                   'service', e.service, 'message', e.message, 'context', e.context)
+|| CASE WHEN o.trace_id IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('trace_id', o.trace_id) END
+
+-- name: range_event_log_line --
+-- event_log_line for a log entry `e` of a range row `o`, its job `j` (LEFT JOINed: '' for
+-- a job without an owner): the same line, byte for byte, a per-line row of it gave.
+convert_to(json_build_object(
+    'event_id', $line_event_id,
+    'event_type', e.event_type,
+    'event_date_time', floor(extract(epoch FROM e.timestamp))::bigint,
+    'event_time', to_char(e.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'),
+    'environment', e.environment,
+    'event_context', $line_event_context,
+    'metadata_version', 1::bigint,
+    'owner', coalesce(j.owner, ''))::text, 'UTF8')
+
 -- name: claim_outbox_batch --
--- The oldest rows no other relay holds and no recorded batch covers. The caller re-reads
+-- The oldest rows no other relay holds and no recorded batch covers, up to max_rows events (a
+-- range row counts its events; the first row is taken whatever its size). The caller re-reads
 -- outbox_batch (outbox_batch_overlap) in a new statement before recording them: a batch
 -- recorded after this statement's snapshot was taken is only visible there.
-SELECT o.id, o.event_id, o.created_at,
-       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s,
-       $event_log_line AS line
-FROM outbox o
-WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
-ORDER BY o.id
-LIMIT %(max_rows)s
-FOR UPDATE OF o SKIP LOCKED;
+WITH locked AS (
+    SELECT o.id, coalesce(o.events, 1) AS events, o.created_at
+    FROM outbox o
+    WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
+    ORDER BY o.id
+    LIMIT %(max_rows)s
+    FOR UPDATE OF o SKIP LOCKED
+)
+SELECT id, events, extract(epoch FROM clock_timestamp() - created_at)::float8 AS age_s
+FROM (SELECT *, sum(events) OVER (ORDER BY id) AS upto FROM locked) l
+WHERE upto - events < %(max_rows)s
+ORDER BY id;
 
 -- name: lock_outbox_claims --
 -- Relays claim one at a time: each claim then sees the batches recorded before it and takes
@@ -221,13 +262,30 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: outbox_batch_rows --
--- A recorded batch's rows, as claim_outbox_batch gives them.
-SELECT o.id, o.event_id, o.created_at,
+-- A recorded batch's events, in order: a per-event row's (line_no 0), and a range row's, one
+-- per log entry in its range (none once its job is deleted), each with its JSONEachRow `line`.
+SELECT o.id, o.event_id, 0::bigint AS line_no, o.created_at,
        extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s,
        $event_log_line AS line
 FROM outbox o
-WHERE o.id = ANY(%(ids)s)
-ORDER BY id;
+WHERE o.id = ANY(%(ids)s) AND o.job_id IS NULL
+UNION ALL
+SELECT o.id, $line_event_id AS event_id, e.line_no, o.created_at,
+       extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_s,
+       $range_event_log_line AS line
+FROM outbox o
+JOIN log_entries e ON e.job_id = o.job_id AND e.line_no BETWEEN o.first_line AND o.last_line
+CROSS JOIN $line_event_digest AS d
+LEFT JOIN jobs j ON j.job_id = o.job_id
+WHERE o.id = ANY(%(ids)s) AND o.job_id IS NOT NULL
+ORDER BY id, line_no;
+
+-- name: split_outbox_range --
+-- Part of a range row, as a row of its own (a salvage leaves that part for later).
+INSERT INTO outbox (job_id, first_line, last_line, events, trace_id, created_at)
+SELECT job_id, %(first_line)s, %(last_line)s, %(events)s, trace_id, created_at
+FROM outbox WHERE id = %(id)s
+RETURNING id;
 
 -- name: delete_outbox_rows --
 DELETE FROM outbox WHERE id = ANY(%(ids)s);
@@ -246,12 +304,25 @@ INSERT INTO outbox_dead (id, event_id, event_type, event_date_time, environment,
 SELECT id, event_id, event_type, event_date_time, environment, event_context,
        metadata_version, created_at, %(error)s
 FROM outbox
-WHERE id = ANY(%(ids)s);
+WHERE id = ANY(%(ids)s) AND job_id IS NULL;
+
+-- name: dead_letter_line_events --
+-- Line events of range rows, each whole as outbox_batch_rows built it, under its row's id and line.
+INSERT INTO outbox_dead (id, line_no, event_id, event_type, event_date_time, environment,
+                         event_context, metadata_version, created_at, error)
+SELECT o.id, e.line_no, $line_event_id, e.event_type, e.timestamp, e.environment,
+       $line_event_context, 1, o.created_at, %(error)s
+FROM unnest(%(ids)s::bigint[], %(lines)s::bigint[]) AS x(id, line_no)
+JOIN outbox o ON o.id = x.id
+JOIN log_entries e ON e.job_id = o.job_id AND e.line_no = x.line_no
+CROSS JOIN $line_event_digest AS d;
 
 -- name: outbox_pending --
--- What the next claim would find: up to max_rows unclaimed rows and the age of the oldest.
-SELECT count(*) AS rows, coalesce(max(age_s), 0)::float8 AS oldest_age_s
-FROM (SELECT extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
+-- What the next claim would find: the events of up to max_rows unclaimed rows and the age of
+-- the oldest.
+SELECT coalesce(sum(events), 0)::bigint AS rows, coalesce(max(age_s), 0)::float8 AS oldest_age_s
+FROM (SELECT extract(epoch FROM clock_timestamp() - o.created_at) AS age_s,
+             coalesce(o.events, 1) AS events
       FROM outbox o
       WHERE NOT EXISTS (SELECT 1 FROM outbox_batch b WHERE o.id BETWEEN b.first_id AND b.last_id)
       ORDER BY o.id
@@ -262,7 +333,8 @@ FROM (SELECT extract(epoch FROM clock_timestamp() - o.created_at) AS age_s
 SELECT o.backlog,
        coalesce(extract(epoch FROM clock_timestamp() - o.oldest), 0)::float8 AS oldest_age_s,
        (SELECT count(*) FROM outbox_dead) AS dead
-FROM (SELECT count(*) AS backlog, min(created_at) AS oldest FROM outbox) o;
+FROM (SELECT coalesce(sum(coalesce(events, 1)), 0)::bigint AS backlog, min(created_at) AS oldest
+      FROM outbox) o;
 
 -- access -------------------------------------------------------------------------------------
 
@@ -323,6 +395,15 @@ DELETE FROM jobs WHERE job_id = %(job_id)s;
 -- name: delete_dead_events_of_job --
 DELETE FROM outbox_dead WHERE event_context->>'job_id' = %(job_id)s::text;
 
+-- name: delete_outbox_ranges_of_job --
+-- The job's range rows no recorded batch holds (the caller holds lock_outbox_claims, so no
+-- claim is taking them): their entries are gone with the job. A batch holding one sends what
+-- it read and deletes it; take_pending_deletions waits for that.
+DELETE FROM outbox o
+WHERE o.job_id = %(job_id)s
+  AND NOT EXISTS (SELECT 1 FROM outbox_batch b
+                  WHERE o.id BETWEEN b.first_id AND b.last_id AND o.id = ANY(b.ids));
+
 -- name: job_deleted --
 SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;
 
@@ -335,6 +416,7 @@ SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;
 SELECT d.job_id FROM job_deletions d
 WHERE d.clickhouse_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_context->>'job_id' = d.job_id::text)
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = d.job_id)
 ORDER BY d.deleted_at
 LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED;
@@ -382,11 +464,13 @@ ORDER BY name;
 DELETE FROM log_formats WHERE owner = %(owner)s AND name = %(name)s RETURNING name;
 
 -- name: job_delivery --
--- The job's line events still waiting in the outbox, and those ClickHouse refused (by the
--- outbox_*_job_id_idx indexes). Line events have a line_no; lifecycle events do not.
+-- The job's line events still waiting in the outbox (its range rows' events, and per-line rows
+-- written before ranges), and those ClickHouse refused (by the outbox_*job_id_idx indexes).
+-- Line events have a line_no; lifecycle events do not.
 SELECT
     (SELECT count(*) FROM outbox WHERE event_context ->> 'job_id' = %(job_id)s::text
-       AND event_context ? 'line_no') AS waiting,
+       AND event_context ? 'line_no')
+    + (SELECT coalesce(sum(events), 0) FROM outbox WHERE job_id = %(job_id)s::uuid) AS waiting,
     (SELECT count(*) FROM outbox_dead WHERE event_context ->> 'job_id' = %(job_id)s::text
        AND event_context ? 'line_no') AS dead;
 

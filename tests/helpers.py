@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import gzip
 import inspect
 import io
@@ -409,8 +410,8 @@ def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
 def assert_exactly_once(db, job_id, valid: int, invalid: int,
                         content: bytes | None = None) -> None:
     """Every line's result is stored once, and under its own number: each line is an entry or
-    an error (never both), each entry has one outbox event, with the entry's event id and
-    line, and the job's counts agree. Given the file (canonical lines), each entry's message
+    an error (never both), each entry has one event waiting in the outbox (as the relay reads
+    it), with the entry's event id and line, and the job's counts agree. Given the file (canonical lines), each entry's message
     is the one its line has in the file, and nothing is stored past the checkpoint: a resume
     from the wrong byte offset keeps every count right and shifts the lines, which only the
     content shows."""
@@ -419,20 +420,56 @@ def assert_exactly_once(db, job_id, valid: int, invalid: int,
         "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
     errors = {r["line_no"] for r in db.execute(
         "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
-    events = db.execute("SELECT event_id, event_context FROM outbox "
-                        "WHERE event_context->>'job_id' = %s AND event_type NOT LIKE 'job.%%'",
-                        (str(job_id),)).fetchall()
+    events = outbox_line_events(db, job_id)
     assert (len(entries), len(errors)) == (valid, invalid)
     assert not entries.keys() & errors, "lines stored both as entries and as errors"
     assert len(events) == valid, "outbox events are not one per entry"
     by_line = {e["event_context"]["line_no"]: e for e in events}
     assert by_line.keys() == entries.keys()
-    assert all(e["event_id"] == outbox.line_event_id(job_id, n) and
+    assert all(e["event_id"] == str(outbox.line_event_id(job_id, n)) and
                e["event_context"]["message"] == entries[n] for n, e in by_line.items())
     job = job_row(db, job_id)
     assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
     if content is not None:
         assert_stored_up_to_checkpoint(db, job_id, content)
+
+
+def outbox_line_events(db, job_id) -> list[dict]:
+    """The job's line events waiting in the outbox, in order, each as the relay reads it (its
+    JSONEachRow line, decoded): from the job's range rows, and from per-line rows (written
+    before ranges, or by a test)."""
+    ids = [r["id"] for r in db.execute(
+        "SELECT id FROM outbox WHERE job_id = %s OR (event_context->>'job_id' = %s "
+        "AND event_context ? 'line_no') ORDER BY id", (job_id, str(job_id)))]
+    return [json.loads(r.line) for r in relay.batch_rows(db, ids)] if ids else []
+
+
+def legacy_line_rows(job_id, content: bytes, trace_id: str | None = None) -> list[tuple]:
+    """The per-line outbox rows the worker wrote before ranges (migration 0010) for the valid
+    canonical lines of `content`, built as it built them (the old lines.add_line): for the
+    tests of the upgrade and of the two paths giving the same event_log."""
+    job_id = uuid.UUID(str(job_id))
+    rows, trace = [], f', "trace_id": "{trace_id}"' if trace_id else ""
+    for line_no, raw in enumerate(file_lines(content), 1):
+        try:
+            entry = lines.parse_line(raw.rstrip(b"\n"), VALIDATOR)
+        except lines.InvalidLine:
+            continue
+        context = (f'{{"job_id": "{job_id}", "line_no": {line_no}, '
+                   f'"level": {json.dumps(entry["level"])}, '
+                   f'"service": {json.dumps(entry["service"])}, '
+                   f'"message": {json.dumps(entry["message"])}, '
+                   f'"context": {entry["context_json"]}{trace}}}')
+        rows.append((outbox.line_event_id(job_id, line_no), entry["event_type"],
+                      entry["timestamp"], entry["environment"], context, outbox.METADATA_VERSION))
+    return rows
+
+
+def outbox_line_event(db, job_id, line_no: int) -> dict:
+    """One line's event, as outbox_line_events gives it."""
+    (event,) = [e for e in outbox_line_events(db, job_id)
+                if e["event_context"]["line_no"] == line_no]
+    return event
 
 
 def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
@@ -465,6 +502,23 @@ def publish_events(database_url: str, n: int, *, event_type: str = "test.event",
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         outbox.copy_events(cur, events)
     return [e.event_id for e in events]
+
+
+def publish_line_range(database_url: str, n: int) -> list[uuid.UUID]:
+    """n log entries of a new job and the outbox row naming their line range, in one
+    transaction, as the worker commits a batch; their event ids."""
+    job_id = uuid.uuid4()
+    when = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
+                    "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
+                    (job_id, n))
+        with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
+            for line_no in range(1, n + 1):
+                copy.write_row((job_id, line_no, when, "info", "svc", "test.line", "test",
+                                f"m{line_no}", json.dumps({"i": line_no})))
+        outbox.insert_line_range(cur, job_id, 1, n, n, None)
+    return [outbox.line_event_id(job_id, line_no) for line_no in range(1, n + 1)]
 
 
 def event_log_ids(ch) -> list[uuid.UUID]:

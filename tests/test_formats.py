@@ -380,8 +380,7 @@ def test_auto_maps_a_file_mixing_formats_line_by_line():
     batch = lines.LineBatch()
     mapping = mappings.compile_format("auto")
     for line_no, line in enumerate(mixed, 1):
-        lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR,
-                       str, mapping)
+        lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR, mapping)
     assert batch.errors == []
     assert batch.formats == {"pino": 1, "zap": 1, "ecs": 1, "eventhorizon": 1, "bunyan": 1,
                              "logrus": 1, "otel": 1, "python-json-logger": 1, "structlog": 1}

@@ -549,7 +549,7 @@ def test_the_jobs_counts_say_which_mapping_each_line_took():
     batch = lines.LineBatch()
     mapping = mappings.compile_format("auto")
     for line_no, line in enumerate(mixed, 1):
-        lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR, str, mapping)
+        lines.add_line(batch, uuid.uuid4(), line_no, line.encode(), VALIDATOR, mapping)
     assert batch.formats == {"pino": 1, "generic": 4, "zap": 1}
     assert [(line_no, reason[:26]) for _, line_no, reason in batch.errors] == [
         (7, "generic: no time: none of ")]
@@ -574,7 +574,7 @@ def test_canonical_lines_with_mistakes_are_still_refused_as_canonical():
     batch = lines.LineBatch()
     mapping = mappings.compile_format("auto")
     for line_no, raw in enumerate(sample, 1):
-        lines.add_line(batch, uuid.uuid4(), line_no, raw, VALIDATOR, str, mapping)
+        lines.add_line(batch, uuid.uuid4(), line_no, raw, VALIDATOR, mapping)
     assert len(batch.errors) == 16 and list(batch.formats) == ["eventhorizon"]
     assert not [reason for _, _, reason in batch.errors if reason.startswith("generic")]
 

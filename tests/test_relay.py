@@ -35,6 +35,7 @@ from helpers import (
     log_lines,
     outbox_status,
     publish_events,
+    publish_line_range,
     read_event_log_ids,
     settings_env,
     wait_for,
@@ -275,16 +276,21 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     assert [d["event_id"] for d in db.execute("SELECT event_id FROM outbox_dead")] == [bad]
 
 
+@pytest.mark.parametrize("rows", ["events", "line_ranges"])
 def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_restored(
-        db, each_settings):
+        db, each_settings, rows):
     """ClickHouse writes an insert's dedup token before it commits the insert's part; a
     ClickHouse process that dies between the two leaves the token without the rows. Made here
     by hand: a batch is claimed and recorded, and its token used up by another insert whose
     row is then deleted. The re-send is dropped as a duplicate; the relay finds the batch's
     events missing and inserts them under a token of their own, once. Broken, this looks like:
-    the batch deleted from the outbox and none of its events in event_log."""
+    the batch deleted from the outbox and none of its events in event_log. The same with line
+    events, as ranges of 20 lines."""
     settings = each_settings
-    published = publish_events(settings.database_url, 120)
+    if rows == "events":
+        published = publish_events(settings.database_url, 120)
+    else:
+        published = [i for _ in range(6) for i in publish_line_range(settings.database_url, 20)]
     batch, _rows = relay.claim_batch(db, 100, 0.0)
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         stranger = outbox.make_event("test.stranger", {}, environment="test")
@@ -468,7 +474,8 @@ def stop_relay(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> 
         raise AssertionError(f"relay.py did not stop within 10 s of {sig.name}") from None
 
 
-def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings, tmp_path):
+@pytest.mark.parametrize("rows", ["events", "line_ranges"])
+def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings, tmp_path, rows):
     """SIGKILL after ClickHouse took a batch and before Postgres committed; then more events
     arrive, and a relay with a larger batch size takes over. The recorded batch is re-sent with
     the same rows and token (ClickHouse drops it); only the rest is new. The crashing relay
@@ -477,9 +484,12 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     lane's insert may be killed after ClickHouse logged its dedup token and before it committed
     its rows, and only relay.restore_missing gets them in (this test, on a busy machine, lost
     100 of 360 events before it). (The three-relay test in test_faults.py kills relays at
-    random moments on the server.)"""
+    random moments on the server.) The same with line events, as ranges of 25 lines."""
     relay_settings = each_settings
-    published = publish_events(relay_settings.database_url, 300)
+    if rows == "events":
+        published = publish_events(relay_settings.database_url, 300)
+    else:
+        published = [i for _ in range(12) for i in publish_line_range(relay_settings.database_url, 25)]
     crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
                            RELAY_LANES="2", EH_RELAY_CRASH_AFTER_INSERT="1")
     assert crashing.wait(30) == -signal.SIGKILL

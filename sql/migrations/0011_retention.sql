@@ -2,7 +2,7 @@
 -- (retention.py; `retention set`, PUT /api/v1/admin/owners/{owner}/retention). An owner
 -- without a row keeps EH_RETENTION_DAYS; a row whose days is NULL keeps its jobs for ever,
 -- whatever the default.
--- depends: 0009_compression
+-- depends: 0010_outbox_ranges
 
 CREATE TABLE owner_retention (
     owner   text PRIMARY KEY CHECK (owner ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$'),
