@@ -48,7 +48,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -62,13 +61,14 @@ from collections.abc import Callable, Sequence
 import psycopg
 import structlog
 from opentelemetry import trace
-from psycopg.rows import class_row, namedtuple_row, tuple_row
+from psycopg.rows import tuple_row
 
 import clickhouse_errors
 import core
 import event_log
 import observe
 import outbox
+import outbox_batches
 import stopping
 from core import QUERIES
 
@@ -219,7 +219,7 @@ def wait_for_work(pg, listener, settings: core.Settings, stop: stopping.Stopper)
     """Sleep until a batch may be due: rows arrive (NOTIFY), a small batch's wait is over, or
     RELAY_POLL_S passes (the fallback that also picks up batches another relay left behind)."""
     max_rows = settings.relay_batch_max_rows
-    pending, oldest_age_s = outbox_pending(pg, max_rows)
+    pending, oldest_age_s = outbox_batches.outbox_pending(pg, max_rows)
     if pending == 0:
         if stop.wait_readable(settings.relay_poll_s, listener):
             drain_notifies(listener)
@@ -234,7 +234,7 @@ def wait_for_work(pg, listener, settings: core.Settings, stop: stopping.Stopper)
     while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
         if stop.wait_readable(min(remaining, settings.relay_poll_s), listener):
             drain_notifies(listener)
-            if outbox_pending(pg, max_rows)[0] >= max_rows:
+            if outbox_batches.outbox_pending(pg, max_rows)[0] >= max_rows:
                 return  # a full batch needs no more waiting
             stop.wait(min(RECHECK_EVERY_S, max(deadline - time.monotonic(), 0.0)))
 
@@ -284,21 +284,10 @@ class BatchRejected(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class OutboxBatch:
-    """A recorded batch (a row of outbox_batch): its outbox ids (ascending) and the dedup token
-    it is always sent with."""
-
-    batch_id: int
-    ids: list[int]
-    token: str
-    attempts: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
 class Delivery:
     """What happened to one batch, logged by relay_once once its transaction has committed."""
 
-    batch: OutboxBatch
+    batch: outbox_batches.OutboxBatch
     rows: int = 0
     nbytes: int = 0
     lag_s: float = 0.0
@@ -343,19 +332,20 @@ def take_and_deliver(conn, ch, settings: core.Settings, span: BatchSpan,
                      after_insert: Callable[[list], None] | None) -> Delivery | None:
     """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():
-        batch = take_unfinished_batch(conn)
+        batch = outbox_batches.take_unfinished_batch(conn)
         if batch is not None:
-            rows = batch_rows(conn, batch.ids)
+            rows = outbox_batches.batch_rows(conn, batch.ids)
             span.claimed(batch, rows, resent=True)
             return deliver_batch(conn, ch, batch, rows, resent=True, after_insert=after_insert,
                                  span=span)
-    claimed = claim_batch(conn, settings.relay_batch_max_rows, settings.relay_batch_max_wait_s)
+    claimed = outbox_batches.claim_batch(conn, settings.relay_batch_max_rows,
+                                         settings.relay_batch_max_wait_s)
     if claimed is None:
         return None
     batch, rows = claimed
     with conn.transaction():
         # Locked, a recorded batch's rows stay as they were read: only its holder deletes them.
-        if lock_batch(conn, batch.batch_id) is None:
+        if outbox_batches.lock_batch(conn, batch.batch_id) is None:
             return None  # another relay took it over in the moment between; it sends it
         span.claimed(batch, rows)
         return deliver_batch(conn, ch, batch, rows, after_insert=after_insert, span=span)
@@ -373,7 +363,8 @@ class BatchSpan:
         self.start_ns = time.time_ns()
         self.span: trace.Span | None = None
 
-    def claimed(self, batch: OutboxBatch, rows: Sequence, *, resent: bool = False) -> None:
+    def claimed(self, batch: outbox_batches.OutboxBatch, rows: Sequence, *,
+                resent: bool = False) -> None:
         self.span = tracer.start_span("relay.batch", start_time=self.start_ns,
                                       links=event_links(rows), attributes={
                                           "batch.id": batch.batch_id, "rows": len(rows),
@@ -453,7 +444,7 @@ def count_delivery(delivery: Delivery) -> None:
     observe.RELAY_LAG.observe(delivery.lag_s)
 
 
-def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = False,
+def deliver_batch(conn, ch, batch: outbox_batches.OutboxBatch, rows: list, *, resent: bool = False,
                   after_insert: Callable[[list], None] | None = None,
                   span: BatchSpan | None = None) -> Delivery:
     """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
@@ -479,11 +470,11 @@ def deliver_batch(conn, ch, batch: OutboxBatch, rows: list, *, resent: bool = Fa
                 approx_bytes += restore_missing(ch, without(rows, dead, left))
     with span.step("relay.finish"):
         for part, error in dead:
-            dead_letter_rows(conn, part, error)
-        left = [split_ranges(conn, part) for part in left]
-        delete_batch(conn, batch, keep={r.id for part in left for r in part})
+            outbox_batches.dead_letter_rows(conn, part, error)
+        left = [outbox_batches.split_ranges(conn, part) for part in left]
+        outbox_batches.delete_batch(conn, batch, keep={r.id for part in left for r in part})
         for part in left:  # refused already: its next refusal salvages it at once
-            record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
+            outbox_batches.record_outbox_batch(conn, part, attempts=DEAD_AFTER_ATTEMPTS - 1)
     lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
     dead_rows = sum(len(part) for part, _ in dead)
     left_rows = sum(len(part) for part in left)
@@ -521,7 +512,8 @@ def restore_missing(ch, rows: list) -> int:
         return 0
     log.warning("relay.batch_restored", rows=len(missing), of=len(rows))
     try:
-        return event_log.insert_batch(ch, missing, f"{batch_token(missing)}-{os.urandom(4).hex()}")
+        token = f"{outbox_batches.batch_token(missing)}-{os.urandom(4).hex()}"
+        return event_log.insert_batch(ch, missing, token)
     except Exception as exc:
         raise event_log.ClickHouseUnavailable(event_log.describe(exc)) from exc
 
@@ -560,7 +552,7 @@ def refusal(exc: Exception) -> str:
     return event_log.describe(exc)
 
 
-def count_refusal(conn, batch: OutboxBatch, error: str) -> int:
+def count_refusal(conn, batch: outbox_batches.OutboxBatch, error: str) -> int:
     """Count ClickHouse's refusal of a batch (caller's transaction); returns the count."""
     cur = conn.cursor(row_factory=tuple_row)
     (attempts,) = cur.execute(QUERIES["reject_outbox_batch"],
@@ -593,7 +585,7 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
         middle = len(part) // 2
         for half in (part[:middle], part[middle:]):
             try:
-                sent_bytes += event_log.insert_batch(ch, half, batch_token(half))
+                sent_bytes += event_log.insert_batch(ch, half, outbox_batches.batch_token(half))
             except Exception as exc:
                 refused.append((half, refusal(exc)))
                 refusals += 1
@@ -601,126 +593,6 @@ def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] 
                 if after_insert is not None:
                     after_insert(half)
     return sent_bytes, dead, left
-
-
-def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[OutboxBatch, list] | None:
-    """Claim the oldest unclaimed outbox rows and record them as a batch (committed), if due:
-    rows of `max_rows` events (a range row counts its lines'), or fewer once the oldest has
-    waited `max_wait_s`. None otherwise. The events come as batch_rows gives them."""
-    with conn.transaction():
-        conn.execute(QUERIES["lock_outbox_claims"])
-        cur = conn.cursor(row_factory=namedtuple_row)
-        claimed = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
-        claimed = without_recorded_rows(conn, claimed)
-        if not claimed or (sum(r.events for r in claimed) < max_rows
-                           and max(r.age_s for r in claimed) < max_wait_s):
-            return None  # commits nothing; the row locks go
-        ids = [r.id for r in claimed]
-        rows = batch_rows(conn, ids)
-        # The ids claimed, not those of the events read: a range row of a deleted job has no
-        # event left, and goes with the batch all the same.
-        return record_outbox_batch(conn, rows, ids=ids), rows
-
-
-def without_recorded_rows(conn, rows: list) -> list:
-    """Drop rows another batch was recorded with after the claim's snapshot was taken (its
-    relay released them by dying between our snapshot and our lock)."""
-    if not rows:
-        return rows
-    cur = conn.cursor(row_factory=tuple_row)
-    taken = {i for (i,) in cur.execute(QUERIES["outbox_batch_overlap"],
-                                       {"first_id": rows[0].id, "last_id": rows[-1].id})}
-    return [r for r in rows if r.id not in taken] if taken else rows
-
-
-def batch_token(rows: Sequence) -> str:
-    """The batch's insert_deduplication_token: a hash of its events' outbox ids and event ids,
-    so the same events always get the same token, and another database's batch 1 does not
-    collide."""
-    digest = hashlib.sha256()
-    for r in rows:
-        digest.update(r.id.to_bytes(8, "big"))
-        digest.update(r.event_id.bytes)
-    return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
-
-
-def record_outbox_batch(conn, rows: list, attempts: int = 0,
-                        ids: list[int] | None = None) -> OutboxBatch:
-    """Record events as a batch in outbox_batch, with their dedup token (caller's transaction):
-    the outbox rows `ids` (ascending; by default the events')."""
-    ids = ids or sorted({r.id for r in rows})
-    return batch_query(conn, "record_outbox_batch", {
-        "first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": batch_token(rows),
-        "attempts": attempts}).fetchone()
-
-
-def take_unfinished_batch(conn) -> OutboxBatch | None:
-    """Lock the oldest recorded batch no relay is sending (caller's transaction)."""
-    return batch_query(conn, "take_unfinished_outbox_batch", {}).fetchone()
-
-
-def lock_batch(conn, batch_id: int) -> OutboxBatch | None:
-    """Lock a recorded batch (caller's transaction); None if gone or another relay has it."""
-    return batch_query(conn, "lock_outbox_batch", {"batch_id": batch_id}).fetchone()
-
-
-def batch_query(conn, name: str, params: dict):
-    """Run a named query returning outbox_batch rows; its cursor yields OutboxBatches."""
-    return conn.cursor(row_factory=class_row(OutboxBatch)).execute(QUERIES[name], params)
-
-
-def batch_rows(conn, ids: list[int]) -> list:
-    """A recorded batch's events, each with its outbox row's id, its `line_no` (a range row's
-    line, else 0), its event_id and its JSONEachRow `line` (bytes)."""
-    cur = conn.cursor(row_factory=namedtuple_row, binary=True)
-    return cur.execute(QUERIES["outbox_batch_rows"], {"ids": ids}).fetchall()
-
-
-def delete_batch(conn, batch: OutboxBatch, keep: set[int] = frozenset()) -> None:
-    """Delete the batch's outbox rows but those in `keep`, and its record (caller's
-    transaction)."""
-    ids = [i for i in batch.ids if i not in keep] if keep else batch.ids
-    conn.execute(QUERIES["delete_outbox_rows"], {"ids": ids})
-    conn.execute(QUERIES["delete_outbox_batch"], {"batch_id": batch.batch_id})
-
-
-def dead_letter_rows(conn, rows: list, error: str) -> None:
-    """Copy the events to outbox_dead with the error (caller's transaction): a per-event row
-    as it is, a range row's event as built from its entry; delete_batch then deletes the rows
-    from the outbox."""
-    if ids := [r.id for r in rows if not r.line_no]:
-        conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": ids, "error": error})
-    if lines := [r for r in rows if r.line_no]:
-        conn.execute(QUERIES["dead_letter_line_events"], {
-            "ids": [r.id for r in lines], "lines": [r.line_no for r in lines], "error": error})
-
-
-def split_ranges(conn, part: list) -> list:
-    """A part of a batch a salvage left for later, its range rows' events moved to range rows
-    of their own, each holding just this part's lines of it (caller's transaction): the range
-    row they came from is deleted with the batch, and may have had other lines sent, refused
-    or left in another part. Per-event rows stay as they are."""
-    cur = conn.cursor(row_factory=tuple_row)
-    moved: dict[int, int] = {}
-    for range_id in dict.fromkeys(r.id for r in part if r.line_no):
-        lines = [r.line_no for r in part if r.id == range_id]
-        (moved[range_id],) = cur.execute(QUERIES["split_outbox_range"], {
-            "id": range_id, "first_line": lines[0], "last_line": lines[-1],
-            "events": len(lines)}).fetchone()
-    return [r._replace(id=moved[r.id]) if r.line_no else r for r in part]
-
-
-# --------------------------------------------------------------------------- deleted jobs
-
-
-# --------------------------------------------------------------------------- status
-
-
-def outbox_pending(conn, max_rows: int) -> tuple[int, float]:
-    """Unclaimed rows (counting at most `max_rows`) and the age of the oldest of them, in s."""
-    rows, oldest_age_s = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["outbox_pending"], {"max_rows": max_rows}).fetchone()
-    return rows, oldest_age_s
 
 
 if __name__ == "__main__":

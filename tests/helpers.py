@@ -44,6 +44,7 @@ import jobs
 import lines
 import mappings
 import outbox
+import outbox_batches
 import relay
 import uploads
 import worker
@@ -441,7 +442,7 @@ def outbox_line_events(db, job_id) -> list[dict]:
     ids = [r["id"] for r in db.execute(
         "SELECT id FROM outbox WHERE job_id = %s OR (event_context->>'job_id' = %s "
         "AND event_context ? 'line_no') ORDER BY id", (job_id, str(job_id)))]
-    return [json.loads(r.line) for r in relay.batch_rows(db, ids)] if ids else []
+    return [json.loads(r.line) for r in outbox_batches.batch_rows(db, ids)] if ids else []
 
 
 def legacy_line_rows(job_id, content: bytes, trace_id: str | None = None) -> list[tuple]:

@@ -26,6 +26,7 @@ import structlog.testing
 import core
 import event_log
 import outbox
+import outbox_batches
 import relay
 import stopping
 from helpers import (
@@ -112,7 +113,7 @@ def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings
                                    relay_batch_max_wait_s=3600)
     publish_events(settings.database_url, 10)
     assert relay.relay_once(db, ch, settings) == 0  # too young, too few: wait for company
-    assert relay.outbox_pending(db, 100)[0] == 10
+    assert outbox_batches.outbox_pending(db, 100)[0] == 10
     publish_events(settings.database_url, 95)
     assert relay.relay_once(db, ch, settings) == 100  # a full batch goes at once
     assert relay.relay_once(db, ch, settings) == 0  # the 5 left are still young
@@ -291,7 +292,7 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
         published = publish_events(settings.database_url, 120)
     else:
         published = [i for _ in range(6) for i in publish_line_range(settings.database_url, 20)]
-    batch, _rows = relay.claim_batch(db, 100, 0.0)
+    batch, _rows = outbox_batches.claim_batch(db, 100, 0.0)
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         stranger = outbox.make_event("test.stranger", {}, environment="test")
         line = json.dumps({"event_id": str(stranger.event_id), "event_type": "test.stranger",

@@ -24,6 +24,7 @@ import core
 import event_log
 import jobs
 import outbox
+import outbox_batches
 import relay
 from helpers import (
     PINO_LINE,
@@ -120,13 +121,13 @@ def test_range_lines_are_byte_for_byte_the_per_line_rows_lines(settings, db):
     job_id = make_job(settings, db, content)
     assert run_job(settings, job_id) == "completed"
     ids = [r["id"] for r in db.execute("SELECT id FROM outbox WHERE job_id = %s", (job_id,))]
-    ranged = {r.event_id: r.line for r in relay.batch_rows(db, ids)}
+    ranged = {r.event_id: r.line for r in outbox_batches.batch_rows(db, ids)}
     rows = legacy_line_rows(job_id, content)  # canonical lines only: pino's are not among them
     with db.cursor() as cur:
         outbox.copy_outbox_rows(cur, rows)
     legacy_ids = [r["id"] for r in db.execute(
         "SELECT id FROM outbox WHERE event_context ? 'line_no' ORDER BY id")]
-    legacy = {r.event_id: r.line for r in relay.batch_rows(db, legacy_ids)}
+    legacy = {r.event_id: r.line for r in outbox_batches.batch_rows(db, legacy_ids)}
     assert len(legacy) == 8 and legacy == {k: ranged[k] for k in legacy}
 
 
@@ -218,15 +219,15 @@ def test_a_range_whose_job_is_deleted_between_claim_and_insert(relay_settings, d
     A batch recorded but not read (its relay died) finds the entries gone and sends nothing."""
     job_id = line_job(db, 30, set())
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=10)
-    batch, rows = relay.claim_batch(db, 10, 0.0)  # lines 1-10, read
-    dying, _ = relay.claim_batch(db, 10, 0.0)  # lines 11-20: its relay dies
+    batch, rows = outbox_batches.claim_batch(db, 10, 0.0)  # lines 1-10, read
+    dying, _ = outbox_batches.claim_batch(db, 10, 0.0)  # lines 11-20: its relay dies
     asyncio.run(delete_job(relay_settings, job_id))
     assert db.execute("SELECT count(*) AS n FROM outbox WHERE job_id IS NOT NULL"
                       ).fetchone()["n"] == 2  # held by the two batches; lines 21-30 went
     assert event_log.delete_events_of_deleted_jobs(db, ch) == 0  # waits for them
 
     with db.transaction():
-        assert relay.lock_batch(db, batch.batch_id) is not None
+        assert outbox_batches.lock_batch(db, batch.batch_id) is not None
         relay.deliver_batch(db, ch, batch, rows)
     assert len(event_log_ids(ch)) == 10
     assert relay.relay_once(db, ch, settings) == 0  # the dying batch: nothing left to send
