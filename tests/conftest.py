@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import psycopg
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 # The modules come from the source tree: pyproject's `pythonpath` puts the repository and
 # scripts/ (stack.py) first on sys.path; nothing of the project is installed.
@@ -466,6 +466,11 @@ def browser():
 def console_errors() -> list[str]:
     """The page's uncaught exceptions and console errors; a test removes those it expects."""
     return []
+
+
+# What a page's expectations wait for, as its actions do (Playwright's own is 5 s): on a busy
+# machine a view read from ClickHouse may take longer to draw. A wait, not a bound on time.
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture
