@@ -10,6 +10,7 @@ import sys
 
 import psycopg
 
+import audit
 import auth
 import core
 
@@ -34,13 +35,18 @@ def command_line() -> argparse.ArgumentParser:
 
 def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
     """`tokens create|list|revoke|verify`: the token itself is printed once, by create, as
-    the last line of standard output, and appears nowhere else."""
+    the last line of standard output, and appears nowhere else (its audit event names its
+    id, with the operating-system user as the actor)."""
     if args.action == "verify":
         return asyncio.run(verify_token(settings, sys.stdin.read().strip()))
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         if args.action == "create":
             try:
-                token = auth.create_token(conn, args.owner, admin=args.admin)
+                with conn.transaction():
+                    token = auth.create_token(conn, args.owner, admin=args.admin)
+                    audit.record(conn, settings, "audit.token.created", audit.operator(),
+                                 object_=auth.token_id_of(token), owner=args.owner,
+                                 admin=args.admin)
             except auth.InvalidOwner as exc:
                 sys.exit(f"error: {exc}")
             kind = "admin token" if args.admin else "token"
@@ -52,11 +58,21 @@ def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
                 print("\t".join(str(v) for v in (
                     t.token_id, t.owner, "yes" if t.admin else "no", stamp(t.created_at),
                     stamp(t.last_used_at), stamp(t.revoked_at))))
-        elif not auth.revoke_token(conn, args.token_id):
+        elif not revoke_token(conn, settings, args.token_id):
             sys.exit(f"error: no live token with id {args.token_id}")
         else:
             print(f"revoked token {args.token_id}")
     return 0
+
+
+def revoke_token(conn, settings: core.Settings, token_id: int) -> bool:
+    """Revoke the token with its audit event, in one transaction; False if none is live."""
+    with conn.transaction():
+        revoked = auth.revoke_token(conn, token_id)
+        if revoked:
+            audit.record(conn, settings, "audit.token.revoked", audit.operator(),
+                         object_=token_id)
+    return revoked
 
 
 async def verify_token(settings: core.Settings, token: str) -> int:

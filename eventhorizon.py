@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import admin_cli
 import amqp
+import audit
 import auth
 import core
 import explore
@@ -52,6 +53,7 @@ import upload_route
 import uploads
 from api_state import (
     AUTH_LIMITER,
+    DENIED_TRAIL,
     EXPLORER,
     GRAPHQL,
     POOL,
@@ -60,6 +62,7 @@ from api_state import (
     SETTINGS,
     UPLOAD_SLOTS,
     WATCHERS,
+    actor,
     principal,
 )
 from http_guard import (
@@ -149,7 +152,7 @@ def init_app(settings: core.Settings) -> web.Application:
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
     app[AUTH_LIMITER] = auth.FailedAuthLimiter(settings.auth_failures_per_minute)
-    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx,
+    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, audit_ctx, s3_ctx, publisher_ctx, explorer_ctx,
                             watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
@@ -157,7 +160,7 @@ def init_app(settings: core.Settings) -> web.Application:
     app.add_routes(format_routes.routes)
     search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
         lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
-        Problem, int_param, explore_read))
+        Problem, int_param, explore_read, actor))
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     return app
@@ -193,6 +196,18 @@ async def postgres_ctx(app: web.Application):
     app[POOL] = pool
     yield
     await pool.close()
+
+
+async def audit_ctx(app: web.Application):
+    """The refusals' audit events (audit.DeniedTrail) and their writer; at shutdown, the
+    refusals counted but not yet summed up are written too."""
+    trail = audit.DeniedTrail(app[POOL], app[SETTINGS])
+    app[DENIED_TRAIL] = trail
+    writer = asyncio.create_task(trail.run(), name="audit-denied-writer")
+    yield
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
 
 
 async def s3_ctx(app: web.Application):
@@ -473,7 +488,8 @@ async def explore_read(read: Awaitable[T]) -> T:
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job and all it produced (204): its stored file, log entries, line errors and
     the job itself at once; its events in ClickHouse soon after (the relay, see
-    delete_events_of_deleted_jobs), a `job.deleted` event staying as the audit trail. A job
+    delete_events_of_deleted_jobs), a `job.deleted` event staying, and an `audit.job.deleted`
+    (kept as long as the audit trail is, audit.py) in the deletion's transaction. A job
     a worker is processing right now is refused (409): delete it once it has finished."""
     job_id = job_id_param(request)
     who = principal(request)
@@ -487,6 +503,8 @@ async def delete_job(request: web.Request) -> web.Response:
                                            "it once it has completed or failed")
         await asyncio.to_thread(app[S3].delete_object, Bucket=job.bucket, Key=job.object_key)
         await jobs.delete(conn, app[SETTINGS], job, deleted_by=who.owner)
+        await audit.arecord(conn, app[SETTINGS], "audit.job.deleted", actor(request),
+                            object_=job_id, owner=job.owner, file_name=job.file_name)
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 

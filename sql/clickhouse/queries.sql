@@ -44,12 +44,20 @@ GROUP BY start, level
 ORDER BY start, level
 
 -- name: search_scope --
--- Owner-wide search (explore.py's search_*): an owner's line events across their jobs, read
--- through event_log's by_owner projection, sorted by (owner, event_time). This fragment is
+-- Owner-wide search (search.py's search_*): an owner's line events across their jobs, read
+-- through event_log's by_owner projection, sorted by (owner, event_time). This block is
 -- whose events may be seen: the owner's, less the jobs Postgres says are deleted while
--- ClickHouse may still hold their events (explore.search_scope). search_filters are the
+-- ClickHouse may still hold their events (search.search_scope). search.scoped puts it (or
+-- audit_scope) in for `$scope`, and the keyset's tie-break column for `$tiebreak` (job_id
+-- here: with line_no, it orders events of the same millisecond). search_filters are the
 -- filters; context.<path> filters take CONTEXT_SLOTS fixed slots, an unused one a path of ''.
 owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
+
+-- name: audit_scope --
+-- A search of `audit.*` events (audit.py): those of the owner's own actions (its `owner` is
+-- the actor), or everyone's for an admin. They have no job (job_id zero, line_no 0), so the
+-- tie-break is the event's id; the sort key's event_type prefix prunes the rest.
+startsWith(event_type, 'audit.') AND ({every_owner:UInt8} = 1 OR owner = {owner:String})
 
 -- name: search_filters --
 (empty({levels:Array(String)}) OR has({levels:Array(String)}, level))
@@ -89,19 +97,19 @@ event_context.^context AS context
 -- first page's is past every event). `event_time <=` lets the primary key prune.
 SELECT $columns
 FROM event_log
-WHERE $search_scope AND $search_filters
+WHERE $scope AND $search_filters
   AND event_time <= {after_time:DateTime64(3, 'UTC')}
-  AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
-ORDER BY event_time DESC, job_id DESC, line_no DESC
+  AND (event_time, $tiebreak, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+ORDER BY event_time DESC, $tiebreak DESC, line_no DESC
 LIMIT {limit:UInt32}
 
 -- name: search_events_asc --
 SELECT $columns
 FROM event_log
-WHERE $search_scope AND $search_filters
+WHERE $scope AND $search_filters
   AND event_time >= {after_time:DateTime64(3, 'UTC')}
-  AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
-ORDER BY event_time, job_id, line_no
+  AND (event_time, $tiebreak, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+ORDER BY event_time, $tiebreak, line_no
 LIMIT {limit:UInt32}
 
 -- name: search_time --
@@ -112,7 +120,7 @@ event_time
 SELECT toStartOfInterval(event_time, toIntervalSecond({interval_s:UInt32})) AS start,
        level, count() AS events
 FROM event_log
-WHERE $search_scope AND $search_filters
+WHERE $scope AND $search_filters
 GROUP BY start, level
 ORDER BY start, level
 
@@ -122,7 +130,7 @@ ORDER BY start, level
 SELECT value, events, sum(events) OVER () AS total
 FROM (SELECT $facet_value AS value, count() AS events
       FROM event_log
-      WHERE $search_scope AND $search_filters
+      WHERE $scope AND $search_filters
       GROUP BY value
       HAVING value IS NOT NULL)
 ORDER BY events DESC, value
