@@ -93,7 +93,7 @@ def scoped(text: str, audit: bool) -> str:
     `$scope`, the keyset's tie-break column in for `$tiebreak`."""
     block = QUERIES["audit_scope" if audit else "search_scope"]
     scope = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
-    return text.replace("$scope", scope).replace("$tiebreak", "event_id" if audit else "job_id")
+    return text.replace("$scope", scope).replace("$tiebreak", "event_log.event_id" if audit else "job_id")
 
 
 @dataclasses.dataclass(frozen=True)

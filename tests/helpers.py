@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import gzip
 import inspect
 import io
@@ -688,6 +689,14 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def relay_all(db, settings: core.Settings) -> None:
+    """Move every outbox row into ClickHouse's event_log now (relay_once, batches at once)."""
+    fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
+        while relay.relay_once(db, ch, fast):
+            pass
 
 
 def drain(conn, ch, settings) -> int:
