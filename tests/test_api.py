@@ -76,9 +76,9 @@ async def test_upload_is_stored_recorded_and_published(client, settings, db):
     assert obj["Body"].read() == content
     assert queued_messages(settings) == [
         {"job_id": job["job_id"], "bucket": settings.s3_bucket, "key": row["object_key"]}]
-    events = db.execute("SELECT event_type, event_context FROM outbox").fetchall()
-    assert [(e["event_type"], e["event_context"]["job_id"]) for e in events] == [
-        ("job.queued", job["job_id"])]
+    events = db.execute("SELECT event_type, event_context FROM outbox ORDER BY id").fetchall()
+    assert [(e["event_type"], e["event_context"].get("job_id")) for e in events] == [
+        ("job.queued", job["job_id"]), ("audit.job.uploaded", None)]  # the audit's is `object`
 
 
 async def test_large_upload_goes_up_in_parts(client, settings):
