@@ -493,7 +493,7 @@ async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
     await upload(client, jsonl(VALID))
     stats = await (await client.get("/api/v1/stats")).json()
     assert stats["jobs"]["queued"] == 1
-    assert stats["outbox"]["backlog"] == 1  # the job.queued event, until the relay moves it
+    assert stats["outbox"]["backlog"] == 2  # job.queued and audit.job.uploaded, until the relay
 
 
 async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client,
