@@ -582,6 +582,7 @@ async def graphql_websocket(request: web.Request) -> web.StreamResponse:
         observe.AUTH_FAILURES.labels("limited").inc()
         raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
     SOCKET_CLIENT.set(client)  # for its connection_init's token (graphql_authenticator)
+    SOCKET_ACTOR.set(actor(request))  # and for the audit event of a refusal
     try:  # every socket counts, before its connection_init too
         with request.app[WATCHERS].limits.process_slot():
             return await graphql_socket.serve_socket(request, request.app[GRAPHQL])
@@ -598,12 +599,15 @@ async def graphql_schema(request: web.Request) -> web.FileResponse:
 # The client address a GraphQL socket's upgrade came from: set in its handler's task, where
 # its connection_init is authenticated too.
 SOCKET_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("socket_client", default="?")
+SOCKET_ACTOR: contextvars.ContextVar[audit.Actor | None] = contextvars.ContextVar(
+    "socket_actor", default=None)
 
 
 def graphql_authenticator(app: web.Application):
     """A GraphQL socket's token (from connection_init) to its principal, as auth_middleware
     resolves a request's; a failure counts against the socket's client address as a
-    request's does (its next upgrade is refused once the client is out of tries)."""
+    request's does (its next upgrade is refused once the client is out of tries), and is an
+    `audit.access.denied` as a request's 401 is."""
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
@@ -611,6 +615,8 @@ def graphql_authenticator(app: web.Application):
             who = await auth.authenticate(conn, token)
         if who is None:
             app[AUTH_LIMITER].failed(SOCKET_CLIENT.get())
+            app[DENIED_TRAIL].denied(SOCKET_ACTOR.get() or audit.Actor(""), 401, method="GET",
+                                     path="/graphql")
             observe.AUTH_FAILURES.labels("refused").inc()
         return who
 

@@ -156,6 +156,8 @@ async def test_each_action_leaves_one_audit_event_that_names_actor_address_objec
     event_log.delete_events_of_deleted_jobs(db, clickhouse_connect.get_client(
         dsn=proxied.clickhouse_url))  # what the relay does once idle: the job's events go
 
+    with clickhouse_connect.get_client(dsn=proxied.clickhouse_url) as ch:
+        assert ch.command("SELECT count() FROM event_log WHERE event_type = 'job.queued'") == 0
     events = audit_events(proxied)
     expected = [("audit.job.uploaded", job_id), ("audit.format.registered", "shop"),
                 ("audit.format.deleted", "shop"),
@@ -201,6 +203,21 @@ async def test_x_forwarded_for_is_ignored_from_a_peer_that_is_no_trusted_proxy(
     relay_all(db, settings)
     [event] = audit_events(settings)
     assert event["context"]["client_ip"] == "127.0.0.1"
+
+
+async def test_a_graphql_socket_refused_at_connection_init_leaves_one_audit_event(
+        settings, aiohttp_client, db):
+    client = await aiohttp_client(eventhorizon.init_app(settings))
+    ws = await client.session.ws_connect(client.make_url("/graphql"),
+                                         protocols=("graphql-transport-ws",))
+    await ws.send_json({"type": "connection_init", "payload": {"token": f"eh_5_{'x' * 43}"}})
+    await ws.receive(timeout=10)  # closed: no working token
+    await wait_for_outbox_rows(db, 1)
+    relay_all(db, settings)
+    [event] = audit_events(settings)
+    assert (event["event_type"], event["context"]["object"], event["context"]["result"],
+            event["context"]["client_ip"]) == (audit.DENIED, "/graphql", "401", "127.0.0.1")
+    assert "xxxxxxxx" not in every_event_text(settings)
 
 
 def test_the_tokens_command_records_the_operating_system_user(settings, db):
