@@ -168,7 +168,8 @@ def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
     name = {"events": "search_events_desc", "histogram": "search_histogram",
             "facets": "search_facet"}[kind]
-    query = (reads.events_query("desc") if kind == "events" else explore.QUERIES[name]).replace(
+    query = (reads.events_query("desc") if kind == "events"
+             else reads.scoped(explore.QUERIES[name], audit=False)).replace(
         "$facet_value", reads.FACETS["service"])
     parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
                   "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,
