@@ -13,7 +13,6 @@ import getpass
 import json
 import subprocess
 import sys
-import urllib.request
 
 import aiohttp
 import clickhouse_connect
@@ -276,25 +275,38 @@ async def test_owners_search_their_own_audit_events_and_admins_everyones(two_own
 # --------------------------------------------------------------------------- a real process
 
 
-def post(url: str, path: str, token: str, body: bytes, content_type: str) -> int:
-    request = urllib.request.Request(f"{url}{path}", data=body, method="POST", headers={
-        **bearer(token), "Content-Type": content_type})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status
+async def act(url: str, token: str, action: str) -> str:
+    """One audited action against a real API; its object (the job's id, the format's name)."""
+    async with aiohttp.ClientSession(base_url=url, headers=bearer(token)) as http:
+        if action == "upload":
+            form = aiohttp.FormData()
+            form.add_field("file", jsonl({"message": "hello"}), filename="app.jsonl")
+            async with http.post("/api/v1/files/upload", data=form) as response:
+                assert response.status == 202, await response.text()
+                return (await response.json())["job_id"]
+        if action == "format":
+            async with http.post("/api/v1/formats", json=FORMAT) as response:
+                assert response.status == 201, await response.text()
+                return FORMAT["name"]
+        async with http.delete(f"/api/v1/jobs/{action}") as response:
+            assert response.status == 204, await response.text()
+            return action
 
 
-def test_an_audited_action_is_kept_across_an_api_sigkill_right_after_its_commit(
+def test_audited_actions_are_kept_across_an_api_sigkill_right_after_each_commit(
         settings, start_process, make_token, db):
-    url, proc = serve_api(settings, start_process)
-    token = make_token("alice")
-    assert post(url, "/api/v1/formats", token, json.dumps(FORMAT).encode(),
-                "application/json") == 201
-    proc.kill()  # the answer came after the commit: nothing of it is left to do in memory
-    proc.wait()
+    token, objects = make_token("alice"), {}
+    for event_type, action in (("audit.job.uploaded", "upload"),
+                               ("audit.format.registered", "format"),
+                               ("audit.job.deleted", None)):
+        url, proc = serve_api(settings, start_process)
+        objects[event_type] = asyncio.run(act(url, token, action or objects["audit.job.uploaded"]))
+        proc.kill()  # the answer came after the commit: nothing of the action is left in memory
+        proc.wait()
     relay_all(db, settings)
-    [event] = audit_events(settings)
-    assert (event["event_type"], event["context"]["object"], event["context"]["actor"]) == (
-        "audit.format.registered", "shop", "alice")
+    events = audit_events(settings)
+    assert sorted((e["event_type"], e["context"]["object"], e["context"]["actor"])
+                  for e in events) == sorted((t, o, "alice") for t, o in objects.items())
 
 
 def test_a_flood_of_ten_thousand_refusals_leaves_a_bounded_trail(settings, start_process, db):
