@@ -270,6 +270,14 @@ async def test_owners_search_their_own_audit_events_and_admins_everyones(two_own
     assert facets["values"] == [{"value": "alice", "count": 3}, {"value": "bob", "count": 1}]
     export = await root.get("/api/v1/events/export?event_type=audit.*")
     assert len((await export.text()).splitlines()) == 4
+    graph = await (await root.post("/graphql", json={"query": GRAPHQL_AUDIT})).json()
+    assert [json.loads(item["context"])["object"] for item in graph["data"]["events"]["items"]
+            ] == ["shop", "a3", "a2", "a1"]  # newest first, every owner's for an admin
+    assert graph["data"]["events"]["nextAfter"] is None
+
+
+GRAPHQL_AUDIT = """{ events(filter: {eventTypes: ["audit.format.registered"]}, first: 4) {
+  items { context } nextAfter } }"""
 
 
 # --------------------------------------------------------------------------- a real process
