@@ -1,11 +1,13 @@
 """The operator's commands of `python eventhorizon.py` besides serving: the command line's
-shape (`command_line`) and the `tokens` command (create, list, revoke, verify). Serving and
-`migrate` are eventhorizon.main's."""
+shape (`command_line`), the `tokens` command (create, list, revoke, verify) and the `retention`
+command (set, clear, show, sweep). Serving and `migrate` are eventhorizon.main's."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import sys
 
 import psycopg
@@ -13,6 +15,7 @@ import psycopg
 import audit
 import auth
 import core
+import retention
 
 
 def command_line() -> argparse.ArgumentParser:
@@ -30,7 +33,24 @@ def command_line() -> argparse.ArgumentParser:
     revoke.add_argument("token_id", type=int, metavar="ID")
     verify = actions.add_parser("verify", help="exit 0 if the token on standard input works")
     verify.set_defaults(stdin=True)
+    retention_command_line(commands)
     return parser
+
+
+def retention_command_line(commands) -> None:
+    keep = commands.add_parser("retention", help="how long owners' jobs are kept; sweep now")
+    actions = keep.add_subparsers(dest="action", required=True)
+    set_ = actions.add_parser("set", help="an owner's own retention, instead of the default")
+    set_.add_argument("--owner", required=True)
+    days = set_.add_mutually_exclusive_group(required=True)
+    days.add_argument("--days", type=int, help=f"1-{retention.MAX_DAYS}: jobs uploaded more "
+                                               "than this many days ago are removed")
+    days.add_argument("--forever", action="store_true", help="the owner's jobs are kept")
+    clear = actions.add_parser("clear", help="the owner keeps EH_RETENTION_DAYS again")
+    clear.add_argument("--owner", required=True)
+    actions.add_parser("show", help="the default, and each owner's own (JSON)")
+    actions.add_parser("sweep", help="remove every job past its retention now; prints what it "
+                                     "removed (JSON)")
 
 
 def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
@@ -79,6 +99,42 @@ async def verify_token(settings: core.Settings, token: str) -> int:
     async with await psycopg.AsyncConnection.connect(settings.database_url,
                                                      autocommit=True) as aconn:
         return 0 if await auth.authenticate(aconn, token) else 1
+
+
+def retention_command(settings: core.Settings, args: argparse.Namespace) -> int:
+    """`retention set|clear|show|sweep`: each prints its answer as one line of JSON, the last
+    of standard output (the log's lines come before it)."""
+    try:
+        answer = asyncio.run(retention_action(settings, args))
+    except retention.InvalidRetention as exc:
+        sys.exit(f"error: {exc}")
+    print(json.dumps(answer))
+    return 0
+
+
+async def retention_action(settings: core.Settings, args: argparse.Namespace):
+    if args.action == "sweep":
+        return (await retention.sweep(settings, core.s3_client(settings))).json()
+    async with await psycopg.AsyncConnection.connect(settings.database_url,
+                                                     autocommit=True) as aconn:
+        if args.action == "set":
+            days = None if args.forever else args.days
+            return (await retention.set_policy(aconn, settings, args.owner, days,
+                                               set_by=f"cli:{os_user()}")).json()
+        if args.action == "clear":
+            await retention.clear_policy(aconn, args.owner)
+            return (await retention.read_policy(aconn, settings, args.owner)).json()
+        return {"default_days": retention.default_days(settings), "owners": [
+            {"owner": r.owner, "days": r.days, "set_by": r.set_by,
+             "set_at": r.set_at.isoformat()} for r in await retention.list_policies(aconn)]}
+
+
+def os_user() -> str:
+    """Who ran the command, as the operating system knows them (the audit trail's actor)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def stamp(value) -> str:

@@ -219,6 +219,18 @@ class Settings:
         "how often the API looks up the tokens of its open WebSockets and closes (4403) those "
         "of revoked ones: the backstop to `tokens revoke`'s notification, which closes them at "
         "once", minimum=0.5, maximum=3600)
+    retention_days: int = setting(
+        "EH_RETENTION_DAYS", 0,
+        "a job uploaded more than this many days ago is removed everywhere by the retention "
+        "sweep, unless an admin set its owner's own ([Retention](operations.md#retention)); `0`: "
+        "kept for ever", minimum=0, maximum=36500, shown_default="`0` (kept for ever)")
+    retention_batch: int = setting(
+        "EH_RETENTION_BATCH", 100, "the retention sweep reads this many expired jobs at a time "
+        "(each then removed in a short transaction of its own)", minimum=1, maximum=10_000)
+    retention_interval_s: float = setting(
+        "EH_RETENTION_INTERVAL_S", 3600.0, "each API process sweeps about this often (±25 % "
+        "jitter; one sweep at a time across every process, by lock); `0`: never by itself (run "
+        "`retention sweep` from cron)", minimum=0, maximum=7 * 86400)
     max_upload_bytes: int = setting(
         "EH_MAX_UPLOAD_BYTES", 1024**3, "largest accepted file; larger gets 413",
         minimum=1, shown_default="`1073741824` (1 GiB)")

@@ -29,6 +29,9 @@ EVENT_LOG_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_upgrade.sql"
 EVENT_LOG_SEARCH_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_search_upgrade.sql"
 
 
+EVENT_LOG_ROLLUP_UPGRADE_PATH = core.SQL_DIR / "clickhouse" / "event_log_rollup_upgrade.sql"
+
+
 EVENT_LOG_TABLE = "event_log"
 
 
@@ -45,8 +48,11 @@ EVENT_LOG_COLUMNS = (
 DELETE_SETTINGS = {"mutations_sync": 2}
 
 
-DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE job_id = {{job_id:UUID}} "
-                     "AND event_type != 'job.deleted'")
+DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
+                     "WHERE job_id IN {job_ids:Array(UUID)} AND event_type != 'job.deleted'")
+# Deleted jobs whose events one mutation deletes: a mutation rewrites every part holding any of
+# them, so a retention sweep's thousands of jobs go in a few, not one each.
+DELETIONS_PER_MUTATION = 500
 
 
 # The audit trail's own retention (EH_AUDIT_RETENTION_DAYS): audit events carry no job_id, so
@@ -86,16 +92,21 @@ def connect_clickhouse(url: str):
 
 def ensure_event_log(ch) -> None:
     """CREATE TABLE IF NOT EXISTS event_log (sql/clickhouse/event_log.sql); a table made
-    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql)."""
+    before it had the columns a job's reads use is upgraded (event_log_upgrade.sql), one
+    made before owner-wide search too (event_log_search_upgrade.sql), one made before the
+    search's aggregate and context index too (event_log_rollup_upgrade.sql)."""
     ch.command(EVENT_LOG_DDL_PATH.read_text())
     if ch.command(EXPLORE_COLUMNS_FOUND) < len(EXPLORE_COLUMNS):
         log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_UPGRADE_PATH))
         for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
             ch.command(statement)
-    if "PROJECTION by_owner" not in ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}"):
-        log.info("relay.event_log_upgrading", statements=str(EVENT_LOG_SEARCH_UPGRADE_PATH))
-        for statement in sql_statements(EVENT_LOG_SEARCH_UPGRADE_PATH.read_text()):
-            ch.command(statement)
+    create = ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}")
+    for marker, upgrade in (("PROJECTION by_owner", EVENT_LOG_SEARCH_UPGRADE_PATH),
+                            ("PROJECTION by_hour", EVENT_LOG_ROLLUP_UPGRADE_PATH)):
+        if marker not in create:
+            log.info("relay.event_log_upgrading", statements=str(upgrade))
+            for statement in sql_statements(upgrade.read_text()):
+                ch.command(statement)
 
 
 def sql_statements(text: str) -> list[str]:
@@ -171,8 +182,9 @@ def describe(exc: BaseException) -> str:
 
 
 def delete_events_of_deleted_jobs(conn, ch) -> int:
-    """Delete from event_log the events of jobs deleted through the API, once none of their
-    events is left in the outbox (so no later insert can bring one back); returns how many jobs.
+    """Delete from event_log the events of deleted jobs (through the API or by the retention
+    sweep), once none of their events is left in the outbox (so no later insert can bring one
+    back), DELETIONS_PER_MUTATION jobs at a time; returns how many jobs.
 
     Each deletion is recorded done (job_deletions.clickhouse_at) in the transaction that held
     it while ClickHouse deleted: a relay that dies in between leaves it pending, and deleting
@@ -182,17 +194,17 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
     done = 0
     while True:
         with conn.transaction():
-            job_id = jobs.take_pending_deletion(conn)
-            if job_id is None:
+            job_ids = jobs.take_pending_deletions(conn, DELETIONS_PER_MUTATION)
+            if not job_ids:
                 return done
             try:
-                ch.command(DELETE_JOB_EVENTS, parameters={"job_id": str(job_id)},
+                ch.command(DELETE_JOB_EVENTS, parameters={"job_ids": [str(j) for j in job_ids]},
                            settings=DELETE_SETTINGS)
             except Exception as exc:
                 raise ClickHouseUnavailable(describe(exc)) from exc
-            jobs.finish_deletion(conn, job_id)
-        log.info("relay.job_events_deleted", job_id=str(job_id))
-        done += 1
+            jobs.finish_deletions(conn, job_ids)
+        log.info("relay.job_events_deleted", jobs=len(job_ids))
+        done += len(job_ids)
 
 
 def delete_old_audit_events(ch, days: int) -> int:

@@ -5,6 +5,7 @@
     python eventhorizon.py tokens create --owner NAME [--admin]   print a new API token
     python eventhorizon.py tokens list                       id, owner, admin, created, last used
     python eventhorizon.py tokens revoke ID                  the token stops working at once
+    python eventhorizon.py retention set|clear|show|sweep    owners' retention; sweep now
 
 Uploads stream to S3 in parts (never whole in memory; the checks and the S3 writes are
 uploads.py's), become a `queued` job in Postgres and a RabbitMQ message; `GET /api/v1/jobs/{id}`
@@ -47,6 +48,7 @@ import jobs
 import live
 import observe
 import read_slots
+import retention_routes
 import revocation
 import search_routes
 import upload_route
@@ -101,6 +103,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "tokens":
         return admin_cli.tokens_command(settings, args)
+    if args.command == "retention":
+        return admin_cli.retention_command(settings, args)
     try:
         check_serving_settings(settings)
     except core.ConfigError as exc:
@@ -158,6 +162,7 @@ def init_app(settings: core.Settings) -> web.Application:
     app.add_routes(routes)
     app.add_routes(upload_route.routes)
     app.add_routes(format_routes.routes)
+    retention_routes.setup(app)  # owners' retention (admins), and the periodic sweep
     search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
         lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
         Problem, int_param, explore_read, actor))

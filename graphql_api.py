@@ -464,17 +464,25 @@ def search_filters(filter: dict | None) -> search.SearchFilters:
             services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
             environments=filter.get("environments") or (), job_ids=filter.get("jobIds") or (),
             since=filter.get("from"), until=filter.get("to"), text=filter.get("text") or "",
-            context=[(m["path"], m["value"]) for m in filter.get("context") or ()])
+            context=[(m["path"], m["value"]) for m in filter.get("context") or ()],
+            excluded=excluded(filter.get("exclude") or {}))
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+
+
+def excluded(exclude: dict) -> dict[str, Any]:
+    """An EventExclusion as search.checked_search_filters takes it (by not.<field> name)."""
+    return {"level": [level.lower() for level in exclude.get("levels") or ()],
+            "service": exclude.get("services") or (), "event_type": exclude.get("eventTypes") or (),
+            "environment": exclude.get("environments") or (), "job_id": exclude.get("jobIds") or ()}
 
 
 def event_filters(filter: dict | None) -> explore.EventFilters:
     """The GraphQL EventFilter, checked as the REST routes' query parameters are."""
     filter = filter or {}
-    if filter.get("jobIds") is not None or filter.get("context") is not None:
-        raise GraphQLError("jobIds and context filter searches (Query.events), not a job's "
-                           "events", extensions={"code": "BAD_USER_INPUT"})
+    if any(filter.get(name) is not None for name in ("jobIds", "context", "exclude")):
+        raise GraphQLError("jobIds, context and exclude filter searches (Query.events), not a "
+                           "job's events", extensions={"code": "BAD_USER_INPUT"})
     try:
         return explore.checked_filters(
             levels=[level.lower() for level in filter.get("levels") or ()],

@@ -213,10 +213,30 @@ async def try_lock_in_transaction(aconn, job_id: uuid.UUID) -> bool:
     return bool((await cur.fetchone())[0])
 
 
+async def read_expired(aconn, *, default_days: int | None, after: tuple[dt.datetime, uuid.UUID],
+                       limit: int) -> list[tuple[dt.datetime, uuid.UUID]]:
+    """Up to `limit` (created_at, job_id) of jobs past their retention that no worker is
+    processing, oldest first, after `after` (a keyset page). Not locked: see lock_expired."""
+    cur = aconn.cursor(row_factory=tuple_row)
+    await cur.execute(core.QUERIES["expired_jobs"], {
+        "default_days": default_days, "after_created_at": after[0], "after_job_id": after[1],
+        "limit": limit})
+    return [(created_at, job_id) for job_id, created_at in await cur.fetchall()]
+
+
+async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) -> Job | None:
+    """The job, locked until the transaction ends, if it is still past its retention and not
+    being processed; None if it is not, or another transaction holds its row (skipped, not
+    waited for)."""
+    cur = await aquery(aconn, "lock_expired_job", {"job_id": job_id,
+                                                   "default_days": default_days})
+    return await cur.fetchone()
+
+
 async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -> None:
     """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row,
     its entries and line errors (ON DELETE CASCADE) and its dead-lettered events; recorded in
-    job_deletions (the relay deletes its events from ClickHouse: `take_pending_deletion`),
+    job_deletions (the relay deletes its events from ClickHouse: `take_pending_deletions`),
     with a job.deleted event that stays as the audit trail. Ids only in the NOTIFY: the
     listeners find the row gone and close the job's WebSockets (4404)."""
     await aconn.execute(core.QUERIES["record_deletion"], {
@@ -230,17 +250,16 @@ async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -
                         {"channel": CHANNEL, "payload": job_ids_notification(job)})
 
 
-def take_pending_deletion(conn) -> uuid.UUID | None:
-    """A deleted job whose events may now be deleted from ClickHouse (none is left in the
-    outbox), locked until the transaction ends; None when there is none."""
-    row = conn.cursor(row_factory=tuple_row).execute(
-        core.QUERIES["take_pending_deletion"]).fetchone()
-    return row[0] if row else None
+def take_pending_deletions(conn, limit: int) -> list[uuid.UUID]:
+    """Up to `limit` deleted jobs whose events may now be deleted from ClickHouse (none is
+    left in the outbox), locked until the transaction ends; none when there is none."""
+    return [row[0] for row in conn.cursor(row_factory=tuple_row).execute(
+        core.QUERIES["take_pending_deletions"], {"limit": limit})]
 
 
-def finish_deletion(conn, job_id: uuid.UUID) -> None:
-    """The job's events are deleted from ClickHouse too."""
-    conn.execute(core.QUERIES["finish_deletion"], {"job_id": job_id})
+def finish_deletions(conn, job_ids: list[uuid.UUID]) -> None:
+    """The jobs' events are deleted from ClickHouse too."""
+    conn.execute(core.QUERIES["finish_deletions"], {"job_ids": job_ids})
 
 
 def notify(conn, job: Job) -> None:

@@ -73,6 +73,13 @@ AUTH_FAILURES = Counter(
     ["outcome"], registry=API)
 for _outcome in ("refused", "limited"):
     AUTH_FAILURES.labels(_outcome)
+RETENTION_REMOVED = Counter(
+    "eventhorizon_retention_removed_jobs",
+    "Jobs the retention sweep removed, by result: removed, or failed (a job whose removal "
+    "failed for a reason of its own, tried again by the next sweep). This process's sweeps.",
+    ["result"], registry=API)
+for _result in ("removed", "failed"):
+    RETENTION_REMOVED.labels(_result)
 OUTBOX_DEAD = Gauge(
     "eventhorizon_outbox_dead",
     "Events in outbox_dead: refused by ClickHouse, kept for a replay (read at each scrape).",

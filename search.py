@@ -32,6 +32,7 @@ from explore import (
     checked_filters,
     histogram,
     no_histogram,
+    pick_interval,
     time_param,
     utc,
 )
@@ -41,8 +42,9 @@ MAX_JOB_IDS = 100  # job_id values of one read
 MAX_CONTEXT_VALUE_CHARS = 256
 # A dotted path into an event's context: 1 to 8 keys of letters, digits, `_`, `-`, `@`, `:`.
 CONTEXT_PATH = re.compile(r"[A-Za-z0-9_@:-]{1,64}(?:\.[A-Za-z0-9_@:-]{1,64}){0,7}")
+EXCLUDABLE = ("level", "service", "event_type", "environment", "job_id")  # not.<field>=<value>
 SEARCH_FILTER_NAMES = frozenset({"from", "to", "level", "service", "event_type", "environment",
-                                 "job_id", "q"})
+                                 "job_id", "q", *(f"not.{field}" for field in EXCLUDABLE)})
 ORDERS = ("desc", "asc")
 # What a facet counts, per field: fixed expressions (the context's through a bound path).
 FACETS = {"level": "level", "service": "service", "event_type": "event_type",
@@ -93,7 +95,30 @@ def scoped(text: str, audit: bool) -> str:
     `$scope`, the keyset's tie-break column in for `$tiebreak`."""
     block = QUERIES["audit_scope" if audit else "search_scope"]
     scope = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
-    return text.replace("$scope", scope).replace("$tiebreak", "event_log.event_id" if audit else "job_id")
+    tiebreak = "event_log.event_id" if audit else "job_id"
+    return text.replace("$scope", scope).replace("$tiebreak", tiebreak)
+
+
+@dataclasses.dataclass(frozen=True)
+class Excluded:
+    """Values a search leaves out (`not.<field>`): an event with any of them is not selected."""
+
+    levels: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    job_ids: tuple[uuid.UUID, ...] = ()
+
+    def parameters(self) -> dict[str, Any]:
+        return {"not_levels": list(self.levels), "not_services": list(self.services),
+                "not_event_types": list(self.event_types),
+                "not_environments": list(self.environments),
+                "not_job_ids": [str(j) for j in self.job_ids]}
+
+    def query_items(self) -> list[tuple[str, str]]:
+        values = (self.levels, self.services, self.event_types, self.environments, self.job_ids)
+        return [(f"not.{field}", str(v)) for field, vs in zip(EXCLUDABLE, values, strict=True)
+                for v in vs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +135,7 @@ class SearchFilters:
     until: dt.datetime | None = None
     text: str = ""
     context: tuple[tuple[str, str], ...] = ()
+    excluded: Excluded = Excluded()
 
     @property
     def audit(self) -> bool:
@@ -125,7 +151,16 @@ class SearchFilters:
                 "job_ids": [str(j) for j in self.job_ids], "since": clickhouse_ms(self.since),
                 "until": clickhouse_ms(self.until), "text": self.text,
                 **{f"cp{n}": path for n, (path, _) in enumerate(slots, 1)},
-                **{f"cv{n}": value for n, (_, value) in enumerate(slots, 1)}}
+                **{f"cv{n}": value for n, (_, value) in enumerate(slots, 1)},
+                **{f"ct{n}": context_token(value) for n, (_, value) in enumerate(slots, 1)},
+                **self.excluded.parameters()}
+
+    def by_hour(self) -> bool:
+        """Whether `by_hour` can answer these filters: no text or context filter, and
+        from/to (where given) on the hour."""
+        return not (self.text or self.context) and all(
+            t is None or t == t.replace(minute=0, second=0, microsecond=0)
+            for t in (self.since, self.until))
 
     def query_items(self) -> list[tuple[str, str]]:
         """The filters as query parameters again, for a `next` link."""
@@ -136,6 +171,7 @@ class SearchFilters:
         items += [(name, rfc3339_ms(value)) for name, value in (("from", self.since),
                                                                 ("to", self.until)) if value]
         items += [(f"context.{path}", value) for path, value in self.context]
+        items += self.excluded.query_items()
         return items + ([("q", self.text)] if self.text else [])
 
 
@@ -152,14 +188,17 @@ def search_filters_from_query(query, *, also: frozenset[str] = frozenset()) -> S
         levels=query.getall("level", ()), services=query.getall("service", ()),
         event_types=query.getall("event_type", ()), environments=query.getall("environment", ()),
         job_ids=query.getall("job_id", ()), since=query.get("from"), until=query.get("to"),
-        text=query.get("q", ""), context=context)
+        text=query.get("q", ""), context=context,
+        excluded={field: query.getall(f"not.{field}", ()) for field in EXCLUDABLE})
 
 
 def checked_search_filters(*, levels=(), services=(), event_types=(), environments=(),
                            job_ids=(), since: str | None = None, until: str | None = None,
-                           text: str = "", context=()) -> SearchFilters:
+                           text: str = "", context=(),
+                           excluded: Mapping[str, Any] | None = None) -> SearchFilters:
     """Search filters from their values as a client sends them (text), each checked; the
-    shared ones as a job's reads check them."""
+    shared ones as a job's reads check them. `excluded`: values by field (EXCLUDABLE) to
+    leave out, checked as the field's own."""
     base = checked_filters(levels=levels, services=services, event_types=event_types,
                            environments=environments, text=text)
     since_time, until_time = time_param("from", since, ms=True), time_param("to", until, ms=True)
@@ -170,7 +209,23 @@ def checked_search_filters(*, levels=(), services=(), event_types=(), environmen
                             "audit.* (or audit.<type>s) alone")
     return SearchFilters(base.levels, base.services, base.event_types, base.environments,
                          checked_job_ids(job_ids), since_time, until_time, base.text,
-                         checked_context(context))
+                         checked_context(context), checked_excluded(excluded or {}))
+
+
+def checked_excluded(excluded: Mapping[str, Any]) -> Excluded:
+    if unknown := set(excluded) - set(EXCLUDABLE):
+        raise InvalidFilter(f"not.{sorted(unknown)[0]} is not a filter (not.<field> takes "
+                            f"{', '.join(EXCLUDABLE)})")
+    try:
+        values = checked_filters(levels=excluded.get("level", ()),
+                                 services=excluded.get("service", ()),
+                                 event_types=excluded.get("event_type", ()),
+                                 environments=excluded.get("environment", ()))
+        job_ids = checked_job_ids(excluded.get("job_id", ()))
+    except InvalidFilter as exc:
+        raise InvalidFilter(f"not.{exc}") from None
+    return Excluded(values.levels, values.services, values.event_types, values.environments,
+                    job_ids)
 
 
 def checked_job_ids(values) -> tuple[uuid.UUID, ...]:
@@ -195,6 +250,22 @@ def checked_context(pairs) -> tuple[tuple[str, str], ...]:
             raise InvalidFilter(f"context.{path} must be at most {MAX_CONTEXT_VALUE_CHARS} "
                                 "printable characters")
     return pairs
+
+
+# A word of a context filter's value, for the `context_tokens` index (sql/clickhouse/
+# queries.sql's search_matches): a run of ASCII letters and digits with an ASCII separator
+# (printable, not a letter or digit) or the value's end on each side. ClickHouse's tokens end
+# only at such separators (a byte past ASCII belongs to a token), and the context's JSON text
+# writes each of these separators as itself or as an escape that starts with a separator
+# (`\/`, `\"`, `\\`): so the run is a whole token of the text wherever the value is.
+CONTEXT_WORD = re.compile(r"(?:(?<=[\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f])|^)[A-Za-z0-9]+"
+                          r"(?=[\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]|$)")
+
+
+def context_token(value: str) -> str:
+    """The longest word of `value` (CONTEXT_WORD), the last of equals (ids end in their own
+    part: `r-7`'s is `7`), '' for none: the index's key to it."""
+    return max(reversed(CONTEXT_WORD.findall(value)), key=len, default="")
 
 
 def clickhouse_ms(value: dt.datetime | None) -> str | None:
@@ -247,6 +318,17 @@ START = {"desc": {"after_time": LAST_MS, "after_job": MAX_UUID, "after_line": 2*
          "asc": {"after_time": FIRST_MS, "after_job": ZERO_UUID, "after_line": 0}}
 
 
+# ClickHouse 26.9 applies skip indexes while reading by default (use_skip_indexes_on_data_read),
+# after it has chosen between the table and a projection: a context filter would then read
+# `by_owner` (all the owner's events) though `context_tokens` leaves a few of the table's
+# granules. Applied when the read is planned, the index counts in that choice.
+READ_SETTINGS = {"use_skip_indexes_on_data_read": 0}
+
+
+def read_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**READ_SETTINGS, **(settings or {})}
+
+
 def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str = "desc",
                   after: str | None = None, limit: int = 100,
                   settings: Mapping[str, Any] | None = None) -> list[dict]:
@@ -257,7 +339,7 @@ def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str 
     position = decode_cursor(after, order, filters.audit) if after else START[order]
     result = ch.query(events_query(order, audit=filters.audit), parameters={
         **scope.parameters(filters.audit), **filters.parameters(), **position, "limit": limit},
-        settings=dict(settings or {}))
+        settings=read_settings(settings))
     return [search_event_json(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
 
 
@@ -280,21 +362,29 @@ def search_histogram(ch, scope: SearchScope, filters: SearchFilters, *,
     to is not given, the first or last selected event's time is read in the projection's
     order (a read that stops at the first match), not by aggregating every selected row."""
     parameters = {**scope.parameters(filters.audit), **filters.parameters()}
-    settings = dict(settings or {})
+    settings = read_settings(settings)
     first = filters.since or search_time(ch, "asc", parameters, settings, filters.audit)
     last = (filters.until - dt.timedelta(milliseconds=1) if filters.until
             else search_time(ch, "desc", parameters, settings, filters.audit))
     if first is None or last is None:
         return no_histogram(interval_s)
-    return histogram(ch, scoped(QUERIES["search_histogram"], filters.audit), parameters, first, last,
+    interval_s = interval_s or pick_interval((last - first).total_seconds() + 1)
+    return histogram(ch, histogram_query(filters, interval_s), parameters, first, last,
                      interval_s=interval_s, settings=settings, interval_name="interval_s")
+
+
+def histogram_query(filters: SearchFilters, interval_s: int) -> str:
+    """The histogram's query: from `by_hour` where it can answer (whole hours)."""
+    hourly = filters.by_hour() and interval_s % 3600 == 0
+    return scoped(QUERIES["search_histogram_by_hour" if hourly else "search_histogram"],
+                  filters.audit)
 
 
 def search_time(ch, order: str, parameters: dict, settings: dict,
                 audit: bool = False) -> dt.datetime | None:
     """The time of the first (asc) or last (desc) event the parameters select, or None."""
-    rows = ch.query(events_query(order, "search_time", audit=audit), settings=settings,
-                    parameters={**parameters, **START[order], "limit": 1}).result_rows
+    query = scoped(QUERIES["search_first_time" if order == "asc" else "search_last_time"], audit)
+    rows = ch.query(query, settings=settings, parameters=parameters).result_rows
     return utc(rows[0][0]) if rows else None
 
 
@@ -305,20 +395,26 @@ def search_facets(ch, scope: SearchScope, filters: SearchFilters, field: str, *,
     `other`: the events with another value. Events without a value at a context path are
     not counted."""
     path = field.removeprefix("context.") if field.startswith("context.") else ""
+    rows = ch.query(facet_query(field, filters), parameters={
+                        **scope.parameters(filters.audit), **filters.parameters(),
+                                       "facet_path": path, "limit": limit},
+                    settings=read_settings(settings)).result_rows
+    values = [{"value": value, "count": events} for value, events, _ in rows]
+    total = rows[0][2] if rows else 0
+    return {"field": field, "values": values, "other": total - sum(v["count"] for v in values)}
+
+
+def facet_query(field: str, filters: SearchFilters) -> str:
+    """The facet's query for `field` (checked here): from `by_hour` where it can answer."""
+    path = field.removeprefix("context.") if field.startswith("context.") else ""
     if path:
         checked_context([(path, "")])
     elif field not in FACETS or field == "context":
         raise InvalidFilter(f"field must be one of {', '.join(list(FACETS)[:-1])} or "
                             "context.<path>")
-    query = scoped(QUERIES["search_facet"].replace("$facet_value",
-                                                   FACETS["context" if path else field]),
-                   filters.audit)
-    rows = ch.query(query, parameters={**scope.parameters(filters.audit), **filters.parameters(),
-                                       "facet_path": path, "limit": limit},
-                    settings=dict(settings or {})).result_rows
-    values = [{"value": value, "count": events} for value, events, _ in rows]
-    total = rows[0][2] if rows else 0
-    return {"field": field, "values": values, "other": total - sum(v["count"] for v in values)}
+    name = "search_facet" if path or not filters.by_hour() else "search_facet_by_hour"
+    return scoped(QUERIES[name].replace("$facet_value", FACETS["context" if path else field]),
+                  filters.audit)
 
 
 def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = "ndjson",
@@ -330,7 +426,7 @@ def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = 
         raise InvalidFilter("order must be desc or asc")
     # prefer_column_name_to_alias: the line's "job_id" (text) is an alias; filters and the
     # order mean the column.
-    settings = {**(settings or {}), "max_result_rows": max_rows + 1,
+    settings = {**read_settings(settings), "max_result_rows": max_rows + 1,
                 "max_execution_time": EXPORT_TIMEOUT_S, "max_block_size": EXPORT_BLOCK_ROWS,
                 "prefer_column_name_to_alias": 1}
     parameters = {**scope.parameters(filters.audit), **filters.parameters(), **START[order],

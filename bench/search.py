@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=50, help="reads per case")
-    parser.add_argument("--clickhouse-url", help="http://user:password@host:port/database")
+    parser.add_argument("--clickhouse-url", help="http://user:password@host:port/database "
+                        "(filled unless it holds --events rows already: a rerun reuses them)")
     args = parser.parse_args(argv)
     server = None
     try:
@@ -94,6 +95,9 @@ def fill(url: str, events: int) -> None:
     jobs = [str(uuid.uuid4()) for _ in range(200)]
     with clickhouse_connect.get_client(dsn=url, send_receive_timeout=1800) as ch:
         event_log.ensure_event_log(ch)
+        if (held := ch.command("SELECT count() FROM event_log")) >= events:
+            print(f"reusing    event_log: {held:,} rows (a server given by --clickhouse-url, filled before)")
+            return
         for offset in range(0, events, CHUNK):
             ch.command(FILL, parameters={"jobs": jobs, "owners": OWNERS, "t0": "2026-11-01 00:00:00",
                                          "offset": offset, "count": min(CHUNK, events - offset)})
@@ -166,15 +170,15 @@ async def export(explorer, scope, events: int) -> None:
 
 def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
-    name = {"events": "search_events_desc", "histogram": "search_histogram",
-            "facets": "search_facet"}[kind]
-    query = (reads.events_query("desc") if kind == "events"
-             else reads.scoped(explore.QUERIES[name], audit=False)).replace(
-        "$facet_value", reads.FACETS["service"])
+    interval_s = 10800  # the histogram's over all of 10,000,000 events 100 ms apart
+    query = {"events": reads.events_query("desc"),
+             "histogram": reads.histogram_query(filters, interval_s),
+             "facets": reads.facet_query("service", filters)}[kind]
     parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
                   "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,
-                  "facet_path": "", "interval_s": 86400}
-    result = explorer.client().query(query, parameters=parameters, settings=explorer.settings)
+                  "facet_path": "", "interval_s": interval_s}
+    result = explorer.client().query(query, parameters=parameters,
+                                     settings=reads.read_settings(explorer.settings))
     return int(result.summary.get("read_rows", 0))
 
 

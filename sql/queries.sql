@@ -328,15 +328,17 @@ DELETE FROM outbox_dead WHERE event_context->>'job_id' = %(job_id)s::text;
 -- name: job_deleted --
 SELECT deleted_at FROM job_deletions WHERE job_id = %(job_id)s;
 
--- name: take_pending_deletion --
--- A deleted job none of whose events is left in the outbox: every insert of its events has
--- been acknowledged and committed, so none can reach event_log after the delete. Only looked
--- for by an idle relay, when the outbox is (nearly) empty and this scan is cheap.
+-- name: take_pending_deletions --
+-- Deleted jobs none of whose events is left in the outbox: every insert of their events has
+-- been acknowledged and committed, so none can reach event_log after the delete. Up to
+-- `limit`, oldest first, deleted from event_log by one mutation (a retention sweep deletes
+-- many jobs at once). Only looked for by an idle relay, when the outbox is (nearly) empty and
+-- this scan is cheap.
 SELECT d.job_id FROM job_deletions d
 WHERE d.clickhouse_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_context->>'job_id' = d.job_id::text)
 ORDER BY d.deleted_at
-LIMIT 1
+LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED;
 
 -- name: owners_of_jobs --
@@ -351,8 +353,8 @@ GROUP BY owner;
 -- Only deletions in flight: a handful, however many jobs the owner has.
 SELECT job_id FROM job_deletions WHERE owner = %(owner)s AND clickhouse_at IS NULL;
 
--- name: finish_deletion --
-UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = %(job_id)s;
+-- name: finish_deletions --
+UPDATE job_deletions SET clickhouse_at = now() WHERE job_id = ANY(%(job_ids)s);
 
 -- name: lock_owner_formats --
 -- Held to the end of the transaction that registers a format, so that two registrations at
@@ -389,3 +391,55 @@ SELECT
        AND event_context ? 'line_no') AS waiting,
     (SELECT count(*) FROM outbox_dead WHERE event_context ->> 'job_id' = %(job_id)s::text
        AND event_context ? 'line_no') AS dead;
+
+-- retention ----------------------------------------------------------------------------------
+-- retention.py: owners' retention and the sweep. default_days is EH_RETENTION_DAYS, or NULL
+-- (kept for ever); make_interval(days => NULL) is NULL, and a comparison with it never true.
+
+-- name: retention_interval --
+-- How long the job in `jobs` (the row of the query this is part of) is kept: its owner's own
+-- days when an admin set them (NULL there: for ever), else the default.
+make_interval(days => (
+    SELECT CASE WHEN r.owner IS NULL THEN %(default_days)s::int ELSE r.days END
+    FROM (SELECT 1) AS one LEFT JOIN owner_retention r ON r.owner = jobs.owner))
+
+-- name: try_lock_retention_sweep --
+-- Session-level: one sweep at a time across every process; the others skip theirs. Released
+-- when the sweeping connection closes, whatever way it ends.
+SELECT pg_try_advisory_lock(hashtextextended('eventhorizon:retention_sweep', 0)) AS locked;
+
+-- name: expired_jobs --
+-- The next page (keyset, oldest first) of jobs older than their retention that no worker is
+-- processing. Read without locks: each is locked and re-checked in a transaction of its own
+-- (lock_expired_job).
+SELECT job_id, created_at FROM jobs
+WHERE status <> 'processing'
+  AND (created_at, job_id) > (%(after_created_at)s, %(after_job_id)s)
+  AND created_at < now() - $retention_interval
+ORDER BY created_at, job_id
+LIMIT %(limit)s;
+
+-- name: lock_expired_job --
+-- The job, locked until the transaction ends, if it is still past its retention and not being
+-- processed; no row if another transaction holds it (a delete, another sweeper, a worker's
+-- checkpoint): the next sweep takes it.
+SELECT $job_columns FROM jobs
+WHERE job_id = %(job_id)s AND status <> 'processing'
+  AND created_at < now() - $retention_interval
+FOR UPDATE SKIP LOCKED;
+
+-- name: get_owner_retention --
+SELECT owner, days, set_by, set_at FROM owner_retention WHERE owner = %(owner)s;
+
+-- name: list_owner_retention --
+SELECT owner, days, set_by, set_at FROM owner_retention ORDER BY owner;
+
+-- name: set_owner_retention --
+-- days NULL: the owner's jobs are kept for ever.
+INSERT INTO owner_retention (owner, days, set_by)
+VALUES (%(owner)s, %(days)s, %(set_by)s)
+ON CONFLICT (owner) DO UPDATE SET days = excluded.days, set_by = excluded.set_by, set_at = now()
+RETURNING owner, days, set_by, set_at;
+
+-- name: clear_owner_retention --
+DELETE FROM owner_retention WHERE owner = %(owner)s RETURNING owner;

@@ -3,7 +3,8 @@
 // &service=a&service=b&context.request_id=r-7&q=…, so a reload or a link shows the same view:
 // `range` is 15m, 1h, 24h, 7d, all or custom (then `from` and `to`, RFC 3339); the rest are the
 // API's own filters. Facets count each field under the other fields' filters, so several values
-// of one field can be picked; the API has no exclusion, so a value is a filter to include only.
+// of one field can be picked: a click includes a value (level=error), an alt-click excludes it
+// (not.level=debug), as in Kibana; a second click takes either back.
 // Uses app.js's api(), cell(), fmt(), jobLabel() and problemDetail(), explore.js's Explore.histogram/
 // wireChart/read/timeText, events.js's EventTable; app.js calls Search.show/hide.
 "use strict";
@@ -136,6 +137,7 @@ const Search = (() => {
   function facetUrl(s, field) {
     const query = new URLSearchParams(s.query);
     query.delete(field);
+    query.delete(`not.${field}`);
     query.set("field", field);
     query.set("limit", "10");
     return `/api/v1/events/facets?${query}`;
@@ -197,9 +199,11 @@ const Search = (() => {
       h3.textContent = heading;
       const list = document.createElement("ul");
       const picked = s.params.getAll(field);
+      const excluded = s.params.getAll(`not.${field}`);
       const values = facet.values.map((v) => [v.value, v.count]);
-      for (const value of picked) if (!values.some(([v]) => v === value)) values.push([value, null]);
-      list.append(...values.map(([value, count]) => facetValue(s, field, value, count, picked.includes(value))));
+      for (const value of [...picked, ...excluded]) if (!values.some(([v]) => v === value)) values.push([value, null]);
+      list.append(...values.map(([value, count]) => facetValue(s, field, value, count,
+        picked.includes(value) ? "picked" : excluded.includes(value) ? "excluded" : "")));
       if (facet.other) list.append(Object.assign(document.createElement("li"),
         { className: "muted other", textContent: `other values: ${fmt(facet.other)}` }));
       box.append(h3, list);
@@ -207,13 +211,16 @@ const Search = (() => {
     }));
   }
 
-  function facetValue(s, field, value, count, picked) {
+  // A facet's value: `chosen` is "picked" (a filter includes it), "excluded" or "".
+  function facetValue(s, field, value, count, chosen) {
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "facet-value";
     button.dataset.value = value;
-    button.setAttribute("aria-pressed", String(picked));
+    button.setAttribute("aria-pressed", String(chosen === "picked"));
+    if (chosen === "excluded") button.classList.add("excluded");
+    button.title = chosen ? "Click: take this filter away" : "Click: only this value; Alt-click: leave it out";
     const name = document.createElement("span");
     name.textContent = value === "" ? "(none)" : value;
     const number = document.createElement("span");
@@ -221,9 +228,9 @@ const Search = (() => {
     number.textContent = fmt(count);
     button.append(name, number);
     button.addEventListener("click", (e) => {
-      // Kibana's alt-click excludes a value; the API has no exclusion filter, so say so.
-      if (e.altKey) { note.textContent = "Excluding a value is not possible yet: a click filters by it."; return; }
-      change(withValue(s.params, field, value, !picked));
+      let params = withValue(withValue(s.params, field, value, false), `not.${field}`, value, false);
+      if (!chosen) params = withValue(params, e.altKey ? `not.${field}` : field, value, true);
+      change(params);
     });
     li.append(button);
     return li;
@@ -239,8 +246,10 @@ const Search = (() => {
       button.dataset.name = name;
       button.dataset.value = value;
       button.title = "Remove this filter";
-      const shown = name === "job_id" ? jobLabel(value) : value;
-      button.textContent = `${name === "q" ? "message contains" : name === "job_id" ? "file" : name} = ${shown} ×`;
+      const field = name.replace(/^not\./, "");
+      const shown = field === "job_id" ? jobLabel(value) : value;
+      const label = name === "q" ? "message contains" : field === "job_id" ? "file" : field;
+      button.textContent = `${label} ${name.startsWith("not.") ? "≠" : "="} ${shown} ×`;
       button.addEventListener("click", () => change(withValue(params, name, value, false)));
       li.append(button);
       return li;

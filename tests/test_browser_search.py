@@ -128,11 +128,17 @@ def test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports(
     assert page.locator("#search-events").bounding_box()["width"] > 900
     screenshot(page, "browser-search.png")
 
-    # A facet value filters; a second value of the same field widens it (any of them). The
-    # API cannot exclude a value: an alt-click says so and changes nothing.
+    # An alt-click leaves a value out (not.service=…, a chip saying ≠, the value struck
+    # through); a click on it takes that back. A click filters by a value; a second value of
+    # the same field widens it (any of them).
     facet.filter(has_text="payments").click(modifiers=["Alt"])
-    expect(page.locator("#search-message")).to_have_text(
-        "Excluding a value is not possible yet: a click filters by it.")
+    expect(page.locator("#search")).to_have_attribute("data-total", "30")
+    assert ("not.service", "payments") in hash_params(page)
+    expect(page.locator("#search-chips button.chip")).to_have_text(["service ≠ payments ×"])
+    expect(facet.filter(has_text="payments")).to_have_class("facet-value excluded")
+    expect_rows_to_match(page, "#search-events", api_url, token, "not.service=payments")
+    facet.filter(has_text="payments").click()
+    expect(page.locator("#search")).to_have_attribute("data-total", "50")
     assert hash_params(page) == [("range", "all")]
     facet.filter(has_text="payments").click()
     expect(page.locator("#search")).to_have_attribute("data-total", "20")

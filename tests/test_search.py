@@ -55,11 +55,14 @@ def insert_job_row(db, owner: str, lines: int, bucket: str) -> uuid.UUID:
     return job_id
 
 
-def store_job(db, k: int, owner: str, lines: int, bucket: str = "b") -> uuid.UUID:
+def store_job(db, k: int, owner: str, lines: int, bucket: str = "b",
+              contexts: list[dict] | None = None) -> uuid.UUID:
     """A job's log entries in Postgres and its line events in the outbox, as the worker
-    writes them (lines.add_line's context)."""
+    writes them (lines.add_line's context); `contexts`, the lines' own, if given."""
     job_id = insert_job_row(db, owner, lines, bucket)
     entries = [entry(k, n) for n in range(1, lines + 1)]
+    for e, context in zip(entries, contexts or [], strict=False):
+        e["context"] = context
     with db.cursor() as cur:
         cur.executemany(
             "INSERT INTO log_entries (job_id, line_no, timestamp, level, service, event_type, "
@@ -122,6 +125,10 @@ FILTERS = [
     ("job_id={b1}", "false"),  # Bob's job, asked for by Alice: nothing, not an error
     ("from=2026-11-30T10:00:17.010Z&to=2026-11-30T11:01:00.020%2B01:00",  # to: 10:01:00.020Z
      "e.timestamp >= '2026-11-30T10:00:17.010Z' AND e.timestamp < '2026-11-30T10:01:00.020Z'"),
+    ("from=2026-11-30T10:00:00Z&to=2026-11-30T11:00:00Z&level=info",  # on the hour: by_hour
+     "e.timestamp >= '2026-11-30T10:00:00Z' AND e.timestamp < '2026-11-30T11:00:00Z' "
+     "AND e.level = 'info'"),
+    ("to=2026-11-30T10:00:00Z", "false"),
     ("q=timeout", "strpos(lower(e.message), 'timeout') > 0"),
     ("q=OUT AFTER 5&level=error", "strpos(lower(e.message), 'out after 5') > 0 "
                                   "AND e.level = 'error'"),
@@ -131,6 +138,12 @@ FILTERS = [
     ("context.flag=true&q=order", "e.context #>> '{flag}' = 'true'"),
     ("context.request_id=r-3&context.request_id=r-4", "false"),
     ("context.nowhere=1", "false"),
+    ("not.level=info&not.level=DEBUG", "e.level NOT IN ('info', 'debug')"),
+    ("not.service=checkout&level=error", "e.service != 'checkout' AND e.level = 'error'"),
+    ("not.job_id={a1}&not.environment=staging&not.event_type=pino.log",
+     "e.job_id != %(a1)s AND e.environment != 'staging' AND e.event_type != 'pino.log'"),
+    ("level=error&not.level=error", "false"),
+    ("not.job_id={b1}&context.request_id=r-3", "e.context #>> '{request_id}' = 'r-3'"),
 ]
 
 
@@ -161,6 +174,10 @@ async def test_every_filter_agrees_with_postgres_on_pages_histogram_facets_and_e
             by_level[level] = by_level.get(level, 0) + count
     assert by_level == count_by(expected, "level")
     assert len(histogram["buckets"]) <= explore.AUTO_BUCKETS
+    hourly = await (await alice.get(f"/api/v1/events/histogram?interval_s=3600&{query}")).json()
+    assert hourly["events"] == len(expected)
+    assert [b["counts"] for b in hourly["buckets"]] == ([count_by(expected, "level")]
+                                                        if expected else [])
 
     facets = await (await alice.get(f"/api/v1/events/facets?field=service&limit=100&{query}")).json()
     assert {v["value"]: v["count"] for v in facets["values"]} == count_by(expected, "service")
@@ -301,6 +318,10 @@ async def test_a_cursor_of_the_other_order_is_a_422_and_a_real_one_pages_on(jobs
     ("/api/v1/events?context.k=" + "v" * 257, "context.k"),
     ("/api/v1/events?q=" + "x" * 201, "q"),
     ("/api/v1/events?levels=error", "levels"),
+    ("/api/v1/events?not.level=verbose", "not.level"),
+    ("/api/v1/events?not.job_id=nope", "not.job_id"),
+    ("/api/v1/events?not.q=x", "not.q"),
+    ("/api/v1/events/facets?field=level&" + "&".join(["not.service=s"] * 21), "not.service"),
     ("/api/v1/events?limit=1001", "limit"),
     ("/api/v1/events?order=up", "order"),
     ("/api/v1/events/histogram?interval_s=1&from=2026-01-01T00:00:00Z", "interval_s"),
@@ -367,7 +388,8 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
 
         event_log.ensure_event_log(ch)
         create = ch.command("SHOW CREATE TABLE event_log")
-        assert "PROJECTION by_owner" in create and ch.command(
+        assert "PROJECTION by_owner" in create and "PROJECTION by_hour" in create
+        assert "INDEX context_tokens" in create and ch.command(
             "SELECT type FROM system.columns WHERE database = currentDatabase() "
             "AND table = 'event_log' AND name = 'event_time'") == "DateTime64(3, \\'UTC\\')"
         assert event_log.fill_missing_owners(db, ch) == 2
@@ -395,18 +417,98 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
     assert {e["job_id"] for e in await all_pages(bob, "/api/v1/events")} == {str(b1)}
     job_events = await (await alice.get(f"/api/v1/jobs/{a1}/events?limit=100")).json()
     assert [e["line_no"] for e in job_events["events"]] == list(range(1, 31))
+    facets = await (await alice.get("/api/v1/events/facets?field=level&limit=100")).json()
+    assert {v["value"]: v["count"] for v in facets["values"]} == count_by(expected, "level")
+    found = await all_pages(alice, "/api/v1/events?context.request_id=r-3")
+    assert keys(found) == keys([e for e in expected if e["context"]["request_id"] == "r-3"])
 
 
-def test_search_reads_use_the_owner_projection(db, jobs, settings):
-    """The first page reads the by_owner projection in reverse time order, pruned by owner."""
+def explain(ch, query: str, parameters: dict) -> str:
+    return "\n".join(row[0] for row in ch.query(f"EXPLAIN indexes = 1, projections = 1 {query}",
+                                                 parameters=parameters).result_rows)
+
+
+# 200,000 events of Alice's over about 5.6 hours, written by ClickHouse (many granules, so that
+# a skip index has something to skip): request ids shared by 10 events in a row.
+MANY_EVENTS = """
+INSERT INTO event_log (event_id, event_type, event_date_time, environment, event_context,
+                       metadata_version, owner, event_time)
+SELECT generateUUIDv4(), 'http.request', toDateTime(t), 'production',
+       concat('{"job_id": "', {job:String}, '", "line_no": ', toString(number + 1),
+              ', "level": "', ['info', 'error'][number % 2 + 1], '", "service": "s',
+              toString(number % 5), '", "message": "m", "context": {"request_id": "req-',
+              toString(intDiv(number, 10)), '"}}'), 1, 'alice', t
+FROM (SELECT number, toDateTime64('2026-11-01 00:00:00', 3, 'UTC')
+                     + toIntervalMillisecond(number * 100) AS t FROM numbers(200000))
+"""
+
+
+def test_search_reads_take_the_projection_or_index_that_reads_least(db, settings):
+    """Of 200,000 events of Alice's (25 granules): a first page over all time reads a few
+    granules of the by_owner projection (bounded by its limit-th time), facets and a histogram
+    of whole hours read the by_hour aggregate, and a context filter reads the few granules the
+    context_tokens index keeps. Broken, each would read every one of the owner's events."""
+    job = store_job(db, 0, "alice", 1)
+    hidden = search.SearchScope("alice", (uuid.uuid4(),)).parameters()
+    start = {"after_time": search.LAST_MS, "after_job": search.MAX_UUID,
+             "after_line": 2**64 - 1, "limit": 100}
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        parameters = {**search.SearchScope("alice").parameters(),
-                      **search.SearchFilters().parameters(), "after_time": search.LAST_MS,
-                      "after_job": search.MAX_UUID, "after_line": 2**64 - 1, "limit": 100}
-        plan = "\n".join(row[0] for row in ch.query(
-            "EXPLAIN indexes = 1 " + search.events_query("desc"),
-            parameters=parameters).result_rows)
-    assert "ReadFromMergeTree (by_owner)" in plan and "InReverseOrder" in plan, plan
+        event_log.ensure_event_log(ch)
+        ch.command(MANY_EVENTS, parameters={"job": str(job)})
+
+        def rows_read(query: str, parameters: dict) -> int:
+            result = ch.query(query, parameters=parameters, settings=search.READ_SETTINGS)
+            return int(result.summary["read_rows"])
+
+        everything = {**hidden, **search.SearchFilters().parameters(), **start}
+        plan = explain(ch, search.events_query("desc"), everything)
+        assert "ReadFromMergeTree (by_owner)" in plan, plan
+        assert rows_read(search.events_query("desc"), everything) <= 4 * 8192 * 2
+
+        facet = search.facet_query("service", search.SearchFilters())
+        assert "ReadFromMergeTree (by_hour)" in explain(ch, facet, everything)
+        assert rows_read(facet, everything) <= 8192
+        hours = search.histogram_query(search.SearchFilters(), 7200)
+        assert "ReadFromMergeTree (by_hour)" in explain(ch, hours, {**everything, "interval_s": 7200})
+
+        filters = search.checked_search_filters(context=[("request_id", "req-4242")])
+        one_request = {**hidden, **filters.parameters(), **start}
+        assert rows_read(search.events_query("desc"), one_request) <= 4 * 8192 * 2
+        found = search.search_events(ch, search.SearchScope("alice"), filters)
+        assert sorted(e["line_no"] for e in found) == list(range(42421, 42431))
+
+
+# Context values whose JSON text differs from the value, or whose words touch bytes past ASCII:
+# each must still be found by its own filter (context_token picks a word the text holds).
+AWKWARD = ["café-42", "é-abc", "abc-é", "ok🙂", "🙂ok", "x/y/z", 'say "hi"', "back\\slash",
+           "UPPER_case-7", "1.5", "a b  c", "--", "", "日本語 id-9", 1.5, 1e21, -7, 2**62, True,
+           None, 0.1]
+
+
+def test_a_context_filter_finds_every_value_however_its_json_is_written(
+        db, settings, monkeypatch):
+    """Each awkward value (escaped in JSON, beside non-ASCII, numbers, booleans) is found by
+    context.v=<its text> as it is without the index's word (context_token ''): the word never
+    makes a filter miss. Every string value is found, at its own line at least."""
+    contexts = [{"v": value, "n": n} for n, value in enumerate(AWKWARD)]
+    store_job(db, 0, "alice", len(contexts), settings.s3_bucket, contexts=contexts)
+    relay_all(db, settings)
+    scope = search.SearchScope("alice")
+
+    def found(text: str) -> list[int]:
+        filters = search.checked_search_filters(context=[("v", text)])
+        return sorted(e["context"]["n"] for e in search.search_events(ch, scope, filters))
+
+    with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
+        texts = [v if isinstance(v, str) else json.dumps(v) for v in AWKWARD if v not in ("", None)]
+        with_word = {text: (search.context_token(text), found(text)) for text in texts}
+        monkeypatch.setattr(search, "context_token", lambda value: "")
+        without_word = {text: found(text) for text in texts}
+    assert {t: f for t, (_, f) in with_word.items()} == without_word
+    for n, value in enumerate(AWKWARD):
+        if isinstance(value, str) and value:
+            assert n in with_word[value][1], (value, with_word[value])
+    assert sum(1 for word, _ in with_word.values() if word) >= 12  # the words were used
 
 
 def test_next_links_keep_every_filter():
@@ -446,9 +548,10 @@ async def test_graphql_search_reads_what_the_rest_routes_read(db, jobs, client_o
     GET /api/v1/events, …/histogram and …/facets with the same filter."""
     alice = await client_of("alice")
     graph_filter = {"levels": ["ERROR", "INFO"], "jobIds": [str(jobs["a1"]), str(jobs["a2"])],
-                    "context": [{"path": "http.status", "value": "200"}]}
+                    "context": [{"path": "http.status", "value": "200"}],
+                    "exclude": {"services": ["search"], "eventTypes": ["order.paid"]}}
     rest = (f"level=error&level=info&job_id={jobs['a1']}&job_id={jobs['a2']}"
-            "&context.http.status=200")
+            "&context.http.status=200&not.service=search&not.event_type=order.paid")
     events, after = [], None
     while True:
         answer = await graphql(alice, SEARCH_QUERY, {"filter": graph_filter, "after": after,
@@ -459,7 +562,7 @@ async def test_graphql_search_reads_what_the_rest_routes_read(db, jobs, client_o
         if not (after := page["nextAfter"]):
             break
     expected = await all_pages(alice, f"/api/v1/events?limit=1000&order={order.lower()}&{rest}")
-    assert len(expected) > 40
+    assert len(expected) > 20
     assert [(e["jobId"], e["lineNo"], e["timestamp"], e["level"].lower(), json.loads(e["context"]))
             for e in events] == [(e["job_id"], e["line_no"], e["timestamp"], e["level"],
                                   e["context"]) for e in expected]

@@ -15,6 +15,14 @@
 -- newest-first page reads them in reverse order and stops. `owner` is the job's owner and
 -- `event_time` the event's time to the millisecond, both sent by the relay (Postgres builds
 -- them, sql/queries.sql's event_log_line); `event_date_time` (whole seconds) stays as it was.
+--
+-- Two more structures serve the reads over all of an owner's time (docs/design.md, "Search"):
+-- `by_hour`, an aggregate projection counting events by (owner, hour, job, level, service,
+-- event type, environment), answers a histogram of whole hours and the facets of those
+-- fields from a few rows per hour instead of every event; `context_tokens`, a token bloom
+-- filter of each granule's context JSON text, lets a context.<path>=<value> filter read the
+-- granules holding the value's word, from the table itself (ClickHouse compares that with
+-- what `by_owner` would read, and takes the smaller).
 CREATE TABLE IF NOT EXISTS event_log
 (
     event_id         UUID,
@@ -36,7 +44,14 @@ CREATE TABLE IF NOT EXISTS event_log
     PROJECTION by_owner (
         SELECT event_id, event_type, event_date_time, environment, event_context,
                metadata_version, job_id, line_no, level, service, owner, event_time
-        ORDER BY owner, event_time)
+        ORDER BY owner, event_time),
+    PROJECTION by_hour (
+        SELECT owner, toStartOfHour(event_time), line_no > 0, job_id, level, service,
+               event_type, environment, count()
+        GROUP BY owner, toStartOfHour(event_time), line_no > 0, job_id, level, service,
+                 event_type, environment),
+    INDEX context_tokens toJSONString(event_context.^context) TYPE tokenbf_v1(16384, 3, 0)
+        GRANULARITY 1
 )
 ENGINE = MergeTree
 ORDER BY (event_type, event_date_time)
