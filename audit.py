@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import getpass
 import ipaddress
 import os
@@ -108,7 +109,7 @@ def request_actor(request, principal: auth.Principal | None, settings: core.Sett
     """The actor of an API request: its principal (None before or without a working token),
     its client address (`client_address`) and its request id (the access log's)."""
     client_ip = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
-                               settings.trusted_proxy_networks)
+                               trusted_networks(settings.trusted_proxies))
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     if principal is None:
         return Actor("", None, client_ip, request_id)
@@ -116,6 +117,12 @@ def request_actor(request, principal: auth.Principal | None, settings: core.Sett
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.cache
+def trusted_networks(text: str) -> tuple[Network, ...]:
+    """EH_TRUSTED_PROXIES's networks (checked when the settings were read)."""
+    return core.parse_networks(text, "EH_TRUSTED_PROXIES")
 
 
 def client_address(peer: str | None, forwarded_for: Iterable[str],

@@ -176,21 +176,14 @@ class Settings:
         "requests with a missing or wrong token one client address (an IPv6 client's /64) may "
         "make: that many at once, then one more each 60/N s; past it every request needing a "
         "token is answered 429 with `Retry-After`, before any look-up", minimum=1)
-    trusted_proxies: str = setting(
-        "EH_TRUSTED_PROXIES", "",
-        "comma-separated addresses or networks (CIDR) of reverse proxies whose "
-        "`X-Forwarded-For` the audit trail believes: its client address is the right-most "
-        "address of that header not in them (and the peer's own otherwise)",
-        shown_default="empty (none: the peer address)")
-    audit_denied_per_minute: int = setting(
-        "EH_AUDIT_DENIED_PER_MINUTE", 10,
-        "`audit.access.denied` events recorded per client address (an IPv6 client's /64) a "
-        "minute; the refusals past it are counted in one `audit.access.denied_suppressed` "
-        "event when the minute ends (docs/access.md#audit-trail)", minimum=1, maximum=1000)
-    audit_retention_days: int = setting(
-        "EH_AUDIT_RETENTION_DAYS", 400,
-        "how long `audit.*` events are kept: a job's deletion and data retention never "
-        "remove them, only this", minimum=1)
+    trusted_proxies: str = setting("EH_TRUSTED_PROXIES", "", "addresses or networks (CIDR) of "
+        "proxies whose `X-Forwarded-For` the audit trail believes (its right-most address not in "
+        "them is the client; [Audit trail](access.md#audit-trail))", shown_default="empty (none)")
+    audit_denied_per_minute: int = setting("EH_AUDIT_DENIED_PER_MINUTE", 10, "`audit.access.denied` "
+        "events per client address a minute; the rest of its minute's refusals are counted in one "
+        "`audit.access.denied_suppressed`", minimum=1, maximum=1000)
+    audit_retention_days: int = setting("EH_AUDIT_RETENTION_DAYS", 400, "how long `audit.*` "
+        "events are kept: a job's deletion and data retention never remove them", minimum=1)
     loop_warn_s: float = setting(
         "EH_LOOP_WARN_S", 0.05,
         "a callback holding the API's event loop for this much CPU time or more is logged "
@@ -379,11 +372,6 @@ class Settings:
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """Who may read the API's /metrics (EH_METRICS_ALLOW)."""
         return parse_networks(self.metrics_allow, "EH_METRICS_ALLOW")
-
-    @property
-    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        """Whose X-Forwarded-For the audit trail believes (EH_TRUSTED_PROXIES)."""
-        return parse_networks(self.trusted_proxies, "EH_TRUSTED_PROXIES")
 
     @property
     def allowed_host_names(self) -> frozenset[str]:
