@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 
@@ -120,21 +119,14 @@ async def retention_action(settings: core.Settings, args: argparse.Namespace):
         if args.action == "set":
             days = None if args.forever else args.days
             return (await retention.set_policy(aconn, settings, args.owner, days,
-                                               set_by=f"cli:{os_user()}")).json()
+                                               set_by=f"cli:{audit.os_user()}",
+                                               who=audit.operator())).json()
         if args.action == "clear":
-            await retention.clear_policy(aconn, args.owner)
+            await retention.clear_policy(aconn, settings, args.owner, who=audit.operator())
             return (await retention.read_policy(aconn, settings, args.owner)).json()
         return {"default_days": retention.default_days(settings), "owners": [
             {"owner": r.owner, "days": r.days, "set_by": r.set_by,
              "set_at": r.set_at.isoformat()} for r in await retention.list_policies(aconn)]}
-
-
-def os_user() -> str:
-    """Who ran the command, as the operating system knows them (the audit trail's actor)."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def stamp(value) -> str:

@@ -90,12 +90,16 @@ def record(conn, settings: core.Settings, event_type: str, who: Actor, *, object
 
 
 def operator() -> Actor:
-    """The operating-system user running a command (`tokens …`): `os:<name>`."""
+    """The operating-system user running a command (`tokens …`, `retention …`): `os:<name>`."""
+    return Actor(actor=f"os:{os_user()}", request_id=uuid.uuid4().hex[:12])
+
+
+def os_user() -> str:
+    """Who runs this process, as the operating system knows them."""
     try:
-        name = getpass.getuser()
+        return getpass.getuser()
     except (OSError, KeyError):
-        name = f"uid{os.getuid()}"
-    return Actor(actor=f"os:{name}", request_id=uuid.uuid4().hex[:12])
+        return f"uid{os.getuid()}"
 
 
 def is_audit_type(event_type: str) -> bool:

@@ -314,6 +314,12 @@ def watchers_dropped(logs) -> list[dict]:
 # --------------------------------------------------------------------------- what was kept: rows, objects, messages
 
 
+def aged(db, job_id, days: float) -> None:
+    """The job as if uploaded `days` ago (no waiting: retention counts from created_at)."""
+    db.execute("UPDATE jobs SET created_at = now() - make_interval(secs => %s) "
+               "WHERE job_id = %s", (days * 86400, job_id))
+
+
 def job_row(db, job_id) -> dict:
     return db.execute("SELECT * FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
 

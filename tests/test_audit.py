@@ -22,11 +22,14 @@ import audit
 import core
 import event_log
 import eventhorizon
+import retention
 from helpers import (
     MYAPP,
+    aged,
     all_pages,
     bearer,
     jsonl,
+    make_job,
     relay_all,
     serve_api,
     settings_env,
@@ -239,6 +242,24 @@ def test_the_tokens_command_records_the_operating_system_user(settings, db):
     assert events[0]["context"]["owner"] == "carol"
     assert "token_id" not in events[0]["context"]  # null: ClickHouse's JSON keeps no nulls
     assert secret_of(token) not in every_event_text(settings)
+
+
+async def test_retention_settings_and_each_swept_job_leave_one_audit_event(two_owners, settings,
+                                                                           db):
+    alice, bob, root = two_owners
+    assert (await root.put("/api/v1/admin/owners/alice/retention", json={"days": 1})).status == 200
+    assert (await root.delete("/api/v1/admin/owners/bob/retention")).status == 204  # had none
+    job_id = make_job(settings, db, jsonl({"message": "old"}), owner="alice")
+    aged(db, job_id, 2)
+    swept = await retention.sweep(settings, core.s3_client(settings))
+    assert [j.job_id for j in swept.removed] == [job_id]
+    assert (await root.delete("/api/v1/admin/owners/alice/retention")).status == 204
+    relay_all(db, settings)
+    assert [(e["event_type"], e["context"]["actor"], e["context"]["object"], e["owner"])
+            for e in audit_events(settings)] == [
+        ("audit.retention.set", "root", "alice", "root"),
+        ("audit.retention.swept", retention.SWEEPER, str(job_id), retention.SWEEPER),
+        ("audit.retention.cleared", "root", "alice", "root")]
 
 
 # --------------------------------------------------------------------------- reading the trail
