@@ -1,8 +1,8 @@
 """The audit trail: who did what to the service, from where, on which object, with what result.
 
 Every state-changing action (a token created or revoked, a job uploaded or deleted, a format
-registered or deleted, an export) writes one `audit.*` event through the outbox in the
-action's own transaction, so it reaches ClickHouse exactly once, like every event, or not at
+registered or deleted, an export, an owner's retention set or cleared, a job the retention
+sweep removed) writes one `audit.*` event through the outbox in the action's own transaction, so it reaches ClickHouse exactly once, like every event, or not at
 all if the action rolled back. A refusal of access (401, 403, the failed-token limit's 429)
 has no transaction to join: `DeniedTrail` records it off the request's path, bounded per
 client address and minute (docs/access.md#audit-trail).
@@ -52,7 +52,8 @@ WRITE_TIMEOUT_S = 5.0  # for a pool connection, then the batch is dropped (logge
 @dataclasses.dataclass(frozen=True)
 class Actor:
     """Who acts: an owner by a token (`token_id`), an operator at the command line
-    (`os:<user>`), or "" (a request without a working token); from where, in which request."""
+    (`os:<user>`), the service itself (`system:retention`), or "" (a request without a
+    working token); from where, in which request."""
 
     actor: str
     token_id: int | None = None
@@ -82,9 +83,7 @@ async def arecord(aconn, settings: core.Settings, event_type: str, who: Actor, *
 
 def record(conn, settings: core.Settings, event_type: str, who: Actor, *, object_: Any,
            result: str | int = "ok", **details: Any) -> None:
-    """`arecord` on a sync connection (the CLI, the retention sweep's `audit.retention.swept`:
-    record(conn, settings, "audit.retention.swept", operator() or sweeper, object_=owner,
-    jobs=n))."""
+    """`arecord` on a sync connection (the `tokens` command)."""
     outbox.insert_event(conn, event(event_type, who, environment=settings.environment,
                                     object_=object_, result=result, **details))
 
