@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 
 import psycopg
 
+import audit
 import auth
 import core
 import retention
@@ -54,13 +54,18 @@ def retention_command_line(commands) -> None:
 
 def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
     """`tokens create|list|revoke|verify`: the token itself is printed once, by create, as
-    the last line of standard output, and appears nowhere else."""
+    the last line of standard output, and appears nowhere else (its audit event names its
+    id, with the operating-system user as the actor)."""
     if args.action == "verify":
         return asyncio.run(verify_token(settings, sys.stdin.read().strip()))
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         if args.action == "create":
             try:
-                token = auth.create_token(conn, args.owner, admin=args.admin)
+                with conn.transaction():
+                    token = auth.create_token(conn, args.owner, admin=args.admin)
+                    audit.record(conn, settings, "audit.token.created", audit.operator(),
+                                 object_=auth.token_id_of(token), owner=args.owner,
+                                 admin=args.admin)
             except auth.InvalidOwner as exc:
                 sys.exit(f"error: {exc}")
             kind = "admin token" if args.admin else "token"
@@ -72,11 +77,21 @@ def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
                 print("\t".join(str(v) for v in (
                     t.token_id, t.owner, "yes" if t.admin else "no", stamp(t.created_at),
                     stamp(t.last_used_at), stamp(t.revoked_at))))
-        elif not auth.revoke_token(conn, args.token_id):
+        elif not revoke_token(conn, settings, args.token_id):
             sys.exit(f"error: no live token with id {args.token_id}")
         else:
             print(f"revoked token {args.token_id}")
     return 0
+
+
+def revoke_token(conn, settings: core.Settings, token_id: int) -> bool:
+    """Revoke the token with its audit event, in one transaction; False if none is live."""
+    with conn.transaction():
+        revoked = auth.revoke_token(conn, token_id)
+        if revoked:
+            audit.record(conn, settings, "audit.token.revoked", audit.operator(),
+                         object_=token_id)
+    return revoked
 
 
 async def verify_token(settings: core.Settings, token: str) -> int:
@@ -104,21 +119,14 @@ async def retention_action(settings: core.Settings, args: argparse.Namespace):
         if args.action == "set":
             days = None if args.forever else args.days
             return (await retention.set_policy(aconn, settings, args.owner, days,
-                                               set_by=f"cli:{os_user()}")).json()
+                                               set_by=f"cli:{audit.os_user()}",
+                                               who=audit.operator())).json()
         if args.action == "clear":
-            await retention.clear_policy(aconn, args.owner)
+            await retention.clear_policy(aconn, settings, args.owner, who=audit.operator())
             return (await retention.read_policy(aconn, settings, args.owner)).json()
         return {"default_days": retention.default_days(settings), "owners": [
             {"owner": r.owner, "days": r.days, "set_by": r.set_by,
              "set_at": r.set_at.isoformat()} for r in await retention.list_policies(aconn)]}
-
-
-def os_user() -> str:
-    """Who ran the command, as the operating system knows them (the audit trail's actor)."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def stamp(value) -> str:

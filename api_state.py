@@ -8,6 +8,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 import amqp
+import audit
 import auth
 import core
 import explore
@@ -45,8 +46,16 @@ EXPLORER = web.AppKey("explorer", explore.Explorer)
 AUTH_LIMITER = web.AppKey("auth_limiter", auth.FailedAuthLimiter)
 
 
+DENIED_TRAIL = web.AppKey("denied_trail", audit.DeniedTrail)
+
+
 def principal(request: web.Request) -> auth.Principal:
     return request[PRINCIPAL]
+
+
+def actor(request: web.Request) -> audit.Actor:
+    """Who the request's audit events name (audit.request_actor)."""
+    return audit.request_actor(request, request.get(PRINCIPAL), request.app[SETTINGS])
 
 
 UPLOAD_PATH = "/api/v1/files/upload"

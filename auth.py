@@ -81,6 +81,14 @@ def create_token(conn, owner: str, *, admin: bool = False) -> str:
     return f"eh_{token_id}_{secret}"
 
 
+def token_id_of(token: str) -> int:
+    """The id part of a token this service made (`eh_<id>_<secret>`)."""
+    match = TOKEN_PATTERN.fullmatch(token)
+    if match is None:
+        raise ValueError("not a token of this service")
+    return int(match[1])
+
+
 def list_tokens(conn) -> list[TokenInfo]:
     cur = conn.cursor(row_factory=class_row(TokenInfo))
     return cur.execute(core.QUERIES["list_tokens"]).fetchall()

@@ -176,6 +176,14 @@ class Settings:
         "requests with a missing or wrong token one client address (an IPv6 client's /64) may "
         "make: that many at once, then one more each 60/N s; past it every request needing a "
         "token is answered 429 with `Retry-After`, before any look-up", minimum=1)
+    trusted_proxies: str = setting("EH_TRUSTED_PROXIES", "", "addresses or networks (CIDR) of "
+        "proxies whose `X-Forwarded-For` the audit trail believes (its right-most address not in "
+        "them is the client; [Audit trail](access.md#audit-trail))", shown_default="empty (none)")
+    audit_denied_per_minute: int = setting("EH_AUDIT_DENIED_PER_MINUTE", 10, "`audit.access.denied` "
+        "events per client address a minute; the rest of its minute's refusals are counted in one "
+        "`audit.access.denied_suppressed`", minimum=1, maximum=1000)
+    audit_retention_days: int = setting("EH_AUDIT_RETENTION_DAYS", 400, "how long `audit.*` "
+        "events are kept: a job's deletion and data retention never remove them", minimum=1)
     loop_warn_s: float = setting(
         "EH_LOOP_WARN_S", 0.05,
         "a callback holding the API's event loop for this much CPU time or more is logged "
@@ -334,6 +342,7 @@ class Settings:
         if self.clickhouse_read_url:
             check_clickhouse_url(self.clickhouse_read_url, "CLICKHOUSE_READ_URL")
         parse_networks(self.metrics_allow, "EH_METRICS_ALLOW")
+        parse_networks(self.trusted_proxies, "EH_TRUSTED_PROXIES")
         if self.worker_crash_at and not WORKER_CRASH_POINT.fullmatch(self.worker_crash_at):
             raise ConfigError("EH_WORKER_CRASH_AT must be before_commit:N, after_commit:N or "
                               f"before_ack, got {self.worker_crash_at!r}")

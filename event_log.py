@@ -55,6 +55,14 @@ DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
 DELETIONS_PER_MUTATION = 500
 
 
+# The audit trail's own retention (EH_AUDIT_RETENTION_DAYS): audit events carry no job_id, so
+# neither a job's deletion (DELETE_JOB_EVENTS) nor a job's retention removes them; only this.
+# Counted first (the sort key's event_type prefix prunes it to the audit rows): a mutation
+# only when there is something to delete.
+OLD_AUDIT_EVENTS = ("startsWith(event_type, 'audit.') "
+                    "AND event_date_time < now() - toIntervalDay({days:UInt32})")
+
+
 PRESENCE_CHUNK = 1_000  # event ids per look-up, well inside a URL's length
 
 
@@ -197,3 +205,19 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
             jobs.finish_deletions(conn, job_ids)
         log.info("relay.job_events_deleted", jobs=len(job_ids))
         done += len(job_ids)
+
+
+def delete_old_audit_events(ch, days: int) -> int:
+    """Delete the `audit.*` events older than `days` (EH_AUDIT_RETENTION_DAYS); returns how
+    many there were. For the retention sweep, which runs it with its own work."""
+    try:
+        old = ch.command(f"SELECT count() FROM {EVENT_LOG_TABLE} WHERE {OLD_AUDIT_EVENTS}",
+                         parameters={"days": days})
+        if old:
+            ch.command(f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE {OLD_AUDIT_EVENTS}",
+                       parameters={"days": days}, settings=DELETE_SETTINGS)
+    except Exception as exc:
+        raise ClickHouseUnavailable(describe(exc)) from exc
+    if old:
+        log.info("relay.audit_events_expired", events=old, days=days)
+    return int(old)

@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import admin_cli
 import amqp
+import audit
 import auth
 import core
 import explore
@@ -54,6 +55,7 @@ import upload_route
 import uploads
 from api_state import (
     AUTH_LIMITER,
+    DENIED_TRAIL,
     EXPLORER,
     GRAPHQL,
     POOL,
@@ -62,6 +64,7 @@ from api_state import (
     SETTINGS,
     UPLOAD_SLOTS,
     WATCHERS,
+    actor,
     principal,
 )
 from http_guard import (
@@ -153,7 +156,7 @@ def init_app(settings: core.Settings) -> web.Application:
                                         "max_line_size": MAX_REQUEST_LINE_BYTES})
     app[SETTINGS] = settings
     app[AUTH_LIMITER] = auth.FailedAuthLimiter(settings.auth_failures_per_minute)
-    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, s3_ctx, publisher_ctx, explorer_ctx,
+    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, audit_ctx, s3_ctx, publisher_ctx, explorer_ctx,
                             watchers_ctx, uploads_ctx])
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
@@ -162,7 +165,7 @@ def init_app(settings: core.Settings) -> web.Application:
     retention_routes.setup(app)  # owners' retention (admins), and the periodic sweep
     search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
         lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
-        Problem, int_param, explore_read))
+        Problem, int_param, explore_read, actor))
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     return app
@@ -198,6 +201,18 @@ async def postgres_ctx(app: web.Application):
     app[POOL] = pool
     yield
     await pool.close()
+
+
+async def audit_ctx(app: web.Application):
+    """The refusals' audit events (audit.DeniedTrail) and their writer; at shutdown, the
+    refusals counted but not yet summed up are written too."""
+    trail = audit.DeniedTrail(app[POOL], app[SETTINGS])
+    app[DENIED_TRAIL] = trail
+    writer = asyncio.create_task(trail.run(), name="audit-denied-writer")
+    yield
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
 
 
 async def s3_ctx(app: web.Application):
@@ -478,7 +493,8 @@ async def explore_read(read: Awaitable[T]) -> T:
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job and all it produced (204): its stored file, log entries, line errors and
     the job itself at once; its events in ClickHouse soon after (the relay, see
-    delete_events_of_deleted_jobs), a `job.deleted` event staying as the audit trail. A job
+    delete_events_of_deleted_jobs), a `job.deleted` event staying, and an `audit.job.deleted`
+    (kept as long as the audit trail is, audit.py) in the deletion's transaction. A job
     a worker is processing right now is refused (409): delete it once it has finished."""
     job_id = job_id_param(request)
     who = principal(request)
@@ -492,6 +508,8 @@ async def delete_job(request: web.Request) -> web.Response:
                                            "it once it has completed or failed")
         await asyncio.to_thread(app[S3].delete_object, Bucket=job.bucket, Key=job.object_key)
         await jobs.delete(conn, app[SETTINGS], job, deleted_by=who.owner)
+        await audit.arecord(conn, app[SETTINGS], "audit.job.deleted", actor(request),
+                            object_=job_id, owner=job.owner, file_name=job.file_name)
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 
@@ -569,6 +587,7 @@ async def graphql_websocket(request: web.Request) -> web.StreamResponse:
         observe.AUTH_FAILURES.labels("limited").inc()
         raise too_many_failures(wait_s, request.app[SETTINGS].auth_failures_per_minute)
     SOCKET_CLIENT.set(client)  # for its connection_init's token (graphql_authenticator)
+    SOCKET_ACTOR.set(actor(request))  # and for the audit event of a refusal
     try:  # every socket counts, before its connection_init too
         with request.app[WATCHERS].limits.process_slot():
             return await graphql_socket.serve_socket(request, request.app[GRAPHQL])
@@ -585,12 +604,15 @@ async def graphql_schema(request: web.Request) -> web.FileResponse:
 # The client address a GraphQL socket's upgrade came from: set in its handler's task, where
 # its connection_init is authenticated too.
 SOCKET_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("socket_client", default="?")
+SOCKET_ACTOR: contextvars.ContextVar[audit.Actor | None] = contextvars.ContextVar(
+    "socket_actor", default=None)
 
 
 def graphql_authenticator(app: web.Application):
     """A GraphQL socket's token (from connection_init) to its principal, as auth_middleware
     resolves a request's; a failure counts against the socket's client address as a
-    request's does (its next upgrade is refused once the client is out of tries)."""
+    request's does (its next upgrade is refused once the client is out of tries), and is an
+    `audit.access.denied` as a request's 401 is."""
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
@@ -598,6 +620,8 @@ def graphql_authenticator(app: web.Application):
             who = await auth.authenticate(conn, token)
         if who is None:
             app[AUTH_LIMITER].failed(SOCKET_CLIENT.get())
+            app[DENIED_TRAIL].denied(SOCKET_ACTOR.get() or audit.Actor(""), 401, method="GET",
+                                     path="/graphql")
             observe.AUTH_FAILURES.labels("refused").inc()
         return who
 

@@ -9,10 +9,11 @@ import structlog
 from aiohttp import web
 from psycopg.types.json import Jsonb
 
+import audit
 import core
 import formats
 import offload
-from api_state import POOL, principal
+from api_state import POOL, SETTINGS, actor, principal
 from http_guard import Problem, json_body
 
 log = structlog.get_logger("api")
@@ -47,6 +48,9 @@ async def register_format(request: web.Request) -> web.Response:
                                            "may; delete one to register another")
         row = await (await conn.execute(core.QUERIES["insert_log_format"], {
             "owner": owner, "name": name, "definition": Jsonb(definition)})).fetchone()
+        if row is not None:
+            await audit.arecord(conn, request.app[SETTINGS], "audit.format.registered",
+                                actor(request), object_=name)
     if row is None:
         raise Problem(409, "Conflict", f"you have a log format named {name!r} already; delete "
                                        "it to register it again (uploaded jobs keep theirs)")
@@ -78,9 +82,12 @@ async def get_format(request: web.Request) -> web.Response:
 async def delete_format(request: web.Request) -> web.Response:
     """Delete one of the owner's formats (204). Jobs uploaded with it keep their copy."""
     name = request.match_info["name"]
-    async with request.app[POOL].connection() as conn:
+    async with request.app[POOL].connection() as conn, conn.transaction():
         row = await (await conn.execute(core.QUERIES["delete_log_format"], {
             "owner": principal(request).owner, "name": name})).fetchone()
+        if row is not None:
+            await audit.arecord(conn, request.app[SETTINGS], "audit.format.deleted",
+                                actor(request), object_=name)
     if row is None:
         raise format_not_found(name)
     log.info("format.deleted", format=name)

@@ -451,7 +451,8 @@ async def resolve_facets(_root, info, field: str, first: int, filter: dict | Non
 
 
 async def search_scope(info) -> search.SearchScope:
-    return await search.search_scope(info.context.services.pool, info.context.principal.owner)
+    who = info.context.principal
+    return await search.search_scope(info.context.services.pool, who.owner, every_owner=who.admin)
 
 
 def search_filters(filter: dict | None) -> search.SearchFilters:

@@ -24,7 +24,7 @@ import lines
 import observe
 import offload
 import uploads
-from api_state import AUTH_LIMITER, POOL, PRINCIPAL, SETTINGS, UPLOAD_PATH
+from api_state import AUTH_LIMITER, DENIED_TRAIL, POOL, PRINCIPAL, SETTINGS, UPLOAD_PATH, actor
 from http_server import SECURITY_HEADERS, problem_response
 
 log = structlog.get_logger("api")
@@ -35,10 +35,14 @@ class Problem(Exception):
     """An error answered as application/problem+json (RFC 9457)."""
 
     def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
-                 headers: dict[str, str] | None = None, errors: list[str] | None = None):
+                 headers: dict[str, str] | None = None, errors: list[str] | None = None,
+                 denied: bool | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
         self.headers, self.errors = headers, errors
+        # A refusal of access, for the audit trail: 401 and 403, and the 429 of a client out
+        # of tries for a token (not the 429s of a busy owner).
+        self.denied = status in (401, 403) if denied is None else denied
 
 
 @web.middleware
@@ -46,6 +50,9 @@ async def problem_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except Problem as exc:
+        if exc.denied and DENIED_TRAIL in request.app:
+            request.app[DENIED_TRAIL].denied(actor(request), exc.status, method=request.method,
+                                             path=request.path)
         return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers,
                                 exc.errors)
     except uploads.UploadRefused as exc:
@@ -258,7 +265,7 @@ def too_many_failures(wait_s: int, per_minute: int) -> Problem:
     return Problem(429, "Too Many Requests",
                    f"too many requests from this address had no working token ({per_minute} "
                    f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
-                   headers={"Retry-After": str(wait_s)})
+                   headers={"Retry-After": str(wait_s)}, denied=True)
 
 
 # The problem+json titles of uploads.UploadRefused's statuses.

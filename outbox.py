@@ -112,6 +112,13 @@ async def ainsert_event(aconn, event: Event) -> None:
     await aconn.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
 
 
+async def ainsert_events(aconn, events: Iterable[Event]) -> None:
+    """Many events in the caller's transaction (psycopg AsyncConnection), one NOTIFY."""
+    async with aconn.cursor() as cur:
+        await cur.executemany(core.QUERIES["insert_outbox_event"], [e.as_params() for e in events])
+    await aconn.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
+
+
 def copy_events(cur, events: Iterable[Event]) -> None:
     """The batch form of `publish_event`: COPY many events on the caller's cursor."""
     copy_outbox_rows(cur, (e.as_row() for e in events))

@@ -84,6 +84,7 @@ SALVAGE_MAX_REFUSALS = 64
 RECHECK_EVERY_S = 0.25  # while a small batch fills, NOTIFYs trigger a look at most this often
 MAX_LINKS = 32  # a batch span links to at most this many traces of the events it carries
 LINK_SAMPLES = 256  # events of a batch whose trace id is read for those links
+AUDIT_EXPIRY_INTERVAL_S = 3600.0  # an idle relay deletes audit events past EH_AUDIT_RETENTION_DAYS
 TRACE_ID_MEMBER = re.compile(rb'"trace_id": "([0-9a-f]{32})"')
 
 
@@ -179,6 +180,7 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
     """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
     backoff = core.Backoff()
     pg = listener = ch = None
+    audit_expiry_due = 0.0  # when, by time.monotonic(), to delete expired audit events next
     try:
         while not stop.is_set():
             try:
@@ -189,6 +191,9 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
                     event_log.fill_missing_owners(pg, ch)
                 if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
                     event_log.delete_events_of_deleted_jobs(pg, ch)
+                    if time.monotonic() >= audit_expiry_due:  # EH_AUDIT_RETENTION_DAYS, hourly
+                        event_log.delete_old_audit_events(ch, settings.audit_retention_days)
+                        audit_expiry_due = time.monotonic() + AUDIT_EXPIRY_INTERVAL_S
                     wait_for_work(pg, listener, settings, stop)
                 backoff.reset()
             except BatchRejected as exc:

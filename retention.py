@@ -33,6 +33,7 @@ import psycopg
 import structlog
 from psycopg.rows import class_row, tuple_row
 
+import audit
 import auth
 import core
 import jobs
@@ -113,20 +114,29 @@ async def read_policy(aconn, settings: core.Settings, owner: str) -> Policy:
 
 
 async def set_policy(aconn, settings: core.Settings, owner: str, days: int | None, *,
-                     set_by: str) -> Policy:
-    """Set `owner`'s own retention (None: for ever); the next sweep applies it."""
+                     set_by: str, who: audit.Actor) -> Policy:
+    """Set `owner`'s own retention (None: for ever), with its `audit.retention.set` event;
+    the next sweep applies it."""
     cur = aconn.cursor(row_factory=class_row(OwnerRetention))
-    await cur.execute(core.QUERIES["set_owner_retention"], {
-        "owner": check_owner(owner), "days": check_days(days), "set_by": set_by})
-    policy = Policy(owner, default_days(settings), await cur.fetchone())
+    async with aconn.transaction():
+        await cur.execute(core.QUERIES["set_owner_retention"], {
+            "owner": check_owner(owner), "days": check_days(days), "set_by": set_by})
+        policy = Policy(owner, default_days(settings), await cur.fetchone())
+        await audit.arecord(aconn, settings, "audit.retention.set", who, object_=owner,
+                            days=days)
     log.info("retention.set", owner=owner, days=days, set_by=set_by)
     return policy
 
 
-async def clear_policy(aconn, owner: str) -> bool:
-    """`owner` keeps the default again; False if they had no setting of their own."""
-    cur = await aconn.execute(core.QUERIES["clear_owner_retention"], {"owner": check_owner(owner)})
-    cleared = await cur.fetchone() is not None
+async def clear_policy(aconn, settings: core.Settings, owner: str, *, who: audit.Actor) -> bool:
+    """`owner` keeps the default again (`audit.retention.cleared`, if they had a setting of
+    their own); False if they had none."""
+    async with aconn.transaction():
+        cur = await aconn.execute(core.QUERIES["clear_owner_retention"],
+                                  {"owner": check_owner(owner)})
+        cleared = await cur.fetchone() is not None
+        if cleared:
+            await audit.arecord(aconn, settings, "audit.retention.cleared", who, object_=owner)
     if cleared:
         log.info("retention.cleared", owner=owner)
     return cleared
@@ -167,8 +177,6 @@ async def sweep(settings: core.Settings, s3) -> Swept:
             log.info("retention.sweep_skipped", reason="another process is sweeping")
             return Swept(ran=False)
         swept = await sweep_locked(aconn, settings, s3)
-    # audit.retention.swept: the audit trail's record of this sweep (issue 26's other half)
-    # goes here, from `swept` (each removed job, its owner, file name and upload time).
     log.info("retention.swept", removed=len(swept.removed), skipped=swept.skipped,
              failed=swept.failed, default_days=default_days(settings))
     return swept
@@ -213,9 +221,12 @@ async def remove_expired(aconn, settings: core.Settings, s3, job_id: uuid.UUID) 
         if job is None or not await jobs.try_lock_in_transaction(aconn, job_id):
             return None
         await asyncio.to_thread(s3.delete_object, Bucket=job.bucket, Key=job.object_key)
-        # Its job.deleted event (deleted_by SWEEPER) goes into the outbox here; a per-job
-        # audit event would be written beside it, in this transaction.
+        # Its job.deleted event (deleted_by SWEEPER) and its audit event, in the removal's
+        # transaction: one each per job removed, whichever sweeper removed it.
         await jobs.delete(aconn, settings, job, deleted_by=SWEEPER)
+        await audit.arecord(aconn, settings, "audit.retention.swept", audit.Actor(SWEEPER),
+                            object_=job.job_id, owner=job.owner, file_name=job.file_name,
+                            uploaded_at=job.created_at.isoformat())
     log.info("retention.job_removed", job_id=str(job.job_id), owner=job.owner,
              created_at=job.created_at.isoformat())
     return job

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 import retention
-from api_state import POOL, S3, SETTINGS, principal
+from api_state import POOL, S3, SETTINGS, actor, principal
 from http_guard import Problem, json_body
 
 log = structlog.get_logger("api")
@@ -58,7 +58,7 @@ async def put_retention(request: web.Request) -> web.Response:
     days = days_of(await json_body(request, MAX_BODY_BYTES))
     async with request.app[POOL].connection() as conn:
         policy = await retention.set_policy(conn, request.app[SETTINGS], owner, days,
-                                            set_by=principal(request).owner)
+                                            set_by=principal(request).owner, who=actor(request))
     return web.json_response(policy.json())
 
 
@@ -67,7 +67,7 @@ async def delete_retention(request: web.Request) -> web.Response:
     """The owner keeps EH_RETENTION_DAYS again (204, whether or not they had their own)."""
     owner = admin_owner(request)
     async with request.app[POOL].connection() as conn:
-        await retention.clear_policy(conn, owner)
+        await retention.clear_policy(conn, request.app[SETTINGS], owner, who=actor(request))
     return web.Response(status=204)
 
 

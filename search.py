@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from psycopg.rows import tuple_row
 
+import audit as audit_trail
 import core
 from explore import (
     EPOCH,
@@ -64,23 +65,38 @@ ZERO_UUID, MAX_UUID = str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1))
 @dataclasses.dataclass(frozen=True)
 class SearchScope:
     """Whose events a search sees: the owner's (admins too see only their own jobs' events),
-    less `hidden`, the owner's jobs deleted while ClickHouse may still hold their events."""
+    less `hidden`, the owner's jobs deleted while ClickHouse may still hold their events.
+    A search of audit events (SearchFilters.audit) sees those of the owner's own actions, or
+    everyone's with `every_owner` (an admin's)."""
 
     owner: str
     hidden: tuple[uuid.UUID, ...] = ()
+    every_owner: bool = False
 
-    def parameters(self) -> dict[str, Any]:
+    def parameters(self, audit: bool = False) -> dict[str, Any]:
+        if audit:
+            return {"owner": self.owner, "every_owner": int(self.every_owner)}
         return {"owner": self.owner, "hidden": [str(j) for j in self.hidden]}
 
 
-async def search_scope(pool, owner: str) -> SearchScope:
+async def search_scope(pool, owner: str, *, every_owner: bool = False) -> SearchScope:
     """The scope of `owner`'s searches now. Read at each search from Postgres, where a
     deletion commits with the job's own rows: its events are hidden from that moment until
     the relay has deleted them from event_log (it records that in the same transaction)."""
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=tuple_row)
         await cur.execute(core.QUERIES["hidden_jobs_of_owner"], {"owner": owner})
-        return SearchScope(owner, tuple(job_id for (job_id,) in await cur.fetchall()))
+        return SearchScope(owner, tuple(job_id for (job_id,) in await cur.fetchall()),
+                           every_owner)
+
+
+def scoped(text: str, audit: bool) -> str:
+    """A search query's text for line events or for audit events: the scope's block in for
+    `$scope`, the keyset's tie-break column in for `$tiebreak`."""
+    block = QUERIES["audit_scope" if audit else "search_scope"]
+    scope = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+    tiebreak = "event_log.event_id" if audit else "job_id"
+    return text.replace("$scope", scope).replace("$tiebreak", tiebreak)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +137,17 @@ class SearchFilters:
     context: tuple[tuple[str, str], ...] = ()
     excluded: Excluded = Excluded()
 
+    @property
+    def audit(self) -> bool:
+        """The filters select audit events (`audit.*` or `audit.<type>`s), which a search
+        reads apart from line events (SearchScope, `audit_scope`)."""
+        return bool(self.event_types) and all(map(audit_trail.is_audit_type, self.event_types))
+
     def parameters(self) -> dict[str, Any]:
         slots = list(self.context) + [("", "")] * (CONTEXT_SLOTS - len(self.context))
+        event_types = [t for t in self.event_types if t != audit_trail.ALL]
         return {"levels": list(self.levels), "services": list(self.services),
-                "event_types": list(self.event_types), "environments": list(self.environments),
+                "event_types": event_types, "environments": list(self.environments),
                 "job_ids": [str(j) for j in self.job_ids], "since": clickhouse_ms(self.since),
                 "until": clickhouse_ms(self.until), "text": self.text,
                 **{f"cp{n}": path for n, (path, _) in enumerate(slots, 1)},
@@ -181,6 +204,9 @@ def checked_search_filters(*, levels=(), services=(), event_types=(), environmen
     since_time, until_time = time_param("from", since, ms=True), time_param("to", until, ms=True)
     if since_time and until_time and since_time >= until_time:
         raise InvalidFilter("from must be earlier than to")
+    if len({audit_trail.is_audit_type(t) for t in base.event_types}) > 1:
+        raise InvalidFilter("event_type: audit events are searched apart from the others; give "
+                            "audit.* (or audit.<type>s) alone")
     return SearchFilters(base.levels, base.services, base.event_types, base.environments,
                          checked_job_ids(job_ids), since_time, until_time, base.text,
                          checked_context(context), checked_excluded(excluded or {}))
@@ -257,19 +283,23 @@ def rfc3339_ms(value: dt.datetime) -> str:
 
 
 def encode_cursor(order: str, event: Mapping[str, Any]) -> str:
+    """An audit event (line 0, no job) is placed by its own id in the job's place."""
     moment = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-    position = [order, (moment - EPOCH) // dt.timedelta(milliseconds=1), event["job_id"],
+    tiebreak = event["event_id"] if event["line_no"] == 0 else event["job_id"]
+    position = [order, (moment - EPOCH) // dt.timedelta(milliseconds=1), tiebreak,
                 event["line_no"]]
     return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
 
 
-def decode_cursor(raw: str, order: str) -> dict[str, Any]:
-    """The query parameters of the keyset position `raw` (an `after` cursor)."""
+def decode_cursor(raw: str, order: str, audit: bool = False) -> dict[str, Any]:
+    """The query parameters of the keyset position `raw` (an `after` cursor); an audit
+    search's cursor is at line 0, any other's at a line from 1."""
     try:
         position = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         kind, ms, job_id, line_no = position
+        lines = range(0, 1) if audit else range(1, 2**63)
         if not (kind in ORDERS and type(ms) is int and type(line_no) is int
-                and 0 <= ms < MAX_MS and 1 <= line_no < 2**63 and len(job_id) == 36):
+                and 0 <= ms < MAX_MS and line_no in lines and len(job_id) == 36):
             raise ValueError(position)
         job_id = str(uuid.UUID(job_id))
     except Exception:  # noqa: BLE001 - whatever a forged cursor makes the decoding raise
@@ -306,15 +336,15 @@ def search_events(ch, scope: SearchScope, filters: SearchFilters, *, order: str 
     order="asc"), after the keyset cursor `after` (from encode_cursor)."""
     if order not in ORDERS:
         raise InvalidFilter("order must be desc or asc")
-    position = decode_cursor(after, order) if after else START[order]
-    result = ch.query(events_query(order), parameters={
-        **scope.parameters(), **filters.parameters(), **position, "limit": limit},
+    position = decode_cursor(after, order, filters.audit) if after else START[order]
+    result = ch.query(events_query(order, audit=filters.audit), parameters={
+        **scope.parameters(filters.audit), **filters.parameters(), **position, "limit": limit},
         settings=read_settings(settings))
     return [search_event_json(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
 
 
-def events_query(order: str, columns: str = "search_columns") -> str:
-    return QUERIES[f"search_events_{order}"].replace("$columns", QUERIES[columns])
+def events_query(order: str, columns: str = "search_columns", *, audit: bool = False) -> str:
+    return scoped(QUERIES[f"search_events_{order}"].replace("$columns", QUERIES[columns]), audit)
 
 
 def search_event_json(row: dict) -> dict[str, Any]:
@@ -331,11 +361,11 @@ def search_histogram(ch, scope: SearchScope, filters: SearchFilters, *,
     """As job_histogram, over the owner's events the search filters select. Where from or
     to is not given, the first or last selected event's time is read in the projection's
     order (a read that stops at the first match), not by aggregating every selected row."""
-    parameters = {**scope.parameters(), **filters.parameters()}
+    parameters = {**scope.parameters(filters.audit), **filters.parameters()}
     settings = read_settings(settings)
-    first = filters.since or search_time(ch, "asc", parameters, settings)
+    first = filters.since or search_time(ch, "asc", parameters, settings, filters.audit)
     last = (filters.until - dt.timedelta(milliseconds=1) if filters.until
-            else search_time(ch, "desc", parameters, settings))
+            else search_time(ch, "desc", parameters, settings, filters.audit))
     if first is None or last is None:
         return no_histogram(interval_s)
     interval_s = interval_s or pick_interval((last - first).total_seconds() + 1)
@@ -346,12 +376,14 @@ def search_histogram(ch, scope: SearchScope, filters: SearchFilters, *,
 def histogram_query(filters: SearchFilters, interval_s: int) -> str:
     """The histogram's query: from `by_hour` where it can answer (whole hours)."""
     hourly = filters.by_hour() and interval_s % 3600 == 0
-    return QUERIES["search_histogram_by_hour" if hourly else "search_histogram"]
+    return scoped(QUERIES["search_histogram_by_hour" if hourly else "search_histogram"],
+                  filters.audit)
 
 
-def search_time(ch, order: str, parameters: dict, settings: dict) -> dt.datetime | None:
+def search_time(ch, order: str, parameters: dict, settings: dict,
+                audit: bool = False) -> dt.datetime | None:
     """The time of the first (asc) or last (desc) event the parameters select, or None."""
-    query = QUERIES["search_first_time" if order == "asc" else "search_last_time"]
+    query = scoped(QUERIES["search_first_time" if order == "asc" else "search_last_time"], audit)
     rows = ch.query(query, settings=settings, parameters=parameters).result_rows
     return utc(rows[0][0]) if rows else None
 
@@ -363,7 +395,8 @@ def search_facets(ch, scope: SearchScope, filters: SearchFilters, field: str, *,
     `other`: the events with another value. Events without a value at a context path are
     not counted."""
     path = field.removeprefix("context.") if field.startswith("context.") else ""
-    rows = ch.query(facet_query(field, filters), parameters={**scope.parameters(), **filters.parameters(),
+    rows = ch.query(facet_query(field, filters), parameters={
+                        **scope.parameters(filters.audit), **filters.parameters(),
                                        "facet_path": path, "limit": limit},
                     settings=read_settings(settings)).result_rows
     values = [{"value": value, "count": events} for value, events, _ in rows]
@@ -380,7 +413,8 @@ def facet_query(field: str, filters: SearchFilters) -> str:
         raise InvalidFilter(f"field must be one of {', '.join(list(FACETS)[:-1])} or "
                             "context.<path>")
     name = "search_facet" if path or not filters.by_hour() else "search_facet_by_hour"
-    return QUERIES[name].replace("$facet_value", FACETS["context" if path else field])
+    return scoped(QUERIES[name].replace("$facet_value", FACETS["context" if path else field]),
+                  filters.audit)
 
 
 def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = "ndjson",
@@ -395,11 +429,13 @@ def export_chunks(ch, scope: SearchScope, filters: SearchFilters, *, fmt: str = 
     settings = {**read_settings(settings), "max_result_rows": max_rows + 1,
                 "max_execution_time": EXPORT_TIMEOUT_S, "max_block_size": EXPORT_BLOCK_ROWS,
                 "prefer_column_name_to_alias": 1}
-    parameters = {**scope.parameters(), **filters.parameters(), **START[order],
+    parameters = {**scope.parameters(filters.audit), **filters.parameters(), **START[order],
                   "limit": max_rows + 1}
-    chunks = (csv_chunks(ch, events_query(order), parameters, settings, max_rows) if fmt == "csv" else
-              ndjson_chunks(ch, events_query(order, "export_ndjson_columns"), parameters,
-                            settings, max_rows))
+    audit = filters.audit
+    chunks = (csv_chunks(ch, events_query(order, audit=audit), parameters, settings, max_rows)
+              if fmt == "csv" else
+              ndjson_chunks(ch, events_query(order, "export_ndjson_columns", audit=audit),
+                            parameters, settings, max_rows))
     seen = 0  # rows ClickHouse sent: at most max_rows + 1, the one past saying there are more
     for chunk, rows in chunks:
         seen += rows

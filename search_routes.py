@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
+import audit
 import auth
 import core
 import explore
@@ -42,6 +43,7 @@ class Wiring:
     problem: Callable[..., Exception]  # (status, title, detail, headers=…) -> the exception
     int_param: Callable[..., int]  # (request, name, default=, low=, high=) -> int or a 422
     explore_read: Callable[[Awaitable[Any]], Awaitable[Any]]  # a read's failure as a Problem
+    actor: Callable[[web.Request], audit.Actor]  # whom the request's audit event names
 
 
 WIRING = web.AppKey("search_wiring", Wiring)
@@ -60,7 +62,7 @@ async def get_events(request: web.Request) -> web.Response:
     filters = search_filters(request, {"limit", "after", "order"})
     limit = w.int_param(request, "limit", default=100, low=1, high=1000)
     order, after = order_param(request), cursor_param(request)
-    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    scope = await request_scope(request)
     events = await w.explore_read(w.explorer(request).run(
         scope.owner, search.search_events, scope, filters, order=order, after=after,
         limit=limit + 1))
@@ -82,7 +84,7 @@ async def get_events_histogram(request: web.Request) -> web.Response:
     if "interval_s" in request.query:
         interval = w.int_param(request, "interval_s", default=0, low=1,
                                high=explore.MAX_INTERVAL_S)
-    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    scope = await request_scope(request)
     histogram = await w.explore_read(w.explorer(request).run(
         scope.owner, search.search_histogram, scope, filters, interval_s=interval))
     return web.json_response(histogram)
@@ -98,7 +100,7 @@ async def get_events_facets(request: web.Request) -> web.Response:
         raise w.problem(422, "Unprocessable Content", "field is required: level, service, "
                         "event_type, environment, job_id or context.<path>")
     limit = w.int_param(request, "limit", default=10, low=1, high=search.MAX_FACET_VALUES)
-    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    scope = await request_scope(request)
     facets = await w.explore_read(w.explorer(request).run(
         scope.owner, search.search_facets, scope, filters, field, limit=limit))
     return web.json_response(facets)
@@ -113,12 +115,13 @@ async def get_events_export(request: web.Request) -> web.StreamResponse:
     fmt, order = request.query.get("format", "ndjson"), order_param(request)
     if fmt not in search.EXPORT_FORMATS:
         raise w.problem(422, "Unprocessable Content", "format must be ndjson or csv")
-    scope = await search.search_scope(w.pool(request), w.principal(request).owner)
+    scope = await request_scope(request)
     chunks = w.explorer(request).stream(scope.owner, search.export_chunks, scope, filters,
                                         fmt=fmt, order=order,
                                         max_rows=w.settings(request).export_max_rows)
     async with contextlib.aclosing(chunks):
         first = await w.explore_read(first_chunk(chunks))  # a 503 or 422 before any byte
+        await record_export(request, filters, fmt)
         response = web.StreamResponse(headers={
             "Content-Type": search.EXPORT_FORMATS[fmt],
             "Content-Disposition": f'attachment; filename="events.{fmt}"'})
@@ -132,6 +135,22 @@ async def get_events_export(request: web.Request) -> web.StreamResponse:
             await response.write(search.failure_line(fmt))
         await response.write_eof()
     return response
+
+
+async def request_scope(request: web.Request) -> search.SearchScope:
+    """The scope of a request's search: an admin's audit searches see every owner's."""
+    w, who = request.app[WIRING], request.app[WIRING].principal(request)
+    return await search.search_scope(w.pool(request), who.owner, every_owner=who.admin)
+
+
+async def record_export(request: web.Request, filters: search.SearchFilters, fmt: str) -> None:
+    """The export's audit event (`audit.events.exported`), committed before its first byte
+    goes out: the filters say which events, the object is the search route."""
+    w = request.app[WIRING]
+    async with w.pool(request).connection() as conn, conn.transaction():
+        await audit.arecord(conn, w.settings(request), "audit.events.exported",
+                            w.actor(request), object_=request.path, format=fmt,
+                            filters=urlencode(filters.query_items()))
 
 
 async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:

@@ -15,13 +15,14 @@ from opentelemetry import trace
 from psycopg.types.json import Jsonb
 
 import amqp
+import audit
 import core
 import formats
 import http_server
 import jobs
 import observe
 import uploads
-from api_state import POOL, PUBLISHER, S3, SETTINGS, UPLOAD_PATH, UPLOAD_SLOTS, principal
+from api_state import POOL, PUBLISHER, S3, SETTINGS, UPLOAD_PATH, UPLOAD_SLOTS, actor, principal
 from format_routes import find_format
 from http_guard import (
     Problem,
@@ -112,7 +113,7 @@ async def receive_upload(request: web.Request) -> web.Response:
             await writer.close()
             span.set_attribute("size_bytes", inspector.size)
         job = await create_job(request.app, job_id, file_name, inspector, key,
-                               owner=principal(request).owner, options=options)
+                               who=actor(request), options=options)
     except BaseException:
         await asyncio.shield(writer.abort())
         raise
@@ -300,19 +301,24 @@ def malformed_multipart(exc: Exception) -> Problem:
 
 
 async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: uploads.UploadInspector, key: str, *, owner: str,
-                     options: dict[str, str | None]) -> jobs.Job:
-    """The queued job row and its job.queued event, in one transaction. The row keeps the
-    upload's traceparent: the worker's span of the job continues the upload's trace."""
+                     inspector: uploads.UploadInspector, key: str, *, who: audit.Actor,
+                     options: dict[str, Any]) -> jobs.Job:
+    """The queued job row, its job.queued event and its audit.job.uploaded, in one
+    transaction. The row keeps the upload's traceparent: the worker's span of the job
+    continues the upload's trace."""
     settings = app[SETTINGS]
     traceparent = core.current_traceparent()  # the request's span, not job.insert's
     with observe.span(tracer, "job.insert"):
         async with app[POOL].connection() as conn, conn.transaction():
-            return await jobs.create(
+            job = await jobs.create(
                 conn, settings, job_id=job_id, file_name=file_name[:255],
                 size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
-                owner=owner, options=options, traceparent=traceparent,
+                owner=who.actor, options=options, traceparent=traceparent,
                 compression=inspector.compression)
+            await audit.arecord(conn, settings, "audit.job.uploaded", who, object_=job_id,
+                                file_name=job.file_name, size_bytes=job.size_bytes,
+                                format=job.format)
+            return job
 
 
 async def publish_job(app: web.Application, job: jobs.Job) -> None:

@@ -171,8 +171,8 @@ COPY line_errors (job_id, line_no, reason) FROM STDIN;
 -- context as jsonb prints it. UTF-8 bytes (bytea), so the driver does not decode them either.
 -- `event_time` is the time to the millisecond (truncated, as event_log's DateTime64(3) text)
 -- and `owner` the owner of the job the event names (a primary-key look-up; '' for an event
--- of no job, or of a job gone, whose events are being deleted): owner-wide search reads by
--- both (sql/clickhouse/event_log.sql). A job's owner never changes, so a re-sent line is
+-- of no job, or of a job gone, whose events are being deleted; for an `audit.*` event, its
+-- actor, audit.py): owner-wide search reads by both (sql/clickhouse/event_log.sql). A job's owner never changes, so a re-sent line is
 -- the same line.
 convert_to(json_build_object(
     'event_id', o.event_id,
@@ -182,9 +182,11 @@ convert_to(json_build_object(
     'environment', o.environment,
     'event_context', o.event_context,
     'metadata_version', o.metadata_version,
-    'owner', coalesce((SELECT j.owner FROM jobs j WHERE j.job_id = CASE
+    'owner', CASE WHEN starts_with(o.event_type, 'audit.')
+        THEN coalesce(o.event_context->'context'->>'actor', '')
+        ELSE coalesce((SELECT j.owner FROM jobs j WHERE j.job_id = CASE
         WHEN o.event_context->>'job_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
-        THEN (o.event_context->>'job_id')::uuid END), ''))::text, 'UTF8')
+        THEN (o.event_context->>'job_id')::uuid END), '') END)::text, 'UTF8')
 
 -- name: line_event_id --
 -- A log entry `e`'s event id, outbox.line_event_id: the first 16 bytes of the SHA-1 of the job

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import gzip
 import inspect
@@ -313,6 +314,12 @@ def watchers_dropped(logs) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- what was kept: rows, objects, messages
+
+
+def aged(db, job_id, days: float) -> None:
+    """The job as if uploaded `days` ago (no waiting: retention counts from created_at)."""
+    db.execute("UPDATE jobs SET created_at = now() - make_interval(secs => %s) "
+               "WHERE job_id = %s", (days * 86400, job_id))
 
 
 def job_row(db, job_id) -> dict:
@@ -743,6 +750,14 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def relay_all(db, settings: core.Settings) -> None:
+    """Move every outbox row into ClickHouse's event_log now (relay_once, batches at once)."""
+    fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
+    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
+        while relay.relay_once(db, ch, fast):
+            pass
 
 
 def drain(conn, ch, settings) -> int:

@@ -76,9 +76,9 @@ async def test_upload_is_stored_recorded_and_published(client, settings, db):
     assert obj["Body"].read() == content
     assert queued_messages(settings) == [
         {"job_id": job["job_id"], "bucket": settings.s3_bucket, "key": row["object_key"]}]
-    events = db.execute("SELECT event_type, event_context FROM outbox").fetchall()
-    assert [(e["event_type"], e["event_context"]["job_id"]) for e in events] == [
-        ("job.queued", job["job_id"])]
+    events = db.execute("SELECT event_type, event_context FROM outbox ORDER BY id").fetchall()
+    assert [(e["event_type"], e["event_context"].get("job_id")) for e in events] == [
+        ("job.queued", job["job_id"]), ("audit.job.uploaded", None)]  # the audit's is `object`
 
 
 async def test_large_upload_goes_up_in_parts(client, settings):
@@ -493,7 +493,7 @@ async def test_stats_count_jobs_and_the_outbox_backlog(admin_client):
     await upload(client, jsonl(VALID))
     stats = await (await client.get("/api/v1/stats")).json()
     assert stats["jobs"]["queued"] == 1
-    assert stats["outbox"]["backlog"] == 1  # the job.queued event, until the relay moves it
+    assert stats["outbox"]["backlog"] == 2  # job.queued and audit.job.uploaded, until the relay
 
 
 async def test_upload_while_database_is_down_is_503_and_leaves_nothing(settings, aiohttp_client,

@@ -64,6 +64,9 @@ def test_settings_read_types_and_normalise_case():
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be a logging level name"),
     ({"CLICKHOUSE_URL": "chdb://relative/dir"}, "chdb:///absolute/path"),
     ({"CLICKHOUSE_URL": "ftp://u:hunter2@host/db"}, "must be chdb:///path or http(s)://host"),
+    ({"EH_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"}, "EH_TRUSTED_PROXIES must be comma-separated"),
+    ({"EH_AUDIT_DENIED_PER_MINUTE": "0"}, "EH_AUDIT_DENIED_PER_MINUTE must be >= 1"),
+    ({"EH_AUDIT_RETENTION_DAYS": "0"}, "EH_AUDIT_RETENTION_DAYS must be >= 1"),
 ])
 def test_a_bad_setting_is_refused_naming_the_variable(env, message):
     with pytest.raises(core.ConfigError) as info:

@@ -40,8 +40,9 @@ def stop_cleanly(*procs) -> None:
 
 
 def line_events(ch, columns: str) -> list[tuple]:
-    """The line events (not lifecycle ones) in event_log, in line order."""
+    """The line events (not lifecycle or audit ones) in event_log, in line order."""
     return ch.query(f"SELECT {columns} FROM event_log WHERE event_type NOT LIKE 'job.%' "
+                    "AND event_type NOT LIKE 'audit.%' "
                     "ORDER BY toUInt64(event_context.line_no)").result_rows
 
 

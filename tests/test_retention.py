@@ -22,6 +22,7 @@ import observe
 import retention
 from helpers import (
     VALID,
+    aged,
     assert_problem,
     bearer,
     completed_job,
@@ -36,12 +37,6 @@ from helpers import (
 )
 
 CONTENT = jsonl(VALID, {**VALID, "message": "second"}) + b"not json\n"  # 2 valid, 1 invalid
-
-
-def aged(db, job_id, days: float) -> None:
-    """The job as if uploaded `days` ago (no waiting: retention counts from created_at)."""
-    db.execute("UPDATE jobs SET created_at = now() - make_interval(secs => %s) "
-               "WHERE job_id = %s", (days * 86400, job_id))
 
 
 def own_retention(db, owner: str, days: int | None) -> None:

@@ -23,9 +23,8 @@ import eventhorizon
 import explore
 import outbox
 import read_slots
-import relay
 import search
-from helpers import all_pages, bearer, wait_for
+from helpers import all_pages, bearer, relay_all, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, 456, tzinfo=dt.timezone.utc)  # µs: truncated to ms
 LEVELS = ["info", "info", "warning", "error", "debug", "critical", "info"]
@@ -77,13 +76,6 @@ def store_job(db, k: int, owner: str, lines: int, bucket: str = "b",
                                            "message": e["message"], "context": e["context"]}),
              outbox.METADATA_VERSION) for e in entries])
     return job_id
-
-
-def relay_all(db, settings: core.Settings) -> None:
-    fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
-    with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
-        while relay.relay_once(db, ch, fast):
-            pass
 
 
 @pytest.fixture

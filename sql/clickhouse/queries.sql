@@ -45,8 +45,10 @@ ORDER BY start, level
 
 -- name: search_scope --
 -- Owner-wide search (search.py's search_*): an owner's line events across their jobs. This
--- fragment is whose events may be seen: the owner's, less the jobs Postgres says are deleted
--- while ClickHouse may still hold their events (search.search_scope). The filters come in
+-- block is whose events may be seen: the owner's, less the jobs Postgres says are deleted
+-- while ClickHouse may still hold their events (search.search_scope). search.scoped puts it
+-- (or audit_scope) in for `$scope`, and the keyset's tie-break column for `$tiebreak` (job_id
+-- here: with line_no, it orders the events of one millisecond). The filters come in
 -- three fragments: search_fields (fields' values), search_times (from/to to the millisecond)
 -- and search_matches (text and context.<path>). ClickHouse picks what to read by the
 -- conditions' columns: `by_owner` (owner, event_time) for most reads; the table itself where
@@ -54,6 +56,12 @@ ORDER BY start, level
 -- search_matches); and the `by_hour` aggregate for the *_by_hour queries, which leave out the
 -- conditions `by_hour` cannot answer (search.by_hour says when they may be used).
 owner = {owner:String} AND line_no > 0 AND NOT has({hidden:Array(UUID)}, job_id)
+
+-- name: audit_scope --
+-- A search of `audit.*` events (audit.py): those of the owner's own actions (its `owner` is
+-- the actor), or everyone's for an admin. They have no job (job_id zero, line_no 0), so the
+-- tie-break is the event's id; the sort key's event_type prefix prunes the rest.
+startsWith(event_type, 'audit.') AND ({every_owner:UInt8} = 1 OR owner = {owner:String})
 
 -- name: search_fields --
 -- Each field's values OR together (none given: every value), then less its not.<field> values.
@@ -124,49 +132,49 @@ event_context.^context AS context
 -- without stopping early, but reads `event_time` alone in order and stops.
 SELECT $columns
 FROM event_log
-WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+WHERE $scope AND $search_fields AND $search_times AND $search_matches
   AND event_time <= {after_time:DateTime64(3, 'UTC')}
-  AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+  AND (event_time, $tiebreak, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
   AND event_time >= (
       SELECT min(t) FROM (
           SELECT event_time AS t
           FROM event_log
-          WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+          WHERE $scope AND $search_fields AND $search_times AND $search_matches
             AND event_time <= {after_time:DateTime64(3, 'UTC')}
-            AND (event_time, job_id, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+            AND (event_time, $tiebreak, line_no) < ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
           ORDER BY event_time DESC
           LIMIT {limit:UInt32}))
-ORDER BY event_time DESC, job_id DESC, line_no DESC
+ORDER BY event_time DESC, $tiebreak DESC, line_no DESC
 LIMIT {limit:UInt32}
 
 -- name: search_events_asc --
 SELECT $columns
 FROM event_log
-WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+WHERE $scope AND $search_fields AND $search_times AND $search_matches
   AND event_time >= {after_time:DateTime64(3, 'UTC')}
-  AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+  AND (event_time, $tiebreak, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
   AND event_time <= (
       SELECT max(t) FROM (
           SELECT event_time AS t
           FROM event_log
-          WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+          WHERE $scope AND $search_fields AND $search_times AND $search_matches
             AND event_time >= {after_time:DateTime64(3, 'UTC')}
-            AND (event_time, job_id, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
+            AND (event_time, $tiebreak, line_no) > ({after_time:DateTime64(3, 'UTC')}, {after_job:UUID}, {after_line:UInt64})
           ORDER BY event_time
           LIMIT {limit:UInt32}))
-ORDER BY event_time, job_id, line_no
+ORDER BY event_time, $tiebreak, line_no
 LIMIT {limit:UInt32}
 
 -- name: search_first_time --
 -- The first selected event's time (search.search_time), read in event_time's order.
 SELECT event_time FROM event_log
-WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+WHERE $scope AND $search_fields AND $search_times AND $search_matches
 ORDER BY event_time
 LIMIT 1
 
 -- name: search_last_time --
 SELECT event_time FROM event_log
-WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+WHERE $scope AND $search_fields AND $search_times AND $search_matches
 ORDER BY event_time DESC
 LIMIT 1
 
@@ -174,7 +182,7 @@ LIMIT 1
 SELECT toStartOfInterval(event_time, toIntervalSecond({interval_s:UInt32})) AS start,
        level, count() AS events
 FROM event_log
-WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+WHERE $scope AND $search_fields AND $search_times AND $search_matches
 GROUP BY start, level
 ORDER BY start, level
 
@@ -184,7 +192,7 @@ ORDER BY start, level
 SELECT value, events, sum(events) OVER () AS total
 FROM (SELECT $facet_value AS value, count() AS events
       FROM event_log
-      WHERE $search_scope AND $search_fields AND $search_times AND $search_matches
+      WHERE $scope AND $search_fields AND $search_times AND $search_matches
       GROUP BY value
       HAVING value IS NOT NULL)
 ORDER BY events DESC, value
@@ -195,7 +203,7 @@ LIMIT {limit:UInt32}
 SELECT toStartOfInterval(toStartOfHour(event_time), toIntervalSecond({interval_s:UInt32})) AS start,
        level, count() AS events
 FROM event_log
-WHERE $search_scope AND $search_fields AND $search_hours
+WHERE $scope AND $search_fields AND $search_hours
 GROUP BY start, level
 ORDER BY start, level
 
@@ -204,7 +212,7 @@ ORDER BY start, level
 SELECT value, events, sum(events) OVER () AS total
 FROM (SELECT $facet_value AS value, count() AS events
       FROM event_log
-      WHERE $search_scope AND $search_fields AND $search_hours
+      WHERE $scope AND $search_fields AND $search_hours
       GROUP BY value
       HAVING value IS NOT NULL)
 ORDER BY events DESC, value
