@@ -46,6 +46,7 @@ import graphql_socket
 import http_server
 import jobs
 import live
+import logs
 import observe
 import read_slots
 import retention_routes
@@ -96,7 +97,7 @@ PLAIN_DIGITS = re.compile(r"[0-9]+")
 def main(argv: list[str]) -> int:
     args = admin_cli.command_line().parse_args(argv[1:])
     settings = core.load_settings(service=args.command is None)
-    core.configure_logging(settings)
+    logs.configure_logging(settings)
     if args.command == "migrate":
         applied = core.migrate(settings.database_url)
         log.info("migrations.applied", count=applied)

@@ -26,6 +26,7 @@ from psycopg.rows import class_row, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 import core
+import logs
 import outbox
 
 log = structlog.get_logger("jobs")
@@ -282,7 +283,7 @@ def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> o
                "lines_total": job.lines_total, "lines_valid": job.lines_valid,
                "lines_invalid": job.lines_invalid, "error": job.error, "owner": job.owner,
                **extra}
-    if trace_id := core.current_trace_id():
+    if trace_id := logs.current_trace_id():
         context["trace_id"] = trace_id
     return outbox.make_event(event_type, context, environment=environment,
                            event_id=uuid.uuid5(job.job_id, event_type))

@@ -66,6 +66,7 @@ from psycopg.rows import tuple_row
 import clickhouse_errors
 import core
 import event_log
+import logs
 import observe
 import outbox
 import outbox_batches
@@ -94,7 +95,7 @@ def main() -> int:
         check_engine_installed(settings.clickhouse_url)
     except core.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    core.configure_logging(settings)
+    logs.configure_logging(settings)
     observe.setup_tracing(settings, "eventhorizon-relay")
     try:
         observe.serve_metrics(observe.RELAY, settings, settings.relay_metrics_port)

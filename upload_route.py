@@ -16,10 +16,10 @@ from psycopg.types.json import Jsonb
 
 import amqp
 import audit
-import core
 import formats
 import http_server
 import jobs
+import logs
 import observe
 import uploads
 from api_state import POOL, PUBLISHER, S3, SETTINGS, UPLOAD_PATH, UPLOAD_SLOTS, actor, principal
@@ -307,7 +307,7 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
     transaction. The row keeps the upload's traceparent: the worker's span of the job
     continues the upload's trace."""
     settings = app[SETTINGS]
-    traceparent = core.current_traceparent()  # the request's span, not job.insert's
+    traceparent = logs.current_traceparent()  # the request's span, not job.insert's
     with observe.span(tracer, "job.insert"):
         async with app[POOL].connection() as conn, conn.transaction():
             job = await jobs.create(

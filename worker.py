@@ -41,6 +41,7 @@ import decoding
 import formats
 import jobs
 import lines
+import logs
 import mappings
 import observe
 import outbox
@@ -55,7 +56,7 @@ VALID_LINES, INVALID_LINES = observe.LINES.labels("valid"), observe.LINES.labels
 
 def main() -> int:
     settings = core.load_settings()
-    core.configure_logging(settings)
+    logs.configure_logging(settings)
     serve_metrics(settings)
     provider = observe.setup_tracing(settings, "eventhorizon-worker")
     # A job stuck past the grace (a dead connection, a hung read) is left as a crash would
@@ -450,7 +451,7 @@ class Committer:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
         self.trace_context = otel_context.get_current()  # the job's span, for each batch's
-        self.trace_id = core.current_trace_id()  # the job's trace (its upload's): its events'
+        self.trace_id = logs.current_trace_id()  # the job's trace (its upload's): its events'
 
     def submit(self, batch: lines.LineBatch) -> None:
         self.wait()

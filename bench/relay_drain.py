@@ -54,6 +54,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402
+import logs  # noqa: E402
 import outbox  # noqa: E402
 import relay  # noqa: E402
 import stopping  # noqa: E402
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", **os.environ}
     base = core.Settings.from_env(env)
-    core.configure_logging(base)
+    logs.configure_logging(base)
     admin_url = with_database(base.database_url, "postgres")
     bench_url = with_database(base.database_url, BENCH_DB)
     with psycopg.connect(admin_url, autocommit=True) as admin:
