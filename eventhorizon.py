@@ -21,10 +21,8 @@ import contextvars
 import ipaddress
 import logging
 import math
-import re
 import sys
 import uuid
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -75,7 +73,9 @@ from http_guard import (
     access_log_middleware,
     auth_middleware,
     bind_job_id,
+    explore_read,
     guard_middleware,
+    int_param,
     json_body,
     problem_middleware,
     security_headers_middleware,
@@ -91,7 +91,6 @@ tracer = trace.get_tracer("eventhorizon.api")
 MAX_REQUEST_LINE_BYTES = 128 * 1024
 STALE_UPLOAD_AGE_S = 3600  # S3 multipart uploads older than this are a dead process's: aborted
 SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at start-up)
-PLAIN_DIGITS = re.compile(r"[0-9]+")
 
 
 def main(argv: list[str]) -> int:
@@ -164,9 +163,7 @@ def init_app(settings: core.Settings) -> web.Application:
     app.add_routes(upload_route.routes)
     app.add_routes(format_routes.routes)
     retention_routes.setup(app)  # owners' retention (admins), and the periodic sweep
-    search_routes.setup(app, search_routes.Wiring(  # owner-wide search: GET /api/v1/events…
-        lambda r: r.app[POOL], lambda r: r.app[EXPLORER], lambda r: r.app[SETTINGS], principal,
-        Problem, int_param, explore_read, actor))
+    app.add_routes(search_routes.routes)  # owner-wide search: GET /api/v1/events…
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
     return app
@@ -472,24 +469,6 @@ def explore_filters(request: web.Request) -> explore.EventFilters:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
 
 
-async def explore_read(read: Awaitable[T]) -> T:
-    """A ClickHouse read's result; its failure as a problem of this request alone."""
-    try:
-        return await read
-    except explore.InvalidFilter as exc:
-        raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except read_slots.OwnerQueueFull as exc:
-        raise Problem(429, "Too Many Requests", str(exc),
-                      headers={"Retry-After": str(exc.retry_after_s)}) from None
-    except read_slots.NoReadSlot as exc:
-        raise Problem(503, "Service Unavailable", str(exc),
-                      headers={"Retry-After": str(exc.retry_after_s)}) from None
-    except explore.Unavailable as exc:
-        log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "
-                      "(uploads and job status are not affected)") from None
-
-
 @routes.delete("/api/v1/jobs/{job_id}")
 async def delete_job(request: web.Request) -> web.Response:
     """Delete a job and all it produced (204): its stored file, log entries, line errors and
@@ -646,21 +625,6 @@ def job_id_param(request: web.Request) -> uuid.UUID:
         raise job_not_found(request.match_info["job_id"])
     bind_job_id(job_id)
     return job_id
-
-
-def int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
-    """A number of the query: plain ASCII digits only. int() alone would also take "+5",
-    " 1 ", "1_0" and other scripts' digits ("٣"), none of which a client means here."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if PLAIN_DIGITS.fullmatch(raw) else None
-    except ValueError:  # more digits than int() converts
-        value = None
-    if value is None or not low <= value <= high:
-        raise Problem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}")
-    return value
 
 
 def job_not_found(job_id: Any) -> Problem:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -20,9 +21,11 @@ from opentelemetry import propagate, trace
 
 import auth
 import core
+import explore
 import lines
 import observe
 import offload
+import read_slots
 import uploads
 from api_state import AUTH_LIMITER, DENIED_TRAIL, POOL, PRINCIPAL, SETTINGS, UPLOAD_PATH, actor
 from http_server import SECURITY_HEADERS, problem_response
@@ -332,3 +335,42 @@ async def json_body(request: web.Request, max_bytes: int) -> Any:
     except lines.InvalidLine as exc:
         raise Problem(422, "Unprocessable Content", f"the body cannot be stored: {exc}") from None
     return value
+
+
+# --------------------------------------------------------------------------- parameters and reads
+
+
+PLAIN_DIGITS = re.compile(r"[0-9]+")
+
+
+def int_param(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    """A number of the query: plain ASCII digits only. int() alone would also take "+5",
+    " 1 ", "1_0" and other scripts' digits ("٣"), none of which a client means here."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if PLAIN_DIGITS.fullmatch(raw) else None
+    except ValueError:  # more digits than int() converts
+        value = None
+    if value is None or not low <= value <= high:
+        raise Problem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+async def explore_read(read: Awaitable[T]) -> T:
+    """A ClickHouse read's result; its failure as a problem of this request alone."""
+    try:
+        return await read
+    except explore.InvalidFilter as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+    except read_slots.OwnerQueueFull as exc:
+        raise Problem(429, "Too Many Requests", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except read_slots.NoReadSlot as exc:
+        raise Problem(503, "Service Unavailable", str(exc),
+                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except explore.Unavailable as exc:
+        log.warning("explore.clickhouse_unavailable", error=str(exc))
+        raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "
+                      "(uploads and job status are not affected)") from None
