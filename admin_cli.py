@@ -119,7 +119,7 @@ async def retention_action(settings: core.Settings, args: argparse.Namespace):
         if args.action == "set":
             days = None if args.forever else args.days
             return (await retention.set_policy(aconn, settings, args.owner, days,
-                                               set_by=f"cli:{audit.os_user()}",
+                                               set_by=f"os:{audit.os_user()}",
                                                who=audit.operator())).json()
         if args.action == "clear":
             await retention.clear_policy(aconn, settings, args.owner, who=audit.operator())

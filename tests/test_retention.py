@@ -429,7 +429,7 @@ def test_the_retention_command_sets_shows_clears_and_sweeps(keep, db):
 
     answer = ok("set", "--owner", "alice", "--days", "7")
     assert (answer["days"], answer["source"], answer["default_days"]) == (7, "owner", 30)
-    assert answer["set_by"].startswith("cli:")
+    assert answer["set_by"].startswith("os:")
     assert ok("set", "--owner", "bob", "--forever")["days"] is None
     shown = ok("show")
     assert shown["default_days"] == 30
