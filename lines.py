@@ -41,7 +41,10 @@ SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # (check_json_paths). A dot followed by plain characters, then a quote and a colon, can only be
 # in a key; a dot followed by an escape might be, so it counts too (json.dumps escapes every
 # non-ASCII character). Linear in the line's length: the possessive run stops at the next dot.
-DOTTED_KEY = re.compile(rb'(?:\.|\\u002[eE])[^".\\]*+(?:\\|"\s*:)')
+# The escaped dot is looked for only in lines with an escape at all (parse_entry): with a
+# plain dot first, the pattern costs half as much on every line.
+DOTTED_KEY = re.compile(rb'\.[^".\\]*+(?:\\|"\s*:)')
+ESCAPED_DOTTED_KEY = re.compile(rb'\\u002[eE][^".\\]*+(?:\\|"\s*:)')
 # Twenty digits in a row: maybe an integer past 64 bits, which orjson would make a float and
 # the json module keeps exact (load_line). Looked for in a copy of the line with each digit
 # made "0" and every other byte "x": ten times as fast as the regular expression \d{20}.
@@ -132,17 +135,16 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
     if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
         return
     try:
-        entry = parse_line(raw, validator, mapping, max_context_paths)
+        entry = parse_entry(raw, validator, mapping, max_context_paths)
     except InvalidLine as exc:
         batch.errors.append((job_id, line_no, str(exc)))
         return
     except RecursionError:  # from json.loads, json.dumps or the walks over the value
         batch.errors.append((job_id, line_no, TOO_DEEP))
         return
-    batch.formats[entry["format"]] = batch.formats.get(entry["format"], 0) + 1
-    batch.entries.append((job_id, line_no, entry["timestamp"], entry["level"], entry["service"],
-                          entry["event_type"], entry["environment"], entry["message"],
-                          entry["context_json"]))
+    name = entry[0]
+    batch.formats[name] = batch.formats.get(name, 0) + 1
+    batch.entries.append((job_id, line_no) + entry[2:])
 
 
 class InvalidLine(Exception):
@@ -165,6 +167,20 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
     Without a mapping the line must be a canonical entry. With one, the line is mapped first
     and the mapped entry goes through every check a canonical line does; reasons then name
     the format and the line's own field (`pino: time: …`)."""
+    (name, context, timestamp, level, service, event_type, environment, message,
+     context_json) = parse_entry(raw, validator, mapping, max_context_paths)
+    return {"timestamp": timestamp, "level": level, "service": service,
+            "event_type": event_type, "environment": environment, "message": message,
+            "context": context, "context_json": context_json, "format": name}
+
+
+def parse_entry(raw: bytes, validator, mapping: Mapping | None = None,
+                max_context_paths: int = MAX_CONTEXT_PATHS) -> tuple:
+    """parse_line's work, as the tuple add_line copies from: (format name, context, then the
+    COPY row's columns after job_id and line_no: timestamp, level, service, event_type,
+    environment, message, context as JSON text). It runs for every line of every file: no
+    dict is built for the entry, and the checks that walk the value run only for lines whose
+    bytes may need them."""
     obj, by_orjson = load_line(raw)
     name, sources = formats.CANONICAL, None
     if mapping is not None:
@@ -174,7 +190,8 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
             raise InvalidLine(str(exc)) from None
     if not validator.is_valid(obj):
         raise InvalidLine(schema_error_reason(validator, obj, name, sources))
-    if SUSPECT_ESCAPE.search(raw):
+    escapes = b"\\u" in raw
+    if escapes and SUSPECT_ESCAPE.search(raw):
         check_storable_strings(obj)
     try:
         # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
@@ -187,26 +204,18 @@ def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
                           "outside the range event_log holds (1970-01-01T00:00:00Z to "
                           "2106-02-07T06:28:15Z)")
     context = obj.get("context", {})
-    extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
-    if extra:
+    if not obj.keys() <= KNOWN_FIELDS:
+        extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
         context = {**context, free_key(context, "extra"): extra}
-    if DOTTED_KEY.search(raw):
+    if DOTTED_KEY.search(raw) or (escapes and ESCAPED_DOTTED_KEY.search(raw)):
         check_json_paths(context)
     # A path is a key of the line's text ('"":0' at least: 4 bytes) and every key is followed
     # by a colon: shorter lines, or lines with fewer colons, cannot have more paths.
     if len(raw) > 4 * max_context_paths and raw.count(b":") > max_context_paths:
         check_context_paths(context, max_context_paths)
-    return {
-        "timestamp": timestamp,
-        "level": obj["level"].lower(),
-        "service": obj["service"],
-        "event_type": obj["event_type"],
-        "environment": obj.get("environment", "production"),
-        "message": obj["message"],
-        "context": context,
-        "context_json": dump_context(context, by_orjson),
-        "format": name,
-    }
+    return (name, context, timestamp, obj["level"].lower(), obj["service"], obj["event_type"],
+            obj.get("environment", "production"), obj["message"],
+            dump_context(context, by_orjson))
 
 
 def load_line(raw: bytes) -> tuple[Any, bool]:

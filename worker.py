@@ -19,6 +19,7 @@ import concurrent.futures
 import enum
 import functools
 import io
+import math
 import os
 import random
 import signal
@@ -390,27 +391,33 @@ def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Sto
     body = open_object(s3, job, settings)
     committer = Committer(conn, job, settings)
     broken: list[decoding.DecodeError] = []  # where a compressed stream broke, if it did
+    # Locals: this loop runs once per line, and a global or attribute look-up each time adds up.
+    add_line, stopped, monotonic = lines.add_line, stop.is_set, time.monotonic
+    job_id, max_paths, delay_max_s = job.job_id, settings.max_context_paths, settings.line_delay_max_s
+    batch_lines, next_mark = settings.batch_lines, marks[0] if marks else math.inf
+    batch_size = 0  # lines in the batch (batch.lines, kept here while it fills)
     try:
         for raw, size, count in read_lines_until_broken(body, broken):
             line_no += count
-            batch.lines += count
+            batch_size += count
             batch.bytes += size
             if count == 1:  # (a run of empty lines has nothing to add)
-                lines.add_line(batch, job.job_id, line_no, raw, validator, mapping,
-                               settings.max_context_paths)
-            if settings.line_delay_max_s:
-                stop.wait(random.uniform(0, settings.line_delay_max_s))
-            if stop.is_set():
+                add_line(batch, job_id, line_no, raw, validator, mapping, max_paths)
+            if delay_max_s:
+                stop.wait(random.uniform(0, delay_max_s))
+            if stopped():
                 job = committer.wait()
-                log.info("job.abandoned", uncommitted_lines=batch.lines,
+                log.info("job.abandoned", uncommitted_lines=batch_size,
                          resume_from_line=job.lines_processed + 1)
                 return JobRun.ABANDONED
-            at_mark = bool(marks) and line_no >= marks[0]
-            if (at_mark or batch.lines >= settings.batch_lines
-                    or time.monotonic() - last_flush >= FLUSH_EVERY_S):
+            if (line_no >= next_mark or batch_size >= batch_lines
+                    or monotonic() - last_flush >= FLUSH_EVERY_S):
+                batch.lines = batch_size
                 committer.submit(batch)
-                batch, last_flush = lines.LineBatch(), time.monotonic()
+                batch, batch_size, last_flush = lines.LineBatch(), 0, monotonic()
                 marks = [m for m in marks if m > line_no]
+                next_mark = marks[0] if marks else math.inf
+        batch.lines = batch_size
         if batch.lines:
             committer.submit(batch)
         job = committer.wait()

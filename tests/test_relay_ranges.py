@@ -115,14 +115,18 @@ def lifecycle_rows(db) -> int:
                       ).fetchone()["n"]
 
 
-def test_range_lines_are_byte_for_byte_the_per_line_rows_lines(settings, db):
-    """The JSONEachRow lines themselves, as the relay sends them (pino lines, mapped)."""
+@pytest.mark.parametrize("trace_id", [None, "4bf92f3577b34da6a3ce929d0e0e4736"])
+def test_range_lines_are_byte_for_byte_the_per_line_rows_lines(settings, db, trace_id):
+    """The JSONEachRow lines themselves, as the relay sends them (pino lines, mapped), with
+    and without the trace the events name (range_event_log_line writes the text out)."""
     content = jsonl(*[PINO_LINE] * 5) + varied_lines(5)
     job_id = make_job(settings, db, content)
     assert run_job(settings, job_id) == "completed"
+    db.execute("UPDATE outbox SET trace_id = %s WHERE job_id = %s", (trace_id, job_id))
     ids = [r["id"] for r in db.execute("SELECT id FROM outbox WHERE job_id = %s", (job_id,))]
     ranged = {r.event_id: r.line for r in outbox_batches.batch_rows(db, ids)}
-    rows = legacy_line_rows(job_id, content)  # canonical lines only: pino's are not among them
+    # canonical lines only: pino's are not among them
+    rows = legacy_line_rows(job_id, content, trace_id)
     with db.cursor() as cur:
         outbox.copy_outbox_rows(cur, rows)
     legacy_ids = [r["id"] for r in db.execute(
