@@ -880,11 +880,11 @@ def expected_errors(console_errors: list[str], text: str, count: int = 1) -> Non
         console_errors.remove(error)
 
 
-def screenshot(page: Page, name: str) -> Path:
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     # An artifact for people, not a check: a busy machine may take its time rendering it.
-    page.screenshot(path=path, full_page=True, timeout=60_000)
+    page.screenshot(path=path, full_page=full_page, timeout=60_000)
     return path
 
 

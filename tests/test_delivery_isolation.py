@@ -19,7 +19,9 @@ import outbox
 import relay
 from helpers import drain, event_log_ids, outbox_status
 
-WIDE_LINES, WIDE_KEYS = 31, 20_000  # as the probe of issue 21
+# ClickHouse (chDB 26.9's server) refuses one insert of 16 or more such lines (code 76) and takes
+# 13: 20 are refused with a margin, and cost a third less to write than the 31 first used.
+WIDE_LINES, WIDE_KEYS = 20, 20_000
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def ch(relay_settings):
 
 def test_rows_too_wide_for_one_insert_are_split_and_never_block_the_others(db, ch,
                                                                           relay_settings):
-    """31 events of 20,000 context keys each, in one batch with other tenants' events: the
+    """20 events of 20,000 context keys each, in one batch with other tenants' events: the
     insert fails (CANNOT_OPEN_FILE, "Too many open files"), which is the data's fault, not an
     outage: after the refusals allowed, the batch is salvaged, and every event ends in
     event_log or outbox_dead — none is retried forever, none lost."""
