@@ -680,12 +680,19 @@ async def test_stats_are_for_admins(client, admin_client):
 async def test_deleting_a_job_removes_its_file_rows_and_errors(client, settings, db):
     job = await (await upload(client, jsonl(VALID, SECRET_LINE))).json()
     job_id = job["job_id"]
+    other = (await (await upload(client, jsonl(VALID))).json())["job_id"]
     db.execute("INSERT INTO line_errors VALUES (%s, 2, 'echoing hunter2')", (job_id,))
+    for owner_of, line_no in ((job_id, 1), (other, 1)):  # as the worker writes them
+        db.execute("INSERT INTO log_entries (job_id, line_no, timestamp, level, service, "
+                   "event_type, environment, message, context) VALUES "
+                   "(%s, %s, now(), 'info', 's', 't', 'e', 'm', '{}')", (owner_of, line_no))
     async with client.delete(f"/api/v1/jobs/{job_id}") as response:
         assert response.status == 204
-    assert stored_keys(settings) == []
-    assert job_count(db) == 0
+    assert stored_keys(settings) == [f"uploads/{other}.jsonl"]
+    assert job_count(db) == 1
     assert db.execute("SELECT count(*) AS n FROM line_errors").fetchone()["n"] == 0
+    entries = db.execute("SELECT job_id::text AS job_id FROM log_entries").fetchall()
+    assert [e["job_id"] for e in entries] == [other]  # the job's own, and only them
     deletion = db.execute("SELECT * FROM job_deletions").fetchone()
     assert (str(deletion["job_id"]), deletion["deleted_by"]) == (job_id, "tester")
     audit = db.execute("SELECT event_context FROM outbox WHERE event_type = 'job.deleted'"
