@@ -527,6 +527,11 @@ class Backoff:
 _QUERY_HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
 
 
+def without_comments(sql_text: str) -> str:
+    """SQL text without its comment lines (`-- …` alone on a line)."""
+    return "\n".join(line for line in sql_text.splitlines() if not line.lstrip().startswith("--"))
+
+
 def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
     """The named `-- name: x --` queries of queries.sql, by name. A block another names as
     `$x` is a fragment, not a query: its text (without its comment lines) is put in there,
@@ -534,8 +539,7 @@ def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
     parts = _QUERY_HEADER.split(path.read_text())
     named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     used = {m.group(1) for body in named.values() for m in _FRAGMENT.finditer(body)} & set(named)
-    fragments = {name: "\n".join(line for line in named[name].splitlines()
-                                 if not line.lstrip().startswith("--")) for name in used}
+    fragments = {name: without_comments(named[name]) for name in used}
 
     def fragment(match: re.Match) -> str:
         text = fragments.get(match.group(1))

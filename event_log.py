@@ -112,7 +112,7 @@ def ensure_event_log(ch) -> None:
 def sql_statements(text: str) -> list[str]:
     """The statements of a SQL file: comments dropped, split at semicolons (the files hold no
     semicolon inside a statement)."""
-    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    code = core.without_comments(text)
     return [statement.strip() for statement in code.split(";") if statement.strip()]
 
 

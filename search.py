@@ -93,8 +93,7 @@ async def search_scope(pool, owner: str, *, every_owner: bool = False) -> Search
 def scoped(text: str, audit: bool) -> str:
     """A search query's text for line events or for audit events: the scope's block in for
     `$scope`, the keyset's tie-break column in for `$tiebreak`."""
-    block = QUERIES["audit_scope" if audit else "search_scope"]
-    scope = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+    scope = core.without_comments(QUERIES["audit_scope" if audit else "search_scope"])
     tiebreak = "event_log.event_id" if audit else "job_id"
     return text.replace("$scope", scope).replace("$tiebreak", tiebreak)
 
