@@ -57,9 +57,19 @@ class StreamAbandoned(Exception):
 
 class Unavailable(Exception):
     """ClickHouse cannot answer now (unreachable, too slow, or not a server): a 503. Its own
-    text (endpoints, the driver's words) goes to the log; clients are told PUBLIC_REASON."""
+    text (endpoints, the driver's words) goes to the log; clients are told `public_reason`."""
 
     PUBLIC_REASON = "ClickHouse, where events are read, cannot answer now; retry later"
+
+    def __init__(self, message: str, public_reason: str = PUBLIC_REASON):
+        super().__init__(message)
+        self.public_reason = public_reason
+
+
+UNKNOWN_TABLE = 60  # ClickHouse's error code
+# Before the relay's first start nothing has made event_log: no event has reached ClickHouse.
+NO_EVENT_LOG_YET = ("no event has reached ClickHouse yet: its event_log table is made by the "
+                    "relay when it starts; retry later")
 
 
 # --------------------------------------------------------------------------- filters
@@ -348,7 +358,9 @@ class Explorer:
         except (InvalidFilter, Unavailable):
             raise
         except Exception as exc:
-            raise Unavailable(f"ClickHouse did not answer: {str(exc)[:300]}") from exc
+            public = NO_EVENT_LOG_YET if getattr(exc, "code", None) == UNKNOWN_TABLE else \
+                Unavailable.PUBLIC_REASON
+            raise Unavailable(f"ClickHouse did not answer: {str(exc)[:300]}", public) from exc
 
     def client(self):
         with self._client_lock:

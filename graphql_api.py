@@ -503,7 +503,7 @@ async def explore_read(read: Awaitable[Any]) -> Any:
             "code": "TOO_MANY_READS", "retryAfterS": exc.retry_after_s}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise GraphQLError(explore.Unavailable.PUBLIC_REASON,
+        raise GraphQLError(exc.public_reason,
                            extensions={"code": "UNAVAILABLE"}) from None
 
 

@@ -372,5 +372,5 @@ async def explore_read(read: Awaitable[T]) -> T:
                       headers={"Retry-After": str(exc.retry_after_s)}) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise Problem(503, "Service Unavailable", f"{explore.Unavailable.PUBLIC_REASON} "
+        raise Problem(503, "Service Unavailable", f"{exc.public_reason} "
                       "(uploads and job status are not affected)") from None

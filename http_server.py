@@ -199,6 +199,8 @@ async def serve(runner: web.AppRunner, host: str, port: int) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+        # The port bound (EH_HTTP_PORT=0: one the system chose, as the tests do).
+        log.info("api.listening", host=host, port=runner.addresses[0][1])
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:
         await runner.cleanup()

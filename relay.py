@@ -189,6 +189,7 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
                     pg, listener = connect_postgres(settings.database_url)
                 if ch is None:
                     ch = event_log.connect_clickhouse(settings.clickhouse_url)
+                    log.info("relay.clickhouse_connected", event_log="ready")
                     event_log.fill_missing_owners(pg, ch)
                 if relay_once(pg, ch, settings, after_insert=after_insert) == 0:
                     event_log.delete_events_of_deleted_jobs(pg, ch)

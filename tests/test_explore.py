@@ -18,7 +18,7 @@ import event_log
 import eventhorizon
 import explore
 import read_slots
-from helpers import all_pages, bearer, gql, make_job, upload, wait_for
+from helpers import all_pages, assert_problem, bearer, gql, make_job, upload, wait_for
 
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, tzinfo=dt.timezone.utc)
 LEVELS = ["info", "info", "info", "warning", "error", "debug", "critical"]
@@ -186,6 +186,20 @@ async def test_clickhouse_down_is_503_on_these_routes_only(job, settings, aiohtt
                                     b'"service": "s", "event_type": "e", "message": "m"}\n')
     assert response.status == 202, await response.text()
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_before_the_relay_made_event_log_the_reads_say_so(settings, db, aiohttp_client,
+                                                                make_token):
+    """A fresh install whose relay has not started: no event_log yet. The reads answer 503 and
+    say why (REST and GraphQL alike), instead of blaming ClickHouse."""
+    client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token("alice")))
+    job_id = make_job(settings, db, b"", store=False, owner="alice")
+    for path in (f"jobs/{job_id}/events", f"jobs/{job_id}/histogram", "events?from=2026-01-01T00:00:00Z"):
+        problem = await assert_problem(await client.get(f"/api/v1/{path}"), 503)
+        assert problem["detail"].startswith(explore.NO_EVENT_LOG_YET), problem
+    answer = await gql(client, "query($id: ID!) { job(id: $id) { events { nextAfterLine } } }",
+                       {"id": str(job_id)})
+    assert answer["errors"][0]["message"] == explore.NO_EVENT_LOG_YET, answer
 
 
 async def test_reads_are_read_only_and_bounded(settings):

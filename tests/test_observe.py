@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pika
@@ -101,7 +102,7 @@ async def test_every_process_counts_a_known_upload(settings, start_process, make
             return relay if relay[("eventhorizon_relay_events_total", ())] == delivered else None
         relay = await wait_until(relay_done, 60, what="the relay to deliver")
         worker = await scrape(http, worker_port)
-        api_metrics = await scrape(http, settings.http_port)
+        api_metrics = await scrape(http, urlsplit(base).port)
 
     assert worker[("eventhorizon_lines_total", (("result", "valid"),))] == SAMPLE_VALID
     assert worker[("eventhorizon_lines_total", (("result", "invalid"),))] == SAMPLE_INVALID

@@ -16,7 +16,7 @@ import api_state
 import core
 import eventhorizon
 import graphql_api
-from helpers import VALID, bearer, free_port, jsonl, serve_api, settings_env, upload
+from helpers import VALID, bearer, jsonl, serve_api, settings_env, upload
 
 PROTOCOL = graphql_api.PROTOCOL
 JOBS_QUERY = "query { jobs(limit: 5) { id status } }"
@@ -67,10 +67,7 @@ async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings
     revoked, kept = make_token("alice"), make_token("alice")
     quiet = {"EH_TOKEN_RECHECK_S": "3600"}
     first_url, _ = await asyncio.to_thread(serve_api, settings, start_process, **quiet)
-    port = free_port()
-    second_url, _ = await asyncio.to_thread(
-        serve_api, dataclasses.replace(settings, http_port=port), start_process,
-        EH_HTTP_PORT=str(port), **quiet)
+    second_url, _ = await asyncio.to_thread(serve_api, settings, start_process, **quiet)
     async with aiohttp.ClientSession(headers=bearer(kept)) as keeper, \
             aiohttp.ClientSession(headers=bearer(revoked)) as holder:
         job = await (await upload_to(keeper, first_url)).json()  # queued: no worker runs
