@@ -128,14 +128,16 @@ def log_lines(path: Path) -> list[dict]:
 def serve_api(settings: core.Settings, start_process, *, port: int = 0, **env: str):
     """Start `python eventhorizon.py` (the real server, its own event loop) on `port` (0: one
     the system chooses, so no other test's server can be on it); (its URL, its process) once
-    it listens and answers /healthz. An API that exits fails the test."""
+    it listens and answers /healthz (the process's `port` is the one it bound). An API that
+    exits fails the test."""
     proc = start_process("eventhorizon.py", EH_HTTP_PORT=str(port), **env)
 
     def listening() -> list[dict]:
         assert proc.poll() is None, proc.log_path.read_text(errors="replace")[-3000:]
         return logged_events(proc, "api.listening")
 
-    url = f"http://127.0.0.1:{wait_for(listening, timeout=30, what='the API listening')[0]['port']}"
+    proc.port = wait_for(listening, timeout=30, what="the API listening")[0]["port"]
+    url = f"http://127.0.0.1:{proc.port}"
 
     def answers() -> bool:
         assert proc.poll() is None, proc.log_path.read_text(errors="replace")[-3000:]
@@ -149,7 +151,7 @@ def serve_api(settings: core.Settings, start_process, *, port: int = 0, **env: s
     return url, proc
 
 
-def start_relay(start_process, **env: str):
+def start_ready_relay(start_process, **env: str):
     """The relay, once it has made event_log: a page that reads events before then is answered
     503 (no event has reached ClickHouse yet) and its browser logs that as an error."""
     proc = start_process("relay.py", **env)

@@ -49,7 +49,7 @@ FILE = file_part(jsonl(VALID))  # a file part, for bodies made by hand (boundary
 
 
 async def start_api(start_process, settings, **env: str):
-    """`python eventhorizon.py` as its own process, answering on this test's port."""
+    """`python eventhorizon.py` as its own process, answering on its `port`."""
     _url, api = await asyncio.to_thread(serve_api, settings, start_process, **env)
     return api
 
@@ -181,7 +181,7 @@ async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(settings, s
     before = cpu_seconds(api.pid)
 
     async def send() -> tuple[int, int]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", settings.http_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
         try:
             writer.write(head + bomb)
             refused, _, _ = await read_response(reader)
@@ -202,8 +202,8 @@ async def test_any_content_encoding_is_refused_before_the_body_is_read(settings,
                                                                        start_process, sockets,
                                                                        encoding):
     """Headers alone get the answer: the body is never read, so never inflated."""
-    await start_api(start_process, settings)
-    reader, writer = await sockets(settings.http_port)
+    api = await start_api(start_process, settings)
+    reader, writer = await sockets(api.port)
     writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   f"Authorization: Bearer {make_token()}\r\n"
                   f"Content-Type: multipart/form-data; boundary=b\r\n"
@@ -301,7 +301,7 @@ async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_promp
     health checks were that late. (CPU time, not the health checks' latency: a busy machine
     makes those late whatever the API does.)"""
     api = await start_api(start_process, settings)
-    base = f"http://127.0.0.1:{settings.http_port}"
+    base = f"http://127.0.0.1:{api.port}"
     flood = fields(50_000) + FILE + b"--b--\r\n"
     answered: list[int] = []
     done = asyncio.Event()
@@ -346,7 +346,7 @@ async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_abo
     api = await start_api(start_process, settings, EH_UPLOAD_IDLE_TIMEOUT_S="1",
                           EH_MAX_UPLOADS="1")
     token = make_token()
-    reader, writer = await start_raw_upload(sockets, settings.http_port, token,
+    reader, writer = await start_raw_upload(sockets, api.port, token,
                                             lines_of_size(9 * 1024 * 1024))
     await wait_until(lambda: multipart_uploads(settings), timeout=10,
                      what="the first part's multipart upload")
@@ -366,7 +366,7 @@ async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_abo
     async with aiohttp.ClientSession(headers=bearer(token)) as session:
         form = aiohttp.FormData()
         form.add_field("file", jsonl(VALID), filename="next.jsonl")
-        async with session.post(f"http://127.0.0.1:{settings.http_port}{UPLOAD_PATH}",
+        async with session.post(f"http://127.0.0.1:{api.port}{UPLOAD_PATH}",
                                 data=form) as response:
             assert response.status == 202, await response.text()
 
@@ -391,9 +391,9 @@ async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_clie
 
 async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings, db, sockets,
                                                                        start_process, make_token):
-    await start_api(start_process, settings, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
-                    EH_UPLOAD_IDLE_TIMEOUT_S="120")
-    base = f"http://127.0.0.1:{settings.http_port}"
+    api = await start_api(start_process, settings, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
+                          EH_UPLOAD_IDLE_TIMEOUT_S="120")
+    base = f"http://127.0.0.1:{api.port}"
     alice, bob, carol = make_token("alice"), make_token("bob"), make_token("carol")
 
     async def post(token: str, name: str = "app.jsonl"):
@@ -414,7 +414,7 @@ async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings,
             await asyncio.sleep(0.1)
         raise AssertionError(f"never refused with {status}")
 
-    stalled = [await start_raw_upload(sockets, settings.http_port, alice, jsonl(VALID))
+    stalled = [await start_raw_upload(sockets, api.port, alice, jsonl(VALID))
                for _ in range(2)]
     status, headers, body = await refused_until(alice, 429)
     assert headers["Content-Type"].startswith("application/problem+json")
@@ -423,7 +423,7 @@ async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings,
 
     status, _headers, body = await post(bob)
     assert status == 202, body  # another owner gets in
-    stalled.append(await start_raw_upload(sockets, settings.http_port, bob, jsonl(VALID)))
+    stalled.append(await start_raw_upload(sockets, api.port, bob, jsonl(VALID)))
     status, headers, body = await refused_until(carol, 503)
     assert headers["Content-Type"].startswith("application/problem+json")
     assert int(headers["Retry-After"]) > 0
@@ -530,7 +530,7 @@ def test_sweep_aborts_old_multipart_uploads_under_uploads_only(settings):
 async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, start_process,
                                                                   make_token, sockets):
     api = await start_api(start_process, settings)
-    await start_raw_upload(sockets, settings.http_port, make_token(),
+    await start_raw_upload(sockets, api.port, make_token(),
                            lines_of_size(9 * 1024 * 1024))
     [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,
                               what="the first part's multipart upload")

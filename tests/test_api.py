@@ -583,7 +583,7 @@ async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
     _url, api = await asyncio.to_thread(serve_api, settings, start_process)
-    await abandon_an_upload("127.0.0.1", settings.http_port, make_token())
+    await abandon_an_upload("127.0.0.1", api.port, make_token())
     uploads_logged = await asyncio.to_thread(wait_for, lambda: [
         e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
         what="the abandoned upload's access-log line")

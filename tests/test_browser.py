@@ -36,7 +36,7 @@ from helpers import (
     screenshot,
     serve_api,
     sign_in,
-    start_relay,
+    start_ready_relay,
     wait_for,
 )
 
@@ -164,7 +164,7 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
                                                     make_token):
     """A file name and a reason with no spaces wrap instead of widening a phone-sized page."""
     start_process("worker.py")
-    start_relay(start_process)
+    start_ready_relay(start_process)
     long_file = tmp_path / f"{'checkout_service_' * 8}2026-11-23.jsonl"
     entry = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
              "event_type": "order.created", "message": "order created"}
@@ -425,7 +425,7 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     and events page; a level filter, a bar (its bucket becomes from/to), Reset and paging each
     change both to the API's answer for the same filters."""
     start_process("worker.py")
-    start_relay(start_process)
+    start_ready_relay(start_process)
     token = make_token("alice")
     card = upload_the_sample_to_completion(page, api_url, token)
     base = f"{api_url}/api/v1/jobs/{card.get_attribute('data-job-id')}"
@@ -535,7 +535,7 @@ def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, s
     """Opened while the job is processing, the view refreshes as batches are delivered (the
     chart's count grows) and stops following once ClickHouse holds every valid line's event."""
     start_process("worker.py", EH_LINE_DELAY_MAX_S="0.03", EH_BATCH_LINES="20")  # ~4 s a file
-    start_relay(start_process)
+    start_ready_relay(start_process)
     sign_in(page, api_url, make_token("alice"))
     page.set_input_files("#file", SAMPLE)
     page.click("#send")

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from playwright.sync_api import Page, expect
 
-from helpers import expected_errors, get_json, screenshot, serve_api, sign_in, start_relay
+from helpers import expected_errors, get_json, screenshot, serve_api, sign_in, start_ready_relay
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -38,7 +38,7 @@ def lines(service: str, count: int, offset_ms: int) -> str:
 def two_jobs(start_process, api_url, make_token, tmp_path):
     """Alice's token, and two files (checkout: 30 events, payments: 20) to upload."""
     start_process("worker.py")
-    start_relay(start_process)
+    start_ready_relay(start_process)
     files = []
     for service, count, offset in [("checkout", 30, 0), ("payments", 20, 10)]:
         path = tmp_path / f"{service}.jsonl"
