@@ -224,11 +224,9 @@ def clickhouse_server(tmp_path_factory):
 def clickhouse_url(clickhouse_server):
     """A database of this test's own on the session's ClickHouse server, dropped afterwards."""
     name = f"eh_{uuid.uuid4().hex[:12]}"
-    with clickhouse_server.client() as admin:
-        admin.command("CREATE DATABASE {db:Identifier}", parameters={"db": name})
+    clickhouse_server.command("CREATE DATABASE {db:Identifier}", db=name)
     yield clickhouse_server.url(name)
-    with clickhouse_server.client() as admin:
-        admin.command("DROP DATABASE IF EXISTS {db:Identifier} SYNC", parameters={"db": name})
+    clickhouse_server.command("DROP DATABASE IF EXISTS {db:Identifier} SYNC", db=name)
 
 
 # --------------------------------------------------------------------------- RabbitMQ
