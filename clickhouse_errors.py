@@ -75,6 +75,13 @@ def is_data_refusal(exc: BaseException) -> bool:
     return exc.code in DATA_REFUSAL_CODES or (exc.code is None and exc.name in DATA_REFUSALS)
 
 
+def is_missing_table(exc: BaseException) -> bool:
+    """Whether ClickHouse said the table is not there (UNKNOWN_TABLE): to a reader of
+    event_log, that no relay has made it yet."""
+    return isinstance(exc, DatabaseError) and (
+        exc.code == OUTAGES["UNKNOWN_TABLE"] or (exc.code is None and exc.name == "UNKNOWN_TABLE"))
+
+
 def table_markdown() -> str:
     """The table of the two kinds in docs/architecture.md, from the declarations above."""
     rows = ["| Kind | What the relay does | ClickHouse errors |", "|---|---|---|",

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 
+import clickhouse_errors
 import core
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -66,7 +67,6 @@ class Unavailable(Exception):
         self.public_reason = public_reason
 
 
-UNKNOWN_TABLE = 60  # ClickHouse's error code
 # Before the relay's first start nothing has made event_log: no event has reached ClickHouse.
 NO_EVENT_LOG_YET = ("no event has reached ClickHouse yet: its event_log table is made by the "
                     "relay when it starts; retry later")
@@ -358,8 +358,8 @@ class Explorer:
         except (InvalidFilter, Unavailable):
             raise
         except Exception as exc:
-            public = NO_EVENT_LOG_YET if getattr(exc, "code", None) == UNKNOWN_TABLE else \
-                Unavailable.PUBLIC_REASON
+            public = (NO_EVENT_LOG_YET if clickhouse_errors.is_missing_table(exc)
+                      else Unavailable.PUBLIC_REASON)
             raise Unavailable(f"ClickHouse did not answer: {str(exc)[:300]}", public) from exc
 
     def client(self):

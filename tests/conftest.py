@@ -429,7 +429,7 @@ def api_url(settings, start_process) -> str:
     pages it serves fail their test on any console error, a 503 included: its ClickHouse
     reads may take 30 s (EH_EXPLORE_TIMEOUT_S, 5 s by default), so a machine busy with the
     rest of the suite does not turn a slow histogram into a failed test."""
-    url, _proc = serve_api(settings, start_process, EH_EXPLORE_TIMEOUT_S="30")
+    url, _proc = serve_api(start_process, EH_EXPLORE_TIMEOUT_S="30")
     return url
 
 

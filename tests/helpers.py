@@ -126,7 +126,7 @@ def log_lines(path: Path) -> list[dict]:
     return lines
 
 
-def serve_api(settings: core.Settings, start_process, *, port: int = 0, **env: str):
+def serve_api(start_process, *, port: int = 0, **env: str):
     """Start `python eventhorizon.py` (the real server, its own event loop) on `port` (0: one
     the system chooses, so no other test's server can be on it); (its URL, its process) once
     it listens and answers /healthz (the process's `port` is the one it bound). An API that

@@ -48,9 +48,9 @@ FILE = file_part(jsonl(VALID))  # a file part, for bodies made by hand (boundary
 # --------------------------------------------------------------------------- helpers
 
 
-async def start_api(start_process, settings, **env: str):
+async def start_api(start_process, **env: str):
     """`python eventhorizon.py` as its own process, answering on its `port`."""
-    _url, api = await asyncio.to_thread(serve_api, settings, start_process, **env)
+    _url, api = await asyncio.to_thread(serve_api, start_process, **env)
     return api
 
 
@@ -172,7 +172,7 @@ async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(settings, s
     Each bomb goes whole on a connection of its own, followed on the same connection by a
     GET /healthz: the API answers that only once it has read the bomb to its end, so when
     the four answers are in, all the reading is done, and its CPU time is counted."""
-    api = await start_api(start_process, settings)
+    api = await start_api(start_process)
     bomb = gzip_bomb(1024**3)
     head = (f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {make_token()}\r\n"
@@ -202,7 +202,7 @@ async def test_any_content_encoding_is_refused_before_the_body_is_read(settings,
                                                                        start_process, sockets,
                                                                        encoding):
     """Headers alone get the answer: the body is never read, so never inflated."""
-    api = await start_api(start_process, settings)
+    api = await start_api(start_process)
     reader, writer = await sockets(api.port)
     writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   f"Authorization: Bearer {make_token()}\r\n"
@@ -300,7 +300,7 @@ async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_promp
     answered 200 every time. Before the cap, parsing them took seconds of the event loop, and
     health checks were that late. (CPU time, not the health checks' latency: a busy machine
     makes those late whatever the API does.)"""
-    api = await start_api(start_process, settings)
+    api = await start_api(start_process)
     base = f"http://127.0.0.1:{api.port}"
     flood = fields(50_000) + FILE + b"--b--\r\n"
     answered: list[int] = []
@@ -343,7 +343,7 @@ async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_abo
     """9 MiB of the file (an 8 MiB part is in S3 already), then nothing: after the idle
     timeout the upload is answered 408, the S3 multipart upload aborted, no job made; the
     upload's slot is free again (EH_MAX_UPLOADS=1, and the next upload gets in)."""
-    api = await start_api(start_process, settings, EH_UPLOAD_IDLE_TIMEOUT_S="1",
+    api = await start_api(start_process, EH_UPLOAD_IDLE_TIMEOUT_S="1",
                           EH_MAX_UPLOADS="1")
     token = make_token()
     reader, writer = await start_raw_upload(sockets, api.port, token,
@@ -391,7 +391,7 @@ async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_clie
 
 async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings, db, sockets,
                                                                        start_process, make_token):
-    api = await start_api(start_process, settings, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
+    api = await start_api(start_process, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
                           EH_UPLOAD_IDLE_TIMEOUT_S="120")
     base = f"http://127.0.0.1:{api.port}"
     alice, bob, carol = make_token("alice"), make_token("bob"), make_token("carol")
@@ -529,7 +529,7 @@ def test_sweep_aborts_old_multipart_uploads_under_uploads_only(settings):
 
 async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, start_process,
                                                                   make_token, sockets):
-    api = await start_api(start_process, settings)
+    api = await start_api(start_process)
     await start_raw_upload(sockets, api.port, make_token(),
                            lines_of_size(9 * 1024 * 1024))
     [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,

@@ -582,7 +582,7 @@ async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server
         settings, start_process, make_token):
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
-    _url, api = await asyncio.to_thread(serve_api, settings, start_process)
+    _url, api = await asyncio.to_thread(serve_api, start_process)
     await abandon_an_upload("127.0.0.1", api.port, make_token())
     uploads_logged = await asyncio.to_thread(wait_for, lambda: [
         e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
@@ -962,7 +962,7 @@ async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
 
 async def test_websockets_are_closed_1001_when_the_server_stops(settings, start_process,
                                                                make_token):
-    base, api = await asyncio.to_thread(serve_api, settings, start_process)
+    base, api = await asyncio.to_thread(serve_api, start_process)
     async with aiohttp.ClientSession(headers=bearer(make_token())) as session:
         form = aiohttp.FormData()
         form.add_field("file", io.BytesIO(jsonl(VALID)), filename="app.jsonl")

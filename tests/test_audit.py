@@ -328,7 +328,7 @@ def test_audited_actions_are_kept_across_an_api_sigkill_right_after_each_commit(
     for event_type, action in (("audit.job.uploaded", "upload"),
                                ("audit.format.registered", "format"),
                                ("audit.job.deleted", None)):
-        url, proc = serve_api(settings, start_process)
+        url, proc = serve_api(start_process)
         objects[event_type] = asyncio.run(act(url, token, action or objects["audit.job.uploaded"]))
         proc.kill()  # the answer came after the commit: nothing of the action is left in memory
         proc.wait()
@@ -342,7 +342,7 @@ def test_a_flood_of_ten_thousand_refusals_leaves_a_bounded_trail(settings, start
                                                                   make_token):
     """The flood is bounded in the trail, and an owner with a working token, at another
     address, is served throughout (every request 200 while the refusals are written)."""
-    url, proc = serve_api(settings, start_process, EH_AUDIT_DENIED_PER_MINUTE="5")
+    url, proc = serve_api(start_process, EH_AUDIT_DENIED_PER_MINUTE="5")
     statuses, served = asyncio.run(flood_beside_an_owner(url, 10_000, make_token("alice")))
     assert set(statuses) <= {401, 429} and len(statuses) == 10_000
     assert served and set(served) == {200}, served

@@ -143,7 +143,7 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
 def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, start_process,
                                                                 tmp_path, console_errors,
                                                                 make_token):
-    url, _proc = serve_api(settings, start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
+    url, _proc = serve_api(start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
     big = tmp_path / "big.jsonl"
     line = json.dumps({"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s",
                        "event_type": "e", "message": "x" * 200}) + "\n"
@@ -194,7 +194,7 @@ def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, star
     """The API restarts while a job runs: the page's WebSocket drops (1001), the page
     reconnects to the new API process, is sent the current state, and the card still ends
     `completed` with the right counts."""
-    url, api = serve_api(settings, start_process)
+    url, api = serve_api(start_process)
     start_process("worker.py", EH_LINE_DELAY_MAX_S="0.04", EH_BATCH_LINES="20")  # ~6 s a file
     sign_in(page, url, make_token())
     page.set_input_files("#file", SAMPLE)
@@ -204,7 +204,7 @@ def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, star
 
     api.terminate()
     assert api.wait(timeout=10) == 0
-    serve_api(settings, start_process, port=urlsplit(url).port)  # the same port
+    serve_api(start_process, port=urlsplit(url).port)  # the same port
 
     expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
     expect(card.locator(".lines")).to_have_text(f"{SAMPLE_LINES} / {SAMPLE_LINES}")
@@ -563,7 +563,7 @@ def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, sta
                                                              make_token, console_errors):
     """ClickHouse out of reach: the two reads answer 503, and the view says so in words; as it
     does a filter the API refuses."""
-    url, _proc = serve_api(settings, start_process,
+    url, _proc = serve_api(start_process,
                            CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
     sign_in(page, url, make_token("alice"))
     page.set_input_files("#file", SAMPLE)

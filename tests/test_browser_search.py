@@ -323,7 +323,7 @@ def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
 
 def test_search_says_when_clickhouse_cannot_answer_or_a_filter_is_refused(
         open_page, settings, start_process, make_token, console_errors):
-    url, _proc = serve_api(settings, start_process,
+    url, _proc = serve_api(start_process,
                            CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
     page = open_page()
     sign_in(page, url, make_token("alice"))

@@ -694,7 +694,7 @@ async def test_an_amqp_connection_reset_is_one_warning_line_and_uploads_go_on(
     amqp = urlsplit(settings.amqp_url)
     proxy = tcp_proxy((amqp.hostname, amqp.port or 5672))
     through_proxy = amqp._replace(netloc=f"{amqp.username}:{amqp.password}@127.0.0.1:{proxy.port}")
-    url, api = await asyncio.to_thread(serve_api, settings, start_process,
+    url, api = await asyncio.to_thread(serve_api, start_process,
                                        AMQP_URL=urlunsplit(through_proxy))
     async with aiohttp.ClientSession(url, headers=bearer(make_token())) as client:
         assert (await upload(client, jsonl(VALID))).status == 202

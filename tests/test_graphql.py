@@ -481,7 +481,7 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
 
 async def test_graphql_sockets_are_closed_1001_when_the_server_stops(settings, start_process,
                                                                      make_token):
-    base, api = await asyncio.to_thread(serve_api, settings, start_process)
+    base, api = await asyncio.to_thread(serve_api, start_process)
     async with aiohttp.ClientSession(base_url=base, headers=bearer(make_token())) as session:
         job = await (await upload(session, jsonl(VALID))).json()
         idle, watching = await connect(session), await connect(session)

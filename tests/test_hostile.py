@@ -83,7 +83,7 @@ class LiveApi:
 @pytest.fixture
 async def api(settings, start_process, make_token):
     url, proc = await asyncio.to_thread(
-        serve_api, settings, start_process, EH_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
+        serve_api, start_process, EH_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
         EH_AUTH_FAILURES_PER_MINUTE=str(AUTH_FAILURES_PER_MINUTE))
     live = LiveApi(url, proc, make_token("mallory"), make_token("bystander"))
     await live.bystander_is_served()

@@ -73,7 +73,7 @@ async def test_every_process_counts_a_known_upload(settings, start_process, make
     and reads the outbox (empty at the end) at the scrape. Breaking a count (counting before
     the commit, a rolled-back batch, a label) shows here as a wrong number."""
     worker_port, relay_port = free_port(), free_port()
-    base, _ = serve_api(settings, start_process)
+    base, _ = serve_api(start_process)
     start_process("worker.py", WORKER_METRICS_PORT=str(worker_port))
     start_process("relay.py", RELAY_METRICS_PORT=str(relay_port), RELAY_BATCH_MAX_WAIT_S="0.2",
                   RELAY_POLL_S="0.5")
@@ -221,7 +221,7 @@ async def test_one_trace_from_the_upload_to_clickhouse(settings, start_process, 
     (message headers, the job row) splits the trace and fails here."""
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     # In a thread: the receiver, on this event loop, keeps answering meanwhile.
-    base, _ = await asyncio.to_thread(serve_api, settings, start_process, **otel)
+    base, _ = await asyncio.to_thread(serve_api, start_process, **otel)
     token = make_token("root", admin=True)
     s3 = core.s3_client(settings)
     async with aiohttp.ClientSession(headers=bearer(token)) as http:

@@ -174,7 +174,7 @@ def api_url(settings, start_process) -> str:
     """The API as a process, its limit on failed authentications out of the way: cases that
     send their own (wrong) token would otherwise soon have every request answered 429, the
     rest of the run fuzzing nothing but that (tests/test_hostile.py checks the limit)."""
-    url, _proc = serve_api(settings, start_process, EH_AUTH_FAILURES_PER_MINUTE="1000000")
+    url, _proc = serve_api(start_process, EH_AUTH_FAILURES_PER_MINUTE="1000000")
     return url
 
 

@@ -66,8 +66,8 @@ async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings
     away: only the revocation's notification can close them."""
     revoked, kept = make_token("alice"), make_token("alice")
     quiet = {"EH_TOKEN_RECHECK_S": "3600"}
-    first_url, _ = await asyncio.to_thread(serve_api, settings, start_process, **quiet)
-    second_url, _ = await asyncio.to_thread(serve_api, settings, start_process, **quiet)
+    first_url, _ = await asyncio.to_thread(serve_api, start_process, **quiet)
+    second_url, _ = await asyncio.to_thread(serve_api, start_process, **quiet)
     async with aiohttp.ClientSession(headers=bearer(kept)) as keeper, \
             aiohttp.ClientSession(headers=bearer(revoked)) as holder:
         job = await (await upload_to(keeper, first_url)).json()  # queued: no worker runs
