@@ -1,8 +1,9 @@
 """Fixtures over the real services: Postgres, RabbitMQ, an S3 server (SeaweedFS) and a
 ClickHouse server (scripts/clickhouse-server, one per test session, on a free port).
 
-Every test gets its own database (cloned from a migrated template), its own RabbitMQ queue,
-its own S3 bucket and its own ClickHouse database, so tests and runs never see each other.
+Every test gets its own database (a migrated one, emptied between tests: tests/databases.py),
+its own RabbitMQ queue, its own S3 bucket and its own ClickHouse database, so tests and runs
+never see each other.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
@@ -31,6 +31,7 @@ import auth  # noqa: E402
 import core  # noqa: E402
 import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
+from databases import DatabasePool, with_database  # noqa: E402
 from helpers import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -107,11 +108,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="signal"))
 
 
-def _with_database(dsn: str, dbname: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
-
-
 def _base_settings() -> core.Settings:
     """What the environment says, with the local stack's defaults for the rest."""
     return dataclasses.replace(core.Settings.from_env(), log_format="console")
@@ -157,10 +153,17 @@ def s3_server(tmp_path_factory):
             proc.wait()
 
 
+@pytest.fixture(scope="session")
+def s3_admin(s3_server):
+    """The session's S3 client for making and removing buckets (a boto3 client costs some
+    20 ms of CPU to make)."""
+    return core.s3_client(dataclasses.replace(_base_settings(), s3_endpoint_url=s3_server))
+
+
 @pytest.fixture
-def s3_bucket(s3_server):
+def s3_bucket(s3_admin):
     """A fresh bucket, emptied and removed after the test."""
-    client = core.s3_client(dataclasses.replace(_base_settings(), s3_endpoint_url=s3_server))
+    client = s3_admin
     name = f"eh-test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     yield name
@@ -183,22 +186,26 @@ def template_database():
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(ADMIN_DSN, name)
+    url = with_database(ADMIN_DSN, name)
     core.migrate(url)
     yield name
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def database_pool(template_database):
+    pool = DatabasePool(ADMIN_DSN, template_database)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def database_url(template_database):
-    """A fresh, migrated database for one test, dropped afterwards."""
-    name = f"eh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield _with_database(ADMIN_DSN, name)
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def database_url(database_pool):
+    """A migrated database of this test's own, as the template is (tests/databases.py)."""
+    name = database_pool.take()
+    yield with_database(ADMIN_DSN, name)
+    database_pool.give_back(name)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Plain helpers the test modules share: waiting for an event, reading a process's log, the
-test content, and reading back what the services kept. Fixtures live in conftest.py; a test
-module imports helpers from here and never from another test module or from conftest
-(tests/test_lint.py checks that)."""
+test content, and reading back what the services kept. Fixtures live in conftest.py, the pool
+of test databases in databases.py; a test module imports helpers from here and never from
+another test module or from conftest (tests/test_lint.py checks that)."""
 
 from __future__ import annotations
 
