@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import core  # noqa: E402
 import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
 from databases import DatabasePool, with_database  # noqa: E402
+from forkserver import ForkedProcess, ForkServer  # noqa: E402
 from helpers import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -336,7 +336,7 @@ async def two_owners(settings, aiohttp_client, make_token):
 CRASH_HOOKS = ("EH_WORKER_CRASH_AT", "EH_RELAY_CRASH_AFTER_INSERT")
 
 
-class ChildProcess(subprocess.Popen):
+class ChildProcess(ForkedProcess):
     """A process started by start_process, which remembers the signals the test sent it, so
     that teardown can tell a kill the test meant from a crash."""
 
@@ -354,9 +354,19 @@ class ChildProcess(subprocess.Popen):
         return self.crash_hook or signal.SIGKILL in self.signals_sent
 
 
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+    """Forks the service processes of the session's tests (tests/forkserver.py)."""
+    server = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    server.start({**os.environ, "LOG_FORMAT": "json"})
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def start_process(settings, tmp_path):
-    """Start `python <script>` with this test's settings, its output (JSON log lines) going to
+def start_process(settings, tmp_path, fork_server):
+    """Start `python <script>` with this test's settings (forked by the session's fork server,
+    which has the services' modules imported already), its output (JSON log lines) going to
     a file whose path is the process's `log_path`. At the end of the test, everything still
     running is stopped with SIGTERM and must exit 0 within 10 s; and every process must have
     exited 0, but those the test SIGKILLed or started with a crash hook: a worker or relay that
@@ -368,9 +378,8 @@ def start_process(settings, tmp_path):
         env = {**settings_env(settings), **env_overrides}
         log_path = tmp_path / f"{Path(script).stem}-{len(procs) + 1}.log"
         crash_hook = any(env_overrides.get(name, "") not in ("", "0") for name in CRASH_HOOKS)
-        with log_path.open("wb") as log_file:
-            proc = ChildProcess([sys.executable, str(ROOT / script)], env=env, cwd=ROOT,
-                               stdout=log_file, stderr=subprocess.STDOUT, crash_hook=crash_hook)
+        proc = ChildProcess(fork_server.path, [str(ROOT / script)], env, ROOT, log_path,
+                            crash_hook=crash_hook)
         proc.log_path = log_path
         procs.append(proc)
         return proc
