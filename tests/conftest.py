@@ -364,6 +364,20 @@ def fork_server(tmp_path_factory):
 
 
 @pytest.fixture
+def run_script(fork_server, tmp_path):
+    """run_script("eventhorizon.py", "tokens", "list", env=…, input=None, timeout=60): as
+    subprocess.run of `python <script> args` with the output captured as text, forked by
+    the session's fork server."""
+
+    def run(script: str, *args: str, env: dict[str, str], input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        return fork_server.run([str(ROOT / script), *args], env, tmp_path, input=input,
+                               timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
 def start_process(settings, tmp_path, fork_server):
     """Start `python <script>` with this test's settings (forked by the session's fork server,
     which has the services' modules imported already), its output (JSON log lines) going to

@@ -10,7 +10,8 @@ shared.
 
 The server reports a child's exit status on the connection that started it; ForkedProcess
 reads it there and otherwise behaves as the subprocess.Popen it replaces (poll, wait with a
-timeout, send_signal, terminate, kill, pid, returncode).
+timeout, send_signal, terminate, kill, pid, returncode); ForkServer.run stands for
+subprocess.run (a command's output captured, its exit awaited).
 
   python tests/forkserver.py SOCKET   serve until stdin closes (the pytest process exits)
 """
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,17 +59,40 @@ class ForkServer:
              log_path: Path) -> ForkedProcess:
         return ForkedProcess(self.path, argv, env, cwd, log_path)
 
+    def run(self, argv: list[str], env: dict[str, str], directory: Path, *,
+            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """As subprocess.run(argv, env=env, cwd=ROOT, input=input, capture_output=True,
+        text=True, timeout=timeout), `python` left out of argv; the streams pass through files
+        in `directory`."""
+        run = uuid.uuid4().hex[:8]
+        stdin, stdout, stderr = (directory / f"run-{run}.{n}" for n in ("in", "out", "err"))
+        stdin.write_text(input or "")
+        proc = ForkedProcess(self.path, argv, env, ROOT, stdout, stderr=stderr, stdin=stdin)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout.read_text(),
+                                           stderr.read_text())
+
 
 class ForkedProcess:
     """A child of the fork server, used as subprocess.Popen is."""
 
     def __init__(self, server_path: str, argv: list[str], env: dict[str, str], cwd: Path,
-                 log_path: Path):
+                 stdout: Path, *, stderr: Path | None = None, stdin: Path | None = None):
+        """The child's stdout goes to `stdout`, its stderr to `stderr` (else to `stdout`), its
+        stdin comes from `stdin` (else /dev/null)."""
         self.args, self.returncode = argv, None
-        log_path.write_bytes(b"")  # there before the call returns, as with Popen
+        for path in (stdout, stderr):  # there before the call returns, as with Popen
+            if path is not None:
+                path.write_bytes(b"")
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(server_path)
-        request = {"argv": argv, "env": env, "cwd": str(cwd), "log_path": str(log_path)}
+        request = {"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(stdout),
+                   "stderr": str(stderr or stdout), "stdin": str(stdin or os.devnull)}
         self._conn.sendall(json.dumps(request).encode() + b"\n")
         self._reader = self._conn.makefile("rb")
         self.pid = json.loads(self._reader.readline())["pid"]
@@ -170,13 +195,14 @@ def become(request: dict) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    log = os.open(request["log_path"], os.O_WRONLY | os.O_APPEND)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    os.close(devnull)
+    stdin = os.open(request["stdin"], os.O_RDONLY)
+    stdout = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND)
+    stderr = (stdout if request["stderr"] == request["stdout"]
+              else os.open(request["stderr"], os.O_WRONLY | os.O_APPEND))
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+    for fd in {stdin, stdout, stderr}:
+        os.close(fd)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -8,8 +8,6 @@ import datetime as dt
 import io
 import json
 import socket
-import subprocess
-import sys
 import uuid
 from urllib.parse import urlsplit
 
@@ -743,12 +741,11 @@ async def test_auth_none_is_single_user_and_loopback_only(settings, aiohttp_clie
         eventhorizon.init_app(dataclasses.replace(local, http_host=host))
 
 
-def test_the_tokens_command_prints_a_token_once(settings):
+def test_the_tokens_command_prints_a_token_once(settings, run_script):
     env = settings.to_env() | {"PATH": "/usr/bin:/bin", "LOG_FORMAT": "json"}
 
     def tokens(*args, stdin=None):
-        return subprocess.run([sys.executable, str(core.ROOT / "eventhorizon.py"), "tokens", *args],
-                              env=env, input=stdin, capture_output=True, text=True, timeout=60)
+        return run_script("eventhorizon.py", "tokens", *args, env=env, input=stdin)
 
     created = tokens("create", "--owner", "ci-bot", "--admin")
     assert created.returncode == 0, created.stderr

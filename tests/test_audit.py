@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import getpass
 import json
-import subprocess
-import sys
 
 import aiohttp
 import clickhouse_connect
@@ -222,12 +220,12 @@ async def test_a_graphql_socket_refused_at_connection_init_leaves_one_audit_even
     assert "xxxxxxxx" not in every_event_text(settings)
 
 
-def test_the_tokens_command_records_the_operating_system_user(settings, db):
+def test_the_tokens_command_records_the_operating_system_user(settings, db, run_script):
     env = settings_env(settings)
 
     def tokens(*args: str) -> str:
-        done = subprocess.run([sys.executable, str(core.ROOT / "eventhorizon.py"), "tokens", *args],
-                              env=env, capture_output=True, text=True, timeout=60, check=True)
+        done = run_script("eventhorizon.py", "tokens", *args, env=env)
+        assert done.returncode == 0, done.stderr
         return done.stdout
 
     token = tokens("create", "--owner", "carol").splitlines()[-1]

@@ -63,3 +63,11 @@ def test_sigterm_and_sigint_act_as_in_a_fresh_interpreter(server, tmp_path):
                  what="the script to start")
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == status
+
+
+def test_run_captures_stdout_and_stderr_apart_and_feeds_stdin(server, tmp_path):
+    script = tmp_path / "echo.py"
+    script.write_text("import sys\nprint(sys.stdin.read().upper())\n"
+                      "print('to stderr', file=sys.stderr)\nsys.exit(2)\n")
+    done = server.run([str(script)], {}, tmp_path, input="given")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "GIVEN\n", "to stderr\n")

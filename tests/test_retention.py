@@ -73,17 +73,21 @@ def relay_everything(db, ch, settings) -> None:
     event_log.delete_events_of_deleted_jobs(db, ch)
 
 
-def run_command(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(core.ROOT / "eventhorizon.py"), "retention", *args],
-                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture
 def keep(settings):
     """The test's settings with a default retention of 30 days, read 3 expired jobs at a time,
     relay batches going out at once, the API's own periodic sweep off."""
     return dataclasses.replace(settings, retention_days=30, retention_batch=3,
                                retention_interval_s=0, relay_batch_max_wait_s=0.0)
+
+
+@pytest.fixture
+def run_command(run_script, keep):
+    """`python eventhorizon.py retention <args>` with the `keep` settings."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return run_script("eventhorizon.py", "retention", *args, env=settings_env(keep),
+                          timeout=120)
+    return run
 
 
 # --------------------------------------------------------------------------- what is removed
@@ -421,9 +425,9 @@ async def test_the_retention_route_refuses_non_admins_and_bad_input(two_owners, 
 # --------------------------------------------------------------------------- the command
 
 
-def test_the_retention_command_sets_shows_clears_and_sweeps(keep, db):
+def test_the_retention_command_sets_shows_clears_and_sweeps(keep, db, run_command):
     def ok(*args: str) -> dict:
-        done = run_command(keep, *args)
+        done = run_command(*args)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.splitlines()[-1])  # after the log lines
 
@@ -439,9 +443,9 @@ def test_the_retention_command_sets_shows_clears_and_sweeps(keep, db):
 
     for args, message in ((["--days", "0"], "days must be"), (["--days", "36501"], "days must be"),
                           (["--days", "1", "--forever"], "not allowed with")):
-        done = run_command(keep, "set", "--owner", "alice", *args)
+        done = run_command("set", "--owner", "alice", *args)
         assert done.returncode != 0 and message in done.stderr, done.stderr
-    done = run_command(keep, "set", "--owner", "no spaces", "--days", "1")
+    done = run_command("set", "--owner", "no spaces", "--days", "1")
     assert done.returncode == 1 and "owner must be" in done.stderr
     assert ok("show")["owners"][0]["days"] == 7  # the refusals changed nothing
 

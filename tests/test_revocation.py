@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
-import sys
 
 import aiohttp
 import pytest
 
 import api_state
-import core
 import eventhorizon
 import graphql_api
 from helpers import VALID, bearer, jsonl, serve_api, settings_env, upload
@@ -26,10 +23,9 @@ def token_id(token: str) -> str:
     return token.split("_")[1]
 
 
-def revoke_with_the_cli(settings, token: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(core.ROOT / "eventhorizon.py"), "tokens", "revoke", token_id(token)],
-        env=settings_env(settings), capture_output=True, text=True, timeout=60)
+def revoke_with_the_cli(run_script, settings, token: str) -> None:
+    done = run_script("eventhorizon.py", "tokens", "revoke", token_id(token),
+                      env=settings_env(settings))
     assert done.returncode == 0, done.stderr
 
 
@@ -60,7 +56,7 @@ async def close_code(ws, timeout: float = 30) -> int:
 
 
 async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings, start_process,
-                                                                       make_token):
+                                                                       make_token, run_script):
     """Two API processes, each holding a /ws/jobs stream and a GraphQL socket of the token to
     revoke, and one of another token of the same owner. The backstop re-check is an hour
     away: only the revocation's notification can close them."""
@@ -79,7 +75,7 @@ async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings
             others.append(await graphql_socket(keeper, url, kept))
         assert (await ask(held[1], "before"))["type"] == "next"
 
-        await asyncio.to_thread(revoke_with_the_cli, settings, revoked)
+        await asyncio.to_thread(revoke_with_the_cli, run_script, settings, revoked)
 
         assert [await close_code(ws) for ws in held] == [4403] * 4
         for n, ws in enumerate(others):  # the owner's other token is untouched
