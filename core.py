@@ -300,8 +300,8 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", "INFO", "a logging level name")
     test_admin_dsn: str = setting(
         "EH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test",
-        "where the tests create their own databases (one per test, cloned from a migrated "
-        "template)", tests_only=True)
+        "where the tests create their own databases (migrated from a template; each test "
+        "has one to itself, emptied between tests)", tests_only=True)
     test_seed: int = setting(
         "EH_TEST_SEED", 0,
         "seeds the tests' random choices (which worker a fault test kills, at what line; the "

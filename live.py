@@ -186,11 +186,15 @@ class JobWatchers:
             await self.refresh_all()
             await self.recheck_tokens()  # revocations sent while away are gone too
             while True:
-                async for notify in conn.notifies(timeout=15):
-                    if notify.channel == core.TOKEN_CHANNEL:
-                        self.tokens.on_notify(notify.payload)
-                    else:
-                        await self.on_notify(notify.payload)
+                # Closed as the loop ends, however it ends: notifies() holds the connection's
+                # lock while we handle a notification, and the connection's exit needs it; left
+                # to the garbage collector, that release would come whenever it runs.
+                async with contextlib.aclosing(conn.notifies(timeout=15)) as notifies:
+                    async for notify in notifies:
+                        if notify.channel == core.TOKEN_CHANNEL:
+                            self.tokens.on_notify(notify.payload)
+                        else:
+                            await self.on_notify(notify.payload)
                 await conn.execute("SELECT 1")  # a quiet connection may be a dead one
 
     async def recheck_tokens(self) -> None:

@@ -33,12 +33,8 @@ import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses 
 from databases import DatabasePool, with_database  # noqa: E402
 from forkserver import ForkedProcess, ForkServer  # noqa: E402
 from helpers import (  # noqa: E402
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    REPORT_CSP_VIOLATIONS,
     ROOT,
     ClickHouseServer,
-    TcpProxy,
     bearer,
     delete_queues,
     free_port,
@@ -46,6 +42,8 @@ from helpers import (  # noqa: E402
     serve_api,
     settings_env,
 )
+from network import TcpProxy  # noqa: E402
+from pages import CHROMIUM, CHROMIUM_ARGS, REPORT_CSP_VIOLATIONS  # noqa: E402
 
 ADMIN_DSN = core.Settings.from_env().test_admin_dsn
 

@@ -185,7 +185,7 @@ def fork_child(request: dict, close: list) -> int:
         for resource in close:
             os.close(resource) if isinstance(resource, int) else resource.close()
         become(request)
-        code = run_script(request["argv"])
+        code = run_as_main(request["argv"])
     finally:
         os._exit(code)
 
@@ -210,7 +210,7 @@ def become(request: dict) -> None:
     sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
 
 
-def run_script(argv: list[str]) -> int:
+def run_as_main(argv: list[str]) -> int:
     """Run the script as the interpreter would, through to its exit status: SystemExit's code,
     1 after an uncaught exception, then non-daemon threads joined and atexit handlers run."""
     import atexit

@@ -6,7 +6,6 @@ another test module or from conftest (tests/test_lint.py checks that)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import datetime as dt
 import gzip
@@ -17,7 +16,6 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -32,10 +30,8 @@ import aiohttp
 import clickhouse_connect
 import pika
 import psycopg
-import pytest
 import structlog
 import zstandard
-from playwright.sync_api import Page, expect
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -44,7 +40,6 @@ import core
 import event_log
 import jobs
 import lines
-import mappings
 import outbox
 import outbox_batches
 import relay
@@ -228,6 +223,9 @@ class ClickHouseServer:
 
 
 # --------------------------------------------------------------------------- content
+
+
+VALIDATOR = lines.log_entry_validator()
 
 
 VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
@@ -605,182 +603,6 @@ def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") 
                       (status, lines, lines, job_id)).fetchone()
 
 
-# --------------------------------------------------------------------------- raw WebSockets
-
-
-async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
-                                     header: str) -> socket.socket:
-    """A raw socket with a 1 KiB receive buffer, upgraded to a WebSocket at `path` (with one
-    extra request header), its handshake's answer read."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n{header}\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += await loop.sock_recv(sock, 1)
-    assert answer.startswith(b"HTTP/1.1 101"), answer
-    return sock
-
-
-async def read_frame(sock: socket.socket) -> bytes:
-    """The payload of the next (unmasked, unfragmented) frame a server sent."""
-    head = await read_exactly(sock, 2)
-    length = head[1] & 0x7F
-    if length >= 126:
-        length = int.from_bytes(await read_exactly(sock, 2 if length == 126 else 8), "big")
-    return await read_exactly(sock, length)
-
-
-async def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await asyncio.get_running_loop().sock_recv(sock, n - len(data))
-        assert chunk, "the connection closed"
-        data += chunk
-    return data
-
-
-async def read_until_the_connection_ends(sock: socket.socket, timeout: float) -> bytes:
-    """Read all a socket receives until the server closes or resets it."""
-    loop = asyncio.get_running_loop()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)  # catch up quickly
-    received = bytearray()
-    async def read_all():
-        try:
-            while chunk := await loop.sock_recv(sock, 65536):
-                received.extend(chunk)
-        except ConnectionResetError:
-            pass
-    await asyncio.wait_for(read_all(), timeout)
-    return bytes(received)
-
-
-def close_code_of(frames: bytes) -> int | None:
-    """The code of the close frame among a server's (unmasked) WebSocket frames, if any."""
-    at = 0
-    while at + 2 <= len(frames):
-        opcode, length, at = frames[at] & 0x0F, frames[at + 1] & 0x7F, at + 2
-        if length == 126:
-            length, at = int.from_bytes(frames[at:at + 2], "big"), at + 2
-        elif length == 127:
-            length, at = int.from_bytes(frames[at:at + 8], "big"), at + 8
-        if opcode == 0x8 and length >= 2 and at + 2 <= len(frames):
-            return int.from_bytes(frames[at:at + 2], "big")
-        at += length
-    return None
-
-
-# --------------------------------------------------------------------------- a faulty network
-
-
-class TcpProxy:
-    """127.0.0.1:`port` forwarding to `target` (host, port), with the faults a test switches
-    on while it runs: `hang()`: what clients send from then on is swallowed and never answered,
-    the connections left open (a server stuck mid-request); `cut_requests_over(n)`: a
-    connection that has carried more than n bytes upstream is reset (a server dying mid-body;
-    small requests still pass); `down()` / `up()`: every connection reset, new ones too."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.hanging = threading.Event()
-        self.swallowed = threading.Event()  # something sent while hanging: a request is stuck
-        self.is_down = False
-        self.cut_over: int | None = None
-        self.cuts = 0
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def hang(self) -> None:
-        self.hanging.set()
-
-    def cut_requests_over(self, n: int) -> None:
-        self.cut_over = n
-
-    def down(self) -> None:
-        self.is_down = True
-        with self._lock:
-            for sock in list(self._sockets):
-                _reset(sock)
-
-    def up(self) -> None:
-        self.is_down = False
-
-    def close(self) -> None:
-        """Reset every connection, and refuse new ones: a close alone would not wake the
-        thread blocked in accept(), which would go on taking (and swallowing) connections."""
-        self.is_down = True
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
-        except OSError:
-            pass
-        self.listener.close()
-        with self._lock:
-            for sock in list(self._sockets):
-                _reset(sock)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if self.is_down:
-                _reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                _reset(client)
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets |= {client, upstream}
-            sent = [0]  # bytes this connection carried upstream
-            threading.Thread(target=self._pump, args=(client, upstream, sent), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, sent: list[int] | None) -> None:
-        try:
-            while data := source.recv(65536):
-                if sent is not None and self.hanging.is_set():
-                    self.swallowed.set()
-                    continue
-                if sent is not None:
-                    sent[0] += len(data)
-                    if self.cut_over is not None and sent[0] > self.cut_over:
-                        self.cuts += 1
-                        break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            _reset(sock)
-        with self._lock:
-            self._sockets -= {source, sink}
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), as a server that died would look; the shutdown
-    wakes a thread blocked reading it (a close alone would not)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
 def relay_all(db, settings: core.Settings) -> None:
     """Move every outbox row into ClickHouse's event_log now (relay_once, batches at once)."""
     fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
@@ -798,123 +620,6 @@ def drain(conn, ch, settings) -> int:
             return total
         total += sent
     raise AssertionError("the outbox never ran dry")
-
-
-VALIDATOR = lines.log_entry_validator()
-
-
-def parse(line, fmt: str = "auto", *, service=None, environment=None) -> dict:
-    """A line (text, bytes or a value to dump) parsed with a format and the upload's defaults."""
-    raw = line if isinstance(line, bytes) else (
-        line.encode() if isinstance(line, str) else json.dumps(line).encode())
-    return lines.parse_line(raw, VALIDATOR, mappings.compile_format(fmt, service, environment))
-
-
-def refused(line, fmt: str = "auto") -> str:
-    with pytest.raises(lines.InvalidLine) as info:
-        parse(line, fmt)
-    return str(info.value)
-
-
-def mapped(entry: dict) -> dict:
-    """The canonical fields of a parsed entry, timestamp as text."""
-    return {"timestamp": entry["timestamp"].isoformat(), "level": entry["level"],
-            "service": entry["service"], "event_type": entry["event_type"],
-            "message": entry["message"], "environment": entry["environment"],
-            "format": entry["format"]}
-
-
-# pino's README (one line per call of `logger.info('hello world')`, then a child logger).
-PINO = [
-    '{"level":30,"time":1531171074631,"msg":"hello world","pid":657,'
-    '"hostname":"Davids-MBP-3.fritz.box"}',
-    '{"level":30,"time":1531171082399,"msg":"hello child!","pid":657,'
-    '"hostname":"Davids-MBP-3.fritz.box","a":"property"}',
-]
-
-
-# zap's production logger (zap.NewProduction()), as zap's global-logger example prints it.
-ZAP = [
-    '{"level":"info","ts":1525303480.993161,"caller":"globallogger/main.go:22",'
-    '"msg":"An info message","iteration":1}',
-    '{"level":"warn","ts":1525303481.5,"logger":"http.log.access","caller":"caddy/main.go:7",'
-    '"msg":"slow request","url":"http://example.com","attempt":3,"backoff":1}',
-]
-
-
-def leaves(value, path: str = "") -> dict:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items()
-                for k, v in leaves(item, f"{path}.{key}" if path else key).items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in leaves(item, path).items()}
-    return {path: value}
-
-
-# Serilog's compact JSON (CLEF, https://github.com/serilog/serilog-formatting-compact) as a
-# custom format: `@l` is left out for Information, `@m` unless the event was rendered.
-CLEF = {"name": "clef",
-        "fields": {"timestamp": ["@t"], "level": ["@l"], "message": ["@m"],
-                   "message_template": ["@mt"], "event_type": ["@i"]},
-        "defaults": {"level": "info"},
-        "levels": {"verbose": "debug", "fatal": "critical"}}
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-# Chromium logs most CSP violations as console errors itself; this makes sure of every one,
-# whatever the kind (an init script is not subject to the page's policy).
-REPORT_CSP_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (e) => console.error(
-  `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));
-"""
-
-
-def get_json(url: str, token: str) -> dict:
-    request = urllib.request.Request(url, headers=bearer(token))
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
-def sign_in(page: Page, url: str, token: str) -> None:
-    """Open the page and give it a token through its form, as a user would."""
-    page.goto(f"{url}/")
-    expect(page.locator("#token-form")).to_be_visible()
-    expect(page.locator("#upload")).to_be_hidden()
-    enter_token(page, token)
-    expect(page.locator("#token-form")).to_be_hidden()
-    expect(page.locator("#upload")).to_be_visible()
-
-
-def enter_token(page: Page, token: str) -> None:
-    page.fill("#token", token)
-    page.click("#use-token")
-
-
-def expected_errors(console_errors: list[str], text: str, count: int = 1) -> None:
-    """Take out of console_errors the ones the test caused on purpose (Chromium logs every 4xx
-    response); anything else still fails the test."""
-    found = [e for e in console_errors if text in e]
-    assert len(found) == count, console_errors
-    for error in found:
-        console_errors.remove(error)
-
-
-def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    # An artifact for people, not a check: a busy machine may take its time rendering it.
-    page.screenshot(path=path, full_page=full_page, timeout=60_000)
-    return path
 
 
 def run_job(settings, job_id, stop=None) -> str:

@@ -12,7 +12,8 @@ import pytest
 
 import eventhorizon
 import format_routes
-from helpers import CLEF, MYAPP, MYAPP_LINE, bearer, wait_for
+from helpers import MYAPP, MYAPP_LINE, bearer, wait_for
+from line_samples import CLEF
 
 FORMATS = "/api/v1/formats"
 

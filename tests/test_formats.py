@@ -16,18 +16,8 @@ import structlog
 import formats
 import lines
 import mappings
-from helpers import (
-    CLEF,
-    MYAPP,
-    MYAPP_LINE,
-    PINO,
-    VALIDATOR,
-    ZAP,
-    leaves,
-    mapped,
-    parse,
-    refused,
-)
+from helpers import MYAPP, MYAPP_LINE, VALIDATOR
+from line_samples import CLEF, PINO, ZAP, leaves, mapped, parse, refused
 
 # --------------------------------------------------------------------------- the libraries
 

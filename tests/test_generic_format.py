@@ -21,7 +21,7 @@ import formats
 import generic_format
 import lines
 import mappings
-from helpers import PINO, ZAP, leaves, mapped, parse, refused
+from line_samples import PINO, ZAP, leaves, mapped, parse, refused
 
 VALIDATOR = lines.log_entry_validator()
 ROOT = pathlib.Path(__file__).resolve().parent.parent

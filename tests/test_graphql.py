@@ -23,20 +23,22 @@ from helpers import (
     batches,
     bearer,
     capture_access_log,
-    close_code_of,
     completed_job,
     gql,
     job_row,
     jsonl,
     listener_listening,
     notify,
-    read_frame,
-    read_until_the_connection_ends,
     serve_api,
-    upgrade_with_a_tiny_buffer,
     upload,
     wait_until,
     watchers_dropped,
+)
+from network import (
+    close_code_of,
+    read_frame,
+    read_until_the_connection_ends,
+    upgrade_with_a_tiny_buffer,
 )
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid

@@ -46,11 +46,25 @@ def test_no_test_module_imports_another_or_conftest():
 
 
 def test_no_helper_is_defined_again_in_a_test_module():
-    """A function or class tests/helpers.py has is imported from there, not written again."""
+    """A function or class a helper module has (tests/helpers.py, network.py, pages.py, …:
+    every module but conftest and the test_* ones) is imported from there, not written again,
+    and no two helper modules have the same one."""
     modules = parsed_test_files()
-    shared = {node.name for node in modules.pop("helpers.py").body
-              if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
-    again = [f"{name}: {node.name}" for name, tree in modules.items() for node in tree.body
-             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-             and node.name in shared]
+    helper_modules = [name for name in modules
+                      if name != "conftest.py" and not name.startswith("test_")]
+    assert "helpers.py" in helper_modules
+
+    def defined(tree: ast.Module) -> list[str]:
+        return [node.name for node in tree.body
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+
+    shared: dict[str, str] = {}
+    again = []
+    for name in helper_modules:
+        for helper in defined(modules.pop(name)):
+            if helper in shared:
+                again.append(f"{name}: {helper} (also in {shared[helper]})")
+            shared.setdefault(helper, name)
+    again += [f"{name}: {helper}" for name, tree in modules.items() for helper in defined(tree)
+              if helper in shared]
     assert not again
