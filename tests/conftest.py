@@ -8,11 +8,13 @@ never see each other.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import random
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -74,7 +76,6 @@ LONGEST_FIRST = (
     "test_fuzz_every_operation",
     "test_fuzz_uploads_of_generated_contents",
     "test_salvage_gives_up_no_good_event_however_many_bad_ones",
-    "test_the_retention_command_sets_shows_clears_and_sweeps",
     "test_a_flood_of_ten_thousand_refusals_leaves_a_bounded_trail",
     "test_audited_actions_are_kept_across_an_api_sigkill_right_after_each_commit",
     "test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports",
@@ -104,6 +105,28 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="signal"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_timeout_set_timer(item, settings):
+    """A test past its timeout has its asyncio tasks' stacks printed too, before pytest-timeout
+    fails it (its own dump shows the threads, where a hung coroutine is only `select`)."""
+    yield
+    timeout_handler = signal.getsignal(signal.SIGALRM)
+    if callable(timeout_handler):
+        def handler(signum, frame):
+            print_asyncio_tasks()
+            timeout_handler(signum, frame)
+        signal.signal(signal.SIGALRM, handler)
+
+
+def print_asyncio_tasks() -> None:
+    loop = asyncio._get_running_loop()  # the loop the test (or its fixture) is running, if any
+    if loop is None:
+        return
+    for task in asyncio.all_tasks(loop):
+        print(f"~~~ asyncio task {task.get_name()}: {task.get_coro()!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
 
 
 def _base_settings() -> core.Settings:
