@@ -149,9 +149,31 @@ def s3_server(tmp_path_factory):
             pytest.exit(f"S3_ENDPOINT_URL={settings.s3_endpoint_url} does not answer", returncode=3)
         yield settings.s3_endpoint_url
         return
-    data_dir = tmp_path_factory.mktemp("weed")
+    for attempt in range(1, WEED_STARTS + 1):
+        data_dir = tmp_path_factory.mktemp("weed")
+        proc, endpoint = _start_weed(settings, data_dir)
+        if stack.wait_s3(dataclasses.replace(settings, s3_endpoint_url=endpoint), proc.pid,
+                         timeout=60) == 0:
+            break
+        _stop_weed(proc)
+        log_tail = (data_dir / "weed.log").read_text(errors="replace")[-1000:]
+        if attempt == WEED_STARTS:
+            pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
+        print(f"weed mini did not start (attempt {attempt}), trying other ports: {log_tail}",
+              file=sys.stderr)
+    try:
+        yield endpoint
+    finally:
+        _stop_weed(proc)
+
+
+# A port the check found free may be taken by another worker's weed before ours binds it
+# (they start at the same moment): weed then exits, and a start on other ports succeeds.
+WEED_STARTS = 3
+
+
+def _start_weed(settings: core.Settings, data_dir: Path) -> tuple[subprocess.Popen, str]:
     [s3_port] = stack.free_port_pairs(1)
-    endpoint = f"http://127.0.0.1:{s3_port}"
     try:
         command = stack.weed_command(data_dir, s3_port)
     except FileNotFoundError as exc:
@@ -159,19 +181,16 @@ def s3_server(tmp_path_factory):
     with (data_dir / "weed.log").open("wb") as log:
         proc = subprocess.Popen(command, env=stack.weed_env(settings), stdout=log,
                                 stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{s3_port}"
+
+
+def _stop_weed(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        ready = stack.wait_s3(dataclasses.replace(settings, s3_endpoint_url=endpoint),
-                              proc.pid, timeout=60)
-        if ready != 0:
-            pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
