@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from helpers import (  # noqa: E402
     in_ci,
     serve_api,
     settings_env,
+    wait_for,
 )
 from network import TcpProxy  # noqa: E402
 from pages import CHROMIUM, CHROMIUM_ARGS, REPORT_CSP_VIOLATIONS  # noqa: E402
@@ -153,7 +155,7 @@ def s3_server(tmp_path_factory):
         data_dir = tmp_path_factory.mktemp("weed")
         proc, endpoint = _start_weed(settings, data_dir)
         if stack.wait_s3(dataclasses.replace(settings, s3_endpoint_url=endpoint), proc.pid,
-                         timeout=60) == 0:
+                         timeout=60) == 0 and _weed_serves(proc, data_dir, endpoint):
             break
         _stop_weed(proc)
         log_tail = (data_dir / "weed.log").read_text(errors="replace")[-1000:]
@@ -182,6 +184,18 @@ def _start_weed(settings: core.Settings, data_dir: Path) -> tuple[subprocess.Pop
         proc = subprocess.Popen(command, env=stack.weed_env(settings), stdout=log,
                                 stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{s3_port}"
+
+
+def _weed_serves(proc: subprocess.Popen, data_dir: Path, endpoint: str) -> bool:
+    """Our weed says it serves S3 on `endpoint`: the answer wait_s3 had may have come from
+    another worker's weed on a port ours then failed to take (same credentials)."""
+    def said_or_exited() -> bool:
+        log = (data_dir / "weed.log").read_text(errors="replace")
+        return proc.poll() is not None or re.search(
+            rf"S3 Endpoint:\s+{re.escape(endpoint)}\s", log) is not None
+
+    wait_for(said_or_exited, timeout=60, what="weed mini to say it serves S3")
+    return proc.poll() is None
 
 
 def _stop_weed(proc: subprocess.Popen) -> None:
