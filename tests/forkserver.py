@@ -18,13 +18,17 @@ subprocess.run (a command's output captured, its exit awaited).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import runpy
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import traceback
 import uuid
 from pathlib import Path
 
@@ -213,11 +217,6 @@ def become(request: dict) -> None:
 def run_as_main(argv: list[str]) -> int:
     """Run the script as the interpreter would, through to its exit status: SystemExit's code,
     1 after an uncaught exception, then non-daemon threads joined and atexit handlers run."""
-    import atexit
-    import runpy
-    import threading
-    import traceback
-
     try:
         runpy.run_path(argv[0], run_name="__main__")
         code = 0
