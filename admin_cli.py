@@ -13,6 +13,7 @@ import psycopg
 
 import audit
 import auth
+import config
 import core
 import retention
 
@@ -52,7 +53,7 @@ def retention_command_line(commands) -> None:
                                      "removed (JSON)")
 
 
-def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
+def tokens_command(settings: config.Settings, args: argparse.Namespace) -> int:
     """`tokens create|list|revoke|verify`: the token itself is printed once, by create, as
     the last line of standard output, and appears nowhere else (its audit event names its
     id, with the operating-system user as the actor)."""
@@ -84,7 +85,7 @@ def tokens_command(settings: core.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def revoke_token(conn, settings: core.Settings, token_id: int) -> bool:
+def revoke_token(conn, settings: config.Settings, token_id: int) -> bool:
     """Revoke the token with its audit event, in one transaction; False if none is live."""
     with conn.transaction():
         revoked = auth.revoke_token(conn, token_id)
@@ -94,13 +95,13 @@ def revoke_token(conn, settings: core.Settings, token_id: int) -> bool:
     return revoked
 
 
-async def verify_token(settings: core.Settings, token: str) -> int:
+async def verify_token(settings: config.Settings, token: str) -> int:
     async with await psycopg.AsyncConnection.connect(settings.database_url,
                                                      autocommit=True) as aconn:
         return 0 if await auth.authenticate(aconn, token) else 1
 
 
-def retention_command(settings: core.Settings, args: argparse.Namespace) -> int:
+def retention_command(settings: config.Settings, args: argparse.Namespace) -> int:
     """`retention set|clear|show|sweep`: each prints its answer as one line of JSON, the last
     of standard output (the log's lines come before it)."""
     try:
@@ -111,7 +112,7 @@ def retention_command(settings: core.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def retention_action(settings: core.Settings, args: argparse.Namespace):
+async def retention_action(settings: config.Settings, args: argparse.Namespace):
     if args.action == "sweep":
         return (await retention.sweep(settings, core.s3_client(settings))).json()
     async with await psycopg.AsyncConnection.connect(settings.database_url,

@@ -9,10 +9,11 @@ import time
 
 import pika
 
+import config
 import core
 
 
-def amqp_parameters(settings: core.Settings, process: str):
+def amqp_parameters(settings: config.Settings, process: str):
     """pika connection parameters from AMQP_URL, named after the process (shown by RabbitMQ's
     management UI and `rabbitmqctl list_connections`)."""
     params = pika.URLParameters(settings.amqp_url)
@@ -73,7 +74,7 @@ class Publisher:
     unavailable at once, so uploads are refused quickly rather than each waiting for a timeout.
     """
 
-    def __init__(self, settings: core.Settings):
+    def __init__(self, settings: config.Settings):
         self.settings = settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amqp")
         self.connection: pika.BlockingConnection | None = None

@@ -10,13 +10,13 @@ from psycopg_pool import AsyncConnectionPool
 import amqp
 import audit
 import auth
-import core
+import config
 import explore
 import graphql_api
 import live
 import uploads
 
-SETTINGS = web.AppKey("settings", core.Settings)
+SETTINGS = web.AppKey("settings", config.Settings)
 
 
 POOL = web.AppKey("pool", AsyncConnectionPool)

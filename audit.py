@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 import auth
-import core
+import config
 import outbox
 
 log = structlog.get_logger("audit")
@@ -74,14 +74,14 @@ def event(event_type: str, who: Actor, *, environment: str, object_: Any = "",
         "message": message, "context": context}, environment=environment)
 
 
-async def arecord(aconn, settings: core.Settings, event_type: str, who: Actor, *,
+async def arecord(aconn, settings: config.Settings, event_type: str, who: Actor, *,
                   object_: Any, result: str | int = "ok", **details: Any) -> None:
     """Write the audit event in the caller's transaction (psycopg async connection)."""
     await outbox.ainsert_event(aconn, event(event_type, who, environment=settings.environment,
                                             object_=object_, result=result, **details))
 
 
-def record(conn, settings: core.Settings, event_type: str, who: Actor, *, object_: Any,
+def record(conn, settings: config.Settings, event_type: str, who: Actor, *, object_: Any,
            result: str | int = "ok", **details: Any) -> None:
     """`arecord` on a sync connection (the `tokens` command)."""
     outbox.insert_event(conn, event(event_type, who, environment=settings.environment,
@@ -108,7 +108,7 @@ def is_audit_type(event_type: str) -> bool:
 # --------------------------------------------------------------------------- requests
 
 
-def request_actor(request, principal: auth.Principal | None, settings: core.Settings) -> Actor:
+def request_actor(request, principal: auth.Principal | None, settings: config.Settings) -> Actor:
     """The actor of an API request: its principal (None before or without a working token),
     its client address (`client_address`) and its request id (the access log's)."""
     client_ip = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
@@ -125,7 +125,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @functools.cache
 def trusted_networks(text: str) -> tuple[Network, ...]:
     """EH_TRUSTED_PROXIES's networks (checked when the settings were read)."""
-    return core.parse_networks(text, "EH_TRUSTED_PROXIES")
+    return config.parse_networks(text, "EH_TRUSTED_PROXIES")
 
 
 def client_address(peer: str | None, forwarded_for: Iterable[str],
@@ -182,7 +182,7 @@ class DeniedTrail:
     the pool. Past the queue's bound, or with Postgres away, refusal events are dropped and
     logged (`audit.denied_dropped`): best effort beyond the bound, by design."""
 
-    def __init__(self, pool, settings: core.Settings, *, clock=time.monotonic,
+    def __init__(self, pool, settings: config.Settings, *, clock=time.monotonic,
                  clients: int = MAX_TRACKED_CLIENTS, queue_size: int = QUEUE_SIZE):
         self.pool, self.settings, self.clock, self.clients = pool, settings, clock, clients
         self.per_minute = settings.audit_denied_per_minute

@@ -11,6 +11,7 @@ import clickhouse_connect
 import structlog
 from psycopg.rows import tuple_row
 
+import config
 import core
 import jobs
 from core import QUERIES
@@ -80,7 +81,7 @@ def connect_clickhouse(url: str):
     try:
         ch = clickhouse_connect.get_client(dsn=url)
     except Exception as exc:
-        raise ClickHouseUnavailable(f"cannot connect to {core.redact_url(url)}: {exc}") from exc
+        raise ClickHouseUnavailable(f"cannot connect to {config.redact_url(url)}: {exc}") from exc
     try:
         ensure_event_log(ch)
     except Exception as exc:

@@ -36,6 +36,7 @@ import admin_cli
 import amqp
 import audit
 import auth
+import config
 import core
 import explore
 import format_routes
@@ -95,7 +96,7 @@ SWEEP_INTERVAL_S = 600  # how often each API process sweeps them (and once at st
 
 def main(argv: list[str]) -> int:
     args = admin_cli.command_line().parse_args(argv[1:])
-    settings = core.load_settings(service=args.command is None)
+    settings = config.load_settings(service=args.command is None)
     logs.configure_logging(settings)
     if args.command == "migrate":
         applied = core.migrate(settings.database_url)
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> int:
         return admin_cli.retention_command(settings, args)
     try:
         check_serving_settings(settings)
-    except core.ConfigError as exc:
+    except config.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     observe.setup_tracing(settings, "eventhorizon-api")
     http_server.run(init_app(settings), host=settings.http_host, port=settings.http_port,
@@ -116,10 +117,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check_serving_settings(settings: core.Settings) -> None:
+def check_serving_settings(settings: config.Settings) -> None:
     """EH_AUTH=none lets anyone who can connect see and delete every job: only on loopback."""
     if settings.auth == "none" and not is_loopback(settings.http_host):
-        raise core.ConfigError(f"EH_AUTH=none is for a laptop: EH_HTTP_HOST must be a loopback "
+        raise config.ConfigError(f"EH_AUTH=none is for a laptop: EH_HTTP_HOST must be a loopback "
                                f"address, got {settings.http_host!r}")
 
 
@@ -137,7 +138,7 @@ STATIC_DIR = core.ROOT / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
 
 
-def init_app(settings: core.Settings) -> web.Application:
+def init_app(settings: config.Settings) -> web.Application:
     check_serving_settings(settings)
     server_log = logging.getLogger("aiohttp.server")
     if MALFORMED_REQUESTS not in server_log.filters:

@@ -25,6 +25,7 @@ import structlog
 from psycopg.rows import class_row, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
+import config
 import core
 import logs
 import outbox
@@ -105,7 +106,7 @@ async def aquery(aconn, name: str, params: Mapping[str, Any]):
 # --------------------------------------------------------------------------- changes
 
 
-async def create(aconn, settings: core.Settings, *, job_id: uuid.UUID, file_name: str,
+async def create(aconn, settings: config.Settings, *, job_id: uuid.UUID, file_name: str,
                  size_bytes: int, object_key: str, lines_total: int, owner: str,
                  options: Mapping[str, Any], traceparent: str | None,
                  compression: str | None = None) -> Job:
@@ -137,7 +138,7 @@ def unlock(conn, job_id: uuid.UUID) -> None:
     conn.execute(core.QUERIES["unlock_job"], {"job_id": job_id})
 
 
-def claim(conn, settings: core.Settings, job_id: uuid.UUID) -> Job | None:
+def claim(conn, settings: config.Settings, job_id: uuid.UUID) -> Job | None:
     """Mark the job processing (job.started, the first time); None if it is already finished
     or was deleted. UnknownJob if there is no such job and never was."""
     job = query(conn, "claim_job", {"job_id": job_id}).fetchone()
@@ -174,14 +175,14 @@ def advance(conn, job: Job, *, lines: int, bytes_: int, valid: int, invalid: int
     return updated
 
 
-def complete(conn, settings: core.Settings, job_id: uuid.UUID) -> Job:
+def complete(conn, settings: config.Settings, job_id: uuid.UUID) -> Job:
     job = query(conn, "complete_job", {"job_id": job_id}).fetchone()
     outbox.insert_event(conn, job_event("job.completed", job, environment=settings.environment))
     notify(conn, job)
     return job
 
 
-def fail(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> Job | None:
+def fail(conn, settings: config.Settings, job_id: uuid.UUID, error: str) -> Job | None:
     """End the job `failed` with `error` for its owner; None if it had ended already."""
     job = query(conn, "fail_job", {"job_id": job_id, "error": error}).fetchone()
     if job is not None:
@@ -234,7 +235,7 @@ async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) ->
     return await cur.fetchone()
 
 
-async def delete(aconn, settings: core.Settings, job: Job, *, deleted_by: str) -> None:
+async def delete(aconn, settings: config.Settings, job: Job, *, deleted_by: str) -> None:
     """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row,
     its entries and line errors (ON DELETE CASCADE), its dead-lettered events and the outbox
     rows of its line events no relay holds; recorded in job_deletions (the relay deletes its

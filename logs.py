@@ -10,12 +10,12 @@ import sys
 import structlog
 from opentelemetry import propagate, trace
 
-import core
+import config
 
 # --------------------------------------------------------------------------- logging
 
 
-def configure_logging(settings: core.Settings) -> None:
+def configure_logging(settings: config.Settings) -> None:
     """structlog for our code and for the stdlib loggers of aiohttp, pika and psycopg."""
     shared = [
         structlog.contextvars.merge_contextvars,

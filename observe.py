@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-import core
+import config
 
 log = structlog.get_logger("observe")
 
@@ -205,7 +205,7 @@ def _install_timing() -> None:
     asyncio.Handle._run = _timed_run  # TimerHandle inherits it
 
 
-def serve_metrics(registry: CollectorRegistry, settings: core.Settings, port: int) -> int | None:
+def serve_metrics(registry: CollectorRegistry, settings: config.Settings, port: int) -> int | None:
     """Serve `registry` at http://EH_METRICS_HOST:port/metrics from a daemon thread (the
     worker's pika loop and the relay's psycopg loop stay as they are); port 0: not at all.
     Returns the port, or None."""
@@ -237,7 +237,7 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 # --------------------------------------------------------------------------- traces
 
 
-def setup_tracing(settings: core.Settings, service: str) -> TracerProvider:
+def setup_tracing(settings: config.Settings, service: str) -> TracerProvider:
     """Make this process's spans real: ids made and carried (in logs, events and messages)
     always, exported over OTLP/HTTP only when an endpoint is set. `service` is
     `eventhorizon-api`, `-worker` or `-relay`, unless OTEL_SERVICE_NAME says otherwise; the
@@ -291,7 +291,7 @@ def export_timeout_s() -> float | None:
     return EXPORT_TIMEOUT_S
 
 
-def traces_endpoint(settings: core.Settings) -> str | None:
+def traces_endpoint(settings: config.Settings) -> str | None:
     """Where spans go: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as it is, else
     OTEL_EXPORTER_OTLP_ENDPOINT with the signal's path (OTLP/HTTP's rule), else nowhere."""
     if settings.otel_traces_endpoint:

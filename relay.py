@@ -64,6 +64,7 @@ from opentelemetry import trace
 from psycopg.rows import tuple_row
 
 import clickhouse_errors
+import config
 import core
 import event_log
 import logs
@@ -90,10 +91,10 @@ TRACE_ID_MEMBER = re.compile(rb'"trace_id": "([0-9a-f]{32})"')
 
 
 def main() -> int:
-    settings = core.load_settings()
+    settings = config.load_settings()
     try:
         check_engine_installed(settings.clickhouse_url)
-    except core.ConfigError as exc:
+    except config.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     logs.configure_logging(settings)
     observe.setup_tracing(settings, "eventhorizon-relay")
@@ -107,7 +108,7 @@ def main() -> int:
     crash = settings.relay_crash_after_insert
     log.info(
         "relay.started",
-        clickhouse=core.redact_url(settings.clickhouse_url),
+        clickhouse=config.redact_url(settings.clickhouse_url),
         batch_max_rows=settings.relay_batch_max_rows,
         batch_max_wait_s=settings.relay_batch_max_wait_s,
         poll_s=settings.relay_poll_s,
@@ -128,7 +129,7 @@ def check_engine_installed(url: str) -> None:
     """chdb:// needs the embedded engine, an optional extra (the image leaves it out): without
     it the relay stops at once, rather than retrying a connection that can never be made."""
     if url.startswith("chdb:") and importlib.util.find_spec("chdb") is None:
-        raise core.ConfigError(
+        raise config.ConfigError(
             "CLICKHOUSE_URL is chdb://, but the embedded engine (chdb) is not installed: "
             "pip install '.[embedded]', or set CLICKHOUSE_URL to a server, http(s)://...")
 
@@ -142,7 +143,7 @@ def crash_after_insert(_rows) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def run_lanes(settings: core.Settings, stop: stopping.Stopper, *,
+def run_lanes(settings: config.Settings, stop: stopping.Stopper, *,
               after_insert: Callable[[list], None] | None = None) -> None:
     """`run` in RELAY_LANES lanes side by side, the first in this (the main) thread, so that
     Postgres reads the next batch while ClickHouse takes the current one. Lanes are relays as
@@ -176,7 +177,7 @@ def run_lanes(settings: core.Settings, stop: stopping.Stopper, *,
         raise failures[0]
 
 
-def run(settings: core.Settings, stop: stopping.Stopper, *,
+def run(settings: config.Settings, stop: stopping.Stopper, *,
         after_insert: Callable[[list], None] | None = None) -> None:
     """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
     backoff = core.Backoff()
@@ -222,7 +223,7 @@ def run(settings: core.Settings, stop: stopping.Stopper, *,
             close_quietly(resource)
 
 
-def wait_for_work(pg, listener, settings: core.Settings, stop: stopping.Stopper) -> None:
+def wait_for_work(pg, listener, settings: config.Settings, stop: stopping.Stopper) -> None:
     """Sleep until a batch may be due: rows arrive (NOTIFY), a small batch's wait is over, or
     RELAY_POLL_S passes (the fallback that also picks up batches another relay left behind)."""
     max_rows = settings.relay_batch_max_rows
@@ -305,7 +306,7 @@ class Delivery:
     left: int = 0  # rows of refused parts recorded as batches of their own, for later
 
 
-def relay_once(conn, ch, settings: core.Settings, *,
+def relay_once(conn, ch, settings: config.Settings, *,
                after_insert: Callable[[list], None] | None = None) -> int:
     """Deliver at most one batch; returns how many events ClickHouse took (0: nothing due).
 
@@ -335,7 +336,7 @@ def relay_once(conn, ch, settings: core.Settings, *,
         span.end(delivery=delivery)
 
 
-def take_and_deliver(conn, ch, settings: core.Settings, span: BatchSpan,
+def take_and_deliver(conn, ch, settings: config.Settings, span: BatchSpan,
                      after_insert: Callable[[list], None] | None) -> Delivery | None:
     """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():

@@ -35,6 +35,7 @@ from psycopg.rows import class_row, tuple_row
 
 import audit
 import auth
+import config
 import core
 import jobs
 import observe
@@ -83,7 +84,7 @@ class Policy:
                 "set_at": self.own.set_at.isoformat() if self.own else None}
 
 
-def default_days(settings: core.Settings) -> int | None:
+def default_days(settings: config.Settings) -> int | None:
     return settings.retention_days or None
 
 
@@ -107,13 +108,13 @@ def check_days(days: Any) -> int | None:
 # --------------------------------------------------------------------------- owners' settings
 
 
-async def read_policy(aconn, settings: core.Settings, owner: str) -> Policy:
+async def read_policy(aconn, settings: config.Settings, owner: str) -> Policy:
     cur = aconn.cursor(row_factory=class_row(OwnerRetention))
     await cur.execute(core.QUERIES["get_owner_retention"], {"owner": check_owner(owner)})
     return Policy(owner, default_days(settings), await cur.fetchone())
 
 
-async def set_policy(aconn, settings: core.Settings, owner: str, days: int | None, *,
+async def set_policy(aconn, settings: config.Settings, owner: str, days: int | None, *,
                      set_by: str, who: audit.Actor) -> Policy:
     """Set `owner`'s own retention (None: for ever), with its `audit.retention.set` event;
     the next sweep applies it."""
@@ -128,7 +129,7 @@ async def set_policy(aconn, settings: core.Settings, owner: str, days: int | Non
     return policy
 
 
-async def clear_policy(aconn, settings: core.Settings, owner: str, *, who: audit.Actor) -> bool:
+async def clear_policy(aconn, settings: config.Settings, owner: str, *, who: audit.Actor) -> bool:
     """`owner` keeps the default again (`audit.retention.cleared`, if they had a setting of
     their own); False if they had none."""
     async with aconn.transaction():
@@ -166,7 +167,7 @@ class Swept:
              "status": j.status, "created_at": j.created_at.isoformat()} for j in self.removed]}
 
 
-async def sweep(settings: core.Settings, s3) -> Swept:
+async def sweep(settings: config.Settings, s3) -> Swept:
     """One sweep now, on a connection of its own (closing it releases the sweep's lock)."""
     async with await psycopg.AsyncConnection.connect(
             settings.database_url, autocommit=True,
@@ -182,7 +183,7 @@ async def sweep(settings: core.Settings, s3) -> Swept:
     return swept
 
 
-async def sweep_locked(aconn, settings: core.Settings, s3) -> Swept:
+async def sweep_locked(aconn, settings: config.Settings, s3) -> Swept:
     """The sweep's work, the caller holding the sweep's lock. Safe without it too (two at once
     remove each job once: each removal locks the row and re-checks it), only wasteful."""
     swept, after, days = Swept(ran=True), FIRST_PAGE, default_days(settings)
@@ -210,7 +211,7 @@ async def sweep_locked(aconn, settings: core.Settings, s3) -> Swept:
         after = page[-1]
 
 
-async def remove_expired(aconn, settings: core.Settings, s3, job_id: uuid.UUID) -> jobs.Job | None:
+async def remove_expired(aconn, settings: config.Settings, s3, job_id: uuid.UUID) -> jobs.Job | None:
     """Remove one expired job as DELETE /api/v1/jobs/{id} does, in one transaction: None if
     it is no longer expired, a worker or another transaction holds it (left for later).
 
@@ -232,7 +233,7 @@ async def remove_expired(aconn, settings: core.Settings, s3, job_id: uuid.UUID) 
     return job
 
 
-async def sweep_periodically(settings: core.Settings, s3) -> None:
+async def sweep_periodically(settings: config.Settings, s3) -> None:
     """Sweep about every EH_RETENTION_INTERVAL_S (±25 %, so processes started together do not
     keep meeting at the lock), the first one within the first interval. A failed sweep (a
     service away) is logged and the next one tries again; it never ends the task."""

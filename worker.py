@@ -37,6 +37,7 @@ from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
 
 import amqp
+import config
 import core
 import decoding
 import formats
@@ -56,7 +57,7 @@ VALID_LINES, INVALID_LINES = observe.LINES.labels("valid"), observe.LINES.labels
 
 
 def main() -> int:
-    settings = core.load_settings()
+    settings = config.load_settings()
     logs.configure_logging(settings)
     serve_metrics(settings)
     provider = observe.setup_tracing(settings, "eventhorizon-worker")
@@ -70,7 +71,7 @@ def main() -> int:
     return 0
 
 
-def serve_metrics(settings: core.Settings) -> None:
+def serve_metrics(settings: config.Settings) -> None:
     """/metrics on EH_METRICS_HOST:WORKER_METRICS_PORT (0: none), from a daemon thread."""
     try:
         port = observe.serve_metrics(observe.WORKER, settings, settings.worker_metrics_port)
@@ -116,7 +117,7 @@ class Consumer:
     handed back with `add_callback_threadsafe` (pika's threaded consumer example).
     """
 
-    def __init__(self, settings: core.Settings, stop: stopping.Stopper):
+    def __init__(self, settings: config.Settings, stop: stopping.Stopper):
         self.settings = settings
         self.s3 = core.s3_client(settings)
         self.stopping = stop
@@ -210,7 +211,7 @@ class Consumer:
 
 
 def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
-           settings: core.Settings, traceparent: str | None = None) -> None:
+           settings: config.Settings, traceparent: str | None = None) -> None:
     if not channel.is_open:
         return
     if outcome is Outcome.ACK:
@@ -224,7 +225,7 @@ def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
         channel.basic_nack(delivery_tag, requeue=True)
 
 
-def park_for_retry(channel, settings: core.Settings, body: bytes,
+def park_for_retry(channel, settings: config.Settings, body: bytes,
                    traceparent: str | None = None) -> None:
     """Publish a copy of the message to the retry queue, whence RabbitMQ moves it back to the
     job queue after EH_RETRY_LATER_S; the caller then acks the original.
@@ -243,7 +244,7 @@ def park_for_retry(channel, settings: core.Settings, body: bytes,
                                                   traceparent=traceparent), mandatory=True)
 
 
-def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bool) -> int:
+def requeue_lost_jobs(conn, channel, settings: config.Settings, *, queue_empty: bool) -> int:
     """Publish again the jobs left `queued` longer than EH_REQUEUE_AFTER_S whose message
     cannot be waiting in the queue any more: it is empty, or a job uploaded more than
     EH_REQUEUE_AFTER_S after the job's last publish has started (so a busy queue does not
@@ -264,7 +265,7 @@ def requeue_lost_jobs(conn, channel, settings: core.Settings, *, queue_empty: bo
     return len(lost)
 
 
-def handle_message(body: bytes, settings: core.Settings, s3, stop: stopping.Stop,
+def handle_message(body: bytes, settings: config.Settings, s3, stop: stopping.Stop,
                    headers: dict | None = None) -> Outcome:
     """Process one job message end to end and say what to do with the message. Its span
     continues the trace of the message's `traceparent` header (the upload's), if any."""
@@ -281,7 +282,7 @@ def handle_message(body: bytes, settings: core.Settings, s3, stop: stopping.Stop
         return run_message(job_id, settings, s3, stop)
 
 
-def run_message(job_id: uuid.UUID, settings: core.Settings, s3, stop: stopping.Stop) -> Outcome:
+def run_message(job_id: uuid.UUID, settings: config.Settings, s3, stop: stopping.Stop) -> Outcome:
     """Run the job (in the job's span) and say what to do with its message; an attempt that
     raised is recorded on the span, which it marks as an error."""
     try:
@@ -313,7 +314,7 @@ def in_plain_words(exc: BaseException) -> str:
     return "an unexpected error in the worker"
 
 
-def record_attempt_error(settings: core.Settings, job_id: uuid.UUID, exc: Exception, *,
+def record_attempt_error(settings: config.Settings, job_id: uuid.UUID, exc: Exception, *,
                          give_back: bool) -> None:
     """Best effort: show why the last attempt failed on the job while it waits for a retry,
     and give the attempt back if it was not the job's fault."""
@@ -335,7 +336,7 @@ class JobFailed(Exception):
 
 
 
-def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
+def process_job(conn, s3, settings: config.Settings, job_id: uuid.UUID,
                 stop: stopping.Stop | None = None) -> JobRun:
     """Process (or resume) one job, and say how the run ended (JobRun).
 
@@ -368,7 +369,7 @@ def process_job(conn, s3, settings: core.Settings, job_id: uuid.UUID,
             jobs.unlock(conn, job_id)
 
 
-def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job | None:
+def claim_job(conn, settings: config.Settings, job_id: uuid.UUID) -> jobs.Job | None:
     """Mark the job processing; None if it is already finished or was deleted.
     jobs.UnknownJob if there is no such job and never was."""
     with conn.transaction():
@@ -380,7 +381,7 @@ def claim_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job | No
     return job
 
 
-def run_job(conn, s3, settings: core.Settings, job: jobs.Job, stop: stopping.Stop) -> JobRun:
+def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.Stop) -> JobRun:
     """Stream the object from the checkpoint on, committing a batch at a time."""
     validator = lines.log_entry_validator()
     mapping = compile_format(job)
@@ -453,7 +454,7 @@ class Committer:
     (psycopg releases the GIL while it waits). At most one batch is in flight and batches
     commit in order, each moving the checkpoint the previous one left."""
 
-    def __init__(self, conn, job: jobs.Job, settings: core.Settings):
+    def __init__(self, conn, job: jobs.Job, settings: config.Settings):
         self.conn, self.job, self.settings = conn, job, settings
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.in_flight: concurrent.futures.Future | None = None
@@ -502,7 +503,7 @@ def broken_stream_reason(exc: decoding.DecodeError, job: jobs.Job) -> str:
             "stored)")
 
 
-def open_object(s3, job: jobs.Job, settings: core.Settings):
+def open_object(s3, job: jobs.Job, settings: config.Settings):
     """The job's object as a stream of its lines' bytes, from the checkpoint on: a plain
     object from the checkpoint's byte offset (a Range read); a compressed one decoded from
     its start (neither gzip nor zstd can start mid-stream), its first bytes_processed decoded
@@ -557,7 +558,7 @@ def is_not_text(conn, job: jobs.Job) -> bool:
     return bool(row["all_encoding"])
 
 
-def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: core.Settings,
+def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: config.Settings,
                 trace_id: str | None = None) -> jobs.Job:
     """Commit one batch atomically: entries, errors, the moved checkpoint and, for the
     entries' events, one outbox row naming the batch's line range (`trace_id`: the trace the
@@ -580,12 +581,12 @@ def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: core.Sett
     return updated
 
 
-def complete_job(conn, settings: core.Settings, job_id: uuid.UUID) -> jobs.Job:
+def complete_job(conn, settings: config.Settings, job_id: uuid.UUID) -> jobs.Job:
     with conn.transaction():
         return jobs.complete(conn, settings, job_id)
 
 
-def fail_job(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> None:
+def fail_job(conn, settings: config.Settings, job_id: uuid.UUID, error: str) -> None:
     trace.get_current_span().set_status(trace.StatusCode.ERROR, error)
     with conn.transaction():
         job = jobs.fail(conn, settings, job_id, error)
@@ -593,7 +594,7 @@ def fail_job(conn, settings: core.Settings, job_id: uuid.UUID, error: str) -> No
         log.warning("job.failed", error=error)
 
 
-def crash_if(settings: core.Settings, point: str, line_no: int = 0) -> None:
+def crash_if(settings: config.Settings, point: str, line_no: int = 0) -> None:
     """Fault injection (EH_WORKER_CRASH_AT, tests only; empty, and so inert, unless a test
     sets it): SIGKILL this process at `point` once the job has reached line `line_no`, as a
     power cut would, so the tests can prove what a crash at each point leaves behind."""

@@ -45,7 +45,7 @@ What it does:
     (--no-limit skips it);
  7. for comparison (canonical lines only), inserts a sample of the same lines (--pg-sample,
     default 5,000; 0 skips)
-    into a scratch table in Postgres (--database-url, default DATABASE_URL / core.Settings)
+    into a scratch table in Postgres (--database-url, default DATABASE_URL / config.Settings)
     with a naive loop of one INSERT and one COMMIT per row, and prints that rate in rows/s.
 """
 
@@ -70,7 +70,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import core  # noqa: E402
+import config  # noqa: E402
 import jobs  # noqa: E402
 from bench import ingest_limit  # noqa: E402
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT)")
     args = parser.parse_args(argv)
 
-    settings = core.load_settings(service=False)
+    settings = config.load_settings(service=False)
     database_url = args.database_url or settings.database_url
     worker_pid = args.worker_pid or find_pid("worker.py")
     api_pid = args.api_pid or find_pid("eventhorizon.py")

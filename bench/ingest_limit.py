@@ -30,6 +30,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import config  # noqa: E402
 import core  # noqa: E402
 
 BATCH_LINES = 5000
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--database-url", default=None, help="default: DATABASE_URL")
     args = parser.parse_args(argv)
-    url = args.database_url or core.load_settings(service=False).database_url
+    url = args.database_url or config.load_settings(service=False).database_url
     result = measure(args.file, url, args.processes)
     print(f"limit ({args.processes} process{'es' if args.processes > 1 else ''}) "
           f"{result['valid']:,} valid lines in {result['seconds']:.2f} s -> "

@@ -53,6 +53,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import config  # noqa: E402
 import core  # noqa: E402
 import logs  # noqa: E402
 import outbox  # noqa: E402
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", **os.environ}
-    base = core.Settings.from_env(env)
+    base = config.Settings.from_env(env)
     logs.configure_logging(base)
     admin_url = with_database(base.database_url, "postgres")
     bench_url = with_database(base.database_url, BENCH_DB)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.clickhouse_url or f"chdb://{tmp}/clickhouse"))
             host = urlsplit(bench_url).hostname or "local socket"
             print(f"Postgres {host}/{BENCH_DB}, ClickHouse "
-                  f"{core.redact_url(settings.clickhouse_url)}, "
+                  f"{config.redact_url(settings.clickhouse_url)}, "
                   f"{settings.relay_lanes} lane(s); relay_batch_max_rows="
                   f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
                   f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}")
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 class Relay:
     """relay.run in a thread, counting ClickHouse inserts and timing every event's delivery."""
 
-    def __init__(self, settings: core.Settings, *, timed: bool = True):
+    def __init__(self, settings: config.Settings, *, timed: bool = True):
         self.timed = timed
         self.stop = stopping.Stopper("relay", 8.0)
         self.lock = threading.Lock()
@@ -183,7 +184,7 @@ def relay_limit(tool: Path, database_url: str, n: int, batch: int) -> float:
     return float(LIMIT_FIGURE.search(out).group(1).replace(",", ""))
 
 
-def drain_phase(settings: core.Settings, n: int) -> dict:
+def drain_phase(settings: config.Settings, n: int) -> dict:
     print()
     print(f"== drain: {n:,} events committed at once into the outbox")
     with psycopg.connect(settings.database_url, autocommit=True) as conn, \
@@ -207,7 +208,7 @@ def drain_phase(settings: core.Settings, n: int) -> dict:
     return {"eps": eps, "inserts": inserts, "seconds": seconds}
 
 
-def steady_phase(settings: core.Settings, rate: int, seconds: float) -> dict:
+def steady_phase(settings: config.Settings, rate: int, seconds: float) -> dict:
     print()
     print(f"== steady load: {rate:,} events/s for {seconds:.0f} s, {EVENTS_PER_TX} events a transaction")
     with psycopg.connect(settings.database_url, autocommit=True) as conn, Relay(settings) as r:

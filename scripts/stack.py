@@ -15,9 +15,9 @@ usage:
   python scripts/stack.py wait-clickhouse [--pid P] [--timeout S]
                                              wait until CLICKHOUSE_URL takes our user
   python scripts/stack.py settings-table     the configuration tables (docs/configuration.md), from the
-                                             declarations in core.Settings
+                                             declarations in config.Settings
 
-Every value comes from core.Settings (the environment, else its defaults).
+Every value comes from config.Settings (the environment, else its defaults).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import config  # noqa: E402
 import core  # noqa: E402
 
 
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "settings-table":
-        print(core.settings_table(), "Tests only:", core.settings_table(tests_only=True),
+        print(config.settings_table(), "Tests only:", config.settings_table(tests_only=True),
               sep="\n\n")
         return 0
-    settings = core.load_settings(service=False)
+    settings = config.load_settings(service=False)
     if args.command == "shell-env":
         print(shell_env(settings))
         return 0
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     return ensure_bucket(settings)
 
 
-def shell_env(settings: core.Settings) -> str:
+def shell_env(settings: config.Settings) -> str:
     """`name=value` lines for bash: where each service is, the S3 bucket, and the
     ClickHouse server's scheme, user, password and database for scripts/clickhouse-server."""
     values: dict[str, str | int] = {}
@@ -119,7 +120,7 @@ def ensure_database(url: str) -> int:
     return 0
 
 
-def wait_s3(settings: core.Settings, pid: int | None, timeout: float) -> int:
+def wait_s3(settings: config.Settings, pid: int | None, timeout: float) -> int:
     """Poll ListBuckets until the endpoint accepts our credentials."""
     client = core.s3_client(settings)
     deadline = time.monotonic() + timeout
@@ -139,7 +140,7 @@ def wait_s3(settings: core.Settings, pid: int | None, timeout: float) -> int:
     return 1
 
 
-def wait_clickhouse(settings: core.Settings, pid: int | None, timeout: float) -> int:
+def wait_clickhouse(settings: config.Settings, pid: int | None, timeout: float) -> int:
     """Poll until the ClickHouse server at CLICKHOUSE_URL takes our user and database."""
     import logging
 
@@ -158,7 +159,7 @@ def wait_clickhouse(settings: core.Settings, pid: int | None, timeout: float) ->
             print(f"error: the ClickHouse server (pid {pid}) exited: {last_error}", file=sys.stderr)
             return 1
         time.sleep(0.3)
-    print(f"error: ClickHouse at {core.redact_url(settings.clickhouse_url)} not ready after "
+    print(f"error: ClickHouse at {config.redact_url(settings.clickhouse_url)} not ready after "
           f"{timeout:.0f}s: {last_error}", file=sys.stderr)
     return 1
 
@@ -204,7 +205,7 @@ def weed_command(data_dir: Path, s3_port: int | None = None) -> list[str]:
     return args
 
 
-def weed_env(settings: core.Settings) -> dict[str, str]:
+def weed_env(settings: config.Settings) -> dict[str, str]:
     """The environment for `weed mini`: its admin identity is our S3 keys."""
     return {**os.environ, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
             "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
@@ -240,7 +241,7 @@ def _bound(port: int) -> socket.socket | None:
         return None
 
 
-def exec_weed(settings: core.Settings, data_dir: Path) -> int:
+def exec_weed(settings: config.Settings, data_dir: Path) -> int:
     """Replace this process with `weed mini` (same pid, so the caller can wait and stop it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -251,7 +252,7 @@ def exec_weed(settings: core.Settings, data_dir: Path) -> int:
     os.execve(args[0], args, weed_env(settings))
 
 
-def ensure_bucket(settings: core.Settings) -> int:
+def ensure_bucket(settings: config.Settings) -> int:
     """Create S3_BUCKET unless it exists; a refusal (wrong keys) is an error."""
     from botocore.exceptions import ClientError
 

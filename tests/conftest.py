@@ -30,6 +30,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 os.environ.setdefault("EH_ENVIRONMENT", "development")
 
 import auth  # noqa: E402
+import config  # noqa: E402
 import core  # noqa: E402
 import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
@@ -49,7 +50,7 @@ from helpers import (  # noqa: E402
 from network import TcpProxy  # noqa: E402
 from pages import CHROMIUM, CHROMIUM_ARGS, REPORT_CSP_VIOLATIONS  # noqa: E402
 
-ADMIN_DSN = core.Settings.from_env().test_admin_dsn
+ADMIN_DSN = config.Settings.from_env().test_admin_dsn
 
 
 # No test may hang the suite: each gets at most this long (pytest-timeout, by SIGALRM, so the
@@ -131,9 +132,9 @@ def print_asyncio_tasks() -> None:
         task.print_stack(file=sys.stderr)
 
 
-def _base_settings() -> core.Settings:
+def _base_settings() -> config.Settings:
     """What the environment says, with the local stack's defaults for the rest."""
-    return dataclasses.replace(core.Settings.from_env(), log_format="console")
+    return dataclasses.replace(config.Settings.from_env(), log_format="console")
 
 
 # --------------------------------------------------------------------------- S3
@@ -174,7 +175,7 @@ def s3_server(tmp_path_factory):
 WEED_STARTS = 3
 
 
-def _start_weed(settings: core.Settings, data_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start_weed(settings: config.Settings, data_dir: Path) -> tuple[subprocess.Popen, str]:
     [s3_port] = stack.free_port_pairs(1)
     try:
         command = stack.weed_command(data_dir, s3_port)
@@ -303,10 +304,10 @@ def amqp_queue():
 
 
 @pytest.fixture
-def relay_settings(database_url, clickhouse_url) -> core.Settings:
+def relay_settings(database_url, clickhouse_url) -> config.Settings:
     """Settings for this test's database and ClickHouse database; batches go out at once."""
     return dataclasses.replace(
-        core.Settings.from_env({"EH_ENVIRONMENT": "development"}),
+        config.Settings.from_env({"EH_ENVIRONMENT": "development"}),
         database_url=database_url,
         clickhouse_url=clickhouse_url,
         relay_batch_max_rows=100,
@@ -322,7 +323,7 @@ def relay_settings(database_url, clickhouse_url) -> core.Settings:
 
 
 @pytest.fixture
-def settings(database_url, amqp_queue, s3_server, s3_bucket, clickhouse_url) -> core.Settings:
+def settings(database_url, amqp_queue, s3_server, s3_bucket, clickhouse_url) -> config.Settings:
     """Settings pointing at this test's own database, queue, bucket and ClickHouse database."""
     return dataclasses.replace(
         _base_settings(),

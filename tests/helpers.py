@@ -36,6 +36,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 import amqp
+import config
 import core
 import event_log
 import jobs
@@ -88,7 +89,7 @@ async def wait_until(check, timeout: float = 30.0, what: str = "condition",
 # --------------------------------------------------------------------------- processes and their logs
 
 
-def settings_env(settings: core.Settings) -> dict[str, str]:
+def settings_env(settings: config.Settings) -> dict[str, str]:
     """The environment that gives a subprocess (worker.py, relay.py, …) these settings, its
     logs as JSON lines (see logged_events)."""
     return {**os.environ, **settings.to_env(), "LOG_FORMAT": "json"}
@@ -603,7 +604,7 @@ def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") 
                       (status, lines, lines, job_id)).fetchone()
 
 
-def relay_all(db, settings: core.Settings) -> None:
+def relay_all(db, settings: config.Settings) -> None:
     """Move every outbox row into ClickHouse's event_log now (relay_once, batches at once)."""
     fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:

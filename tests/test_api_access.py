@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 import auth
+import config
 import core
 import eventhorizon
 from helpers import (
@@ -260,7 +261,7 @@ async def test_auth_none_is_single_user_and_loopback_only(settings, aiohttp_clie
     assert (await client.get("/api/v1/stats")).status == 200
     assert db.execute("SELECT owner FROM jobs").fetchone()["owner"] == "local"
     for host in ("0.0.0.0", "192.168.1.5", "example.com", "::"):
-        with pytest.raises(core.ConfigError, match="EH_AUTH=none is for a laptop"):
+        with pytest.raises(config.ConfigError, match="EH_AUTH=none is for a laptop"):
             eventhorizon.init_app(dataclasses.replace(local, http_host=host))
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         eventhorizon.init_app(dataclasses.replace(local, http_host=host))

@@ -17,6 +17,7 @@ import clickhouse_connect
 import pytest
 
 import audit
+import config
 import core
 import event_log
 import eventhorizon
@@ -37,7 +38,7 @@ from helpers import (
 FORMAT = {**MYAPP, "name": "shop"}
 
 
-def audit_events(settings: core.Settings) -> list[dict]:
+def audit_events(settings: config.Settings) -> list[dict]:
     """Every audit event event_log holds: its type, owner column and context (the actor's)."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         rows = ch.query("SELECT event_type, owner, toJSONString(event_context), job_id, line_no "
@@ -47,7 +48,7 @@ def audit_events(settings: core.Settings) -> list[dict]:
             for t, owner, c, j, n in rows]
 
 
-def every_event_text(settings: core.Settings) -> str:
+def every_event_text(settings: config.Settings) -> str:
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         return "\n".join(r[0] for r in ch.query(
             "SELECT toJSONString(tuple(*)) FROM event_log").result_rows)
@@ -64,7 +65,7 @@ def of_type(events: list[dict], event_type: str) -> list[dict]:
 # --------------------------------------------------------------------------- the client address
 
 
-TRUSTED = core.parse_networks("10.0.0.0/8, 127.0.0.1", "test")
+TRUSTED = config.parse_networks("10.0.0.0/8, 127.0.0.1", "test")
 
 
 @pytest.mark.parametrize(("peer", "forwarded", "trusted", "client"), [
@@ -96,7 +97,7 @@ class Clock:
 
 def test_refusals_past_the_bound_are_counted_into_one_summary_per_client_minute():
     clock = Clock()
-    settings = dataclasses.replace(core.Settings.from_env({}), audit_denied_per_minute=3)
+    settings = dataclasses.replace(config.Settings.from_env({}), audit_denied_per_minute=3)
     trail = audit.DeniedTrail(None, settings, clock=clock, clients=2, queue_size=50)
     alice_ip, other_ip = audit.Actor("", client_ip="198.51.100.1"), audit.Actor("", client_ip="2001:db8::1")
     for n in range(10):

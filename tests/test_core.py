@@ -14,6 +14,7 @@ import psycopg
 import psycopg_pool
 import pytest
 
+import config
 import core
 
 # --------------------------------------------------------------------------- settings
@@ -24,22 +25,22 @@ def test_the_configuration_tables_are_the_declared_settings():
     declarations (scripts/stack.py settings-table), so a setting added, renamed or with a new
     default and not documented fails here."""
     doc = (core.ROOT / "docs" / "configuration.md").read_text()
-    assert core.settings_table() in doc
-    assert core.settings_table(tests_only=True) in doc
+    assert config.settings_table() in doc
+    assert config.settings_table(tests_only=True) in doc
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", doc, re.MULTILINE))
-    declared = {f.metadata["env"] for f in dataclasses.fields(core.Settings)}
+    declared = {f.metadata["env"] for f in dataclasses.fields(config.Settings)}
     assert documented == declared
 
 
 def test_settings_round_trip_through_the_environment():
-    settings = dataclasses.replace(core.Settings(), http_port=9999, line_delay_max_s=0.25,
+    settings = dataclasses.replace(config.Settings(), http_port=9999, line_delay_max_s=0.25,
                                    relay_crash_after_insert=True, log_format="json",
                                    worker_crash_at="after_commit:500")
-    assert core.Settings.from_env(settings.to_env()) == settings
+    assert config.Settings.from_env(settings.to_env()) == settings
 
 
 def test_settings_read_types_and_normalise_case():
-    settings = core.Settings.from_env({"EH_BATCH_LINES": " 40 ", "LOG_LEVEL": "debug",
+    settings = config.Settings.from_env({"EH_BATCH_LINES": " 40 ", "LOG_LEVEL": "debug",
                                        "LOG_FORMAT": "JSON", "EH_RELAY_CRASH_AFTER_INSERT": "1",
                                        "RELAY_POLL_S": "0.5", "EH_QUEUE": ""})
     assert (settings.batch_lines, settings.log_level, settings.log_format) == (40, "DEBUG", "json")
@@ -69,8 +70,8 @@ def test_settings_read_types_and_normalise_case():
     ({"EH_AUDIT_RETENTION_DAYS": "0"}, "EH_AUDIT_RETENTION_DAYS must be >= 1"),
 ])
 def test_a_bad_setting_is_refused_naming_the_variable(env, message):
-    with pytest.raises(core.ConfigError) as info:
-        core.Settings.from_env(env)
+    with pytest.raises(config.ConfigError) as info:
+        config.Settings.from_env(env)
     assert message in str(info.value)
     assert "hunter2" not in str(info.value)  # a URL's password never reaches the message
 
@@ -155,12 +156,12 @@ def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_modules_import_what_they_need_without_cycles():
-    """Each module imports the project modules it uses; the graph has no cycle, core (what
-    everything shares) imports nothing of ours, and no module imports a process file (the
-    processes are the top of the graph)."""
+    """Each module imports the project modules it uses; the graph has no cycle, config (the
+    settings) imports nothing of ours and core (what everything shares) nothing but config,
+    and no module imports a process file (the processes are the top of the graph)."""
     graph = {module: project_imports(module) for module in project_modules()}
     assert import_cycle(graph) is None, f"import cycle: {' -> '.join(import_cycle(graph))}"
-    assert graph["core"] == set()
+    assert graph["config"] == set() and graph["core"] <= {"config"}
     for module, imports in graph.items():
         assert not imports & PROCESSES, f"{module} imports a process file: {imports & PROCESSES}"
 
@@ -181,13 +182,13 @@ REAL_CLICKHOUSE = {"CLICKHOUSE_URL": "https://eh:pw@ch:8443/eh"}
      ": the password in CLICKHOUSE_URL;"),
 ])
 def test_production_refuses_the_development_credentials(env, named):
-    with pytest.raises(core.ConfigError) as info:
-        core.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
+    with pytest.raises(config.ConfigError) as info:
+        config.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
     assert "still the development defaults" in str(info.value) and named in str(info.value)
     real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F",
             **REAL_CLICKHOUSE}
-    core.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
-    core.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
+    config.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
+    config.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
 
 
 @pytest.mark.parametrize("script", ["eventhorizon.py", "worker.py", "relay.py"])

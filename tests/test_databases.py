@@ -6,10 +6,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-import core
+import config
 from databases import DatabasePool, with_database
 
-ADMIN_DSN = core.Settings.from_env().test_admin_dsn
+ADMIN_DSN = config.Settings.from_env().test_admin_dsn
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-import core
+import config
 from helpers import ROOT, in_ci
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -32,7 +32,7 @@ ENV_EXAMPLE = SYSTEMD / "eventhorizon.env.example"
 INSTALL_DIR = "/opt/eventhorizon"  # where the units expect the source tree and its .venv
 APP_SERVICES = {"createbucket", "migrate", "api", "worker", "relay"}
 # The stop timeout each unit gives its process, and the grace period the process honours.
-STOP_GRACE_MAX_S = next(f.metadata["maximum"] for f in dataclasses.fields(core.Settings)
+STOP_GRACE_MAX_S = next(f.metadata["maximum"] for f in dataclasses.fields(config.Settings)
                         if f.name == "stop_grace_s")  # EH_STOP_GRACE_S at most
 UNIT_GRACE_S = {"eventhorizon-worker@.service": STOP_GRACE_MAX_S + 2,  # gone within 10 s
                 "eventhorizon-relay@.service": STOP_GRACE_MAX_S + 2,
@@ -40,8 +40,8 @@ UNIT_GRACE_S = {"eventhorizon-worker@.service": STOP_GRACE_MAX_S + 2,  # gone wi
 
 
 def service_settings() -> set[str]:
-    """The variables core.Settings declares for the services (not the tests-only ones)."""
-    return {f.metadata["env"] for f in dataclasses.fields(core.Settings)
+    """The variables config.Settings declares for the services (not the tests-only ones)."""
+    return {f.metadata["env"] for f in dataclasses.fields(config.Settings)
             if not f.metadata["tests_only"]}
 
 
@@ -69,7 +69,7 @@ def test_the_schema_catches_a_wrong_compose_file():
 
 
 def test_the_app_services_set_only_settings_the_code_reads():
-    """Every variable given to a container of the app's image is a setting of core.Settings
+    """Every variable given to a container of the app's image is a setting of config.Settings
     (a renamed or misspelt one would be silently ignored), and the values parse."""
     doc = compose_file()
     image = doc["x-app"]["image"]
@@ -78,7 +78,7 @@ def test_the_app_services_set_only_settings_the_code_reads():
     for name, service in services.items():
         env = {key: str(value) for key, value in service["environment"].items()}
         assert set(env) <= service_settings(), f"{name}: {set(env) - service_settings()}"
-        core.Settings.from_env(env)
+        config.Settings.from_env(env)
 
 
 def test_every_image_is_pinned_to_a_release():
@@ -124,7 +124,7 @@ def test_only_the_relay_writes_and_only_to_its_state_directory():
 def test_the_environment_file_example_sets_only_settings_and_is_deployable():
     env = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
     assert set(env) <= service_settings(), set(env) - service_settings()
-    core.Settings.from_env(env).check_deployable()
+    config.Settings.from_env(env).check_deployable()
 
 
 def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):

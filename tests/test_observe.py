@@ -29,6 +29,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from prometheus_client.parser import text_string_to_metric_families
 
 import amqp
+import config
 import core
 import event_log
 import eventhorizon
@@ -149,7 +150,7 @@ async def test_the_apis_metrics_answer_only_to_the_allowed_networks(
     ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
     ("10.1.2.3", False), ("fe80::1%eth0", False), (None, False), ("not an address", False)])
 def test_may_scrape_reads_the_peer_address(peer, allowed):
-    networks = core.parse_networks("127.0.0.1/32,::1/128", "EH_METRICS_ALLOW")
+    networks = config.parse_networks("127.0.0.1/32,::1/128", "EH_METRICS_ALLOW")
     assert observe.may_scrape(peer, networks) is allowed
 
 
@@ -165,7 +166,7 @@ def test_the_dashboard_and_the_scrape_config_name_only_what_exists():
     named = {name for expr in exprs for name in re.findall(r"eventhorizon_\w+", expr)}
     assert named and named <= declared, named - declared
     scrape = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
-    defaults = core.Settings()
+    defaults = config.Settings()
     assert f"port: {defaults.worker_metrics_port}" in scrape
     assert f"port: {defaults.relay_metrics_port}" in scrape
 
@@ -385,7 +386,7 @@ def test_the_span_exporter_gives_up_after_the_export_timeout():
     """A process's OTLP exporter (observe.setup_tracing, in a process of its own: the tracer
     provider is global) waits EXPORT_TIMEOUT_S, 2 s, not the SDK's 10 s: the bound on how long
     a stopping process waits for a trace backend that does not answer."""
-    code = ("import core, observe; p = observe.setup_tracing(core.Settings.from_env(), 'x'); "
+    code = ("import config, observe; p = observe.setup_tracing(config.Settings.from_env(), 'x'); "
             "[processor] = p._active_span_processor._span_processors; "
             "print(processor.span_exporter._client._timeout)")  # the SDK's, as pinned
     env = {"PATH": os.environ["PATH"], "EH_ENVIRONMENT": "development",

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 import structlog.testing
 
+import config
 import core
 import event_log
 import outbox
@@ -44,13 +45,13 @@ from helpers import (
 
 
 @pytest.fixture
-def chdb_settings(relay_settings, tmp_path) -> core.Settings:
+def chdb_settings(relay_settings, tmp_path) -> config.Settings:
     """The same, on the embedded engine: a ClickHouse directory of this test's own."""
     return dataclasses.replace(relay_settings, clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}")
 
 
 @pytest.fixture(params=["http", "chdb"])
-def each_settings(request, relay_settings, chdb_settings) -> core.Settings:
+def each_settings(request, relay_settings, chdb_settings) -> config.Settings:
     """The test runs against the server and against the embedded engine."""
     return relay_settings if request.param == "http" else chdb_settings
 

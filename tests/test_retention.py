@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
+import config
 import core
 import event_log
 import eventhorizon
@@ -466,6 +467,6 @@ def test_days_are_checked_alike_everywhere():
     for bad in (0, 36_501, True, 2.0, "3"):
         with pytest.raises(retention.InvalidRetention):
             retention.check_days(bad)
-    with pytest.raises(core.ConfigError, match="EH_RETENTION_DAYS must be <= 36500"):
-        core.Settings.from_env({"EH_RETENTION_DAYS": "36501"})
-    assert core.Settings.from_env({"EH_RETENTION_DAYS": "30"}).retention_days == 30
+    with pytest.raises(config.ConfigError, match="EH_RETENTION_DAYS must be <= 36500"):
+        config.Settings.from_env({"EH_RETENTION_DAYS": "36501"})
+    assert config.Settings.from_env({"EH_RETENTION_DAYS": "30"}).retention_days == 30
