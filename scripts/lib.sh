@@ -53,7 +53,7 @@ ensure_venv() {
   printf '%s\n' "$want" >"$STAMP"
 }
 
-# Service addresses from core.Settings (env overrides, else defaults): pg_host, pg_port,
+# Service addresses from config.Settings (env overrides, else defaults): pg_host, pg_port,
 # test_pg_host, test_pg_port, amqp_host, amqp_port, s3_host, s3_port, s3_endpoint, s3_bucket,
 # ch_host, ch_port, ch_scheme, ch_user, ch_password, ch_database.
 load_stack_env() {
