@@ -87,6 +87,11 @@ class UnknownJob(Exception):
     poison."""
 
 
+class JobFailed(Exception):
+    """The job can never succeed (its file is missing, broken or not text; its format cannot
+    be used): it ends `failed` with this message for the user."""
+
+
 class CheckpointMoved(RuntimeError):
     """The job's checkpoint is not where this worker left it: another worker moved it."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import enum
 import functools
-import io
 import math
 import os
 import random
@@ -31,7 +30,6 @@ import uuid
 import pika
 import psycopg
 import structlog
-from botocore.exceptions import ClientError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from psycopg.rows import dict_row
@@ -41,6 +39,7 @@ import config
 import core
 import decoding
 import formats
+import job_file
 import jobs
 import lines
 import logs
@@ -331,10 +330,6 @@ def record_attempt_error(settings: config.Settings, job_id: uuid.UUID, exc: Exce
 # --------------------------------------------------------------------------- one job
 
 
-class JobFailed(Exception):
-    """The job can never succeed; it ends `failed` with this message for the user."""
-
-
 
 def process_job(conn, s3, settings: config.Settings, job_id: uuid.UUID,
                 stop: stopping.Stop | None = None) -> JobRun:
@@ -353,9 +348,9 @@ def process_job(conn, s3, settings: config.Settings, job_id: uuid.UUID,
             return JobRun.SKIPPED
         try:
             if job.attempts > settings.max_attempts:
-                raise JobFailed(f"gave up after {settings.max_attempts} attempts: {job.error}")
+                raise jobs.JobFailed(f"gave up after {settings.max_attempts} attempts: {job.error}")
             result = run_job(conn, s3, settings, job, stop)
-        except JobFailed as exc:
+        except jobs.JobFailed as exc:
             fail_job(conn, settings, job_id, str(exc))
             return JobRun.FAILED
         except Exception as exc:  # this run took an attempt: say why it failed
@@ -389,7 +384,7 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
     line_no = job.lines_processed
     marks = progress_marks(job.lines_total, line_no)
     batch, last_flush = lines.LineBatch(), time.monotonic()
-    body = open_object(s3, job, settings)
+    body = job_file.open_object(s3, job, settings)
     committer = Committer(conn, job, settings)
     broken: list[decoding.DecodeError] = []  # where a compressed stream broke, if it did
     # Locals: this loop runs once per line, and a global or attribute look-up each time adds up.
@@ -398,7 +393,7 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
     batch_lines, next_mark = settings.batch_lines, marks[0] if marks else math.inf
     batch_size = 0  # lines in the batch (batch.lines, kept here while it fills)
     try:
-        for raw, size, count in read_lines_until_broken(body, broken):
+        for raw, size, count in job_file.read_lines_until_broken(body, broken):
             line_no += count
             batch_size += count
             batch.bytes += size
@@ -426,9 +421,9 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
         committer.close()
         body.close()
     if broken:  # the lines before the break are committed: now the job fails
-        raise JobFailed(broken_stream_reason(broken[0], job))
+        raise jobs.JobFailed(job_file.broken_stream_reason(broken[0], job))
     if is_not_text(conn, job):
-        raise JobFailed("the file is not UTF-8 text")
+        raise jobs.JobFailed("the file is not UTF-8 text")
     job = complete_job(conn, settings, job.job_id)
     seconds = time.monotonic() - started
     observe.JOB_DURATION.observe(seconds)
@@ -444,9 +439,9 @@ def compile_format(job: jobs.Job) -> lines.Mapping:
         return mappings.compile_format(job.format, job.default_service, job.default_environment,
                                       job.format_definition)
     except mappings.UnknownFormat as exc:
-        raise JobFailed(str(exc)) from None
+        raise jobs.JobFailed(str(exc)) from None
     except formats.InvalidFormat as exc:
-        raise JobFailed(f"log format {job.format!r} cannot be used: {exc}"[:500]) from None
+        raise jobs.JobFailed(f"log format {job.format!r} cannot be used: {exc}"[:500]) from None
 
 
 class Committer:
@@ -484,63 +479,6 @@ class Committer:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
-
-
-def read_lines_until_broken(body, broken: list):
-    """lines.read_lines of the job's stream; a compressed stream that cannot be decoded
-    further (decoding.DecodeError) ends the lines there, and is appended to `broken`."""
-    try:
-        yield from lines.read_lines(body)
-    except decoding.DecodeError as exc:
-        log.warning("job.stream_broken", reason=exc.reason, decoded_offset=exc.offset)
-        broken.append(exc)
-
-
-def broken_stream_reason(exc: decoding.DecodeError, job: jobs.Job) -> str:
-    """Why a compressed job failed and where: the decoded byte offset and the line."""
-    return (f"{exc.reason}; it broke at decoded byte {exc.offset}, in line "
-            f"{job.lines_processed + 1} (the {job.lines_processed} lines before it are "
-            "stored)")
-
-
-def open_object(s3, job: jobs.Job, settings: config.Settings):
-    """The job's object as a stream of its lines' bytes, from the checkpoint on: a plain
-    object from the checkpoint's byte offset (a Range read); a compressed one decoded from
-    its start (neither gzip nor zstd can start mid-stream), its first bytes_processed decoded
-    bytes read and dropped."""
-    if job.compression:
-        stream = decoding.DecodedStream(get_object(s3, job), job.compression,
-                                        max_decoded=settings.max_decoded_bytes,
-                                        max_ratio=settings.max_decode_ratio)
-        try:
-            stream.skip(job.bytes_processed)
-        except decoding.DecodeError as exc:
-            stream.close()
-            raise JobFailed(broken_stream_reason(exc, job)) from None
-        except BaseException:
-            stream.close()
-            raise
-        return stream
-    return get_object(s3, job, job.bytes_processed)
-
-
-def get_object(s3, job: jobs.Job, offset: int = 0):
-    """The job's stored object as a stream, from `offset` on."""
-    kwargs = {"Bucket": job.bucket, "Key": job.object_key}
-    if offset:
-        kwargs["Range"] = f"bytes={offset}-"
-    try:
-        return s3.get_object(**kwargs)["Body"]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "InvalidRange" and offset:
-            # The checkpoint is at the end of the object: the last batch was committed, and
-            # the worker stopped before it could mark the job completed. Nothing is left.
-            return io.BytesIO(b"")
-        if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            log.error("job.object_missing", bucket=job.bucket, key=job.object_key, code=code)
-            raise JobFailed("the uploaded file is missing from storage") from exc
-        raise
 
 
 def progress_marks(total: int, done: int) -> list[int]:

@@ -19,8 +19,8 @@ import zstandard
 from psycopg.rows import dict_row
 
 import core
+import job_file
 import jobs
-import worker
 from helpers import (
     COMPRESS,
     VALID,
@@ -294,6 +294,6 @@ def test_the_worker_reads_a_plain_job_as_before(settings, db):
     assert run_job(settings, job_id, stop=StopAfter(30)) == "abandoned"
     with psycopg.connect(settings.database_url, row_factory=dict_row) as conn:
         job = jobs.query(conn, "get_job", {"job_id": job_id}).fetchone()
-    body = worker.open_object(core.s3_client(settings), job, settings)
+    body = job_file.open_object(core.s3_client(settings), job, settings)
     assert body.read() == content[job.bytes_processed:]
     assert json.loads(content.splitlines()[0])["message"] == "m0"
