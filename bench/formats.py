@@ -23,7 +23,7 @@ import lines  # noqa: E402
 import mappings  # noqa: E402
 
 # One line of each kind, as the library writes it (see tests/test_formats.py and
-# tests/test_generic_format.py for where each comes from).
+# tests/test_generic_library_lines.py for where each comes from).
 LINES = {
     "eventhorizon": '{"timestamp": "2026-11-23T10:00:00Z", "level": "INFO", "service": '
                     '"checkout", "event_type": "order.created", "message": "order 42 created", '

@@ -33,6 +33,12 @@ def mapped(entry: dict) -> dict:
             "format": entry["format"]}
 
 
+def entry_of(line, fmt: str = "auto", **defaults) -> dict:
+    """The canonical fields of a parsed line, and its context."""
+    entry = parse(line, fmt, **defaults)
+    return {**mapped(entry), "context": entry["context"]}
+
+
 # pino's README (one line per call of `logger.info('hello world')`, then a child logger).
 PINO = [
     '{"level":30,"time":1531171074631,"msg":"hello world","pid":657,'
