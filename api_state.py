@@ -12,7 +12,7 @@ import audit
 import auth
 import config
 import explore
-import graphql_api
+import graphql_resolvers
 import live
 import uploads
 
@@ -31,7 +31,7 @@ PUBLISHER = web.AppKey("publisher", amqp.Publisher)
 WATCHERS = web.AppKey("watchers", live.JobWatchers)
 
 
-GRAPHQL = web.AppKey("graphql", graphql_api.Services)
+GRAPHQL = web.AppKey("graphql", graphql_resolvers.Services)
 
 
 PRINCIPAL = web.RequestKey("principal", auth.Principal)

@@ -40,6 +40,7 @@ import core
 import explore
 import format_routes
 import graphql_api
+import graphql_resolvers
 import graphql_socket
 import http_server
 import jobs
@@ -233,9 +234,9 @@ async def watchers_ctx(app: web.Application):
     watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
         settings.max_websockets, settings.max_websockets_per_owner), tokens)
     app[WATCHERS] = watchers
-    app[GRAPHQL] = graphql_api.Services(app[POOL], watchers, graphql_authenticator(app),
-                                        app[EXPLORER],
-                                        init_timeout_s=settings.graphql_init_timeout_s)
+    app[GRAPHQL] = graphql_resolvers.Services(app[POOL], watchers, graphql_authenticator(app),
+                                              app[EXPLORER],
+                                              init_timeout_s=settings.graphql_init_timeout_s)
     observe.WEBSOCKETS.set_function(lambda: watchers.limits.open)
     tasks = [asyncio.create_task(watchers.listen(), name="job-listener"),
              asyncio.create_task(tokens.recheck_periodically(), name="token-recheck")]
@@ -509,7 +510,7 @@ async def graphql_websocket(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/graphql/schema.graphql")
 async def graphql_schema(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(graphql_api.SCHEMA_PATH,
+    return web.FileResponse(graphql_resolvers.SCHEMA_PATH,
                             headers={"Content-Type": "text/plain; charset=utf-8"})
 
 

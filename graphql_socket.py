@@ -1,6 +1,6 @@
 """GraphQL over a WebSocket: the graphql-transport-ws protocol (graphql-ws's PROTOCOL.md) on
-`GET /graphql`. Operations run through graphql_api's schema, limits and resolvers; a
-subscription is one more watcher on live.py's fan-out, like `/ws/jobs/{id}`."""
+`GET /graphql`. Operations run through graphql_api's limits and graphql_resolvers' schema and
+resolvers; a subscription is one more watcher on live.py's fan-out, like `/ws/jobs/{id}`."""
 
 from __future__ import annotations
 
@@ -25,15 +25,13 @@ from graphql_api import (
     MAX_SUBSCRIPTIONS_PER_SOCKET,
     PROTOCOL,
     BadRequest,
-    Context,
-    LineErrorLoader,
-    Services,
     prepare_off_loop,
     public_error,
     request_parts,
     response,
     run,
 )
+from graphql_resolvers import Context, LineErrorLoader, Services
 
 log = structlog.get_logger("api")
 

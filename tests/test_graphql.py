@@ -16,6 +16,7 @@ import pytest
 import api_state
 import eventhorizon
 import graphql_api
+import graphql_resolvers
 import jobs
 from helpers import (
     VALID,
@@ -121,7 +122,7 @@ async def test_variables_operation_name_and_introspection(client):
 
     schema = await client.get("/graphql/schema.graphql")
     assert schema.status == 200 and schema.content_type == "text/plain"
-    assert await schema.text() == graphql_api.SCHEMA_PATH.read_text()
+    assert await schema.text() == graphql_resolvers.SCHEMA_PATH.read_text()
 
 
 async def test_errors_follow_the_graphql_spec(client):

@@ -16,7 +16,7 @@ import api_state
 import event_log
 import eventhorizon
 import explore
-import graphql_api
+import graphql_resolvers
 import read_slots
 from helpers import bearer, gql, make_job
 
@@ -201,7 +201,7 @@ async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings
                             "b: histogram { events } c: histogram { events } } }")
     errors = body["errors"]  # (a non-null field: the first error nulls the list)
     assert errors and {e["extensions"]["code"] for e in errors} == {"QUERY_TOO_LARGE"}
-    assert graphql_api.MAX_CLICKHOUSE_READS == 200
+    assert graphql_resolvers.MAX_CLICKHOUSE_READS == 200
     assert "more than 200 events or histogram fields" in errors[0]["message"]
 
 
