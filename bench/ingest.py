@@ -76,7 +76,7 @@ import jobs  # noqa: E402
 from bench import ingest_limit, ingest_lines  # noqa: E402
 
 GIB = 1024**3
-MIB = 1024**2
+MIB = ingest_lines.MIB
 REQUIRED = ("timestamp", "level", "service", "event_type", "message")
 
 
