@@ -36,19 +36,10 @@ import eventhorizon  # noqa: E402
 import stack  # noqa: E402  (scripts/stack.py: the weed launch scripts/dev uses too)
 from databases import DatabasePool, with_database  # noqa: E402
 from forkserver import ForkedProcess, ForkServer  # noqa: E402
-from helpers import (  # noqa: E402
-    ROOT,
-    ClickHouseServer,
-    bearer,
-    delete_queues,
-    free_port,
-    in_ci,
-    serve_api,
-    settings_env,
-    wait_for,
-)
+from helpers import ROOT, bearer, delete_queues, in_ci, wait_for  # noqa: E402
 from network import TcpProxy  # noqa: E402
 from pages import CHROMIUM, CHROMIUM_ARGS, REPORT_CSP_VIOLATIONS  # noqa: E402
+from processes import ClickHouseServer, free_port, serve_api, settings_env  # noqa: E402
 
 ADMIN_DSN = config.Settings.from_env().test_admin_dsn
 

@@ -31,14 +31,13 @@ from helpers import (
     file_part,
     job_count,
     jsonl,
-    logged_events,
     multipart_uploads,
     post_multipart,
     queued_messages,
-    serve_api,
     stored_keys,
     wait_until,
 )
+from processes import logged_events, serve_api
 
 BOUNDARY = "eh-abuse"
 UPLOAD_PATH = "/api/v1/files/upload"

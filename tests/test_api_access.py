@@ -24,13 +24,12 @@ from helpers import (
     job_count,
     jsonl,
     listener_listening,
-    logged_events,
-    serve_api,
     stored_keys,
     upload,
     wait_for,
     wait_until,
 )
+from processes import logged_events, serve_api
 
 # --------------------------------------------------------------------------- access log
 

@@ -22,18 +22,8 @@ import core
 import event_log
 import eventhorizon
 import retention
-from helpers import (
-    MYAPP,
-    aged,
-    all_pages,
-    bearer,
-    jsonl,
-    make_job,
-    relay_all,
-    serve_api,
-    settings_env,
-    upload,
-)
+from helpers import MYAPP, aged, all_pages, bearer, jsonl, make_job, relay_all, upload
+from processes import serve_api, settings_env
 
 FORMAT = {**MYAPP, "name": "shop"}
 

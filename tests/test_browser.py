@@ -25,8 +25,9 @@ import psycopg
 from playwright.sync_api import Page, expect
 
 import core
-from helpers import MYAPP, MYAPP_LINE, ROOT, bearer, serve_api, start_ready_relay, wait_for
+from helpers import MYAPP, MYAPP_LINE, ROOT, bearer, wait_for
 from pages import enter_token, expected_errors, get_json, screenshot, sign_in
+from processes import serve_api, start_ready_relay
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
 SAMPLE_LINES, SAMPLE_VALID, SAMPLE_INVALID = 300, 280, 16

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from playwright.sync_api import Page, expect
 
-from helpers import serve_api, start_ready_relay
 from pages import expected_errors, get_json, screenshot, sign_in
+from processes import serve_api, start_ready_relay
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}

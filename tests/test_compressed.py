@@ -32,7 +32,6 @@ from helpers import (
     job_message,
     job_row,
     jsonl,
-    logged_events,
     make_job,
     publish_to_queue,
     run_job,
@@ -40,6 +39,7 @@ from helpers import (
     wait_for,
     zst,
 )
+from processes import logged_events
 
 GiB, MiB = 1024**3, 1024**2
 

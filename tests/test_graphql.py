@@ -30,7 +30,6 @@ from helpers import (
     jsonl,
     listener_listening,
     notify,
-    serve_api,
     upload,
     wait_until,
     watchers_dropped,
@@ -41,6 +40,7 @@ from network import (
     read_until_the_connection_ends,
     upgrade_with_a_tiny_buffer,
 )
+from processes import serve_api
 
 JOB_FIELDS = """id fileName sizeBytes status linesTotal linesProcessed linesValid linesInvalid
   progress createdAt startedAt completedAt error format formats { name lines } compression

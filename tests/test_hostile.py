@@ -33,7 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import auth
 import http_server
 import uploads
-from helpers import VALID, bearer, jsonl, serve_api
+from helpers import VALID, bearer, jsonl
+from processes import serve_api
 
 pytestmark = pytest.mark.hostile
 

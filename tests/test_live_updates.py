@@ -30,7 +30,6 @@ from helpers import (
     jsonl,
     listener_listening,
     notify,
-    serve_api,
     upload,
     wait_for,
     wait_until,
@@ -44,6 +43,7 @@ from network import (
     received_until_closed,
     upgrade_with_a_tiny_buffer,
 )
+from processes import serve_api
 
 # --------------------------------------------------------------------------- live updates
 

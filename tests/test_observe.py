@@ -44,14 +44,12 @@ from helpers import (
     VALID,
     bearer,
     enqueue_job,
-    free_port,
     job_row,
     jsonl,
-    logged_events,
-    serve_api,
     wait_for,
     wait_until,
 )
+from processes import free_port, logged_events, serve_api
 
 LIFECYCLE = 3  # job.queued, job.started, job.completed
 

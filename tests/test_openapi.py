@@ -32,7 +32,8 @@ import core
 import event_log
 import eventhorizon
 import jobs
-from helpers import bearer, serve_api
+from helpers import bearer
+from processes import serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

@@ -26,11 +26,11 @@ from helpers import (
     enqueue_job,
     job_row,
     jsonl,
-    logged_events,
     outbox_status,
     wait_for,
     wait_until,
 )
+from processes import logged_events
 
 
 def stop_cleanly(*procs) -> None:

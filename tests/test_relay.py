@@ -34,14 +34,13 @@ from helpers import (
     ROOT,
     drain,
     event_log_ids,
-    log_lines,
     outbox_status,
     publish_events,
     publish_line_range,
     read_event_log_ids,
-    settings_env,
     wait_for,
 )
+from processes import log_lines, settings_env
 
 
 @pytest.fixture
@@ -485,7 +484,7 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     re-sent the same way. On chDB, ClickHouse runs inside the relay and dies with it: the other
     lane's insert may be killed after ClickHouse logged its dedup token and before it committed
     its rows, and only relay.restore_missing gets them in (this test, on a busy machine, lost
-    100 of 360 events before it). (The three-relay test in test_faults.py kills relays at
+    100 of 360 events before it). (The three-relay test in test_faults_delivery.py kills relays at
     random moments on the server.) The same with line events, as ranges of 25 lines."""
     relay_settings = each_settings
     if rows == "events":
@@ -571,7 +570,8 @@ def log_time(line: dict) -> dt.datetime:
 def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, tmp_path):
     """The same relay process, no restart: the chDB directory cannot be opened (another
     process holds it), then can. The outbox keeps every event meanwhile, and the relay delivers
-    each once as soon as it gets through. (The server killed mid-stream: test_faults.py.)"""
+    each once as soon as it gets through. (The server killed mid-stream:
+    test_faults_delivery.py.)"""
     relay_settings = chdb_settings
     published = publish_events(relay_settings.database_url, 200)
     holder = event_log.connect_clickhouse(relay_settings.clickhouse_url)

@@ -31,11 +31,11 @@ from helpers import (
     jsonl,
     make_job,
     run_job,
-    settings_env,
     stored_keys,
     upload,
     wait_until,
 )
+from processes import settings_env
 
 CONTENT = jsonl(VALID, {**VALID, "message": "second"}) + b"not json\n"  # 2 valid, 1 invalid
 

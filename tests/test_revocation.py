@@ -13,7 +13,8 @@ import pytest
 import api_state
 import eventhorizon
 import graphql_api
-from helpers import VALID, bearer, jsonl, serve_api, settings_env, upload
+from helpers import VALID, bearer, jsonl, upload
+from processes import serve_api, settings_env
 
 PROTOCOL = graphql_api.PROTOCOL
 JOBS_QUERY = "query { jobs(limit: 5) { id status } }"

@@ -1,14 +1,14 @@
 """Owner-wide search (GET /api/v1/events and its histogram, facets and export) against the
 ClickHouse server, every answer checked against what Postgres' log_entries hold for the same
 owner: several jobs, two owners, an admin, a deleted job. The events reach event_log the real
-way: outbox rows as the worker writes them, moved by relay_once."""
+way: outbox rows as the worker writes them (search_samples.store_job), moved by relay_once.
+Which projection or index each read takes is tests/test_search_index.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
 import dataclasses
-import datetime as dt
 import io
 import json
 import uuid
@@ -17,65 +17,15 @@ from urllib.parse import urlencode
 import clickhouse_connect
 import pytest
 
-import core
 import event_log
 import eventhorizon
 import explore
-import outbox
 import read_slots
 import search
 from helpers import all_pages, bearer, relay_all, wait_for
+from search_samples import store_job
 
-T0 = dt.datetime(2026, 11, 30, 10, 0, 0, 456, tzinfo=dt.timezone.utc)  # µs: truncated to ms
-LEVELS = ["info", "info", "warning", "error", "debug", "critical", "info"]
-SERVICES = ["checkout", "payments", "search"]
-TYPES = ["order.created", "order.paid", "pino.log"]
 JOBS = {"a1": ("alice", 120), "a2": ("alice", 80), "a3": ("alice", 40), "b1": ("bob", 60)}
-
-
-def entry(k: int, n: int) -> dict:
-    """Line n of the k-th job: times 1.7 s apart, jobs 10 ms apart (no two alike)."""
-    return {"line_no": n, "timestamp": T0 + dt.timedelta(milliseconds=1700 * n + 10 * k),
-            "level": LEVELS[n % len(LEVELS)], "service": SERVICES[(n + k) % len(SERVICES)],
-            "event_type": TYPES[n % len(TYPES)],
-            "environment": "staging" if n % 10 == 0 else "production",
-            "message": f"Order {n} {'TimeOut after 5 s' if n % 5 == 0 else 'done'}",
-            "context": {"request_id": f"r-{n % 9}", "http": {"status": 500 if n % 4 == 0 else 200},
-                        "user": {"id": n % 3}, "flag": n % 2 == 0}}
-
-
-def insert_job_row(db, owner: str, lines: int, bucket: str) -> uuid.UUID:
-    """A job row only (its entries are store_job's)."""
-    job_id = uuid.uuid4()
-    db.execute(core.QUERIES["insert_job"], {
-        "job_id": job_id, "file_name": "app.jsonl", "size_bytes": 1, "bucket": bucket,
-        "object_key": "k", "lines_total": lines, "owner": owner, "format": "auto",
-        "format_definition": None, "default_service": None, "default_environment": None,
-        "traceparent": None, "compression": None})
-    return job_id
-
-
-def store_job(db, k: int, owner: str, lines: int, bucket: str = "b",
-              contexts: list[dict] | None = None) -> uuid.UUID:
-    """A job's log entries in Postgres and its line events in the outbox, as the worker
-    writes them (lines.add_line's context); `contexts`, the lines' own, if given."""
-    job_id = insert_job_row(db, owner, lines, bucket)
-    entries = [entry(k, n) for n in range(1, lines + 1)]
-    for e, context in zip(entries, contexts or [], strict=False):
-        e["context"] = context
-    with db.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO log_entries (job_id, line_no, timestamp, level, service, event_type, "
-            "environment, message, context) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(job_id, e["line_no"], e["timestamp"], e["level"], e["service"], e["event_type"],
-              e["environment"], e["message"], json.dumps(e["context"])) for e in entries])
-        outbox.copy_outbox_rows(cur, [
-            (outbox.line_event_id(job_id, e["line_no"]), e["event_type"], e["timestamp"],
-             e["environment"], json.dumps({"job_id": str(job_id), "line_no": e["line_no"],
-                                           "level": e["level"], "service": e["service"],
-                                           "message": e["message"], "context": e["context"]}),
-             outbox.METADATA_VERSION) for e in entries])
-    return job_id
 
 
 @pytest.fixture
@@ -421,94 +371,6 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
     assert {v["value"]: v["count"] for v in facets["values"]} == count_by(expected, "level")
     found = await all_pages(alice, "/api/v1/events?context.request_id=r-3")
     assert keys(found) == keys([e for e in expected if e["context"]["request_id"] == "r-3"])
-
-
-def explain(ch, query: str, parameters: dict) -> str:
-    return "\n".join(row[0] for row in ch.query(f"EXPLAIN indexes = 1, projections = 1 {query}",
-                                                 parameters=parameters).result_rows)
-
-
-# 200,000 events of Alice's over about 5.6 hours, written by ClickHouse (many granules, so that
-# a skip index has something to skip): request ids shared by 10 events in a row.
-MANY_EVENTS = """
-INSERT INTO event_log (event_id, event_type, event_date_time, environment, event_context,
-                       metadata_version, owner, event_time)
-SELECT generateUUIDv4(), 'http.request', toDateTime(t), 'production',
-       concat('{"job_id": "', {job:String}, '", "line_no": ', toString(number + 1),
-              ', "level": "', ['info', 'error'][number % 2 + 1], '", "service": "s',
-              toString(number % 5), '", "message": "m", "context": {"request_id": "req-',
-              toString(intDiv(number, 10)), '"}}'), 1, 'alice', t
-FROM (SELECT number, toDateTime64('2026-11-01 00:00:00', 3, 'UTC')
-                     + toIntervalMillisecond(number * 100) AS t FROM numbers(200000))
-"""
-
-
-def test_search_reads_take_the_projection_or_index_that_reads_least(db, settings):
-    """Of 200,000 events of Alice's (25 granules): a first page over all time reads a few
-    granules of the by_owner projection (bounded by its limit-th time), facets and a histogram
-    of whole hours read the by_hour aggregate, and a context filter reads the few granules the
-    context_tokens index keeps. Broken, each would read every one of the owner's events."""
-    job = store_job(db, 0, "alice", 1)
-    hidden = search.SearchScope("alice", (uuid.uuid4(),)).parameters()
-    start = {"after_time": search.LAST_MS, "after_job": search.MAX_UUID,
-             "after_line": 2**64 - 1, "limit": 100}
-    with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        event_log.ensure_event_log(ch)
-        ch.command(MANY_EVENTS, parameters={"job": str(job)})
-
-        def rows_read(query: str, parameters: dict) -> int:
-            result = ch.query(query, parameters=parameters, settings=search.READ_SETTINGS)
-            return int(result.summary["read_rows"])
-
-        everything = {**hidden, **search.SearchFilters().parameters(), **start}
-        plan = explain(ch, search.events_query("desc"), everything)
-        assert "ReadFromMergeTree (by_owner)" in plan, plan
-        assert rows_read(search.events_query("desc"), everything) <= 4 * 8192 * 2
-
-        facet = search.facet_query("service", search.SearchFilters())
-        assert "ReadFromMergeTree (by_hour)" in explain(ch, facet, everything)
-        assert rows_read(facet, everything) <= 8192
-        hours = search.histogram_query(search.SearchFilters(), 7200)
-        assert "ReadFromMergeTree (by_hour)" in explain(ch, hours, {**everything, "interval_s": 7200})
-
-        filters = search.checked_search_filters(context=[("request_id", "req-4242")])
-        one_request = {**hidden, **filters.parameters(), **start}
-        assert rows_read(search.events_query("desc"), one_request) <= 4 * 8192 * 2
-        found = search.search_events(ch, search.SearchScope("alice"), filters)
-        assert sorted(e["line_no"] for e in found) == list(range(42421, 42431))
-
-
-# Context values whose JSON text differs from the value, or whose words touch bytes past ASCII:
-# each must still be found by its own filter (context_token picks a word the text holds).
-AWKWARD = ["café-42", "é-abc", "abc-é", "ok🙂", "🙂ok", "x/y/z", 'say "hi"', "back\\slash",
-           "UPPER_case-7", "1.5", "a b  c", "--", "", "日本語 id-9", 1.5, 1e21, -7, 2**62, True,
-           None, 0.1]
-
-
-def test_a_context_filter_finds_every_value_however_its_json_is_written(
-        db, settings, monkeypatch):
-    """Each awkward value (escaped in JSON, beside non-ASCII, numbers, booleans) is found by
-    context.v=<its text> as it is without the index's word (context_token ''): the word never
-    makes a filter miss. Every string value is found, at its own line at least."""
-    contexts = [{"v": value, "n": n} for n, value in enumerate(AWKWARD)]
-    store_job(db, 0, "alice", len(contexts), settings.s3_bucket, contexts=contexts)
-    relay_all(db, settings)
-    scope = search.SearchScope("alice")
-
-    def found(text: str) -> list[int]:
-        filters = search.checked_search_filters(context=[("v", text)])
-        return sorted(e["context"]["n"] for e in search.search_events(ch, scope, filters))
-
-    with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        texts = [v if isinstance(v, str) else json.dumps(v) for v in AWKWARD if v not in ("", None)]
-        with_word = {text: (search.context_token(text), found(text)) for text in texts}
-        monkeypatch.setattr(search, "context_token", lambda value: "")
-        without_word = {text: found(text) for text in texts}
-    assert {t: f for t, (_, f) in with_word.items()} == without_word
-    for n, value in enumerate(AWKWARD):
-        if isinstance(value, str) and value:
-            assert n in with_word[value][1], (value, with_word[value])
-    assert sum(1 for word, _ in with_word.values() if word) >= 12  # the words were used
 
 
 def test_next_links_keep_every_filter():

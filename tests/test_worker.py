@@ -31,7 +31,6 @@ from helpers import (
     job_message,
     job_row,
     jsonl,
-    logged_events,
     make_job,
     outbox_line_event,
     outbox_line_events,
@@ -39,6 +38,7 @@ from helpers import (
     run_job,
     wait_for,
 )
+from processes import logged_events
 
 VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
          "event_type": "order.created", "message": "order created"}
