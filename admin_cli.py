@@ -19,8 +19,9 @@ import retention
 
 
 def command_line() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python eventhorizon.py",
-                                     description="The Event Horizon HTTP API (serves by default).")
+    parser = argparse.ArgumentParser(
+        prog="python eventhorizon.py", description="The Event Horizon HTTP API (serves by default)."
+    )
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("migrate", help="apply sql/migrations and exit")
     tokens = commands.add_parser("tokens", help="create, list or revoke API tokens")
@@ -43,14 +44,18 @@ def retention_command_line(commands) -> None:
     set_ = actions.add_parser("set", help="an owner's own retention, instead of the default")
     set_.add_argument("--owner", required=True)
     days = set_.add_mutually_exclusive_group(required=True)
-    days.add_argument("--days", type=int, help=f"1-{retention.MAX_DAYS}: jobs uploaded more "
-                                               "than this many days ago are removed")
+    days.add_argument(
+        "--days",
+        type=int,
+        help=f"1-{retention.MAX_DAYS}: jobs uploaded more than this many days ago are removed",
+    )
     days.add_argument("--forever", action="store_true", help="the owner's jobs are kept")
     clear = actions.add_parser("clear", help="the owner keeps EH_RETENTION_DAYS again")
     clear.add_argument("--owner", required=True)
     actions.add_parser("show", help="the default, and each owner's own (JSON)")
-    actions.add_parser("sweep", help="remove every job past its retention now; prints what it "
-                                     "removed (JSON)")
+    actions.add_parser(
+        "sweep", help="remove every job past its retention now; prints what it removed (JSON)"
+    )
 
 
 def tokens_command(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -64,9 +69,15 @@ def tokens_command(settings: config.Settings, args: argparse.Namespace) -> int:
             try:
                 with conn.transaction():
                     token = auth.create_token(conn, args.owner, admin=args.admin)
-                    audit.record(conn, settings, "audit.token.created", audit.operator(),
-                                 object_=auth.token_id_of(token), owner=args.owner,
-                                 admin=args.admin)
+                    audit.record(
+                        conn,
+                        settings,
+                        "audit.token.created",
+                        audit.operator(),
+                        object_=auth.token_id_of(token),
+                        owner=args.owner,
+                        admin=args.admin,
+                    )
             except auth.InvalidOwner as exc:
                 sys.exit(f"error: {exc}")
             kind = "admin token" if args.admin else "token"
@@ -75,9 +86,19 @@ def tokens_command(settings: config.Settings, args: argparse.Namespace) -> int:
         elif args.action == "list":
             print("id\towner\tadmin\tcreated\tlast used\trevoked")
             for t in auth.list_tokens(conn):
-                print("\t".join(str(v) for v in (
-                    t.token_id, t.owner, "yes" if t.admin else "no", stamp(t.created_at),
-                    stamp(t.last_used_at), stamp(t.revoked_at))))
+                print(
+                    "\t".join(
+                        str(v)
+                        for v in (
+                            t.token_id,
+                            t.owner,
+                            "yes" if t.admin else "no",
+                            stamp(t.created_at),
+                            stamp(t.last_used_at),
+                            stamp(t.revoked_at),
+                        )
+                    )
+                )
         elif not revoke_token(conn, settings, args.token_id):
             sys.exit(f"error: no live token with id {args.token_id}")
         else:
@@ -90,14 +111,14 @@ def revoke_token(conn, settings: config.Settings, token_id: int) -> bool:
     with conn.transaction():
         revoked = auth.revoke_token(conn, token_id)
         if revoked:
-            audit.record(conn, settings, "audit.token.revoked", audit.operator(),
-                         object_=token_id)
+            audit.record(conn, settings, "audit.token.revoked", audit.operator(), object_=token_id)
     return revoked
 
 
 async def verify_token(settings: config.Settings, token: str) -> int:
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     autocommit=True) as aconn:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as aconn:
         return 0 if await auth.authenticate(aconn, token) else 1
 
 
@@ -115,19 +136,36 @@ def retention_command(settings: config.Settings, args: argparse.Namespace) -> in
 async def retention_action(settings: config.Settings, args: argparse.Namespace):
     if args.action == "sweep":
         return (await retention.sweep(settings, core.s3_client(settings))).json()
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     autocommit=True) as aconn:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as aconn:
         if args.action == "set":
             days = None if args.forever else args.days
-            return (await retention.set_policy(aconn, settings, args.owner, days,
-                                               set_by=f"os:{audit.os_user()}",
-                                               who=audit.operator())).json()
+            return (
+                await retention.set_policy(
+                    aconn,
+                    settings,
+                    args.owner,
+                    days,
+                    set_by=f"os:{audit.os_user()}",
+                    who=audit.operator(),
+                )
+            ).json()
         if args.action == "clear":
             await retention.clear_policy(aconn, settings, args.owner, who=audit.operator())
             return (await retention.read_policy(aconn, settings, args.owner)).json()
-        return {"default_days": retention.default_days(settings), "owners": [
-            {"owner": r.owner, "days": r.days, "set_by": r.set_by,
-             "set_at": r.set_at.isoformat()} for r in await retention.list_policies(aconn)]}
+        return {
+            "default_days": retention.default_days(settings),
+            "owners": [
+                {
+                    "owner": r.owner,
+                    "days": r.days,
+                    "set_by": r.set_by,
+                    "set_at": r.set_at.isoformat(),
+                }
+                for r in await retention.list_policies(aconn)
+            ],
+        }
 
 
 def stamp(value) -> str:

@@ -36,7 +36,10 @@ def declare_queues(channel, queue: str) -> None:
     channel.queue_declare(
         queue=queue,
         durable=True,
-        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(queue)},
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue(queue),
+        },
     )
 
 
@@ -53,9 +56,11 @@ def message_properties(expiration_s: float | None = None, *, traceparent: str | 
     restart in a durable queue), optionally expiring after `expiration_s`, and with the W3C
     `traceparent` header of the trace it continues, if any."""
     return pika.BasicProperties(
-        content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
         expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
-        headers={"traceparent": traceparent} if traceparent else None)
+        headers={"traceparent": traceparent} if traceparent else None,
+    )
 
 
 # --------------------------------------------------------------------------- the API's publisher
@@ -107,8 +112,12 @@ class Publisher:
             channel = self._ensure_channel()
             try:
                 channel.basic_publish(
-                    exchange="", routing_key=self.settings.queue, body=body, mandatory=True,
-                    properties=message_properties(traceparent=traceparent))
+                    exchange="",
+                    routing_key=self.settings.queue,
+                    body=body,
+                    mandatory=True,
+                    properties=message_properties(traceparent=traceparent),
+                )
                 return
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 raise BrokerUnavailable(f"the broker did not accept the message: {exc!r}") from exc

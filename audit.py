@@ -61,31 +61,87 @@ class Actor:
     request_id: str = ""
 
 
-def event(event_type: str, who: Actor, *, environment: str, object_: Any = "",
-          result: str | int = "ok", **details: Any) -> outbox.Event:
+def event(
+    event_type: str,
+    who: Actor,
+    *,
+    environment: str,
+    object_: Any = "",
+    result: str | int = "ok",
+    **details: Any,
+) -> outbox.Event:
     """The audit event of an action (or refusal) on `object_`; `details` join its context."""
     result = str(result)
-    context = {"actor": who.actor, "token_id": who.token_id, "client_ip": who.client_ip,
-               "request_id": who.request_id, "object": str(object_), "result": result,
-               **details}
-    message = f"{event_type.removeprefix(PREFIX)} {context['object']} by {who.actor or '-'}: {result}"
-    return outbox.make_event(event_type, {
-        "level": "info" if result == "ok" else "warning", "service": SERVICE,
-        "message": message, "context": context}, environment=environment)
+    context = {
+        "actor": who.actor,
+        "token_id": who.token_id,
+        "client_ip": who.client_ip,
+        "request_id": who.request_id,
+        "object": str(object_),
+        "result": result,
+        **details,
+    }
+    message = (
+        f"{event_type.removeprefix(PREFIX)} {context['object']} by {who.actor or '-'}: {result}"
+    )
+    return outbox.make_event(
+        event_type,
+        {
+            "level": "info" if result == "ok" else "warning",
+            "service": SERVICE,
+            "message": message,
+            "context": context,
+        },
+        environment=environment,
+    )
 
 
-async def arecord(aconn, settings: config.Settings, event_type: str, who: Actor, *,
-                  object_: Any, result: str | int = "ok", **details: Any) -> None:
+async def arecord(
+    aconn,
+    settings: config.Settings,
+    event_type: str,
+    who: Actor,
+    *,
+    object_: Any,
+    result: str | int = "ok",
+    **details: Any,
+) -> None:
     """Write the audit event in the caller's transaction (psycopg async connection)."""
-    await outbox.ainsert_event(aconn, event(event_type, who, environment=settings.environment,
-                                            object_=object_, result=result, **details))
+    await outbox.ainsert_event(
+        aconn,
+        event(
+            event_type,
+            who,
+            environment=settings.environment,
+            object_=object_,
+            result=result,
+            **details,
+        ),
+    )
 
 
-def record(conn, settings: config.Settings, event_type: str, who: Actor, *, object_: Any,
-           result: str | int = "ok", **details: Any) -> None:
+def record(
+    conn,
+    settings: config.Settings,
+    event_type: str,
+    who: Actor,
+    *,
+    object_: Any,
+    result: str | int = "ok",
+    **details: Any,
+) -> None:
     """`arecord` on a sync connection (the `tokens` command)."""
-    outbox.insert_event(conn, event(event_type, who, environment=settings.environment,
-                                    object_=object_, result=result, **details))
+    outbox.insert_event(
+        conn,
+        event(
+            event_type,
+            who,
+            environment=settings.environment,
+            object_=object_,
+            result=result,
+            **details,
+        ),
+    )
 
 
 def operator() -> Actor:
@@ -111,8 +167,11 @@ def is_audit_type(event_type: str) -> bool:
 def request_actor(request, principal: auth.Principal | None, settings: config.Settings) -> Actor:
     """The actor of an API request: its principal (None before or without a working token),
     its client address (`client_address`) and its request id (the access log's)."""
-    client_ip = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
-                               trusted_networks(settings.trusted_proxies))
+    client_ip = client_address(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", ()),
+        trusted_networks(settings.trusted_proxies),
+    )
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     if principal is None:
         return Actor("", None, client_ip, request_id)
@@ -128,8 +187,9 @@ def trusted_networks(text: str) -> tuple[Network, ...]:
     return config.parse_networks(text, "EH_TRUSTED_PROXIES")
 
 
-def client_address(peer: str | None, forwarded_for: Iterable[str],
-                   trusted: Sequence[Network]) -> str:
+def client_address(
+    peer: str | None, forwarded_for: Iterable[str], trusted: Sequence[Network]
+) -> str:
     """The client's address: the connection's peer, unless it is a trusted proxy
     (EH_TRUSTED_PROXIES); then X-Forwarded-For is read from its right end (the hop each proxy
     appended) and the first address not itself a trusted proxy is the client. An entry that
@@ -182,8 +242,15 @@ class DeniedTrail:
     the pool. Past the queue's bound, or with Postgres away, refusal events are dropped and
     logged (`audit.denied_dropped`): best effort beyond the bound, by design."""
 
-    def __init__(self, pool, settings: config.Settings, *, clock=time.monotonic,
-                 clients: int = MAX_TRACKED_CLIENTS, queue_size: int = QUEUE_SIZE):
+    def __init__(
+        self,
+        pool,
+        settings: config.Settings,
+        *,
+        clock=time.monotonic,
+        clients: int = MAX_TRACKED_CLIENTS,
+        queue_size: int = QUEUE_SIZE,
+    ):
         self.pool, self.settings, self.clock, self.clients = pool, settings, clock, clients
         self.per_minute = settings.audit_denied_per_minute
         self.windows: collections.OrderedDict[str, Window] = collections.OrderedDict()
@@ -204,8 +271,16 @@ class DeniedTrail:
         self.windows.move_to_end(key)
         if window.recorded < self.per_minute:
             window.recorded += 1
-            self.put(event(DENIED, who, environment=self.settings.environment, object_=path,
-                           result=status, method=method))
+            self.put(
+                event(
+                    DENIED,
+                    who,
+                    environment=self.settings.environment,
+                    object_=path,
+                    result=status,
+                    method=method,
+                )
+            )
         else:
             window.suppressed[str(status)] += 1
 
@@ -213,10 +288,18 @@ class DeniedTrail:
         """The end of a client's minute: its suppressed refusals, if any, as one event."""
         if total := sum(window.suppressed.values()):
             who = Actor("", None, window.client_ip, "")
-            self.put(event(DENIED_SUPPRESSED, who, environment=self.settings.environment,
-                           result=max(window.suppressed, key=window.suppressed.__getitem__),
-                           suppressed=total, statuses=dict(window.suppressed),
-                           recorded=window.recorded, window_s=WINDOW_S))
+            self.put(
+                event(
+                    DENIED_SUPPRESSED,
+                    who,
+                    environment=self.settings.environment,
+                    result=max(window.suppressed, key=window.suppressed.__getitem__),
+                    suppressed=total,
+                    statuses=dict(window.suppressed),
+                    recorded=window.recorded,
+                    window_s=WINDOW_S,
+                )
+            )
 
     def close_expired(self) -> None:
         now = self.clock()

@@ -73,11 +73,18 @@ class TokenInfo:
 def create_token(conn, owner: str, *, admin: bool = False) -> str:
     """Record a new token for `owner` and return it: the only time it is ever seen."""
     if not OWNER_PATTERN.fullmatch(owner):
-        raise InvalidOwner(f"owner must be 1-64 letters, digits, '.', '_', '@' or '-', got "
-                           f"{owner!r}")
+        raise InvalidOwner(
+            f"owner must be 1-64 letters, digits, '.', '_', '@' or '-', got {owner!r}"
+        )
     secret = secrets.token_urlsafe(SECRET_BYTES)
-    (token_id,) = conn.cursor(row_factory=tuple_row).execute(core.QUERIES["create_token"], {
-        "owner": owner, "admin": admin, "secret_hash": secret_hash(secret)}).fetchone()
+    (token_id,) = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            core.QUERIES["create_token"],
+            {"owner": owner, "admin": admin, "secret_hash": secret_hash(secret)},
+        )
+        .fetchone()
+    )
     return f"eh_{token_id}_{secret}"
 
 
@@ -97,8 +104,12 @@ def list_tokens(conn) -> list[TokenInfo]:
 def revoke_token(conn, token_id: int) -> bool:
     """Revoke a token; False if there is no live token with that id. Every API process is
     told (core.TOKEN_CHANNEL) and closes the sockets the token holds open."""
-    return conn.execute(core.QUERIES["revoke_token"], {
-        "token_id": token_id, "channel": core.TOKEN_CHANNEL}).fetchone() is not None
+    return (
+        conn.execute(
+            core.QUERIES["revoke_token"], {"token_id": token_id, "channel": core.TOKEN_CHANNEL}
+        ).fetchone()
+        is not None
+    )
 
 
 # --------------------------------------------------------------------------- requests
@@ -162,12 +173,12 @@ class FailedAuthLimiter:
     `clients` failures before any of its own buckets goes). Full buckets are dropped as they
     are met, so clients that fail now and then leave nothing behind."""
 
-    def __init__(self, per_minute: int, *, clients: int = MAX_TRACKED_CLIENTS,
-                 clock=time.monotonic):
+    def __init__(
+        self, per_minute: int, *, clients: int = MAX_TRACKED_CLIENTS, clock=time.monotonic
+    ):
         self.capacity, self.rate = float(per_minute), per_minute / 60.0
         self.clients, self.clock = clients, clock
-        self.buckets: collections.OrderedDict[str, tuple[float, float]] = (
-            collections.OrderedDict())
+        self.buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def retry_after(self, client: str) -> int:
         """Seconds `client` must wait before its next try (0: it may try now)."""

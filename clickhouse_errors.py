@@ -79,21 +79,27 @@ def is_missing_table(exc: BaseException) -> bool:
     """Whether ClickHouse said the table is not there (UNKNOWN_TABLE): to a reader of
     event_log, that no relay has made it yet."""
     return isinstance(exc, DatabaseError) and (
-        exc.code == OUTAGES["UNKNOWN_TABLE"] or (exc.code is None and exc.name == "UNKNOWN_TABLE"))
+        exc.code == OUTAGES["UNKNOWN_TABLE"] or (exc.code is None and exc.name == "UNKNOWN_TABLE")
+    )
 
 
 def table_markdown() -> str:
     """The table of the two kinds in docs/architecture.md, from the declarations above."""
-    rows = ["| Kind | What the relay does | ClickHouse errors |", "|---|---|---|",
-            "| refused for the data's sake | retried twice, then split in halves until the rows "
-            "ClickHouse takes are in; each row still refused alone goes to `outbox_dead` with "
-            "its error | " + codes(DATA_REFUSALS) + " |",
-            "| outage | rows kept, batch retried with backoff for as long as it takes | "
-            + codes(OUTAGES) + "; any other code, and errors without one (connection lost, "
-            "timeouts) |"]
+    rows = [
+        "| Kind | What the relay does | ClickHouse errors |",
+        "|---|---|---|",
+        "| refused for the data's sake | retried twice, then split in halves until the rows "
+        "ClickHouse takes are in; each row still refused alone goes to `outbox_dead` with "
+        "its error | " + codes(DATA_REFUSALS) + " |",
+        "| outage | rows kept, batch retried with backoff for as long as it takes | "
+        + codes(OUTAGES)
+        + "; any other code, and errors without one (connection lost, "
+        "timeouts) |",
+    ]
     return "\n".join(rows)
 
 
 def codes(table: dict[str, int]) -> str:
-    return ", ".join(f"`{name}` ({code})" for name, code in sorted(table.items(),
-                                                                   key=lambda item: item[1]))
+    return ", ".join(
+        f"`{name}` ({code})" for name, code in sorted(table.items(), key=lambda item: item[1])
+    )

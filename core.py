@@ -96,8 +96,7 @@ def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
         text = fragments.get(match.group(1))
         return match.group(0) if text is None else _FRAGMENT.sub(fragment, text)
 
-    return {name: _FRAGMENT.sub(fragment, body) for name, body in named.items()
-            if name not in used}
+    return {name: _FRAGMENT.sub(fragment, body) for name, body in named.items() if name not in used}
 
 
 _FRAGMENT = re.compile(r"\$(\w+)")

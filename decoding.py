@@ -20,10 +20,13 @@ MAGIC = {GZIP: b"\x1f\x8b", ZSTD: b"\x28\xb5\x2f\xfd"}
 SUFFIXES = {".gz": GZIP, ".zst": ZSTD}
 # What an upload may be named: JSON lines under their usual names, a rotated log's number,
 # then a compression suffix. The content, not the name, decides whether the file is valid.
-ACCEPTED_NAME = re.compile(r".+\.(?:jsonl|ndjson|json|log)(?:\.\d{1,6})?(?:\.gz|\.zst)?",
-                           re.IGNORECASE | re.DOTALL)
-ACCEPTED_NAMES_TEXT = (".jsonl, .ndjson, .json (JSON lines) or .log, optionally rotated "
-                       "(app.log.1) and compressed (.gz, .zst)")
+ACCEPTED_NAME = re.compile(
+    r".+\.(?:jsonl|ndjson|json|log)(?:\.\d{1,6})?(?:\.gz|\.zst)?", re.IGNORECASE | re.DOTALL
+)
+ACCEPTED_NAMES_TEXT = (
+    ".jsonl, .ndjson, .json (JSON lines) or .log, optionally rotated "
+    "(app.log.1) and compressed (.gz, .zst)"
+)
 RAW_READ_BYTES = 64 * 1024  # compressed bytes read from storage at a time
 RATIO_GRACE_BYTES = 1024 * 1024  # the ratio limit applies once this much is decoded
 # zstd's decompressobj has no max_length: it is fed this many compressed bytes at a time. A
@@ -53,8 +56,10 @@ def compression_of(file_name: str) -> str | None:
     """The compression an upload's name declares (gzip, zstd or None); ValueError, with the
     names that are taken, for a name this service does not take."""
     if not ACCEPTED_NAME.fullmatch(file_name):
-        raise ValueError(f"accepted file names end in {ACCEPTED_NAMES_TEXT}; "
-                         f"got {file_name or 'a file without a name'!r}")
+        raise ValueError(
+            f"accepted file names end in {ACCEPTED_NAMES_TEXT}; "
+            f"got {file_name or 'a file without a name'!r}"
+        )
     lower = file_name.lower()
     return next((kind for suffix, kind in SUFFIXES.items() if lower.endswith(suffix)), None)
 
@@ -108,7 +113,7 @@ class ZstdDecoder:
         out, view, pos = bytearray(), memoryview(data), 0
         while len(out) < max_length and pos < len(data) and not self.obj.eof:
             try:
-                out += self.obj.decompress(view[pos:pos + ZSTD_FEED_BYTES])
+                out += self.obj.decompress(view[pos : pos + ZSTD_FEED_BYTES])
             except zstandard.ZstdError as exc:
                 raise ValueError(str(exc)) from None
             pos += ZSTD_FEED_BYTES
@@ -185,8 +190,9 @@ class DecodedStream:
         try:
             out = self.decoder.decode(data, min(n, cap - self.decoded + 1))
         except (zlib.error, ValueError) as exc:
-            raise CorruptStream(f"the {self.compression} stream is corrupt ({exc})",
-                                self.decoded) from None
+            raise CorruptStream(
+                f"the {self.compression} stream is corrupt ({exc})", self.decoded
+            ) from None
         if self.decoder.eof:  # a member ended: what follows it starts the next one
             # (zlib's unconsumed_tail then repeats part of unused_data: it is not added)
             self.input = self.decoder.unused_data
@@ -194,7 +200,7 @@ class DecodedStream:
         else:
             self.input = self.decoder.unconsumed_tail
         if self.decoded + len(out) > cap:  # what is within the limit is read first
-            out = out[:cap - self.decoded]
+            out = out[: cap - self.decoded]
             self.stopped = DecodeLimit(limit, cap)
         self.decoded += len(out)
         return out
@@ -203,16 +209,21 @@ class DecodedStream:
         """The most the stream may have decoded to now, and the reason if it decodes past it."""
         by_ratio = max(RATIO_GRACE_BYTES, int(self.max_ratio * self.encoded))
         if self.max_ratio > 0 and by_ratio < self.max_decoded:
-            return by_ratio, (f"the file decodes to more than EH_MAX_DECODE_RATIO "
-                              f"({self.max_ratio:g}) times its compressed size: it looks like "
-                              "a compression bomb")
-        return self.max_decoded, (f"the file decodes to more than EH_MAX_DECODED_BYTES "
-                                  f"({self.max_decoded} bytes)")
+            return by_ratio, (
+                f"the file decodes to more than EH_MAX_DECODE_RATIO "
+                f"({self.max_ratio:g}) times its compressed size: it looks like "
+                "a compression bomb"
+            )
+        return self.max_decoded, (
+            f"the file decodes to more than EH_MAX_DECODED_BYTES ({self.max_decoded} bytes)"
+        )
 
     def _at_end(self) -> bytes:
         if self.fed:
-            raise CorruptStream(f"the {self.compression} stream is truncated: it ends inside "
-                                "a compressed block", self.decoded)
+            raise CorruptStream(
+                f"the {self.compression} stream is truncated: it ends inside a compressed block",
+                self.decoded,
+            )
         if not self.encoded:
             raise CorruptStream(f"the file is empty, not {self.compression}", 0)
         return b""
@@ -224,8 +235,7 @@ def decode_head(compression: str, head: bytes, max_bytes: int) -> tuple[bytes, b
     CorruptStream if `head` is not that compression. Bounded: decodes at most `max_bytes`."""
     if not MAGIC[compression].startswith(head[:4]) and not head.startswith(MAGIC[compression]):
         raise CorruptStream(f"the file is not {compression} (its name says it is)", 0)
-    stream = DecodedStream(io.BytesIO(head), compression, max_decoded=max_bytes + 1,
-                           max_ratio=0)
+    stream = DecodedStream(io.BytesIO(head), compression, max_decoded=max_bytes + 1, max_ratio=0)
     out = bytearray()
     try:
         while len(out) <= max_bytes and (chunk := stream.read(max_bytes + 1 - len(out))):

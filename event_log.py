@@ -37,8 +37,14 @@ EVENT_LOG_TABLE = "event_log"
 
 
 EVENT_LOG_COLUMNS = (
-    "event_id", "event_type", "event_date_time", "environment", "event_context", "metadata_version",
-    "event_time", "owner",
+    "event_id",
+    "event_type",
+    "event_date_time",
+    "environment",
+    "event_context",
+    "metadata_version",
+    "event_time",
+    "owner",
 )
 
 
@@ -49,8 +55,10 @@ EVENT_LOG_COLUMNS = (
 DELETE_SETTINGS = {"mutations_sync": 2}
 
 
-DELETE_JOB_EVENTS = (f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
-                     "WHERE job_id IN {job_ids:Array(UUID)} AND event_type != 'job.deleted'")
+DELETE_JOB_EVENTS = (
+    f"ALTER TABLE {EVENT_LOG_TABLE} DELETE "
+    "WHERE job_id IN {job_ids:Array(UUID)} AND event_type != 'job.deleted'"
+)
 # Deleted jobs whose events one mutation deletes: a mutation rewrites every part holding any of
 # them, so a retention sweep's thousands of jobs go in a few, not one each.
 DELETIONS_PER_MUTATION = 500
@@ -60,8 +68,9 @@ DELETIONS_PER_MUTATION = 500
 # neither a job's deletion (DELETE_JOB_EVENTS) nor a job's retention removes them; only this.
 # Counted first (the sort key's event_type prefix prunes it to the audit rows): a mutation
 # only when there is something to delete.
-OLD_AUDIT_EVENTS = ("startsWith(event_type, 'audit.') "
-                    "AND event_date_time < now() - toIntervalDay({days:UInt32})")
+OLD_AUDIT_EVENTS = (
+    "startsWith(event_type, 'audit.') AND event_date_time < now() - toIntervalDay({days:UInt32})"
+)
 
 
 PRESENCE_CHUNK = 1_000  # event ids per look-up, well inside a URL's length
@@ -102,8 +111,10 @@ def ensure_event_log(ch) -> None:
         for statement in sql_statements(EVENT_LOG_UPGRADE_PATH.read_text()):
             ch.command(statement)
     create = ch.command(f"SHOW CREATE TABLE {EVENT_LOG_TABLE}")
-    for marker, upgrade in (("PROJECTION by_owner", EVENT_LOG_SEARCH_UPGRADE_PATH),
-                            ("PROJECTION by_hour", EVENT_LOG_ROLLUP_UPGRADE_PATH)):
+    for marker, upgrade in (
+        ("PROJECTION by_owner", EVENT_LOG_SEARCH_UPGRADE_PATH),
+        ("PROJECTION by_hour", EVENT_LOG_ROLLUP_UPGRADE_PATH),
+    ):
         if marker not in create:
             log.info("relay.event_log_upgrading", statements=str(upgrade))
             for statement in sql_statements(upgrade.read_text()):
@@ -122,7 +133,8 @@ EXPLORE_COLUMNS = ("job_id", "line_no", "level", "service")
 
 EXPLORE_COLUMNS_FOUND = (
     f"SELECT count() FROM system.columns WHERE database = currentDatabase() "
-    f"AND table = '{EVENT_LOG_TABLE}' AND name IN {EXPLORE_COLUMNS!r}")
+    f"AND table = '{EVENT_LOG_TABLE}' AND name IN {EXPLORE_COLUMNS!r}"
+)
 
 
 def fill_missing_owners(conn, ch) -> int:
@@ -137,11 +149,14 @@ def fill_missing_owners(conn, ch) -> int:
         raise ClickHouseUnavailable(describe(exc)) from exc
     if not job_ids:
         return 0
-    owned = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["owners_of_jobs"], {"job_ids": job_ids}).fetchall()
+    owned = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(QUERIES["owners_of_jobs"], {"job_ids": job_ids})
+        .fetchall()
+    )
     for owner, ids in owned:
         for start in range(0, len(ids), PRESENCE_CHUNK):
-            chunk = [str(i) for i in ids[start:start + PRESENCE_CHUNK]]
+            chunk = [str(i) for i in ids[start : start + PRESENCE_CHUNK]]
             try:
                 ch.command(SET_OWNER, parameters={"owner": owner, "ids": chunk})
             except Exception as exc:
@@ -152,12 +167,15 @@ def fill_missing_owners(conn, ch) -> int:
     return filled
 
 
-UNOWNED_JOBS = (f"SELECT DISTINCT job_id FROM {EVENT_LOG_TABLE} WHERE owner = '' "
-                "AND line_no > 0 LIMIT 100000")
+UNOWNED_JOBS = (
+    f"SELECT DISTINCT job_id FROM {EVENT_LOG_TABLE} WHERE owner = '' AND line_no > 0 LIMIT 100000"
+)
 
 
-SET_OWNER = (f"ALTER TABLE {EVENT_LOG_TABLE} UPDATE owner = {{owner:String}} "
-             "WHERE owner = '' AND job_id IN {ids:Array(UUID)}")
+SET_OWNER = (
+    f"ALTER TABLE {EVENT_LOG_TABLE} UPDATE owner = {{owner:String}} "
+    "WHERE owner = '' AND job_id IN {ids:Array(UUID)}"
+)
 
 
 # An event time event_log's DateTime cannot hold (before 1970, after 2106) is refused
@@ -173,8 +191,13 @@ def insert_batch(ch, rows: Sequence, token: str) -> int:
     (outbox_batch_rows): the batch goes as the lines joined, nothing decoded or re-encoded.
     """
     block = b"\n".join(r.line for r in rows)
-    ch.raw_insert(EVENT_LOG_TABLE, EVENT_LOG_COLUMNS, insert_block=block, fmt="JSONEachRow",
-                  settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+    ch.raw_insert(
+        EVENT_LOG_TABLE,
+        EVENT_LOG_COLUMNS,
+        insert_block=block,
+        fmt="JSONEachRow",
+        settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
+    )
     return len(block)
 
 
@@ -199,8 +222,11 @@ def delete_events_of_deleted_jobs(conn, ch) -> int:
             if not job_ids:
                 return done
             try:
-                ch.command(DELETE_JOB_EVENTS, parameters={"job_ids": [str(j) for j in job_ids]},
-                           settings=DELETE_SETTINGS)
+                ch.command(
+                    DELETE_JOB_EVENTS,
+                    parameters={"job_ids": [str(j) for j in job_ids]},
+                    settings=DELETE_SETTINGS,
+                )
             except Exception as exc:
                 raise ClickHouseUnavailable(describe(exc)) from exc
             jobs.finish_deletions(conn, job_ids)
@@ -212,11 +238,16 @@ def delete_old_audit_events(ch, days: int) -> int:
     """Delete the `audit.*` events older than `days` (EH_AUDIT_RETENTION_DAYS); returns how
     many there were. For the retention sweep, which runs it with its own work."""
     try:
-        old = ch.command(f"SELECT count() FROM {EVENT_LOG_TABLE} WHERE {OLD_AUDIT_EVENTS}",
-                         parameters={"days": days})
+        old = ch.command(
+            f"SELECT count() FROM {EVENT_LOG_TABLE} WHERE {OLD_AUDIT_EVENTS}",
+            parameters={"days": days},
+        )
         if old:
-            ch.command(f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE {OLD_AUDIT_EVENTS}",
-                       parameters={"days": days}, settings=DELETE_SETTINGS)
+            ch.command(
+                f"ALTER TABLE {EVENT_LOG_TABLE} DELETE WHERE {OLD_AUDIT_EVENTS}",
+                parameters={"days": days},
+                settings=DELETE_SETTINGS,
+            )
     except Exception as exc:
         raise ClickHouseUnavailable(describe(exc)) from exc
     if old:

@@ -112,17 +112,24 @@ def main(argv: list[str]) -> int:
     except config.ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
     observe.setup_tracing(settings, "eventhorizon-api")
-    http_server.run(init_app(settings), host=settings.http_host, port=settings.http_port,
-                   head_timeout_s=settings.request_head_timeout_s,
-                   keepalive_timeout_s=settings.keepalive_timeout_s, shutdown_timeout_s=5)
+    http_server.run(
+        init_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        head_timeout_s=settings.request_head_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        shutdown_timeout_s=5,
+    )
     return 0
 
 
 def check_serving_settings(settings: config.Settings) -> None:
     """EH_AUTH=none lets anyone who can connect see and delete every job: only on loopback."""
     if settings.auth == "none" and not is_loopback(settings.http_host):
-        raise config.ConfigError(f"EH_AUTH=none is for a laptop: EH_HTTP_HOST must be a loopback "
-                               f"address, got {settings.http_host!r}")
+        raise config.ConfigError(
+            f"EH_AUTH=none is for a laptop: EH_HTTP_HOST must be a loopback "
+            f"address, got {settings.http_host!r}"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -151,15 +158,31 @@ def init_app(settings: config.Settings) -> web.Application:
     # of 128 characters for each of several filters, percent-encoded), so that aiohttp does
     # not refuse one in plain text before the app can answer it.
     # The trace's span is outermost of all, so the access log's line carries its ids.
-    app = web.Application(middlewares=[tracing_middleware, access_log_middleware,
-                                       security_headers_middleware,
-                                       problem_middleware, guard_middleware, auth_middleware],
-                          handler_args={"auto_decompress": False,
-                                        "max_line_size": MAX_REQUEST_LINE_BYTES})
+    app = web.Application(
+        middlewares=[
+            tracing_middleware,
+            access_log_middleware,
+            security_headers_middleware,
+            problem_middleware,
+            guard_middleware,
+            auth_middleware,
+        ],
+        handler_args={"auto_decompress": False, "max_line_size": MAX_REQUEST_LINE_BYTES},
+    )
     app[SETTINGS] = settings
     app[AUTH_LIMITER] = auth.FailedAuthLimiter(settings.auth_failures_per_minute)
-    app.cleanup_ctx.extend([loop_watch_ctx, postgres_ctx, audit_ctx, s3_ctx, publisher_ctx, explorer_ctx,
-                            watchers_ctx, uploads_ctx])
+    app.cleanup_ctx.extend(
+        [
+            loop_watch_ctx,
+            postgres_ctx,
+            audit_ctx,
+            s3_ctx,
+            publisher_ctx,
+            explorer_ctx,
+            watchers_ctx,
+            uploads_ctx,
+        ]
+    )
     app.on_shutdown.append(close_watchers)
     app.add_routes(routes)
     app.add_routes(probe_routes.routes)  # /healthz, /readyz, /metrics
@@ -194,7 +217,11 @@ async def postgres_ctx(app: web.Application):
     # check: a connection Postgres dropped (restart, failover) is replaced before use, so the
     # first upload after a restart is not answered 503 after its whole body went to S3.
     pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=10, open=False, timeout=settings.db_wait_s,
+        settings.database_url,
+        min_size=1,
+        max_size=10,
+        open=False,
+        timeout=settings.db_wait_s,
         kwargs={"row_factory": dict_row, "autocommit": True},
         check=AsyncConnectionPool.check_connection,
     )
@@ -231,15 +258,25 @@ async def publisher_ctx(app: web.Application):
 async def watchers_ctx(app: web.Application):
     settings = app[SETTINGS]
     tokens = revocation.TokenSockets(app[POOL], settings.token_recheck_s)
-    watchers = live.JobWatchers(settings.database_url, app[POOL], live.SocketLimits(
-        settings.max_websockets, settings.max_websockets_per_owner), tokens)
+    watchers = live.JobWatchers(
+        settings.database_url,
+        app[POOL],
+        live.SocketLimits(settings.max_websockets, settings.max_websockets_per_owner),
+        tokens,
+    )
     app[WATCHERS] = watchers
-    app[GRAPHQL] = graphql_resolvers.Services(app[POOL], watchers, graphql_authenticator(app),
-                                              app[EXPLORER],
-                                              init_timeout_s=settings.graphql_init_timeout_s)
+    app[GRAPHQL] = graphql_resolvers.Services(
+        app[POOL],
+        watchers,
+        graphql_authenticator(app),
+        app[EXPLORER],
+        init_timeout_s=settings.graphql_init_timeout_s,
+    )
     observe.WEBSOCKETS.set_function(lambda: watchers.limits.open)
-    tasks = [asyncio.create_task(watchers.listen(), name="job-listener"),
-             asyncio.create_task(tokens.recheck_periodically(), name="token-recheck")]
+    tasks = [
+        asyncio.create_task(watchers.listen(), name="job-listener"),
+        asyncio.create_task(tokens.recheck_periodically(), name="token-recheck"),
+    ]
     yield
     for task in tasks:
         task.cancel()
@@ -269,11 +306,17 @@ async def explorer_ctx(app: web.Application):
     """The ClickHouse reads of the events and histogram routes (explore.Explorer); the client
     connects at the first such request, so the API starts and serves without ClickHouse."""
     settings = app[SETTINGS]
-    slots = read_slots.ReadSlots(settings.explore_queries, settings.explore_queries_per_owner,
-                                 queue_per_owner=settings.explore_queue_per_owner,
-                                 max_wait_s=settings.explore_wait_s)
-    app[EXPLORER] = explore.Explorer(settings.clickhouse_read_url or settings.clickhouse_url,
-                                     timeout_s=settings.explore_timeout_s, slots=slots)
+    slots = read_slots.ReadSlots(
+        settings.explore_queries,
+        settings.explore_queries_per_owner,
+        queue_per_owner=settings.explore_queue_per_owner,
+        max_wait_s=settings.explore_wait_s,
+    )
+    app[EXPLORER] = explore.Explorer(
+        settings.clickhouse_read_url or settings.clickhouse_url,
+        timeout_s=settings.explore_timeout_s,
+        slots=slots,
+    )
     yield
     app[EXPLORER].close()
 
@@ -284,8 +327,9 @@ async def sweep_stale_uploads_periodically(s3, bucket: str) -> None:
     sweep (S3 away) is logged and tried again at the next interval."""
     while True:
         try:
-            count = await asyncio.to_thread(uploads.sweep_stale_uploads, s3, bucket,
-                                            STALE_UPLOAD_AGE_S)
+            count = await asyncio.to_thread(
+                uploads.sweep_stale_uploads, s3, bucket, STALE_UPLOAD_AGE_S
+            )
             log.info("upload.swept", count=count, older_than_s=STALE_UPLOAD_AGE_S)
         except Exception as exc:
             log.warning("upload.sweep_failed", error=str(exc))
@@ -311,8 +355,9 @@ async def static_file(request: web.Request) -> web.FileResponse:
 @routes.get("/api/v1/openapi.json")
 async def openapi(request: web.Request) -> web.FileResponse:
     """The API's contract, kept in static/ and checked against these routes by the tests."""
-    return web.FileResponse(STATIC_DIR / "openapi.json",
-                            headers={"Content-Type": "application/json"})
+    return web.FileResponse(
+        STATIC_DIR / "openapi.json", headers={"Content-Type": "application/json"}
+    )
 
 
 @routes.get("/docs")
@@ -323,8 +368,9 @@ async def docs(request: web.Request) -> web.FileResponse:
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=20, low=1, high=100)
-    found = await jobs.read_jobs(request.app[POOL], owner=principal(request).owner_filter,
-                                 limit=limit)
+    found = await jobs.read_jobs(
+        request.app[POOL], owner=principal(request).owner_filter, limit=limit
+    )
     return web.json_response({"jobs": [jobs.job_json(job) for job in found]})
 
 
@@ -353,8 +399,9 @@ async def get_job_errors(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    rows = (await jobs.read_line_errors(request.app[POOL], [job_id], after_line=after,
-                                        limit=limit))[job_id]
+    rows = (
+        await jobs.read_line_errors(request.app[POOL], [job_id], after_line=after, limit=limit)
+    )[job_id]
     next_url = None
     if len(rows) == limit:
         next_url = f"/api/v1/jobs/{job_id}/errors?limit={limit}&after_line={rows[-1]['line_no']}"
@@ -370,13 +417,19 @@ async def get_job_events(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "after_line", default=0, low=0, high=2**62)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    events = await explore_read(request.app[EXPLORER].events(
-        principal(request).owner, job_id, filters, after_line=after, limit=limit + 1))
+    events = await explore_read(
+        request.app[EXPLORER].events(
+            principal(request).owner, job_id, filters, after_line=after, limit=limit + 1
+        )
+    )
     next_url = None
     if len(events) > limit:
         events = events[:limit]
-        query = [("limit", str(limit)), ("after_line", str(events[-1]["line_no"])),
-                 *filters.query_items()]
+        query = [
+            ("limit", str(limit)),
+            ("after_line", str(events[-1]["line_no"])),
+            *filters.query_items(),
+        ]
         next_url = f"/api/v1/jobs/{job_id}/events?{urlencode(query)}"
     return web.json_response({"job_id": str(job_id), "events": events, "next": next_url})
 
@@ -390,8 +443,9 @@ async def get_job_histogram(request: web.Request) -> web.Response:
     if "interval" in request.query:
         interval = int_param(request, "interval", default=0, low=1, high=explore.MAX_INTERVAL_S)
     await fetch_job(request.app[POOL], job_id, owner=principal(request).owner_filter)
-    histogram = await explore_read(request.app[EXPLORER].histogram(
-        principal(request).owner, job_id, filters, interval))
+    histogram = await explore_read(
+        request.app[EXPLORER].histogram(principal(request).owner, job_id, filters, interval)
+    )
     return web.json_response({"job_id": str(job_id), **histogram})
 
 
@@ -417,12 +471,23 @@ async def delete_job(request: web.Request) -> web.Response:
         if job is None:
             raise job_not_found(job_id)
         if not await jobs.try_lock_in_transaction(conn, job_id):
-            raise Problem(409, "Conflict", "a worker is processing this job right now; delete "
-                                           "it once it has completed or failed")
+            raise Problem(
+                409,
+                "Conflict",
+                "a worker is processing this job right now; delete "
+                "it once it has completed or failed",
+            )
         await asyncio.to_thread(app[S3].delete_object, Bucket=job.bucket, Key=job.object_key)
         await jobs.delete(conn, app[SETTINGS], job, deleted_by=who.owner)
-        await audit.arecord(conn, app[SETTINGS], "audit.job.deleted", actor(request),
-                            object_=job_id, owner=job.owner, file_name=job.file_name)
+        await audit.arecord(
+            conn,
+            app[SETTINGS],
+            "audit.job.deleted",
+            actor(request),
+            object_=job_id,
+            owner=job.owner,
+            file_name=job.file_name,
+        )
     log.info("job.deleted", deleted_by=who.owner, lines=job.lines_processed)
     return web.Response(status=204)
 
@@ -441,7 +506,9 @@ async def watch_job(request: web.Request) -> web.WebSocketResponse:
         raise no_socket_slot(exc) from None
 
 
-async def watch_job_socket(request: web.Request, watchers: live.JobWatchers) -> web.WebSocketResponse:
+async def watch_job_socket(
+    request: web.Request, watchers: live.JobWatchers
+) -> web.WebSocketResponse:
     """The WebSocket itself, once it has a place among the process's and its owner's."""
     ws = web.WebSocketResponse(heartbeat=30, protocols=(WS_AUTH_PROTOCOL,))
     await ws.prepare(request)
@@ -449,10 +516,14 @@ async def watch_job_socket(request: web.Request, watchers: live.JobWatchers) -> 
     if job_id is not None:
         bind_job_id(job_id)
     who = principal(request)
-    job = await fetch_job_or_none(request.app[POOL], job_id, owner=who.owner_filter) \
-        if job_id else None
+    job = (
+        await fetch_job_or_none(request.app[POOL], job_id, owner=who.owner_filter)
+        if job_id
+        else None
+    )
     watcher = job and await watchers.start_watching(
-        job_id, live.Watcher(ws, request.transport), owner=who.owner_filter)
+        job_id, live.Watcher(ws, request.transport), owner=who.owner_filter
+    )
     if not watcher:
         await ws.close(code=WS_NOT_FOUND, message=b"job not found")
         return ws
@@ -482,8 +553,7 @@ async def graphql_query(request: web.Request) -> web.Response:
     document says, 400 for a body that is no GraphQL request."""
     body = await json_body(request, graphql_api.MAX_BODY_BYTES)
     try:
-        answer = await graphql_api.run_http(body, request.app[GRAPHQL],
-                                            principal(request))
+        answer = await graphql_api.run_http(body, request.app[GRAPHQL], principal(request))
     except graphql_api.BadRequest as exc:
         raise Problem(400, "Bad Request", str(exc)) from None
     return web.json_response(answer)
@@ -493,8 +563,11 @@ async def graphql_query(request: web.Request) -> web.Response:
 async def graphql_websocket(request: web.Request) -> web.StreamResponse:
     """GraphQL subscriptions over graphql-transport-ws (graphql_socket.serve_socket)."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
-        raise Problem(400, "Bad Request", "GET /graphql is a WebSocket (graphql-transport-ws); "
-                                          "send queries with POST /graphql")
+        raise Problem(
+            400,
+            "Bad Request",
+            "GET /graphql is a WebSocket (graphql-transport-ws); send queries with POST /graphql",
+        )
     client = auth.client_key(request.remote)
     if wait_s := request.app[AUTH_LIMITER].retry_after(client):
         observe.AUTH_FAILURES.labels("limited").inc()
@@ -510,15 +583,17 @@ async def graphql_websocket(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/graphql/schema.graphql")
 async def graphql_schema(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(graphql_resolvers.SCHEMA_PATH,
-                            headers={"Content-Type": "text/plain; charset=utf-8"})
+    return web.FileResponse(
+        graphql_resolvers.SCHEMA_PATH, headers={"Content-Type": "text/plain; charset=utf-8"}
+    )
 
 
 # The client address a GraphQL socket's upgrade came from: set in its handler's task, where
 # its connection_init is authenticated too.
 SOCKET_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("socket_client", default="?")
 SOCKET_ACTOR: contextvars.ContextVar[audit.Actor | None] = contextvars.ContextVar(
-    "socket_actor", default=None)
+    "socket_actor", default=None
+)
 
 
 def graphql_authenticator(app: web.Application):
@@ -526,6 +601,7 @@ def graphql_authenticator(app: web.Application):
     resolves a request's; a failure counts against the socket's client address as a
     request's does (its next upgrade is refused once the client is out of tries), and is an
     `audit.access.denied` as a request's 401 is."""
+
     async def authenticate(token: str | None) -> auth.Principal | None:
         if app[SETTINGS].auth == "none":
             return auth.LOCAL
@@ -533,8 +609,9 @@ def graphql_authenticator(app: web.Application):
             who = await auth.authenticate(conn, token)
         if who is None:
             app[AUTH_LIMITER].failed(SOCKET_CLIENT.get())
-            app[DENIED_TRAIL].denied(SOCKET_ACTOR.get() or audit.Actor(""), 401, method="GET",
-                                     path="/graphql")
+            app[DENIED_TRAIL].denied(
+                SOCKET_ACTOR.get() or audit.Actor(""), 401, method="GET", path="/graphql"
+            )
             observe.AUTH_FAILURES.labels("refused").inc()
         return who
 
@@ -564,15 +641,15 @@ def job_not_found(job_id: Any) -> Problem:
     return Problem(404, "Not Found", f"no job with id {job_id!s}")
 
 
-async def fetch_job_or_none(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
-                            owner: str | None) -> jobs.Job | None:
+async def fetch_job_or_none(
+    pool: AsyncConnectionPool, job_id: uuid.UUID, *, owner: str | None
+) -> jobs.Job | None:
     """The job, if `owner` may see it (None: whoever owns it, for admins).
     Another owner's job is as unknown as a job that never was: the same 404."""
     return await jobs.read_job(pool, job_id, owner=owner)
 
 
-async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *,
-                    owner: str | None) -> jobs.Job:
+async def fetch_job(pool: AsyncConnectionPool, job_id: uuid.UUID, *, owner: str | None) -> jobs.Job:
     job = await fetch_job_or_none(pool, job_id, owner=owner)
     if job is None:
         raise job_not_found(job_id)

@@ -38,8 +38,31 @@ MAX_TEXT_CHARS = 200
 AUTO_BUCKETS = 120  # a histogram without an `interval` has at most this many buckets
 MAX_BUCKETS = 1000  # and with one, at most this many
 # The intervals a histogram picks from (seconds): round ones, so bars line up with clocks.
-INTERVALS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-               43200, 86400, 172800, 604800, 2592000, 7776000, 31536000)
+INTERVALS_S = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    172800,
+    604800,
+    2592000,
+    7776000,
+    31536000,
+)
 MAX_INTERVAL_S = 31536000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -68,8 +91,10 @@ class Unavailable(Exception):
 
 
 # Before the relay's first start nothing has made event_log: no event has reached ClickHouse.
-NO_EVENT_LOG_YET = ("no event has reached ClickHouse yet: its event_log table is made by the "
-                    "relay when it starts; retry later")
+NO_EVENT_LOG_YET = (
+    "no event has reached ClickHouse yet: its event_log table is made by the "
+    "relay when it starts; retry later"
+)
 
 
 # --------------------------------------------------------------------------- filters
@@ -88,18 +113,26 @@ class EventFilters:
     text: str = ""  # `q`: a case-insensitive substring of the message
 
     def parameters(self) -> dict[str, Any]:
-        return {"levels": list(self.levels), "services": list(self.services),
-                "event_types": list(self.event_types), "environments": list(self.environments),
-                "since": clickhouse_time(self.since), "until": clickhouse_time(self.until),
-                "text": self.text}
+        return {
+            "levels": list(self.levels),
+            "services": list(self.services),
+            "event_types": list(self.event_types),
+            "environments": list(self.environments),
+            "since": clickhouse_time(self.since),
+            "until": clickhouse_time(self.until),
+            "text": self.text,
+        }
 
     def query_items(self) -> list[tuple[str, str]]:
         """The filters as query parameters again, for a `next` link."""
         items = [("level", v) for v in self.levels] + [("service", v) for v in self.services]
         items += [("event_type", v) for v in self.event_types]
         items += [("environment", v) for v in self.environments]
-        items += [(name, rfc3339(value)) for name, value in (("from", self.since),
-                                                             ("to", self.until)) if value]
+        items += [
+            (name, rfc3339(value))
+            for name, value in (("from", self.since), ("to", self.until))
+            if value
+        ]
         return items + ([("q", self.text)] if self.text else [])
 
 
@@ -107,15 +140,26 @@ def filters_from_query(query) -> EventFilters:
     """The filters of a request's query (a MultiDict: level, service, event_type and
     environment may repeat); InvalidFilter says what is wrong."""
     return checked_filters(
-        levels=query.getall("level", ()), services=query.getall("service", ()),
+        levels=query.getall("level", ()),
+        services=query.getall("service", ()),
         event_types=query.getall("event_type", ()),
         environments=query.getall("environment", ()),
-        since=query.get("from"), until=query.get("to"), text=query.get("q", ""))
+        since=query.get("from"),
+        until=query.get("to"),
+        text=query.get("q", ""),
+    )
 
 
-def checked_filters(*, levels=(), services=(), event_types=(), environments=(),
-                    since: str | None = None, until: str | None = None,
-                    text: str = "") -> EventFilters:
+def checked_filters(
+    *,
+    levels=(),
+    services=(),
+    event_types=(),
+    environments=(),
+    since: str | None = None,
+    until: str | None = None,
+    text: str = "",
+) -> EventFilters:
     """Filters from their values as a client sends them (text), each checked."""
     levels = tuple(dict.fromkeys(v.lower() for v in checked_values("level", levels, 16)))
     if unknown := [v for v in levels if v not in LEVELS]:
@@ -125,9 +169,15 @@ def checked_filters(*, levels=(), services=(), event_types=(), environments=(),
         raise InvalidFilter("from must be earlier than to")
     if len(text) > MAX_TEXT_CHARS or not text.isprintable():
         raise InvalidFilter(f"q must be at most {MAX_TEXT_CHARS} printable characters")
-    return EventFilters(levels, checked_values("service", services, 128),
-                        checked_values("event_type", event_types, 128),
-                        checked_values("environment", environments, 64), since_time, until_time, text)
+    return EventFilters(
+        levels,
+        checked_values("service", services, 128),
+        checked_values("event_type", event_types, 128),
+        checked_values("environment", environments, 64),
+        since_time,
+        until_time,
+        text,
+    )
 
 
 def checked_values(name: str, values, max_chars: int) -> tuple[str, ...]:
@@ -148,8 +198,10 @@ def time_param(name: str, raw: str | None, *, ms: bool = False) -> dt.datetime |
     except ValueError:
         value = None
     if value is None or value.tzinfo is None or not EPOCH <= value < MAX_TIME:
-        raise InvalidFilter(f"{name} must be an RFC 3339 date-time with an offset between "
-                            "1970 and 2106, e.g. 2026-11-30T10:00:00Z")
+        raise InvalidFilter(
+            f"{name} must be an RFC 3339 date-time with an offset between "
+            "1970 and 2106, e.g. 2026-11-30T10:00:00Z"
+        )
     value = value.astimezone(dt.timezone.utc)
     return value.replace(microsecond=value.microsecond // 1000 * 1000 if ms else 0)
 
@@ -168,43 +220,87 @@ def rfc3339(value: dt.datetime) -> str:
 # --------------------------------------------------------------------------- the reads
 
 
-def job_events(ch, job_id: uuid.UUID, filters: EventFilters, *, after_line: int = 0,
-               limit: int = 100, settings: Mapping[str, Any] | None = None) -> list[dict]:
+def job_events(
+    ch,
+    job_id: uuid.UUID,
+    filters: EventFilters,
+    *,
+    after_line: int = 0,
+    limit: int = 100,
+    settings: Mapping[str, Any] | None = None,
+) -> list[dict]:
     """Up to `limit` of the job's line events after line `after_line`, in line order."""
-    result = ch.query(QUERIES["job_events"], parameters={
-        "job_id": str(job_id), "after_line": after_line, "limit": limit, **filters.parameters()},
-        settings=dict(settings or {}))
-    return [event_json(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
+    result = ch.query(
+        QUERIES["job_events"],
+        parameters={
+            "job_id": str(job_id),
+            "after_line": after_line,
+            "limit": limit,
+            **filters.parameters(),
+        },
+        settings=dict(settings or {}),
+    )
+    return [
+        event_json(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows
+    ]
 
 
 def event_json(row: dict) -> dict[str, Any]:
     context = json.loads(row["event_json"]).get("context", {})
-    return {"event_id": row["event_id"], "event_type": row["event_type"],
-            "timestamp": rfc3339(utc(row["event_date_time"])), "environment": row["environment"],
-            "level": row["level"], "service": row["service"], "message": row["message"],
-            "context": context, "line_no": row["line_no"]}
+    return {
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "timestamp": rfc3339(utc(row["event_date_time"])),
+        "environment": row["environment"],
+        "level": row["level"],
+        "service": row["service"],
+        "message": row["message"],
+        "context": context,
+        "line_no": row["line_no"],
+    }
 
 
-def job_histogram(ch, job_id: uuid.UUID, filters: EventFilters, *, interval_s: int | None = None,
-                  settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def job_histogram(
+    ch,
+    job_id: uuid.UUID,
+    filters: EventFilters,
+    *,
+    interval_s: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The events the filters select, counted by level in buckets of `interval_s` seconds
     (chosen for at most AUTO_BUCKETS when not given) over the filters' time range, or the
     time the events span where the filters leave it open; empty buckets included, so a chart
     draws them as gaps."""
     parameters = {"job_id": str(job_id), **filters.parameters()}
     settings = dict(settings or {})
-    first, last, events = ch.query(QUERIES["job_event_range"], parameters=parameters,
-                                   settings=settings).result_rows[0]
+    first, last, events = ch.query(
+        QUERIES["job_event_range"], parameters=parameters, settings=settings
+    ).result_rows[0]
     if not events:
         return no_histogram(interval_s)
-    return histogram(ch, QUERIES["job_histogram"], parameters, filters.since or utc(first),
-                     filters.until - dt.timedelta(seconds=1) if filters.until else utc(last),
-                     interval_s=interval_s, settings=settings)
+    return histogram(
+        ch,
+        QUERIES["job_histogram"],
+        parameters,
+        filters.since or utc(first),
+        filters.until - dt.timedelta(seconds=1) if filters.until else utc(last),
+        interval_s=interval_s,
+        settings=settings,
+    )
 
 
-def histogram(ch, query: str, parameters: dict[str, Any], first: dt.datetime,
-              last: dt.datetime, *, interval_s: int | None, settings: dict[str, Any],
-              interval_name: str = "interval") -> dict[str, Any]:
+def histogram(
+    ch,
+    query: str,
+    parameters: dict[str, Any],
+    first: dt.datetime,
+    last: dt.datetime,
+    *,
+    interval_s: int | None,
+    settings: dict[str, Any],
+    interval_name: str = "interval",
+) -> dict[str, Any]:
     """The buckets `query` counts (start, level, events) with `parameters`, from `first` to
     `last` (the selected events' time range, the filters' from/to where given); `events` is
     what the buckets add up to."""
@@ -212,15 +308,21 @@ def histogram(ch, query: str, parameters: dict[str, Any], first: dt.datetime,
     if interval_s is None:
         interval_s = pick_interval(span_s)
     elif span_s / interval_s > MAX_BUCKETS:
-        raise InvalidFilter(f"{interval_name} {interval_s} s gives more than {MAX_BUCKETS} "
-                            f"buckets over these events' {int(span_s)} s; choose a longer one")
-    rows = ch.query(query, parameters={**parameters, "interval_s": interval_s},
-                    settings=settings).result_rows
+        raise InvalidFilter(
+            f"{interval_name} {interval_s} s gives more than {MAX_BUCKETS} "
+            f"buckets over these events' {int(span_s)} s; choose a longer one"
+        )
+    rows = ch.query(
+        query, parameters={**parameters, "interval_s": interval_s}, settings=settings
+    ).result_rows
     events = sum(row[2] for row in rows)
     if not events:
         return no_histogram(interval_s)
-    return {"interval_s": interval_s, "events": events,
-            "buckets": buckets(rows, first, last, interval_s)}
+    return {
+        "interval_s": interval_s,
+        "events": events,
+        "buckets": buckets(rows, first, last, interval_s),
+    }
 
 
 def no_histogram(interval_s: int | None) -> dict[str, Any]:
@@ -269,28 +371,34 @@ class Explorer:
     def __init__(self, url: str, *, timeout_s: float, slots):
         self.url, self.timeout_s = url, timeout_s
         self.slots = slots
-        self.pool = concurrent.futures.ThreadPoolExecutor(slots.total,
-                                                          thread_name_prefix="explore")
+        self.pool = concurrent.futures.ThreadPoolExecutor(slots.total, thread_name_prefix="explore")
         self._client: Any = None  # a clickhouse_connect client, opened on first use
         self._client_lock = threading.Lock()
 
     @property
     def settings(self) -> dict[str, Any]:
         """Every query's limits: read-only, its time, and the rows it may return."""
-        return {"readonly": 2, "max_execution_time": self.timeout_s,
-                "max_result_rows": 100_000, "result_overflow_mode": "throw",
-                "output_format_json_quote_64bit_integers": 0}
+        return {
+            "readonly": 2,
+            "max_execution_time": self.timeout_s,
+            "max_result_rows": 100_000,
+            "result_overflow_mode": "throw",
+            "output_format_json_quote_64bit_integers": 0,
+        }
 
-    async def events(self, owner: str, job_id: uuid.UUID, filters: EventFilters,
-                     **paging) -> list[dict]:
+    async def events(
+        self, owner: str, job_id: uuid.UUID, filters: EventFilters, **paging
+    ) -> list[dict]:
         return await self.run(owner, job_events, job_id, filters, **paging)
 
-    async def histogram(self, owner: str, job_id: uuid.UUID, filters: EventFilters,
-                        interval_s: int | None) -> dict:
+    async def histogram(
+        self, owner: str, job_id: uuid.UUID, filters: EventFilters, interval_s: int | None
+    ) -> dict:
         return await self.run(owner, job_histogram, job_id, filters, interval_s=interval_s)
 
-    async def stream(self, owner: str, chunks: Callable[..., Iterator[bytes]], *args,
-                     **kwargs) -> AsyncGenerator[bytes, None]:
+    async def stream(
+        self, owner: str, chunks: Callable[..., Iterator[bytes]], *args, **kwargs
+    ) -> AsyncGenerator[bytes, None]:
         """`chunks(client, *args, settings=…, **kwargs)` run as one read (one of `owner`'s
         slots, for as long as it streams: search.export_chunks), handed over through a small
         queue, so a slow client slows ClickHouse's sending rather than filling memory. A
@@ -358,19 +466,27 @@ class Explorer:
         except (InvalidFilter, Unavailable):
             raise
         except Exception as exc:
-            public = (NO_EVENT_LOG_YET if clickhouse_errors.is_missing_table(exc)
-                      else Unavailable.PUBLIC_REASON)
+            public = (
+                NO_EVENT_LOG_YET
+                if clickhouse_errors.is_missing_table(exc)
+                else Unavailable.PUBLIC_REASON
+            )
             raise Unavailable(f"ClickHouse did not answer: {str(exc)[:300]}", public) from exc
 
     def client(self):
         with self._client_lock:
             if self._client is None:
                 if urlsplit(self.url).scheme not in ("http", "https"):
-                    raise Unavailable("reading events needs a ClickHouse server: set "
-                                      "CLICKHOUSE_READ_URL (or CLICKHOUSE_URL) to http(s)://…")
+                    raise Unavailable(
+                        "reading events needs a ClickHouse server: set "
+                        "CLICKHOUSE_READ_URL (or CLICKHOUSE_URL) to http(s)://…"
+                    )
                 self._client = clickhouse_connect.get_client(
-                    dsn=self.url, autogenerate_session_id=False, connect_timeout=3,
-                    send_receive_timeout=self.timeout_s + 5)
+                    dsn=self.url,
+                    autogenerate_session_id=False,
+                    connect_timeout=3,
+                    send_receive_timeout=self.timeout_s + 5,
+                )
             return self._client
 
     def close(self) -> None:

@@ -35,38 +35,62 @@ async def register_format(request: web.Request) -> web.Response:
     try:
         await offload.run(formats.custom_format, definition)
     except formats.InvalidFormat as exc:
-        raise Problem(422, "Unprocessable Content",
-                      f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],
-                      errors=exc.reasons[:50]) from None
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"not a usable log format ({len(exc.reasons)} problems): {exc}"[:2000],
+            errors=exc.reasons[:50],
+        ) from None
     owner, name = principal(request).owner, definition["name"]
     async with request.app[POOL].connection() as conn, conn.transaction():
         await conn.execute(core.QUERIES["lock_owner_formats"], {"owner": owner})
-        count = (await (await conn.execute(core.QUERIES["count_log_formats"],
-                                           {"owner": owner})).fetchone())["n"]
+        count = (
+            await (
+                await conn.execute(core.QUERIES["count_log_formats"], {"owner": owner})
+            ).fetchone()
+        )["n"]
         if count >= MAX_FORMATS_PER_OWNER:
-            raise Problem(409, "Conflict", f"you have {count} log formats, as many as one owner "
-                                           "may; delete one to register another")
-        row = await (await conn.execute(core.QUERIES["insert_log_format"], {
-            "owner": owner, "name": name, "definition": Jsonb(definition)})).fetchone()
+            raise Problem(
+                409,
+                "Conflict",
+                f"you have {count} log formats, as many as one owner "
+                "may; delete one to register another",
+            )
+        row = await (
+            await conn.execute(
+                core.QUERIES["insert_log_format"],
+                {"owner": owner, "name": name, "definition": Jsonb(definition)},
+            )
+        ).fetchone()
         if row is not None:
-            await audit.arecord(conn, request.app[SETTINGS], "audit.format.registered",
-                                actor(request), object_=name)
+            await audit.arecord(
+                conn, request.app[SETTINGS], "audit.format.registered", actor(request), object_=name
+            )
     if row is None:
-        raise Problem(409, "Conflict", f"you have a log format named {name!r} already; delete "
-                                       "it to register it again (uploaded jobs keep theirs)")
+        raise Problem(
+            409,
+            "Conflict",
+            f"you have a log format named {name!r} already; delete "
+            "it to register it again (uploaded jobs keep theirs)",
+        )
     log.info("format.registered", format=name)
-    return web.json_response(format_json(row), status=201,
-                             headers={"Location": f"/api/v1/formats/{name}"})
+    return web.json_response(
+        format_json(row), status=201, headers={"Location": f"/api/v1/formats/{name}"}
+    )
 
 
 @routes.get("/api/v1/formats")
 async def list_formats(request: web.Request) -> web.Response:
     """The built-in formats' names and the token owner's own formats."""
     async with request.app[POOL].connection() as conn:
-        rows = await (await conn.execute(core.QUERIES["list_log_formats"], {
-            "owner": principal(request).owner})).fetchall()
-    return web.json_response({"builtin": list(formats.NAMES),
-                              "formats": [format_json(row) for row in rows]})
+        rows = await (
+            await conn.execute(
+                core.QUERIES["list_log_formats"], {"owner": principal(request).owner}
+            )
+        ).fetchall()
+    return web.json_response(
+        {"builtin": list(formats.NAMES), "formats": [format_json(row) for row in rows]}
+    )
 
 
 @routes.get("/api/v1/formats/{name}")
@@ -83,11 +107,15 @@ async def delete_format(request: web.Request) -> web.Response:
     """Delete one of the owner's formats (204). Jobs uploaded with it keep their copy."""
     name = request.match_info["name"]
     async with request.app[POOL].connection() as conn, conn.transaction():
-        row = await (await conn.execute(core.QUERIES["delete_log_format"], {
-            "owner": principal(request).owner, "name": name})).fetchone()
+        row = await (
+            await conn.execute(
+                core.QUERIES["delete_log_format"], {"owner": principal(request).owner, "name": name}
+            )
+        ).fetchone()
         if row is not None:
-            await audit.arecord(conn, request.app[SETTINGS], "audit.format.deleted",
-                                actor(request), object_=name)
+            await audit.arecord(
+                conn, request.app[SETTINGS], "audit.format.deleted", actor(request), object_=name
+            )
     if row is None:
         raise format_not_found(name)
     log.info("format.deleted", format=name)
@@ -96,8 +124,9 @@ async def delete_format(request: web.Request) -> web.Response:
 
 async def find_format(conn, owner: str, name: str) -> dict | None:
     """One of `owner`'s formats; another owner's is as unknown as one that never was."""
-    return await (await conn.execute(core.QUERIES["get_log_format"],
-                                     {"owner": owner, "name": name})).fetchone()
+    return await (
+        await conn.execute(core.QUERIES["get_log_format"], {"owner": owner, "name": name})
+    ).fetchone()
 
 
 def format_not_found(name: str) -> Problem:
@@ -106,7 +135,8 @@ def format_not_found(name: str) -> Problem:
 
 
 def format_json(row: dict) -> dict[str, Any]:
-    return {"name": row["name"], "created_at": row["created_at"].isoformat(),
-            "definition": row["definition"]}
-
-
+    return {
+        "name": row["name"],
+        "created_at": row["created_at"].isoformat(),
+        "definition": row["definition"],
+    }

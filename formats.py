@@ -44,20 +44,34 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 # Level names of the common libraries (any letter case) onto the canonical five.
 LEVEL_NAMES = {
-    "trace": "debug", "debug": "debug",
-    "info": "info", "information": "info", "informational": "info", "notice": "info",
-    "warn": "warning", "warning": "warning",
-    "error": "error", "err": "error",
-    "critical": "critical", "crit": "critical", "fatal": "critical", "panic": "critical",
-    "dpanic": "critical", "alert": "critical", "emergency": "critical", "emerg": "critical",
+    "trace": "debug",
+    "debug": "debug",
+    "info": "info",
+    "information": "info",
+    "informational": "info",
+    "notice": "info",
+    "warn": "warning",
+    "warning": "warning",
+    "error": "error",
+    "err": "error",
+    "critical": "critical",
+    "crit": "critical",
+    "fatal": "critical",
+    "panic": "critical",
+    "dpanic": "critical",
+    "alert": "critical",
+    "emergency": "critical",
+    "emerg": "critical",
 }
 # pino and bunyan: trace 10, debug 20, info 30, warn 40, error 50, fatal 60.
 PINO_LEVELS = {10: "debug", 20: "debug", 30: "info", 40: "warning", 50: "error", 60: "critical"}
 # OpenTelemetry severityNumber: TRACE 1-4, DEBUG 5-8, INFO 9-12, WARN 13-16, ERROR 17-20,
 # FATAL 21-24.
 OTEL_SEVERITIES = {
-    **dict.fromkeys(range(1, 9), "debug"), **dict.fromkeys(range(9, 13), "info"),
-    **dict.fromkeys(range(13, 17), "warning"), **dict.fromkeys(range(17, 21), "error"),
+    **dict.fromkeys(range(1, 9), "debug"),
+    **dict.fromkeys(range(9, 13), "info"),
+    **dict.fromkeys(range(13, 17), "warning"),
+    **dict.fromkeys(range(17, 21), "error"),
     **dict.fromkeys(range(21, 25), "critical"),
 }
 NO_NUMBERS: Mapping[int, str] = {}
@@ -103,33 +117,77 @@ class Format:
     defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-FORMATS = {f.name: f for f in (
-    Format("pino", time=(("time", "ms"),), level=("level",), message=("msg",),
-           service=("name",), service_fallback=("hostname",), level_numbers=PINO_LEVELS),
-    Format("bunyan", time=(("time", "ms"),), level=("level",), message=("msg",),
-           service=("name",), service_fallback=("hostname",), level_numbers=PINO_LEVELS),
-    Format("zap", time=(("ts", "s"),), level=("level",), message=("msg",),
-           service_fallback=("logger",)),
-    Format("logrus", time=(("time", "iso"),), level=("level",), message=("msg",)),
-    # structlog's TimeStamper writes ISO text, or epoch seconds with fmt=None
-    Format("structlog", time=(("timestamp", "s"),), level=("level",), message=("event",),
-           service_fallback=("logger",)),
-    Format("ecs", time=(("@timestamp", "iso"),), level=("log.level",), message=("message",),
-           service=("service.name",), service_fallback=("log.logger",),
-           event_type=("event.action", "event.dataset"), environment=("service.environment",)),
-    Format("python-json-logger",
-           time=(("timestamp", "iso"), ("created", "s"), ("asctime", "asctime")),
-           level=("levelname", "level"), message=("message",), service_fallback=("name",)),
-    Format("otel", time=(("timeUnixNano", "ns"), ("observedTimeUnixNano", "ns")),
-           level=("severityNumber", "severityText"), message=("body",),
-           service=("resource.attributes.service.name", "resource.service.name"),
-           event_type=("eventName", "attributes.event.name"),
-           environment=("resource.attributes.deployment.environment.name",
-                        "resource.attributes.deployment.environment",
-                        "resource.deployment.environment.name",
-                        "resource.deployment.environment"),
-           level_numbers=OTEL_SEVERITIES),
-)}
+FORMATS = {
+    f.name: f
+    for f in (
+        Format(
+            "pino",
+            time=(("time", "ms"),),
+            level=("level",),
+            message=("msg",),
+            service=("name",),
+            service_fallback=("hostname",),
+            level_numbers=PINO_LEVELS,
+        ),
+        Format(
+            "bunyan",
+            time=(("time", "ms"),),
+            level=("level",),
+            message=("msg",),
+            service=("name",),
+            service_fallback=("hostname",),
+            level_numbers=PINO_LEVELS,
+        ),
+        Format(
+            "zap",
+            time=(("ts", "s"),),
+            level=("level",),
+            message=("msg",),
+            service_fallback=("logger",),
+        ),
+        Format("logrus", time=(("time", "iso"),), level=("level",), message=("msg",)),
+        # structlog's TimeStamper writes ISO text, or epoch seconds with fmt=None
+        Format(
+            "structlog",
+            time=(("timestamp", "s"),),
+            level=("level",),
+            message=("event",),
+            service_fallback=("logger",),
+        ),
+        Format(
+            "ecs",
+            time=(("@timestamp", "iso"),),
+            level=("log.level",),
+            message=("message",),
+            service=("service.name",),
+            service_fallback=("log.logger",),
+            event_type=("event.action", "event.dataset"),
+            environment=("service.environment",),
+        ),
+        Format(
+            "python-json-logger",
+            time=(("timestamp", "iso"), ("created", "s"), ("asctime", "asctime")),
+            level=("levelname", "level"),
+            message=("message",),
+            service_fallback=("name",),
+        ),
+        Format(
+            "otel",
+            time=(("timeUnixNano", "ns"), ("observedTimeUnixNano", "ns")),
+            level=("severityNumber", "severityText"),
+            message=("body",),
+            service=("resource.attributes.service.name", "resource.service.name"),
+            event_type=("eventName", "attributes.event.name"),
+            environment=(
+                "resource.attributes.deployment.environment.name",
+                "resource.attributes.deployment.environment",
+                "resource.deployment.environment.name",
+                "resource.deployment.environment",
+            ),
+            level_numbers=OTEL_SEVERITIES,
+        ),
+    )
+}
 NAMES = (AUTO, CANONICAL, *FORMATS, GENERIC)
 
 # What a mapping returns for a line: the format's name, the canonical entry, and for each
@@ -153,8 +211,10 @@ def custom_format(definition: Any) -> Format:
     reasons = definition_bounds(definition)
     if reasons:
         raise InvalidFormat(reasons)
-    reasons = [definition_error(error) for error in
-               sorted(format_validator().iter_errors(definition), key=lambda e: list(e.path))]
+    reasons = [
+        definition_error(error)
+        for error in sorted(format_validator().iter_errors(definition), key=lambda e: list(e.path))
+    ]
     if not reasons and definition["name"] in NAMES:
         reasons.append(f"$.name: {definition['name']!r} is a built-in format's name")
     if reasons:
@@ -166,14 +226,16 @@ def custom_format(definition: Any) -> Format:
         time=tuple((path, unit) for path in fields["timestamp"]),
         level=tuple(fields["level"]),
         # a rendered message first, else its template (Serilog's compact JSON: @m, else @mt)
-        message=tuple(dict.fromkeys((*fields.get("message", ()),
-                                     *fields.get("message_template", ())))),
+        message=tuple(
+            dict.fromkeys((*fields.get("message", ()), *fields.get("message_template", ())))
+        ),
         service=tuple(fields.get("service", ())),
         service_fallback=tuple(fields.get("service_fallback", ())),
         event_type=tuple(fields.get("event_type", ())),
         environment=tuple(fields.get("environment", ())),
-        level_numbers={int(value): level for value, level in levels.items()
-                       if INTEGER.fullmatch(value)},
+        level_numbers={
+            int(value): level for value, level in levels.items() if INTEGER.fullmatch(value)
+        },
         level_names=levels,
         defaults=definition.get("defaults", {}),
     )
@@ -187,17 +249,23 @@ def definition_bounds(definition: Any) -> list[str]:
     while pending:
         value, where, depth = pending.pop()
         if isinstance(value, (list, dict)) and depth > MAX_DEFINITION_DEPTH:
-            return [f"{where}: nested {depth} deep, deeper than a definition goes "
-                    f"({MAX_DEFINITION_DEPTH}); not checked further"]
+            return [
+                f"{where}: nested {depth} deep, deeper than a definition goes "
+                f"({MAX_DEFINITION_DEPTH}); not checked further"
+            ]
         if isinstance(value, list):
             if len(value) > MAX_DEFINITION_ITEMS:
-                return [f"{where}: {len(value)} items, more than {MAX_DEFINITION_ITEMS}; not "
-                        "checked further"]
+                return [
+                    f"{where}: {len(value)} items, more than {MAX_DEFINITION_ITEMS}; not "
+                    "checked further"
+                ]
             pending += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
         elif isinstance(value, dict):
             if len(value) > MAX_DEFINITION_MEMBERS:
-                return [f"{where}: {len(value)} members, more than {MAX_DEFINITION_MEMBERS}; "
-                        "not checked further"]
+                return [
+                    f"{where}: {len(value)} members, more than {MAX_DEFINITION_MEMBERS}; "
+                    "not checked further"
+                ]
             pending += [(item, f"{where}.{key}"[:300], depth + 1) for key, item in value.items()]
     return []
 
@@ -258,8 +326,11 @@ class CanonicalMapper:
     in, so reasons stay the schema's own, exactly as without a mapping."""
 
     def __init__(self, default_service: str | None, default_environment: str | None):
-        self.defaults = {k: v for k, v in (("service", default_service),
-                                           ("environment", default_environment)) if v}
+        self.defaults = {
+            k: v
+            for k, v in (("service", default_service), ("environment", default_environment))
+            if v
+        }
 
     def __call__(self, obj) -> Mapped:
         if self.defaults and type(obj) is dict:
@@ -271,8 +342,7 @@ class CanonicalMapper:
 class FormatMapper:
     """A `Format` made ready to run: its paths split once, its defaults chosen once."""
 
-    def __init__(self, fmt: Format, default_service: str | None,
-                 default_environment: str | None):
+    def __init__(self, fmt: Format, default_service: str | None, default_environment: str | None):
         self.name = fmt.name
         # (path, unit, where): `where` names the field in a reason (`pino: time`)
         self.time = [(Path(p), unit, f"{fmt.name}: {p}") for p, unit in fmt.time]
@@ -286,8 +356,9 @@ class FormatMapper:
         self.event_type = [Path(p) for p in fmt.event_type]
         self.environment = [Path(p) for p in fmt.environment]
         self.default_service = default_service
-        self.default_environment = (default_environment or fmt.defaults.get("environment")
-                                    or DEFAULT_ENVIRONMENT)
+        self.default_environment = (
+            default_environment or fmt.defaults.get("environment") or DEFAULT_ENVIRONMENT
+        )
         self.default_event_type = fmt.defaults.get("event_type", f"{fmt.name}.log")
         self.default_message = fmt.defaults.get("message", "")
         self.last_service = fmt.defaults.get("service", UNKNOWN_SERVICE)
@@ -308,13 +379,20 @@ class FormatMapper:
         if service is None:
             service = take(obj, self.service_fallback, sources, "service", self.last_service)
         event_type = take(obj, self.event_type, sources, "event_type", self.default_event_type)
-        environment = take(obj, self.environment, sources, "environment",
-                           self.default_environment)
-        return self.name, {
-            "timestamp": timestamp, "level": level, "service": service,
-            "event_type": event_type, "message": message, "environment": environment,
-            "context": obj,
-        }, sources
+        environment = take(obj, self.environment, sources, "environment", self.default_environment)
+        return (
+            self.name,
+            {
+                "timestamp": timestamp,
+                "level": level,
+                "service": service,
+                "event_type": event_type,
+                "message": message,
+                "environment": environment,
+                "context": obj,
+            },
+            sources,
+        )
 
     def read_time(self, obj: dict, sources: dict[str, str]) -> Any:
         for path, unit, where in self.time:
@@ -322,8 +400,9 @@ class FormatMapper:
             if value is not MISSING:
                 sources["timestamp"] = path.text
                 return time_text(value, unit, where, self.epoch_text)
-        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _, _ in self.time)} "
-                         "(the timestamp)")
+        raise ValueError(
+            f"{self.name}: no {' or '.join(p.text for p, _, _ in self.time)} (the timestamp)"
+        )
 
     def read_level(self, obj: dict, sources: dict[str, str]) -> str:
         for path, where in self.level:
@@ -333,8 +412,9 @@ class FormatMapper:
                 return level_name(value, self.level_numbers, where, self.level_names)
         if self.default_level is not None:
             return self.default_level
-        raise ValueError(f"{self.name}: no {' or '.join(p.text for p, _ in self.level)} "
-                         "(the level)")
+        raise ValueError(
+            f"{self.name}: no {' or '.join(p.text for p, _ in self.level)} (the level)"
+        )
 
 
 def take(obj: dict, paths: list[Path], sources: dict[str, str], field: str, default):
@@ -404,12 +484,13 @@ def attribute(items: list, key: str):
 def any_value(value: dict):
     """An OTLP AnyValue ({"stringValue": "x"}, a dict of one key) as the plain value it holds;
     any other dict as it is."""
-    (key, inner), = value.items()
+    ((key, inner),) = value.items()
     return inner if key in ANY_VALUE_KEYS else value
 
 
-def level_name(value, numbers: Mapping[int, str], where: str,
-               names: Mapping[str, str] | None = None) -> str:
+def level_name(
+    value, numbers: Mapping[int, str], where: str, names: Mapping[str, str] | None = None
+) -> str:
     """The canonical level of a level value: a name (any case; the format's own first) or a
     number of the format."""
     if type(value) is str:
@@ -454,8 +535,9 @@ def time_text(value, unit: str, where: str, epoch_text: EpochText) -> Any:
         else:
             moment = EPOCH + dt.timedelta(seconds=value)
     except (OverflowError, ValueError):  # beyond datetime's years, or NaN
-        raise ValueError(f"{where}: {value!r} {TIME_UNITS[unit]} is not a time datetime can "
-                         "hold") from None
+        raise ValueError(
+            f"{where}: {value!r} {TIME_UNITS[unit]} is not a time datetime can hold"
+        ) from None
     return moment.isoformat()
 
 
@@ -475,7 +557,7 @@ class EpochText:
     def __call__(self, microseconds: int) -> str:
         second, fraction = divmod(microseconds, 1_000_000)
         if second != self.second:
-            self.prefix = (EPOCH + dt.timedelta(seconds=second)).isoformat()[:-len("+00:00")]
+            self.prefix = (EPOCH + dt.timedelta(seconds=second)).isoformat()[: -len("+00:00")]
             self.second = second
         if fraction:
             return f"{self.prefix}.{fraction:06d}+00:00"

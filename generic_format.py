@@ -39,36 +39,109 @@ GENERIC = "generic"
 # only when neither the line nor the upload names one.
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "timestamp": (
-        "timestamp", "@timestamp", "time", "ts", "@t", "date", "datetime", "_timestamp",
-        "eventTime", "published_date", "timeMillis", "instant", "record.time.repr",
-        "timeUnixNano", "observedTimeUnixNano", "__REALTIME_TIMESTAMP", "created", "asctime",
+        "timestamp",
+        "@timestamp",
+        "time",
+        "ts",
+        "@t",
+        "date",
+        "datetime",
+        "_timestamp",
+        "eventTime",
+        "published_date",
+        "timeMillis",
+        "instant",
+        "record.time.repr",
+        "timeUnixNano",
+        "observedTimeUnixNano",
+        "__REALTIME_TIMESTAMP",
+        "created",
+        "asctime",
         "receiveTimestamp",
     ),
     "level": (
-        "level", "log.level", "@l", "severity", "lvl", "levelname", "level_name", "loglevel",
-        "log_level", "severityText", "record.level.name", "syslog.severity", "priority",
+        "level",
+        "log.level",
+        "@l",
+        "severity",
+        "lvl",
+        "levelname",
+        "level_name",
+        "loglevel",
+        "log_level",
+        "severityText",
+        "record.level.name",
+        "syslog.severity",
+        "priority",
     ),
     "message": (
-        "message", "msg", "@m", "fields.message", "record.message", "RenderedMessage",
-        "short_message", "textPayload", "jsonPayload.message", "body", "log", "event",
-        "@mt", "MessageTemplate", "message_template", "fields.message_template",
+        "message",
+        "msg",
+        "@m",
+        "fields.message",
+        "record.message",
+        "RenderedMessage",
+        "short_message",
+        "textPayload",
+        "jsonPayload.message",
+        "body",
+        "log",
+        "event",
+        "@mt",
+        "MessageTemplate",
+        "message_template",
+        "fields.message_template",
     ),
     "service": (
-        "service", "service.name", "serviceName", "service_name", "app", "application",
-        "app_name", "app_kubernetes_io_name", "container", "container_name", "component",
-        "workload", "job", "SYSLOG_IDENTIFIER", "appname", "app-name", "programname", "ident",
+        "service",
+        "service.name",
+        "serviceName",
+        "service_name",
+        "app",
+        "application",
+        "app_name",
+        "app_kubernetes_io_name",
+        "container",
+        "container_name",
+        "component",
+        "workload",
+        "job",
+        "SYSLOG_IDENTIFIER",
+        "appname",
+        "app-name",
+        "programname",
+        "ident",
         "resource.labels.service_name",
     ),
     "service_fallback": (
-        "name", "logger", "logger_name", "loggerName", "log.logger", "target", "SourceContext",
-        "Category", "record.name", "hostname", "host",
+        "name",
+        "logger",
+        "logger_name",
+        "loggerName",
+        "log.logger",
+        "target",
+        "SourceContext",
+        "Category",
+        "record.name",
+        "hostname",
+        "host",
     ),
     "event_type": (
-        "event_type", "eventType", "event.action", "event.name", "eventName", "event_name",
-        "@i", "type", "event",
+        "event_type",
+        "eventType",
+        "event.action",
+        "event.name",
+        "eventName",
+        "event_name",
+        "@i",
+        "type",
+        "event",
     ),
     "environment": (
-        "environment", "env", "deployment.environment.name", "deployment.environment",
+        "environment",
+        "env",
+        "deployment.environment.name",
+        "deployment.environment",
         "service.environment",
     ),
 }
@@ -77,24 +150,43 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 # prefix rules below would miss or misread ("fine" is not fatal, "config" not critical).
 LEVEL_WORDS = {
     **formats.LEVEL_NAMES,
-    "verbose": "debug", "silly": "debug", "http": "debug",  # Serilog, winston
-    "fine": "debug", "finer": "debug", "finest": "debug", "config": "debug",  # java.util.logging
+    "verbose": "debug",
+    "silly": "debug",
+    "http": "debug",  # Serilog, winston
+    "fine": "debug",
+    "finer": "debug",
+    "finest": "debug",
+    "config": "debug",  # java.util.logging
     "severe": "error",  # java.util.logging
-    "success": "info", "ok": "info",  # loguru; Datadog's OK status
+    "success": "info",
+    "ok": "info",  # loguru; Datadog's OK status
     "default": "info",  # Google Cloud Logging: no severity assigned
     "e": "error",  # glog and klog's letters (I, W, E, F) otherwise go by the prefix rules
 }
 # Datadog's status remapper, by prefix, in this order; our level set has no emergency, alert
 # or notice: emergency and alert are critical, notice is info (as formats.LEVEL_NAMES has it).
 LEVEL_PREFIXES = (
-    (("emerg", "f"), "critical"), (("a",), "critical"), (("c",), "critical"),
-    (("err",), "error"), (("w",), "warning"), (("n",), "info"), (("i",), "info"),
+    (("emerg", "f"), "critical"),
+    (("a",), "critical"),
+    (("c",), "critical"),
+    (("err",), "error"),
+    (("w",), "warning"),
+    (("n",), "info"),
+    (("i",), "info"),
     (("d", "t", "v"), "debug"),
 )
 # Syslog severities (RFC 5424): 0 emergency, 1 alert, 2 critical, 3 error, 4 warning,
 # 5 notice, 6 informational, 7 debug.
-SYSLOG_SEVERITIES = ("critical", "critical", "critical", "error", "warning", "info", "info",
-                     "debug")
+SYSLOG_SEVERITIES = (
+    "critical",
+    "critical",
+    "critical",
+    "error",
+    "warning",
+    "info",
+    "info",
+    "debug",
+)
 
 # A number below 10^11 is seconds (up to the year 5138), below 10^14 milliseconds, below
 # 10^17 microseconds, else nanoseconds (times before March 1973 in a finer unit read wrong).
@@ -106,8 +198,12 @@ RFC3164 = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d:\d\d:\d\d)")
 RFC2822 = re.compile(r"(?:[A-Z][a-z]{2}, )?\d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d")
 SHORT = reprlib.Repr()  # (its keyword arguments are Python 3.12's)
 SHORT.maxlevel, SHORT.maxdict, SHORT.maxlist, SHORT.maxstring, SHORT.maxlong = 2, 4, 4, 40, 40
-MONTHS = {name: n for n, name in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+MONTHS = {
+    name: n
+    for n, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 
 
 class Name:
@@ -119,8 +215,9 @@ class Name:
         self.segments = tuple(self.key.split("."))
         self.simple = len(self.segments) == 1
         # the top-level keys it could start at: "a.b.c", "a.b", "a"
-        self.heads = tuple(".".join(self.segments[:end])
-                           for end in range(len(self.segments), 0, -1))
+        self.heads = tuple(
+            ".".join(self.segments[:end]) for end in range(len(self.segments), 0, -1)
+        )
 
 
 NAMES = {field: tuple(Name(text) for text in texts) for field, texts in SYNONYMS.items()}
@@ -156,9 +253,10 @@ def look_for(obj: dict) -> tuple[dict[str, str], dict[str, list[Name]]]:
                 ranks[field].append(rank)
             else:
                 ranks[field] = [rank]
-    return index, {field: [NAMES[field][r] for r in (found if len(found) == 1
-                                                     else sorted(set(found)))]
-                   for field, found in ranks.items()}
+    return index, {
+        field: [NAMES[field][r] for r in (found if len(found) == 1 else sorted(set(found)))]
+        for field, found in ranks.items()
+    }
 
 
 class GenericMapper:
@@ -199,20 +297,28 @@ class GenericMapper:
         if service is None and self.default_service:
             service, sources["service"] = self.default_service, "service (given with the upload)"
         if service is None:
-            service = take_first(obj, index, names.get("service_fallback", ()), is_name,
-                                 sources, "service")
-        event_type = take_first(obj, index, names.get("event_type", ()), is_name, sources,
-                                "event_type")
-        environment = take_first(obj, index, names.get("environment", ()), is_name, sources,
-                                 "environment")
-        return GENERIC, {
-            "timestamp": timestamp, "level": level,
-            "service": formats.UNKNOWN_SERVICE if service is None else service,
-            "event_type": f"{GENERIC}.log" if event_type is None else event_type,
-            "message": "" if message is None else message,
-            "environment": self.default_environment if environment is None else environment,
-            "context": obj,
-        }, sources
+            service = take_first(
+                obj, index, names.get("service_fallback", ()), is_name, sources, "service"
+            )
+        event_type = take_first(
+            obj, index, names.get("event_type", ()), is_name, sources, "event_type"
+        )
+        environment = take_first(
+            obj, index, names.get("environment", ()), is_name, sources, "environment"
+        )
+        return (
+            GENERIC,
+            {
+                "timestamp": timestamp,
+                "level": level,
+                "service": formats.UNKNOWN_SERVICE if service is None else service,
+                "event_type": f"{GENERIC}.log" if event_type is None else event_type,
+                "message": "" if message is None else message,
+                "environment": self.default_environment if environment is None else environment,
+                "context": obj,
+            },
+            sources,
+        )
 
     def read_time(self, obj: dict, index: dict, names, sources: dict[str, str]) -> str:
         unreadable = []
@@ -229,8 +335,10 @@ class GenericMapper:
             return time_text(value, f"{GENERIC}: {where}", self.epoch_text)
         tried = ", ".join(SYNONYMS["timestamp"])
         found = f"; not a time: {'; '.join(unreadable)}" if unreadable else ""
-        raise ValueError(f"{GENERIC}: no time: none of {tried} (in any letter case) holds a "
-                         f"date-time or a number since the epoch{found}")
+        raise ValueError(
+            f"{GENERIC}: no time: none of {tried} (in any letter case) holds a "
+            f"date-time or a number since the epoch{found}"
+        )
 
 
 def read_level(obj: dict, index: dict, names, sources: dict[str, str]) -> str:
@@ -315,7 +423,9 @@ def remove(chain: list[tuple[dict, str]]) -> None:
     """Take the value out of the line, and any object it leaves empty."""
     holder, key = chain[-1]
     del holder[key]
-    for (parent, parent_key), (child, _) in zip(reversed(chain[:-1]), reversed(chain[1:]), strict=True):
+    for (parent, parent_key), (child, _) in zip(
+        reversed(chain[:-1]), reversed(chain[1:]), strict=True
+    ):
         if child:
             break
         del parent[parent_key]
@@ -359,16 +469,17 @@ def level_of(value, where: str) -> str:
             word = slog[1]  # "INFO+2": Go's slog, between info and warning
         level = LEVEL_WORDS.get(word)
         if level is None:
-            level = next((to for prefixes, to in LEVEL_PREFIXES if word.startswith(prefixes)),
-                         None)
+            level = next((to for prefixes, to in LEVEL_PREFIXES if word.startswith(prefixes)), None)
         if level is None:
             raise ValueError(f"{where}: unknown level {value!r}")
         return level
     number = int(value)
     if not 0 <= number <= 7:
-        raise ValueError(f"{where}: {value!r} is not a syslog severity (0-7); other numbers "
-                         "mean different levels in different libraries (30 is info to pino, "
-                         "warning to Python): upload with the library's format, or a custom one")
+        raise ValueError(
+            f"{where}: {value!r} is not a syslog severity (0-7); other numbers "
+            "mean different levels in different libraries (30 is info to pino, "
+            "warning to Python): upload with the library's format, or a custom one"
+        )
     return SYSLOG_SEVERITIES[number]
 
 
@@ -391,10 +502,12 @@ def two_part_time(value: dict, where: str, epoch_text: formats.EpochText) -> str
             if type(seconds) is str and seconds.isdigit():  # protobuf JSON writes int64 as text
                 seconds = int(seconds)
             if type(seconds) is int and type(nanos) is int:
-                return formats.time_text(seconds * 1_000_000 + nanos // 1000, "us", where,
-                                         epoch_text)
-    raise ValueError(f"{where}: {short(value)} is not a time: seconds and nanoseconds must be "
-                     "whole numbers")
+                return formats.time_text(
+                    seconds * 1_000_000 + nanos // 1000, "us", where, epoch_text
+                )
+    raise ValueError(
+        f"{where}: {short(value)} is not a time: seconds and nanoseconds must be whole numbers"
+    )
 
 
 def date_text(text: str, now: dt.datetime | None = None) -> str:
@@ -420,7 +533,8 @@ def rfc3164_time(month: str, day: str, clock: str, now: dt.datetime) -> str | No
         return None
     try:
         moment = dt.datetime.fromisoformat(
-            f"{now.year:04d}-{MONTHS[month]:02d}-{int(day):02d}T{clock}+00:00")
+            f"{now.year:04d}-{MONTHS[month]:02d}-{int(day):02d}T{clock}+00:00"
+        )
         if moment > now + dt.timedelta(days=1):
             moment = moment.replace(year=now.year - 1)
     except ValueError:  # 30 Feb, or 29 Feb outside a leap year
@@ -430,8 +544,10 @@ def rfc3164_time(month: str, day: str, clock: str, now: dt.datetime) -> str | No
 
 def recognition_table() -> str:
     """The recognition table of docs/formats.md (Markdown), written from SYNONYMS."""
-    rows = ["| Field | Names tried, in order (any letter case; dotted: nested or a dotted key) |",
-            "|---|---|"]
+    rows = [
+        "| Field | Names tried, in order (any letter case; dotted: nested or a dotted key) |",
+        "|---|---|",
+    ]
     for field, names in SYNONYMS.items():
         rows.append(f"| `{field}` | {', '.join(f'`{n}`' for n in names)} |")
     return "\n".join(rows)

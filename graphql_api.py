@@ -66,11 +66,15 @@ async def run_http(body: Any, services: Services, principal: auth.Principal) -> 
     included, status 200). BadRequest for a body that is not a GraphQL request."""
     query, variables, operation_name = request_parts(body)
     prepared, errors = await prepare_off_loop(query, variables, operation_name)
-    structlog.contextvars.bind_contextvars(graphql_operation=prepared.label if prepared
-                                           else operation_name or "refused")
+    structlog.contextvars.bind_contextvars(
+        graphql_operation=prepared.label if prepared else operation_name or "refused"
+    )
     if prepared and prepared.is_subscription:
-        errors = [GraphQLError("subscriptions are served over the WebSocket /graphql "
-                               "(graphql-transport-ws)")]
+        errors = [
+            GraphQLError(
+                "subscriptions are served over the WebSocket /graphql (graphql-transport-ws)"
+            )
+        ]
     if errors:
         return response(refused(errors))
     context = Context(services, principal, LineErrorLoader(services.pool))
@@ -95,8 +99,9 @@ class Prepared:
         return f"{self.operation.operation.value} {name}".strip()
 
 
-async def prepare_off_loop(query: str, variables: dict | None,
-                           operation_name: str | None) -> tuple[Prepared | None, list[GraphQLError]]:
+async def prepare_off_loop(
+    query: str, variables: dict | None, operation_name: str | None
+) -> tuple[Prepared | None, list[GraphQLError]]:
     """prepare(), on a CPU thread (offload) unless the document is tiny: validation is bounded
     by the limits but not linear (overlapping fields are compared pairwise), and the loop
     must go on answering meanwhile. offload.Busy when the CPU threads are all taken."""
@@ -105,8 +110,9 @@ async def prepare_off_loop(query: str, variables: dict | None,
     return await offload.run(prepare, query, variables, operation_name)
 
 
-def prepare(query: str, variables: dict | None,
-            operation_name: str | None) -> tuple[Prepared | None, list[GraphQLError]]:
+def prepare(
+    query: str, variables: dict | None, operation_name: str | None
+) -> tuple[Prepared | None, list[GraphQLError]]:
     """The operation to run and no errors, or errors found before execution (the response
     then has no `data`): syntax, limits, validation, the operation's name, its variables."""
     document, errors = checked_document(query)
@@ -114,10 +120,19 @@ def prepare(query: str, variables: dict | None,
         return None, errors
     operation = get_operation_ast(document, operation_name)
     if operation is None:
-        return None, [GraphQLError(f"no operation named {operation_name[:64]!r}" if operation_name
-                                   else "name the operation to run: operationName")]
-    coerced = get_variable_values(SCHEMA, operation.variable_definitions or (), variables or {},
-                                  max_errors=MAX_VALIDATION_ERRORS)
+        return None, [
+            GraphQLError(
+                f"no operation named {operation_name[:64]!r}"
+                if operation_name
+                else "name the operation to run: operationName"
+            )
+        ]
+    coerced = get_variable_values(
+        SCHEMA,
+        operation.variable_definitions or (),
+        variables or {},
+        max_errors=MAX_VALIDATION_ERRORS,
+    )
     if isinstance(coerced, list):
         return None, coerced
     return Prepared(document, operation, operation_name), []
@@ -125,8 +140,7 @@ def prepare(query: str, variables: dict | None,
 
 def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object: {\"query\", \"variables\", "
-                         "\"operationName\"}")
+        raise BadRequest('the body must be a JSON object: {"query", "variables", "operationName"}')
     query, variables, name = body.get("query"), body.get("variables"), body.get("operationName")
     if not isinstance(query, str):
         raise BadRequest("`query` must be a string holding a GraphQL document")
@@ -140,8 +154,14 @@ def request_parts(body: Any) -> tuple[str, dict | None, str | None]:
 async def run(operate, prepared: Prepared, context: Context, variables):
     """execute() or subscribe(): awaited when a resolver is async (they all are)."""
     document, operation_name = prepared.document, prepared.operation_name
-    result = operate(SCHEMA, document, context_value=context, variable_values=variables,
-                     operation_name=operation_name, field_resolver=snake_case_field)
+    result = operate(
+        SCHEMA,
+        document,
+        context_value=context,
+        variable_values=variables,
+        operation_name=operation_name,
+        field_resolver=snake_case_field,
+    )
     return await result if asyncio.iscoroutine(result) or asyncio.isfuture(result) else result
 
 
@@ -169,14 +189,20 @@ def public_error(error: GraphQLError) -> dict:
     if original is not None and not isinstance(original, GraphQLError):
         if core.is_outage(original):
             log.warning("graphql.unavailable", error=str(original)[:300])
-            error = GraphQLError("a service the API needs is unreachable; retry later",
-                                 error.nodes, path=error.path,
-                                 extensions={"code": "UNAVAILABLE"})
+            error = GraphQLError(
+                "a service the API needs is unreachable; retry later",
+                error.nodes,
+                path=error.path,
+                extensions={"code": "UNAVAILABLE"},
+            )
         else:
-            log.error("graphql.resolver_failed", error=repr(original)[:300],
-                      path=error.path)
-            error = GraphQLError("an unexpected error occurred", error.nodes, path=error.path,
-                                 extensions={"code": "INTERNAL"})
+            log.error("graphql.resolver_failed", error=repr(original)[:300], path=error.path)
+            error = GraphQLError(
+                "an unexpected error occurred",
+                error.nodes,
+                path=error.path,
+                extensions={"code": "INTERNAL"},
+            )
     return error.formatted
 
 
@@ -187,8 +213,9 @@ def checked_document(query: str):
     """The parsed document and no errors, or None and the errors: a syntax error, a limit
     exceeded, or what validation finds. Everything here is bounded by MAX_TOKENS."""
     try:
-        document = parse(query, no_location=False, max_tokens=MAX_TOKENS,
-                         max_source_length=MAX_QUERY_CHARS)
+        document = parse(
+            query, no_location=False, max_tokens=MAX_TOKENS, max_source_length=MAX_QUERY_CHARS
+        )
     except GraphQLError as error:
         return None, [limit_message(error)]
     errors = size_errors(document) or document_size_errors(document)
@@ -204,8 +231,9 @@ def limit_message(error: GraphQLError) -> GraphQLError:
         text = f"the query has more than {MAX_TOKENS} tokens; refused"
     elif "code points" in text:
         text = f"the query is longer than {MAX_QUERY_CHARS} characters; refused"
-    return GraphQLError(text, source=error.source, positions=error.positions,
-                        extensions=error.extensions or None)
+    return GraphQLError(
+        text, source=error.source, positions=error.positions, extensions=error.extensions or None
+    )
 
 
 def document_size_errors(document) -> list[GraphQLError]:
@@ -214,22 +242,29 @@ def document_size_errors(document) -> list[GraphQLError]:
     fragment counted once where it is defined. Within MAX_FIELDS, MAX_ALIASES and MAX_DEPTH,
     as one operation must be."""
     if len(document.definitions) > MAX_DEFINITIONS:
-        return [GraphQLError(f"the document has {len(document.definitions)} definitions, more "
-                             f"than {MAX_DEFINITIONS}; refused",
-                             extensions={"code": "QUERY_TOO_LARGE"})]
+        return [
+            GraphQLError(
+                f"the document has {len(document.definitions)} definitions, more "
+                f"than {MAX_DEFINITIONS}; refused",
+                extensions={"code": "QUERY_TOO_LARGE"},
+            )
+        ]
     tally = Tally()
     for definition in document.definitions:
         tally.walk(getattr(definition, "selection_set", None), 0, {}, frozenset())
-    return [GraphQLError(text, extensions={"code": "QUERY_TOO_LARGE"})
-            for text in tally.problems("the document", " (in all its definitions, used or not)")]
+    return [
+        GraphQLError(text, extensions={"code": "QUERY_TOO_LARGE"})
+        for text in tally.problems("the document", " (in all its definitions, used or not)")
+    ]
 
 
 def size_errors(document) -> list[GraphQLError]:
     """Depth, field and alias counts of each operation, its fragments expanded. The walk
     stops once over MAX_FIELDS, so fragments spread into each other many times cost no more
     than that."""
-    fragments = {d.name.value: d for d in document.definitions
-                 if isinstance(d, FragmentDefinitionNode)}
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
     errors = []
     for definition in document.definitions:
         if isinstance(definition, OperationDefinitionNode):
@@ -262,8 +297,10 @@ class Tally:
                     self.walk(fragments[name].selection_set, depth, fragments, spreading | {name})
 
     def errors(self, operation: OperationDefinitionNode) -> list[GraphQLError]:
-        return [GraphQLError(text, operation, extensions={"code": "QUERY_TOO_LARGE"})
-                for text in self.problems("the operation", " (fragments expanded)")]
+        return [
+            GraphQLError(text, operation, extensions={"code": "QUERY_TOO_LARGE"})
+            for text in self.problems("the operation", " (fragments expanded)")
+        ]
 
     def problems(self, what: str, where: str = "") -> list[str]:
         found = []

@@ -75,16 +75,19 @@ class Context:
         answered, in time)."""
         self.clickhouse_reads += 1
         if self.clickhouse_reads > MAX_CLICKHOUSE_READS:
-            raise GraphQLError(f"the operation asks for more than {MAX_CLICKHOUSE_READS} "
-                               "events or histogram fields (jobs × fields); ask for fewer jobs",
-                               extensions={"code": "QUERY_TOO_LARGE"})
+            raise GraphQLError(
+                f"the operation asks for more than {MAX_CLICKHOUSE_READS} "
+                "events or histogram fields (jobs × fields); ask for fewer jobs",
+                extensions={"code": "QUERY_TOO_LARGE"},
+            )
 
 
 def bounded(name: str, value: int, bounds: tuple[int, int]) -> int:
     low, high = bounds
     if not low <= value <= high:
-        raise GraphQLError(f"{name} must be an integer from {low} to {high}",
-                           extensions={"code": "BAD_USER_INPUT"})
+        raise GraphQLError(
+            f"{name} must be an integer from {low} to {high}", extensions={"code": "BAD_USER_INPUT"}
+        )
     return value
 
 
@@ -95,23 +98,29 @@ async def resolve_job(_root, info, id: str) -> dict | None:
     """Null for an unknown id, a malformed one and another owner's job alike."""
     context: Context = info.context
     job_id = parse_uuid(id)
-    job = job_id and await jobs.read_job(context.services.pool, job_id,
-                                         owner=context.principal.owner_filter)
+    job = job_id and await jobs.read_job(
+        context.services.pool, job_id, owner=context.principal.owner_filter
+    )
     return jobs.job_json(job) if job else None
 
 
 async def resolve_jobs(_root, info, limit: int, status: str | None = None) -> list[dict]:
     context: Context = info.context
-    found = await jobs.read_jobs(context.services.pool, owner=context.principal.owner_filter,
-                                 limit=bounded("limit", limit, JOBS_LIMIT), status=status)
+    found = await jobs.read_jobs(
+        context.services.pool,
+        owner=context.principal.owner_filter,
+        limit=bounded("limit", limit, JOBS_LIMIT),
+        status=status,
+    )
     return [jobs.job_json(job) for job in found]
 
 
 async def resolve_stats(_root, info) -> dict:
     context: Context = info.context
     if not context.principal.admin:
-        raise GraphQLError("the service's stats are for admin tokens",
-                           extensions={"code": "FORBIDDEN"})
+        raise GraphQLError(
+            "the service's stats are for admin tokens", extensions={"code": "FORBIDDEN"}
+        )
     return await jobs.read_stats(context.services.pool)
 
 
@@ -129,70 +138,114 @@ async def resolve_delivery(job: dict, info) -> dict:
     return await jobs.read_delivery(info.context.services.pool, job_id, job["lines_valid"])
 
 
-async def resolve_events(job: dict, info, first: int, afterLine: int,
-                         filter: dict | None = None) -> dict:
+async def resolve_events(
+    job: dict, info, first: int, afterLine: int, filter: dict | None = None
+) -> dict:
     """A page of the job's events from ClickHouse (GET /api/v1/jobs/{id}/events)."""
     first = bounded("first", first, EVENTS_FIRST)
     after = bounded("afterLine", afterLine, (0, 2**62))
     context: Context = info.context
     context.count_clickhouse_read()
-    events = await explore_read(context.services.explorer.events(
-        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter),
-        after_line=after, limit=first + 1))
-    return {"items": [event_node(e) for e in events[:first]],
-            "next_after_line": events[first - 1]["line_no"] if len(events) > first else None}
+    events = await explore_read(
+        context.services.explorer.events(
+            context.principal.owner,
+            uuid.UUID(job["job_id"]),
+            event_filters(filter),
+            after_line=after,
+            limit=first + 1,
+        )
+    )
+    return {
+        "items": [event_node(e) for e in events[:first]],
+        "next_after_line": events[first - 1]["line_no"] if len(events) > first else None,
+    }
 
 
-async def resolve_histogram(job: dict, info, filter: dict | None = None,
-                            intervalS: int | None = None) -> dict:
+async def resolve_histogram(
+    job: dict, info, filter: dict | None = None, intervalS: int | None = None
+) -> dict:
     """The job's events by level over time (GET /api/v1/jobs/{id}/histogram)."""
     if intervalS is not None:
         bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
     context: Context = info.context
     context.count_clickhouse_read()
-    histogram = await explore_read(context.services.explorer.histogram(
-        context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter), intervalS))
+    histogram = await explore_read(
+        context.services.explorer.histogram(
+            context.principal.owner, uuid.UUID(job["job_id"]), event_filters(filter), intervalS
+        )
+    )
     return histogram_node(histogram)
 
 
 def histogram_node(histogram: dict) -> dict:
-    return {**histogram, "buckets": [
-        {"start": b["start"], "counts": [{"level": level.upper(), "events": n}
-                                         for level, n in b["counts"].items()]}
-        for b in histogram["buckets"]]}
+    return {
+        **histogram,
+        "buckets": [
+            {
+                "start": b["start"],
+                "counts": [
+                    {"level": level.upper(), "events": n} for level, n in b["counts"].items()
+                ],
+            }
+            for b in histogram["buckets"]
+        ],
+    }
 
 
-async def resolve_search(_root, info, first: int, order: str, after: str | None = None,
-                         filter: dict | None = None) -> dict:
+async def resolve_search(
+    _root, info, first: int, order: str, after: str | None = None, filter: dict | None = None
+) -> dict:
     """A page of the owner's events across their jobs (GET /api/v1/events)."""
     first = bounded("first", first, EVENTS_FIRST)
     info.context.count_clickhouse_read()
     scope = await search_scope(info)
-    events = await explore_read(info.context.services.explorer.run(
-        scope.owner, search.search_events, scope, search_filters(filter), order=order,
-        after=after, limit=first + 1))
+    events = await explore_read(
+        info.context.services.explorer.run(
+            scope.owner,
+            search.search_events,
+            scope,
+            search_filters(filter),
+            order=order,
+            after=after,
+            limit=first + 1,
+        )
+    )
     items = events[:first]
-    return {"items": [event_node(e) for e in items],
-            "next_after": search.encode_cursor(order, items[-1]) if len(events) > first else None}
+    return {
+        "items": [event_node(e) for e in items],
+        "next_after": search.encode_cursor(order, items[-1]) if len(events) > first else None,
+    }
 
 
-async def resolve_search_histogram(_root, info, filter: dict | None = None,
-                                   intervalS: int | None = None) -> dict:
+async def resolve_search_histogram(
+    _root, info, filter: dict | None = None, intervalS: int | None = None
+) -> dict:
     if intervalS is not None:
         bounded("intervalS", intervalS, (1, explore.MAX_INTERVAL_S))
     info.context.count_clickhouse_read()
     scope = await search_scope(info)
-    return histogram_node(await explore_read(info.context.services.explorer.run(
-        scope.owner, search.search_histogram, scope, search_filters(filter),
-        interval_s=intervalS)))
+    return histogram_node(
+        await explore_read(
+            info.context.services.explorer.run(
+                scope.owner,
+                search.search_histogram,
+                scope,
+                search_filters(filter),
+                interval_s=intervalS,
+            )
+        )
+    )
 
 
 async def resolve_facets(_root, info, field: str, first: int, filter: dict | None = None) -> dict:
     first = bounded("first", first, (1, search.MAX_FACET_VALUES))
     info.context.count_clickhouse_read()
     scope = await search_scope(info)
-    return await explore_read(info.context.services.explorer.run(
-        scope.owner, search.search_facets, scope, search_filters(filter), field, limit=first))
+    return await explore_read(
+        info.context.services.explorer.run(
+            scope.owner, search.search_facets, scope, search_filters(filter), field, limit=first
+        )
+    )
 
 
 async def search_scope(info) -> search.SearchScope:
@@ -206,34 +259,49 @@ def search_filters(filter: dict | None) -> search.SearchFilters:
     try:
         return search.checked_search_filters(
             levels=[level.lower() for level in filter.get("levels") or ()],
-            services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
-            environments=filter.get("environments") or (), job_ids=filter.get("jobIds") or (),
-            since=filter.get("from"), until=filter.get("to"), text=filter.get("text") or "",
+            services=filter.get("services") or (),
+            event_types=filter.get("eventTypes") or (),
+            environments=filter.get("environments") or (),
+            job_ids=filter.get("jobIds") or (),
+            since=filter.get("from"),
+            until=filter.get("to"),
+            text=filter.get("text") or "",
             context=[(m["path"], m["value"]) for m in filter.get("context") or ()],
-            excluded=excluded(filter.get("exclude") or {}))
+            excluded=excluded(filter.get("exclude") or {}),
+        )
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
 
 
 def excluded(exclude: dict) -> dict[str, Any]:
     """An EventExclusion as search.checked_search_filters takes it (by not.<field> name)."""
-    return {"level": [level.lower() for level in exclude.get("levels") or ()],
-            "service": exclude.get("services") or (), "event_type": exclude.get("eventTypes") or (),
-            "environment": exclude.get("environments") or (), "job_id": exclude.get("jobIds") or ()}
+    return {
+        "level": [level.lower() for level in exclude.get("levels") or ()],
+        "service": exclude.get("services") or (),
+        "event_type": exclude.get("eventTypes") or (),
+        "environment": exclude.get("environments") or (),
+        "job_id": exclude.get("jobIds") or (),
+    }
 
 
 def event_filters(filter: dict | None) -> explore.EventFilters:
     """The GraphQL EventFilter, checked as the REST routes' query parameters are."""
     filter = filter or {}
     if any(filter.get(name) is not None for name in ("jobIds", "context", "exclude")):
-        raise GraphQLError("jobIds, context and exclude filter searches (Query.events), not a "
-                           "job's events", extensions={"code": "BAD_USER_INPUT"})
+        raise GraphQLError(
+            "jobIds, context and exclude filter searches (Query.events), not a job's events",
+            extensions={"code": "BAD_USER_INPUT"},
+        )
     try:
         return explore.checked_filters(
             levels=[level.lower() for level in filter.get("levels") or ()],
-            services=filter.get("services") or (), event_types=filter.get("eventTypes") or (),
-            environments=filter.get("environments") or (), since=filter.get("from"),
-            until=filter.get("to"), text=filter.get("text") or "")
+            services=filter.get("services") or (),
+            event_types=filter.get("eventTypes") or (),
+            environments=filter.get("environments") or (),
+            since=filter.get("from"),
+            until=filter.get("to"),
+            text=filter.get("text") or "",
+        )
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
 
@@ -244,17 +312,21 @@ async def explore_read(read: Awaitable[Any]) -> Any:
     except explore.InvalidFilter as exc:
         raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
     except read_slots.NoReadSlot as exc:  # the owner's own reads queued past the limits
-        raise GraphQLError(str(exc), extensions={
-            "code": "TOO_MANY_READS", "retryAfterS": exc.retry_after_s}) from None
+        raise GraphQLError(
+            str(exc), extensions={"code": "TOO_MANY_READS", "retryAfterS": exc.retry_after_s}
+        ) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise GraphQLError(exc.public_reason,
-                           extensions={"code": "UNAVAILABLE"}) from None
+        raise GraphQLError(exc.public_reason, extensions={"code": "UNAVAILABLE"}) from None
 
 
 def event_node(event: dict) -> dict:
-    return {**event, "id": event["event_id"], "level": event["level"].upper(),
-            "context": json.dumps(event["context"])}
+    return {
+        **event,
+        "id": event["event_id"],
+        "level": event["level"].upper(),
+        "context": json.dumps(event["context"]),
+    }
 
 
 def resolve_formats(job: dict, _info) -> list[dict]:
@@ -267,8 +339,9 @@ async def subscribe_job(_root, info, id: str) -> AsyncIterator[dict | None]:
     context: Context = info.context
     watchers = context.services.watchers
     job_id = parse_uuid(id)
-    queue = job_id and await watchers.start_watching(job_id, live.StateQueue(),
-                                                     owner=context.principal.owner_filter)
+    queue = job_id and await watchers.start_watching(
+        job_id, live.StateQueue(), owner=context.principal.owner_filter
+    )
     if not queue:
         yield None
         return
@@ -302,8 +375,11 @@ async def next_state(queue: live.StateQueue) -> dict | None:
     finally:
         for task in (getting, closing):
             task.cancel()
-    return None if queue.closing.is_set() or not getting.done() or getting.cancelled() \
+    return (
+        None
+        if queue.closing.is_set() or not getting.done() or getting.cancelled()
         else getting.result()
+    )
 
 
 def parse_uuid(raw: str) -> uuid.UUID | None:
@@ -338,9 +414,11 @@ class LineErrorLoader:
     async def load(self, job_id: uuid.UUID, first: int, after: int) -> list[dict]:
         self.asked += first
         if self.asked > MAX_ERROR_LINES:
-            raise GraphQLError(f"the operation asks for more than {MAX_ERROR_LINES} invalid "
-                               "lines (jobs × first); ask for fewer jobs or a smaller first",
-                               extensions={"code": "QUERY_TOO_LARGE"})
+            raise GraphQLError(
+                f"the operation asks for more than {MAX_ERROR_LINES} invalid "
+                "lines (jobs × first); ask for fewer jobs or a smaller first",
+                extensions={"code": "QUERY_TOO_LARGE"},
+            )
         key = (first, after)
         if key not in self.pending:
             self.pending[key] = {}
@@ -359,8 +437,9 @@ class LineErrorLoader:
     async def _read(self, key: tuple[int, int]) -> None:
         batch = self.pending.pop(key)
         try:
-            pages = await jobs.read_line_errors(self.pool, list(batch), after_line=key[1],
-                                                limit=key[0])
+            pages = await jobs.read_line_errors(
+                self.pool, list(batch), after_line=key[1], limit=key[0]
+            )
         except Exception as exc:
             for future in batch.values():
                 if not future.done():

@@ -35,6 +35,7 @@ from graphql_resolvers import Context, LineErrorLoader, Services
 
 log = structlog.get_logger("api")
 
+
 async def serve_socket(request: web.Request, services: Services) -> web.WebSocketResponse:
     """The graphql-transport-ws protocol on an upgraded request (the caller holds one of the
     process's WebSocket slots; the owner's is taken at connection_init)."""
@@ -79,8 +80,9 @@ class Connection:
             await asyncio.wait((reading, told), return_when=asyncio.FIRST_COMPLETED)
             # Close before the operations are cancelled: a send of theirs, waiting on a
             # client that does not read, would leave aiohttp's drain waiter cancelled.
-            await live.close_socket(self.ws, self.request.transport, self.close_code,
-                                    self.close_message)
+            await live.close_socket(
+                self.ws, self.request.transport, self.close_code, self.close_message
+            )
         finally:
             tasks = [reading, told, *self.operations.values()]
             for task in tasks:
@@ -186,17 +188,30 @@ class Connection:
         except Exception as exc:
             if not core.is_outage(exc):
                 raise
-            await self.send_error(op_id, [GraphQLError(
-                "a service the API needs is unreachable; retry later",
-                extensions={"code": "UNAVAILABLE"})])
+            await self.send_error(
+                op_id,
+                [
+                    GraphQLError(
+                        "a service the API needs is unreachable; retry later",
+                        extensions={"code": "UNAVAILABLE"},
+                    )
+                ],
+            )
             return True
         if still_valid is None:  # revoked since connection_init
             self.close_soon(revocation.WS_REVOKED, revocation.REVOKED_MESSAGE)
             return False
         if len(self.operations) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
-            await self.send_error(op_id, [GraphQLError(
-                f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "
-                "one may; complete one first", extensions={"code": "TOO_MANY_SUBSCRIPTIONS"})])
+            await self.send_error(
+                op_id,
+                [
+                    GraphQLError(
+                        f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "
+                        "one may; complete one first",
+                        extensions={"code": "TOO_MANY_SUBSCRIPTIONS"},
+                    )
+                ],
+            )
             return True
         self.operations[op_id] = asyncio.create_task(self._operate(op_id, *parts))
         return True
@@ -209,12 +224,18 @@ class Connection:
             try:
                 prepared, errors = await prepare_off_loop(query, variables, operation_name)
             except offload.Busy as exc:
-                prepared, errors = None, [GraphQLError(f"{exc}; retry shortly",
-                                                       extensions={"code": "BUSY"})]
+                prepared, errors = (
+                    None,
+                    [GraphQLError(f"{exc}; retry shortly", extensions={"code": "BUSY"})],
+                )
             if errors:
                 return await self.send_error(op_id, errors)
-            context = Context(self.services, self.principal, LineErrorLoader(self.services.pool),
-                              close_socket=self.close_soon)
+            context = Context(
+                self.services,
+                self.principal,
+                LineErrorLoader(self.services.pool),
+                close_socket=self.close_soon,
+            )
             operate = subscribe if prepared.is_subscription else execute
             outcome = await run(operate, prepared, context, variables)
             if isinstance(outcome, ExecutionResult):
@@ -234,12 +255,17 @@ class Connection:
             pass  # the socket closed under a send
         finally:
             self.operations.pop(op_id, None)
-            log.info("graphql.operation_done", operation_id=op_id[:64], messages=sent,
-                     seconds=round(time.monotonic() - started, 3))
+            log.info(
+                "graphql.operation_done",
+                operation_id=op_id[:64],
+                messages=sent,
+                seconds=round(time.monotonic() - started, 3),
+            )
 
     async def send_error(self, op_id: str, errors: list[GraphQLError]) -> None:
-        await self.send({"id": op_id, "type": "error",
-                         "payload": [public_error(error) for error in errors]})
+        await self.send(
+            {"id": op_id, "type": "error", "payload": [public_error(error) for error in errors]}
+        )
 
     async def send(self, message: dict) -> None:
         await self.ws.send_json(message)

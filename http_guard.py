@@ -37,9 +37,16 @@ tracer = trace.get_tracer("eventhorizon.api")
 class Problem(Exception):
     """An error answered as application/problem+json (RFC 9457)."""
 
-    def __init__(self, status: int, title: str, detail: str = "", type_: str = "about:blank",
-                 headers: dict[str, str] | None = None, errors: list[str] | None = None,
-                 denied: bool | None = None):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        errors: list[str] | None = None,
+        denied: bool | None = None,
+    ):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.type = status, title, detail, type_
         self.headers, self.errors = headers, errors
@@ -54,15 +61,21 @@ async def problem_middleware(request: web.Request, handler):
         return await handler(request)
     except Problem as exc:
         if exc.denied and DENIED_TRAIL in request.app:
-            request.app[DENIED_TRAIL].denied(actor(request), exc.status, method=request.method,
-                                             path=request.path)
-        return problem_response(exc.status, exc.title, exc.detail, exc.type, exc.headers,
-                                exc.errors)
+            request.app[DENIED_TRAIL].denied(
+                actor(request), exc.status, method=request.method, path=request.path
+            )
+        return problem_response(
+            exc.status, exc.title, exc.detail, exc.type, exc.headers, exc.errors
+        )
     except uploads.UploadRefused as exc:
         return problem_response(exc.status, REFUSAL_TITLES[exc.status], exc.detail)
     except offload.Busy as exc:
-        return problem_response(503, "Service Unavailable", f"{exc}; retry shortly",
-                                headers={"Retry-After": str(offload.RETRY_AFTER_S)})
+        return problem_response(
+            503,
+            "Service Unavailable",
+            f"{exc}; retry shortly",
+            headers={"Retry-After": str(offload.RETRY_AFTER_S)},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -95,8 +108,12 @@ async def tracing_middleware(request: web.Request, handler):
     route = request.match_info.route.resource
     name = f"{request.method} {route.canonical if route is not None else '(no route)'}"
     with observe.span(
-            tracer, name, context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.path}) as span:
+        tracer,
+        name,
+        context=propagate.extract(request.headers),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
         response = await handler(request)
         span.set_attribute("http.response.status_code", response.status)
         if response.status >= 500:
@@ -133,8 +150,13 @@ async def access_log_middleware(request: web.Request, handler):
     finally:
         if request.path == UPLOAD_PATH and request.method == "POST":
             observe.UPLOADS.labels(str(outcome["status"])).inc()
-        log.info("http.request", method=request.method, path=request.path,
-                 ms=round((loop.time() - started) * 1000, 1), **outcome)
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            ms=round((loop.time() - started) * 1000, 1),
+            **outcome,
+        )
         structlog.contextvars.clear_contextvars()
 
 
@@ -157,8 +179,9 @@ class MalformedRequestLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            log.warning("http.malformed_request", error=type(exc).__name__,
-                        status=getattr(exc, "code", 400))
+            log.warning(
+                "http.malformed_request", error=type(exc).__name__, status=getattr(exc, "code", 400)
+            )
             return False
         return record.levelno >= logging.getLogger().getEffectiveLevel()
 
@@ -182,8 +205,9 @@ async def guard_middleware(request: web.Request, handler):
     upgrades), an Origin that is not exactly this site: http(s), this host and port."""
     settings = request.app[SETTINGS]
     if not host_allowed(request, settings.allowed_host_names):
-        raise Problem(400, "Bad Request", "this server does not answer to that Host name "
-                                          "(EH_ALLOWED_HOSTS)")
+        raise Problem(
+            400, "Bad Request", "this server does not answer to that Host name (EH_ALLOWED_HOSTS)"
+        )
     if request.method not in ("GET", "HEAD") or request.headers.get("Upgrade"):
         check_origin(request)
     return await handler(request)
@@ -221,8 +245,11 @@ def needs_token(request: web.Request) -> bool:
     (the contracts, /api/v1/openapi.json and /graphql/schema.graphql, are public too). A
     GraphQL WebSocket sends its token in connection_init, after the upgrade."""
     path = request.path
-    return ((path.startswith("/api/") and path != "/api/v1/openapi.json")
-            or path.startswith("/ws/") or (path == "/graphql" and request.method == "POST"))
+    return (
+        (path.startswith("/api/") and path != "/api/v1/openapi.json")
+        or path.startswith("/ws/")
+        or (path == "/graphql" and request.method == "POST")
+    )
 
 
 @web.middleware
@@ -259,21 +286,31 @@ def unauthorized(*, presented: bool) -> Problem:
     challenge = 'Bearer realm="eventhorizon"'
     if presented:
         challenge += ', error="invalid_token"'
-    detail = ("the token is malformed, unknown or revoked" if presented else
-              "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)")
+    detail = (
+        "the token is malformed, unknown or revoked"
+        if presented
+        else "send a token: Authorization: Bearer <token> (python eventhorizon.py tokens create)"
+    )
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 def too_many_failures(wait_s: int, per_minute: int) -> Problem:
-    return Problem(429, "Too Many Requests",
-                   f"too many requests from this address had no working token ({per_minute} "
-                   f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
-                   headers={"Retry-After": str(wait_s)}, denied=True)
+    return Problem(
+        429,
+        "Too Many Requests",
+        f"too many requests from this address had no working token ({per_minute} "
+        f"a minute, EH_AUTH_FAILURES_PER_MINUTE); retry in {wait_s} s",
+        headers={"Retry-After": str(wait_s)},
+        denied=True,
+    )
 
 
 # The problem+json titles of uploads.UploadRefused's statuses.
-REFUSAL_TITLES = {413: "Content Too Large", 415: "Unsupported Media Type",
-                  422: "Unprocessable Content"}
+REFUSAL_TITLES = {
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+}
 
 
 T = TypeVar("T")
@@ -289,8 +326,11 @@ async def within_idle_timeout(read: Awaitable[T], idle_s: float) -> T:
     except TimeoutError:
         log.info("upload.stalled", idle_timeout_s=idle_s)
         seconds = f"{idle_s:g} second{'' if idle_s == 1 else 's'}"
-        raise Problem(408, "Request Timeout", f"the upload sent nothing for {seconds}; it was "
-                      "dropped, nothing of it is kept") from None
+        raise Problem(
+            408,
+            "Request Timeout",
+            f"the upload sent nothing for {seconds}; it was dropped, nothing of it is kept",
+        ) from None
 
 
 def check_body_not_compressed(headers) -> None:
@@ -300,15 +340,22 @@ def check_body_not_compressed(headers) -> None:
     checked against the compressed Content-Length, and a few hundred KB of gzip inflate to
     128 MiB, all of it the event loop's work."""
     if codings := content_codings(headers):
-        raise Problem(415, "Unsupported Media Type",
-                      f"the body has Content-Encoding {codings!r}: send the file uncompressed, "
-                      "without Content-Encoding")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"the body has Content-Encoding {codings!r}: send the file uncompressed, "
+            "without Content-Encoding",
+        )
 
 
 def content_codings(headers) -> str:
     """The Content-Encoding codings other than identity, as sent ("" if there are none)."""
-    codings = [c.strip() for value in headers.getall("Content-Encoding", ())
-               for c in value.split(",") if c.strip()]
+    codings = [
+        c.strip()
+        for value in headers.getall("Content-Encoding", ())
+        for c in value.split(",")
+        if c.strip()
+    ]
     return ", ".join(codings) if any(c.lower() != "identity" for c in codings) else ""
 
 
@@ -354,7 +401,9 @@ def int_param(request: web.Request, name: str, *, default: int, low: int, high: 
     except ValueError:  # more digits than int() converts
         value = None
     if value is None or not low <= value <= high:
-        raise Problem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}")
+        raise Problem(
+            422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}"
+        )
     return value
 
 
@@ -365,12 +414,17 @@ async def explore_read(read: Awaitable[T]) -> T:
     except explore.InvalidFilter as exc:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
     except read_slots.OwnerQueueFull as exc:
-        raise Problem(429, "Too Many Requests", str(exc),
-                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise Problem(
+            429, "Too Many Requests", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except read_slots.NoReadSlot as exc:
-        raise Problem(503, "Service Unavailable", str(exc),
-                      headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise Problem(
+            503, "Service Unavailable", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except explore.Unavailable as exc:
         log.warning("explore.clickhouse_unavailable", error=str(exc))
-        raise Problem(503, "Service Unavailable", f"{exc.public_reason} "
-                      "(uploads and job status are not affected)") from None
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"{exc.public_reason} (uploads and job status are not affected)",
+        ) from None

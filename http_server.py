@@ -28,10 +28,18 @@ log = structlog.get_logger("api")
 # event handler runs, and no other site may frame them. Sent on every response (an API
 # answer shown in a tab is a page too), aiohttp's own refusals included.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "; ".join([
-        "default-src 'self'", "script-src 'self'", "style-src 'self'",
-        "img-src 'self' data:", "connect-src 'self'", "frame-ancestors 'none'",
-        "base-uri 'none'", "form-action 'self'"]),
+    "Content-Security-Policy": "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+        ]
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -39,9 +47,14 @@ SECURITY_HEADERS = {
 PROBLEM_TYPE = "application/problem+json"
 
 
-def problem_response(status: int, title: str, detail: str = "", type_: str = "about:blank",
-                     headers: dict[str, str] | None = None,
-                     errors: list[str] | None = None) -> web.Response:
+def problem_response(
+    status: int,
+    title: str,
+    detail: str = "",
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    errors: list[str] | None = None,
+) -> web.Response:
     """An application/problem+json answer (RFC 9457)."""
     body = {"type": type_, "title": title, "status": status, "detail": detail or title}
     if errors:
@@ -101,19 +114,31 @@ class GuardedRequestHandler(RequestHandler):
         self.head_deadline = None
         if self.transport is None or not self.waiting_for_a_request():
             return
-        log.info("http.request_head_timeout", timeout_s=self.head_timeout_s,
-                 peer=str(self.transport.get_extra_info("peername")))
-        self.transport.write(raw_problem(
-            408, f"the request line and headers did not arrive within {self.head_timeout_s:g} s"
-                 " (EH_REQUEST_HEAD_TIMEOUT_S)"))
+        log.info(
+            "http.request_head_timeout",
+            timeout_s=self.head_timeout_s,
+            peer=str(self.transport.get_extra_info("peername")),
+        )
+        self.transport.write(
+            raw_problem(
+                408,
+                f"the request line and headers did not arrive within {self.head_timeout_s:g} s"
+                " (EH_REQUEST_HEAD_TIMEOUT_S)",
+            )
+        )
         self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.disarm_head_deadline()
         super().connection_lost(exc)
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse (or a handler's error no
         middleware caught): the same status, as problem+json with the security headers; the
         request's bytes never echoed (aiohttp's text quotes them)."""
@@ -124,8 +149,9 @@ class GuardedRequestHandler(RequestHandler):
             detail = "the request took too long"
         else:
             detail = parser_error_detail(exc)
-        response = problem_response(status, HTTPStatus(status).phrase, detail,
-                                    headers=SECURITY_HEADERS)
+        response = problem_response(
+            status, HTTPStatus(status).phrase, detail, headers=SECURITY_HEADERS
+        )
         response.force_close()
         return response
 
@@ -133,11 +159,16 @@ class GuardedRequestHandler(RequestHandler):
 def raw_problem(status: int, detail: str) -> bytes:
     """A whole HTTP/1.1 problem+json response, for a connection with no request to answer."""
     title = HTTPStatus(status).phrase
-    body = json.dumps({"type": "about:blank", "title": title, "status": status,
-                       "detail": detail}).encode()
-    head = [f"HTTP/1.1 {status} {title}", f"Content-Type: {PROBLEM_TYPE}",
-            f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items())]
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+    head = [
+        f"HTTP/1.1 {status} {title}",
+        f"Content-Type: {PROBLEM_TYPE}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in SECURITY_HEADERS.items()),
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -149,8 +180,9 @@ class GuardedServer(web.Server):
         self.head_timeout_s = head_timeout_s
 
     def __call__(self) -> GuardedRequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, head_timeout_s=self.head_timeout_s,
-                                     **self._kwargs)
+        return GuardedRequestHandler(
+            self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs
+        )
 
 
 class GuardedRunner(web.AppRunner):
@@ -162,21 +194,37 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
-                             handler_cancellation=plain.handler_cancellation,
-                             loop=asyncio.get_running_loop(),
-                             head_timeout_s=self.head_timeout_s, **plain._kwargs)
+        return GuardedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            head_timeout_s=self.head_timeout_s,
+            **plain._kwargs,
+        )
 
 
-def run(app: web.Application, *, host: str, port: int, head_timeout_s: float,
-        keepalive_timeout_s: float, shutdown_timeout_s: float) -> None:
+def run(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    head_timeout_s: float,
+    keepalive_timeout_s: float,
+    shutdown_timeout_s: float,
+) -> None:
     """Serve `app` until SIGINT or SIGTERM, as web.run_app does (which has no way to name
     the protocol)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    runner = GuardedRunner(app, head_timeout_s=head_timeout_s, handle_signals=True,
-                           access_log=None, keepalive_timeout=keepalive_timeout_s,
-                           shutdown_timeout=shutdown_timeout_s)
+    runner = GuardedRunner(
+        app,
+        head_timeout_s=head_timeout_s,
+        handle_signals=True,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout_s,
+        shutdown_timeout=shutdown_timeout_s,
+    )
     main = loop.create_task(serve(runner, host, port))
     try:
         loop.run_until_complete(main)
@@ -207,5 +255,3 @@ async def serve(runner: web.AppRunner, host: str, port: int) -> None:
 
 
 # --------------------------------------------------------------------------- failed authentications
-
-

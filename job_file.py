@@ -30,9 +30,11 @@ def read_lines_until_broken(body, broken: list):
 
 def broken_stream_reason(exc: decoding.DecodeError, job: jobs.Job) -> str:
     """Why a compressed job failed and where: the decoded byte offset and the line."""
-    return (f"{exc.reason}; it broke at decoded byte {exc.offset}, in line "
-            f"{job.lines_processed + 1} (the {job.lines_processed} lines before it are "
-            "stored)")
+    return (
+        f"{exc.reason}; it broke at decoded byte {exc.offset}, in line "
+        f"{job.lines_processed + 1} (the {job.lines_processed} lines before it are "
+        "stored)"
+    )
 
 
 def open_object(s3, job: jobs.Job, settings: config.Settings):
@@ -41,9 +43,12 @@ def open_object(s3, job: jobs.Job, settings: config.Settings):
     its start (neither gzip nor zstd can start mid-stream), its first bytes_processed decoded
     bytes read and dropped."""
     if job.compression:
-        stream = decoding.DecodedStream(get_object(s3, job), job.compression,
-                                        max_decoded=settings.max_decoded_bytes,
-                                        max_ratio=settings.max_decode_ratio)
+        stream = decoding.DecodedStream(
+            get_object(s3, job),
+            job.compression,
+            max_decoded=settings.max_decoded_bytes,
+            max_ratio=settings.max_decode_ratio,
+        )
         try:
             stream.skip(job.bytes_processed)
         except decoding.DecodeError as exc:

@@ -111,31 +111,59 @@ async def aquery(aconn, name: str, params: Mapping[str, Any]):
 # --------------------------------------------------------------------------- changes
 
 
-async def create(aconn, settings: config.Settings, *, job_id: uuid.UUID, file_name: str,
-                 size_bytes: int, object_key: str, lines_total: int, owner: str,
-                 options: Mapping[str, Any], traceparent: str | None,
-                 compression: str | None = None) -> Job:
+async def create(
+    aconn,
+    settings: config.Settings,
+    *,
+    job_id: uuid.UUID,
+    file_name: str,
+    size_bytes: int,
+    object_key: str,
+    lines_total: int,
+    owner: str,
+    options: Mapping[str, Any],
+    traceparent: str | None,
+    compression: str | None = None,
+) -> Job:
     """A new queued job and its job.queued event (the API, once the file is stored)."""
-    cur = await aquery(aconn, "insert_job", {
-        "job_id": job_id, "file_name": file_name, "size_bytes": size_bytes,
-        "bucket": settings.s3_bucket, "object_key": object_key, "lines_total": lines_total,
-        "owner": owner, **options, "traceparent": traceparent, "compression": compression})
+    cur = await aquery(
+        aconn,
+        "insert_job",
+        {
+            "job_id": job_id,
+            "file_name": file_name,
+            "size_bytes": size_bytes,
+            "bucket": settings.s3_bucket,
+            "object_key": object_key,
+            "lines_total": lines_total,
+            "owner": owner,
+            **options,
+            "traceparent": traceparent,
+            "compression": compression,
+        },
+    )
     job = await cur.fetchone()
-    await outbox.ainsert_event(aconn, job_event("job.queued", job, environment=settings.environment))
+    await outbox.ainsert_event(
+        aconn, job_event("job.queued", job, environment=settings.environment)
+    )
     return job
 
 
 def take_lost(conn, *, after_s: float, queue_empty: bool) -> list[Job]:
     """Queued jobs whose message must have been lost (see take_lost_jobs), marked published
     now; the caller publishes each again in the same transaction."""
-    return query(conn, "take_lost_jobs", {"after_s": after_s, "queue_empty": queue_empty}
-                 ).fetchall()
+    return query(
+        conn, "take_lost_jobs", {"after_s": after_s, "queue_empty": queue_empty}
+    ).fetchall()
 
 
 def try_lock(conn, job_id: uuid.UUID) -> bool:
     """The job's session lock (a worker's, for a whole run); False if another holds it."""
-    row = conn.cursor(row_factory=tuple_row).execute(
-        core.QUERIES["try_lock_job"], {"job_id": job_id}).fetchone()
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(core.QUERIES["try_lock_job"], {"job_id": job_id})
+        .fetchone()
+    )
     return bool(row[0])
 
 
@@ -162,18 +190,30 @@ def claim(conn, settings: config.Settings, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def advance(conn, job: Job, *, lines: int, bytes_: int, valid: int, invalid: int,
-            formats_seen: Mapping[str, int]) -> Job:
+def advance(
+    conn,
+    job: Job,
+    *,
+    lines: int,
+    bytes_: int,
+    valid: int,
+    invalid: int,
+    formats_seen: Mapping[str, int],
+) -> Job:
     """Move the checkpoint past a batch the caller wrote in this transaction."""
-    updated = query(conn, "advance_checkpoint", {
-        "job_id": job.job_id,
-        "lines_processed": job.lines_processed + lines,
-        "bytes_processed": job.bytes_processed + bytes_,
-        "valid": valid,
-        "invalid": invalid,
-        "formats": Jsonb(formats_seen),
-        "previous_lines": job.lines_processed,
-    }).fetchone()
+    updated = query(
+        conn,
+        "advance_checkpoint",
+        {
+            "job_id": job.job_id,
+            "lines_processed": job.lines_processed + lines,
+            "bytes_processed": job.bytes_processed + bytes_,
+            "valid": valid,
+            "invalid": invalid,
+            "formats": Jsonb(formats_seen),
+            "previous_lines": job.lines_processed,
+        },
+    ).fetchone()
     if updated is None:
         raise CheckpointMoved("the job's checkpoint moved under this worker; abandoning the batch")
     notify(conn, updated)
@@ -220,14 +260,21 @@ async def try_lock_in_transaction(aconn, job_id: uuid.UUID) -> bool:
     return bool((await cur.fetchone())[0])
 
 
-async def read_expired(aconn, *, default_days: int | None, after: tuple[dt.datetime, uuid.UUID],
-                       limit: int) -> list[tuple[dt.datetime, uuid.UUID]]:
+async def read_expired(
+    aconn, *, default_days: int | None, after: tuple[dt.datetime, uuid.UUID], limit: int
+) -> list[tuple[dt.datetime, uuid.UUID]]:
     """Up to `limit` (created_at, job_id) of jobs past their retention that no worker is
     processing, oldest first, after `after` (a keyset page). Not locked: see lock_expired."""
     cur = aconn.cursor(row_factory=tuple_row)
-    await cur.execute(core.QUERIES["expired_jobs"], {
-        "default_days": default_days, "after_created_at": after[0], "after_job_id": after[1],
-        "limit": limit})
+    await cur.execute(
+        core.QUERIES["expired_jobs"],
+        {
+            "default_days": default_days,
+            "after_created_at": after[0],
+            "after_job_id": after[1],
+            "limit": limit,
+        },
+    )
     return [(created_at, job_id) for job_id, created_at in await cur.fetchall()]
 
 
@@ -235,8 +282,7 @@ async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) ->
     """The job, locked until the transaction ends, if it is still past its retention and not
     being processed; None if it is not, or another transaction holds its row (skipped, not
     waited for)."""
-    cur = await aquery(aconn, "lock_expired_job", {"job_id": job_id,
-                                                   "default_days": default_days})
+    cur = await aquery(aconn, "lock_expired_job", {"job_id": job_id, "default_days": default_days})
     return await cur.fetchone()
 
 
@@ -247,26 +293,39 @@ async def delete(aconn, settings: config.Settings, job: Job, *, deleted_by: str)
     events from ClickHouse: `take_pending_deletions`),
     with a job.deleted event that stays as the audit trail. Ids only in the NOTIFY: the
     listeners find the row gone and close the job's WebSockets (4404)."""
-    await aconn.execute(core.QUERIES["record_deletion"], {
-        "job_id": job.job_id, "owner": job.owner, "file_name": job.file_name,
-        "deleted_by": deleted_by})
-    await outbox.ainsert_event(aconn, job_event("job.deleted", job, environment=settings.environment,
-                                              deleted_by=deleted_by))
+    await aconn.execute(
+        core.QUERIES["record_deletion"],
+        {
+            "job_id": job.job_id,
+            "owner": job.owner,
+            "file_name": job.file_name,
+            "deleted_by": deleted_by,
+        },
+    )
+    await outbox.ainsert_event(
+        aconn,
+        job_event("job.deleted", job, environment=settings.environment, deleted_by=deleted_by),
+    )
     await aconn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job.job_id})
     await aconn.execute(core.QUERIES["delete_job"], {"job_id": job.job_id})
     # Last, so relays' claims wait on it only for the moment before the commit: its range rows
     # that no batch holds go (their entries went above); a batch's own goes with the batch.
     await aconn.execute(core.QUERIES["lock_outbox_claims"])
     await aconn.execute(core.QUERIES["delete_outbox_ranges_of_job"], {"job_id": job.job_id})
-    await aconn.execute(core.QUERIES["notify"],
-                        {"channel": CHANNEL, "payload": job_ids_notification(job)})
+    await aconn.execute(
+        core.QUERIES["notify"], {"channel": CHANNEL, "payload": job_ids_notification(job)}
+    )
 
 
 def take_pending_deletions(conn, limit: int) -> list[uuid.UUID]:
     """Up to `limit` deleted jobs whose events may now be deleted from ClickHouse (none is
     left in the outbox), locked until the transaction ends; none when there is none."""
-    return [row[0] for row in conn.cursor(row_factory=tuple_row).execute(
-        core.QUERIES["take_pending_deletions"], {"limit": limit})]
+    return [
+        row[0]
+        for row in conn.cursor(row_factory=tuple_row).execute(
+            core.QUERIES["take_pending_deletions"], {"limit": limit}
+        )
+    ]
 
 
 def finish_deletions(conn, job_ids: list[uuid.UUID]) -> None:
@@ -285,14 +344,22 @@ def job_event(event_type: str, job: Job, *, environment: str, **extra: Any) -> o
     Its id is derived from the job and the event type, so a retried step yields the same id.
     Written inside a span, it names the span's trace (`trace_id`).
     """
-    context = {"job_id": str(job.job_id), "file_name": job.file_name, "status": job.status,
-               "lines_total": job.lines_total, "lines_valid": job.lines_valid,
-               "lines_invalid": job.lines_invalid, "error": job.error, "owner": job.owner,
-               **extra}
+    context = {
+        "job_id": str(job.job_id),
+        "file_name": job.file_name,
+        "status": job.status,
+        "lines_total": job.lines_total,
+        "lines_valid": job.lines_valid,
+        "lines_invalid": job.lines_invalid,
+        "error": job.error,
+        "owner": job.owner,
+        **extra,
+    }
     if trace_id := logs.current_trace_id():
         context["trace_id"] = trace_id
-    return outbox.make_event(event_type, context, environment=environment,
-                           event_id=uuid.uuid5(job.job_id, event_type))
+    return outbox.make_event(
+        event_type, context, environment=environment, event_id=uuid.uuid5(job.job_id, event_type)
+    )
 
 
 # --------------------------------------------------------------------------- reads
@@ -325,15 +392,18 @@ async def read_jobs(pool, *, owner: str | None, limit: int, status: str | None =
         return await cur.fetchall()
 
 
-async def read_line_errors(pool, job_ids: list[uuid.UUID], *, after_line: int,
-                           limit: int) -> dict[uuid.UUID, list[dict[str, Any]]]:
+async def read_line_errors(
+    pool, job_ids: list[uuid.UUID], *, after_line: int, limit: int
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """Up to `limit` invalid lines after `after_line` of each job, in line order, in one
     query. The caller has checked that the jobs are visible to whoever asks."""
     pages: dict[uuid.UUID, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(core.QUERIES["list_line_errors"], {
-            "job_ids": list(job_ids), "after_line": after_line, "limit": limit})
+        await cur.execute(
+            core.QUERIES["list_line_errors"],
+            {"job_ids": list(job_ids), "after_line": after_line, "limit": limit},
+        )
         for job_id, line_no, reason in await cur.fetchall():
             pages[job_id].append({"line_no": line_no, "reason": reason})
     return pages
@@ -342,12 +412,16 @@ async def read_line_errors(pool, job_ids: list[uuid.UUID], *, after_line: int,
 async def read_stats(pool) -> dict[str, Any]:
     """GET /api/v1/stats's answer: jobs by status (every status, 0 when none) and the outbox."""
     async with pool.connection() as conn:
-        counts = await (await conn.cursor(row_factory=tuple_row).execute(
-            core.QUERIES["job_counts"])).fetchall()
-        backlog = await (await conn.cursor(row_factory=dict_row).execute(
-            core.QUERIES["outbox_status"])).fetchone()
-    return {"jobs": dict.fromkeys(STATUSES, 0) | dict(counts),
-            "outbox": outbox.outbox_status_json(backlog)}
+        counts = await (
+            await conn.cursor(row_factory=tuple_row).execute(core.QUERIES["job_counts"])
+        ).fetchall()
+        backlog = await (
+            await conn.cursor(row_factory=dict_row).execute(core.QUERIES["outbox_status"])
+        ).fetchone()
+    return {
+        "jobs": dict.fromkeys(STATUSES, 0) | dict(counts),
+        "outbox": outbox.outbox_status_json(backlog),
+    }
 
 
 # --------------------------------------------------------------------------- messages and JSON
@@ -356,7 +430,8 @@ async def read_stats(pool) -> dict[str, Any]:
 def message(job: Job) -> bytes:
     """The RabbitMQ message for a job: ids only; the worker reads the rest from Postgres."""
     return json.dumps(
-        {"job_id": str(job.job_id), "bucket": job.bucket, "key": job.object_key}).encode()
+        {"job_id": str(job.job_id), "bucket": job.bucket, "key": job.object_key}
+    ).encode()
 
 
 def parse_message(body: bytes) -> uuid.UUID:
@@ -415,8 +490,9 @@ def job_notification(job: Job) -> str:
 def job_ids_notification(job: Job) -> str:
     """A NOTIFY payload of ids and counts only: listeners re-read the row (and find it gone,
     for a deleted job)."""
-    return json.dumps({"job_id": str(job.job_id), "status": job.status,
-                       "lines_processed": job.lines_processed})
+    return json.dumps(
+        {"job_id": str(job.job_id), "status": job.status, "lines_processed": job.lines_processed}
+    )
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -70,8 +70,9 @@ class LineBatch:
     bytes: int = 0
 
 
-def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
-               chunk_size: int = READ_CHUNK_BYTES) -> Iterator[tuple[bytes | None, int, int]]:
+def read_lines(
+    stream, max_line_bytes: int = MAX_LINE_BYTES, chunk_size: int = READ_CHUNK_BYTES
+) -> Iterator[tuple[bytes | None, int, int]]:
     """Yield (line, size, lines) for the physical lines of a byte stream, in bounded memory.
 
     `lines` is 1 but for a run of empty lines (newlines only), yielded at once as
@@ -117,9 +118,15 @@ def read_lines(stream, max_line_bytes: int = MAX_LINE_BYTES,
 NEWLINES = re.compile(rb"\n+")
 
 
-def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | None,
-             validator, mapping: Mapping | None = None,
-             max_context_paths: int = MAX_CONTEXT_PATHS) -> None:
+def add_line(
+    batch: LineBatch,
+    job_id: uuid.UUID,
+    line_no: int,
+    raw: bytes | None,
+    validator,
+    mapping: Mapping | None = None,
+    max_context_paths: int = MAX_CONTEXT_PATHS,
+) -> None:
     """Validate one line and put its result (a log entry, or an error) in the batch.
 
     This runs for every line of every file, so the entry is a ready COPY row, its context
@@ -131,7 +138,7 @@ def add_line(batch: LineBatch, job_id: uuid.UUID, line_no: int, raw: bytes | Non
         batch.errors.append((job_id, line_no, f"line too long (over {MAX_LINE_BYTES} bytes)"))
         return
     if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # as Windows tools write it
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     if not raw or raw.isspace():  # blank lines are skipped (isspace copies nothing)
         return
     try:
@@ -160,22 +167,39 @@ class InvalidLine(Exception):
 Mapping = Callable[[Any], tuple[str, dict[str, Any], "dict[str, str] | None"]]
 
 
-def parse_line(raw: bytes, validator, mapping: Mapping | None = None,
-               max_context_paths: int = MAX_CONTEXT_PATHS) -> dict[str, Any]:
+def parse_line(
+    raw: bytes,
+    validator,
+    mapping: Mapping | None = None,
+    max_context_paths: int = MAX_CONTEXT_PATHS,
+) -> dict[str, Any]:
     """One log entry from one line of bytes, normalised; InvalidLine says why not.
 
     Without a mapping the line must be a canonical entry. With one, the line is mapped first
     and the mapped entry goes through every check a canonical line does; reasons then name
     the format and the line's own field (`pino: time: …`)."""
-    (name, context, timestamp, level, service, event_type, environment, message,
-     context_json) = parse_entry(raw, validator, mapping, max_context_paths)
-    return {"timestamp": timestamp, "level": level, "service": service,
-            "event_type": event_type, "environment": environment, "message": message,
-            "context": context, "context_json": context_json, "format": name}
+    (name, context, timestamp, level, service, event_type, environment, message, context_json) = (
+        parse_entry(raw, validator, mapping, max_context_paths)
+    )
+    return {
+        "timestamp": timestamp,
+        "level": level,
+        "service": service,
+        "event_type": event_type,
+        "environment": environment,
+        "message": message,
+        "context": context,
+        "context_json": context_json,
+        "format": name,
+    }
 
 
-def parse_entry(raw: bytes, validator, mapping: Mapping | None = None,
-                max_context_paths: int = MAX_CONTEXT_PATHS) -> tuple:
+def parse_entry(
+    raw: bytes,
+    validator,
+    mapping: Mapping | None = None,
+    max_context_paths: int = MAX_CONTEXT_PATHS,
+) -> tuple:
     """parse_line's work, as the tuple add_line copies from: (format name, context, then the
     COPY row's columns after job_id and line_no: timestamp, level, service, event_type,
     environment, message, context as JSON text). It runs for every line of every file: no
@@ -197,12 +221,15 @@ def parse_entry(raw: bytes, validator, mapping: Mapping | None = None,
         # RFC 3339 allows a lower-case t and z; Python 3.11's fromisoformat does not.
         timestamp = dt.datetime.fromisoformat(obj["timestamp"].upper())
     except ValueError as exc:
-        raise InvalidLine(f"{where('timestamp', name, sources)}: not a valid date-time ({exc})"
-                          ) from None
+        raise InvalidLine(
+            f"{where('timestamp', name, sources)}: not a valid date-time ({exc})"
+        ) from None
     if not TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX:
-        raise InvalidLine(f"{where('timestamp', name, sources)}: {obj['timestamp']!r} is "
-                          "outside the range event_log holds (1970-01-01T00:00:00Z to "
-                          "2106-02-07T06:28:15Z)")
+        raise InvalidLine(
+            f"{where('timestamp', name, sources)}: {obj['timestamp']!r} is "
+            "outside the range event_log holds (1970-01-01T00:00:00Z to "
+            "2106-02-07T06:28:15Z)"
+        )
     context = obj.get("context", {})
     if not obj.keys() <= KNOWN_FIELDS:
         extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
@@ -213,9 +240,17 @@ def parse_entry(raw: bytes, validator, mapping: Mapping | None = None,
     # by a colon: shorter lines, or lines with fewer colons, cannot have more paths.
     if len(raw) > 4 * max_context_paths and raw.count(b":") > max_context_paths:
         check_context_paths(context, max_context_paths)
-    return (name, context, timestamp, obj["level"].lower(), obj["service"], obj["event_type"],
-            obj.get("environment", "production"), obj["message"],
-            dump_context(context, by_orjson))
+    return (
+        name,
+        context,
+        timestamp,
+        obj["level"].lower(),
+        obj["service"],
+        obj["event_type"],
+        obj.get("environment", "production"),
+        obj["message"],
+        dump_context(context, by_orjson),
+    )
 
 
 def load_line(raw: bytes) -> tuple[Any, bool]:
@@ -253,8 +288,10 @@ def dump_context(context: dict, by_orjson: bool) -> str:
     try:
         return json.dumps(context, allow_nan=False)
     except ValueError:
-        raise InvalidLine("a number is NaN, Infinity or too large for a 64-bit float; JSON "
-                          "has no such values and the database cannot store them") from None
+        raise InvalidLine(
+            "a number is NaN, Infinity or too large for a 64-bit float; JSON "
+            "has no such values and the database cannot store them"
+        ) from None
 
 
 def where(field: str, name: str, sources: dict[str, str] | None) -> str:
@@ -271,13 +308,16 @@ def check_storable_strings(obj) -> None:
     text holds such an escape (SUSPECT_ESCAPE), so ordinary lines never pay for the walk."""
     for text in strings_in(obj):
         if "\x00" in text:
-            raise InvalidLine("a string holds a NUL character (\\u0000), which the database "
-                              "cannot store")
+            raise InvalidLine(
+                "a string holds a NUL character (\\u0000), which the database cannot store"
+            )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidLine("a string holds an unpaired surrogate (such as \\ud800), which "
-                              "is not a Unicode character") from None
+            raise InvalidLine(
+                "a string holds an unpaired surrogate (such as \\ud800), which "
+                "is not a Unicode character"
+            ) from None
 
 
 def check_context_paths(context: dict, limit: int) -> None:
@@ -295,9 +335,11 @@ def check_context_paths(context: dict, limit: int) -> None:
                 objects.extend(objects_in_array(item))
             paths += 1
             if paths > limit:
-                raise InvalidLine(f"$.context: more than {limit} paths (keys holding a value, "
-                                  "nested keys counted); the event store takes at most that "
-                                  "many per line (EH_MAX_CONTEXT_PATHS)")
+                raise InvalidLine(
+                    f"$.context: more than {limit} paths (keys holding a value, "
+                    "nested keys counted); the event store takes at most that "
+                    "many per line (EH_MAX_CONTEXT_PATHS)"
+                )
 
 
 def check_json_paths(context: dict) -> None:
@@ -326,8 +368,9 @@ def check_json_paths(context: dict) -> None:
                 if LEAF in node:
                     raise InvalidLine(
                         f"$.context: two keys name the path {dotted(path, key)!r} (a dotted key "
-                        "such as \"a.b\" means the same as \"a\": {\"b\": …}); the event "
-                        "store cannot hold both")
+                        'such as "a.b" means the same as "a": {"b": …}); the event '
+                        "store cannot hold both"
+                    )
                 node[LEAF] = True
                 if isinstance(item, list):
                     objects.extend(objects_in_array(item))
@@ -378,8 +421,9 @@ def strings_in(obj) -> Iterator[str]:
             pending.extend(value)
 
 
-def schema_error_reason(validator, obj, name: str = formats.CANONICAL,
-                        sources: dict[str, str] | None = None) -> str:
+def schema_error_reason(
+    validator, obj, name: str = formats.CANONICAL, sources: dict[str, str] | None = None
+) -> str:
     """The most relevant schema error, put for a person: a pattern is explained by the
     property's description rather than shown as a regular expression. In a mapped entry the
     error is placed at the line's own field (`zap: logger: …`), not the entry's."""

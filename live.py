@@ -47,10 +47,13 @@ class TooManySockets(Exception):
     """A WebSocket refused: the process (per_owner False) or the owner holds `limit` already."""
 
     def __init__(self, limit: int, *, per_owner: bool, owner: str = ""):
-        super().__init__(f"{owner} holds its limit of {limit} WebSockets "
-                         "(EH_MAX_WEBSOCKETS_PER_OWNER); close one or retry later" if per_owner
-                         else f"this server holds its limit of {limit} WebSockets "
-                         "(EH_MAX_WEBSOCKETS); retry later")
+        super().__init__(
+            f"{owner} holds its limit of {limit} WebSockets "
+            "(EH_MAX_WEBSOCKETS_PER_OWNER); close one or retry later"
+            if per_owner
+            else f"this server holds its limit of {limit} WebSockets "
+            "(EH_MAX_WEBSOCKETS); retry later"
+        )
         self.limit, self.per_owner = limit, per_owner
 
 
@@ -115,8 +118,13 @@ class JobWatchers:
     while the listener was away are gone.
     """
 
-    def __init__(self, database_url: str, pool: AsyncConnectionPool, limits: SocketLimits,
-                 tokens: TokenListener):
+    def __init__(
+        self,
+        database_url: str,
+        pool: AsyncConnectionPool,
+        limits: SocketLimits,
+        tokens: TokenListener,
+    ):
         self.database_url = database_url
         self.pool = pool
         self.limits = limits
@@ -138,8 +146,7 @@ class JobWatchers:
             if not watchers:
                 del self.watching[job_id]
 
-    async def start_watching(self, job_id: uuid.UUID, watcher: W, *,
-                             owner: str | None) -> W | None:
+    async def start_watching(self, job_id: uuid.UUID, watcher: W, *, owner: str | None) -> W | None:
         """Add a watcher and queue the job's current state; None (and not added) when `owner`
         may not see the job, or it is gone."""
         # Right after start-up the listener may still be connecting: a watcher added before it
@@ -176,8 +183,9 @@ class JobWatchers:
                 await asyncio.sleep(delay)
 
     async def listen_once(self, backoff: core.Backoff) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url,
-                                                         autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True
+        ) as conn:
             await core.listen(conn, core.TOKEN_CHANNEL)
             await core.listen(conn, jobs.CHANNEL)  # last: the tests look for it
             self.listening.set()
@@ -237,10 +245,15 @@ class JobWatchers:
         """A watcher whose client stopped reading: closed (its own handler does it) and no
         longer fed, so it holds back no one and its backlog stops growing."""
         self.discard(job_id, watcher)
-        watcher.close_soon(WSCloseCode.TRY_AGAIN_LATER,
-                           b"too far behind; reconnect for the current state")
-        log.warning("listener.watcher_dropped", job_id=str(job_id),
-                    backlog=watcher.states.qsize(), close_code=int(WSCloseCode.TRY_AGAIN_LATER))
+        watcher.close_soon(
+            WSCloseCode.TRY_AGAIN_LATER, b"too far behind; reconnect for the current state"
+        )
+        log.warning(
+            "listener.watcher_dropped",
+            job_id=str(job_id),
+            backlog=watcher.states.qsize(),
+            close_code=int(WSCloseCode.TRY_AGAIN_LATER),
+        )
 
     async def read_state(self, job_id: uuid.UUID) -> dict | None:
         job = await jobs.read_job(self.pool, job_id, owner=None)  # watchers were checked
@@ -343,8 +356,9 @@ class Watcher(StateQueue):
         await close_socket(self.ws, self.transport, code, message)
 
 
-async def close_socket(ws: web.WebSocketResponse, transport: asyncio.Transport | None,
-                       code: int, message: bytes) -> None:
+async def close_socket(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None, code: int, message: bytes
+) -> None:
     """Close a WebSocket (a no-op if the client closed it already). A client that has not
     answered the close within WS_CLOSE_TIMEOUT_S is reading nothing: it is reset."""
     try:

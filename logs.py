@@ -71,8 +71,10 @@ class PikaConnectionLoss(logging.Filter):
         message = str(record.msg)
         if record.name == self.TRANSPORT:
             failed = record.exc_info is not None and isinstance(record.exc_info[1], OSError)
-            return not (message.startswith("Socket EOF")
-                        or (failed and message.startswith("_AsyncBaseTransport.")))
+            return not (
+                message.startswith("Socket EOF")
+                or (failed and message.startswith("_AsyncBaseTransport."))
+            )
         if record.name == self.CONNECTION:
             return not message.startswith(("connection_lost:", "Transport indicated EOF"))
         if record.name == self.ADAPTER and message.startswith("Unexpected connection close"):

@@ -16,14 +16,18 @@ class UnknownFormat(ValueError):
     """A job names a format that is neither built in nor `auto`."""
 
 
-def compile_format(name: str, default_service: str | None = None,
-                   default_environment: str | None = None,
-                   definition: Mapping | None = None) -> Callable[[Any], formats.Mapped]:
+def compile_format(
+    name: str,
+    default_service: str | None = None,
+    default_environment: str | None = None,
+    definition: Mapping | None = None,
+) -> Callable[[Any], formats.Mapped]:
     """The mapping for a job: built once, then called for every line. `definition` is the
     custom format named `name`, as its owner registered it."""
     if definition is not None:
-        return formats.FormatMapper(formats.custom_format(definition), default_service,
-                                    default_environment)
+        return formats.FormatMapper(
+            formats.custom_format(definition), default_service, default_environment
+        )
     if name == formats.AUTO:
         return AutoMapper(default_service, default_environment)
     if name == formats.GENERIC:
@@ -42,9 +46,11 @@ class AutoMapper:
         self.canonical = formats.CanonicalMapper(default_service, default_environment)
         self.mappers: dict[str, Callable[[Any], formats.Mapped]] = {
             name: formats.FormatMapper(f, default_service, default_environment)
-            for name, f in formats.FORMATS.items()}
-        self.mappers[formats.GENERIC] = generic_format.GenericMapper(default_service,
-                                                                     default_environment)
+            for name, f in formats.FORMATS.items()
+        }
+        self.mappers[formats.GENERIC] = generic_format.GenericMapper(
+            default_service, default_environment
+        )
 
     def __call__(self, obj) -> formats.Mapped:
         if type(obj) is not dict:

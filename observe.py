@@ -43,63 +43,88 @@ ROWS_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000)
 # --------------------------------------------------------------------------- the API
 
 UPLOADS = Counter(
-    "eventhorizon_uploads", "Uploads answered, by HTTP status (202: accepted).",
-    ["status"], registry=API)
+    "eventhorizon_uploads",
+    "Uploads answered, by HTTP status (202: accepted).",
+    ["status"],
+    registry=API,
+)
 UPLOAD_BYTES = Counter(
-    "eventhorizon_upload_bytes", "Bytes of accepted uploads (the files as stored).",
-    registry=API)
+    "eventhorizon_upload_bytes", "Bytes of accepted uploads (the files as stored).", registry=API
+)
 WEBSOCKETS = Gauge(
-    "eventhorizon_websockets", "WebSockets open on this API process (/ws/jobs and /graphql).",
-    registry=API)
+    "eventhorizon_websockets",
+    "WebSockets open on this API process (/ws/jobs and /graphql).",
+    registry=API,
+)
 OUTBOX_BACKLOG = Gauge(
     "eventhorizon_outbox_backlog",
-    "Events in the outbox, not yet in ClickHouse (counted at each scrape).", registry=API)
+    "Events in the outbox, not yet in ClickHouse (counted at each scrape).",
+    registry=API,
+)
 OUTBOX_OLDEST_AGE = Gauge(
     "eventhorizon_outbox_oldest_age_seconds",
-    "Age of the oldest event in the outbox, 0 when empty (read at each scrape).", registry=API)
+    "Age of the oldest event in the outbox, 0 when empty (read at each scrape).",
+    registry=API,
+)
 LOOP_LAG = Gauge(
     "eventhorizon_event_loop_lag_seconds",
     "How late the API's event loop last woke a timer it set (every 0.1 s): what any request "
-    "waited then, this process's own work and the machine's load together.", registry=API)
+    "waited then, this process's own work and the machine's load together.",
+    registry=API,
+)
 LOOP_HOLDS = Histogram(
     "eventhorizon_event_loop_hold_seconds",
     "CPU time of each event-loop callback (a request's work between two awaits) that held "
     "the API's loop for 10 ms or more.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=API)
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=API,
+)
 AUTH_FAILURES = Counter(
     "eventhorizon_auth_failures",
     "Requests refused for their token, by outcome: refused (401: missing, malformed, unknown "
     "or revoked) or limited (429: the client failed too often, not even looked up).",
-    ["outcome"], registry=API)
+    ["outcome"],
+    registry=API,
+)
 for _outcome in ("refused", "limited"):
     AUTH_FAILURES.labels(_outcome)
 RETENTION_REMOVED = Counter(
     "eventhorizon_retention_removed_jobs",
     "Jobs the retention sweep removed, by result: removed, or failed (a job whose removal "
     "failed for a reason of its own, tried again by the next sweep). This process's sweeps.",
-    ["result"], registry=API)
+    ["result"],
+    registry=API,
+)
 for _result in ("removed", "failed"):
     RETENTION_REMOVED.labels(_result)
 OUTBOX_DEAD = Gauge(
     "eventhorizon_outbox_dead",
     "Events in outbox_dead: refused by ClickHouse, kept for a replay (read at each scrape).",
-    registry=API)
+    registry=API,
+)
 
 # --------------------------------------------------------------------------- the worker
 
 LINES = Counter(
     "eventhorizon_lines",
     "Lines the worker stored, by result (valid: a log entry and an event; invalid: a line "
-    "error), counted at each batch's commit.", ["result"], registry=WORKER)
+    "error), counted at each batch's commit.",
+    ["result"],
+    registry=WORKER,
+)
 JOBS = Counter(
     "eventhorizon_jobs",
     "Job runs ended, by how: completed, failed, skipped (finished already), busy (another "
     "worker holds it), abandoned (stopped, resumes later), error (an attempt that raised).",
-    ["status"], registry=WORKER)
+    ["status"],
+    registry=WORKER,
+)
 JOB_DURATION = Histogram(
     "eventhorizon_job_duration_seconds",
     "Seconds a completed job's last run took (a resumed job: from its resumption).",
-    buckets=DURATION_BUCKETS, registry=WORKER)
+    buckets=DURATION_BUCKETS,
+    registry=WORKER,
+)
 for _status in ("completed", "failed", "error"):
     JOBS.labels(_status)
 for _result in ("valid", "invalid"):
@@ -108,23 +133,35 @@ for _result in ("valid", "invalid"):
 # --------------------------------------------------------------------------- the relay
 
 RELAY_EVENTS = Counter(
-    "eventhorizon_relay_events", "Events the relay delivered to ClickHouse (committed).",
-    registry=RELAY)
+    "eventhorizon_relay_events",
+    "Events the relay delivered to ClickHouse (committed).",
+    registry=RELAY,
+)
 RELAY_BATCHES = Counter(
     "eventhorizon_relay_batches",
     "Batches the relay finished, by result: sent, salvaged (some events dead-lettered or "
     "left for later), rejected (refused by ClickHouse, retried), unavailable (ClickHouse "
-    "away, retried).", ["result"], registry=RELAY)
+    "away, retried).",
+    ["result"],
+    registry=RELAY,
+)
 RELAY_BATCH_ROWS = Histogram(
-    "eventhorizon_relay_batch_rows", "Events per delivered batch.", buckets=ROWS_BUCKETS,
-    registry=RELAY)
+    "eventhorizon_relay_batch_rows",
+    "Events per delivered batch.",
+    buckets=ROWS_BUCKETS,
+    registry=RELAY,
+)
 RELAY_LAG = Histogram(
     "eventhorizon_relay_delivery_lag_seconds",
     "Age of a batch's oldest event when ClickHouse acknowledged it.",
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600), registry=RELAY)
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+    registry=RELAY,
+)
 EVENTS_DEAD = Counter(
-    "eventhorizon_events_dead", "Events the relay moved to outbox_dead (ClickHouse refused "
-    "them on their own).", registry=RELAY)
+    "eventhorizon_events_dead",
+    "Events the relay moved to outbox_dead (ClickHouse refused them on their own).",
+    registry=RELAY,
+)
 for _result in ("sent", "salvaged", "rejected", "unavailable"):
     RELAY_BATCHES.labels(_result)
 
@@ -180,8 +217,12 @@ class LoopWatch:
     def held(self, handle: asyncio.Handle, cpu_s: float) -> None:
         LOOP_HOLDS.observe(cpu_s)
         if cpu_s >= self.warn_s:
-            handle._context.run(log.warning, "loop.held", cpu_ms=round(cpu_s * 1000, 1),
-                                limit_ms=round(self.warn_s * 1000, 1))
+            handle._context.run(
+                log.warning,
+                "loop.held",
+                cpu_ms=round(cpu_s * 1000, 1),
+                limit_ms=round(self.warn_s * 1000, 1),
+            )
 
 
 _watch: LoopWatch | None = None
@@ -268,8 +309,9 @@ def record_failure(span: trace.Span, exc: BaseException, description: str | None
 def span(tracer: trace.Tracer, name: str, **kwargs):
     """`tracer.start_as_current_span`, but an exception marks the span by record_failure, never
     with its message (the SDK's own recording would keep it)."""
-    with tracer.start_as_current_span(name, record_exception=False,
-                                      set_status_on_exception=False, **kwargs) as current:
+    with tracer.start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False, **kwargs
+    ) as current:
         try:
             yield current
         except Exception as exc:
@@ -286,7 +328,8 @@ EXPORT_TIMEOUT_S = 2.0
 def export_timeout_s() -> float | None:
     """EXPORT_TIMEOUT_S, or None (the SDK reads the standard variable) when one is set."""
     if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_TIMEOUT"):
+        "OTEL_EXPORTER_OTLP_TIMEOUT"
+    ):
         return None
     return EXPORT_TIMEOUT_S
 

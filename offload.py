@@ -47,8 +47,9 @@ async def run(fn: Callable[..., T], *args, **kwargs) -> T:
     global _pending
     with _lock:
         if _pending >= WORKERS + WAITING:
-            raise Busy(f"{_pending} checks are running or waiting, as many as this process "
-                       "takes at once")
+            raise Busy(
+                f"{_pending} checks are running or waiting, as many as this process takes at once"
+            )
         _pending += 1
     try:
         work = pool().submit(functools.partial(fn, *args, **kwargs))

@@ -33,8 +33,14 @@ class Event:
     metadata_version: int = METADATA_VERSION
 
     def as_row(self) -> tuple:
-        return (self.event_id, self.event_type, self.event_date_time, self.environment,
-                json.dumps(self.context, default=str), self.metadata_version)
+        return (
+            self.event_id,
+            self.event_type,
+            self.event_date_time,
+            self.environment,
+            json.dumps(self.context, default=str),
+            self.metadata_version,
+        )
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -87,16 +93,27 @@ def line_event_ids(job_id: uuid.UUID) -> Callable[[int], str]:
     return event_id
 
 
-def publish_event(conn, event_type: str, context: Mapping[str, Any], *, environment: str,
-                  event_date_time: dt.datetime | None = None,
-                  event_id: uuid.UUID | None = None) -> uuid.UUID:
+def publish_event(
+    conn,
+    event_type: str,
+    context: Mapping[str, Any],
+    *,
+    environment: str,
+    event_date_time: dt.datetime | None = None,
+    event_id: uuid.UUID | None = None,
+) -> uuid.UUID:
     """Write one event to the outbox in the caller's transaction (psycopg sync connection).
 
     Never commits and never talks to ClickHouse: if the caller's transaction rolls back the
     event is gone; if it commits, the relay delivers it exactly once.
     """
-    event = make_event(event_type, context, environment=environment,
-                       event_date_time=event_date_time, event_id=event_id)
+    event = make_event(
+        event_type,
+        context,
+        environment=environment,
+        event_date_time=event_date_time,
+        event_id=event_id,
+    )
     insert_event(conn, event)
     return event.event_id
 
@@ -133,20 +150,31 @@ def copy_outbox_rows(cur, rows: Iterable[tuple]) -> None:
     cur.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
 
 
-def insert_line_range(cur, job_id: uuid.UUID, first_line: int, last_line: int, events: int,
-                      trace_id: str | None) -> None:
+def insert_line_range(
+    cur, job_id: uuid.UUID, first_line: int, last_line: int, events: int, trace_id: str | None
+) -> None:
     """The line events of a batch of a job's entries, in the batch's transaction: one row
     naming lines first_line..last_line, of which `events` are entries (log_entries). The relay
     builds each event from its entry (sql/queries.sql: range_event_log_line), with the id
     `line_event_id` gives and the trace `trace_id` (None: none)."""
-    cur.execute(core.QUERIES["insert_outbox_range"], {
-        "job_id": job_id, "first_line": first_line, "last_line": last_line, "events": events,
-        "trace_id": trace_id})
+    cur.execute(
+        core.QUERIES["insert_outbox_range"],
+        {
+            "job_id": job_id,
+            "first_line": first_line,
+            "last_line": last_line,
+            "events": events,
+            "trace_id": trace_id,
+        },
+    )
     cur.execute(core.QUERIES["notify"], {"channel": CHANNEL, "payload": ""})
 
 
 def outbox_status_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """{backlog, oldest_age_s, dead} from the outbox_status query's row: events not yet in
     ClickHouse, how long the oldest has waited (0 when none), events in outbox_dead."""
-    return {"backlog": row["backlog"], "oldest_age_s": round(row["oldest_age_s"], 3),
-            "dead": row["dead"]}
+    return {
+        "backlog": row["backlog"],
+        "oldest_age_s": round(row["oldest_age_s"], 3),
+        "dead": row["dead"],
+    }

@@ -36,8 +36,9 @@ def claim_batch(conn, max_rows: int, max_wait_s: float) -> tuple[OutboxBatch, li
         cur = conn.cursor(row_factory=namedtuple_row)
         claimed = cur.execute(QUERIES["claim_outbox_batch"], {"max_rows": max_rows}).fetchall()
         claimed = without_recorded_rows(conn, claimed)
-        if not claimed or (sum(r.events for r in claimed) < max_rows
-                           and max(r.age_s for r in claimed) < max_wait_s):
+        if not claimed or (
+            sum(r.events for r in claimed) < max_rows and max(r.age_s for r in claimed) < max_wait_s
+        ):
             return None  # commits nothing; the row locks go
         ids = [r.id for r in claimed]
         rows = batch_rows(conn, ids)
@@ -52,8 +53,12 @@ def without_recorded_rows(conn, rows: list) -> list:
     if not rows:
         return rows
     cur = conn.cursor(row_factory=tuple_row)
-    taken = {i for (i,) in cur.execute(QUERIES["outbox_batch_overlap"],
-                                       {"first_id": rows[0].id, "last_id": rows[-1].id})}
+    taken = {
+        i
+        for (i,) in cur.execute(
+            QUERIES["outbox_batch_overlap"], {"first_id": rows[0].id, "last_id": rows[-1].id}
+        )
+    }
     return [r for r in rows if r.id not in taken] if taken else rows
 
 
@@ -68,14 +73,23 @@ def batch_token(rows: Sequence) -> str:
     return f"eh-outbox-{len(rows)}-{digest.hexdigest()[:40]}"
 
 
-def record_outbox_batch(conn, rows: list, attempts: int = 0,
-                        ids: list[int] | None = None) -> OutboxBatch:
+def record_outbox_batch(
+    conn, rows: list, attempts: int = 0, ids: list[int] | None = None
+) -> OutboxBatch:
     """Record events as a batch in outbox_batch, with their dedup token (caller's transaction):
     the outbox rows `ids` (ascending; by default the events')."""
     ids = ids or sorted({r.id for r in rows})
-    return batch_query(conn, "record_outbox_batch", {
-        "first_id": ids[0], "last_id": ids[-1], "ids": ids, "token": batch_token(rows),
-        "attempts": attempts}).fetchone()
+    return batch_query(
+        conn,
+        "record_outbox_batch",
+        {
+            "first_id": ids[0],
+            "last_id": ids[-1],
+            "ids": ids,
+            "token": batch_token(rows),
+            "attempts": attempts,
+        },
+    ).fetchone()
 
 
 def take_unfinished_batch(conn) -> OutboxBatch | None:
@@ -115,8 +129,10 @@ def dead_letter_rows(conn, rows: list, error: str) -> None:
     if ids := [r.id for r in rows if not r.line_no]:
         conn.execute(QUERIES["dead_letter_outbox_rows"], {"ids": ids, "error": error})
     if lines := [r for r in rows if r.line_no]:
-        conn.execute(QUERIES["dead_letter_line_events"], {
-            "ids": [r.id for r in lines], "lines": [r.line_no for r in lines], "error": error})
+        conn.execute(
+            QUERIES["dead_letter_line_events"],
+            {"ids": [r.id for r in lines], "lines": [r.line_no for r in lines], "error": error},
+        )
 
 
 def split_ranges(conn, part: list) -> list:
@@ -128,14 +144,18 @@ def split_ranges(conn, part: list) -> list:
     moved: dict[int, int] = {}
     for range_id in dict.fromkeys(r.id for r in part if r.line_no):
         lines = [r.line_no for r in part if r.id == range_id]
-        (moved[range_id],) = cur.execute(QUERIES["split_outbox_range"], {
-            "id": range_id, "first_line": lines[0], "last_line": lines[-1],
-            "events": len(lines)}).fetchone()
+        (moved[range_id],) = cur.execute(
+            QUERIES["split_outbox_range"],
+            {"id": range_id, "first_line": lines[0], "last_line": lines[-1], "events": len(lines)},
+        ).fetchone()
     return [r._replace(id=moved[r.id]) if r.line_no else r for r in part]
 
 
 def outbox_pending(conn, max_rows: int) -> tuple[int, float]:
     """Unclaimed rows (counting at most `max_rows`) and the age of the oldest of them, in s."""
-    rows, oldest_age_s = conn.cursor(row_factory=tuple_row).execute(
-        QUERIES["outbox_pending"], {"max_rows": max_rows}).fetchone()
+    rows, oldest_age_s = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(QUERIES["outbox_pending"], {"max_rows": max_rows})
+        .fetchone()
+    )
     return rows, oldest_age_s

@@ -37,12 +37,17 @@ async def readyz(request: web.Request) -> web.Response:
         "listener": app[WATCHERS].listening.wait(),
     }
     results = await asyncio.gather(
-        *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()),
-        return_exceptions=True)
-    report = {name: readiness(name, result, timeout_s) for name, result in zip(checks, results, strict=True)}
+        *(asyncio.wait_for(c, timeout=timeout_s) for c in checks.values()), return_exceptions=True
+    )
+    report = {
+        name: readiness(name, result, timeout_s)
+        for name, result in zip(checks, results, strict=True)
+    }
     ready = all(v == "ok" for v in report.values())
-    return web.json_response({"status": "ready" if ready else "unavailable", "checks": report},
-                             status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": report},
+        status=200 if ready else 503,
+    )
 
 
 def readiness(name: str, result, timeout_s: float) -> str:
@@ -66,11 +71,11 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus's scrape: no token, but only to peers in EH_METRICS_ALLOW (the connection's
     own address: a header could be forged). The outbox figures are read now, by one query."""
     if not observe.may_scrape(request.remote, request.app[SETTINGS].metrics_networks):
-        raise Problem(403, "Forbidden", "/metrics answers only to the networks in "
-                                        "EH_METRICS_ALLOW")
+        raise Problem(403, "Forbidden", "/metrics answers only to the networks in EH_METRICS_ALLOW")
     await read_outbox_gauges(request.app[POOL], request.app[SETTINGS].ready_timeout_s)
-    return web.Response(body=observe.exposition(observe.API),
-                        headers={"Content-Type": observe.CONTENT_TYPE})
+    return web.Response(
+        body=observe.exposition(observe.API), headers={"Content-Type": observe.CONTENT_TYPE}
+    )
 
 
 async def read_outbox_gauges(pool: AsyncConnectionPool, timeout_s: float) -> None:

@@ -28,18 +28,22 @@ class OwnerQueueFull(NoReadSlot):
     """The owner has as many reads waiting as one owner may."""
 
     def __init__(self, owner: str, waiting: int):
-        super().__init__(f"{owner} has {waiting} ClickHouse reads waiting for a slot, as many as "
-                         "one owner may (EH_EXPLORE_QUEUE_PER_OWNER); retry once some have "
-                         "finished")
+        super().__init__(
+            f"{owner} has {waiting} ClickHouse reads waiting for a slot, as many as "
+            "one owner may (EH_EXPLORE_QUEUE_PER_OWNER); retry once some have "
+            "finished"
+        )
 
 
 class WaitedTooLong(NoReadSlot):
     """A read waited for a slot as long as a read may."""
 
     def __init__(self, waited_s: float, per_owner: int):
-        super().__init__(f"this read waited {waited_s:g} s for a ClickHouse read slot "
-                         f"(EH_EXPLORE_WAIT_S) behind this owner's earlier reads, {per_owner} "
-                         "at a time; retry later")
+        super().__init__(
+            f"this read waited {waited_s:g} s for a ClickHouse read slot "
+            f"(EH_EXPLORE_WAIT_S) behind this owner's earlier reads, {per_owner} "
+            "at a time; retry later"
+        )
         self.retry_after_s = max(1, math.ceil(waited_s / 4))
 
 
@@ -52,8 +56,9 @@ class ReadSlots:
         self.running = 0
         self.running_by_owner: collections.Counter[str] = collections.Counter()
         # Owners with reads waiting, in turn order; each one's waiters first come, first served.
-        self.waiting: collections.OrderedDict[str, collections.deque[asyncio.Future]] = \
+        self.waiting: collections.OrderedDict[str, collections.deque[asyncio.Future]] = (
             collections.OrderedDict()
+        )
 
     @contextlib.asynccontextmanager
     async def slot(self, owner: str):
@@ -72,8 +77,11 @@ class ReadSlots:
             await self.wait_for_slot(owner)
 
     def can_start(self, owner: str) -> bool:
-        return (self.running < self.total and self.running_by_owner[owner] < self.per_owner
-                and owner not in self.waiting)
+        return (
+            self.running < self.total
+            and self.running_by_owner[owner] < self.per_owner
+            and owner not in self.waiting
+        )
 
     def take(self, owner: str) -> None:
         self.running += 1

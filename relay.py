@@ -101,8 +101,10 @@ def main() -> int:
     try:
         observe.serve_metrics(observe.RELAY, settings, settings.relay_metrics_port)
     except OSError as exc:
-        sys.exit(f"cannot serve metrics on {settings.metrics_host}:"
-                 f"{settings.relay_metrics_port} (RELAY_METRICS_PORT): {exc}")
+        sys.exit(
+            f"cannot serve metrics on {settings.metrics_host}:"
+            f"{settings.relay_metrics_port} (RELAY_METRICS_PORT): {exc}"
+        )
     stop = stopping.Stopper("relay", settings.stop_grace_s)
     stop.install()
     crash = settings.relay_crash_after_insert
@@ -115,7 +117,8 @@ def main() -> int:
         lanes=settings.relay_lanes,
         fault_injection="EH_RELAY_CRASH_AFTER_INSERT" if crash else None,
         metrics=f"{settings.metrics_host}:{settings.relay_metrics_port}"
-        if settings.relay_metrics_port else None,
+        if settings.relay_metrics_port
+        else None,
     )
     try:
         run_lanes(settings, stop, after_insert=crash_after_insert if crash else None)
@@ -131,7 +134,8 @@ def check_engine_installed(url: str) -> None:
     if url.startswith("chdb:") and importlib.util.find_spec("chdb") is None:
         raise config.ConfigError(
             "CLICKHOUSE_URL is chdb://, but the embedded engine (chdb) is not installed: "
-            "pip install '.[embedded]', or set CLICKHOUSE_URL to a server, http(s)://...")
+            "pip install '.[embedded]', or set CLICKHOUSE_URL to a server, http(s)://..."
+        )
 
 
 def crash_after_insert(_rows) -> None:
@@ -143,8 +147,12 @@ def crash_after_insert(_rows) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def run_lanes(settings: config.Settings, stop: stopping.Stopper, *,
-              after_insert: Callable[[list], None] | None = None) -> None:
+def run_lanes(
+    settings: config.Settings,
+    stop: stopping.Stopper,
+    *,
+    after_insert: Callable[[list], None] | None = None,
+) -> None:
     """`run` in RELAY_LANES lanes side by side, the first in this (the main) thread, so that
     Postgres reads the next batch while ClickHouse takes the current one. Lanes are relays as
     far as the outbox is concerned: each claims its own batches (SKIP LOCKED) with its own
@@ -163,8 +171,10 @@ def run_lanes(settings: config.Settings, stop: stopping.Stopper, *,
             failures.append(exc)
             stop.request(f"lane {n} failed")
 
-    others = [threading.Thread(target=lane, args=(n,), name=f"relay-lane-{n}", daemon=True)
-              for n in range(1, settings.relay_lanes)]
+    others = [
+        threading.Thread(target=lane, args=(n,), name=f"relay-lane-{n}", daemon=True)
+        for n in range(1, settings.relay_lanes)
+    ]
     for thread in others:
         thread.start()
     try:
@@ -177,8 +187,12 @@ def run_lanes(settings: config.Settings, stop: stopping.Stopper, *,
         raise failures[0]
 
 
-def run(settings: config.Settings, stop: stopping.Stopper, *,
-        after_insert: Callable[[list], None] | None = None) -> None:
+def run(
+    settings: config.Settings,
+    stop: stopping.Stopper,
+    *,
+    after_insert: Callable[[list], None] | None = None,
+) -> None:
     """Deliver batches until `stop` is requested; reconnect and back off whenever a side fails."""
     backoff = core.Backoff()
     pg = listener = ch = None
@@ -201,13 +215,21 @@ def run(settings: config.Settings, stop: stopping.Stopper, *,
                 backoff.reset()
             except BatchRejected as exc:
                 delay = backoff.next()
-                log.warning("relay.batch_rejected", batch_id=exc.batch_id, attempts=exc.attempts,
-                            error=exc.error[: event_log.MAX_ERROR_CHARS // 3], retry_in_s=delay)
+                log.warning(
+                    "relay.batch_rejected",
+                    batch_id=exc.batch_id,
+                    attempts=exc.attempts,
+                    error=exc.error[: event_log.MAX_ERROR_CHARS // 3],
+                    retry_in_s=delay,
+                )
                 stop.wait(delay)
             except event_log.ClickHouseUnavailable as exc:
                 delay = backoff.next()
-                log.warning("relay.clickhouse_unavailable", error=str(exc)[: event_log.MAX_ERROR_CHARS // 3],
-                            retry_in_s=delay)
+                log.warning(
+                    "relay.clickhouse_unavailable",
+                    error=str(exc)[: event_log.MAX_ERROR_CHARS // 3],
+                    retry_in_s=delay,
+                )
                 observe.RELAY_BATCHES.labels("unavailable").inc()
                 ch = close_quietly(ch)  # reconnect: also re-creates a dropped event_log
                 stop.wait(delay)
@@ -306,8 +328,9 @@ class Delivery:
     left: int = 0  # rows of refused parts recorded as batches of their own, for later
 
 
-def relay_once(conn, ch, settings: config.Settings, *,
-               after_insert: Callable[[list], None] | None = None) -> int:
+def relay_once(
+    conn, ch, settings: config.Settings, *, after_insert: Callable[[list], None] | None = None
+) -> int:
     """Deliver at most one batch; returns how many events ClickHouse took (0: nothing due).
 
     A batch left unfinished (its relay died, or ClickHouse failed it) goes first, re-sent as
@@ -336,18 +359,25 @@ def relay_once(conn, ch, settings: config.Settings, *,
         span.end(delivery=delivery)
 
 
-def take_and_deliver(conn, ch, settings: config.Settings, span: BatchSpan,
-                     after_insert: Callable[[list], None] | None) -> Delivery | None:
+def take_and_deliver(
+    conn,
+    ch,
+    settings: config.Settings,
+    span: BatchSpan,
+    after_insert: Callable[[list], None] | None,
+) -> Delivery | None:
     """relay_once's work: the unfinished batch, else a new one if due (None: nothing)."""
     with conn.transaction():
         batch = outbox_batches.take_unfinished_batch(conn)
         if batch is not None:
             rows = outbox_batches.batch_rows(conn, batch.ids)
             span.claimed(batch, rows, resent=True)
-            return deliver_batch(conn, ch, batch, rows, resent=True, after_insert=after_insert,
-                                 span=span)
-    claimed = outbox_batches.claim_batch(conn, settings.relay_batch_max_rows,
-                                         settings.relay_batch_max_wait_s)
+            return deliver_batch(
+                conn, ch, batch, rows, resent=True, after_insert=after_insert, span=span
+            )
+    claimed = outbox_batches.claim_batch(
+        conn, settings.relay_batch_max_rows, settings.relay_batch_max_wait_s
+    )
     if claimed is None:
         return None
     batch, rows = claimed
@@ -371,19 +401,24 @@ class BatchSpan:
         self.start_ns = time.time_ns()
         self.span: trace.Span | None = None
 
-    def claimed(self, batch: outbox_batches.OutboxBatch, rows: Sequence, *,
-                resent: bool = False) -> None:
-        self.span = tracer.start_span("relay.batch", start_time=self.start_ns,
-                                      links=event_links(rows), attributes={
-                                          "batch.id": batch.batch_id, "rows": len(rows),
-                                          "resent": resent})
-        tracer.start_span("relay.claim", context=trace.set_span_in_context(self.span),
-                          start_time=self.start_ns).end()
+    def claimed(
+        self, batch: outbox_batches.OutboxBatch, rows: Sequence, *, resent: bool = False
+    ) -> None:
+        self.span = tracer.start_span(
+            "relay.batch",
+            start_time=self.start_ns,
+            links=event_links(rows),
+            attributes={"batch.id": batch.batch_id, "rows": len(rows), "resent": resent},
+        )
+        tracer.start_span(
+            "relay.claim", context=trace.set_span_in_context(self.span), start_time=self.start_ns
+        ).end()
 
     def current(self):
         """The batch's span made current, for what is logged about it (ended by `end`)."""
-        return trace.use_span(self.span, end_on_exit=False, record_exception=False,
-                              set_status_on_exception=False)
+        return trace.use_span(
+            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
 
     def step(self, name: str):
         """A child span of the batch around one step (nothing before a batch is found)."""
@@ -399,8 +434,14 @@ class BatchSpan:
         elif delivery.rejection is not None:
             self.span.set_status(trace.StatusCode.ERROR, "ClickHouse refused the batch")
         else:
-            self.span.set_attributes({"rows_sent": delivery.rows, "rows_dead": delivery.dead,
-                                      "rows_left": delivery.left, "lag_s": delivery.lag_s})
+            self.span.set_attributes(
+                {
+                    "rows_sent": delivery.rows,
+                    "rows_dead": delivery.dead,
+                    "rows_left": delivery.left,
+                    "lag_s": delivery.lag_s,
+                }
+            )
         self.span.end()
 
 
@@ -410,15 +451,19 @@ def event_links(rows: Sequence) -> list[trace.Link]:
     it is; a job with fewer events in the batch than one in LINK_SAMPLES may be missed. An
     event names its trace, not a span: each link is to the trace (span id 0), and says so."""
     found: dict[str, None] = {}
-    for row in rows[::max(1, len(rows) // LINK_SAMPLES)]:
+    for row in rows[:: max(1, len(rows) // LINK_SAMPLES)]:
         match = TRACE_ID_MEMBER.search(row.line)
         if match and (trace_id := match.group(1).decode()) not in found:
             found[trace_id] = None
             if len(found) == MAX_LINKS:
                 break
-    return [trace.Link(trace.SpanContext(int(t, 16), 0, is_remote=True),
-                       attributes={"eventhorizon.link": "the trace of events in this batch"})
-            for t in found]
+    return [
+        trace.Link(
+            trace.SpanContext(int(t, 16), 0, is_remote=True),
+            attributes={"eventhorizon.link": "the trace of events in this batch"},
+        )
+        for t in found
+    ]
 
 
 def report(delivery: Delivery, seconds: float) -> int:
@@ -428,14 +473,31 @@ def report(delivery: Delivery, seconds: float) -> int:
     if delivery.rejection is not None:
         raise delivery.rejection
     if delivery.dead:
-        log.error("relay.batch_dead", batch_id=batch.batch_id, rows_sent=delivery.rows,
-                  rows_dead=delivery.dead, rows_left=delivery.left, attempts=DEAD_AFTER_ATTEMPTS,
-                  error=delivery.dead_error[: event_log.MAX_ERROR_CHARS // 3])
+        log.error(
+            "relay.batch_dead",
+            batch_id=batch.batch_id,
+            rows_sent=delivery.rows,
+            rows_dead=delivery.dead,
+            rows_left=delivery.left,
+            attempts=DEAD_AFTER_ATTEMPTS,
+            error=delivery.dead_error[: event_log.MAX_ERROR_CHARS // 3],
+        )
     elif delivery.left:
-        log.warning("relay.batch_split", batch_id=batch.batch_id, rows_sent=delivery.rows,
-                    rows_left=delivery.left)
-    log.info("relay.batch_sent", batch_id=batch.batch_id, rows=delivery.rows, bytes=delivery.nbytes,
-             seconds=round(seconds, 3), lag_s=round(delivery.lag_s, 3), resent=delivery.resent)
+        log.warning(
+            "relay.batch_split",
+            batch_id=batch.batch_id,
+            rows_sent=delivery.rows,
+            rows_left=delivery.left,
+        )
+    log.info(
+        "relay.batch_sent",
+        batch_id=batch.batch_id,
+        rows=delivery.rows,
+        bytes=delivery.nbytes,
+        seconds=round(seconds, 3),
+        lag_s=round(delivery.lag_s, 3),
+        resent=delivery.resent,
+    )
     return delivery.rows
 
 
@@ -452,9 +514,16 @@ def count_delivery(delivery: Delivery) -> None:
     observe.RELAY_LAG.observe(delivery.lag_s)
 
 
-def deliver_batch(conn, ch, batch: outbox_batches.OutboxBatch, rows: list, *, resent: bool = False,
-                  after_insert: Callable[[list], None] | None = None,
-                  span: BatchSpan | None = None) -> Delivery:
+def deliver_batch(
+    conn,
+    ch,
+    batch: outbox_batches.OutboxBatch,
+    rows: list,
+    *,
+    resent: bool = False,
+    after_insert: Callable[[list], None] | None = None,
+    span: BatchSpan | None = None,
+) -> Delivery:
     """Send a locked batch and, once ClickHouse has it, delete its rows and record (caller's
     transaction). A malformed batch is counted, or dead-lettered on its last attempt."""
     span = span or BatchSpan()
@@ -468,8 +537,7 @@ def deliver_batch(conn, ch, batch: outbox_batches.OutboxBatch, rows: list, *, re
                 error = refusal(exc)
                 attempts = count_refusal(conn, batch, error)
                 if attempts < DEAD_AFTER_ATTEMPTS:
-                    return Delivery(batch,
-                                    rejection=BatchRejected(batch.batch_id, attempts, error))
+                    return Delivery(batch, rejection=BatchRejected(batch.batch_id, attempts, error))
                 approx_bytes, dead, left = salvage(ch, rows, error, after_insert=after_insert)
             else:
                 if after_insert is not None:
@@ -486,17 +554,25 @@ def deliver_batch(conn, ch, batch: outbox_batches.OutboxBatch, rows: list, *, re
     lag_s = max((r.age_s for r in rows), default=0.0) + time.monotonic() - fetched
     dead_rows = sum(len(part) for part, _ in dead)
     left_rows = sum(len(part) for part in left)
-    return Delivery(batch, rows=len(rows) - dead_rows - left_rows, nbytes=approx_bytes,
-                    lag_s=lag_s, resent=resent, dead=dead_rows,
-                    dead_error=dead[0][1] if dead else None, left=left_rows)
+    return Delivery(
+        batch,
+        rows=len(rows) - dead_rows - left_rows,
+        nbytes=approx_bytes,
+        lag_s=lag_s,
+        resent=resent,
+        dead=dead_rows,
+        dead_error=dead[0][1] if dead else None,
+        left=left_rows,
+    )
 
 
 def without(rows: list, dead: list, left: list) -> list:
     """The rows of a batch but those dead-lettered or left for later by a salvage."""
     if not dead and not left:
         return rows
-    out = {event_key(r) for part, _ in dead for r in part} | {event_key(r) for part in left
-                                                              for r in part}
+    out = {event_key(r) for part, _ in dead for r in part} | {
+        event_key(r) for part in left for r in part
+    }
     return [r for r in rows if event_key(r) not in out]
 
 
@@ -531,14 +607,18 @@ def missing_from_event_log(ch, rows: list) -> list:
     event id, within their event types and times (event_log's sort key)."""
     present = set()
     for start in range(0, len(rows), event_log.PRESENCE_CHUNK):
-        chunk = rows[start:start + event_log.PRESENCE_CHUNK]
+        chunk = rows[start : start + event_log.PRESENCE_CHUNK]
         events = [json.loads(r.line) for r in chunk]
         try:
-            found = ch.query(EVENTS_PRESENT, parameters={
-                "types": sorted({e["event_type"] for e in events}),
-                "first": min(e["event_date_time"] for e in events),
-                "last": max(e["event_date_time"] for e in events),
-                "ids": [r.event_id for r in chunk]}).result_rows
+            found = ch.query(
+                EVENTS_PRESENT,
+                parameters={
+                    "types": sorted({e["event_type"] for e in events}),
+                    "first": min(e["event_date_time"] for e in events),
+                    "last": max(e["event_date_time"] for e in events),
+                    "ids": [r.event_id for r in chunk],
+                },
+            ).result_rows
         except Exception as exc:
             raise event_log.ClickHouseUnavailable(event_log.describe(exc)) from exc
         present.update(event_id for (event_id,) in found)
@@ -549,7 +629,8 @@ EVENTS_PRESENT = (
     f"SELECT event_id FROM {event_log.EVENT_LOG_TABLE} "
     "WHERE event_type IN {types:Array(String)} "
     "AND event_date_time BETWEEN toDateTime({first:Int64}, 'UTC') "
-    "AND toDateTime({last:Int64}, 'UTC') AND event_id IN {ids:Array(UUID)}")
+    "AND toDateTime({last:Int64}, 'UTC') AND event_id IN {ids:Array(UUID)}"
+)
 
 
 def refusal(exc: Exception) -> str:
@@ -563,13 +644,15 @@ def refusal(exc: Exception) -> str:
 def count_refusal(conn, batch: outbox_batches.OutboxBatch, error: str) -> int:
     """Count ClickHouse's refusal of a batch (caller's transaction); returns the count."""
     cur = conn.cursor(row_factory=tuple_row)
-    (attempts,) = cur.execute(QUERIES["reject_outbox_batch"],
-                              {"batch_id": batch.batch_id, "error": error}).fetchone()
+    (attempts,) = cur.execute(
+        QUERIES["reject_outbox_batch"], {"batch_id": batch.batch_id, "error": error}
+    ).fetchone()
     return attempts
 
 
-def salvage(ch, rows: list, error: str, *, after_insert: Callable[[list], None] | None = None
-            ) -> tuple[int, list[tuple[list, str]], list[list]]:
+def salvage(
+    ch, rows: list, error: str, *, after_insert: Callable[[list], None] | None = None
+) -> tuple[int, list[tuple[list, str]], list[list]]:
     """Get what ClickHouse takes of a batch it refused (with `error`) into event_log: send it
     in halves, halving each refused part again, until a refused part is a single row.
     Returns the bytes sent, the single rows refused with their errors (for outbox_dead), and

@@ -77,11 +77,14 @@ class Policy:
         return self.own.days if self.own else self.default_days
 
     def json(self) -> dict[str, Any]:
-        return {"owner": self.owner, "days": self.days,
-                "source": "owner" if self.own else "default",
-                "default_days": self.default_days,
-                "set_by": self.own.set_by if self.own else None,
-                "set_at": self.own.set_at.isoformat() if self.own else None}
+        return {
+            "owner": self.owner,
+            "days": self.days,
+            "source": "owner" if self.own else "default",
+            "default_days": self.default_days,
+            "set_by": self.own.set_by if self.own else None,
+            "set_at": self.own.set_at.isoformat() if self.own else None,
+        }
 
 
 def default_days(settings: config.Settings) -> int | None:
@@ -90,8 +93,9 @@ def default_days(settings: config.Settings) -> int | None:
 
 def check_owner(owner: str) -> str:
     if not auth.OWNER_PATTERN.fullmatch(owner):
-        raise InvalidRetention(f"owner must be 1-64 letters, digits, '.', '_', '@' or '-', "
-                               f"got {owner[:80]!r}")
+        raise InvalidRetention(
+            f"owner must be 1-64 letters, digits, '.', '_', '@' or '-', got {owner[:80]!r}"
+        )
     return owner
 
 
@@ -100,8 +104,10 @@ def check_days(days: Any) -> int | None:
     if days is None:
         return None
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
-        raise InvalidRetention(f"days must be a whole number from 1 to {MAX_DAYS}, or null to "
-                               f"keep the owner's jobs for ever; got {str(days)[:40]!r}")
+        raise InvalidRetention(
+            f"days must be a whole number from 1 to {MAX_DAYS}, or null to "
+            f"keep the owner's jobs for ever; got {str(days)[:40]!r}"
+        )
     return days
 
 
@@ -114,17 +120,19 @@ async def read_policy(aconn, settings: config.Settings, owner: str) -> Policy:
     return Policy(owner, default_days(settings), await cur.fetchone())
 
 
-async def set_policy(aconn, settings: config.Settings, owner: str, days: int | None, *,
-                     set_by: str, who: audit.Actor) -> Policy:
+async def set_policy(
+    aconn, settings: config.Settings, owner: str, days: int | None, *, set_by: str, who: audit.Actor
+) -> Policy:
     """Set `owner`'s own retention (None: for ever), with its `audit.retention.set` event;
     the next sweep applies it."""
     cur = aconn.cursor(row_factory=class_row(OwnerRetention))
     async with aconn.transaction():
-        await cur.execute(core.QUERIES["set_owner_retention"], {
-            "owner": check_owner(owner), "days": check_days(days), "set_by": set_by})
+        await cur.execute(
+            core.QUERIES["set_owner_retention"],
+            {"owner": check_owner(owner), "days": check_days(days), "set_by": set_by},
+        )
         policy = Policy(owner, default_days(settings), await cur.fetchone())
-        await audit.arecord(aconn, settings, "audit.retention.set", who, object_=owner,
-                            days=days)
+        await audit.arecord(aconn, settings, "audit.retention.set", who, object_=owner, days=days)
     log.info("retention.set", owner=owner, days=days, set_by=set_by)
     return policy
 
@@ -133,8 +141,9 @@ async def clear_policy(aconn, settings: config.Settings, owner: str, *, who: aud
     """`owner` keeps the default again (`audit.retention.cleared`, if they had a setting of
     their own); False if they had none."""
     async with aconn.transaction():
-        cur = await aconn.execute(core.QUERIES["clear_owner_retention"],
-                                  {"owner": check_owner(owner)})
+        cur = await aconn.execute(
+            core.QUERIES["clear_owner_retention"], {"owner": check_owner(owner)}
+        )
         cleared = await cur.fetchone() is not None
         if cleared:
             await audit.arecord(aconn, settings, "audit.retention.cleared", who, object_=owner)
@@ -162,24 +171,41 @@ class Swept:
     failed: int = 0  # a removal failed for a reason of the job's own (logged): next time
 
     def json(self) -> dict[str, Any]:
-        return {"ran": self.ran, "skipped": self.skipped, "failed": self.failed, "removed": [
-            {"job_id": str(j.job_id), "owner": j.owner, "file_name": j.file_name,
-             "status": j.status, "created_at": j.created_at.isoformat()} for j in self.removed]}
+        return {
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "removed": [
+                {
+                    "job_id": str(j.job_id),
+                    "owner": j.owner,
+                    "file_name": j.file_name,
+                    "status": j.status,
+                    "created_at": j.created_at.isoformat(),
+                }
+                for j in self.removed
+            ],
+        }
 
 
 async def sweep(settings: config.Settings, s3) -> Swept:
     """One sweep now, on a connection of its own (closing it releases the sweep's lock)."""
     async with await psycopg.AsyncConnection.connect(
-            settings.database_url, autocommit=True,
-            application_name=core.process_name("retention")) as aconn:
+        settings.database_url, autocommit=True, application_name=core.process_name("retention")
+    ) as aconn:
         cur = aconn.cursor(row_factory=tuple_row)
         await cur.execute(core.QUERIES["try_lock_retention_sweep"])
         if not (await cur.fetchone())[0]:
             log.info("retention.sweep_skipped", reason="another process is sweeping")
             return Swept(ran=False)
         swept = await sweep_locked(aconn, settings, s3)
-    log.info("retention.swept", removed=len(swept.removed), skipped=swept.skipped,
-             failed=swept.failed, default_days=default_days(settings))
+    log.info(
+        "retention.swept",
+        removed=len(swept.removed),
+        skipped=swept.skipped,
+        failed=swept.failed,
+        default_days=default_days(settings),
+    )
     return swept
 
 
@@ -188,8 +214,9 @@ async def sweep_locked(aconn, settings: config.Settings, s3) -> Swept:
     remove each job once: each removal locks the row and re-checks it), only wasteful."""
     swept, after, days = Swept(ran=True), FIRST_PAGE, default_days(settings)
     while True:
-        page = await jobs.read_expired(aconn, default_days=days, after=after,
-                                       limit=settings.retention_batch)
+        page = await jobs.read_expired(
+            aconn, default_days=days, after=after, limit=settings.retention_batch
+        )
         for _created_at, job_id in page:
             try:
                 job = await remove_expired(aconn, settings, s3, job_id)
@@ -211,7 +238,9 @@ async def sweep_locked(aconn, settings: config.Settings, s3) -> Swept:
         after = page[-1]
 
 
-async def remove_expired(aconn, settings: config.Settings, s3, job_id: uuid.UUID) -> jobs.Job | None:
+async def remove_expired(
+    aconn, settings: config.Settings, s3, job_id: uuid.UUID
+) -> jobs.Job | None:
     """Remove one expired job as DELETE /api/v1/jobs/{id} does, in one transaction: None if
     it is no longer expired, a worker or another transaction holds it (left for later).
 
@@ -225,11 +254,22 @@ async def remove_expired(aconn, settings: config.Settings, s3, job_id: uuid.UUID
         # Its job.deleted event (deleted_by SWEEPER) and its audit event, in the removal's
         # transaction: one each per job removed, whichever sweeper removed it.
         await jobs.delete(aconn, settings, job, deleted_by=SWEEPER)
-        await audit.arecord(aconn, settings, "audit.retention.swept", audit.Actor(SWEEPER),
-                            object_=job.job_id, owner=job.owner, file_name=job.file_name,
-                            uploaded_at=job.created_at.isoformat())
-    log.info("retention.job_removed", job_id=str(job.job_id), owner=job.owner,
-             created_at=job.created_at.isoformat())
+        await audit.arecord(
+            aconn,
+            settings,
+            "audit.retention.swept",
+            audit.Actor(SWEEPER),
+            object_=job.job_id,
+            owner=job.owner,
+            file_name=job.file_name,
+            uploaded_at=job.created_at.isoformat(),
+        )
+    log.info(
+        "retention.job_removed",
+        job_id=str(job.job_id),
+        owner=job.owner,
+        created_at=job.created_at.isoformat(),
+    )
     return job
 
 
@@ -243,6 +283,5 @@ async def sweep_periodically(settings: config.Settings, s3) -> None:
         try:
             await sweep(settings, s3)
         except Exception as exc:
-            log.warning("retention.sweep_failed", error=str(exc)[:300],
-                        outage=core.is_outage(exc))
+            log.warning("retention.sweep_failed", error=str(exc)[:300], outage=core.is_outage(exc))
         await asyncio.sleep(interval * random.uniform(0.75, 1.25))

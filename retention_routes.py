@@ -32,8 +32,9 @@ async def sweeper_ctx(app: web.Application):
     settings = app[SETTINGS]
     task = None
     if settings.retention_interval_s > 0:
-        task = asyncio.create_task(retention.sweep_periodically(settings, app[S3]),
-                                   name="retention-sweep")
+        task = asyncio.create_task(
+            retention.sweep_periodically(settings, app[S3]), name="retention-sweep"
+        )
     yield
     if task is not None:
         task.cancel()
@@ -57,8 +58,14 @@ async def put_retention(request: web.Request) -> web.Response:
     owner = admin_owner(request)
     days = days_of(await json_body(request, MAX_BODY_BYTES))
     async with request.app[POOL].connection() as conn:
-        policy = await retention.set_policy(conn, request.app[SETTINGS], owner, days,
-                                            set_by=principal(request).owner, who=actor(request))
+        policy = await retention.set_policy(
+            conn,
+            request.app[SETTINGS],
+            owner,
+            days,
+            set_by=principal(request).owner,
+            who=actor(request),
+        )
     return web.json_response(policy.json())
 
 
@@ -83,8 +90,11 @@ def admin_owner(request: web.Request) -> str:
 
 def days_of(body: Any) -> int | None:
     if not isinstance(body, dict) or set(body) != {"days"}:
-        raise Problem(422, "Unprocessable Content",
-                      'the body must be {"days": N} (1-36500) or {"days": null} (for ever)')
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            'the body must be {"days": N} (1-36500) or {"days": null} (for ever)',
+        )
     try:
         return retention.check_days(body["days"])
     except retention.InvalidRetention as exc:

@@ -96,5 +96,6 @@ class TokenSockets:
             try:
                 await self.recheck()
             except Exception as exc:  # noqa: BLE001 - logged, and tried again
-                log.warning("token.recheck_failed", error=str(exc)[:300],
-                            outage=core.is_outage(exc))
+                log.warning(
+                    "token.recheck_failed", error=str(exc)[:300], outage=core.is_outage(exc)
+                )

@@ -36,14 +36,26 @@ async def get_events(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     order, after = order_param(request), cursor_param(request)
     scope = await request_scope(request)
-    events = await explore_read(request.app[EXPLORER].run(
-        scope.owner, search.search_events, scope, filters, order=order, after=after,
-        limit=limit + 1))
+    events = await explore_read(
+        request.app[EXPLORER].run(
+            scope.owner,
+            search.search_events,
+            scope,
+            filters,
+            order=order,
+            after=after,
+            limit=limit + 1,
+        )
+    )
     next_url = None
     if len(events) > limit:
         events = events[:limit]
-        query = [("limit", str(limit)), ("order", order),
-                 ("after", search.encode_cursor(order, events[-1])), *filters.query_items()]
+        query = [
+            ("limit", str(limit)),
+            ("order", order),
+            ("after", search.encode_cursor(order, events[-1])),
+            *filters.query_items(),
+        ]
         next_url = f"/api/v1/events?{urlencode(query)}"
     return web.json_response({"events": events, "next": next_url})
 
@@ -54,11 +66,13 @@ async def get_events_histogram(request: web.Request) -> web.Response:
     filters = search_filters(request, {"interval_s"})
     interval = None
     if "interval_s" in request.query:
-        interval = int_param(request, "interval_s", default=0, low=1,
-                               high=explore.MAX_INTERVAL_S)
+        interval = int_param(request, "interval_s", default=0, low=1, high=explore.MAX_INTERVAL_S)
     scope = await request_scope(request)
-    histogram = await explore_read(request.app[EXPLORER].run(
-        scope.owner, search.search_histogram, scope, filters, interval_s=interval))
+    histogram = await explore_read(
+        request.app[EXPLORER].run(
+            scope.owner, search.search_histogram, scope, filters, interval_s=interval
+        )
+    )
     return web.json_response(histogram)
 
 
@@ -68,12 +82,18 @@ async def get_events_facets(request: web.Request) -> web.Response:
     filters = search_filters(request, {"field", "limit"})
     field = request.query.get("field")
     if not field:
-        raise Problem(422, "Unprocessable Content", "field is required: level, service, "
-                        "event_type, environment, job_id or context.<path>")
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "field is required: level, service, event_type, environment, job_id or context.<path>",
+        )
     limit = int_param(request, "limit", default=10, low=1, high=search.MAX_FACET_VALUES)
     scope = await request_scope(request)
-    facets = await explore_read(request.app[EXPLORER].run(
-        scope.owner, search.search_facets, scope, filters, field, limit=limit))
+    facets = await explore_read(
+        request.app[EXPLORER].run(
+            scope.owner, search.search_facets, scope, filters, field, limit=limit
+        )
+    )
     return web.json_response(facets)
 
 
@@ -86,15 +106,24 @@ async def get_events_export(request: web.Request) -> web.StreamResponse:
     if fmt not in search.EXPORT_FORMATS:
         raise Problem(422, "Unprocessable Content", "format must be ndjson or csv")
     scope = await request_scope(request)
-    chunks = request.app[EXPLORER].stream(scope.owner, search.export_chunks, scope, filters,
-                                        fmt=fmt, order=order,
-                                        max_rows=request.app[SETTINGS].export_max_rows)
+    chunks = request.app[EXPLORER].stream(
+        scope.owner,
+        search.export_chunks,
+        scope,
+        filters,
+        fmt=fmt,
+        order=order,
+        max_rows=request.app[SETTINGS].export_max_rows,
+    )
     async with contextlib.aclosing(chunks):
         first = await explore_read(first_chunk(chunks))  # a 503 or 422 before any byte
         await record_export(request, filters, fmt)
-        response = web.StreamResponse(headers={
-            "Content-Type": search.EXPORT_FORMATS[fmt],
-            "Content-Disposition": f'attachment; filename="events.{fmt}"'})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": search.EXPORT_FORMATS[fmt],
+                "Content-Disposition": f'attachment; filename="events.{fmt}"',
+            }
+        )
         await response.prepare(request)
         await response.write(first)
         try:
@@ -117,9 +146,15 @@ async def record_export(request: web.Request, filters: search.SearchFilters, fmt
     """The export's audit event (`audit.events.exported`), committed before its first byte
     goes out: the filters say which events, the object is the search route."""
     async with request.app[POOL].connection() as conn, conn.transaction():
-        await audit.arecord(conn, request.app[SETTINGS], "audit.events.exported",
-                            actor(request), object_=request.path, format=fmt,
-                            filters=urlencode(filters.query_items()))
+        await audit.arecord(
+            conn,
+            request.app[SETTINGS],
+            "audit.events.exported",
+            actor(request),
+            object_=request.path,
+            format=fmt,
+            filters=urlencode(filters.query_items()),
+        )
 
 
 async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
@@ -136,8 +171,7 @@ def search_filters(request: web.Request, also: set[str]) -> search.SearchFilters
 def order_param(request: web.Request) -> str:
     order = request.query.get("order", "desc")
     if order not in search.ORDERS:
-        raise Problem(422, "Unprocessable Content",
-                                          "order must be desc or asc")
+        raise Problem(422, "Unprocessable Content", "order must be desc or asc")
     return order
 
 
@@ -146,5 +180,6 @@ def cursor_param(request: web.Request) -> str | None:
     after = request.query.get("after")
     if after is not None and not 0 < len(after) <= MAX_CURSOR_CHARS:
         raise Problem(
-            422, "Unprocessable Content", "after is not a cursor this API gave (follow `next`)")
+            422, "Unprocessable Content", "after is not a cursor this API gave (follow `next`)"
+        )
     return after

@@ -37,8 +37,9 @@ class Stopper:
     """A stop request that threads can poll (`is_set`) and sleep on (`wait`, `wait_readable`),
     set by a signal (`install`) or by the process itself (`request`)."""
 
-    def __init__(self, process: str, grace_s: float, *,
-                 before_exit: Callable[[], None] = lambda: None):
+    def __init__(
+        self, process: str, grace_s: float, *, before_exit: Callable[[], None] = lambda: None
+    ):
         self.process = process
         self.grace_s = grace_s
         self.reason = ""
@@ -100,6 +101,7 @@ class Stopper:
             self.leave_now(f"second {name}")
         self.request(name)
         self._timer = threading.Timer(
-            self.grace_s, self.leave_now, args=(f"still working {self.grace_s:g} s after {name}",))
+            self.grace_s, self.leave_now, args=(f"still working {self.grace_s:g} s after {name}",)
+        )
         self._timer.daemon = True
         self._timer.start()

@@ -68,8 +68,11 @@ async def upload(request: web.Request) -> web.Response:
     however the upload ends)."""
     settings = request.app[SETTINGS]
     if request.content_type != "multipart/form-data":
-        raise Problem(415, "Unsupported Media Type",
-                      "send the file as multipart/form-data in a field named 'file'")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "send the file as multipart/form-data in a field named 'file'",
+        )
     check_body_not_compressed(request.headers)
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise uploads.UploadTooLarge(settings.max_upload_bytes)
@@ -88,9 +91,12 @@ async def receive_upload(request: web.Request) -> web.Response:
     reader, part, fields = await find_file_part(request, idle_s)
     file_name = part.filename or ""
     if bad := uploads.unprintable_character(file_name):
-        raise Problem(422, "Unprocessable Content",
-                      f"the file name must be UTF-8 text without control or formatting "
-                      f"characters; it has {bad}")
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"the file name must be UTF-8 text without control or formatting "
+            f"characters; it has {bad}",
+        )
     compression = uploads.compression_of(file_name)
     check_part_not_encoded(part.headers)
     options = await upload_options(request, fields)
@@ -112,18 +118,24 @@ async def receive_upload(request: web.Request) -> web.Response:
             inspector.finish()
             await writer.close()
             span.set_attribute("size_bytes", inspector.size)
-        job = await create_job(request.app, job_id, file_name, inspector, key,
-                               who=actor(request), options=options)
+        job = await create_job(
+            request.app, job_id, file_name, inspector, key, who=actor(request), options=options
+        )
     except BaseException:
         await asyncio.shield(writer.abort())
         raise
     await publish_job(request.app, job)
     observe.UPLOAD_BYTES.inc(inspector.size)
     body = jobs.job_json(job)
-    log.info("job.queued", job_id=body["job_id"], size_bytes=inspector.size,
-             lines_total=inspector.lines_total)
-    return web.json_response(body, status=202,
-                             headers={"Location": f"/api/v1/jobs/{body['job_id']}"})
+    log.info(
+        "job.queued",
+        job_id=body["job_id"],
+        size_bytes=inspector.size,
+        lines_total=inspector.lines_total,
+    )
+    return web.json_response(
+        body, status=202, headers={"Location": f"/api/v1/jobs/{body['job_id']}"}
+    )
 
 
 async def upload_options(request: web.Request, fields: dict[str, str]) -> dict[str, Any]:
@@ -136,13 +148,19 @@ async def upload_options(request: web.Request, fields: dict[str, str]) -> dict[s
         async with request.app[POOL].connection() as conn:
             row = await find_format(conn, principal(request).owner, name)
         if row is None:
-            raise Problem(422, "Unprocessable Content",
-                          f"format must be one of {', '.join(formats.NAMES)} or one of your "
-                          f"formats (GET /api/v1/formats), got {name[:64]!r}")
+            raise Problem(
+                422,
+                "Unprocessable Content",
+                f"format must be one of {', '.join(formats.NAMES)} or one of your "
+                f"formats (GET /api/v1/formats), got {name[:64]!r}",
+            )
         definition = Jsonb(row["definition"])
-    return {"format": name, "format_definition": definition,
-            "default_service": upload_param(request, fields, "service"),
-            "default_environment": upload_param(request, fields, "environment")}
+    return {
+        "format": name,
+        "format_definition": definition,
+        "default_service": upload_param(request, fields, "service"),
+        "default_environment": upload_param(request, fields, "environment"),
+    }
 
 
 def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str | None:
@@ -150,15 +168,20 @@ def upload_param(request: web.Request, fields: dict[str, str], name: str) -> str
     plain text."""
     value, query = fields.get(name), request.query.get(name)
     if value is not None and query is not None and value != query:
-        raise Problem(422, "Unprocessable Content",
-                      f"{name} is given twice, as a field and in the query, differently")
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"{name} is given twice, as a field and in the query, differently",
+        )
     value = query if value is None else value
     if value is not None and not 0 < len(value) <= 128:
         raise Problem(422, "Unprocessable Content", f"{name} must be 1 to 128 characters")
     if value is not None and (bad := uploads.unprintable_character(value)):
-        raise Problem(422, "Unprocessable Content",
-                      f"{name} must be text without control or formatting characters; it has "
-                      f"{bad}")
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            f"{name} must be text without control or formatting characters; it has {bad}",
+        )
     return value
 
 
@@ -192,8 +215,9 @@ async def read_field(part: BodyPartReader, budget: FieldBudget, idle_s: float) -
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise Problem(422, "Unprocessable Content",
-                      f"the field {part.name!r} is not UTF-8 text") from None
+        raise Problem(
+            422, "Unprocessable Content", f"the field {part.name!r} is not UTF-8 text"
+        ) from None
 
 
 async def read_to_the_closing_boundary(reader, idle_s: float) -> None:
@@ -240,16 +264,20 @@ class FieldBudget:
     def add_part(self, headers) -> None:
         self.parts += 1
         if self.parts > MAX_FIELDS:
-            raise Problem(400, "Bad Request",
-                          f"more than {MAX_FIELDS} fields {self.where} the file")
+            raise Problem(
+                400, "Bad Request", f"more than {MAX_FIELDS} fields {self.where} the file"
+            )
         self.add_bytes(sum(len(name) + len(value) + 4 for name, value in headers.items()))
 
     def add_bytes(self, count: int) -> None:
         self.bytes += count
         if self.bytes > MULTIPART_OVERHEAD_BYTES:
-            raise Problem(400, "Bad Request",
-                          f"more than {uploads.in_binary_units(MULTIPART_OVERHEAD_BYTES)} "
-                          f"({MULTIPART_OVERHEAD_BYTES} bytes) of fields {self.where} the file")
+            raise Problem(
+                400,
+                "Bad Request",
+                f"more than {uploads.in_binary_units(MULTIPART_OVERHEAD_BYTES)} "
+                f"({MULTIPART_OVERHEAD_BYTES} bytes) of fields {self.where} the file",
+            )
 
 
 async def read_chunk(part, idle_s: float) -> bytes:
@@ -270,14 +298,20 @@ def check_part_not_encoded(headers) -> None:
     would inflate them, past the limit), so a gzipped or base64 file would be stored as its
     encoding, not as the file: the stored file must be the bytes sent."""
     if codings := content_codings(headers):
-        raise Problem(415, "Unsupported Media Type",
-                      f"the file part has Content-Encoding {codings!r}: send the file "
-                      "uncompressed, without Content-Encoding")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"the file part has Content-Encoding {codings!r}: send the file "
+            "uncompressed, without Content-Encoding",
+        )
     transfer = headers.get("Content-Transfer-Encoding", "").strip()
     if transfer.lower() not in PLAIN_TRANSFER_ENCODINGS:
-        raise Problem(415, "Unsupported Media Type",
-                      f"the file part has Content-Transfer-Encoding {transfer!r}: send the "
-                      "file's bytes as they are (binary)")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            f"the file part has Content-Transfer-Encoding {transfer!r}: send the "
+            "file's bytes as they are (binary)",
+        )
 
 
 def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
@@ -285,24 +319,40 @@ def no_upload_slot(exc: uploads.TooManyUploads) -> Problem:
     has as many as it takes; either way a Retry-After."""
     headers = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
     if exc.per_owner:
-        return Problem(429, "Too Many Requests",
-                       f"you have {exc.limit} uploads running, as many as one owner may at "
-                       "once; retry when one has finished", headers=headers)
-    return Problem(503, "Service Unavailable",
-                   f"the server is receiving {exc.limit} uploads, as many as it takes at once; "
-                   f"retry in {UPLOAD_RETRY_AFTER_S} seconds", headers=headers)
+        return Problem(
+            429,
+            "Too Many Requests",
+            f"you have {exc.limit} uploads running, as many as one owner may at "
+            "once; retry when one has finished",
+            headers=headers,
+        )
+    return Problem(
+        503,
+        "Service Unavailable",
+        f"the server is receiving {exc.limit} uploads, as many as it takes at once; "
+        f"retry in {UPLOAD_RETRY_AFTER_S} seconds",
+        headers=headers,
+    )
 
 
 def malformed_multipart(exc: Exception) -> Problem:
     """aiohttp's words for a malformed part's headers quote them: ours say what, not the bytes."""
     reason = http_server.parser_error_detail(exc) if isinstance(exc, HttpProcessingError) else exc
-    return Problem(400, "Bad Request",
-                   f"the body is not well-formed multipart/form-data: {reason}"[:300])
+    return Problem(
+        400, "Bad Request", f"the body is not well-formed multipart/form-data: {reason}"[:300]
+    )
 
 
-async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
-                     inspector: uploads.UploadInspector, key: str, *, who: audit.Actor,
-                     options: dict[str, Any]) -> jobs.Job:
+async def create_job(
+    app: web.Application,
+    job_id: uuid.UUID,
+    file_name: str,
+    inspector: uploads.UploadInspector,
+    key: str,
+    *,
+    who: audit.Actor,
+    options: dict[str, Any],
+) -> jobs.Job:
     """The queued job row, its job.queued event and its audit.job.uploaded, in one
     transaction. The row keeps the upload's traceparent: the worker's span of the job
     continues the upload's trace."""
@@ -311,13 +361,28 @@ async def create_job(app: web.Application, job_id: uuid.UUID, file_name: str,
     with observe.span(tracer, "job.insert"):
         async with app[POOL].connection() as conn, conn.transaction():
             job = await jobs.create(
-                conn, settings, job_id=job_id, file_name=file_name[:255],
-                size_bytes=inspector.size, object_key=key, lines_total=inspector.lines_total,
-                owner=who.actor, options=options, traceparent=traceparent,
-                compression=inspector.compression)
-            await audit.arecord(conn, settings, "audit.job.uploaded", who, object_=job_id,
-                                file_name=job.file_name, size_bytes=job.size_bytes,
-                                format=job.format)
+                conn,
+                settings,
+                job_id=job_id,
+                file_name=file_name[:255],
+                size_bytes=inspector.size,
+                object_key=key,
+                lines_total=inspector.lines_total,
+                owner=who.actor,
+                options=options,
+                traceparent=traceparent,
+                compression=inspector.compression,
+            )
+            await audit.arecord(
+                conn,
+                settings,
+                "audit.job.uploaded",
+                who,
+                object_=job_id,
+                file_name=job.file_name,
+                size_bytes=job.size_bytes,
+                format=job.format,
+            )
             return job
 
 

@@ -57,8 +57,9 @@ class UploadTooLarge(UploadRefused):
     status = 413
 
     def __init__(self, max_bytes: int):
-        super().__init__(f"the file is larger than the limit of {in_binary_units(max_bytes)} "
-                         f"({max_bytes} bytes)")
+        super().__init__(
+            f"the file is larger than the limit of {in_binary_units(max_bytes)} ({max_bytes} bytes)"
+        )
         self.max_bytes = max_bytes
 
 
@@ -192,11 +193,12 @@ class UploadInspector:
     def _inspect_compressed(self, chunk: bytes, *, final: bool) -> None:
         if self.first_line_checked:
             return
-        self.encoded_head += chunk[:COMPRESSED_HEAD_MAX_BYTES + 1 - len(self.encoded_head)]
+        self.encoded_head += chunk[: COMPRESSED_HEAD_MAX_BYTES + 1 - len(self.encoded_head)]
         try:
             assert self.compression is not None  # only compressed uploads come here
-            head, whole = decoding.decode_head(self.compression, bytes(self.encoded_head),
-                                               FIRST_LINE_MAX_BYTES)
+            head, whole = decoding.decode_head(
+                self.compression, bytes(self.encoded_head), FIRST_LINE_MAX_BYTES
+            )
         except decoding.CorruptStream as exc:
             raise NotJsonLines(exc.reason) from None
         if b"\x00" in head:
@@ -215,15 +217,17 @@ class UploadInspector:
         try:
             self.decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            raise NotJsonLines(f"the file is not UTF-8 text (bad byte near offset "
-                               f"{self.size - len(chunk) + max(exc.start, 0)})") from None
+            raise NotJsonLines(
+                f"the file is not UTF-8 text (bad byte near offset "
+                f"{self.size - len(chunk) + max(exc.start, 0)})"
+            ) from None
 
     def _drop_leading_blanks(self) -> None:
         """Blank lines before the first entry are skipped, however many (the worker skips
         them too): only the first non-blank line counts against FIRST_LINE_MAX_BYTES."""
         if not self.bom_checked and len(self.head) >= len(UTF8_BOM):
             if self.head.startswith(UTF8_BOM):
-                del self.head[:len(UTF8_BOM)]
+                del self.head[: len(UTF8_BOM)]
             self.bom_checked = True
         if self.bom_checked and self.head[:1].isspace():
             self.head = bytearray(self.head.lstrip())
@@ -242,10 +246,12 @@ class UploadInspector:
             first = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise NotJsonLines(
-                f"the first line is not JSON ({exc}); is this a JSON-lines file?") from None
+                f"the first line is not JSON ({exc}); is this a JSON-lines file?"
+            ) from None
         if not isinstance(first, dict):
             raise NotJsonLines(
-                "the first line is not a JSON object; each line must be one log entry")
+                "the first line is not a JSON object; each line must be one log entry"
+            )
         self.first_line_checked = True
         self.head = bytearray()
 
@@ -317,14 +323,23 @@ class ObjectWriter:
 
     async def close(self) -> None:
         if self.upload_id is None:
-            await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=self.key,
-                                    Body=self.buffer, ContentType="application/x-ndjson")
+            await asyncio.to_thread(
+                self.s3.put_object,
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=self.buffer,
+                ContentType="application/x-ndjson",
+            )
         else:
             if self.buffer:
                 await self._upload_part(self.buffer)
             await asyncio.to_thread(
-                self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
-                UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+                self.s3.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
         self.buffer = bytearray()
         self.stored = True
 
@@ -333,16 +348,23 @@ class ObjectWriter:
             if self.stored:
                 await asyncio.to_thread(self.s3.delete_object, Bucket=self.bucket, Key=self.key)
             elif self.upload_id is not None:
-                await asyncio.to_thread(self.s3.abort_multipart_upload, Bucket=self.bucket,
-                                        Key=self.key, UploadId=self.upload_id)
+                await asyncio.to_thread(
+                    self.s3.abort_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                )
         except Exception:
             log.exception("upload.cleanup_failed", key=self.key)
 
     async def _upload_part(self, data: bytearray) -> None:
         if self.upload_id is None:
             created = await asyncio.to_thread(
-                self.s3.create_multipart_upload, Bucket=self.bucket, Key=self.key,
-                ContentType="application/x-ndjson")
+                self.s3.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                ContentType="application/x-ndjson",
+            )
             self.upload_id = created["UploadId"]
         number = len(self.parts) + 1
         # The thread pool's work item outlives the call a moment (on a busy machine, long
@@ -352,8 +374,13 @@ class ObjectWriter:
         del data
 
         def upload_part():
-            return self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                       PartNumber=number, Body=held.pop())
+            return self.s3.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=held.pop(),
+            )
 
         result = await asyncio.to_thread(upload_part)
         self.parts.append({"PartNumber": number, "ETag": result["ETag"]})
@@ -371,8 +398,9 @@ def sweep_stale_uploads(s3, bucket: str, older_than_s: float) -> int:
     """
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
     aborted = 0
-    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
-                                                                 Prefix=UPLOADS_PREFIX)
+    pages = s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=UPLOADS_PREFIX
+    )
     for page in pages:
         for upload in page.get("Uploads", []):
             if upload["Initiated"] <= cutoff and abort_multipart_upload(s3, bucket, upload):

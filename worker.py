@@ -62,8 +62,11 @@ def main() -> int:
     provider = observe.setup_tracing(settings, "eventhorizon-worker")
     # A job stuck past the grace (a dead connection, a hung read) is left as a crash would
     # leave it: nothing was acked or committed that should not have been.
-    stop = stopping.Stopper("worker", settings.stop_grace_s,
-                            before_exit=lambda: provider.force_flush(timeout_millis=1000))
+    stop = stopping.Stopper(
+        "worker",
+        settings.stop_grace_s,
+        before_exit=lambda: provider.force_flush(timeout_millis=1000),
+    )
     stop.install()
     Consumer(settings, stop).run()
     stop.close()
@@ -75,8 +78,10 @@ def serve_metrics(settings: config.Settings) -> None:
     try:
         port = observe.serve_metrics(observe.WORKER, settings, settings.worker_metrics_port)
     except OSError as exc:
-        sys.exit(f"cannot serve metrics on {settings.metrics_host}:"
-                 f"{settings.worker_metrics_port} (WORKER_METRICS_PORT): {exc}")
+        sys.exit(
+            f"cannot serve metrics on {settings.metrics_host}:"
+            f"{settings.worker_metrics_port} (WORKER_METRICS_PORT): {exc}"
+        )
     if port:
         log.info("worker.metrics_serving", host=settings.metrics_host, port=port)
 
@@ -104,9 +109,13 @@ class JobRun(enum.StrEnum):
 
 
 # What becomes of the message once a run ended that way.
-OUTCOME_OF_RUN = {JobRun.COMPLETED: Outcome.ACK, JobRun.FAILED: Outcome.ACK,
-                  JobRun.SKIPPED: Outcome.ACK, JobRun.BUSY: Outcome.RETRY_LATER,
-                  JobRun.ABANDONED: Outcome.REQUEUE}
+OUTCOME_OF_RUN = {
+    JobRun.COMPLETED: Outcome.ACK,
+    JobRun.FAILED: Outcome.ACK,
+    JobRun.SKIPPED: Outcome.ACK,
+    JobRun.BUSY: Outcome.RETRY_LATER,
+    JobRun.ABANDONED: Outcome.REQUEUE,
+}
 
 
 class Consumer:
@@ -149,8 +158,11 @@ class Consumer:
             channel.basic_consume(
                 self.settings.queue, functools.partial(self._on_message, connection)
             )
-            log.info("worker.consuming", queue=self.settings.queue,
-                     fault_injection=self.settings.worker_crash_at or None)
+            log.info(
+                "worker.consuming",
+                queue=self.settings.queue,
+                fault_injection=self.settings.worker_crash_at or None,
+            )
             next_reconcile = time.monotonic()
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=0.5)
@@ -164,8 +176,9 @@ class Consumer:
 
     def _on_message(self, connection, channel, method, properties, body: bytes) -> None:
         self.job_thread = threading.Thread(
-            target=self._work, args=(connection, channel, method.delivery_tag, body,
-                                     properties.headers or {}), name="job"
+            target=self._work,
+            args=(connection, channel, method.delivery_tag, body, properties.headers or {}),
+            name="job",
         )
         self.job_thread.start()
 
@@ -179,8 +192,15 @@ class Consumer:
             self.job_backoff.reset()
         try:
             connection.add_callback_threadsafe(
-                functools.partial(settle, channel, delivery_tag, outcome, body, self.settings,
-                                  headers.get("traceparent"))
+                functools.partial(
+                    settle,
+                    channel,
+                    delivery_tag,
+                    outcome,
+                    body,
+                    self.settings,
+                    headers.get("traceparent"),
+                )
             )
         except pika.exceptions.AMQPError:
             # The connection is gone: the broker redelivers the message, and the checkpoint
@@ -193,9 +213,13 @@ class Consumer:
         try:
             # Short timeouts: this runs on the connection's thread, which must stay responsive
             # (heartbeats, a SIGTERM) while Postgres is away.
-            with psycopg.connect(self.settings.database_url, autocommit=True,
-                                 row_factory=dict_row, connect_timeout=2,
-                                 options="-c statement_timeout=2000") as conn:
+            with psycopg.connect(
+                self.settings.database_url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=2,
+                options="-c statement_timeout=2000",
+            ) as conn:
                 requeue_lost_jobs(conn, channel, self.settings, queue_empty=waiting == 0)
         except psycopg.Error as exc:
             log.warning("reconciler.database_unavailable", error=str(exc))
@@ -209,8 +233,14 @@ class Consumer:
         connection.process_data_events(time_limit=0)
 
 
-def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
-           settings: config.Settings, traceparent: str | None = None) -> None:
+def settle(
+    channel,
+    delivery_tag: int,
+    outcome: Outcome,
+    body: bytes,
+    settings: config.Settings,
+    traceparent: str | None = None,
+) -> None:
     if not channel.is_open:
         return
     if outcome is Outcome.ACK:
@@ -224,8 +254,9 @@ def settle(channel, delivery_tag: int, outcome: Outcome, body: bytes,
         channel.basic_nack(delivery_tag, requeue=True)
 
 
-def park_for_retry(channel, settings: config.Settings, body: bytes,
-                   traceparent: str | None = None) -> None:
+def park_for_retry(
+    channel, settings: config.Settings, body: bytes, traceparent: str | None = None
+) -> None:
     """Publish a copy of the message to the retry queue, whence RabbitMQ moves it back to the
     job queue after EH_RETRY_LATER_S; the caller then acks the original.
 
@@ -238,9 +269,13 @@ def park_for_retry(channel, settings: config.Settings, body: bytes,
     worker die between the publish and the ack, the job has one copy more, which the lock and
     the job's status absorb like any duplicate. The copy keeps the original's traceparent.
     """
-    channel.basic_publish("", amqp.retry_queue(settings.queue), body,
-                          amqp.message_properties(expiration_s=settings.retry_later_s,
-                                                  traceparent=traceparent), mandatory=True)
+    channel.basic_publish(
+        "",
+        amqp.retry_queue(settings.queue),
+        body,
+        amqp.message_properties(expiration_s=settings.retry_later_s, traceparent=traceparent),
+        mandatory=True,
+    )
 
 
 def requeue_lost_jobs(conn, channel, settings: config.Settings, *, queue_empty: bool) -> int:
@@ -256,16 +291,20 @@ def requeue_lost_jobs(conn, channel, settings: config.Settings, *, queue_empty: 
     with conn.transaction():
         lost = jobs.take_lost(conn, after_s=settings.requeue_after_s, queue_empty=queue_empty)
         for job in lost:
-            channel.basic_publish("", settings.queue, jobs.message(job),
-                                  amqp.message_properties(traceparent=job.traceparent))
+            channel.basic_publish(
+                "",
+                settings.queue,
+                jobs.message(job),
+                amqp.message_properties(traceparent=job.traceparent),
+            )
     if lost:
-        log.warning("reconciler.requeued", count=len(lost),
-                    job_ids=[str(j.job_id) for j in lost])
+        log.warning("reconciler.requeued", count=len(lost), job_ids=[str(j.job_id) for j in lost])
     return len(lost)
 
 
-def handle_message(body: bytes, settings: config.Settings, s3, stop: stopping.Stop,
-                   headers: dict | None = None) -> Outcome:
+def handle_message(
+    body: bytes, settings: config.Settings, s3, stop: stopping.Stop, headers: dict | None = None
+) -> Outcome:
     """Process one job message end to end and say what to do with the message. Its span
     continues the trace of the message's `traceparent` header (the upload's), if any."""
     structlog.contextvars.clear_contextvars()
@@ -276,8 +315,13 @@ def handle_message(body: bytes, settings: config.Settings, s3, stop: stopping.St
         return Outcome.REJECT
     structlog.contextvars.bind_contextvars(job_id=str(job_id))
     parent = propagate.extract(headers or {})
-    with observe.span(tracer, "job", context=parent, kind=trace.SpanKind.CONSUMER,
-                      attributes={"job.id": str(job_id)}):
+    with observe.span(
+        tracer,
+        "job",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={"job.id": str(job_id)},
+    ):
         return run_message(job_id, settings, s3, stop)
 
 
@@ -285,9 +329,13 @@ def run_message(job_id: uuid.UUID, settings: config.Settings, s3, stop: stopping
     """Run the job (in the job's span) and say what to do with its message; an attempt that
     raised is recorded on the span, which it marks as an error."""
     try:
-        with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row,
-                             connect_timeout=5,
-                             application_name=core.process_name("worker")) as conn:
+        with psycopg.connect(
+            settings.database_url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=5,
+            application_name=core.process_name("worker"),
+        ) as conn:
             result = process_job(conn, s3, settings, job_id, stop)
     except jobs.UnknownJob:
         log.error("worker.unknown_job")
@@ -295,8 +343,9 @@ def run_message(job_id: uuid.UUID, settings: config.Settings, s3, stop: stopping
     except Exception as exc:
         # An outage (core.is_outage) does not count toward EH_MAX_ATTEMPTS: the job waits it out.
         log.exception("job.attempt_failed", counted=not core.is_outage(exc))
-        observe.record_failure(trace.get_current_span(), exc,
-                               f"the attempt failed, will retry: {in_plain_words(exc)}")
+        observe.record_failure(
+            trace.get_current_span(), exc, f"the attempt failed, will retry: {in_plain_words(exc)}"
+        )
         observe.JOBS.labels("error").inc()
         return Outcome.REQUEUE
     observe.JOBS.labels(result.value).inc()
@@ -313,14 +362,16 @@ def in_plain_words(exc: BaseException) -> str:
     return "an unexpected error in the worker"
 
 
-def record_attempt_error(settings: config.Settings, job_id: uuid.UUID, exc: Exception, *,
-                         give_back: bool) -> None:
+def record_attempt_error(
+    settings: config.Settings, job_id: uuid.UUID, exc: Exception, *, give_back: bool
+) -> None:
     """Best effort: show why the last attempt failed on the job while it waits for a retry,
     and give the attempt back if it was not the job's fault."""
     try:
         with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
             jobs.record_attempt_error(
-                conn, job_id, f"attempt failed, will retry: {in_plain_words(exc)}")
+                conn, job_id, f"attempt failed, will retry: {in_plain_words(exc)}"
+            )
             if give_back:
                 jobs.give_back_attempt(conn, job_id)
     except psycopg.Error:
@@ -330,9 +381,9 @@ def record_attempt_error(settings: config.Settings, job_id: uuid.UUID, exc: Exce
 # --------------------------------------------------------------------------- one job
 
 
-
-def process_job(conn, s3, settings: config.Settings, job_id: uuid.UUID,
-                stop: stopping.Stop | None = None) -> JobRun:
+def process_job(
+    conn, s3, settings: config.Settings, job_id: uuid.UUID, stop: stopping.Stop | None = None
+) -> JobRun:
     """Process (or resume) one job, and say how the run ended (JobRun).
 
     `conn` is an autocommit connection: every unit of work below is an explicit transaction.
@@ -371,8 +422,12 @@ def claim_job(conn, settings: config.Settings, job_id: uuid.UUID) -> jobs.Job | 
         job = jobs.claim(conn, settings, job_id)
     if job is None:
         return None
-    log.info("job.started", attempt=job.attempts, resume_from_line=job.lines_processed + 1,
-             lines_total=job.lines_total)
+    log.info(
+        "job.started",
+        attempt=job.attempts,
+        resume_from_line=job.lines_processed + 1,
+        lines_total=job.lines_total,
+    )
     return job
 
 
@@ -389,7 +444,11 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
     broken: list[decoding.DecodeError] = []  # where a compressed stream broke, if it did
     # Locals: this loop runs once per line, and a global or attribute look-up each time adds up.
     add_line, stopped, monotonic = lines.add_line, stop.is_set, time.monotonic
-    job_id, max_paths, delay_max_s = job.job_id, settings.max_context_paths, settings.line_delay_max_s
+    job_id, max_paths, delay_max_s = (
+        job.job_id,
+        settings.max_context_paths,
+        settings.line_delay_max_s,
+    )
     batch_lines, next_mark = settings.batch_lines, marks[0] if marks else math.inf
     batch_size = 0  # lines in the batch (batch.lines, kept here while it fills)
     try:
@@ -403,11 +462,17 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
                 stop.wait(random.uniform(0, delay_max_s))
             if stopped():
                 job = committer.wait()
-                log.info("job.abandoned", uncommitted_lines=batch_size,
-                         resume_from_line=job.lines_processed + 1)
+                log.info(
+                    "job.abandoned",
+                    uncommitted_lines=batch_size,
+                    resume_from_line=job.lines_processed + 1,
+                )
                 return JobRun.ABANDONED
-            if (line_no >= next_mark or batch_size >= batch_lines
-                    or monotonic() - last_flush >= FLUSH_EVERY_S):
+            if (
+                line_no >= next_mark
+                or batch_size >= batch_lines
+                or monotonic() - last_flush >= FLUSH_EVERY_S
+            ):
                 batch.lines = batch_size
                 committer.submit(batch)
                 batch, batch_size, last_flush = lines.LineBatch(), 0, monotonic()
@@ -427,8 +492,13 @@ def run_job(conn, s3, settings: config.Settings, job: jobs.Job, stop: stopping.S
     job = complete_job(conn, settings, job.job_id)
     seconds = time.monotonic() - started
     observe.JOB_DURATION.observe(seconds)
-    log.info("job.completed", lines=job.lines_processed, valid=job.lines_valid,
-             invalid=job.lines_invalid, seconds=round(seconds, 3))
+    log.info(
+        "job.completed",
+        lines=job.lines_processed,
+        valid=job.lines_valid,
+        invalid=job.lines_invalid,
+        seconds=round(seconds, 3),
+    )
     return JobRun.COMPLETED
 
 
@@ -436,8 +506,9 @@ def compile_format(job: jobs.Job) -> lines.Mapping:
     """The job's log format (a custom one as it was when the job was uploaded), compiled once
     for all its lines; a format that cannot be used fails the job (it can never succeed)."""
     try:
-        return mappings.compile_format(job.format, job.default_service, job.default_environment,
-                                      job.format_definition)
+        return mappings.compile_format(
+            job.format, job.default_service, job.default_environment, job.format_definition
+        )
     except mappings.UnknownFormat as exc:
         raise jobs.JobFailed(str(exc)) from None
     except formats.InvalidFormat as exc:
@@ -461,9 +532,16 @@ class Committer:
         self.in_flight = self.executor.submit(self._commit, self.job, batch)
 
     def _commit(self, job: jobs.Job, batch: lines.LineBatch) -> jobs.Job:
-        with observe.span(tracer, "job.batch", context=self.trace_context, attributes={
-                "lines": batch.lines, "valid": len(batch.entries),
-                "invalid": len(batch.errors)}):
+        with observe.span(
+            tracer,
+            "job.batch",
+            context=self.trace_context,
+            attributes={
+                "lines": batch.lines,
+                "valid": len(batch.entries),
+                "invalid": len(batch.errors),
+            },
+        ):
             updated = write_batch(self.conn, job, batch, self.settings, self.trace_id)
         VALID_LINES.inc(len(batch.entries))  # committed: now they count
         INVALID_LINES.inc(len(batch.errors))
@@ -491,13 +569,20 @@ def is_not_text(conn, job: jobs.Job) -> bool:
     """True when no line was valid and every invalid line failed UTF-8 decoding."""
     if job.lines_valid or not job.lines_invalid:
         return False
-    row = conn.execute(core.QUERIES["all_errors_are_encoding"],
-                       {"job_id": job.job_id, "reason_prefix": lines.NOT_UTF8}).fetchone()
+    row = conn.execute(
+        core.QUERIES["all_errors_are_encoding"],
+        {"job_id": job.job_id, "reason_prefix": lines.NOT_UTF8},
+    ).fetchone()
     return bool(row["all_encoding"])
 
 
-def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: config.Settings,
-                trace_id: str | None = None) -> jobs.Job:
+def write_batch(
+    conn,
+    job: jobs.Job,
+    batch: lines.LineBatch,
+    settings: config.Settings,
+    trace_id: str | None = None,
+) -> jobs.Job:
     """Commit one batch atomically: entries, errors, the moved checkpoint and, for the
     entries' events, one outbox row naming the batch's line range (`trace_id`: the trace the
     events name)."""
@@ -506,15 +591,27 @@ def write_batch(conn, job: jobs.Job, batch: lines.LineBatch, settings: config.Se
             with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
                 for row in batch.entries:
                     copy.write_row(row)
-            outbox.insert_line_range(cur, job.job_id, batch.entries[0][1],
-                                     batch.entries[-1][1], len(batch.entries), trace_id)
+            outbox.insert_line_range(
+                cur,
+                job.job_id,
+                batch.entries[0][1],
+                batch.entries[-1][1],
+                len(batch.entries),
+                trace_id,
+            )
         if batch.errors:
             with cur.copy(core.QUERIES["copy_line_errors"]) as copy:
                 for row in batch.errors:
                     copy.write_row(row)
-        updated = jobs.advance(conn, job, lines=batch.lines, bytes_=batch.bytes,
-                               valid=len(batch.entries), invalid=len(batch.errors),
-                               formats_seen=batch.formats)
+        updated = jobs.advance(
+            conn,
+            job,
+            lines=batch.lines,
+            bytes_=batch.bytes,
+            valid=len(batch.entries),
+            invalid=len(batch.errors),
+            formats_seen=batch.formats,
+        )
         crash_if(settings, "before_commit", updated.lines_processed)
     return updated
 

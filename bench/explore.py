@@ -63,8 +63,12 @@ FROM numbers({total:UInt64})
 """
 CASES = [
     ("events, first page", "events", {}, {}),
-    ("events, first page, level=error&q=timeout", "events", {"levels": ["error"], "text": "timeout"},
-     {}),
+    (
+        "events, first page, level=error&q=timeout",
+        "events",
+        {"levels": ["error"], "text": "timeout"},
+        {},
+    ),
     ("events, a page at line 900,000", "events", {}, {"after_line": 900_000}),
     ("histogram", "histogram", {}, {}),
     ("histogram, level=error", "histogram", {"levels": ["error"]}, {}),
@@ -100,10 +104,23 @@ def start_server() -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     password = secrets.token_hex(8)
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "clickhouse-server"), "--dir", str(directory),
-         "--port", str(port), "--database", "bench", "--user", "bench:writer"],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "clickhouse-server"),
+            "--dir",
+            str(directory),
+            "--port",
+            str(port),
+            "--database",
+            "bench",
+            "--user",
+            "bench:writer",
+        ],
         env={**os.environ, "CLICKHOUSE_PASSWORD_BENCH": password, "LOG_FORMAT": "json"},
-        cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://bench:{password}@127.0.0.1:{port}/bench"
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)  # a traceback per try
     for _ in range(600):
@@ -123,16 +140,21 @@ def fill(url: str, job: uuid.UUID, events: int, others: int) -> None:
     started = time.monotonic()
     with clickhouse_connect.get_client(dsn=url, send_receive_timeout=600) as ch:
         event_log.ensure_event_log(ch)
-        ch.command(FILL, parameters={"job": str(job), "stride": stride, "total": total,
-                                     "per_second": stride})
+        ch.command(
+            FILL,
+            parameters={"job": str(job), "stride": stride, "total": total, "per_second": stride},
+        )
         rows = ch.command("SELECT count() FROM event_log")
-    print(f"filled     event_log: {rows:,} rows, {events:,} of them the job's "
-          f"({time.monotonic() - started:.1f} s)")
+    print(
+        f"filled     event_log: {rows:,} rows, {events:,} of them the job's "
+        f"({time.monotonic() - started:.1f} s)"
+    )
 
 
 async def measure(url: str, job: uuid.UUID, requests: int) -> None:
-    explorer = explore.Explorer(url, timeout_s=30, slots=read_slots.ReadSlots(
-        1, 1, queue_per_owner=1, max_wait_s=60))
+    explorer = explore.Explorer(
+        url, timeout_s=30, slots=read_slots.ReadSlots(1, 1, queue_per_owner=1, max_wait_s=60)
+    )
     try:
         table_rows = explorer.client().command("SELECT count() FROM event_log")
         print(f"{'case':<45} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'rows read':>12}")
@@ -147,9 +169,11 @@ async def measure(url: str, job: uuid.UUID, requests: int) -> None:
                     await explorer.histogram("bench", job, filters, None)
                 times.append((time.perf_counter() - started) * 1000)
             read = rows_read(explorer, kind, job, filters, paging)
-            print(f"{name:<45} {statistics.median(times):8.1f} "
-                  f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} {max(times):8.1f} "
-                  f"{read:>12,}")
+            print(
+                f"{name:<45} {statistics.median(times):8.1f} "
+                f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} {max(times):8.1f} "
+                f"{read:>12,}"
+            )
         print(f"(event_log holds {table_rows:,} rows)")
     finally:
         explorer.close()
@@ -158,10 +182,15 @@ async def measure(url: str, job: uuid.UUID, requests: int) -> None:
 def rows_read(explorer: explore.Explorer, kind: str, job: uuid.UUID, filters, paging) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
     name = "job_events" if kind == "events" else "job_event_range"
-    parameters = {"job_id": str(job), "after_line": paging.get("after_line", 0), "limit": 101,
-                  **filters.parameters()}
-    result = explorer.client().query(explore.QUERIES[name], parameters=parameters,
-                                     settings=explorer.settings)
+    parameters = {
+        "job_id": str(job),
+        "after_line": paging.get("after_line", 0),
+        "limit": 101,
+        **filters.parameters(),
+    }
+    result = explorer.client().query(
+        explore.QUERIES[name], parameters=parameters, settings=explorer.settings
+    )
     return int(result.summary.get("read_rows", 0))
 
 

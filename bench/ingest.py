@@ -81,35 +81,65 @@ REQUIRED = ("timestamp", "level", "service", "event_type", "message")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("--lines", type=int, default=200_000, help="lines to generate")
-    parser.add_argument("--big-gib", type=float, metavar="G",
-                        help="generate a file of about G GiB instead of --lines lines")
+    parser.add_argument(
+        "--big-gib",
+        type=float,
+        metavar="G",
+        help="generate a file of about G GiB instead of --lines lines",
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the API's base URL")
-    parser.add_argument("--token", default=None,
-                        help="API token (default: EH_TOKEN, else var/dev-token)")
+    parser.add_argument(
+        "--token", default=None, help="API token (default: EH_TOKEN, else var/dev-token)"
+    )
     parser.add_argument("--worker-pid", type=int, help="the worker process (default: found)")
     parser.add_argument("--api-pid", type=int, help="the API process (default: found)")
-    parser.add_argument("--database-url", default=None,
-                        help="Postgres for the naive baseline (default: DATABASE_URL)")
-    parser.add_argument("--pg-sample", type=int, default=5000,
-                        help="rows for the naive INSERT+COMMIT baseline; 0 skips it")
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds to wait for the job to finish")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="Postgres for the naive baseline (default: DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--pg-sample",
+        type=int,
+        default=5000,
+        help="rows for the naive INSERT+COMMIT baseline; 0 skips it",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for the job to finish"
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--format", choices=ingest_lines.LINE_FORMATS, default="eventhorizon",
-                        help="the format of the valid lines (default: eventhorizon, canonical)")
-    parser.add_argument("--compress", choices=("gzip", "zstd"),
-                        help="after the plain run, upload the same lines compressed (.jsonl.gz "
-                             "or .jsonl.zst) and print both end-to-end rates")
-    parser.add_argument("--no-limit", dest="limit", action="store_false",
-                        help="skip the reference loop (bench/ingest_limit.py) after the job")
-    parser.add_argument("--otlp-receiver", type=int, metavar="PORT",
-                        help="receive the stack's spans over OTLP/HTTP on 127.0.0.1:PORT while "
-                             "the job runs, and label the figure 'tracing on' (start the stack "
-                             "with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT)")
+    parser.add_argument(
+        "--format",
+        choices=ingest_lines.LINE_FORMATS,
+        default="eventhorizon",
+        help="the format of the valid lines (default: eventhorizon, canonical)",
+    )
+    parser.add_argument(
+        "--compress",
+        choices=("gzip", "zstd"),
+        help="after the plain run, upload the same lines compressed (.jsonl.gz "
+        "or .jsonl.zst) and print both end-to-end rates",
+    )
+    parser.add_argument(
+        "--no-limit",
+        dest="limit",
+        action="store_false",
+        help="skip the reference loop (bench/ingest_limit.py) after the job",
+    )
+    parser.add_argument(
+        "--otlp-receiver",
+        type=int,
+        metavar="PORT",
+        help="receive the stack's spans over OTLP/HTTP on 127.0.0.1:PORT while "
+        "the job runs, and label the figure 'tracing on' (start the stack "
+        "with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:PORT)",
+    )
     args = parser.parse_args(argv)
 
     settings = config.load_settings(service=False)
@@ -123,19 +153,28 @@ def main(argv: list[str] | None = None) -> int:
             path = tmp / f"bench-{args.big_gib:g}GiB.jsonl"
             max_bytes = int(args.big_gib * GIB)
             if max_bytes > settings.max_upload_bytes:
-                print(f"note: the file will be larger than this environment's "
-                      f"EH_MAX_UPLOAD_BYTES ({settings.max_upload_bytes}); the API must allow it")
+                print(
+                    f"note: the file will be larger than this environment's "
+                    f"EH_MAX_UPLOAD_BYTES ({settings.max_upload_bytes}); the API must allow it"
+                )
             max_lines = None
         else:
             path = tmp / f"bench-{args.lines}.jsonl"
             max_bytes, max_lines = None, args.lines
         t = time.perf_counter()
-        gen = ingest_lines.generate(path, random.Random(args.seed), max_lines=max_lines,
-                                    max_bytes=max_bytes, line_format=args.format)
-        print(f"generated  {path.name} ({args.format}): {gen['size'] / MIB:,.1f} MiB, "
-              f"{gen['lines']:,} lines, "
-              f"{gen['valid']:,} valid, {gen['invalid']:,} invalid "
-              f"({time.perf_counter() - t:.1f} s)")
+        gen = ingest_lines.generate(
+            path,
+            random.Random(args.seed),
+            max_lines=max_lines,
+            max_bytes=max_bytes,
+            line_format=args.format,
+        )
+        print(
+            f"generated  {path.name} ({args.format}): {gen['size'] / MIB:,.1f} MiB, "
+            f"{gen['lines']:,} lines, "
+            f"{gen['valid']:,} valid, {gen['invalid']:,} invalid "
+            f"({time.perf_counter() - t:.1f} s)"
+        )
 
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
         result, rate = run_once(args, path, gen, token, worker_pid, api_pid, database_url)
@@ -143,14 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             compare_with_limit(path, database_url, result)
         if args.compress:
             compressed = compress_file(path, args.compress)
-            print(f"\ncompressed {compressed.name} ({args.compress}): "
-                  f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again")
-            packed, packed_rate = run_once(args, compressed, gen, token, worker_pid, api_pid,
-                                           database_url)
+            print(
+                f"\ncompressed {compressed.name} ({args.compress}): "
+                f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again"
+            )
+            packed, packed_rate = run_once(
+                args, compressed, gen, token, worker_pid, api_pid, database_url
+            )
             if rate and packed_rate:
-                print(f"\nend to end      plain {rate:,.0f} valid lines/s, {args.compress} "
-                      f"{packed_rate:,.0f} valid lines/s ({packed_rate / rate:.0%} of plain, "
-                      "same window)")
+                print(
+                    f"\nend to end      plain {rate:,.0f} valid lines/s, {args.compress} "
+                    f"{packed_rate:,.0f} valid lines/s ({packed_rate / rate:.0%} of plain, "
+                    "same window)"
+                )
             result = result if packed["job"]["status"] != "completed" else packed
         if args.pg_sample > 0 and args.format != "eventhorizon":
             print("naive baseline skipped: it reads canonical lines only")
@@ -168,14 +212,26 @@ def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid, datab
     hwm_reset = {pid: reset_peak_rss(pid) for pid in (worker_pid, api_pid) if pid}
     api_rss_before = proc_status_kib(api_pid, "VmRSS") if api_pid else None
     written = PostgresWrites(database_url)
-    result = asyncio.run(with_otlp_receiver(
-        args.otlp_receiver, upload_and_wait(args.url.rstrip("/"), path, args.timeout, token,
-                                            written)))
+    result = asyncio.run(
+        with_otlp_receiver(
+            args.otlp_receiver,
+            upload_and_wait(args.url.rstrip("/"), path, args.timeout, token, written),
+        )
+    )
     worker_peak = proc_status_kib(worker_pid, "VmHWM") if worker_pid else None
     api_rss_after = proc_status_kib(api_pid, "VmRSS") if api_pid else None
     api_peak = proc_status_kib(api_pid, "VmHWM") if api_pid else None
-    rate = report(gen, result, worker_pid, worker_peak, api_pid, api_rss_before, api_rss_after,
-                  api_peak, hwm_reset)
+    rate = report(
+        gen,
+        result,
+        worker_pid,
+        worker_peak,
+        api_pid,
+        api_rss_before,
+        api_rss_after,
+        api_peak,
+        hwm_reset,
+    )
     if rate:
         written.report(result["job"]["lines_valid"])
     return result, rate
@@ -187,8 +243,9 @@ class PostgresWrites:
     saw the job finished)."""
 
     TABLES = ("log_entries", "line_errors", "outbox", "outbox_batch")
-    QUERY = ("SELECT pg_current_wal_lsn()::text AS lsn, "
-             + ", ".join(f"pg_total_relation_size('{t}') AS {t}" for t in TABLES))
+    QUERY = "SELECT pg_current_wal_lsn()::text AS lsn, " + ", ".join(
+        f"pg_total_relation_size('{t}') AS {t}" for t in TABLES
+    )
 
     def __init__(self, database_url: str):
         self.database_url = database_url
@@ -208,14 +265,21 @@ class PostgresWrites:
             return
         before, after = self.marks
         with psycopg.connect(self.database_url) as conn:
-            (wal,) = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint",
-                                  (after["lsn"], before["lsn"])).fetchone()
+            (wal,) = conn.execute(
+                "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint",
+                (after["lsn"], before["lsn"]),
+            ).fetchone()
         grown = {t: after[t] - before[t] for t in self.TABLES}
-        print(f"Postgres WAL    {wal / MIB:8.1f} MiB -> {wal / valid:,.0f} bytes per valid line "
-              "(upload start -> completed; the whole server's)")
-        print(f"tables grew     {sum(grown.values()) / MIB:8.1f} MiB -> "
-              f"{sum(grown.values()) / valid:,.0f} bytes per valid line ("
-              + ", ".join(f"{t} {n / valid:,.0f}" for t, n in grown.items()) + ")")
+        print(
+            f"Postgres WAL    {wal / MIB:8.1f} MiB -> {wal / valid:,.0f} bytes per valid line "
+            "(upload start -> completed; the whole server's)"
+        )
+        print(
+            f"tables grew     {sum(grown.values()) / MIB:8.1f} MiB -> "
+            f"{sum(grown.values()) / valid:,.0f} bytes per valid line ("
+            + ", ".join(f"{t} {n / valid:,.0f}" for t, n in grown.items())
+            + ")"
+        )
 
 
 def compare_with_limit(path: Path, database_url: str, result: dict) -> None:
@@ -224,14 +288,20 @@ def compare_with_limit(path: Path, database_url: str, result: dict) -> None:
     job = result["job"]
     completed = dt.datetime.fromisoformat(job["completed_at"]).timestamp()
     e2e = job["lines_valid"] / (completed - result["started_wall"])
-    worker = job["lines_valid"] / (completed - dt.datetime.fromisoformat(job["started_at"]).timestamp())
+    worker = job["lines_valid"] / (
+        completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
+    )
     cores = os.cpu_count() or 1
     one = ingest_limit.measure(path, database_url, 1)["rate"]
     many = ingest_limit.measure(path, database_url, cores)["rate"] if cores > 1 else one
-    print(f"limit           {one:,.0f} valid lines/s in one process, {many:,.0f} in {cores} "
-          "(bench/ingest_limit.py, the same file, just after)")
-    print(f"against limit   end to end {e2e / many:.2f}x the {cores}-process loop; worker "
-          f"{worker:,.0f} valid lines/s, {worker / one:.2f}x the one-process loop")
+    print(
+        f"limit           {one:,.0f} valid lines/s in one process, {many:,.0f} in {cores} "
+        "(bench/ingest_limit.py, the same file, just after)"
+    )
+    print(
+        f"against limit   end to end {e2e / many:.2f}x the {cores}-process loop; worker "
+        f"{worker:,.0f} valid lines/s, {worker / one:.2f}x the one-process loop"
+    )
 
 
 def compress_file(path: Path, compression: str) -> Path:
@@ -259,8 +329,9 @@ def read_dev_token() -> str:
     return path.read_text().strip()
 
 
-async def upload_and_wait(url: str, path: Path, timeout: float, token: str,
-                          written: PostgresWrites) -> dict:
+async def upload_and_wait(
+    url: str, path: Path, timeout: float, token: str, written: PostgresWrites
+) -> dict:
     """Upload the file (streamed), then poll its job until completed or failed; `written`
     is marked before the upload and once the job is seen finished."""
     session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
@@ -296,14 +367,21 @@ async def upload_and_wait(url: str, path: Path, timeout: float, token: str,
                 print(f"  {job['status']}: {job['lines_processed']:,}/{job['lines_total']:,} lines")
         observed_s = time.perf_counter() - started
         written.mark()
-        delivered_s = await wait_delivered(session, f"{url}/api/v1/jobs/{job_id}", job,
-                                           started, deadline)
-    return {"job": job, "upload_s": upload_s, "observed_s": observed_s,
-            "started_wall": started_wall, "delivered_s": delivered_s}
+        delivered_s = await wait_delivered(
+            session, f"{url}/api/v1/jobs/{job_id}", job, started, deadline
+        )
+    return {
+        "job": job,
+        "upload_s": upload_s,
+        "observed_s": observed_s,
+        "started_wall": started_wall,
+        "delivered_s": delivered_s,
+    }
 
 
-async def wait_delivered(session, job_url: str, job: dict, started: float,
-                         deadline: float) -> float | None:
+async def wait_delivered(
+    session, job_url: str, job: dict, started: float, deadline: float
+) -> float | None:
     """Seconds from the upload's start until the job's last line event is in ClickHouse (the
     job's `delivery`, polled every 0.2 s), or None for a job that did not complete."""
     if job["status"] != "completed":
@@ -335,8 +413,10 @@ async def with_otlp_receiver(port: int | None, work) -> dict:
         nonlocal spans
         export = ExportTraceServiceRequest.FromString(await request.read())
         spans += sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
 
     app = web.Application(client_max_size=64 * MIB)
     app.router.add_post("/v1/traces", receive)
@@ -354,17 +434,25 @@ async def with_otlp_receiver(port: int | None, work) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after, api_peak,
-           hwm_reset) -> float | None:
+def report(
+    gen, result, worker_pid, worker_peak, api_pid, api_before, api_after, api_peak, hwm_reset
+) -> float | None:
     job = result["job"]
     upload_s = result["upload_s"]
     print()
-    print(f"upload          {upload_s:8.2f} s   ({gen['size'] / MIB / upload_s:,.1f} MiB/s, "
-          f"{gen['lines'] / upload_s:,.0f} lines/s)")
-    print(f"job             {job['status']}: {job['lines_valid']:,} valid, "
-          f"{job['lines_invalid']:,} invalid of {job['lines_total']:,} lines"
-          + ("" if (job["lines_valid"], job["lines_invalid"]) == (gen["valid"], gen["invalid"])
-             else f"  (MISMATCH: generated {gen['valid']:,} valid, {gen['invalid']:,} invalid)"))
+    print(
+        f"upload          {upload_s:8.2f} s   ({gen['size'] / MIB / upload_s:,.1f} MiB/s, "
+        f"{gen['lines'] / upload_s:,.0f} lines/s)"
+    )
+    print(
+        f"job             {job['status']}: {job['lines_valid']:,} valid, "
+        f"{job['lines_invalid']:,} invalid of {job['lines_total']:,} lines"
+        + (
+            ""
+            if (job["lines_valid"], job["lines_invalid"]) == (gen["valid"], gen["invalid"])
+            else f"  (MISMATCH: generated {gen['valid']:,} valid, {gen['invalid']:,} invalid)"
+        )
+    )
     if job["status"] != "completed":
         print(f"error           {job['error']}")
         return None
@@ -372,22 +460,31 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
     e2e_s = completed - result["started_wall"]
     if e2e_s <= 0:  # a clock oddity: fall back to what the poller saw
         e2e_s = result["observed_s"]
-    print(f"end to end      {e2e_s:8.2f} s   -> {job['lines_valid'] / e2e_s:,.0f} valid lines/s "
-          f"(upload start -> completed_at)")
+    print(
+        f"end to end      {e2e_s:8.2f} s   -> {job['lines_valid'] / e2e_s:,.0f} valid lines/s "
+        f"(upload start -> completed_at)"
+    )
     if result["delivered_s"]:
         ch_s = result["delivered_s"]
-        print(f"to ClickHouse   {ch_s:8.2f} s   -> {job['lines_valid'] / ch_s:,.0f} valid lines/s "
-              f"(upload start -> the last event in event_log; {e2e_s / ch_s:.0%} of the "
-              "Postgres-side rate)")
-    tracing = ("off (no --otlp-receiver)" if result["spans"] is None else
-               f"on: {result['spans']:,} spans received" + (
-                   "" if result["spans"] else " (none: is OTEL_EXPORTER_OTLP_ENDPOINT set?)"))
+        print(
+            f"to ClickHouse   {ch_s:8.2f} s   -> {job['lines_valid'] / ch_s:,.0f} valid lines/s "
+            f"(upload start -> the last event in event_log; {e2e_s / ch_s:.0%} of the "
+            "Postgres-side rate)"
+        )
+    tracing = (
+        "off (no --otlp-receiver)"
+        if result["spans"] is None
+        else f"on: {result['spans']:,} spans received"
+        + ("" if result["spans"] else " (none: is OTEL_EXPORTER_OTLP_ENDPOINT set?)")
+    )
     print(f"tracing         {tracing}")
     if job["started_at"]:
         work_s = completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
         if work_s > 0:
-            print(f"worker          {work_s:8.2f} s   -> {job['lines_total'] / work_s:,.0f} "
-                  f"lines/s (started_at -> completed_at)")
+            print(
+                f"worker          {work_s:8.2f} s   -> {job['lines_total'] / work_s:,.0f} "
+                f"lines/s (started_at -> completed_at)"
+            )
     if worker_pid and worker_peak is not None:
         since = "during this run" if hwm_reset.get(worker_pid) else "since the process started"
         print(f"worker peak RSS {worker_peak / 1024:8.1f} MiB (VmHWM {since}, pid {worker_pid})")
@@ -398,8 +495,10 @@ def report(gen, result, worker_pid, worker_peak, api_pid, api_before, api_after,
         if api_peak is not None:
             since = "during this run" if hwm_reset.get(api_pid) else "since start"
             peak = f", peak {api_peak / 1024:.1f} MiB {since}"
-        print(f"api RSS         {api_before / 1024:8.1f} MiB before, {api_after / 1024:.1f} MiB "
-              f"after{peak} (pid {api_pid})")
+        print(
+            f"api RSS         {api_before / 1024:8.1f} MiB before, {api_after / 1024:.1f} MiB "
+            f"after{peak} (pid {api_pid})"
+        )
     else:
         print("api RSS         n/a (no API pid: pass --api-pid)")
     return job["lines_valid"] / e2e_s
@@ -424,8 +523,10 @@ def find_pid(script: str) -> int | None:
     if len(found) == 1:
         return found[0]
     if found:
-        print(f"note: several processes run {script} ({', '.join(map(str, sorted(found)))}); "
-              f"pass the pid to measure one")
+        print(
+            f"note: several processes run {script} ({', '.join(map(str, sorted(found)))}); "
+            f"pass the pid to measure one"
+        )
     else:
         print(f"note: no process runs {script}; its memory is not measured")
     return None
@@ -469,19 +570,31 @@ def naive_postgres(path: Path, database_url: str, sample: int, total_valid: int)
                     break
     table = sql.Identifier(f"bench_naive_{uuid.uuid4().hex[:8]}")
     with psycopg.connect(database_url) as conn:
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} (line_no bigint PRIMARY KEY, timestamp timestamptz NOT NULL, "
-            "level text NOT NULL, service text NOT NULL, event_type text NOT NULL, "
-            "environment text NOT NULL, message text NOT NULL, context jsonb NOT NULL)"
-        ).format(table))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (line_no bigint PRIMARY KEY, timestamp timestamptz NOT NULL, "
+                "level text NOT NULL, service text NOT NULL, event_type text NOT NULL, "
+                "environment text NOT NULL, message text NOT NULL, context jsonb NOT NULL)"
+            ).format(table)
+        )
         conn.commit()
         insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(table)
         try:
             started = time.perf_counter()
             for i, e in enumerate(rows):
-                conn.execute(insert, (i, e["timestamp"], e["level"].lower(), e["service"],
-                                      e["event_type"], e.get("environment", "production"),
-                                      e["message"], Jsonb(e.get("context", {}))))
+                conn.execute(
+                    insert,
+                    (
+                        i,
+                        e["timestamp"],
+                        e["level"].lower(),
+                        e["service"],
+                        e["event_type"],
+                        e.get("environment", "production"),
+                        e["message"],
+                        Jsonb(e.get("context", {})),
+                    ),
+                )
                 conn.commit()
             elapsed = time.perf_counter() - started
         finally:
@@ -489,9 +602,11 @@ def naive_postgres(path: Path, database_url: str, sample: int, total_valid: int)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
             conn.commit()
     rate = len(rows) / elapsed
-    print(f"naive Postgres  {len(rows):,} rows in {elapsed:.2f} s -> {rate:,.0f} rows/s "
-          f"(one INSERT + COMMIT per row); all {total_valid:,} valid lines would take "
-          f"{total_valid / rate:,.0f} s")
+    print(
+        f"naive Postgres  {len(rows):,} rows in {elapsed:.2f} s -> {rate:,.0f} rows/s "
+        f"(one INSERT + COMMIT per row); all {total_valid:,} valid lines would take "
+        f"{total_valid / rate:,.0f} s"
+    )
 
 
 def parse_valid(raw: bytes) -> dict | None:
@@ -499,15 +614,19 @@ def parse_valid(raw: bytes) -> dict | None:
         entry = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry[k]
-                                              for k in REQUIRED if k != "message"):
+    if not isinstance(entry, dict) or not all(
+        isinstance(entry.get(k), str) and entry[k] for k in REQUIRED if k != "message"
+    ):
         return None
     try:
         entry["timestamp"] = dt.datetime.fromisoformat(entry["timestamp"])
     except ValueError:
         return None
-    if (entry["timestamp"].tzinfo is None or "message" not in entry
-            or entry["level"].lower() not in ("debug", "info", "warning", "error", "critical")):
+    if (
+        entry["timestamp"].tzinfo is None
+        or "message" not in entry
+        or entry["level"].lower() not in ("debug", "info", "warning", "error", "critical")
+    ):
         return None
     return entry
 

@@ -34,8 +34,17 @@ import config  # noqa: E402
 import core  # noqa: E402
 
 BATCH_LINES = 5000
-COLUMNS = ("job_id", "line_no", "timestamp", "level", "service", "event_type", "environment",
-           "message", "context")
+COLUMNS = (
+    "job_id",
+    "line_no",
+    "timestamp",
+    "level",
+    "service",
+    "event_type",
+    "environment",
+    "message",
+    "context",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     url = args.database_url or config.load_settings(service=False).database_url
     result = measure(args.file, url, args.processes)
-    print(f"limit ({args.processes} process{'es' if args.processes > 1 else ''}) "
-          f"{result['valid']:,} valid lines in {result['seconds']:.2f} s -> "
-          f"{result['rate']:,.0f} valid lines/s")
+    print(
+        f"limit ({args.processes} process{'es' if args.processes > 1 else ''}) "
+        f"{result['valid']:,} valid lines in {result['seconds']:.2f} s -> "
+        f"{result['rate']:,.0f} valid lines/s"
+    )
     return 0
 
 
@@ -56,19 +67,25 @@ def measure(path: Path, database_url: str, processes: int) -> dict:
     """Run the loop over `path` in `processes` processes at once: {valid, seconds, rate}."""
     table = f"bench_limit_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} (job_id uuid NOT NULL, line_no bigint NOT NULL, "
-            "timestamp timestamptz NOT NULL, level text NOT NULL, service text NOT NULL, "
-            "event_type text NOT NULL, environment text NOT NULL, message text NOT NULL, "
-            "context jsonb NOT NULL DEFAULT '{{}}', PRIMARY KEY (job_id, line_no))"
-        ).format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (job_id uuid NOT NULL, line_no bigint NOT NULL, "
+                "timestamp timestamptz NOT NULL, level text NOT NULL, service text NOT NULL, "
+                "event_type text NOT NULL, environment text NOT NULL, message text NOT NULL, "
+                "context jsonb NOT NULL DEFAULT '{{}}', PRIMARY KEY (job_id, line_no))"
+            ).format(sql.Identifier(table))
+        )
     try:
         ranges = byte_ranges(path, processes)
         ctx = multiprocessing.get_context("spawn")
         barrier, counts = ctx.Barrier(len(ranges) + 1), ctx.Queue()
-        workers = [ctx.Process(target=load_range, args=(str(path), start, end, database_url,
-                                                        table, barrier, counts))
-                   for start, end in ranges]
+        workers = [
+            ctx.Process(
+                target=load_range,
+                args=(str(path), start, end, database_url, table, barrier, counts),
+            )
+            for start, end in ranges
+        ]
         for worker in workers:
             worker.start()
         barrier.wait(timeout=120)
@@ -99,13 +116,15 @@ def byte_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def load_range(path: str, start: int, end: int, database_url: str, table: str,
-               barrier, counts) -> None:
+def load_range(
+    path: str, start: int, end: int, database_url: str, table: str, barrier, counts
+) -> None:
     """One process's share: its lines parsed, validated and copied; puts its valid lines
     on `counts` once the last transaction has committed."""
     validator = jsonschema_rs.validator_for(orjson.loads(core.LOG_ENTRY_SCHEMA_PATH.read_bytes()))
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    )
     with open(path, "rb") as f:
         f.seek(start)
         lines = f.read(end - start).splitlines()
@@ -122,7 +141,7 @@ def copy_lines(lines: list[bytes], database_url: str, copy_sql, validator, barri
         barrier.wait()
         for first in range(0, len(lines), BATCH_LINES):
             with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                for line_no, raw in enumerate(lines[first:first + BATCH_LINES], first + 1):
+                for line_no, raw in enumerate(lines[first : first + BATCH_LINES], first + 1):
                     try:
                         obj = orjson.loads(raw)
                     except orjson.JSONDecodeError:
@@ -133,10 +152,19 @@ def copy_lines(lines: list[bytes], database_url: str, copy_sql, validator, barri
                         timestamp = dt.datetime.fromisoformat(obj["timestamp"])
                     except ValueError:
                         continue
-                    copy.write_row((job_id, line_no, timestamp, obj["level"].lower(),
-                                    obj["service"], obj["event_type"],
-                                    obj.get("environment", "production"), obj["message"],
-                                    orjson.dumps(obj.get("context", {})).decode()))
+                    copy.write_row(
+                        (
+                            job_id,
+                            line_no,
+                            timestamp,
+                            obj["level"].lower(),
+                            obj["service"],
+                            obj["event_type"],
+                            obj.get("environment", "production"),
+                            obj["message"],
+                            orjson.dumps(obj.get("context", {})).decode(),
+                        )
+                    )
                     valid += 1
     return valid
 

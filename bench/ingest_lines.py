@@ -50,12 +50,15 @@ def templates(rng: random.Random, n: int = 2000, line_format: str = "eventhorizo
             "service": service,
             "event_type": rng.choice(SERVICES[service]),
             "message": f"{service} did something for user {rng.randint(1, 99999)} "
-                       f"in {rng.randint(1, 3000)} ms",
+            f"in {rng.randint(1, 3000)} ms",
             "environment": rng.choice(["production", "production", "staging"]),
-            "context": {"http": {"method": rng.choice(["GET", "POST"]),
-                                 "status": rng.choice([200, 201, 400, 404, 500])},
-                        "user": {"id": rng.randint(1, 99999),
-                                 "tier": rng.choice(["free", "pro"])}},
+            "context": {
+                "http": {
+                    "method": rng.choice(["GET", "POST"]),
+                    "status": rng.choice([200, 201, 400, 404, 500]),
+                },
+                "user": {"id": rng.randint(1, 99999), "tier": rng.choice(["free", "pro"])},
+            },
         }
         if rng.random() < 0.3:
             entry["request_id"] = uuid.UUID(int=rng.getrandbits(128)).hex
@@ -70,9 +73,16 @@ def templates(rng: random.Random, n: int = 2000, line_format: str = "eventhorizo
 def as_pino(entry: dict) -> dict:
     """The same entry as pino writes it (the time goes first, in generate): the fields pino
     has, the rest at the top level as a child logger's bindings put them."""
-    pino = {"level": PINO_LEVELS[entry["level"].lower()], "pid": 4242, "hostname": "web-1",
-            "name": entry["service"], "msg": entry["message"], "event": entry["event_type"],
-            "env": entry["environment"], **entry["context"]}
+    pino = {
+        "level": PINO_LEVELS[entry["level"].lower()],
+        "pid": 4242,
+        "hostname": "web-1",
+        "name": entry["service"],
+        "msg": entry["message"],
+        "event": entry["event_type"],
+        "env": entry["environment"],
+        **entry["context"],
+    }
     if "request_id" in entry:
         pino["reqId"] = entry["request_id"]
     return pino
@@ -81,16 +91,27 @@ def as_pino(entry: dict) -> dict:
 def as_generic(entry: dict) -> dict:
     """The same entry as winston's or zerolog's JSON writes it (no named format has its keys,
     so `auto` reads it by the generic rules): `time` first, in generate; `app`, `type`, `env`."""
-    generic = {"level": entry["level"].lower(), "message": entry["message"],
-               "app": entry["service"], "type": entry["event_type"],
-               "env": entry["environment"], **entry["context"]}
+    generic = {
+        "level": entry["level"].lower(),
+        "message": entry["message"],
+        "app": entry["service"],
+        "type": entry["event_type"],
+        "env": entry["environment"],
+        **entry["context"],
+    }
     if "request_id" in entry:
         generic["request_id"] = entry["request_id"]
     return generic
 
 
-def generate(path: Path, rng: random.Random, *, max_lines: int | None,
-             max_bytes: int | None, line_format: str = "eventhorizon") -> dict[str, int]:
+def generate(
+    path: Path,
+    rng: random.Random,
+    *,
+    max_lines: int | None,
+    max_bytes: int | None,
+    line_format: str = "eventhorizon",
+) -> dict[str, int]:
     """Write lines until `max_lines` lines or `max_bytes` bytes; the first line is valid."""
     bodies = templates(rng, line_format=line_format)
     base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)

@@ -35,20 +35,28 @@ import time
 import aiohttp
 from ingest import find_pid, proc_status_kib, read_dev_token, reset_peak_rss
 
-LINE = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "load",
-        "event_type": "load.line", "message": "a line of the load benchmark"}
+LINE = {
+    "timestamp": "2026-11-23T10:00:00Z",
+    "level": "info",
+    "service": "load",
+    "event_type": "load.line",
+    "message": "a line of the load benchmark",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the API's base URL")
     parser.add_argument("--uploads", type=int, default=50, help="concurrent uploads")
     parser.add_argument("--lines", type=int, default=2_000, help="lines per uploaded file")
     parser.add_argument("--watchers", type=int, default=1_000, help="WebSockets in all")
-    parser.add_argument("--token", default=None, help="API token (default: EH_TOKEN, "
-                                                      "var/dev-token)")
+    parser.add_argument(
+        "--token", default=None, help="API token (default: EH_TOKEN, var/dev-token)"
+    )
     parser.add_argument("--api-pid", type=int, help="the API process (default: found)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
@@ -67,27 +75,33 @@ def main(argv: list[str] | None = None) -> int:
 async def run(args, token: str) -> dict:
     url = args.url.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"}
-    content = b"".join(json.dumps({**LINE, "context": {"i": i}}).encode() + b"\n"
-                       for i in range(args.lines))
+    content = b"".join(
+        json.dumps({**LINE, "context": {"i": i}}).encode() + b"\n" for i in range(args.lines)
+    )
     stop = asyncio.Event()
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)  # a connection per upload and per watcher
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    async with aiohttp.ClientSession(url, headers=headers, connector=connector,
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        url, headers=headers, connector=connector, timeout=timeout
+    ) as session:
         probe = asyncio.create_task(probe_health(url, latencies, stop))
         started = time.perf_counter()
         per_job = max(1, args.watchers // args.uploads)
-        outcomes = await asyncio.gather(*(upload_and_watch(session, content, n, per_job)
-                                          for n in range(args.uploads)))
+        outcomes = await asyncio.gather(
+            *(upload_and_watch(session, content, n, per_job) for n in range(args.uploads))
+        )
         seconds = time.perf_counter() - started
         stop.set()
         await probe
-    return {"seconds": seconds, "latencies": latencies,
-            "completed": sum(o["final"] == "completed" for o in outcomes),
-            "states": sum(o["states"] for o in outcomes),
-            "watchers": sum(o["watchers"] for o in outcomes),
-            "sent_back": sum(o["sent_back"] for o in outcomes)}
+    return {
+        "seconds": seconds,
+        "latencies": latencies,
+        "completed": sum(o["final"] == "completed" for o in outcomes),
+        "states": sum(o["states"] for o in outcomes),
+        "watchers": sum(o["watchers"] for o in outcomes),
+        "sent_back": sum(o["sent_back"] for o in outcomes),
+    }
 
 
 async def probe_health(url: str, latencies: list[float], stop: asyncio.Event) -> None:
@@ -106,8 +120,9 @@ async def upload_and_watch(session, content: bytes, n: int, watchers: int) -> di
     sent_back = 0
     while True:
         form = aiohttp.FormData()
-        form.add_field("file", content, filename=f"load-{n}.jsonl",
-                       content_type="application/x-ndjson")
+        form.add_field(
+            "file", content, filename=f"load-{n}.jsonl", content_type="application/x-ndjson"
+        )
         async with session.post("/api/v1/files/upload", data=form) as response:
             if response.status == 202:
                 job = await response.json()
@@ -117,8 +132,12 @@ async def upload_and_watch(session, content: bytes, n: int, watchers: int) -> di
             sent_back += 1
             await asyncio.sleep(float(response.headers["Retry-After"]))
     results = await asyncio.gather(*(watch(session, job["job_id"]) for _ in range(watchers)))
-    return {"final": results[0][1], "states": sum(r[0] for r in results),
-            "watchers": watchers, "sent_back": sent_back}
+    return {
+        "final": results[0][1],
+        "states": sum(r[0] for r in results),
+        "watchers": watchers,
+        "sent_back": sent_back,
+    }
 
 
 async def watch(session, job_id: str) -> tuple[int, str]:
@@ -133,12 +152,16 @@ async def watch(session, job_id: str) -> tuple[int, str]:
 def report(args, result: dict, rss_before, rss_peak, rss_after) -> None:
     lat = sorted(result["latencies"])
     p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: 0)
-    print(f"uploads    {args.uploads} x {args.lines:,} lines, {result['completed']} completed "
-          f"in {result['seconds']:.1f} s; {result['sent_back']} sent back by the upload caps")
+    print(
+        f"uploads    {args.uploads} x {args.lines:,} lines, {result['completed']} completed "
+        f"in {result['seconds']:.1f} s; {result['sent_back']} sent back by the upload caps"
+    )
     print(f"watchers   {result['watchers']:,} WebSockets, {result['states']:,} states received")
-    print(f"/healthz   {len(lat):,} probes: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, "
-          f"max {lat[-1] * 1000 if lat else 0:.1f} ms"
-          + (f", mean {statistics.mean(lat) * 1000:.1f} ms" if lat else ""))
+    print(
+        f"/healthz   {len(lat):,} probes: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, "
+        f"max {lat[-1] * 1000 if lat else 0:.1f} ms"
+        + (f", mean {statistics.mean(lat) * 1000:.1f} ms" if lat else "")
+    )
 
     def mib(kib):
         return "?" if kib is None else f"{kib / 1024:.0f} MiB"

@@ -70,17 +70,23 @@ LIMIT_FIGURE = re.compile(r"fast relay loop ([\d,]+) events/s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("--events", type=int, default=500_000, help="events for the drain phase")
     parser.add_argument("--rate", type=int, default=2_000, help="events/s for the steady phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady phase")
-    parser.add_argument("--clickhouse-url", help="a ClickHouse server for the relay (http://...,"
-                        " a scratch database: the events stay in its event_log); default: chDB"
-                        " in a temporary directory")
-    parser.add_argument("--limit-tool", type=Path,
-                        help="relay_limit.py, run first on as many events for the ratio")
+    parser.add_argument(
+        "--clickhouse-url",
+        help="a ClickHouse server for the relay (http://...,"
+        " a scratch database: the events stay in its event_log); default: chDB"
+        " in a temporary directory",
+    )
+    parser.add_argument(
+        "--limit-tool", type=Path, help="relay_limit.py, run first on as many events for the ratio"
+    )
     args = parser.parse_args(argv)
 
     env = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "console", **os.environ}
@@ -89,43 +95,77 @@ def main(argv: list[str] | None = None) -> int:
     admin_url = with_database(base.database_url, "postgres")
     bench_url = with_database(base.database_url, BENCH_DB)
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            psycopg.sql.Identifier(BENCH_DB)))
-        admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(BENCH_DB)))
+        admin.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(BENCH_DB)
+            )
+        )
+        admin.execute(
+            psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(BENCH_DB))
+        )
     try:
         core.migrate(bench_url)
         with tempfile.TemporaryDirectory(prefix="eh-bench-relay-") as tmp:
-            settings = dataclasses.replace(base, database_url=bench_url, clickhouse_url=(
-                args.clickhouse_url or f"chdb://{tmp}/clickhouse"))
+            settings = dataclasses.replace(
+                base,
+                database_url=bench_url,
+                clickhouse_url=(args.clickhouse_url or f"chdb://{tmp}/clickhouse"),
+            )
             host = urlsplit(bench_url).hostname or "local socket"
-            print(f"Postgres {host}/{BENCH_DB}, ClickHouse "
-                  f"{config.redact_url(settings.clickhouse_url)}, "
-                  f"{settings.relay_lanes} lane(s); relay_batch_max_rows="
-                  f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
-                  f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}")
-            limit_eps = relay_limit(args.limit_tool, bench_url, args.events,
-                                    settings.relay_batch_max_rows) if args.limit_tool else None
+            print(
+                f"Postgres {host}/{BENCH_DB}, ClickHouse "
+                f"{config.redact_url(settings.clickhouse_url)}, "
+                f"{settings.relay_lanes} lane(s); relay_batch_max_rows="
+                f"{settings.relay_batch_max_rows}, relay_batch_max_wait_s="
+                f"{settings.relay_batch_max_wait_s}, relay_poll_s={settings.relay_poll_s}"
+            )
+            limit_eps = (
+                relay_limit(args.limit_tool, bench_url, args.events, settings.relay_batch_max_rows)
+                if args.limit_tool
+                else None
+            )
             drain = drain_phase(settings, args.events)
             steady = steady_phase(settings, args.rate, args.seconds)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                psycopg.sql.Identifier(BENCH_DB)))
+            admin.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(BENCH_DB)
+                )
+            )
 
     print()
     print("== results")
     checks = [
-        ("drain rate", f"{drain['eps']:,.0f} events/s", drain["eps"] >= TARGET_DRAIN_EPS,
-         f">= {TARGET_DRAIN_EPS:,}"),
-        ("steady inserts", f"{steady['inserts_per_s']:.2f} inserts/s",
-         steady["inserts_per_s"] <= TARGET_INSERTS_PER_S, f"<= {TARGET_INSERTS_PER_S}"),
-        ("steady p99 latency", f"{steady['p99']:.3f} s", steady["p99"] <= TARGET_P99_S,
-         f"<= {TARGET_P99_S} s"),
+        (
+            "drain rate",
+            f"{drain['eps']:,.0f} events/s",
+            drain["eps"] >= TARGET_DRAIN_EPS,
+            f">= {TARGET_DRAIN_EPS:,}",
+        ),
+        (
+            "steady inserts",
+            f"{steady['inserts_per_s']:.2f} inserts/s",
+            steady["inserts_per_s"] <= TARGET_INSERTS_PER_S,
+            f"<= {TARGET_INSERTS_PER_S}",
+        ),
+        (
+            "steady p99 latency",
+            f"{steady['p99']:.3f} s",
+            steady["p99"] <= TARGET_P99_S,
+            f"<= {TARGET_P99_S} s",
+        ),
     ]
     if limit_eps is not None:
         share = drain["eps"] / limit_eps
-        checks.append(("drain / relay limit", f"{share:.2f} x {limit_eps:,.0f}",
-                       share >= TARGET_LIMIT_SHARE, f">= {TARGET_LIMIT_SHARE}"))
+        checks.append(
+            (
+                "drain / relay limit",
+                f"{share:.2f} x {limit_eps:,.0f}",
+                share >= TARGET_LIMIT_SHARE,
+                f">= {TARGET_LIMIT_SHARE}",
+            )
+        )
     for name, value, ok, target in checks:
         print(f"{name:20} {value:>22}   target {target:12} {'ok' if ok else 'MISSED'}")
     return 0 if all(ok for _, _, ok, _ in checks) else 1
@@ -178,8 +218,12 @@ def relay_limit(tool: Path, database_url: str, n: int, batch: int) -> float:
     """Run relay_limit.py on n events in batches of `batch`; its events/s."""
     print()
     print(f"== the relay limit: {tool} {n:,} {batch:,}")
-    out = subprocess.run([sys.executable, str(tool), database_url, str(n), str(batch)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(tool), database_url, str(n), str(batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     print(out.strip())
     return float(LIMIT_FIGURE.search(out).group(1).replace(",", ""))
 
@@ -187,8 +231,10 @@ def relay_limit(tool: Path, database_url: str, n: int, batch: int) -> float:
 def drain_phase(settings: config.Settings, n: int) -> dict:
     print()
     print(f"== drain: {n:,} events committed at once into the outbox")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn, \
-            Relay(settings, timed=False) as r:
+    with (
+        psycopg.connect(settings.database_url, autocommit=True) as conn,
+        Relay(settings, timed=False) as r,
+    ):
         time.sleep(1.0)  # the relay is connected and idle
         filling = time.monotonic()
         with conn.transaction(), conn.cursor() as cur:
@@ -203,14 +249,18 @@ def drain_phase(settings: config.Settings, n: int) -> dict:
         seconds = time.monotonic() - started
         inserts, rows, _ = r.snapshot()
     eps = rows / seconds
-    print(f"drained {rows:,} events in {seconds:.2f} s: {eps:,.0f} events/s, "
-          f"{inserts} ClickHouse inserts ({rows / max(inserts, 1):,.0f} events each)")
+    print(
+        f"drained {rows:,} events in {seconds:.2f} s: {eps:,.0f} events/s, "
+        f"{inserts} ClickHouse inserts ({rows / max(inserts, 1):,.0f} events each)"
+    )
     return {"eps": eps, "inserts": inserts, "seconds": seconds}
 
 
 def steady_phase(settings: config.Settings, rate: int, seconds: float) -> dict:
     print()
-    print(f"== steady load: {rate:,} events/s for {seconds:.0f} s, {EVENTS_PER_TX} events a transaction")
+    print(
+        f"== steady load: {rate:,} events/s for {seconds:.0f} s, {EVENTS_PER_TX} events a transaction"
+    )
     with psycopg.connect(settings.database_url, autocommit=True) as conn, Relay(settings) as r:
         time.sleep(1.0)  # the relay is connected and idle
         base_inserts, _, _ = r.snapshot()
@@ -225,12 +275,18 @@ def steady_phase(settings: config.Settings, rate: int, seconds: float) -> dict:
     latencies.sort()
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     inserts_per_s = window_inserts / producer.seconds
-    print(f"produced {producer.events:,} events in {producer.seconds:.1f} s "
-          f"({producer.events / producer.seconds:,.0f}/s); delivered {rows:,}")
-    print(f"latency created_at -> ClickHouse ack: p50 {p50:.3f} s, p99 {p99:.3f} s, "
-          f"max {latencies[-1]:.3f} s, mean {statistics.fmean(latencies):.3f} s")
-    print(f"ClickHouse inserts: {inserts - base_inserts} in all, {inserts_per_s:.2f}/s while "
-          f"producing ({rows / max(inserts - base_inserts, 1):,.0f} events each)")
+    print(
+        f"produced {producer.events:,} events in {producer.seconds:.1f} s "
+        f"({producer.events / producer.seconds:,.0f}/s); delivered {rows:,}"
+    )
+    print(
+        f"latency created_at -> ClickHouse ack: p50 {p50:.3f} s, p99 {p99:.3f} s, "
+        f"max {latencies[-1]:.3f} s, mean {statistics.fmean(latencies):.3f} s"
+    )
+    print(
+        f"ClickHouse inserts: {inserts - base_inserts} in all, {inserts_per_s:.2f}/s while "
+        f"producing ({rows / max(inserts - base_inserts, 1):,.0f} events each)"
+    )
     return {"p50": p50, "p99": p99, "inserts_per_s": inserts_per_s}
 
 
@@ -252,8 +308,9 @@ class Producer(threading.Thread):
                 while next_at - started < self.duration:
                     time.sleep(max(0.0, next_at - time.monotonic()))
                     with conn.transaction(), conn.cursor() as cur:
-                        outbox.copy_events(cur, (sample_event(self.events + i)
-                                               for i in range(EVENTS_PER_TX)))
+                        outbox.copy_events(
+                            cur, (sample_event(self.events + i) for i in range(EVENTS_PER_TX))
+                        )
                     self.events += EVENTS_PER_TX
                     next_at += interval
                 self.seconds = time.monotonic() - started
@@ -265,9 +322,15 @@ def sample_event(i: int) -> outbox.Event:
     """A log-line event of a typical size (about 200 bytes of context)."""
     return outbox.make_event(
         "log.line",
-        {"job_id": "6f1c4c43-35a5-4a7e-9d8e-0d5b7b1f6a10", "line_no": i, "level": "info",
-         "service": "checkout", "message": f"order {i} paid", "request_id": str(uuid.uuid4()),
-         "context": {"user_id": i % 1000, "amount_cents": i % 9973}},
+        {
+            "job_id": "6f1c4c43-35a5-4a7e-9d8e-0d5b7b1f6a10",
+            "line_no": i,
+            "level": "info",
+            "service": "checkout",
+            "message": f"order {i} paid",
+            "request_id": str(uuid.uuid4()),
+            "context": {"user_id": i % 1000, "amount_cents": i % 9973},
+        },
         environment="bench",
     )
 

@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=50, help="reads per case")
-    parser.add_argument("--clickhouse-url", help="http://user:password@host:port/database "
-                        "(filled unless it holds --events rows already: a rerun reuses them)")
+    parser.add_argument(
+        "--clickhouse-url",
+        help="http://user:password@host:port/database "
+        "(filled unless it holds --events rows already: a rerun reuses them)",
+    )
     args = parser.parse_args(argv)
     server = None
     try:
@@ -96,14 +99,26 @@ def fill(url: str, events: int) -> None:
     with clickhouse_connect.get_client(dsn=url, send_receive_timeout=1800) as ch:
         event_log.ensure_event_log(ch)
         if (held := ch.command("SELECT count() FROM event_log")) >= events:
-            print(f"reusing    event_log: {held:,} rows (a server given by --clickhouse-url, filled before)")
+            print(
+                f"reusing    event_log: {held:,} rows (a server given by --clickhouse-url, filled before)"
+            )
             return
         for offset in range(0, events, CHUNK):
-            ch.command(FILL, parameters={"jobs": jobs, "owners": OWNERS, "t0": "2026-11-01 00:00:00",
-                                         "offset": offset, "count": min(CHUNK, events - offset)})
+            ch.command(
+                FILL,
+                parameters={
+                    "jobs": jobs,
+                    "owners": OWNERS,
+                    "t0": "2026-11-01 00:00:00",
+                    "offset": offset,
+                    "count": min(CHUNK, events - offset),
+                },
+            )
         rows = ch.command("SELECT count() FROM event_log")
-    print(f"filled     event_log: {rows:,} rows of 200 jobs, 4 owners "
-          f"({time.monotonic() - started:.1f} s)")
+    print(
+        f"filled     event_log: {rows:,} rows of 200 jobs, 4 owners "
+        f"({time.monotonic() - started:.1f} s)"
+    )
 
 
 def cases(events: int) -> list[tuple[str, str, dict, dict]]:
@@ -112,8 +127,12 @@ def cases(events: int) -> list[tuple[str, str, dict, dict]]:
     request = f"r-{events // 20}"  # one request id: 10 events, of owner0's jobs and others'
     return [
         ("first page, a 1-hour window", "events", hour, {}),
-        ("first page, 1 h, level=error&q=timeout", "events",
-         {**hour, "levels": ["error"], "text": "timeout"}, {}),
+        (
+            "first page, 1 h, level=error&q=timeout",
+            "events",
+            {**hour, "levels": ["error"], "text": "timeout"},
+            {},
+        ),
         ("context.request_id=…, all time", "events", {"context": [("request_id", request)]}, {}),
         ("histogram, all time", "histogram", {}, {}),
         ("facets on service, all time", "facets", {}, {}),
@@ -121,8 +140,9 @@ def cases(events: int) -> list[tuple[str, str, dict, dict]]:
 
 
 async def measure(url: str, events: int, requests: int) -> None:
-    explorer = explore.Explorer(url, timeout_s=30, slots=read_slots.ReadSlots(
-        1, 1, queue_per_owner=8, max_wait_s=600))
+    explorer = explore.Explorer(
+        url, timeout_s=30, slots=read_slots.ReadSlots(1, 1, queue_per_owner=8, max_wait_s=600)
+    )
     scope = reads.SearchScope("owner0")
     try:
         table_rows = explorer.client().command("SELECT count() FROM event_log")
@@ -133,18 +153,21 @@ async def measure(url: str, events: int, requests: int) -> None:
             for _ in range(requests):
                 started = time.perf_counter()
                 if kind == "events":
-                    await explorer.run(scope.owner, reads.search_events, scope, filters,
-                                       limit=101)
+                    await explorer.run(scope.owner, reads.search_events, scope, filters, limit=101)
                 elif kind == "histogram":
-                    await explorer.run(scope.owner, reads.search_histogram, scope, filters,
-                                       interval_s=None)
+                    await explorer.run(
+                        scope.owner, reads.search_histogram, scope, filters, interval_s=None
+                    )
                 else:
-                    await explorer.run(scope.owner, reads.search_facets, scope, filters,
-                                       "service", limit=10)
+                    await explorer.run(
+                        scope.owner, reads.search_facets, scope, filters, "service", limit=10
+                    )
                 times.append((time.perf_counter() - started) * 1000)
-            print(f"{name:<42} {statistics.median(times):8.1f} "
-                  f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} "
-                  f"{max(times):8.1f} {rows_read(explorer, kind, scope, filters):>12,}")
+            print(
+                f"{name:<42} {statistics.median(times):8.1f} "
+                f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} "
+                f"{max(times):8.1f} {rows_read(explorer, kind, scope, filters):>12,}"
+            )
         print(f"(event_log holds {table_rows:,} rows; owner0 {table_rows // 4:,})")
         await export(explorer, scope, events)
     finally:
@@ -157,28 +180,46 @@ async def export(explorer, scope, events: int) -> None:
     filters = reads.checked_search_filters(since=since.isoformat(), until=until.isoformat())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started, lines, size = time.perf_counter(), 0, 0
-    async for chunk in explorer.stream(scope.owner, reads.export_chunks, scope, filters,
-                                       fmt="ndjson", order="desc",
-                                       max_rows=10_000_000):
+    async for chunk in explorer.stream(
+        scope.owner,
+        reads.export_chunks,
+        scope,
+        filters,
+        fmt="ndjson",
+        order="desc",
+        max_rows=10_000_000,
+    ):
         lines += chunk.count(b"\n")
         size += len(chunk)
     seconds = time.perf_counter() - started
     grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    print(f"export, one owner's last day: {lines:,} events, {size / 2**20:.0f} MiB in "
-          f"{seconds:.1f} s = {lines / seconds:,.0f} events/s; peak RSS grew {grew:.1f} MiB")
+    print(
+        f"export, one owner's last day: {lines:,} events, {size / 2**20:.0f} MiB in "
+        f"{seconds:.1f} s = {lines / seconds:,.0f} events/s; peak RSS grew {grew:.1f} MiB"
+    )
 
 
 def rows_read(explorer, kind: str, scope, filters) -> int:
     """What ClickHouse read for the case's main query (its summary header)."""
     interval_s = 10800  # the histogram's over all of 10,000,000 events 100 ms apart
-    query = {"events": reads.events_query("desc"),
-             "histogram": reads.histogram_query(filters, interval_s),
-             "facets": reads.facet_query("service", filters)}[kind]
-    parameters = {**scope.parameters(), **filters.parameters(), "after_time": reads.LAST_MS,
-                  "after_job": reads.MAX_UUID, "after_line": 2**64 - 1, "limit": 101,
-                  "facet_path": "", "interval_s": interval_s}
-    result = explorer.client().query(query, parameters=parameters,
-                                     settings=reads.read_settings(explorer.settings))
+    query = {
+        "events": reads.events_query("desc"),
+        "histogram": reads.histogram_query(filters, interval_s),
+        "facets": reads.facet_query("service", filters),
+    }[kind]
+    parameters = {
+        **scope.parameters(),
+        **filters.parameters(),
+        "after_time": reads.LAST_MS,
+        "after_job": reads.MAX_UUID,
+        "after_line": 2**64 - 1,
+        "limit": 101,
+        "facet_path": "",
+        "interval_s": interval_s,
+    }
+    result = explorer.client().query(
+        query, parameters=parameters, settings=reads.read_settings(explorer.settings)
+    )
     return int(result.summary.get("read_rows", 0))
 
 

@@ -56,11 +56,24 @@ EVENTS = {
 }
 SERVICE_WEIGHTS = {"checkout": 25, "auth": 20, "search": 25, "payments": 18, "inventory": 12}
 
-QUERIES = ["running shoes", "caf\u00e9 cups", "usb-c cable", "M\u00fcnchen guide", "desk lamp",
-           "winter jacket", "\u65e5\u672c\u8336", "yoga mat"]
+QUERIES = [
+    "running shoes",
+    "caf\u00e9 cups",
+    "usb-c cable",
+    "M\u00fcnchen guide",
+    "desk lamp",
+    "winter jacket",
+    "\u65e5\u672c\u8336",
+    "yoga mat",
+]
 HOSTS = ["web-1", "web-2", "worker-a", "ip-10-0-3-17"]
-PATHS = {"checkout": "/api/cart", "auth": "/api/login", "search": "/api/search",
-         "payments": "/api/charges", "inventory": "/api/stock"}
+PATHS = {
+    "checkout": "/api/cart",
+    "auth": "/api/login",
+    "search": "/api/search",
+    "payments": "/api/charges",
+    "inventory": "/api/stock",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     counts = check(args.out)
-    print(f"{args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}: "
-          f"{counts['physical']} physical lines, {counts['blank']} blank, "
-          f"{counts['valid']} valid, {counts['invalid']} invalid")
+    print(
+        f"{args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}: "
+        f"{counts['physical']} physical lines, {counts['blank']} blank, "
+        f"{counts['valid']} valid, {counts['invalid']} invalid"
+    )
     if counts != expected:
         print(f"error: expected {expected}, got {counts}", file=sys.stderr)
         return 1
@@ -110,13 +125,20 @@ def valid_entries(rng: random.Random, n: int):
         elif rng.random() < 0.03:
             level = level.capitalize()
         fields = {
-            "items": rng.randint(1, 9), "order_id": f"ord_{rng.randrange(16**8):08x}",
+            "items": rng.randint(1, 9),
+            "order_id": f"ord_{rng.randrange(16**8):08x}",
             "amount": f"{rng.randint(3, 900)}.{rng.randint(0, 99):02d}",
-            "currency": rng.choice(["EUR", "USD", "GBP"]), "coupon": rng.choice(["WINTER10", "VIP20"]),
-            "user_id": rng.randint(1000, 99999), "email": f"user{rng.randint(1, 500)}@example.com",
-            "query": rng.choice(QUERIES), "hits": rng.randint(0, 4000), "ms": rng.randint(3, 9000),
-            "docs": rng.randint(10_000, 90_000), "charge_id": f"ch_{rng.randrange(16**10):010x}",
-            "sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(0, 40),
+            "currency": rng.choice(["EUR", "USD", "GBP"]),
+            "coupon": rng.choice(["WINTER10", "VIP20"]),
+            "user_id": rng.randint(1000, 99999),
+            "email": f"user{rng.randint(1, 500)}@example.com",
+            "query": rng.choice(QUERIES),
+            "hits": rng.randint(0, 4000),
+            "ms": rng.randint(3, 9000),
+            "docs": rng.randint(10_000, 90_000),
+            "charge_id": f"ch_{rng.randrange(16**10):010x}",
+            "sku": f"SKU-{rng.randint(100, 999)}",
+            "qty": rng.randint(0, 40),
         }
         entry: dict = {
             "timestamp": timestamp(rng, when),
@@ -155,17 +177,29 @@ def timestamp(rng: random.Random, when: dt.datetime) -> str:
 
 
 def context(rng: random.Random, service: str, fields: dict) -> dict:
-    ctx: dict = {"http": {"method": "POST" if service in ("checkout", "payments") else "GET",
-                          "path": PATHS[service], "status": rng.choice([200, 200, 201, 400, 502]),
-                          "duration_ms": round(rng.uniform(1, 1500), 1)}}
+    ctx: dict = {
+        "http": {
+            "method": "POST" if service in ("checkout", "payments") else "GET",
+            "path": PATHS[service],
+            "status": rng.choice([200, 200, 201, 400, 502]),
+            "duration_ms": round(rng.uniform(1, 1500), 1),
+        }
+    }
     if service in ("checkout", "payments"):
-        ctx["order"] = {"id": fields["order_id"],
-                        "total": {"amount": fields["amount"], "currency": fields["currency"]},
-                        "items": [{"sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(1, 3)}
-                                  for _ in range(rng.randint(1, 3))]}
+        ctx["order"] = {
+            "id": fields["order_id"],
+            "total": {"amount": fields["amount"], "currency": fields["currency"]},
+            "items": [
+                {"sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(1, 3)}
+                for _ in range(rng.randint(1, 3))
+            ],
+        }
     if service in ("auth", "checkout") or rng.random() < 0.3:
-        ctx["user"] = {"id": fields["user_id"], "tier": rng.choice(["free", "plus", "pro"]),
-                       "geo": {"country": rng.choice(["DE", "FR", "US", "JP"])}}
+        ctx["user"] = {
+            "id": fields["user_id"],
+            "tier": rng.choice(["free", "plus", "pro"]),
+            "geo": {"country": rng.choice(["DE", "FR", "US", "JP"])},
+        }
     if service == "search":
         ctx["search"] = {"query": fields["query"], "hits": fields["hits"], "filters": []}
     return ctx
@@ -173,8 +207,13 @@ def context(rng: random.Random, service: str, fields: dict) -> dict:
 
 def invalid_lines() -> list[str]:
     """One line per way to be wrong; each must be rejected by the worker."""
-    ok = {"timestamp": "2026-11-20T09:15:00Z", "level": "info", "service": "checkout",
-          "event_type": "cart.viewed", "message": "cart viewed"}
+    ok = {
+        "timestamp": "2026-11-20T09:15:00Z",
+        "level": "info",
+        "service": "checkout",
+        "event_type": "cart.viewed",
+        "message": "cart viewed",
+    }
 
     def with_(**changes):
         entry = {**ok, **changes}

@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "settings-table":
-        print(config.settings_table(), "Tests only:", config.settings_table(tests_only=True),
-              sep="\n\n")
+        print(
+            config.settings_table(),
+            "Tests only:",
+            config.settings_table(tests_only=True),
+            sep="\n\n",
+        )
         return 0
     settings = config.load_settings(service=False)
     if args.command == "shell-env":
@@ -135,8 +139,10 @@ def wait_s3(settings: config.Settings, pid: int | None, timeout: float) -> int:
             print(f"error: the S3 server (pid {pid}) exited: {last_error}", file=sys.stderr)
             return 1
         time.sleep(0.3)
-    print(f"error: S3 at {settings.s3_endpoint_url} not ready after {timeout:.0f}s: {last_error}",
-          file=sys.stderr)
+    print(
+        f"error: S3 at {settings.s3_endpoint_url} not ready after {timeout:.0f}s: {last_error}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -159,8 +165,11 @@ def wait_clickhouse(settings: config.Settings, pid: int | None, timeout: float) 
             print(f"error: the ClickHouse server (pid {pid}) exited: {last_error}", file=sys.stderr)
             return 1
         time.sleep(0.3)
-    print(f"error: ClickHouse at {config.redact_url(settings.clickhouse_url)} not ready after "
-          f"{timeout:.0f}s: {last_error}", file=sys.stderr)
+    print(
+        f"error: ClickHouse at {config.redact_url(settings.clickhouse_url)} not ready after "
+        f"{timeout:.0f}s: {last_error}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -190,8 +199,17 @@ def weed_command(data_dir: Path, s3_port: int | None = None) -> list[str]:
     weed puts it) or on a free port, and every other server on a free port whose gRPC port
     (+10000) is free too, so two of them (tests, scripts/dev, other checkouts) never meet."""
     ports = dict(zip(WEED_SERVERS, free_port_pairs(len(WEED_SERVERS)), strict=True))
-    args = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    args = [
+        weed_binary(),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
     for server, port in ports.items():
         if server == "s3" and s3_port is not None:
             args.append(f"-s3.port={s3_port}")
@@ -200,15 +218,20 @@ def weed_command(data_dir: Path, s3_port: int | None = None) -> list[str]:
     # Its unix sockets default to /tmp/seaweedfs-*-PORT.sock, shared by every weed on the
     # machine; keep them in data_dir when the path fits a socket address (108 bytes).
     if len(str(data_dir / "filer.sock")) < 100:
-        args += [f"-filer.localSocket={data_dir / 'filer.sock'}",
-                 f"-s3.localSocket={data_dir / 's3.sock'}"]
+        args += [
+            f"-filer.localSocket={data_dir / 'filer.sock'}",
+            f"-s3.localSocket={data_dir / 's3.sock'}",
+        ]
     return args
 
 
 def weed_env(settings: config.Settings) -> dict[str, str]:
     """The environment for `weed mini`: its admin identity is our S3 keys."""
-    return {**os.environ, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
-            "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key}
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key,
+    }
 
 
 def free_port_pairs(count: int) -> list[int]:
@@ -263,8 +286,11 @@ def ensure_bucket(settings: config.Settings) -> int:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code not in ("404", "NoSuchBucket", "NotFound"):
-            print(f"error: S3 at {settings.s3_endpoint_url} refused bucket "
-                  f"{settings.s3_bucket!r}: {exc}", file=sys.stderr)
+            print(
+                f"error: S3 at {settings.s3_endpoint_url} refused bucket "
+                f"{settings.s3_bucket!r}: {exc}",
+                file=sys.stderr,
+            )
             return 1
     client.create_bucket(Bucket=settings.s3_bucket)
     print(f"created bucket {settings.s3_bucket}", file=sys.stderr)

@@ -56,10 +56,15 @@ SERVICE_FIXTURES = frozenset({"template_database", "amqp_queue", "s3_server", "c
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "services: needs Postgres, RabbitMQ, S3 or ClickHouse "
-                            "(set from the fixtures a test uses)")
-    config.addinivalue_line("markers", "hostile: attacks on a live API, judged by the CPU "
-                            "time its event loop's callbacks take (tests/test_hostile.py)")
+    config.addinivalue_line(
+        "markers",
+        "services: needs Postgres, RabbitMQ, S3 or ClickHouse (set from the fixtures a test uses)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "hostile: attacks on a live API, judged by the CPU "
+        "time its event loop's callbacks take (tests/test_hostile.py)",
+    )
 
 
 # The longest tests (each 15 s or more on this 2-core machine; see the `--durations` that
@@ -108,9 +113,11 @@ def pytest_timeout_set_timer(item, settings):
     yield
     timeout_handler = signal.getsignal(signal.SIGALRM)
     if callable(timeout_handler):
+
         def handler(signum, frame):
             print_asyncio_tasks()
             timeout_handler(signum, frame)
+
         signal.signal(signal.SIGALRM, handler)
 
 
@@ -146,15 +153,18 @@ def s3_server(tmp_path_factory):
     for attempt in range(1, WEED_STARTS + 1):
         data_dir = tmp_path_factory.mktemp("weed")
         proc, endpoint = _start_weed(settings, data_dir)
-        if stack.wait_s3(dataclasses.replace(settings, s3_endpoint_url=endpoint), proc.pid,
-                         timeout=60) == 0 and _weed_serves(proc, data_dir, endpoint):
+        if stack.wait_s3(
+            dataclasses.replace(settings, s3_endpoint_url=endpoint), proc.pid, timeout=60
+        ) == 0 and _weed_serves(proc, data_dir, endpoint):
             break
         _stop_weed(proc)
         log_tail = (data_dir / "weed.log").read_text(errors="replace")[-1000:]
         if attempt == WEED_STARTS:
             pytest.exit(f"weed mini did not start; see {data_dir / 'weed.log'}", returncode=3)
-        print(f"weed mini did not start (attempt {attempt}), trying other ports: {log_tail}",
-              file=sys.stderr)
+        print(
+            f"weed mini did not start (attempt {attempt}), trying other ports: {log_tail}",
+            file=sys.stderr,
+        )
     try:
         yield endpoint
     finally:
@@ -173,18 +183,22 @@ def _start_weed(settings: config.Settings, data_dir: Path) -> tuple[subprocess.P
     except FileNotFoundError as exc:
         pytest.exit(str(exc), returncode=3)
     with (data_dir / "weed.log").open("wb") as log:
-        proc = subprocess.Popen(command, env=stack.weed_env(settings), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, env=stack.weed_env(settings), stdout=log, stderr=subprocess.STDOUT
+        )
     return proc, f"http://127.0.0.1:{s3_port}"
 
 
 def _weed_serves(proc: subprocess.Popen, data_dir: Path, endpoint: str) -> bool:
     """Our weed says it serves S3 on `endpoint`: the answer wait_s3 had may have come from
     another worker's weed on a port ours then failed to take (same credentials)."""
+
     def said_or_exited() -> bool:
         log = (data_dir / "weed.log").read_text(errors="replace")
-        return proc.poll() is not None or re.search(
-            rf"S3 Endpoint:\s+{re.escape(endpoint)}\s", log) is not None
+        return (
+            proc.poll() is not None
+            or re.search(rf"S3 Endpoint:\s+{re.escape(endpoint)}\s", log) is not None
+        )
 
     wait_for(said_or_exited, timeout=60, what="weed mini to say it serves S3")
     return proc.poll() is None
@@ -257,8 +271,7 @@ def database_url(database_pool):
 @pytest.fixture
 def db(database_url):
     """A plain autocommit connection to the test's database, rows as dicts."""
-    with psycopg.connect(database_url, autocommit=True,
-                         row_factory=psycopg.rows.dict_row) as conn:
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         yield conn
 
 
@@ -309,7 +322,6 @@ def relay_settings(database_url, clickhouse_url) -> config.Settings:
     )
 
 
-
 # --------------------------------------------------------------------------- all together
 
 
@@ -357,8 +369,9 @@ async def client(settings, aiohttp_client, make_token):
 
 @pytest.fixture
 async def admin_client(settings, aiohttp_client, make_token):
-    return await aiohttp_client(eventhorizon.init_app(settings),
-                                headers=bearer(make_token("root", admin=True)))
+    return await aiohttp_client(
+        eventhorizon.init_app(settings), headers=bearer(make_token("root", admin=True))
+    )
 
 
 @pytest.fixture
@@ -367,10 +380,10 @@ async def two_owners(settings, aiohttp_client, make_token):
     app = eventhorizon.init_app(settings)
     alice = await aiohttp_client(app, headers=bearer(make_token("alice")))
     server = alice.server
-    bob = aiohttp.ClientSession(base_url=server.make_url("/"),
-                                headers=bearer(make_token("bob")))
-    root = aiohttp.ClientSession(base_url=server.make_url("/"),
-                                 headers=bearer(make_token("root", admin=True)))
+    bob = aiohttp.ClientSession(base_url=server.make_url("/"), headers=bearer(make_token("bob")))
+    root = aiohttp.ClientSession(
+        base_url=server.make_url("/"), headers=bearer(make_token("root", admin=True))
+    )
     yield alice, bob, root
     await bob.close()
     await root.close()
@@ -415,10 +428,12 @@ def run_script(fork_server, tmp_path):
     subprocess.run of `python <script> args` with the output captured as text, forked by
     the session's fork server."""
 
-    def run(script: str, *args: str, env: dict[str, str], input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-        return fork_server.run([str(ROOT / script), *args], env, tmp_path, input=input,
-                               timeout=timeout)
+    def run(
+        script: str, *args: str, env: dict[str, str], input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        return fork_server.run(
+            [str(ROOT / script), *args], env, tmp_path, input=input, timeout=timeout
+        )
 
     return run
 
@@ -438,8 +453,9 @@ def start_process(settings, tmp_path, fork_server):
         env = {**settings_env(settings), **env_overrides}
         log_path = tmp_path / f"{Path(script).stem}-{len(procs) + 1}.log"
         crash_hook = any(env_overrides.get(name, "") not in ("", "0") for name in CRASH_HOOKS)
-        proc = ChildProcess(fork_server.path, [str(ROOT / script)], env, ROOT, log_path,
-                            crash_hook=crash_hook)
+        proc = ChildProcess(
+            fork_server.path, [str(ROOT / script)], env, ROOT, log_path, crash_hook=crash_hook
+        )
         proc.log_path = log_path
         procs.append(proc)
         return proc
@@ -458,8 +474,9 @@ def start_process(settings, tmp_path, fork_server):
         expected = (0, -signal.SIGKILL) if proc.killed_on_purpose and proc not in running else (0,)
         if proc.returncode not in expected:
             how = "on SIGTERM at teardown" if proc in running else "by itself during the test"
-            unclean.append((proc.log_path.name, proc.returncode, how,
-                            proc.log_path.read_text()[-3000:]))
+            unclean.append(
+                (proc.log_path.name, proc.returncode, how, proc.log_path.read_text()[-3000:])
+            )
     assert not unclean, f"processes did not exit cleanly: {unclean}"
 
 
@@ -468,7 +485,8 @@ FIXED_SEED_IN_CI = 20261130
 
 def _seed(*, fixed_in_ci: bool) -> int:
     chosen = _base_settings().test_seed or (
-        FIXED_SEED_IN_CI if fixed_in_ci and in_ci() else random.SystemRandom().randrange(1, 2**32))
+        FIXED_SEED_IN_CI if fixed_in_ci and in_ci() else random.SystemRandom().randrange(1, 2**32)
+    )
     print(f"random choices seeded: EH_TEST_SEED={chosen}")
     return chosen
 
@@ -534,8 +552,9 @@ def browser():
             pytest.fail(f"CI=true but {reason}", pytrace=False)
         pytest.skip(reason)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         yield browser
         browser.close()
 
@@ -561,15 +580,20 @@ def open_page(browser, console_errors, start_process):
     def open_() -> Page:
         # Reduced motion: the page then draws progress bars without a transition, so a
         # screenshot shows the final width.
-        context = browser.new_context(viewport={"width": 900, "height": 900},
-                                      reduced_motion="reduce")
+        context = browser.new_context(
+            viewport={"width": 900, "height": 900}, reduced_motion="reduce"
+        )
         context.add_init_script(REPORT_CSP_VIOLATIONS)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(15_000)
         page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
-        page.on("console", lambda msg: console_errors.append(
-            f"{msg.text} ({msg.location.get('url')})") if msg.type == "error" else None)
+        page.on(
+            "console",
+            lambda msg: console_errors.append(f"{msg.text} ({msg.location.get('url')})")
+            if msg.type == "error"
+            else None,
+        )
         return page
 
     yield open_

@@ -68,8 +68,10 @@ WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1
 """
 
-OTHER_SESSIONS = ("SELECT pid FROM pg_stat_activity "
-                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+OTHER_SESSIONS = (
+    "SELECT pid FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
 
 def with_database(dsn: str, dbname: str) -> str:
@@ -87,8 +89,11 @@ class DatabasePool:
         with psycopg.connect(with_database(admin_dsn, template), autocommit=True) as conn:
             self.tables = [name for (name,) in conn.execute(TABLES)]
             self.fingerprint = conn.execute(FINGERPRINT).fetchone()[0]
-            filled = [t for t in self.tables
-                      if conn.execute(f"SELECT EXISTS (SELECT FROM {t})").fetchone()[0]]
+            filled = [
+                t
+                for t in self.tables
+                if conn.execute(f"SELECT EXISTS (SELECT FROM {t})").fetchone()[0]
+            ]
         # The migrations insert no rows today; truncating would lose any they did.
         assert not filled, f"the template's tables {filled} have rows: truncation would lose them"
 

@@ -48,8 +48,13 @@ class ForkServer:
 
     def start(self, env: dict[str, str]) -> None:
         # stdin is the server's lifeline: it exits when the pipe closes, even if pytest is killed.
-        self.proc = subprocess.Popen([sys.executable, __file__, self.path], env=env, cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, self.path],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         ready = self.proc.stdout.readline()
         assert ready == b"ready\n", f"the fork server did not start: {ready!r}"
 
@@ -59,12 +64,20 @@ class ForkServer:
             self.proc.wait(timeout=30)
             self.proc.stdout.close()
 
-    def fork(self, argv: list[str], env: dict[str, str], cwd: Path,
-             log_path: Path) -> ForkedProcess:
+    def fork(
+        self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path
+    ) -> ForkedProcess:
         return ForkedProcess(self.path, argv, env, cwd, log_path)
 
-    def run(self, argv: list[str], env: dict[str, str], directory: Path, *,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        directory: Path,
+        *,
+        input: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         """As subprocess.run(argv, env=env, cwd=ROOT, input=input, capture_output=True,
         text=True, timeout=timeout), `python` left out of argv; the streams pass through files
         in `directory`."""
@@ -78,15 +91,25 @@ class ForkServer:
             proc.kill()
             proc.wait()
             raise
-        return subprocess.CompletedProcess(argv, proc.returncode, stdout.read_text(),
-                                           stderr.read_text())
+        return subprocess.CompletedProcess(
+            argv, proc.returncode, stdout.read_text(), stderr.read_text()
+        )
 
 
 class ForkedProcess:
     """A child of the fork server, used as subprocess.Popen is."""
 
-    def __init__(self, server_path: str, argv: list[str], env: dict[str, str], cwd: Path,
-                 stdout: Path, *, stderr: Path | None = None, stdin: Path | None = None):
+    def __init__(
+        self,
+        server_path: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        stdout: Path,
+        *,
+        stderr: Path | None = None,
+        stdin: Path | None = None,
+    ):
         """The child's stdout goes to `stdout`, its stderr to `stderr` (else to `stdout`), its
         stdin comes from `stdin` (else /dev/null)."""
         self.args, self.returncode = argv, None
@@ -95,8 +118,14 @@ class ForkedProcess:
                 path.write_bytes(b"")
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(server_path)
-        request = {"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(stdout),
-                   "stderr": str(stderr or stdout), "stdin": str(stdin or os.devnull)}
+        request = {
+            "argv": argv,
+            "env": env,
+            "cwd": str(cwd),
+            "stdout": str(stdout),
+            "stderr": str(stderr or stdout),
+            "stdin": str(stdin or os.devnull),
+        }
         self._conn.sendall(json.dumps(request).encode() + b"\n")
         self._reader = self._conn.makefile("rb")
         self.pid = json.loads(self._reader.readline())["pid"]
@@ -158,8 +187,9 @@ def serve(path: str) -> None:
         if listener in readable:
             conn, _ = listener.accept()
             request = json.loads(conn.makefile("rb").readline())
-            pid = fork_child(request, close=[listener, conn, wakeup_r, wakeup_w,
-                                             *children.values()])
+            pid = fork_child(
+                request, close=[listener, conn, wakeup_r, wakeup_w, *children.values()]
+            )
             children[pid] = conn
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
             report_exits(children)  # one that exited before we knew its pid
@@ -201,8 +231,11 @@ def become(request: dict) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stdin = os.open(request["stdin"], os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND)
-    stderr = (stdout if request["stderr"] == request["stdout"]
-              else os.open(request["stderr"], os.O_WRONLY | os.O_APPEND))
+    stderr = (
+        stdout
+        if request["stderr"] == request["stdout"]
+        else os.open(request["stderr"], os.O_WRONLY | os.O_APPEND)
+    )
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
     for fd in {stdin, stdout, stderr}:

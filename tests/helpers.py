@@ -62,8 +62,7 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
         time.sleep(interval)
 
 
-async def wait_until(check, timeout: float = 30.0, what: str = "condition",
-                     interval: float = 0.1):
+async def wait_until(check, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
     """wait_for for a test on the event loop (a server on it keeps running): `check` is
     either a coroutine function, awaited, or a plain function, called in a thread (it may
     block, on a database say). Its first truthy value is returned."""
@@ -89,36 +88,71 @@ async def wait_until(check, timeout: float = 30.0, what: str = "condition",
 VALIDATOR = lines.log_entry_validator()
 
 
-VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
-         "event_type": "order.created", "message": "order created"}
+VALID = {
+    "timestamp": "2026-11-23T10:00:00Z",
+    "level": "info",
+    "service": "checkout",
+    "event_type": "order.created",
+    "message": "order created",
+}
 
 
-PINO_LINE = {"level": 40, "time": 1531171074631, "msg": "slow checkout", "pid": 657,
-             "hostname": "web-1", "name": "checkout", "order_id": 42}
+PINO_LINE = {
+    "level": 40,
+    "time": 1531171074631,
+    "msg": "slow checkout",
+    "pid": 657,
+    "hostname": "web-1",
+    "name": "checkout",
+    "order_id": 42,
+}
 
 
-ZAP_LINE = {"level": "error", "ts": 1525303480.993161, "caller": "pay/main.go:22",
-            "logger": "payments.charge", "msg": "charge declined", "attempt": 3}
+ZAP_LINE = {
+    "level": "error",
+    "ts": 1525303480.993161,
+    "caller": "pay/main.go:22",
+    "logger": "payments.charge",
+    "msg": "charge declined",
+    "attempt": 3,
+}
 
 
-ECS_LINE = {"@timestamp": "2020-03-20T18:11:37.895Z", "log.level": "info",
-            "message": "user logged in", "ecs.version": "1.6.0",
-            "service": {"name": "auth", "environment": "staging"},
-            "event": {"action": "login"}, "user": {"id": "u-7"}}
+ECS_LINE = {
+    "@timestamp": "2020-03-20T18:11:37.895Z",
+    "log.level": "info",
+    "message": "user logged in",
+    "ecs.version": "1.6.0",
+    "service": {"name": "auth", "environment": "staging"},
+    "event": {"action": "login"},
+    "user": {"id": "u-7"},
+}
 
 
 MYAPP = {
     "name": "myapp",
     "description": "our gateway's logs",
-    "fields": {"timestamp": ["epoch_ms"], "level": ["sev"], "message": ["text"],
-               "service": ["app.name"], "event_type": ["kind"], "environment": ["app.env"]},
+    "fields": {
+        "timestamp": ["epoch_ms"],
+        "level": ["sev"],
+        "message": ["text"],
+        "service": ["app.name"],
+        "event_type": ["kind"],
+        "environment": ["app.env"],
+    },
     "time_unit": "ms",
     "levels": {"W": "warning", "SEVERE": "critical", "5": "debug"},
 }
 
 
-MYAPP_LINE = {"epoch_ms": 1764496800000, "sev": "w", "text": "slow upstream", "kind": "proxy.slow",
-              "app": {"name": "gateway", "env": "staging", "build": 41}, "upstream": "db-1"}
+MYAPP_LINE = {
+    "epoch_ms": 1764496800000,
+    "sev": "w",
+    "text": "slow upstream",
+    "kind": "proxy.slow",
+    "app": {"name": "gateway", "env": "staging", "build": 41},
+    "upstream": "db-1",
+}
 
 
 SAMPLE = ROOT / "examples" / "sample.jsonl"
@@ -150,29 +184,40 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def upload(client, content: bytes, name: str = "app.jsonl",
-                 content_type: str = "application/x-ndjson"):
+async def upload(
+    client, content: bytes, name: str = "app.jsonl", content_type: str = "application/x-ndjson"
+):
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(content), filename=name, content_type=content_type)
     return await client.post("/api/v1/files/upload", data=form)
 
 
 def file_part(content: bytes, disposition: bytes = b'filename="app.jsonl"') -> bytes:
-    return (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
-            + b"\r\nContent-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n")
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="file"; '
+        + disposition
+        + b"\r\nContent-Type: application/x-ndjson\r\n\r\n"
+        + content
+        + b"\r\n"
+    )
 
 
 def post_multipart(client, body: bytes):
     """POST a hand-made multipart body (boundary `b`) to the upload endpoint."""
-    return client.post("/api/v1/files/upload", data=body,
-                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+    return client.post(
+        "/api/v1/files/upload",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
 
 
 async def completed_job(client, job_id, timeout: float = 60.0) -> dict:
     """The job as GET /api/v1/jobs/{id} gives it, once it says `completed`."""
+
     async def completed():
         state = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
         return state if state["status"] == "completed" else None
+
     return await wait_until(completed, timeout, what=f"job {job_id} completed")
 
 
@@ -185,8 +230,7 @@ async def assert_problem(response, status: int) -> dict:
 
 
 async def gql(client, query: str, variables: dict | None = None, **extra) -> dict:
-    response = await client.post("/graphql", json={"query": query, "variables": variables,
-                                                   **extra})
+    response = await client.post("/graphql", json={"query": query, "variables": variables, **extra})
     assert response.status == 200, await response.text()
     assert response.content_type == "application/json"
     return await response.json()
@@ -206,8 +250,10 @@ def watchers_dropped(logs) -> list[dict]:
 
 def aged(db, job_id, days: float) -> None:
     """The job as if uploaded `days` ago (no waiting: retention counts from created_at)."""
-    db.execute("UPDATE jobs SET created_at = now() - make_interval(secs => %s) "
-               "WHERE job_id = %s", (days * 86400, job_id))
+    db.execute(
+        "UPDATE jobs SET created_at = now() - make_interval(secs => %s) WHERE job_id = %s",
+        (days * 86400, job_id),
+    )
 
 
 def job_row(db, job_id) -> dict:
@@ -269,26 +315,45 @@ def outbox_backlog(db) -> int:
 # --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
 
 
-def make_job(settings, db, content: bytes, *, store: bool = True, owner: str = "tester",
-             format: str = "auto", default_service: str | None = None,
-             default_environment: str | None = None,
-             format_definition: dict | None = None,
-             compression: str | None = None) -> uuid.UUID:
+def make_job(
+    settings,
+    db,
+    content: bytes,
+    *,
+    store: bool = True,
+    owner: str = "tester",
+    format: str = "auto",
+    default_service: str | None = None,
+    default_environment: str | None = None,
+    format_definition: dict | None = None,
+    compression: str | None = None,
+) -> uuid.UUID:
     """A queued job for `content` (stored as given: compressed already, for `compression`),
     as the API leaves it."""
     job_id = uuid.uuid4()
     key = uploads.object_key(job_id, compression)
     if store:
         core.s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=content)
-    db.execute(core.QUERIES["insert_job"], {
-        "job_id": job_id, "file_name": "t.jsonl", "size_bytes": max(len(content), 1),
-        "bucket": settings.s3_bucket, "object_key": key,
-        "lines_total": 0 if compression else (
-            content.count(b"\n") + (0 if content.endswith(b"\n") else 1)),
-        "owner": owner, "format": format, "default_service": default_service,
-        "default_environment": default_environment,
-        "format_definition": Jsonb(format_definition) if format_definition else None,
-        "traceparent": None, "compression": compression})
+    db.execute(
+        core.QUERIES["insert_job"],
+        {
+            "job_id": job_id,
+            "file_name": "t.jsonl",
+            "size_bytes": max(len(content), 1),
+            "bucket": settings.s3_bucket,
+            "object_key": key,
+            "lines_total": 0
+            if compression
+            else (content.count(b"\n") + (0 if content.endswith(b"\n") else 1)),
+            "owner": owner,
+            "format": format,
+            "default_service": default_service,
+            "default_environment": default_environment,
+            "format_definition": Jsonb(format_definition) if format_definition else None,
+            "traceparent": None,
+            "compression": compression,
+        },
+    )
     return job_id
 
 
@@ -314,8 +379,7 @@ def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
     return job_id
 
 
-def assert_exactly_once(db, job_id, valid: int, invalid: int,
-                        content: bytes | None = None) -> None:
+def assert_exactly_once(db, job_id, valid: int, invalid: int, content: bytes | None = None) -> None:
     """Every line's result is stored once, and under its own number: each line is an entry or
     an error (never both), each entry has one event waiting in the outbox (as the relay reads
     it), with the entry's event id and line, and the job's counts agree. Given the file (canonical lines), each entry's message
@@ -323,18 +387,25 @@ def assert_exactly_once(db, job_id, valid: int, invalid: int,
     from the wrong byte offset keeps every count right and shifts the lines, which only the
     content shows."""
     job_id = uuid.UUID(str(job_id))
-    entries = {r["line_no"]: r["message"] for r in db.execute(
-        "SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))}
-    errors = {r["line_no"] for r in db.execute(
-        "SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))}
+    entries = {
+        r["line_no"]: r["message"]
+        for r in db.execute("SELECT line_no, message FROM log_entries WHERE job_id = %s", (job_id,))
+    }
+    errors = {
+        r["line_no"]
+        for r in db.execute("SELECT line_no FROM line_errors WHERE job_id = %s", (job_id,))
+    }
     events = outbox_line_events(db, job_id)
     assert (len(entries), len(errors)) == (valid, invalid)
     assert not entries.keys() & errors, "lines stored both as entries and as errors"
     assert len(events) == valid, "outbox events are not one per entry"
     by_line = {e["event_context"]["line_no"]: e for e in events}
     assert by_line.keys() == entries.keys()
-    assert all(e["event_id"] == str(outbox.line_event_id(job_id, n)) and
-               e["event_context"]["message"] == entries[n] for n, e in by_line.items())
+    assert all(
+        e["event_id"] == str(outbox.line_event_id(job_id, n))
+        and e["event_context"]["message"] == entries[n]
+        for n, e in by_line.items()
+    )
     job = job_row(db, job_id)
     assert (job["lines_valid"], job["lines_invalid"]) == (valid, invalid)
     if content is not None:
@@ -345,9 +416,14 @@ def outbox_line_events(db, job_id) -> list[dict]:
     """The job's line events waiting in the outbox, in order, each as the relay reads it (its
     JSONEachRow line, decoded): from the job's range rows, and from per-line rows (written
     before ranges, or by a test)."""
-    ids = [r["id"] for r in db.execute(
-        "SELECT id FROM outbox WHERE job_id = %s OR (event_context->>'job_id' = %s "
-        "AND event_context ? 'line_no') ORDER BY id", (job_id, str(job_id)))]
+    ids = [
+        r["id"]
+        for r in db.execute(
+            "SELECT id FROM outbox WHERE job_id = %s OR (event_context->>'job_id' = %s "
+            "AND event_context ? 'line_no') ORDER BY id",
+            (job_id, str(job_id)),
+        )
+    ]
     return [json.loads(r.line) for r in outbox_batches.batch_rows(db, ids)] if ids else []
 
 
@@ -362,20 +438,31 @@ def legacy_line_rows(job_id, content: bytes, trace_id: str | None = None) -> lis
             entry = lines.parse_line(raw.rstrip(b"\n"), VALIDATOR)
         except lines.InvalidLine:
             continue
-        context = (f'{{"job_id": "{job_id}", "line_no": {line_no}, '
-                   f'"level": {json.dumps(entry["level"])}, '
-                   f'"service": {json.dumps(entry["service"])}, '
-                   f'"message": {json.dumps(entry["message"])}, '
-                   f'"context": {entry["context_json"]}{trace}}}')
-        rows.append((outbox.line_event_id(job_id, line_no), entry["event_type"],
-                      entry["timestamp"], entry["environment"], context, outbox.METADATA_VERSION))
+        context = (
+            f'{{"job_id": "{job_id}", "line_no": {line_no}, '
+            f'"level": {json.dumps(entry["level"])}, '
+            f'"service": {json.dumps(entry["service"])}, '
+            f'"message": {json.dumps(entry["message"])}, '
+            f'"context": {entry["context_json"]}{trace}}}'
+        )
+        rows.append(
+            (
+                outbox.line_event_id(job_id, line_no),
+                entry["event_type"],
+                entry["timestamp"],
+                entry["environment"],
+                context,
+                outbox.METADATA_VERSION,
+            )
+        )
     return rows
 
 
 def outbox_line_event(db, job_id, line_no: int) -> dict:
     """One line's event, as outbox_line_events gives it."""
-    (event,) = [e for e in outbox_line_events(db, job_id)
-                if e["event_context"]["line_no"] == line_no]
+    (event,) = [
+        e for e in outbox_line_events(db, job_id) if e["event_context"]["line_no"] == line_no
+    ]
     return event
 
 
@@ -387,15 +474,24 @@ def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
     job = job_row(db, job_id)
     done, raw = job["lines_processed"], file_lines(content)
     assert job["bytes_processed"] == sum(map(len, raw[:done])), "bytes and lines disagree"
-    stored = {r["line_no"]: r["message"] for r in db.execute(
-        "SELECT line_no, message FROM log_entries WHERE job_id = %s UNION ALL "
-        "SELECT line_no, NULL FROM line_errors WHERE job_id = %s", (job_id, job_id))}
+    stored = {
+        r["line_no"]: r["message"]
+        for r in db.execute(
+            "SELECT line_no, message FROM log_entries WHERE job_id = %s UNION ALL "
+            "SELECT line_no, NULL FROM line_errors WHERE job_id = %s",
+            (job_id, job_id),
+        )
+    }
     expected = {n for n, line in enumerate(raw[:done], 1) if line.strip()}
     assert stored.keys() == expected, (
         f"checkpoint {done}: missing {sorted(expected - stored.keys())[:10]}, "
-        f"past it or blank {sorted(stored.keys() - expected)[:10]}")
-    wrong = [n for n, message in stored.items()
-             if message is not None and message_of(raw[n - 1]) != message]
+        f"past it or blank {sorted(stored.keys() - expected)[:10]}"
+    )
+    wrong = [
+        n
+        for n, message in stored.items()
+        if message is not None and message_of(raw[n - 1]) != message
+    ]
     assert not wrong, f"entries whose message is another line's: {wrong[:10]}"
     return job
 
@@ -403,9 +499,13 @@ def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
 # --------------------------------------------------------------------------- events, the outbox and ClickHouse
 
 
-def publish_events(database_url: str, n: int, *, event_type: str = "test.event", **context) -> list[uuid.UUID]:
+def publish_events(
+    database_url: str, n: int, *, event_type: str = "test.event", **context
+) -> list[uuid.UUID]:
     """n events in one transaction, written with COPY as the worker does."""
-    events = [outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)]
+    events = [
+        outbox.make_event(event_type, {"i": i, **context}, environment="test") for i in range(n)
+    ]
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         outbox.copy_events(cur, events)
     return [e.event_id for e in events]
@@ -417,13 +517,26 @@ def publish_line_range(database_url: str, n: int) -> list[uuid.UUID]:
     job_id = uuid.uuid4()
     when = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
-                    "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
-                    (job_id, n))
+        cur.execute(
+            "INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
+            "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
+            (job_id, n),
+        )
         with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
             for line_no in range(1, n + 1):
-                copy.write_row((job_id, line_no, when, "info", "svc", "test.line", "test",
-                                f"m{line_no}", json.dumps({"i": line_no})))
+                copy.write_row(
+                    (
+                        job_id,
+                        line_no,
+                        when,
+                        "info",
+                        "svc",
+                        "test.line",
+                        "test",
+                        f"m{line_no}",
+                        json.dumps({"i": line_no}),
+                    )
+                )
         outbox.insert_line_range(cur, job_id, 1, n, n, None)
     return [outbox.line_event_id(job_id, line_no) for line_no in range(1, n + 1)]
 
@@ -445,10 +558,13 @@ def read_event_log_ids(settings) -> list[uuid.UUID]:
 
 async def listener_listening(db) -> None:
     """Wait until the API's listener has run LISTEN: notifications before that are lost."""
+
     def listening():
-        return db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE query = "
-                          "'LISTEN \"eh_job\"' AND state = 'idle' AND datname = current_database()"
-                          ).fetchone()["n"]
+        return db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query = "
+            "'LISTEN \"eh_job\"' AND state = 'idle' AND datname = current_database()"
+        ).fetchone()["n"]
+
     await asyncio.to_thread(wait_for, listening, 60, what="the API's LISTEN connection")
 
 
@@ -456,9 +572,13 @@ def notify(db, states) -> None:
     """NOTIFY each job state as the worker would, all in one transaction: every one of them is
     committed before the API handles the first."""
     with db.transaction(), db.cursor() as cur:
-        cur.executemany(core.QUERIES["notify"], [
-            {"channel": jobs.CHANNEL, "payload": jobs.job_notification(jobs.Job(**s))}
-            for s in states])
+        cur.executemany(
+            core.QUERIES["notify"],
+            [
+                {"channel": jobs.CHANNEL, "payload": jobs.job_notification(jobs.Job(**s))}
+                for s in states
+            ],
+        )
 
 
 def batches(row: dict, lines: list[int]) -> list[dict]:
@@ -470,9 +590,11 @@ def batches(row: dict, lines: list[int]) -> list[dict]:
 
 def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") -> dict:
     """Move a job's row as the worker's batch would (without its NOTIFY); the new row."""
-    return db.execute("UPDATE jobs SET status = %s, started_at = created_at, "
-                      "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
-                      (status, lines, lines, job_id)).fetchone()
+    return db.execute(
+        "UPDATE jobs SET status = %s, started_at = created_at, "
+        "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
+        (status, lines, lines, job_id),
+    ).fetchone()
 
 
 def relay_all(db, settings: config.Settings) -> None:
@@ -526,8 +648,9 @@ def zst(data: bytes) -> bytes:
 COMPRESS = {"gzip": gz, "zstd": zst}
 
 
-def compressed_bomb(compression: str, byte: bytes = b"\n", size: int = 1024**3,
-                    member: int = 64 * 1024**2) -> bytes:
+def compressed_bomb(
+    compression: str, byte: bytes = b"\n", size: int = 1024**3, member: int = 64 * 1024**2
+) -> bytes:
     """`size` bytes of `byte`, compressed as concatenated gzip members or zstd frames of
     `member` bytes each: one valid file that decodes to the whole, made in a fraction of the
     time compressing the whole at once takes (and never holding it)."""

@@ -14,8 +14,11 @@ from helpers import VALIDATOR
 
 def parse(line, fmt: str = "auto", *, service=None, environment=None) -> dict:
     """A line (text, bytes or a value to dump) parsed with a format and the upload's defaults."""
-    raw = line if isinstance(line, bytes) else (
-        line.encode() if isinstance(line, str) else json.dumps(line).encode())
+    raw = (
+        line
+        if isinstance(line, bytes)
+        else (line.encode() if isinstance(line, str) else json.dumps(line).encode())
+    )
     return lines.parse_line(raw, VALIDATOR, mappings.compile_format(fmt, service, environment))
 
 
@@ -27,10 +30,15 @@ def refused(line, fmt: str = "auto") -> str:
 
 def mapped(entry: dict) -> dict:
     """The canonical fields of a parsed entry, timestamp as text."""
-    return {"timestamp": entry["timestamp"].isoformat(), "level": entry["level"],
-            "service": entry["service"], "event_type": entry["event_type"],
-            "message": entry["message"], "environment": entry["environment"],
-            "format": entry["format"]}
+    return {
+        "timestamp": entry["timestamp"].isoformat(),
+        "level": entry["level"],
+        "service": entry["service"],
+        "event_type": entry["event_type"],
+        "message": entry["message"],
+        "environment": entry["environment"],
+        "format": entry["format"],
+    }
 
 
 def entry_of(line, fmt: str = "auto", **defaults) -> dict:
@@ -59,8 +67,11 @@ ZAP = [
 
 def leaves(value, path: str = "") -> dict:
     if isinstance(value, dict):
-        return {k: v for key, item in value.items()
-                for k, v in leaves(item, f"{path}.{key}" if path else key).items()}
+        return {
+            k: v
+            for key, item in value.items()
+            for k, v in leaves(item, f"{path}.{key}" if path else key).items()
+        }
     if isinstance(value, list):
         return {k: v for i, item in enumerate(value) for k, v in leaves(item, path).items()}
     return {path: value}
@@ -68,8 +79,15 @@ def leaves(value, path: str = "") -> dict:
 
 # Serilog's compact JSON (CLEF, https://github.com/serilog/serilog-formatting-compact) as a
 # custom format: `@l` is left out for Information, `@m` unless the event was rendered.
-CLEF = {"name": "clef",
-        "fields": {"timestamp": ["@t"], "level": ["@l"], "message": ["@m"],
-                   "message_template": ["@mt"], "event_type": ["@i"]},
-        "defaults": {"level": "info"},
-        "levels": {"verbose": "debug", "fatal": "critical"}}
+CLEF = {
+    "name": "clef",
+    "fields": {
+        "timestamp": ["@t"],
+        "level": ["@l"],
+        "message": ["@m"],
+        "message_template": ["@mt"],
+        "event_type": ["@i"],
+    },
+    "defaults": {"level": "info"},
+    "levels": {"verbose": "debug", "fatal": "critical"},
+}

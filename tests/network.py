@@ -18,8 +18,7 @@ import eventhorizon
 # --------------------------------------------------------------------------- raw WebSockets
 
 
-async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
-                                     header: str) -> socket.socket:
+async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str, header: str) -> socket.socket:
     """A raw socket with a 1 KiB receive buffer, upgraded to a WebSocket at `path` (with one
     extra request header), its handshake's answer read."""
     loop = asyncio.get_running_loop()
@@ -28,10 +27,13 @@ async def upgrade_with_a_tiny_buffer(host: str, port: int, path: str,
     sock.setblocking(False)
     await loop.sock_connect(sock, (host, port))
     key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n{header}\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n{header}\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
     answer = b""
     while b"\r\n\r\n" not in answer:
         answer += await loop.sock_recv(sock, 1)
@@ -62,12 +64,14 @@ async def read_until_the_connection_ends(sock: socket.socket, timeout: float) ->
     loop = asyncio.get_running_loop()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)  # catch up quickly
     received = bytearray()
+
     async def read_all():
         try:
             while chunk := await loop.sock_recv(sock, 65536):
                 received.extend(chunk)
         except ConnectionResetError:
             pass
+
     await asyncio.wait_for(read_all(), timeout)
     return bytes(received)
 
@@ -78,11 +82,11 @@ def close_code_of(frames: bytes) -> int | None:
     while at + 2 <= len(frames):
         opcode, length, at = frames[at] & 0x0F, frames[at + 1] & 0x7F, at + 2
         if length == 126:
-            length, at = int.from_bytes(frames[at:at + 2], "big"), at + 2
+            length, at = int.from_bytes(frames[at : at + 2], "big"), at + 2
         elif length == 127:
-            length, at = int.from_bytes(frames[at:at + 8], "big"), at + 8
+            length, at = int.from_bytes(frames[at : at + 8], "big"), at + 8
         if opcode == 0x8 and length >= 2 and at + 2 <= len(frames):
-            return int.from_bytes(frames[at:at + 2], "big")
+            return int.from_bytes(frames[at : at + 2], "big")
         at += length
     return None
 
@@ -191,19 +195,19 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-
-
 # --------------------------------------------------------------------------- WebSocket messages
 
 
 async def received_until_closed(ws, timeout: float = 60.0) -> list[dict]:
     """Every state a WebSocket sends until the server closes it, within `timeout` seconds."""
+
     async def receive_all():
         states = []
         async for message in ws:
             assert message.type == aiohttp.WSMsgType.TEXT, message
             states.append(json.loads(message.data))
         return states
+
     return await asyncio.wait_for(receive_all(), timeout)
 
 

@@ -82,8 +82,11 @@ def start_ready_relay(start_process, **env: str):
     """The relay, once it has made event_log: a page that reads events before then is answered
     503 (no event has reached ClickHouse yet) and its browser logs that as an error."""
     proc = start_process("relay.py", **env)
-    wait_for(lambda: logged_events(proc, "relay.clickhouse_connected"), 60,
-             what="the relay connected to ClickHouse")
+    wait_for(
+        lambda: logged_events(proc, "relay.clickhouse_connected"),
+        60,
+        what="the relay connected to ClickHouse",
+    )
     return proc
 
 
@@ -104,15 +107,33 @@ class ClickHouseServer:
         log_path = self.directory.with_name(f"{self.directory.name}-{self.starts}.log")
         with log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "clickhouse-server"),
-                 "--dir", str(self.directory), "--port", str(self.port),
-                 "--database", "eh_test", "--user", f"{self.USER}:admin"],
-                env={**os.environ, "LOG_FORMAT": "json",
-                     f"CLICKHOUSE_PASSWORD_{self.USER.upper()}": self.password},
-                cwd=self.directory.parent, stdout=log_file, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    str(ROOT / "scripts" / "clickhouse-server"),
+                    "--dir",
+                    str(self.directory),
+                    "--port",
+                    str(self.port),
+                    "--database",
+                    "eh_test",
+                    "--user",
+                    f"{self.USER}:admin",
+                ],
+                env={
+                    **os.environ,
+                    "LOG_FORMAT": "json",
+                    f"CLICKHOUSE_PASSWORD_{self.USER.upper()}": self.password,
+                },
+                cwd=self.directory.parent,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         self.proc.log_path = log_path
-        wait_for(lambda: logged_events(self.proc, "clickhouse.listening") or self.proc.poll(),
-                 timeout=timeout, what="the ClickHouse server to listen")
+        wait_for(
+            lambda: logged_events(self.proc, "clickhouse.listening") or self.proc.poll(),
+            timeout=timeout,
+            what="the ClickHouse server to listen",
+        )
         assert self.proc.poll() is None, log_path.read_text()[-3000:]
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
@@ -135,8 +156,10 @@ class ClickHouseServer:
         clickhouse-connect client first reads the server's ~1,000 settings (about 10 ms of CPU
         here and 10 in the server), twice a test for nothing else."""
         query = urlencode({"query": sql, **{f"param_{k}": v for k, v in params.items()}})
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/?{query}", data=b"",
-                                         headers={"X-ClickHouse-User": self.USER,
-                                                  "X-ClickHouse-Key": self.password})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/?{query}",
+            data=b"",
+            headers={"X-ClickHouse-User": self.USER, "X-ClickHouse-Key": self.password},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()

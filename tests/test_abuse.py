@@ -87,21 +87,25 @@ def lines_of_size(size: int) -> bytes:
     return line * (size // len(line))
 
 
-async def start_raw_upload(sockets, port: int, token: str, content: bytes, *,
-                           content_length: int = 40 * 1024 * 1024):
+async def start_raw_upload(
+    sockets, port: int, token: str, content: bytes, *, content_length: int = 40 * 1024 * 1024
+):
     """Send an upload's headers, the file part's head and `content` over a plain socket, and
     no more: the body stalls there (its Content-Length promises more). Returns the socket's
     reader and writer, to read the answer or drop the connection."""
     reader, writer = await sockets(port)
-    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  f"Authorization: Bearer {token}\r\n"
-                  f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-                  f"Content-Length: {content_length}\r\n\r\n"
-                  f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-                  f"filename=\"stalled.jsonl\"\r\nContent-Type: application/x-ndjson\r\n\r\n"
-                  ).encode())
+    writer.write(
+        (
+            f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {content_length}\r\n\r\n"
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="stalled.jsonl"\r\nContent-Type: application/x-ndjson\r\n\r\n'
+        ).encode()
+    )
     for start in range(0, len(content), 1024 * 1024):
-        writer.write(content[start:start + 1024 * 1024])
+        writer.write(content[start : start + 1024 * 1024])
         await writer.drain()
     return reader, writer
 
@@ -139,16 +143,20 @@ def gzip_bomb(content_bytes: int) -> bytes:
     return b"".join(out)
 
 
-async def test_a_gzip_bomb_is_refused_with_415_and_leaves_nothing(settings, db, aiohttp_client,
-                                                                  make_token):
+async def test_a_gzip_bomb_is_refused_with_415_and_leaves_nothing(
+    settings, db, aiohttp_client, make_token
+):
     """300 KB that aiohttp would inflate to a 128 MiB file, against a 1 MiB limit."""
     small = dataclasses.replace(settings, max_upload_bytes=1024 * 1024)
     client = await aiohttp_client(eventhorizon.init_app(small), headers=bearer(make_token()))
     bomb = gzip_bomb(128 * 1024 * 1024)
     assert len(bomb) < small.max_upload_bytes / 2  # its Content-Length looks harmless
     assert len(gzip.decompress(bomb)) > 128 * small.max_upload_bytes
-    response = await client.post(UPLOAD_PATH, data=bomb, headers={
-        "Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "gzip"})
+    response = await client.post(
+        UPLOAD_PATH,
+        data=bomb,
+        headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "gzip"},
+    )
     body = await assert_problem(response, 415)
     assert "Content-Encoding" in body["detail"] and "gzip" in body["detail"]
     assert_nothing_kept(settings, db)
@@ -161,8 +169,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(settings, start_process,
-                                                                      make_token):
+async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(
+    settings, start_process, make_token
+):
     """After answering, aiohttp reads what is left of a body to the void (its lingering
     close), inflating it on the event loop as it goes: four 2.4 MB bombs, refused in
     milliseconds, cost the API 4.8 s of CPU and made /healthz a second late. It must not
@@ -173,10 +182,12 @@ async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(settings, s
     the four answers are in, all the reading is done, and its CPU time is counted."""
     api = await start_api(start_process)
     bomb = gzip_bomb(1024**3)
-    head = (f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {make_token()}\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Encoding: gzip\r\n"
-            f"Content-Length: {len(bomb)}\r\n\r\n").encode()
+    head = (
+        f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {make_token()}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(bomb)}\r\n\r\n"
+    ).encode()
     before = cpu_seconds(api.pid)
 
     async def send() -> tuple[int, int]:
@@ -197,16 +208,20 @@ async def test_a_refused_gzip_bomb_is_not_inflated_afterwards_either(settings, s
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-custom", "identity, gzip", "GZIP"])
-async def test_any_content_encoding_is_refused_before_the_body_is_read(settings, db, make_token,
-                                                                       start_process, sockets,
-                                                                       encoding):
+async def test_any_content_encoding_is_refused_before_the_body_is_read(
+    settings, db, make_token, start_process, sockets, encoding
+):
     """Headers alone get the answer: the body is never read, so never inflated."""
     api = await start_api(start_process)
     reader, writer = await sockets(api.port)
-    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  f"Authorization: Bearer {make_token()}\r\n"
-                  f"Content-Type: multipart/form-data; boundary=b\r\n"
-                  f"Content-Encoding: {encoding}\r\nContent-Length: 100000\r\n\r\n").encode())
+    writer.write(
+        (
+            f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {make_token()}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Encoding: {encoding}\r\nContent-Length: 100000\r\n\r\n"
+        ).encode()
+    )
     await writer.drain()
     status, headers, body = await asyncio.wait_for(read_response(reader), timeout=10)
     assert status == 415 and headers["content-type"].startswith("application/problem+json")
@@ -215,24 +230,36 @@ async def test_any_content_encoding_is_refused_before_the_body_is_read(settings,
 
 
 async def test_identity_is_no_encoding(client):
-    response = await client.post(UPLOAD_PATH, data=file_part(jsonl(VALID)) + b"--b--\r\n", headers={
-        "Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "identity"})
+    response = await client.post(
+        UPLOAD_PATH,
+        data=file_part(jsonl(VALID)) + b"--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "identity"},
+    )
     assert response.status == 202, await response.text()
 
 
 def encoded_part(content: bytes, header: bytes) -> bytes:
-    return (b'--b\r\nContent-Disposition: form-data; name="file"; filename="app.jsonl"\r\n'
-            + header + b"\r\n\r\n" + content + b"\r\n--b--\r\n")
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="app.jsonl"\r\n'
+        + header
+        + b"\r\n\r\n"
+        + content
+        + b"\r\n--b--\r\n"
+    )
 
 
-@pytest.mark.parametrize(("header", "content"), [
-    (b"Content-Encoding: gzip", gzip.compress(lines_of_size(8 * 1024 * 1024))),
-    (b"Content-Encoding: deflate", zlib.compress(lines_of_size(1024 * 1024))),
-    (b"Content-Transfer-Encoding: base64", base64.encodebytes(jsonl(VALID, VALID))),
-    (b"Content-Transfer-Encoding: quoted-printable", jsonl({**VALID, "message": "=41=42"})),
-])
-async def test_a_file_part_with_its_own_encoding_is_refused_with_415(settings, db, aiohttp_client,
-                                                                      make_token, header, content):
+@pytest.mark.parametrize(
+    ("header", "content"),
+    [
+        (b"Content-Encoding: gzip", gzip.compress(lines_of_size(8 * 1024 * 1024))),
+        (b"Content-Encoding: deflate", zlib.compress(lines_of_size(1024 * 1024))),
+        (b"Content-Transfer-Encoding: base64", base64.encodebytes(jsonl(VALID, VALID))),
+        (b"Content-Transfer-Encoding: quoted-printable", jsonl({**VALID, "message": "=41=42"})),
+    ],
+)
+async def test_a_file_part_with_its_own_encoding_is_refused_with_415(
+    settings, db, aiohttp_client, make_token, header, content
+):
     """The stored file must be the bytes sent: a part whose bytes are an encoding of the file
     (which aiohttp's read(decode=True) would inflate past the limit) is refused."""
     small = dataclasses.replace(settings, max_upload_bytes=1024 * 1024)
@@ -243,16 +270,22 @@ async def test_a_file_part_with_its_own_encoding_is_refused_with_415(settings, d
     assert_nothing_kept(settings, db)
 
 
-@pytest.mark.parametrize("header", [b"Content-Transfer-Encoding: binary",
-                                    b"Content-Transfer-Encoding: 8bit",
-                                    b"Content-Encoding: identity"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Content-Transfer-Encoding: binary",
+        b"Content-Transfer-Encoding: 8bit",
+        b"Content-Encoding: identity",
+    ],
+)
 async def test_a_file_part_in_plain_bytes_is_stored_exactly_as_sent(client, settings, header):
     content = jsonl(VALID, {**VALID, "message": "=41=42 caf\u00e9"}) + b"QUJD\n"
     response = await post_multipart(client, encoded_part(content, header))
     assert response.status == 202, await response.text()
     job = await response.json()
-    stored = core.s3_client(settings).get_object(Bucket=settings.s3_bucket,
-                                                 Key=f"uploads/{job['job_id']}.jsonl")
+    stored = core.s3_client(settings).get_object(
+        Bucket=settings.s3_bucket, Key=f"uploads/{job['job_id']}.jsonl"
+    )
     assert stored["Body"].read() == content
 
 
@@ -260,27 +293,37 @@ async def test_a_file_part_in_plain_bytes_is_stored_exactly_as_sent(client, sett
 
 
 def fields(count: int, value: bytes = b"x", prefix: str = "f") -> bytes:
-    return b"".join(b'--b\r\nContent-Disposition: form-data; name="%s%d"\r\n\r\n%s\r\n'
-                    % (prefix.encode(), i, value) for i in range(count))
+    return b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="%s%d"\r\n\r\n%s\r\n'
+        % (prefix.encode(), i, value)
+        for i in range(count)
+    )
 
 
 def nested(count: int) -> bytes:
-    inner = b"".join(b'--inner\r\nContent-Disposition: attachment; filename="%d.txt"\r\n\r\nx\r\n'
-                     % i for i in range(count))
-    return (b'--b\r\nContent-Disposition: form-data; name="files"\r\n'
-            b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n" + inner + b"--inner--\r\n\r\n")
+    inner = b"".join(
+        b'--inner\r\nContent-Disposition: attachment; filename="%d.txt"\r\n\r\nx\r\n' % i
+        for i in range(count)
+    )
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="files"\r\n'
+        b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n" + inner + b"--inner--\r\n\r\n"
+    )
 
 
-@pytest.mark.parametrize(("body", "status", "detail"), [
-    (fields(16) + FILE + b"--b--\r\n", 202, None),
-    (fields(17) + FILE + b"--b--\r\n", 400, "16 fields"),
-    (fields(1, b"x" * 70 * 1024) + FILE + b"--b--\r\n", 400, "64 KiB"),
-    (fields(15, b"x" * 4500) + FILE + b"--b--\r\n", 400, "64 KiB"),  # 66 KiB in all
-    (nested(10) + FILE + b"--b--\r\n", 202, None),  # a nested part's parts count too:
-    (nested(16) + FILE + b"--b--\r\n", 400, "16 fields"),  # 1 + 16 parts
-    (FILE + fields(16) + b"--b--\r\n", 202, None),
-    (FILE + fields(17) + b"--b--\r\n", 400, "16 fields"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        (fields(16) + FILE + b"--b--\r\n", 202, None),
+        (fields(17) + FILE + b"--b--\r\n", 400, "16 fields"),
+        (fields(1, b"x" * 70 * 1024) + FILE + b"--b--\r\n", 400, "64 KiB"),
+        (fields(15, b"x" * 4500) + FILE + b"--b--\r\n", 400, "64 KiB"),  # 66 KiB in all
+        (nested(10) + FILE + b"--b--\r\n", 202, None),  # a nested part's parts count too:
+        (nested(16) + FILE + b"--b--\r\n", 400, "16 fields"),  # 1 + 16 parts
+        (FILE + fields(16) + b"--b--\r\n", 202, None),
+        (FILE + fields(17) + b"--b--\r\n", 400, "16 fields"),
+    ],
+)
 async def test_what_may_come_around_the_file_is_capped(client, settings, db, body, status, detail):
     response = await post_multipart(client, body)
     if status == 202:
@@ -292,7 +335,8 @@ async def test_what_may_come_around_the_file_is_capped(client, settings, db, bod
 
 
 async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_prompt(
-        settings, db, start_process, make_token):
+    settings, db, start_process, make_token
+):
     """50,000 tiny fields before the file (three such uploads at once): each is refused 400
     after 16 fields, and the API spends under 1 s of CPU on all three (the event loop is one
     thread: it was never held longer than that), while /healthz, polled all the while, is
@@ -312,12 +356,17 @@ async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_promp
             await asyncio.sleep(0.02)
 
     async def send_flood(session: aiohttp.ClientSession) -> tuple[int, dict]:
-        async with session.post(f"{base}{UPLOAD_PATH}", data=io.BytesIO(flood), headers={
-                "Content-Type": "multipart/form-data; boundary=b"}) as response:
+        async with session.post(
+            f"{base}{UPLOAD_PATH}",
+            data=io.BytesIO(flood),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ) as response:
             return response.status, await response.json(content_type=None)
 
-    async with aiohttp.ClientSession(headers=bearer(make_token())) as uploads_session, \
-            aiohttp.ClientSession() as health_session:
+    async with (
+        aiohttp.ClientSession(headers=bearer(make_token())) as uploads_session,
+        aiohttp.ClientSession() as health_session,
+    ):
         poller = asyncio.create_task(poll_healthz(health_session))
         await wait_until(lambda: len(answered) >= 3, what="/healthz answering")
         cpu_before = cpu_seconds(api.pid)
@@ -338,48 +387,59 @@ async def test_a_flood_of_fields_is_refused_at_once_and_health_checks_stay_promp
 
 
 async def test_a_stalled_upload_is_dropped_with_408_and_its_multipart_upload_aborted(
-        settings, db, start_process, make_token, sockets):
+    settings, db, start_process, make_token, sockets
+):
     """9 MiB of the file (an 8 MiB part is in S3 already), then nothing: after the idle
     timeout the upload is answered 408, the S3 multipart upload aborted, no job made; the
     upload's slot is free again (EH_MAX_UPLOADS=1, and the next upload gets in)."""
-    api = await start_api(start_process, EH_UPLOAD_IDLE_TIMEOUT_S="1",
-                          EH_MAX_UPLOADS="1")
+    api = await start_api(start_process, EH_UPLOAD_IDLE_TIMEOUT_S="1", EH_MAX_UPLOADS="1")
     token = make_token()
-    reader, writer = await start_raw_upload(sockets, api.port, token,
-                                            lines_of_size(9 * 1024 * 1024))
-    await wait_until(lambda: multipart_uploads(settings), timeout=10,
-                     what="the first part's multipart upload")
+    reader, writer = await start_raw_upload(
+        sockets, api.port, token, lines_of_size(9 * 1024 * 1024)
+    )
+    await wait_until(
+        lambda: multipart_uploads(settings), timeout=10, what="the first part's multipart upload"
+    )
 
     status, headers, body = await asyncio.wait_for(read_response(reader), timeout=15)
     assert status == 408 and headers["content-type"].startswith("application/problem+json")
     assert "1 second" in json.loads(body)["detail"]
     writer.transport.abort()
-    await wait_until(lambda: not multipart_uploads(settings), timeout=10,
-                     what="the multipart upload to be aborted")
+    await wait_until(
+        lambda: not multipart_uploads(settings),
+        timeout=10,
+        what="the multipart upload to be aborted",
+    )
     assert_nothing_kept(settings, db)
-    [line] = await wait_until(lambda: [e for e in logged_events(api, "http.request")
-                                       if e["path"] == UPLOAD_PATH], timeout=10,
-                              what="the upload's access-log line")
+    [line] = await wait_until(
+        lambda: [e for e in logged_events(api, "http.request") if e["path"] == UPLOAD_PATH],
+        timeout=10,
+        what="the upload's access-log line",
+    )
     assert line["status"] == 408
 
     async with aiohttp.ClientSession(headers=bearer(token)) as session:
         form = aiohttp.FormData()
         form.add_field("file", jsonl(VALID), filename="next.jsonl")
-        async with session.post(f"http://127.0.0.1:{api.port}{UPLOAD_PATH}",
-                                data=form) as response:
+        async with session.post(f"http://127.0.0.1:{api.port}{UPLOAD_PATH}", data=form) as response:
             assert response.status == 202, await response.text()
 
 
-async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_client, make_token,
-                                                     sockets):
+async def test_a_stall_before_the_file_is_dropped_too(
+    settings, db, aiohttp_client, make_token, sockets
+):
     """Headers sent, then not even the first boundary."""
     quick = dataclasses.replace(settings, upload_idle_timeout_s=0.5)
     client = await aiohttp_client(eventhorizon.init_app(quick))
     reader, writer = await sockets(client.port)
-    writer.write((f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  f"Authorization: Bearer {make_token()}\r\n"
-                  f"Content-Type: multipart/form-data; boundary=b\r\n"
-                  f"Content-Length: 1000\r\n\r\n--b\r\nContent-Disp").encode())
+    writer.write(
+        (
+            f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {make_token()}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: 1000\r\n\r\n--b\r\nContent-Disp"
+        ).encode()
+    )
     status, _headers, _body = await asyncio.wait_for(read_response(reader), timeout=10)
     assert status == 408
     assert job_count(db) == 0
@@ -388,10 +448,15 @@ async def test_a_stall_before_the_file_is_dropped_too(settings, db, aiohttp_clie
 # --------------------------------------------------------------------------- 4. concurrency
 
 
-async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings, db, sockets,
-                                                                       start_process, make_token):
-    api = await start_api(start_process, EH_MAX_UPLOADS_PER_OWNER="2", EH_MAX_UPLOADS="3",
-                          EH_UPLOAD_IDLE_TIMEOUT_S="120")
+async def test_concurrent_uploads_are_capped_per_owner_and_per_process(
+    settings, db, sockets, start_process, make_token
+):
+    api = await start_api(
+        start_process,
+        EH_MAX_UPLOADS_PER_OWNER="2",
+        EH_MAX_UPLOADS="3",
+        EH_UPLOAD_IDLE_TIMEOUT_S="120",
+    )
     base = f"http://127.0.0.1:{api.port}"
     alice, bob, carol = make_token("alice"), make_token("bob"), make_token("carol")
 
@@ -413,8 +478,7 @@ async def test_concurrent_uploads_are_capped_per_owner_and_per_process(settings,
             await asyncio.sleep(0.1)
         raise AssertionError(f"never refused with {status}")
 
-    stalled = [await start_raw_upload(sockets, api.port, alice, jsonl(VALID))
-               for _ in range(2)]
+    stalled = [await start_raw_upload(sockets, api.port, alice, jsonl(VALID)) for _ in range(2)]
     status, headers, body = await refused_until(alice, 429)
     assert headers["Content-Type"].startswith("application/problem+json")
     assert int(headers["Retry-After"]) > 0
@@ -526,13 +590,14 @@ def test_sweep_aborts_old_multipart_uploads_under_uploads_only(settings):
     assert [u["Key"] for u in multipart_uploads(settings)] == ["elsewhere/c.jsonl"]
 
 
-async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, start_process,
-                                                                  make_token, sockets):
+async def test_a_multipart_upload_a_killed_api_left_open_is_swept(
+    settings, db, start_process, make_token, sockets
+):
     api = await start_api(start_process)
-    await start_raw_upload(sockets, api.port, make_token(),
-                           lines_of_size(9 * 1024 * 1024))
-    [left] = await wait_until(lambda: multipart_uploads(settings), timeout=10,
-                              what="the first part's multipart upload")
+    await start_raw_upload(sockets, api.port, make_token(), lines_of_size(9 * 1024 * 1024))
+    [left] = await wait_until(
+        lambda: multipart_uploads(settings), timeout=10, what="the first part's multipart upload"
+    )
     api.kill()
     await asyncio.to_thread(api.wait, 10)
     assert [u["UploadId"] for u in multipart_uploads(settings)] == [left["UploadId"]]  # left open
@@ -544,18 +609,21 @@ async def test_a_multipart_upload_a_killed_api_left_open_is_swept(settings, db, 
     assert multipart_uploads(settings) == []
 
 
-async def test_the_api_sweeps_at_start_up_and_then_periodically(settings, aiohttp_client,
-                                                                monkeypatch):
+async def test_the_api_sweeps_at_start_up_and_then_periodically(
+    settings, aiohttp_client, monkeypatch
+):
     open_multipart_upload(settings, "uploads/left-by-a-dead-api.jsonl")
     monkeypatch.setattr(eventhorizon, "STALE_UPLOAD_AGE_S", 0)
     monkeypatch.setattr(eventhorizon, "SWEEP_INTERVAL_S", 0.3)
     with structlog.testing.capture_logs() as logs:
         await aiohttp_client(eventhorizon.init_app(settings))
-        await wait_until(lambda: not multipart_uploads(settings), timeout=10,
-                         what="the start-up sweep")
+        await wait_until(
+            lambda: not multipart_uploads(settings), timeout=10, what="the start-up sweep"
+        )
         open_multipart_upload(settings, "uploads/left-later.jsonl")
-        await wait_until(lambda: not multipart_uploads(settings), timeout=10,
-                         what="the periodic sweep")
+        await wait_until(
+            lambda: not multipart_uploads(settings), timeout=10, what="the periodic sweep"
+        )
     swept = [e["count"] for e in logs if e["event"] == "upload.swept"]
     assert swept[0] == 1 and sum(swept) == 2
 
@@ -563,14 +631,15 @@ async def test_the_api_sweeps_at_start_up_and_then_periodically(settings, aiohtt
 # --------------------------------------------------------------------------- 6. numbers
 
 
-@pytest.mark.parametrize("raw", ["\u0663", "1_0", " 1 ", "+5", "-1", "1.0", "0x10", "\uff15",
-                                 "5\n", "", "1e2", "9" * 5000])
+@pytest.mark.parametrize(
+    "raw",
+    ["\u0663", "1_0", " 1 ", "+5", "-1", "1.0", "0x10", "\uff15", "5\n", "", "1e2", "9" * 5000],
+)
 async def test_numeric_parameters_are_plain_ascii_digits(client, raw):
     body = await assert_problem(await client.get("/api/v1/jobs", params={"limit": raw}), 422)
     assert body["detail"] == "limit must be an integer from 1 to 100"
     job = await (await post_multipart(client, FILE + b"--b--\r\n")).json()
-    response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors",
-                                params={"after_line": raw})
+    response = await client.get(f"/api/v1/jobs/{job['job_id']}/errors", params={"after_line": raw})
     assert "after_line" in (await assert_problem(response, 422))["detail"]
 
 

@@ -72,12 +72,17 @@ async def abandon_an_upload(host: str, port: int, token: str, started=None) -> N
     given (the server is inside the upload), else after a moment."""
     boundary = "eh-test-boundary"
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write((f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {host}\r\n"
-                  f"Authorization: Bearer {token}\r\n"
-                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                  f"Content-Length: {1024 * 1024}\r\n\r\n"
-                  f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                  f"filename=\"a.jsonl\"\r\n\r\n").encode() + jsonl(VALID) * 100)
+    writer.write(
+        (
+            f"POST /api/v1/files/upload HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {1024 * 1024}\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="a.jsonl"\r\n\r\n'
+        ).encode()
+        + jsonl(VALID) * 100
+    )
     await writer.drain()
     if started is None:
         await asyncio.sleep(0.2)
@@ -89,8 +94,12 @@ async def abandon_an_upload(host: str, port: int, token: str, started=None) -> N
 async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token):
     """In aiohttp's test server a client's going away cancels the handler."""
     with capture_access_log() as logs:
-        await abandon_an_upload(client.host, client.port, make_token(), started=lambda: any(
-            e["event"] == "upload.receiving" for e in logs))
+        await abandon_an_upload(
+            client.host,
+            client.port,
+            make_token(),
+            started=lambda: any(e["event"] == "upload.receiving" for e in logs),
+        )
         for _ in range(100):
             if access_lines(logs):
                 break
@@ -102,16 +111,22 @@ async def test_an_upload_the_client_abandons_is_logged_as_499(client, make_token
 
 
 async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server(
-        settings, start_process, make_token):
+    settings, start_process, make_token
+):
     """`python eventhorizon.py` does not cancel handlers: the body's reads fail instead.
     That is no unhandled error, just a client gone."""
     _url, api = await asyncio.to_thread(serve_api, start_process)
     await abandon_an_upload("127.0.0.1", api.port, make_token())
-    uploads_logged = await asyncio.to_thread(wait_for, lambda: [
-        e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"],
-        what="the abandoned upload's access-log line")
+    uploads_logged = await asyncio.to_thread(
+        wait_for,
+        lambda: [
+            e for e in logged_events(api, "http.request") if e["path"] == "/api/v1/files/upload"
+        ],
+        what="the abandoned upload's access-log line",
+    )
     assert [(e["status"], e["aborted"]) for e in uploads_logged] == [
-        (499, "the client closed the connection")]
+        (499, "the client closed the connection")
+    ]
     assert uuid.UUID(uploads_logged[0]["job_id"]) and uploads_logged[0]["request_id"]
     assert logged_events(api, "http.unhandled_error") == []
 
@@ -119,8 +134,11 @@ async def test_an_upload_the_client_abandons_is_logged_as_499_by_the_real_server
 # --------------------------------------------------------------------------- access
 
 
-SECRET_LINE = {**VALID, "level": "loud", "context": {"card": "4111111111111111",
-                                                     "password": "hunter2"}}
+SECRET_LINE = {
+    **VALID,
+    "level": "loud",
+    "context": {"card": "4111111111111111", "password": "hunter2"},
+}
 
 
 async def test_another_owners_job_is_invisible(two_owners):
@@ -128,7 +146,9 @@ async def test_another_owners_job_is_invisible(two_owners):
     alice, bob, root = two_owners
     job = await (await upload(alice, jsonl(SECRET_LINE))).json()
     job_id = job["job_id"]
-    assert job["job_id"] in [j["job_id"] for j in (await (await alice.get("/api/v1/jobs")).json())["jobs"]]
+    assert job["job_id"] in [
+        j["job_id"] for j in (await (await alice.get("/api/v1/jobs")).json())["jobs"]
+    ]
 
     for path in (f"/api/v1/jobs/{job_id}", f"/api/v1/jobs/{job_id}/errors"):
         async with bob.get(path) as response:
@@ -148,16 +168,29 @@ async def test_another_owners_job_is_invisible(two_owners):
         assert [j["job_id"] for j in (await response.json())["jobs"]] == [job_id]
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "", "Bearer", "Basic YWxpY2U6aHVudGVyMg==", "Bearer eh_1_short", "Bearer not-a-token",
-    "Bearer eh_999_" + "A" * 43,
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Basic YWxpY2U6aHVudGVyMg==",
+        "Bearer eh_1_short",
+        "Bearer not-a-token",
+        "Bearer eh_999_" + "A" * 43,
+    ],
+)
 async def test_requests_without_a_working_token_are_401(settings, aiohttp_client, authorization):
     client = await aiohttp_client(eventhorizon.init_app(settings))
     headers = {} if authorization is None else {"Authorization": authorization}
-    for method, path in [("GET", "/api/v1/jobs"), ("GET", f"/api/v1/jobs/{uuid.uuid4()}"),
-                         ("GET", "/api/v1/stats"), ("POST", "/api/v1/files/upload"),
-                         ("DELETE", f"/api/v1/jobs/{uuid.uuid4()}"), ("GET", "/ws/jobs/x")]:
+    for method, path in [
+        ("GET", "/api/v1/jobs"),
+        ("GET", f"/api/v1/jobs/{uuid.uuid4()}"),
+        ("GET", "/api/v1/stats"),
+        ("POST", "/api/v1/files/upload"),
+        ("DELETE", f"/api/v1/jobs/{uuid.uuid4()}"),
+        ("GET", "/ws/jobs/x"),
+    ]:
         async with client.request(method, path, headers=headers) as response:
             body = await assert_problem(response, 401)
             assert response.headers["WWW-Authenticate"].startswith('Bearer realm="eventhorizon"')
@@ -174,23 +207,25 @@ async def test_a_revoked_token_stops_working_at_once(client, db):
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 
-async def test_a_browser_websocket_sends_its_token_as_a_subprotocol(settings, aiohttp_client,
-                                                                    make_token):
+async def test_a_browser_websocket_sends_its_token_as_a_subprotocol(
+    settings, aiohttp_client, make_token
+):
     """A browser cannot set headers on a WebSocket: the page offers the token as the second
     subprotocol, and the server picks the first. The token never goes in the URL."""
     plain = await aiohttp_client(eventhorizon.init_app(settings))
     token = make_token()
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(jsonl(VALID)), filename="a.jsonl")
-    job = await (await plain.post("/api/v1/files/upload", data=form,
-                                  headers=bearer(token))).json()
-    async with plain.ws_connect(f"/ws/jobs/{job['job_id']}",
-                                protocols=("eventhorizon.bearer", token)) as ws:
+    job = await (await plain.post("/api/v1/files/upload", data=form, headers=bearer(token))).json()
+    async with plain.ws_connect(
+        f"/ws/jobs/{job['job_id']}", protocols=("eventhorizon.bearer", token)
+    ) as ws:
         assert ws.protocol == "eventhorizon.bearer"
         assert (await ws.receive_json(timeout=5))["job_id"] == job["job_id"]
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await plain.ws_connect(f"/ws/jobs/{job['job_id']}",
-                               protocols=("eventhorizon.bearer", token[:-1] + "x"))
+        await plain.ws_connect(
+            f"/ws/jobs/{job['job_id']}", protocols=("eventhorizon.bearer", token[:-1] + "x")
+        )
     assert refused.value.status == 401
 
 
@@ -206,9 +241,12 @@ async def test_deleting_a_job_removes_its_file_rows_and_errors(client, settings,
     other = (await (await upload(client, jsonl(VALID))).json())["job_id"]
     db.execute("INSERT INTO line_errors VALUES (%s, 2, 'echoing hunter2')", (job_id,))
     for owner_of, line_no in ((job_id, 1), (other, 1)):  # as the worker writes them
-        db.execute("INSERT INTO log_entries (job_id, line_no, timestamp, level, service, "
-                   "event_type, environment, message, context) VALUES "
-                   "(%s, %s, now(), 'info', 's', 't', 'e', 'm', '{}')", (owner_of, line_no))
+        db.execute(
+            "INSERT INTO log_entries (job_id, line_no, timestamp, level, service, "
+            "event_type, environment, message, context) VALUES "
+            "(%s, %s, now(), 'info', 's', 't', 'e', 'm', '{}')",
+            (owner_of, line_no),
+        )
     async with client.delete(f"/api/v1/jobs/{job_id}") as response:
         assert response.status == 204
     assert stored_keys(settings) == [f"uploads/{other}.jsonl"]
@@ -218,8 +256,9 @@ async def test_deleting_a_job_removes_its_file_rows_and_errors(client, settings,
     assert [e["job_id"] for e in entries] == [other]  # the job's own, and only them
     deletion = db.execute("SELECT * FROM job_deletions").fetchone()
     assert (str(deletion["job_id"]), deletion["deleted_by"]) == (job_id, "tester")
-    audit = db.execute("SELECT event_context FROM outbox WHERE event_type = 'job.deleted'"
-                       ).fetchone()["event_context"]
+    audit = db.execute(
+        "SELECT event_context FROM outbox WHERE event_type = 'job.deleted'"
+    ).fetchone()["event_context"]
     assert (audit["job_id"], audit["deleted_by"]) == (job_id, "tester")
     async with client.delete(f"/api/v1/jobs/{job_id}") as response:  # once
         await assert_problem(response, 404)
@@ -235,7 +274,9 @@ async def test_deleting_a_job_closes_its_websockets_4404(client, db):
     assert (await client.delete(f"/api/v1/jobs/{job_id}")).status == 204
     message = await ws.receive(timeout=30)
     assert message.type == aiohttp.WSMsgType.CLOSE and ws.close_code == eventhorizon.WS_NOT_FOUND, (
-        message, ws.close_code)
+        message,
+        ws.close_code,
+    )
 
 
 async def test_a_job_a_worker_is_processing_cannot_be_deleted(client, settings, db):
@@ -291,8 +332,10 @@ def test_the_tokens_command_prints_a_token_once(settings, run_script):
 # --------------------------------------------------------------------------- hosts and origins
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io",
-                                  "localhost.evil.example", "[::2]:80"])
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "evil.example:8080", "127.0.0.1.nip.io", "localhost.evil.example", "[::2]:80"],
+)
 async def test_a_host_the_api_does_not_answer_to_is_400(client, host):
     """A DNS-rebinding page reaches the API under its own host name."""
     for method, path in (("GET", "/healthz"), ("GET", "/api/v1/jobs"), ("GET", "/")):
@@ -310,10 +353,19 @@ async def test_the_allowed_hosts_are_answered(settings, aiohttp_client, make_tok
     assert (await client.get("/healthz", headers={"Host": "evil.example"})).status == 200
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "file://", "127.0.0.1:{port}",
-                                    "ftp://127.0.0.1:{port}", "http://127.0.0.1:{other}",
-                                    "http://127.0.0.1:{port}.evil.example",
-                                    "chrome-extension://127.0.0.1:{port}"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "file://",
+        "127.0.0.1:{port}",
+        "ftp://127.0.0.1:{port}",
+        "http://127.0.0.1:{other}",
+        "http://127.0.0.1:{port}.evil.example",
+        "chrome-extension://127.0.0.1:{port}",
+    ],
+)
 async def test_another_sites_page_cannot_upload_delete_or_watch(client, origin):
     origin = origin.format(port=client.port, other=client.port + 1)
     headers = {"Origin": origin}
@@ -339,11 +391,14 @@ async def test_the_pages_own_origin_is_welcome(client):
         assert (await ws.receive_json(timeout=5))["job_id"] == job_id
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GARBAGE-hunter2\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad hunter2\x00: x\r\n\r\n",
-    b"GET /hunter2" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE-hunter2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad hunter2\x00: x\r\n\r\n",
+        b"GET /hunter2" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+    ],
+)
 def test_a_malformed_request_is_one_short_log_line(settings, start_process, request_bytes):
     """Not a traceback quoting the request: anyone can send these, as often as they like."""
     api = start_process("eventhorizon.py")
@@ -351,8 +406,10 @@ def test_a_malformed_request_is_one_short_log_line(settings, start_process, requ
     with socket.create_connection(("127.0.0.1", settings.http_port), timeout=5) as sock:
         sock.sendall(request_bytes)
         assert sock.recv(100).startswith(b"HTTP/1.0 400 ")
-    [line] = wait_for(lambda: logged_events(api, "http.malformed_request"),
-                      what="the malformed request's log line")
+    [line] = wait_for(
+        lambda: logged_events(api, "http.malformed_request"),
+        what="the malformed request's log line",
+    )
     assert line["level"] == "warning" and line["error"]
     text = api.log_path.read_text()
     assert "hunter2" not in text and "Traceback" not in text

@@ -32,16 +32,29 @@ async def test_a_token_is_recognised_and_stored_only_as_a_hash(db, database_url)
     assert (alice.owner, alice.admin, alice.owner_filter) == ("alice", False, "alice")
     root = await principal_of(database_url, admin_token)
     assert (root.owner, root.admin, root.owner_filter) == ("root", True, None)
-    assert db.execute("SELECT last_used_at FROM api_tokens WHERE owner = 'alice'"
-                      ).fetchone()["last_used_at"] is not None
+    assert (
+        db.execute("SELECT last_used_at FROM api_tokens WHERE owner = 'alice'").fetchone()[
+            "last_used_at"
+        ]
+        is not None
+    )
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: None, lambda t: "", lambda t: t[:-1], lambda t: t + "A", lambda t: t.upper(),
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # right id, wrong secret
-    lambda t: "eh_999999_" + t.split("_", 2)[2],  # unknown id
-    lambda t: t.replace("eh_", "eh_0"), lambda t: " " + t, lambda t: "eh_1_" + "=" * 43,
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: None,
+        lambda t: "",
+        lambda t: t[:-1],
+        lambda t: t + "A",
+        lambda t: t.upper(),
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # right id, wrong secret
+        lambda t: "eh_999999_" + t.split("_", 2)[2],  # unknown id
+        lambda t: t.replace("eh_", "eh_0"),
+        lambda t: " " + t,
+        lambda t: "eh_1_" + "=" * 43,
+    ],
+)
 async def test_a_wrong_or_malformed_token_is_refused(db, database_url, mangle):
     token = auth.create_token(db, "alice")
     assert await principal_of(database_url, mangle(token)) is None
@@ -63,10 +76,19 @@ def test_owner_names_are_plain(db, owner):
         auth.create_token(db, owner)
 
 
-@pytest.mark.parametrize(("header", "token"), [
-    ("Bearer abc", "abc"), ("bearer abc", "abc"), ("Bearer  abc ", "abc"), ("Basic abc", None),
-    ("Bearer", None), ("", None), (None, None), ("abc", None),
-])
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("Bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("", None),
+        (None, None),
+        ("abc", None),
+    ],
+)
 def test_bearer_header_parsing(header, token):
     assert auth.bearer_token(header) == token
 

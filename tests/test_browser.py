@@ -101,8 +101,9 @@ def test_sample_upload_completes_in_the_page(page, api_url, start_process, make_
     expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
 
 
-def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, console_errors,
-                                                 make_token):
+def test_refused_upload_shows_the_problem_detail(
+    page, api_url, tmp_path, console_errors, make_token
+):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a log file\n")
     sign_in(page, api_url, make_token())
@@ -114,7 +115,8 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
     message = page.locator("#message")
     expect(message).to_have_text(
         "Upload refused: accepted file names end in .jsonl, .ndjson, .json (JSON lines) or .log, "
-        "optionally rotated (app.log.1) and compressed (.gz, .zst); got 'notes.txt'")
+        "optionally rotated (app.log.1) and compressed (.gz, .zst); got 'notes.txt'"
+    )
     expect(message).to_have_class("error")
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator("#transfer")).to_be_hidden()
@@ -123,19 +125,30 @@ def test_refused_upload_shows_the_problem_detail(page, api_url, tmp_path, consol
 
     page.set_input_files("#file", [])  # clearing the choice brings the prompt back
     expect(page.locator("#drop-text")).to_have_text(
-        "Drop a log file here (.jsonl, .ndjson, .json, .log, also .gz / .zst), or click to pick one")
+        "Drop a log file here (.jsonl, .ndjson, .json, .log, also .gz / .zst), or click to pick one"
+    )
     expect(page.locator("#send")).to_be_disabled()
     expect(message).to_have_text("")
     expected_errors(console_errors, "status of 415")  # the point of the test
 
 
-def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, start_process,
-                                                                tmp_path, console_errors,
-                                                                make_token):
+def test_a_file_over_the_limit_is_refused_with_the_limit_shown(
+    page, settings, start_process, tmp_path, console_errors, make_token
+):
     url, _proc = serve_api(start_process, EH_MAX_UPLOAD_BYTES=str(1024 * 1024))
     big = tmp_path / "big.jsonl"
-    line = json.dumps({"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s",
-                       "event_type": "e", "message": "x" * 200}) + "\n"
+    line = (
+        json.dumps(
+            {
+                "timestamp": "2026-11-23T10:00:00Z",
+                "level": "info",
+                "service": "s",
+                "event_type": "e",
+                "message": "x" * 200,
+            }
+        )
+        + "\n"
+    )
     big.write_text(line * (3 * 1024 * 1024 // len(line)))
     sign_in(page, url, make_token())
     page.set_input_files("#file", big)
@@ -149,14 +162,20 @@ def test_a_file_over_the_limit_is_refused_with_the_limit_shown(page, settings, s
     expected_errors(console_errors, "status of 413")
 
 
-def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process, tmp_path,
-                                                    make_token):
+def test_long_names_and_reasons_fit_a_narrow_screen(
+    page, api_url, start_process, tmp_path, make_token
+):
     """A file name and a reason with no spaces wrap instead of widening a phone-sized page."""
     start_process("worker.py")
     start_ready_relay(start_process)
     long_file = tmp_path / f"{'checkout_service_' * 8}2026-11-23.jsonl"
-    entry = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
-             "event_type": "order.created", "message": "order created"}
+    entry = {
+        "timestamp": "2026-11-23T10:00:00Z",
+        "level": "info",
+        "service": "checkout",
+        "event_type": "order.created",
+        "message": "order created",
+    }
     long_file.write_text(f"{json.dumps(entry)}\n{json.dumps({**entry, 'level': 'x' * 300})}\n")
     page.set_viewport_size({"width": 390, "height": 800})
     sign_in(page, api_url, make_token())
@@ -174,12 +193,14 @@ def test_long_names_and_reasons_fit_a_narrow_screen(page, api_url, start_process
     expect(card.locator(".confirm")).to_be_visible()
     screenshot(page, "browser-narrow.png")
     scroll_width, client_width = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
     assert scroll_width <= client_width, "the page scrolls sideways"
 
 
-def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, start_process,
-                                                          console_errors, make_token):
+def test_the_job_card_follows_the_job_across_an_api_restart(
+    page, settings, start_process, console_errors, make_token
+):
     """The API restarts while a job runs: the page's WebSocket drops (1001), the page
     reconnects to the new API process, is sent the current state, and the card still ends
     `completed` with the right counts."""
@@ -202,16 +223,20 @@ def test_the_job_card_follows_the_job_across_an_api_restart(page, settings, star
     expect(card.locator("details.errors tbody tr")).to_have_count(SAMPLE_INVALID)
     # While the API was away, Chromium logged each request that found nobody listening; those
     # are the point of the test. Anything else (an uncaught error, say) still fails it.
-    console_errors[:] = [e for e in console_errors
-                         if "ERR_CONNECTION_REFUSED" not in e and "WebSocket connection" not in e]
+    console_errors[:] = [
+        e
+        for e in console_errors
+        if "ERR_CONNECTION_REFUSED" not in e and "WebSocket connection" not in e
+    ]
     expect(page.locator("#token-form")).to_be_hidden()  # the token still works: not asked again
 
 
 # --------------------------------------------------------------------------- the token
 
 
-def test_a_wrong_token_is_refused_and_the_page_asks_again(page, api_url, make_token, database_url,
-                                                         console_errors):
+def test_a_wrong_token_is_refused_and_the_page_asks_again(
+    page, api_url, make_token, database_url, console_errors
+):
     page.goto(f"{api_url}/")
     form, problem = page.locator("#token-form"), page.locator("#token-message")
     expect(form).to_be_visible()
@@ -225,8 +250,9 @@ def test_a_wrong_token_is_refused_and_the_page_asks_again(page, api_url, make_to
     expect(problem).to_have_text("That is not a token: a token is one word, like eh_12_…")
 
     enter_token(page, "eh_999_" + "A" * 43)  # well-formed, unknown: the API says 401
-    expect(problem).to_have_text("The token did not work (the token is malformed, unknown or "
-                                 "revoked). Enter another one.")
+    expect(problem).to_have_text(
+        "The token did not work (the token is malformed, unknown or revoked). Enter another one."
+    )
     expect(form).to_be_visible()
     expect(page.locator("#token")).to_have_value("")
     expect(page.locator("#upload")).to_be_hidden()
@@ -253,7 +279,8 @@ def test_a_wrong_token_is_refused_and_the_page_asks_again(page, api_url, make_to
 
 
 def test_the_token_stays_in_the_tab_and_out_of_urls_cookies_and_local_storage(
-        page, api_url, start_process, make_token):
+    page, api_url, start_process, make_token
+):
     start_process("worker.py")
     requests, socket_urls = [], []
     page.on("request", lambda request: requests.append(request))
@@ -319,8 +346,9 @@ def test_an_upload_in_a_format_of_ones_own(page, api_url, start_process, make_to
     expect(picker).to_have_value("auto")
 
     file = tmp_path / "gateway.jsonl"
-    file.write_text("".join(json.dumps({**MYAPP_LINE, "text": f"request {n}"}) + "\n"
-                            for n in range(5)))
+    file.write_text(
+        "".join(json.dumps({**MYAPP_LINE, "text": f"request {n}"}) + "\n" for n in range(5))
+    )
     picker.select_option("myapp")
     page.set_input_files("#file", file)
     page.click("#send")
@@ -332,8 +360,12 @@ def test_an_upload_in_a_format_of_ones_own(page, api_url, start_process, make_to
 
 
 def post_json(url: str, token: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={**bearer(token), "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
@@ -363,8 +395,9 @@ def test_a_finished_job_is_deleted_from_its_card(page, api_url, start_process, m
     expect(page.locator("#jobs")).to_have_text("No jobs yet.")
 
 
-def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(page, api_url, settings,
-                                                                    make_token, console_errors):
+def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(
+    page, api_url, settings, make_token, console_errors
+):
     """No worker runs: the job stays queued (deletable), and the test takes the worker's lock
     on it, as a worker that just picked it up would hold it."""
     token = make_token("alice")
@@ -381,7 +414,8 @@ def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(page, api_url
         card.locator(".yes").click()
         expect(card.locator(".delete-problem")).to_have_text(
             "Not deleted: a worker is processing this job right now; delete it once it has "
-            "completed or failed")
+            "completed or failed"
+        )
         expect(card.locator(".delete")).to_be_visible()
         expect(card.locator(".confirm")).to_be_hidden()
         screenshot(page, "browser-delete-refused.png")
@@ -392,8 +426,9 @@ def test_a_job_a_worker_holds_is_not_deleted_and_its_card_says_why(page, api_url
 
     # Deleted elsewhere meanwhile (another tab, say): the API closes the card's WebSocket
     # with 4404, and the card goes by itself.
-    request = urllib.request.Request(f"{api_url}/api/v1/jobs/{job_id}", method="DELETE",
-                                     headers=bearer(token))
+    request = urllib.request.Request(
+        f"{api_url}/api/v1/jobs/{job_id}", method="DELETE", headers=bearer(token)
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 204
     expect(card).to_have_count(0)
@@ -408,8 +443,9 @@ CHART_BARS = """bars => bars.map(bar => ({start: bar.dataset.start, ...Object.fr
   ["debug", "info", "warning", "error", "critical"].map(l => [l, Number(bar.dataset[l])]))}))"""
 
 
-def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_url, start_process,
-                                                                    make_token):
+def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(
+    page, api_url, start_process, make_token
+):
     """A card opens its job's events: the chart's bars and the table are the API's histogram
     and events page; a level filter, a bar (its bucket becomes from/to), Reset and paging each
     change both to the API's answer for the same filters."""
@@ -424,8 +460,9 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     expect(view.locator("h2")).to_have_text("Events of sample.jsonl")
     # The relay delivers the events shortly after the job completes: the view follows until
     # ClickHouse holds every valid line's event.
-    expect(page.locator("#chart svg")).to_have_attribute("data-events", str(SAMPLE_VALID),
-                                                         timeout=60_000)
+    expect(page.locator("#chart svg")).to_have_attribute(
+        "data-events", str(SAMPLE_VALID), timeout=60_000
+    )
     expect(view).to_have_attribute("data-live", "false")
     expect(page.locator("#explore-live")).to_be_hidden()
     histogram, first = expect_the_view_to_match_the_api(page, base, token, "")
@@ -446,10 +483,14 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     page.click(f"#chart .bucket[data-start='{bucket['start']}']")
     query = urlencode([("level", "error"), ("from", rfc3339(start)), ("to", rfc3339(end))])
     _, narrowed = expect_the_view_to_match_the_api(page, base, token, query)
-    assert page.eval_on_selector("#explore-filters [name=from]", "i => i.valueAsNumber") == \
-        start.timestamp() * 1000
-    assert page.eval_on_selector("#explore-filters [name=to]", "i => i.valueAsNumber") == \
-        end.timestamp() * 1000
+    assert (
+        page.eval_on_selector("#explore-filters [name=from]", "i => i.valueAsNumber")
+        == start.timestamp() * 1000
+    )
+    assert (
+        page.eval_on_selector("#explore-filters [name=to]", "i => i.valueAsNumber")
+        == end.timestamp() * 1000
+    )
     assert len(narrowed["events"]) == sum(bucket["counts"].values())
     for event in narrowed["events"]:
         assert event["level"] == "error"
@@ -462,7 +503,8 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     page.click("#events-next")
     expect(view).to_have_attribute("data-page", "2")
     expect(page.locator("#events-page")).to_have_text(
-        f"{EXPLORE_PAGE + 1}–{2 * EXPLORE_PAGE} of {SAMPLE_VALID}")
+        f"{EXPLORE_PAGE + 1}–{2 * EXPLORE_PAGE} of {SAMPLE_VALID}"
+    )
     second = get_json(f"{api_url}{first['next']}", token)
     expect_rows(page, second)
     assert second["events"][0]["line_no"] > first["events"][-1]["line_no"]
@@ -480,8 +522,15 @@ def test_the_explore_view_shows_a_jobs_events_as_the_api_reads_them(page, api_ur
     page.keyboard.press("End")
     page.keyboard.press("Enter")
     last = dt.datetime.fromisoformat(full["buckets"][-1]["start"].replace("Z", "+00:00"))
-    expect(view).to_have_attribute("data-query", urlencode([
-        ("from", rfc3339(last)), ("to", rfc3339(last + dt.timedelta(seconds=full["interval_s"])))]))
+    expect(view).to_have_attribute(
+        "data-query",
+        urlencode(
+            [
+                ("from", rfc3339(last)),
+                ("to", rfc3339(last + dt.timedelta(seconds=full["interval_s"]))),
+            ]
+        ),
+    )
     expect(page.locator("#chart .bucket").first).to_be_focused()
 
 
@@ -495,15 +544,24 @@ def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: s
     expect(page.locator("#explore")).to_have_attribute("data-query", query)
     histogram = get_json(f"{base}/histogram?{query}", token)
     expect(page.locator("#chart svg")).to_have_attribute("data-events", str(histogram["events"]))
-    expect(page.locator("#chart svg")).to_have_attribute("data-interval",
-                                                         str(histogram["interval_s"]))
-    bars = [{"start": b["start"], **{level: b["counts"].get(level, 0) for level in LEVELS}}
-            for b in histogram["buckets"]]
+    expect(page.locator("#chart svg")).to_have_attribute(
+        "data-interval", str(histogram["interval_s"])
+    )
+    bars = [
+        {"start": b["start"], **{level: b["counts"].get(level, 0) for level in LEVELS}}
+        for b in histogram["buckets"]
+    ]
     # The attributes and the bars are drawn in turn: wait for the bars too, as expect() does.
     drawn: list = []
     try:
-        wait_for(lambda: (drawn.append(page.eval_on_selector_all("#chart .bucket", CHART_BARS))
-                          or drawn[-1] == bars), timeout=15, what="the chart's bars")
+        wait_for(
+            lambda: (
+                drawn.append(page.eval_on_selector_all("#chart .bucket", CHART_BARS))
+                or drawn[-1] == bars
+            ),
+            timeout=15,
+            what="the chart's bars",
+        )
     except AssertionError:
         assert drawn[-1] == bars  # says how they differ
     events = get_json(f"{base}/events?limit={EXPLORE_PAGE}&{query}", token)
@@ -513,14 +571,14 @@ def expect_the_view_to_match_the_api(page: Page, base: str, token: str, query: s
 
 def expect_rows(page: Page, events_page: dict) -> None:
     rows = page.locator("#events tbody tr.event")
-    expect(rows.locator("td.line")).to_have_text(
-        [str(e["line_no"]) for e in events_page["events"]])
+    expect(rows.locator("td.line")).to_have_text([str(e["line_no"]) for e in events_page["events"]])
     expect(rows.locator("td.message")).to_have_text([e["message"] for e in events_page["events"]])
     expect(rows.locator("td.level")).to_have_text([e["level"] for e in events_page["events"]])
 
 
-def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, start_process,
-                                                                make_token):
+def test_the_explore_view_follows_a_job_while_its_events_arrive(
+    page, api_url, start_process, make_token
+):
     """Opened while the job is processing, the view refreshes as batches are delivered (the
     chart's count grows) and stops following once ClickHouse holds every valid line's event."""
     start_process("worker.py", EH_LINE_DELAY_MAX_S="0.03", EH_BATCH_LINES="20")  # ~4 s a file
@@ -540,20 +598,23 @@ def test_the_explore_view_follows_a_job_while_its_events_arrive(page, api_url, s
     expect(page.locator("#explore")).to_have_attribute("data-live", "true")
     expect(page.locator("#explore-live")).to_be_visible()
     expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
-    expect(page.locator("#chart svg")).to_have_attribute("data-events", str(SAMPLE_VALID),
-                                                         timeout=60_000)
+    expect(page.locator("#chart svg")).to_have_attribute(
+        "data-events", str(SAMPLE_VALID), timeout=60_000
+    )
     expect(page.locator("#explore")).to_have_attribute("data-live", "false")
     seen = [n for n in page.evaluate("window.seenCounts") if n]  # 0: cleared, or none yet
     assert seen == sorted(seen) and seen[-1] == SAMPLE_VALID, seen
     assert len(set(seen)) > 1, f"the view drew the events once only: {seen}"
 
 
-def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, start_process,
-                                                             make_token, console_errors):
+def test_the_explore_view_says_when_clickhouse_cannot_answer(
+    page, settings, start_process, make_token, console_errors
+):
     """ClickHouse out of reach: the two reads answer 503, and the view says so in words; as it
     does a filter the API refuses."""
-    url, _proc = serve_api(start_process,
-                           CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
+    url, _proc = serve_api(
+        start_process, CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon"
+    )
     sign_in(page, url, make_token("alice"))
     page.set_input_files("#file", SAMPLE)
     page.click("#send")  # no worker: the job stays queued
@@ -562,7 +623,8 @@ def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, sta
     card.locator(".events").click()
     expect(page.locator("#explore-message")).to_have_text(
         "Events cannot be read now: ClickHouse, where events are read, cannot answer now; "
-        "retry later (uploads and job status are not affected)")
+        "retry later (uploads and job status are not affected)"
+    )
     expect(page.locator("#explore #chart")).to_be_empty()
     expect(page.locator("#events tbody tr")).to_have_count(0)
     expect(page.locator("#token-form")).to_be_hidden()
@@ -574,7 +636,8 @@ def test_the_explore_view_says_when_clickhouse_cannot_answer(page, settings, sta
     page.fill("#explore-filters [name=to]", "2026-11-20T00:00:00")
     page.click("#explore-apply")
     expect(page.locator("#explore-message")).to_have_text(
-        "Events not read: from must be earlier than to")
+        "Events not read: from must be earlier than to"
+    )
     expected_errors(console_errors, "status of 422", count=2)
 
 
@@ -607,6 +670,7 @@ def test_a_policy_violation_fails_the_test(page, api_url, console_errors):
         page.wait_for_timeout(50)  # lets Playwright deliver the console events
         reported = {e.split(" blocked")[0] for e in console_errors if "CSP violation" in e}
     assert reported == {"CSP violation: script-src-elem", "CSP violation: style-src-attr"}
-    assert sum("violates the following Content Security Policy" in e
-               for e in console_errors) == 2  # Chromium's own messages catch them too
+    assert (
+        sum("violates the following Content Security Policy" in e for e in console_errors) == 2
+    )  # Chromium's own messages catch them too
     console_errors.clear()

@@ -27,11 +27,19 @@ def lines(service: str, count: int, offset_ms: int) -> str:
     out = []
     for n in range(count):
         moment = START + dt.timedelta(milliseconds=offset_ms + n * 7000)
-        out.append(json.dumps({
-            "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": LEVELS[n % 5], "service": service, "event_type": f"{service}.step",
-            "message": f"{service} step {n}", "environment": "production",
-            "context": {"request_id": f"r-{n % 5}", "http": {"status": 200 + n % 3}}}))
+        out.append(
+            json.dumps(
+                {
+                    "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "level": LEVELS[n % 5],
+                    "service": service,
+                    "event_type": f"{service}.step",
+                    "message": f"{service} step {n}",
+                    "environment": "production",
+                    "context": {"request_id": f"r-{n % 5}", "http": {"status": 200 + n % 3}},
+                }
+            )
+        )
     return "\n".join(out) + "\n"
 
 
@@ -61,7 +69,8 @@ def upload_both(page: Page, api_url: str, token: str, files) -> list[str]:
     ids = []
     for path in files:  # in the files' order (the newest card is first)
         card = page.locator("#jobs article.job").filter(
-            has=page.locator(".name", has_text=path.name))
+            has=page.locator(".name", has_text=path.name)
+        )
         expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
         ids.append(card.get_attribute("data-job-id"))
     return ids
@@ -76,8 +85,7 @@ def expect_rows_to_match(page: Page, table: str, api_url: str, token: str, query
     """The table's rows are the API's first search page (50) for `query`; that page."""
     events = get_json(f"{api_url}/api/v1/events?limit=50&{query}", token)["events"]
     rows = page.locator(f"{table} tbody tr.event")
-    expect(rows.locator("td.message")).to_have_text([e["message"] for e in events],
-                                                    timeout=60_000)
+    expect(rows.locator("td.message")).to_have_text([e["message"] for e in events], timeout=60_000)
     expect(rows.locator("td.service")).to_have_text([e["service"] for e in events])
     # Each event's file: these tests' files are named for their service.
     expect(rows.locator("td.file")).to_have_text([f"{e['service']}.jsonl" for e in events])
@@ -103,7 +111,8 @@ def expect_count(api_url: str, token: str, total: int) -> None:
 
 
 def test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports(
-        open_page, api_url, two_jobs, tmp_path):
+    open_page, api_url, two_jobs, tmp_path
+):
     token, files = two_jobs
     page = open_page()
     page.set_viewport_size(DESKTOP)
@@ -148,8 +157,9 @@ def test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports(
     facet.filter(has_text="checkout").click()
     expect(page.locator("#search")).to_have_attribute("data-total", "50")
     expect(facet.and_(page.locator("[aria-pressed=true]"))).to_have_count(2)
-    page.locator("#facet-lists .facet[data-field=level] button.facet-value",
-                 has_text="error").click()
+    page.locator(
+        "#facet-lists .facet[data-field=level] button.facet-value", has_text="error"
+    ).click()
     expect(page.locator("#search")).to_have_attribute("data-total", "10")
     query = "level=error&service=checkout&service=payments"
     events = expect_rows_to_match(page, "#search-events", api_url, token, query)
@@ -209,8 +219,13 @@ def test_search_across_two_uploads_filters_opens_rows_keeps_its_url_and_exports(
     bars.last.click()
     expect_span(page, histogram, len(histogram["buckets"]) - 1, len(histogram["buckets"]) - 1)
     params = dict(hash_params(page))
-    expect_rows_to_match(page, "#search-events", api_url, token,
-                         urlencode([*base, ("from", params["from"]), ("to", params["to"])]))
+    expect_rows_to_match(
+        page,
+        "#search-events",
+        api_url,
+        token,
+        urlencode([*base, ("from", params["from"]), ("to", params["to"])]),
+    )
 
 
 def centre(locator) -> tuple[float, float]:
@@ -220,32 +235,46 @@ def centre(locator) -> tuple[float, float]:
 
 def expect_shown(page: Page, params: list[tuple[str, str]]) -> None:
     """Waits until the Search view shows `params` (in any order)."""
-    page.wait_for_function("""want => {
+    page.wait_for_function(
+        """want => {
       const shown = document.getElementById("search").dataset.shown;
       return shown !== undefined
         && JSON.stringify([...new URLSearchParams(shown)].map(String).sort()) === JSON.stringify(want);
-    }""", arg=sorted(f"{name},{value}" for name, value in params))
+    }""",
+        arg=sorted(f"{name},{value}" for name, value in params),
+    )
 
 
 def expect_span(page: Page, histogram: dict, first: int, last: int) -> None:
     """The URL's from/to: the start of bucket `first` to the end of bucket `last`."""
     buckets, interval = histogram["buckets"], dt.timedelta(seconds=histogram["interval_s"])
     expect(page.locator("#search")).to_have_attribute(
-        "data-query", re.compile(re.escape(urlencode({"range": "custom"}))))
+        "data-query", re.compile(re.escape(urlencode({"range": "custom"})))
+    )
     params = dict(hash_params(page))
     assert parse_time(params["from"]) == parse_time(buckets[first]["start"])
     assert parse_time(params["to"]) == parse_time(buckets[last]["start"]) + interval
 
 
 def test_search_on_a_phone_puts_the_message_first_and_the_facets_away(
-        open_page, api_url, two_jobs, tmp_path):
+    open_page, api_url, two_jobs, tmp_path
+):
     token, files = two_jobs
     recent = tmp_path / "recent.jsonl"  # one event of a few minutes ago, for the time picker
     moment = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    recent.write_text(json.dumps({
-        "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "level": "info", "service": "gateway", "event_type": "request", "message": "just now",
-        "context": {"request_id": "r-now"}}) + "\n")
+    recent.write_text(
+        json.dumps(
+            {
+                "timestamp": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "level": "info",
+                "service": "gateway",
+                "event_type": "request",
+                "message": "just now",
+                "context": {"request_id": "r-now"},
+            }
+        )
+        + "\n"
+    )
     page = open_page()
     page.set_viewport_size(PHONE)
     upload_both(page, api_url, token, [*files, recent])
@@ -261,22 +290,26 @@ def test_search_on_a_phone_puts_the_message_first_and_the_facets_away(
     message, when = row.locator("td.message").bounding_box(), row.locator("td.time").bounding_box()
     assert message["y"] < when["y"] and message["x"] >= 0
     assert message["y"] < PHONE["height"], "the first message is on the first screen"
-    assert row.locator("td").evaluate_all("cells => cells.every(c => c.scrollWidth <= c.clientWidth)"), \
-        "a cell's text overflows it (onto the next one)"
+    assert row.locator("td").evaluate_all(
+        "cells => cells.every(c => c.scrollWidth <= c.clientWidth)"
+    ), "a cell's text overflows it (onto the next one)"
     row.click()
     expect(page.locator("#search-events tr.detail pre.json")).to_be_visible()
     page.locator("#search-facets summary").click()
-    page.locator("#facet-lists .facet[data-field=service] button.facet-value",
-                 has_text="checkout").click()
+    page.locator(
+        "#facet-lists .facet[data-field=service] button.facet-value", has_text="checkout"
+    ).click()
     expect(page.locator("#search")).to_have_attribute("data-total", "30")
     screenshot(page, "browser-search-phone.png")
     scroll_width, client_width = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
     assert scroll_width <= client_width, "the page scrolls sideways"
 
 
 def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
-        open_page, api_url, two_jobs):
+    open_page, api_url, two_jobs
+):
     token, files = two_jobs
     page = open_page()
     page.set_viewport_size(DESKTOP)
@@ -315,7 +348,8 @@ def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
     params = hash_params(page)
     assert ("job_id", checkout) in params and ("range", "all") in params
     expect(page.locator("#search-chips button[data-name=job_id]")).to_have_text(
-        "file = checkout.jsonl ×")
+        "file = checkout.jsonl ×"
+    )
     request_id = dict(params)["context.request_id"]
     query = urlencode([("job_id", checkout), ("context.request_id", request_id)])
     events = expect_rows_to_match(page, "#search-events", api_url, token, query)
@@ -323,14 +357,18 @@ def test_a_jobs_events_view_opens_rows_filters_by_values_and_keeps_its_url(
 
 
 def test_search_says_when_clickhouse_cannot_answer_or_a_filter_is_refused(
-        open_page, settings, start_process, make_token, console_errors):
-    url, _proc = serve_api(start_process,
-                           CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon")
+    open_page, settings, start_process, make_token, console_errors
+):
+    url, _proc = serve_api(
+        start_process, CLICKHOUSE_READ_URL="http://eventhorizon:x@127.0.0.1:9/eventhorizon"
+    )
     page = open_page()
     sign_in(page, url, make_token("alice"))
     page.click("#nav-search")
-    away = ("ClickHouse, where events are read, cannot answer now; retry later (uploads and "
-            "job status are not affected)")
+    away = (
+        "ClickHouse, where events are read, cannot answer now; retry later (uploads and "
+        "job status are not affected)"
+    )
     expect(page.locator("#search-message")).to_have_text(f"Events cannot be read now: {away}")
     expect(page.locator("#search-events tbody tr")).to_have_count(0)
     expect(page.locator("#search-page")).to_have_text("")
@@ -343,5 +381,6 @@ def test_search_says_when_clickhouse_cannot_answer_or_a_filter_is_refused(
     # A filter the API refuses, from an edited address, is said as plainly.
     page.goto(f"{url}/#/search?range=custom&from=2026-11-21T00:00:00Z&to=2026-11-20T00:00:00Z")
     expect(page.locator("#search-message")).to_have_text(
-        "Events not read: from must be earlier than to")
+        "Events not read: from must be earlier than to"
+    )
     expected_errors(console_errors, "status of 422", count=5)

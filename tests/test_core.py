@@ -33,42 +33,60 @@ def test_the_configuration_tables_are_the_declared_settings():
 
 
 def test_settings_round_trip_through_the_environment():
-    settings = dataclasses.replace(config.Settings(), http_port=9999, line_delay_max_s=0.25,
-                                   relay_crash_after_insert=True, log_format="json",
-                                   worker_crash_at="after_commit:500")
+    settings = dataclasses.replace(
+        config.Settings(),
+        http_port=9999,
+        line_delay_max_s=0.25,
+        relay_crash_after_insert=True,
+        log_format="json",
+        worker_crash_at="after_commit:500",
+    )
     assert config.Settings.from_env(settings.to_env()) == settings
 
 
 def test_settings_read_types_and_normalise_case():
-    settings = config.Settings.from_env({"EH_BATCH_LINES": " 40 ", "LOG_LEVEL": "debug",
-                                       "LOG_FORMAT": "JSON", "EH_RELAY_CRASH_AFTER_INSERT": "1",
-                                       "RELAY_POLL_S": "0.5", "EH_QUEUE": ""})
+    settings = config.Settings.from_env(
+        {
+            "EH_BATCH_LINES": " 40 ",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "JSON",
+            "EH_RELAY_CRASH_AFTER_INSERT": "1",
+            "RELAY_POLL_S": "0.5",
+            "EH_QUEUE": "",
+        }
+    )
     assert (settings.batch_lines, settings.log_level, settings.log_format) == (40, "DEBUG", "json")
     assert settings.relay_crash_after_insert is True and settings.relay_poll_s == 0.5
     assert settings.queue == "eventhorizon.jobs"  # empty means the default
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"EH_BATCH_LINES": "ten"}, "EH_BATCH_LINES must be an int"),
-    ({"EH_BATCH_LINES": "0"}, "EH_BATCH_LINES must be >= 1"),
-    ({"EH_HTTP_PORT": "70000"}, "EH_HTTP_PORT must be <= 65535"),
-    ({"RELAY_POLL_S": "-1"}, "RELAY_POLL_S must be >= 0"),
-    ({"RELAY_LANES": "9"}, "RELAY_LANES must be <= 8"),
-    ({"RELAY_LANES": "0"}, "RELAY_LANES must be >= 1"),
-    ({"RELAY_POLL_S": "soon"}, "RELAY_POLL_S must be a float"),
-    ({"RELAY_POLL_S": "nan"}, "RELAY_POLL_S must be a float"),
-    ({"EH_REQUEUE_AFTER_S": "inf"}, "EH_REQUEUE_AFTER_S must be a float"),
-    ({"EH_RELAY_CRASH_AFTER_INSERT": "maybe"}, "EH_RELAY_CRASH_AFTER_INSERT must be 1 or 0"),
-    ({"EH_WORKER_CRASH_AT": "before_commit"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
-    ({"EH_WORKER_CRASH_AT": "sometimes"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console"),
-    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be a logging level name"),
-    ({"CLICKHOUSE_URL": "chdb://relative/dir"}, "chdb:///absolute/path"),
-    ({"CLICKHOUSE_URL": "ftp://u:hunter2@host/db"}, "must be chdb:///path or http(s)://host"),
-    ({"EH_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"}, "EH_TRUSTED_PROXIES must be comma-separated"),
-    ({"EH_AUDIT_DENIED_PER_MINUTE": "0"}, "EH_AUDIT_DENIED_PER_MINUTE must be >= 1"),
-    ({"EH_AUDIT_RETENTION_DAYS": "0"}, "EH_AUDIT_RETENTION_DAYS must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EH_BATCH_LINES": "ten"}, "EH_BATCH_LINES must be an int"),
+        ({"EH_BATCH_LINES": "0"}, "EH_BATCH_LINES must be >= 1"),
+        ({"EH_HTTP_PORT": "70000"}, "EH_HTTP_PORT must be <= 65535"),
+        ({"RELAY_POLL_S": "-1"}, "RELAY_POLL_S must be >= 0"),
+        ({"RELAY_LANES": "9"}, "RELAY_LANES must be <= 8"),
+        ({"RELAY_LANES": "0"}, "RELAY_LANES must be >= 1"),
+        ({"RELAY_POLL_S": "soon"}, "RELAY_POLL_S must be a float"),
+        ({"RELAY_POLL_S": "nan"}, "RELAY_POLL_S must be a float"),
+        ({"EH_REQUEUE_AFTER_S": "inf"}, "EH_REQUEUE_AFTER_S must be a float"),
+        ({"EH_RELAY_CRASH_AFTER_INSERT": "maybe"}, "EH_RELAY_CRASH_AFTER_INSERT must be 1 or 0"),
+        ({"EH_WORKER_CRASH_AT": "before_commit"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
+        ({"EH_WORKER_CRASH_AT": "sometimes"}, "EH_WORKER_CRASH_AT must be before_commit:N"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be json or console"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be a logging level name"),
+        ({"CLICKHOUSE_URL": "chdb://relative/dir"}, "chdb:///absolute/path"),
+        ({"CLICKHOUSE_URL": "ftp://u:hunter2@host/db"}, "must be chdb:///path or http(s)://host"),
+        (
+            {"EH_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"},
+            "EH_TRUSTED_PROXIES must be comma-separated",
+        ),
+        ({"EH_AUDIT_DENIED_PER_MINUTE": "0"}, "EH_AUDIT_DENIED_PER_MINUTE must be >= 1"),
+        ({"EH_AUDIT_RETENTION_DAYS": "0"}, "EH_AUDIT_RETENTION_DAYS must be >= 1"),
+    ],
+)
 def test_a_bad_setting_is_refused_naming_the_variable(env, message):
     with pytest.raises(config.ConfigError) as info:
         config.Settings.from_env(env)
@@ -79,22 +97,35 @@ def test_a_bad_setting_is_refused_naming_the_variable(env, message):
 # --------------------------------------------------------------------------- outages
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (psycopg.OperationalError("connection lost"), True),
-    (psycopg.errors.AdminShutdown("terminating connection"), True),
-    (ConnectionResetError(), True),
-    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"), True),
-    (botocore.exceptions.ClientError({"Error": {"Code": "SlowDown"},
-                                      "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"), True),
-    (botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied"},
-                                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), False),
-    (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
-    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
-    (psycopg.errors.DeadlockDetected("deadlock detected"), True),
-    (psycopg.errors.DiskFull("could not extend file"), True),
-    (psycopg.errors.DataError("invalid input"), False),
-    (KeyError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (psycopg.OperationalError("connection lost"), True),
+        (psycopg.errors.AdminShutdown("terminating connection"), True),
+        (ConnectionResetError(), True),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"), True),
+        (
+            botocore.exceptions.ClientError(
+                {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+                "GetObject",
+            ),
+            True,
+        ),
+        (
+            botocore.exceptions.ClientError(
+                {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                "GetObject",
+            ),
+            False,
+        ),
+        (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+        (psycopg.errors.DiskFull("could not extend file"), True),
+        (psycopg.errors.DataError("invalid input"), False),
+        (KeyError("a bug"), False),
+    ],
+)
 def test_only_outages_are_retried_without_counting_an_attempt(exc, transient):
     """The one outage predicate all three processes use: the worker retries such a job
     without counting an attempt, the relay backs off, the API answers 503."""
@@ -143,7 +174,7 @@ def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
     def visit(module: str, path: list[str]) -> list[str] | None:
         if module in path:
-            return path[path.index(module):] + [module]
+            return path[path.index(module) :] + [module]
         if module in done:
             return None
         for imported in sorted(graph[module]):
@@ -174,19 +205,23 @@ def test_the_cycle_check_finds_a_cycle():
 REAL_CLICKHOUSE = {"CLICKHOUSE_URL": "https://eh:pw@ch:8443/eh"}
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({}, "AWS_SECRET_ACCESS_KEY, the password in AMQP_URL, the password in CLICKHOUSE_URL;"),
-    ({"AWS_SECRET_ACCESS_KEY": "s3cret", **REAL_CLICKHOUSE}, ": the password in AMQP_URL;"),
-    ({"AMQP_URL": "amqp://eh:pw@mq/%2F", **REAL_CLICKHOUSE}, ": AWS_SECRET_ACCESS_KEY;"),
-    ({"AMQP_URL": "amqp://eh:pw@mq/%2F", "AWS_SECRET_ACCESS_KEY": "s3cret"},
-     ": the password in CLICKHOUSE_URL;"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "AWS_SECRET_ACCESS_KEY, the password in AMQP_URL, the password in CLICKHOUSE_URL;"),
+        ({"AWS_SECRET_ACCESS_KEY": "s3cret", **REAL_CLICKHOUSE}, ": the password in AMQP_URL;"),
+        ({"AMQP_URL": "amqp://eh:pw@mq/%2F", **REAL_CLICKHOUSE}, ": AWS_SECRET_ACCESS_KEY;"),
+        (
+            {"AMQP_URL": "amqp://eh:pw@mq/%2F", "AWS_SECRET_ACCESS_KEY": "s3cret"},
+            ": the password in CLICKHOUSE_URL;",
+        ),
+    ],
+)
 def test_production_refuses_the_development_credentials(env, named):
     with pytest.raises(config.ConfigError) as info:
         config.Settings.from_env({"EH_ENVIRONMENT": "production", **env}).check_deployable()
     assert "still the development defaults" in str(info.value) and named in str(info.value)
-    real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F",
-            **REAL_CLICKHOUSE}
+    real = {"AWS_SECRET_ACCESS_KEY": "s3cret", "AMQP_URL": "amqp://eh:pw@mq/%2F", **REAL_CLICKHOUSE}
     config.Settings.from_env({"EH_ENVIRONMENT": "production", **real}).check_deployable()
     config.Settings.from_env({"EH_ENVIRONMENT": "development"}).check_deployable()
 
@@ -195,7 +230,12 @@ def test_production_refuses_the_development_credentials(env, named):
 def test_every_process_refuses_to_start_on_development_credentials_in_production(script):
     env = {**os.environ, "EH_ENVIRONMENT": "production"}
     env.pop("AWS_SECRET_ACCESS_KEY", None)
-    done = subprocess.run([sys.executable, str(core.ROOT / script)], env=env, timeout=60,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(core.ROOT / script)],
+        env=env,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     assert "configuration error: EH_ENVIRONMENT is production" in done.stderr

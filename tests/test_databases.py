@@ -24,8 +24,10 @@ def connect(name: str) -> psycopg.Connection:
 
 
 def add_token(conn) -> int:
-    return conn.execute("INSERT INTO api_tokens (owner, secret_hash) VALUES ('a', %s) "
-                        "RETURNING token_id", [b"x" * 32]).fetchone()[0]
+    return conn.execute(
+        "INSERT INTO api_tokens (owner, secret_hash) VALUES ('a', %s) RETURNING token_id",
+        [b"x" * 32],
+    ).fetchone()[0]
 
 
 def test_a_used_database_comes_back_empty_with_its_identities_restarted(pool):
@@ -49,17 +51,22 @@ def test_a_session_the_test_left_open_is_ended_before_the_next_test(pool):
     with pytest.raises(psycopg.OperationalError):
         left_open.execute("SELECT 1")
     with connect(name) as conn:
-        others = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                              "current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        others = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
     assert others == 0
 
 
-@pytest.mark.parametrize("change", [
-    "ALTER TABLE jobs ADD COLUMN extra int",
-    "CREATE TABLE scratch (x int)",
-    "CREATE INDEX ON jobs (file_name)",
-    "DELETE FROM _yoyo_migration",
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ALTER TABLE jobs ADD COLUMN extra int",
+        "CREATE TABLE scratch (x int)",
+        "CREATE INDEX ON jobs (file_name)",
+        "DELETE FROM _yoyo_migration",
+    ],
+)
 def test_a_database_whose_schema_changed_is_dropped_not_reused(pool, change):
     name = pool.take()
     with connect(name) as conn:
@@ -67,5 +74,9 @@ def test_a_database_whose_schema_changed_is_dropped_not_reused(pool, change):
     pool.give_back(name)
     assert pool.spare == []
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        assert admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
-                             [name]).fetchone()[0] == 0
+        assert (
+            admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name]).fetchone()[
+                0
+            ]
+            == 0
+        )

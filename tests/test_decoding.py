@@ -20,10 +20,12 @@ GiB, MiB = 1024**3, 1024**2
 CONTENT = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i % 50)) for i in range(50_000))
 
 
-def stream(data: bytes, compression: str, *, max_decoded: int = 64 * GiB,
-           max_ratio: float = 200) -> decoding.DecodedStream:
-    return decoding.DecodedStream(io.BytesIO(data), compression, max_decoded=max_decoded,
-                                  max_ratio=max_ratio)
+def stream(
+    data: bytes, compression: str, *, max_decoded: int = 64 * GiB, max_ratio: float = 200
+) -> decoding.DecodedStream:
+    return decoding.DecodedStream(
+        io.BytesIO(data), compression, max_decoded=max_decoded, max_ratio=max_ratio
+    )
 
 
 def read_all(s: decoding.DecodedStream, n: int = MiB) -> bytes:
@@ -37,19 +39,41 @@ def read_all(s: decoding.DecodedStream, n: int = MiB) -> bytes:
 # --------------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize(("name", "compression"), [
-    ("app.jsonl", None), ("app.ndjson", None), ("app.json", None), ("app.log", None),
-    ("APP.LOG", None), ("app.log.1", None), ("app.jsonl.12", None), ("app.log.2.gz", "gzip"),
-    ("x.jsonl.zst", "zstd"), ("x.ndjson.GZ", "gzip"), ("logs 2026-12-07.json.gz", "gzip"),
-])
+@pytest.mark.parametrize(
+    ("name", "compression"),
+    [
+        ("app.jsonl", None),
+        ("app.ndjson", None),
+        ("app.json", None),
+        ("app.log", None),
+        ("APP.LOG", None),
+        ("app.log.1", None),
+        ("app.jsonl.12", None),
+        ("app.log.2.gz", "gzip"),
+        ("x.jsonl.zst", "zstd"),
+        ("x.ndjson.GZ", "gzip"),
+        ("logs 2026-12-07.json.gz", "gzip"),
+    ],
+)
 def test_names_as_they_come_are_taken(name, compression):
     assert decoding.compression_of(name) == compression
 
 
-@pytest.mark.parametrize("name", [
-    "", "app.txt", "app.jsonl.bz2", "app.gz", "app.log.gz.1", "app.tar.gz", ".jsonl.zip",
-    "app.log.x", "jsonl", "app.csv.gz",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "app.txt",
+        "app.jsonl.bz2",
+        "app.gz",
+        "app.log.gz.1",
+        "app.tar.gz",
+        ".jsonl.zip",
+        "app.log.x",
+        "jsonl",
+        "app.csv.gz",
+    ],
+)
 def test_other_names_are_refused_with_the_names_taken(name):
     with pytest.raises(uploads.UnsupportedFileName) as refused:
         uploads.compression_of(name)
@@ -89,14 +113,14 @@ def test_a_file_that_is_not_that_compression_is_corrupt(compression):
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_a_truncated_stream_says_where_it_broke_after_the_lines_before_it(compression):
     data = COMPRESS[compression](CONTENT)
-    s = stream(data[:len(data) // 2], compression)
+    s = stream(data[: len(data) // 2], compression)
     got = []
     with pytest.raises(decoding.CorruptStream) as broken:
         for line, _size, _count in lines.read_lines(s):
             got.append(line)
     assert "truncated" in broken.value.reason
     assert broken.value.offset == s.decoded > 0
-    assert got and b"\n".join(got) + b"\n" == CONTENT[:len(b"\n".join(got)) + 1]
+    assert got and b"\n".join(got) + b"\n" == CONTENT[: len(b"\n".join(got)) + 1]
 
 
 def test_trailing_garbage_after_a_gzip_member_is_corrupt():
@@ -157,7 +181,7 @@ def test_skip_drops_the_decoded_bytes_already_processed():
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_the_head_is_decoded_from_the_first_bytes_only(compression):
     data = COMPRESS[compression](CONTENT)
-    head, whole = decoding.decode_head(compression, data[:len(data) // 2], 1000)
+    head, whole = decoding.decode_head(compression, data[: len(data) // 2], 1000)
     assert CONTENT.startswith(head) and 0 < len(head) <= 1001 and not whole
     head, whole = decoding.decode_head(compression, COMPRESS[compression](b"{}\n"), 1000)
     assert (head, whole) == (b"{}\n", True)
@@ -166,16 +190,22 @@ def test_the_head_is_decoded_from_the_first_bytes_only(compression):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-@pytest.mark.parametrize(("content", "detail"), [
-    (b"", "empty"), (b"\n\n", "empty"), (b"[1]\n", "not a JSON object"),
-    (b"x" * (2 * MiB) + b"\n", "longer than 1 MiB"), (b"\x00\x01", "NUL"),
-])
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"", "empty"),
+        (b"\n\n", "empty"),
+        (b"[1]\n", "not a JSON object"),
+        (b"x" * (2 * MiB) + b"\n", "longer than 1 MiB"),
+        (b"\x00\x01", "NUL"),
+    ],
+)
 def test_the_inspector_checks_the_decoded_first_line(compression, content, detail):
     inspector = uploads.UploadInspector(GiB, compression)
     with pytest.raises(uploads.NotJsonLines) as refused:
         data = COMPRESS[compression](content)
         for i in range(0, len(data), 65536):
-            inspector.feed(data[i:i + 65536])
+            inspector.feed(data[i : i + 65536])
         inspector.finish()
     assert detail in refused.value.detail
 

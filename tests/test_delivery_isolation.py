@@ -31,19 +31,23 @@ def ch(relay_settings):
     client.close()
 
 
-def test_rows_too_wide_for_one_insert_are_split_and_never_block_the_others(db, ch,
-                                                                          relay_settings):
+def test_rows_too_wide_for_one_insert_are_split_and_never_block_the_others(db, ch, relay_settings):
     """20 events of 20,000 context keys each, in one batch with other tenants' events: the
     insert fails (CANNOT_OPEN_FILE, "Too many open files"), which is the data's fault, not an
     outage: after the refusals allowed, the batch is salvaged, and every event ends in
     event_log or outbox_dead — none is retried forever, none lost."""
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=100)
     with psycopg.connect(settings.database_url) as conn:
-        others = [outbox.publish_event(conn, "test.other", {"i": i}, environment="test")
-                  for i in range(10)]
-        wide = [outbox.publish_event(conn, "test.wide",
-                                   {f"k{n}_{i}": i for i in range(WIDE_KEYS)}, environment="test")
-                for n in range(WIDE_LINES)]
+        others = [
+            outbox.publish_event(conn, "test.other", {"i": i}, environment="test")
+            for i in range(10)
+        ]
+        wide = [
+            outbox.publish_event(
+                conn, "test.wide", {f"k{n}_{i}": i for i in range(WIDE_KEYS)}, environment="test"
+            )
+            for n in range(WIDE_LINES)
+        ]
     refusals = 0
     for _ in range(relay.DEAD_AFTER_ATTEMPTS + 5):
         try:
@@ -73,11 +77,13 @@ def test_errors_are_classified_by_code_against_a_real_server(ch):
     """A refusal of the data (a path named twice) is one, whatever the client's exception
     class; a missing table, a lost connection and an unknown code are outages."""
     duplicate_path = server_error(
-        ch, """INSERT INTO event_log (event_id, event_type, event_date_time, environment,
+        ch,
+        """INSERT INTO event_log (event_id, event_type, event_date_time, environment,
                event_context, metadata_version) FORMAT JSONEachRow
                {"event_id": "00000000-0000-0000-0000-000000000001", "event_type": "e",
                 "event_date_time": 1, "environment": "p",
-                "event_context": {"a.b": 1, "a": {"b": 2}}, "metadata_version": 1}""")
+                "event_context": {"a.b": 1, "a": {"b": 2}}, "metadata_version": 1}""",
+    )
     assert duplicate_path.code == clickhouse_errors.DATA_REFUSALS["INCORRECT_DATA"]
     assert clickhouse_errors.is_data_refusal(duplicate_path)
     retried = OperationalError(str(duplicate_path), code=duplicate_path.code)  # as when retried
@@ -96,5 +102,8 @@ def test_errors_are_classified_by_code_against_a_real_server(ch):
 
 def test_the_two_tables_are_disjoint_and_in_the_docs():
     assert not set(clickhouse_errors.DATA_REFUSALS.values()) & set(
-        clickhouse_errors.OUTAGES.values())
-    assert clickhouse_errors.table_markdown() in (core.ROOT / "docs" / "architecture.md").read_text()
+        clickhouse_errors.OUTAGES.values()
+    )
+    assert (
+        clickhouse_errors.table_markdown() in (core.ROOT / "docs" / "architecture.md").read_text()
+    )

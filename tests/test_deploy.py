@@ -32,17 +32,23 @@ ENV_EXAMPLE = SYSTEMD / "eventhorizon.env.example"
 INSTALL_DIR = "/opt/eventhorizon"  # where the units expect the source tree and its .venv
 APP_SERVICES = {"createbucket", "migrate", "api", "worker", "relay"}
 # The stop timeout each unit gives its process, and the grace period the process honours.
-STOP_GRACE_MAX_S = next(f.metadata["maximum"] for f in dataclasses.fields(config.Settings)
-                        if f.name == "stop_grace_s")  # EH_STOP_GRACE_S at most
-UNIT_GRACE_S = {"eventhorizon-worker@.service": STOP_GRACE_MAX_S + 2,  # gone within 10 s
-                "eventhorizon-relay@.service": STOP_GRACE_MAX_S + 2,
-                "eventhorizon-api.service": 5}  # aiohttp's shutdown_timeout in eventhorizon.main
+STOP_GRACE_MAX_S = next(
+    f.metadata["maximum"] for f in dataclasses.fields(config.Settings) if f.name == "stop_grace_s"
+)  # EH_STOP_GRACE_S at most
+UNIT_GRACE_S = {
+    "eventhorizon-worker@.service": STOP_GRACE_MAX_S + 2,  # gone within 10 s
+    "eventhorizon-relay@.service": STOP_GRACE_MAX_S + 2,
+    "eventhorizon-api.service": 5,
+}  # aiohttp's shutdown_timeout in eventhorizon.main
 
 
 def service_settings() -> set[str]:
     """The variables config.Settings declares for the services (not the tests-only ones)."""
-    return {f.metadata["env"] for f in dataclasses.fields(config.Settings)
-            if not f.metadata["tests_only"]}
+    return {
+        f.metadata["env"]
+        for f in dataclasses.fields(config.Settings)
+        if not f.metadata["tests_only"]
+    }
 
 
 def compose_file() -> dict:
@@ -55,8 +61,10 @@ def compose_file() -> dict:
 def test_the_compose_file_follows_the_compose_specification():
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-              for e in validator.iter_errors(compose_file())]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in validator.iter_errors(compose_file())
+    ]
     assert errors == []
 
 
@@ -145,8 +153,13 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
         units.append(tmp_path / unit.name)
         units[-1].write_text(unit.read_text().replace(INSTALL_DIR, str(install)))
     assert {u.name for u in units} == set(UNIT_GRACE_S)
-    done = subprocess.run([analyze, "verify", *map(str, units)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [analyze, "verify", *map(str, units)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (done.returncode, done.stderr) == (0, "")
 
 
@@ -174,18 +187,26 @@ def test_installing_the_project_installs_its_dependencies_and_no_module():
     assert pyproject["tool"]["setuptools"] == {"py-modules": [], "packages": []}
     assert "." in pyproject["tool"]["pytest"]["ini_options"]["pythonpath"]
     assert "install --no-cache-dir --no-deps ." not in (ROOT / "Dockerfile").read_text()
-    assert "pip install --disable-pip-version-check --quiet '.[dev,embedded]'" in (
-        ROOT / "scripts" / "lib.sh").read_text()  # not -e: nothing to edit in place
+    assert (
+        "pip install --disable-pip-version-check --quiet '.[dev,embedded]'"
+        in (ROOT / "scripts" / "lib.sh").read_text()
+    )  # not -e: nothing to edit in place
 
 
 def test_the_relay_refuses_chdb_without_the_embedded_engine(tmp_path):
     """As in the image: chdb cannot be imported (a None in sys.modules makes it so)."""
-    code = ("import sys; sys.modules['chdb'] = None; sys.argv = ['relay.py']; "
-            "import relay; sys.exit(relay.main())")
-    env = {"CLICKHOUSE_URL": f"chdb://{tmp_path}/clickhouse", "EH_ENVIRONMENT": "development",
-           "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60,
-                          capture_output=True, text=True)
+    code = (
+        "import sys; sys.modules['chdb'] = None; sys.argv = ['relay.py']; "
+        "import relay; sys.exit(relay.main())"
+    )
+    env = {
+        "CLICKHOUSE_URL": f"chdb://{tmp_path}/clickhouse",
+        "EH_ENVIRONMENT": "development",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60, capture_output=True, text=True
+    )
     assert done.returncode == 1
     assert "configuration error: CLICKHOUSE_URL is chdb://, but the embedded engine" in done.stderr
     assert "pip install '.[embedded]'" in done.stderr

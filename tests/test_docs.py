@@ -26,8 +26,11 @@ def anchors(path: Path) -> set[str]:
 
 def relative_links(path: Path) -> list[str]:
     text = CODE_BLOCK.sub("", path.read_text())
-    return [link for link in LINK.findall(text)
-            if not re.match(r"[a-z]+:", link) and not link.startswith("<")]
+    return [
+        link
+        for link in LINK.findall(text)
+        if not re.match(r"[a-z]+:", link) and not link.startswith("<")
+    ]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -35,7 +35,8 @@ from processes import ClickHouseServer, logged_events
 
 
 def test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once(
-        settings, db, start_process, rng):
+    settings, db, start_process, rng
+):
     """A relay runs throughout while a worker is SIGKILLed from outside at a random line, twice,
     each time a new one taking the job over, and a third finishes it. Then, in ClickHouse's
     event_log: every valid line of the file exactly once (count and distinct ids agree), under
@@ -45,55 +46,71 @@ def test_workers_sigkilled_mid_job_leave_every_valid_line_in_clickhouse_once(
     a resumed job re-publishing lines it had published (doubled), or lines never published."""
     total = 3_000
     invalid = set(range(250, total + 1, 500))  # line numbers of lines that are not JSON
-    raw = [b"not json\n" if n in invalid else jsonl(dict(VALID, message=f"line {n}"))
-           for n in range(1, total + 1)]
+    raw = [
+        b"not json\n" if n in invalid else jsonl(dict(VALID, message=f"line {n}"))
+        for n in range(1, total + 1)
+    ]
     job_id = enqueue_job(settings, db, b"".join(raw))
     start_process("relay.py", **RELAY_ENV)
     env = {"EH_BATCH_LINES": "100", "EH_LINE_DELAY_MAX_S": "0.0005", "EH_MAX_ATTEMPTS": "10"}
     for low, high in ((200, 1_200), (1_500, 2_700)):
         at = rng.randint(low, high)
         victim = start_process("worker.py", **env)
-        wait_for(lambda at=at: job_row(db, job_id)["lines_processed"] >= at, timeout=120,
-                 what=f"line {at} processed")
+        wait_for(
+            lambda at=at: job_row(db, job_id)["lines_processed"] >= at,
+            timeout=120,
+            what=f"line {at} processed",
+        )
         victim.kill()
         assert victim.wait(timeout=10) == -signal.SIGKILL
         assert job_row(db, job_id)["status"] == "processing"
     start_process("worker.py", **env)
-    wait_for(lambda: job_row(db, job_id)["status"] == "completed", timeout=120,
-             what="the job completed")
-    wait_for(lambda: outbox_backlog(db) == 0 and db.execute(
-        "SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0, timeout=60,
-        what="the outbox drained")
+    wait_for(
+        lambda: job_row(db, job_id)["status"] == "completed", timeout=120, what="the job completed"
+    )
+    wait_for(
+        lambda: outbox_backlog(db) == 0
+        and db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
+        timeout=60,
+        what="the outbox drained",
+    )
 
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = ch.query(
             "SELECT line_no, toString(event_context.message), event_id FROM event_log "
             "WHERE job_id = {job:UUID} AND event_type NOT LIKE 'job.%'",
-            parameters={"job": str(job_id)}).result_rows
+            parameters={"job": str(job_id)},
+        ).result_rows
         completed = ch.query(
             "SELECT count() FROM event_log WHERE job_id = {job:UUID} "
-            "AND event_type = 'job.completed'", parameters={"job": str(job_id)}).result_rows
+            "AND event_type = 'job.completed'",
+            parameters={"job": str(job_id)},
+        ).result_rows
     valid = [n for n in range(1, total + 1) if n not in invalid]
     line_nos = sorted(row[0] for row in rows)
     assert len(line_nos) == len(set(line_nos)), "a line delivered twice"
     assert line_nos == valid, f"missing {sorted(set(valid) - set(line_nos))[:10]}"
-    wrong = sorted(n for n, message, event_id in rows
-                   if message != f"line {n}" or event_id != outbox.line_event_id(job_id, n))
+    wrong = sorted(
+        n
+        for n, message, event_id in rows
+        if message != f"line {n}" or event_id != outbox.line_event_id(job_id, n)
+    )
     assert not wrong, f"lines with another line's message or event id: {wrong[:10]}"
     assert completed == [(1,)]
 
 
 def test_relay_survives_its_postgres_connections_being_terminated(settings, db, start_process):
-
     published = []
     for _ in range(10):
         published += publish_events(settings.database_url, 500)
-    proc = start_process("relay.py", RELAY_BATCH_MAX_ROWS="100", RELAY_BATCH_MAX_WAIT_S="0",
-                         RELAY_POLL_S="0.5")
+    proc = start_process(
+        "relay.py", RELAY_BATCH_MAX_ROWS="100", RELAY_BATCH_MAX_WAIT_S="0", RELAY_POLL_S="0.5"
+    )
     wait_for(lambda: outbox_backlog(db) <= 4_000, what="the relay under way")
-    killed = db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                        ).fetchone()["n"]
+    killed = db.execute(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchone()["n"]
     assert killed >= 1
     wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
     proc.send_signal(signal.SIGTERM)
@@ -129,7 +146,6 @@ class Producer:
         assert not self.errors, self.errors
 
     def _run(self):
-
         try:
             while not self._stop.is_set():
                 self.published += publish_events(self.database_url, self.batch)
@@ -155,9 +171,12 @@ RELAY_ENV = {"RELAY_BATCH_MAX_ROWS": "50", "RELAY_BATCH_MAX_WAIT_S": "0", "RELAY
 
 # A relay's statements inside the transaction that sends a recorded batch (relay.take_and_deliver):
 # frozen after one of them, it holds a batch that a kill leaves unfinished, to be re-sent.
-SENDING_A_BATCH = ("%SELECT batch_id, ids, token, attempts FROM outbox_batch%WHERE batch_id%",
-                   "%FROM outbox o%WHERE o.id = ANY%", "%DELETE FROM outbox WHERE id = ANY%",
-                   "%DELETE FROM outbox_batch WHERE batch_id%")
+SENDING_A_BATCH = (
+    "%SELECT batch_id, ids, token, attempts FROM outbox_batch%WHERE batch_id%",
+    "%FROM outbox o%WHERE o.id = ANY%",
+    "%DELETE FROM outbox WHERE id = ANY%",
+    "%DELETE FROM outbox_batch WHERE batch_id%",
+)
 
 
 def kill_while_sending_a_batch(db, victim, rng, timeout: float = 60.0) -> None:
@@ -173,7 +192,8 @@ def kill_while_sending_a_batch(db, victim, rng, timeout: float = 60.0) -> None:
                 "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name = %s AND state IN ('active', 'idle in transaction') "
                 "AND query LIKE ANY(%s)",
-                (f"eventhorizon-relay pid {victim.pid}", list(SENDING_A_BATCH))).fetchone()["n"]
+                (f"eventhorizon-relay pid {victim.pid}", list(SENDING_A_BATCH)),
+            ).fetchone()["n"]
         finally:
             victim.send_signal(signal.SIGKILL if sending else signal.SIGCONT)
         if sending:
@@ -183,8 +203,7 @@ def kill_while_sending_a_batch(db, victim, rng, timeout: float = 60.0) -> None:
     raise AssertionError(f"relay pid {victim.pid} was never caught sending a batch")
 
 
-def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, start_process,
-                                                                 rng):
+def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, start_process, rng):
     """Three relay.py processes drain an outbox a producer keeps filling, into the ClickHouse
     server; five times, a random one is SIGKILLed at a random moment while it is sending a
     batch, and a new one started. Each batch a kill left is re-sent (logged `resent`), and
@@ -197,15 +216,19 @@ def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, st
     with Producer(settings.database_url) as producer:
         for _ in range(5):
             victim = relays.pop(rng.randrange(len(relays)))
-            wait_for(lambda victim=victim: logged_events(victim, "relay.batch_sent"),
-                     what="the victim busy")
+            wait_for(
+                lambda victim=victim: logged_events(victim, "relay.batch_sent"),
+                what="the victim busy",
+            )
             time.sleep(rng.uniform(0.0, 0.5))
             kill_while_sending_a_batch(db, victim, rng)
             relays.append(start_process("relay.py", **RELAY_ENV))
             started.append(relays[-1])
     wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
-    wait_for(lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
-             what="no batch left unfinished")
+    wait_for(
+        lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
+        what="no batch left unfinished",
+    )
 
     assert len(producer.published) > 1_000
     assert_delivered_once(settings.clickhouse_url, producer.published)
@@ -216,7 +239,8 @@ def test_three_relays_killed_at_random_deliver_every_event_once(settings, db, st
 
 
 def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
-        settings, db, start_process, rng, tmp_path):
+    settings, db, start_process, rng, tmp_path
+):
     """A relay sends a producer's events to a ClickHouse server of the test's own, which is
     SIGKILLed at a random moment and restarted on its port and directory. The relay backs off
     while it is away, re-sends the batch it had in flight, and every event is in event_log
@@ -230,20 +254,27 @@ def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
         url = server.url("eh")
         proc = start_process("relay.py", CLICKHOUSE_URL=url, **RELAY_ENV)
         with Producer(settings.database_url) as producer:
-            wait_for(lambda: len(logged_events(proc, "relay.batch_sent")) >= 5,
-                     what="the relay under way")
+            wait_for(
+                lambda: len(logged_events(proc, "relay.batch_sent")) >= 5,
+                what="the relay under way",
+            )
             time.sleep(rng.uniform(0.0, 0.5))
             server.stop(signal.SIGKILL)
-            wait_for(lambda: len(logged_events(proc, "relay.clickhouse_unavailable")) >= 3,
-                     what="the relay backing off")
+            wait_for(
+                lambda: len(logged_events(proc, "relay.clickhouse_unavailable")) >= 3,
+                what="the relay backing off",
+            )
             server.start()
-            resent = lambda: [line for line in logged_events(proc, "relay.batch_sent")  # noqa: E731
-                              if line["resent"]]
+            resent = lambda: [  # noqa: E731
+                line for line in logged_events(proc, "relay.batch_sent") if line["resent"]
+            ]
             wait_for(resent, timeout=60, what="the batch in flight re-sent")
         wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
 
         assert_delivered_once(url, producer.published)
-        delays = [line["retry_in_s"] for line in logged_events(proc, "relay.clickhouse_unavailable")]
+        delays = [
+            line["retry_in_s"] for line in logged_events(proc, "relay.clickhouse_unavailable")
+        ]
         assert delays[2] > delays[0]  # backing off
         assert proc.poll() is None  # the same relay throughout
     finally:
@@ -255,7 +286,8 @@ def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
 
 
 async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once_after(
-        settings, db, aiohttp_client, make_token, start_process, tmp_path):
+    settings, db, aiohttp_client, make_token, start_process, tmp_path
+):
     """ClickHouse (a server of the test's own) is down before anything starts. A file is
     uploaded (202) and processed to the end meanwhile, every line stored, the events held in
     the outbox while the relay backs off; then the server comes back and every held event is in
@@ -278,14 +310,21 @@ async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once
         response = await upload(client, content)
         assert response.status == 202, await response.text()
         job_id = (await response.json())["job_id"]
-        await wait_until(lambda: job_row(db, job_id)["status"] == "completed", timeout=60,
-                         what="the job completed while ClickHouse is down")
+        await wait_until(
+            lambda: job_row(db, job_id)["status"] == "completed",
+            timeout=60,
+            what="the job completed while ClickHouse is down",
+        )
         assert_exactly_once(db, job_id, valid=300, invalid=1, content=content)
-        await wait_until(lambda: len(logged_events(relay_proc, "relay.clickhouse_unavailable"))
-                         >= 2, what="the relay backing off")
+        await wait_until(
+            lambda: len(logged_events(relay_proc, "relay.clickhouse_unavailable")) >= 2,
+            what="the relay backing off",
+        )
         line_events = outbox_line_events(db, job_id)  # held as the job's ranges
-        held = [r["event_id"] for r in db.execute(
-            "SELECT event_id FROM outbox WHERE event_id IS NOT NULL")]
+        held = [
+            r["event_id"]
+            for r in db.execute("SELECT event_id FROM outbox WHERE event_id IS NOT NULL")
+        ]
         held += [uuid.UUID(e["event_id"]) for e in line_events]
         lines_held = len(line_events)
         assert lines_held == 300 and not logged_events(relay_proc, "relay.batch_sent")
@@ -300,7 +339,8 @@ async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once
 
 
 def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of_sigterm(
-        settings, db, start_process, tcp_proxy):
+    settings, db, start_process, tcp_proxy
+):
     """The relay reaches ClickHouse through a proxy that, once the relay is delivering, swallows
     every request and never answers (a server hung mid-insert; clickhouse-connect would wait
     minutes). SIGTERM while a batch is stuck so: the relay abandons it when its grace is
@@ -311,15 +351,16 @@ def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of
     ch = urlsplit(settings.clickhouse_url)
     proxy = tcp_proxy((ch.hostname, ch.port))
     via_proxy = urlunsplit(ch._replace(netloc=ch.netloc.replace(f":{ch.port}", f":{proxy.port}")))
-    stuck = start_process("relay.py", CLICKHOUSE_URL=via_proxy, EH_STOP_GRACE_S="3",
-                          **RELAY_ENV)
+    stuck = start_process("relay.py", CLICKHOUSE_URL=via_proxy, EH_STOP_GRACE_S="3", **RELAY_ENV)
     published = publish_events(settings.database_url, 50)
     wait_for(lambda: logged_events(stuck, "relay.batch_sent"), what="the relay delivering")
     proxy.hang()
     published += publish_events(settings.database_url, 50)
-    wait_for(lambda: proxy.swallowed.is_set() and db.execute(
-        "SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 1,
-        what="a batch recorded and its insert stuck")
+    wait_for(
+        lambda: proxy.swallowed.is_set()
+        and db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 1,
+        what="a batch recorded and its insert stuck",
+    )
 
     stuck.send_signal(signal.SIGTERM)
     assert stuck.wait(timeout=60) == 0  # a hang guard: the insert would wait minutes
@@ -329,6 +370,8 @@ def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of
 
     start_process("relay.py", **RELAY_ENV)  # straight to the server
     wait_for(lambda: outbox_backlog(db) == 0, timeout=60, what="the outbox drained")
-    wait_for(lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
-             what="the abandoned batch finished")
+    wait_for(
+        lambda: db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0,
+        what="the abandoned batch finished",
+    )
     assert_delivered_once(settings.clickhouse_url, published)

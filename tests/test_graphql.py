@@ -52,33 +52,49 @@ PROTOCOL = graphql_api.PROTOCOL
 
 def as_rest(job: dict) -> dict:
     """A GraphQL Job in the REST job's shape, to compare the two field by field."""
-    return {"job_id": job["id"], "file_name": job["fileName"], "size_bytes": job["sizeBytes"],
-            "status": job["status"].lower(), "lines_total": job["linesTotal"],
-            "lines_processed": job["linesProcessed"], "lines_valid": job["linesValid"],
-            "lines_invalid": job["linesInvalid"], "progress": job["progress"],
-            "created_at": job["createdAt"], "started_at": job["startedAt"],
-            "completed_at": job["completedAt"], "error": job["error"], "format": job["format"],
-            "formats": {f["name"]: f["lines"] for f in job["formats"]},
-            "compression": job["compression"], "delivery": job["delivery"]}
+    return {
+        "job_id": job["id"],
+        "file_name": job["fileName"],
+        "size_bytes": job["sizeBytes"],
+        "status": job["status"].lower(),
+        "lines_total": job["linesTotal"],
+        "lines_processed": job["linesProcessed"],
+        "lines_valid": job["linesValid"],
+        "lines_invalid": job["linesInvalid"],
+        "progress": job["progress"],
+        "created_at": job["createdAt"],
+        "started_at": job["startedAt"],
+        "completed_at": job["completedAt"],
+        "error": job["error"],
+        "format": job["format"],
+        "formats": {f["name"]: f["lines"] for f in job["formats"]},
+        "compression": job["compression"],
+        "delivery": job["delivery"],
+    }
 
 
 # --------------------------------------------------------------------------- queries
 
 
 async def test_every_field_is_the_rest_answer(client, start_process):
-    content = jsonl(VALID, VALID) + b"{broken\n" + jsonl({**VALID, "level": "loud"}, VALID) \
-        + b"nope\n"
+    content = (
+        jsonl(VALID, VALID) + b"{broken\n" + jsonl({**VALID, "level": "loud"}, VALID) + b"nope\n"
+    )
     job = await (await upload(client, content)).json()
     start_process("worker.py")
     rest = await completed_job(client, job["job_id"])
 
-    body = await gql(client, f"""query Job($id: ID!) {{
+    body = await gql(
+        client,
+        f"""query Job($id: ID!) {{
         job(id: $id) {{ {JOB_FIELDS}
           first: errors(first: 2) {{ items {{ lineNo reason }} nextAfterLine }}
           rest: errors(first: 2, afterLine: 4) {{ items {{ lineNo reason }} nextAfterLine }} }}
         jobs(limit: 5) {{ {JOB_FIELDS} }}
         completed: jobs(status: COMPLETED) {{ id }}
-        queued: jobs(status: QUEUED) {{ id }} }}""", {"id": job["job_id"]})
+        queued: jobs(status: QUEUED) {{ id }} }}""",
+        {"id": job["job_id"]},
+    )
     assert "errors" not in body, body
     data = body["data"]
     assert as_rest(data["job"]) == rest
@@ -88,12 +104,16 @@ async def test_every_field_is_the_rest_answer(client, start_process):
     assert data["completed"] == [{"id": job["job_id"]}] and data["queued"] == []
 
     page = await (await client.get(f"/api/v1/jobs/{job['job_id']}/errors?limit=2")).json()
-    assert [{"line_no": e["lineNo"], "reason": e["reason"]}
-            for e in data["job"]["first"]["items"]] == page["errors"]
+    assert [
+        {"line_no": e["lineNo"], "reason": e["reason"]} for e in data["job"]["first"]["items"]
+    ] == page["errors"]
     assert page["next"].endswith(f"after_line={data['job']['first']['nextAfterLine']}")
     page2 = await (await client.get(page["next"])).json()
-    assert [e["lineNo"] for e in data["job"]["rest"]["items"]] == [
-        e["line_no"] for e in page2["errors"]] == [6]
+    assert (
+        [e["lineNo"] for e in data["job"]["rest"]["items"]]
+        == [e["line_no"] for e in page2["errors"]]
+        == [6]
+    )
     assert data["job"]["rest"]["nextAfterLine"] is None and page2["next"] is None
 
 
@@ -110,13 +130,23 @@ async def test_variables_operation_name_and_introspection(client):
     wrong = await gql(client, JOB_QUERY, {"id": ["not", "an", "id"]})
     assert "data" not in wrong and wrong["errors"]
 
-    types = await gql(client, "{ __schema { queryType { name } subscriptionType { name } } "
-                              "__type(name: \"JobStatus\") { enumValues { name } } }")
-    assert types["data"]["__schema"] == {"queryType": {"name": "Query"},
-                                         "subscriptionType": {"name": "Subscription"}}
+    types = await gql(
+        client,
+        "{ __schema { queryType { name } subscriptionType { name } } "
+        '__type(name: "JobStatus") { enumValues { name } } }',
+    )
+    assert types["data"]["__schema"] == {
+        "queryType": {"name": "Query"},
+        "subscriptionType": {"name": "Subscription"},
+    }
     assert [v["name"] for v in types["data"]["__type"]["enumValues"]] == [
-        "QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
+        "QUEUED",
+        "PROCESSING",
+        "COMPLETED",
+        "FAILED",
+    ]
     from graphql import get_introspection_query
+
     full = await gql(client, get_introspection_query())
     assert "errors" not in full and full["data"]["__schema"]["types"]
 
@@ -131,18 +161,24 @@ async def test_errors_follow_the_graphql_spec(client):
     assert syntax["errors"][0]["locations"]
     invalid = await gql(client, "{ jobs { id nope } }")
     assert list(invalid) == ["errors"] and "'nope'" in invalid["errors"][0]["message"]
-    over_post = await gql(client, "subscription { job(id: \"x\") { id } }")
+    over_post = await gql(client, 'subscription { job(id: "x") { id } }')
     assert "WebSocket" in over_post["errors"][0]["message"]
 
-    for body, status in [(b"not json", 400), (b'{"query": 7}', 400), (b"[]", 400),
-                         (b'{"query": "{ jobs { id } }", "variables": [1]}', 400),
-                         (json.dumps({"query": "x" * 70_000}).encode(), 413)]:
-        response = await client.post("/graphql", data=body,
-                                     headers={"Content-Type": "application/json"})
+    for body, status in [
+        (b"not json", 400),
+        (b'{"query": 7}', 400),
+        (b"[]", 400),
+        (b'{"query": "{ jobs { id } }", "variables": [1]}', 400),
+        (json.dumps({"query": "x" * 70_000}).encode(), 413),
+    ]:
+        response = await client.post(
+            "/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
         assert response.status == status, await response.text()
         assert response.content_type == "application/problem+json"
-    response = await client.post("/graphql", data=b"{ jobs { id } }",
-                                 headers={"Content-Type": "application/graphql"})
+    response = await client.post(
+        "/graphql", data=b"{ jobs { id } }", headers={"Content-Type": "application/graphql"}
+    )
     assert response.status == 415
     plain = await client.get("/graphql")
     assert plain.status == 400 and plain.content_type == "application/problem+json"
@@ -151,25 +187,40 @@ async def test_errors_follow_the_graphql_spec(client):
 async def test_without_a_working_token_graphql_is_401(settings, aiohttp_client):
     client = await aiohttp_client(eventhorizon.init_app(settings))
     for headers in ({}, bearer("eh_1_" + "A" * 43)):
-        response = await client.post("/graphql", json={"query": "{ jobs { id } }"},
-                                     headers=headers)
+        response = await client.post("/graphql", json={"query": "{ jobs { id } }"}, headers=headers)
         assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
     assert (await client.get("/graphql/schema.graphql")).status == 200  # the contract is public
 
 
-@pytest.mark.parametrize(("query", "words"), [
-    ("{ jobs { " + "errors { items { lineNo } } " * 1 + "id } " + " ".join(
-        f"a{i}: jobs {{ id }}" for i in range(31)) + " }", "31 aliases, more than 30"),
-    ("{ " + " ".join(f"jobs {{ {' '.join(['id'] * 10)} }}" for _ in range(40)) + " }",
-     "more than 300 fields"),
-    ("{ __schema { types { " + "fields { type { " * 7 + "name" + " } }" * 7 + " } } }",
-     "17 deep, more than 15"),
-    ("fragment A on Job { id ...B ...B ...B } fragment B on Job { id ...C ...C ...C } "
-     "fragment C on Job { id ...D ...D ...D } fragment D on Job { id ...E ...E ...E } "
-     "fragment E on Job { id fileName status } { jobs { ...A } }", "more than 300 fields"),
-    ("{ jobs { id } }" + " " * 20_000, "longer than 16384 characters"),
-    ("{ jobs { " + "id " * 2100 + "} }", "more than 2000 tokens"),
-])
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        (
+            "{ jobs { "
+            + "errors { items { lineNo } } " * 1
+            + "id } "
+            + " ".join(f"a{i}: jobs {{ id }}" for i in range(31))
+            + " }",
+            "31 aliases, more than 30",
+        ),
+        (
+            "{ " + " ".join(f"jobs {{ {' '.join(['id'] * 10)} }}" for _ in range(40)) + " }",
+            "more than 300 fields",
+        ),
+        (
+            "{ __schema { types { " + "fields { type { " * 7 + "name" + " } }" * 7 + " } } }",
+            "17 deep, more than 15",
+        ),
+        (
+            "fragment A on Job { id ...B ...B ...B } fragment B on Job { id ...C ...C ...C } "
+            "fragment C on Job { id ...D ...D ...D } fragment D on Job { id ...E ...E ...E } "
+            "fragment E on Job { id fileName status } { jobs { ...A } }",
+            "more than 300 fields",
+        ),
+        ("{ jobs { id } }" + " " * 20_000, "longer than 16384 characters"),
+        ("{ jobs { " + "id " * 2100 + "} }", "more than 2000 tokens"),
+    ],
+)
 async def test_a_hostile_query_is_refused_cheaply(client, query, words):
     body = await gql(client, query)
     assert "data" not in body, body
@@ -178,17 +229,24 @@ async def test_a_hostile_query_is_refused_cheaply(client, query, words):
 
 async def test_argument_bounds_and_the_invalid_line_budget(client):
     job = await (await upload(client, jsonl(VALID))).json()
-    for query, words in [("{ jobs(limit: 0) { id } }", "limit must be an integer from 1 to 100"),
-                         ("{ jobs(limit: 101) { id } }", "from 1 to 100"),
-                         (f'{{ job(id: "{job["job_id"]}") {{ errors(first: 1001) {{ nextAfterLine }} }} }}',
-                          "first must be an integer from 1 to 1000"),
-                         (f'{{ job(id: "{job["job_id"]}") {{ errors(afterLine: -1) {{ nextAfterLine }} }} }}',
-                          "afterLine must be")]:
+    for query, words in [
+        ("{ jobs(limit: 0) { id } }", "limit must be an integer from 1 to 100"),
+        ("{ jobs(limit: 101) { id } }", "from 1 to 100"),
+        (
+            f'{{ job(id: "{job["job_id"]}") {{ errors(first: 1001) {{ nextAfterLine }} }} }}',
+            "first must be an integer from 1 to 1000",
+        ),
+        (
+            f'{{ job(id: "{job["job_id"]}") {{ errors(afterLine: -1) {{ nextAfterLine }} }} }}',
+            "afterLine must be",
+        ),
+    ]:
         body = await gql(client, query)
         assert words in body["errors"][0]["message"], body
         assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT"}
-    aliases = " ".join(f'e{i}: errors(first: 1000, afterLine: {i}) {{ nextAfterLine }}'
-                       for i in range(11))
+    aliases = " ".join(
+        f"e{i}: errors(first: 1000, afterLine: {i}) {{ nextAfterLine }}" for i in range(11)
+    )
     body = await gql(client, f'{{ job(id: "{job["job_id"]}") {{ {aliases} }} }}')
     assert "more than 10000 invalid lines" in body["errors"][0]["message"]
 
@@ -221,8 +279,11 @@ async def test_another_owners_job_is_null_and_stats_are_for_admins(two_owners):
     assert forbidden["data"] == {"stats": None}
     assert forbidden["errors"][0]["extensions"] == {"code": "FORBIDDEN"}
     assert forbidden["errors"][0]["path"] == ["stats"]
-    stats = await gql(root, "{ stats { jobs { queued processing completed failed } "
-                            "outbox { backlog oldestAgeS dead } } }")
+    stats = await gql(
+        root,
+        "{ stats { jobs { queued processing completed failed } "
+        "outbox { backlog oldestAgeS dead } } }",
+    )
     rest = await (await root.get("/api/v1/stats")).json()
     assert stats["data"]["stats"]["jobs"] == rest["jobs"]
     assert stats["data"]["stats"]["outbox"]["backlog"] == rest["outbox"]["backlog"]
@@ -231,6 +292,7 @@ async def test_another_owners_job_is_null_and_stats_are_for_admins(two_owners):
 async def test_a_database_error_is_not_shown(client, monkeypatch):
     async def broken(*args, **kwargs):
         raise RuntimeError("secret internals at 10.1.2.3")
+
     monkeypatch.setattr(jobs, "read_jobs", broken)
     body = await gql(client, "{ jobs { id } }")
     assert body["errors"][0]["message"] == "an unexpected error occurred"
@@ -245,14 +307,19 @@ async def connect(client, payload: dict | None = None, **kwargs):
     session = getattr(client, "session", client)  # a TestClient, or a plain ClientSession
     token = session.headers.get("Authorization", "")
     ws = await client.ws_connect("/graphql", protocols=(PROTOCOL,), **kwargs)
-    await ws.send_json({"type": "connection_init",
-                        "payload": payload if payload is not None else {"Authorization": token}})
+    await ws.send_json(
+        {
+            "type": "connection_init",
+            "payload": payload if payload is not None else {"Authorization": token},
+        }
+    )
     return ws
 
 
 async def subscribe(ws, job_id: str, op_id: str = "1", query: str = SUBSCRIBE_JOB) -> None:
-    await ws.send_json({"id": op_id, "type": "subscribe",
-                        "payload": {"query": query, "variables": {"id": job_id}}})
+    await ws.send_json(
+        {"id": op_id, "type": "subscribe", "payload": {"query": query, "variables": {"id": job_id}}}
+    )
 
 
 async def messages_until_complete(ws, op_id: str = "1", timeout: float = 60) -> list[dict]:
@@ -266,11 +333,13 @@ async def messages_until_complete(ws, op_id: str = "1", timeout: float = 60) -> 
                     return received
 
 
-async def test_a_subscription_follows_a_job_to_completed_with_a_real_worker(client,
-                                                                            start_process, db):
+async def test_a_subscription_follows_a_job_to_completed_with_a_real_worker(
+    client, start_process, db
+):
     lines = [dict(VALID, message=f"line {i}") for i in range(1, 201)]
-    job = await (await upload(client, jsonl(*lines[:50]) + b"{broken\n" + jsonl(*lines[50:])
-                              )).json()
+    job = await (
+        await upload(client, jsonl(*lines[:50]) + b"{broken\n" + jsonl(*lines[50:]))
+    ).json()
     ws = await connect(client)
     assert await ws.receive_json(timeout=10) == {"type": "connection_ack"}
     await subscribe(ws, job["job_id"])
@@ -288,12 +357,17 @@ async def test_a_subscription_follows_a_job_to_completed_with_a_real_worker(clie
 
     await ws.send_json({"type": "ping"})  # the connection is still open, for more
     assert await ws.receive_json(timeout=10) == {"type": "pong"}
-    await ws.send_json({"id": "q", "type": "subscribe",
-                        "payload": {"query": "{ jobs { id status } }"}})
+    await ws.send_json(
+        {"id": "q", "type": "subscribe", "payload": {"query": "{ jobs { id status } }"}}
+    )
     assert await messages_until_complete(ws, "q") == [
-        {"id": "q", "type": "next", "payload": {"data": {"jobs": [
-            {"id": job["job_id"], "status": "COMPLETED"}]}}},
-        {"id": "q", "type": "complete"}]
+        {
+            "id": "q",
+            "type": "next",
+            "payload": {"data": {"jobs": [{"id": job["job_id"], "status": "COMPLETED"}]}},
+        },
+        {"id": "q", "type": "complete"},
+    ]
     assert not client.server.app[api_state.WATCHERS].watching
     await ws.close()
 
@@ -308,9 +382,16 @@ async def test_a_subscription_gets_every_committed_state_from_the_fan_out(client
     started, ten, twenty, thirty = batches(job_row(db, job["job_id"]), [0, 10, 20, 30])
     notify(db, [started, ten, started, twenty, ten, thirty, dict(thirty, status="completed")])
     received = await messages_until_complete(ws)
-    assert [(m["payload"]["data"]["job"]["status"], m["payload"]["data"]["job"]["linesProcessed"])
-            for m in received[:-1]] == [("PROCESSING", 0), ("PROCESSING", 10),
-                                        ("PROCESSING", 20), ("PROCESSING", 30), ("COMPLETED", 30)]
+    assert [
+        (m["payload"]["data"]["job"]["status"], m["payload"]["data"]["job"]["linesProcessed"])
+        for m in received[:-1]
+    ] == [
+        ("PROCESSING", 0),
+        ("PROCESSING", 10),
+        ("PROCESSING", 20),
+        ("PROCESSING", 30),
+        ("COMPLETED", 30),
+    ]
 
 
 async def test_a_subscription_to_another_owners_or_a_deleted_job_is_null(two_owners, db):
@@ -321,7 +402,8 @@ async def test_a_subscription_to_another_owners_or_a_deleted_job_is_null(two_own
     await subscribe(ws, job["job_id"])
     assert await messages_until_complete(ws) == [
         {"id": "1", "type": "next", "payload": {"data": {"job": None}}},
-        {"id": "1", "type": "complete"}]
+        {"id": "1", "type": "complete"},
+    ]
 
     await listener_listening(db)
     mine = await connect(alice)
@@ -331,7 +413,8 @@ async def test_a_subscription_to_another_owners_or_a_deleted_job_is_null(two_own
     assert (await alice.delete(f"/api/v1/jobs/{job['job_id']}")).status == 204
     assert await messages_until_complete(mine) == [
         {"id": "1", "type": "next", "payload": {"data": {"job": None}}},
-        {"id": "1", "type": "complete"}]
+        {"id": "1", "type": "complete"},
+    ]
     await ws.close()
     await mine.close()
 
@@ -350,8 +433,9 @@ async def test_the_protocol_refuses_what_it_should(client, monkeypatch):
     assert await upgrade_header.receive_json(timeout=10) == {"type": "connection_ack"}
     await upgrade_header.close()
 
-    ws = await client.session.ws_connect(client.make_url("/graphql"), protocols=(PROTOCOL,),
-                                         headers={"Authorization": ""})
+    ws = await client.session.ws_connect(
+        client.make_url("/graphql"), protocols=(PROTOCOL,), headers={"Authorization": ""}
+    )
     await subscribe(ws, job["job_id"])
     assert await close_code(ws) == 4401  # subscribe before connection_ack
 
@@ -383,8 +467,11 @@ async def test_the_protocol_refuses_what_it_should(client, monkeypatch):
     assert await close_code(ws) == 4408
 
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await client.session.ws_connect(client.make_url("/graphql"), protocols=(PROTOCOL,),
-                                        headers={"Origin": "https://evil.example"})
+        await client.session.ws_connect(
+            client.make_url("/graphql"),
+            protocols=(PROTOCOL,),
+            headers={"Origin": "https://evil.example"},
+        )
     assert refused.value.status == 403
 
 
@@ -406,8 +493,9 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
         await alice.ws_connect(f"/ws/jobs/{job_id}")  # now the GraphQL socket holds it
     assert refused.value.status == 429
 
-    async with aiohttp.ClientSession(base_url=alice.server.make_url("/"),
-                                     headers=bearer(make_token("bob"))) as bob:
+    async with aiohttp.ClientSession(
+        base_url=alice.server.make_url("/"), headers=bearer(make_token("bob"))
+    ) as bob:
         bobs = await connect(bob)
         assert await bobs.receive_json(timeout=10) == {"type": "connection_ack"}
         assert limits.open == 2
@@ -421,8 +509,11 @@ async def test_a_graphql_socket_over_the_limits_is_refused(settings, aiohttp_cli
 def masked_frame(text: str) -> bytes:
     """A client's text frame (clients must mask theirs)."""
     payload, mask = text.encode(), os.urandom(4)
-    head = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else \
-        bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    head = (
+        bytes([0x81, 0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    )
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -430,14 +521,25 @@ async def subscribe_and_stop_reading(host: str, port: int, token: str, job_id) -
     """A graphql-transport-ws client with a tiny receive buffer that reads the ack and the
     first `next`, and nothing more."""
     loop = asyncio.get_running_loop()
-    sock = await upgrade_with_a_tiny_buffer(host, port, "/graphql",
-                                            f"Sec-WebSocket-Protocol: {PROTOCOL}")
-    await loop.sock_sendall(sock, masked_frame(json.dumps(
-        {"type": "connection_init", "payload": {"token": token}})))
+    sock = await upgrade_with_a_tiny_buffer(
+        host, port, "/graphql", f"Sec-WebSocket-Protocol: {PROTOCOL}"
+    )
+    await loop.sock_sendall(
+        sock, masked_frame(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+    )
     assert json.loads(await read_frame(sock)) == {"type": "connection_ack"}
-    await loop.sock_sendall(sock, masked_frame(json.dumps(
-        {"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIBE_JOB,
-                                                     "variables": {"id": str(job_id)}}})))
+    await loop.sock_sendall(
+        sock,
+        masked_frame(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": SUBSCRIBE_JOB, "variables": {"id": str(job_id)}},
+                }
+            )
+        ),
+    )
     first = json.loads(await read_frame(sock))
     assert first["payload"]["data"]["job"]["status"] == "QUEUED"
     return sock
@@ -450,8 +552,9 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
     other_job = await (await upload(client, jsonl(VALID))).json()
     slow_id = uuid.UUID(slow_job["job_id"])
     await listener_listening(db)
-    slow = await subscribe_and_stop_reading(client.host, client.port,
-                                            client.session.headers["Authorization"][7:], slow_id)
+    slow = await subscribe_and_stop_reading(
+        client.host, client.port, client.session.headers["Authorization"][7:], slow_id
+    )
     try:
         other = await connect(client)
         await other.receive_json(timeout=10)
@@ -466,13 +569,16 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
                 assert rounds <= 200, "the slow subscriber was never dropped"
                 with db.transaction():
                     other_state = advance_checkpoint(db, other_job["job_id"], rounds)
-                    notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
-                                other_state])
+                    notify(
+                        db,
+                        [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)), other_state],
+                    )
                 message = await other.receive_json(timeout=30)
                 assert message["payload"]["data"]["job"]["linesProcessed"] == rounds
             assert (await asyncio.wait_for(client.get("/healthz"), 10)).status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
-            (str(slow_id), 1013)]
+            (str(slow_id), 1013)
+        ]
         assert not client.server.app[api_state.WATCHERS].watching.get(slow_id)
         frames = await read_until_the_connection_ends(slow, timeout=120)
         assert close_code_of(frames) in (1013, None)  # None: reset, close frame unread
@@ -482,8 +588,9 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
     await other.close()
 
 
-async def test_graphql_sockets_are_closed_1001_when_the_server_stops(settings, start_process,
-                                                                     make_token):
+async def test_graphql_sockets_are_closed_1001_when_the_server_stops(
+    settings, start_process, make_token
+):
     base, api = await asyncio.to_thread(serve_api, start_process)
     async with aiohttp.ClientSession(base_url=base, headers=bearer(make_token())) as session:
         job = await (await upload(session, jsonl(VALID))).json()

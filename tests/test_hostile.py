@@ -71,8 +71,10 @@ class LiveApi:
     async def holds_over_budget(self) -> int:
         """How many callbacks so far held the loop for more than HOLD_BUDGET_S of CPU."""
         samples = await self.metrics()
-        return int(samples["eventhorizon_event_loop_hold_seconds_count"] - samples[
-            f'eventhorizon_event_loop_hold_seconds_bucket{{le="{HOLD_BUDGET_S}"}}'])
+        return int(
+            samples["eventhorizon_event_loop_hold_seconds_count"]
+            - samples[f'eventhorizon_event_loop_hold_seconds_bucket{{le="{HOLD_BUDGET_S}"}}']
+        )
 
     async def bystander_is_served(self) -> None:
         """Another owner's read, answered in full."""
@@ -84,8 +86,11 @@ class LiveApi:
 @pytest.fixture
 async def api(settings, start_process, make_token):
     url, proc = await asyncio.to_thread(
-        serve_api, start_process, EH_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
-        EH_AUTH_FAILURES_PER_MINUTE=str(AUTH_FAILURES_PER_MINUTE))
+        serve_api,
+        start_process,
+        EH_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
+        EH_AUTH_FAILURES_PER_MINUTE=str(AUTH_FAILURES_PER_MINUTE),
+    )
     live = LiveApi(url, proc, make_token("mallory"), make_token("bystander"))
     await live.bystander_is_served()
     return live
@@ -107,20 +112,27 @@ class LoopBudget:
             return False
         await self.api.bystander_is_served()
         held = await self.api.holds_over_budget() - self.before
-        warnings = [line for line in self.api.proc.log_path.read_text().splitlines()
-                    if '"loop.held"' in line]
-        assert held == 0, (f"{held} callbacks held the API's event loop for more than "
-                           f"{HOLD_BUDGET_S} s of CPU: {warnings[-5:]}")
+        warnings = [
+            line
+            for line in self.api.proc.log_path.read_text().splitlines()
+            if '"loop.held"' in line
+        ]
+        assert held == 0, (
+            f"{held} callbacks held the API's event loop for more than "
+            f"{HOLD_BUDGET_S} s of CPU: {warnings[-5:]}"
+        )
         return False
 
 
 async def post_json(api: LiveApi, path: str, body, token: str | None = None):
     headers = bearer(token or api.attacker)
     async with aiohttp.ClientSession(headers=headers) as session:
-        async with session.post(f"{api.url}{path}", data=json.dumps(body, separators=(",", ":")),
-                                headers={"Content-Type": "application/json"}) as response:
-            return response.status, response.headers.copy(), await response.json(
-                content_type=None)
+        async with session.post(
+            f"{api.url}{path}",
+            data=json.dumps(body, separators=(",", ":")),
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            return response.status, response.headers.copy(), await response.json(content_type=None)
 
 
 async def raw_exchange(port: int, data: bytes, *, read_until_closed: bool = True) -> bytes:
@@ -140,16 +152,18 @@ def parse_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     while raw:
         head, _, rest = raw.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in lines[1:])}
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
         length = int(headers.get("content-length", 0))
         found.append((int(lines[0].split()[1]), headers, rest[:length]))
         raw = rest[length:]
     return found
 
 
-def assert_guarded_problem(status: int, headers: dict[str, str], body: bytes,
-                           expected: int) -> dict:
+def assert_guarded_problem(
+    status: int, headers: dict[str, str], body: bytes, expected: int
+) -> dict:
     assert status == expected, body
     assert headers["content-type"].startswith("application/problem+json"), headers
     for name, value in http_server.SECURITY_HEADERS.items():
@@ -163,7 +177,8 @@ def assert_guarded_problem(status: int, headers: dict[str, str], body: bytes,
 
 
 async def test_a_format_definition_of_thousands_of_mixed_paths_is_refused_without_holding_the_loop(
-        api):
+    api,
+):
     """Issue 21 §1: the schema's uniqueItems compared 9,000 mixed-type entries pairwise on the
     loop (tens of seconds). Now the definition's shape is bounded first."""
     paths = [i if i % 2 else str(i) for i in range(9000)]
@@ -178,14 +193,21 @@ async def test_definitions_are_checked_off_the_loop_many_at_once(api):
     """Twenty definitions at the bounds at once: each checked on a CPU thread, none on the
     loop; those the threads cannot take now are 503 with Retry-After, never queued without
     bound."""
-    definition = {"name": "wide", "fields": {
-        name: [f"p{i}.{name}" for i in range(8)] for name in
-        ("timestamp", "level", "message", "service", "event_type", "environment")},
-        "levels": {str(i): "info" for i in range(64)}}
+    definition = {
+        "name": "wide",
+        "fields": {
+            name: [f"p{i}.{name}" for i in range(8)]
+            for name in ("timestamp", "level", "message", "service", "event_type", "environment")
+        },
+        "levels": {str(i): "info" for i in range(64)},
+    }
     async with LoopBudget(api):
-        answers = await asyncio.gather(*(post_json(api, "/api/v1/formats",
-                                                   {**definition, "name": f"wide{i}"})
-                                         for i in range(20)))
+        answers = await asyncio.gather(
+            *(
+                post_json(api, "/api/v1/formats", {**definition, "name": f"wide{i}"})
+                for i in range(20)
+            )
+        )
     for status, headers, body in answers:
         assert status in (201, 503), body
         if status == 503:
@@ -199,16 +221,20 @@ async def test_definitions_are_checked_off_the_loop_many_at_once(api):
 def unused_fragment(fields: int) -> str:
     """A small query and a fragment nobody uses, of `fields` sub-selections that validation
     compares pairwise (they share a response name)."""
-    return ("query Q { jobs(limit: 1) { id } } fragment F on Query { "
-            + " ".join("jobs { id }" for _ in range(fields)) + " }")
+    return (
+        "query Q { jobs(limit: 1) { id } } fragment F on Query { "
+        + " ".join("jobs { id }" for _ in range(fields))
+        + " }"
+    )
 
 
 async def graphql_socket_answer(api: LiveApi, query: str) -> dict:
     """The first message a graphql-transport-ws socket answers a `subscribe` with."""
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{api.url}/graphql", protocols=(PROTOCOL,)) as ws:
-            await ws.send_json({"type": "connection_init",
-                                "payload": {"Authorization": f"Bearer {api.attacker}"}})
+            await ws.send_json(
+                {"type": "connection_init", "payload": {"Authorization": f"Bearer {api.attacker}"}}
+            )
             assert (await ws.receive_json(timeout=30))["type"] == "connection_ack"
             await ws.send_json({"id": "1", "type": "subscribe", "payload": {"query": query}})
             return await ws.receive_json(timeout=60)
@@ -216,7 +242,8 @@ async def graphql_socket_answer(api: LiveApi, query: str) -> dict:
 
 @pytest.mark.parametrize("over", ["http", "socket"])
 async def test_a_graphql_document_with_a_large_unused_fragment_is_refused_without_holding_the_loop(
-        api, over):
+    api, over
+):
     """Issue 21 §2: the field limit counted what the operation used, while validation walked
     every definition, comparing fields pairwise (about 1 s for this one)."""
     query = unused_fragment(450)
@@ -259,7 +286,7 @@ async def test_a_request_head_sent_slowly_is_cut_off_with_408(api, after_a_reque
     reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
     if after_a_request:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert (await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), 30))
+        assert await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), 30)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     sent = 0
     answer = b""
@@ -293,12 +320,14 @@ async def test_five_hundred_half_sent_requests_are_not_held(api):
     for _reader, writer in connections:
         writer.write(b"GET /api/v1/jo")
     await api.bystander_is_served()
-    answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), 120)
-                                     for reader, _writer in connections))
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(reader.read(), 120) for reader, _writer in connections)
+    )
     for _reader, writer in connections:
         writer.close()
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), {
-        answer[:40] for answer in answers}
+        answer[:40] for answer in answers
+    }
 
 
 # --------------------------------------------------------------------------- 8. wrong tokens
@@ -314,8 +343,9 @@ async def test_a_client_sending_wrong_tokens_is_limited_and_others_are_not(api):
     statuses = []
     async with aiohttp.ClientSession(connector=connector) as session:
         for i in range(AUTH_FAILURES_PER_MINUTE + 20):
-            async with session.get(f"{api.url}/api/v1/jobs",
-                                   headers=bearer(f"eh_1_{'A' * 42}{i % 10}")) as response:
+            async with session.get(
+                f"{api.url}/api/v1/jobs", headers=bearer(f"eh_1_{'A' * 42}{i % 10}")
+            ) as response:
                 statuses.append(response.status)
                 if response.status == 429:
                     problem = await response.json(content_type="application/problem+json")
@@ -346,8 +376,9 @@ async def test_wrong_tokens_on_graphql_sockets_are_limited_too(api):
     async with aiohttp.ClientSession(connector=connector) as session:
         for i in range(AUTH_FAILURES_PER_MINUTE):
             async with session.ws_connect(f"{api.url}/graphql", protocols=(PROTOCOL,)) as ws:
-                await ws.send_json({"type": "connection_init",
-                                    "payload": {"token": f"eh_1_{'B' * 42}{i % 10}"}})
+                await ws.send_json(
+                    {"type": "connection_init", "payload": {"token": f"eh_1_{'B' * 42}{i % 10}"}}
+                )
                 message = await ws.receive(timeout=30)
                 assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4403
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -377,25 +408,39 @@ def test_the_failed_authentication_table_is_bounded():
 # --------------------------------------------------------------------------- 9. small things
 
 
-@pytest.mark.parametrize(("char", "named"), [
-    ("\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"),
-    ("\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"),
-    ("\u200f", "U+200F RIGHT-TO-LEFT MARK"),
-    ("\u0085", "U+0085"),
-    ("\x1b", "U+001B"),
-])
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [
+        ("\u202e", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+        ("\u200f", "U+200F RIGHT-TO-LEFT MARK"),
+        ("\u0085", "U+0085"),
+        ("\x1b", "U+001B"),
+    ],
+)
 async def test_a_file_name_with_control_or_bidirectional_characters_is_refused(api, char, named):
     """Issue 21 §9: `evil\u202egpj.jsonl` was stored as given (and shown reversed)."""
     name = f"evil{char}lmnosj.jsonl"
     # As browsers send a name (its UTF-8 bytes), or as RFC 5987's filename* (percent-encoded),
     # which is how a C0 control can get through a header at all.
-    disposition = (f'filename="{name}"'.encode() if ord(char) > 0x7F
-                   else f"filename*=UTF-8''{urllib.parse.quote(name)}".encode())
-    body = (b'--b\r\nContent-Disposition: form-data; name="file"; ' + disposition
-            + b'\r\nContent-Type: application/x-ndjson\r\n\r\n' + jsonl(VALID) + b"\r\n--b--\r\n")
+    disposition = (
+        f'filename="{name}"'.encode()
+        if ord(char) > 0x7F
+        else f"filename*=UTF-8''{urllib.parse.quote(name)}".encode()
+    )
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; '
+        + disposition
+        + b"\r\nContent-Type: application/x-ndjson\r\n\r\n"
+        + jsonl(VALID)
+        + b"\r\n--b--\r\n"
+    )
     async with aiohttp.ClientSession(headers=bearer(api.attacker)) as session:
-        async with session.post(f"{api.url}/api/v1/files/upload", data=body, headers={
-                "Content-Type": "multipart/form-data; boundary=b"}) as response:
+        async with session.post(
+            f"{api.url}/api/v1/files/upload",
+            data=body,
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ) as response:
             assert response.status == 422, await response.text()
             problem = await response.json(content_type="application/problem+json")
     assert named in problem["detail"]
@@ -428,8 +473,10 @@ async def test_parser_refusals_are_problem_json_with_the_security_headers(api):
     [(status, headers, body)] = parse_responses(await raw_exchange(api.port, long_line))
     assert_guarded_problem(status, headers, body, 400)
     assert b"AAAA" not in body
-    pipelined = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                 b"GET /\x01<script>secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    pipelined = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        b"GET /\x01<script>secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
     # aiohttp parses what arrived in one read at once: the good request before the bad one
     # is answered only if it came in a read of its own; either way the refusal is ours.
     *answered, refusal = parse_responses(await raw_exchange(api.port, pipelined))
@@ -449,25 +496,35 @@ async def test_the_first_rounds_attacks_hold_the_loop_no_longer(api):
     tiny fields before the file, a gzip bomb, and a 16 MiB upload of valid lines (checked
     chunk by chunk as it streams)."""
     multipart = {"Content-Type": "multipart/form-data; boundary=b"}
-    flood = b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i
-                     for i in range(50_000))
+    flood = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(50_000)
+    )
     bomb = gzip.compress(b"\n" * (64 * 1024 * 1024))
     line = jsonl(VALID)
     big = line * (16 * 1024 * 1024 // len(line))
 
     def upload(content: bytes) -> bytes:
-        return (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
-                b"Content-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n--b--\r\n")
+        return (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+            b"Content-Type: application/x-ndjson\r\n\r\n" + content + b"\r\n--b--\r\n"
+        )
 
     async with LoopBudget(api), aiohttp.ClientSession(headers=bearer(api.attacker)) as session:
-        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(flood + upload(line)),
-                                headers=multipart) as response:
+        async with session.post(
+            f"{api.url}/api/v1/files/upload",
+            data=io.BytesIO(flood + upload(line)),
+            headers=multipart,
+        ) as response:
             assert response.status == 400
-        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(upload(bomb)), headers={
-                **multipart, "Content-Encoding": "gzip"}) as response:
+        async with session.post(
+            f"{api.url}/api/v1/files/upload",
+            data=io.BytesIO(upload(bomb)),
+            headers={**multipart, "Content-Encoding": "gzip"},
+        ) as response:
             assert response.status == 415
-        async with session.post(f"{api.url}/api/v1/files/upload", data=io.BytesIO(upload(big)),
-                                headers=multipart) as response:
+        async with session.post(
+            f"{api.url}/api/v1/files/upload", data=io.BytesIO(upload(big)), headers=multipart
+        ) as response:
             assert response.status == 202, await response.text()
 
 

@@ -13,8 +13,13 @@ import core
 import lines
 import outbox
 
-VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
-         "event_type": "order.created", "message": "order created"}
+VALID = {
+    "timestamp": "2026-11-23T10:00:00+01:00",
+    "level": "info",
+    "service": "checkout",
+    "event_type": "order.created",
+    "message": "order created",
+}
 
 
 # --------------------------------------------------------------------------- reading lines
@@ -89,49 +94,78 @@ def test_parse_line_normalises_a_valid_entry():
 BAD_LINES = [
     (b"{oops", "invalid JSON"),
     (b"[1, 2]", "is not of type 'object'"),
-    (json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
-     "'service' is a required property"),
+    (
+        json.dumps({k: v for k, v in VALID.items() if k != "service"}).encode(),
+        "'service' is a required property",
+    ),
     (json.dumps({**VALID, "level": "loud"}).encode(), "$.level"),
     (json.dumps({**VALID, "service": ""}).encode(), "$.service"),
     (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00"}).encode(), "$.timestamp"),
-    (json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
-     "$.timestamp: not a valid date-time"),
-    (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-     b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}', "NaN, Infinity"),
+    (
+        json.dumps({**VALID, "timestamp": "2026-13-23T10:00:00Z"}).encode(),
+        "$.timestamp: not a valid date-time",
+    ),
+    (
+        b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+        b'"event_type": "e", "message": "m", "context": {"ratio": NaN}}',
+        "NaN, Infinity",
+    ),
     (json.dumps({**VALID, "context": {"big": 1e999}}).encode(), "NaN, Infinity"),
     (json.dumps({**VALID, "took": float("inf")}).encode(), "NaN, Infinity"),
     (json.dumps({**VALID, "message": "a\x00b"}).encode(), "NUL character"),
     (json.dumps({**VALID, "context": {"k\x00": 1}}).encode(), "NUL character"),
     (json.dumps({**VALID, "service": "s\ud800"}).encode(), "unpaired surrogate"),
     (json.dumps({**VALID, "context": {"v": ["\udfff"]}}).encode(), "unpaired surrogate"),
-    (json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
-     "two keys name the path 'a.b'"),
-    (json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
-     "two keys name the path 'a.b.c'"),
-    (json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
-     "two keys name the path 'p.q'"),
-    (json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
-     "two keys name the path 'p.q'"),
-    (b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-     b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
-     "two keys name the path 'a.b'"),
-    (json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
-     "two keys name the path 'extra.foo'"),
-    (json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
-     "two keys name the path 'user.名'"),  # json.dumps writes the key as "user.\\u540d"
-    (json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
-     "two keys name the path 'a.b.c'"),
-    (json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
-     "invalid JSON: Exceeds the limit"),
+    (
+        json.dumps({**VALID, "context": {"a.b": 1, "a": {"b": 2}}}).encode(),
+        "two keys name the path 'a.b'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"a": {"b.c": 1, "b": {"c": 2}}}}).encode(),
+        "two keys name the path 'a.b.c'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"x": [{"p.q": 1, "p": {"q": 2}}]}}).encode(),
+        "two keys name the path 'p.q'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"x": [[{"p.q": 1, "p": {"q": 2}}]]}}).encode(),
+        "two keys name the path 'p.q'",
+    ),
+    (
+        b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+        b'"event_type": "e", "message": "m", "context": {"a\\u002eb": 1, "a": {"b": 2}}}',
+        "two keys name the path 'a.b'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"extra.foo": 1}, "foo": 2}).encode(),
+        "two keys name the path 'extra.foo'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"user.名": 1, "user": {"名": 2}}}).encode(),
+        "two keys name the path 'user.名'",
+    ),  # json.dumps writes the key as "user.\\u540d"
+    (
+        json.dumps({**VALID, "context": {"a.b": {"c": 1}, "a": {"b": {"c": 2}}}}).encode(),
+        "two keys name the path 'a.b.c'",
+    ),
+    (
+        json.dumps({**VALID, "context": {"n": "HERE"}}).encode().replace(b'"HERE"', b"1" * 5000),
+        "invalid JSON: Exceeds the limit",
+    ),
     (json.dumps({**VALID, "level": "INFO\n"}).encode(), "$.level"),
     (json.dumps({**VALID, "timestamp": "2026-11-23T10:00:00Z\n"}).encode(), "$.timestamp"),
-    (json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
-     "is outside the range event_log holds"),
-    (json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
-     "is outside the range event_log holds"),
+    (
+        json.dumps({**VALID, "timestamp": "1969-12-31T23:59:59Z"}).encode(),
+        "is outside the range event_log holds",
+    ),
+    (
+        json.dumps({**VALID, "timestamp": "2106-02-07T08:28:16+02:00"}).encode(),
+        "is outside the range event_log holds",
+    ),
     (json.dumps({**VALID, "context": [1]}).encode(), "$.context"),
     (b'{"message": "caf\xe9"}', "not valid UTF-8"),
-    ]
+]
 
 
 @pytest.mark.parametrize(("line", "reason"), BAD_LINES)
@@ -141,27 +175,46 @@ def test_parse_line_explains_invalid_lines(line, reason):
     assert reason in str(info.value)
 
 
-@pytest.mark.parametrize("context", [
-    {"a.b": 1}, {"a": 1, "a.b": 2}, {"a.b": {}, "a": {"b": 1}}, {"a.b": 1, "c": {"a": {"b": 2}}},
-    {"a.b": None, "a": {"b": 2}}, {"a.b": {"c": 1}, "a": {"b": {"d": 2}}},
-])
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"a.b": 1},
+        {"a": 1, "a.b": 2},
+        {"a.b": {}, "a": {"b": 1}},
+        {"a.b": 1, "c": {"a": {"b": 2}}},
+        {"a.b": None, "a": {"b": 2}},
+        {"a.b": {"c": 1}, "a": {"b": {"d": 2}}},
+    ],
+)
 def test_parse_line_takes_dotted_keys_that_name_distinct_paths(context):
     line = json.dumps({**VALID, "context": context}).encode()
     assert lines.parse_line(line, lines.log_entry_validator())["context"] == context
 
 
-@pytest.mark.parametrize("text", [
-    '"emoji \\ud83d\\ude00"',  # a surrogate pair: one character
-    '"a backslash, then u0000: \\\\u0000"',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"emoji \\ud83d\\ude00"',  # a surrogate pair: one character
+        '"a backslash, then u0000: \\\\u0000"',
+    ],
+)
 def test_parse_line_takes_escapes_that_are_storable(text):
-    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-            f'"event_type": "e", "message": {text}}}').encode()
+    line = (
+        '{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+        f'"event_type": "e", "message": {text}}}'
+    ).encode()
     assert lines.parse_line(line, lines.log_entry_validator())["message"] == json.loads(text)
 
 
-@pytest.mark.parametrize("timestamp", ["1970-01-01T01:00:00+01:00", "2106-02-07T06:28:15Z",
-                                       "2026-11-23t10:00:00z", "2026-11-23 10:00:00.123456-05:30"])
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "1970-01-01T01:00:00+01:00",
+        "2106-02-07T06:28:15Z",
+        "2026-11-23t10:00:00z",
+        "2026-11-23 10:00:00.123456-05:30",
+    ],
+)
 def test_parse_line_takes_timestamps_up_to_the_edges_of_event_log(timestamp):
     line = json.dumps({**VALID, "timestamp": timestamp}).encode()
     assert lines.parse_line(line, lines.log_entry_validator())["timestamp"].tzinfo is not None
@@ -172,19 +225,24 @@ def test_a_line_near_the_size_limit_is_checked_in_linear_time(filler):
     """The checks that look for dotted keys and odd escapes scan each byte a bounded number
     of times: a quadratic scan of this line would take many minutes."""
     text = filler * (900_000 // len(filler))
-    line = ('{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-            f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}').encode()
+    line = (
+        '{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+        f'"event_type": "e", "message": "{text}", "context": {{"{text}": 1}}}}'
+    ).encode()
     started = time.process_time()  # this process's CPU, which other processes do not inflate
     lines.parse_line(line, lines.log_entry_validator())
     assert time.process_time() - started < 5
 
 
-@pytest.mark.parametrize("context", [
-    # A long key over many leaves: full path strings would cost key length × leaves.
-    {"a.b": 1, "k" * 50_000: {f"k{i}": 1 for i in range(70_000)}},
-    # Many strings deep down, and an escaped emoji to make the worker look at every string.
-    {"s": "\U0001F600", "deep": "HERE"},
-])
+@pytest.mark.parametrize(
+    "context",
+    [
+        # A long key over many leaves: full path strings would cost key length × leaves.
+        {"a.b": 1, "k" * 50_000: {f"k{i}": 1 for i in range(70_000)}},
+        # Many strings deep down, and an escaped emoji to make the worker look at every string.
+        {"s": "\U0001f600", "deep": "HERE"},
+    ],
+)
 def test_the_context_checks_are_linear_in_the_line(context):
     line = json.dumps({**VALID, "context": context}).encode()
     line = line.replace(b'"HERE"', b"[" * 900 + b'"a", ' * 200_000 + b'"z"' + b"]" * 900)
@@ -197,14 +255,17 @@ def keys(count: int, prefix: str = "k") -> dict:
     return {f"{prefix}{i}": i for i in range(count)}
 
 
-@pytest.mark.parametrize(("context", "paths"), [
-    (keys(1000), 1000),
-    ({"a": keys(600), "b": {"c": keys(400)}}, 1000),  # nested keys count, objects do not
-    ({"list": [keys(500), [keys(499)]]}, 1000),  # the array is a path, its objects' keys too
-    ({"a": keys(1000), "z": None}, 1001),  # a null too: it is a key the line sends
-    ({"x": keys(20_000)}, 20_000),
-    ({"empty": {}, **keys(1001, "n")}, 1001),
-])
+@pytest.mark.parametrize(
+    ("context", "paths"),
+    [
+        (keys(1000), 1000),
+        ({"a": keys(600), "b": {"c": keys(400)}}, 1000),  # nested keys count, objects do not
+        ({"list": [keys(500), [keys(499)]]}, 1000),  # the array is a path, its objects' keys too
+        ({"a": keys(1000), "z": None}, 1001),  # a null too: it is a key the line sends
+        ({"x": keys(20_000)}, 20_000),
+        ({"empty": {}, **keys(1001, "n")}, 1001),
+    ],
+)
 def test_a_context_with_more_paths_than_the_limit_is_an_invalid_line(context, paths):
     """EH_MAX_CONTEXT_PATHS (1,000 by default): ClickHouse's JSON type keeps files per path,
     and 31 lines of 20,000 made an insert fail for everyone's events (issue 21)."""
@@ -214,8 +275,10 @@ def test_a_context_with_more_paths_than_the_limit_is_an_invalid_line(context, pa
     else:
         with pytest.raises(lines.InvalidLine, match="more than 1000 paths.*EH_MAX_CONTEXT_PATHS"):
             lines.parse_line(line, lines.log_entry_validator())
-    assert lines.parse_line(line, lines.log_entry_validator(),
-                            max_context_paths=paths)["context"] == context
+    assert (
+        lines.parse_line(line, lines.log_entry_validator(), max_context_paths=paths)["context"]
+        == context
+    )
     with pytest.raises(lines.InvalidLine, match=f"more than {paths - 1} paths"):
         lines.parse_line(line, lines.log_entry_validator(), max_context_paths=paths - 1)
 
@@ -234,8 +297,11 @@ def test_counting_context_paths_stops_at_the_limit():
 def test_unknown_fields_never_overwrite_the_lines_own_context():
     line = {**VALID, "context": {"extra": 1, "_extra": {"keep": "me"}}, "request_id": "r1"}
     entry = lines.parse_line(json.dumps(line).encode(), lines.log_entry_validator())
-    assert entry["context"] == {"extra": 1, "_extra": {"keep": "me"},
-                                "__extra": {"request_id": "r1"}}
+    assert entry["context"] == {
+        "extra": 1,
+        "_extra": {"keep": "me"},
+        "__extra": {"request_id": "r1"},
+    }
 
 
 def test_line_event_ids_are_uuid5_of_job_and_line():
@@ -244,12 +310,16 @@ def test_line_event_ids_are_uuid5_of_job_and_line():
     for line_no in (1, 42, 10**9):
         assert uuid.UUID(ids(line_no)) == uuid.uuid5(job_id, str(line_no))
 
+
 def test_pattern_errors_are_explained_in_words():
     with pytest.raises(lines.InvalidLine) as info:
-        lines.parse_line(json.dumps({**VALID, "level": "verbose"}).encode(),
-                          lines.log_entry_validator())
-    assert str(info.value) == ("$.level: 'verbose' is not valid: debug, info, warning, error or "
-                               "critical, in any letter case.")
+        lines.parse_line(
+            json.dumps({**VALID, "level": "verbose"}).encode(), lines.log_entry_validator()
+        )
+    assert str(info.value) == (
+        "$.level: 'verbose' is not valid: debug, info, warning, error or "
+        "critical, in any letter case."
+    )
 
 
 # --------------------------------------------------------------------------- the two validators
@@ -257,13 +327,51 @@ def test_pattern_errors_are_explained_in_words():
 # Values that sit on the schema's edges: lengths, letter case, Unicode, the time pattern's
 # corners, and every JSON type in place of a string.
 EDGES = [
-    "", "x", "s" * 128, "s" * 129, "é" * 128, "😀" * 64, "😀" * 65, "a\nb", " info", "info ",
-    "INFO", "Info", "İnfo", "ınfo", "warn", "WARNING", "debug", "critical", "Error", "fatal",
-    "2026-11-23T10:00:00Z", "2026-11-23t10:00:00z", "2026-11-23 10:00:00+01:00",
-    "2026-11-23T10:00:00.123456789Z", "2026-11-23T10:00:00Z\n", "2026-11-23T10:00:00",
-    "2026-11-23T10:00:00+0100", "2026-13-45T99:99:99Z", "٢٠٢٦-١١-٢٣T10:00:00Z",
-    "2026-11-23T10:00:00.Z", "12026-11-23T10:00:00Z", "2026-11-23T10:00:00+01:00:00",
-    0, 1, -1, 10**40, 1.5, float("nan"), True, False, None, [], ["info"], {}, {"a": 1},
+    "",
+    "x",
+    "s" * 128,
+    "s" * 129,
+    "é" * 128,
+    "😀" * 64,
+    "😀" * 65,
+    "a\nb",
+    " info",
+    "info ",
+    "INFO",
+    "Info",
+    "İnfo",
+    "ınfo",
+    "warn",
+    "WARNING",
+    "debug",
+    "critical",
+    "Error",
+    "fatal",
+    "2026-11-23T10:00:00Z",
+    "2026-11-23t10:00:00z",
+    "2026-11-23 10:00:00+01:00",
+    "2026-11-23T10:00:00.123456789Z",
+    "2026-11-23T10:00:00Z\n",
+    "2026-11-23T10:00:00",
+    "2026-11-23T10:00:00+0100",
+    "2026-13-45T99:99:99Z",
+    "٢٠٢٦-١١-٢٣T10:00:00Z",
+    "2026-11-23T10:00:00.Z",
+    "12026-11-23T10:00:00Z",
+    "2026-11-23T10:00:00+01:00:00",
+    0,
+    1,
+    -1,
+    10**40,
+    1.5,
+    float("nan"),
+    True,
+    False,
+    None,
+    [],
+    ["info"],
+    {},
+    {"a": 1},
 ]
 FIELDS = ["timestamp", "level", "service", "event_type", "message", "environment", "context"]
 
@@ -287,13 +395,21 @@ def test_both_validators_give_the_same_verdict_on_every_line(rng):
     accepted that the schema refuses (or refused without a reason). Every bad kind the tests
     know, the sample file's lines, and 20,000 seeded generated entries."""
     validator = lines.log_entry_validator()
-    known = [json.loads(line) for line in
-             (core.ROOT / "examples" / "sample.jsonl").read_text().splitlines()
-             if line.strip() and is_json(line)]
-    corpus = [*known, *(json.loads(line) for line, _ in BAD_LINES if is_json(line)),
-              *generated_entries(rng, 20_000)]
-    disagreements = [entry for entry in corpus
-                     if validator.fast.is_valid(entry) != validator.explainer.is_valid(entry)]
+    known = [
+        json.loads(line)
+        for line in (core.ROOT / "examples" / "sample.jsonl").read_text().splitlines()
+        if line.strip() and is_json(line)
+    ]
+    corpus = [
+        *known,
+        *(json.loads(line) for line, _ in BAD_LINES if is_json(line)),
+        *generated_entries(rng, 20_000),
+    ]
+    disagreements = [
+        entry
+        for entry in corpus
+        if validator.fast.is_valid(entry) != validator.explainer.is_valid(entry)
+    ]
     assert not disagreements, disagreements[:5]  # the seed is in the captured output
     verdicts = {validator.fast.is_valid(entry) for entry in corpus}
     assert verdicts == {True, False}  # the corpus has both kinds
@@ -307,10 +423,27 @@ def is_json(line) -> bool:
         return False
 
 
-NUMBER_EDGES = ["0", "-0", "-0.0", "1.0", "1e5", "1E-7", "0.1", "1.7976931348623157e308",
-                "5e-324", "9223372036854775807", "-9223372036854775808", "18446744073709551615",
-                "18446744073709551616", "123456789012345678901234567890", "1e400", "NaN",
-                "-Infinity", "1" * 19, "1" * 25]
+NUMBER_EDGES = [
+    "0",
+    "-0",
+    "-0.0",
+    "1.0",
+    "1e5",
+    "1E-7",
+    "0.1",
+    "1.7976931348623157e308",
+    "5e-324",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "123456789012345678901234567890",
+    "1e400",
+    "NaN",
+    "-Infinity",
+    "1" * 19,
+    "1" * 25,
+]
 
 
 def orjson_corpus(rng) -> list[bytes]:
@@ -318,13 +451,23 @@ def orjson_corpus(rng) -> list[bytes]:
     keys, deep nesting, escapes, and seeded generated entries written both ways."""
     sample = (core.ROOT / "examples" / "sample.jsonl").read_bytes().splitlines()
     numbers = [b'{"context": {"n": %s}}' % n.encode() for n in NUMBER_EDGES]
-    shapes = [b'{"a": 1, "a": 2}', b'{"a": {"b": 1}, "a": 3}', b'"\\u00e9\\ud83d\\ude00"',
-              b'"\\u0000"', b'"\\ud800"', b"[" * 300 + b"]" * 300, b"[" * 1100 + b"]" * 1100,
-              b'\xef\xbb\xbf{"a": 1}', b'{"a": 1}\r', b' {"a" : [1, 2.5, true, null]} ',
-              '{"名": "ü\u2028"}'.encode()]
-    generated = [json.dumps(entry, ensure_ascii=rng.random() < 0.5,
-                            allow_nan=True).encode()
-                 for entry in generated_entries(rng, 5_000)]
+    shapes = [
+        b'{"a": 1, "a": 2}',
+        b'{"a": {"b": 1}, "a": 3}',
+        b'"\\u00e9\\ud83d\\ude00"',
+        b'"\\u0000"',
+        b'"\\ud800"',
+        b"[" * 300 + b"]" * 300,
+        b"[" * 1100 + b"]" * 1100,
+        b'\xef\xbb\xbf{"a": 1}',
+        b'{"a": 1}\r',
+        b' {"a" : [1, 2.5, true, null]} ',
+        '{"名": "ü\u2028"}'.encode(),
+    ]
+    generated = [
+        json.dumps(entry, ensure_ascii=rng.random() < 0.5, allow_nan=True).encode()
+        for entry in generated_entries(rng, 5_000)
+    ]
     return [*sample, *(line for line, _ in BAD_LINES), *numbers, *shapes, *generated]
 
 

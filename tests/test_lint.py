@@ -13,8 +13,9 @@ TESTS = ROOT / "tests"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_ruff_check_passes():
@@ -38,10 +39,18 @@ def test_no_test_module_imports_another_or_conftest():
     wrong = []
     for name, tree in parsed_test_files().items():
         for node in ast.walk(tree):
-            imported = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            wrong += [f"{name}:{node.lineno} imports {module}" for module in imported
-                      if module == "conftest" or module.startswith("test_")]
+            imported = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [
+                f"{name}:{node.lineno} imports {module}"
+                for module in imported
+                if module == "conftest" or module.startswith("test_")
+            ]
     assert not wrong
 
 
@@ -50,13 +59,17 @@ def test_no_helper_is_defined_again_in_a_test_module():
     every module but conftest and the test_* ones) is imported from there, not written again,
     and no two helper modules have the same one."""
     modules = parsed_test_files()
-    helper_modules = [name for name in modules
-                      if name != "conftest.py" and not name.startswith("test_")]
+    helper_modules = [
+        name for name in modules if name != "conftest.py" and not name.startswith("test_")
+    ]
     assert "helpers.py" in helper_modules
 
     def defined(tree: ast.Module) -> list[str]:
-        return [node.name for node in tree.body
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+        return [
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ]
 
     shared: dict[str, str] = {}
     again = []
@@ -65,6 +78,10 @@ def test_no_helper_is_defined_again_in_a_test_module():
             if helper in shared:
                 again.append(f"{name}: {helper} (also in {shared[helper]})")
             shared.setdefault(helper, name)
-    again += [f"{name}: {helper}" for name, tree in modules.items() for helper in defined(tree)
-              if helper in shared]
+    again += [
+        f"{name}: {helper}"
+        for name, tree in modules.items()
+        for helper in defined(tree)
+        if helper in shared
+    ]
     assert not again

@@ -58,13 +58,17 @@ async def test_websocket_sends_every_committed_state_once_in_order(client, db):
 
     queued = job_row(db, job["job_id"])
     committed = batches(queued, [0, *range(7, 100, 7), 100])
-    final = db.execute("UPDATE jobs SET status = 'completed', started_at = created_at, "
-                       "completed_at = now(), lines_processed = 100, lines_valid = 100 "
-                       "WHERE job_id = %s RETURNING *", (job["job_id"],)
-                       ).fetchone()  # what any re-read would find
+    final = db.execute(
+        "UPDATE jobs SET status = 'completed', started_at = created_at, "
+        "completed_at = now(), lines_processed = 100, lines_valid = 100 "
+        "WHERE job_id = %s RETURNING *",
+        (job["job_id"],),
+    ).fetchone()  # what any re-read would find
     notify(db, [*committed, final])
 
-    assert await received_until_closed(ws) == [jobs.job_json(jobs.Job(**s)) for s in [*committed, final]]
+    assert await received_until_closed(ws) == [
+        jobs.job_json(jobs.Job(**s)) for s in [*committed, final]
+    ]
     assert ws.close_code == 1000
 
 
@@ -74,21 +78,30 @@ async def test_a_state_repeated_or_older_than_one_sent_is_not_sent(client, db):
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     assert (await ws.receive_json(timeout=30))["status"] == "queued"
     started, ten, twenty, thirty = batches(job_row(db, job["job_id"]), [0, 10, 20, 30])
-    notify(db, [started, ten, started, twenty, ten, twenty, thirty, dict(thirty, status="completed")])
+    notify(
+        db, [started, ten, started, twenty, ten, twenty, thirty, dict(thirty, status="completed")]
+    )
     states = await received_until_closed(ws)
     assert ranks(states) == [(1, 0), (1, 10), (1, 20), (1, 30), (2, 30)]
 
 
 def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
-    row = dataclasses.replace(job_row_for_tests(), status="failed",
-                              error="no storage: " + "x" * 9000)
+    row = dataclasses.replace(
+        job_row_for_tests(), status="failed", error="no storage: " + "x" * 9000
+    )
     payload = jobs.job_notification(row)
-    assert json.loads(payload) == {"job_id": str(row.job_id), "status": "failed",
-                                   "lines_processed": 0}
-    db.execute(core.QUERIES["notify"], {"channel": jobs.CHANNEL,
-                                        "payload": payload})  # Postgres takes it
+    assert json.loads(payload) == {
+        "job_id": str(row.job_id),
+        "status": "failed",
+        "lines_processed": 0,
+    }
+    db.execute(
+        core.QUERIES["notify"], {"channel": jobs.CHANNEL, "payload": payload}
+    )  # Postgres takes it
 
-    long_name = dataclasses.replace(row, error=None, file_name="📜" * 250 + ".jsonl")  # 12 bytes a character
+    long_name = dataclasses.replace(
+        row, error=None, file_name="📜" * 250 + ".jsonl"
+    )  # 12 bytes a character
     assert json.loads(jobs.job_notification(long_name)) == jobs.job_json(long_name)
     for state in (row, long_name):
         assert len(jobs.job_notification(state).encode()) <= jobs.NOTIFY_PAYLOAD_MAX_BYTES
@@ -97,11 +110,26 @@ def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
 def job_row_for_tests() -> jobs.Job:
     """A job row as the worker's RETURNING * gives it."""
     now = dt.datetime.now(dt.timezone.utc)
-    return jobs.Job(job_id=uuid.uuid4(), file_name="app.jsonl", size_bytes=10, bucket="b",
-                    object_key="k", status="queued", lines_total=1, lines_processed=0,
-                    bytes_processed=0, lines_valid=0, lines_invalid=0, attempts=0, error=None,
-                    created_at=now, started_at=None, completed_at=None, updated_at=now,
-                    owner="tester")
+    return jobs.Job(
+        job_id=uuid.uuid4(),
+        file_name="app.jsonl",
+        size_bytes=10,
+        bucket="b",
+        object_key="k",
+        status="queued",
+        lines_total=1,
+        lines_processed=0,
+        bytes_processed=0,
+        lines_valid=0,
+        lines_invalid=0,
+        attempts=0,
+        error=None,
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        updated_at=now,
+        owner="tester",
+    )
 
 
 async def test_a_state_too_long_to_notify_is_read_from_the_database(client, db):
@@ -110,8 +138,11 @@ async def test_a_state_too_long_to_notify_is_read_from_the_database(client, db):
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     assert (await ws.receive_json(timeout=30))["status"] == "queued"
     error = "the uploaded file is missing from storage: " + "x" * 9000
-    failed = db.execute("UPDATE jobs SET status = 'failed', completed_at = now(), error = %s "
-                        "WHERE job_id = %s RETURNING *", (error, job["job_id"])).fetchone()
+    failed = db.execute(
+        "UPDATE jobs SET status = 'failed', completed_at = now(), error = %s "
+        "WHERE job_id = %s RETURNING *",
+        (error, job["job_id"]),
+    ).fetchone()
     notify(db, [failed])  # ids only: the listener reads the row
     assert await received_until_closed(ws) == [jobs.job_json(jobs.Job(**failed))]
     assert ws.close_code == 1000
@@ -130,8 +161,11 @@ async def test_an_api_far_behind_its_worker_loses_no_committed_state(client, sta
     ws = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     states = [await ws.receive_json(timeout=30)]
     start_process("worker.py", EH_BATCH_LINES="40")
-    wait_for(lambda: job_row(db, job["job_id"])["status"] == "completed", timeout=120,
-             what="the job completed, the API's loop held")  # blocks the loop on purpose
+    wait_for(
+        lambda: job_row(db, job["job_id"])["status"] == "completed",
+        timeout=120,
+        what="the job completed, the API's loop held",
+    )  # blocks the loop on purpose
     states += await received_until_closed(ws, timeout=120)
 
     assert ws.close_code == 1000
@@ -143,8 +177,9 @@ async def test_an_api_far_behind_its_worker_loses_no_committed_state(client, sta
     assert len(marks) == 9 and set(marks) <= set(lines_processed), (marks, lines_processed)
 
 
-async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
-                                            token: str) -> socket.socket:
+async def open_a_websocket_that_never_reads(
+    host: str, port: int, path: str, token: str
+) -> socket.socket:
     """A WebSocket client with a tiny receive buffer that reads the handshake's answer and the
     first message (so it is subscribed) and nothing more: what the server sends it from then
     on backs up into the server."""
@@ -154,8 +189,9 @@ async def open_a_websocket_that_never_reads(host: str, port: int, path: str,
     return sock
 
 
-async def test_websockets_are_closed_1001_when_the_server_stops(settings, start_process,
-                                                               make_token):
+async def test_websockets_are_closed_1001_when_the_server_stops(
+    settings, start_process, make_token
+):
     base, api = await asyncio.to_thread(serve_api, start_process)
     async with aiohttp.ClientSession(headers=bearer(make_token())) as session:
         form = aiohttp.FormData()
@@ -177,8 +213,9 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
     other_job = await (await upload(client, jsonl(VALID))).json()
     slow_id = uuid.UUID(slow_job["job_id"])
     await listener_listening(db)
-    slow = await open_a_websocket_that_never_reads(client.host, client.port, f"/ws/jobs/{slow_id}",
-                                                   client.session.headers["Authorization"][7:])
+    slow = await open_a_websocket_that_never_reads(
+        client.host, client.port, f"/ws/jobs/{slow_id}", client.session.headers["Authorization"][7:]
+    )
     try:
         other = await client.ws_connect(f"/ws/jobs/{other_job['job_id']}")
         assert (await other.receive_json(timeout=30))["status"] == "queued"
@@ -191,14 +228,19 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
                 assert rounds <= 200, "the slow client was never dropped"
                 with db.transaction():
                     other_state = advance_checkpoint(db, other_job["job_id"], rounds)
-                    notify(db, [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)),
-                                other_state])
+                    notify(
+                        db,
+                        [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)), other_state],
+                    )
                 # handled after the slow job's 500 of this transaction, without waiting on them
-                assert await other.receive_json(timeout=30) == jobs.job_json(jobs.Job(**other_state))
+                assert await other.receive_json(timeout=30) == jobs.job_json(
+                    jobs.Job(**other_state)
+                )
             health = await asyncio.wait_for(client.get("/healthz"), 10)
             assert health.status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
-            (str(slow_id), 1013)]
+            (str(slow_id), 1013)
+        ]
         assert not client.server.app[api_state.WATCHERS].watching.get(slow_id)
 
         frames = await read_until_the_connection_ends(slow, timeout=120)
@@ -215,13 +257,14 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
     assert other.close_code == 1000
 
 
-async def test_websockets_are_capped_per_owner_and_per_process(settings, aiohttp_client,
-                                                               make_token):
+async def test_websockets_are_capped_per_owner_and_per_process(
+    settings, aiohttp_client, make_token
+):
     capped = dataclasses.replace(settings, max_websockets=3, max_websockets_per_owner=2)
-    alice = await aiohttp_client(eventhorizon.init_app(capped),
-                                 headers=bearer(make_token("alice")))
-    bob = aiohttp.ClientSession(base_url=alice.server.make_url("/"),
-                                headers=bearer(make_token("bob")))
+    alice = await aiohttp_client(eventhorizon.init_app(capped), headers=bearer(make_token("alice")))
+    bob = aiohttp.ClientSession(
+        base_url=alice.server.make_url("/"), headers=bearer(make_token("bob"))
+    )
     try:
         job_id = (await (await upload(alice, jsonl(VALID))).json())["job_id"]
         bob_job = (await (await upload(bob, jsonl(VALID))).json())["job_id"]
@@ -240,6 +283,7 @@ async def test_websockets_are_capped_per_owner_and_per_process(settings, aiohttp
                 return await alice.ws_connect(f"/ws/jobs/{job_id}")
             except aiohttp.WSServerHandshakeError:
                 return None
+
         held.append(await wait_until(a_place_again, what="a closed WebSocket's place back"))
         assert (await alice.get("/healthz")).status == 200
         for ws in held:

@@ -9,8 +9,12 @@ import jobs
 
 
 def test_migrations_create_the_tables(db):
-    tables = {r["table_name"] for r in db.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    tables = {
+        r["table_name"]
+        for r in db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+    }
     assert {"jobs", "log_entries", "line_errors", "outbox", "outbox_dead"} <= tables
 
 
@@ -39,7 +43,8 @@ def test_every_named_query_parses(db):
             continue
         # PREPARE checks syntax and names without running anything.
         stmt = psycopg.sql.SQL("PREPARE {} AS {}").format(
-            psycopg.sql.Identifier(f"q_{name}"), psycopg.sql.SQL(_positional(sql)))
+            psycopg.sql.Identifier(f"q_{name}"), psycopg.sql.SQL(_positional(sql))
+        )
         db.execute(stmt)
 
 
@@ -59,8 +64,12 @@ def _positional(sql):
 def test_the_job_type_has_the_columns_of_jobs(db):
     """jobs.Job is what `SELECT *` on jobs becomes (class_row): a column added by a migration
     must be added to the type too, or every job query fails."""
-    columns = [r["column_name"] for r in db.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
-        "ORDER BY ordinal_position")]
+    columns = [
+        r["column_name"]
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+            "ORDER BY ordinal_position"
+        )
+    ]
     fields = [f.name for f in dataclasses.fields(jobs.Job) if f.name != "first_start"]
     assert columns == fields

@@ -37,24 +37,41 @@ from processes import serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 EXAMPLES_PER_OPERATION = 100
 FUZZ_SHARDS = 4  # run side by side (pytest-xdist): the whole fuzz was the suite's longest test
 
-VALID = {"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "checkout",
-         "event_type": "order.created", "message": "order created"}
+VALID = {
+    "timestamp": "2026-11-23T10:00:00Z",
+    "level": "info",
+    "service": "checkout",
+    "event_type": "order.created",
+    "message": "order created",
+}
 
 
 def documented_routes() -> set[tuple[str, str]]:
-    return {(method.upper(), path) for path, item in DOCUMENT["paths"].items()
-            for method in item if method in METHODS}
+    return {
+        (method.upper(), path)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in METHODS
+    }
 
 
 def registered_routes(app) -> set[tuple[str, str]]:
     """(method, path) of every route but the static files and the HEADs aiohttp adds to GETs."""
-    return {(route.method, route.resource.canonical) for route in app.router.routes()
-            if route.method != "HEAD" and not route.resource.canonical.startswith("/static")}
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and not route.resource.canonical.startswith("/static")
+    }
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -62,8 +79,10 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
     resource = referencing.Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
     registry = referencing.Registry().with_resource("urn:eventhorizon:openapi", resource)
     return jsonschema.Draft202012Validator(
-        {"$ref": f"urn:eventhorizon:openapi#/components/schemas/{name}"}, registry=registry,
-        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        {"$ref": f"urn:eventhorizon:openapi#/components/schemas/{name}"},
+        registry=registry,
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+    )
 
 
 # --------------------------------------------------------------------------- the document
@@ -101,8 +120,9 @@ async def test_documented_shapes_match_real_jobs(settings, aiohttp_client, make_
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
     form = aiohttp.FormData()
     content = json.dumps(VALID).encode() + b"\nnot json\n"
-    form.add_field("file", io.BytesIO(content), filename="app.jsonl",
-                   content_type="application/x-ndjson")
+    form.add_field(
+        "file", io.BytesIO(content), filename="app.jsonl", content_type="application/x-ndjson"
+    )
     response = await client.post("/api/v1/files/upload", data=form)
     assert response.status == 202, await response.text()
     job = await response.json()
@@ -123,15 +143,21 @@ async def test_documented_shapes_match_real_jobs(settings, aiohttp_client, make_
     validator("LineErrorPage").validate(errors)
 
 
-@pytest.mark.parametrize("body", [
-    b'--b\r\nContent-Disposition: form-data; name="\x0c\xc2\xba"\r\n\r\n{}\r\n--b--\r\n',
-    b"--x\r\nnot a multipart body",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--b\r\nContent-Disposition: form-data; name="\x0c\xc2\xba"\r\n\r\n{}\r\n--b--\r\n',
+        b"--x\r\nnot a multipart body",
+    ],
+)
 async def test_malformed_multipart_is_400(settings, aiohttp_client, make_token, body):
     # Found by the fuzzer: aiohttp's multipart parser raised and the API answered 500.
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
-    response = await client.post("/api/v1/files/upload", data=body,
-                                 headers={"Content-Type": "multipart/form-data; boundary=b"})
+    response = await client.post(
+        "/api/v1/files/upload",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
     assert response.status == 400, await response.text()
     assert response.content_type == "application/problem+json"
 
@@ -140,18 +166,38 @@ def test_job_schema_matches_every_state():
     """jobs.job_json in each status, timestamps set or null as they are in the database."""
     now = dt.datetime.now(dt.UTC)
     job_row = jobs.Job(
-        job_id=uuid.UUID("081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4"), file_name="a.jsonl",
-        size_bytes=10, bucket="b", object_key="k", status="failed", lines_total=3,
-        lines_processed=1, bytes_processed=5, lines_valid=1, lines_invalid=0, attempts=1,
-        error="the stored file went missing", created_at=now, started_at=None,
-        completed_at=None, updated_at=now, owner="tester")
+        job_id=uuid.UUID("081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4"),
+        file_name="a.jsonl",
+        size_bytes=10,
+        bucket="b",
+        object_key="k",
+        status="failed",
+        lines_total=3,
+        lines_processed=1,
+        bytes_processed=5,
+        lines_valid=1,
+        lines_invalid=0,
+        attempts=1,
+        error="the stored file went missing",
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        updated_at=now,
+        owner="tester",
+    )
     for status in ("queued", "processing", "completed", "failed"):
         row = dataclasses.replace(
-            job_row, status=status, started_at=now if status != "queued" else None,
-            completed_at=now if status in jobs.TERMINAL_STATUSES else None)
+            job_row,
+            status=status,
+            started_at=now if status != "queued" else None,
+            completed_at=now if status in jobs.TERMINAL_STATUSES else None,
+        )
         validator("Job").validate(jobs.job_json(row))
-    lines_error = {"job_id": str(job_row.job_id), "errors": [{"line_no": 2, "reason": "x"}],
-                   "next": None}
+    lines_error = {
+        "job_id": str(job_row.job_id),
+        "errors": [{"line_no": 2, "reason": "x"}],
+        "next": None,
+    }
     validator("LineErrorPage").validate(lines_error)
 
 
@@ -161,13 +207,26 @@ def test_job_schema_matches_every_state():
 def jsonl_contents() -> st.SearchStrategy[bytes]:
     """File contents: binary junk, text, and lines of JSON (objects or not), blank lines and a BOM."""
     scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                          | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
-    line = (st.dictionaries(st.sampled_from(sorted(VALID)) | st.text(max_size=8), values, max_size=6)
-            .map(json.dumps) | values.map(json.dumps) | st.text(max_size=40) | st.just(""))
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=6,
+    )
+    line = (
+        st.dictionaries(
+            st.sampled_from(sorted(VALID)) | st.text(max_size=8), values, max_size=6
+        ).map(json.dumps)
+        | values.map(json.dumps)
+        | st.text(max_size=40)
+        | st.just("")
+    )
     lines = st.lists(line, max_size=8).map("\n".join).map(str.encode)
-    return st.binary(max_size=300) | lines | st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]),
-                                                         lines).map(b"".join)
+    return (
+        st.binary(max_size=300)
+        | lines
+        | st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]), lines).map(b"".join)
+    )
 
 
 @pytest.fixture
@@ -182,8 +241,9 @@ def api_url(settings, start_process) -> str:
 def fuzz_share(shard: int) -> set[str]:
     """The operations one shard fuzzes ("GET /api/v1/jobs", …): every `FUZZ_SHARDS`-th of the
     documented ones, so that the shards run side by side and together cover them all."""
-    labels = sorted(f"{method} {path}" for method, path in documented_routes()
-                    if path != "/api/v1/openapi.json")  # schemathesis leaves it out
+    labels = sorted(
+        f"{method} {path}" for method, path in documented_routes() if path != "/api/v1/openapi.json"
+    )  # schemathesis leaves it out
     return set(labels[shard::FUZZ_SHARDS])
 
 
@@ -214,8 +274,12 @@ def test_fuzz_every_operation(shard, api_url, make_token, fuzz_seed, settings):
         counts[label] = 0
 
         @hypothesis.seed(fuzz_seed)
-        @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
         @hypothesis.given(case=st.one_of(strategies))
         def fuzz(case):
             counts[label] += 1  # noqa: B023  (fuzz() runs in this iteration, below)
@@ -236,19 +300,27 @@ def test_fuzz_every_operation(shard, api_url, make_token, fuzz_seed, settings):
 def test_fuzz_uploads_of_generated_contents(api_url, make_token, fuzz_seed):
     """schemathesis names the file after its field, so its uploads stop at the name check (415);
     these get past it with a .jsonl name and content from binary junk to nearly valid lines."""
-    operation = schemathesis.openapi.from_url(
-        f"{api_url}/api/v1/openapi.json", timeout=10)["/api/v1/files/upload"]["POST"]
+    operation = schemathesis.openapi.from_url(f"{api_url}/api/v1/openapi.json", timeout=10)[
+        "/api/v1/files/upload"
+    ]["POST"]
     session = requests.Session()
     session.headers.update(bearer(make_token("fuzzer", admin=True)))
     statuses = collections.Counter()
 
     @hypothesis.seed(fuzz_seed)
-    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(content=jsonl_contents())
     def fuzz_contents(content):
-        response = session.post(f"{api_url}/api/v1/files/upload", timeout=10,
-                                files={"file": ("fuzz.jsonl", content, "application/x-ndjson")})
+        response = session.post(
+            f"{api_url}/api/v1/files/upload",
+            timeout=10,
+            files={"file": ("fuzz.jsonl", content, "application/x-ndjson")},
+        )
         statuses.update([response.status_code])
         assert response.status_code in (202, 422), response.text
         operation.validate_response(response)

@@ -32,9 +32,19 @@ def csp_directives(header: str) -> dict[str, list[str]]:
     return directives
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/explore.js",
-                                  "/static/style.css", "/docs",
-                                  "/static/docs.js", "/static/docs.css", "/api/v1/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/static/app.js",
+        "/static/explore.js",
+        "/static/style.css",
+        "/docs",
+        "/static/docs.js",
+        "/static/docs.css",
+        "/api/v1/openapi.json",
+    ],
+)
 async def test_the_page_its_assets_and_the_docs_carry_the_security_headers(anonymous, path):
     response = await anonymous.get(path)
     assert response.status == 200
@@ -43,15 +53,16 @@ async def test_the_page_its_assets_and_the_docs_carry_the_security_headers(anony
     csp = csp_directives(response.headers["Content-Security-Policy"])
     assert csp["default-src"] == ["'self'"]
     assert csp["script-src"] == ["'self'"]  # no inline script, no inline handlers, no eval
-    assert csp["style-src"] == ["'self'"]   # no <style> and no style="…" from HTML
+    assert csp["style-src"] == ["'self'"]  # no <style> and no style="…" from HTML
     assert csp["connect-src"] == ["'self'"]
     assert csp["frame-ancestors"] == ["'none'"]
     assert csp["base-uri"] == ["'none'"]
     assert csp["form-action"] == ["'self'"]
 
 
-async def test_problem_answers_carry_the_security_headers(anonymous, make_token, settings,
-                                                          aiohttp_client):
+async def test_problem_answers_carry_the_security_headers(
+    anonymous, make_token, settings, aiohttp_client
+):
     missing = await anonymous.get("/static/nothing-here.js")
     refused = await anonymous.get("/api/v1/jobs")
     client = await aiohttp_client(eventhorizon.init_app(settings), headers=bearer(make_token()))
@@ -63,12 +74,15 @@ async def test_problem_answers_carry_the_security_headers(anonymous, make_token,
         assert response.headers["X-Frame-Options"] == "DENY"
 
 
-async def test_the_websocket_still_opens_with_the_headers_middleware(settings, aiohttp_client,
-                                                                     make_token):
+async def test_the_websocket_still_opens_with_the_headers_middleware(
+    settings, aiohttp_client, make_token
+):
     token = make_token()
     client = await aiohttp_client(eventhorizon.init_app(settings))
-    async with client.ws_connect("/ws/jobs/00000000-0000-0000-0000-000000000000",
-                                 protocols=(http_guard.WS_AUTH_PROTOCOL, token)) as ws:
+    async with client.ws_connect(
+        "/ws/jobs/00000000-0000-0000-0000-000000000000",
+        protocols=(http_guard.WS_AUTH_PROTOCOL, token),
+    ) as ws:
         assert ws.protocol == http_guard.WS_AUTH_PROTOCOL
         await ws.receive(timeout=5)
         assert ws.close_code == 4404
@@ -89,8 +103,7 @@ class InlineCodeFinder(HTMLParser):
             self.found.append("<style> element")
         if "style" in names:
             self.found.append(f"style attribute on <{tag}>")
-        self.found.extend(f"{name} handler on <{tag}>" for name in names
-                          if name.startswith("on"))
+        self.found.extend(f"{name} handler on <{tag}>" for name in names if name.startswith("on"))
         href = dict(attrs).get("href") or ""
         if href.lower().startswith("javascript:"):
             self.found.append(f"javascript: URL on <{tag}>")

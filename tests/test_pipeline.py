@@ -41,9 +41,11 @@ def stop_cleanly(*procs) -> None:
 
 def line_events(ch, columns: str) -> list[tuple]:
     """The line events (not lifecycle or audit ones) in event_log, in line order."""
-    return ch.query(f"SELECT {columns} FROM event_log WHERE event_type NOT LIKE 'job.%' "
-                    "AND event_type NOT LIKE 'audit.%' "
-                    "ORDER BY toUInt64(event_context.line_no)").result_rows
+    return ch.query(
+        f"SELECT {columns} FROM event_log WHERE event_type NOT LIKE 'job.%' "
+        "AND event_type NOT LIKE 'audit.%' "
+        "ORDER BY toUInt64(event_context.line_no)"
+    ).result_rows
 
 
 async def test_sample_upload_reaches_clickhouse_exactly_once(admin_client, settings, start_process):
@@ -69,8 +71,10 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(admin_client, setti
 
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:  # the relay still running
         lines = line_events(ch, "event_id, event_type, environment, event_context")
-        lifecycle = ch.query("SELECT event_type FROM event_log WHERE event_type LIKE 'job.%' "
-                             "ORDER BY event_date_time, event_type").result_rows
+        lifecycle = ch.query(
+            "SELECT event_type FROM event_log WHERE event_type LIKE 'job.%' "
+            "ORDER BY event_date_time, event_type"
+        ).result_rows
 
     assert len(lines) == SAMPLE_VALID
     assert len({r[0] for r in lines}) == SAMPLE_VALID
@@ -93,23 +97,28 @@ async def test_sample_upload_reaches_clickhouse_exactly_once(admin_client, setti
     assert context["context"]["extra"]["request_id"] == first_line["request_id"]
 
 
-async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(admin_client, settings, start_process,
-                                                               db, make_token):
+async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(
+    admin_client, settings, start_process, db, make_token
+):
     """DELETE takes the job's rows and file at once, and the relay its events from event_log,
     even though they were still on their way when the job was deleted; another owner's job
     stays whole, and the job.deleted event stays as the audit trail."""
     alice = bearer(make_token("alice"))
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="sample.jsonl")
-    doomed = await (await admin_client.post("/api/v1/files/upload", data=form, headers=alice)).json()
+    doomed = await (
+        await admin_client.post("/api/v1/files/upload", data=form, headers=alice)
+    ).json()
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(SAMPLE.read_bytes()), filename="kept.jsonl")
     kept = await (await admin_client.post("/api/v1/files/upload", data=form)).json()
     worker = start_process("worker.py")
 
     async def both_completed():
-        states = [await (await admin_client.get(f"/api/v1/jobs/{j['job_id']}")).json()
-                  for j in (doomed, kept)]
+        states = [
+            await (await admin_client.get(f"/api/v1/jobs/{j['job_id']}")).json()
+            for j in (doomed, kept)
+        ]
         return all(s["status"] == "completed" for s in states)
 
     await wait_until(both_completed, 60, what="both jobs to complete")
@@ -119,36 +128,51 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(admin_client, set
     assert response.status == 204, await response.text()
     assert (await admin_client.get(f"/api/v1/jobs/{doomed['job_id']}")).status == 404
     for table in ("log_entries", "line_errors"):
-        assert db.execute(f"SELECT count(*) AS n FROM {table} WHERE job_id = %s",
-                          (doomed["job_id"],)).fetchone()["n"] == 0
+        assert (
+            db.execute(
+                f"SELECT count(*) AS n FROM {table} WHERE job_id = %s", (doomed["job_id"],)
+            ).fetchone()["n"]
+            == 0
+        )
     s3 = core.s3_client(settings)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.s3_bucket).get("Contents", [])]
     assert keys == [f"uploads/{kept['job_id']}.jsonl"]
 
     relay_proc = start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
-    await wait_until(lambda: db.execute(
-        "SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"],
-        60, what="the deletion to reach ClickHouse")
+    await wait_until(
+        lambda: db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"],
+        60,
+        what="the deletion to reach ClickHouse",
+    )
 
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
+
         def events_of(job):
-            return sorted(r[0] for r in ch.query(
-                "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
-                parameters={"j": job["job_id"]}).result_rows)
+            return sorted(
+                r[0]
+                for r in ch.query(
+                    "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
+                    parameters={"j": job["job_id"]},
+                ).result_rows
+            )
 
         assert events_of(doomed) == ["job.deleted"]
-        deleted = ch.query("SELECT event_context FROM event_log WHERE event_type = 'job.deleted'"
-                           ).result_rows[0][0]
+        deleted = ch.query(
+            "SELECT event_context FROM event_log WHERE event_type = 'job.deleted'"
+        ).result_rows[0][0]
         assert (deleted["deleted_by"], deleted["owner"]) == ("alice", "alice")
         assert len(events_of(kept)) == SAMPLE_VALID + 3
     stop_cleanly(relay_proc)
 
 
-async def test_lines_in_other_formats_reach_clickhouse_mapped(admin_client, settings, start_process):
+async def test_lines_in_other_formats_reach_clickhouse_mapped(
+    admin_client, settings, start_process
+):
     """pino, zap and ECS lines in one file, uploaded as they come off the disk: in event_log
     each is an event of the canonical shape, its own unmapped fields under context."""
-    content = b"".join(json.dumps(line).encode() + b"\n"
-                       for line in (PINO_LINE, ZAP_LINE, ECS_LINE))
+    content = b"".join(
+        json.dumps(line).encode() + b"\n" for line in (PINO_LINE, ZAP_LINE, ECS_LINE)
+    )
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(content), filename="mixed.jsonl")
     response = await admin_client.post("/api/v1/files/upload?environment=eu-prod", data=form)
@@ -166,11 +190,17 @@ async def test_lines_in_other_formats_reach_clickhouse_mapped(admin_client, sett
 
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         rows = line_events(ch, "event_type, environment, event_context")
-    assert [(t, e) for t, e, _ in rows] == [("pino.log", "eu-prod"), ("zap.log", "eu-prod"),
-                                            ("login", "staging")]
+    assert [(t, e) for t, e, _ in rows] == [
+        ("pino.log", "eu-prod"),
+        ("zap.log", "eu-prod"),
+        ("login", "staging"),
+    ]
     pino, zap, ecs = (context for _, _, context in rows)
-    assert (pino["level"], pino["service"], pino["message"]) == ("warning", "checkout",
-                                                                 "slow checkout")
+    assert (pino["level"], pino["service"], pino["message"]) == (
+        "warning",
+        "checkout",
+        "slow checkout",
+    )
     assert int(pino["context"]["order_id"]) == 42 and pino["context"]["hostname"] == "web-1"
     assert (zap["level"], zap["service"]) == ("error", "payments.charge")
     assert zap["context"]["caller"] == "pay/main.go:22" and int(zap["context"]["attempt"]) == 3
@@ -184,14 +214,20 @@ def test_two_workers_sharing_a_queue_store_each_line_once(settings, db, start_pr
     env = {"EH_BATCH_LINES": "250", "EH_LINE_DELAY_MAX_S": "0.0002"}
     workers = [start_process("worker.py", **env) for _ in range(2)]
     start_process("relay.py", RELAY_BATCH_MAX_WAIT_S="0.2", RELAY_POLL_S="0.5")
-    wait_for(lambda: all(logged_events(w, "worker.consuming") for w in workers),
-             what="both workers consuming")
-    contents = [jsonl(*[dict(VALID, message=f"job {j} line {i}") for i in range(2_000)])
-                for j in range(6)]
+    wait_for(
+        lambda: all(logged_events(w, "worker.consuming") for w in workers),
+        what="both workers consuming",
+    )
+    contents = [
+        jsonl(*[dict(VALID, message=f"job {j} line {i}") for i in range(2_000)]) for j in range(6)
+    ]
     jobs = [enqueue_job(settings, db, content) for content in contents]
 
-    wait_for(lambda: all(job_row(db, j)["status"] == "completed" for j in jobs), timeout=90,
-             what="every job completed")
+    wait_for(
+        lambda: all(job_row(db, j)["status"] == "completed" for j in jobs),
+        timeout=90,
+        what="every job completed",
+    )
     wait_for(lambda: outbox_status(db)["backlog"] == 0, timeout=60, what="the outbox drained")
     assert all(logged_events(w, "job.completed") for w in workers)  # the queue was shared
     for job_id, content in zip(jobs, contents, strict=True):
@@ -199,11 +235,15 @@ def test_two_workers_sharing_a_queue_store_each_line_once(settings, db, start_pr
         # key alone would make a count of rows say nothing); the outbox is the relay's now.
         job = assert_stored_up_to_checkpoint(db, job_id, content)
         assert (job["lines_processed"], job["lines_valid"], job["lines_invalid"]) == (
-            2_000, 2_000, 0)
+            2_000,
+            2_000,
+            0,
+        )
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         events = ch.query(
             "SELECT event_context.job_id::String AS job, count(), uniqExact(event_id), "
             "uniqExact(toUInt64(event_context.line_no)) FROM event_log "
-            "WHERE event_type = {t:String} GROUP BY job", parameters={"t": VALID["event_type"]}
+            "WHERE event_type = {t:String} GROUP BY job",
+            parameters={"t": VALID["event_type"]},
         ).result_rows
     assert sorted(events) == sorted((str(j), 2_000, 2_000, 2_000) for j in jobs)

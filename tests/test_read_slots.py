@@ -107,6 +107,7 @@ class HeldReads:
             if job_id in self.jobs:
                 self.release.wait(120)
             return read(ch, job_id, *args, **kwargs)
+
         return held
 
 
@@ -126,14 +127,18 @@ async def slots_reach(app, what, value) -> None:
     raise AssertionError(f"the read slots never reached {value}: {what(slots)}")
 
 
-async def test_one_owner_flooding_histograms_does_not_starve_another(settings, db, aiohttp_client,
-                                                                    make_token, held_reads):
-    app, alice, bob = await api(settings, aiohttp_client, make_token, explore_queries=4,
-                                explore_queries_per_owner=2)
-    alices, bobs = make_job(settings, db, b"", store=False, owner="alice"), make_job(settings, db, b"", store=False, owner="bob")
+async def test_one_owner_flooding_histograms_does_not_starve_another(
+    settings, db, aiohttp_client, make_token, held_reads
+):
+    app, alice, bob = await api(
+        settings, aiohttp_client, make_token, explore_queries=4, explore_queries_per_owner=2
+    )
+    alices, bobs = (
+        make_job(settings, db, b"", store=False, owner="alice"),
+        make_job(settings, db, b"", store=False, owner="bob"),
+    )
     held_reads.jobs.add(alices)
-    flood = [asyncio.create_task(alice.get(f"/api/v1/jobs/{alices}/histogram"))
-             for _ in range(40)]
+    flood = [asyncio.create_task(alice.get(f"/api/v1/jobs/{alices}/histogram")) for _ in range(40)]
     await slots_reach(app, lambda s: (s.running, len(s.waiting.get("alice", ()))), (2, 38))
     for path in ("histogram", "events"):  # served while all of hers wait
         response = await alice.session.get(alice.make_url(f"/api/v1/jobs/{bobs}/{path}"), **bob)
@@ -143,15 +148,24 @@ async def test_one_owner_flooding_histograms_does_not_starve_another(settings, d
     assert statuses == [200] * 40  # queued, not refused: none of it was overload
 
 
-async def test_an_owners_overload_is_429_or_503_with_retry_after(settings, db, aiohttp_client,
-                                                                 make_token, held_reads):
-    app, alice, bob = await api(settings, aiohttp_client, make_token, explore_queries=2,
-                                explore_queries_per_owner=1, explore_queue_per_owner=2,
-                                explore_wait_s=60)
-    alices, bobs = make_job(settings, db, b"", store=False, owner="alice"), make_job(settings, db, b"", store=False, owner="bob")
+async def test_an_owners_overload_is_429_or_503_with_retry_after(
+    settings, db, aiohttp_client, make_token, held_reads
+):
+    app, alice, bob = await api(
+        settings,
+        aiohttp_client,
+        make_token,
+        explore_queries=2,
+        explore_queries_per_owner=1,
+        explore_queue_per_owner=2,
+        explore_wait_s=60,
+    )
+    alices, bobs = (
+        make_job(settings, db, b"", store=False, owner="alice"),
+        make_job(settings, db, b"", store=False, owner="bob"),
+    )
     held_reads.jobs.add(alices)
-    waiting = [asyncio.create_task(alice.get(f"/api/v1/jobs/{alices}/events"))
-               for _ in range(3)]
+    waiting = [asyncio.create_task(alice.get(f"/api/v1/jobs/{alices}/events")) for _ in range(3)]
     await slots_reach(app, lambda s: (s.running, len(s.waiting.get("alice", ()))), (1, 2))
     refused = await alice.get(f"/api/v1/jobs/{alices}/histogram")
     assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
@@ -161,8 +175,9 @@ async def test_an_owners_overload_is_429_or_503_with_retry_after(settings, db, a
 
     app[api_state.EXPLORER].slots.max_wait_s = 0.2  # EH_EXPLORE_WAIT_S
     held_reads.jobs.add(bobs)
-    blocking = asyncio.create_task(alice.session.get(
-        alice.make_url(f"/api/v1/jobs/{bobs}/events"), **bob))
+    blocking = asyncio.create_task(
+        alice.session.get(alice.make_url(f"/api/v1/jobs/{bobs}/events"), **bob)
+    )
     await slots_reach(app, lambda s: s.running, 2)
     waited = await alice.session.get(alice.make_url(f"/api/v1/jobs/{bobs}/histogram"), **bob)
     assert waited.status == 503 and int(waited.headers["Retry-After"]) >= 1
@@ -172,24 +187,27 @@ async def test_an_owners_overload_is_429_or_503_with_retry_after(settings, db, a
 
 
 async def test_a_graphql_query_reading_many_jobs_is_answered_within_its_share(
-        settings, db, aiohttp_client, make_token):
+    settings, db, aiohttp_client, make_token
+):
     """40 ClickHouse reads in one query, 2 at a time: all answered, none UNAVAILABLE."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         event_log.ensure_event_log(ch)
-    _app, alice, _bob = await api(settings, aiohttp_client, make_token, explore_queries=4,
-                                  explore_queries_per_owner=2)
+    _app, alice, _bob = await api(
+        settings, aiohttp_client, make_token, explore_queries=4, explore_queries_per_owner=2
+    )
     for _ in range(20):
         make_job(settings, db, b"", store=False, owner="alice")
-    body = await gql(alice, "{ jobs(limit: 20) { id events(first: 1) { items { id } } "
-                            "histogram { events } } }")
+    body = await gql(
+        alice, "{ jobs(limit: 20) { id events(first: 1) { items { id } } histogram { events } } }"
+    )
     assert "errors" not in body, body["errors"][:2]
     assert len(body["data"]["jobs"]) == 20
     assert all(job["histogram"]["events"] == 0 for job in body["data"]["jobs"])
 
 
-async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings, db,
-                                                                        aiohttp_client,
-                                                                        make_token):
+async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(
+    settings, db, aiohttp_client, make_token
+):
     """The bound that keeps one operation within an owner's queue: the 201st events or
     histogram field of an operation is refused, QUERY_TOO_LARGE, saying so."""
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
@@ -197,8 +215,11 @@ async def test_one_graphql_operation_reads_clickhouse_at_most_200_times(settings
     _app, alice, _bob = await api(settings, aiohttp_client, make_token)
     for _ in range(70):
         make_job(settings, db, b"", store=False, owner="alice")
-    body = await gql(alice, "{ jobs(limit: 70) { a: histogram { events } "
-                            "b: histogram { events } c: histogram { events } } }")
+    body = await gql(
+        alice,
+        "{ jobs(limit: 70) { a: histogram { events } "
+        "b: histogram { events } c: histogram { events } } }",
+    )
     errors = body["errors"]  # (a non-null field: the first error nulls the list)
     assert errors and {e["extensions"]["code"] for e in errors} == {"QUERY_TOO_LARGE"}
     assert graphql_resolvers.MAX_CLICKHOUSE_READS == 200

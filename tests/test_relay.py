@@ -78,15 +78,17 @@ def deliver_one_committed_event(db, ch, relay_settings):
             gone = outbox.publish_event(conn, "test.rolled_back", {"n": 1}, environment="test")
             raise psycopg.Rollback(tx)
     with psycopg.connect(relay_settings.database_url) as conn:
-        kept = outbox.publish_event(conn, "test.committed", context, environment="staging",
-                                  event_date_time=when)
-    assert outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5),
-                                       "dead": 0}
+        kept = outbox.publish_event(
+            conn, "test.committed", context, environment="staging", event_date_time=when
+        )
+    assert outbox_status(db) == {"backlog": 1, "oldest_age_s": pytest.approx(0, abs=5), "dead": 0}
 
     assert drain(db, ch, relay_settings) == 1
 
-    rows = ch.query("SELECT event_id, event_type, toUnixTimestamp(event_date_time), environment,"
-                    " event_context, metadata_version FROM event_log").result_rows
+    rows = ch.query(
+        "SELECT event_id, event_type, toUnixTimestamp(event_date_time), environment,"
+        " event_context, metadata_version FROM event_log"
+    ).result_rows
     assert rows == [(kept, "test.committed", int(when.timestamp()), "staging", context, 1)]
     assert gone not in event_log_ids(ch)
     assert outbox_status(db) == {"backlog": 0, "oldest_age_s": 0, "dead": 0}
@@ -96,8 +98,10 @@ def deliver_one_committed_event(db, ch, relay_settings):
 def test_n_events_arrive_exactly_once(db, ch, relay_settings):
     published = publish_events(relay_settings.database_url, 1000)
     with psycopg.connect(relay_settings.database_url) as conn:
-        published += [outbox.publish_event(conn, "test.single", {"i": i}, environment="test")
-                      for i in range(50)]
+        published += [
+            outbox.publish_event(conn, "test.single", {"i": i}, environment="test")
+            for i in range(50)
+        ]
 
     assert drain(db, ch, relay_settings) == 1050
 
@@ -109,8 +113,9 @@ def test_n_events_arrive_exactly_once(db, ch, relay_settings):
 def test_a_small_batch_waits_for_more_rows_up_to_max_wait(db, ch, relay_settings):
     """Rows are aged by moving their created_at back, not by sleeping: an hour's wait leaves
     no window a slow machine could miss."""
-    settings = dataclasses.replace(relay_settings, relay_batch_max_rows=100,
-                                   relay_batch_max_wait_s=3600)
+    settings = dataclasses.replace(
+        relay_settings, relay_batch_max_rows=100, relay_batch_max_wait_s=3600
+    )
     publish_events(settings.database_url, 10)
     assert relay.relay_once(db, ch, settings) == 0  # too young, too few: wait for company
     assert outbox_batches.outbox_pending(db, 100)[0] == 10
@@ -146,11 +151,18 @@ def publish_poison(conn, kind: str) -> uuid.UUID:
     if kind == "dotted_key_clash":
         # Two different keys for Postgres; ClickHouse's JSON type refuses them, both being the
         # path a.b: INCORRECT_DATA, "Duplicate path found during parsing".
-        return outbox.publish_event(conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test")
+        return outbox.publish_event(
+            conn, "test.poison", {"a.b": 1, "a": {"b": 2}}, environment="test"
+        )
     # A timestamptz before 1970 that DateTime cannot hold: ClickHouse refuses it
     # (date_time_overflow_behavior='throw', event_log.INSERT_SETTINGS) rather than clamping it.
-    return outbox.publish_event(conn, "test.poison", {}, environment="test",
-                              event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc))
+    return outbox.publish_event(
+        conn,
+        "test.poison",
+        {},
+        environment="test",
+        event_date_time=dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc),
+    )
 
 
 POISON_ERRORS = {"dotted_key_clash": "INCORRECT_DATA", "date_out_of_range": "event_date_time"}
@@ -166,7 +178,8 @@ def refuse_until_the_last_attempt(db, ch, relay_settings, backlog: int) -> None:
 
 @pytest.mark.parametrize("poison", ["dotted_key_clash", "date_out_of_range"])
 def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
-        db, each_settings, poison):
+    db, each_settings, poison
+):
     relay_settings = each_settings
     with event_log.connect_clickhouse(relay_settings.clickhouse_url) as ch:
         salvage_one_bad_event(db, ch, relay_settings, poison)
@@ -174,8 +187,9 @@ def test_a_refused_batch_is_salvaged_and_only_the_bad_event_goes_to_outbox_dead(
 
 def salvage_one_bad_event(db, ch, relay_settings, poison):
     with psycopg.connect(relay_settings.database_url) as conn:
-        good = [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
-                for i in range(3)]
+        good = [
+            outbox.publish_event(conn, "test.good", {"i": i}, environment="test") for i in range(3)
+        ]
         bad = publish_poison(conn, poison)
 
     refuse_until_the_last_attempt(db, ch, relay_settings, backlog=4)
@@ -251,11 +265,15 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     next attempt halves the batch the same way, and ClickHouse drops the parts it has."""
     settings = dataclasses.replace(relay_settings, relay_batch_max_rows=200)
     with psycopg.connect(settings.database_url) as conn:
-        good = [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
-                for i in range(150)]
+        good = [
+            outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
+            for i in range(150)
+        ]
         bad = publish_poison(conn, "date_out_of_range")
-        good += [outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
-                 for i in range(150, 199)]
+        good += [
+            outbox.publish_event(conn, "test.good", {"i": i}, environment="test")
+            for i in range(150, 199)
+        ]
 
     parts = []
 
@@ -267,8 +285,11 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
     refuse_until_the_last_attempt(db, ch, settings, backlog=200)
     with pytest.raises(ConnectionResetError):
         relay.relay_once(db, ch, settings, after_insert=die_on_the_third_part)
-    assert outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(0, abs=60),
-                                       "dead": 0}
+    assert outbox_status(db) == {
+        "backlog": 200,
+        "oldest_age_s": pytest.approx(0, abs=60),
+        "dead": 0,
+    }
     assert 0 < len(event_log_ids(ch)) < 199  # some parts are in ClickHouse already
 
     assert relay.relay_once(db, ch, settings) == 199
@@ -279,7 +300,8 @@ def test_a_relay_that_dies_while_salvaging_doubles_nothing(db, ch, relay_setting
 
 @pytest.mark.parametrize("rows", ["events", "line_ranges"])
 def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_restored(
-        db, each_settings, rows):
+    db, each_settings, rows
+):
     """ClickHouse writes an insert's dedup token before it commits the insert's part; a
     ClickHouse process that dies between the two leaves the token without the rows. Made here
     by hand: a batch is claimed and recorded, and its token used up by another insert whose
@@ -295,13 +317,27 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
     batch, _rows = outbox_batches.claim_batch(db, 100, 0.0)
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         stranger = outbox.make_event("test.stranger", {}, environment="test")
-        line = json.dumps({"event_id": str(stranger.event_id), "event_type": "test.stranger",
-                           "event_date_time": 0, "environment": "test", "event_context": {},
-                           "metadata_version": 1}).encode()
-        ch.raw_insert("event_log", event_log.EVENT_LOG_COLUMNS, insert_block=line,
-                      fmt="JSONEachRow", settings={"insert_deduplication_token": batch.token})
-        ch.command("DELETE FROM event_log WHERE event_id = {id:UUID}",
-                   parameters={"id": str(stranger.event_id)})
+        line = json.dumps(
+            {
+                "event_id": str(stranger.event_id),
+                "event_type": "test.stranger",
+                "event_date_time": 0,
+                "environment": "test",
+                "event_context": {},
+                "metadata_version": 1,
+            }
+        ).encode()
+        ch.raw_insert(
+            "event_log",
+            event_log.EVENT_LOG_COLUMNS,
+            insert_block=line,
+            fmt="JSONEachRow",
+            settings={"insert_deduplication_token": batch.token},
+        )
+        ch.command(
+            "DELETE FROM event_log WHERE event_id = {id:UUID}",
+            parameters={"id": str(stranger.event_id)},
+        )
         assert event_log_ids(ch) == []  # the token is used, the rows are not there
 
         with structlog.testing.capture_logs() as logs:
@@ -313,7 +349,8 @@ def test_a_resent_batch_clickhouse_drops_as_a_duplicate_without_having_it_is_res
             relay.restore_missing(ch, _rows)  # all there now: nothing is sent twice
         assert len(event_log_ids(ch)) == 120
     assert [(e["rows"], e["of"]) for e in logs if e["event"] == "relay.batch_restored"] == [
-        (100, 100)]
+        (100, 100)
+    ]
     assert not [e for e in again if e["event"] == "relay.batch_restored"]
 
 
@@ -383,8 +420,8 @@ def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings
             errors.append(exc)
 
     threads = [threading.Thread(target=producer, daemon=True)] + [
-        threading.Thread(target=relay_thread, args=(f"relay-{i}",), daemon=True)
-        for i in range(2)]
+        threading.Thread(target=relay_thread, args=(f"relay-{i}",), daemon=True) for i in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -403,15 +440,22 @@ def test_two_relays_in_one_process_on_chdb_deliver_each_event_once(chdb_settings
 
 def record_deletion(db, job_id: uuid.UUID) -> None:
     """What DELETE /api/v1/jobs/{id} leaves for the relay (its job.deleted event included)."""
-    db.execute("INSERT INTO job_deletions (job_id, owner, file_name, deleted_by) "
-               "VALUES (%s, 'alice', 'a.jsonl', 'alice')", (job_id,))
+    db.execute(
+        "INSERT INTO job_deletions (job_id, owner, file_name, deleted_by) "
+        "VALUES (%s, 'alice', 'a.jsonl', 'alice')",
+        (job_id,),
+    )
     outbox.publish_event(db, "job.deleted", {"job_id": str(job_id)}, environment="test")
 
 
 def job_event_types(ch, job_id: uuid.UUID) -> list[str]:
-    return sorted(r[0] for r in ch.query(
-        "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
-        parameters={"j": str(job_id)}).result_rows)
+    return sorted(
+        r[0]
+        for r in ch.query(
+            "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
+            parameters={"j": str(job_id)},
+        ).result_rows
+    )
 
 
 def test_a_deleted_jobs_events_leave_clickhouse_after_its_last_insert(db, ch, relay_settings):
@@ -444,7 +488,10 @@ def test_a_deletion_waits_out_clickhouse(db, ch, relay_settings):
     try:
         with pytest.raises(event_log.ClickHouseUnavailable):
             event_log.delete_events_of_deleted_jobs(db, ch)
-        assert db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"] is None
+        assert (
+            db.execute("SELECT clickhouse_at FROM job_deletions").fetchone()["clickhouse_at"]
+            is None
+        )
     finally:
         ch.command("RENAME TABLE event_log_away TO event_log")
     assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
@@ -490,17 +537,25 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     if rows == "events":
         published = publish_events(relay_settings.database_url, 300)
     else:
-        published = [i for _ in range(12) for i in publish_line_range(relay_settings.database_url, 25)]
-    crashing = start_relay(relay_settings, tmp_path / "crash.log", RELAY_BATCH_MAX_ROWS="100",
-                           RELAY_LANES="2", EH_RELAY_CRASH_AFTER_INSERT="1")
+        published = [
+            i for _ in range(12) for i in publish_line_range(relay_settings.database_url, 25)
+        ]
+    crashing = start_relay(
+        relay_settings,
+        tmp_path / "crash.log",
+        RELAY_BATCH_MAX_ROWS="100",
+        RELAY_LANES="2",
+        EH_RELAY_CRASH_AFTER_INSERT="1",
+    )
     assert crashing.wait(30) == -signal.SIGKILL
     assert outbox_status(db)["backlog"] == 300  # ClickHouse has 100 or 200 of them; Postgres
     recorded = db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"]  # knows
     assert recorded in (1, 2)  # a batch per lane at most
 
     published += publish_events(relay_settings.database_url, 50)
-    proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000",
-                       RELAY_POLL_S="3600")
+    proc = start_relay(
+        relay_settings, tmp_path / "relay.log", RELAY_BATCH_MAX_ROWS="1000", RELAY_POLL_S="3600"
+    )
     try:
         wait_for(lambda: outbox_status(db)["backlog"] == 0, 60, what="the outbox to drain")
         # Idle now, and the fallback poll is an hour away: only the NOTIFY can wake it.
@@ -523,23 +578,34 @@ def test_killed_between_insert_and_commit_no_event_is_doubled(db, each_settings,
     assert lines[-1]["event"] == "relay.stopped"
 
 
-def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, relay_settings,
-                                                                           tmp_path):
+def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(
+    db, relay_settings, tmp_path
+):
     published = publish_events(relay_settings.database_url, 200)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = dataclasses.replace(
-        relay_settings, clickhouse_url=f"http://eh:s3cret-pw@127.0.0.1:{port}/default")
+        relay_settings, clickhouse_url=f"http://eh:s3cret-pw@127.0.0.1:{port}/default"
+    )
     proc = start_relay(down, tmp_path / "down.log")
     try:
-        wait_for(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
-                             for line in log_lines(tmp_path / "down.log")) >= 4,
-                 30, what="four failed attempts")
+        wait_for(
+            lambda: sum(
+                line.get("event") == "relay.clickhouse_unavailable"
+                for line in log_lines(tmp_path / "down.log")
+            )
+            >= 4,
+            30,
+            what="four failed attempts",
+        )
     finally:
         assert stop_relay(proc, signal.SIGINT) == 0
-    assert outbox_status(db) == {"backlog": 200, "oldest_age_s": pytest.approx(5, abs=20),
-                                       "dead": 0}
+    assert outbox_status(db) == {
+        "backlog": 200,
+        "oldest_age_s": pytest.approx(5, abs=20),
+        "dead": 0,
+    }
 
     lines = log_lines(tmp_path / "down.log")
     unavailable = [line for line in lines if line["event"] == "relay.clickhouse_unavailable"]
@@ -553,7 +619,9 @@ def test_unreachable_clickhouse_backs_off_keeps_everything_then_catches_up(db, r
     text = (tmp_path / "down.log").read_text()
     assert "s3cret-pw" not in text
     assert lines[0]["event"] == "relay.started" and "***" in lines[0]["clickhouse"]
-    delays = [line["retry_in_s"] for line in lines if line["event"] == "relay.clickhouse_unavailable"]
+    delays = [
+        line["retry_in_s"] for line in lines if line["event"] == "relay.clickhouse_unavailable"
+    ]
     assert delays[0] <= core.Backoff().first and delays[2] > delays[0]  # exponential
     assert outbox_status(db)["backlog"] == 200
 
@@ -577,9 +645,15 @@ def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, t
     holder = event_log.connect_clickhouse(relay_settings.clickhouse_url)
     proc = start_relay(relay_settings, tmp_path / "relay.log", RELAY_POLL_S="30")
     try:
-        wait_for(lambda: sum(line.get("event") == "relay.clickhouse_unavailable"
-                             for line in log_lines(tmp_path / "relay.log")) >= 2,
-                 20, what="two failed attempts")
+        wait_for(
+            lambda: sum(
+                line.get("event") == "relay.clickhouse_unavailable"
+                for line in log_lines(tmp_path / "relay.log")
+            )
+            >= 2,
+            20,
+            what="two failed attempts",
+        )
         assert outbox_status(db)["backlog"] == 200
         holder.close()  # ClickHouse is back
         published += publish_events(relay_settings.database_url, 50)
@@ -589,5 +663,7 @@ def test_a_running_relay_waits_out_chdb_and_then_catches_up(db, chdb_settings, t
 
     ids = read_event_log_ids(relay_settings)
     assert len(ids) == 250 and set(ids) == set(published)
-    sent = [line for line in log_lines(tmp_path / "relay.log") if line["event"] == "relay.batch_sent"]
+    sent = [
+        line for line in log_lines(tmp_path / "relay.log") if line["event"] == "relay.batch_sent"
+    ]
     assert sum(line["rows"] for line in sent) == 250

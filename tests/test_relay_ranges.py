@@ -55,14 +55,24 @@ def varied_lines(n: int) -> bytes:
     one; the bad and blank lines leave gaps in the ranges."""
     objs = []
     for i in range(n):
-        objs.append({
-            "timestamp": f"2026-11-20T09:{i % 60:02d}:{i % 59:02d}.{i % 1000:03d}+0{i % 3}:00",
-            "level": ["info", "ERROR", "debug"][i % 3], "service": f"svc-{i % 4}",
-            "event_type": "order.placed", "message": f'line {i}: "quoted" \\ é ✓ \n',
-            "environment": "staging" if i % 2 else "production",
-            "context": {"n": i, "f": 1.50, "big": 2**62, "nested": {"list": [1, "a", None]},
-                        "uni": "ü"},
-            **({"request_id": f"r{i}"} if i % 5 == 0 else {})})
+        objs.append(
+            {
+                "timestamp": f"2026-11-20T09:{i % 60:02d}:{i % 59:02d}.{i % 1000:03d}+0{i % 3}:00",
+                "level": ["info", "ERROR", "debug"][i % 3],
+                "service": f"svc-{i % 4}",
+                "event_type": "order.placed",
+                "message": f'line {i}: "quoted" \\ é ✓ \n',
+                "environment": "staging" if i % 2 else "production",
+                "context": {
+                    "n": i,
+                    "f": 1.50,
+                    "big": 2**62,
+                    "nested": {"list": [1, "a", None]},
+                    "uni": "ü",
+                },
+                **({"request_id": f"r{i}"} if i % 5 == 0 else {}),
+            }
+        )
     content = jsonl(*objs)
     return content + b"not json\n\n" + jsonl(*objs[:3])
 
@@ -71,18 +81,22 @@ def event_log_rows(ch) -> list[str]:
     """event_log's line events, every column, as ClickHouse gives them back."""
     result = ch.raw_query(
         "SELECT * FROM event_log WHERE event_type NOT LIKE 'job.%' ORDER BY event_id "
-        "FORMAT JSONEachRow")
+        "FORMAT JSONEachRow"
+    )
     return result.decode().splitlines()
 
 
 def test_the_same_file_through_per_line_rows_and_through_ranges_gives_the_same_event_log(
-        settings, relay_settings, db, ch):
+    settings, relay_settings, db, ch
+):
     content = varied_lines(60)
     job_id = make_job(dataclasses.replace(settings, batch_lines=7), db, content)
     assert run_job(dataclasses.replace(settings, batch_lines=7), job_id) == "completed"
     db.execute("UPDATE outbox SET trace_id = %s WHERE job_id = %s", (TRACE_ID, job_id))
-    ranges = db.execute("SELECT job_id, first_line, last_line, events, trace_id FROM outbox "
-                        "WHERE job_id IS NOT NULL ORDER BY id").fetchall()
+    ranges = db.execute(
+        "SELECT job_id, first_line, last_line, events, trace_id FROM outbox "
+        "WHERE job_id IS NOT NULL ORDER BY id"
+    ).fetchall()
     assert len(ranges) >= 9 and sum(r["events"] for r in ranges) == 63
 
     # The old path: the rows the worker wrote per line before ranges.
@@ -98,8 +112,9 @@ def test_the_same_file_through_per_line_rows_and_through_ranges_gives_the_same_e
     ch.command("TRUNCATE TABLE event_log")
     with db.cursor() as cur:
         for r in ranges:
-            outbox.insert_line_range(cur, r["job_id"], r["first_line"], r["last_line"],
-                                     r["events"], r["trace_id"])
+            outbox.insert_line_range(
+                cur, r["job_id"], r["first_line"], r["last_line"], r["events"], r["trace_id"]
+            )
     from_ranges = {e["event_id"]: e for e in outbox_line_events(db, job_id)}
     assert from_ranges == per_line
     assert drain(db, ch, relay_settings) == 63
@@ -107,12 +122,14 @@ def test_the_same_file_through_per_line_rows_and_through_ranges_gives_the_same_e
     assert len(new) == 63 and new == old
     assert [json.loads(r)["event_context"]["trace_id"] for r in new] == [TRACE_ID] * 63
     assert {json.loads(r)["event_id"] for r in new} == {
-        str(outbox.line_event_id(job_id, n)) for n in (*range(1, 61), 63, 64, 65)}
+        str(outbox.line_event_id(job_id, n)) for n in (*range(1, 61), 63, 64, 65)
+    }
 
 
 def lifecycle_rows(db) -> int:
-    return db.execute("SELECT count(*) AS n FROM outbox WHERE event_type LIKE 'job.%%'"
-                      ).fetchone()["n"]
+    return db.execute("SELECT count(*) AS n FROM outbox WHERE event_type LIKE 'job.%%'").fetchone()[
+        "n"
+    ]
 
 
 @pytest.mark.parametrize("trace_id", [None, "4bf92f3577b34da6a3ce929d0e0e4736"])
@@ -129,8 +146,10 @@ def test_range_lines_are_byte_for_byte_the_per_line_rows_lines(settings, db, tra
     rows = legacy_line_rows(job_id, content, trace_id)
     with db.cursor() as cur:
         outbox.copy_outbox_rows(cur, rows)
-    legacy_ids = [r["id"] for r in db.execute(
-        "SELECT id FROM outbox WHERE event_context ? 'line_no' ORDER BY id")]
+    legacy_ids = [
+        r["id"]
+        for r in db.execute("SELECT id FROM outbox WHERE event_context ? 'line_no' ORDER BY id")
+    ]
     legacy = {r.event_id: r.line for r in outbox_batches.batch_rows(db, legacy_ids)}
     assert len(legacy) == 8 and legacy == {k: ranged[k] for k in legacy}
 
@@ -140,17 +159,33 @@ def line_job(db, n: int, bad: set[int]) -> uuid.UUID:
     the `bad` lines, whose time ClickHouse's DateTime cannot hold (the worker refuses such a
     line; the relay must still cope with a refused one)."""
     job_id = uuid.uuid4()
-    db.execute("INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
-               "lines_total, owner) VALUES (%s, 'r.jsonl', 1, 'b', 'k', %s, 'alice')",
-               (job_id, n))
+    db.execute(
+        "INSERT INTO jobs (job_id, file_name, size_bytes, bucket, object_key, "
+        "lines_total, owner) VALUES (%s, 'r.jsonl', 1, 'b', 'k', %s, 'alice')",
+        (job_id, n),
+    )
     base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     with db.cursor() as cur:
         with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
             for line_no in range(1, n + 1):
-                when = (dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc) if line_no in bad
-                        else base + dt.timedelta(seconds=line_no))
-                copy.write_row((job_id, line_no, when, "info", "svc", "test.line", "test",
-                                f"m{line_no}", json.dumps({"i": line_no})))
+                when = (
+                    dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc)
+                    if line_no in bad
+                    else base + dt.timedelta(seconds=line_no)
+                )
+                copy.write_row(
+                    (
+                        job_id,
+                        line_no,
+                        when,
+                        "info",
+                        "svc",
+                        "test.line",
+                        "test",
+                        f"m{line_no}",
+                        json.dumps({"i": line_no}),
+                    )
+                )
         for first in range(1, n + 1, 10):
             last = min(first + 9, n)
             outbox.insert_line_range(cur, job_id, first, last, last - first + 1, None)
@@ -163,7 +198,8 @@ def delivery(db, job_id) -> tuple[int, int]:
 
 
 def test_a_refused_range_is_salvaged_down_to_its_single_bad_lines(
-        db, ch, relay_settings, monkeypatch):
+    db, ch, relay_settings, monkeypatch
+):
     """Ranges split like rows: every good line reaches ClickHouse once, each bad one alone goes
     to outbox_dead (whole, under its range's id and its line). A salvage allowed few refusals
     leaves parts for later, as ranges of their own."""
@@ -184,8 +220,9 @@ def test_a_refused_range_is_salvaged_down_to_its_single_bad_lines(
     good = {outbox.line_event_id(job_id, n) for n in range(1, 101) if n not in bad}
     ids = event_log_ids(ch)
     assert len(ids) == len(good) == 95 and set(ids) == good
-    dead = db.execute("SELECT line_no, event_id, event_context, error FROM outbox_dead "
-                      "ORDER BY line_no").fetchall()
+    dead = db.execute(
+        "SELECT line_no, event_id, event_context, error FROM outbox_dead ORDER BY line_no"
+    ).fetchall()
     assert [d["line_no"] for d in dead] == sorted(bad)
     assert [d["event_id"] for d in dead] == [outbox.line_event_id(job_id, n) for n in sorted(bad)]
     assert dead[0]["event_context"]["message"] == "m7" and "event_date_time" in dead[0]["error"]
@@ -196,8 +233,9 @@ def test_a_refused_range_is_salvaged_down_to_its_single_bad_lines(
 
 async def delete_job(settings, job_id) -> None:
     """jobs.delete as the API runs it (the job locked in the transaction)."""
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     row_factory=dict_row) as aconn:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, row_factory=dict_row
+    ) as aconn:
         async with aconn.transaction():
             job = await jobs.lock_for_deletion(aconn, job_id, owner=None)
             await jobs.delete(aconn, settings, job, deleted_by="tester")
@@ -206,15 +244,19 @@ async def delete_job(settings, job_id) -> None:
 def test_a_deleted_jobs_unrelayed_ranges_go_with_it(settings, relay_settings, db, ch):
     job_id = make_job(dataclasses.replace(settings, batch_lines=4), db, varied_lines(20))
     assert run_job(dataclasses.replace(settings, batch_lines=4), job_id) == "completed"
-    assert db.execute("SELECT count(*) AS n FROM outbox WHERE job_id = %s",
-                      (job_id,)).fetchone()["n"] >= 5
+    assert (
+        db.execute("SELECT count(*) AS n FROM outbox WHERE job_id = %s", (job_id,)).fetchone()["n"]
+        >= 5
+    )
     asyncio.run(delete_job(relay_settings, job_id))
-    assert db.execute("SELECT count(*) AS n FROM outbox WHERE job_id IS NOT NULL"
-                      ).fetchone()["n"] == 0
+    assert (
+        db.execute("SELECT count(*) AS n FROM outbox WHERE job_id IS NOT NULL").fetchone()["n"] == 0
+    )
     drain(db, ch, relay_settings)  # the lifecycle events, job.deleted among them
     assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
     assert [r[0] for r in ch.query("SELECT event_type FROM event_log").result_rows] == [
-        "job.deleted"]
+        "job.deleted"
+    ]
 
 
 def test_a_range_whose_job_is_deleted_between_claim_and_insert(relay_settings, db, ch):
@@ -226,8 +268,9 @@ def test_a_range_whose_job_is_deleted_between_claim_and_insert(relay_settings, d
     batch, rows = outbox_batches.claim_batch(db, 10, 0.0)  # lines 1-10, read
     dying, _ = outbox_batches.claim_batch(db, 10, 0.0)  # lines 11-20: its relay dies
     asyncio.run(delete_job(relay_settings, job_id))
-    assert db.execute("SELECT count(*) AS n FROM outbox WHERE job_id IS NOT NULL"
-                      ).fetchone()["n"] == 2  # held by the two batches; lines 21-30 went
+    assert (
+        db.execute("SELECT count(*) AS n FROM outbox WHERE job_id IS NOT NULL").fetchone()["n"] == 2
+    )  # held by the two batches; lines 21-30 went
     assert event_log.delete_events_of_deleted_jobs(db, ch) == 0  # waits for them
 
     with db.transaction():
@@ -240,48 +283,72 @@ def test_a_range_whose_job_is_deleted_between_claim_and_insert(relay_settings, d
     assert db.execute("SELECT count(*) AS n FROM outbox_batch").fetchone()["n"] == 0
     assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
     assert [r[0] for r in ch.query("SELECT event_type FROM event_log").result_rows] == [
-        "job.deleted"]
+        "job.deleted"
+    ]
 
 
 def test_per_line_rows_pending_across_the_upgrade_drain_then_ranges_follow(
-        settings, relay_settings, database_url, ch):
+    settings, relay_settings, database_url, ch
+):
     """A database at 0009 with per-line rows pending, some in a recorded batch whose relay
     died: upgraded, the relay drains them as they were, then the worker's ranges follow, and
     every line of the job is in event_log once."""
     backend = yoyo.get_backend(core.yoyo_url(database_url))
     migrations = yoyo.read_migrations(str(core.MIGRATIONS_DIR))
     with backend.lock():
-        backend.rollback_migrations(backend.to_rollback(
-            migrations.filter(lambda m: m.id == "0010_outbox_ranges")))
+        backend.rollback_migrations(
+            backend.to_rollback(migrations.filter(lambda m: m.id == "0010_outbox_ranges"))
+        )
     backend.connection.close()
     content = varied_lines(40)
     settings = dataclasses.replace(settings, batch_lines=10)
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as db:
         job_id = make_job(settings, db, content)
         # The first 20 lines were processed before the upgrade: entries, per-line rows.
-        old_rows = [r for r in legacy_line_rows(job_id, content)
-                    if json.loads(r[4])["line_no"] <= 20]
-        db.execute("UPDATE jobs SET status = 'processing', attempts = 1, lines_processed = 20, "
-                   "bytes_processed = %s, lines_valid = 20 WHERE job_id = %s",
-                   (sum(len(x) + 1 for x in content.split(b"\n")[:20]), job_id))
+        old_rows = [
+            r for r in legacy_line_rows(job_id, content) if json.loads(r[4])["line_no"] <= 20
+        ]
+        db.execute(
+            "UPDATE jobs SET status = 'processing', attempts = 1, lines_processed = 20, "
+            "bytes_processed = %s, lines_valid = 20 WHERE job_id = %s",
+            (sum(len(x) + 1 for x in content.split(b"\n")[:20]), job_id),
+        )
         with db.cursor() as cur:
             with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
                 for r in old_rows:
                     ctx = json.loads(r[4])
-                    copy.write_row((job_id, ctx["line_no"], r[2], ctx["level"], ctx["service"], r[1], r[3],
-                                    ctx["message"], json.dumps(ctx["context"])))
+                    copy.write_row(
+                        (
+                            job_id,
+                            ctx["line_no"],
+                            r[2],
+                            ctx["level"],
+                            ctx["service"],
+                            r[1],
+                            r[3],
+                            ctx["message"],
+                            json.dumps(ctx["context"]),
+                        )
+                    )
             outbox.copy_outbox_rows(cur, old_rows)
         # A relay of before ranges recorded lines 1-8 as a batch, and died.
         ids = [r["id"] for r in db.execute("SELECT id FROM outbox ORDER BY id LIMIT 8")]
-        db.execute("INSERT INTO outbox_batch (first_id, last_id, ids, token) "
-                   "VALUES (%s, %s, %s, 'eh-outbox-8-before-the-upgrade')", (ids[0], ids[-1], ids))
+        db.execute(
+            "INSERT INTO outbox_batch (first_id, last_id, ids, token) "
+            "VALUES (%s, %s, %s, 'eh-outbox-8-before-the-upgrade')",
+            (ids[0], ids[-1], ids),
+        )
 
     assert core.migrate(database_url) == 1
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as db:
         assert delivery(db, job_id) == (20, 0)
         assert run_job(settings, job_id) == "completed"  # lines 21-45, as ranges
-        assert db.execute("SELECT count(*) AS n FROM outbox WHERE job_id = %s",
-                          (job_id,)).fetchone()["n"] >= 2
+        assert (
+            db.execute("SELECT count(*) AS n FROM outbox WHERE job_id = %s", (job_id,)).fetchone()[
+                "n"
+            ]
+            >= 2
+        )
         assert_exactly_once(db, job_id, valid=43, invalid=1)
         assert delivery(db, job_id) == (43, 0)
         lifecycle = lifecycle_rows(db)

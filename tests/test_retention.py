@@ -41,31 +41,42 @@ CONTENT = jsonl(VALID, {**VALID, "message": "second"}) + b"not json\n"  # 2 vali
 
 
 def own_retention(db, owner: str, days: int | None) -> None:
-    db.execute(core.QUERIES["set_owner_retention"],
-               {"owner": owner, "days": days, "set_by": "test"})
+    db.execute(
+        core.QUERIES["set_owner_retention"], {"owner": owner, "days": days, "set_by": "test"}
+    )
 
 
 def rows_of(db, table: str, job_id) -> int:
-    return db.execute(f"SELECT count(*) AS n FROM {table} WHERE job_id = %s",
-                      (job_id,)).fetchone()["n"]
+    return db.execute(f"SELECT count(*) AS n FROM {table} WHERE job_id = %s", (job_id,)).fetchone()[
+        "n"
+    ]
 
 
 def outbox_rows_of(db, job_id) -> int:
-    return db.execute("SELECT count(*) AS n FROM outbox WHERE event_context->>'job_id' = %s",
-                      (str(job_id),)).fetchone()["n"]
+    return db.execute(
+        "SELECT count(*) AS n FROM outbox WHERE event_context->>'job_id' = %s", (str(job_id),)
+    ).fetchone()["n"]
 
 
 def deletion_events(db) -> dict[str, int]:
     """job.deleted events in the outbox, by job: one per removal."""
-    return {r["job_id"]: r["n"] for r in db.execute(
-        "SELECT event_context->>'job_id' AS job_id, count(*) AS n FROM outbox "
-        "WHERE event_type = 'job.deleted' GROUP BY 1")}
+    return {
+        r["job_id"]: r["n"]
+        for r in db.execute(
+            "SELECT event_context->>'job_id' AS job_id, count(*) AS n FROM outbox "
+            "WHERE event_type = 'job.deleted' GROUP BY 1"
+        )
+    }
 
 
 def event_types_in_clickhouse(ch, job_id) -> list[str]:
-    return sorted(r[0] for r in ch.query(
-        "SELECT event_type FROM event_log WHERE job_id = {j:UUID}",
-        parameters={"j": str(job_id)}).result_rows)
+    return sorted(
+        r[0]
+        for r in ch.query(
+            "SELECT event_type FROM event_log WHERE job_id = {j:UUID}",
+            parameters={"j": str(job_id)},
+        ).result_rows
+    )
 
 
 def relay_everything(db, ch, settings) -> None:
@@ -78,16 +89,24 @@ def relay_everything(db, ch, settings) -> None:
 def keep(settings):
     """The test's settings with a default retention of 30 days, read 3 expired jobs at a time,
     relay batches going out at once, the API's own periodic sweep off."""
-    return dataclasses.replace(settings, retention_days=30, retention_batch=3,
-                               retention_interval_s=0, relay_batch_max_wait_s=0.0)
+    return dataclasses.replace(
+        settings,
+        retention_days=30,
+        retention_batch=3,
+        retention_interval_s=0,
+        relay_batch_max_wait_s=0.0,
+    )
 
 
 @pytest.fixture
 def run_command(run_script, keep):
     """`python eventhorizon.py retention <args>` with the `keep` settings."""
+
     def run(*args: str) -> subprocess.CompletedProcess:
-        return run_script("eventhorizon.py", "retention", *args, env=settings_env(keep),
-                          timeout=120)
+        return run_script(
+            "eventhorizon.py", "retention", *args, env=settings_env(keep), timeout=120
+        )
+
     return run
 
 
@@ -95,7 +114,8 @@ def run_command(run_script, keep):
 
 
 async def test_a_job_past_its_retention_leaves_postgres_s3_and_clickhouse_and_nothing_else(
-        keep, db):
+    keep, db
+):
     """Alice keeps 1 day, Bob 90 days, Dave for ever, Carol the default 30. A sweep removes
     Alice's 2-day-old job and Carol's 40-day-old one everywhere; Alice's new job, Bob's and
     Dave's old ones, Alice's old job a worker is processing and her old queued job a worker has
@@ -105,16 +125,21 @@ async def test_a_job_past_its_retention_leaves_postgres_s3_and_clickhouse_and_no
     own_retention(db, "bob", 90)
     own_retention(db, "dave", None)
     jobs_of = {}
-    for name, owner, days in [("alice_old", "alice", 2), ("alice_new", "alice", 0),
-                              ("bob_old", "bob", 40), ("carol_old", "carol", 40),
-                              ("dave_ancient", "dave", 4000)]:
+    for name, owner, days in [
+        ("alice_old", "alice", 2),
+        ("alice_new", "alice", 0),
+        ("bob_old", "bob", 40),
+        ("carol_old", "carol", 40),
+        ("dave_ancient", "dave", 4000),
+    ]:
         job_id = make_job(keep, db, CONTENT, owner=owner)
         assert run_job(keep, job_id) == "completed"
         aged(db, job_id, days)
         jobs_of[name] = job_id
     processing = make_job(keep, db, CONTENT, owner="alice")
-    db.execute("UPDATE jobs SET status = 'processing', started_at = now() WHERE job_id = %s",
-               (processing,))
+    db.execute(
+        "UPDATE jobs SET status = 'processing', started_at = now() WHERE job_id = %s", (processing,)
+    )
     aged(db, processing, 5)
     claimed = make_job(keep, db, CONTENT, owner="alice")
     aged(db, claimed, 5)
@@ -125,8 +150,10 @@ async def test_a_job_past_its_retention_leaves_postgres_s3_and_clickhouse_and_no
     try:
         relay_everything(db, ch, keep)  # every event in ClickHouse before the sweep
         before = {job_id: event_types_in_clickhouse(ch, job_id) for job_id in jobs_of.values()}
-        assert all(types == ["job.completed", "job.started", "order.created", "order.created"]
-                   for types in before.values())
+        assert all(
+            types == ["job.completed", "job.started", "order.created", "order.created"]
+            for types in before.values()
+        )
         with psycopg.connect(keep.database_url, autocommit=True) as a_worker:
             a_worker.execute(core.QUERIES["try_lock_job"], {"job_id": claimed})
             swept = await retention.sweep(keep, core.s3_client(keep))
@@ -136,23 +163,33 @@ async def test_a_job_past_its_retention_leaves_postgres_s3_and_clickhouse_and_no
         for job_id in gone:
             assert db.execute("SELECT 1 FROM jobs WHERE job_id = %s", (job_id,)).fetchone() is None
             assert rows_of(db, "log_entries", job_id) == rows_of(db, "line_errors", job_id) == 0
-            deletion = db.execute("SELECT * FROM job_deletions WHERE job_id = %s",
-                                  (job_id,)).fetchone()
+            deletion = db.execute(
+                "SELECT * FROM job_deletions WHERE job_id = %s", (job_id,)
+            ).fetchone()
             assert deletion["deleted_by"] == retention.SWEEPER
         assert sorted(stored_keys(keep)) == sorted(f"uploads/{j}.jsonl" for j in kept)
         for job_id in kept - {processing, claimed}:
-            assert (rows_of(db, "log_entries", job_id), rows_of(db, "line_errors", job_id)) == (2, 1)
+            assert (rows_of(db, "log_entries", job_id), rows_of(db, "line_errors", job_id)) == (
+                2,
+                1,
+            )
 
         relay_everything(db, ch, keep)
-        assert ch.query("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
-                        "AND table = 'event_log'").result_rows == [(1,)]  # both jobs at once
+        assert ch.query(
+            "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+            "AND table = 'event_log'"
+        ).result_rows == [(1,)]  # both jobs at once
         for job_id in gone:
             assert event_types_in_clickhouse(ch, job_id) == ["job.deleted"]
             assert outbox_rows_of(db, job_id) == 0
         for job_id in set(jobs_of.values()) - gone:
             assert event_types_in_clickhouse(ch, job_id) == before[job_id]
-        assert db.execute("SELECT count(*) AS n FROM job_deletions WHERE clickhouse_at IS NULL"
-                          ).fetchone()["n"] == 0
+        assert (
+            db.execute(
+                "SELECT count(*) AS n FROM job_deletions WHERE clickhouse_at IS NULL"
+            ).fetchone()["n"]
+            == 0
+        )
     finally:
         ch.close()
     # The two left for later go once they are free and finished.
@@ -169,8 +206,9 @@ async def test_nothing_is_removed_with_the_default_of_for_ever(settings, db):
     own_retention(db, "alice", 36_500)
     assert (await retention.sweep(settings, core.s3_client(settings))).removed == []
     own_retention(db, "alice", 1)
-    assert [j.job_id for j in (await retention.sweep(settings, core.s3_client(settings))).removed
-            ] == [job_id]
+    assert [
+        j.job_id for j in (await retention.sweep(settings, core.s3_client(settings))).removed
+    ] == [job_id]
 
 
 # --------------------------------------------------------------------------- sweepers at once
@@ -186,8 +224,9 @@ async def test_two_sweepers_at_once_remove_each_job_once(keep, db):
         aged(db, job_id, 31)
 
     async def unlocked_sweep() -> retention.Swept:
-        async with await psycopg.AsyncConnection.connect(keep.database_url,
-                                                         autocommit=True) as aconn:
+        async with await psycopg.AsyncConnection.connect(
+            keep.database_url, autocommit=True
+        ) as aconn:
             return await retention.sweep_locked(aconn, keep, s3)
 
     sweeps = await asyncio.gather(*(unlocked_sweep() for _ in range(3)))
@@ -198,10 +237,16 @@ async def test_two_sweepers_at_once_remove_each_job_once(keep, db):
     second = [make_job(keep, db, CONTENT, owner="o9") for _ in range(30)]
     for job_id in second:
         aged(db, job_id, 31)
-    commands = [subprocess.Popen(
-        [sys.executable, str(core.ROOT / "eventhorizon.py"), "retention", "sweep"],
-        env=settings_env(keep), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)]
+    commands = [
+        subprocess.Popen(
+            [sys.executable, str(core.ROOT / "eventhorizon.py"), "retention", "sweep"],
+            env=settings_env(keep),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for p in commands]
     assert [p.returncode for p in commands] == [0, 0]
     removed = [j["job_id"] for out in outputs for j in out["removed"]]
@@ -221,7 +266,8 @@ async def test_a_sweep_skips_while_another_holds_the_lock(keep, db):
         assert db.execute("SELECT 1 FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
     # Its connection closed, the lock is free again.
     assert [j.job_id for j in (await retention.sweep(keep, core.s3_client(keep))).removed] == [
-        job_id]
+        job_id
+    ]
 
 
 # --------------------------------------------------------------------------- ingest goes on
@@ -241,8 +287,9 @@ class PausingS3:
         return self.s3.delete_object(**kwargs)
 
 
-async def test_uploads_are_accepted_and_completed_while_a_sweep_runs(keep, client, db,
-                                                                     start_process):
+async def test_uploads_are_accepted_and_completed_while_a_sweep_runs(
+    keep, client, db, start_process
+):
     """A sweep stopped in the middle of a removal, its transaction open: uploads meanwhile are
     accepted, processed by a worker and completed; then the sweep finishes, removing every
     expired job and none of the new ones."""
@@ -300,14 +347,19 @@ class RefusingS3:
 
     def delete_object(self, **kwargs):
         if kwargs["Key"] == self.refused_key:
-            raise ClientError({"Error": {"Code": "Refused", "Message": "no"},
-                               "ResponseMetadata": {"HTTPStatusCode": self.status}},
-                              "DeleteObject")
+            raise ClientError(
+                {
+                    "Error": {"Code": "Refused", "Message": "no"},
+                    "ResponseMetadata": {"HTTPStatusCode": self.status},
+                },
+                "DeleteObject",
+            )
         return self.s3.delete_object(**kwargs)
 
 
 async def test_a_job_whose_removal_fails_holds_back_no_other_and_an_outage_stops_the_sweep(
-        keep, db):
+    keep, db
+):
     """The oldest job's object is refused (403): the sweep logs it, counts it failed and goes
     on with the others; the job stays whole, for the next sweep. S3 away (503) stops the sweep
     where it is, everything not yet removed left for the next one."""
@@ -336,10 +388,12 @@ async def test_each_api_process_sweeps_by_itself(settings, aiohttp_client, make_
     often = dataclasses.replace(settings, retention_days=1, retention_interval_s=0.2)
     job_id = make_job(often, db, CONTENT)
     aged(db, job_id, 2)
-    await aiohttp_client(eventhorizon.init_app(often),
-                         headers=bearer(make_token()))
-    await wait_until(lambda: db.execute("SELECT 1 FROM job_deletions WHERE job_id = %s",
-                                        (job_id,)).fetchone(), 30, what="the API to sweep")
+    await aiohttp_client(eventhorizon.init_app(often), headers=bearer(make_token()))
+    await wait_until(
+        lambda: db.execute("SELECT 1 FROM job_deletions WHERE job_id = %s", (job_id,)).fetchone(),
+        30,
+        what="the API to sweep",
+    )
     assert db.execute("SELECT 1 FROM jobs").fetchone() is None
 
 
@@ -357,11 +411,19 @@ async def test_the_periodic_sweep_outlives_a_failed_sweep(keep, db, monkeypatch)
         return await real_sweep(settings, s3)
 
     monkeypatch.setattr(retention, "sweep", failing_once)
-    task = asyncio.create_task(retention.sweep_periodically(
-        dataclasses.replace(keep, retention_interval_s=0.05), core.s3_client(keep)))
+    task = asyncio.create_task(
+        retention.sweep_periodically(
+            dataclasses.replace(keep, retention_interval_s=0.05), core.s3_client(keep)
+        )
+    )
     try:
-        await wait_until(lambda: db.execute("SELECT 1 FROM job_deletions WHERE job_id = %s",
-                                            (job_id,)).fetchone(), 30, what="a second sweep")
+        await wait_until(
+            lambda: db.execute(
+                "SELECT 1 FROM job_deletions WHERE job_id = %s", (job_id,)
+            ).fetchone(),
+            30,
+            what="a second sweep",
+        )
         assert not task.done()
     finally:
         task.cancel()
@@ -376,15 +438,22 @@ async def test_an_admin_sets_reads_and_clears_an_owners_retention(two_owners, db
     alice, bob, root = two_owners
     path = "/api/v1/admin/owners/alice/retention"
     answer = await (await root.get(path)).json()
-    assert answer == {"owner": "alice", "days": None, "source": "default",
-                      "default_days": None, "set_by": None, "set_at": None}
+    assert answer == {
+        "owner": "alice",
+        "days": None,
+        "source": "default",
+        "default_days": None,
+        "set_by": None,
+        "set_at": None,
+    }
     response = await root.put(path, json={"days": 7})
     assert response.status == 200, await response.text()
     assert (await response.json())["days"] == 7
     answer = await (await root.get(path)).json()
     assert (answer["days"], answer["source"], answer["set_by"]) == (7, "owner", "root")
-    assert db.execute("SELECT days FROM owner_retention WHERE owner = 'alice'"
-                      ).fetchone()["days"] == 7
+    assert (
+        db.execute("SELECT days FROM owner_retention WHERE owner = 'alice'").fetchone()["days"] == 7
+    )
     answer = await (await root.put(path, json={"days": None})).json()
     assert (answer["days"], answer["source"]) == (None, "owner")  # for ever, by her own
     assert (await root.delete(path)).status == 204
@@ -405,12 +474,14 @@ async def test_the_retention_route_refuses_non_admins_and_bad_input(two_owners, 
             body = await assert_problem(response, 422)
             assert "days must be a whole number from 1 to 36500" in body["detail"]
     for body in (b"{}", b'{"days": 7, "owner": "bob"}', b"[7]", b"7", b"null"):
-        async with root.put(path, data=body,
-                            headers={"Content-Type": "application/json"}) as response:
+        async with root.put(
+            path, data=body, headers={"Content-Type": "application/json"}
+        ) as response:
             body = await assert_problem(response, 422)
             assert body["detail"].startswith('the body must be {"days": N}')
-    async with root.put(path, data=b"{days: 7}",
-                        headers={"Content-Type": "application/json"}) as response:
+    async with root.put(
+        path, data=b"{days: 7}", headers={"Content-Type": "application/json"}
+    ) as response:
         await assert_problem(response, 400)
     async with root.put(path, data=b'{"days": 7}') as response:
         await assert_problem(response, 415)
@@ -442,16 +513,21 @@ def test_the_retention_command_sets_shows_clears_and_sweeps(keep, db, run_comman
     assert ok("clear", "--owner", "bob")["source"] == "default"
     assert [o["owner"] for o in ok("show")["owners"]] == ["alice"]
 
-    for args, message in ((["--days", "0"], "days must be"), (["--days", "36501"], "days must be"),
-                          (["--days", "1", "--forever"], "not allowed with")):
+    for args, message in (
+        (["--days", "0"], "days must be"),
+        (["--days", "36501"], "days must be"),
+        (["--days", "1", "--forever"], "not allowed with"),
+    ):
         done = run_command("set", "--owner", "alice", *args)
         assert done.returncode != 0 and message in done.stderr, done.stderr
     done = run_command("set", "--owner", "no spaces", "--days", "1")
     assert done.returncode == 1 and "owner must be" in done.stderr
     assert ok("show")["owners"][0]["days"] == 7  # the refusals changed nothing
 
-    old, new = make_job(keep, db, CONTENT, owner="alice"), make_job(keep, db, CONTENT,
-                                                                      owner="alice")
+    old, new = (
+        make_job(keep, db, CONTENT, owner="alice"),
+        make_job(keep, db, CONTENT, owner="alice"),
+    )
     aged(db, old, 8)
     aged(db, new, 6)
     swept = ok("sweep")

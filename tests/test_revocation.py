@@ -25,8 +25,9 @@ def token_id(token: str) -> str:
 
 
 def revoke_with_the_cli(run_script, settings, token: str) -> None:
-    done = run_script("eventhorizon.py", "tokens", "revoke", token_id(token),
-                      env=settings_env(settings))
+    done = run_script(
+        "eventhorizon.py", "tokens", "revoke", token_id(token), env=settings_env(settings)
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -56,8 +57,9 @@ async def close_code(ws, timeout: float = 30) -> int:
             assert message.type == aiohttp.WSMsgType.TEXT, message
 
 
-async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings, start_process,
-                                                                       make_token, run_script):
+async def test_revoking_a_token_closes_its_sockets_in_every_api_process(
+    settings, start_process, make_token, run_script
+):
     """Two API processes, each holding a /ws/jobs stream and a GraphQL socket of the token to
     revoke, and one of another token of the same owner. The backstop re-check is an hour
     away: only the revocation's notification can close them."""
@@ -65,8 +67,10 @@ async def test_revoking_a_token_closes_its_sockets_in_every_api_process(settings
     quiet = {"EH_TOKEN_RECHECK_S": "3600"}
     first_url, _ = await asyncio.to_thread(serve_api, start_process, **quiet)
     second_url, _ = await asyncio.to_thread(serve_api, start_process, **quiet)
-    async with aiohttp.ClientSession(headers=bearer(kept)) as keeper, \
-            aiohttp.ClientSession(headers=bearer(revoked)) as holder:
+    async with (
+        aiohttp.ClientSession(headers=bearer(kept)) as keeper,
+        aiohttp.ClientSession(headers=bearer(revoked)) as holder,
+    ):
         job = await (await upload_to(keeper, first_url)).json()  # queued: no worker runs
         held, others = [], []
         for url in (first_url, second_url):
@@ -94,7 +98,8 @@ async def upload_to(session: aiohttp.ClientSession, url: str):
 
 
 async def test_a_revocation_whose_notification_was_missed_is_caught_by_the_recheck(
-        settings, aiohttp_client, make_token, db):
+    settings, aiohttp_client, make_token, db
+):
     """Revoked behind the listener's back (no NOTIFY): the periodic re-check closes them."""
     token = make_token("alice")
     app = eventhorizon.init_app(dataclasses.replace(settings, token_recheck_s=0.5))
@@ -103,14 +108,16 @@ async def test_a_revocation_whose_notification_was_missed_is_caught_by_the_reche
     stream = await client.ws_connect(f"/ws/jobs/{job['job_id']}")
     assert (await stream.receive_json(timeout=30))["status"] == "queued"
     ws = await graphql_socket(client.session, str(client.make_url("")).rstrip("/"), token)
-    db.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s",
-               (int(token_id(token)),))
+    db.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s", (int(token_id(token)),)
+    )
     assert await close_code(stream) == 4403
     assert await close_code(ws) == 4403
 
 
-async def test_each_operation_is_checked_against_the_token_as_it_starts(settings, aiohttp_client,
-                                                                        make_token, db):
+async def test_each_operation_is_checked_against_the_token_as_it_starts(
+    settings, aiohttp_client, make_token, db
+):
     """No notification and no re-check in sight: the next operation itself finds the token
     revoked, and is refused by closing the socket (4403) rather than answered."""
     token = make_token("alice")
@@ -118,8 +125,9 @@ async def test_each_operation_is_checked_against_the_token_as_it_starts(settings
     client = await aiohttp_client(app, headers=bearer(token))
     ws = await graphql_socket(client.session, str(client.make_url("")).rstrip("/"), token)
     assert (await ask(ws, "1"))["type"] == "next"
-    db.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s",
-               (int(token_id(token)),))
+    db.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s", (int(token_id(token)),)
+    )
     await ws.send_json({"id": "2", "type": "subscribe", "payload": {"query": JOBS_QUERY}})
     assert await close_code(ws) == 4403
 
@@ -127,8 +135,7 @@ async def test_each_operation_is_checked_against_the_token_as_it_starts(settings
 # --------------------------------------------------------------------------- before connection_init
 
 
-async def test_pings_do_not_keep_an_unauthenticated_graphql_socket_open(settings,
-                                                                        aiohttp_client):
+async def test_pings_do_not_keep_an_unauthenticated_graphql_socket_open(settings, aiohttp_client):
     app = eventhorizon.init_app(dataclasses.replace(settings, graphql_init_timeout_s=1.0))
     client = await aiohttp_client(app)
     ws = await client.ws_connect("/graphql", protocols=(PROTOCOL,))
@@ -147,7 +154,8 @@ async def test_pings_do_not_keep_an_unauthenticated_graphql_socket_open(settings
 
 
 async def test_unauthenticated_graphql_sockets_count_against_the_limits_and_the_gauge(
-        settings, aiohttp_client, make_token):
+    settings, aiohttp_client, make_token
+):
     capped = dataclasses.replace(settings, max_websockets=2, graphql_init_timeout_s=60)
     app = eventhorizon.init_app(capped)
     client = await aiohttp_client(app)

@@ -31,8 +31,10 @@ JOBS = {"a1": ("alice", 120), "a2": ("alice", 80), "a3": ("alice", 40), "b1": ("
 @pytest.fixture
 def jobs(db, settings) -> dict[str, uuid.UUID]:
     """Alice's three jobs and Bob's one, in Postgres and in event_log."""
-    ids = {name: store_job(db, k, owner, lines, settings.s3_bucket)
-           for k, (name, (owner, lines)) in enumerate(JOBS.items())}
+    ids = {
+        name: store_job(db, k, owner, lines, settings.s3_bucket)
+        for k, (name, (owner, lines)) in enumerate(JOBS.items())
+    }
     relay_all(db, settings)
     return ids
 
@@ -42,6 +44,7 @@ async def client_of(settings, aiohttp_client, make_token):
     async def make(owner: str, *, admin: bool = False, app_settings=None):
         app = eventhorizon.init_app(app_settings or settings)
         return await aiohttp_client(app, headers=bearer(make_token(owner, admin=admin)))
+
     return make
 
 
@@ -54,7 +57,8 @@ def postgres_events(db, owner: str, where: str = "true", params: dict | None = N
         "FROM log_entries e JOIN jobs j USING (job_id) "
         f"WHERE j.owner = %(owner)s AND ({where}) "
         "ORDER BY date_trunc('milliseconds', e.timestamp) DESC",
-        {"owner": owner, **(params or {})}).fetchall()
+        {"owner": owner, **(params or {})},
+    ).fetchall()
     return [dict(r) for r in rows]
 
 
@@ -67,31 +71,43 @@ FILTERS = [
     ("", "true"),
     ("level=error", "e.level = 'error'"),
     ("level=ERROR&level=critical", "e.level IN ('error', 'critical')"),
-    ("service=checkout&event_type=order.paid",
-     "e.service = 'checkout' AND e.event_type = 'order.paid'"),
+    (
+        "service=checkout&event_type=order.paid",
+        "e.service = 'checkout' AND e.event_type = 'order.paid'",
+    ),
     ("environment=staging", "e.environment = 'staging'"),
     ("job_id={a2}", "e.job_id = %(a2)s"),
     ("job_id={a1}&job_id={a2}&level=info", "e.job_id IN (%(a1)s, %(a2)s) AND e.level = 'info'"),
     ("job_id={b1}", "false"),  # Bob's job, asked for by Alice: nothing, not an error
-    ("from=2026-11-30T10:00:17.010Z&to=2026-11-30T11:01:00.020%2B01:00",  # to: 10:01:00.020Z
-     "e.timestamp >= '2026-11-30T10:00:17.010Z' AND e.timestamp < '2026-11-30T10:01:00.020Z'"),
-    ("from=2026-11-30T10:00:00Z&to=2026-11-30T11:00:00Z&level=info",  # on the hour: by_hour
-     "e.timestamp >= '2026-11-30T10:00:00Z' AND e.timestamp < '2026-11-30T11:00:00Z' "
-     "AND e.level = 'info'"),
+    (
+        "from=2026-11-30T10:00:17.010Z&to=2026-11-30T11:01:00.020%2B01:00",  # to: 10:01:00.020Z
+        "e.timestamp >= '2026-11-30T10:00:17.010Z' AND e.timestamp < '2026-11-30T10:01:00.020Z'",
+    ),
+    (
+        "from=2026-11-30T10:00:00Z&to=2026-11-30T11:00:00Z&level=info",  # on the hour: by_hour
+        "e.timestamp >= '2026-11-30T10:00:00Z' AND e.timestamp < '2026-11-30T11:00:00Z' "
+        "AND e.level = 'info'",
+    ),
     ("to=2026-11-30T10:00:00Z", "false"),
     ("q=timeout", "strpos(lower(e.message), 'timeout') > 0"),
-    ("q=OUT AFTER 5&level=error", "strpos(lower(e.message), 'out after 5') > 0 "
-                                  "AND e.level = 'error'"),
+    (
+        "q=OUT AFTER 5&level=error",
+        "strpos(lower(e.message), 'out after 5') > 0 AND e.level = 'error'",
+    ),
     ("context.request_id=r-3", "e.context #>> '{request_id}' = 'r-3'"),
-    ("context.http.status=500&context.user.id=1",
-     "e.context #>> '{http,status}' = '500' AND e.context #>> '{user,id}' = '1'"),
+    (
+        "context.http.status=500&context.user.id=1",
+        "e.context #>> '{http,status}' = '500' AND e.context #>> '{user,id}' = '1'",
+    ),
     ("context.flag=true&q=order", "e.context #>> '{flag}' = 'true'"),
     ("context.request_id=r-3&context.request_id=r-4", "false"),
     ("context.nowhere=1", "false"),
     ("not.level=info&not.level=DEBUG", "e.level NOT IN ('info', 'debug')"),
     ("not.service=checkout&level=error", "e.service != 'checkout' AND e.level = 'error'"),
-    ("not.job_id={a1}&not.environment=staging&not.event_type=pino.log",
-     "e.job_id != %(a1)s AND e.environment != 'staging' AND e.event_type != 'pino.log'"),
+    (
+        "not.job_id={a1}&not.environment=staging&not.event_type=pino.log",
+        "e.job_id != %(a1)s AND e.environment != 'staging' AND e.event_type != 'pino.log'",
+    ),
     ("level=error&not.level=error", "false"),
     ("not.job_id={b1}&context.request_id=r-3", "e.context #>> '{request_id}' = 'r-3'"),
 ]
@@ -99,7 +115,8 @@ FILTERS = [
 
 @pytest.mark.parametrize(("query", "where"), FILTERS)
 async def test_every_filter_agrees_with_postgres_on_pages_histogram_facets_and_export(
-        db, jobs, client_of, query, where):
+    db, jobs, client_of, query, where
+):
     """Pages (following `next`), the histogram, the service facet and the export each select
     exactly Alice's log entries the same condition selects in Postgres, newest first, with
     millisecond times; Bob's events never appear."""
@@ -109,10 +126,35 @@ async def test_every_filter_agrees_with_postgres_on_pages_histogram_facets_and_e
 
     got = await all_pages(alice, f"/api/v1/events?limit=37&{query}")
     assert keys(got) == keys(expected)
-    assert [{k: e[k] for k in ("timestamp", "level", "service", "event_type", "environment",
-                               "message", "context")} for e in got] == [
-        {k: e[k] for k in ("timestamp", "level", "service", "event_type", "environment",
-                           "message", "context")} for e in expected]
+    assert [
+        {
+            k: e[k]
+            for k in (
+                "timestamp",
+                "level",
+                "service",
+                "event_type",
+                "environment",
+                "message",
+                "context",
+            )
+        }
+        for e in got
+    ] == [
+        {
+            k: e[k]
+            for k in (
+                "timestamp",
+                "level",
+                "service",
+                "event_type",
+                "environment",
+                "message",
+                "context",
+            )
+        }
+        for e in expected
+    ]
     oldest_first = await all_pages(alice, f"/api/v1/events?limit=50&order=asc&{query}")
     assert keys(oldest_first) == keys(expected)[::-1]
 
@@ -126,10 +168,13 @@ async def test_every_filter_agrees_with_postgres_on_pages_histogram_facets_and_e
     assert len(histogram["buckets"]) <= explore.AUTO_BUCKETS
     hourly = await (await alice.get(f"/api/v1/events/histogram?interval_s=3600&{query}")).json()
     assert hourly["events"] == len(expected)
-    assert [b["counts"] for b in hourly["buckets"]] == ([count_by(expected, "level")]
-                                                        if expected else [])
+    assert [b["counts"] for b in hourly["buckets"]] == (
+        [count_by(expected, "level")] if expected else []
+    )
 
-    facets = await (await alice.get(f"/api/v1/events/facets?field=service&limit=100&{query}")).json()
+    facets = await (
+        await alice.get(f"/api/v1/events/facets?field=service&limit=100&{query}")
+    ).json()
     assert {v["value"]: v["count"] for v in facets["values"]} == count_by(expected, "service")
     assert facets["other"] == 0
 
@@ -148,16 +193,20 @@ def count_by(events, field: str) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize(("field", "value_of"), [
-    ("level", lambda e: e["level"]),
-    ("event_type", lambda e: e["event_type"]),
-    ("environment", lambda e: e["environment"]),
-    ("job_id", lambda e: e["job_id"]),
-    ("context.request_id", lambda e: e["context"]["request_id"]),
-    ("context.http.status", lambda e: str(e["context"]["http"]["status"])),
-])
-async def test_facets_count_what_postgres_counts_and_the_rest_as_other(db, jobs, client_of,
-                                                                       field, value_of):
+@pytest.mark.parametrize(
+    ("field", "value_of"),
+    [
+        ("level", lambda e: e["level"]),
+        ("event_type", lambda e: e["event_type"]),
+        ("environment", lambda e: e["environment"]),
+        ("job_id", lambda e: e["job_id"]),
+        ("context.request_id", lambda e: e["context"]["request_id"]),
+        ("context.http.status", lambda e: str(e["context"]["http"]["status"])),
+    ],
+)
+async def test_facets_count_what_postgres_counts_and_the_rest_as_other(
+    db, jobs, client_of, field, value_of
+):
     alice = await client_of("alice")
     expected: dict[str, int] = {}
     for e in postgres_events(db, "alice"):
@@ -172,17 +221,23 @@ async def test_facets_count_what_postgres_counts_and_the_rest_as_other(db, jobs,
 
 
 async def test_a_deleted_job_vanishes_from_every_search_at_once_and_owners_see_only_theirs(
-        db, jobs, client_of, settings):
+    db, jobs, client_of, settings
+):
     """Deleting Alice's job a3 hides its events from every read at once, while ClickHouse
     still holds them (the relay has not deleted them yet), and after. Bob sees only his job;
     an admin sees no one else's events. Broken, a3's events (or Alice's in Bob's search)
     would show up in a page, a count, a facet or the export."""
-    alice, bob, ops = (await client_of("alice"), await client_of("bob"),
-                       await client_of("ops", admin=True))
+    alice, bob, ops = (
+        await client_of("alice"),
+        await client_of("bob"),
+        await client_of("ops", admin=True),
+    )
     assert (await alice.delete(f"/api/v1/jobs/{jobs['a3']}")).status == 204
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
-        still_there = ch.query("SELECT count() FROM event_log WHERE job_id = {j:UUID} "
-                               "AND line_no > 0", parameters={"j": str(jobs["a3"])})
+        still_there = ch.query(
+            "SELECT count() FROM event_log WHERE job_id = {j:UUID} AND line_no > 0",
+            parameters={"j": str(jobs["a3"])},
+        )
         assert still_there.result_rows[0][0] == 40  # only Postgres knows it is deleted
 
     async def check() -> None:
@@ -203,13 +258,19 @@ async def test_a_deleted_job_vanishes_from_every_search_at_once_and_owners_see_o
     relay_all(db, settings)  # the job.deleted event first: the deletion waits for it
     with event_log.connect_clickhouse(settings.clickhouse_url) as ch:
         assert event_log.delete_events_of_deleted_jobs(db, ch) == 1
-        assert ch.command("SELECT count() FROM event_log WHERE job_id = {j:UUID} AND line_no > 0",
-                          parameters={"j": str(jobs["a3"])}) == 0
+        assert (
+            ch.command(
+                "SELECT count() FROM event_log WHERE job_id = {j:UUID} AND line_no > 0",
+                parameters={"j": str(jobs["a3"])},
+            )
+            == 0
+        )
     await check()
 
 
-async def test_export_streams_csv_and_ends_with_a_clear_line_past_its_limit(db, jobs, client_of,
-                                                                             settings):
+async def test_export_streams_csv_and_ends_with_a_clear_line_past_its_limit(
+    db, jobs, client_of, settings
+):
     alice = await client_of("alice")
     expected = postgres_events(db, "alice")
     response = await alice.get("/api/v1/events/export?format=csv&order=asc&level=info")
@@ -220,23 +281,35 @@ async def test_export_streams_csv_and_ends_with_a_clear_line_past_its_limit(db, 
     assert [(r["job_id"], int(r["line_no"])) for r in rows] == keys(infos)
     assert [json.loads(r["context"]) for r in rows] == [e["context"] for e in infos]
 
-    capped = await client_of("alice", app_settings=dataclasses.replace(settings,
-                                                                       export_max_rows=50))
+    capped = await client_of(
+        "alice", app_settings=dataclasses.replace(settings, export_max_rows=50)
+    )
     lines = (await (await capped.get("/api/v1/events/export")).read()).splitlines()
     assert keys(json.loads(line) for line in lines[:50]) == keys(expected[:50])
     assert len(lines) == 51 and json.loads(lines[50])["truncated"] is True
-    exact = await client_of("alice", app_settings=dataclasses.replace(settings,
-                                                                      export_max_rows=240))
+    exact = await client_of(
+        "alice", app_settings=dataclasses.replace(settings, export_max_rows=240)
+    )
     lines = (await (await exact.get("/api/v1/events/export")).read()).splitlines()
-    assert len(expected) == len(lines) == 240  # exactly the limit: nothing was left out, so no last line
+    assert (
+        len(expected) == len(lines) == 240
+    )  # exactly the limit: nothing was left out, so no last line
 
 
-@pytest.mark.parametrize("after", [
-    "x", "e30", "W10", "WyJkZXNjIiwgMSwgMiwgM10",  # ["desc", 1, 2, 3]
-    "WyJkZXNjIiwgLTEsICIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCAxXQ",  # ms < 0
-    "WyJzaWRlIiwgMSwgIjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCIsIDFd",  # "side"
-    "%00%ff", "a" * 201, "WyJkZXNjIiwgMS41LCAiMDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwIiwgMV0",
-])
+@pytest.mark.parametrize(
+    "after",
+    [
+        "x",
+        "e30",
+        "W10",
+        "WyJkZXNjIiwgMSwgMiwgM10",  # ["desc", 1, 2, 3]
+        "WyJkZXNjIiwgLTEsICIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCAxXQ",  # ms < 0
+        "WyJzaWRlIiwgMSwgIjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCIsIDFd",  # "side"
+        "%00%ff",
+        "a" * 201,
+        "WyJkZXNjIiwgMS41LCAiMDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwIiwgMV0",
+    ],
+)
 async def test_a_forged_cursor_is_a_422_naming_it(jobs, client_of, after):
     alice = await client_of("alice")
     response = await alice.get(f"/api/v1/events?after={after}")
@@ -256,32 +329,35 @@ async def test_a_cursor_of_the_other_order_is_a_422_and_a_real_one_pages_on(jobs
     assert {e["job_id"] for e in bobs["events"]} <= {str(jobs["b1"])}
 
 
-@pytest.mark.parametrize(("path", "names"), [
-    ("/api/v1/events?level=verbose", "level"),
-    ("/api/v1/events?from=yesterday", "from"),
-    ("/api/v1/events?from=2026-11-30T10:00:00Z&to=2026-11-30T09:00:00Z", "from"),
-    ("/api/v1/events?job_id=nope", "job_id"),
-    ("/api/v1/events?" + "&".join(f"job_id={uuid.uuid4()}" for _ in range(101)), "job_id"),
-    ("/api/v1/events?context.a..b=1", "context.a..b"),
-    ("/api/v1/events?context.a%20b=1", "context.a b"),
-    ("/api/v1/events?" + "&".join(f"context.k{n}=v" for n in range(9)), "context"),
-    ("/api/v1/events?context.k=" + "v" * 257, "context.k"),
-    ("/api/v1/events?q=" + "x" * 201, "q"),
-    ("/api/v1/events?levels=error", "levels"),
-    ("/api/v1/events?not.level=verbose", "not.level"),
-    ("/api/v1/events?not.job_id=nope", "not.job_id"),
-    ("/api/v1/events?not.q=x", "not.q"),
-    ("/api/v1/events/facets?field=level&" + "&".join(["not.service=s"] * 21), "not.service"),
-    ("/api/v1/events?limit=1001", "limit"),
-    ("/api/v1/events?order=up", "order"),
-    ("/api/v1/events/histogram?interval_s=1&from=2026-01-01T00:00:00Z", "interval_s"),
-    ("/api/v1/events/histogram?interval_s=0", "interval_s"),
-    ("/api/v1/events/facets", "field"),
-    ("/api/v1/events/facets?field=message", "field"),
-    ("/api/v1/events/facets?field=context.", "context."),
-    ("/api/v1/events/facets?field=level&limit=101", "limit"),
-    ("/api/v1/events/export?format=xml", "format"),
-])
+@pytest.mark.parametrize(
+    ("path", "names"),
+    [
+        ("/api/v1/events?level=verbose", "level"),
+        ("/api/v1/events?from=yesterday", "from"),
+        ("/api/v1/events?from=2026-11-30T10:00:00Z&to=2026-11-30T09:00:00Z", "from"),
+        ("/api/v1/events?job_id=nope", "job_id"),
+        ("/api/v1/events?" + "&".join(f"job_id={uuid.uuid4()}" for _ in range(101)), "job_id"),
+        ("/api/v1/events?context.a..b=1", "context.a..b"),
+        ("/api/v1/events?context.a%20b=1", "context.a b"),
+        ("/api/v1/events?" + "&".join(f"context.k{n}=v" for n in range(9)), "context"),
+        ("/api/v1/events?context.k=" + "v" * 257, "context.k"),
+        ("/api/v1/events?q=" + "x" * 201, "q"),
+        ("/api/v1/events?levels=error", "levels"),
+        ("/api/v1/events?not.level=verbose", "not.level"),
+        ("/api/v1/events?not.job_id=nope", "not.job_id"),
+        ("/api/v1/events?not.q=x", "not.q"),
+        ("/api/v1/events/facets?field=level&" + "&".join(["not.service=s"] * 21), "not.service"),
+        ("/api/v1/events?limit=1001", "limit"),
+        ("/api/v1/events?order=up", "order"),
+        ("/api/v1/events/histogram?interval_s=1&from=2026-01-01T00:00:00Z", "interval_s"),
+        ("/api/v1/events/histogram?interval_s=0", "interval_s"),
+        ("/api/v1/events/facets", "field"),
+        ("/api/v1/events/facets?field=message", "field"),
+        ("/api/v1/events/facets?field=context.", "context."),
+        ("/api/v1/events/facets?field=level&limit=101", "limit"),
+        ("/api/v1/events/export?format=xml", "format"),
+    ],
+)
 async def test_bad_filters_are_a_422_naming_the_parameter(jobs, client_of, path, names):
     alice = await client_of("alice")
     response = await alice.get(path)
@@ -318,7 +394,8 @@ SETTINGS non_replicated_deduplication_window = 1000,
 
 
 async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
-        db, settings, client_of):
+    db, settings, client_of
+):
     """A table of the previous DDL holding Alice's and Bob's events (delivered by the old
     relay: no owner, whole seconds) is upgraded by the relay: each event kept once, given its
     job's owner from Postgres, found by search with its time in whole seconds, and still read
@@ -328,24 +405,39 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
     old_columns = event_log.EVENT_LOG_COLUMNS[:6]
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         ch.command(EVENT_LOG_BEFORE_SEARCH)
-        lines = [r["line"] for r in db.execute(
-            "SELECT convert_to(json_build_object('event_id', o.event_id, 'event_type', "
-            "o.event_type, 'event_date_time', floor(extract(epoch FROM o.event_date_time))::bigint,"
-            " 'environment', o.environment, 'event_context', o.event_context, "
-            "'metadata_version', o.metadata_version)::text, 'UTF8') AS line FROM outbox o")]
+        lines = [
+            r["line"]
+            for r in db.execute(
+                "SELECT convert_to(json_build_object('event_id', o.event_id, 'event_type', "
+                "o.event_type, 'event_date_time', floor(extract(epoch FROM o.event_date_time))::bigint,"
+                " 'environment', o.environment, 'event_context', o.event_context, "
+                "'metadata_version', o.metadata_version)::text, 'UTF8') AS line FROM outbox o"
+            )
+        ]
         ch.raw_insert("event_log", old_columns, insert_block=b"\n".join(lines), fmt="JSONEachRow")
         db.execute("DELETE FROM outbox")
 
         event_log.ensure_event_log(ch)
         create = ch.command("SHOW CREATE TABLE event_log")
         assert "PROJECTION by_owner" in create and "PROJECTION by_hour" in create
-        assert "INDEX context_tokens" in create and ch.command(
-            "SELECT type FROM system.columns WHERE database = currentDatabase() "
-            "AND table = 'event_log' AND name = 'event_time'") == "DateTime64(3, \\'UTC\\')"
+        assert (
+            "INDEX context_tokens" in create
+            and ch.command(
+                "SELECT type FROM system.columns WHERE database = currentDatabase() "
+                "AND table = 'event_log' AND name = 'event_time'"
+            )
+            == "DateTime64(3, \\'UTC\\')"
+        )
         assert event_log.fill_missing_owners(db, ch) == 2
-        wait_for(lambda: ch.command("SELECT count() FROM system.mutations WHERE "
-                                    "database = currentDatabase() AND NOT is_done") == 0,
-                 60, what="the upgrade's mutations")
+        wait_for(
+            lambda: ch.command(
+                "SELECT count() FROM system.mutations WHERE "
+                "database = currentDatabase() AND NOT is_done"
+            )
+            == 0,
+            60,
+            what="the upgrade's mutations",
+        )
         assert event_log.fill_missing_owners(db, ch) == 0  # done: a second start finds nothing
         event_log.ensure_event_log(ch)
         assert ch.command("SELECT count() FROM event_log") == 50
@@ -358,11 +450,14 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
     got = await all_pages(alice, "/api/v1/events?limit=1000")
     assert keys(got) == keys(expected)
     whole = {e["job_id"] for e in got if e["timestamp"].endswith(".000Z")}
-    assert str(a1) in whole and all(e["timestamp"] == f"{expected_e['timestamp'][:19]}.000Z"
-                                    for e, expected_e in zip(got, expected, strict=True)
-                                    if e["job_id"] == str(a1))
+    assert str(a1) in whole and all(
+        e["timestamp"] == f"{expected_e['timestamp'][:19]}.000Z"
+        for e, expected_e in zip(got, expected, strict=True)
+        if e["job_id"] == str(a1)
+    )
     assert [e["timestamp"] for e in got if e["job_id"] == str(a2)] == [
-        e["timestamp"] for e in expected if e["job_id"] == str(a2)]
+        e["timestamp"] for e in expected if e["job_id"] == str(a2)
+    ]
     bob = await client_of("bob")
     assert {e["job_id"] for e in await all_pages(bob, "/api/v1/events")} == {str(b1)}
     job_events = await (await alice.get(f"/api/v1/jobs/{a1}/events?limit=100")).json()
@@ -375,15 +470,21 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
 
 def test_next_links_keep_every_filter():
     filters = search.checked_search_filters(
-        levels=["error"], services=["a b"], job_ids=[str(uuid.UUID(int=1))],
-        since="2026-11-30T10:00:00.123Z", until="2026-11-30T11:00:00Z", text="x y",
-        context=[("http.status", "500")])
+        levels=["error"],
+        services=["a b"],
+        job_ids=[str(uuid.UUID(int=1))],
+        since="2026-11-30T10:00:00.123Z",
+        until="2026-11-30T11:00:00Z",
+        text="x y",
+        context=[("http.status", "500")],
+    )
     again = search.search_filters_from_query(_multidict(filters.query_items()))
     assert again == filters and urlencode(filters.query_items())
 
 
 def _multidict(items):
     from multidict import MultiDict
+
     return MultiDict(items)
 
 
@@ -409,15 +510,21 @@ async def test_graphql_search_reads_what_the_rest_routes_read(db, jobs, client_o
     """Query.events (followed along nextAfter), eventHistogram and eventFacets answer as
     GET /api/v1/events, …/histogram and …/facets with the same filter."""
     alice = await client_of("alice")
-    graph_filter = {"levels": ["ERROR", "INFO"], "jobIds": [str(jobs["a1"]), str(jobs["a2"])],
-                    "context": [{"path": "http.status", "value": "200"}],
-                    "exclude": {"services": ["search"], "eventTypes": ["order.paid"]}}
-    rest = (f"level=error&level=info&job_id={jobs['a1']}&job_id={jobs['a2']}"
-            "&context.http.status=200&not.service=search&not.event_type=order.paid")
+    graph_filter = {
+        "levels": ["ERROR", "INFO"],
+        "jobIds": [str(jobs["a1"]), str(jobs["a2"])],
+        "context": [{"path": "http.status", "value": "200"}],
+        "exclude": {"services": ["search"], "eventTypes": ["order.paid"]},
+    }
+    rest = (
+        f"level=error&level=info&job_id={jobs['a1']}&job_id={jobs['a2']}"
+        "&context.http.status=200&not.service=search&not.event_type=order.paid"
+    )
     events, after = [], None
     while True:
-        answer = await graphql(alice, SEARCH_QUERY, {"filter": graph_filter, "after": after,
-                                                     "order": order})
+        answer = await graphql(
+            alice, SEARCH_QUERY, {"filter": graph_filter, "after": after, "order": order}
+        )
         assert "errors" not in answer, answer
         page = answer["data"]["events"]
         events += page["items"]
@@ -425,12 +532,15 @@ async def test_graphql_search_reads_what_the_rest_routes_read(db, jobs, client_o
             break
     expected = await all_pages(alice, f"/api/v1/events?limit=1000&order={order.lower()}&{rest}")
     assert len(expected) > 20
-    assert [(e["jobId"], e["lineNo"], e["timestamp"], e["level"].lower(), json.loads(e["context"]))
-            for e in events] == [(e["job_id"], e["line_no"], e["timestamp"], e["level"],
-                                  e["context"]) for e in expected]
+    assert [
+        (e["jobId"], e["lineNo"], e["timestamp"], e["level"].lower(), json.loads(e["context"]))
+        for e in events
+    ] == [(e["job_id"], e["line_no"], e["timestamp"], e["level"], e["context"]) for e in expected]
     histogram = await (await alice.get(f"/api/v1/events/histogram?{rest}")).json()
     assert answer["data"]["eventHistogram"]["events"] == histogram["events"] == len(expected)
-    facets = await (await alice.get(f"/api/v1/events/facets?field=context.request_id&limit=3&{rest}")).json()
+    facets = await (
+        await alice.get(f"/api/v1/events/facets?field=context.request_id&limit=3&{rest}")
+    ).json()
     assert answer["data"]["eventFacets"] == facets
 
 
@@ -441,8 +551,10 @@ async def test_graphql_search_refuses_bad_input(jobs, client_of):
         ("{ events(first: 1001) { nextAfter } }", {}),
         ('{ eventFacets(field: "message") { other } }', {}),
         ('{ events(filter: {context: [{path: "a..b", value: "1"}]}) { nextAfter } }', {}),
-        ('query($id: ID!) { job(id: $id) { events(filter: {jobIds: [$id]}) { nextAfterLine } } }',
-         {"id": str(jobs["a1"])}),
+        (
+            "query($id: ID!) { job(id: $id) { events(filter: {jobIds: [$id]}) { nextAfterLine } } }",
+            {"id": str(jobs["a1"])},
+        ),
     ]:
         answer = await graphql(alice, query, variables)
         assert answer["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", answer
@@ -457,15 +569,24 @@ async def test_an_export_whose_client_goes_away_gives_its_read_back(jobs, settin
     explorer = explore.Explorer(settings.clickhouse_url, timeout_s=10, slots=slots)
     scope = search.SearchScope("alice")
     try:
-        chunks = explorer.stream("alice", search.export_chunks, scope, search.SearchFilters(),
-                                 fmt="ndjson", order="desc", max_rows=1000)
+        chunks = explorer.stream(
+            "alice",
+            search.export_chunks,
+            scope,
+            search.SearchFilters(),
+            fmt="ndjson",
+            order="desc",
+            max_rows=1000,
+        )
         first = await anext(chunks)
         assert first.endswith(b"\n") and slots.running == 1
         await chunks.aclose()
-        await asyncio.to_thread(wait_for, lambda: slots.running == 0, 10,
-                                what="the export's read to end")
-        page = await explorer.run("alice", search.search_events, scope, search.SearchFilters(),
-                                  limit=5)
+        await asyncio.to_thread(
+            wait_for, lambda: slots.running == 0, 10, what="the export's read to end"
+        )
+        page = await explorer.run(
+            "alice", search.search_events, scope, search.SearchFilters(), limit=5
+        )
         assert len(page) == 5  # the one thread serves the next read
     finally:
         explorer.close()

@@ -18,8 +18,12 @@ from search_samples import store_job
 
 
 def explain(ch, query: str, parameters: dict) -> str:
-    return "\n".join(row[0] for row in ch.query(f"EXPLAIN indexes = 1, projections = 1 {query}",
-                                                 parameters=parameters).result_rows)
+    return "\n".join(
+        row[0]
+        for row in ch.query(
+            f"EXPLAIN indexes = 1, projections = 1 {query}", parameters=parameters
+        ).result_rows
+    )
 
 
 # 200,000 events of Alice's over about 5.6 hours, written by ClickHouse (many granules, so that
@@ -44,8 +48,12 @@ def test_search_reads_take_the_projection_or_index_that_reads_least(db, settings
     context_tokens index keeps. Broken, each would read every one of the owner's events."""
     job = store_job(db, 0, "alice", 1)
     hidden = search.SearchScope("alice", (uuid.uuid4(),)).parameters()
-    start = {"after_time": search.LAST_MS, "after_job": search.MAX_UUID,
-             "after_line": 2**64 - 1, "limit": 100}
+    start = {
+        "after_time": search.LAST_MS,
+        "after_job": search.MAX_UUID,
+        "after_line": 2**64 - 1,
+        "limit": 100,
+    }
     with clickhouse_connect.get_client(dsn=settings.clickhouse_url) as ch:
         event_log.ensure_event_log(ch)
         ch.command(MANY_EVENTS, parameters={"job": str(job)})
@@ -63,7 +71,9 @@ def test_search_reads_take_the_projection_or_index_that_reads_least(db, settings
         assert "ReadFromMergeTree (by_hour)" in explain(ch, facet, everything)
         assert rows_read(facet, everything) <= 8192
         hours = search.histogram_query(search.SearchFilters(), 7200)
-        assert "ReadFromMergeTree (by_hour)" in explain(ch, hours, {**everything, "interval_s": 7200})
+        assert "ReadFromMergeTree (by_hour)" in explain(
+            ch, hours, {**everything, "interval_s": 7200}
+        )
 
         filters = search.checked_search_filters(context=[("request_id", "req-4242")])
         one_request = {**hidden, **filters.parameters(), **start}
@@ -74,13 +84,32 @@ def test_search_reads_take_the_projection_or_index_that_reads_least(db, settings
 
 # Context values whose JSON text differs from the value, or whose words touch bytes past ASCII:
 # each must still be found by its own filter (context_token picks a word the text holds).
-AWKWARD = ["café-42", "é-abc", "abc-é", "ok🙂", "🙂ok", "x/y/z", 'say "hi"', "back\\slash",
-           "UPPER_case-7", "1.5", "a b  c", "--", "", "日本語 id-9", 1.5, 1e21, -7, 2**62, True,
-           None, 0.1]
+AWKWARD = [
+    "café-42",
+    "é-abc",
+    "abc-é",
+    "ok🙂",
+    "🙂ok",
+    "x/y/z",
+    'say "hi"',
+    "back\\slash",
+    "UPPER_case-7",
+    "1.5",
+    "a b  c",
+    "--",
+    "",
+    "日本語 id-9",
+    1.5,
+    1e21,
+    -7,
+    2**62,
+    True,
+    None,
+    0.1,
+]
 
 
-def test_a_context_filter_finds_every_value_however_its_json_is_written(
-        db, settings, monkeypatch):
+def test_a_context_filter_finds_every_value_however_its_json_is_written(db, settings, monkeypatch):
     """Each awkward value (escaped in JSON, beside non-ASCII, numbers, booleans) is found by
     context.v=<its text> as it is without the index's word (context_token ''): the word never
     makes a filter miss. Every string value is found, at its own line at least."""

@@ -62,13 +62,21 @@ def test_a_bom_and_blank_lines_may_come_before_the_first_object():
     assert inspect(uploads.UTF8_BOM + b"\n \r\n", OBJECT + b"\n").lines_total == 3
 
 
-@pytest.mark.parametrize(("content", "detail"), [
-    (b"[1, 2]\n" + OBJECT + b"\n",
-     "the first line is not a JSON object; each line must be one log entry"),
-    (b'"text"\n', "the first line is not a JSON object; each line must be one log entry"),
-    (b"hello\n", "the first line is not JSON (Expecting value: line 1 column 1 (char 0)); "
-                 "is this a JSON-lines file?"),
-])
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (
+            b"[1, 2]\n" + OBJECT + b"\n",
+            "the first line is not a JSON object; each line must be one log entry",
+        ),
+        (b'"text"\n', "the first line is not a JSON object; each line must be one log entry"),
+        (
+            b"hello\n",
+            "the first line is not JSON (Expecting value: line 1 column 1 (char 0)); "
+            "is this a JSON-lines file?",
+        ),
+    ],
+)
 def test_a_first_line_that_is_not_an_object_is_refused(content, detail):
     refused = refusal(content)
     assert (refused.status, refused.detail) == (422, detail)
@@ -96,14 +104,17 @@ def test_an_empty_file_is_refused(content):
     assert (refused.status, refused.detail) == (422, "the file is empty")
 
 
-@pytest.mark.parametrize(("chunks", "lines_total"), [
-    ((OBJECT + b"\n",), 1),
-    ((OBJECT,), 1),  # no trailing newline: the last line still counts
-    ((OBJECT + b"\n" + OBJECT + b"\n",), 2),
-    ((OBJECT + b"\n", OBJECT), 2),
-    ((OBJECT + b"\n", b"\n", b"\n"), 3),  # blank lines count: they are the file's lines
-    ((OBJECT + b"\n\n", b"not json"), 3),  # later lines are the worker's to judge
-])
+@pytest.mark.parametrize(
+    ("chunks", "lines_total"),
+    [
+        ((OBJECT + b"\n",), 1),
+        ((OBJECT,), 1),  # no trailing newline: the last line still counts
+        ((OBJECT + b"\n" + OBJECT + b"\n",), 2),
+        ((OBJECT + b"\n", OBJECT), 2),
+        ((OBJECT + b"\n", b"\n", b"\n"), 3),  # blank lines count: they are the file's lines
+        ((OBJECT + b"\n\n", b"not json"), 3),  # later lines are the worker's to judge
+    ],
+)
 def test_lines_total_counts_physical_lines(chunks, lines_total):
     inspector = inspect(*chunks)
     assert inspector.lines_total == lines_total
@@ -115,9 +126,15 @@ def test_every_refusal_is_an_upload_refused_with_a_status_the_api_knows():
         assert issubclass(cls, uploads.UploadRefused) and cls.status in (413, 422)
 
 
-@pytest.mark.parametrize(("n", "text"), [
-    (1024**3, "1 GiB"), (10 * 1024**2, "10 MiB"), (1536, "1.5 KiB"), (1_500_000, "1.43 MiB"),
-    (100, "100 bytes"),
-])
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (1024**3, "1 GiB"),
+        (10 * 1024**2, "10 MiB"),
+        (1536, "1.5 KiB"),
+        (1_500_000, "1.43 MiB"),
+        (100, "100 bytes"),
+    ],
+)
 def test_limits_are_told_in_binary_units(n, text):
     assert uploads.in_binary_units(n) == text

@@ -40,8 +40,13 @@ from helpers import (
 )
 from processes import logged_events
 
-VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "checkout",
-         "event_type": "order.created", "message": "order created"}
+VALID = {
+    "timestamp": "2026-11-23T10:00:00+01:00",
+    "level": "info",
+    "service": "checkout",
+    "event_type": "order.created",
+    "message": "order created",
+}
 
 
 # --------------------------------------------------------------------------- whole jobs
@@ -49,9 +54,16 @@ VALID = {"timestamp": "2026-11-23T10:00:00+01:00", "level": "info", "service": "
 
 def test_job_writes_entries_errors_and_events(settings, db):
     entries = [dict(VALID, message=f"m{i}") for i in range(10)]
-    content = (jsonl(*entries[:4]) + b"\n   \n" + b"{bad json\n" + jsonl(*entries[4:])
-               + b'{"a": "' + b"z" * (lines.MAX_LINE_BYTES + 5) + b'"}\n'
-               + jsonl({**VALID, "level": "nope"})[:-1])  # no final newline
+    content = (
+        jsonl(*entries[:4])
+        + b"\n   \n"
+        + b"{bad json\n"
+        + jsonl(*entries[4:])
+        + b'{"a": "'
+        + b"z" * (lines.MAX_LINE_BYTES + 5)
+        + b'"}\n'
+        + jsonl({**VALID, "level": "nope"})[:-1]
+    )  # no final newline
     job_id = make_job(settings, db, content)
 
     assert run_job(settings, job_id) == "completed"
@@ -63,14 +75,19 @@ def test_job_writes_entries_errors_and_events(settings, db):
     errors = db.execute("SELECT line_no, reason FROM line_errors ORDER BY line_no").fetchall()
     assert [e["line_no"] for e in errors] == [7, 14, 15]
     assert "too long" in errors[1]["reason"] and "$.level" in errors[2]["reason"]
-    assert [r["line_no"] for r in db.execute(
-        "SELECT line_no FROM log_entries ORDER BY line_no")] == [1, 2, 3, 4, 8, 9, 10, 11, 12, 13]
+    assert [
+        r["line_no"] for r in db.execute("SELECT line_no FROM log_entries ORDER BY line_no")
+    ] == [1, 2, 3, 4, 8, 9, 10, 11, 12, 13]
     event = outbox_line_event(db, job_id, 8)
     assert event["event_id"] == str(outbox.line_event_id(job_id, 8))
     assert event["event_type"] == "order.created" and event["environment"] == "production"
     assert event["event_context"]["message"] == "m4"
-    lifecycle = [r["event_type"] for r in db.execute(
-        "SELECT event_type FROM outbox WHERE event_type LIKE 'job.%%' ORDER BY id")]
+    lifecycle = [
+        r["event_type"]
+        for r in db.execute(
+            "SELECT event_type FROM outbox WHERE event_type LIKE 'job.%%' ORDER BY id"
+        )
+    ]
     assert lifecycle == ["job.started", "job.completed"]
 
 
@@ -95,7 +112,8 @@ def test_a_job_locked_by_another_worker_is_left_to_it(settings, db):
 
 
 def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a_worker(
-        settings, db, start_process):
+    settings, db, start_process
+):
     held = make_job(settings, db, jsonl(VALID))
     with psycopg.connect(settings.database_url, autocommit=True) as holder:
         holder.execute(core.QUERIES["try_lock_job"], {"job_id": held})  # "another worker"
@@ -104,8 +122,10 @@ def test_a_duplicate_of_a_running_job_waits_in_the_retry_queue_without_holding_a
         start_process("worker.py", EH_RETRY_LATER_S="1")  # back after 1 s, not 10
         # The duplicate does not keep the worker from the next job...
         wait_for(lambda: job_row(db, other)["status"] == "completed", what="other job done")
-        wait_for(lambda: queue_depth(settings, amqp.retry_queue(settings.queue)) == 1,
-                 what="the duplicate parked")
+        wait_for(
+            lambda: queue_depth(settings, amqp.retry_queue(settings.queue)) == 1,
+            what="the duplicate parked",
+        )
         assert job_row(db, held)["status"] == "queued"
     # ... and once the holder is gone without finishing, the parked copy finishes the job.
     wait_for(lambda: job_row(db, held)["status"] == "completed", what="the parked copy processed")
@@ -117,8 +137,10 @@ def test_missing_object_fails_the_job_readably(settings, db):
     assert run_job(settings, job_id) == "failed"
     job = job_row(db, job_id)
     assert job["status"] == "failed" and "missing from storage" in job["error"]
-    assert db.execute("SELECT event_type FROM outbox ORDER BY id DESC").fetchone()[
-        "event_type"] == "job.failed"
+    assert (
+        db.execute("SELECT event_type FROM outbox ORDER BY id DESC").fetchone()["event_type"]
+        == "job.failed"
+    )
 
 
 def test_a_file_that_is_not_utf8_at_all_fails(settings, db):
@@ -137,8 +159,11 @@ def test_a_message_for_a_deleted_job_is_acked_not_dead_lettered(settings, db):
     job_id = make_job(settings, db, jsonl(VALID))
     body = job_message(db, job_id)
     db.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
-    db.execute("INSERT INTO job_deletions (job_id, file_name, deleted_by) "
-               "VALUES (%s, 't.jsonl', 'tester')", (job_id,))
+    db.execute(
+        "INSERT INTO job_deletions (job_id, file_name, deleted_by) "
+        "VALUES (%s, 't.jsonl', 'tester')",
+        (job_id,),
+    )
     assert run_job(settings, job_id) == "skipped"
     outcome = worker.handle_message(body, settings, core.s3_client(settings), threading.Event())
     assert outcome is worker.Outcome.ACK
@@ -151,20 +176,25 @@ def test_a_bom_before_a_blank_first_line_is_skipped_like_the_line(settings, db):
 
 
 def test_values_the_database_cannot_store_are_line_errors_not_a_failed_job(settings, db):
-    content = (codecs.BOM_UTF8 + jsonl(VALID)
-               + jsonl({**VALID, "message": "nul \x00"})
-               + b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
-                 b'"event_type": "e", "message": "m", "context": {"x": -Infinity}}\n'
-               + jsonl({**VALID, "context": {"s": "\ud800"}})
-               + jsonl({**VALID, "context": {"deep": "HERE"}}).replace(
-                   b'"HERE"', b"[" * 100_000 + b"]" * 100_000)
-               + jsonl({**VALID, "context": {"n": "HERE"}}).replace(b'"HERE"', b"9" * 5000)
-               + jsonl(VALID))
+    content = (
+        codecs.BOM_UTF8
+        + jsonl(VALID)
+        + jsonl({**VALID, "message": "nul \x00"})
+        + b'{"timestamp": "2026-11-23T10:00:00Z", "level": "info", "service": "s", '
+        b'"event_type": "e", "message": "m", "context": {"x": -Infinity}}\n'
+        + jsonl({**VALID, "context": {"s": "\ud800"}})
+        + jsonl({**VALID, "context": {"deep": "HERE"}}).replace(
+            b'"HERE"', b"[" * 100_000 + b"]" * 100_000
+        )
+        + jsonl({**VALID, "context": {"n": "HERE"}}).replace(b'"HERE"', b"9" * 5000)
+        + jsonl(VALID)
+    )
     job_id = make_job(settings, db, content)
     assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=2, invalid=5)
-    errors = db.execute("SELECT line_no, reason FROM line_errors WHERE job_id = %s "
-                        "ORDER BY line_no", (job_id,)).fetchall()
+    errors = db.execute(
+        "SELECT line_no, reason FROM line_errors WHERE job_id = %s ORDER BY line_no", (job_id,)
+    ).fetchall()
     assert [e["line_no"] for e in errors] == [2, 3, 4, 5, 6]  # line 1, after its BOM, is valid
     assert errors[3]["reason"] == lines.TOO_DEEP
 
@@ -173,15 +203,22 @@ def test_a_line_with_more_context_paths_than_the_setting_never_reaches_the_outbo
     """EH_MAX_CONTEXT_PATHS: 31 lines of 20,000 context keys each once stalled ClickHouse
     delivery for every owner (issue 21); the worker refuses such a line, with its reason."""
     wide = {**VALID, "context": {f"k{i}": i for i in range(20_000)}}
-    job_id = make_job(settings, db, jsonl(VALID, *[wide] * 31, {**VALID, "context": {
-        f"k{i}": i for i in range(40)}}))
+    job_id = make_job(
+        settings,
+        db,
+        jsonl(VALID, *[wide] * 31, {**VALID, "context": {f"k{i}": i for i in range(40)}}),
+    )
     assert run_job(dataclasses.replace(settings, max_context_paths=40), job_id) == "completed"
     assert_exactly_once(db, job_id, valid=2, invalid=31)
-    reasons = {e["reason"] for e in db.execute(
-        "SELECT reason FROM line_errors WHERE job_id = %s", (job_id,))}
-    assert reasons == {"$.context: more than 40 paths (keys holding a value, nested keys "
-                       "counted); the event store takes at most that many per line "
-                       "(EH_MAX_CONTEXT_PATHS)"}
+    reasons = {
+        e["reason"]
+        for e in db.execute("SELECT reason FROM line_errors WHERE job_id = %s", (job_id,))
+    }
+    assert reasons == {
+        "$.context: more than 40 paths (keys holding a value, nested keys "
+        "counted); the event store takes at most that many per line "
+        "(EH_MAX_CONTEXT_PATHS)"
+    }
     assert [e["event_type"] for e in outbox_line_events(db, job_id)] == [VALID["event_type"]] * 2
 
 
@@ -191,8 +228,9 @@ def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(sett
     content = jsonl(VALID, VALID, VALID) + b"{bad\n"
     job_id = make_job(settings, db, content)
     assert run_job(settings, job_id) == "completed"
-    db.execute("UPDATE jobs SET status = 'processing', completed_at = NULL WHERE job_id = %s",
-               (job_id,))  # as it was between the two transactions
+    db.execute(
+        "UPDATE jobs SET status = 'processing', completed_at = NULL WHERE job_id = %s", (job_id,)
+    )  # as it was between the two transactions
     job = job_row(db, job_id)
     assert (job["lines_processed"], job["bytes_processed"]) == (4, len(content))
 
@@ -202,8 +240,10 @@ def test_a_job_stopped_after_its_last_batch_and_before_completion_completes(sett
 
 def test_too_many_attempts_fail_the_job(settings, db):
     job_id = make_job(settings, db, jsonl(VALID))
-    db.execute("UPDATE jobs SET attempts = %s, error = 'S3 timed out' WHERE job_id = %s",
-               (settings.max_attempts, job_id))
+    db.execute(
+        "UPDATE jobs SET attempts = %s, error = 'S3 timed out' WHERE job_id = %s",
+        (settings.max_attempts, job_id),
+    )
     assert run_job(settings, job_id) == "failed"
     assert "gave up after 5 attempts: S3 timed out" in job_row(db, job_id)["error"]
 
@@ -216,7 +256,9 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     assert run_job(settings, job_id, stop=StopAfter(30)) == "abandoned"
     job = job_row(db, job_id)
     assert job["status"] == "processing" and 0 < job["lines_processed"] < 30
-    assert job["bytes_processed"] == len(b"".join(content.splitlines(True)[:job["lines_processed"]]))
+    assert job["bytes_processed"] == len(
+        b"".join(content.splitlines(True)[: job["lines_processed"]])
+    )
 
     assert job["attempts"] == 0  # a clean stop gives its attempt back
 
@@ -226,6 +268,7 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
 
 
 # --------------------------------------------------------------------------- log formats
+
 
 # A file mixing three formats, as pino, zap's production logger and ecs-logging write them.
 def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
@@ -240,15 +283,18 @@ def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
     assert job.formats_seen == {"pino": 4, "zap": 3, "ecs": 3}
     assert jobs.job_json(job)["formats"] == {"pino": 4, "zap": 3, "ecs": 3}
     rows = db.execute("SELECT * FROM log_entries WHERE line_no <= 3 ORDER BY line_no").fetchall()
-    assert [(r["level"], r["service"], r["event_type"], r["environment"], r["message"])
-            for r in rows] == [
+    assert [
+        (r["level"], r["service"], r["event_type"], r["environment"], r["message"]) for r in rows
+    ] == [
         ("warning", "checkout", "pino.log", "eu-prod", "slow checkout"),
         ("error", "payments.charge", "zap.log", "eu-prod", "charge declined"),
         ("info", "auth", "login", "staging", "user logged in"),
     ]
     assert [r["timestamp"].isoformat() for r in rows] == [
-        "2018-07-09T21:17:54.631000+00:00", "2018-05-02T23:24:40.993161+00:00",
-        "2020-03-20T18:11:37.895000+00:00"]
+        "2018-07-09T21:17:54.631000+00:00",
+        "2018-05-02T23:24:40.993161+00:00",
+        "2020-03-20T18:11:37.895000+00:00",
+    ]
     assert [r["context"] for r in rows] == [
         {"pid": 657, "hostname": "web-1", "order_id": 42},
         {"caller": "pay/main.go:22", "attempt": 3},
@@ -257,16 +303,20 @@ def test_a_file_mixing_formats_is_mapped_end_to_end(settings, db):
     event = outbox_line_event(db, job_id, 2)
     assert (event["event_type"], event["environment"]) == ("zap.log", "eu-prod")
     assert {k: event["event_context"][k] for k in ("level", "service", "message", "context")} == {
-        "level": "error", "service": "payments.charge", "message": "charge declined",
-        "context": {"caller": "pay/main.go:22", "attempt": 3}}
+        "level": "error",
+        "service": "payments.charge",
+        "message": "charge declined",
+        "context": {"caller": "pay/main.go:22", "attempt": 3},
+    }
 
 
 def test_a_job_in_one_format_refuses_lines_of_another_naming_the_field(settings, db):
     job_id = make_job(settings, db, jsonl(PINO_LINE, ZAP_LINE), format="pino")
     assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=1, invalid=1)
-    reason = db.execute("SELECT reason FROM line_errors WHERE job_id = %s",
-                        (job_id,)).fetchone()["reason"]
+    reason = db.execute("SELECT reason FROM line_errors WHERE job_id = %s", (job_id,)).fetchone()[
+        "reason"
+    ]
     assert reason == "pino: no time (the timestamp)"
     assert job_row(db, job_id)["formats_seen"] == {"pino": 1}
 
@@ -280,12 +330,16 @@ def test_a_job_with_an_unknown_format_fails(settings, db):
 def test_a_job_whose_custom_format_cannot_be_used_fails_saying_why(settings, db):
     """A copy that no longer passes the definition schema (registered under an older one)
     fails its job at once, naming the problem, instead of refusing every line."""
-    definition = {"name": "old", "fields": {"timestamp": ["t"], "level": ["l"]},
-                  "time_unit": "fortnights"}
+    definition = {
+        "name": "old",
+        "fields": {"timestamp": ["t"], "level": ["l"]},
+        "time_unit": "fortnights",
+    }
     job_id = make_job(settings, db, jsonl(VALID), format="old", format_definition=definition)
     assert run_job(settings, job_id) == "failed"
     assert job_row(db, job_id)["error"].startswith(
-        "log format 'old' cannot be used: $.time_unit: 'fortnights' is not one of")
+        "log format 'old' cannot be used: $.time_unit: 'fortnights' is not one of"
+    )
 
 
 # --------------------------------------------------------------------------- the process
@@ -330,15 +384,18 @@ def test_duplicate_message_processes_the_job_once(settings, db, start_process):
     publish_to_queue(settings, job_message(db, job_id))
     consumer = start_process("worker.py")
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="job completed")
-    wait_for(lambda: len(logged_events(consumer, "job.skipped")) == 1,
-             what="the duplicate message handled")
+    wait_for(
+        lambda: len(logged_events(consumer, "job.skipped")) == 1,
+        what="the duplicate message handled",
+    )
     assert_every_message_settled(settings, consumer)
     assert_exactly_once(db, job_id, valid=50, invalid=0)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(settings, db, start_process,
-                                                                    sig):
+def test_worker_stopped_mid_file_resumes_without_loss_or_duplicates(
+    settings, db, start_process, sig
+):
     lines = [dict(VALID, message=f"m{i}") for i in range(300)]
     content = jsonl(*lines[:150]) + b"{bad\n" + jsonl(*lines[150:])
     job_id = enqueue_job(settings, db, content)
@@ -367,8 +424,9 @@ def test_a_job_whose_message_was_lost_is_republished(settings, db, start_process
     # Ages are moved in the database, far from the threshold either way: a slow machine
     # cannot make the fresh job old enough to count as lost (it once did, at 5 s).
     job_id = make_job(settings, db, jsonl(VALID, VALID))
-    db.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE job_id = %s",
-               (job_id,))
+    db.execute(
+        "UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE job_id = %s", (job_id,)
+    )
     fresh_id = make_job(settings, db, jsonl(VALID))  # queued just now: not yet "lost"
     start_process("worker.py", EH_REQUEUE_AFTER_S="600")  # looks at start, then every 300 s
     wait_for(lambda: job_row(db, job_id)["status"] == "completed", what="lost job completed")
@@ -381,11 +439,17 @@ def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
     uploaded more than EH_REQUEUE_AFTER_S after it has started."""
     settings = dataclasses.replace(settings, requeue_after_s=5)
     lost_id = make_job(settings, db, jsonl(VALID), store=False)
-    db.execute("UPDATE jobs SET created_at = now() - interval '30 seconds', "
-               "updated_at = now() - interval '30 seconds' WHERE job_id = %s", (lost_id,))
+    db.execute(
+        "UPDATE jobs SET created_at = now() - interval '30 seconds', "
+        "updated_at = now() - interval '30 seconds' WHERE job_id = %s",
+        (lost_id,),
+    )
     soon_after_id = make_job(settings, db, jsonl(VALID), store=False)
-    db.execute("UPDATE jobs SET created_at = now() - interval '28 seconds', started_at = now(), "
-               "status = 'processing' WHERE job_id = %s", (soon_after_id,))
+    db.execute(
+        "UPDATE jobs SET created_at = now() - interval '28 seconds', started_at = now(), "
+        "status = 'processing' WHERE job_id = %s",
+        (soon_after_id,),
+    )
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = conn.channel()
@@ -393,15 +457,19 @@ def test_a_busy_queue_does_not_hide_a_lost_job(settings, db):
         # Only a job uploaded 2 s later has started: the lost job's message may still be queued.
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0
         later_id = make_job(settings, db, jsonl(VALID), store=False)
-        db.execute("UPDATE jobs SET started_at = now(), status = 'processing' WHERE job_id = %s",
-                   (later_id,))
+        db.execute(
+            "UPDATE jobs SET started_at = now(), status = 'processing' WHERE job_id = %s",
+            (later_id,),
+        )
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 1
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0  # once
         # Ten seconds on, past the grace period: the new message is queued behind the later
         # job's, whose start says nothing about it. Not lost (again) yet.
-        db.execute("UPDATE jobs SET updated_at = updated_at - interval '10 seconds', "
-                   "created_at = created_at - interval '10 seconds' WHERE job_id IN (%s, %s)",
-                   (lost_id, later_id))
+        db.execute(
+            "UPDATE jobs SET updated_at = updated_at - interval '10 seconds', "
+            "created_at = created_at - interval '10 seconds' WHERE job_id IN (%s, %s)",
+            (lost_id, later_id),
+        )
         assert worker.requeue_lost_jobs(db, channel, settings, queue_empty=False) == 0
     finally:
         conn.close()
