@@ -1,11 +1,12 @@
 """The audit trail: who did what to the service, from where, on which object, with what result.
 
 Every state-changing action (a token created or revoked, a job uploaded or deleted, a format
-registered or deleted, an export, an owner's retention set or cleared, a job the retention
-sweep removed) writes one `audit.*` event through the outbox in the action's own transaction, so it reaches ClickHouse exactly once, like every event, or not at
-all if the action rolled back. A refusal of access (401, 403, the failed-token limit's 429)
-has no transaction to join: `DeniedTrail` records it off the request's path, bounded per
-client address and minute (docs/access.md#audit-trail).
+registered or deleted, an export, an owner's retention set or cleared, a job the retention sweep
+removed) writes one `audit.*` event through the outbox in the action's own transaction, so it
+reaches ClickHouse exactly once, like every event, or not at all if the action rolled back. A
+refusal of access (401, 403, the failed-token limit's 429) has no transaction to join: `DeniedTrail`
+records it off the request's path, bounded per client address and minute
+(docs/access.md#audit-trail).
 
 An audit event is shaped as a log entry (level, service, message) whose `context` says
 `actor`, `token_id`, `client_ip`, `request_id`, `object` and `result`. It carries no `job_id`

@@ -36,9 +36,9 @@ def setting(
     shown_default: str | None = None,
     tests_only: bool = False,
 ) -> Any:
-    """One setting, declared once: its environment variable, default, bounds and the help text
-    the configuration table (docs/configuration.md) is made of (`settings_table`). `shown_default` is the
-    table's text for a default that depends on the machine; `tests_only` settings are listed
+    """One setting, declared once: its environment variable, default, bounds and the help text the
+    configuration table (docs/configuration.md) is made of (`settings_table`). `shown_default` is
+    the table's text for a default that depends on the machine; `tests_only` settings are listed
     apart from the others."""
     return dataclasses.field(
         default=default,
@@ -159,7 +159,8 @@ class Settings:
         "production",
         "`environment` of the service's own job lifecycle events. With `production` every "
         "process refuses to start on the development default credentials (the S3 secret "
-        "below, RabbitMQ's `guest`, ClickHouse's `eventhorizon`); `scripts/dev` and the tests say `development`",
+        "below, RabbitMQ's `guest`, ClickHouse's `eventhorizon`); `scripts/dev` and the tests "
+        "say `development`",
     )
     http_host: str = setting(
         "EH_HTTP_HOST", "127.0.0.1", "API bind address (`0.0.0.0` in the container image)"
@@ -628,7 +629,8 @@ SETTING_TYPE_NAMES = {"int": "an int", "float": "a float", "bool": "1 or 0"}
 
 
 def settings_table(*, tests_only: bool = False) -> str:
-    """The configuration table of docs/configuration.md (or the tests-only one), from the declarations."""
+    """The configuration table of docs/configuration.md (or the tests-only one), from the
+    declarations."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for field in dataclasses.fields(Settings):
         meta = field.metadata

@@ -149,7 +149,8 @@ class DecodedStream:
 
     Raises CorruptStream where the stream is damaged or ends inside a member, and DecodeLimit
     before decoding past `max_decoded` bytes, or past `max_ratio` times the compressed bytes
-    read (once RATIO_GRACE_BYTES are decoded; 0: no ratio limit). `decoded` counts the decoded bytes returned.
+    read (once RATIO_GRACE_BYTES are decoded; 0: no ratio limit). `decoded` counts the decoded
+    bytes returned.
     """
 
     def __init__(self, raw, compression: str, *, max_decoded: int, max_ratio: float):

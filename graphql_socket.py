@@ -206,8 +206,8 @@ class Connection:
                 op_id,
                 [
                     GraphQLError(
-                        f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, as many as "
-                        "one may; complete one first",
+                        f"this connection runs {MAX_SUBSCRIPTIONS_PER_SOCKET} operations, "
+                        "as many as one may; complete one first",
                         extensions={"code": "TOO_MANY_SUBSCRIPTIONS"},
                     )
                 ],

@@ -31,7 +31,8 @@ and only the rows it refuses on their own move to outbox_dead, each with its err
 else is retried forever with capped exponential backoff.
 
 Deleted jobs: when it is idle, the relay also deletes from event_log the events of jobs deleted
-through the API, once none of their events is left in the outbox (event_log.delete_events_of_deleted_jobs).
+through the API, once none of their events is left in the outbox
+(event_log.delete_events_of_deleted_jobs).
 
 The loop sleeps on LISTEN eh_outbox (RELAY_POLL_S is the fallback wake-up) and lets a small
 batch fill for up to RELAY_BATCH_MAX_WAIT_S, counted from its oldest row's created_at.
@@ -339,9 +340,9 @@ def relay_once(
 
     `conn` is an autocommit psycopg connection this relay alone uses; `ch` a clickhouse-connect
     client. `after_insert(rows)` runs after each ClickHouse acknowledgement, before the Postgres
-    commit (benchmark timing, fault injection). Raises event_log.ClickHouseUnavailable, or BatchRejected;
-    the rows stay in the outbox either way, unless the refusal was the last allowed: then the
-    batch is salvaged, and the rows ClickHouse refused on their own are in outbox_dead.
+    commit (benchmark timing, fault injection). Raises event_log.ClickHouseUnavailable, or
+    BatchRejected; the rows stay in the outbox either way, unless the refusal was the last allowed:
+    then the batch is salvaged, and the rows ClickHouse refused on their own are in outbox_dead.
     """
     started = time.monotonic()
     span = BatchSpan()

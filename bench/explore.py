@@ -171,7 +171,8 @@ async def measure(url: str, job: uuid.UUID, requests: int) -> None:
             read = rows_read(explorer, kind, job, filters, paging)
             print(
                 f"{name:<45} {statistics.median(times):8.1f} "
-                f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} {max(times):8.1f} "
+                f"{statistics.quantiles(times, n=20, method='inclusive')[-1]:8.1f} "
+                f"{max(times):8.1f} "
                 f"{read:>12,}"
             )
         print(f"(event_log holds {table_rows:,} rows)")

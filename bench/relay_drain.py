@@ -259,7 +259,8 @@ def drain_phase(settings: config.Settings, n: int) -> dict:
 def steady_phase(settings: config.Settings, rate: int, seconds: float) -> dict:
     print()
     print(
-        f"== steady load: {rate:,} events/s for {seconds:.0f} s, {EVENTS_PER_TX} events a transaction"
+        f"== steady load: {rate:,} events/s for {seconds:.0f} s, "
+        f"{EVENTS_PER_TX} events a transaction"
     )
     with psycopg.connect(settings.database_url, autocommit=True) as conn, Relay(settings) as r:
         time.sleep(1.0)  # the relay is connected and idle

@@ -100,7 +100,8 @@ def fill(url: str, events: int) -> None:
         event_log.ensure_event_log(ch)
         if (held := ch.command("SELECT count() FROM event_log")) >= events:
             print(
-                f"reusing    event_log: {held:,} rows (a server given by --clickhouse-url, filled before)"
+                f"reusing    event_log: {held:,} rows "
+                "(a server given by --clickhouse-url, filled before)"
             )
             return
         for offset in range(0, events, CHUNK):

@@ -14,8 +14,8 @@ usage:
   python scripts/stack.py ensure-bucket      create S3_BUCKET if it is missing
   python scripts/stack.py wait-clickhouse [--pid P] [--timeout S]
                                              wait until CLICKHOUSE_URL takes our user
-  python scripts/stack.py settings-table     the configuration tables (docs/configuration.md), from the
-                                             declarations in config.Settings
+  python scripts/stack.py settings-table     the configuration tables (docs/configuration.md),
+                                             from the declarations in config.Settings
 
 Every value comes from config.Settings (the environment, else its defaults).
 """

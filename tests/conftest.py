@@ -357,7 +357,7 @@ def make_token(database_url):
     return make
 
 
-# --------------------------------------------------------------------------- the API in the test's process
+# -------------------------------------------------------------------- the API in the test's process
 
 
 @pytest.fixture

@@ -245,7 +245,7 @@ def watchers_dropped(logs) -> list[dict]:
     return [entry for entry in logs if entry["event"] == "listener.watcher_dropped"]
 
 
-# --------------------------------------------------------------------------- what was kept: rows, objects, messages
+# ----------------------------------------------------------- what was kept: rows, objects, messages
 
 
 def aged(db, job_id, days: float) -> None:
@@ -312,7 +312,7 @@ def outbox_backlog(db) -> int:
     return outbox_status(db)["backlog"]
 
 
-# --------------------------------------------------------------------------- jobs as the API leaves them, for the worker
+# ------------------------------------------------------ jobs as the API leaves them, for the worker
 
 
 def make_job(
@@ -380,12 +380,12 @@ def enqueue_job(settings, db, content: bytes) -> uuid.UUID:
 
 
 def assert_exactly_once(db, job_id, valid: int, invalid: int, content: bytes | None = None) -> None:
-    """Every line's result is stored once, and under its own number: each line is an entry or
-    an error (never both), each entry has one event waiting in the outbox (as the relay reads
-    it), with the entry's event id and line, and the job's counts agree. Given the file (canonical lines), each entry's message
-    is the one its line has in the file, and nothing is stored past the checkpoint: a resume
-    from the wrong byte offset keeps every count right and shifts the lines, which only the
-    content shows."""
+    """Every line's result is stored once, and under its own number: each line is an entry or an
+    error (never both), each entry has one event waiting in the outbox (as the relay reads it), with
+    the entry's event id and line, and the job's counts agree. Given the file (canonical lines),
+    each entry's message is the one its line has in the file, and nothing is stored past the
+    checkpoint: a resume from the wrong byte offset keeps every count right and shifts the lines,
+    which only the content shows."""
     job_id = uuid.UUID(str(job_id))
     entries = {
         r["line_no"]: r["message"]
@@ -496,7 +496,7 @@ def assert_stored_up_to_checkpoint(db, job_id, content: bytes) -> dict:
     return job
 
 
-# --------------------------------------------------------------------------- events, the outbox and ClickHouse
+# ---------------------------------------------------------------- events, the outbox and ClickHouse
 
 
 def publish_events(

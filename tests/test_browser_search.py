@@ -239,7 +239,8 @@ def expect_shown(page: Page, params: list[tuple[str, str]]) -> None:
         """want => {
       const shown = document.getElementById("search").dataset.shown;
       return shown !== undefined
-        && JSON.stringify([...new URLSearchParams(shown)].map(String).sort()) === JSON.stringify(want);
+        && JSON.stringify([...new URLSearchParams(shown)].map(String).sort())
+           === JSON.stringify(want);
     }""",
         arg=sorted(f"{name},{value}" for name, value in params),
     )

@@ -398,7 +398,8 @@ def kill_one_holding_a_job(db, workers, rng):
                     "SELECT j.job_id FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                     "JOIN jobs j ON hashtextextended(j.job_id::text, 0) = "
                     "  (l.classid::bigint << 32) | l.objid::bigint "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND a.datname = current_database() "
                     "AND a.application_name = %s AND j.status = 'processing'",
                     (f"eventhorizon-worker pid {victim.pid}",),
                 )
@@ -411,7 +412,7 @@ def kill_one_holding_a_job(db, workers, rng):
     return None
 
 
-# --------------------------------------------------------------------------- outages seen end to end
+# -------------------------------------------------------------------------- outages seen end to end
 
 
 async def test_an_upload_whose_storage_dies_mid_body_is_503_and_leaves_nothing(

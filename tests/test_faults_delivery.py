@@ -282,7 +282,7 @@ def test_the_clickhouse_server_killed_mid_stream_loses_and_doubles_nothing(
             assert server.stop() == 0, server.proc.log_path.read_text()[-3000:]
 
 
-# --------------------------------------------------------------------------- outages seen end to end
+# -------------------------------------------------------------------------- outages seen end to end
 
 
 async def test_uploads_and_jobs_go_on_while_clickhouse_is_down_and_reach_it_once_after(
@@ -343,10 +343,10 @@ def test_a_relay_stuck_on_an_insert_clickhouse_never_answers_stops_within_3_s_of
 ):
     """The relay reaches ClickHouse through a proxy that, once the relay is delivering, swallows
     every request and never answers (a server hung mid-insert; clickhouse-connect would wait
-    minutes). SIGTERM while a batch is stuck so: the relay abandons it when its grace is
-    up (3 s here: EH_STOP_GRACE_S) and exits 0; a later relay re-sends the recorded batch and every event is in event_log
-    once. Broken, this looks like: a relay still waiting on the insert when the test gives up,
-    an exit other than 0, or the abandoned batch lost or doubled."""
+    minutes). SIGTERM while a batch is stuck so: the relay abandons it when its grace is up (3 s
+    here: EH_STOP_GRACE_S) and exits 0; a later relay re-sends the recorded batch and every event is
+    in event_log once. Broken, this looks like: a relay still waiting on the insert when the test
+    gives up, an exit other than 0, or the abandoned batch lost or doubled."""
 
     ch = urlsplit(settings.clickhouse_url)
     proxy = tcp_proxy((ch.hostname, ch.port))

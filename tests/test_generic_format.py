@@ -279,7 +279,8 @@ def test_a_line_without_a_time_names_every_name_tried():
     [
         (
             {"timestamp": 1795428000, "level": 30, "msg": "m"},
-            "generic: level: 30 is not a syslog severity (0-7); other numbers mean different levels",
+            "generic: level: 30 is not a syslog severity (0-7); "
+            "other numbers mean different levels",
         ),
         (
             {"timestamp": 1795428000, "severity": 8, "msg": "m"},

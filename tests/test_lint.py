@@ -1,5 +1,6 @@
-"""Lint and types, in the fast tier (no service): `ruff check` over the tree and mypy over the
-pure modules, both configured in pyproject.toml; and the shape of the test suite itself."""
+"""Lint, format and types, in the fast tier (no service): `ruff check` and `ruff format --check`
+over the tree and mypy over the pure modules, all configured in pyproject.toml; and the shape
+of the test suite itself."""
 
 from __future__ import annotations
 
@@ -23,8 +24,14 @@ def test_ruff_check_passes():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_tree_is_formatted():
+    """`ruff format` would change nothing (run it to mend: `.venv/bin/ruff format .`)."""
+    done = run("ruff", "format", "--check", "--no-cache", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_mypy_passes_on_the_pure_modules():
-    """[tool.mypy] files: lines, formats, auth, explore, uploads (imports followed silently)."""
+    """[tool.mypy] files: the pure modules (their imports followed silently)."""
     done = run("mypy", "--no-error-summary")
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -70,10 +70,10 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict[tuple[str, t
 
 
 async def test_every_process_counts_a_known_upload(settings, start_process, make_token):
-    """The sample's 280 valid and 16 invalid lines, counted by the worker at its commits, and
-    its 280 + 3 events (and the upload's audit event) by the relay once delivered; the API counts the upload and its bytes,
-    and reads the outbox (empty at the end) at the scrape. Breaking a count (counting before
-    the commit, a rolled-back batch, a label) shows here as a wrong number."""
+    """The sample's 280 valid and 16 invalid lines, counted by the worker at its commits, and its
+    280 + 3 events (and the upload's audit event) by the relay once delivered; the API counts the
+    upload and its bytes, and reads the outbox (empty at the end) at the scrape. Breaking a count
+    (counting before the commit, a rolled-back batch, a label) shows here as a wrong number."""
     worker_port, relay_port = free_port(), free_port()
     base, _ = serve_api(start_process)
     start_process("worker.py", WORKER_METRICS_PORT=str(worker_port))

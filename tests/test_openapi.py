@@ -205,7 +205,8 @@ def test_job_schema_matches_every_state():
 
 
 def jsonl_contents() -> st.SearchStrategy[bytes]:
-    """File contents: binary junk, text, and lines of JSON (objects or not), blank lines and a BOM."""
+    """File contents: binary junk, text, and lines of JSON (objects or not), blank lines and a
+    BOM."""
     scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
     values = st.recursive(
         scalars,

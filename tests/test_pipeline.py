@@ -151,7 +151,8 @@ async def test_a_deleted_job_leaves_postgres_s3_and_clickhouse(
             return sorted(
                 r[0]
                 for r in ch.query(
-                    "SELECT event_type FROM event_log WHERE event_context.job_id::String = {j:String}",
+                    "SELECT event_type FROM event_log "
+                    "WHERE event_context.job_id::String = {j:String}",
                     parameters={"j": job["job_id"]},
                 ).result_rows
             )

@@ -52,7 +52,8 @@ def postgres_events(db, owner: str, where: str = "true", params: dict | None = N
     """The owner's log entries the condition selects, newest first, as the API shows them."""
     rows = db.execute(
         "SELECT e.job_id::text AS job_id, e.line_no, "
-        "to_char(e.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS timestamp, "
+        "to_char(e.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
+        "AS timestamp, "
         "e.level, e.service, e.event_type, e.environment, e.message, e.context "
         "FROM log_entries e JOIN jobs j USING (job_id) "
         f"WHERE j.owner = %(owner)s AND ({where}) "
@@ -409,7 +410,8 @@ async def test_an_event_log_from_before_search_is_upgraded_with_its_events_kept(
             r["line"]
             for r in db.execute(
                 "SELECT convert_to(json_build_object('event_id', o.event_id, 'event_type', "
-                "o.event_type, 'event_date_time', floor(extract(epoch FROM o.event_date_time))::bigint,"
+                "o.event_type, 'event_date_time', "
+                "floor(extract(epoch FROM o.event_date_time))::bigint,"
                 " 'environment', o.environment, 'event_context', o.event_context, "
                 "'metadata_version', o.metadata_version)::text, 'UTF8') AS line FROM outbox o"
             )
@@ -495,7 +497,9 @@ query Search($filter: EventFilter, $after: String, $order: Order) {
     nextAfter
   }
   eventHistogram(filter: $filter) { intervalS events buckets { start counts { level events } } }
-  eventFacets(field: "context.request_id", filter: $filter, first: 3) { field values { value count } other }
+  eventFacets(field: "context.request_id", filter: $filter, first: 3) {
+    field values { value count } other
+  }
 }"""
 
 
@@ -552,7 +556,8 @@ async def test_graphql_search_refuses_bad_input(jobs, client_of):
         ('{ eventFacets(field: "message") { other } }', {}),
         ('{ events(filter: {context: [{path: "a..b", value: "1"}]}) { nextAfter } }', {}),
         (
-            "query($id: ID!) { job(id: $id) { events(filter: {jobIds: [$id]}) { nextAfterLine } } }",
+            "query($id: ID!) "
+            "{ job(id: $id) { events(filter: {jobIds: [$id]}) { nextAfterLine } } }",
             {"id": str(jobs["a1"])},
         ),
     ]:
