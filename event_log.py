@@ -180,7 +180,14 @@ SET_OWNER = (
 
 # An event time event_log's DateTime cannot hold (before 1970, after 2106) is refused
 # (VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, so dead-lettered) rather than clamped to the range's end.
-INSERT_SETTINGS = {"date_time_overflow_behavior": "throw"}
+# A string in the context stays a string: left to guess, ClickHouse stores one that looks like
+# a date or a time ("2026-11-20T09:15:00Z") as a Date or DateTime, which reads back in its own
+# words ("2026-11-20 09:15:00") and is no longer found by the text a user searches for.
+INSERT_SETTINGS = {
+    "date_time_overflow_behavior": "throw",
+    "input_format_try_infer_dates": 0,
+    "input_format_try_infer_datetimes": 0,
+}
 
 
 def insert_batch(ch, rows: Sequence, token: str) -> int:
