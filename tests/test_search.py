@@ -127,35 +127,8 @@ async def test_every_filter_agrees_with_postgres_on_pages_histogram_facets_and_e
 
     got = await all_pages(alice, f"/api/v1/events?limit=37&{query}")
     assert keys(got) == keys(expected)
-    assert [
-        {
-            k: e[k]
-            for k in (
-                "timestamp",
-                "level",
-                "service",
-                "event_type",
-                "environment",
-                "message",
-                "context",
-            )
-        }
-        for e in got
-    ] == [
-        {
-            k: e[k]
-            for k in (
-                "timestamp",
-                "level",
-                "service",
-                "event_type",
-                "environment",
-                "message",
-                "context",
-            )
-        }
-        for e in expected
-    ]
+    fields = ("timestamp", "level", "service", "event_type", "environment", "message", "context")
+    assert [{k: e[k] for k in fields} for e in got] == [{k: e[k] for k in fields} for e in expected]
     oldest_first = await all_pages(alice, f"/api/v1/events?limit=50&order=asc&{query}")
     assert keys(oldest_first) == keys(expected)[::-1]
 
