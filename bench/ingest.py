@@ -73,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
 import jobs  # noqa: E402
-from bench import ingest_limit, ingest_lines  # noqa: E402
+from bench import cpu_use, ingest_limit, ingest_lines  # noqa: E402
 
 GIB = 1024**3
 MIB = ingest_lines.MIB
@@ -234,7 +234,20 @@ def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid, datab
     )
     if rate:
         written.report(result["job"]["lines_valid"])
+        report_cpu(result)
     return result, rate
+
+
+def report_cpu(result: dict) -> None:
+    """CPU per valid line by part, to Postgres (upload start -> the job seen completed) and
+    to ClickHouse (-> its events seen delivered), and the ceiling the latter sets on this
+    machine's cores (bench/cpu_use.py); kept in `result` for compare_with_limit."""
+    before, completed, delivered = result["cpu"]
+    valid, cores = result["job"]["lines_valid"], os.cpu_count() or 1
+    cpu_use.report("to Postgres", cpu_use.spent_between(before, completed), valid, cores)
+    result["ceiling"] = cpu_use.report(
+        "to ClickHouse", cpu_use.spent_between(before, delivered), valid, cores
+    )
 
 
 class PostgresWrites:
@@ -292,7 +305,15 @@ def compare_with_limit(path: Path, database_url: str, result: dict) -> None:
         completed - dt.datetime.fromisoformat(job["started_at"]).timestamp()
     )
     cores = os.cpu_count() or 1
-    one = ingest_limit.measure(path, database_url, 1)["rate"]
+    before = cpu_use.mark(database_url)
+    measured = ingest_limit.measure(path, database_url, 1)
+    cpu_use.report(
+        "of the loop",
+        cpu_use.spent_between(before, cpu_use.mark(database_url)),
+        measured["valid"],
+        cores,
+    )
+    one = measured["rate"]
     many = ingest_limit.measure(path, database_url, cores)["rate"] if cores > 1 else one
     print(
         f"limit           {one:,.0f} valid lines/s in one process, {many:,.0f} in {cores} "
@@ -302,6 +323,12 @@ def compare_with_limit(path: Path, database_url: str, result: dict) -> None:
         f"against limit   end to end {e2e / many:.2f}x the {cores}-process loop; worker "
         f"{worker:,.0f} valid lines/s, {worker / one:.2f}x the one-process loop"
     )
+    if result.get("ceiling"):
+        print(
+            f"CPU ceiling     {result['ceiling']:,.0f} valid lines/s: "
+            f"{result['ceiling'] / many:.2f}x the {cores}-process loop (all {cores} cores busy "
+            "with this job's CPU per line, to ClickHouse)"
+        )
 
 
 def compress_file(path: Path, compression: str) -> Path:
@@ -336,6 +363,7 @@ async def upload_and_wait(
     is marked before the upload and once the job is seen finished."""
     session_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
     headers = {"Authorization": f"Bearer {token}"}
+    cpu = [cpu_use.mark(written.database_url)]
     async with aiohttp.ClientSession(timeout=session_timeout, headers=headers) as session:
         written.mark()
         started_wall = time.time()
@@ -367,10 +395,13 @@ async def upload_and_wait(
                 print(f"  {job['status']}: {job['lines_processed']:,}/{job['lines_total']:,} lines")
         observed_s = time.perf_counter() - started
         written.mark()
+        cpu.append(cpu_use.mark(written.database_url))
         delivered_s = await wait_delivered(
             session, f"{url}/api/v1/jobs/{job_id}", job, started, deadline
         )
+        cpu.append(cpu_use.mark(written.database_url))
     return {
+        "cpu": cpu,
         "job": job,
         "upload_s": upload_s,
         "observed_s": observed_s,
