@@ -26,8 +26,10 @@ SCRIPTS = {
 }
 COMMANDS = {"postgres": "postgres", "beam.smp": "rabbitmq", "weed": "s3"}
 PARTS = ("api", "worker", "relay", "postgres", "clickhouse", "rabbitmq", "s3", "bench", "other")
-# Postgres's share, by whose connection a backend serves (its application_name, core.process_name)
-CLIENTS = ("worker", "relay", "api")
+# Postgres's share, by whose connection a backend serves (its application_name,
+# core.process_name). Not the worker's: its connection lasts one job and is gone by the next
+# mark (its CPU is then the postmaster's children's), so it is in the rest.
+CLIENTS = ("relay", "api")
 BACKENDS = (
     "SELECT pid, substring(application_name FROM '^eventhorizon-(\\w+) pid') AS client "
     "FROM pg_stat_activity WHERE application_name LIKE 'eventhorizon-%'"
@@ -52,7 +54,7 @@ def mark(database_url: str | None = None) -> dict[str, float]:
 
 
 def postgres_clients(database_url: str) -> dict[int, str]:
-    """Backend pid -> the process of ours it serves (worker, relay, api)."""
+    """Backend pid -> the process of ours it serves (relay, api, worker)."""
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -118,7 +120,9 @@ def report(label: str, spent: dict[str, float], valid: int, cores: int) -> float
     """Print CPU µs per valid line by part over a window; returns the ceiling in valid
     lines/s that the machine's CPU per line sets on `cores` cores."""
     per_line = {part: seconds / valid * 1e6 for part, seconds in spent.items()}
+    rest = per_line["postgres"] - sum(per_line[f"postgres for {c}"] for c in CLIENTS)
     clients = ", ".join(f"for the {c} {per_line[f'postgres for {c}']:.1f}" for c in CLIENTS)
+    clients += f", the worker's and the server's {rest:.1f}"
     parts = ", ".join(
         f"{p} {per_line[p]:.1f}" + (f" ({clients})" if p == "postgres" else "")
         for p in PARTS
