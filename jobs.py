@@ -287,12 +287,12 @@ async def lock_expired(aconn, job_id: uuid.UUID, *, default_days: int | None) ->
 
 
 async def delete(aconn, settings: config.Settings, job: Job, *, deleted_by: str) -> None:
-    """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row,
-    its entries and line errors (ON DELETE CASCADE), its dead-lettered events and the outbox
-    rows of its line events no relay holds; recorded in job_deletions (the relay deletes its
-    events from ClickHouse: `take_pending_deletions`),
-    with a job.deleted event that stays as the audit trail. Ids only in the NOTIFY: the
-    listeners find the row gone and close the job's WebSockets (4404)."""
+    """Delete a job locked by `lock_for_deletion` (its stored file is the caller's): the row, its
+    entries and line errors (after the row: sql/queries.sql delete_job), its dead-lettered events
+    and the outbox rows of its line events no relay holds; recorded in job_deletions (the relay
+    deletes its events from ClickHouse: `take_pending_deletions`), with a job.deleted event that
+    stays as the audit trail. Ids only in the NOTIFY: the listeners find the row gone and close the
+    job's WebSockets (4404)."""
     await aconn.execute(
         core.QUERIES["record_deletion"],
         {
@@ -307,7 +307,8 @@ async def delete(aconn, settings: config.Settings, job: Job, *, deleted_by: str)
         job_event("job.deleted", job, environment=settings.environment, deleted_by=deleted_by),
     )
     await aconn.execute(core.QUERIES["delete_dead_events_of_job"], {"job_id": job.job_id})
-    await aconn.execute(core.QUERIES["delete_job"], {"job_id": job.job_id})
+    for name in ("delete_job", "delete_job_entries", "delete_job_line_errors"):
+        await aconn.execute(core.QUERIES[name], {"job_id": job.job_id})
     # Last, so relays' claims wait on it only for the moment before the commit: its range rows
     # that no batch holds go (their entries went above); a batch's own goes with the batch.
     await aconn.execute(core.QUERIES["lock_outbox_claims"])

@@ -405,8 +405,17 @@ INSERT INTO job_deletions (job_id, owner, file_name, deleted_by)
 VALUES (%(job_id)s, %(owner)s, %(file_name)s, %(deleted_by)s);
 
 -- name: delete_job --
--- Its log entries and line errors go with it (ON DELETE CASCADE).
+-- The row first, then its log entries and line errors (delete_job_entries, …) in later
+-- statements: a worker's batch holds the row until it commits (its checkpoint move), so what
+-- it wrote is committed, and seen there, once the row is ours (lock_visible_job, or this
+-- statement); a batch after finds no row to move and is rolled back (jobs.advance).
 DELETE FROM jobs WHERE job_id = %(job_id)s;
+
+-- name: delete_job_entries --
+DELETE FROM log_entries WHERE job_id = %(job_id)s;
+
+-- name: delete_job_line_errors --
+DELETE FROM line_errors WHERE job_id = %(job_id)s;
 
 -- name: delete_dead_events_of_job --
 DELETE FROM outbox_dead WHERE event_context->>'job_id' = %(job_id)s::text;

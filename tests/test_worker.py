@@ -3,6 +3,7 @@ real worker process fed through RabbitMQ, stopped and killed in the middle of a 
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import dataclasses
 import json
@@ -37,6 +38,7 @@ from helpers import (
     publish_to_queue,
     run_job,
     wait_for,
+    wait_until,
 )
 from processes import logged_events
 
@@ -265,6 +267,72 @@ def test_abandoned_job_resumes_from_its_checkpoint(settings, db):
     assert run_job(settings, job_id) == "completed"
     assert_exactly_once(db, job_id, valid=100, invalid=0, content=content)
     assert job_row(db, job_id)["attempts"] == 1
+
+
+def claimed_batch(settings, db, lines_in_batch: int = 3) -> tuple[jobs.Job, lines.LineBatch]:
+    """A job a worker has claimed, and its first batch, parsed but not written."""
+    job_id = make_job(settings, db, jsonl(*[VALID] * lines_in_batch))
+    with psycopg.connect(settings.database_url, row_factory=psycopg.rows.dict_row) as conn:
+        job = jobs.claim(conn, settings, job_id)
+    batch, validator = lines.LineBatch(), lines.log_entry_validator()
+    for line_no in range(1, lines_in_batch + 1):
+        lines.add_line(batch, job_id, line_no, json.dumps(VALID).encode(), validator)
+    batch.lines = lines_in_batch
+    return job, batch
+
+
+def rows_of_job(db, job_id) -> dict[str, int]:
+    return {
+        table: db.execute(
+            f"SELECT count(*) AS n FROM {table} WHERE job_id = %s", (job_id,)
+        ).fetchone()["n"]
+        for table in ("log_entries", "line_errors", "outbox")
+    }
+
+
+def test_a_batch_for_a_job_deleted_under_the_worker_writes_nothing(settings, db):
+    """With no foreign key from the entries to their job (migration 0012), what keeps a
+    deleted job's rows from being written is the batch's own checkpoint move: it finds no
+    row and the batch rolls back, its entries with it."""
+    job, batch = claimed_batch(settings, db)
+    db.execute("DELETE FROM jobs WHERE job_id = %s", (job.job_id,))
+    with psycopg.connect(settings.database_url, row_factory=psycopg.rows.dict_row) as conn:
+        with pytest.raises(jobs.CheckpointMoved):
+            worker.write_batch(conn, job, batch, settings)
+    assert rows_of_job(db, job.job_id) == {"log_entries": 0, "line_errors": 0, "outbox": 0}
+
+
+async def test_a_deletion_waiting_on_a_batch_deletes_what_the_batch_committed(settings, db):
+    """A batch holds the job's row (its checkpoint move) until it commits; a deletion that
+    asked for the row meanwhile (lock_for_deletion) waits, then deletes the entries in later
+    statements, which see the batch's rows: no entry outlives its job. (Deleted before the
+    row was theirs, they would be read as of before the batch committed, and stay.)"""
+    job, batch = claimed_batch(settings, db)
+    with psycopg.connect(settings.database_url, row_factory=psycopg.rows.dict_row) as batch_conn:
+        batch_conn.execute("SELECT 1")  # a transaction the batch's own becomes a savepoint of
+        worker.write_batch(batch_conn, job, batch, settings)
+
+        async def delete() -> None:
+            async with await psycopg.AsyncConnection.connect(
+                settings.database_url, row_factory=psycopg.rows.dict_row
+            ) as aconn:
+                async with aconn.transaction():
+                    locked = await jobs.lock_for_deletion(aconn, job.job_id, owner=None)
+                    await jobs.delete(aconn, settings, locked, deleted_by="tester")
+
+        deletion = asyncio.create_task(delete())
+        await wait_until(
+            lambda: db.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()["n"]
+            == 1,
+            what="the deletion waiting for the job's row",
+        )
+        batch_conn.commit()
+        await deletion
+    assert rows_of_job(db, job.job_id)["log_entries"] == 0
+    assert job_row(db, job.job_id) is None
 
 
 # --------------------------------------------------------------------------- log formats
