@@ -53,6 +53,26 @@ def mark(database_url: str | None = None) -> dict[str, float]:
     return spent
 
 
+def wait_for_quiet_clickhouse(clickhouse_url: str, timeout_s: float = 300) -> float:
+    """Wait until ClickHouse merges and mutates nothing (what earlier inserts left it to do),
+    so that a window's CPU is its own; returns the seconds waited."""
+    import time
+
+    import clickhouse_connect
+
+    started = time.monotonic()
+    with clickhouse_connect.get_client(dsn=clickhouse_url) as ch:
+        while time.monotonic() - started < timeout_s:
+            busy = ch.command(
+                "SELECT (SELECT count() FROM system.merges) "
+                "+ (SELECT count() FROM system.mutations WHERE NOT is_done)"
+            )
+            if not busy:
+                break
+            time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def postgres_clients(database_url: str) -> dict[int, str]:
     """Backend pid -> the process of ours it serves (relay, api, worker)."""
     import psycopg

@@ -39,11 +39,16 @@ What it does:
     to the job's completion (pg_current_wal_lsn, the whole server's: keep other work off it),
     and how much the tables a job grows (log_entries, line_errors, outbox, outbox_batch, with
     their indexes and TOAST) grew over the same span, in which the relay runs too;
+    Then where the CPU went (bench/cpu_use.py): each part's CPU per valid line (API, worker,
+    relay, Postgres by the client its backends serve, ClickHouse, RabbitMQ, S3, the bench)
+    from the upload's start to the job's completion and to its last event in ClickHouse, and
+    the ceiling the latter sets (all cores busy with that CPU per line). Each measured window
+    starts once ClickHouse has finished the merges earlier inserts left it;
  6. runs the reference loop of bench/ingest_limit.py (the least work per line: orjson,
     jsonschema-rs, one COPY row per valid line, a transaction per 5,000 lines) on the same file
     in one process and in as many as there are cores, right after the job (the same window),
-    and prints the end-to-end rate as a share of the second, the worker's of the first
-    (--no-limit skips it);
+    and prints the end-to-end rate as a share of the second, the worker's of the first, and
+    the loop's own CPU per line (--no-limit skips it);
  7. for comparison (canonical lines only), inserts a sample of the same lines (--pg-sample,
     default 5,000; 0 skips)
     into a scratch table in Postgres (--database-url, default DATABASE_URL / config.Settings)
@@ -177,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
+        quiet(settings.clickhouse_url)
         result, rate = run_once(args, path, gen, token, worker_pid, api_pid, database_url)
         if args.limit and args.format == "eventhorizon" and rate:
+            quiet(settings.clickhouse_url)
             compare_with_limit(path, database_url, result)
         if args.compress:
             compressed = compress_file(path, args.compress)
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"\ncompressed {compressed.name} ({args.compress}): "
                 f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again"
             )
+            quiet(settings.clickhouse_url)
             packed, packed_rate = run_once(
                 args, compressed, gen, token, worker_pid, api_pid, database_url
             )
@@ -204,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if job["status"] == "completed" else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def quiet(clickhouse_url: str) -> None:
+    """Before a measured window: ClickHouse done with the merges earlier inserts left it."""
+    waited = cpu_use.wait_for_quiet_clickhouse(clickhouse_url)
+    if waited >= 1:
+        print(f"waited {waited:.0f} s for ClickHouse's merges to end before measuring")
 
 
 def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid, database_url: str):
