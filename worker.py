@@ -588,9 +588,7 @@ def write_batch(
     events name)."""
     with conn.transaction(), conn.cursor() as cur:
         if batch.entries:
-            with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
-                for row in batch.entries:
-                    copy.write_row(row)
+            core.copy_entries(cur, batch.entries)
             outbox.insert_line_range(
                 cur,
                 job.job_id,

@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         token = args.token or os.environ.get("EH_TOKEN") or read_dev_token()
-        quiet(settings.clickhouse_url)
+        quiet()
         result, rate = run_once(args, path, gen, token, worker_pid, api_pid, database_url)
         if args.limit and args.format == "eventhorizon" and rate:
-            quiet(settings.clickhouse_url)
+            quiet()
             compare_with_limit(path, database_url, result)
         if args.compress:
             compressed = compress_file(path, args.compress)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"\ncompressed {compressed.name} ({args.compress}): "
                 f"{compressed.stat().st_size / MIB:,.1f} MiB; the same lines again"
             )
-            quiet(settings.clickhouse_url)
+            quiet()
             packed, packed_rate = run_once(
                 args, compressed, gen, token, worker_pid, api_pid, database_url
             )
@@ -214,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def quiet(clickhouse_url: str) -> None:
+def quiet() -> None:
     """Before a measured window: ClickHouse done with the merges earlier inserts left it."""
-    waited = cpu_use.wait_for_quiet_clickhouse(clickhouse_url)
+    waited = cpu_use.wait_for_quiet_clickhouse()
     if waited >= 1:
         print(f"waited {waited:.0f} s for ClickHouse's merges to end before measuring")
 

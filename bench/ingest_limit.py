@@ -3,13 +3,14 @@ beside the end-to-end rate, in the same window.
 
     .venv/bin/python bench/ingest_limit.py FILE.jsonl [--processes N] [--database-url URL]
 
-Per line: parse with orjson, validate with jsonschema-rs (log_entry.schema.json), and one
-`COPY` row per valid line into a scratch table shaped like `log_entries` (its primary key
-too); one transaction per 5,000 lines. `--processes` (default: the machine's cores) splits
-the file into that many byte ranges, each read by a process of its own; all start together,
-and the rate is the valid lines over the time until the last one has committed. Nothing the
-worker does beyond that (mapping, the checks past the schema, the checkpoint, the outbox) is
-done: its rate is the ceiling the worker is measured against. The table is dropped at the end.
+Per line: parse with orjson, validate with jsonschema-rs (log_entry.schema.json), and one binary
+`COPY` row per valid line (core.copy_entries, as the worker writes) into a scratch table shaped like
+`log_entries` (its primary key too); one transaction per 5,000 lines. `--processes` (default: the
+machine's cores) splits the file into that many byte ranges, each read by a process of its own; all
+start together, and the rate is the valid lines over the time until the last one has committed.
+Nothing the worker does beyond that (mapping, the checks past the schema, the checkpoint, the
+outbox) is done: its rate is the ceiling the worker is measured against. The table is dropped at the
+end.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def load_range(
     """One process's share: its lines parsed, validated and copied; puts its valid lines
     on `counts` once the last transaction has committed."""
     validator = jsonschema_rs.validator_for(orjson.loads(core.LOG_ENTRY_SCHEMA_PATH.read_bytes()))
-    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
     )
     with open(path, "rb") as f:
@@ -136,37 +137,42 @@ def load_range(
 
 
 def copy_lines(lines: list[bytes], database_url: str, copy_sql, validator, barrier) -> int:
-    job_id, valid = uuid.uuid4(), 0
+    job_id, valid = uuid.uuid4(), [0]
     with psycopg.connect(database_url, autocommit=True) as conn:
         barrier.wait()
         for first in range(0, len(lines), BATCH_LINES):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                for line_no, raw in enumerate(lines[first : first + BATCH_LINES], first + 1):
-                    try:
-                        obj = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if not validator.is_valid(obj):
-                        continue
-                    try:  # the schema's date-time format is not checked by jsonschema-rs
-                        timestamp = dt.datetime.fromisoformat(obj["timestamp"])
-                    except ValueError:
-                        continue
-                    copy.write_row(
-                        (
-                            job_id,
-                            line_no,
-                            timestamp,
-                            obj["level"].lower(),
-                            obj["service"],
-                            obj["event_type"],
-                            obj.get("environment", "production"),
-                            obj["message"],
-                            orjson.dumps(obj.get("context", {})).decode(),
-                        )
-                    )
-                    valid += 1
-    return valid
+            batch = enumerate(lines[first : first + BATCH_LINES], first + 1)
+            with conn.transaction(), conn.cursor() as cur:
+                core.copy_entries(cur, valid_rows(job_id, batch, validator, valid), copy_sql)
+    return valid[0]
+
+
+def valid_rows(job_id: uuid.UUID, numbered_lines, validator, valid: list[int]):
+    """The COPY rows of the valid lines (the worker's binary COPY, core.copy_entries), counted
+    in valid[0]."""
+    for line_no, raw in numbered_lines:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not validator.is_valid(obj):
+            continue
+        try:  # the schema's date-time format is not checked by jsonschema-rs
+            timestamp = dt.datetime.fromisoformat(obj["timestamp"])
+        except ValueError:
+            continue
+        valid[0] += 1
+        yield (
+            job_id,
+            line_no,
+            timestamp,
+            obj["level"].lower(),
+            obj["service"],
+            obj["event_type"],
+            obj.get("environment", "production"),
+            obj["message"],
+            orjson.dumps(obj.get("context", {})).decode(),
+        )
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ INSERT INTO outbox (job_id, first_line, last_line, events, trace_id)
 VALUES (%(job_id)s, %(first_line)s, %(last_line)s, %(events)s, %(trace_id)s);
 
 -- name: copy_log_entries --
-COPY log_entries (job_id, line_no, timestamp, level, service, event_type, environment, message, context) FROM STDIN;
+-- Binary: the values' binary forms cost the worker half the CPU of their text (core.copy_entries).
+COPY log_entries (job_id, line_no, timestamp, level, service, event_type, environment, message, context)
+FROM STDIN (FORMAT BINARY);
 
 -- name: copy_line_errors --
 COPY line_errors (job_id, line_no, reason) FROM STDIN;

@@ -522,21 +522,23 @@ def publish_line_range(database_url: str, n: int) -> list[uuid.UUID]:
             "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
             (job_id, n),
         )
-        with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
-            for line_no in range(1, n + 1):
-                copy.write_row(
-                    (
-                        job_id,
-                        line_no,
-                        when,
-                        "info",
-                        "svc",
-                        "test.line",
-                        "test",
-                        f"m{line_no}",
-                        json.dumps({"i": line_no}),
-                    )
+        core.copy_entries(
+            cur,
+            (
+                (
+                    job_id,
+                    n_,
+                    when,
+                    "info",
+                    "svc",
+                    "test.line",
+                    "test",
+                    f"m{n_}",
+                    json.dumps({"i": n_}),
                 )
+                for n_ in range(1, n + 1)
+            ),
+        )
         outbox.insert_line_range(cur, job_id, 1, n, n, None)
     return [outbox.line_event_id(job_id, line_no) for line_no in range(1, n + 1)]
 

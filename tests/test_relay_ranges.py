@@ -166,26 +166,25 @@ def line_job(db, n: int, bad: set[int]) -> uuid.UUID:
     )
     base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     with db.cursor() as cur:
-        with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
-            for line_no in range(1, n + 1):
-                when = (
+        core.copy_entries(
+            cur,
+            (
+                (
+                    job_id,
+                    line_no,
                     dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc)
                     if line_no in bad
-                    else base + dt.timedelta(seconds=line_no)
+                    else base + dt.timedelta(seconds=line_no),
+                    "info",
+                    "svc",
+                    "test.line",
+                    "test",
+                    f"m{line_no}",
+                    json.dumps({"i": line_no}),
                 )
-                copy.write_row(
-                    (
-                        job_id,
-                        line_no,
-                        when,
-                        "info",
-                        "svc",
-                        "test.line",
-                        "test",
-                        f"m{line_no}",
-                        json.dumps({"i": line_no}),
-                    )
-                )
+                for line_no in range(1, n + 1)
+            ),
+        )
         for first in range(1, n + 1, 10):
             last = min(first + 9, n)
             outbox.insert_line_range(cur, job_id, first, last, last - first + 1, None)
@@ -314,22 +313,24 @@ def test_per_line_rows_pending_across_the_upgrade_drain_then_ranges_follow(
             (sum(len(x) + 1 for x in content.split(b"\n")[:20]), job_id),
         )
         with db.cursor() as cur:
-            with cur.copy(core.QUERIES["copy_log_entries"]) as copy:
-                for r in old_rows:
-                    ctx = json.loads(r[4])
-                    copy.write_row(
-                        (
-                            job_id,
-                            ctx["line_no"],
-                            r[2],
-                            ctx["level"],
-                            ctx["service"],
-                            r[1],
-                            r[3],
-                            ctx["message"],
-                            json.dumps(ctx["context"]),
-                        )
+            contexts = [json.loads(r[4]) for r in old_rows]
+            core.copy_entries(
+                cur,
+                (
+                    (
+                        job_id,
+                        c["line_no"],
+                        r[2],
+                        c["level"],
+                        c["service"],
+                        r[1],
+                        r[3],
+                        c["message"],
+                        json.dumps(c["context"]),
                     )
+                    for r, c in zip(old_rows, contexts, strict=True)
+                ),
+            )
             outbox.copy_outbox_rows(cur, old_rows)
         # A relay of before ranges recorded lines 1-8 as a batch, and died.
         ids = [r["id"] for r in db.execute("SELECT id FROM outbox ORDER BY id LIMIT 8")]
