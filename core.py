@@ -1,8 +1,8 @@
 """What the API, the worker and the relay share besides their settings (config.py's): the
-named SQL queries and migrations, the S3 client, and how to wait out an outage (`Backoff`,
-`is_outage`). How they
-log, and the trace ids logs and events carry, are logs.py's; a job's row and its changes are
-jobs.py's, the outbox is outbox.py's, the broker's queues and messages are amqp.py's.
+named SQL queries and migrations, the binary COPY of log entries, the S3 client, and how to
+wait out an outage (`Backoff`, `is_outage`). How they log, and the trace ids logs and events
+carry, are logs.py's; a job's row and its changes are jobs.py's, the outbox is outbox.py's,
+the broker's queues and messages are amqp.py's.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ class JsonTextAsJsonb(Dumper):
 
 def copy_entries(cur, rows, statement: Any = None) -> None:
     """COPY log entries in binary (copy_log_entries, or `statement` with the same columns):
-    half the worker's CPU of text COPY per row, and Postgres parses no text for the uuid, the
-    number and the time."""
+    psycopg spends half the CPU per row it spends on text, and Postgres parses no text for
+    the uuid, the number and the time."""
     cur.adapters.register_dumper(None, JsonTextAsJsonb)  # by type: the context's, set below
     with cur.copy(statement or QUERIES["copy_log_entries"]) as copy:
         copy.set_types(ENTRY_TYPES)
