@@ -39,7 +39,7 @@ def test_rollback_then_reapply(database_url):
 
 def test_every_named_query_parses(db):
     for name, sql in core.QUERIES.items():
-        if sql.startswith("COPY"):
+        if core.without_comments(sql).lstrip().startswith("COPY"):
             continue
         # PREPARE checks syntax and names without running anything.
         stmt = psycopg.sql.SQL("PREPARE {} AS {}").format(
