@@ -41,8 +41,9 @@ What it does:
     their indexes and TOAST) grew over the same span, in which the relay runs too;
     Then where the CPU went (bench/cpu_use.py): each part's CPU per valid line (API, worker,
     relay, Postgres by the client its backends serve, ClickHouse, RabbitMQ, S3, the bench)
-    from the upload's start to the job's completion and to its last event in ClickHouse, and
-    the ceiling the latter sets (all cores busy with that CPU per line). Each measured window
+    from the upload's start to the job's completion, to its last event in ClickHouse, and to
+    the end of the merges ClickHouse did after (a steady load pays for those too), and the
+    ceiling the second sets (all cores busy with that CPU per line). Each measured window
     starts once ClickHouse has finished the merges earlier inserts left it;
  6. runs the reference loop of bench/ingest_limit.py (the least work per line: orjson,
     jsonschema-rs, one COPY row per valid line, a transaction per 5,000 lines) on the same file
@@ -249,11 +250,11 @@ def run_once(args, path: Path, gen: dict, token: str, worker_pid, api_pid, datab
     )
     if rate:
         written.report(result["job"]["lines_valid"])
-        report_cpu(result)
+        report_cpu(result, database_url)
     return result, rate
 
 
-def report_cpu(result: dict) -> None:
+def report_cpu(result: dict, database_url: str) -> None:
     """CPU per valid line by part, to Postgres (upload start -> the job seen completed) and
     to ClickHouse (-> its events seen delivered), and the ceiling the latter sets on this
     machine's cores (bench/cpu_use.py); kept in `result` for compare_with_limit."""
@@ -262,6 +263,10 @@ def report_cpu(result: dict) -> None:
     cpu_use.report("to Postgres", cpu_use.spent_between(before, completed), valid, cores)
     result["ceiling"] = cpu_use.report(
         "to ClickHouse", cpu_use.spent_between(before, delivered), valid, cores
+    )
+    cpu_use.wait_for_quiet_clickhouse()  # the merges its inserts left, which a steady load pays
+    cpu_use.report(
+        "and merged", cpu_use.spent_between(before, cpu_use.mark(database_url)), valid, cores
     )
 
 
