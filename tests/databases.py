@@ -86,6 +86,7 @@ class DatabasePool:
     def __init__(self, admin_dsn: str, template: str):
         self.admin_dsn, self.template = admin_dsn, template
         self.spare: list[str] = []
+        self.made: set[str] = set()  # every database of the pool's, spare or taken
         with psycopg.connect(with_database(admin_dsn, template), autocommit=True) as conn:
             self.tables = [name for (name,) in conn.execute(TABLES)]
             self.fingerprint = conn.execute(FINGERPRINT).fetchone()[0]
@@ -104,6 +105,7 @@ class DatabasePool:
         name = f"eh_test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self.made.add(name)
         return name
 
     def give_back(self, name: str) -> None:
@@ -114,8 +116,10 @@ class DatabasePool:
             self._drop(name)
 
     def close(self) -> None:
-        while self.spare:
-            self._drop(self.spare.pop())
+        """Drop every database the pool made, given back or not."""
+        self.spare.clear()
+        for name in sorted(self.made):
+            self._drop(name)
 
     def _emptied(self, name: str) -> bool:
         with psycopg.connect(with_database(self.admin_dsn, name), autocommit=True) as conn:
@@ -129,6 +133,7 @@ class DatabasePool:
     def _drop(self, name: str) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.made.discard(name)
 
 
 def _no_other_sessions(conn: psycopg.Connection, timeout_s: float = 5.0) -> bool:

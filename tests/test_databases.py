@@ -80,3 +80,15 @@ def test_a_database_whose_schema_changed_is_dropped_not_reused(pool, change):
             ]
             == 0
         )
+
+
+def test_closing_the_pool_drops_every_database_it_made_given_back_or_not(template_database):
+    pool = DatabasePool(ADMIN_DSN, template_database)
+    kept, given_back = pool.take(), pool.take()
+    pool.give_back(given_back)
+    pool.close()
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", [[kept, given_back]]
+        ).fetchall()
+    assert left == []
