@@ -522,25 +522,31 @@ def publish_line_range(database_url: str, n: int) -> list[uuid.UUID]:
             "lines_total, owner) VALUES (%s, 'p.jsonl', 1, 'b', 'k', %s, 'tester')",
             (job_id, n),
         )
-        core.copy_entries(
-            cur,
-            (
-                (
-                    job_id,
-                    n_,
-                    when,
-                    "info",
-                    "svc",
-                    "test.line",
-                    "test",
-                    f"m{n_}",
-                    json.dumps({"i": n_}),
-                )
-                for n_ in range(1, n + 1)
-            ),
-        )
+        copy_test_entries(cur, job_id, n, when=lambda line_no: when)
         outbox.insert_line_range(cur, job_id, 1, n, n, None)
     return [outbox.line_event_id(job_id, line_no) for line_no in range(1, n + 1)]
+
+
+def copy_test_entries(cur, job_id, n: int, *, when) -> None:
+    """Log entries of lines 1..n of a job, copied as the worker copies them; `when(line_no)`
+    is a line's time."""
+    core.copy_entries(
+        cur,
+        (
+            (
+                job_id,
+                n_,
+                when(n_),
+                "info",
+                "svc",
+                "test.line",
+                "test",
+                f"m{n_}",
+                json.dumps({"i": n_}),
+            )
+            for n_ in range(1, n + 1)
+        ),
+    )
 
 
 def event_log_ids(ch) -> list[uuid.UUID]:

@@ -29,6 +29,7 @@ import relay
 from helpers import (
     PINO_LINE,
     assert_exactly_once,
+    copy_test_entries,
     drain,
     event_log_ids,
     jsonl,
@@ -166,23 +167,14 @@ def line_job(db, n: int, bad: set[int]) -> uuid.UUID:
     )
     base = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     with db.cursor() as cur:
-        core.copy_entries(
+        copy_test_entries(
             cur,
-            (
-                (
-                    job_id,
-                    line_no,
-                    dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc)
-                    if line_no in bad
-                    else base + dt.timedelta(seconds=line_no),
-                    "info",
-                    "svc",
-                    "test.line",
-                    "test",
-                    f"m{line_no}",
-                    json.dumps({"i": line_no}),
-                )
-                for line_no in range(1, n + 1)
+            job_id,
+            n,
+            when=lambda line_no: (
+                dt.datetime(1960, 1, 1, tzinfo=dt.timezone.utc)
+                if line_no in bad
+                else base + dt.timedelta(seconds=line_no)
             ),
         )
         for first in range(1, n + 1, 10):
