@@ -15,7 +15,10 @@ children's time), RabbitMQ (`beam.smp`), ClickHouse (`scripts/clickhouse-server`
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+import psycopg
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SCRIPTS = {
@@ -57,8 +60,6 @@ def wait_for_quiet_clickhouse(timeout_s: float = 300) -> float:
     """Wait until the ClickHouse server is idle (under 4 % of a core for a second: done with
     the merges earlier inserts left it), so that a window's CPU is its own; returns the seconds
     waited."""
-    import time
-
     started, quiet_since = time.monotonic(), None
     before = clickhouse_cpu()
     while time.monotonic() - started < timeout_s:
@@ -81,8 +82,6 @@ def clickhouse_cpu() -> float:
 
 def postgres_clients(database_url: str) -> dict[int, str]:
     """Backend pid -> the process of ours it serves (relay, api, worker)."""
-    import psycopg
-
     with psycopg.connect(database_url, autocommit=True) as conn:
         return dict(conn.execute(BACKENDS).fetchall())
 

@@ -561,50 +561,6 @@ def read_event_log_ids(settings) -> list[uuid.UUID]:
         client.close()
 
 
-# --------------------------------------------------------------------------- live updates
-
-
-async def listener_listening(db) -> None:
-    """Wait until the API's listener has run LISTEN: notifications before that are lost."""
-
-    def listening():
-        return db.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE query = "
-            "'LISTEN \"eh_job\"' AND state = 'idle' AND datname = current_database()"
-        ).fetchone()["n"]
-
-    await asyncio.to_thread(wait_for, listening, 60, what="the API's LISTEN connection")
-
-
-def notify(db, states) -> None:
-    """NOTIFY each job state as the worker would, all in one transaction: every one of them is
-    committed before the API handles the first."""
-    with db.transaction(), db.cursor() as cur:
-        cur.executemany(
-            core.QUERIES["notify"],
-            [
-                {"channel": jobs.CHANNEL, "payload": jobs.job_notification(jobs.Job(**s))}
-                for s in states
-            ],
-        )
-
-
-def batches(row: dict, lines: list[int]) -> list[dict]:
-    """The job rows a worker would commit: processing, then one per batch ending at each of
-    `lines`."""
-    started = dict(row, status="processing", started_at=row["created_at"])
-    return [dict(started, lines_processed=n, lines_valid=n, bytes_processed=n) for n in lines]
-
-
-def advance_checkpoint(db, job_id: str, lines: int, status: str = "processing") -> dict:
-    """Move a job's row as the worker's batch would (without its NOTIFY); the new row."""
-    return db.execute(
-        "UPDATE jobs SET status = %s, started_at = created_at, "
-        "lines_processed = %s, lines_valid = %s WHERE job_id = %s RETURNING *",
-        (status, lines, lines, job_id),
-    ).fetchone()
-
-
 def relay_all(db, settings: config.Settings) -> None:
     """Move every outbox row into ClickHouse's event_log now (relay_once, batches at once)."""
     fast = dataclasses.replace(settings, relay_batch_max_wait_s=0.0)

@@ -23,11 +23,13 @@ from helpers import (
     capture_access_log,
     job_count,
     jsonl,
-    listener_listening,
     stored_keys,
     upload,
     wait_for,
     wait_until,
+)
+from live_states import (
+    listener_listening,
 )
 from processes import logged_events, serve_api
 

@@ -20,19 +20,21 @@ import graphql_resolvers
 import jobs
 from helpers import (
     VALID,
-    advance_checkpoint,
-    batches,
     bearer,
     capture_access_log,
     completed_job,
     gql,
     job_row,
     jsonl,
-    listener_listening,
-    notify,
     upload,
     wait_until,
     watchers_dropped,
+)
+from live_states import (
+    batches,
+    flood_until_dropped,
+    listener_listening,
+    notify,
 )
 from network import (
     close_code_of,
@@ -562,19 +564,13 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_holds_back_no_one(
         assert (await other.receive_json(timeout=30))["type"] == "next"
 
         slow_row = job_row(db, slow_job["job_id"])
+
+        async def other_got(rounds: int, other_state: dict) -> None:
+            message = await other.receive_json(timeout=30)
+            assert message["payload"]["data"]["job"]["linesProcessed"] == rounds
+
         with capture_access_log() as logs:
-            rounds = 0
-            while not watchers_dropped(logs):
-                rounds += 1
-                assert rounds <= 200, "the slow subscriber was never dropped"
-                with db.transaction():
-                    other_state = advance_checkpoint(db, other_job["job_id"], rounds)
-                    notify(
-                        db,
-                        [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)), other_state],
-                    )
-                message = await other.receive_json(timeout=30)
-                assert message["payload"]["data"]["job"]["linesProcessed"] == rounds
+            await flood_until_dropped(db, logs, slow_row, other_job["job_id"], other_got)
             assert (await asyncio.wait_for(client.get("/healthz"), 10)).status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [
             (str(slow_id), 1013)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import io
 import json
 import socket
@@ -22,18 +21,22 @@ import live
 import worker
 from helpers import (
     VALID,
-    advance_checkpoint,
-    batches,
     bearer,
     capture_access_log,
     job_row,
     jsonl,
-    listener_listening,
-    notify,
     upload,
     wait_for,
     wait_until,
     watchers_dropped,
+)
+from live_states import (
+    advance_checkpoint,
+    batches,
+    flood_until_dropped,
+    job_in_memory,
+    listener_listening,
+    notify,
 )
 from network import (
     close_code_of,
@@ -86,9 +89,7 @@ async def test_a_state_repeated_or_older_than_one_sent_is_not_sent(client, db):
 
 
 def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
-    row = dataclasses.replace(
-        job_row_for_tests(), status="failed", error="no storage: " + "x" * 9000
-    )
+    row = dataclasses.replace(job_in_memory(), status="failed", error="no storage: " + "x" * 9000)
     payload = jobs.job_notification(row)
     assert json.loads(payload) == {
         "job_id": str(row.job_id),
@@ -105,31 +106,6 @@ def test_a_job_state_too_long_for_notify_goes_as_ids_only(db):
     assert json.loads(jobs.job_notification(long_name)) == jobs.job_json(long_name)
     for state in (row, long_name):
         assert len(jobs.job_notification(state).encode()) <= jobs.NOTIFY_PAYLOAD_MAX_BYTES
-
-
-def job_row_for_tests() -> jobs.Job:
-    """A job row as the worker's RETURNING * gives it."""
-    now = dt.datetime.now(dt.timezone.utc)
-    return jobs.Job(
-        job_id=uuid.uuid4(),
-        file_name="app.jsonl",
-        size_bytes=10,
-        bucket="b",
-        object_key="k",
-        status="queued",
-        lines_total=1,
-        lines_processed=0,
-        bytes_processed=0,
-        lines_valid=0,
-        lines_invalid=0,
-        attempts=0,
-        error=None,
-        created_at=now,
-        started_at=None,
-        completed_at=None,
-        updated_at=now,
-        owner="tester",
-    )
 
 
 async def test_a_state_too_long_to_notify_is_read_from_the_database(client, db):
@@ -221,21 +197,13 @@ async def test_a_client_that_stops_reading_holds_back_no_one(client, db):
         assert (await other.receive_json(timeout=30))["status"] == "queued"
 
         slow_row = job_row(db, slow_job["job_id"])
+
+        async def other_got(rounds: int, other_state: dict) -> None:
+            # handled after the slow job's 500 of this transaction, without waiting on them
+            assert await other.receive_json(timeout=30) == jobs.job_json(jobs.Job(**other_state))
+
         with capture_access_log() as logs:
-            rounds = 0
-            while not watchers_dropped(logs):  # each round ~1 MiB more for the slow client
-                rounds += 1
-                assert rounds <= 200, "the slow client was never dropped"
-                with db.transaction():
-                    other_state = advance_checkpoint(db, other_job["job_id"], rounds)
-                    notify(
-                        db,
-                        [*batches(slow_row, range(rounds * 500, rounds * 500 + 500)), other_state],
-                    )
-                # handled after the slow job's 500 of this transaction, without waiting on them
-                assert await other.receive_json(timeout=30) == jobs.job_json(
-                    jobs.Job(**other_state)
-                )
+            rounds = await flood_until_dropped(db, logs, slow_row, other_job["job_id"], other_got)
             health = await asyncio.wait_for(client.get("/healthz"), 10)
             assert health.status == 200
         assert [(e["job_id"], e["close_code"]) for e in watchers_dropped(logs)] == [

@@ -32,7 +32,12 @@ import core
 import event_log
 import eventhorizon
 import jobs
-from helpers import bearer
+from helpers import (
+    bearer,
+)
+from live_states import (
+    job_in_memory,
+)
 from processes import serve_api
 
 DOCUMENT = json.loads((core.ROOT / "static" / "openapi.json").read_text())
@@ -165,25 +170,19 @@ async def test_malformed_multipart_is_400(settings, aiohttp_client, make_token, 
 def test_job_schema_matches_every_state():
     """jobs.job_json in each status, timestamps set or null as they are in the database."""
     now = dt.datetime.now(dt.UTC)
-    job_row = jobs.Job(
+    job_row = dataclasses.replace(
+        job_in_memory(),
         job_id=uuid.UUID("081be6e8-6d2f-4c1b-9a55-5a0f8ad1b6a4"),
         file_name="a.jsonl",
-        size_bytes=10,
-        bucket="b",
-        object_key="k",
         status="failed",
         lines_total=3,
         lines_processed=1,
         bytes_processed=5,
         lines_valid=1,
-        lines_invalid=0,
         attempts=1,
         error="the stored file went missing",
         created_at=now,
-        started_at=None,
-        completed_at=None,
         updated_at=now,
-        owner="tester",
     )
     for status in ("queued", "processing", "completed", "failed"):
         row = dataclasses.replace(
