@@ -50,7 +50,8 @@ def every_event_text(settings: config.Settings) -> str:
 
 
 def secret_of(token: str) -> str:
-    return token.rsplit("_", 1)[1]
+    """The secret of `eh_<id>_<secret>`; the secret is URL-safe base64 and may hold "_" too."""
+    return token.split("_", 2)[2]
 
 
 def of_type(events: list[dict], event_type: str) -> list[dict]:
